@@ -1,0 +1,365 @@
+//! Input validation with precise, field-addressed messages.
+//!
+//! A [`Validator`] collects every violation of an input (not just the first), each
+//! with the JSON path of the field and the reason, and turns them into a
+//! [`ValidationError`] (KN-422).
+//!
+//! ```
+//! use kubenova_api::validate::Validator;
+//!
+//! let mut v = Validator::new();
+//! v.dns_label("name", "Acme_Corp");
+//! v.quantity("quotas.cpu", "4 cores");
+//! let err = v.finish().unwrap_err();
+//! assert_eq!(err.violations.len(), 2);
+//! assert_eq!(err.violations[0].field, "name");
+//! assert!(err.violations[1].reason.contains("4 cores"));
+//! ```
+
+use crate::quantity::Quantity;
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::LazyLock;
+
+/// Maximum length of a DNS-1123 label (namespaces, tenant names, ...).
+pub const DNS1123_LABEL_MAX: usize = 63;
+/// Maximum length of a DNS-1123 subdomain (most object names).
+pub const DNS1123_SUBDOMAIN_MAX: usize = 253;
+/// Maximum length of a free-text description.
+pub const DESCRIPTION_MAX: usize = 1024;
+/// Maximum number of labels on one object.
+pub const LABELS_MAX: usize = 64;
+
+#[allow(clippy::unwrap_used)] // constant patterns, covered by tests
+static DNS_LABEL: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$").unwrap());
+#[allow(clippy::unwrap_used)]
+static DNS_SUBDOMAIN: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$").unwrap()
+});
+#[allow(clippy::unwrap_used)]
+static QUALIFIED_NAME: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$").unwrap());
+#[allow(clippy::unwrap_used)]
+static LABEL_VALUE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$").unwrap());
+
+/// One field that failed validation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"field": "quotas.cpu", "reason": "invalid quantity \"4 cores\""}))]
+pub struct FieldViolation {
+    /// JSON path of the field, e.g. `owners[2]` or `quotas."requests.cpu"`.
+    pub field: String,
+    /// Why the value was rejected and what is accepted.
+    pub reason: String,
+}
+
+/// All violations found in one input (KN-422).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ValidationError {
+    /// Each failing field, in the order checked.
+    pub violations: Vec<FieldViolation>,
+}
+
+impl ValidationError {
+    /// A single-field error.
+    pub fn single(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            violations: vec![FieldViolation {
+                field: field.into(),
+                reason: reason.into(),
+            }],
+        }
+    }
+}
+
+impl fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, v) in self.violations.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{}: {}", v.field, v.reason)?;
+        }
+        Ok(())
+    }
+}
+
+/// Types that can check themselves.
+pub trait Validate {
+    /// Returns every violation, or `Ok(())`.
+    fn validate(&self) -> Result<(), ValidationError>;
+}
+
+/// Collects violations; see the module docs.
+#[derive(Debug, Default)]
+pub struct Validator {
+    violations: Vec<FieldViolation>,
+}
+
+impl Validator {
+    /// An empty validator.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records a violation.
+    pub fn push(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+        self.violations.push(FieldViolation {
+            field: field.into(),
+            reason: reason.into(),
+        });
+    }
+
+    /// True when nothing failed so far.
+    pub fn is_ok(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    /// `Ok(())` or every violation collected.
+    pub fn finish(self) -> Result<(), ValidationError> {
+        if self.violations.is_empty() {
+            Ok(())
+        } else {
+            Err(ValidationError {
+                violations: self.violations,
+            })
+        }
+    }
+
+    /// A DNS-1123 label: lower-case alphanumerics and `-`, starting and ending with an
+    /// alphanumeric, at most 63 characters (namespaces, tenants, projects).
+    pub fn dns_label(&mut self, field: &str, value: &str) -> bool {
+        if let Some(reason) = dns_label_problem(value) {
+            self.push(field, reason);
+            return false;
+        }
+        true
+    }
+
+    /// A DNS-1123 subdomain: dot-separated labels, at most 253 characters.
+    pub fn dns_subdomain(&mut self, field: &str, value: &str) -> bool {
+        let reason = if value.is_empty() {
+            Some("must not be empty".to_string())
+        } else if value.len() > DNS1123_SUBDOMAIN_MAX {
+            Some(format!(
+                "must be at most {DNS1123_SUBDOMAIN_MAX} characters (got {})",
+                value.len()
+            ))
+        } else if !DNS_SUBDOMAIN.is_match(value) {
+            Some(format!(
+                "{value:?} is not a DNS-1123 subdomain: use lower-case letters, digits, '-' and '.', starting and ending with a letter or digit"
+            ))
+        } else {
+            None
+        };
+        match reason {
+            Some(r) => {
+                self.push(field, r);
+                false
+            }
+            None => true,
+        }
+    }
+
+    /// A non-empty string of at most `max` characters.
+    pub fn required_text(&mut self, field: &str, value: &str, max: usize) -> bool {
+        if value.trim().is_empty() {
+            self.push(field, "must not be empty");
+            false
+        } else {
+            self.max_len(field, value, max)
+        }
+    }
+
+    /// A string of at most `max` characters (bytes of UTF-8 are not counted).
+    pub fn max_len(&mut self, field: &str, value: &str, max: usize) -> bool {
+        let n = value.chars().count();
+        if n > max {
+            self.push(field, format!("must be at most {max} characters (got {n})"));
+            return false;
+        }
+        if value
+            .chars()
+            .any(|c| c.is_control() && c != '\n' && c != '\t')
+        {
+            self.push(field, "must not contain control characters");
+            return false;
+        }
+        true
+    }
+
+    /// A list of at most `max` items.
+    pub fn max_items<T>(&mut self, field: &str, items: &[T], max: usize) -> bool {
+        if items.len() > max {
+            self.push(
+                field,
+                format!("must have at most {max} items (got {})", items.len()),
+            );
+            return false;
+        }
+        true
+    }
+
+    /// A Kubernetes resource quantity; returns it parsed when valid.
+    pub fn quantity(&mut self, field: &str, value: &str) -> Option<Quantity> {
+        match Quantity::parse(value) {
+            Ok(q) => Some(q),
+            Err(e) => {
+                self.push(field, format!("invalid quantity {value:?}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// A Kubernetes label key: optional DNS-subdomain prefix and `/`, then a qualified
+    /// name of at most 63 characters.
+    pub fn label_key(&mut self, field: &str, key: &str) -> bool {
+        if let Some(reason) = label_key_problem(key) {
+            self.push(field, reason);
+            return false;
+        }
+        true
+    }
+
+    /// A Kubernetes label value: at most 63 characters, alphanumerics, `-`, `_`, `.`,
+    /// starting and ending with an alphanumeric (may be empty).
+    pub fn label_value(&mut self, field: &str, value: &str) -> bool {
+        if value.len() > 63 || !LABEL_VALUE.is_match(value) {
+            self.push(
+                field,
+                format!(
+                    "{value:?} is not a valid label value: at most 63 characters of letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
+                ),
+            );
+            return false;
+        }
+        true
+    }
+
+    /// A label map: keys, values and size.
+    pub fn labels(&mut self, field: &str, labels: &BTreeMap<String, String>) -> bool {
+        if labels.len() > LABELS_MAX {
+            self.push(
+                field,
+                format!(
+                    "must have at most {LABELS_MAX} entries (got {})",
+                    labels.len()
+                ),
+            );
+            return false;
+        }
+        let before = self.violations.len();
+        for (k, v) in labels {
+            let path = format!("{field}.{}", quote_key(k));
+            self.label_key(&path, k);
+            self.label_value(&path, v);
+        }
+        self.violations.len() == before
+    }
+}
+
+/// `Some(reason)` when `value` is not a DNS-1123 label.
+pub fn dns_label_problem(value: &str) -> Option<String> {
+    if value.is_empty() {
+        Some("must not be empty".to_string())
+    } else if value.len() > DNS1123_LABEL_MAX {
+        Some(format!(
+            "must be at most {DNS1123_LABEL_MAX} characters (got {})",
+            value.len()
+        ))
+    } else if !DNS_LABEL.is_match(value) {
+        Some(format!(
+            "{value:?} is not a DNS-1123 label: use lower-case letters, digits and '-', starting and ending with a letter or digit"
+        ))
+    } else {
+        None
+    }
+}
+
+fn label_key_problem(key: &str) -> Option<String> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    if let Some(p) = prefix
+        && (p.is_empty() || p.len() > DNS1123_SUBDOMAIN_MAX || !DNS_SUBDOMAIN.is_match(p))
+    {
+        return Some(format!(
+            "label key prefix {p:?} must be a DNS-1123 subdomain"
+        ));
+    }
+    if name.is_empty() || name.len() > 63 || !QUALIFIED_NAME.is_match(name) {
+        return Some(format!(
+            "label key {key:?}: the name part must be 1-63 characters of letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
+        ));
+    }
+    None
+}
+
+/// Quotes a map key for a field path when it is not a plain identifier.
+pub fn quote_key(k: &str) -> String {
+    if !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        k.to_string()
+    } else {
+        format!("{k:?}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn dns_labels() {
+        for ok in ["a", "acme", "a-1", "0abc", &"a".repeat(63)] {
+            assert!(dns_label_problem(ok).is_none(), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "A", "a_b", "a.b", &"a".repeat(64), "ä"] {
+            assert!(dns_label_problem(bad).is_some(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn subdomains_and_labels() {
+        let mut v = Validator::new();
+        assert!(v.dns_subdomain("n", "a.b-c.d"));
+        assert!(!v.dns_subdomain("n", "a..b"));
+        assert!(v.label_key("k", "kubenova.io/tenant"));
+        assert!(v.label_key("k", "tier"));
+        assert!(!v.label_key("k", "Bad_Prefix/x"));
+        assert!(!v.label_key("k", "a/"));
+        assert!(v.label_value("v", ""));
+        assert!(v.label_value("v", "gold.1_x"));
+        assert!(!v.label_value("v", "-x"));
+        let err = v.finish().unwrap_err();
+        assert_eq!(err.violations.len(), 4);
+    }
+
+    #[test]
+    fn label_map_paths_are_quoted() {
+        let mut v = Validator::new();
+        let mut m = BTreeMap::new();
+        m.insert(
+            "app.kubernetes.io/name".to_string(),
+            "bad value".to_string(),
+        );
+        v.labels("labels", &m);
+        let err = v.finish().unwrap_err();
+        assert_eq!(err.violations[0].field, "labels.\"app.kubernetes.io/name\"");
+    }
+
+    #[test]
+    fn lengths_and_control_chars() {
+        let mut v = Validator::new();
+        assert!(v.max_len("d", "héllo", 5));
+        assert!(!v.max_len("d", "héllo!", 5));
+        assert!(!v.max_len("d", "a\u{0}b", 5));
+        assert!(!v.required_text("d", "  ", 5));
+        assert!(!v.max_items("l", &[1, 2, 3], 2));
+        assert_eq!(v.finish().unwrap_err().violations.len(), 4);
+    }
+}
