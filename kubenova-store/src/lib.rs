@@ -1,0 +1,275 @@
+//! # kubenova-store
+//!
+//! Persistence for the KubeNova manager: the [`Store`] trait and its Postgres
+//! (production) and SQLite (embedded, zero-setup default) backends, each with its own
+//! migrations; envelope encryption of secrets at rest ([`crypto`]); usage, audit and
+//! idempotency tables; and the per-cluster desired-state revision the operator
+//! long-polls on.
+//!
+//! Records are written whole by the caller (id, `version`, timestamps included), so a
+//! response can be serialized before the write and stored, with its audit event and
+//! idempotency record, in the same transaction ([`WriteOptions`]). Updates carry the
+//! version the caller read; a stale one is [`StoreError::PreconditionFailed`].
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), kubenova_store::StoreError> {
+//! use kubenova_store::{connect, crypto::Keyring, ListParams};
+//! let keys = Keyring::load_or_generate(std::path::Path::new("./data"))?;
+//! let store = connect("sqlite://kubenova.db", keys).await?;
+//! let page = store.list_clusters(&ListParams::default()).await?;
+//! println!("{} clusters", page.items.len());
+//! # Ok(()) }
+//! ```
+
+pub mod crypto;
+pub mod error;
+mod sql;
+mod types;
+
+pub use error::{Result, StoreError};
+pub use sql::{PgStore, SqliteStore};
+pub use types::*;
+
+use async_trait::async_trait;
+use kubenova_api::ids::{AppId, ClusterId, ProjectId, RunId, TenantId};
+use kubenova_api::model::{
+    App, AppRevision, AuditEvent, Cluster, ObjectStatus, Project, Tenant, UsageRecord, WorkflowRun,
+};
+use std::sync::Arc;
+
+/// The default database URL: an SQLite file in the working directory, created on first use.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://kubenova.db";
+
+/// Persistence operations of KubeNova. Implemented by [`PgStore`] and [`SqliteStore`];
+/// one behavioural test suite runs against both.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Checks connectivity and that every migration is applied.
+    async fn ping(&self) -> Result<Health>;
+
+    // ---- clusters -------------------------------------------------------------------
+    /// Inserts a cluster and its kubeconfig (encrypted with a fresh data key).
+    async fn create_cluster(
+        &self,
+        cluster: &Cluster,
+        kubeconfig: &[u8],
+        opts: &WriteOptions<'_>,
+    ) -> Result<()>;
+    /// Reads a cluster.
+    async fn get_cluster(&self, id: ClusterId) -> Result<Cluster>;
+    /// Lists clusters by id (creation order).
+    async fn list_clusters(&self, params: &ListParams) -> Result<Page<Cluster>>;
+    /// Replaces a cluster if it is still at `expected_version`; `cluster.version` must be the next one.
+    async fn update_cluster(
+        &self,
+        cluster: &Cluster,
+        expected_version: i64,
+        opts: &WriteOptions<'_>,
+    ) -> Result<()>;
+    /// Deletes a cluster; with `cascade` also its tenants, projects and apps, otherwise
+    /// refuses ([`StoreError::Conflict`]) while it has tenants.
+    async fn delete_cluster(
+        &self,
+        id: ClusterId,
+        cascade: bool,
+        opts: &WriteOptions<'_>,
+    ) -> Result<()>;
+    /// Decrypts the stored kubeconfig of a cluster.
+    async fn cluster_kubeconfig(&self, id: ClusterId) -> Result<zeroize::Zeroizing<Vec<u8>>>;
+    /// Stores (encrypts) or replaces a named secret owned by a cluster or other record,
+    /// e.g. `("agent-credential", hash)`.
+    async fn put_secret(&self, owner: uuid::Uuid, purpose: &str, plaintext: &[u8]) -> Result<()>;
+    /// Reads and decrypts a named secret.
+    async fn get_secret(
+        &self,
+        owner: uuid::Uuid,
+        purpose: &str,
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>>;
+    /// Re-wraps every data key under the keyring's active KEK; returns how many changed.
+    async fn rotate_keys(&self) -> Result<usize>;
+
+    // ---- tenants --------------------------------------------------------------------
+    /// Inserts a tenant (name unique per cluster) and bumps the cluster revision.
+    async fn create_tenant(&self, tenant: &Tenant, opts: &WriteOptions<'_>) -> Result<()>;
+    /// Reads a tenant.
+    async fn get_tenant(&self, id: TenantId) -> Result<Tenant>;
+    /// Lists a cluster's tenants (or all tenants with `None`).
+    async fn list_tenants(
+        &self,
+        cluster: Option<ClusterId>,
+        params: &ListParams,
+    ) -> Result<Page<Tenant>>;
+    /// Replaces a tenant at `expected_version` and bumps the cluster revision.
+    async fn update_tenant(
+        &self,
+        tenant: &Tenant,
+        expected_version: i64,
+        opts: &WriteOptions<'_>,
+    ) -> Result<()>;
+    /// Records the operator-observed status (no desired-state revision bump).
+    async fn set_tenant_status(&self, id: TenantId, status: &ObjectStatus) -> Result<Tenant>;
+    /// Deletes a tenant; with `cascade` also its projects and apps.
+    async fn delete_tenant(
+        &self,
+        id: TenantId,
+        cascade: bool,
+        opts: &WriteOptions<'_>,
+    ) -> Result<()>;
+
+    // ---- projects -------------------------------------------------------------------
+    /// Inserts a project (name unique per tenant).
+    async fn create_project(&self, project: &Project, opts: &WriteOptions<'_>) -> Result<()>;
+    /// Reads a project.
+    async fn get_project(&self, id: ProjectId) -> Result<Project>;
+    /// Lists a tenant's projects.
+    async fn list_projects(&self, tenant: TenantId, params: &ListParams) -> Result<Page<Project>>;
+    /// Replaces a project at `expected_version`.
+    async fn update_project(
+        &self,
+        project: &Project,
+        expected_version: i64,
+        opts: &WriteOptions<'_>,
+    ) -> Result<()>;
+    /// Records the operator-observed status.
+    async fn set_project_status(&self, id: ProjectId, status: &ObjectStatus) -> Result<Project>;
+    /// Deletes a project; with `cascade` also its apps.
+    async fn delete_project(
+        &self,
+        id: ProjectId,
+        cascade: bool,
+        opts: &WriteOptions<'_>,
+    ) -> Result<()>;
+
+    // ---- apps -----------------------------------------------------------------------
+    /// Inserts an app and its first revision.
+    async fn create_app(
+        &self,
+        app: &App,
+        first: &AppRevision,
+        opts: &WriteOptions<'_>,
+    ) -> Result<()>;
+    /// Reads an app.
+    async fn get_app(&self, id: AppId) -> Result<App>;
+    /// Lists a project's apps.
+    async fn list_apps(&self, project: ProjectId, params: &ListParams) -> Result<Page<App>>;
+    /// Replaces an app at `expected_version`, appending `new_revision` when the spec changed.
+    async fn update_app(
+        &self,
+        app: &App,
+        expected_version: i64,
+        new_revision: Option<&AppRevision>,
+        opts: &WriteOptions<'_>,
+    ) -> Result<()>;
+    /// Records the operator-observed status and KubeVela phase.
+    async fn set_app_status(
+        &self,
+        id: AppId,
+        status: &ObjectStatus,
+        vela_phase: Option<&str>,
+    ) -> Result<App>;
+    /// Deletes an app with its revisions and runs.
+    async fn delete_app(&self, id: AppId, opts: &WriteOptions<'_>) -> Result<()>;
+    /// Revisions of an app, oldest first.
+    async fn list_app_revisions(&self, id: AppId, params: &ListParams)
+    -> Result<Page<AppRevision>>;
+    /// One revision of an app.
+    async fn get_app_revision(&self, id: AppId, number: i64) -> Result<AppRevision>;
+    /// Records a workflow run.
+    async fn create_workflow_run(&self, run: &WorkflowRun, opts: &WriteOptions<'_>) -> Result<()>;
+    /// Updates a workflow run (status, result, end time).
+    async fn update_workflow_run(&self, run: &WorkflowRun) -> Result<()>;
+    /// Reads a workflow run.
+    async fn get_workflow_run(&self, id: RunId) -> Result<WorkflowRun>;
+    /// Lists an app's workflow runs, oldest first.
+    async fn list_workflow_runs(
+        &self,
+        app: AppId,
+        params: &ListParams,
+    ) -> Result<Page<WorkflowRun>>;
+
+    // ---- desired-state revisions --------------------------------------------------------
+    /// The cluster's current desired-state revision (0 before any change).
+    async fn cluster_revision(&self, id: ClusterId) -> Result<i64>;
+    /// Changes after `since`, oldest first, at most `limit`; `None` if `since` was compacted away.
+    async fn changes_since(
+        &self,
+        id: ClusterId,
+        since: i64,
+        limit: u32,
+    ) -> Result<Option<Vec<Change>>>;
+    /// Drops change records at or below `revision` (snapshots are needed for older cursors).
+    async fn compact_changes(&self, id: ClusterId, up_to: i64) -> Result<u64>;
+
+    // ---- usage ----------------------------------------------------------------------
+    /// Inserts or replaces hourly usage records (idempotent per cluster, tenant, project, hour).
+    async fn upsert_usage(&self, records: &[UsageRecord]) -> Result<()>;
+    /// Usage records matching the query, ordered by hour.
+    async fn query_usage(&self, query: &UsageQuery) -> Result<Vec<UsageRecord>>;
+
+    // ---- audit and idempotency --------------------------------------------------------
+    /// Appends an audit event on its own (mutations pass theirs in [`WriteOptions`]).
+    async fn append_audit(&self, event: &AuditEvent) -> Result<()>;
+    /// Audit events matching the query, oldest first.
+    async fn query_audit(&self, query: &AuditQuery) -> Result<Page<AuditEvent>>;
+    /// The stored response of an idempotency key, if any and not expired.
+    async fn get_idempotency(
+        &self,
+        subject: &str,
+        key: &str,
+        now: time::OffsetDateTime,
+    ) -> Result<Option<IdempotencyRecord>>;
+    /// Stores an idempotency record alone (mutations pass theirs in [`WriteOptions`]);
+    /// [`StoreError::Conflict`] if the key is already taken.
+    async fn put_idempotency(&self, record: &IdempotencyRecord) -> Result<()>;
+    /// Deletes expired idempotency records; returns how many.
+    async fn purge_idempotency(&self, now: time::OffsetDateTime) -> Result<u64>;
+}
+
+/// Opens the store named by a `DATABASE_URL` (`postgres://…` or `sqlite://…`) and
+/// applies pending migrations.
+pub async fn connect(url: &str, keyring: crypto::Keyring) -> Result<Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(PgStore::connect(url, keyring).await?))
+    } else if url.starts_with("sqlite:") {
+        Ok(Arc::new(SqliteStore::connect(url, keyring).await?))
+    } else {
+        Err(StoreError::Validation(
+            kubenova_api::validate::ValidationError::single(
+                "DATABASE_URL",
+                format!(
+                    "unsupported scheme in {:?}: use postgres://user@host/db or sqlite://path/to/file.db",
+                    redact_url(url)
+                ),
+            ),
+        ))
+    }
+}
+
+/// A URL with any password replaced by `***`, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}://{}:***{}", &url[..s], user, &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+    }
+}

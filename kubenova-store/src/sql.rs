@@ -1,0 +1,1191 @@
+//! The Postgres and SQLite backends. Both run the same SQL (positional `$N`
+//! parameters, `ON CONFLICT`, `RETURNING` work in both), so the implementation is
+//! written once in [`sql_backend!`] and instantiated per driver; each backend has its
+//! own migrations because column types differ (UUID/JSONB/BYTEA vs BLOB/TEXT).
+
+use crate::Store;
+use crate::crypto::{Keyring, SealedSecret};
+use crate::error::{Result, StoreError};
+use crate::types::*;
+use async_trait::async_trait;
+use kubenova_api::ids::{AppId, ClusterId, ProjectId, RunId, TenantId};
+use kubenova_api::model::{
+    App, AppRevision, AuditEvent, Cluster, ObjectStatus, Project, Tenant, UsageRecord, WorkflowRun,
+};
+use kubenova_api::validate::{Validate, ValidationError};
+use sqlx::Row;
+use sqlx::types::Json;
+use std::str::FromStr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+static PG_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+fn now_micros() -> i64 {
+    to_micros(OffsetDateTime::now_utc())
+}
+
+fn check_next_version(kind: &str, version: i64, expected: i64) -> Result<()> {
+    if version != expected + 1 {
+        return Err(StoreError::Validation(ValidationError::single(
+            "version",
+            format!(
+                "a {kind} written at version {expected} must carry version {} (got {version})",
+                expected + 1
+            ),
+        )));
+    }
+    Ok(())
+}
+
+fn unique(e: StoreError, message: impl FnOnce() -> String) -> StoreError {
+    match e {
+        StoreError::Conflict(_) => StoreError::Conflict(message()),
+        other => other,
+    }
+}
+
+fn secret_id(owner: Uuid, purpose: &str) -> String {
+    format!("{purpose}/{owner}")
+}
+
+macro_rules! sql_backend {
+    ($Store:ident, $Db:ty, $backend:literal, $migrator:expr) => {
+        impl $Store {
+            /// Wraps an existing pool (migrations are not run; see [`Self::migrate`]).
+            pub fn from_pool(pool: sqlx::Pool<$Db>, keyring: Keyring) -> Self {
+                Self { pool, keyring: Arc::new(RwLock::new(Arc::new(keyring))) }
+            }
+
+            /// The underlying connection pool (for benchmarks and embedders' own tables).
+            pub fn pool(&self) -> &sqlx::Pool<$Db> {
+                &self.pool
+            }
+
+            /// Applies pending migrations.
+            pub async fn migrate(&self) -> Result<()> {
+                $migrator.run(&self.pool).await.map_err(|e| match e {
+                    sqlx::migrate::MigrateError::Execute(e) => StoreError::from(e),
+                    other => StoreError::Internal(format!("migration failed: {other}")),
+                })
+            }
+
+            /// Replaces the keyring (e.g. after adding a KEK); follow with
+            /// [`Store::rotate_keys`] to re-wrap existing data keys. No downtime: old KEKs
+            /// keep decrypting until rotation finishes.
+            pub fn set_keyring(&self, keyring: Keyring) {
+                if let Ok(mut k) = self.keyring.write() {
+                    *k = Arc::new(keyring);
+                }
+            }
+
+            fn keys(&self) -> Arc<Keyring> {
+                match self.keyring.read() {
+                    Ok(k) => Arc::clone(&k),
+                    Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+                }
+            }
+
+            async fn bump(
+                conn: &mut <$Db as sqlx::Database>::Connection,
+                cluster: ClusterId,
+                kind: ObjectKind,
+                object: Uuid,
+                deleted: bool,
+            ) -> Result<i64> {
+                let row = sqlx::query(
+                    "UPDATE cluster_revisions SET revision = revision + 1 WHERE cluster_id = $1 RETURNING revision",
+                )
+                .bind(cluster.0)
+                .fetch_optional(&mut *conn)
+                .await?;
+                let Some(row) = row else {
+                    return Err(StoreError::NotFound { kind: "cluster", id: cluster.to_string() });
+                };
+                let revision: i64 = row.try_get("revision")?;
+                sqlx::query(
+                    "INSERT INTO desired_changes (cluster_id, revision, kind, object_id, deleted) VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(cluster.0)
+                .bind(revision)
+                .bind(kind.as_str())
+                .bind(object)
+                .bind(deleted)
+                .execute(&mut *conn)
+                .await?;
+                Ok(revision)
+            }
+
+            async fn apply_opts(
+                conn: &mut <$Db as sqlx::Database>::Connection,
+                opts: &WriteOptions<'_>,
+            ) -> Result<()> {
+                if let Some(ev) = opts.audit {
+                    Self::insert_audit(&mut *conn, ev).await?;
+                }
+                if let Some(rec) = opts.idempotency {
+                    Self::insert_idempotency(&mut *conn, rec).await?;
+                }
+                Ok(())
+            }
+
+            async fn insert_audit(
+                conn: &mut <$Db as sqlx::Database>::Connection,
+                ev: &AuditEvent,
+            ) -> Result<()> {
+                let outcome = serde_json::to_value(ev.outcome)?;
+                sqlx::query(
+                    "INSERT INTO audit_events (id, at, actor, action, resource_kind, resource_id, outcome, doc) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(ev.id.0)
+                .bind(to_micros(ev.at))
+                .bind(&ev.actor)
+                .bind(&ev.action)
+                .bind(&ev.resource_kind)
+                .bind(&ev.resource_id)
+                .bind(outcome.as_str().unwrap_or_default())
+                .bind(Json(ev))
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
+            }
+
+            async fn insert_idempotency(
+                conn: &mut <$Db as sqlx::Database>::Connection,
+                rec: &IdempotencyRecord,
+            ) -> Result<()> {
+                sqlx::query("DELETE FROM idempotency_keys WHERE subject = $1 AND key = $2 AND expires_at <= $3")
+                    .bind(&rec.subject)
+                    .bind(&rec.key)
+                    .bind(to_micros(rec.created_at))
+                    .execute(&mut *conn)
+                    .await?;
+                sqlx::query(
+                    "INSERT INTO idempotency_keys (subject, key, request_hash, status, body, created_at, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(&rec.subject)
+                .bind(&rec.key)
+                .bind(&rec.request_hash)
+                .bind(i32::from(rec.status))
+                .bind(&rec.body)
+                .bind(to_micros(rec.created_at))
+                .bind(to_micros(rec.expires_at))
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| unique(e.into(), || format!("idempotency key {:?} is already in use", rec.key)))?;
+                Ok(())
+            }
+
+            async fn version_error(
+                conn: &mut <$Db as sqlx::Database>::Connection,
+                table: &str,
+                kind: &'static str,
+                id: Uuid,
+                expected: i64,
+            ) -> StoreError {
+                let sql = format!("SELECT version FROM {table} WHERE id = $1");
+                match sqlx::query(&sql).bind(id).fetch_optional(&mut *conn).await {
+                    Ok(Some(row)) => match row.try_get::<i64, _>("version") {
+                        Ok(actual) => StoreError::PreconditionFailed { kind, id: id.to_string(), expected, actual },
+                        Err(e) => e.into(),
+                    },
+                    Ok(None) => StoreError::NotFound { kind, id: id.to_string() },
+                    Err(e) => e.into(),
+                }
+            }
+
+            async fn seal_into(
+                conn: &mut <$Db as sqlx::Database>::Connection,
+                keys: &Keyring,
+                owner: Uuid,
+                purpose: &str,
+                plaintext: &[u8],
+            ) -> Result<()> {
+                let id = secret_id(owner, purpose);
+                let sealed = keys.seal(plaintext, id.as_bytes())?;
+                sqlx::query(
+                    "INSERT INTO secrets (id, owner_id, kek_id, wrapped_dek, ciphertext, version, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, 1, $6) \
+                     ON CONFLICT (id) DO UPDATE SET kek_id = excluded.kek_id, wrapped_dek = excluded.wrapped_dek, \
+                     ciphertext = excluded.ciphertext, version = secrets.version + 1, updated_at = excluded.updated_at",
+                )
+                .bind(&id)
+                .bind(owner)
+                .bind(&sealed.kek_id)
+                .bind(&sealed.wrapped_dek)
+                .bind(&sealed.ciphertext)
+                .bind(now_micros())
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
+            }
+
+            async fn fetch_doc<T: serde::de::DeserializeOwned>(
+                &self,
+                table: &str,
+                kind: &'static str,
+                id: Uuid,
+            ) -> Result<T> {
+                let sql = format!("SELECT doc FROM {table} WHERE id = $1");
+                let row = sqlx::query(&sql).bind(id).fetch_optional(&self.pool).await?;
+                match row {
+                    Some(row) => Ok(row.try_get::<Json<T>, _>("doc")?.0),
+                    None => Err(StoreError::NotFound { kind, id: id.to_string() }),
+                }
+            }
+
+            async fn list_docs<T: serde::de::DeserializeOwned>(
+                &self,
+                table: &str,
+                filter: Option<(&str, Uuid)>,
+                params: &ListParams,
+            ) -> Result<Page<T>> {
+                let limit = params.page_size()?;
+                let after = params.cursor_uuid()?;
+                let mut qb = sqlx::QueryBuilder::<$Db>::new(format!("SELECT id, doc FROM {table} WHERE 1 = 1"));
+                if let Some((col, val)) = filter {
+                    qb.push(format!(" AND {col} = ")).push_bind(val);
+                }
+                if let Some(a) = after {
+                    qb.push(" AND id > ").push_bind(a);
+                }
+                qb.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit) + 1);
+                let rows = qb.build().fetch_all(&self.pool).await?;
+                let mut items = Vec::with_capacity(rows.len());
+                let mut last = None;
+                for row in rows.iter().take(limit as usize) {
+                    last = Some(row.try_get::<Uuid, _>("id")?);
+                    items.push(row.try_get::<Json<T>, _>("doc")?.0);
+                }
+                let next_cursor = if rows.len() > limit as usize { last.map(encode_cursor) } else { None };
+                Ok(Page { items, next_cursor })
+            }
+
+            async fn count(
+                conn: &mut <$Db as sqlx::Database>::Connection,
+                table: &str,
+                col: &str,
+                id: Uuid,
+            ) -> Result<i64> {
+                let sql = format!("SELECT COUNT(*) AS n FROM {table} WHERE {col} = $1");
+                let row = sqlx::query(&sql).bind(id).fetch_one(&mut *conn).await?;
+                Ok(row.try_get::<i64, _>("n")?)
+            }
+
+            async fn ids(
+                conn: &mut <$Db as sqlx::Database>::Connection,
+                table: &str,
+                col: &str,
+                id: Uuid,
+            ) -> Result<Vec<Uuid>> {
+                let sql = format!("SELECT id FROM {table} WHERE {col} = $1 ORDER BY id");
+                let rows = sqlx::query(&sql).bind(id).fetch_all(&mut *conn).await?;
+                rows.iter().map(|r| r.try_get::<Uuid, _>("id").map_err(StoreError::from)).collect()
+            }
+
+            async fn parent_ids(
+                conn: &mut <$Db as sqlx::Database>::Connection,
+                table: &str,
+                kind: &'static str,
+                id: Uuid,
+            ) -> Result<(Uuid, Uuid)> {
+                let sql = format!("SELECT cluster_id, {} FROM {table} WHERE id = $1", if table == "projects" { "tenant_id AS parent" } else { "id AS parent" });
+                let row = sqlx::query(&sql).bind(id).fetch_optional(&mut *conn).await?;
+                match row {
+                    Some(r) => Ok((r.try_get::<Uuid, _>("cluster_id")?, r.try_get::<Uuid, _>("parent")?)),
+                    None => Err(StoreError::NotFound { kind, id: id.to_string() }),
+                }
+            }
+
+            async fn delete_apps_of(
+                conn: &mut <$Db as sqlx::Database>::Connection,
+                cluster: ClusterId,
+                col: &str,
+                id: Uuid,
+                record: bool,
+            ) -> Result<()> {
+                for app in Self::ids(&mut *conn, "apps", col, id).await? {
+                    if record {
+                        Self::bump(&mut *conn, cluster, ObjectKind::App, app, true).await?;
+                    }
+                    sqlx::query("DELETE FROM apps WHERE id = $1").bind(app).execute(&mut *conn).await?;
+                }
+                Ok(())
+            }
+
+            async fn delete_projects_of(
+                conn: &mut <$Db as sqlx::Database>::Connection,
+                cluster: ClusterId,
+                col: &str,
+                id: Uuid,
+                record: bool,
+            ) -> Result<()> {
+                for p in Self::ids(&mut *conn, "projects", col, id).await? {
+                    if record {
+                        Self::bump(&mut *conn, cluster, ObjectKind::Project, p, true).await?;
+                    }
+                    sqlx::query("DELETE FROM projects WHERE id = $1").bind(p).execute(&mut *conn).await?;
+                }
+                Ok(())
+            }
+        }
+
+        #[async_trait]
+        impl Store for $Store {
+            async fn ping(&self) -> Result<Health> {
+                let expected = $migrator.iter().map(|m| m.version).max().unwrap_or(0);
+                let row = sqlx::query("SELECT MAX(version) AS v FROM _sqlx_migrations WHERE success")
+                    .fetch_one(&self.pool)
+                    .await?;
+                let applied: Option<i64> = row.try_get("v")?;
+                let applied = applied.unwrap_or(0);
+                Ok(Health {
+                    backend: $backend,
+                    expected_migration: expected,
+                    applied_migration: applied,
+                    migrations_current: applied >= expected,
+                })
+            }
+
+            async fn create_cluster(&self, c: &Cluster, kubeconfig: &[u8], opts: &WriteOptions<'_>) -> Result<()> {
+                let keys = self.keys();
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO clusters (id, name, doc, version, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                )
+                .bind(c.id.0)
+                .bind(&c.name)
+                .bind(Json(c))
+                .bind(c.version)
+                .bind(to_micros(c.created_at))
+                .bind(to_micros(c.updated_at))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| unique(e.into(), || format!("a cluster named {:?} already exists", c.name)))?;
+                sqlx::query("INSERT INTO cluster_revisions (cluster_id, revision, compacted) VALUES ($1, 0, 0)")
+                    .bind(c.id.0)
+                    .execute(&mut *tx)
+                    .await?;
+                Self::seal_into(&mut *tx, &keys, c.id.0, "cluster-kubeconfig", kubeconfig).await?;
+                Self::apply_opts(&mut *tx, opts).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn get_cluster(&self, id: ClusterId) -> Result<Cluster> {
+                self.fetch_doc("clusters", "cluster", id.0).await
+            }
+
+            async fn list_clusters(&self, params: &ListParams) -> Result<Page<Cluster>> {
+                self.list_docs("clusters", None, params).await
+            }
+
+            async fn update_cluster(&self, c: &Cluster, expected: i64, opts: &WriteOptions<'_>) -> Result<()> {
+                check_next_version("cluster", c.version, expected)?;
+                let mut tx = self.pool.begin().await?;
+                let res = sqlx::query(
+                    "UPDATE clusters SET name = $1, doc = $2, version = $3, updated_at = $4 WHERE id = $5 AND version = $6",
+                )
+                .bind(&c.name)
+                .bind(Json(c))
+                .bind(c.version)
+                .bind(to_micros(c.updated_at))
+                .bind(c.id.0)
+                .bind(expected)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| unique(e.into(), || format!("a cluster named {:?} already exists", c.name)))?;
+                if res.rows_affected() == 0 {
+                    return Err(Self::version_error(&mut *tx, "clusters", "cluster", c.id.0, expected).await);
+                }
+                Self::apply_opts(&mut *tx, opts).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn delete_cluster(&self, id: ClusterId, cascade: bool, opts: &WriteOptions<'_>) -> Result<()> {
+                let mut tx = self.pool.begin().await?;
+                let tenants = Self::count(&mut *tx, "tenants", "cluster_id", id.0).await?;
+                if tenants > 0 && !cascade {
+                    return Err(StoreError::Conflict(format!(
+                        "cluster {id} still has {tenants} tenant(s); delete them first or delete with cascade=true"
+                    )));
+                }
+                if cascade {
+                    Self::delete_apps_of(&mut *tx, id, "cluster_id", id.0, false).await?;
+                    Self::delete_projects_of(&mut *tx, id, "cluster_id", id.0, false).await?;
+                    sqlx::query("DELETE FROM tenants WHERE cluster_id = $1").bind(id.0).execute(&mut *tx).await?;
+                }
+                sqlx::query("DELETE FROM secrets WHERE owner_id = $1").bind(id.0).execute(&mut *tx).await?;
+                let res = sqlx::query("DELETE FROM clusters WHERE id = $1").bind(id.0).execute(&mut *tx).await
+                    .map_err(|e| unique(e.into(), || format!("cluster {id} still has tenants")))?;
+                if res.rows_affected() == 0 {
+                    return Err(StoreError::NotFound { kind: "cluster", id: id.to_string() });
+                }
+                Self::apply_opts(&mut *tx, opts).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn cluster_kubeconfig(&self, id: ClusterId) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+                self.get_secret(id.0, "cluster-kubeconfig").await.map_err(|e| match e {
+                    StoreError::NotFound { .. } => StoreError::NotFound { kind: "cluster", id: id.to_string() },
+                    other => other,
+                })
+            }
+
+            async fn put_secret(&self, owner: Uuid, purpose: &str, plaintext: &[u8]) -> Result<()> {
+                let keys = self.keys();
+                let mut conn = self.pool.acquire().await?;
+                Self::seal_into(&mut conn, &keys, owner, purpose, plaintext).await
+            }
+
+            async fn get_secret(&self, owner: Uuid, purpose: &str) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+                let id = secret_id(owner, purpose);
+                let row = sqlx::query("SELECT kek_id, wrapped_dek, ciphertext FROM secrets WHERE id = $1")
+                    .bind(&id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let Some(row) = row else {
+                    return Err(StoreError::NotFound { kind: "secret", id: purpose.to_string() });
+                };
+                let sealed = SealedSecret {
+                    kek_id: row.try_get("kek_id")?,
+                    wrapped_dek: row.try_get("wrapped_dek")?,
+                    ciphertext: row.try_get("ciphertext")?,
+                };
+                Ok(self.keys().open(&sealed, id.as_bytes())?)
+            }
+
+            async fn rotate_keys(&self) -> Result<usize> {
+                let keys = self.keys();
+                let active = keys.active_kid().to_string();
+                let rows = sqlx::query("SELECT id, kek_id, wrapped_dek, ciphertext, version FROM secrets WHERE kek_id <> $1")
+                    .bind(&active)
+                    .fetch_all(&self.pool)
+                    .await?;
+                let mut changed = 0;
+                for row in rows {
+                    let id: String = row.try_get("id")?;
+                    let version: i64 = row.try_get("version")?;
+                    let sealed = SealedSecret {
+                        kek_id: row.try_get("kek_id")?,
+                        wrapped_dek: row.try_get("wrapped_dek")?,
+                        ciphertext: row.try_get("ciphertext")?,
+                    };
+                    if let Some(new) = keys.rewrap(&sealed, id.as_bytes())? {
+                        // A concurrent write re-sealed it with the active key already: skip.
+                        let res = sqlx::query(
+                            "UPDATE secrets SET kek_id = $1, wrapped_dek = $2, version = version + 1, updated_at = $3 \
+                             WHERE id = $4 AND version = $5",
+                        )
+                        .bind(&new.kek_id)
+                        .bind(&new.wrapped_dek)
+                        .bind(now_micros())
+                        .bind(&id)
+                        .bind(version)
+                        .execute(&self.pool)
+                        .await?;
+                        changed += res.rows_affected() as usize;
+                    }
+                }
+                tracing::info!(rewrapped = changed, active_kek = %active, "key rotation finished");
+                Ok(changed)
+            }
+
+            async fn create_tenant(&self, t: &Tenant, opts: &WriteOptions<'_>) -> Result<()> {
+                let mut tx = self.pool.begin().await?;
+                Self::bump(&mut *tx, t.cluster_id, ObjectKind::Tenant, t.id.0, false).await?;
+                sqlx::query(
+                    "INSERT INTO tenants (id, cluster_id, name, doc, version, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(t.id.0)
+                .bind(t.cluster_id.0)
+                .bind(&t.name)
+                .bind(Json(t))
+                .bind(t.version)
+                .bind(to_micros(t.created_at))
+                .bind(to_micros(t.updated_at))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| unique(e.into(), || format!("a tenant named {:?} already exists in cluster {}", t.name, t.cluster_id)))?;
+                Self::apply_opts(&mut *tx, opts).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn get_tenant(&self, id: TenantId) -> Result<Tenant> {
+                self.fetch_doc("tenants", "tenant", id.0).await
+            }
+
+            async fn list_tenants(&self, cluster: Option<ClusterId>, params: &ListParams) -> Result<Page<Tenant>> {
+                self.list_docs("tenants", cluster.map(|c| ("cluster_id", c.0)), params).await
+            }
+
+            async fn update_tenant(&self, t: &Tenant, expected: i64, opts: &WriteOptions<'_>) -> Result<()> {
+                check_next_version("tenant", t.version, expected)?;
+                let mut tx = self.pool.begin().await?;
+                Self::bump(&mut *tx, t.cluster_id, ObjectKind::Tenant, t.id.0, false).await?;
+                let res = sqlx::query(
+                    "UPDATE tenants SET name = $1, doc = $2, version = $3, updated_at = $4 WHERE id = $5 AND version = $6 AND cluster_id = $7",
+                )
+                .bind(&t.name)
+                .bind(Json(t))
+                .bind(t.version)
+                .bind(to_micros(t.updated_at))
+                .bind(t.id.0)
+                .bind(expected)
+                .bind(t.cluster_id.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| unique(e.into(), || format!("a tenant named {:?} already exists in cluster {}", t.name, t.cluster_id)))?;
+                if res.rows_affected() == 0 {
+                    return Err(Self::version_error(&mut *tx, "tenants", "tenant", t.id.0, expected).await);
+                }
+                Self::apply_opts(&mut *tx, opts).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn set_tenant_status(&self, id: TenantId, status: &ObjectStatus) -> Result<Tenant> {
+                loop {
+                    let mut t: Tenant = self.get_tenant(id).await?;
+                    if &t.status == status {
+                        return Ok(t);
+                    }
+                    let expected = t.version;
+                    t.status = status.clone();
+                    t.version += 1;
+                    t.updated_at = OffsetDateTime::now_utc();
+                    let res = sqlx::query("UPDATE tenants SET doc = $1, version = $2, updated_at = $3 WHERE id = $4 AND version = $5")
+                        .bind(Json(&t))
+                        .bind(t.version)
+                        .bind(to_micros(t.updated_at))
+                        .bind(id.0)
+                        .bind(expected)
+                        .execute(&self.pool)
+                        .await?;
+                    if res.rows_affected() == 1 {
+                        return Ok(t);
+                    }
+                }
+            }
+
+            async fn delete_tenant(&self, id: TenantId, cascade: bool, opts: &WriteOptions<'_>) -> Result<()> {
+                let mut tx = self.pool.begin().await?;
+                let row = sqlx::query("SELECT cluster_id FROM tenants WHERE id = $1").bind(id.0).fetch_optional(&mut *tx).await?;
+                let Some(row) = row else {
+                    return Err(StoreError::NotFound { kind: "tenant", id: id.to_string() });
+                };
+                let cluster = ClusterId(row.try_get::<Uuid, _>("cluster_id")?);
+                let projects = Self::count(&mut *tx, "projects", "tenant_id", id.0).await?;
+                if projects > 0 && !cascade {
+                    return Err(StoreError::Conflict(format!(
+                        "tenant {id} still has {projects} project(s); delete them first or delete with cascade=true"
+                    )));
+                }
+                Self::delete_apps_of(&mut *tx, cluster, "tenant_id", id.0, true).await?;
+                Self::delete_projects_of(&mut *tx, cluster, "tenant_id", id.0, true).await?;
+                Self::bump(&mut *tx, cluster, ObjectKind::Tenant, id.0, true).await?;
+                sqlx::query("DELETE FROM tenants WHERE id = $1").bind(id.0).execute(&mut *tx).await
+                    .map_err(|e| unique(e.into(), || format!("tenant {id} still has projects")))?;
+                Self::apply_opts(&mut *tx, opts).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn create_project(&self, p: &Project, opts: &WriteOptions<'_>) -> Result<()> {
+                let mut tx = self.pool.begin().await?;
+                Self::bump(&mut *tx, p.cluster_id, ObjectKind::Project, p.id.0, false).await?;
+                let (cluster, _) = Self::parent_ids(&mut *tx, "tenants", "tenant", p.tenant_id.0).await?;
+                if cluster != p.cluster_id.0 {
+                    return Err(StoreError::NotFound { kind: "tenant", id: p.tenant_id.to_string() });
+                }
+                sqlx::query(
+                    "INSERT INTO projects (id, cluster_id, tenant_id, name, doc, version, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                )
+                .bind(p.id.0)
+                .bind(p.cluster_id.0)
+                .bind(p.tenant_id.0)
+                .bind(&p.name)
+                .bind(Json(p))
+                .bind(p.version)
+                .bind(to_micros(p.created_at))
+                .bind(to_micros(p.updated_at))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| unique(e.into(), || format!("a project named {:?} already exists in tenant {}", p.name, p.tenant_id)))?;
+                Self::apply_opts(&mut *tx, opts).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn get_project(&self, id: ProjectId) -> Result<Project> {
+                self.fetch_doc("projects", "project", id.0).await
+            }
+
+            async fn list_projects(&self, tenant: TenantId, params: &ListParams) -> Result<Page<Project>> {
+                self.list_docs("projects", Some(("tenant_id", tenant.0)), params).await
+            }
+
+            async fn update_project(&self, p: &Project, expected: i64, opts: &WriteOptions<'_>) -> Result<()> {
+                check_next_version("project", p.version, expected)?;
+                let mut tx = self.pool.begin().await?;
+                Self::bump(&mut *tx, p.cluster_id, ObjectKind::Project, p.id.0, false).await?;
+                let res = sqlx::query(
+                    "UPDATE projects SET name = $1, doc = $2, version = $3, updated_at = $4 WHERE id = $5 AND version = $6 AND tenant_id = $7",
+                )
+                .bind(&p.name)
+                .bind(Json(p))
+                .bind(p.version)
+                .bind(to_micros(p.updated_at))
+                .bind(p.id.0)
+                .bind(expected)
+                .bind(p.tenant_id.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| unique(e.into(), || format!("a project named {:?} already exists in tenant {}", p.name, p.tenant_id)))?;
+                if res.rows_affected() == 0 {
+                    return Err(Self::version_error(&mut *tx, "projects", "project", p.id.0, expected).await);
+                }
+                Self::apply_opts(&mut *tx, opts).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn set_project_status(&self, id: ProjectId, status: &ObjectStatus) -> Result<Project> {
+                loop {
+                    let mut p: Project = self.get_project(id).await?;
+                    if &p.status == status {
+                        return Ok(p);
+                    }
+                    let expected = p.version;
+                    p.status = status.clone();
+                    p.version += 1;
+                    p.updated_at = OffsetDateTime::now_utc();
+                    let res = sqlx::query("UPDATE projects SET doc = $1, version = $2, updated_at = $3 WHERE id = $4 AND version = $5")
+                        .bind(Json(&p))
+                        .bind(p.version)
+                        .bind(to_micros(p.updated_at))
+                        .bind(id.0)
+                        .bind(expected)
+                        .execute(&self.pool)
+                        .await?;
+                    if res.rows_affected() == 1 {
+                        return Ok(p);
+                    }
+                }
+            }
+
+            async fn delete_project(&self, id: ProjectId, cascade: bool, opts: &WriteOptions<'_>) -> Result<()> {
+                let mut tx = self.pool.begin().await?;
+                let (cluster, _) = Self::parent_ids(&mut *tx, "projects", "project", id.0).await?;
+                let cluster = ClusterId(cluster);
+                let apps = Self::count(&mut *tx, "apps", "project_id", id.0).await?;
+                if apps > 0 && !cascade {
+                    return Err(StoreError::Conflict(format!(
+                        "project {id} still has {apps} app(s); delete them first or delete with cascade=true"
+                    )));
+                }
+                Self::delete_apps_of(&mut *tx, cluster, "project_id", id.0, true).await?;
+                Self::bump(&mut *tx, cluster, ObjectKind::Project, id.0, true).await?;
+                sqlx::query("DELETE FROM projects WHERE id = $1").bind(id.0).execute(&mut *tx).await
+                    .map_err(|e| unique(e.into(), || format!("project {id} still has apps")))?;
+                Self::apply_opts(&mut *tx, opts).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn create_app(&self, a: &App, first: &AppRevision, opts: &WriteOptions<'_>) -> Result<()> {
+                let mut tx = self.pool.begin().await?;
+                Self::bump(&mut *tx, a.cluster_id, ObjectKind::App, a.id.0, false).await?;
+                let (cluster, tenant) = Self::parent_ids(&mut *tx, "projects", "project", a.project_id.0).await?;
+                if cluster != a.cluster_id.0 || tenant != a.tenant_id.0 {
+                    return Err(StoreError::NotFound { kind: "project", id: a.project_id.to_string() });
+                }
+                sqlx::query(
+                    "INSERT INTO apps (id, cluster_id, tenant_id, project_id, name, doc, version, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(a.id.0)
+                .bind(a.cluster_id.0)
+                .bind(a.tenant_id.0)
+                .bind(a.project_id.0)
+                .bind(&a.name)
+                .bind(Json(a))
+                .bind(a.version)
+                .bind(to_micros(a.created_at))
+                .bind(to_micros(a.updated_at))
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| unique(e.into(), || format!("an app named {:?} already exists in project {}", a.name, a.project_id)))?;
+                Self::insert_revision(&mut *tx, a.id, first).await?;
+                Self::apply_opts(&mut *tx, opts).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn get_app(&self, id: AppId) -> Result<App> {
+                self.fetch_doc("apps", "app", id.0).await
+            }
+
+            async fn list_apps(&self, project: ProjectId, params: &ListParams) -> Result<Page<App>> {
+                self.list_docs("apps", Some(("project_id", project.0)), params).await
+            }
+
+            async fn update_app(&self, a: &App, expected: i64, new_revision: Option<&AppRevision>, opts: &WriteOptions<'_>) -> Result<()> {
+                check_next_version("app", a.version, expected)?;
+                let mut tx = self.pool.begin().await?;
+                Self::bump(&mut *tx, a.cluster_id, ObjectKind::App, a.id.0, false).await?;
+                let res = sqlx::query(
+                    "UPDATE apps SET name = $1, doc = $2, version = $3, updated_at = $4 WHERE id = $5 AND version = $6 AND project_id = $7",
+                )
+                .bind(&a.name)
+                .bind(Json(a))
+                .bind(a.version)
+                .bind(to_micros(a.updated_at))
+                .bind(a.id.0)
+                .bind(expected)
+                .bind(a.project_id.0)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| unique(e.into(), || format!("an app named {:?} already exists in project {}", a.name, a.project_id)))?;
+                if res.rows_affected() == 0 {
+                    return Err(Self::version_error(&mut *tx, "apps", "app", a.id.0, expected).await);
+                }
+                if let Some(r) = new_revision {
+                    Self::insert_revision(&mut *tx, a.id, r).await?;
+                }
+                Self::apply_opts(&mut *tx, opts).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn set_app_status(&self, id: AppId, status: &ObjectStatus, vela_phase: Option<&str>) -> Result<App> {
+                loop {
+                    let mut a: App = self.get_app(id).await?;
+                    if &a.status == status && a.vela_phase.as_deref() == vela_phase {
+                        return Ok(a);
+                    }
+                    let expected = a.version;
+                    a.status = status.clone();
+                    a.vela_phase = vela_phase.map(str::to_string);
+                    a.version += 1;
+                    a.updated_at = OffsetDateTime::now_utc();
+                    let res = sqlx::query("UPDATE apps SET doc = $1, version = $2, updated_at = $3 WHERE id = $4 AND version = $5")
+                        .bind(Json(&a))
+                        .bind(a.version)
+                        .bind(to_micros(a.updated_at))
+                        .bind(id.0)
+                        .bind(expected)
+                        .execute(&self.pool)
+                        .await?;
+                    if res.rows_affected() == 1 {
+                        return Ok(a);
+                    }
+                }
+            }
+
+            async fn delete_app(&self, id: AppId, opts: &WriteOptions<'_>) -> Result<()> {
+                let mut tx = self.pool.begin().await?;
+                let row = sqlx::query("SELECT cluster_id FROM apps WHERE id = $1").bind(id.0).fetch_optional(&mut *tx).await?;
+                let Some(row) = row else {
+                    return Err(StoreError::NotFound { kind: "app", id: id.to_string() });
+                };
+                let cluster = ClusterId(row.try_get::<Uuid, _>("cluster_id")?);
+                Self::bump(&mut *tx, cluster, ObjectKind::App, id.0, true).await?;
+                sqlx::query("DELETE FROM apps WHERE id = $1").bind(id.0).execute(&mut *tx).await?;
+                Self::apply_opts(&mut *tx, opts).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn list_app_revisions(&self, id: AppId, params: &ListParams) -> Result<Page<AppRevision>> {
+                let limit = params.page_size()?;
+                let after = params.cursor_i64()?.unwrap_or(0);
+                let exists = sqlx::query("SELECT id FROM apps WHERE id = $1").bind(id.0).fetch_optional(&self.pool).await?;
+                if exists.is_none() {
+                    return Err(StoreError::NotFound { kind: "app", id: id.to_string() });
+                }
+                let rows = sqlx::query("SELECT number, doc FROM app_revisions WHERE app_id = $1 AND number > $2 ORDER BY number LIMIT $3")
+                    .bind(id.0)
+                    .bind(after)
+                    .bind(i64::from(limit) + 1)
+                    .fetch_all(&self.pool)
+                    .await?;
+                let mut items = Vec::new();
+                for row in rows.iter().take(limit as usize) {
+                    items.push(row.try_get::<Json<AppRevision>, _>("doc")?.0);
+                }
+                let next_cursor = if rows.len() > limit as usize { items.last().map(|r| encode_cursor(r.number)) } else { None };
+                Ok(Page { items, next_cursor })
+            }
+
+            async fn get_app_revision(&self, id: AppId, number: i64) -> Result<AppRevision> {
+                let row = sqlx::query("SELECT doc FROM app_revisions WHERE app_id = $1 AND number = $2")
+                    .bind(id.0)
+                    .bind(number)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                match row {
+                    Some(r) => Ok(r.try_get::<Json<AppRevision>, _>("doc")?.0),
+                    None => Err(StoreError::NotFound { kind: "app revision", id: format!("{id}@{number}") }),
+                }
+            }
+
+            async fn create_workflow_run(&self, run: &WorkflowRun, opts: &WriteOptions<'_>) -> Result<()> {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("INSERT INTO workflow_runs (id, app_id, doc, version, created_at) VALUES ($1, $2, $3, 1, $4)")
+                    .bind(run.id.0)
+                    .bind(run.app_id.0)
+                    .bind(Json(run))
+                    .bind(to_micros(run.started_at))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| match StoreError::from(e) {
+                        StoreError::Conflict(_) => StoreError::NotFound { kind: "app", id: run.app_id.to_string() },
+                        other => other,
+                    })?;
+                Self::apply_opts(&mut *tx, opts).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn update_workflow_run(&self, run: &WorkflowRun) -> Result<()> {
+                let res = sqlx::query("UPDATE workflow_runs SET doc = $1, version = version + 1 WHERE id = $2 AND app_id = $3")
+                    .bind(Json(run))
+                    .bind(run.id.0)
+                    .bind(run.app_id.0)
+                    .execute(&self.pool)
+                    .await?;
+                if res.rows_affected() == 0 {
+                    return Err(StoreError::NotFound { kind: "workflow run", id: run.id.to_string() });
+                }
+                Ok(())
+            }
+
+            async fn get_workflow_run(&self, id: RunId) -> Result<WorkflowRun> {
+                self.fetch_doc("workflow_runs", "workflow run", id.0).await
+            }
+
+            async fn list_workflow_runs(&self, app: AppId, params: &ListParams) -> Result<Page<WorkflowRun>> {
+                self.list_docs("workflow_runs", Some(("app_id", app.0)), params).await
+            }
+
+            async fn cluster_revision(&self, id: ClusterId) -> Result<i64> {
+                let row = sqlx::query("SELECT revision FROM cluster_revisions WHERE cluster_id = $1")
+                    .bind(id.0)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                match row {
+                    Some(r) => Ok(r.try_get("revision")?),
+                    None => Err(StoreError::NotFound { kind: "cluster", id: id.to_string() }),
+                }
+            }
+
+            async fn changes_since(&self, id: ClusterId, since: i64, limit: u32) -> Result<Option<Vec<Change>>> {
+                let row = sqlx::query("SELECT revision, compacted FROM cluster_revisions WHERE cluster_id = $1")
+                    .bind(id.0)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let Some(row) = row else {
+                    return Err(StoreError::NotFound { kind: "cluster", id: id.to_string() });
+                };
+                let compacted: i64 = row.try_get("compacted")?;
+                if since < compacted || since < 0 {
+                    return Ok(None);
+                }
+                let rows = sqlx::query(
+                    "SELECT revision, kind, object_id, deleted FROM desired_changes WHERE cluster_id = $1 AND revision > $2 ORDER BY revision LIMIT $3",
+                )
+                .bind(id.0)
+                .bind(since)
+                .bind(i64::from(limit.max(1)))
+                .fetch_all(&self.pool)
+                .await?;
+                let mut out = Vec::with_capacity(rows.len());
+                for r in rows {
+                    let kind: String = r.try_get("kind")?;
+                    out.push(Change {
+                        revision: r.try_get("revision")?,
+                        kind: ObjectKind::parse(&kind).ok_or_else(|| StoreError::Internal(format!("unknown change kind {kind}")))?,
+                        object_id: r.try_get("object_id")?,
+                        deleted: r.try_get("deleted")?,
+                    });
+                }
+                Ok(Some(out))
+            }
+
+            async fn compact_changes(&self, id: ClusterId, up_to: i64) -> Result<u64> {
+                let mut tx = self.pool.begin().await?;
+                let res = sqlx::query("UPDATE cluster_revisions SET compacted = $2 WHERE cluster_id = $1 AND compacted < $2 AND revision >= $2")
+                    .bind(id.0)
+                    .bind(up_to)
+                    .execute(&mut *tx)
+                    .await?;
+                if res.rows_affected() == 0 {
+                    return Ok(0);
+                }
+                let del = sqlx::query("DELETE FROM desired_changes WHERE cluster_id = $1 AND revision <= $2")
+                    .bind(id.0)
+                    .bind(up_to)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(del.rows_affected())
+            }
+
+            async fn upsert_usage(&self, records: &[UsageRecord]) -> Result<()> {
+                for r in records {
+                    r.validate()?;
+                }
+                let mut tx = self.pool.begin().await?;
+                let now = now_micros();
+                for r in records {
+                    sqlx::query(
+                        "INSERT INTO usage_hours (cluster_id, tenant_id, project_key, hour, cpu_millicores, memory_bytes, storage_bytes, \
+                         load_balancers, namespaces, pods, apps, reported_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+                         ON CONFLICT (cluster_id, tenant_id, project_key, hour) DO UPDATE SET \
+                         cpu_millicores = excluded.cpu_millicores, memory_bytes = excluded.memory_bytes, \
+                         storage_bytes = excluded.storage_bytes, load_balancers = excluded.load_balancers, \
+                         namespaces = excluded.namespaces, pods = excluded.pods, apps = excluded.apps, reported_at = excluded.reported_at",
+                    )
+                    .bind(r.cluster_id.0)
+                    .bind(r.tenant_id.0)
+                    .bind(r.project_id.map(|p| p.0).unwrap_or(Uuid::nil()))
+                    .bind(to_micros(r.hour))
+                    .bind(r.cpu_millicores)
+                    .bind(r.memory_bytes)
+                    .bind(r.storage_bytes)
+                    .bind(r.load_balancers)
+                    .bind(r.namespaces)
+                    .bind(r.pods)
+                    .bind(r.apps)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn query_usage(&self, q: &UsageQuery) -> Result<Vec<UsageRecord>> {
+                let mut qb = sqlx::QueryBuilder::<$Db>::new(
+                    "SELECT cluster_id, tenant_id, project_key, hour, cpu_millicores, memory_bytes, storage_bytes, load_balancers, \
+                     namespaces, pods, apps FROM usage_hours WHERE tenant_id = ",
+                );
+                qb.push_bind(q.tenant.0);
+                qb.push(" AND hour >= ").push_bind(to_micros(q.from));
+                qb.push(" AND hour < ").push_bind(to_micros(q.to));
+                if let Some(c) = q.cluster {
+                    qb.push(" AND cluster_id = ").push_bind(c.0);
+                }
+                if !q.all_projects {
+                    qb.push(" AND project_key = ").push_bind(q.project.map(|p| p.0).unwrap_or(Uuid::nil()));
+                }
+                qb.push(" ORDER BY hour, cluster_id, project_key LIMIT 100000");
+                let rows = qb.build().fetch_all(&self.pool).await?;
+                let mut out = Vec::with_capacity(rows.len());
+                for r in rows {
+                    let project: Uuid = r.try_get("project_key")?;
+                    out.push(UsageRecord {
+                        cluster_id: ClusterId(r.try_get("cluster_id")?),
+                        tenant_id: TenantId(r.try_get("tenant_id")?),
+                        project_id: if project.is_nil() { None } else { Some(ProjectId(project)) },
+                        hour: from_micros(r.try_get("hour")?),
+                        cpu_millicores: r.try_get("cpu_millicores")?,
+                        memory_bytes: r.try_get("memory_bytes")?,
+                        storage_bytes: r.try_get("storage_bytes")?,
+                        load_balancers: r.try_get("load_balancers")?,
+                        namespaces: r.try_get("namespaces")?,
+                        pods: r.try_get("pods")?,
+                        apps: r.try_get("apps")?,
+                    });
+                }
+                Ok(out)
+            }
+
+            async fn append_audit(&self, event: &AuditEvent) -> Result<()> {
+                let mut conn = self.pool.acquire().await?;
+                Self::insert_audit(&mut conn, event).await
+            }
+
+            async fn query_audit(&self, q: &AuditQuery) -> Result<Page<AuditEvent>> {
+                let limit = q.page.page_size()?;
+                let after = q.page.cursor_uuid()?;
+                let mut qb = sqlx::QueryBuilder::<$Db>::new("SELECT id, doc FROM audit_events WHERE 1 = 1");
+                if let Some(f) = q.from {
+                    qb.push(" AND at >= ").push_bind(to_micros(f));
+                }
+                if let Some(t) = q.to {
+                    qb.push(" AND at < ").push_bind(to_micros(t));
+                }
+                if let Some(a) = &q.actor {
+                    qb.push(" AND actor = ").push_bind(a.clone());
+                }
+                if let Some(k) = &q.resource_kind {
+                    qb.push(" AND resource_kind = ").push_bind(k.clone());
+                }
+                if let Some(r) = &q.resource_id {
+                    qb.push(" AND resource_id = ").push_bind(r.clone());
+                }
+                if let Some(a) = after {
+                    qb.push(" AND id > ").push_bind(a);
+                }
+                qb.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit) + 1);
+                let rows = qb.build().fetch_all(&self.pool).await?;
+                let mut items = Vec::new();
+                let mut last = None;
+                for row in rows.iter().take(limit as usize) {
+                    last = Some(row.try_get::<Uuid, _>("id")?);
+                    items.push(row.try_get::<Json<AuditEvent>, _>("doc")?.0);
+                }
+                let next_cursor = if rows.len() > limit as usize { last.map(encode_cursor) } else { None };
+                Ok(Page { items, next_cursor })
+            }
+
+            async fn get_idempotency(&self, subject: &str, key: &str, now: OffsetDateTime) -> Result<Option<IdempotencyRecord>> {
+                let row = sqlx::query(
+                    "SELECT request_hash, status, body, created_at, expires_at FROM idempotency_keys \
+                     WHERE subject = $1 AND key = $2 AND expires_at > $3",
+                )
+                .bind(subject)
+                .bind(key)
+                .bind(to_micros(now))
+                .fetch_optional(&self.pool)
+                .await?;
+                let Some(r) = row else { return Ok(None) };
+                let status: i32 = r.try_get("status")?;
+                Ok(Some(IdempotencyRecord {
+                    subject: subject.to_string(),
+                    key: key.to_string(),
+                    request_hash: r.try_get("request_hash")?,
+                    status: u16::try_from(status).map_err(|_| StoreError::Internal(format!("bad stored status {status}")))?,
+                    body: r.try_get("body")?,
+                    created_at: from_micros(r.try_get("created_at")?),
+                    expires_at: from_micros(r.try_get("expires_at")?),
+                }))
+            }
+
+            async fn put_idempotency(&self, record: &IdempotencyRecord) -> Result<()> {
+                let mut tx = self.pool.begin().await?;
+                Self::insert_idempotency(&mut *tx, record).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn purge_idempotency(&self, now: OffsetDateTime) -> Result<u64> {
+                let res = sqlx::query("DELETE FROM idempotency_keys WHERE expires_at <= $1")
+                    .bind(to_micros(now))
+                    .execute(&self.pool)
+                    .await?;
+                Ok(res.rows_affected())
+            }
+        }
+
+        impl $Store {
+            async fn insert_revision(
+                conn: &mut <$Db as sqlx::Database>::Connection,
+                app: AppId,
+                r: &AppRevision,
+            ) -> Result<()> {
+                sqlx::query("INSERT INTO app_revisions (app_id, number, doc, created_at) VALUES ($1, $2, $3, $4)")
+                    .bind(app.0)
+                    .bind(r.number)
+                    .bind(Json(r))
+                    .bind(to_micros(r.created_at))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| unique(e.into(), || format!("revision {} of app {app} already exists", r.number)))?;
+                Ok(())
+            }
+        }
+    };
+}
+
+/// The Postgres backend (production).
+#[derive(Clone)]
+pub struct PgStore {
+    pool: sqlx::PgPool,
+    keyring: Arc<RwLock<Arc<Keyring>>>,
+}
+
+/// The SQLite backend (embedded default; one writer connection, WAL journal).
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: sqlx::SqlitePool,
+    keyring: Arc<RwLock<Arc<Keyring>>>,
+}
+
+sql_backend!(PgStore, sqlx::Postgres, "postgres", PG_MIGRATOR);
+sql_backend!(SqliteStore, sqlx::Sqlite, "sqlite", SQLITE_MIGRATOR);
+
+impl PgStore {
+    /// Connects with a pool of `max_connections` (default from
+    /// `KUBENOVA_DB_MAX_CONNECTIONS`, else 16) and applies migrations.
+    pub async fn connect(url: &str, keyring: Keyring) -> Result<Self> {
+        let opts = sqlx::postgres::PgConnectOptions::from_str(url).map_err(|e| {
+            StoreError::Validation(ValidationError::single(
+                "DATABASE_URL",
+                format!("not a Postgres URL: {e}"),
+            ))
+        })?;
+        Self::connect_with(opts, default_pool_size(), keyring).await
+    }
+
+    /// Connects with explicit options (e.g. a `search_path` per test) and applies migrations.
+    pub async fn connect_with(
+        opts: sqlx::postgres::PgConnectOptions,
+        max_connections: u32,
+        keyring: Keyring,
+    ) -> Result<Self> {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(opts)
+            .await?;
+        let store = Self::from_pool(pool, keyring);
+        store.migrate().await?;
+        Ok(store)
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the SQLite database at `url` and applies migrations.
+    pub async fn connect(url: &str, keyring: Keyring) -> Result<Self> {
+        let opts = sqlx::sqlite::SqliteConnectOptions::from_str(url)
+            .map_err(|e| {
+                StoreError::Validation(ValidationError::single(
+                    "DATABASE_URL",
+                    format!("not an SQLite URL: {e}"),
+                ))
+            })?
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        // One connection: SQLite has a single writer anyway, and this rules out
+        // SQLITE_BUSY between our own transactions.
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(opts)
+            .await?;
+        let store = Self::from_pool(pool, keyring);
+        store.migrate().await?;
+        Ok(store)
+    }
+}
+
+fn default_pool_size() -> u32 {
+    std::env::var("KUBENOVA_DB_MAX_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(16)
+}

@@ -1,0 +1,263 @@
+//! Parameter and result types of the [`Store`](crate::Store) trait.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use kubenova_api::ids::{ClusterId, ProjectId, TenantId};
+use kubenova_api::model::AuditEvent;
+use kubenova_api::validate::ValidationError;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// Default page size of every list.
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+/// Largest page size a caller may ask for.
+pub const MAX_PAGE_SIZE: u32 = 500;
+
+/// Result of [`Store::ping`](crate::Store::ping).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Health {
+    /// `postgres` or `sqlite`.
+    pub backend: &'static str,
+    /// Newest migration embedded in this build.
+    pub expected_migration: i64,
+    /// Newest migration applied to the database.
+    pub applied_migration: i64,
+    /// True when every embedded migration is applied.
+    pub migrations_current: bool,
+}
+
+/// Cursor pagination: up to `limit` items after the opaque `cursor` of the previous page.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct ListParams {
+    /// Page size (default 100, at most 500).
+    pub limit: Option<u32>,
+    /// `nextCursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+impl ListParams {
+    /// The first page of `limit` items.
+    pub fn first(limit: u32) -> Self {
+        Self {
+            limit: Some(limit),
+            cursor: None,
+        }
+    }
+
+    /// The effective page size, or a validation error when out of range.
+    pub fn page_size(&self) -> Result<u32, ValidationError> {
+        match self.limit {
+            None => Ok(DEFAULT_PAGE_SIZE),
+            Some(0) => Err(ValidationError::single("limit", "must be at least 1")),
+            Some(n) if n > MAX_PAGE_SIZE => Err(ValidationError::single(
+                "limit",
+                format!("must be at most {MAX_PAGE_SIZE} (got {n})"),
+            )),
+            Some(n) => Ok(n),
+        }
+    }
+
+    /// Decodes the cursor as a UUID position.
+    pub fn cursor_uuid(&self) -> Result<Option<Uuid>, ValidationError> {
+        self.cursor
+            .as_deref()
+            .map(|c| {
+                decode_cursor(c)
+                    .and_then(|s| Uuid::parse_str(&s).ok())
+                    .ok_or_else(bad_cursor)
+            })
+            .transpose()
+    }
+
+    /// Decodes the cursor as an integer position.
+    pub fn cursor_i64(&self) -> Result<Option<i64>, ValidationError> {
+        self.cursor
+            .as_deref()
+            .map(|c| {
+                decode_cursor(c)
+                    .and_then(|s| s.parse().ok())
+                    .ok_or_else(bad_cursor)
+            })
+            .transpose()
+    }
+}
+
+fn bad_cursor() -> ValidationError {
+    ValidationError::single(
+        "cursor",
+        "is not a cursor returned by this list; start again without it",
+    )
+}
+
+fn decode_cursor(c: &str) -> Option<String> {
+    URL_SAFE_NO_PAD
+        .decode(c)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+}
+
+/// Encodes a position as an opaque cursor.
+pub fn encode_cursor(position: impl std::fmt::Display) -> String {
+    URL_SAFE_NO_PAD.encode(position.to_string())
+}
+
+/// One page of a list.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Page<T> {
+    /// The items, in stable order.
+    pub items: Vec<T>,
+    /// Cursor of the next page, `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Records written in the same transaction as a mutation.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriteOptions<'a> {
+    /// The audit event of the call.
+    pub audit: Option<&'a AuditEvent>,
+    /// The idempotency record holding the response of the call.
+    pub idempotency: Option<&'a IdempotencyRecord>,
+}
+
+/// A stored response for an `Idempotency-Key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    /// Authenticated subject that sent the key (keys are per subject).
+    pub subject: String,
+    /// The client's key.
+    pub key: String,
+    /// Hash of method, path and body of the original request.
+    pub request_hash: String,
+    /// HTTP status of the stored response.
+    pub status: u16,
+    /// Body of the stored response.
+    pub body: Vec<u8>,
+    /// When stored.
+    pub created_at: OffsetDateTime,
+    /// When it may be forgotten.
+    pub expires_at: OffsetDateTime,
+}
+
+/// Kind of a desired-state object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ObjectKind {
+    /// A tenant.
+    Tenant,
+    /// A project.
+    Project,
+    /// An app.
+    App,
+}
+
+impl ObjectKind {
+    /// Stored spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ObjectKind::Tenant => "tenant",
+            ObjectKind::Project => "project",
+            ObjectKind::App => "app",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "tenant" => Some(ObjectKind::Tenant),
+            "project" => Some(ObjectKind::Project),
+            "app" => Some(ObjectKind::App),
+            _ => None,
+        }
+    }
+}
+
+/// One change of a cluster's desired state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Change {
+    /// The cluster revision this change produced.
+    pub revision: i64,
+    /// Kind of object.
+    pub kind: ObjectKind,
+    /// Object id.
+    pub object_id: Uuid,
+    /// True when the object was deleted.
+    pub deleted: bool,
+}
+
+/// Filter for [`Store::query_usage`](crate::Store::query_usage).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageQuery {
+    /// Tenant.
+    pub tenant: TenantId,
+    /// Restrict to a cluster.
+    pub cluster: Option<ClusterId>,
+    /// `None`: tenant-level records only; `Some(p)`: that project's records.
+    pub project: Option<ProjectId>,
+    /// Include projects' records too (ignores `project`).
+    pub all_projects: bool,
+    /// First hour (inclusive).
+    pub from: OffsetDateTime,
+    /// Last hour (exclusive).
+    pub to: OffsetDateTime,
+}
+
+/// Filter for [`Store::query_audit`](crate::Store::query_audit).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// From (inclusive).
+    pub from: Option<OffsetDateTime>,
+    /// To (exclusive).
+    pub to: Option<OffsetDateTime>,
+    /// Only this actor.
+    pub actor: Option<String>,
+    /// Only this resource kind.
+    pub resource_kind: Option<String>,
+    /// Only this resource id.
+    pub resource_id: Option<String>,
+    /// Pagination.
+    pub page: ListParams,
+}
+
+/// Unix microseconds of a timestamp (the stored form).
+pub fn to_micros(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000) as i64
+}
+
+/// Timestamp from unix microseconds.
+pub fn from_micros(us: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn page_sizes_and_cursors() {
+        assert_eq!(
+            ListParams::default().page_size().unwrap(),
+            DEFAULT_PAGE_SIZE
+        );
+        assert!(ListParams::first(0).page_size().is_err());
+        assert!(ListParams::first(501).page_size().is_err());
+        let id = Uuid::now_v7();
+        let p = ListParams {
+            limit: None,
+            cursor: Some(encode_cursor(id)),
+        };
+        assert_eq!(p.cursor_uuid().unwrap(), Some(id));
+        let bad = ListParams {
+            limit: None,
+            cursor: Some("!!".into()),
+        };
+        assert!(bad.cursor_uuid().is_err());
+        let t = time::macros::datetime!(2026-01-01 10:00:00.123456 UTC);
+        assert_eq!(from_micros(to_micros(t)), t);
+    }
+}

@@ -1,0 +1,1084 @@
+//! One behavioural suite, run against SQLite and Postgres.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use common::*;
+use kubenova_api::ids::*;
+use kubenova_api::model::*;
+use kubenova_store::*;
+use std::collections::HashSet;
+use std::sync::Arc;
+
+macro_rules! suite {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let h = super::sqlite_with(super::keyring(&[("k1", 1)])).await;
+                    super::$name(&h).await;
+                    h.cleanup().await;
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(h) = super::postgres_with(super::keyring(&[("k1", 1)])).await else { return };
+                    super::$name(&h).await;
+                    h.cleanup().await;
+                }
+            )+
+        }
+    };
+}
+
+suite!(
+    ping_reports_current_migrations,
+    cluster_crud_and_unique_names,
+    tenant_project_app_lifecycle,
+    uniqueness_scopes,
+    optimistic_concurrency,
+    pagination_is_stable_and_complete,
+    cascade_rules,
+    desired_state_revisions_and_changes,
+    app_revisions_and_runs,
+    usage_upsert_and_query,
+    audit_append_and_query,
+    idempotency_records,
+    write_options_are_atomic,
+    secrets_encrypted_and_rotated,
+    concurrent_writers_lose_nothing,
+    status_updates_do_not_bump_revision,
+);
+
+async fn ping_reports_current_migrations(h: &Harness) {
+    let health = h.store.ping().await.unwrap();
+    assert!(health.migrations_current, "{health:?}");
+    assert_eq!(health.applied_migration, health.expected_migration);
+    assert!(health.expected_migration >= 1);
+}
+
+async fn cluster_crud_and_unique_names(h: &Harness) {
+    let s = &h.store;
+    let c = cluster("prod-1");
+    s.create_cluster(
+        &c,
+        b"apiVersion: v1\nkind: Config\n",
+        &WriteOptions::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.get_cluster(c.id).await.unwrap(), c);
+    let dup = cluster("prod-1");
+    let err = s
+        .create_cluster(&dup, b"x", &WriteOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict(m) if m.contains("prod-1")),
+        "{err}"
+    );
+    assert!(matches!(
+        s.get_cluster(dup.id).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(
+        &s.cluster_kubeconfig(c.id).await.unwrap()[..],
+        b"apiVersion: v1\nkind: Config\n"
+    );
+
+    let mut upd = c.clone();
+    upd.status = ClusterStatus::Bootstrapping;
+    upd.version = 2;
+    s.update_cluster(&upd, 1, &WriteOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_cluster(c.id).await.unwrap().status,
+        ClusterStatus::Bootstrapping
+    );
+
+    s.delete_cluster(c.id, false, &WriteOptions::default())
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.get_cluster(c.id).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.cluster_kubeconfig(c.id).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.delete_cluster(c.id, false, &WriteOptions::default())
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+async fn tenant_project_app_lifecycle(h: &Harness) {
+    let s = &h.store;
+    let w = WriteOptions::default();
+    let c = cluster("c1");
+    s.create_cluster(&c, b"k", &w).await.unwrap();
+    let t = tenant(c.id, "acme");
+    s.create_tenant(&t, &w).await.unwrap();
+    assert_eq!(s.get_tenant(t.id).await.unwrap(), t);
+    let p = project(&t, "payments");
+    s.create_project(&p, &w).await.unwrap();
+    assert_eq!(s.get_project(p.id).await.unwrap(), p);
+    let (a, r) = app(&p, "web");
+    s.create_app(&a, &r, &w).await.unwrap();
+    assert_eq!(s.get_app(a.id).await.unwrap(), a);
+    assert_eq!(
+        s.list_apps(p.id, &ListParams::default())
+            .await
+            .unwrap()
+            .items,
+        vec![a.clone()]
+    );
+    assert_eq!(
+        s.list_projects(t.id, &ListParams::default())
+            .await
+            .unwrap()
+            .items,
+        vec![p.clone()]
+    );
+    assert_eq!(
+        s.list_tenants(Some(c.id), &ListParams::default())
+            .await
+            .unwrap()
+            .items,
+        vec![t.clone()]
+    );
+    assert_eq!(
+        s.list_tenants(None, &ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+
+    // Parents must exist and match.
+    let orphan = tenant(ClusterId::new(), "orphan");
+    assert!(matches!(
+        s.create_tenant(&orphan, &w).await,
+        Err(StoreError::NotFound {
+            kind: "cluster",
+            ..
+        })
+    ));
+    let mut wrong = project(&t, "x");
+    wrong.tenant_id = TenantId::new();
+    assert!(matches!(
+        s.create_project(&wrong, &w).await,
+        Err(StoreError::NotFound { kind: "tenant", .. })
+    ));
+    let (mut wrong_app, rr) = app(&p, "y");
+    wrong_app.tenant_id = TenantId::new();
+    assert!(matches!(
+        s.create_app(&wrong_app, &rr, &w).await,
+        Err(StoreError::NotFound {
+            kind: "project",
+            ..
+        })
+    ));
+    // Nothing half-written by the failures.
+    assert_eq!(
+        s.list_apps(p.id, &ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+
+    s.delete_app(a.id, &w).await.unwrap();
+    s.delete_project(p.id, false, &w).await.unwrap();
+    s.delete_tenant(t.id, false, &w).await.unwrap();
+    assert!(matches!(
+        s.get_tenant(t.id).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+async fn uniqueness_scopes(h: &Harness) {
+    let s = &h.store;
+    let w = WriteOptions::default();
+    let c1 = cluster("c1");
+    let c2 = cluster("c2");
+    s.create_cluster(&c1, b"k", &w).await.unwrap();
+    s.create_cluster(&c2, b"k", &w).await.unwrap();
+    let t1 = tenant(c1.id, "acme");
+    s.create_tenant(&t1, &w).await.unwrap();
+    // Same tenant name in another cluster is fine; in the same cluster it is not.
+    s.create_tenant(&tenant(c2.id, "acme"), &w).await.unwrap();
+    let err = s
+        .create_tenant(&tenant(c1.id, "acme"), &w)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict(m) if m.contains("acme")),
+        "{err}"
+    );
+    let t2 = tenant(c1.id, "globex");
+    s.create_tenant(&t2, &w).await.unwrap();
+    // Same project name in two tenants is fine, twice in one is not.
+    let p1 = project(&t1, "web");
+    s.create_project(&p1, &w).await.unwrap();
+    s.create_project(&project(&t2, "web"), &w).await.unwrap();
+    assert!(matches!(
+        s.create_project(&project(&t1, "web"), &w).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let (a, r) = app(&p1, "api");
+    s.create_app(&a, &r, &w).await.unwrap();
+    let (a2, r2) = app(&p1, "api");
+    assert!(matches!(
+        s.create_app(&a2, &r2, &w).await,
+        Err(StoreError::Conflict(_))
+    ));
+    // Renaming onto a taken name is a conflict too.
+    let mut renamed = t2.clone();
+    renamed.name = "acme".into();
+    renamed.version = 2;
+    assert!(matches!(
+        s.update_tenant(&renamed, 1, &w).await,
+        Err(StoreError::Conflict(_))
+    ));
+}
+
+async fn optimistic_concurrency(h: &Harness) {
+    let s = &h.store;
+    let w = WriteOptions::default();
+    let c = cluster("c");
+    s.create_cluster(&c, b"k", &w).await.unwrap();
+    let t = tenant(c.id, "acme");
+    s.create_tenant(&t, &w).await.unwrap();
+    let mut a = t.clone();
+    a.owners.push("bob@example.com".into());
+    a.version = 2;
+    s.update_tenant(&a, 1, &w).await.unwrap();
+    let mut b = t.clone();
+    b.owners.push("carol@example.com".into());
+    b.version = 2;
+    let err = s.update_tenant(&b, 1, &w).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::PreconditionFailed {
+                expected: 1,
+                actual: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(s.get_tenant(t.id).await.unwrap().owners, a.owners);
+    // Version must advance by one.
+    let mut bad = a.clone();
+    bad.version = 9;
+    assert!(matches!(
+        s.update_tenant(&bad, 2, &w).await,
+        Err(StoreError::Validation(_))
+    ));
+    // Missing record is 404, not 412.
+    let ghost = tenant(c.id, "ghost");
+    let mut g2 = ghost.clone();
+    g2.version = 2;
+    assert!(matches!(
+        s.update_tenant(&g2, 1, &w).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+async fn pagination_is_stable_and_complete(h: &Harness) {
+    let s = &h.store;
+    let w = WriteOptions::default();
+    let c = cluster("c");
+    s.create_cluster(&c, b"k", &w).await.unwrap();
+    let mut want = vec![];
+    for i in 0..23 {
+        let t = tenant(c.id, &format!("t{i:02}"));
+        s.create_tenant(&t, &w).await.unwrap();
+        want.push(t.id);
+    }
+    let mut got = vec![];
+    let mut params = ListParams::first(5);
+    let mut pages = 0;
+    loop {
+        let page = s.list_tenants(Some(c.id), &params).await.unwrap();
+        pages += 1;
+        got.extend(page.items.iter().map(|t| t.id));
+        match page.next_cursor {
+            Some(cur) => params.cursor = Some(cur),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 5);
+    assert_eq!(got, want, "ids come in creation order, each once");
+    let bad = ListParams {
+        limit: Some(5),
+        cursor: Some("garbage!".into()),
+    };
+    assert!(matches!(
+        s.list_tenants(Some(c.id), &bad).await,
+        Err(StoreError::Validation(_))
+    ));
+    assert!(matches!(
+        s.list_tenants(None, &ListParams::first(0)).await,
+        Err(StoreError::Validation(_))
+    ));
+}
+
+async fn cascade_rules(h: &Harness) {
+    let s = &h.store;
+    let w = WriteOptions::default();
+    let c = cluster("c");
+    s.create_cluster(&c, b"k", &w).await.unwrap();
+    let t = tenant(c.id, "acme");
+    s.create_tenant(&t, &w).await.unwrap();
+    let p = project(&t, "web");
+    s.create_project(&p, &w).await.unwrap();
+    let (a, r) = app(&p, "api");
+    s.create_app(&a, &r, &w).await.unwrap();
+
+    let err = s.delete_project(p.id, false, &w).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict(m) if m.contains("1 app")),
+        "{err}"
+    );
+    let err = s.delete_tenant(t.id, false, &w).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict(m) if m.contains("1 project")),
+        "{err}"
+    );
+    let err = s.delete_cluster(c.id, false, &w).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict(m) if m.contains("1 tenant")),
+        "{err}"
+    );
+    assert!(
+        s.get_app(a.id).await.is_ok(),
+        "refused deletes change nothing"
+    );
+
+    s.delete_tenant(t.id, true, &w).await.unwrap();
+    assert!(matches!(
+        s.get_app(a.id).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.get_project(p.id).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.get_app_revision(a.id, 1).await,
+        Err(StoreError::NotFound { .. })
+    ));
+
+    let t2 = tenant(c.id, "again");
+    s.create_tenant(&t2, &w).await.unwrap();
+    s.delete_cluster(c.id, true, &w).await.unwrap();
+    assert!(matches!(
+        s.get_tenant(t2.id).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+async fn desired_state_revisions_and_changes(h: &Harness) {
+    let s = &h.store;
+    let w = WriteOptions::default();
+    let c = cluster("c");
+    let other = cluster("other");
+    s.create_cluster(&c, b"k", &w).await.unwrap();
+    s.create_cluster(&other, b"k", &w).await.unwrap();
+    assert_eq!(s.cluster_revision(c.id).await.unwrap(), 0);
+    let t = tenant(c.id, "acme");
+    s.create_tenant(&t, &w).await.unwrap();
+    let p = project(&t, "web");
+    s.create_project(&p, &w).await.unwrap();
+    let (a, r) = app(&p, "api");
+    s.create_app(&a, &r, &w).await.unwrap();
+    s.create_tenant(&tenant(other.id, "x"), &w).await.unwrap();
+    assert_eq!(s.cluster_revision(c.id).await.unwrap(), 3);
+    assert_eq!(
+        s.cluster_revision(other.id).await.unwrap(),
+        1,
+        "revisions are per cluster"
+    );
+
+    // A failed write does not bump.
+    assert!(s.create_tenant(&tenant(c.id, "acme"), &w).await.is_err());
+    assert_eq!(s.cluster_revision(c.id).await.unwrap(), 3);
+
+    let ch = s.changes_since(c.id, 1, 100).await.unwrap().unwrap();
+    assert_eq!(
+        ch.iter()
+            .map(|c| (c.revision, c.kind, c.object_id, c.deleted))
+            .collect::<Vec<_>>(),
+        vec![
+            (2, ObjectKind::Project, p.id.0, false),
+            (3, ObjectKind::App, a.id.0, false)
+        ]
+    );
+    s.delete_tenant(t.id, true, &w).await.unwrap();
+    let ch = s.changes_since(c.id, 3, 100).await.unwrap().unwrap();
+    assert_eq!(
+        ch.iter()
+            .map(|c| (c.kind, c.object_id, c.deleted))
+            .collect::<Vec<_>>(),
+        vec![
+            (ObjectKind::App, a.id.0, true),
+            (ObjectKind::Project, p.id.0, true),
+            (ObjectKind::Tenant, t.id.0, true)
+        ]
+    );
+    assert_eq!(
+        s.changes_since(c.id, 6, 100).await.unwrap().unwrap(),
+        vec![]
+    );
+    // Compaction: cursors at or below the compacted revision need a snapshot.
+    s.compact_changes(c.id, 4).await.unwrap();
+    assert_eq!(s.changes_since(c.id, 2, 100).await.unwrap(), None);
+    assert_eq!(
+        s.changes_since(c.id, 4, 100).await.unwrap().unwrap().len(),
+        2
+    );
+    assert!(matches!(
+        s.cluster_revision(ClusterId::new()).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+async fn app_revisions_and_runs(h: &Harness) {
+    let s = &h.store;
+    let w = WriteOptions::default();
+    let c = cluster("c");
+    s.create_cluster(&c, b"k", &w).await.unwrap();
+    let t = tenant(c.id, "acme");
+    s.create_tenant(&t, &w).await.unwrap();
+    let p = project(&t, "web");
+    s.create_project(&p, &w).await.unwrap();
+    let (mut a, r1) = app(&p, "api");
+    s.create_app(&a, &r1, &w).await.unwrap();
+    for n in 2..=4 {
+        let spec = app_spec("api", &format!("nginx:1.{n}"));
+        let rev = AppRevision {
+            number: n,
+            spec: spec.clone(),
+            created_by: "bob".into(),
+            created_at: now(),
+        };
+        let expected = a.version;
+        a.spec = spec;
+        a.revision = n;
+        a.version += 1;
+        s.update_app(&a, expected, Some(&rev), &w).await.unwrap();
+    }
+    let page = s
+        .list_app_revisions(a.id, &ListParams::first(3))
+        .await
+        .unwrap();
+    assert_eq!(
+        page.items.iter().map(|r| r.number).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    let next = s
+        .list_app_revisions(
+            a.id,
+            &ListParams {
+                limit: Some(3),
+                cursor: page.next_cursor,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        next.items.iter().map(|r| r.number).collect::<Vec<_>>(),
+        vec![4]
+    );
+    assert!(next.next_cursor.is_none());
+    assert_eq!(
+        s.get_app_revision(a.id, 3)
+            .await
+            .unwrap()
+            .spec
+            .image
+            .as_deref(),
+        Some("nginx:1.3")
+    );
+    assert!(matches!(
+        s.get_app_revision(a.id, 9).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.list_app_revisions(AppId::new(), &ListParams::default())
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+
+    let mut run = WorkflowRun {
+        id: RunId::new(),
+        app_id: a.id,
+        status: RunStatus::Requested,
+        inputs: serde_json::json!({"image": "x"}),
+        result: None,
+        started_at: now(),
+        ended_at: None,
+    };
+    s.create_workflow_run(&run, &w).await.unwrap();
+    run.status = RunStatus::Succeeded;
+    run.ended_at = Some(now());
+    s.update_workflow_run(&run).await.unwrap();
+    assert_eq!(s.get_workflow_run(run.id).await.unwrap(), run);
+    assert_eq!(
+        s.list_workflow_runs(a.id, &ListParams::default())
+            .await
+            .unwrap()
+            .items,
+        vec![run.clone()]
+    );
+    let mut orphan = run.clone();
+    orphan.id = RunId::new();
+    orphan.app_id = AppId::new();
+    assert!(matches!(
+        s.create_workflow_run(&orphan, &w).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+async fn usage_upsert_and_query(h: &Harness) {
+    let s = &h.store;
+    let c = ClusterId::new();
+    let t = TenantId::new();
+    let p = ProjectId::new();
+    let hour = |hh: u8| {
+        time::macros::datetime!(2026-03-01 00:00 UTC)
+            .replace_hour(hh)
+            .unwrap()
+    };
+    let rec = |project: Option<ProjectId>, hh: u8, cpu: i64| UsageRecord {
+        cluster_id: c,
+        tenant_id: t,
+        project_id: project,
+        hour: hour(hh),
+        cpu_millicores: cpu,
+        memory_bytes: 1 << 30,
+        storage_bytes: 0,
+        load_balancers: 1,
+        namespaces: 2,
+        pods: 3,
+        apps: 1,
+    };
+    s.upsert_usage(&[rec(None, 1, 100), rec(None, 2, 200), rec(Some(p), 1, 50)])
+        .await
+        .unwrap();
+    // Re-sending an hour replaces it: idempotent, no double counting.
+    s.upsert_usage(&[rec(None, 1, 150)]).await.unwrap();
+    let q = UsageQuery {
+        tenant: t,
+        cluster: None,
+        project: None,
+        all_projects: false,
+        from: hour(0),
+        to: hour(23),
+    };
+    let got = s.query_usage(&q).await.unwrap();
+    assert_eq!(
+        got.iter()
+            .map(|r| (r.hour, r.cpu_millicores))
+            .collect::<Vec<_>>(),
+        vec![(hour(1), 150), (hour(2), 200)]
+    );
+    let got = s
+        .query_usage(&UsageQuery {
+            project: Some(p),
+            ..q.clone()
+        })
+        .await
+        .unwrap();
+    assert_eq!(got, vec![rec(Some(p), 1, 50)]);
+    assert_eq!(
+        s.query_usage(&UsageQuery {
+            all_projects: true,
+            ..q.clone()
+        })
+        .await
+        .unwrap()
+        .len(),
+        3
+    );
+    assert_eq!(
+        s.query_usage(&UsageQuery {
+            from: hour(2),
+            ..q.clone()
+        })
+        .await
+        .unwrap()
+        .len(),
+        1
+    );
+    // Invalid records are refused whole.
+    let mut bad = rec(None, 5, 1);
+    bad.hour = bad.hour.replace_minute(30).unwrap();
+    assert!(matches!(
+        s.upsert_usage(&[rec(None, 4, 1), bad]).await,
+        Err(StoreError::Validation(_))
+    ));
+    assert_eq!(
+        s.query_usage(&UsageQuery { from: hour(4), ..q })
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
+}
+
+fn audit(actor: &str, kind: &str, id: &str) -> AuditEvent {
+    AuditEvent {
+        id: AuditId::new(),
+        at: now(),
+        actor: actor.into(),
+        roles: vec!["admin".into()],
+        action: format!("{kind}.create"),
+        resource_kind: kind.into(),
+        resource_id: id.into(),
+        outcome: AuditOutcome::Success,
+        http_status: Some(201),
+        request_id: "r".into(),
+        source_ip: "127.0.0.1".into(),
+        details: None,
+    }
+}
+
+async fn audit_append_and_query(h: &Harness) {
+    let s = &h.store;
+    let start = now();
+    for i in 0..7 {
+        s.append_audit(&audit(
+            if i % 2 == 0 { "alice" } else { "bob" },
+            "tenant",
+            &format!("t{i}"),
+        ))
+        .await
+        .unwrap();
+    }
+    s.append_audit(&audit("alice", "cluster", "c1"))
+        .await
+        .unwrap();
+    let all = s
+        .query_audit(&AuditQuery {
+            from: Some(start),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.items.len(), 8);
+    let alice = s
+        .query_audit(&AuditQuery {
+            actor: Some("alice".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(alice.items.len(), 5);
+    let res = s
+        .query_audit(&AuditQuery {
+            resource_kind: Some("tenant".into()),
+            resource_id: Some("t3".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(res.items.len(), 1);
+    assert_eq!(res.items[0].actor, "bob");
+    let first = s
+        .query_audit(&AuditQuery {
+            page: ListParams::first(3),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let second = s
+        .query_audit(&AuditQuery {
+            page: ListParams {
+                limit: Some(3),
+                cursor: first.next_cursor.clone(),
+            },
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ids: HashSet<_> = first
+        .items
+        .iter()
+        .chain(second.items.iter())
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(ids.len(), 6);
+    let future = s
+        .query_audit(&AuditQuery {
+            from: Some(now() + time::Duration::hours(1)),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(future.items.is_empty());
+}
+
+async fn idempotency_records(h: &Harness) {
+    let s = &h.store;
+    let t0 = now();
+    let rec = IdempotencyRecord {
+        subject: "alice".into(),
+        key: "k-1".into(),
+        request_hash: "h1".into(),
+        status: 201,
+        body: b"{\"id\":1}".to_vec(),
+        created_at: t0,
+        expires_at: t0 + time::Duration::hours(24),
+    };
+    s.put_idempotency(&rec).await.unwrap();
+    assert_eq!(
+        s.get_idempotency("alice", "k-1", t0).await.unwrap(),
+        Some(rec.clone())
+    );
+    assert_eq!(
+        s.get_idempotency("bob", "k-1", t0).await.unwrap(),
+        None,
+        "keys are per subject"
+    );
+    assert!(matches!(
+        s.put_idempotency(&rec).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let later = t0 + time::Duration::hours(25);
+    assert_eq!(
+        s.get_idempotency("alice", "k-1", later).await.unwrap(),
+        None,
+        "expired"
+    );
+    // An expired key may be reused.
+    let mut again = rec.clone();
+    again.created_at = later;
+    again.expires_at = later + time::Duration::hours(24);
+    again.request_hash = "h2".into();
+    s.put_idempotency(&again).await.unwrap();
+    assert_eq!(
+        s.purge_idempotency(later + time::Duration::hours(48))
+            .await
+            .unwrap(),
+        1
+    );
+}
+
+async fn write_options_are_atomic(h: &Harness) {
+    let s = &h.store;
+    let c = cluster("c");
+    s.create_cluster(&c, b"k", &WriteOptions::default())
+        .await
+        .unwrap();
+    let t = tenant(c.id, "acme");
+    let ev = audit("alice", "tenant", &t.id.to_string());
+    let t0 = now();
+    let idem = IdempotencyRecord {
+        subject: "alice".into(),
+        key: "create-acme".into(),
+        request_hash: "h".into(),
+        status: 201,
+        body: serde_json::to_vec(&t).unwrap(),
+        created_at: t0,
+        expires_at: t0 + time::Duration::hours(1),
+    };
+    s.create_tenant(
+        &t,
+        &WriteOptions {
+            audit: Some(&ev),
+            idempotency: Some(&idem),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(
+        s.get_idempotency("alice", "create-acme", t0)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(
+        s.query_audit(&AuditQuery::default()).await.unwrap().items,
+        vec![ev.clone()]
+    );
+    // A failing write stores neither its audit event nor its idempotency record...
+    let dup = tenant(c.id, "acme");
+    let ev2 = audit("alice", "tenant", &dup.id.to_string());
+    let idem2 = IdempotencyRecord {
+        key: "create-acme-2".into(),
+        ..idem.clone()
+    };
+    assert!(
+        s.create_tenant(
+            &dup,
+            &WriteOptions {
+                audit: Some(&ev2),
+                idempotency: Some(&idem2)
+            }
+        )
+        .await
+        .is_err()
+    );
+    assert!(
+        s.get_idempotency("alice", "create-acme-2", t0)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        s.query_audit(&AuditQuery::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+    // ...and a taken idempotency key rolls the write back.
+    let other = tenant(c.id, "other");
+    assert!(matches!(
+        s.create_tenant(
+            &other,
+            &WriteOptions {
+                audit: None,
+                idempotency: Some(&idem)
+            }
+        )
+        .await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.get_tenant(other.id).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+async fn secrets_encrypted_and_rotated(h: &Harness) {
+    let s = &h.store;
+    let marker = b"client-key-data: SUPER-SECRET-MARKER-0123456789";
+    let c = cluster("c");
+    s.create_cluster(&c, marker, &WriteOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(&s.cluster_kubeconfig(c.id).await.unwrap()[..], marker);
+
+    // No plaintext at rest.
+    if let Some(path) = &h.sqlite_path {
+        if let Some(sq) = &h.sqlite {
+            sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(sq.pool())
+                .await
+                .unwrap();
+        }
+        let mut bytes = std::fs::read(path).unwrap();
+        let wal = path.with_extension("db-wal");
+        if let Ok(w) = std::fs::read(wal) {
+            bytes.extend(w);
+        }
+        assert!(
+            !contains(&bytes, b"SUPER-SECRET-MARKER"),
+            "plaintext kubeconfig in the SQLite file"
+        );
+        assert!(
+            contains(&bytes, b"pending_bootstrap"),
+            "sanity: the file holds the cluster record"
+        );
+    }
+    if let Some(pg) = &h.pg {
+        let rows: Vec<(String,)> = sqlx::query_as(
+            "SELECT t::text FROM (SELECT * FROM secrets) t UNION ALL SELECT t::text FROM (SELECT * FROM clusters) t",
+        )
+        .fetch_all(pg.pool())
+        .await
+        .unwrap();
+        assert!(rows.len() >= 2);
+        for (r,) in rows {
+            assert!(
+                !r.contains("SUPER-SECRET-MARKER"),
+                "plaintext in Postgres: {r}"
+            );
+            // bytea is rendered as hex in text output: check that too.
+            assert!(!r.contains(&hex::encode(b"SUPER-SECRET-MARKER")));
+        }
+    }
+
+    // Tampering is detected.
+    let tamper = "UPDATE secrets SET ciphertext = $1";
+    let ct: Vec<u8> = match (&h.sqlite, &h.pg) {
+        (Some(sq), _) => sqlx::query_scalar("SELECT ciphertext FROM secrets")
+            .fetch_one(sq.pool())
+            .await
+            .unwrap(),
+        (_, Some(pg)) => sqlx::query_scalar("SELECT ciphertext FROM secrets")
+            .fetch_one(pg.pool())
+            .await
+            .unwrap(),
+        _ => unreachable!(),
+    };
+    let mut bad = ct.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    exec(h, tamper, bad).await;
+    assert!(matches!(
+        s.cluster_kubeconfig(c.id).await,
+        Err(StoreError::Crypto(_))
+    ));
+    exec(h, tamper, ct).await;
+    assert_eq!(&s.cluster_kubeconfig(c.id).await.unwrap()[..], marker);
+
+    // Rotation: add k2, re-wrap, then k1 can be retired.
+    s.put_secret(c.id.0, "agent-credential", b"hash-abc")
+        .await
+        .unwrap();
+    set_keys(h, keyring(&[("k1", 1), ("k2", 2)]));
+    assert_eq!(s.rotate_keys().await.unwrap(), 2);
+    assert_eq!(s.rotate_keys().await.unwrap(), 0, "idempotent");
+    set_keys(h, keyring(&[("k2", 2)]));
+    assert_eq!(&s.cluster_kubeconfig(c.id).await.unwrap()[..], marker);
+    assert_eq!(
+        &s.get_secret(c.id.0, "agent-credential").await.unwrap()[..],
+        b"hash-abc"
+    );
+    set_keys(h, keyring(&[("k3", 3)]));
+    assert!(matches!(
+        s.cluster_kubeconfig(c.id).await,
+        Err(StoreError::Crypto(_))
+    ));
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn set_keys(h: &Harness, k: kubenova_store::crypto::Keyring) {
+    if let Some(sq) = &h.sqlite {
+        sq.set_keyring(k);
+    } else if let Some(pg) = &h.pg {
+        pg.set_keyring(k);
+    }
+}
+
+async fn exec(h: &Harness, sql: &str, bytes: Vec<u8>) {
+    if let Some(sq) = &h.sqlite {
+        sqlx::query(sql)
+            .bind(bytes)
+            .execute(sq.pool())
+            .await
+            .unwrap();
+    } else if let Some(pg) = &h.pg {
+        sqlx::query(sql)
+            .bind(bytes)
+            .execute(pg.pool())
+            .await
+            .unwrap();
+    }
+}
+
+async fn concurrent_writers_lose_nothing(h: &Harness) {
+    let s = Arc::clone(&h.store);
+    let c = cluster("c");
+    s.create_cluster(&c, b"k", &WriteOptions::default())
+        .await
+        .unwrap();
+    let shared = tenant(c.id, "shared");
+    s.create_tenant(&shared, &WriteOptions::default())
+        .await
+        .unwrap();
+    let mut tasks = vec![];
+    for i in 0..50 {
+        let s = Arc::clone(&s);
+        let cid = c.id;
+        let tid = shared.id;
+        tasks.push(tokio::spawn(async move {
+            // Everyone also races to create the same name: exactly one wins.
+            let dup = s
+                .create_tenant(&tenant(cid, "contested"), &WriteOptions::default())
+                .await
+                .is_ok();
+            s.create_tenant(&tenant(cid, &format!("t{i}")), &WriteOptions::default())
+                .await
+                .unwrap();
+            // Read-modify-write with retry on 412: no update may be lost.
+            loop {
+                let mut t = s.get_tenant(tid).await.unwrap();
+                let expected = t.version;
+                t.owners.push(format!("user{i}@example.com"));
+                t.version += 1;
+                match s
+                    .update_tenant(&t, expected, &WriteOptions::default())
+                    .await
+                {
+                    Ok(()) => break,
+                    Err(StoreError::PreconditionFailed { .. }) => continue,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            dup
+        }));
+    }
+    let mut winners = 0;
+    for t in tasks {
+        if t.await.unwrap() {
+            winners += 1;
+        }
+    }
+    assert_eq!(winners, 1, "exactly one 'contested' tenant");
+    let t = s.get_tenant(shared.id).await.unwrap();
+    assert_eq!(t.owners.len(), 51, "every concurrent update kept");
+    assert_eq!(t.version, 51);
+    let all = s
+        .list_tenants(Some(c.id), &ListParams::first(500))
+        .await
+        .unwrap();
+    assert_eq!(all.items.len(), 52);
+    // 1 shared + 50 + 1 contested creates + 50 updates.
+    assert_eq!(s.cluster_revision(c.id).await.unwrap(), 102);
+}
+
+async fn status_updates_do_not_bump_revision(h: &Harness) {
+    let s = &h.store;
+    let w = WriteOptions::default();
+    let c = cluster("c");
+    s.create_cluster(&c, b"k", &w).await.unwrap();
+    let t = tenant(c.id, "acme");
+    s.create_tenant(&t, &w).await.unwrap();
+    let rev = s.cluster_revision(c.id).await.unwrap();
+    let st = ObjectStatus {
+        phase: Phase::Ready,
+        conditions: vec![],
+        observed_revision: Some(rev),
+        message: String::new(),
+    };
+    let got = s.set_tenant_status(t.id, &st).await.unwrap();
+    assert_eq!(got.status, st);
+    assert_eq!(got.version, 2);
+    // Same status again: no write, no version churn.
+    assert_eq!(s.set_tenant_status(t.id, &st).await.unwrap().version, 2);
+    assert_eq!(s.cluster_revision(c.id).await.unwrap(), rev);
+    let p = project(&t, "web");
+    s.create_project(&p, &w).await.unwrap();
+    assert_eq!(
+        s.set_project_status(p.id, &st).await.unwrap().status.phase,
+        Phase::Ready
+    );
+    let (a, r) = app(&p, "api");
+    s.create_app(&a, &r, &w).await.unwrap();
+    let got = s.set_app_status(a.id, &st, Some("running")).await.unwrap();
+    assert_eq!(got.vela_phase.as_deref(), Some("running"));
+    assert!(matches!(
+        s.set_tenant_status(TenantId::new(), &st).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
