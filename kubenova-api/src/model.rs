@@ -83,6 +83,7 @@ pub enum Phase {
 /// Observed status of a tenant, project or app (written from operator reports).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({"phase": "ready", "conditions": [{"type": "Ready", "status": "True", "reason": "Reconciled", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}], "observedRevision": 12}))]
 pub struct ObjectStatus {
     /// Overall phase.
     pub phase: Phase,
@@ -133,6 +134,7 @@ impl ClusterStatus {
 /// What the operator observed to be really installed and served in the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({"certManager": true, "capsule": true, "capsuleProxy": false, "kubeVela": true}))]
 pub struct Capabilities {
     /// cert-manager CRDs served and its deployments available.
     #[serde(default)]
@@ -167,6 +169,7 @@ pub enum ComponentPhase {
 /// A component the operator manages (cert-manager, capsule, capsule-proxy, kubevela, operator).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({"name": "capsule", "version": "0.14.6", "phase": "ready"}))]
 pub struct ComponentState {
     /// Component name.
     pub name: String,
@@ -192,6 +195,7 @@ pub const COMPONENTS: &[&str] = &[
 /// Capsule Proxy endpoint of a cluster, as reported by its operator.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({"url": "https://capsule-proxy.example.com:9001", "caData": "LS0tLS1CRUdJTi..."}))]
 pub struct ProxyEndpoint {
     /// HTTPS URL of Capsule Proxy.
     pub url: String,
@@ -470,6 +474,7 @@ impl Validate for TenantSpec {
 /// Per-field overrides a tenant keeps on top of its plan (so a plan change re-resolves).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({"quotas": {"requests.cpu": "4"}, "limits": {}, "networkPolicies": ["tenant-isolation"]}))]
 pub struct TenantOverrides {
     /// Quota overrides.
     #[serde(default)]
@@ -799,6 +804,7 @@ pub struct WorkflowStep {
 /// The app's delivery workflow.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"steps": [{"name": "deploy", "type": "deploy"}]}))]
 pub struct Workflow {
     /// Steps, run in order.
     #[serde(default)]
@@ -976,6 +982,7 @@ fn check_props(v: &mut Validator, field: &str, props: Option<&serde_json::Value>
 /// A snapshot of an app's spec at one revision.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({"number": 2, "spec": {"name": "web", "image": "nginx:1.27"}, "createdBy": "alice@example.com", "createdAt": "2026-01-01T00:20:00Z"}))]
 pub struct AppRevision {
     /// Revision number, starting at 1.
     pub number: i64,
@@ -993,6 +1000,7 @@ pub struct AppRevision {
 /// An application and its delivery state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({"id": "44444444-4444-4444-4444-444444444444", "clusterId": "11111111-1111-1111-1111-111111111111", "tenantId": "22222222-2222-2222-2222-222222222222", "projectId": "33333333-3333-3333-3333-333333333333", "name": "web", "spec": {"name": "web", "image": "nginx:1.27"}, "revision": 2, "deployedRevision": 2, "suspended": false, "status": {"phase": "ready", "conditions": []}, "velaPhase": "running", "version": 4, "createdAt": "2026-01-01T00:15:00Z", "updatedAt": "2026-01-01T00:20:00Z"}))]
 pub struct App {
     /// Id.
     pub id: AppId,
@@ -1048,6 +1056,7 @@ pub enum RunStatus {
 /// One requested workflow run of an app.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
+#[schema(example = json!({"id": "55555555-5555-5555-5555-555555555555", "appId": "44444444-4444-4444-4444-444444444444", "status": "requested", "inputs": {"action": "smoke-test"}, "startedAt": "2026-01-01T00:30:00Z"}))]
 pub struct WorkflowRun {
     /// Id.
     pub id: RunId,
