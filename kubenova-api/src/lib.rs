@@ -21,6 +21,7 @@
 //! ```
 
 pub mod catalog;
+#[cfg(feature = "crd")] pub mod crd;
 pub mod error;
 pub mod ids;
 pub mod model;

@@ -1,14 +1,51 @@
 //! # kubenova-reconcile
 //!
-//! The in-cluster half of KubeNova: pure translations of NovaTenant / NovaProject /
-//! NovaApp into Capsule Tenants, namespaces, RBAC and KubeVela Applications, the
-//! kube-runtime controllers that apply them, the bootstrap installer and the usage
-//! collector.
+//! The in-cluster half of KubeNova. Today: **pure, sans-IO translations** of the Nova
+//! custom resources ([`kubenova_api::crd`]) into the objects the operator applies, the
+//! status mapping back, the generated CRD manifests and an offline [`render`].
 //!
-//! This crate is being built (see `docs/src/status.md`); today it holds the shared
-//! naming rules that keep generated object names collision-free.
+//! | input | output |
+//! |---|---|
+//! | [`NovaTenant`] + [`Catalog`] | Capsule `Tenant` (`capsule.clastix.io/v1beta2`) and the owner/apps `Namespace`s ([`translate_tenant`]) |
+//! | [`NovaProject`] | its `Namespace`, one `RoleBinding` per role, optional `ResourceQuota` ([`translate_project`]) |
+//! | [`NovaApp`] | KubeVela `Application` (`core.oam.dev/v1beta1`) ([`translate_app`]) |
+//! | Capsule / KubeVela status | [`Verdict`] → [`NovaStatus`] without timestamp churn ([`next_status`]) |
+//!
+//! Nothing here talks to a cluster: every function takes values and returns values, and
+//! refuses invalid input as a whole ([`TranslateError`]) so that a bad object never
+//! reaches a half-applied state.
+//!
+//! ```
+//! use kubenova_api::catalog::Catalog;
+//! let yaml = "apiVersion: kubenova.io/v1alpha1\nkind: NovaTenant\nmetadata: {name: acme}\nspec: {plan: gold, owners: [alice@example.com]}\n";
+//! let out = kubenova_reconcile::render(yaml, Catalog::builtin_ref()).unwrap();
+//! assert!(out.contains("kind: Tenant"));
+//! assert!(out.contains("name: acme-owner"));
+//! ```
+//!
+//! [`NovaTenant`]: kubenova_api::crd::NovaTenant
+//! [`NovaProject`]: kubenova_api::crd::NovaProject
+//! [`NovaApp`]: kubenova_api::crd::NovaApp
+//! [`NovaStatus`]: kubenova_api::crd::NovaStatus
+//! [`Catalog`]: kubenova_api::catalog::Catalog
 
+mod app;
+pub mod crds;
+mod error;
+mod meta;
+mod project;
+mod render;
+pub mod status;
+mod tenant;
+
+pub use app::translate_app;
+pub use error::TranslateError;
 pub use kubenova_api::model::{project_namespace, tenant_namespaces};
+pub use meta::*;
+pub use project::{ProjectObjects, translate_project};
+pub use render::{RenderError, render};
+pub use status::{Verdict, merge_conditions, next_status};
+pub use tenant::{TenantObjects, translate_tenant};
 
 /// Field manager used for every server-side apply KubeNova performs.
 pub const FIELD_MANAGER: &str = "kubenova-operator";

@@ -1,0 +1,154 @@
+//! Offline render: Nova YAML documents in, the translated objects out.
+
+use k8s_openapi::serde::Deserialize as _;
+use kubenova_api::catalog::Catalog;
+use kubenova_api::crd::{NovaApp, NovaProject, NovaTenant};
+use kubenova_api::model::{project_namespace, tenant_namespaces};
+use serde_json::Value;
+use thiserror::Error;
+
+use crate::error::TranslateError;
+
+/// Why [`render`] failed; `doc` is the 1-based document number.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum RenderError {
+    /// Not YAML.
+    #[error("document {doc}: invalid YAML: {source}")]
+    Yaml {
+        /// Document number.
+        doc: usize,
+        /// Parser error.
+        source: serde_yaml::Error,
+    },
+    /// Not a NovaTenant, NovaProject or NovaApp of `kubenova.io/v1alpha1`.
+    #[error(
+        "document {doc}: expected kubenova.io/v1alpha1 NovaTenant, NovaProject or NovaApp, got {api_version} {kind}"
+    )]
+    UnknownKind {
+        /// Document number.
+        doc: usize,
+        /// The document's apiVersion.
+        api_version: String,
+        /// The document's kind.
+        kind: String,
+    },
+    /// The document does not match the CRD types (unknown field, wrong type...).
+    #[error("document {doc}: {kind}: {source}")]
+    Decode {
+        /// Document number.
+        doc: usize,
+        /// Kind.
+        kind: String,
+        /// Decoder error.
+        source: serde_json::Error,
+    },
+    /// The object cannot be translated.
+    #[error("document {doc}: {source}")]
+    Translate {
+        /// Document number.
+        doc: usize,
+        /// Translation error.
+        source: TranslateError,
+    },
+    /// The output could not be serialized.
+    #[error("serializing the output: {0}")]
+    Output(#[from] serde_yaml::Error),
+}
+
+/// Renders several NovaTenant / NovaProject / NovaApp YAML documents into the objects
+/// they translate into, as multi-document YAML (apply order within each input).
+///
+/// A NovaProject or NovaApp without `metadata.namespace` is placed where it belongs
+/// (`<tenant>-owner`, or the project namespace); one in another namespace is refused,
+/// as the operator would. Offline objects have no uid, so no owner references are
+/// rendered.
+pub fn render(yaml_docs: &str, catalog: &Catalog) -> Result<String, RenderError> {
+    let mut objects: Vec<Value> = Vec::new();
+    for (i, de) in serde_yaml::Deserializer::from_str(yaml_docs).enumerate() {
+        let doc = i + 1;
+        let mut v = Value::deserialize(de).map_err(|source| RenderError::Yaml { doc, source })?;
+        if v.is_null() {
+            continue;
+        }
+        let api_version = v
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let kind = v
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        if api_version != kubenova_api::crd::API_VERSION {
+            return Err(RenderError::UnknownKind {
+                doc,
+                api_version,
+                kind,
+            });
+        }
+        let spec_str = |p: &str| {
+            v.pointer(p)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let default_ns = match kind.as_str() {
+            "NovaProject" => Some(tenant_namespaces(&spec_str("/spec/tenant")).0),
+            "NovaApp" => Some(project_namespace(
+                &spec_str("/spec/tenant"),
+                &spec_str("/spec/project"),
+            )),
+            _ => None,
+        };
+        if let (Some(ns), Some(md)) = (
+            default_ns,
+            v.get_mut("metadata").and_then(Value::as_object_mut),
+        ) && !md.contains_key("namespace")
+        {
+            md.insert("namespace".into(), Value::String(ns));
+        }
+        let decode = |source| RenderError::Decode {
+            doc,
+            kind: kind.clone(),
+            source,
+        };
+        let translate = |source| RenderError::Translate { doc, source };
+        match kind.as_str() {
+            "NovaTenant" => {
+                let nt: NovaTenant = serde_json::from_value(v).map_err(decode)?;
+                objects.extend(
+                    crate::translate_tenant(&nt, catalog)
+                        .map_err(translate)?
+                        .to_values(),
+                );
+            }
+            "NovaProject" => {
+                let np: NovaProject = serde_json::from_value(v).map_err(decode)?;
+                objects.extend(
+                    crate::translate_project(&np)
+                        .map_err(translate)?
+                        .to_values(),
+                );
+            }
+            "NovaApp" => {
+                let na: NovaApp = serde_json::from_value(v).map_err(decode)?;
+                objects.push(crate::translate_app(&na).map_err(translate)?);
+            }
+            _ => {
+                return Err(RenderError::UnknownKind {
+                    doc,
+                    api_version,
+                    kind,
+                });
+            }
+        }
+    }
+    let mut out = String::new();
+    for o in &objects {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(o)?);
+    }
+    Ok(out)
+}
