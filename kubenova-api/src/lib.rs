@@ -21,7 +21,8 @@
 //! ```
 
 pub mod catalog;
-#[cfg(feature = "crd")] pub mod crd;
+#[cfg(feature = "crd")]
+pub mod crd;
 pub mod error;
 pub mod ids;
 pub mod model;

@@ -3,10 +3,15 @@
 //! The global KubeNova manager. This library holds everything the binary does, so it
 //! can be embedded and tested in-process; `main.rs` only parses the command line.
 //!
-//! Today it opens the store (SQLite by default, Postgres when `DATABASE_URL` says so),
-//! applies migrations, reports health and rotates the key-encryption keys.
+//! It opens the store (SQLite by default, Postgres when `DATABASE_URL` says so), applies
+//! migrations, rotates the key-encryption keys, and serves the REST API (`serve`): see
+//! [`build_state`], [`api::router`] and [`serve`].
 
+pub mod api;
+
+use api::AppState;
 use clap::{Args, Parser, Subcommand};
+use kubenova_api::catalog::Catalog;
 use kubenova_store::crypto::Keyring;
 use kubenova_store::{DEFAULT_DATABASE_URL, Store, StoreError};
 use std::path::PathBuf;
@@ -35,6 +40,8 @@ pub enum Command {
     Migrate,
     /// Add a fresh key-encryption key to the key file and re-wrap every stored data key under it.
     RotateKeys,
+    /// Serve the REST API (`/api/v1`) until SIGTERM or Ctrl-C.
+    Serve(Box<api::config::ServerConfig>),
 }
 
 /// Where the data lives and which keys protect it.
@@ -69,6 +76,15 @@ pub enum ManagerError {
         "key rotation needs a key file: KUBENOVA_KEKS is set, so add the new key to it yourself and restart"
     )]
     RotationNeedsFile,
+    /// A server option is invalid.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// Authentication could not be set up.
+    #[error(transparent)]
+    Auth(#[from] api::auth::AuthSetupError),
+    /// The listener could not be bound or the server failed.
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 impl StoreArgs {
@@ -123,5 +139,154 @@ pub async fn run(cli: Cli) -> Result<serde_json::Value, ManagerError> {
             let rewrapped = reconnect.rotate_keys().await?;
             Ok(serde_json::json!({"activeKek": active, "rewrapped": rewrapped}))
         }
+        Command::Serve(cfg) => {
+            let state = build_state(&cli.store, *cfg).await?;
+            serve(state, shutdown_signal()).await?;
+            Ok(serde_json::json!({"status": "stopped"}))
+        }
     }
+}
+
+/// Loads the catalog of a configuration (built-in, or with the overlay file) and checks
+/// that the default plan exists.
+pub fn load_catalog(cfg: &api::config::ServerConfig) -> Result<Catalog, ManagerError> {
+    let catalog = match &cfg.catalog_file {
+        Some(path) => Catalog::builtin_with_overlay_file(path)
+            .map_err(|e| ManagerError::Config(format!("catalog file {}: {e}", path.display())))?,
+        None => Catalog::builtin(),
+    };
+    if catalog.plan(&cfg.default_plan).is_none() {
+        let plans: Vec<&str> = catalog.plans().map(|p| p.name.as_str()).collect();
+        return Err(ManagerError::Config(format!(
+            "the default plan {:?} is not in the catalog (plans: {})",
+            cfg.default_plan,
+            plans.join(", ")
+        )));
+    }
+    Ok(catalog)
+}
+
+/// Builds the application state for `serve`: validates the options, loads the catalog,
+/// opens the store, sets up authentication (generating the HS256 secret and the bootstrap
+/// admin token on first start) and the metrics and rate limiters.
+pub async fn build_state(
+    store_args: &StoreArgs,
+    cfg: api::config::ServerConfig,
+) -> Result<AppState, ManagerError> {
+    cfg.validate().map_err(ManagerError::Config)?;
+    let catalog = load_catalog(&cfg)?;
+    let store = store_args.open().await?;
+    let auth = api::auth::Authenticator::from_config(&cfg, &store_args.data_dir)?;
+    if auth.is_disabled() {
+        tracing::warn!(
+            "AUTHENTICATION IS DISABLED (--insecure-dev-no-auth): every request is the admin \"dev\"; never use this outside local development"
+        );
+    } else {
+        auth.ensure_bootstrap_admin(store.as_ref(), &store_args.data_dir)
+            .await?;
+    }
+    Ok(assemble_state(store, catalog, cfg, auth))
+}
+
+/// Puts a state together from its parts (no I/O).
+pub fn assemble_state(
+    store: Arc<dyn Store>,
+    catalog: Catalog,
+    cfg: api::config::ServerConfig,
+    auth: api::auth::Authenticator,
+) -> AppState {
+    let runtime = api::middleware::Runtime::new(&cfg);
+    AppState {
+        store,
+        catalog: Arc::new(catalog),
+        config: Arc::new(cfg),
+        auth: Arc::new(auth),
+        runtime: Arc::new(runtime),
+    }
+}
+
+/// A state for in-process tests: the built-in catalog and HS256 with `secret`; adjust
+/// `cfg` for limits. Mint tokens with `state.auth.mint(...)`.
+pub fn test_state(
+    store: Arc<dyn Store>,
+    cfg: api::config::ServerConfig,
+    secret: &[u8],
+) -> AppState {
+    let auth = if cfg.insecure_dev_no_auth {
+        api::auth::Authenticator::insecure_dev(cfg.max_token_ttl)
+    } else {
+        api::auth::Authenticator::hs256(
+            secret,
+            &cfg.jwt_issuer,
+            &cfg.jwt_audience,
+            cfg.clock_skew,
+            cfg.max_token_ttl,
+        )
+    };
+    assemble_state(store, Catalog::builtin(), cfg, auth)
+}
+
+/// Waits for SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested: finishing in-flight requests");
+}
+
+/// Serves the API on the configured address until `shutdown` completes, then finishes
+/// in-flight requests. Also purges expired idempotency records every 10 minutes.
+pub async fn serve(
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ManagerError> {
+    let listener = tokio::net::TcpListener::bind(state.config.listen).await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(address = %addr, auth = state.auth.mode().as_str(), "listening");
+    let purge_store = state.store.clone();
+    let purge = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(600));
+        loop {
+            tick.tick().await;
+            match purge_store
+                .purge_idempotency(time::OffsetDateTime::now_utc())
+                .await
+            {
+                Ok(n) if n > 0 => tracing::info!(purged = n, "purged expired idempotency records"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "purging idempotency records failed"),
+            }
+        }
+    });
+    let app = api::router(state);
+    let res = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
+    purge.abort();
+    tracing::info!("server stopped");
+    Ok(res?)
 }

@@ -1,0 +1,814 @@
+//! Bearer JWT verification and signing.
+//!
+//! Tokens are signed with HS256 (shared secret) or ES256 (key pair); `iss`, `aud`, `exp`
+//! and `nbf` are checked with the configured clock skew. Claims: `sub`, `roles` (array of
+//! role names), optional `tenants` / `projects` (arrays of UUIDs), `jti`. An external OIDC
+//! issuer's tokens are accepted too when its JWKS is configured (as a local file): they
+//! must carry a `kid` found in the JWKS, its `iss`, and the OIDC audience.
+//!
+//! `--insecure-dev-no-auth` turns verification off: every request is the admin `dev`.
+
+use super::authz::{Principal, Role};
+use super::config::ServerConfig;
+use super::error::ApiError;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use kubenova_api::ids::{ProjectId, TenantId};
+use kubenova_store::{Store, StoreError};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use time::OffsetDateTime;
+
+/// File name of the generated HS256 secret inside the data directory.
+pub const JWT_SECRET_FILE: &str = "jwt.secret";
+/// File name of the bootstrap admin token inside the data directory.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// Purpose of the store secret marking that the bootstrap admin token was issued.
+pub const BOOTSTRAP_MARKER: &str = "bootstrap-admin-issued";
+/// Subject of the bootstrap admin token.
+pub const BOOTSTRAP_SUBJECT: &str = "bootstrap-admin";
+/// Subject of every request under `--insecure-dev-no-auth`.
+pub const DEV_SUBJECT: &str = "dev";
+
+/// Errors setting up authentication (at startup).
+#[derive(Debug, thiserror::Error)]
+pub enum AuthSetupError {
+    /// A key or option is unusable.
+    #[error("authentication setup: {0}")]
+    Config(String),
+    /// Reading or writing a key or token file failed.
+    #[error("authentication setup: {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> AuthSetupError + '_ {
+    move |source| AuthSetupError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The claims of a KubeNova token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// Subject.
+    pub sub: String,
+    /// Role names.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Tenant scope.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tenants: Vec<String>,
+    /// Project scope.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub projects: Vec<String>,
+    /// Token id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    /// Issuer.
+    #[serde(default)]
+    pub iss: String,
+    /// Audience (string or array).
+    #[serde(default)]
+    pub aud: serde_json::Value,
+    /// Expiry (seconds since the epoch).
+    pub exp: i64,
+    /// Not before.
+    #[serde(default)]
+    pub nbf: Option<i64>,
+    /// Issued at.
+    #[serde(default)]
+    pub iat: Option<i64>,
+}
+
+/// A freshly minted token.
+#[derive(Debug, Clone)]
+pub struct MintedToken {
+    /// The compact JWT (a credential: never log or store it).
+    pub token: String,
+    /// Its `jti`.
+    pub jti: String,
+    /// Its expiry.
+    pub expires_at: OffsetDateTime,
+}
+
+struct Oidc {
+    issuer: String,
+    audience: String,
+    jwks: JwkSet,
+}
+
+/// How requests are authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// HS256 shared secret.
+    Hs256,
+    /// ES256 key pair (or public key only).
+    Es256,
+    /// `--insecure-dev-no-auth`.
+    Disabled,
+}
+
+impl AuthMode {
+    /// Wire name (`hs256`, `es256`, `disabled`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AuthMode::Hs256 => "hs256",
+            AuthMode::Es256 => "es256",
+            AuthMode::Disabled => "disabled",
+        }
+    }
+}
+
+/// Verifies bearer tokens and mints new ones.
+pub struct Authenticator {
+    mode: AuthMode,
+    algorithm: Algorithm,
+    decoding: Option<DecodingKey>,
+    encoding: Option<EncodingKey>,
+    oidc: Option<Oidc>,
+    issuer: String,
+    audience: String,
+    leeway: u64,
+    max_ttl: Duration,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("mode", &self.mode)
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("oidc", &self.oidc.as_ref().map(|o| &o.issuer))
+            .field("can_mint", &self.encoding.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    /// HS256 with a secret (tests, embedding).
+    pub fn hs256(
+        secret: &[u8],
+        issuer: &str,
+        audience: &str,
+        leeway: Duration,
+        max_ttl: Duration,
+    ) -> Self {
+        Self {
+            mode: AuthMode::Hs256,
+            algorithm: Algorithm::HS256,
+            decoding: Some(DecodingKey::from_secret(secret)),
+            encoding: Some(EncodingKey::from_secret(secret)),
+            oidc: None,
+            issuer: issuer.into(),
+            audience: audience.into(),
+            leeway: leeway.as_secs(),
+            max_ttl,
+        }
+    }
+
+    /// ES256 from PEM keys: the public key verifies, the optional private key (PKCS#8) signs.
+    pub fn es256(
+        public_pem: &[u8],
+        private_pem: Option<&[u8]>,
+        issuer: &str,
+        audience: &str,
+        leeway: Duration,
+        max_ttl: Duration,
+    ) -> Result<Self, AuthSetupError> {
+        let decoding = DecodingKey::from_ec_pem(public_pem).map_err(|e| {
+            AuthSetupError::Config(format!("ES256 public key is not an EC PEM key: {e}"))
+        })?;
+        let encoding = private_pem
+            .map(|p| {
+                EncodingKey::from_ec_pem(p).map_err(|e| {
+                    AuthSetupError::Config(format!(
+                        "ES256 private key is not a PKCS#8 EC PEM key: {e}"
+                    ))
+                })
+            })
+            .transpose()?;
+        Ok(Self {
+            mode: AuthMode::Es256,
+            algorithm: Algorithm::ES256,
+            decoding: Some(decoding),
+            encoding,
+            oidc: None,
+            issuer: issuer.into(),
+            audience: audience.into(),
+            leeway: leeway.as_secs(),
+            max_ttl,
+        })
+    }
+
+    /// No authentication: every request is the admin `dev` (`--insecure-dev-no-auth`).
+    pub fn insecure_dev(max_ttl: Duration) -> Self {
+        Self {
+            mode: AuthMode::Disabled,
+            algorithm: Algorithm::HS256,
+            decoding: None,
+            encoding: None,
+            oidc: None,
+            issuer: String::new(),
+            audience: String::new(),
+            leeway: 0,
+            max_ttl,
+        }
+    }
+
+    /// Also accepts tokens of an external OIDC issuer verified by its JWKS (JSON text).
+    pub fn with_oidc(
+        mut self,
+        issuer: &str,
+        audience: &str,
+        jwks_json: &str,
+    ) -> Result<Self, AuthSetupError> {
+        let jwks: JwkSet = serde_json::from_str(jwks_json)
+            .map_err(|e| AuthSetupError::Config(format!("OIDC JWKS is not a JWK set: {e}")))?;
+        if jwks.keys.is_empty() {
+            return Err(AuthSetupError::Config("OIDC JWKS has no keys".into()));
+        }
+        self.oidc = Some(Oidc {
+            issuer: issuer.into(),
+            audience: audience.into(),
+            jwks,
+        });
+        Ok(self)
+    }
+
+    /// Builds the authenticator the configuration asks for; generates the HS256 secret
+    /// into `<data_dir>/jwt.secret` (mode 0600) when no key is configured.
+    pub fn from_config(cfg: &ServerConfig, data_dir: &Path) -> Result<Self, AuthSetupError> {
+        if cfg.insecure_dev_no_auth {
+            return Ok(Self::insecure_dev(cfg.max_token_ttl));
+        }
+        let mut auth = if let Some(public) = &cfg.jwt_es256_public_key {
+            let pubpem = std::fs::read(public).map_err(io_err(public))?;
+            let privpem = match &cfg.jwt_es256_private_key {
+                Some(p) => Some(std::fs::read(p).map_err(io_err(p))?),
+                None => None,
+            };
+            Self::es256(
+                &pubpem,
+                privpem.as_deref(),
+                &cfg.jwt_issuer,
+                &cfg.jwt_audience,
+                cfg.clock_skew,
+                cfg.max_token_ttl,
+            )?
+        } else {
+            let secret = match &cfg.jwt_secret {
+                Some(s) => s.as_bytes().to_vec(),
+                None => load_or_generate_secret(data_dir)?,
+            };
+            Self::hs256(
+                &secret,
+                &cfg.jwt_issuer,
+                &cfg.jwt_audience,
+                cfg.clock_skew,
+                cfg.max_token_ttl,
+            )
+        };
+        if let (Some(issuer), Some(file)) = (&cfg.oidc_issuer, &cfg.oidc_jwks_file) {
+            let text = std::fs::read_to_string(file).map_err(io_err(file))?;
+            let aud = cfg
+                .oidc_audience
+                .clone()
+                .unwrap_or_else(|| cfg.jwt_audience.clone());
+            auth = auth.with_oidc(issuer, &aud, &text)?;
+        }
+        Ok(auth)
+    }
+
+    /// The mode.
+    pub fn mode(&self) -> AuthMode {
+        self.mode
+    }
+
+    /// True when authentication is off.
+    pub fn is_disabled(&self) -> bool {
+        self.mode == AuthMode::Disabled
+    }
+
+    /// True when an external OIDC issuer is configured.
+    pub fn oidc_enabled(&self) -> bool {
+        self.oidc.is_some()
+    }
+
+    /// True when this manager can sign tokens.
+    pub fn can_mint(&self) -> bool {
+        self.encoding.is_some()
+    }
+
+    /// The longest TTL of a minted token.
+    pub fn max_ttl(&self) -> Duration {
+        self.max_ttl
+    }
+
+    /// The principal of a request from its `Authorization` header value.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, ApiError> {
+        if self.is_disabled() {
+            return Ok(dev_principal());
+        }
+        let Some(h) = authorization else {
+            return Err(ApiError::unauthenticated(
+                "missing bearer token: send Authorization: Bearer <jwt>",
+            ));
+        };
+        let h = h.trim();
+        let token = match h.split_once(' ') {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+            _ => {
+                return Err(ApiError::unauthenticated(
+                    "the Authorization header must use the Bearer scheme: Authorization: Bearer <jwt>",
+                ));
+            }
+        };
+        if token.is_empty() {
+            return Err(ApiError::unauthenticated("empty bearer token"));
+        }
+        self.verify(token)
+    }
+
+    /// Verifies a compact JWT and returns its principal (KN-401 on any failure).
+    pub fn verify(&self, token: &str) -> Result<Principal, ApiError> {
+        if self.is_disabled() {
+            return Ok(dev_principal());
+        }
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| ApiError::unauthenticated("the bearer token is not a well-formed JWT"))?;
+        // A token whose `kid` is in the OIDC issuer's JWKS is verified by that issuer's rules.
+        if let Some(oidc) = &self.oidc
+            && let Some(jwk) = header.kid.as_deref().and_then(|k| oidc.jwks.find(k))
+        {
+            if matches!(
+                header.alg,
+                Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+            ) {
+                return Err(ApiError::unauthenticated(
+                    "the token's algorithm is not accepted for the OIDC issuer",
+                ));
+            }
+            let key = DecodingKey::from_jwk(jwk)
+                .map_err(|_| ApiError::unauthenticated("the OIDC key of this token is unusable"))?;
+            let validation = self.validation(header.alg, &oidc.issuer, &oidc.audience);
+            return decode_claims(token, &key, &validation, &oidc.issuer, &oidc.audience)
+                .and_then(principal_of);
+        }
+        let Some(key) = &self.decoding else {
+            return Err(ApiError::unauthenticated("no key can verify this token"));
+        };
+        if header.alg != self.algorithm {
+            return Err(ApiError::unauthenticated(format!(
+                "the token is signed with {:?}; this manager accepts {:?}",
+                header.alg, self.algorithm
+            )));
+        }
+        let validation = self.validation(self.algorithm, &self.issuer, &self.audience);
+        decode_claims(token, key, &validation, &self.issuer, &self.audience).and_then(principal_of)
+    }
+
+    fn validation(&self, alg: Algorithm, issuer: &str, audience: &str) -> Validation {
+        let mut v = Validation::new(alg);
+        v.leeway = self.leeway;
+        v.validate_exp = true;
+        v.validate_nbf = true;
+        v.set_issuer(&[issuer]);
+        v.set_audience(&[audience]);
+        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        v
+    }
+
+    /// Signs a token for a subject with roles and scope, valid for `ttl` (at most the max TTL).
+    pub fn mint(
+        &self,
+        subject: &str,
+        roles: &[Role],
+        tenants: &[TenantId],
+        projects: &[ProjectId],
+        ttl: Duration,
+    ) -> Result<MintedToken, ApiError> {
+        let Some(key) = &self.encoding else {
+            return Err(ApiError::new(
+                kubenova_api::error::ErrorCode::Conflict,
+                if self.is_disabled() {
+                    "tokens cannot be minted while authentication is disabled (--insecure-dev-no-auth)"
+                } else {
+                    "this manager has no signing key (configure --jwt-es256-private-key) and cannot mint tokens"
+                },
+            ));
+        };
+        if ttl > self.max_ttl {
+            return Err(ApiError::invalid(
+                "ttlMinutes",
+                format!("must be at most {} minutes", self.max_ttl.as_secs() / 60),
+            ));
+        }
+        let now = OffsetDateTime::now_utc();
+        let ttl_t = time::Duration::try_from(ttl)
+            .map_err(|_| ApiError::invalid("ttlMinutes", "too large"))?;
+        let expires_at = (now + ttl_t).replace_nanosecond(0).unwrap_or(now + ttl_t);
+        let jti = uuid::Uuid::new_v4().to_string();
+        let claims = Claims {
+            sub: subject.to_string(),
+            roles: roles.iter().map(|r| r.as_str().to_string()).collect(),
+            tenants: tenants.iter().map(|t| t.to_string()).collect(),
+            projects: projects.iter().map(|p| p.to_string()).collect(),
+            jti: Some(jti.clone()),
+            iss: self.issuer.clone(),
+            aud: serde_json::Value::String(self.audience.clone()),
+            exp: expires_at.unix_timestamp(),
+            nbf: Some(now.unix_timestamp()),
+            iat: Some(now.unix_timestamp()),
+        };
+        let token =
+            jsonwebtoken::encode(&Header::new(self.algorithm), &claims, key).map_err(|e| {
+                tracing::error!(error = %e, "signing a token failed");
+                ApiError::from(kubenova_api::error::KnError::internal(
+                    "signing the token failed",
+                ))
+            })?;
+        Ok(MintedToken {
+            token,
+            jti,
+            expires_at,
+        })
+    }
+
+    /// On first start (no marker in the store) mints an admin token valid for the max TTL
+    /// and writes it to `<data_dir>/admin.token` (mode 0600). Returns the file written.
+    /// Logs the path once, never the token.
+    pub async fn ensure_bootstrap_admin(
+        &self,
+        store: &dyn Store,
+        data_dir: &Path,
+    ) -> Result<Option<PathBuf>, AuthSetupError> {
+        if self.is_disabled() {
+            return Ok(None);
+        }
+        match store.get_secret(uuid::Uuid::nil(), BOOTSTRAP_MARKER).await {
+            Ok(_) => return Ok(None),
+            Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if !self.can_mint() {
+            tracing::warn!(
+                "no bootstrap admin token: this manager has no signing key; mint admin tokens with your ES256 private key or OIDC issuer"
+            );
+            return Ok(None);
+        }
+        let minted = self
+            .mint(BOOTSTRAP_SUBJECT, &[Role::Admin], &[], &[], self.max_ttl)
+            .map_err(|e| AuthSetupError::Config(e.error.message))?;
+        let path = data_dir.join(ADMIN_TOKEN_FILE);
+        write_private_file(&path, format!("{}\n", minted.token).as_bytes(), true)?;
+        store
+            .put_secret(uuid::Uuid::nil(), BOOTSTRAP_MARKER, minted.jti.as_bytes())
+            .await?;
+        let event = kubenova_api::model::AuditEvent {
+            id: kubenova_api::ids::AuditId::new(),
+            at: OffsetDateTime::now_utc(),
+            actor: "system".into(),
+            roles: vec![],
+            action: "token.bootstrap".into(),
+            resource_kind: "token".into(),
+            resource_id: minted.jti.clone(),
+            outcome: kubenova_api::model::AuditOutcome::Success,
+            http_status: None,
+            request_id: String::new(),
+            source_ip: String::new(),
+            details: Some(serde_json::json!({
+                "subject": BOOTSTRAP_SUBJECT, "roles": ["admin"], "jti": minted.jti,
+                "expiresAt": minted.expires_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+            })),
+        };
+        if let Err(e) = store.append_audit(&event).await {
+            tracing::warn!(error = %e, "could not audit the bootstrap admin token");
+        }
+        tracing::info!(
+            path = %path.display(),
+            expires_at = %minted.expires_at,
+            "first start: wrote a bootstrap admin token (mode 0600); use it to mint your own tokens with POST /api/v1/tokens, then delete the file"
+        );
+        Ok(Some(path))
+    }
+}
+
+fn dev_principal() -> Principal {
+    Principal {
+        subject: DEV_SUBJECT.into(),
+        roles: vec![Role::Admin],
+        tenants: vec![],
+        projects: vec![],
+    }
+}
+
+fn decode_claims(
+    token: &str,
+    key: &DecodingKey,
+    validation: &Validation,
+    issuer: &str,
+    audience: &str,
+) -> Result<Claims, ApiError> {
+    jsonwebtoken::decode::<Claims>(token, key, validation)
+        .map(|d| d.claims)
+        .map_err(|e| {
+            let msg = match e.kind() {
+                ErrorKind::ExpiredSignature => "the bearer token has expired".to_string(),
+                ErrorKind::ImmatureSignature => {
+                    "the bearer token is not valid yet (nbf)".to_string()
+                }
+                ErrorKind::InvalidSignature => {
+                    "the bearer token's signature is invalid".to_string()
+                }
+                ErrorKind::InvalidAudience => {
+                    format!("the bearer token is not for this audience (expected aud {audience:?})")
+                }
+                ErrorKind::InvalidIssuer => {
+                    format!("the bearer token is from another issuer (expected iss {issuer:?})")
+                }
+                ErrorKind::InvalidAlgorithm => {
+                    "the bearer token's algorithm is not accepted".to_string()
+                }
+                ErrorKind::MissingRequiredClaim(c) => {
+                    format!("the bearer token lacks the {c:?} claim")
+                }
+                ErrorKind::Json(_) => "the bearer token's claims have the wrong types".to_string(),
+                _ => "the bearer token is malformed".to_string(),
+            };
+            ApiError::unauthenticated(msg)
+        })
+}
+
+fn principal_of(claims: Claims) -> Result<Principal, ApiError> {
+    if claims.sub.trim().is_empty() {
+        return Err(ApiError::unauthenticated(
+            "the bearer token has an empty sub claim",
+        ));
+    }
+    let mut roles = Vec::with_capacity(claims.roles.len());
+    for r in &claims.roles {
+        match Role::parse(r) {
+            Some(role) if !roles.contains(&role) => roles.push(role),
+            Some(_) => {}
+            None => {
+                return Err(ApiError::unauthenticated(format!(
+                    "unknown role {r:?} in the token (known: admin, ops, tenantOwner, projectDev, readOnly)"
+                )));
+            }
+        }
+    }
+    let uuids = |claim: &str, v: &[String]| -> Result<Vec<uuid::Uuid>, ApiError> {
+        v.iter()
+            .map(|s| {
+                s.parse::<uuid::Uuid>().map_err(|_| {
+                    ApiError::unauthenticated(format!("the {claim} claim holds {s:?}, not a UUID"))
+                })
+            })
+            .collect()
+    };
+    Ok(Principal {
+        subject: claims.sub,
+        roles,
+        tenants: uuids("tenants", &claims.tenants)?
+            .into_iter()
+            .map(TenantId::from)
+            .collect(),
+        projects: uuids("projects", &claims.projects)?
+            .into_iter()
+            .map(ProjectId::from)
+            .collect(),
+    })
+}
+
+/// Reads `<data_dir>/jwt.secret`, or creates it with 32 random bytes (base64url) and mode 0600.
+pub fn load_or_generate_secret(data_dir: &Path) -> Result<Vec<u8>, AuthSetupError> {
+    let path = data_dir.join(JWT_SECRET_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(s) => {
+            warn_if_readable_by_others(&path);
+            let s = s.trim().to_string();
+            if s.len() < 32 {
+                return Err(AuthSetupError::Config(format!(
+                    "{} holds fewer than 32 bytes; delete it to generate a new secret",
+                    path.display()
+                )));
+            }
+            Ok(s.into_bytes())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            use base64::Engine as _;
+            use rand::RngCore as _;
+            let mut raw = [0u8; 32];
+            rand::rngs::OsRng.fill_bytes(&mut raw);
+            let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+            if !write_private_file(&path, format!("{secret}\n").as_bytes(), false)? {
+                // Another process created it first: use theirs.
+                return load_or_generate_secret(data_dir);
+            }
+            tracing::info!(path = %path.display(), "generated an HS256 token signing secret (mode 0600)");
+            Ok(secret.into_bytes())
+        }
+        Err(e) => Err(io_err(&path)(e)),
+    }
+}
+
+fn warn_if_readable_by_others(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        if let Ok(m) = std::fs::metadata(path)
+            && m.permissions().mode() & 0o077 != 0
+        {
+            tracing::warn!(path = %path.display(), "secret file is readable by group or others; chmod 600 it");
+        }
+    }
+}
+
+/// Writes a file readable only by the owner (0600), creating the directory (0700) if
+/// needed. With `replace` an existing file is replaced; otherwise returns `false` if it exists.
+pub fn write_private_file(
+    path: &Path,
+    bytes: &[u8],
+    replace: bool,
+) -> Result<bool, AuthSetupError> {
+    use std::io::Write as _;
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+        && !dir.exists()
+    {
+        let mut b = std::fs::DirBuilder::new();
+        b.recursive(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::DirBuilderExt as _;
+            b.mode(0o700);
+        }
+        b.create(dir).map_err(io_err(dir))?;
+    }
+    if replace {
+        match std::fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(path)(e)),
+        }
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    let mut f = match opts.open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && !replace => return Ok(false),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(io_err(path))?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    fn auth() -> Authenticator {
+        Authenticator::hs256(
+            SECRET,
+            "kubenova",
+            "kubenova-api",
+            Duration::from_secs(60),
+            Duration::from_secs(3600),
+        )
+    }
+
+    #[test]
+    fn mint_then_verify_round_trips() {
+        let a = auth();
+        let t = TenantId::new();
+        let m = a
+            .mint(
+                "alice",
+                &[Role::TenantOwner],
+                &[t],
+                &[],
+                Duration::from_secs(600),
+            )
+            .unwrap();
+        let p = a.verify(&m.token).unwrap();
+        assert_eq!(p.subject, "alice");
+        assert_eq!(p.roles, vec![Role::TenantOwner]);
+        assert_eq!(p.tenants, vec![t]);
+        assert!(
+            a.mint("alice", &[], &[], &[], Duration::from_secs(7200))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn wrong_key_audience_issuer_are_rejected() {
+        let m = auth()
+            .mint("a", &[Role::Admin], &[], &[], Duration::from_secs(60))
+            .unwrap();
+        let other = Authenticator::hs256(
+            b"another-secret-another-secret-xx",
+            "kubenova",
+            "kubenova-api",
+            Duration::ZERO,
+            Duration::from_secs(3600),
+        );
+        assert!(
+            other
+                .verify(&m.token)
+                .unwrap_err()
+                .error
+                .message
+                .contains("signature")
+        );
+        let aud = Authenticator::hs256(
+            SECRET,
+            "kubenova",
+            "other",
+            Duration::ZERO,
+            Duration::from_secs(3600),
+        );
+        assert!(
+            aud.verify(&m.token)
+                .unwrap_err()
+                .error
+                .message
+                .contains("audience")
+        );
+        let iss = Authenticator::hs256(
+            SECRET,
+            "other",
+            "kubenova-api",
+            Duration::ZERO,
+            Duration::from_secs(3600),
+        );
+        assert!(
+            iss.verify(&m.token)
+                .unwrap_err()
+                .error
+                .message
+                .contains("issuer")
+        );
+        assert!(auth().authenticate(None).is_err());
+        assert!(auth().authenticate(Some("Basic abc")).is_err());
+        assert!(
+            auth()
+                .authenticate(Some(&format!("bearer {}", m.token)))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn unknown_role_is_rejected() {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let claims = serde_json::json!({"sub": "x", "roles": ["root"], "iss": "kubenova", "aud": "kubenova-api", "exp": now + 60});
+        let tok = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
+        assert!(
+            auth()
+                .verify(&tok)
+                .unwrap_err()
+                .error
+                .message
+                .contains("unknown role")
+        );
+    }
+
+    #[test]
+    fn secret_file_is_private_and_stable() {
+        let d = tempfile::tempdir().unwrap();
+        let a = load_or_generate_secret(&d.path().join("sub")).unwrap();
+        let b = load_or_generate_secret(&d.path().join("sub")).unwrap();
+        assert_eq!(a, b);
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(d.path().join("sub").join(JWT_SECRET_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}

@@ -1,0 +1,263 @@
+//! Server configuration: the options of `kubenova-manager serve`, each also read from a
+//! `KUBENOVA_*` environment variable, each with a default (documented in
+//! `docs/src/configuration.md`).
+
+use clap::Args;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default request body limit (1 MiB).
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+
+/// Parses a duration such as `30s`, `5m`, `24h`, `1d`, `250ms` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: use e.g. 30s, 5m, 24h, 1d or 250ms"))?;
+    let secs = |mult: u64| {
+        n.checked_mul(mult)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("duration {s:?} is too large"))
+    };
+    match unit.trim() {
+        "" | "s" => secs(1),
+        "m" => secs(60),
+        "h" => secs(3600),
+        "d" => secs(86400),
+        "ms" => Ok(Duration::from_millis(n)),
+        other => Err(format!(
+            "unknown duration unit {other:?} in {s:?} (use ms, s, m, h or d)"
+        )),
+    }
+}
+
+/// Parses a size such as `1048576`, `512KiB`, `1MiB`, `2MB`.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: use e.g. 1048576, 512KiB or 1MiB"))?;
+    let mult: usize = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "Ki" => 1024,
+        "MiB" | "Mi" => 1024 * 1024,
+        "KB" | "K" | "k" => 1000,
+        "MB" | "M" => 1_000_000,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (use B, KiB, MiB, KB or MB)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+/// Options of the HTTP server (`kubenova-manager serve`).
+#[derive(Debug, Clone, Args)]
+pub struct ServerConfig {
+    /// Address to listen on (`0.0.0.0:8080` for every interface; port 0 picks a free port).
+    #[arg(long, env = "KUBENOVA_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Public base URL of this manager (used in links and kubeconfigs), e.g. `https://kubenova.example.com`.
+    #[arg(long, env = "KUBENOVA_EXTERNAL_URL")]
+    pub external_url: Option<String>,
+    /// Plan applied to tenants created without one; must exist in the catalog.
+    #[arg(long, env = "KUBENOVA_DEFAULT_PLAN", default_value = "baseline")]
+    pub default_plan: String,
+    /// Catalog overlay file (YAML or JSON) merged over the built-in plans and policysets.
+    #[arg(long, env = "KUBENOVA_CATALOG_FILE")]
+    pub catalog_file: Option<PathBuf>,
+    /// Largest accepted request body (`1MiB`, `512KiB`, or bytes).
+    #[arg(long, env = "KUBENOVA_BODY_LIMIT", default_value = "1MiB", value_parser = parse_size)]
+    pub body_limit: usize,
+    /// Time after which a request is abandoned with KN-408.
+    #[arg(long, env = "KUBENOVA_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+    /// `iss` of the tokens this manager mints and accepts.
+    #[arg(long, env = "KUBENOVA_JWT_ISSUER", default_value = "kubenova")]
+    pub jwt_issuer: String,
+    /// `aud` of the tokens this manager mints and accepts.
+    #[arg(long, env = "KUBENOVA_JWT_AUDIENCE", default_value = "kubenova-api")]
+    pub jwt_audience: String,
+    /// HS256 shared secret (at least 32 bytes). Without it and without an ES256 key, a random
+    /// secret is generated into `<data-dir>/jwt.secret` (mode 0600) on first start.
+    #[arg(long, env = "KUBENOVA_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// ES256 public key (PEM) verifying tokens; replaces HS256.
+    #[arg(long, env = "KUBENOVA_JWT_ES256_PUBLIC_KEY")]
+    pub jwt_es256_public_key: Option<PathBuf>,
+    /// ES256 private key (PKCS#8 PEM) signing tokens minted here (`POST /tokens`, bootstrap admin).
+    #[arg(long, env = "KUBENOVA_JWT_ES256_PRIVATE_KEY")]
+    pub jwt_es256_private_key: Option<PathBuf>,
+    /// `iss` of an external OIDC issuer whose tokens are also accepted (needs `--oidc-jwks-file`).
+    #[arg(long, env = "KUBENOVA_OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+    /// `aud` expected in the OIDC issuer's tokens (default: `--jwt-audience`).
+    #[arg(long, env = "KUBENOVA_OIDC_AUDIENCE")]
+    pub oidc_audience: Option<String>,
+    /// The OIDC issuer's JWKS as a local JSON file (fetch `jwks_uri` yourself; no network fetch).
+    #[arg(long, env = "KUBENOVA_OIDC_JWKS_FILE")]
+    pub oidc_jwks_file: Option<PathBuf>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[arg(long, env = "KUBENOVA_CLOCK_SKEW", default_value = "60s", value_parser = parse_duration)]
+    pub clock_skew: Duration,
+    /// Longest TTL of a minted token (`POST /tokens`, bootstrap admin token).
+    #[arg(long, env = "KUBENOVA_MAX_TOKEN_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub max_token_ttl: Duration,
+    /// How long `Idempotency-Key` responses are kept for replay.
+    #[arg(long, env = "KUBENOVA_IDEMPOTENCY_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub idempotency_ttl: Duration,
+    /// Sustained requests per second per authenticated subject (0 disables).
+    #[arg(long, env = "KUBENOVA_RATE_LIMIT_SUBJECT_RPS", default_value_t = 50)]
+    pub rate_limit_subject_rps: u32,
+    /// Burst per authenticated subject.
+    #[arg(long, env = "KUBENOVA_RATE_LIMIT_SUBJECT_BURST", default_value_t = 100)]
+    pub rate_limit_subject_burst: u32,
+    /// Sustained requests per second per source IP (0 disables).
+    #[arg(long, env = "KUBENOVA_RATE_LIMIT_IP_RPS", default_value_t = 100)]
+    pub rate_limit_ip_rps: u32,
+    /// Burst per source IP.
+    #[arg(long, env = "KUBENOVA_RATE_LIMIT_IP_BURST", default_value_t = 200)]
+    pub rate_limit_ip_burst: u32,
+    /// DANGEROUS, local development only: no authentication, every caller is admin `dev`.
+    #[arg(long, env = "KUBENOVA_INSECURE_DEV_NO_AUTH", default_value_t = false)]
+    pub insecure_dev_no_auth: bool,
+}
+
+impl Default for ServerConfig {
+    /// The documented defaults (what `serve` uses with no flags and no environment).
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            external_url: None,
+            default_plan: "baseline".into(),
+            catalog_file: None,
+            body_limit: DEFAULT_BODY_LIMIT,
+            request_timeout: Duration::from_secs(30),
+            jwt_issuer: "kubenova".into(),
+            jwt_audience: "kubenova-api".into(),
+            jwt_secret: None,
+            jwt_es256_public_key: None,
+            jwt_es256_private_key: None,
+            oidc_issuer: None,
+            oidc_audience: None,
+            oidc_jwks_file: None,
+            clock_skew: Duration::from_secs(60),
+            max_token_ttl: Duration::from_secs(24 * 3600),
+            idempotency_ttl: Duration::from_secs(24 * 3600),
+            rate_limit_subject_rps: 50,
+            rate_limit_subject_burst: 100,
+            rate_limit_ip_rps: 100,
+            rate_limit_ip_burst: 200,
+            insecure_dev_no_auth: false,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Idempotency TTL as a `time::Duration`.
+    pub fn idempotency_ttl_time(&self) -> time::Duration {
+        time::Duration::try_from(self.idempotency_ttl).unwrap_or(time::Duration::hours(24))
+    }
+
+    /// Checks options that clap cannot: contradictions and bounds.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.body_limit == 0 {
+            return Err("--body-limit must be greater than 0".into());
+        }
+        if self.request_timeout.is_zero() {
+            return Err("--request-timeout must be greater than 0".into());
+        }
+        if self.max_token_ttl < Duration::from_secs(60) {
+            return Err("--max-token-ttl must be at least 1m".into());
+        }
+        if self.jwt_secret.is_some()
+            && (self.jwt_es256_public_key.is_some() || self.jwt_es256_private_key.is_some())
+        {
+            return Err("choose one signing method: --jwt-secret (HS256) or --jwt-es256-public-key (ES256), not both".into());
+        }
+        if self.jwt_es256_private_key.is_some() && self.jwt_es256_public_key.is_none() {
+            return Err("--jwt-es256-private-key needs --jwt-es256-public-key too".into());
+        }
+        if self.oidc_issuer.is_some() != self.oidc_jwks_file.is_some() {
+            return Err("--oidc-issuer and --oidc-jwks-file go together".into());
+        }
+        if let Some(s) = &self.jwt_secret
+            && s.len() < 32
+        {
+            return Err("--jwt-secret / KUBENOVA_JWT_SECRET must be at least 32 bytes".into());
+        }
+        if let Some(u) = &self.external_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err(format!(
+                "--external-url {u:?} must start with http:// or https://"
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        c: ServerConfig,
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
+        assert_eq!(parse_duration("24h").unwrap(), Duration::from_secs(86400));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("1y").is_err());
+        assert!(parse_duration("").is_err());
+        assert_eq!(parse_size("1MiB").unwrap(), 1 << 20);
+        assert_eq!(parse_size("10").unwrap(), 10);
+        assert!(parse_size("1GiB").is_err());
+    }
+
+    #[test]
+    fn clap_defaults_match_default_impl() {
+        // Only meaningful when no KUBENOVA_* variable is set in the test environment.
+        if std::env::vars().any(|(k, _)| k.starts_with("KUBENOVA_")) {
+            return;
+        }
+        let parsed = Wrap::try_parse_from(["x"]).unwrap().c;
+        assert_eq!(
+            format!("{parsed:?}"),
+            format!("{:?}", ServerConfig::default())
+        );
+        assert!(parsed.validate().is_ok());
+    }
+
+    #[test]
+    fn contradictions_are_rejected() {
+        let c = ServerConfig {
+            jwt_secret: Some("short".into()),
+            ..Default::default()
+        };
+        assert!(c.validate().is_err());
+        let c = ServerConfig {
+            jwt_secret: Some("x".repeat(32)),
+            jwt_es256_public_key: Some("k.pem".into()),
+            ..Default::default()
+        };
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,288 @@
+//! Request extractors: JSON bodies with KN errors, the call context (principal, request
+//! id, source IP, idempotency key), list parameters and `If-Match`.
+
+use super::authz::Principal;
+use super::error::{ApiError, current_request_id};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{HeaderMap, header, request::Parts};
+use axum::response::{IntoResponse, Response};
+use kubenova_api::error::ErrorCode;
+use kubenova_api::ids::AuditId;
+use kubenova_api::model::{AuditEvent, AuditOutcome};
+use kubenova_store::{IdempotencyRecord, ListParams};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use time::OffsetDateTime;
+
+/// A JSON body: wrong content type is KN-415, malformed JSON KN-400, unknown fields and
+/// wrong types KN-422 naming the field, an oversize body KN-413.
+pub struct KnJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for KnJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let ct = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        let mime = ct.split(';').next().unwrap_or("").trim().to_string();
+        if mime != "application/json" && !mime.ends_with("+json") {
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                format!(
+                    "expected Content-Type: application/json, got {:?}",
+                    if ct.is_empty() { "none" } else { &ct }
+                ),
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| {
+                if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        ErrorCode::PayloadTooLarge,
+                        "the request body exceeds the size limit",
+                    )
+                } else {
+                    ApiError::bad_request(format!("could not read the request body: {e}"))
+                }
+            })?;
+        parse_json(&bytes).map(KnJson)
+    }
+}
+
+/// Parses a JSON body with the error mapping of [`KnJson`].
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    match serde_path_to_error::deserialize::<_, T>(de) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if inner.is_syntax() || inner.is_eof() {
+                Err(ApiError::bad_request(format!("malformed JSON: {inner}")))
+            } else {
+                let field = if path == "." {
+                    "body".to_string()
+                } else {
+                    path
+                };
+                Err(ApiError::invalid(&field, inner.to_string()))
+            }
+        }
+    }
+}
+
+/// An `Idempotency-Key` the request carried, with the hash of method, path and body
+/// (set by the idempotency middleware for POST requests).
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    /// The client's key.
+    pub key: String,
+    /// Hash of the request.
+    pub request_hash: String,
+}
+
+/// Marks a response whose audit event was written with the change itself.
+#[derive(Debug, Clone, Copy)]
+pub struct Audited;
+
+/// The call's context: who, which request, from where.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    /// The authenticated caller.
+    pub principal: Principal,
+    /// Request id.
+    pub request_id: String,
+    /// Source IP.
+    pub source_ip: String,
+    /// Idempotency key, if sent with a POST.
+    pub idempotency: Option<IdempotencyKey>,
+    /// How long idempotency records are kept.
+    pub idempotency_ttl: time::Duration,
+}
+
+/// Source IP of a request (set by the server from the connection).
+#[derive(Debug, Clone)]
+pub struct SourceIp(pub String);
+
+/// How long an idempotency record is kept (inserted by the middleware).
+#[derive(Debug, Clone, Copy)]
+pub struct IdempotencyTtl(pub time::Duration);
+
+impl<S: Send + Sync> FromRequestParts<S> for Ctx {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let principal = parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(|| {
+                ApiError::unauthenticated("send a bearer token: Authorization: Bearer <jwt>")
+            })?;
+        Ok(Ctx {
+            principal,
+            request_id: current_request_id().unwrap_or_default(),
+            source_ip: parts
+                .extensions
+                .get::<SourceIp>()
+                .map(|s| s.0.clone())
+                .unwrap_or_default(),
+            idempotency: parts.extensions.get::<IdempotencyKey>().cloned(),
+            idempotency_ttl: parts
+                .extensions
+                .get::<IdempotencyTtl>()
+                .map(|t| t.0)
+                .unwrap_or(time::Duration::hours(24)),
+        })
+    }
+}
+
+impl Ctx {
+    /// The audit event of a successful change, written in the change's transaction.
+    pub fn audit(
+        &self,
+        action: &str,
+        kind: &str,
+        id: impl std::fmt::Display,
+        status: u16,
+    ) -> AuditEvent {
+        AuditEvent {
+            id: AuditId::new(),
+            at: OffsetDateTime::now_utc(),
+            actor: self.principal.subject.clone(),
+            roles: self
+                .principal
+                .roles
+                .iter()
+                .map(|r| r.as_str().to_string())
+                .collect(),
+            action: action.to_string(),
+            resource_kind: kind.to_string(),
+            resource_id: id.to_string(),
+            outcome: AuditOutcome::Success,
+            http_status: Some(status),
+            request_id: self.request_id.clone(),
+            source_ip: self.source_ip.clone(),
+            details: None,
+        }
+    }
+
+    /// The idempotency record storing this response, when the request had a key.
+    pub fn idempotency_record(&self, status: u16, body: &[u8]) -> Option<IdempotencyRecord> {
+        self.idempotency.as_ref().map(|k| {
+            let now = OffsetDateTime::now_utc();
+            IdempotencyRecord {
+                subject: self.principal.subject.clone(),
+                key: k.key.clone(),
+                request_hash: k.request_hash.clone(),
+                status,
+                body: body.to_vec(),
+                created_at: now,
+                expires_at: now + self.idempotency_ttl,
+            }
+        })
+    }
+}
+
+/// `?limit=&cursor=` of every list.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    /// Page size (default 100, max 500).
+    pub limit: Option<u32>,
+    /// `nextCursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+impl From<ListQuery> for ListParams {
+    fn from(q: ListQuery) -> Self {
+        ListParams {
+            limit: q.limit,
+            cursor: q.cursor,
+        }
+    }
+}
+
+/// The `ETag` of a record version.
+pub fn etag(version: i64) -> String {
+    format!("\"{version}\"")
+}
+
+/// The version named by `If-Match`, if present. `*` matches any version.
+pub fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
+    let Some(v) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let s = v
+        .to_str()
+        .map_err(|_| ApiError::bad_request("If-Match is not valid text"))?
+        .trim();
+    if s == "*" {
+        return Ok(None);
+    }
+    let inner = s.trim_start_matches("W/").trim_matches('"');
+    inner.parse::<i64>().map(Some).map_err(|_| {
+        ApiError::bad_request(format!(
+            "If-Match {s:?} is not an ETag returned by this API"
+        ))
+    })
+}
+
+/// Checks `If-Match` against the current version (KN-412 when stale).
+pub fn check_if_match(
+    headers: &HeaderMap,
+    kind: &str,
+    id: impl std::fmt::Display,
+    current: i64,
+) -> Result<(), ApiError> {
+    match if_match(headers)? {
+        Some(v) if v != current => {
+            Err(kubenova_api::error::KnError::precondition_failed(kind, id, v, current).into())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A JSON response with status, `ETag` and optional `Location`, plus the [`Audited`]
+/// marker when the audit event was stored with the change.
+pub fn json_response<T: serde::Serialize>(
+    status: axum::http::StatusCode,
+    body: &T,
+    version: Option<i64>,
+    location: Option<String>,
+    audited: bool,
+) -> Response {
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    bytes_response(status, bytes, version, location, audited)
+}
+
+/// Like [`json_response`] for pre-serialized bytes (used when the body is also stored
+/// as the idempotent response).
+pub fn bytes_response(
+    status: axum::http::StatusCode,
+    bytes: Vec<u8>,
+    version: Option<i64>,
+    location: Option<String>,
+    audited: bool,
+) -> Response {
+    let mut resp = (status, [(header::CONTENT_TYPE, "application/json")], bytes).into_response();
+    if let Some(v) = version
+        && let Ok(h) = etag(v).parse()
+    {
+        resp.headers_mut().insert(header::ETAG, h);
+    }
+    if let Some(l) = location
+        && let Ok(h) = l.parse()
+    {
+        resp.headers_mut().insert(header::LOCATION, h);
+    }
+    if audited {
+        resp.extensions_mut().insert(Audited);
+    }
+    resp
+}

@@ -1,0 +1,895 @@
+//! Everything around the handlers.
+//!
+//! Order, outermost first:
+//!
+//! 1. **request** ([`request_layer`]): request id (`X-Request-Id` echoed when sane, else a
+//!    UUIDv4) set as the [`REQUEST_ID`] task-local and on every response; a tracing span
+//!    per request; the timeout (KN-408); the KN envelope on every error response that is
+//!    not already one (axum's plain-text rejections, 404, 405 with `Allow`, 413, ...);
+//!    Prometheus metrics; one structured access log line.
+//! 2. **URI rewrite** ([`rewrite_action_uri`]): `…/apps/{id}:deploy` → `…/apps/{id}/actions/deploy`.
+//! 3. the router, with per route ([`call_layer`]): source IP, per-IP rate limit,
+//!    authentication ([`Principal`] in the request extensions), per-subject rate limit,
+//!    `Idempotency-Key` replay/mismatch, body limit, and the audit of mutating calls that
+//!    the handler did not audit itself (failures, denials).
+//!
+//! Public (no token, no rate limit): `/api/v1/healthz`, `/api/v1/readyz`,
+//! `/api/v1/version`, `/api/v1/openapi.json`, `/api/v1/docs`, `/metrics`.
+
+use super::AppState;
+use super::authz::Principal;
+use super::config::ServerConfig;
+use super::error::{ApiError, REQUEST_ID};
+use super::extract::{Audited, IdempotencyKey, IdempotencyTtl, SourceIp};
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use governor::clock::{Clock as _, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+use kubenova_api::error::{ErrorCode, KnError};
+use kubenova_api::model::{AuditEvent, AuditOutcome};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use sha2::{Digest as _, Sha256};
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+use time::OffsetDateTime;
+use tracing::Instrument as _;
+
+/// `X-Request-Id`.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// `Idempotency-Key`.
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+/// `Idempotent-Replayed`, set to `true` on a replayed response.
+pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+/// Longest accepted `Idempotency-Key`.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
+
+/// Paths served without a token and without rate limits.
+pub const PUBLIC_PATHS: &[&str] = &[
+    "/api/v1/healthz",
+    "/api/v1/readyz",
+    "/api/v1/version",
+    "/api/v1/openapi.json",
+    "/api/v1/docs",
+    "/metrics",
+];
+
+/// True for the public paths (no authentication, no rate limit).
+pub fn is_public(path: &str) -> bool {
+    PUBLIC_PATHS.contains(&path)
+}
+
+/// The route template of a response (`/api/v1/tenants/{tenantID}`), or `unmatched`.
+#[derive(Debug, Clone)]
+pub struct RouteTemplate(pub String);
+
+/// Labels of the HTTP request counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// HTTP method.
+    pub method: String,
+    /// Route template.
+    pub route: String,
+    /// Status code.
+    pub status: String,
+}
+
+/// Labels of the latency histogram.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    /// HTTP method.
+    pub method: String,
+    /// Route template.
+    pub route: String,
+}
+
+/// Labels of the rate-limit rejection counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// `ip` or `subject`.
+    pub scope: String,
+}
+
+/// Labels of store metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabels {
+    /// Store operation.
+    pub operation: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 0.25 ms … ~8 s.
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+/// Metrics registry, metric families and rate limiters shared by every request.
+pub struct Runtime {
+    registry: Registry,
+    /// `kubenova_http_requests_total{method,route,status}`.
+    pub http_requests: Family<HttpLabels, Counter>,
+    /// `kubenova_http_request_duration_seconds{method,route}`.
+    pub http_latency: HistogramFamily<RouteLabels>,
+    /// `kubenova_http_requests_in_flight`.
+    pub in_flight: Gauge,
+    /// `kubenova_rate_limited_total{scope}`.
+    pub rate_limited: Family<LimitLabels, Counter>,
+    /// `kubenova_store_operation_duration_seconds{operation}` (operations timed by the manager).
+    pub store_latency: HistogramFamily<StoreLabels>,
+    /// `kubenova_store_errors_total{operation}`.
+    pub store_errors: Family<StoreLabels, Counter>,
+    /// `kubenova_audit_write_failures_total`.
+    pub audit_failures: Counter,
+    subject_limiter: Option<DefaultKeyedRateLimiter<String>>,
+    ip_limiter: Option<DefaultKeyedRateLimiter<String>>,
+    checks: AtomicU64,
+    body_limit: usize,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("subject_limit", &self.subject_limiter.is_some())
+            .field("ip_limit", &self.ip_limiter.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+fn limiter(rps: u32, burst: u32) -> Option<DefaultKeyedRateLimiter<String>> {
+    let rps = NonZeroU32::new(rps)?;
+    let burst = NonZeroU32::new(burst).unwrap_or(rps);
+    Some(governor::RateLimiter::keyed(
+        Quota::per_second(rps).allow_burst(burst),
+    ))
+}
+
+impl Runtime {
+    /// Registers the metrics and builds the rate limiters of a configuration.
+    pub fn new(cfg: &ServerConfig) -> Self {
+        let mut registry = Registry::with_prefix("kubenova");
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        let http_latency: HistogramFamily<RouteLabels> =
+            Family::new_with_constructor(latency_histogram);
+        let in_flight = Gauge::default();
+        let rate_limited = Family::<LimitLabels, Counter>::default();
+        let store_latency: HistogramFamily<StoreLabels> =
+            Family::new_with_constructor(latency_histogram);
+        let store_errors = Family::<StoreLabels, Counter>::default();
+        let audit_failures = Counter::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests by route template, method and status",
+            http_requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route template and method",
+            http_latency.clone(),
+        );
+        registry.register(
+            "http_requests_in_flight",
+            "HTTP requests being served",
+            in_flight.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Requests rejected with KN-429 by rate-limit scope (ip, subject)",
+            rate_limited.clone(),
+        );
+        registry.register(
+            "store_operation_duration_seconds",
+            "Latency of store operations made by the middleware (readiness ping, idempotency lookup, audit)",
+            store_latency.clone(),
+        );
+        registry.register(
+            "store_errors",
+            "Store operations that failed, by operation",
+            store_errors.clone(),
+        );
+        registry.register(
+            "audit_write_failures",
+            "Audit events that could not be written to the store",
+            audit_failures.clone(),
+        );
+        Self {
+            registry,
+            http_requests,
+            http_latency,
+            in_flight,
+            rate_limited,
+            store_latency,
+            store_errors,
+            audit_failures,
+            subject_limiter: limiter(cfg.rate_limit_subject_rps, cfg.rate_limit_subject_burst),
+            ip_limiter: limiter(cfg.rate_limit_ip_rps, cfg.rate_limit_ip_burst),
+            checks: AtomicU64::new(0),
+            body_limit: cfg.body_limit,
+        }
+    }
+
+    /// The metrics in the Prometheus/OpenMetrics text format.
+    pub fn encode_metrics(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(error = %e, "encoding metrics failed");
+        }
+        out
+    }
+
+    /// Records one store operation's latency and outcome.
+    pub fn observe_store(&self, operation: &str, started: Instant, ok: bool) {
+        let labels = StoreLabels {
+            operation: operation.to_string(),
+        };
+        self.store_latency
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        if !ok {
+            self.store_errors.get_or_create(&labels).inc();
+        }
+    }
+
+    /// Checks a rate limit; `Err(seconds to wait)` when exceeded.
+    fn check(&self, scope: &'static str, key: &str) -> Result<(), u64> {
+        let limiter = match scope {
+            "ip" => &self.ip_limiter,
+            _ => &self.subject_limiter,
+        };
+        let Some(l) = limiter else { return Ok(()) };
+        // Forget idle keys now and then so the maps stay small.
+        if self.checks.fetch_add(1, Ordering::Relaxed) % 8192 == 8191 {
+            l.retain_recent();
+        }
+        match l.check_key(&key.to_string()) {
+            Ok(()) => Ok(()),
+            Err(not_until) => {
+                self.rate_limited
+                    .get_or_create(&LimitLabels {
+                        scope: scope.into(),
+                    })
+                    .inc();
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                Err(wait.as_secs_f64().ceil().max(1.0) as u64)
+            }
+        }
+    }
+}
+
+/// Wraps the routes with the documentation endpoints, `/metrics`, the 404/405 fallbacks
+/// and every middleware, and binds the state.
+pub fn apply(
+    routes: axum::Router<AppState>,
+    spec: utoipa::openapi::OpenApi,
+    state: AppState,
+) -> axum::Router {
+    let spec_json = Bytes::from(serde_json::to_vec(&spec).unwrap_or_default());
+    let docs: axum::Router<AppState> = {
+        use utoipa_scalar::Servable as _;
+        axum::Router::from(utoipa_scalar::Scalar::with_url("/api/v1/docs", spec))
+    };
+    let inner = routes
+        .route(
+            "/api/v1/openapi.json",
+            get(move || {
+                let body = spec_json.clone();
+                async move { ([(header::CONTENT_TYPE, "application/json")], body) }
+            }),
+        )
+        .merge(docs)
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            call_layer,
+        ))
+        .layer(DefaultBodyLimit::max(state.config.body_limit))
+        .with_state(state.clone());
+    let svc = tower::ServiceBuilder::new()
+        .layer(axum::middleware::from_fn_with_state(state, request_layer))
+        .map_request(rewrite_action_uri)
+        .service(inner);
+    axum::Router::new().fallback_service(svc)
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.runtime.encode_metrics(),
+    )
+        .into_response()
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        ErrorCode::NotFound,
+        format!("no route for {method} {}", uri.path()),
+    )
+}
+
+// ---- URI rewrite -------------------------------------------------------------------
+
+/// `…/apps/{id}:{action}` → `…/apps/{id}/actions/{action}` (also with `%3A`); `None` for
+/// any other path.
+pub fn rewrite_path(path: &str) -> Option<String> {
+    let (head, last) = path.rsplit_once('/')?;
+    if !head.ends_with("/apps") {
+        return None;
+    }
+    let (id, action) = last
+        .split_once(':')
+        .or_else(|| last.split_once("%3A"))
+        .or_else(|| last.split_once("%3a"))?;
+    if id.is_empty() || action.is_empty() {
+        return None;
+    }
+    Some(format!("{head}/{id}/actions/{action}"))
+}
+
+/// Rewrites the colon spelling of app actions before routing (axum cannot route a
+/// parameter with a suffix in one segment).
+pub fn rewrite_action_uri(mut req: Request) -> Request {
+    if let Some(new_path) = rewrite_path(req.uri().path()) {
+        let pq = match req.uri().query() {
+            Some(q) => format!("{new_path}?{q}"),
+            None => new_path,
+        };
+        let mut parts = req.uri().clone().into_parts();
+        if let Ok(pq) = pq.parse() {
+            parts.path_and_query = Some(pq);
+            if let Ok(uri) = axum::http::Uri::from_parts(parts) {
+                *req.uri_mut() = uri;
+            }
+        }
+    }
+    req
+}
+
+// ---- request layer -------------------------------------------------------------------
+
+fn sane_request_id(v: &HeaderValue) -> Option<String> {
+    let s = v.to_str().ok()?.trim();
+    (!s.is_empty()
+        && s.len() <= 128
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':' | b'/' | b'+' | b'=')
+        }))
+    .then(|| s.to_string())
+}
+
+/// Request id, span, timeout, KN envelope on errors, metrics and access log.
+pub async fn request_layer(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    let id = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(sane_request_id)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let id_header =
+        HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+    req.headers_mut().insert(X_REQUEST_ID, id_header.clone());
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let span = tracing::info_span!(
+        "request",
+        method = %method,
+        path = %path,
+        request_id = %id,
+        route = tracing::field::Empty,
+        status = tracing::field::Empty,
+    );
+    let runtime = state.runtime.clone();
+    runtime.in_flight.inc();
+    let timeout = state.config.request_timeout;
+    let (m2, p2) = (method.clone(), path.clone());
+    let fut = async move {
+        let resp = match tokio::time::timeout(timeout, next.run(req)).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!(timeout_ms = timeout.as_millis() as u64, "request timed out");
+                ApiError::new(
+                    ErrorCode::Timeout,
+                    format!(
+                        "the request did not complete within {} ms",
+                        timeout.as_millis()
+                    ),
+                )
+                .into_response()
+            }
+        };
+        ensure_envelope(resp, &m2, &p2).await
+    };
+    let mut resp = REQUEST_ID
+        .scope(id.clone(), fut.instrument(span.clone()))
+        .await;
+    runtime.in_flight.dec();
+    let route = resp
+        .extensions()
+        .get::<RouteTemplate>()
+        .map(|r| r.0.clone())
+        .unwrap_or_else(|| "unmatched".into());
+    let status = resp.status().as_u16();
+    let elapsed = started.elapsed();
+    runtime
+        .http_requests
+        .get_or_create(&HttpLabels {
+            method: method.to_string(),
+            route: route.clone(),
+            status: status.to_string(),
+        })
+        .inc();
+    runtime
+        .http_latency
+        .get_or_create(&RouteLabels {
+            method: method.to_string(),
+            route: route.clone(),
+        })
+        .observe(elapsed.as_secs_f64());
+    span.record("route", route.as_str());
+    span.record("status", status);
+    span.in_scope(|| {
+        tracing::info!(
+            target: "kubenova::access",
+            method = %method,
+            route = %route,
+            path = %path,
+            status,
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            request_id = %id,
+            "request"
+        );
+    });
+    resp.headers_mut().insert(X_REQUEST_ID, id_header);
+    resp
+}
+
+fn code_for_status(status: StatusCode) -> ErrorCode {
+    match status.as_u16() {
+        400 => ErrorCode::BadRequest,
+        401 => ErrorCode::Unauthenticated,
+        403 => ErrorCode::Forbidden,
+        404 => ErrorCode::NotFound,
+        405 => ErrorCode::MethodNotAllowed,
+        408 => ErrorCode::Timeout,
+        409 => ErrorCode::Conflict,
+        412 => ErrorCode::PreconditionFailed,
+        413 => ErrorCode::PayloadTooLarge,
+        415 => ErrorCode::UnsupportedMediaType,
+        422 => ErrorCode::Validation,
+        429 => ErrorCode::RateLimited,
+        503 => ErrorCode::Unavailable,
+        s if s < 500 => ErrorCode::BadRequest,
+        _ => ErrorCode::Internal,
+    }
+}
+
+fn is_json(resp: &Response) -> bool {
+    resp.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|ct| {
+            let m = ct
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            m == "application/json" || m.ends_with("+json")
+        })
+        .unwrap_or(false)
+}
+
+/// Replaces a non-JSON error response (axum's rejections, 405, 413, ...) with the KN
+/// envelope, keeping its status and headers such as `Allow` and `Retry-After`.
+async fn ensure_envelope(resp: Response, method: &Method, path: &str) -> Response {
+    let status = resp.status();
+    if status.as_u16() < 400 || is_json(&resp) {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 16 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let code = code_for_status(status);
+    let message = match code {
+        ErrorCode::MethodNotAllowed => {
+            let allow = parts
+                .headers
+                .get(header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            format!("{method} is not allowed on {path}; allowed: {allow}")
+        }
+        ErrorCode::NotFound if text.is_empty() => format!("no route for {method} {path}"),
+        ErrorCode::PayloadTooLarge => "the request body exceeds the size limit".to_string(),
+        _ if status.is_server_error() => {
+            if !text.is_empty() {
+                tracing::error!(status = status.as_u16(), detail = %text, "server error");
+            }
+            "internal error; the server log has details under the request id".to_string()
+        }
+        _ if text.is_empty() => code.title().to_string(),
+        _ => text,
+    };
+    let mut new = ApiError::from(KnError::new(code, message)).into_response();
+    *new.status_mut() = status;
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            new.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    new.extensions_mut().extend(parts.extensions);
+    new
+}
+
+// ---- call layer ---------------------------------------------------------------------
+
+fn is_mutating(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    )
+}
+
+fn too_many(scope: &str, secs: u64) -> Response {
+    ApiError {
+        error: KnError::new(
+            ErrorCode::RateLimited,
+            format!("rate limit per {scope} exceeded; retry in {secs} s"),
+        ),
+        retry_after: Some(secs),
+    }
+    .into_response()
+}
+
+/// Per-route middleware: source IP, rate limits, authentication, idempotency, audit.
+pub async fn call_layer(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string());
+    let route_label = route.clone().unwrap_or_else(|| "unmatched".into());
+    let source_ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    req.extensions_mut().insert(SourceIp(source_ip.clone()));
+    req.extensions_mut()
+        .insert(IdempotencyTtl(state.config.idempotency_ttl_time()));
+    let mut resp = guarded(&state, req, next, route, source_ip).await;
+    resp.extensions_mut().insert(RouteTemplate(route_label));
+    resp
+}
+
+struct CallInfo {
+    method: Method,
+    path: String,
+    action: String,
+    source_ip: String,
+}
+
+async fn guarded(
+    state: &AppState,
+    mut req: Request,
+    next: Next,
+    route: Option<String>,
+    source_ip: String,
+) -> Response {
+    let path = req.uri().path().to_string();
+    // Public endpoints and unknown routes (a 404 needs no identity) skip auth and limits.
+    let Some(route) = route.filter(|_| !is_public(&path)) else {
+        return next.run(req).await;
+    };
+    let info = CallInfo {
+        method: req.method().clone(),
+        path,
+        action: format!("{} {}", req.method(), route),
+        source_ip,
+    };
+    if let Err(secs) = state.runtime.check("ip", &info.source_ip) {
+        tracing::warn!(source_ip = %info.source_ip, "per-IP rate limit exceeded");
+        return too_many("source IP", secs);
+    }
+    let authz = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let principal = match state.auth.authenticate(authz) {
+        Ok(p) => p,
+        Err(e) => {
+            let mut resp = e.into_response();
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"kubenova\", error=\"invalid_token\""),
+            );
+            if is_mutating(&info.method) {
+                let anon = Principal {
+                    subject: "anonymous".into(),
+                    roles: vec![],
+                    tenants: vec![],
+                    projects: vec![],
+                };
+                audit_call(state, &anon, &info, &route, resp.status()).await;
+            }
+            return resp;
+        }
+    };
+    req.extensions_mut().insert(principal.clone());
+    if let Err(secs) = state.runtime.check("subject", &principal.subject) {
+        tracing::warn!(subject = %principal.subject, "per-subject rate limit exceeded");
+        return too_many("subject", secs);
+    }
+    let mut replayed = false;
+    let resp = match idempotency(state, &principal, req).await {
+        Ok(Idem::Proceed(req)) => next.run(req).await,
+        Ok(Idem::Replay(resp)) => {
+            replayed = true;
+            resp
+        }
+        Err(e) => e.into_response(),
+    };
+    if is_mutating(&info.method) {
+        if replayed {
+            log_audit(&principal, &info, "replayed", resp.status().as_u16());
+        } else if resp.extensions().get::<Audited>().is_none() {
+            audit_call(state, &principal, &info, &route, resp.status()).await;
+        } else {
+            log_audit(
+                &principal,
+                &info,
+                outcome_of(resp.status()).0,
+                resp.status().as_u16(),
+            );
+        }
+    }
+    resp
+}
+
+enum Idem {
+    Proceed(Request),
+    Replay(Response),
+}
+
+fn request_hash(method: &Method, path_and_query: &str, body: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(method.as_str().as_bytes());
+    h.update(b"\n");
+    h.update(path_and_query.as_bytes());
+    h.update(b"\n");
+    h.update(body);
+    hex::encode(h.finalize())
+}
+
+async fn idempotency(
+    state: &AppState,
+    principal: &Principal,
+    req: Request,
+) -> Result<Idem, ApiError> {
+    if req.method() != Method::POST {
+        return Ok(Idem::Proceed(req));
+    }
+    let Some(raw) = req.headers().get(&IDEMPOTENCY_KEY) else {
+        return Ok(Idem::Proceed(req));
+    };
+    let key = raw
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|k| {
+            !k.is_empty()
+                && k.len() <= MAX_IDEMPOTENCY_KEY_LEN
+                && k.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "Idempotency-Key",
+                format!("must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"),
+            )
+        })?
+        .to_string();
+    let limit = state.runtime.body_limit;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            "the request body exceeds the size limit",
+        ));
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(
+            ErrorCode::PayloadTooLarge,
+            "the request body exceeds the size limit",
+        )
+    })?;
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let hash = request_hash(&parts.method, pq, &bytes);
+    let started = Instant::now();
+    let found = state
+        .store
+        .get_idempotency(&principal.subject, &key, OffsetDateTime::now_utc())
+        .await;
+    state
+        .runtime
+        .observe_store("get_idempotency", started, found.is_ok());
+    match found? {
+        Some(rec) if rec.request_hash == hash => {
+            let status = StatusCode::from_u16(rec.status).unwrap_or(StatusCode::OK);
+            let mut resp = (
+                status,
+                [(header::CONTENT_TYPE, "application/json")],
+                rec.body,
+            )
+                .into_response();
+            resp.headers_mut()
+                .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+            Ok(Idem::Replay(resp))
+        }
+        Some(_) => Err(KnError::new(
+            ErrorCode::Validation,
+            "Idempotency-Key reused with a different request",
+        )
+        .with_details(serde_json::json!({"violations": [{
+            "field": "Idempotency-Key",
+            "reason": "this key was used with a different method, path or body; use a new key"
+        }]}))
+        .into()),
+        None => {
+            let mut req = Request::from_parts(parts, Body::from(bytes));
+            req.extensions_mut().insert(IdempotencyKey {
+                key,
+                request_hash: hash,
+            });
+            Ok(Idem::Proceed(req))
+        }
+    }
+}
+
+fn outcome_of(status: StatusCode) -> (&'static str, AuditOutcome) {
+    match status.as_u16() {
+        401 | 403 => ("denied", AuditOutcome::Denied),
+        s if (200..300).contains(&s) => ("success", AuditOutcome::Success),
+        _ => ("failed", AuditOutcome::Failed),
+    }
+}
+
+fn resource_kind(route: &str) -> String {
+    route
+        .split('/')
+        .rfind(|s| !s.is_empty() && !s.starts_with('{') && !matches!(*s, "api" | "v1" | "actions"))
+        .map(|s| s.strip_suffix('s').unwrap_or(s).to_string())
+        .unwrap_or_default()
+}
+
+fn log_audit(principal: &Principal, info: &CallInfo, outcome: &str, status: u16) {
+    let roles: Vec<&str> = principal.roles.iter().map(|r| r.as_str()).collect();
+    tracing::info!(
+        target: "kubenova::audit",
+        actor = %principal.subject,
+        roles = ?roles,
+        action = %info.action,
+        resource = %info.path,
+        outcome,
+        status,
+        request_id = %super::error::current_request_id().unwrap_or_default(),
+        source_ip = %info.source_ip,
+        "audit"
+    );
+}
+
+async fn audit_call(
+    state: &AppState,
+    principal: &Principal,
+    info: &CallInfo,
+    route: &str,
+    status: StatusCode,
+) {
+    let (outcome_s, outcome) = outcome_of(status);
+    log_audit(principal, info, outcome_s, status.as_u16());
+    let event = AuditEvent {
+        id: kubenova_api::ids::AuditId::new(),
+        at: OffsetDateTime::now_utc(),
+        actor: principal.subject.clone(),
+        roles: principal
+            .roles
+            .iter()
+            .map(|r| r.as_str().to_string())
+            .collect(),
+        action: info.action.clone(),
+        resource_kind: resource_kind(route),
+        resource_id: info.path.clone(),
+        outcome,
+        http_status: Some(status.as_u16()),
+        request_id: super::error::current_request_id().unwrap_or_default(),
+        source_ip: info.source_ip.clone(),
+        details: None,
+    };
+    let started = Instant::now();
+    let res = state.store.append_audit(&event).await;
+    state
+        .runtime
+        .observe_store("append_audit", started, res.is_ok());
+    if let Err(e) = res {
+        state.runtime.audit_failures.inc();
+        tracing::error!(error = %e, action = %info.action, "could not write the audit event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rewrites_only_app_actions() {
+        assert_eq!(
+            rewrite_path("/api/v1/clusters/c/tenants/t/projects/p/apps/a:deploy").as_deref(),
+            Some("/api/v1/clusters/c/tenants/t/projects/p/apps/a/actions/deploy")
+        );
+        assert_eq!(
+            rewrite_path("/api/v1/clusters/c/tenants/t/projects/p/apps/a%3Asuspend").as_deref(),
+            Some("/api/v1/clusters/c/tenants/t/projects/p/apps/a/actions/suspend")
+        );
+        assert_eq!(
+            rewrite_path("/api/v1/clusters/c/tenants/t/projects/p/apps/a"),
+            None
+        );
+        assert_eq!(rewrite_path("/api/v1/tenants/a:deploy"), None);
+        assert_eq!(
+            rewrite_path("/api/v1/clusters/c/tenants/t/projects/p/apps/:deploy"),
+            None
+        );
+    }
+
+    #[test]
+    fn request_ids_are_sanitized() {
+        assert_eq!(
+            sane_request_id(&HeaderValue::from_static("abc-123")).as_deref(),
+            Some("abc-123")
+        );
+        assert_eq!(sane_request_id(&HeaderValue::from_static("a b")), None);
+        assert_eq!(sane_request_id(&HeaderValue::from_static("")), None);
+    }
+
+    #[test]
+    fn resource_kinds() {
+        assert_eq!(
+            resource_kind("/api/v1/clusters/{clusterID}/tenants/{tenantID}"),
+            "tenant"
+        );
+        assert_eq!(resource_kind("/api/v1/tokens"), "token");
+        assert_eq!(
+            resource_kind(
+                "/api/v1/clusters/{c}/tenants/{t}/projects/{p}/apps/{a}/actions/{action}"
+            ),
+            "app"
+        );
+    }
+}

@@ -1,0 +1,1562 @@
+//! Tenants: creation with **plan application** ([`resolve_tenant`]), reads, owners,
+//! quota/limit/policyset overrides, plan changes, summary, usage and kubeconfig.
+//!
+//! A tenant stores what the client asked to override ([`TenantOverrides`]) next to the
+//! effective values (plan ∪ overrides), so a plan change or a new override re-resolves
+//! from the catalog and the record always holds what the operator will enforce.
+
+use super::AppState;
+use super::authz::{Access, Principal, Role};
+use super::clusters::{
+    CascadeQuery, list_params, no_content_audited, parse_id, parse_time, query, to_bytes,
+};
+use super::error::{ApiError, ApiResult};
+use super::extract::{Ctx, KnJson, ListQuery, bytes_response, check_if_match, json_response};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use kubenova_api::ErrorBody;
+use kubenova_api::catalog::Catalog;
+use kubenova_api::error::KnError;
+use kubenova_api::ids::{ClusterId, TenantId};
+use kubenova_api::model::{
+    ObjectStatus, Phase, SUBJECTS_MAX, Subject, Tenant, TenantOverrides, TenantSpec, UsageRecord,
+    tenant_namespaces,
+};
+use kubenova_api::quantity::Quantity;
+use kubenova_api::validate::{Validate, ValidationError, Validator, quote_key};
+use kubenova_store::{ListParams, StoreError, UsageQuery, WriteOptions, encode_cursor};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::collections::BTreeMap;
+use time::OffsetDateTime;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+// ---------------------------------------------------------------------------------
+// Plan application (pure)
+// ---------------------------------------------------------------------------------
+
+/// The plan-derived settings of a tenant: exactly what the operator enforces.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResolvedTenant {
+    /// The plan applied.
+    pub plan: String,
+    /// Effective ResourceQuota `hard`: the plan's `tenantQuotas` overlaid by the overrides.
+    pub quotas: BTreeMap<String, Quantity>,
+    /// Effective container default limits: the plan's `limitRange.default` overlaid by the overrides.
+    pub limits: BTreeMap<String, Quantity>,
+    /// Effective policysets: the override list if given, else the plan's.
+    pub network_policies: Vec<String>,
+}
+
+/// Resolves a tenant's effective quotas, limits and policysets from its plan (the
+/// requested one, else `default_plan`) and its per-field overrides.
+///
+/// Every problem is reported at once: an unknown plan (field `plan`), negative
+/// quantities, a limit override above the plan's per-container maximum or below its
+/// default request (the LimitRange would be invalid), and unknown policysets
+/// (`networkPolicies[i]`).
+pub fn resolve_tenant(
+    catalog: &Catalog,
+    default_plan: &str,
+    requested_plan: Option<&str>,
+    overrides: &TenantOverrides,
+) -> Result<ResolvedTenant, ValidationError> {
+    let mut v = Validator::new();
+    let plan_name = requested_plan.unwrap_or(default_plan);
+    let known_plans = || {
+        catalog
+            .plans()
+            .map(|p| p.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let plan = catalog.plan(plan_name);
+    if plan.is_none() {
+        let reason = if requested_plan.is_some() {
+            format!(
+                "unknown plan {plan_name:?}: the catalog has {}",
+                known_plans()
+            )
+        } else {
+            format!(
+                "no plan given and the configured default plan {plan_name:?} is not in the catalog ({}); name a plan",
+                known_plans()
+            )
+        };
+        v.push("plan", reason);
+    }
+    for (k, q) in &overrides.quotas {
+        if q.is_negative() {
+            v.push(
+                format!("quotas.{}", quote_key(k)),
+                format!("must not be negative (got {q})"),
+            );
+        }
+    }
+    for (k, q) in &overrides.limits {
+        let field = format!("limits.{}", quote_key(k));
+        if q.is_negative() {
+            v.push(field.clone(), format!("must not be negative (got {q})"));
+            continue;
+        }
+        if let Some(p) = plan {
+            if let Some(max) = p.limit_range.max.get(k)
+                && q > max
+            {
+                v.push(
+                    field.clone(),
+                    format!(
+                        "{q} exceeds the per-container maximum {max} of plan {:?}",
+                        p.name
+                    ),
+                );
+            }
+            if let Some(req) = p.limit_range.default_request.get(k)
+                && q < req
+            {
+                v.push(
+                    field,
+                    format!("{q} is below the default request {req} of plan {:?} (a LimitRange needs defaultRequest <= default)", p.name),
+                );
+            }
+        }
+    }
+    let policysets: Vec<String> = match (&overrides.network_policies, plan) {
+        (Some(list), _) => list.clone(),
+        (None, Some(p)) => p.policysets.clone(),
+        (None, None) => Vec::new(),
+    };
+    for (i, name) in policysets.iter().enumerate() {
+        if catalog.policyset(name).is_none() {
+            v.push(
+                format!("networkPolicies[{i}]"),
+                format!(
+                    "unknown policyset {name:?}: the catalog has {}",
+                    catalog
+                        .policysets()
+                        .map(|p| p.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            );
+        }
+    }
+    v.finish()?;
+    let Some(plan) = plan else {
+        // Unreachable: a missing plan is a violation above.
+        return Err(ValidationError::single("plan", "unknown plan"));
+    };
+    let mut quotas = plan.tenant_quotas.clone();
+    quotas.extend(overrides.quotas.iter().map(|(k, q)| (k.clone(), q.clone())));
+    let mut limits = plan.limit_range.default.clone();
+    limits.extend(overrides.limits.iter().map(|(k, q)| (k.clone(), q.clone())));
+    Ok(ResolvedTenant {
+        plan: plan.name.clone(),
+        quotas,
+        limits,
+        network_policies: policysets,
+    })
+}
+
+fn apply(t: &mut Tenant, r: ResolvedTenant) {
+    t.plan = r.plan;
+    t.quotas = r.quotas;
+    t.limits = r.limits;
+    t.network_policies = r.network_policies;
+}
+
+// ---------------------------------------------------------------------------------
+// Wire types
+// ---------------------------------------------------------------------------------
+
+/// A page of tenants.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantList {
+    /// Tenants in creation order.
+    pub items: Vec<Tenant>,
+    /// Cursor of the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// `PUT .../owners`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"owners": ["alice@example.com", "group:acme-admins"]}))]
+pub struct OwnersRequest {
+    /// Owners: `alice@example.com`, `user:bob`, `group:ops`, `serviceaccount:ns:name`.
+    pub owners: Vec<String>,
+}
+
+/// `PUT .../network-policies`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"policies": ["tenant-isolation", "pod-security-restricted"]}))]
+pub struct NetworkPoliciesRequest {
+    /// Policyset names from the catalog; `null` returns to the plan's policysets.
+    pub policies: Option<Vec<String>>,
+}
+
+/// `PUT /tenants/{id}/plan`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"plan": "gold"}))]
+pub struct PlanRequest {
+    /// Plan name from the catalog.
+    pub plan: String,
+}
+
+/// Counts of a tenant. Usage-derived numbers come from the latest usage report; when no
+/// report exists they are 0 and `usageReported` is false.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(example = json!({"tenantId": "22222222-2222-2222-2222-222222222222", "clusterId": "11111111-1111-1111-1111-111111111111",
+    "projects": 1, "apps": 1, "namespaces": 3, "loadBalancers": 0, "quotaViolations": 0, "exceededQuotas": [],
+    "usageReported": false, "phase": "pending"}))]
+pub struct TenantSummary {
+    /// Tenant.
+    pub tenant_id: TenantId,
+    /// Cluster.
+    pub cluster_id: ClusterId,
+    /// Projects in the store.
+    pub projects: i64,
+    /// Apps in the store, over all projects.
+    pub apps: i64,
+    /// Namespaces: the owner and apps namespaces plus one per project.
+    pub namespaces: i64,
+    /// LoadBalancer services in the latest usage report (0 when none).
+    pub load_balancers: i64,
+    /// Quotas the latest usage report exceeds (0 when none).
+    pub quota_violations: i64,
+    /// Which quotas are exceeded.
+    pub exceeded_quotas: Vec<String>,
+    /// True once the operator reported usage for this tenant.
+    pub usage_reported: bool,
+    /// Hour of the latest usage report.
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_reported_at: Option<OffsetDateTime>,
+    /// Phase reported by the operator.
+    pub phase: Phase,
+}
+
+/// `GET /tenants/{id}/usage` query.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UsageParams {
+    /// First hour, RFC 3339 (inclusive). Default: 24 hours before `to`.
+    pub from: Option<String>,
+    /// End, RFC 3339 (exclusive). Default: now.
+    pub to: Option<String>,
+    /// `json` (default) or `csv`.
+    pub format: Option<String>,
+    /// Also return the per-project records (default: tenant totals only).
+    pub include_projects: Option<bool>,
+}
+
+/// Sums over the records of a range (tenant-level records only).
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageTotals {
+    /// Hours with a report.
+    pub hours: i64,
+    /// Σ CPU requests × hours, in millicore-hours.
+    pub cpu_millicore_hours: i64,
+    /// Σ memory requests × hours, in byte-hours.
+    pub memory_byte_hours: i64,
+    /// Σ PVC capacity × hours, in byte-hours.
+    pub storage_byte_hours: i64,
+    /// Σ LoadBalancer services × hours.
+    pub load_balancer_hours: i64,
+    /// Σ pods × hours.
+    pub pod_hours: i64,
+}
+
+/// Cost of a range at the tenant's current plan prices (exact decimal arithmetic,
+/// rounded to 6 decimal places).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageCost {
+    /// Plan whose prices were used.
+    pub plan: String,
+    /// ISO 4217 currency.
+    pub currency: String,
+    /// CPU part.
+    pub cpu: String,
+    /// Memory part.
+    pub memory: String,
+    /// Storage part.
+    pub storage: String,
+    /// LoadBalancer part.
+    pub load_balancers: String,
+    /// Sum.
+    pub total: String,
+}
+
+/// Usage of a tenant over a range: the hourly records, totals, cost, and the latest
+/// report in the 0.1.3 shape (`cpuRequests`, `memoryRequests`, ...; absent when no report).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantUsage {
+    /// Tenant.
+    pub tenant_id: TenantId,
+    /// Cluster.
+    pub cluster_id: ClusterId,
+    /// Range start.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub from: OffsetDateTime,
+    /// Range end (exclusive).
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub to: OffsetDateTime,
+    /// True when at least one record lies in the range.
+    pub usage_reported: bool,
+    /// Latest CPU requests (quantity), from the latest record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_requests: Option<String>,
+    /// Latest memory requests (quantity).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_requests: Option<String>,
+    /// Latest PVC capacity (quantity).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pvc_storage: Option<String>,
+    /// Latest LoadBalancer services.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_balancers: Option<i64>,
+    /// Latest pods.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pods: Option<i64>,
+    /// Latest namespaces.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<i64>,
+    /// Latest apps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apps: Option<i64>,
+    /// Quotas the latest record exceeds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota_violations: Option<i64>,
+    /// Hour of the latest record.
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_reported_at: Option<OffsetDateTime>,
+    /// Sums over the tenant-level records.
+    pub totals: UsageTotals,
+    /// Cost at the plan's prices (absent if the plan left the catalog).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<UsageCost>,
+    /// The hourly records, oldest first.
+    pub records: Vec<UsageRecord>,
+}
+
+/// `GET /tenants` query.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AllTenantsQuery {
+    /// Only tenants of this cluster.
+    pub cluster_id: Option<String>,
+    /// Page size (default 100, max 500).
+    pub limit: Option<u32>,
+    /// `nextCursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------
+
+fn sees_all_tenants(p: &Principal) -> bool {
+    p.is_platform() || (p.has(Role::ReadOnly) && p.tenants.is_empty() && p.projects.is_empty())
+}
+
+/// The tenants the caller may see (all, or those of its `tenants` claim), optionally of one cluster.
+async fn visible_tenants(
+    st: &AppState,
+    p: &Principal,
+    cluster: Option<ClusterId>,
+    params: &ListParams,
+) -> ApiResult<TenantList> {
+    if sees_all_tenants(p) {
+        let page = st.store.list_tenants(cluster, params).await?;
+        return Ok(TenantList {
+            items: page.items,
+            next_cursor: page.next_cursor,
+        });
+    }
+    if p.tenants.is_empty() {
+        return Err(ApiError::forbidden(
+            "listing tenants needs admin, ops, readOnly or a tenant scope",
+        ));
+    }
+    let limit = params.page_size()? as usize;
+    let after = params.cursor_uuid()?;
+    let mut ids = p.tenants.clone();
+    ids.sort();
+    ids.dedup();
+    let mut items = Vec::new();
+    for id in ids.into_iter().filter(|id| after.is_none_or(|a| id.0 > a)) {
+        match st.store.get_tenant(id).await {
+            Ok(t) if cluster.is_none_or(|c| t.cluster_id == c) => items.push(t),
+            Ok(_) | Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if items.len() > limit {
+            break;
+        }
+    }
+    let next_cursor = if items.len() > limit {
+        items.truncate(limit);
+        items.last().map(|t| encode_cursor(t.id))
+    } else {
+        None
+    };
+    Ok(TenantList { items, next_cursor })
+}
+
+/// Loads a tenant by path ids and checks the caller's access; out of scope is KN-404.
+async fn load_tenant(
+    st: &AppState,
+    ctx: &Ctx,
+    cluster_raw: Option<&str>,
+    tenant_raw: &str,
+    access: Access,
+) -> ApiResult<Tenant> {
+    let cluster: Option<ClusterId> = cluster_raw.map(|c| parse_id("cluster", c)).transpose()?;
+    let id: TenantId = parse_id("tenant", tenant_raw)?;
+    let t = match st.store.get_tenant(id).await {
+        Ok(t) => t,
+        Err(StoreError::NotFound { .. }) => return Err(ApiError::not_found("tenant", id)),
+        Err(e) => return Err(e.into()),
+    };
+    if cluster.is_some_and(|c| c != t.cluster_id) {
+        return Err(ApiError::not_found("tenant", id));
+    }
+    ctx.principal.check_tenant(&t, access)?;
+    Ok(t)
+}
+
+fn check_owners(owners: &[String]) -> Result<(), ValidationError> {
+    let mut v = Validator::new();
+    v.max_items("owners", owners, SUBJECTS_MAX);
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, s) in owners.iter().enumerate() {
+        match Subject::parse(s) {
+            Ok(sub) => {
+                if !seen.insert((sub.kind as u8, sub.name)) {
+                    v.push(format!("owners[{i}]"), format!("duplicate subject {s:?}"));
+                }
+            }
+            Err(e) => v.push(format!("owners[{i}]"), format!("{s:?}: {e}")),
+        }
+    }
+    v.finish()
+}
+
+fn check_resource_keys(
+    field: &str,
+    map: &BTreeMap<String, Quantity>,
+) -> Result<(), ValidationError> {
+    let mut v = Validator::new();
+    if map.len() > 64 {
+        v.push(field, "must have at most 64 entries");
+    }
+    for k in map.keys() {
+        v.label_key(&format!("{field}.{}", quote_key(k)), k);
+    }
+    v.finish()
+}
+
+/// Applies a change to a tenant (re-resolving its plan), with If-Match, audit and version check.
+async fn update_tenant_with(
+    st: &AppState,
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    cluster_raw: Option<&str>,
+    tenant_raw: &str,
+    action: &str,
+    change: impl FnOnce(&mut Tenant) -> Result<(), ValidationError>,
+) -> ApiResult<Response> {
+    let mut t = load_tenant(st, ctx, cluster_raw, tenant_raw, Access::Write).await?;
+    check_if_match(headers, "tenant", t.id, t.version)?;
+    let expected = t.version;
+    change(&mut t)?;
+    let resolved = resolve_tenant(
+        &st.catalog,
+        &st.config.default_plan,
+        Some(&t.plan),
+        &t.overrides,
+    )?;
+    apply(&mut t, resolved);
+    t.version = expected + 1;
+    t.updated_at = OffsetDateTime::now_utc();
+    let bytes = to_bytes(&t)?;
+    let audit = ctx.audit(action, "tenant", t.id, 200);
+    let idem = ctx.idempotency_record(200, &bytes);
+    st.store
+        .update_tenant(
+            &t,
+            expected,
+            &WriteOptions {
+                audit: Some(&audit),
+                idempotency: idem.as_ref(),
+            },
+        )
+        .await?;
+    Ok(bytes_response(
+        StatusCode::OK,
+        bytes,
+        Some(t.version),
+        None,
+        true,
+    ))
+}
+
+// ---------------------------------------------------------------------------------
+// Routes
+// ---------------------------------------------------------------------------------
+
+/// Routes of this module.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_tenants, create_tenant))
+        .routes(routes!(get_tenant, delete_tenant))
+        .routes(routes!(put_owners))
+        .routes(routes!(put_quotas))
+        .routes(routes!(put_limits))
+        .routes(routes!(put_network_policies))
+        .routes(routes!(tenant_summary))
+        .routes(routes!(tenant_kubeconfig))
+        .routes(routes!(tenant_usage))
+        .routes(routes!(put_plan))
+        .routes(routes!(list_all_tenants))
+}
+
+const TENANT_EXAMPLE: &str = r#"{"id": "22222222-2222-2222-2222-222222222222", "clusterId": "11111111-1111-1111-1111-111111111111",
+ "name": "acme", "owners": ["alice@example.com"], "plan": "baseline", "labels": {"tier": "gold"},
+ "quotas": {"limits.cpu": "2", "limits.memory": "4Gi", "persistentvolumeclaims": "10", "pods": "50", "requests.cpu": "4",
+   "requests.memory": "4Gi", "requests.storage": "20Gi", "services.loadbalancers": "1"},
+ "limits": {"cpu": "500m", "memory": "512Mi"}, "networkPolicies": ["tenant-isolation", "pod-security-baseline", "baseline"],
+ "ownerNamespace": "acme-owner", "appsNamespace": "acme-apps",
+ "overrides": {"quotas": {"requests.cpu": "4"}, "limits": {}}, "status": {"phase": "pending", "conditions": []},
+ "version": 1, "createdAt": "2026-01-01T00:05:00Z", "updatedAt": "2026-01-01T00:05:00Z"}"#;
+
+fn tenant_example() -> serde_json::Value {
+    serde_json::from_str(TENANT_EXAMPLE).unwrap_or_default()
+}
+
+/// Lists the tenants of a cluster that the caller may see.
+#[utoipa::path(
+    get,
+    path = "/api/v1/clusters/{clusterID}/tenants",
+    tag = "tenants",
+    operation_id = "listTenants",
+    params(("clusterID" = String, Path, description = "Cluster id (UUID)"), ListQuery),
+    responses(
+        (status = 200, description = "A page of tenants (tenant owners see only their own)", body = TenantList,
+            example = json!({"items": [tenant_example()], "nextCursor": null})),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody,
+            example = json!({"code": "KN-400", "message": "cluster id \"abc\" is not a UUID"})),
+        (status = 401, description = "No or invalid bearer token", body = ErrorBody,
+            example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
+        (status = 403, description = "The caller has no tenant visibility", body = ErrorBody,
+            example = json!({"code": "KN-403", "message": "listing tenants needs admin, ops, readOnly or a tenant scope"})),
+        (status = 404, description = "No such cluster", body = ErrorBody,
+            example = json!({"code": "KN-404", "message": "cluster \"11111111-1111-1111-1111-111111111111\" not found"})),
+        (status = 422, description = "Bad limit or cursor", body = ErrorBody,
+            example = json!({"code": "KN-422", "message": "validation failed: cursor: is not a cursor returned by this list; start again without it"})),
+    ),
+    security(("bearerAuth" = []))
+)]
+async fn list_tenants(
+    State(st): State<AppState>,
+    ctx: Ctx,
+    Path(cluster): Path<String>,
+    uri: Uri,
+) -> ApiResult<Response> {
+    let cid: ClusterId = parse_id("cluster", &cluster)?;
+    let params = list_params(&uri)?;
+    if !sees_all_tenants(&ctx.principal) && ctx.principal.tenants.is_empty() {
+        return Err(ApiError::forbidden(
+            "listing tenants needs admin, ops, readOnly or a tenant scope",
+        ));
+    }
+    st.store.get_cluster(cid).await?;
+    let list = visible_tenants(&st, &ctx.principal, Some(cid), &params).await?;
+    Ok(json_response(StatusCode::OK, &list, None, None, false))
+}
+
+/// Creates a tenant and applies its plan: the named plan (or the configured default),
+/// overlaid per field by `quotas`, `limits` and `networkPolicies`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/clusters/{clusterID}/tenants",
+    tag = "tenants",
+    operation_id = "createTenant",
+    params(("clusterID" = String, Path, description = "Cluster id (UUID)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes a retry return the first response")),
+    request_body(content = TenantSpec, description = "Name, owners, plan (default: the configured default plan) and per-field overrides",
+        example = json!({"name": "acme", "owners": ["alice@example.com"], "plan": "baseline", "labels": {"tier": "gold"}, "quotas": {"requests.cpu": "4"}})),
+    responses(
+        (status = 201, description = "Created with effective quotas, limits and policysets", body = Tenant,
+            headers(("Location" = String, description = "URL of the tenant"), ("ETag" = String, description = "Record version")),
+            example = json!(tenant_example())),
+        (status = 400, description = "Malformed JSON or a non-UUID id", body = ErrorBody,
+            example = json!({"code": "KN-400", "message": "cluster id \"abc\" is not a UUID"})),
+        (status = 401, description = "No or invalid bearer token", body = ErrorBody,
+            example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
+        (status = 403, description = "Only admin and ops create tenants", body = ErrorBody,
+            example = json!({"code": "KN-403", "message": "this operation needs one of the roles admin, ops"})),
+        (status = 404, description = "No such cluster", body = ErrorBody,
+            example = json!({"code": "KN-404", "message": "cluster \"11111111-1111-1111-1111-111111111111\" not found"})),
+        (status = 409, description = "The name is taken in this cluster", body = ErrorBody,
+            example = json!({"code": "KN-409", "message": "a tenant named \"acme\" already exists in cluster 11111111-1111-1111-1111-111111111111"})),
+        (status = 415, description = "Body is not JSON", body = ErrorBody,
+            example = json!({"code": "KN-415", "message": "expected Content-Type: application/json, got \"text/plain\""})),
+        (status = 422, description = "Invalid name, owners, quantities, unknown plan or policyset, unknown fields", body = ErrorBody,
+            example = json!({"code": "KN-422", "message": "validation failed: plan: unknown plan \"diamond\": the catalog has baseline, gold, platinum",
+                "details": {"violations": [{"field": "plan", "reason": "unknown plan \"diamond\": the catalog has baseline, gold, platinum"}]}})),
+    ),
+    security(("bearerAuth" = []))
+)]
+async fn create_tenant(
+    State(st): State<AppState>,
+    ctx: Ctx,
+    Path(cluster): Path<String>,
+    KnJson(spec): KnJson<TenantSpec>,
+) -> ApiResult<Response> {
+    ctx.principal.require_any(&[Role::Admin, Role::Ops])?;
+    let cid: ClusterId = parse_id("cluster", &cluster)?;
+    st.store.get_cluster(cid).await?;
+    spec.validate()?;
+    let overrides = TenantOverrides {
+        quotas: spec.quotas,
+        limits: spec.limits,
+        network_policies: spec.network_policies,
+    };
+    let resolved = resolve_tenant(
+        &st.catalog,
+        &st.config.default_plan,
+        spec.plan.as_deref(),
+        &overrides,
+    )?;
+    let (owner_namespace, apps_namespace) = tenant_namespaces(&spec.name);
+    let now = OffsetDateTime::now_utc();
+    let mut t = Tenant {
+        id: TenantId::new(),
+        cluster_id: cid,
+        name: spec.name,
+        owners: spec.owners,
+        plan: String::new(),
+        labels: spec.labels,
+        quotas: BTreeMap::new(),
+        limits: BTreeMap::new(),
+        network_policies: Vec::new(),
+        owner_namespace,
+        apps_namespace,
+        overrides,
+        status: ObjectStatus::default(),
+        version: 1,
+        created_at: now,
+        updated_at: now,
+    };
+    apply(&mut t, resolved);
+    let bytes = to_bytes(&t)?;
+    let mut audit = ctx.audit("tenant.create", "tenant", t.id, 201);
+    audit.details = Some(json!({"clusterId": cid, "name": t.name, "plan": t.plan}));
+    let idem = ctx.idempotency_record(201, &bytes);
+    st.store
+        .create_tenant(
+            &t,
+            &WriteOptions {
+                audit: Some(&audit),
+                idempotency: idem.as_ref(),
+            },
+        )
+        .await?;
+    Ok(bytes_response(
+        StatusCode::CREATED,
+        bytes,
+        Some(t.version),
+        Some(format!("/api/v1/clusters/{cid}/tenants/{}", t.id)),
+        true,
+    ))
+}
+
+/// Reads one tenant.
+#[utoipa::path(
+    get,
+    path = "/api/v1/clusters/{clusterID}/tenants/{tenantID}",
+    tag = "tenants",
+    operation_id = "getTenant",
+    params(("clusterID" = String, Path, description = "Cluster id (UUID)"), ("tenantID" = String, Path, description = "Tenant id (UUID)")),
+    responses(
+        (status = 200, description = "The tenant; `ETag` is its version", body = Tenant,
+            headers(("ETag" = String, description = "Record version")), example = json!(tenant_example())),
+        (status = 400, description = "An id is not a UUID", body = ErrorBody,
+            example = json!({"code": "KN-400", "message": "tenant id \"abc\" is not a UUID"})),
+        (status = 401, description = "No or invalid bearer token", body = ErrorBody,
+            example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
+        (status = 404, description = "No such tenant in this cluster, or outside the caller's scope", body = ErrorBody,
+            example = json!({"code": "KN-404", "message": "tenant \"22222222-2222-2222-2222-222222222222\" not found"})),
+    ),
+    security(("bearerAuth" = []))
+)]
+async fn get_tenant(
+    State(st): State<AppState>,
+    ctx: Ctx,
+    Path((c, t)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let t = load_tenant(&st, &ctx, Some(&c), &t, Access::Read).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &t,
+        Some(t.version),
+        None,
+        false,
+    ))
+}
+
+/// Deletes a tenant. Refuses while it has projects unless `cascade=true`.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/clusters/{clusterID}/tenants/{tenantID}",
+    tag = "tenants",
+    operation_id = "deleteTenant",
+    params(("clusterID" = String, Path, description = "Cluster id (UUID)"), ("tenantID" = String, Path, description = "Tenant id (UUID)"),
+        CascadeQuery, ("If-Match" = Option<String>, Header, description = "ETag the client read; KN-412 when stale")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "An id is not a UUID", body = ErrorBody,
+            example = json!({"code": "KN-400", "message": "tenant id \"abc\" is not a UUID"})),
+        (status = 401, description = "No or invalid bearer token", body = ErrorBody,
+            example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
+        (status = 403, description = "Only admin and ops delete tenants", body = ErrorBody,
+            example = json!({"code": "KN-403", "message": "this operation needs one of the roles admin, ops"})),
+        (status = 404, description = "No such tenant, or outside the caller's scope", body = ErrorBody,
+            example = json!({"code": "KN-404", "message": "tenant \"22222222-2222-2222-2222-222222222222\" not found"})),
+        (status = 409, description = "The tenant still has projects", body = ErrorBody,
+            example = json!({"code": "KN-409", "message": "tenant 22222222-2222-2222-2222-222222222222 still has 1 project(s); delete them first or delete with cascade=true"})),
+        (status = 412, description = "If-Match is stale", body = ErrorBody,
+            example = json!({"code": "KN-412", "message": "tenant \"22222222-2222-2222-2222-222222222222\" is at version 3, not 2: it changed since you read it; re-read and retry"})),
+    ),
+    security(("bearerAuth" = []))
+)]
+async fn delete_tenant(
+    State(st): State<AppState>,
+    ctx: Ctx,
+    Path((c, t)): Path<(String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let q: CascadeQuery = query(&uri)?;
+    let t = load_tenant(&st, &ctx, Some(&c), &t, Access::Write).await?;
+    check_if_match(&headers, "tenant", t.id, t.version)?;
+    let cascade = q.cascade.unwrap_or(false);
+    let mut audit = ctx.audit("tenant.delete", "tenant", t.id, 204);
+    audit.details = Some(json!({"cascade": cascade, "name": t.name, "clusterId": t.cluster_id}));
+    st.store
+        .delete_tenant(
+            t.id,
+            cascade,
+            &WriteOptions {
+                audit: Some(&audit),
+                idempotency: None,
+            },
+        )
+        .await?;
+    Ok(no_content_audited())
+}
+
+/// Replaces a tenant's owners.
+#[utoipa::path(
+    put,
+    path = "/api/v1/clusters/{clusterID}/tenants/{tenantID}/owners",
+    tag = "tenants",
+    operation_id = "putTenantOwners",
+    params(("clusterID" = String, Path, description = "Cluster id (UUID)"), ("tenantID" = String, Path, description = "Tenant id (UUID)"),
+        ("If-Match" = Option<String>, Header, description = "ETag the client read; KN-412 when stale")),
+    request_body(content = OwnersRequest, example = json!({"owners": ["alice@example.com", "group:acme-admins"]})),
+    responses(
+        (status = 200, description = "The updated tenant", body = Tenant, example = json!(tenant_example())),
+        (status = 400, description = "Malformed JSON or a non-UUID id", body = ErrorBody,
+            example = json!({"code": "KN-400", "message": "tenant id \"abc\" is not a UUID"})),
+        (status = 401, description = "No or invalid bearer token", body = ErrorBody,
+            example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
+        (status = 403, description = "Only admin and ops change tenants", body = ErrorBody,
+            example = json!({"code": "KN-403", "message": "this operation needs one of the roles admin, ops"})),
+        (status = 404, description = "No such tenant, or outside the caller's scope", body = ErrorBody,
+            example = json!({"code": "KN-404", "message": "tenant \"22222222-2222-2222-2222-222222222222\" not found"})),
+        (status = 412, description = "If-Match is stale, or a concurrent change", body = ErrorBody,
+            example = json!({"code": "KN-412", "message": "tenant \"22222222-2222-2222-2222-222222222222\" is at version 3, not 2: it changed since you read it; re-read and retry"})),
+        (status = 415, description = "Body is not JSON", body = ErrorBody,
+            example = json!({"code": "KN-415", "message": "expected Content-Type: application/json, got \"text/plain\""})),
+        (status = 422, description = "Invalid or duplicate subjects", body = ErrorBody,
+            example = json!({"code": "KN-422", "message": "validation failed: owners[1]: \"group:\": group name must not be empty",
+                "details": {"violations": [{"field": "owners[1]", "reason": "\"group:\": group name must not be empty"}]}})),
+    ),
+    security(("bearerAuth" = []))
+)]
+async fn put_owners(
+    State(st): State<AppState>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Path((c, t)): Path<(String, String)>,
+    KnJson(body): KnJson<OwnersRequest>,
+) -> ApiResult<Response> {
+    update_tenant_with(
+        &st,
+        &ctx,
+        &headers,
+        Some(&c),
+        &t,
+        "tenant.owners.update",
+        |t| {
+            check_owners(&body.owners)?;
+            t.owners = body.owners;
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// Replaces the tenant's quota overrides; effective quotas = plan ∪ overrides.
+#[utoipa::path(
+    put,
+    path = "/api/v1/clusters/{clusterID}/tenants/{tenantID}/quotas",
+    tag = "tenants",
+    operation_id = "putTenantQuotas",
+    params(("clusterID" = String, Path, description = "Cluster id (UUID)"), ("tenantID" = String, Path, description = "Tenant id (UUID)"),
+        ("If-Match" = Option<String>, Header, description = "ETag the client read; KN-412 when stale")),
+    request_body(content = BTreeMap<String, String>, description = "ResourceQuota `hard` overrides (resource → quantity); replaces the previous overrides",
+        example = json!({"requests.cpu": "4", "requests.memory": "8Gi"})),
+    responses(
+        (status = 200, description = "The updated tenant with effective quotas", body = Tenant, example = json!(tenant_example())),
+        (status = 400, description = "Malformed JSON or a non-UUID id", body = ErrorBody,
+            example = json!({"code": "KN-400", "message": "tenant id \"abc\" is not a UUID"})),
+        (status = 401, description = "No or invalid bearer token", body = ErrorBody,
+            example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
+        (status = 403, description = "Only admin and ops change tenants", body = ErrorBody,
+            example = json!({"code": "KN-403", "message": "this operation needs one of the roles admin, ops"})),
+        (status = 404, description = "No such tenant, or outside the caller's scope", body = ErrorBody,
+            example = json!({"code": "KN-404", "message": "tenant \"22222222-2222-2222-2222-222222222222\" not found"})),
+        (status = 412, description = "If-Match is stale, or a concurrent change", body = ErrorBody,
+            example = json!({"code": "KN-412", "message": "tenant \"22222222-2222-2222-2222-222222222222\" is at version 3, not 2: it changed since you read it; re-read and retry"})),
+        (status = 415, description = "Body is not JSON", body = ErrorBody,
+            example = json!({"code": "KN-415", "message": "expected Content-Type: application/json, got \"text/plain\""})),
+        (status = 422, description = "Invalid resource name or quantity", body = ErrorBody,
+            example = json!({"code": "KN-422", "message": "validation failed: requests.cpu: invalid quantity \"4 cores\"",
+                "details": {"violations": [{"field": "requests.cpu", "reason": "invalid quantity \"4 cores\": must not contain whitespace"}]}})),
+    ),
+    security(("bearerAuth" = []))
+)]
+async fn put_quotas(
+    State(st): State<AppState>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Path((c, t)): Path<(String, String)>,
+    KnJson(body): KnJson<BTreeMap<String, Quantity>>,
+) -> ApiResult<Response> {
+    update_tenant_with(
+        &st,
+        &ctx,
+        &headers,
+        Some(&c),
+        &t,
+        "tenant.quotas.update",
+        |t| {
+            check_resource_keys("quotas", &body)?;
+            t.overrides.quotas = body;
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// Replaces the tenant's container default-limit overrides; effective = plan defaults ∪ overrides.
+#[utoipa::path(
+    put,
+    path = "/api/v1/clusters/{clusterID}/tenants/{tenantID}/limits",
+    tag = "tenants",
+    operation_id = "putTenantLimits",
+    params(("clusterID" = String, Path, description = "Cluster id (UUID)"), ("tenantID" = String, Path, description = "Tenant id (UUID)"),
+        ("If-Match" = Option<String>, Header, description = "ETag the client read; KN-412 when stale")),
+    request_body(content = BTreeMap<String, String>, description = "LimitRange default-limit overrides (container resource → quantity); replaces the previous overrides. \
+        Must stay within the plan's per-container maximum and at or above its default request.",
+        example = json!({"cpu": "1", "memory": "1Gi"})),
+    responses(
+        (status = 200, description = "The updated tenant with effective limits", body = Tenant, example = json!(tenant_example())),
+        (status = 400, description = "Malformed JSON or a non-UUID id", body = ErrorBody,
+            example = json!({"code": "KN-400", "message": "tenant id \"abc\" is not a UUID"})),
+        (status = 401, description = "No or invalid bearer token", body = ErrorBody,
+            example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
+        (status = 403, description = "Only admin and ops change tenants", body = ErrorBody,
+            example = json!({"code": "KN-403", "message": "this operation needs one of the roles admin, ops"})),
+        (status = 404, description = "No such tenant, or outside the caller's scope", body = ErrorBody,
+            example = json!({"code": "KN-404", "message": "tenant \"22222222-2222-2222-2222-222222222222\" not found"})),
+        (status = 412, description = "If-Match is stale, or a concurrent change", body = ErrorBody,
+            example = json!({"code": "KN-412", "message": "tenant \"22222222-2222-2222-2222-222222222222\" is at version 3, not 2: it changed since you read it; re-read and retry"})),
+        (status = 415, description = "Body is not JSON", body = ErrorBody,
+            example = json!({"code": "KN-415", "message": "expected Content-Type: application/json, got \"text/plain\""})),
+        (status = 422, description = "Invalid name or quantity, or outside the plan's LimitRange", body = ErrorBody,
+            example = json!({"code": "KN-422", "message": "validation failed: limits.cpu: 8 exceeds the per-container maximum 2 of plan \"baseline\"",
+                "details": {"violations": [{"field": "limits.cpu", "reason": "8 exceeds the per-container maximum 2 of plan \"baseline\""}]}})),
+    ),
+    security(("bearerAuth" = []))
+)]
+async fn put_limits(
+    State(st): State<AppState>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Path((c, t)): Path<(String, String)>,
+    KnJson(body): KnJson<BTreeMap<String, Quantity>>,
+) -> ApiResult<Response> {
+    update_tenant_with(
+        &st,
+        &ctx,
+        &headers,
+        Some(&c),
+        &t,
+        "tenant.limits.update",
+        |t| {
+            check_resource_keys("limits", &body)?;
+            t.overrides.limits = body;
+            Ok(())
+        },
+    )
+    .await
+}
+
+/// Sets the tenant's policysets (`null` returns to the plan's).
+#[utoipa::path(
+    put,
+    path = "/api/v1/clusters/{clusterID}/tenants/{tenantID}/network-policies",
+    tag = "tenants",
+    operation_id = "putTenantNetworkPolicies",
+    params(("clusterID" = String, Path, description = "Cluster id (UUID)"), ("tenantID" = String, Path, description = "Tenant id (UUID)"),
+        ("If-Match" = Option<String>, Header, description = "ETag the client read; KN-412 when stale")),
+    request_body(content = NetworkPoliciesRequest, example = json!({"policies": ["tenant-isolation", "pod-security-restricted"]})),
+    responses(
+        (status = 200, description = "The updated tenant", body = Tenant, example = json!(tenant_example())),
+        (status = 400, description = "Malformed JSON or a non-UUID id", body = ErrorBody,
+            example = json!({"code": "KN-400", "message": "tenant id \"abc\" is not a UUID"})),
+        (status = 401, description = "No or invalid bearer token", body = ErrorBody,
+            example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
+        (status = 403, description = "Only admin and ops change tenants", body = ErrorBody,
+            example = json!({"code": "KN-403", "message": "this operation needs one of the roles admin, ops"})),
+        (status = 404, description = "No such tenant, or outside the caller's scope", body = ErrorBody,
+            example = json!({"code": "KN-404", "message": "tenant \"22222222-2222-2222-2222-222222222222\" not found"})),
+        (status = 412, description = "If-Match is stale, or a concurrent change", body = ErrorBody,
+            example = json!({"code": "KN-412", "message": "tenant \"22222222-2222-2222-2222-222222222222\" is at version 3, not 2: it changed since you read it; re-read and retry"})),
+        (status = 415, description = "Body is not JSON", body = ErrorBody,
+            example = json!({"code": "KN-415", "message": "expected Content-Type: application/json, got \"text/plain\""})),
+        (status = 422, description = "Unknown policyset", body = ErrorBody,
+            example = json!({"code": "KN-422", "message": "validation failed: policies[0]: unknown policyset \"deny-all\"",
+                "details": {"violations": [{"field": "policies[0]", "reason": "unknown policyset \"deny-all\": the catalog has baseline, gold-tier, pod-security-baseline, tenant-isolation"}]}})),
+    ),
+    security(("bearerAuth" = []))
+)]
+async fn put_network_policies(
+    State(st): State<AppState>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Path((c, t)): Path<(String, String)>,
+    KnJson(body): KnJson<NetworkPoliciesRequest>,
+) -> ApiResult<Response> {
+    let catalog = st.catalog.clone();
+    update_tenant_with(
+        &st,
+        &ctx,
+        &headers,
+        Some(&c),
+        &t,
+        "tenant.network-policies.update",
+        |t| {
+            if let Some(list) = &body.policies {
+                let mut v = Validator::new();
+                v.max_items("policies", list, 64);
+                for (i, name) in list.iter().enumerate() {
+                    if v.dns_label(&format!("policies[{i}]"), name)
+                        && catalog.policyset(name).is_none()
+                    {
+                        v.push(
+                            format!("policies[{i}]"),
+                            format!(
+                                "unknown policyset {name:?}: the catalog has {}",
+                                catalog
+                                    .policysets()
+                                    .map(|p| p.name.as_str())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
+                            ),
+                        );
+                    }
+                }
+                v.finish()?;
+            }
+            t.overrides.network_policies = body.policies;
+            Ok(())
+        },
+    )
+    .await
+}
+
+async fn count_children(st: &AppState, tenant: TenantId) -> ApiResult<(i64, i64)> {
+    let (mut projects, mut apps) = (0i64, 0i64);
+    let mut cursor = None;
+    loop {
+        let page = st
+            .store
+            .list_projects(
+                tenant,
+                &ListParams {
+                    limit: Some(500),
+                    cursor: cursor.take(),
+                },
+            )
+            .await?;
+        for p in &page.items {
+            projects += 1;
+            let mut ac = None;
+            loop {
+                let ap = st
+                    .store
+                    .list_apps(
+                        p.id,
+                        &ListParams {
+                            limit: Some(500),
+                            cursor: ac.take(),
+                        },
+                    )
+                    .await?;
+                apps += ap.items.len() as i64;
+                match ap.next_cursor {
+                    Some(c) => ac = Some(c),
+                    None => break,
+                }
+            }
+        }
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    Ok((projects, apps))
+}
+
+/// The quotas a usage record exceeds.
+fn exceeded_quotas(t: &Tenant, r: &UsageRecord) -> Vec<String> {
+    let checks: [(&str, i128); 5] = [
+        ("requests.cpu", i128::from(r.cpu_millicores)),
+        ("requests.memory", i128::from(r.memory_bytes)),
+        ("requests.storage", i128::from(r.storage_bytes)),
+        ("services.loadbalancers", i128::from(r.load_balancers)),
+        ("pods", i128::from(r.pods)),
+    ];
+    checks
+        .iter()
+        .filter(|(k, used)| {
+            t.quotas.get(*k).is_some_and(|q| {
+                let limit = if *k == "requests.cpu" {
+                    q.milli_value()
+                } else {
+                    q.value()
+                };
+                *used > limit
+            })
+        })
+        .map(|(k, _)| (*k).to_string())
+        .collect()
+}
+
+async fn latest_usage(st: &AppState, t: &Tenant) -> ApiResult<Option<UsageRecord>> {
+    let now = OffsetDateTime::now_utc();
+    let recs = st
+        .store
+        .query_usage(&UsageQuery {
+            tenant: t.id,
+            cluster: Some(t.cluster_id),
+            project: None,
+            all_projects: false,
+            from: now - time::Duration::days(7),
+            to: now + time::Duration::hours(1),
+        })
+        .await?;
+    Ok(recs.into_iter().next_back())
+}
+
+/// Real counts of a tenant; usage-derived numbers only from reported usage.
+#[utoipa::path(
+    get,
+    path = "/api/v1/clusters/{clusterID}/tenants/{tenantID}/summary",
+    tag = "tenants",
+    operation_id = "getTenantSummary",
+    params(("clusterID" = String, Path, description = "Cluster id (UUID)"), ("tenantID" = String, Path, description = "Tenant id (UUID)")),
+    responses(
+        (status = 200, description = "Counts from the store; loadBalancers and quotaViolations from the latest usage report (0 with usageReported=false when none)",
+            body = TenantSummary),
+        (status = 400, description = "An id is not a UUID", body = ErrorBody,
+            example = json!({"code": "KN-400", "message": "tenant id \"abc\" is not a UUID"})),
+        (status = 401, description = "No or invalid bearer token", body = ErrorBody,
+            example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
+        (status = 404, description = "No such tenant, or outside the caller's scope", body = ErrorBody,
+            example = json!({"code": "KN-404", "message": "tenant \"22222222-2222-2222-2222-222222222222\" not found"})),
+    ),
+    security(("bearerAuth" = []))
+)]
+async fn tenant_summary(
+    State(st): State<AppState>,
+    ctx: Ctx,
+    Path((c, t)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let t = load_tenant(&st, &ctx, Some(&c), &t, Access::Read).await?;
+    let (projects, apps) = count_children(&st, t.id).await?;
+    let latest = latest_usage(&st, &t).await?;
+    let exceeded = latest
+        .as_ref()
+        .map(|r| exceeded_quotas(&t, r))
+        .unwrap_or_default();
+    let body = TenantSummary {
+        tenant_id: t.id,
+        cluster_id: t.cluster_id,
+        projects,
+        apps,
+        namespaces: 2 + projects,
+        load_balancers: latest.as_ref().map(|r| r.load_balancers).unwrap_or(0),
+        quota_violations: exceeded.len() as i64,
+        exceeded_quotas: exceeded,
+        usage_reported: latest.is_some(),
+        last_reported_at: latest.as_ref().map(|r| r.hour),
+        phase: t.status.phase,
+    };
+    Ok(json_response(StatusCode::OK, &body, None, None, false))
+}
+
+/// Tenant kubeconfig issuance (not available yet: says why, honestly).
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{tenantID}/kubeconfig",
+    tag = "tenants",
+    operation_id = "getTenantKubeconfig",
+    params(("tenantID" = String, Path, description = "Tenant id (UUID)")),
+    responses(
+        (status = 200, description = "Scoped kubeconfigs by role (once issuance is available)", body = Object, example = json!({"owner": "apiVersion: v1\nkind: Config\n...", "viewer": "apiVersion: v1\nkind: Config\n..."})),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody,
+            example = json!({"code": "KN-400", "message": "tenant id \"abc\" is not a UUID"})),
+        (status = 401, description = "No or invalid bearer token", body = ErrorBody,
+            example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
+        (status = 404, description = "No such tenant, or outside the caller's scope", body = ErrorBody,
+            example = json!({"code": "KN-404", "message": "tenant \"22222222-2222-2222-2222-222222222222\" not found"})),
+        (status = 409, description = "The cluster has not reported a Capsule Proxy endpoint", body = ErrorBody,
+            example = json!({"code": "KN-409", "message": "the cluster has not reported a Capsule Proxy endpoint yet; kubeconfigs go through Capsule Proxy",
+                "details": {"clusterId": "11111111-1111-1111-1111-111111111111", "clusterStatus": "pending_bootstrap"}})),
+        (status = 503, description = "Kubeconfig issuance is not available in this manager version", body = ErrorBody,
+            example = json!({"code": "KN-503", "message": "kubeconfig issuance is not available yet", "details": {"dependency": "kubeconfig-issuer"}})),
+    ),
+    security(("bearerAuth" = []))
+)]
+async fn tenant_kubeconfig(
+    State(st): State<AppState>,
+    ctx: Ctx,
+    Path(t): Path<String>,
+) -> ApiResult<Response> {
+    let t = load_tenant(&st, &ctx, None, &t, Access::Read).await?;
+    let cluster = st.store.get_cluster(t.cluster_id).await?;
+    if cluster.proxy.is_none() {
+        return Err(KnError::conflict(
+            "the cluster has not reported a Capsule Proxy endpoint yet; kubeconfigs go through Capsule Proxy",
+        )
+        .with_details(json!({"clusterId": cluster.id, "clusterStatus": cluster.status}))
+        .into());
+    }
+    Err(KnError::unavailable(
+        "kubeconfig-issuer",
+        "kubeconfig issuance is not available yet: scoped, expiring kubeconfigs through Capsule Proxy arrive in a later release",
+    )
+    .into())
+}
+
+/// Exact `units × price / divisor` rounded half-up to 6 decimals, as a decimal string.
+fn cost_part(units: i128, price: &str, divisor: i128) -> Option<i128> {
+    let (int, frac) = price.split_once('.').unwrap_or((price, ""));
+    let scale = u32::try_from(frac.len()).ok()?;
+    let mantissa: i128 = format!("{int}{frac}").parse().ok()?;
+    let num = units.checked_mul(mantissa)?.checked_mul(1_000_000)?;
+    let den = divisor.checked_mul(10i128.checked_pow(scale)?)?;
+    if den == 0 {
+        return None;
+    }
+    Some((num + den / 2) / den)
+}
+
+fn micros_str(v: i128) -> String {
+    format!("{}.{:06}", v / 1_000_000, v % 1_000_000)
+}
+
+fn usage_cost(catalog: &Catalog, plan: &str, totals: &UsageTotals) -> Option<UsageCost> {
+    let p = catalog.plan(plan)?;
+    const GIB: i128 = 1 << 30;
+    let cpu = cost_part(
+        i128::from(totals.cpu_millicore_hours),
+        &p.prices.cpu_core_hour.to_string(),
+        1000,
+    )?;
+    let mem = cost_part(
+        i128::from(totals.memory_byte_hours),
+        &p.prices.memory_gib_hour.to_string(),
+        GIB,
+    )?;
+    let sto = cost_part(
+        i128::from(totals.storage_byte_hours),
+        &p.prices.storage_gib_hour.to_string(),
+        GIB,
+    )?;
+    let lb = cost_part(
+        i128::from(totals.load_balancer_hours),
+        &p.prices.load_balancer_hour.to_string(),
+        1,
+    )?;
+    Some(UsageCost {
+        plan: p.name.clone(),
+        currency: p.prices.currency.clone(),
+        cpu: micros_str(cpu),
+        memory: micros_str(mem),
+        storage: micros_str(sto),
+        load_balancers: micros_str(lb),
+        total: micros_str(cpu + mem + sto + lb),
+    })
+}
+
+fn bytes_quantity(bytes: i64) -> String {
+    if bytes % 1024 == 0
+        && let Ok(q) = Quantity::parse(&format!("{}Ki", bytes / 1024))
+    {
+        return q.to_string();
+    }
+    Quantity::from_nanos(i128::from(bytes) * 1_000_000_000).to_string()
+}
+
+fn usage_csv(records: &[UsageRecord]) -> String {
+    let mut out = String::from(
+        "hour,clusterId,tenantId,projectId,cpuMillicores,memoryBytes,storageBytes,loadBalancers,namespaces,pods,apps\n",
+    );
+    for r in records {
+        let hour = r
+            .hour
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "{hour},{},{},{},{},{},{},{},{},{},{}\n",
+            r.cluster_id,
+            r.tenant_id,
+            r.project_id.map(|p| p.to_string()).unwrap_or_default(),
+            r.cpu_millicores,
+            r.memory_bytes,
+            r.storage_bytes,
+            r.load_balancers,
+            r.namespaces,
+            r.pods,
+            r.apps
+        ));
+    }
+    out
+}
+
+/// Hourly usage of a tenant over a range (default: the last 24 hours), as JSON or CSV.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{tenantID}/usage",
+    tag = "tenants",
+    operation_id = "getTenantUsage",
+    params(("tenantID" = String, Path, description = "Tenant id (UUID)"), UsageParams),
+    responses(
+        (status = 200, description = "Records, totals and cost; the latest record in the 0.1.3 shape. `format=csv` returns text/csv.", body = TenantUsage,
+            example = json!({"tenantId": "22222222-2222-2222-2222-222222222222", "clusterId": "11111111-1111-1111-1111-111111111111",
+                "from": "2026-01-01T00:00:00Z", "to": "2026-01-02T00:00:00Z", "usageReported": true,
+                "cpuRequests": "1500m", "memoryRequests": "2Gi", "pvcStorage": "10Gi", "loadBalancers": 1, "pods": 12, "namespaces": 3, "apps": 2,
+                "quotaViolations": 0, "lastReportedAt": "2026-01-01T10:00:00Z",
+                "totals": {"hours": 1, "cpuMillicoreHours": 1500, "memoryByteHours": 2147483648_i64, "storageByteHours": 10737418240_i64, "loadBalancerHours": 1, "podHours": 12},
+                "cost": {"plan": "baseline", "currency": "USD", "cpu": "0.060000", "memory": "0.010000", "storage": "0.001400", "loadBalancers": "0.025000", "total": "0.096400"},
+                "records": [{"clusterId": "11111111-1111-1111-1111-111111111111", "tenantId": "22222222-2222-2222-2222-222222222222", "hour": "2026-01-01T10:00:00Z",
+                    "cpuMillicores": 1500, "memoryBytes": 2147483648_i64, "storageBytes": 10737418240_i64, "loadBalancers": 1, "namespaces": 3, "pods": 12, "apps": 2}]})),
+        (status = 400, description = "A non-UUID id or a bad query parameter", body = ErrorBody,
+            example = json!({"code": "KN-400", "message": "query parameter from=\"yesterday\" is not an RFC 3339 timestamp such as 2026-01-01T00:00:00Z"})),
+        (status = 401, description = "No or invalid bearer token", body = ErrorBody,
+            example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
+        (status = 404, description = "No such tenant, or outside the caller's scope", body = ErrorBody,
+            example = json!({"code": "KN-404", "message": "tenant \"22222222-2222-2222-2222-222222222222\" not found"})),
+        (status = 422, description = "An empty or too long range, or an unknown format", body = ErrorBody,
+            example = json!({"code": "KN-422", "message": "validation failed: to: must be after from"})),
+    ),
+    security(("bearerAuth" = []))
+)]
+async fn tenant_usage(
+    State(st): State<AppState>,
+    ctx: Ctx,
+    Path(t): Path<String>,
+    uri: Uri,
+) -> ApiResult<Response> {
+    let q: UsageParams = query(&uri)?;
+    let t = load_tenant(&st, &ctx, None, &t, Access::Read).await?;
+    let to = match &q.to {
+        Some(s) => parse_time("to", s)?,
+        None => OffsetDateTime::now_utc(),
+    };
+    let from = match &q.from {
+        Some(s) => parse_time("from", s)?,
+        None => to - time::Duration::hours(24),
+    };
+    let csv = match q.format.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "format",
+                format!("{other:?} is not a format: use json or csv"),
+            ));
+        }
+    };
+    if to <= from {
+        return Err(ApiError::invalid("to", "must be after from"));
+    }
+    if to - from > time::Duration::days(366) {
+        return Err(ApiError::invalid(
+            "from",
+            "the range may span at most 366 days",
+        ));
+    }
+    let include_projects = q.include_projects.unwrap_or(false);
+    let records = st
+        .store
+        .query_usage(&UsageQuery {
+            tenant: t.id,
+            cluster: Some(t.cluster_id),
+            project: None,
+            all_projects: include_projects,
+            from,
+            to,
+        })
+        .await?;
+    if csv {
+        let mut resp = usage_csv(&records).into_response();
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("text/csv; charset=utf-8"),
+        );
+        return Ok(resp);
+    }
+    let tenant_level: Vec<&UsageRecord> =
+        records.iter().filter(|r| r.project_id.is_none()).collect();
+    let mut totals = UsageTotals::default();
+    for r in &tenant_level {
+        totals.hours += 1;
+        totals.cpu_millicore_hours += r.cpu_millicores;
+        totals.memory_byte_hours += r.memory_bytes;
+        totals.storage_byte_hours += r.storage_bytes;
+        totals.load_balancer_hours += r.load_balancers;
+        totals.pod_hours += r.pods;
+    }
+    let latest = tenant_level.last().copied();
+    let body = TenantUsage {
+        tenant_id: t.id,
+        cluster_id: t.cluster_id,
+        from,
+        to,
+        usage_reported: !records.is_empty(),
+        cpu_requests: latest
+            .map(|r| Quantity::from_nanos(i128::from(r.cpu_millicores) * 1_000_000).to_string()),
+        memory_requests: latest.map(|r| bytes_quantity(r.memory_bytes)),
+        pvc_storage: latest.map(|r| bytes_quantity(r.storage_bytes)),
+        load_balancers: latest.map(|r| r.load_balancers),
+        pods: latest.map(|r| r.pods),
+        namespaces: latest.map(|r| r.namespaces),
+        apps: latest.map(|r| r.apps),
+        quota_violations: latest.map(|r| exceeded_quotas(&t, r).len() as i64),
+        last_reported_at: latest.map(|r| r.hour),
+        cost: usage_cost(&st.catalog, &t.plan, &totals),
+        totals,
+        records,
+    };
+    Ok(json_response(StatusCode::OK, &body, None, None, false))
+}
+
+/// Moves a tenant to another plan; effective quotas, limits and policysets re-resolve from it and the tenant's overrides.
+#[utoipa::path(
+    put,
+    path = "/api/v1/tenants/{tenantID}/plan",
+    tag = "tenants",
+    operation_id = "putTenantPlan",
+    params(("tenantID" = String, Path, description = "Tenant id (UUID)"),
+        ("If-Match" = Option<String>, Header, description = "ETag the client read; KN-412 when stale")),
+    request_body(content = PlanRequest, example = json!({"plan": "gold"})),
+    responses(
+        (status = 200, description = "The tenant with its new plan applied", body = Tenant, example = json!(tenant_example())),
+        (status = 400, description = "Malformed JSON or a non-UUID id", body = ErrorBody,
+            example = json!({"code": "KN-400", "message": "tenant id \"abc\" is not a UUID"})),
+        (status = 401, description = "No or invalid bearer token", body = ErrorBody,
+            example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
+        (status = 403, description = "Only admin and ops change plans", body = ErrorBody,
+            example = json!({"code": "KN-403", "message": "this operation needs one of the roles admin, ops"})),
+        (status = 404, description = "No such tenant, or outside the caller's scope", body = ErrorBody,
+            example = json!({"code": "KN-404", "message": "tenant \"22222222-2222-2222-2222-222222222222\" not found"})),
+        (status = 412, description = "If-Match is stale, or a concurrent change", body = ErrorBody,
+            example = json!({"code": "KN-412", "message": "tenant \"22222222-2222-2222-2222-222222222222\" is at version 3, not 2: it changed since you read it; re-read and retry"})),
+        (status = 415, description = "Body is not JSON", body = ErrorBody,
+            example = json!({"code": "KN-415", "message": "expected Content-Type: application/json, got \"text/plain\""})),
+        (status = 422, description = "Unknown plan, or the tenant's overrides do not fit the new plan", body = ErrorBody,
+            example = json!({"code": "KN-422", "message": "validation failed: plan: unknown plan \"diamond\": the catalog has baseline, gold, platinum",
+                "details": {"violations": [{"field": "plan", "reason": "unknown plan \"diamond\": the catalog has baseline, gold, platinum"}]}})),
+    ),
+    security(("bearerAuth" = []))
+)]
+async fn put_plan(
+    State(st): State<AppState>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    Path(t): Path<String>,
+    KnJson(body): KnJson<PlanRequest>,
+) -> ApiResult<Response> {
+    update_tenant_with(&st, &ctx, &headers, None, &t, "tenant.plan.update", |t| {
+        t.plan = body.plan;
+        Ok(())
+    })
+    .await
+}
+
+/// Lists every tenant the caller may see, optionally of one cluster.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants",
+    tag = "tenants",
+    operation_id = "listAllTenants",
+    params(AllTenantsQuery),
+    responses(
+        (status = 200, description = "A page of tenants (tenant owners see only their own)", body = TenantList,
+            example = json!({"items": [tenant_example()], "nextCursor": null})),
+        (status = 400, description = "clusterId is not a UUID", body = ErrorBody,
+            example = json!({"code": "KN-400", "message": "cluster id \"abc\" is not a UUID"})),
+        (status = 401, description = "No or invalid bearer token", body = ErrorBody,
+            example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
+        (status = 403, description = "The caller has no tenant visibility", body = ErrorBody,
+            example = json!({"code": "KN-403", "message": "listing tenants needs admin, ops, readOnly or a tenant scope"})),
+        (status = 422, description = "Bad limit or cursor", body = ErrorBody,
+            example = json!({"code": "KN-422", "message": "validation failed: limit: must be at least 1"})),
+    ),
+    security(("bearerAuth" = []))
+)]
+async fn list_all_tenants(State(st): State<AppState>, ctx: Ctx, uri: Uri) -> ApiResult<Response> {
+    let q: AllTenantsQuery = query(&uri)?;
+    let cluster: Option<ClusterId> = q
+        .cluster_id
+        .as_deref()
+        .map(|c| parse_id("cluster", c))
+        .transpose()?;
+    let params = ListParams {
+        limit: q.limit,
+        cursor: q.cursor,
+    };
+    params.page_size()?;
+    let list = visible_tenants(&st, &ctx.principal, cluster, &params).await?;
+    Ok(json_response(StatusCode::OK, &list, None, None, false))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn q(s: &str) -> Quantity {
+        Quantity::parse(s).unwrap()
+    }
+
+    fn overrides(
+        quotas: &[(&str, &str)],
+        limits: &[(&str, &str)],
+        np: Option<&[&str]>,
+    ) -> TenantOverrides {
+        TenantOverrides {
+            quotas: quotas.iter().map(|(k, v)| (k.to_string(), q(v))).collect(),
+            limits: limits.iter().map(|(k, v)| (k.to_string(), q(v))).collect(),
+            network_policies: np.map(|l| l.iter().map(|s| s.to_string()).collect()),
+        }
+    }
+
+    #[test]
+    fn default_plan_applies_when_none_is_named() {
+        let c = Catalog::builtin();
+        let r = resolve_tenant(&c, "baseline", None, &TenantOverrides::default()).unwrap();
+        let plan = c.plan("baseline").unwrap();
+        assert_eq!(r.plan, "baseline");
+        assert_eq!(r.quotas, plan.tenant_quotas);
+        assert_eq!(r.limits, plan.limit_range.default);
+        assert_eq!(r.network_policies, plan.policysets);
+    }
+
+    #[test]
+    fn named_plan_wins_over_default() {
+        let c = Catalog::builtin();
+        let r = resolve_tenant(&c, "baseline", Some("gold"), &TenantOverrides::default()).unwrap();
+        assert_eq!(r.plan, "gold");
+        assert_eq!(r.quotas["requests.cpu"], q("6"));
+        assert_eq!(r.limits["cpu"], q("1"));
+    }
+
+    #[test]
+    fn overrides_overlay_per_field() {
+        let c = Catalog::builtin();
+        let o = overrides(
+            &[("requests.cpu", "4"), ("count/deployments.apps", "10")],
+            &[("cpu", "1")],
+            Some(&["tenant-isolation"]),
+        );
+        let r = resolve_tenant(&c, "baseline", None, &o).unwrap();
+        assert_eq!(r.quotas["requests.cpu"], q("4"));
+        assert_eq!(r.quotas["count/deployments.apps"], q("10"));
+        assert_eq!(r.quotas["pods"], q("50"), "untouched plan quotas stay");
+        assert_eq!(r.limits["cpu"], q("1"));
+        assert_eq!(r.limits["memory"], q("512Mi"));
+        assert_eq!(r.network_policies, ["tenant-isolation"]);
+    }
+
+    #[test]
+    fn unknown_plan_and_policysets_are_violations() {
+        let c = Catalog::builtin();
+        let e = resolve_tenant(&c, "baseline", Some("diamond"), &TenantOverrides::default())
+            .unwrap_err();
+        assert_eq!(e.violations[0].field, "plan");
+        assert!(e.violations[0].reason.contains("baseline, gold, platinum"));
+        let e = resolve_tenant(&c, "nope", None, &TenantOverrides::default()).unwrap_err();
+        assert!(e.violations[0].reason.contains("configured default plan"));
+        let o = overrides(&[], &[], Some(&["tenant-isolation", "deny-all"]));
+        let e = resolve_tenant(&c, "baseline", None, &o).unwrap_err();
+        assert_eq!(e.violations.len(), 1);
+        assert_eq!(e.violations[0].field, "networkPolicies[1]");
+    }
+
+    #[test]
+    fn limits_must_fit_the_plan_limit_range() {
+        let c = Catalog::builtin();
+        let o = overrides(&[("pods", "-1")], &[("cpu", "8"), ("memory", "1Mi")], None);
+        let e = resolve_tenant(&c, "baseline", None, &o).unwrap_err();
+        let fields: Vec<_> = e.violations.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, ["quotas.pods", "limits.cpu", "limits.memory"]);
+    }
+
+    #[test]
+    fn cost_is_exact() {
+        assert_eq!(cost_part(1500, "0.040", 1000), Some(60_000));
+        assert_eq!(cost_part(1 << 31, "0.0050", 1 << 30), Some(10_000));
+        assert_eq!(micros_str(96_400), "0.096400");
+        assert_eq!(bytes_quantity(2147483648), "2Gi");
+        assert_eq!(bytes_quantity(1000), "1k");
+    }
+}

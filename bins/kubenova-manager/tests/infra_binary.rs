@@ -1,0 +1,232 @@
+//! The real binary: `serve` on port 0, the bootstrap admin token, healthz/readyz/me over
+//! TCP, graceful shutdown on SIGTERM. Runs on SQLite always and on Postgres when
+//! `KUBENOVA_TEST_POSTGRES_URL` is set (skipped loudly otherwise; a failure when
+//! `KUBENOVA_REQUIRE_POSTGRES=1`).
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use serde_json::Value;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+struct Server {
+    child: Child,
+    addr: String,
+    log: Arc<Mutex<String>>,
+}
+
+fn start(database_url: &str, dir: &std::path::Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kubenova-manager"))
+        .current_dir(dir)
+        .env_remove("KUBENOVA_KEKS")
+        .env_remove("KUBENOVA_JWT_SECRET")
+        .env_remove("KUBENOVA_INSECURE_DEV_NO_AUTH")
+        .env("DATABASE_URL", database_url)
+        .env("KUBENOVA_DATA_DIR", dir.join("data"))
+        .env("KUBENOVA_LOG", "info")
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = Arc::new(Mutex::new(String::new()));
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let log2 = log.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            log2.lock().unwrap().push_str(&line);
+            log2.lock().unwrap().push('\n');
+            if let Ok(v) = serde_json::from_str::<Value>(&line)
+                && v["fields"]["message"] == "listening"
+            {
+                let _ = tx.send(
+                    v["fields"]["address"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+            }
+        }
+    });
+    let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(a) => a,
+        Err(_) => {
+            let _ = child.kill();
+            panic!("the server did not start; log:\n{}", log.lock().unwrap());
+        }
+    };
+    Server { child, addr, log }
+}
+
+/// One HTTP/1.0 request (no chunked encoding, connection closes) → (status, body).
+fn http(addr: &str, method: &str, path: &str, token: Option<&str>) -> (u16, Value) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status: u16 = text.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+fn exercise(database_url: &str, backend: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut srv = start(database_url, dir.path());
+    let token_path = dir.path().join("data/admin.token");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&token_path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let token = std::fs::read_to_string(&token_path)
+        .unwrap()
+        .trim()
+        .to_string();
+
+    let (s, v) = http(&srv.addr, "GET", "/api/v1/healthz", None);
+    assert_eq!((s, v["status"].as_str()), (200, Some("ok")));
+    let (s, v) = http(&srv.addr, "GET", "/api/v1/readyz", None);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["dependencies"]["store"]["backend"], backend);
+    let (s, v) = http(&srv.addr, "GET", "/api/v1/me", None);
+    assert_eq!((s, v["code"].as_str()), (401, Some("KN-401")));
+    let (s, v) = http(&srv.addr, "GET", "/api/v1/me", Some(&token));
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["subject"], "bootstrap-admin");
+    assert_eq!(v["roles"][0], "admin");
+    let (s, v) = http(&srv.addr, "GET", "/api/v1/features", Some(&token));
+    assert_eq!((s, v["store"].as_str()), (200, Some(backend)));
+
+    // SIGTERM: graceful shutdown, exit 0.
+    let pid = srv.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(st) = srv.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        status.success(),
+        "exit {status:?}; log:\n{}",
+        srv.log.lock().unwrap()
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    let log = srv.log.lock().unwrap().clone();
+    assert!(
+        log.contains("admin.token"),
+        "the token path is logged once:\n{log}"
+    );
+    assert!(!log.contains(&token), "the token never reaches the log");
+    assert!(
+        log.contains("kubenova::access"),
+        "structured access logs:\n{log}"
+    );
+
+    // A restart issues no second bootstrap token.
+    let before = std::fs::read_to_string(&token_path).unwrap();
+    let mut srv2 = start(database_url, dir.path());
+    let (s, _) = http(&srv2.addr, "GET", "/api/v1/me", Some(&token));
+    assert_eq!(s, 200, "the token survives a restart (same secret)");
+    assert_eq!(std::fs::read_to_string(&token_path).unwrap(), before);
+    let _ = srv2.child.kill();
+    let _ = srv2.child.wait();
+    assert_eq!(
+        srv2.log
+            .lock()
+            .unwrap()
+            .matches("wrote a bootstrap admin token")
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn serve_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("kn.db").display());
+    exercise(&url, "sqlite");
+}
+
+fn pg_url() -> Option<String> {
+    match std::env::var("KUBENOVA_TEST_POSTGRES_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            if std::env::var("KUBENOVA_REQUIRE_POSTGRES").as_deref() == Ok("1") {
+                panic!("KUBENOVA_REQUIRE_POSTGRES=1 but KUBENOVA_TEST_POSTGRES_URL is not set");
+            }
+            eprintln!(
+                "!!! POSTGRES SKIPPED: set KUBENOVA_TEST_POSTGRES_URL to run the binary against Postgres !!!"
+            );
+            None
+        }
+    }
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let head = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{head}/{db}?{q}"),
+        None => format!("{head}/{db}"),
+    }
+}
+
+#[test]
+fn serve_on_postgres() {
+    let Some(url) = pg_url() else { return };
+    let db = format!("kn_infra_{}", uuid::Uuid::new_v4().simple());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let admin = sqlx::PgPool::connect(&url)
+            .await
+            .expect("connect to KUBENOVA_TEST_POSTGRES_URL");
+        sqlx::query(&format!("CREATE DATABASE {db}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        admin.close().await;
+    });
+    let result = std::panic::catch_unwind(|| exercise(&with_database(&url, &db), "postgres"));
+    rt.block_on(async {
+        let admin = sqlx::PgPool::connect(&url).await.unwrap();
+        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+            .execute(&admin)
+            .await;
+        admin.close().await;
+    });
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
