@@ -11,9 +11,10 @@
 //! | [`NovaApp`] | KubeVela `Application` (`core.oam.dev/v1beta1`) ([`translate_app`]) |
 //! | Capsule / KubeVela status | [`Verdict`] → [`NovaStatus`] without timestamp churn ([`next_status`]) |
 //!
-//! Nothing here talks to a cluster: every function takes values and returns values, and
-//! refuses invalid input as a whole ([`TranslateError`]) so that a bad object never
-//! reaches a half-applied state.
+//! The translations do not talk to a cluster: every function takes values and returns
+//! values, and refuses invalid input as a whole ([`TranslateError`]) so that a bad object
+//! never reaches a half-applied state. The kube-runtime controllers that apply them live
+//! in [`controller`].
 //!
 //! ```
 //! use kubenova_api::catalog::Catalog;
@@ -30,6 +31,7 @@
 //! [`Catalog`]: kubenova_api::catalog::Catalog
 
 mod app;
+pub mod controller;
 pub mod crds;
 mod error;
 mod meta;
@@ -38,7 +40,7 @@ mod render;
 pub mod status;
 mod tenant;
 
-pub use app::translate_app;
+pub use app::{SUSPEND_STEP, translate_app};
 pub use error::TranslateError;
 pub use kubenova_api::model::{project_namespace, tenant_namespaces};
 pub use meta::*;

@@ -10,7 +10,7 @@
 //! The 0.1.3 contract spells actions `…/apps/{appID}:deploy`. axum cannot route a
 //! parameter with a suffix, so the middleware rewrites them to
 //! `…/apps/{appID}/actions/deploy` before routing; the published OpenAPI keeps the colon
-//! paths (see [`routes`]).
+//! paths (see [`routes()`]).
 
 use super::AppState;
 use super::authz::{Access, Principal};

@@ -4,7 +4,7 @@
 //! Every route walks the path chain cluster → tenant → project: a tenant of another
 //! cluster, or a project of another tenant, is KN-404 exactly like a missing one. A caller
 //! outside the scope gets the same KN-404 (see [`super::authz`]). The chain helpers here
-//! ([`resolve_project`], [`parse_id`]) are shared with [`super::apps`].
+//! (`resolve_project`, `parse_id`) are shared with [`super::apps`].
 
 use super::AppState;
 use super::authz::{Access, Principal};

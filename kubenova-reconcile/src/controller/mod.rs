@@ -1,0 +1,737 @@
+//! The kube-runtime controllers for [`NovaTenant`], [`NovaProject`] and [`NovaApp`].
+//!
+//! Each reconciler (`reconcile(Arc<K>, Arc<Ctx>) -> Result<Action, Error>`) runs under the
+//! [`finalizer`](kube::runtime::finalizer()) helper and
+//!
+//! 1. translates the object with the pure functions of this crate; an invalid object
+//!    (unknown plan, wrong namespace, ...) gets `Degraded` with the error's reason and
+//!    **nothing is created**;
+//! 2. checks every target name: an existing object that KubeNova did not generate for
+//!    this very Nova object is a `NameClash` (`Degraded`, nothing created);
+//! 3. server-side applies every translated object (field manager [`FIELD_MANAGER`],
+//!    `force`), so drift is repaired on the next reconcile; the generated objects are
+//!    watched (`owns` / `watches`), so an edit or a delete triggers that reconcile;
+//! 4. maps what Capsule / KubeVela / the namespace report back to the status, written
+//!    through the status subresource only when [`next_status`] says it changed.
+//!
+//! On delete, the cleanup deletes exactly the objects the translation names, and only
+//! when their labels say they were generated for this Nova object.
+//!
+//! Errors are retried with a per-object exponential backoff ([`Ctx::backoff`]) and
+//! reported as `Warning` Events.
+//!
+//! [`FIELD_MANAGER`]: crate::FIELD_MANAGER
+
+mod app;
+mod project;
+mod tenant;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource};
+use kubenova_api::catalog::Catalog;
+use kubenova_api::crd::{NovaApp, NovaProject, NovaStatus, NovaTenant};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use thiserror::Error;
+
+pub use app::reconcile_app;
+pub use project::reconcile_project;
+pub use tenant::reconcile_tenant;
+
+use crate::meta::{LABEL_MANAGED_BY, LABEL_PROJECT, LABEL_TENANT, MANAGED_BY};
+use crate::status::{Verdict, next_status};
+use crate::{FIELD_MANAGER, TranslateError};
+
+/// Finalizer the controllers put on every Nova object.
+pub const FINALIZER: &str = "kubenova.io/cleanup";
+
+/// Name the controllers report Events as.
+pub const REPORTER: &str = "kubenova-operator";
+
+/// Why a reconcile failed (retried with backoff by [`error_policy`]).
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// The finalizer helper failed (adding/removing the finalizer, or apply/cleanup).
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    /// An object could not be (de)serialized.
+    #[error("serialization: {0}")]
+    Serialization(#[from] serde_json::Error),
+    /// A generated object has a kind the controllers do not know (a bug).
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// CamelCase reason for Events and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "ApiError",
+            Error::Finalizer(_) => "FinalizerError",
+            Error::Serialization(_) => "SerializationError",
+            Error::Internal(_) => "InternalError",
+        }
+    }
+}
+
+/// Backoff of [`error_policy`]: `base * 2^(attempt-1)`, at most `max`.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// First delay.
+    pub base: Duration,
+    /// Largest delay.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base: Duration::from_millis(500),
+            max: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Backoff {
+    /// Delay before retry number `attempt` (1-based).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(20));
+        self.base.saturating_mul(factor).min(self.max)
+    }
+}
+
+type Labels = Vec<(String, String)>;
+
+/// Prometheus metrics of the controllers.
+#[derive(Debug)]
+pub struct Metrics {
+    /// `kubenova_reconcile_total{controller,result}` (`result`: `ok` / `error`).
+    pub reconciles: Family<Labels, Counter>,
+    /// `kubenova_reconcile_errors_total{controller,reason}`.
+    pub errors: Family<Labels, Counter>,
+    /// `kubenova_status_writes_total{controller}`: status subresource writes.
+    pub status_writes: Family<Labels, Counter>,
+    /// `kubenova_reconcile_duration_seconds{controller}`.
+    pub duration: Family<Labels, Histogram, fn() -> Histogram>,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            reconciles: Family::default(),
+            errors: Family::default(),
+            status_writes: Family::default(),
+            duration: Family::new_with_constructor(duration_histogram),
+        }
+    }
+}
+
+impl Metrics {
+    /// Registers every metric in `registry` (prefix `kubenova_`).
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "kubenova_reconcile",
+            "Reconciliations by controller and result",
+            self.reconciles.clone(),
+        );
+        registry.register(
+            "kubenova_reconcile_errors",
+            "Failed reconciliations by controller and reason",
+            self.errors.clone(),
+        );
+        registry.register(
+            "kubenova_status_writes",
+            "Status subresource writes by controller",
+            self.status_writes.clone(),
+        );
+        registry.register(
+            "kubenova_reconcile_duration_seconds",
+            "Reconcile duration by controller",
+            self.duration.clone(),
+        );
+    }
+
+    fn labels(controller: &str, key: &str, value: &str) -> Labels {
+        vec![
+            ("controller".to_owned(), controller.to_owned()),
+            (key.to_owned(), value.to_owned()),
+        ]
+    }
+}
+
+/// Shared state of the three controllers.
+pub struct Ctx {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Plans and policysets.
+    pub catalog: Arc<Catalog>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Retry backoff.
+    pub backoff: Backoff,
+    attempts: Mutex<HashMap<String, u32>>,
+}
+
+impl Debug for Ctx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ctx")
+            .field("backoff", &self.backoff)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ctx {
+    /// A context with the default backoff and a recorder reporting as [`REPORTER`].
+    pub fn new(client: Client, catalog: Arc<Catalog>, metrics: Arc<Metrics>) -> Ctx {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: REPORTER.into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        );
+        Ctx {
+            client,
+            catalog,
+            metrics,
+            recorder,
+            backoff: Backoff::default(),
+            attempts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Replaces the backoff.
+    pub fn with_backoff(mut self, backoff: Backoff) -> Ctx {
+        self.backoff = backoff;
+        self
+    }
+
+    /// Records one more failed attempt for `key` and returns the delay before the retry.
+    pub fn backoff(&self, key: &str) -> Duration {
+        let mut attempts = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
+        let n = attempts.entry(key.to_owned()).or_insert(0);
+        *n = n.saturating_add(1);
+        self.backoff.delay(*n)
+    }
+
+    /// Failed attempts recorded for `key` since its last success.
+    pub fn attempts(&self, key: &str) -> u32 {
+        let attempts = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
+        attempts.get(key).copied().unwrap_or(0)
+    }
+
+    fn reset(&self, key: &str) {
+        let mut attempts = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
+        attempts.remove(key);
+    }
+
+    async fn warn(
+        &self,
+        reference: &k8s_openapi::api::core::v1::ObjectReference,
+        reason: &str,
+        note: String,
+    ) {
+        let ev = KubeEvent {
+            type_: EventType::Warning,
+            reason: reason.to_owned(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, reference).await {
+            tracing::warn!(error = %e, reason, "could not publish event");
+        }
+    }
+}
+
+/// Key of an object for the backoff bookkeeping: `Kind/namespace/name`.
+pub fn object_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        obj.meta().namespace.as_deref().unwrap_or_default(),
+        obj.meta().name.as_deref().unwrap_or_default()
+    )
+}
+
+/// The `error_policy` of the three controllers: exponential backoff per object.
+pub fn error_policy<K: Resource<DynamicType = ()>>(
+    obj: Arc<K>,
+    err: &Error,
+    ctx: Arc<Ctx>,
+) -> Action {
+    let key = object_key(obj.as_ref());
+    let delay = ctx.backoff(&key);
+    tracing::warn!(object = %key, error = %err, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Runs a reconcile body with the bookkeeping shared by the controllers: metrics, backoff
+/// reset on success, a `Warning` Event on failure.
+async fn instrumented<K, F>(
+    controller: &'static str,
+    obj: &K,
+    ctx: &Ctx,
+    body: F,
+) -> Result<Action, Error>
+where
+    K: Resource<DynamicType = ()>,
+    F: Future<Output = Result<Action, Error>>,
+{
+    let start = Instant::now();
+    let res = body.await;
+    ctx.metrics
+        .duration
+        .get_or_create(&vec![("controller".to_owned(), controller.to_owned())])
+        .observe(start.elapsed().as_secs_f64());
+    let key = object_key(obj);
+    match &res {
+        Ok(_) => {
+            ctx.reset(&key);
+            ctx.metrics
+                .reconciles
+                .get_or_create(&Metrics::labels(controller, "result", "ok"))
+                .inc();
+        }
+        Err(e) => {
+            ctx.metrics
+                .reconciles
+                .get_or_create(&Metrics::labels(controller, "result", "error"))
+                .inc();
+            ctx.metrics
+                .errors
+                .get_or_create(&Metrics::labels(controller, "reason", e.reason()))
+                .inc();
+            ctx.warn(&obj.object_ref(&()), e.reason(), e.to_string())
+                .await;
+        }
+    }
+    res
+}
+
+// ---------------------------------------------------------------------------------
+// Generic object helpers (the generated objects are handled as JSON)
+// ---------------------------------------------------------------------------------
+
+/// Where a generated kind is served.
+pub(crate) fn api_resource(kind: &str) -> Option<(ApiResource, bool)> {
+    let (group, version, plural, namespaced) = match kind {
+        "Namespace" => ("", "v1", "namespaces", false),
+        "ResourceQuota" => ("", "v1", "resourcequotas", true),
+        "RoleBinding" => ("rbac.authorization.k8s.io", "v1", "rolebindings", true),
+        "Tenant" => ("capsule.clastix.io", "v1beta2", "tenants", false),
+        "Application" => ("core.oam.dev", "v1beta1", "applications", true),
+        _ => return None,
+    };
+    Some((
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural),
+        namespaced,
+    ))
+}
+
+fn dynamic_api(
+    client: &Client,
+    kind: &str,
+    namespace: Option<&str>,
+) -> Result<Api<DynamicObject>, Error> {
+    let (ar, namespaced) =
+        api_resource(kind).ok_or_else(|| Error::Internal(format!("unknown kind {kind}")))?;
+    Ok(match (namespaced, namespace) {
+        (true, Some(ns)) => Api::namespaced_with(client.clone(), ns, &ar),
+        (true, None) => return Err(Error::Internal(format!("{kind} needs a namespace"))),
+        (false, _) => Api::all_with(client.clone(), &ar),
+    })
+}
+
+fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
+    v.pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
+/// Server-side applies `obj` (forced, field manager [`FIELD_MANAGER`]) and returns the
+/// stored object.
+pub(crate) async fn apply(client: &Client, obj: &Value) -> Result<Value, Error> {
+    let kind = str_at(obj, "/kind");
+    let name = str_at(obj, "/metadata/name");
+    let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str);
+    let api = dynamic_api(client, kind, ns)?;
+    let out = api
+        .patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(obj),
+        )
+        .await?;
+    Ok(serde_json::to_value(out)?)
+}
+
+/// GET, `None` when absent.
+pub(crate) async fn get(
+    client: &Client,
+    kind: &str,
+    namespace: Option<&str>,
+    name: &str,
+) -> Result<Option<Value>, Error> {
+    let api = dynamic_api(client, kind, namespace)?;
+    Ok(match api.get_opt(name).await? {
+        Some(o) => Some(serde_json::to_value(o)?),
+        None => None,
+    })
+}
+
+/// Whether `obj` carries every label of `want`.
+pub(crate) fn has_labels(obj: &Value, want: &BTreeMap<&'static str, &str>) -> bool {
+    want.iter().all(|(k, v)| {
+        obj.pointer("/metadata/labels")
+            .and_then(|l| l.get(*k))
+            .and_then(Value::as_str)
+            == Some(*v)
+    })
+}
+
+/// Labels that mark an object generated for a tenant (and project).
+pub(crate) fn ours(tenant: &str, project: Option<&str>) -> BTreeMap<&'static str, String> {
+    let mut m = BTreeMap::from([
+        (LABEL_MANAGED_BY, MANAGED_BY.to_owned()),
+        (LABEL_TENANT, tenant.to_owned()),
+    ]);
+    if let Some(p) = project {
+        m.insert(LABEL_PROJECT, p.to_owned());
+    }
+    m
+}
+
+fn as_refs<'a>(m: &'a BTreeMap<&'static str, String>) -> BTreeMap<&'static str, &'a str> {
+    m.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// The first target that exists and was not generated for this Nova object, as a
+/// `NameClash` verdict message.
+pub(crate) async fn find_clash(
+    client: &Client,
+    targets: &[(&str, Option<&str>, &str)],
+    labels: &BTreeMap<&'static str, String>,
+    owner: &str,
+) -> Result<Option<String>, Error> {
+    let want = as_refs(labels);
+    for (kind, ns, name) in targets {
+        if let Some(live) = get(client, kind, *ns, name).await?
+            && !has_labels(&live, &want)
+        {
+            let at = ns.map(|n| format!(" in namespace {n}")).unwrap_or_default();
+            return Ok(Some(format!(
+                "{kind} {name}{at} already exists and is not managed by {owner}; nothing was created"
+            )));
+        }
+    }
+    Ok(None)
+}
+
+/// Deletes the object if it exists and carries `labels`. Returns whether it deleted.
+pub(crate) async fn delete_if_ours(
+    client: &Client,
+    kind: &str,
+    namespace: Option<&str>,
+    name: &str,
+    labels: &BTreeMap<&'static str, String>,
+) -> Result<bool, Error> {
+    let Some(live) = get(client, kind, namespace, name).await? else {
+        return Ok(false);
+    };
+    if !has_labels(&live, &as_refs(labels)) {
+        tracing::info!(
+            kind,
+            name,
+            "not deleting: not generated by KubeNova for this object"
+        );
+        return Ok(false);
+    }
+    if live.pointer("/metadata/deletionTimestamp").is_some() {
+        return Ok(true);
+    }
+    let api = dynamic_api(client, kind, namespace)?;
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes `status` through the status subresource when [`next_status`] says it changed.
+/// Returns whether it wrote; publishes a `Warning` Event when it becomes `Degraded`.
+pub(crate) async fn write_status<K>(
+    ctx: &Ctx,
+    controller: &'static str,
+    api: &Api<K>,
+    obj: &K,
+    old: Option<&NovaStatus>,
+    verdict: &Verdict,
+    namespaces: Vec<String>,
+) -> Result<bool, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let Some(next) = next_status(old, verdict, obj.meta().generation, namespaces, &now) else {
+        return Ok(false);
+    };
+    let name = obj.meta().name.clone().unwrap_or_default();
+    // A merge patch keeps keys it does not mention: name every field, `null` = remove
+    // (e.g. `namespaces` when a Ready tenant becomes Degraded).
+    let mut body = serde_json::to_value(&next)?;
+    if let Some(m) = body.as_object_mut() {
+        for key in [
+            "phase",
+            "conditions",
+            "observedGeneration",
+            "namespaces",
+            "message",
+        ] {
+            m.entry(key).or_insert(Value::Null);
+        }
+    }
+    api.patch_status(
+        &name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "status": body })),
+    )
+    .await?;
+    ctx.metrics
+        .status_writes
+        .get_or_create(&vec![("controller".to_owned(), controller.to_owned())])
+        .inc();
+    let was_degraded = old.and_then(|o| o.phase) == Some(kubenova_api::crd::NovaPhase::Degraded)
+        && old.and_then(|o| o.message.as_deref()) == Some(verdict.message.as_str());
+    if verdict.phase == kubenova_api::crd::NovaPhase::Degraded && !was_degraded {
+        ctx.warn(
+            &obj.object_ref(&()),
+            &verdict.reason,
+            verdict.message.clone(),
+        )
+        .await;
+    }
+    Ok(true)
+}
+
+/// `Degraded` verdict for an object that cannot be translated.
+pub(crate) fn refused(err: &TranslateError) -> Verdict {
+    Verdict::from_error(err)
+}
+
+/// `Degraded` verdict for a name clash.
+pub(crate) fn clash(message: String) -> Verdict {
+    Verdict::new(kubenova_api::crd::NovaPhase::Degraded, "NameClash", message)
+}
+
+/// How long to wait before the periodic re-check of a Ready / not-yet-ready object.
+pub(crate) fn requeue_after(verdict: &Verdict) -> Action {
+    match verdict.phase {
+        kubenova_api::crd::NovaPhase::Ready => Action::requeue(Duration::from_secs(600)),
+        _ => Action::requeue(Duration::from_secs(60)),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Running
+// ---------------------------------------------------------------------------------
+
+/// How the controllers run.
+#[derive(Debug, Clone, Copy)]
+pub struct RunOptions {
+    /// Concurrent reconciles per controller (0 = unbounded).
+    pub concurrency: u16,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions { concurrency: 16 }
+    }
+}
+
+fn managed_by() -> watcher::Config {
+    watcher::Config::default().labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"))
+}
+
+fn label<'a>(meta: &'a kube::api::ObjectMeta, key: &str) -> Option<&'a str> {
+    meta.labels.as_ref()?.get(key).map(String::as_str)
+}
+
+/// NovaTenant of a generated cluster-scoped object (Capsule Tenant, tenant namespace).
+fn tenant_of(meta: &kube::api::ObjectMeta) -> Option<ObjectRef<NovaTenant>> {
+    if label(meta, crate::meta::LABEL_NAMESPACE_ROLE) == Some("project") {
+        return None;
+    }
+    Some(ObjectRef::new(label(meta, LABEL_TENANT)?))
+}
+
+/// NovaProject of a generated project object (namespace, RoleBinding, ResourceQuota).
+fn project_of(meta: &kube::api::ObjectMeta) -> Option<ObjectRef<NovaProject>> {
+    let tenant = label(meta, LABEL_TENANT)?;
+    let project = label(meta, LABEL_PROJECT)?;
+    Some(ObjectRef::new(project).within(&crate::tenant_namespaces(tenant).0))
+}
+
+/// A future that completes once `shutdown` becomes `true` (or its sender is dropped).
+async fn until(mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    while !*shutdown.borrow_and_update() {
+        if shutdown.changed().await.is_err() {
+            break;
+        }
+    }
+}
+
+async fn log_result<K, E>(controller: &'static str, res: Result<(ObjectRef<K>, Action), E>)
+where
+    K: Resource<DynamicType = ()>,
+    E: std::fmt::Display,
+{
+    match res {
+        Ok((o, _)) => tracing::debug!(controller, object = %o, "reconciled"),
+        Err(e) => tracing::debug!(controller, error = %e, "controller error"),
+    }
+}
+
+/// Runs the three controllers until `shutdown` becomes `true`; in-flight reconciles
+/// finish first (graceful shutdown).
+pub async fn run(ctx: Arc<Ctx>, opts: RunOptions, shutdown: tokio::sync::watch::Receiver<bool>) {
+    let client = ctx.client.clone();
+    let config = ControllerConfig::default().concurrency(opts.concurrency);
+    let Some((tenant_ar, _)) = api_resource("Tenant") else {
+        return;
+    };
+    let Some((app_ar, _)) = api_resource("Application") else {
+        return;
+    };
+
+    let tenants = Controller::new(
+        Api::<NovaTenant>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns_with(
+        Api::<DynamicObject>::all_with(client.clone(), &tenant_ar),
+        tenant_ar.clone(),
+        managed_by(),
+    )
+    .watches(Api::<Namespace>::all(client.clone()), managed_by(), |ns| {
+        tenant_of(&ns.metadata)
+    })
+    .with_config(config.clone())
+    .graceful_shutdown_on(until(shutdown.clone()))
+    .run(reconcile_tenant, error_policy, ctx.clone())
+    .for_each(|r| log_result("novatenant", r));
+
+    let projects = Controller::new(
+        Api::<NovaProject>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .watches(Api::<Namespace>::all(client.clone()), managed_by(), |ns| {
+        project_of(&ns.metadata)
+    })
+    .watches(
+        Api::<RoleBinding>::all(client.clone()),
+        managed_by(),
+        |rb| project_of(&rb.metadata),
+    )
+    .watches(
+        Api::<k8s_openapi::api::core::v1::ResourceQuota>::all(client.clone()),
+        managed_by(),
+        |rq| project_of(&rq.metadata),
+    )
+    .with_config(config.clone())
+    .graceful_shutdown_on(until(shutdown.clone()))
+    .run(reconcile_project, error_policy, ctx.clone())
+    .for_each(|r| log_result("novaproject", r));
+
+    let apps = Controller::new(
+        Api::<NovaApp>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns_with(
+        Api::<DynamicObject>::all_with(client.clone(), &app_ar),
+        app_ar.clone(),
+        managed_by(),
+    )
+    .with_config(config)
+    .graceful_shutdown_on(until(shutdown))
+    .run(reconcile_app, error_policy, ctx)
+    .for_each(|r| log_result("novaapp", r));
+
+    tracing::info!("controllers started");
+    futures::join!(tenants, projects, apps);
+    tracing::info!("controllers stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_exponential_and_capped() {
+        let b = Backoff {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(1),
+        };
+        assert_eq!(b.delay(1), Duration::from_millis(100));
+        assert_eq!(b.delay(2), Duration::from_millis(200));
+        assert_eq!(b.delay(4), Duration::from_millis(800));
+        assert_eq!(b.delay(5), Duration::from_secs(1));
+        assert_eq!(b.delay(u32::MAX), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn generated_kinds_are_known() {
+        for k in [
+            "Namespace",
+            "ResourceQuota",
+            "RoleBinding",
+            "Tenant",
+            "Application",
+        ] {
+            assert!(api_resource(k).is_some(), "{k}");
+        }
+        assert!(api_resource("Secret").is_none());
+    }
+
+    #[test]
+    fn label_check() {
+        let obj =
+            json!({"metadata": {"labels": {LABEL_TENANT: "a", LABEL_MANAGED_BY: MANAGED_BY}}});
+        assert!(has_labels(&obj, &as_refs(&ours("a", None))));
+        assert!(!has_labels(&obj, &as_refs(&ours("b", None))));
+        assert!(!has_labels(&obj, &as_refs(&ours("a", Some("web")))));
+        assert!(!has_labels(
+            &json!({"metadata": {}}),
+            &as_refs(&ours("a", None))
+        ));
+    }
+}

@@ -1,0 +1,113 @@
+//! NovaProject controller: project namespace, RoleBindings, optional ResourceQuota.
+
+use std::sync::Arc;
+
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event, finalizer};
+use kubenova_api::crd::{NovaPhase, NovaProject, NovaTenant};
+use tracing::instrument;
+
+use super::{
+    Ctx, Error, FINALIZER, apply, clash, delete_if_ours, find_clash, instrumented, ours, refused,
+    requeue_after, write_status,
+};
+use crate::project::PROJECT_QUOTA_NAME;
+use crate::status::{Verdict, project_verdict};
+use crate::{project_namespace, translate_project};
+
+const CONTROLLER: &str = "novaproject";
+
+/// Reconciles one NovaProject (see the [module docs](super)).
+#[instrument(skip_all, fields(namespace = %np.namespace().unwrap_or_default(), project = %np.name_any()))]
+pub async fn reconcile_project(np: Arc<NovaProject>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let api: Api<NovaProject> =
+        Api::namespaced(ctx.client.clone(), &np.namespace().unwrap_or_default());
+    instrumented(CONTROLLER, np.as_ref(), &ctx, async {
+        finalizer(&api, FINALIZER, np.clone(), |event| async {
+            match event {
+                Event::Apply(np) => apply_project(&np, &ctx, &api).await,
+                Event::Cleanup(np) => cleanup_project(&np, &ctx).await,
+            }
+        })
+        .await
+        .map_err(|e| Error::Finalizer(Box::new(e)))
+    })
+    .await
+}
+
+async fn apply_project(
+    np: &NovaProject,
+    ctx: &Ctx,
+    api: &Api<NovaProject>,
+) -> Result<Action, Error> {
+    let old = np.status.as_ref();
+    let objects = match translate_project(np) {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::info!(error = %e, "refusing invalid NovaProject");
+            write_status(ctx, CONTROLLER, api, np, old, &refused(&e), vec![]).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let name = np.name_any();
+    let tenant = &np.spec.tenant;
+    let tenants: Api<NovaTenant> = Api::all(ctx.client.clone());
+    if tenants.get_opt(tenant).await?.is_none() {
+        let verdict = Verdict::new(
+            NovaPhase::Degraded,
+            "TenantNotFound",
+            format!("NovaTenant {tenant} does not exist; nothing was created"),
+        );
+        write_status(ctx, CONTROLLER, api, np, old, &verdict, vec![]).await?;
+        return Ok(Action::requeue(std::time::Duration::from_secs(60)));
+    }
+    let labels = ours(tenant, Some(&name));
+    let ns = project_namespace(tenant, &name);
+    let owner = format!("NovaProject {}/{name}", np.namespace().unwrap_or_default());
+    if let Some(msg) = find_clash(&ctx.client, &[("Namespace", None, &ns)], &labels, &owner).await?
+    {
+        write_status(ctx, CONTROLLER, api, np, old, &clash(msg), vec![]).await?;
+        return Ok(Action::await_change());
+    }
+
+    let live_ns = apply(&ctx.client, &serde_json::to_value(&objects.namespace)?).await?;
+    for rb in &objects.role_bindings {
+        apply(&ctx.client, &serde_json::to_value(rb)?).await?;
+    }
+    match &objects.resource_quota {
+        Some(rq) => {
+            apply(&ctx.client, &serde_json::to_value(rq)?).await?;
+        }
+        None => {
+            delete_if_ours(
+                &ctx.client,
+                "ResourceQuota",
+                Some(&ns),
+                PROJECT_QUOTA_NAME,
+                &labels,
+            )
+            .await?;
+        }
+    }
+    let verdict = project_verdict(Some(&live_ns));
+    write_status(ctx, CONTROLLER, api, np, old, &verdict, vec![ns]).await?;
+    Ok(requeue_after(&verdict))
+}
+
+async fn cleanup_project(np: &NovaProject, ctx: &Ctx) -> Result<Action, Error> {
+    let name = np.name_any();
+    let tenant = &np.spec.tenant;
+    let ns = project_namespace(tenant, &name);
+    // The RoleBindings, the quota and the NovaApps live in the namespace.
+    delete_if_ours(
+        &ctx.client,
+        "Namespace",
+        None,
+        &ns,
+        &ours(tenant, Some(&name)),
+    )
+    .await?;
+    Ok(Action::await_change())
+}

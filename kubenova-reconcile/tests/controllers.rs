@@ -1,0 +1,682 @@
+//! The three controllers, run in-process against a `kubenova-testkit` cluster with the
+//! unmodified upstream Capsule/KubeVela CRDs, the committed Nova CRDs and the simulated
+//! Capsule and KubeVela controllers.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::{Client, ResourceExt};
+use kubenova_api::catalog::Catalog;
+use kubenova_api::crd::{CONDITION_DEGRADED, NovaApp, NovaPhase, NovaProject, NovaTenant};
+use kubenova_reconcile::controller::{self, Backoff, Ctx, Metrics, RunOptions};
+use kubenova_reconcile::project_namespace;
+use kubenova_testkit::TestCluster;
+use serde_json::{Value, json};
+
+const TIMEOUT: Duration = Duration::from_secs(20);
+
+struct Env {
+    cluster: Option<TestCluster>,
+    client: Client,
+    ctx: Arc<Ctx>,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Env {
+    async fn start() -> Env {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let cluster = TestCluster::builder()
+            .with_upstream_crds(true)
+            .simulate_capsule(true)
+            .simulate_kubevela(true)
+            .start()
+            .await
+            .unwrap();
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/crds");
+        for entry in std::fs::read_dir(dir).unwrap() {
+            cluster
+                .register_crd_yaml(&std::fs::read_to_string(entry.unwrap().path()).unwrap())
+                .unwrap();
+        }
+        let client = cluster.client().unwrap();
+        let ctx = Arc::new(
+            Ctx::new(
+                client.clone(),
+                Arc::new(Catalog::builtin()),
+                Arc::new(Metrics::default()),
+            )
+            .with_backoff(Backoff {
+                base: Duration::from_millis(100),
+                max: Duration::from_secs(2),
+            }),
+        );
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(controller::run(
+            ctx.clone(),
+            RunOptions { concurrency: 4 },
+            rx,
+        ));
+        Env {
+            cluster: Some(cluster),
+            client,
+            ctx,
+            stop,
+            task: Some(task),
+        }
+    }
+
+    async fn stop(mut self) {
+        self.stop.send(true).unwrap();
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), t)
+                .await
+                .expect("controllers stop on shutdown")
+                .unwrap();
+        }
+        if let Some(c) = self.cluster.take() {
+            c.shutdown().await;
+        }
+    }
+
+    fn dynamic(&self, kind: &str, ns: Option<&str>) -> Api<DynamicObject> {
+        let (group, version, plural) = match kind {
+            "Tenant" => ("capsule.clastix.io", "v1beta2", "tenants"),
+            "Application" => ("core.oam.dev", "v1beta1", "applications"),
+            other => panic!("{other}"),
+        };
+        let ar =
+            ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+        match ns {
+            Some(ns) => Api::namespaced_with(self.client.clone(), ns, &ar),
+            None => Api::all_with(self.client.clone(), &ar),
+        }
+    }
+
+    async fn capsule_tenant(&self, name: &str) -> Option<Value> {
+        self.dynamic("Tenant", None)
+            .get_opt(name)
+            .await
+            .unwrap()
+            .map(|o| serde_json::to_value(o).unwrap())
+    }
+
+    async fn namespace_exists(&self, name: &str) -> bool {
+        Api::<Namespace>::all(self.client.clone())
+            .get_opt(name)
+            .await
+            .unwrap()
+            .is_some()
+    }
+
+    async fn create_tenant(&self, name: &str, spec: Value) -> NovaTenant {
+        let nt: NovaTenant = serde_json::from_value(json!({
+            "apiVersion": "kubenova.io/v1alpha1", "kind": "NovaTenant",
+            "metadata": {"name": name}, "spec": spec
+        }))
+        .unwrap();
+        Api::<NovaTenant>::all(self.client.clone())
+            .create(&PostParams::default(), &nt)
+            .await
+            .unwrap()
+    }
+
+    async fn create_project(&self, tenant: &str, name: &str, spec: Value) -> NovaProject {
+        let mut spec = spec;
+        spec["tenant"] = json!(tenant);
+        let ns = format!("{tenant}-owner");
+        let np: NovaProject = serde_json::from_value(json!({
+            "apiVersion": "kubenova.io/v1alpha1", "kind": "NovaProject",
+            "metadata": {"name": name, "namespace": ns}, "spec": spec
+        }))
+        .unwrap();
+        Api::<NovaProject>::namespaced(self.client.clone(), &ns)
+            .create(&PostParams::default(), &np)
+            .await
+            .unwrap()
+    }
+
+    async fn tenant(&self, name: &str) -> Option<NovaTenant> {
+        Api::<NovaTenant>::all(self.client.clone())
+            .get_opt(name)
+            .await
+            .unwrap()
+    }
+
+    async fn project(&self, tenant: &str, name: &str) -> Option<NovaProject> {
+        Api::<NovaProject>::namespaced(self.client.clone(), &format!("{tenant}-owner"))
+            .get_opt(name)
+            .await
+            .unwrap()
+    }
+
+    async fn tenant_ready(&self, name: &str) -> bool {
+        self.tenant(name)
+            .await
+            .and_then(|t| t.status)
+            .and_then(|s| s.phase)
+            == Some(NovaPhase::Ready)
+    }
+}
+
+/// Polls `check` until it returns true, or panics after [`TIMEOUT`].
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        if check().await {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn hard(tenant: &Value) -> Value {
+    tenant
+        .pointer("/spec/resourceQuotas/items/0/hard")
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+fn plan_quotas(plan: &str) -> Value {
+    let p = Catalog::builtin().plan(plan).unwrap().clone();
+    Value::Object(
+        p.tenant_quotas
+            .iter()
+            .map(|(k, v)| (k.clone(), json!(v.as_str())))
+            .collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_update_delete_lifecycle() {
+    let env = Env::start().await;
+    // An unrelated namespace that must survive everything below.
+    Api::<Namespace>::all(env.client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "keep-me"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+
+    env.create_tenant(
+        "acme",
+        json!({"plan": "gold", "owners": ["alice@example.com", "group:acme-admins"]}),
+    )
+    .await;
+    eventually("Capsule Tenant acme", || async {
+        env.capsule_tenant("acme").await.is_some()
+    })
+    .await;
+    eventually("tenant namespaces", || async {
+        env.namespace_exists("acme-owner").await && env.namespace_exists("acme-apps").await
+    })
+    .await;
+    eventually("NovaTenant acme Ready", || env.tenant_ready("acme")).await;
+    let nt = env.tenant("acme").await.unwrap();
+    assert!(nt.finalizers().iter().any(|f| f == controller::FINALIZER));
+    let status = nt.status.unwrap();
+    assert_eq!(status.namespaces, vec!["acme-owner", "acme-apps"]);
+    assert_eq!(status.observed_generation, nt.metadata.generation);
+    let ct = env.capsule_tenant("acme").await.unwrap();
+    assert_eq!(hard(&ct), plan_quotas("gold"));
+    assert_eq!(
+        ct.pointer("/metadata/ownerReferences/0/kind"),
+        Some(&json!("NovaTenant"))
+    );
+
+    // Project with access entries.
+    env.create_project(
+        "acme",
+        "web",
+        json!({"access": ["owner:alice@example.com", "viewer:group:auditors"], "quota": {"pods": 10}}),
+    )
+    .await;
+    let pns = project_namespace("acme", "web");
+    eventually("project namespace", || env.namespace_exists(&pns)).await;
+    let rbs: Api<RoleBinding> = Api::namespaced(env.client.clone(), &pns);
+    eventually("project RoleBindings", || async {
+        let names: Vec<String> = rbs
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .map(|r| r.name_any())
+            .collect();
+        ["kubenova-owner", "kubenova-developer", "kubenova-viewer"]
+            .iter()
+            .all(|n| names.iter().any(|x| x == n))
+    })
+    .await;
+    eventually("NovaProject Ready", || async {
+        env.project("acme", "web")
+            .await
+            .and_then(|p| p.status)
+            .and_then(|s| s.phase)
+            == Some(NovaPhase::Ready)
+    })
+    .await;
+    let viewer = rbs.get("kubenova-viewer").await.unwrap();
+    assert_eq!(viewer.role_ref.name, "view");
+    assert!(
+        viewer
+            .subjects
+            .unwrap()
+            .iter()
+            .any(|s| s.kind == "Group" && s.name == "auditors")
+    );
+
+    // App.
+    let apps: Api<NovaApp> = Api::namespaced(env.client.clone(), &pns);
+    let na: NovaApp = serde_json::from_value(json!({
+        "apiVersion": "kubenova.io/v1alpha1", "kind": "NovaApp",
+        "metadata": {"name": "shop", "namespace": pns},
+        "spec": {"tenant": "acme", "project": "web",
+                 "components": [{"name": "web", "type": "webservice", "properties": {"image": "nginx:1.27"}}]}
+    }))
+    .unwrap();
+    apps.create(&PostParams::default(), &na).await.unwrap();
+    let vela = env.dynamic("Application", Some(&pns));
+    eventually("KubeVela Application", || async {
+        vela.get_opt("shop").await.unwrap().is_some()
+    })
+    .await;
+    eventually("NovaApp Ready", || async {
+        apps.get("shop").await.unwrap().status.and_then(|s| s.phase) == Some(NovaPhase::Ready)
+    })
+    .await;
+
+    // Update the plan: the quotas follow.
+    Api::<NovaTenant>::all(env.client.clone())
+        .patch(
+            "acme",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"plan": "platinum"}})),
+        )
+        .await
+        .unwrap();
+    eventually("platinum quotas on the Capsule Tenant", || async {
+        env.capsule_tenant("acme")
+            .await
+            .is_some_and(|t| hard(&t) == plan_quotas("platinum"))
+    })
+    .await;
+    assert_ne!(plan_quotas("gold"), plan_quotas("platinum"));
+    eventually("NovaTenant Ready at generation 2", || async {
+        let t = env.tenant("acme").await.unwrap();
+        t.status.as_ref().and_then(|s| s.phase) == Some(NovaPhase::Ready)
+            && t.status.as_ref().and_then(|s| s.observed_generation) == t.metadata.generation
+            && t.metadata.generation == Some(2)
+    })
+    .await;
+
+    // Delete the app, then the project, then the tenant: everything created is gone.
+    apps.delete("shop", &DeleteParams::default()).await.unwrap();
+    eventually("Application deleted", || async {
+        vela.get_opt("shop").await.unwrap().is_none()
+            && apps.get_opt("shop").await.unwrap().is_none()
+    })
+    .await;
+    Api::<NovaProject>::namespaced(env.client.clone(), "acme-owner")
+        .delete("web", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("project namespace deleted", || async {
+        !env.namespace_exists(&pns).await && env.project("acme", "web").await.is_none()
+    })
+    .await;
+    Api::<NovaTenant>::all(env.client.clone())
+        .delete("acme", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("tenant objects deleted", || async {
+        env.capsule_tenant("acme").await.is_none()
+            && !env.namespace_exists("acme-owner").await
+            && !env.namespace_exists("acme-apps").await
+            && env.tenant("acme").await.is_none()
+    })
+    .await;
+    assert!(
+        env.namespace_exists("keep-me").await,
+        "unrelated namespace kept"
+    );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_tenant_removes_its_projects_and_apps() {
+    let env = Env::start().await;
+    env.create_tenant("initech", json!({"plan": "baseline"}))
+        .await;
+    eventually("Ready", || env.tenant_ready("initech")).await;
+    env.create_project("initech", "api", json!({})).await;
+    let pns = project_namespace("initech", "api");
+    eventually("project namespace", || env.namespace_exists(&pns)).await;
+    Api::<NovaTenant>::all(env.client.clone())
+        .delete("initech", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("everything gone", || async {
+        env.capsule_tenant("initech").await.is_none()
+            && !env.namespace_exists("initech-owner").await
+            && !env.namespace_exists("initech-apps").await
+            && !env.namespace_exists(&pns).await
+            && env.tenant("initech").await.is_none()
+    })
+    .await;
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_is_repaired() {
+    let env = Env::start().await;
+    env.create_tenant("globex", json!({"plan": "gold"})).await;
+    eventually("Ready", || env.tenant_ready("globex")).await;
+    env.create_project("globex", "web", json!({})).await;
+    let pns = project_namespace("globex", "web");
+    let rbs: Api<RoleBinding> = Api::namespaced(env.client.clone(), &pns);
+    eventually("RoleBinding", || async {
+        rbs.get_opt("kubenova-viewer").await.unwrap().is_some()
+    })
+    .await;
+
+    // Someone deletes a generated RoleBinding: it comes back.
+    let before = rbs.get("kubenova-viewer").await.unwrap();
+    rbs.delete("kubenova-viewer", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("RoleBinding recreated", || async {
+        rbs.get_opt("kubenova-viewer")
+            .await
+            .unwrap()
+            .is_some_and(|r| r.metadata.uid != before.metadata.uid)
+    })
+    .await;
+
+    // Someone edits the Capsule Tenant's quota: it is restored.
+    let tenants = env.dynamic("Tenant", None);
+    tenants
+        .patch(
+            "globex",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"resourceQuotas": {"items": [{"hard": {"pods": "100000"}}]}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    eventually("quota restored", || async {
+        env.capsule_tenant("globex")
+            .await
+            .is_some_and(|t| hard(&t) == plan_quotas("gold"))
+    })
+    .await;
+
+    // Someone deletes a tenant namespace: it comes back.
+    Api::<Namespace>::all(env.client.clone())
+        .delete("globex-apps", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("namespace recreated", || {
+        env.namespace_exists("globex-apps")
+    })
+    .await;
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_project_name_in_two_tenants_stays_isolated() {
+    let env = Env::start().await;
+    for t in ["alpha", "beta"] {
+        env.create_tenant(t, json!({"plan": "baseline"})).await;
+    }
+    for t in ["alpha", "beta"] {
+        eventually("Ready", || env.tenant_ready(t)).await;
+    }
+    env.create_project("alpha", "web", json!({"access": ["viewer:user:ann"]}))
+        .await;
+    env.create_project("beta", "web", json!({"access": ["viewer:user:bob"]}))
+        .await;
+    let (a, b) = (
+        project_namespace("alpha", "web"),
+        project_namespace("beta", "web"),
+    );
+    assert_ne!(a, b);
+    for ns in [&a, &b] {
+        eventually("viewer binding", || async {
+            Api::<RoleBinding>::namespaced(env.client.clone(), ns)
+                .get_opt("kubenova-viewer")
+                .await
+                .unwrap()
+                .is_some()
+        })
+        .await;
+    }
+    let subjects = |ns: String| {
+        let client = env.client.clone();
+        async move {
+            Api::<RoleBinding>::namespaced(client, &ns)
+                .get("kubenova-viewer")
+                .await
+                .unwrap()
+                .subjects
+                .unwrap()
+                .into_iter()
+                .map(|s| s.name)
+                .collect::<Vec<_>>()
+        }
+    };
+    let sa = subjects(a.clone()).await;
+    let sb = subjects(b.clone()).await;
+    assert!(sa.contains(&"ann".to_owned()) && !sa.contains(&"bob".to_owned()));
+    assert!(sb.contains(&"bob".to_owned()) && !sb.contains(&"ann".to_owned()));
+    assert!(sa.contains(&"kubenova:project:alpha:web:viewer".to_owned()));
+
+    // Deleting alpha's project leaves beta's alone.
+    Api::<NovaProject>::namespaced(env.client.clone(), "alpha-owner")
+        .delete("web", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("alpha/web gone", || async {
+        !env.namespace_exists(&a).await
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(env.namespace_exists(&b).await);
+    assert_eq!(
+        env.project("beta", "web")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.phase),
+        Some(NovaPhase::Ready)
+    );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_objects_are_degraded_and_create_nothing() {
+    let env = Env::start().await;
+
+    // Unknown plan.
+    env.create_tenant("bogus", json!({"plan": "diamond"})).await;
+    eventually("Degraded UnknownPlan", || async {
+        env.tenant("bogus")
+            .await
+            .and_then(|t| t.status)
+            .is_some_and(|s| {
+                s.phase == Some(NovaPhase::Degraded)
+                    && s.condition(CONDITION_DEGRADED).is_some_and(|c| {
+                        c.status == "True"
+                            && c.reason == "UnknownPlan"
+                            && c.message.contains("diamond")
+                    })
+            })
+    })
+    .await;
+    assert!(env.capsule_tenant("bogus").await.is_none());
+    assert!(!env.namespace_exists("bogus-owner").await);
+    assert!(!env.namespace_exists("bogus-apps").await);
+
+    // A Warning Event says why.
+    let events: Api<DynamicObject> = Api::namespaced_with(
+        env.client.clone(),
+        "default",
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("events.k8s.io", "v1", "Event"),
+            "events",
+        ),
+    );
+    eventually("UnknownPlan event", || async {
+        events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .any(|e| e.data.get("reason") == Some(&json!("UnknownPlan")))
+    })
+    .await;
+
+    // Name clash: a namespace the tenant needs already exists and is not ours.
+    Api::<Namespace>::all(env.client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "clash-apps"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    env.create_tenant("clash", json!({"plan": "baseline"}))
+        .await;
+    eventually("Degraded NameClash", || async {
+        env.tenant("clash")
+            .await
+            .and_then(|t| t.status)
+            .is_some_and(|s| {
+                s.phase == Some(NovaPhase::Degraded)
+                    && s.condition(CONDITION_DEGRADED).is_some_and(|c| {
+                        c.reason == "NameClash" && c.message.contains("clash-apps")
+                    })
+            })
+    })
+    .await;
+    assert!(env.capsule_tenant("clash").await.is_none());
+    assert!(!env.namespace_exists("clash-owner").await);
+    // Deleting it deletes nothing else.
+    Api::<NovaTenant>::all(env.client.clone())
+        .delete("clash", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("clash deleted", || async {
+        env.tenant("clash").await.is_none()
+    })
+    .await;
+    assert!(env.namespace_exists("clash-apps").await);
+
+    // Wrong namespace: a NovaProject of tenant `ok` outside `ok-owner`.
+    env.create_tenant("ok", json!({"plan": "baseline"})).await;
+    eventually("Ready", || env.tenant_ready("ok")).await;
+    let np: NovaProject = serde_json::from_value(json!({
+        "apiVersion": "kubenova.io/v1alpha1", "kind": "NovaProject",
+        "metadata": {"name": "web", "namespace": "ok-apps"}, "spec": {"tenant": "ok"}
+    }))
+    .unwrap();
+    let projects: Api<NovaProject> = Api::namespaced(env.client.clone(), "ok-apps");
+    projects.create(&PostParams::default(), &np).await.unwrap();
+    eventually("Degraded WrongNamespace", || async {
+        projects.get("web").await.unwrap().status.is_some_and(|s| {
+            s.condition(CONDITION_DEGRADED)
+                .is_some_and(|c| c.reason == "WrongNamespace")
+        })
+    })
+    .await;
+    assert!(!env.namespace_exists(&project_namespace("ok", "web")).await);
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_is_not_rewritten_when_nothing_changed() {
+    let owned = Env::start().await;
+    let env = &owned;
+    env.create_tenant("calm", json!({"plan": "gold"})).await;
+    eventually("Ready", || env.tenant_ready("calm")).await;
+    env.create_tenant("sad", json!({"plan": "nope"})).await;
+    eventually("Degraded", || async {
+        env.tenant("sad")
+            .await
+            .and_then(|t| t.status)
+            .and_then(|s| s.phase)
+            == Some(NovaPhase::Degraded)
+    })
+    .await;
+    // Let in-flight events (Capsule status, namespace labels) settle.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rv = |n: &'static str| async move { env.tenant(n).await.unwrap().resource_version() };
+    let (calm, sad) = (rv("calm").await, rv("sad").await);
+    let ct = env.capsule_tenant("calm").await.unwrap();
+    let reconciles = || {
+        let ok = vec![
+            ("controller".to_owned(), "novatenant".to_owned()),
+            ("result".to_owned(), "ok".to_owned()),
+        ];
+        env.ctx.metrics.reconciles.get_or_create(&ok).get()
+    };
+    let before = reconciles();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // No reconcile loop: nothing happens while nothing changes.
+    assert!(
+        reconciles() - before <= 2,
+        "reconcile loop: {} reconciles in 3 s",
+        reconciles() - before
+    );
+    assert_eq!(rv("calm").await, calm, "Ready NovaTenant rewritten");
+    assert_eq!(rv("sad").await, sad, "Degraded NovaTenant rewritten");
+    assert_eq!(
+        env.capsule_tenant("calm").await.unwrap()["metadata"]["resourceVersion"],
+        ct["metadata"]["resourceVersion"],
+        "Capsule Tenant rewritten"
+    );
+    // No failed reconciles along the way.
+    assert_eq!(env.ctx.attempts("NovaTenant//calm"), 0);
+
+    // Ready → an unknown plan: Degraded, the stale namespace list is removed from the
+    // status, and what was applied before stays as it was.
+    Api::<NovaTenant>::all(env.client.clone())
+        .patch(
+            "calm",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"plan": "nope"}})),
+        )
+        .await
+        .unwrap();
+    eventually("calm Degraded without namespaces", || async {
+        env.tenant("calm")
+            .await
+            .and_then(|t| t.status)
+            .is_some_and(|s| s.phase == Some(NovaPhase::Degraded) && s.namespaces.is_empty())
+    })
+    .await;
+    assert_eq!(
+        hard(&env.capsule_tenant("calm").await.unwrap()),
+        plan_quotas("gold")
+    );
+    owned.stop().await;
+}
