@@ -26,7 +26,7 @@ macro_rules! error_codes {
     ($( $(#[$doc:meta])* $variant:ident = ($code:literal, $status:literal, $title:literal, $doc_line:literal) ),+ $(,)?) => {
         /// A stable KubeNova error code. The code string and HTTP status of a variant
         /// never change once released; clients may match on them.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
         pub enum ErrorCode {
             $( $(#[$doc])* #[serde(rename = $code)] $variant, )+
         }
@@ -88,6 +88,25 @@ error_codes! {
     /// A dependency (the store, a cluster) is unavailable.
     Unavailable = ("KN-503", 503, "Service unavailable", "A dependency such as the database is unavailable; retry later. `details.dependency` names it."),
 }
+
+// Written by hand: the per-variant `serde(rename)` comes out of a `macro_rules!`, where
+// utoipa's derive would publish the Rust variant names instead of the wire codes.
+impl utoipa::PartialSchema for ErrorCode {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+        ObjectBuilder::new()
+            .schema_type(SchemaType::new(Type::String))
+            .description(Some(
+                "A stable KubeNova error code; see the KN error catalog.",
+            ))
+            .enum_values(Some(ErrorCode::ALL.iter().map(|c| c.as_str())))
+            .examples([serde_json::json!("KN-404")])
+            .build()
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ErrorCode {}
 
 impl fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -241,6 +260,24 @@ mod tests {
             let json = serde_json::to_value(c).unwrap();
             assert_eq!(json, c.as_str());
         }
+    }
+
+    #[test]
+    fn schema_publishes_wire_codes() {
+        let schema = serde_json::to_value(<ErrorCode as utoipa::PartialSchema>::schema()).unwrap();
+        let values: Vec<_> = schema["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            values,
+            ErrorCode::ALL
+                .iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>()
+        );
     }
 
     #[test]

@@ -901,10 +901,12 @@ impl Validate for AppSpec {
                 v.max_len("image", i, 512);
             }
         }
-        if let Some(s) = &self.spec
-            && !s.is_object()
-        {
-            v.push("spec", "must be a JSON object of component properties");
+        if let Some(s) = &self.spec {
+            if !s.is_object() {
+                v.push("spec", "must be a JSON object of component properties");
+            } else if let Some(reason) = crate::validate::json_text_problem(s) {
+                v.push("spec", reason);
+            }
         }
         v.max_items("components", &self.components, COMPONENTS_MAX);
         let mut names = std::collections::BTreeSet::new();
@@ -972,10 +974,12 @@ fn check_traits(v: &mut Validator, field: &str, traits: &[AppTrait]) {
 }
 
 fn check_props(v: &mut Validator, field: &str, props: Option<&serde_json::Value>) {
-    if let Some(p) = props
-        && !p.is_object()
-    {
-        v.push(field, "must be a JSON object");
+    if let Some(p) = props {
+        if !p.is_object() {
+            v.push(field, "must be a JSON object");
+        } else if let Some(reason) = crate::validate::json_text_problem(p) {
+            v.push(field, reason);
+        }
     }
 }
 

@@ -261,6 +261,30 @@ impl Validator {
     }
 }
 
+/// `Some(reason)` when a free-form JSON value holds a NUL character in a string or key
+/// (databases cannot store it; nothing legitimate needs it).
+///
+/// ```
+/// use kubenova_api::validate::json_text_problem;
+/// assert!(json_text_problem(&serde_json::json!({"a": ["ok"]})).is_none());
+/// assert!(json_text_problem(&serde_json::json!({"a": ["b\u{0}"]})).is_some());
+/// ```
+pub fn json_text_problem(value: &serde_json::Value) -> Option<String> {
+    const MSG: &str = "must not contain NUL characters";
+    match value {
+        serde_json::Value::String(s) if s.contains('\0') => Some(MSG.into()),
+        serde_json::Value::Array(items) => items.iter().find_map(json_text_problem),
+        serde_json::Value::Object(map) => map.iter().find_map(|(k, v)| {
+            if k.contains('\0') {
+                Some(MSG.into())
+            } else {
+                json_text_problem(v)
+            }
+        }),
+        _ => None,
+    }
+}
+
 /// `Some(reason)` when `value` is not a DNS-1123 label.
 pub fn dns_label_problem(value: &str) -> Option<String> {
     if value.is_empty() {

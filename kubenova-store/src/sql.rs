@@ -48,6 +48,22 @@ fn unique(e: StoreError, message: impl FnOnce() -> String) -> StoreError {
     }
 }
 
+/// Query filters are compared with stored text: bounded, and free of control characters
+/// (Postgres cannot even receive a NUL).
+fn check_filter_text(filters: &[(&str, Option<&str>)]) -> Result<()> {
+    let mut v = kubenova_api::validate::Validator::new();
+    for (field, value) in filters {
+        if let Some(value) = value {
+            if value.chars().any(char::is_control) {
+                v.push(*field, "must not contain control characters");
+            } else {
+                v.max_len(field, value, 512);
+            }
+        }
+    }
+    Ok(v.finish()?)
+}
+
 fn secret_id(owner: Uuid, purpose: &str) -> String {
     format!("{purpose}/{owner}")
 }
@@ -1018,6 +1034,11 @@ macro_rules! sql_backend {
             async fn query_audit(&self, q: &AuditQuery) -> Result<Page<AuditEvent>> {
                 let limit = q.page.page_size()?;
                 let after = q.page.cursor_uuid()?;
+                check_filter_text(&[
+                    ("actor", q.actor.as_deref()),
+                    ("resourceKind", q.resource_kind.as_deref()),
+                    ("resourceId", q.resource_id.as_deref()),
+                ])?;
                 let mut qb = sqlx::QueryBuilder::<$Db>::new("SELECT id, doc FROM audit_events WHERE 1 = 1");
                 if let Some(f) = q.from {
                     qb.push(" AND at >= ").push_bind(to_micros(f));

@@ -721,6 +721,14 @@ async fn audit_append_and_query(h: &Harness) {
         .map(|e| e.id)
         .collect();
     assert_eq!(ids.len(), 6);
+    // Filters with characters no database column holds are refused, not a server error.
+    let nul = s
+        .query_audit(&AuditQuery {
+            resource_id: Some("a\u{0}b".into()),
+            ..Default::default()
+        })
+        .await;
+    assert!(matches!(nul, Err(StoreError::Validation(_))), "{nul:?}");
     let future = s
         .query_audit(&AuditQuery {
             from: Some(now() + time::Duration::hours(1)),

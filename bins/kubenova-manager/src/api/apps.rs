@@ -1478,6 +1478,9 @@ pub async fn run_app_workflow(
     if !inputs.is_object() {
         return Err(ApiError::invalid("inputs", "must be a JSON object"));
     }
+    if let Some(reason) = kubenova_api::validate::json_text_problem(&inputs) {
+        return Err(ApiError::invalid("inputs", reason));
+    }
     let run = WorkflowRun {
         id: RunId::new(),
         app_id: app.id,

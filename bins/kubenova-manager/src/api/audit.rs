@@ -69,7 +69,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
             example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
         (status = 403, description = "Only admin reads the audit log", body = ErrorBody,
             example = json!({"code": "KN-403", "message": "this operation needs one of the roles admin"})),
-        (status = 422, description = "Bad limit or cursor", body = ErrorBody,
+        (status = 422, description = "Bad limit, cursor or filter (e.g. control characters)", body = ErrorBody,
             example = json!({"code": "KN-422", "message": "validation failed: limit: must be at most 500 (got 1000)"})),
     ),
     security(("bearerAuth" = []))

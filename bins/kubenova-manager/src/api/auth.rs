@@ -556,6 +556,11 @@ fn principal_of(claims: Claims) -> Result<Principal, ApiError> {
             "the bearer token has an empty sub claim",
         ));
     }
+    if claims.sub.chars().any(char::is_control) || claims.sub.len() > 253 {
+        return Err(ApiError::unauthenticated(
+            "the bearer token's sub claim must be at most 253 characters without control characters",
+        ));
+    }
     let mut roles = Vec::with_capacity(claims.roles.len());
     for r in &claims.roles {
         match Role::parse(r) {

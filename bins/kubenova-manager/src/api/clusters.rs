@@ -2,8 +2,8 @@
 //! returned), reads, deletion, observed capabilities, and bootstrap/refresh requests.
 //!
 //! Also holds the small helpers the resource modules of this group share: path id
-//! parsing ([`parse_id`]), query parsing with KN errors ([`query`]) and the kubeconfig
-//! checks ([`check_kubeconfig`]).
+//! parsing (`parse_id`), query parsing with KN errors (`query`) and the kubeconfig
+//! checks (`check_kubeconfig`).
 
 use super::AppState;
 use super::authz::Access;
@@ -190,6 +190,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
                 "capabilities": {"certManager": false, "capsule": false, "capsuleProxy": false, "kubeVela": false},
                 "components": [], "conditions": [], "version": 1,
                 "createdAt": "2026-01-01T00:00:00Z", "updatedAt": "2026-01-01T00:00:00Z"}], "nextCursor": null})),
+        (status = 400, description = "A malformed query parameter (e.g. a limit that is not a number)", body = ErrorBody,
+            example = json!({"code": "KN-400", "message": "bad query parameter: Failed to deserialize query string: limit: invalid digit found in string"})),
         (status = 401, description = "No or invalid bearer token", body = ErrorBody,
             example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
         (status = 403, description = "The role may not read clusters", body = ErrorBody,
