@@ -1,12 +1,59 @@
 //! # kubenova-kubeconfig
 //!
-//! Kubeconfig model and issuance: typed kubeconfigs pointing at a cluster's Capsule
-//! Proxy with its CA (never `insecure-skip-tls-verify`), manager-signed ES256 tokens
-//! with tenant/project groups, exec-credential refresh and ServiceAccount TokenRequest
-//! mode.
+//! Kubeconfig model and issuance for KubeNova: typed kubeconfigs pointing at a cluster's
+//! Capsule Proxy with its CA (never `insecure-skip-tls-verify`), manager-signed ES256
+//! tokens carrying exactly one tenant or project group, exec-credential refresh and
+//! ServiceAccount TokenRequest mode. The crate does no HTTP serving and keeps no state
+//! besides the in-memory [`KeySet`]; the manager stores keys (envelope-encrypted), serves
+//! the discovery documents and records issuances.
 //!
-//! This crate is being built (see `docs/src/status.md`); today it holds the group
-//! naming scheme shared by the manager and the operator.
+//! ```
+//! use kubenova_api::model::AccessRole;
+//! use kubenova_kubeconfig::{Claims, KeySet, TokenSpec};
+//! use time::{Duration, OffsetDateTime};
+//!
+//! let now = OffsetDateTime::now_utc();
+//! let keys = KeySet::generate(now)?;
+//! let spec = TokenSpec {
+//!     issuer: "https://manager.example.com".into(),
+//!     audience: "kubenova:cluster:prod".into(),
+//!     subject: "alice@example.com".into(),
+//!     tenant: "acme".into(),
+//!     project: None,
+//!     role: AccessRole::Owner,
+//!     ttl: Duration::hours(1),
+//! };
+//! let claims = Claims::new(&spec, now, Duration::hours(24))?;
+//! let token = keys.issue(&claims)?;
+//! let back = keys.verify(&token, "kubenova:cluster:prod")?;
+//! assert_eq!(back.groups, ["kubenova:tenant:acme:owner"]);
+//! # Ok::<(), kubenova_kubeconfig::Error>(())
+//! ```
+
+mod error;
+mod exec;
+mod kubeconfig;
+mod service_account;
+mod token;
+
+pub use error::{Error, Result};
+pub use exec::{ExecCredential, ExecCredentialStatus};
+pub use kubeconfig::{
+    Credential, EXEC_API_VERSION, EXEC_COMMAND, KubeconfigExt, KubeconfigRequest, entry_name,
+    exec_config,
+};
+pub use service_account::{
+    MAX_EXPIRATION_SECONDS, MIN_EXPIRATION_SECONDS, ServiceAccountKubeconfig,
+    ServiceAccountKubeconfigRequest, service_account_kubeconfig,
+};
+pub use token::{
+    ALGORITHM, Claims, DEFAULT_TTL, JWKS_PATH, KeySet, OPENID_CONFIGURATION_PATH,
+    OpenIdConfiguration, SigningKey, TokenSpec, openid_configuration,
+    openid_configuration_with_jwks_path,
+};
+
+/// Re-exported so callers name the same types this crate builds.
+pub use kube::config::Kubeconfig;
 
 use kubenova_api::model::AccessRole;
 

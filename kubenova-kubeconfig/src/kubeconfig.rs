@@ -1,0 +1,402 @@
+//! Typed kubeconfigs pointing at a cluster's Capsule Proxy.
+
+use base64::Engine as _;
+use kube::config::{
+    AuthInfo, Cluster, Context, ExecConfig, ExecInteractiveMode, Kubeconfig, NamedAuthInfo,
+    NamedCluster, NamedContext,
+};
+use kubenova_api::model::AccessRole;
+use kubenova_api::validate::dns_label_problem;
+use secrecy::SecretString;
+
+use crate::error::{Error, Result};
+
+/// `apiVersion` of the exec plugin protocol and of [`crate::ExecCredential`].
+pub const EXEC_API_VERSION: &str = "client.authentication.k8s.io/v1";
+/// The command the exec stanza runs.
+pub const EXEC_COMMAND: &str = "kubenova";
+
+/// How the kubeconfig's user authenticates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// A bearer token embedded in the kubeconfig (a manager-signed JWT).
+    Token(String),
+    /// An exec plugin stanza running `kubenova auth token …`, which fetches a fresh
+    /// short-lived token from the manager each time kubectl needs one. The scope must equal
+    /// the [`KubeconfigRequest`]'s scope.
+    Exec {
+        /// The manager's external URL (`https://`; `http://` only for loopback hosts).
+        manager_url: String,
+        /// Tenant name.
+        tenant: String,
+        /// Project name for project-scoped credentials.
+        project: Option<String>,
+        /// Role.
+        role: AccessRole,
+    },
+}
+
+/// Everything needed to build a tenant- or project-scoped kubeconfig.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeconfigRequest {
+    /// The cluster's name (DNS-1123 label).
+    pub cluster_name: String,
+    /// Tenant name (DNS-1123 label).
+    pub tenant: String,
+    /// Project name (DNS-1123 label) for project-scoped kubeconfigs.
+    pub project: Option<String>,
+    /// Role the credential carries.
+    pub role: AccessRole,
+    /// The cluster's Capsule Proxy URL as reported by the operator; must be `https://`.
+    /// Empty means "not reported yet" ([`Error::ProxyNotReported`]).
+    pub proxy_url: String,
+    /// PEM of the CA that signed the Capsule Proxy's serving certificate.
+    pub proxy_ca_pem: String,
+    /// Context namespace: the tenant's apps namespace or the project's namespace.
+    pub namespace: String,
+    /// How the user authenticates.
+    pub credential: Credential,
+}
+
+/// The stable, readable name used for the cluster, user and context entries:
+/// `<cluster>-<tenant>[-<project>]-<role>`.
+///
+/// ```
+/// use kubenova_api::model::AccessRole;
+/// assert_eq!(
+///     kubenova_kubeconfig::entry_name("prod", "acme", Some("web"), AccessRole::Developer),
+///     "prod-acme-web-developer"
+/// );
+/// assert_eq!(kubenova_kubeconfig::entry_name("prod", "acme", None, AccessRole::Owner), "prod-acme-owner");
+/// ```
+pub fn entry_name(cluster: &str, tenant: &str, project: Option<&str>, role: AccessRole) -> String {
+    match project {
+        Some(p) => format!("{cluster}-{tenant}-{p}-{}", role.as_str()),
+        None => format!("{cluster}-{tenant}-{}", role.as_str()),
+    }
+}
+
+impl KubeconfigRequest {
+    /// The entry name, see [`entry_name`].
+    pub fn name(&self) -> String {
+        entry_name(
+            &self.cluster_name,
+            &self.tenant,
+            self.project.as_deref(),
+            self.role,
+        )
+    }
+
+    /// Validates the request and builds the kubeconfig: one cluster (proxy URL + CA data),
+    /// one user (token or exec stanza), one context (namespace) that is current.
+    pub fn build(&self) -> Result<Kubeconfig> {
+        check_label("cluster_name", &self.cluster_name)?;
+        check_label("tenant", &self.tenant)?;
+        if let Some(p) = &self.project {
+            check_label("project", p)?;
+        }
+        check_label("namespace", &self.namespace)?;
+        if self.proxy_url.trim().is_empty() {
+            return Err(Error::ProxyNotReported);
+        }
+        check_https("proxy_url", &self.proxy_url, false)?;
+        check_ca_pem("proxy_url", &self.proxy_ca_pem)?;
+        let auth_info = match &self.credential {
+            Credential::Token(token) => token_auth(token)?,
+            Credential::Exec {
+                manager_url,
+                tenant,
+                project,
+                role,
+            } => {
+                if tenant != &self.tenant || project != &self.project || role != &self.role {
+                    return Err(Error::ScopeMismatch {
+                        exec: entry_name("", tenant, project.as_deref(), *role),
+                        request: entry_name("", &self.tenant, self.project.as_deref(), self.role),
+                    });
+                }
+                check_https("manager_url", manager_url, true)?;
+                AuthInfo {
+                    exec: Some(exec_config(manager_url, tenant, project.as_deref(), *role)),
+                    ..AuthInfo::default()
+                }
+            }
+        };
+        Ok(single_entry_kubeconfig(
+            &self.name(),
+            &self.proxy_url,
+            &self.proxy_ca_pem,
+            &self.namespace,
+            auth_info,
+        ))
+    }
+}
+
+/// The exec stanza: `kubenova auth token --manager URL --tenant T [--project P] --role R`,
+/// `apiVersion: client.authentication.k8s.io/v1`, `interactiveMode: Never`.
+pub fn exec_config(
+    manager_url: &str,
+    tenant: &str,
+    project: Option<&str>,
+    role: AccessRole,
+) -> ExecConfig {
+    let mut args = vec![
+        "auth".to_owned(),
+        "token".to_owned(),
+        "--manager".to_owned(),
+        manager_url.to_owned(),
+        "--tenant".to_owned(),
+        tenant.to_owned(),
+    ];
+    if let Some(p) = project {
+        args.push("--project".to_owned());
+        args.push(p.to_owned());
+    }
+    args.push("--role".to_owned());
+    args.push(role.as_str().to_owned());
+    ExecConfig {
+        api_version: Some(EXEC_API_VERSION.to_owned()),
+        command: Some(EXEC_COMMAND.to_owned()),
+        args: Some(args),
+        install_hint: Some(
+            "The kubenova CLI fetches short-lived tokens from the KubeNova manager; install it \
+             and make sure `kubenova` is on your PATH."
+                .to_owned(),
+        ),
+        interactive_mode: Some(ExecInteractiveMode::Never),
+        provide_cluster_info: false,
+        ..ExecConfig::default()
+    }
+}
+
+pub(crate) fn token_auth(token: &str) -> Result<AuthInfo> {
+    if token.trim().is_empty() {
+        return Err(Error::Serialization("empty bearer token".to_owned()));
+    }
+    Ok(AuthInfo {
+        token: Some(SecretString::from(token.to_owned())),
+        ..AuthInfo::default()
+    })
+}
+
+pub(crate) fn single_entry_kubeconfig(
+    name: &str,
+    server: &str,
+    ca_pem: &str,
+    namespace: &str,
+    auth_info: AuthInfo,
+) -> Kubeconfig {
+    Kubeconfig {
+        api_version: Some("v1".to_owned()),
+        kind: Some("Config".to_owned()),
+        clusters: vec![NamedCluster {
+            name: name.to_owned(),
+            cluster: Some(Cluster {
+                server: Some(server.to_owned()),
+                certificate_authority_data: Some(
+                    base64::engine::general_purpose::STANDARD.encode(ca_pem.as_bytes()),
+                ),
+                ..Cluster::default()
+            }),
+            other: Default::default(),
+        }],
+        auth_infos: vec![NamedAuthInfo {
+            name: name.to_owned(),
+            auth_info: Some(auth_info),
+            other: Default::default(),
+        }],
+        contexts: vec![NamedContext {
+            name: name.to_owned(),
+            context: Some(Context {
+                cluster: name.to_owned(),
+                user: Some(name.to_owned()),
+                namespace: Some(namespace.to_owned()),
+                ..Context::default()
+            }),
+            other: Default::default(),
+        }],
+        current_context: Some(name.to_owned()),
+        ..Kubeconfig::default()
+    }
+}
+
+pub(crate) fn check_label(field: &'static str, value: &str) -> Result<()> {
+    match dns_label_problem(value) {
+        Some(reason) => Err(Error::InvalidName { field, reason }),
+        None => Ok(()),
+    }
+}
+
+pub(crate) fn check_subdomain(field: &'static str, value: &str) -> Result<()> {
+    let mut v = kubenova_api::validate::Validator::new();
+    v.dns_subdomain(field, value);
+    v.finish().map_err(|e| Error::InvalidName {
+        field,
+        reason: e.to_string(),
+    })
+}
+
+/// `https://host[:port][/path]`; with `allow_loopback_http`, `http://` is accepted for
+/// `localhost`, `127.0.0.1` and `[::1]` only (local development of the manager).
+pub(crate) fn check_https(field: &'static str, url: &str, allow_loopback_http: bool) -> Result<()> {
+    let bad = |reason: &str| Error::InsecureUrl {
+        field,
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let uri: http::Uri = url.parse().map_err(|e| bad(&format!("not a URL: {e}")))?;
+    let host = uri.host().ok_or_else(|| bad("no host"))?;
+    if host.is_empty() {
+        return Err(bad("no host"));
+    }
+    if uri.query().is_some() {
+        return Err(bad("must not carry a query string"));
+    }
+    if url.contains('@') {
+        return Err(bad("must not carry user info"));
+    }
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http")
+            if allow_loopback_http && matches!(host, "localhost" | "127.0.0.1" | "[::1]") =>
+        {
+            Ok(())
+        }
+        _ => Err(bad("must be an https:// URL")),
+    }
+}
+
+/// At least one well-formed PEM `CERTIFICATE` block with a base64 body.
+pub(crate) fn check_ca_pem(field: &'static str, pem: &str) -> Result<()> {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    if pem.trim().is_empty() {
+        return Err(Error::MissingCa(field));
+    }
+    let bad = |reason: &str| Error::InvalidCa {
+        field,
+        reason: reason.to_owned(),
+    };
+    let start = pem
+        .find(BEGIN)
+        .ok_or_else(|| bad("no BEGIN CERTIFICATE line"))?;
+    let rest = &pem[start + BEGIN.len()..];
+    let end = rest
+        .find(END)
+        .ok_or_else(|| bad("no END CERTIFICATE line"))?;
+    let body: String = rest[..end].split_whitespace().collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .map_err(|e| bad(&format!("body is not base64: {e}")))?;
+    // A DER certificate is a SEQUENCE.
+    if der.first() != Some(&0x30) {
+        return Err(bad("body is not a DER certificate"));
+    }
+    Ok(())
+}
+
+/// Serialization of a kubeconfig in the two formats the manager serves.
+pub trait KubeconfigExt {
+    /// YAML, as `kubectl` writes it.
+    fn to_yaml(&self) -> Result<String>;
+    /// JSON (also accepted by `kubectl` and client libraries).
+    fn to_json(&self) -> Result<String>;
+    /// `true` when any cluster entry sets `insecure-skip-tls-verify` or lacks CA data.
+    /// Kubeconfigs built by this crate never do.
+    fn is_insecure(&self) -> bool;
+}
+
+impl KubeconfigExt for Kubeconfig {
+    fn to_yaml(&self) -> Result<String> {
+        serde_yaml::to_string(self).map_err(|e| Error::Serialization(e.to_string()))
+    }
+
+    fn to_json(&self) -> Result<String> {
+        serde_json::to_string_pretty(self).map_err(|e| Error::Serialization(e.to_string()))
+    }
+
+    fn is_insecure(&self) -> bool {
+        self.clusters.iter().any(|c| {
+            c.cluster.as_ref().is_none_or(|c| {
+                c.insecure_skip_tls_verify == Some(true)
+                    || c.certificate_authority_data
+                        .as_deref()
+                        .is_none_or(str::is_empty)
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn https_rules() {
+        assert!(check_https("f", "https://proxy.example.com:9001", false).is_ok());
+        assert!(check_https("f", "http://proxy.example.com", false).is_err());
+        assert!(check_https("f", "http://127.0.0.1:8080", false).is_err());
+        assert!(check_https("f", "http://127.0.0.1:8080", true).is_ok());
+        assert!(check_https("f", "http://example.com", true).is_err());
+        assert!(check_https("f", "proxy.example.com", false).is_err());
+        assert!(check_https("f", "https://u:p@proxy.example.com", false).is_err());
+        assert!(check_https("f", "", false).is_err());
+    }
+
+    #[test]
+    fn ca_rules() {
+        assert!(matches!(check_ca_pem("f", " "), Err(Error::MissingCa(_))));
+        assert!(matches!(
+            check_ca_pem("f", "not a pem"),
+            Err(Error::InvalidCa { .. })
+        ));
+        assert!(matches!(
+            check_ca_pem(
+                "f",
+                "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n"
+            ),
+            Err(Error::InvalidCa { .. })
+        ));
+        assert!(
+            check_ca_pem(
+                "f",
+                "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n"
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn exec_args_with_and_without_project() {
+        let e = exec_config("https://m", "acme", Some("web"), AccessRole::Viewer);
+        assert_eq!(
+            e.args.unwrap_or_default(),
+            [
+                "auth",
+                "token",
+                "--manager",
+                "https://m",
+                "--tenant",
+                "acme",
+                "--project",
+                "web",
+                "--role",
+                "viewer"
+            ]
+        );
+        let e = exec_config("https://m", "acme", None, AccessRole::Owner);
+        assert_eq!(
+            e.args.unwrap_or_default(),
+            [
+                "auth",
+                "token",
+                "--manager",
+                "https://m",
+                "--tenant",
+                "acme",
+                "--role",
+                "owner"
+            ]
+        );
+    }
+}
