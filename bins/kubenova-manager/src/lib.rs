@@ -195,13 +195,16 @@ pub fn assemble_state(
     cfg: api::config::ServerConfig,
     auth: api::auth::Authenticator,
 ) -> AppState {
-    let runtime = api::middleware::Runtime::new(&cfg);
+    let runtime = Arc::new(api::middleware::Runtime::new(&cfg));
+    // Every store call is timed and counted in /metrics.
+    let store: Arc<dyn Store> =
+        Arc::new(api::metered::MeteredStore::new(store, Arc::clone(&runtime)));
     AppState {
         store,
         catalog: Arc::new(catalog),
         config: Arc::new(cfg),
         auth: Arc::new(auth),
-        runtime: Arc::new(runtime),
+        runtime,
     }
 }
 

@@ -647,6 +647,16 @@ async fn metrics_count_requests_by_route_template() {
         text.contains("kubenova_http_request_duration_seconds_bucket"),
         "{text}"
     );
+    // Every store call is timed, by operation: here the audit read.
+    app.get("/api/v1/audit", Some(&t)).await;
+    let (_, _, _, body) = app.get("/metrics", None).await;
+    let text = String::from_utf8(body).unwrap();
+    assert!(
+        text.contains(
+            "kubenova_store_operation_duration_seconds_count{operation=\"query_audit\"} 1"
+        ),
+        "{text}"
+    );
 }
 
 #[tokio::test]

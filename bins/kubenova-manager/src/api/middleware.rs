@@ -732,14 +732,10 @@ async fn idempotency(
         .map(|p| p.as_str())
         .unwrap_or("/");
     let hash = request_hash(&parts.method, pq, &bytes);
-    let started = Instant::now();
     let found = state
         .store
         .get_idempotency(&principal.subject, &key, OffsetDateTime::now_utc())
         .await;
-    state
-        .runtime
-        .observe_store("get_idempotency", started, found.is_ok());
     match found? {
         Some(rec) if rec.request_hash == hash => {
             let status = StatusCode::from_u16(rec.status).unwrap_or(StatusCode::OK);
@@ -832,11 +828,7 @@ async fn audit_call(
         source_ip: info.source_ip.clone(),
         details: None,
     };
-    let started = Instant::now();
     let res = state.store.append_audit(&event).await;
-    state
-        .runtime
-        .observe_store("append_audit", started, res.is_ok());
     if let Err(e) = res {
         state.runtime.audit_failures.inc();
         tracing::error!(error = %e, action = %info.action, "could not write the audit event");

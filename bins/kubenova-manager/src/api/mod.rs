@@ -14,6 +14,7 @@ pub mod clusters;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod metered;
 pub mod middleware;
 pub mod ops;
 pub mod projects;

@@ -1,0 +1,94 @@
+//! A [`Store`] decorator that records the latency and errors of every store call in the
+//! manager's Prometheus metrics (`kubenova_store_*`, labelled by operation).
+
+use super::middleware::Runtime;
+use async_trait::async_trait;
+use kubenova_api::ids::{AppId, ClusterId, ProjectId, RunId, TenantId};
+use kubenova_api::model::{
+    App, AppRevision, AuditEvent, Cluster, ObjectStatus, Project, Tenant, UsageRecord, WorkflowRun,
+};
+use kubenova_store::{
+    AuditQuery, Change, Health, IdempotencyRecord, ListParams, Page, Result, Store, UsageQuery,
+    WriteOptions,
+};
+use std::sync::Arc;
+use std::time::Instant;
+use time::OffsetDateTime;
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+/// Wraps a store and times each call.
+pub struct MeteredStore {
+    inner: Arc<dyn Store>,
+    runtime: Arc<Runtime>,
+}
+
+impl MeteredStore {
+    /// Wraps `inner`, reporting to `runtime`'s metrics.
+    pub fn new(inner: Arc<dyn Store>, runtime: Arc<Runtime>) -> Self {
+        Self { inner, runtime }
+    }
+}
+
+macro_rules! metered {
+    ($( fn $name:ident(&self $(, $arg:ident : $ty:ty)*) -> $ret:ty; )*) => {
+        #[async_trait]
+        impl Store for MeteredStore {
+            $(
+                async fn $name(&self $(, $arg: $ty)*) -> $ret {
+                    let started = Instant::now();
+                    let res = self.inner.$name($($arg),*).await;
+                    self.runtime.observe_store(stringify!($name), started, res.is_ok());
+                    res
+                }
+            )*
+        }
+    };
+}
+
+metered! {
+    fn ping(&self) -> Result<Health>;
+    fn create_cluster(&self, cluster: &Cluster, kubeconfig: &[u8], opts: &WriteOptions<'_>) -> Result<()>;
+    fn get_cluster(&self, id: ClusterId) -> Result<Cluster>;
+    fn list_clusters(&self, params: &ListParams) -> Result<Page<Cluster>>;
+    fn update_cluster(&self, cluster: &Cluster, expected_version: i64, opts: &WriteOptions<'_>) -> Result<()>;
+    fn delete_cluster(&self, id: ClusterId, cascade: bool, opts: &WriteOptions<'_>) -> Result<()>;
+    fn cluster_kubeconfig(&self, id: ClusterId) -> Result<Zeroizing<Vec<u8>>>;
+    fn put_secret(&self, owner: Uuid, purpose: &str, plaintext: &[u8]) -> Result<()>;
+    fn get_secret(&self, owner: Uuid, purpose: &str) -> Result<Zeroizing<Vec<u8>>>;
+    fn rotate_keys(&self) -> Result<usize>;
+    fn create_tenant(&self, tenant: &Tenant, opts: &WriteOptions<'_>) -> Result<()>;
+    fn get_tenant(&self, id: TenantId) -> Result<Tenant>;
+    fn list_tenants(&self, cluster: Option<ClusterId>, params: &ListParams) -> Result<Page<Tenant>>;
+    fn update_tenant(&self, tenant: &Tenant, expected_version: i64, opts: &WriteOptions<'_>) -> Result<()>;
+    fn set_tenant_status(&self, id: TenantId, status: &ObjectStatus) -> Result<Tenant>;
+    fn delete_tenant(&self, id: TenantId, cascade: bool, opts: &WriteOptions<'_>) -> Result<()>;
+    fn create_project(&self, project: &Project, opts: &WriteOptions<'_>) -> Result<()>;
+    fn get_project(&self, id: ProjectId) -> Result<Project>;
+    fn list_projects(&self, tenant: TenantId, params: &ListParams) -> Result<Page<Project>>;
+    fn update_project(&self, project: &Project, expected_version: i64, opts: &WriteOptions<'_>) -> Result<()>;
+    fn set_project_status(&self, id: ProjectId, status: &ObjectStatus) -> Result<Project>;
+    fn delete_project(&self, id: ProjectId, cascade: bool, opts: &WriteOptions<'_>) -> Result<()>;
+    fn create_app(&self, app: &App, first: &AppRevision, opts: &WriteOptions<'_>) -> Result<()>;
+    fn get_app(&self, id: AppId) -> Result<App>;
+    fn list_apps(&self, project: ProjectId, params: &ListParams) -> Result<Page<App>>;
+    fn update_app(&self, app: &App, expected_version: i64, new_revision: Option<&AppRevision>, opts: &WriteOptions<'_>) -> Result<()>;
+    fn set_app_status(&self, id: AppId, status: &ObjectStatus, vela_phase: Option<&str>) -> Result<App>;
+    fn delete_app(&self, id: AppId, opts: &WriteOptions<'_>) -> Result<()>;
+    fn list_app_revisions(&self, id: AppId, params: &ListParams) -> Result<Page<AppRevision>>;
+    fn get_app_revision(&self, id: AppId, number: i64) -> Result<AppRevision>;
+    fn create_workflow_run(&self, run: &WorkflowRun, opts: &WriteOptions<'_>) -> Result<()>;
+    fn update_workflow_run(&self, run: &WorkflowRun) -> Result<()>;
+    fn get_workflow_run(&self, id: RunId) -> Result<WorkflowRun>;
+    fn list_workflow_runs(&self, app: AppId, params: &ListParams) -> Result<Page<WorkflowRun>>;
+    fn cluster_revision(&self, id: ClusterId) -> Result<i64>;
+    fn changes_since(&self, id: ClusterId, since: i64, limit: u32) -> Result<Option<Vec<Change>>>;
+    fn compact_changes(&self, id: ClusterId, up_to: i64) -> Result<u64>;
+    fn upsert_usage(&self, records: &[UsageRecord]) -> Result<()>;
+    fn query_usage(&self, query: &UsageQuery) -> Result<Vec<UsageRecord>>;
+    fn append_audit(&self, event: &AuditEvent) -> Result<()>;
+    fn query_audit(&self, query: &AuditQuery) -> Result<Page<AuditEvent>>;
+    fn get_idempotency(&self, subject: &str, key: &str, now: OffsetDateTime) -> Result<Option<IdempotencyRecord>>;
+    fn put_idempotency(&self, record: &IdempotencyRecord) -> Result<()>;
+    fn purge_idempotency(&self, now: OffsetDateTime) -> Result<u64>;
+}
