@@ -64,6 +64,29 @@ fn check_filter_text(filters: &[(&str, Option<&str>)]) -> Result<()> {
     Ok(v.finish()?)
 }
 
+/// Records whose observed status the operator updates.
+trait Observed: serde::Serialize + serde::de::DeserializeOwned + Send + Sync {
+    fn version(&self) -> i64;
+    /// Advances the version and the change time.
+    fn touch(&mut self, now: OffsetDateTime);
+}
+
+macro_rules! observed {
+    ($($t:ty),*) => {$(
+        impl Observed for $t {
+            fn version(&self) -> i64 {
+                self.version
+            }
+            fn touch(&mut self, now: OffsetDateTime) {
+                self.version += 1;
+                self.updated_at = now;
+            }
+        }
+    )*};
+}
+
+observed!(Tenant, Project, App);
+
 fn secret_id(owner: Uuid, purpose: &str) -> String {
     format!("{purpose}/{owner}")
 }
@@ -102,6 +125,39 @@ macro_rules! sql_backend {
                 match self.keyring.read() {
                     Ok(k) => Arc::clone(&k),
                     Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+                }
+            }
+
+            /// Read-modify-write of operator-observed fields with an optimistic version
+            /// check, retried on a concurrent change; no desired-state revision bump.
+            /// `change` returns false when there is nothing to write (no version churn).
+            async fn update_observed<T: Observed>(
+                &self,
+                table: &str,
+                kind: &'static str,
+                id: Uuid,
+                change: impl Fn(&mut T) -> bool + Send + Sync,
+            ) -> Result<T> {
+                let sql = format!("UPDATE {table} SET doc = $1, version = $2, updated_at = $3 WHERE id = $4 AND version = $5");
+                loop {
+                    let mut rec: T = self.fetch_doc(table, kind, id).await?;
+                    if !change(&mut rec) {
+                        return Ok(rec);
+                    }
+                    let expected = rec.version();
+                    let now = OffsetDateTime::now_utc();
+                    rec.touch(now);
+                    let res = sqlx::query(&sql)
+                        .bind(Json(&rec))
+                        .bind(expected + 1)
+                        .bind(to_micros(now))
+                        .bind(id)
+                        .bind(expected)
+                        .execute(&self.pool)
+                        .await?;
+                    if res.rows_affected() == 1 {
+                        return Ok(rec);
+                    }
                 }
             }
 
@@ -569,27 +625,14 @@ macro_rules! sql_backend {
             }
 
             async fn set_tenant_status(&self, id: TenantId, status: &ObjectStatus) -> Result<Tenant> {
-                loop {
-                    let mut t: Tenant = self.get_tenant(id).await?;
+                self.update_observed("tenants", "tenant", id.0, |t: &mut Tenant| {
                     if &t.status == status {
-                        return Ok(t);
+                        return false;
                     }
-                    let expected = t.version;
                     t.status = status.clone();
-                    t.version += 1;
-                    t.updated_at = OffsetDateTime::now_utc();
-                    let res = sqlx::query("UPDATE tenants SET doc = $1, version = $2, updated_at = $3 WHERE id = $4 AND version = $5")
-                        .bind(Json(&t))
-                        .bind(t.version)
-                        .bind(to_micros(t.updated_at))
-                        .bind(id.0)
-                        .bind(expected)
-                        .execute(&self.pool)
-                        .await?;
-                    if res.rows_affected() == 1 {
-                        return Ok(t);
-                    }
-                }
+                    true
+                })
+                .await
             }
 
             async fn delete_tenant(&self, id: TenantId, cascade: bool, opts: &WriteOptions<'_>) -> Result<()> {
@@ -675,27 +718,14 @@ macro_rules! sql_backend {
             }
 
             async fn set_project_status(&self, id: ProjectId, status: &ObjectStatus) -> Result<Project> {
-                loop {
-                    let mut p: Project = self.get_project(id).await?;
+                self.update_observed("projects", "project", id.0, |p: &mut Project| {
                     if &p.status == status {
-                        return Ok(p);
+                        return false;
                     }
-                    let expected = p.version;
                     p.status = status.clone();
-                    p.version += 1;
-                    p.updated_at = OffsetDateTime::now_utc();
-                    let res = sqlx::query("UPDATE projects SET doc = $1, version = $2, updated_at = $3 WHERE id = $4 AND version = $5")
-                        .bind(Json(&p))
-                        .bind(p.version)
-                        .bind(to_micros(p.updated_at))
-                        .bind(id.0)
-                        .bind(expected)
-                        .execute(&self.pool)
-                        .await?;
-                    if res.rows_affected() == 1 {
-                        return Ok(p);
-                    }
-                }
+                    true
+                })
+                .await
             }
 
             async fn delete_project(&self, id: ProjectId, cascade: bool, opts: &WriteOptions<'_>) -> Result<()> {
@@ -783,28 +813,15 @@ macro_rules! sql_backend {
             }
 
             async fn set_app_status(&self, id: AppId, status: &ObjectStatus, vela_phase: Option<&str>) -> Result<App> {
-                loop {
-                    let mut a: App = self.get_app(id).await?;
+                self.update_observed("apps", "app", id.0, |a: &mut App| {
                     if &a.status == status && a.vela_phase.as_deref() == vela_phase {
-                        return Ok(a);
+                        return false;
                     }
-                    let expected = a.version;
                     a.status = status.clone();
                     a.vela_phase = vela_phase.map(str::to_string);
-                    a.version += 1;
-                    a.updated_at = OffsetDateTime::now_utc();
-                    let res = sqlx::query("UPDATE apps SET doc = $1, version = $2, updated_at = $3 WHERE id = $4 AND version = $5")
-                        .bind(Json(&a))
-                        .bind(a.version)
-                        .bind(to_micros(a.updated_at))
-                        .bind(id.0)
-                        .bind(expected)
-                        .execute(&self.pool)
-                        .await?;
-                    if res.rows_affected() == 1 {
-                        return Ok(a);
-                    }
-                }
+                    true
+                })
+                .await
             }
 
             async fn delete_app(&self, id: AppId, opts: &WriteOptions<'_>) -> Result<()> {
