@@ -20,6 +20,8 @@
 //! assert!(spec.validate().is_ok());
 //! ```
 
+#[cfg(feature = "crd")]
+pub mod agent;
 pub mod catalog;
 #[cfg(feature = "crd")]
 pub mod crd;
