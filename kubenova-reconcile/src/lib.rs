@@ -31,6 +31,7 @@
 //! [`Catalog`]: kubenova_api::catalog::Catalog
 
 mod app;
+pub mod components;
 pub mod controller;
 pub mod crds;
 mod error;
