@@ -398,6 +398,7 @@ pub fn parse_agent_token(token: &str) -> Option<Uuid> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

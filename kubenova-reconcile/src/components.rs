@@ -416,7 +416,7 @@ impl ComponentDriver for SimulatedDriver {
                     "apiVersion": "v1", "kind": "Secret",
                     "metadata": {"name": "capsule-proxy", "namespace": c.namespace},
                     "type": "Opaque",
-                    "stringData": {"ca": ca}
+                    "data": {"ca": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, ca)}
                 }))
                 .unwrap_or_default();
                 Api::<Secret>::namespaced(self.client.clone(), c.namespace)
@@ -557,6 +557,7 @@ pub async fn install_in_order(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

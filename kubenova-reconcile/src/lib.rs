@@ -30,11 +30,15 @@
 //! [`NovaStatus`]: kubenova_api::crd::NovaStatus
 //! [`Catalog`]: kubenova_api::catalog::Catalog
 
+pub mod agent;
 mod app;
+pub mod bootstrap;
 pub mod components;
 pub mod controller;
 pub mod crds;
 mod error;
+pub mod leader;
+pub mod manifests;
 mod meta;
 mod project;
 mod render;

@@ -44,6 +44,8 @@ pub struct ApiError {
     pub kind: Option<String>,
     /// `details.causes`.
     pub causes: Vec<Cause>,
+    /// `details.retryAfterSeconds` and the `Retry-After` header (429 / 503).
+    pub retry_after: Option<u64>,
 }
 
 /// Result alias for API operations.
@@ -69,6 +71,7 @@ impl ApiError {
             group: None,
             kind: None,
             causes: Vec::new(),
+            retry_after: None,
         }
     }
 
@@ -246,6 +249,9 @@ impl ApiError {
                 .collect();
             details.insert("causes".into(), Value::Array(causes));
         }
+        if let Some(secs) = self.retry_after {
+            details.insert("retryAfterSeconds".into(), json!(secs));
+        }
         if !details.is_empty() {
             status["details"] = Value::Object(details);
         }
@@ -256,6 +262,13 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (code, axum::Json(self.to_status())).into_response()
+        let mut resp = (code, axum::Json(self.to_status())).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs),
+            );
+        }
+        resp
     }
 }

@@ -29,6 +29,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod error;
+pub mod faults;
 pub mod managed;
 pub mod registry;
 pub mod schema;
@@ -48,6 +49,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 pub use error::{ApiError, Cause};
+pub use faults::{Fault, FaultId, Faults, RequestCounts};
 pub use simulate::{SimulatedCapsule, SimulatedKubeVela, Simulations};
 pub use store::{Store, StoreConfig};
 
@@ -140,6 +142,7 @@ impl TestClusterBuilder {
             admin_token,
             signer: tokens::TokenSigner::random(),
             bookmark_interval: self.bookmark_interval,
+            faults: Arc::new(Faults::default()),
         });
         bootstrap(&store).context("creating default namespaces")?;
         if self.upstream_crds {
@@ -346,6 +349,23 @@ impl TestCluster {
     /// Direct access to the object store (bypasses HTTP; same semantics).
     pub fn store(&self) -> &Arc<Store> {
         &self.app.store
+    }
+
+    /// Fault injection and request counters of the HTTP front end (see [`faults`]).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> anyhow::Result<()> {
+    /// use kubenova_testkit::{Fault, TestCluster};
+    /// let cluster = TestCluster::start().await?;
+    /// cluster.faults().inject(Fault::verb("create").resource("namespaces").times(1).status(500));
+    /// let before = cluster.faults().counts();
+    /// // ... run the client under test ...
+    /// let used = cluster.faults().counts().since(&before);
+    /// assert_eq!(used.get("create", "namespaces"), 0);
+    /// # Ok(()) }
+    /// ```
+    pub fn faults(&self) -> &Arc<Faults> {
+        &self.app.faults
     }
 
     /// Registers CRDs from YAML (one or many documents); returns their names.

@@ -30,6 +30,8 @@ pub struct App {
     pub signer: TokenSigner,
     /// Interval between watch BOOKMARK events.
     pub bookmark_interval: Duration,
+    /// Fault rules and request counters, checked for every resource request.
+    pub faults: Arc<crate::faults::Faults>,
 }
 
 /// TLS material generated at start.
@@ -186,10 +188,12 @@ async fn handle(
         segs.as_slice(),
         ["version"] | ["healthz"] | ["livez"] | ["readyz"]
     );
-    if !public && authenticate(&app, &headers).is_none() {
+    let user = authenticate(&app, &headers);
+    if !public && user.is_none() {
         return ApiError::unauthorized().into_response();
     }
-    match route(&app, &method, &segs, &query, &headers, body).await {
+    let username = user.map(|u| u.username).unwrap_or_default();
+    match route(&app, &method, &segs, &query, &headers, body, &username).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -299,6 +303,7 @@ fn resource_list(app: &App, group: &str, version: &str) -> ApiResult<Value> {
     )
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn route(
     app: &Arc<App>,
     method: &Method,
@@ -306,6 +311,7 @@ async fn route(
     query: &HashMap<String, String>,
     headers: &HeaderMap,
     body: Bytes,
+    user: &str,
 ) -> ApiResult<Response> {
     match segs {
         ["version"] => Ok(ok(&version_info())),
@@ -347,9 +353,11 @@ async fn route(
             token_review(app, headers, &body)
         }
         ["api", "v1", rest @ ..] => {
-            resource(app, method, "", "v1", rest, query, headers, body).await
+            resource(app, method, "", "v1", rest, query, headers, body, user).await
         }
-        ["apis", g, v, rest @ ..] => resource(app, method, g, v, rest, query, headers, body).await,
+        ["apis", g, v, rest @ ..] => {
+            resource(app, method, g, v, rest, query, headers, body, user).await
+        }
         _ => Err(ApiError::not_found_path(
             "the server could not find the requested resource",
         )),
@@ -442,6 +450,7 @@ async fn resource(
     query: &HashMap<String, String>,
     headers: &HeaderMap,
     body: Bytes,
+    user: &str,
 ) -> ApiResult<Response> {
     let (ns, rest) = match rest {
         ["namespaces", ns, tail @ ..] if !matches!(tail, [] | ["status" | "finalize"]) => {
@@ -500,6 +509,32 @@ async fn resource(
         Some(s) => s,
         None => "",
     };
+    let verb = match (method.clone(), name) {
+        (Method::GET, None) if truthy(query, "watch") => "watch",
+        (Method::GET, None) => "list",
+        (Method::GET, Some(_)) => "get",
+        (Method::POST, _) => "create",
+        (Method::PUT, _) => "update",
+        (Method::PATCH, _) => "patch",
+        (Method::DELETE, None) => "deletecollection",
+        (Method::DELETE, Some(_)) => "delete",
+        _ => "unknown",
+    };
+    if let Some(e) = app.faults.check(&crate::faults::RequestInfo {
+        verb,
+        group,
+        resource: &t.plural,
+        subresource: match rest {
+            [_, _, s] => s,
+            _ => "",
+        },
+        namespace: ns,
+        name,
+        user,
+    }) {
+        tracing::debug!(verb, resource = %t.plural, code = e.code, "injected fault");
+        return Err(e);
+    }
     let store = &app.store;
     let labels = LabelSelector::parse(
         query

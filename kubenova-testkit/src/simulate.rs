@@ -127,6 +127,11 @@ async fn run_loop(
             r = rx.recv() => match r {
                 Ok(ev) => {
                     if interesting.iter().any(|(g, p)| ev.group == *g && ev.plural == *p) {
+                        // Coalesce: one full pass for every event already queued (a pass
+                        // is O(objects), so one per event would be quadratic at scale).
+                        while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) =
+                            rx.try_recv()
+                        {}
                         reconcile(&store);
                     }
                 }
@@ -165,6 +170,14 @@ impl SimulatedCapsule {
         let Some(ns_type) = store.resolve("", "v1", "namespaces") else {
             return;
         };
+        // Namespaces by their tenant label: one pass is O(tenants + namespaces).
+        let mut by_tenant: std::collections::HashMap<String, Vec<&Value>> =
+            std::collections::HashMap::new();
+        for ns in &namespaces {
+            if let Some(t) = labels_of(ns).get(TENANT_LABEL) {
+                by_tenant.entry(t.clone()).or_default().push(ns);
+            }
+        }
         for tenant in &tenants {
             if !s(tenant, "/metadata/deletionTimestamp").is_empty() {
                 continue;
@@ -172,11 +185,8 @@ impl SimulatedCapsule {
             let tname = s(tenant, "/metadata/name");
             let tuid = s(tenant, "/metadata/uid");
             let mut members: Vec<String> = Vec::new();
-            for ns in &namespaces {
+            for ns in by_tenant.get(tname).map(Vec::as_slice).unwrap_or_default() {
                 let labels = labels_of(ns);
-                if labels.get(TENANT_LABEL).map(String::as_str) != Some(tname) {
-                    continue;
-                }
                 let nsname = s(ns, "/metadata/name").to_owned();
                 if s(ns, "/metadata/deletionTimestamp").is_empty() {
                     members.push(nsname.clone());

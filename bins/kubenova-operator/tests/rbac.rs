@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{Api, PostParams};
 use serde::Deserialize as _;
 use serde_json::{Value, json};
@@ -34,8 +34,8 @@ fn strings(v: &Value) -> Vec<&str> {
 
 #[test]
 fn every_rule_is_explicit() {
-    let role = of_kind("ClusterRole");
-    let rules = role["rules"].as_array().unwrap();
+    let mut rules = of_kind("ClusterRole")["rules"].as_array().unwrap().clone();
+    rules.extend(of_kind("Role")["rules"].as_array().unwrap().clone());
     assert!(!rules.is_empty());
     for (i, rule) in rules.iter().enumerate() {
         for field in ["apiGroups", "resources", "verbs"] {
@@ -52,7 +52,10 @@ fn every_rule_is_explicit() {
         );
         for verb in strings(&rule["verbs"]) {
             assert!(
-                ["get", "list", "watch", "create", "patch", "delete", "bind"].contains(&verb),
+                [
+                    "get", "list", "watch", "create", "update", "patch", "delete", "bind"
+                ]
+                .contains(&verb),
                 "rule {i}: unexpected verb {verb}"
             );
         }
@@ -84,20 +87,81 @@ fn covers_what_the_controllers_use() {
         }
     }
     for r in ["novatenants", "novaprojects", "novaapps"] {
-        for v in ["get", "list", "watch", "patch"] {
+        // The agent loop applies (creates) and prunes (deletes) the manager's Nova objects.
+        for v in ["get", "list", "watch", "create", "patch", "delete"] {
             assert!(allowed("kubenova.io", r, v), "{v} {r}");
         }
         assert!(allowed("kubenova.io", &format!("{r}/status"), "patch"));
-        // The operator never creates or deletes Nova objects.
-        assert!(!allowed("kubenova.io", r, "create") && !allowed("kubenova.io", r, "delete"));
     }
     assert!(allowed("events.k8s.io", "events", "create"));
     assert!(allowed("rbac.authorization.k8s.io", "clusterroles", "bind"));
-    // Secrets are never touched.
+    // Capabilities: read-only.
+    assert!(allowed(
+        "apiextensions.k8s.io",
+        "customresourcedefinitions",
+        "get"
+    ));
+    assert!(allowed("apps", "deployments", "get"));
+    assert!(!allowed("apps", "deployments", "patch"));
+    // Secrets: only the Capsule Proxy CA, read by name; never cluster-wide.
+    for r in rules
+        .iter()
+        .filter(|r| strings(&r["resources"]).contains(&"secrets"))
+    {
+        assert_eq!(strings(&r["verbs"]), ["get"], "{r}");
+        assert_eq!(strings(&r["resourceNames"]), ["capsule-proxy"], "{r}");
+    }
+}
+
+/// Leader election: get/create/update on Leases, in kubenova-system only (a Role, not a
+/// ClusterRole), get/update limited to the operator's Lease.
+#[test]
+fn lease_access_is_namespaced() {
+    let role = of_kind("Role");
+    assert_eq!(role["metadata"]["namespace"], "kubenova-system");
+    let rules = role["rules"].as_array().unwrap();
+    let grants = |verb: &str| {
+        rules.iter().any(|r| {
+            strings(&r["apiGroups"]) == ["coordination.k8s.io"]
+                && strings(&r["resources"]) == ["leases"]
+                && strings(&r["verbs"]).contains(&verb)
+        })
+    };
+    for v in ["get", "create", "update"] {
+        assert!(grants(v), "{v} leases");
+    }
+    for v in ["delete", "list", "watch", "patch"] {
+        assert!(!grants(v), "{v} leases is not needed");
+    }
+    // Everything but `create` is limited by name: the Lease, the agent Secret (get only)
+    // and the Capsule Proxy fallback ConfigMap.
+    for r in rules {
+        if strings(&r["verbs"]).iter().any(|v| *v != "create") {
+            let expected: &[&str] = match strings(&r["resources"])[..] {
+                ["leases"] => &["kubenova-operator"],
+                ["secrets"] => &["kubenova-agent"],
+                ["configmaps"] => &["kubenova-capsule-proxy"],
+                _ => panic!("unexpected namespaced rule {r}"),
+            };
+            assert_eq!(strings(&r["resourceNames"]), expected, "{r}");
+        }
+        if strings(&r["resources"]) == ["secrets"] {
+            assert_eq!(strings(&r["verbs"]), ["get"], "{r}");
+        }
+    }
+    let binding = of_kind("RoleBinding");
+    assert_eq!(binding["roleRef"]["kind"], "Role");
+    assert_eq!(binding["roleRef"]["name"], role["metadata"]["name"]);
+    assert_eq!(binding["subjects"][0]["name"], "kubenova-operator");
+    assert_eq!(binding["subjects"][0]["namespace"], "kubenova-system");
+    // No cluster-wide access to Leases.
+    let cluster = of_kind("ClusterRole");
     assert!(
-        !rules
+        !cluster["rules"]
+            .as_array()
+            .unwrap()
             .iter()
-            .any(|r| strings(&r["resources"]).contains(&"secrets"))
+            .any(|r| strings(&r["resources"]).contains(&"leases"))
     );
 }
 
@@ -133,5 +197,15 @@ async fn manifests_validate_in_the_testkit() {
         .await
         .unwrap();
     assert_eq!(binding.role_ref.name, "kubenova-operator");
+    let role: Role = serde_json::from_value(of_kind("Role")).unwrap();
+    Api::<Role>::namespaced(client.clone(), "kubenova-system")
+        .create(&pp, &role)
+        .await
+        .unwrap();
+    let rb: RoleBinding = serde_json::from_value(of_kind("RoleBinding")).unwrap();
+    Api::<RoleBinding>::namespaced(client.clone(), "kubenova-system")
+        .create(&pp, &rb)
+        .await
+        .unwrap();
     cluster.shutdown().await;
 }

@@ -10,7 +10,7 @@ use kubenova_api::crd::NovaApp;
 use tracing::instrument;
 
 use super::{
-    Ctx, Error, FINALIZER, apply, clash, delete_if_ours, find_clash, instrumented, ours, refused,
+    Ctx, Error, FINALIZER, clash, delete_if_ours, find_clash, instrumented, ours, refused,
     requeue_after, write_status,
 };
 use crate::meta::LABEL_APP;
@@ -57,11 +57,11 @@ async fn apply_app(na: &NovaApp, ctx: &Ctx, api: &Api<NovaApp>) -> Result<Action
     let ns = na.namespace().unwrap_or_default();
     let owner = format!("NovaApp {ns}/{name}");
     let targets = [("Application", Some(ns.as_str()), name.as_str())];
-    if let Some(msg) = find_clash(&ctx.client, &targets, &app_labels(na), &owner).await? {
+    if let Some(msg) = find_clash(ctx, &targets, &app_labels(na), &owner).await? {
         write_status(ctx, CONTROLLER, api, na, old, &clash(msg), vec![]).await?;
         return Ok(Action::await_change());
     }
-    let live = apply(&ctx.client, &application).await?;
+    let live = ctx.apply(&application).await?;
     let verdict = app_verdict(Some(&live));
     write_status(ctx, CONTROLLER, api, na, old, &verdict, vec![]).await?;
     Ok(requeue_after(&verdict))
@@ -70,7 +70,7 @@ async fn apply_app(na: &NovaApp, ctx: &Ctx, api: &Api<NovaApp>) -> Result<Action
 async fn cleanup_app(na: &NovaApp, ctx: &Ctx) -> Result<Action, Error> {
     let ns = na.namespace().unwrap_or_default();
     delete_if_ours(
-        &ctx.client,
+        ctx,
         "Application",
         Some(&ns),
         &na.name_any(),

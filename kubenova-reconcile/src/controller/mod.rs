@@ -10,12 +10,18 @@
 //!    this very Nova object is a `NameClash` (`Degraded`, nothing created);
 //! 3. server-side applies every translated object (field manager [`FIELD_MANAGER`],
 //!    `force`), so drift is repaired on the next reconcile; the generated objects are
-//!    watched (`owns` / `watches`), so an edit or a delete triggers that reconcile;
+//!    watched, so an edit or a delete triggers that reconcile. Reads come from in-memory
+//!    caches fed by those same watches (one per kind, compact: no `managedFields`, content
+//!    reduced to a digest), and an apply whose result is provably already live (same
+//!    desired object as last applied, unchanged content digest, our labels, annotations
+//!    and owner references present) is skipped, so a converged object costs no round
+//!    trip when it is reconciled again;
 //! 4. maps what Capsule / KubeVela / the namespace report back to the status, written
 //!    through the status subresource only when [`next_status`] says it changed.
 //!
 //! On delete, the cleanup deletes exactly the objects the translation names, and only
-//! when their labels say they were generated for this Nova object.
+//! when their labels say they were generated for this Nova object (read with a GET, not
+//! from the cache, so a lagging cache cannot leak an object).
 //!
 //! Errors are retried with a per-object exponential backoff ([`Ctx::backoff`]) and
 //! reported as `Warning` Events.
@@ -23,6 +29,7 @@
 //! [`FIELD_MANAGER`]: crate::FIELD_MANAGER
 
 mod app;
+mod cache;
 mod project;
 mod tenant;
 
@@ -33,8 +40,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
@@ -199,6 +204,10 @@ pub struct Ctx {
     /// Retry backoff.
     pub backoff: Backoff,
     attempts: Mutex<HashMap<String, u32>>,
+    /// Read caches while [`run`] runs (`None`: every read is a GET).
+    caches: Mutex<Option<cache::Caches>>,
+    /// Last status written per object: digest of what it says, and when.
+    statuses: Mutex<HashMap<String, (u64, Instant)>>,
 }
 
 impl Debug for Ctx {
@@ -226,6 +235,8 @@ impl Ctx {
             recorder,
             backoff: Backoff::default(),
             attempts: Mutex::new(HashMap::new()),
+            caches: Mutex::new(None),
+            statuses: Mutex::new(HashMap::new()),
         }
     }
 
@@ -247,6 +258,90 @@ impl Ctx {
     pub fn attempts(&self, key: &str) -> u32 {
         let attempts = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
         attempts.get(key).copied().unwrap_or(0)
+    }
+
+    /// The caches once every store has its initial list; until then (or when a watch
+    /// cannot list, e.g. a CRD is missing) every read is a GET and every apply is sent.
+    fn caches(&self) -> Option<cache::Caches> {
+        self.caches_raw().filter(cache::Caches::is_ready)
+    }
+
+    fn caches_raw(&self) -> Option<cache::Caches> {
+        self.caches
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_caches(&self, caches: Option<cache::Caches>) {
+        *self.caches.lock().unwrap_or_else(|e| e.into_inner()) = caches;
+    }
+
+    /// Server-side applies `obj` unless the cache shows that it would change nothing
+    /// (see `cache`); returns the live object (compact when it came from the cache: metadata
+    /// and the status fields the status mapping reads).
+    pub(crate) async fn apply(&self, obj: &Value) -> Result<Value, Error> {
+        self.apply_as(obj, obj).await
+    }
+
+    /// Like [`apply`](Self::apply), but decides whether anything changed on `ours` (what
+    /// the translation wants) while sending `body` (`ours` plus what must be kept from the
+    /// live object, e.g. Capsule's owner reference on a tenant namespace).
+    pub(crate) async fn apply_as(&self, ours: &Value, body: &Value) -> Result<Value, Error> {
+        let caches = self.caches();
+        if let Some(c) = &caches
+            && let Some(live) = c.unchanged(ours)
+        {
+            return Ok(live);
+        }
+        let live = apply(&self.client, body).await?;
+        if let Some(c) = &caches {
+            c.record(ours, &live);
+        }
+        Ok(live)
+    }
+
+    /// The object from the cache, or a GET without caches; `None` when absent.
+    pub(crate) async fn lookup(
+        &self,
+        kind: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<Option<Value>, Error> {
+        if let Some(c) = self.caches()
+            && let Some(kc) = c.of(kind)
+        {
+            return Ok(kc.get(namespace, name));
+        }
+        get(&self.client, kind, namespace, name).await
+    }
+
+    /// Whether the NovaTenant exists (cache, or a GET without caches).
+    pub(crate) async fn nova_tenant_exists(&self, name: &str) -> Result<bool, Error> {
+        if let Some(c) = self.caches() {
+            return Ok(c.nova_tenant_exists(name));
+        }
+        Ok(Api::<NovaTenant>::all(self.client.clone())
+            .get_opt(name)
+            .await?
+            .is_some())
+    }
+
+    /// Whether this process wrote a status saying `said` for `key` in the last few
+    /// seconds (the object it reconciles may not show it yet).
+    fn recently_written(&self, key: &str, said: u64) -> bool {
+        let statuses = self.statuses.lock().unwrap_or_else(|e| e.into_inner());
+        statuses
+            .get(key)
+            .is_some_and(|(d, at)| *d == said && at.elapsed() < Duration::from_secs(10))
+    }
+
+    fn written(&self, key: &str, said: u64) {
+        let mut statuses = self.statuses.lock().unwrap_or_else(|e| e.into_inner());
+        if statuses.len() > 100_000 {
+            statuses.retain(|_, (_, at)| at.elapsed() < Duration::from_secs(10));
+        }
+        statuses.insert(key.to_owned(), (said, Instant::now()));
     }
 
     fn reset(&self, key: &str) {
@@ -438,14 +533,14 @@ fn as_refs<'a>(m: &'a BTreeMap<&'static str, String>) -> BTreeMap<&'static str, 
 /// The first target that exists and was not generated for this Nova object, as a
 /// `NameClash` verdict message.
 pub(crate) async fn find_clash(
-    client: &Client,
+    ctx: &Ctx,
     targets: &[(&str, Option<&str>, &str)],
     labels: &BTreeMap<&'static str, String>,
     owner: &str,
 ) -> Result<Option<String>, Error> {
     let want = as_refs(labels);
     for (kind, ns, name) in targets {
-        if let Some(live) = get(client, kind, *ns, name).await?
+        if let Some(live) = ctx.lookup(kind, *ns, name).await?
             && !has_labels(&live, &want)
         {
             let at = ns.map(|n| format!(" in namespace {n}")).unwrap_or_default();
@@ -458,13 +553,18 @@ pub(crate) async fn find_clash(
 }
 
 /// Deletes the object if it exists and carries `labels`. Returns whether it deleted.
+/// Reads the live object (a GET, never the cache: a stale cache must not leak objects).
 pub(crate) async fn delete_if_ours(
-    client: &Client,
+    ctx: &Ctx,
     kind: &str,
     namespace: Option<&str>,
     name: &str,
     labels: &BTreeMap<&'static str, String>,
 ) -> Result<bool, Error> {
+    if let Some(c) = ctx.caches() {
+        c.forget(kind, namespace, name);
+    }
+    let client = &ctx.client;
     let Some(live) = get(client, kind, namespace, name).await? else {
         return Ok(false);
     };
@@ -502,9 +602,23 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
 {
     let now = Time(k8s_openapi::jiff::Timestamp::now());
+    // What this status says, without timestamps: written already (the watch has not
+    // delivered our own write yet) means nothing to do.
+    let said = cache::value_digest(&json!([
+        format!("{:?}", verdict.phase),
+        verdict.reason,
+        verdict.message,
+        obj.meta().generation,
+        namespaces,
+        obj.meta().uid,
+    ]));
+    let key = object_key(obj);
     let Some(next) = next_status(old, verdict, obj.meta().generation, namespaces, &now) else {
         return Ok(false);
     };
+    if ctx.caches().is_some() && ctx.recently_written(&key, said) {
+        return Ok(false);
+    }
     let name = obj.meta().name.clone().unwrap_or_default();
     // A merge patch keeps keys it does not mention: name every field, `null` = remove
     // (e.g. `namespaces` when a Ready tenant becomes Degraded).
@@ -526,6 +640,7 @@ where
         &Patch::Merge(json!({ "status": body })),
     )
     .await?;
+    ctx.written(&key, said);
     ctx.metrics
         .status_writes
         .get_or_create(&vec![("controller".to_owned(), controller.to_owned())])
@@ -621,73 +736,164 @@ where
     }
 }
 
+/// The NovaApp that owns a generated object (its `kubenova.io/app` label, in the same
+/// namespace).
+fn app_of(meta: &kube::api::ObjectMeta) -> Option<ObjectRef<NovaApp>> {
+    Some(ObjectRef::new(label(meta, crate::meta::LABEL_APP)?).within(meta.namespace.as_deref()?))
+}
+
 /// Runs the three controllers until `shutdown` becomes `true`; in-flight reconciles
 /// finish first (graceful shutdown).
+///
+/// One watch per kind feeds both the controllers' triggers and the read caches (module
+/// `cache`): Capsule Tenants, Namespaces and KubeVela Applications (all of them, so name
+/// clashes are seen), RoleBindings and ResourceQuotas (those labelled as generated by
+/// KubeNova), and the three Nova kinds (without `managedFields`).
 pub async fn run(ctx: Arc<Ctx>, opts: RunOptions, shutdown: tokio::sync::watch::Receiver<bool>) {
+    use futures::channel::mpsc::unbounded;
     let client = ctx.client.clone();
     let config = ControllerConfig::default().concurrency(opts.concurrency);
-    let Some((tenant_ar, _)) = api_resource("Tenant") else {
+    let (
+        Some((tenants_c, tenants_w)),
+        Some((ns_c, ns_w)),
+        Some((rb_c, rb_w)),
+        Some((rq_c, rq_w)),
+        Some((apps_c, apps_w)),
+    ) = (
+        cache::store("Tenant"),
+        cache::store("Namespace"),
+        cache::store("RoleBinding"),
+        cache::store("ResourceQuota"),
+        cache::store("Application"),
+    )
+    else {
         return;
     };
-    let Some((app_ar, _)) = api_resource("Application") else {
-        return;
+    let (nt_store, nt_stream) = cache::nova_stream::<NovaTenant>(&client);
+    let (np_store, np_stream) = cache::nova_stream::<NovaProject>(&client);
+    let (na_store, na_stream) = cache::nova_stream::<NovaApp>(&client);
+    ctx.set_caches(Some(cache::Caches::new(
+        tenants_c,
+        ns_c,
+        rb_c,
+        rq_c,
+        apps_c,
+        nt_store.clone(),
+    )));
+
+    // Generated object → the Nova object to reconcile.
+    let (tenant_tx, tenant_rx) = unbounded::<ObjectRef<NovaTenant>>();
+    let (project_tx, project_rx) = unbounded::<ObjectRef<NovaProject>>();
+    let (app_tx, app_rx) = unbounded::<ObjectRef<NovaApp>>();
+    let to_tenant = {
+        let tx = tenant_tx.clone();
+        move |o: &DynamicObject| {
+            if let Some(r) = tenant_of(&o.metadata) {
+                let _ = tx.unbounded_send(r);
+            }
+        }
     };
+    let ns_route = {
+        let (ttx, ptx) = (tenant_tx, project_tx.clone());
+        move |o: &DynamicObject| {
+            if let Some(r) = tenant_of(&o.metadata) {
+                let _ = ttx.unbounded_send(r);
+            }
+            if let Some(r) = project_of(&o.metadata) {
+                let _ = ptx.unbounded_send(r);
+            }
+        }
+    };
+    let to_project = |tx: futures::channel::mpsc::UnboundedSender<ObjectRef<NovaProject>>| {
+        move |o: &DynamicObject| {
+            if let Some(r) = project_of(&o.metadata) {
+                let _ = tx.unbounded_send(r);
+            }
+        }
+    };
+    let to_app = move |o: &DynamicObject| {
+        if let Some(r) = app_of(&o.metadata) {
+            let _ = app_tx.unbounded_send(r);
+        }
+    };
+    let all = watcher::Config::default;
+    let applied = ctx.caches_raw().map(|c| c.applied()).unwrap_or_default();
+    let drivers = futures::future::join_all(
+        [
+            cache::drive(
+                &client,
+                "Tenant",
+                all(),
+                tenants_w,
+                applied.clone(),
+                to_tenant,
+            )
+            .map(|d| d.boxed()),
+            cache::drive(&client, "Namespace", all(), ns_w, applied.clone(), ns_route)
+                .map(|d| d.boxed()),
+            cache::drive(
+                &client,
+                "RoleBinding",
+                managed_by(),
+                rb_w,
+                applied.clone(),
+                to_project(project_tx.clone()),
+            )
+            .map(|d| d.boxed()),
+            cache::drive(
+                &client,
+                "ResourceQuota",
+                managed_by(),
+                rq_w,
+                applied.clone(),
+                to_project(project_tx),
+            )
+            .map(|d| d.boxed()),
+            cache::drive(
+                &client,
+                "Application",
+                all(),
+                apps_w,
+                applied.clone(),
+                to_app,
+            )
+            .map(|d| d.boxed()),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|d| d.for_each(|_| futures::future::ready(()))),
+    );
 
-    let tenants = Controller::new(
-        Api::<NovaTenant>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns_with(
-        Api::<DynamicObject>::all_with(client.clone(), &tenant_ar),
-        tenant_ar.clone(),
-        managed_by(),
-    )
-    .watches(Api::<Namespace>::all(client.clone()), managed_by(), |ns| {
-        tenant_of(&ns.metadata)
-    })
-    .with_config(config.clone())
-    .graceful_shutdown_on(until(shutdown.clone()))
-    .run(reconcile_tenant, error_policy, ctx.clone())
-    .for_each(|r| log_result("novatenant", r));
+    let tenants = Controller::for_stream(nt_stream, nt_store)
+        .reconcile_on(tenant_rx)
+        .with_config(config.clone())
+        .graceful_shutdown_on(until(shutdown.clone()))
+        .run(reconcile_tenant, error_policy, ctx.clone())
+        .for_each(|r| log_result("novatenant", r));
 
-    let projects = Controller::new(
-        Api::<NovaProject>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .watches(Api::<Namespace>::all(client.clone()), managed_by(), |ns| {
-        project_of(&ns.metadata)
-    })
-    .watches(
-        Api::<RoleBinding>::all(client.clone()),
-        managed_by(),
-        |rb| project_of(&rb.metadata),
-    )
-    .watches(
-        Api::<k8s_openapi::api::core::v1::ResourceQuota>::all(client.clone()),
-        managed_by(),
-        |rq| project_of(&rq.metadata),
-    )
-    .with_config(config.clone())
-    .graceful_shutdown_on(until(shutdown.clone()))
-    .run(reconcile_project, error_policy, ctx.clone())
-    .for_each(|r| log_result("novaproject", r));
+    let projects = Controller::for_stream(np_stream, np_store)
+        .reconcile_on(project_rx)
+        .with_config(config.clone())
+        .graceful_shutdown_on(until(shutdown.clone()))
+        .run(reconcile_project, error_policy, ctx.clone())
+        .for_each(|r| log_result("novaproject", r));
 
-    let apps = Controller::new(
-        Api::<NovaApp>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns_with(
-        Api::<DynamicObject>::all_with(client.clone(), &app_ar),
-        app_ar.clone(),
-        managed_by(),
-    )
-    .with_config(config)
-    .graceful_shutdown_on(until(shutdown))
-    .run(reconcile_app, error_policy, ctx)
-    .for_each(|r| log_result("novaapp", r));
+    let apps = Controller::for_stream(na_stream, na_store)
+        .reconcile_on(app_rx)
+        .with_config(config)
+        .graceful_shutdown_on(until(shutdown))
+        .run(reconcile_app, error_policy, ctx.clone())
+        .for_each(|r| log_result("novaapp", r));
 
     tracing::info!("controllers started");
-    futures::join!(tenants, projects, apps);
+    let controllers = async {
+        futures::join!(tenants, projects, apps);
+    };
+    tokio::select! {
+        _ = controllers => {}
+        _ = drivers => tracing::warn!("watches ended"),
+    }
+    ctx.set_caches(None);
     tracing::info!("controllers stopped");
 }
 

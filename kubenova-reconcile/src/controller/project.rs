@@ -6,11 +6,11 @@ use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event, finalizer};
-use kubenova_api::crd::{NovaPhase, NovaProject, NovaTenant};
+use kubenova_api::crd::{NovaPhase, NovaProject};
 use tracing::instrument;
 
 use super::{
-    Ctx, Error, FINALIZER, apply, clash, delete_if_ours, find_clash, instrumented, ours, refused,
+    Ctx, Error, FINALIZER, clash, delete_if_ours, find_clash, instrumented, ours, refused,
     requeue_after, write_status,
 };
 use crate::project::PROJECT_QUOTA_NAME;
@@ -53,8 +53,7 @@ async fn apply_project(
     };
     let name = np.name_any();
     let tenant = &np.spec.tenant;
-    let tenants: Api<NovaTenant> = Api::all(ctx.client.clone());
-    if tenants.get_opt(tenant).await?.is_none() {
+    if !ctx.nova_tenant_exists(tenant).await? {
         let verdict = Verdict::new(
             NovaPhase::Degraded,
             "TenantNotFound",
@@ -66,29 +65,27 @@ async fn apply_project(
     let labels = ours(tenant, Some(&name));
     let ns = project_namespace(tenant, &name);
     let owner = format!("NovaProject {}/{name}", np.namespace().unwrap_or_default());
-    if let Some(msg) = find_clash(&ctx.client, &[("Namespace", None, &ns)], &labels, &owner).await?
-    {
+    if let Some(msg) = find_clash(ctx, &[("Namespace", None, &ns)], &labels, &owner).await? {
         write_status(ctx, CONTROLLER, api, np, old, &clash(msg), vec![]).await?;
         return Ok(Action::await_change());
     }
 
-    let live_ns = apply(&ctx.client, &serde_json::to_value(&objects.namespace)?).await?;
+    let live_ns = ctx
+        .apply(&serde_json::to_value(&objects.namespace)?)
+        .await?;
     for rb in &objects.role_bindings {
-        apply(&ctx.client, &serde_json::to_value(rb)?).await?;
+        ctx.apply(&serde_json::to_value(rb)?).await?;
     }
     match &objects.resource_quota {
         Some(rq) => {
-            apply(&ctx.client, &serde_json::to_value(rq)?).await?;
+            ctx.apply(&serde_json::to_value(rq)?).await?;
         }
+        None if ctx
+            .lookup("ResourceQuota", Some(&ns), PROJECT_QUOTA_NAME)
+            .await?
+            .is_none() => {}
         None => {
-            delete_if_ours(
-                &ctx.client,
-                "ResourceQuota",
-                Some(&ns),
-                PROJECT_QUOTA_NAME,
-                &labels,
-            )
-            .await?;
+            delete_if_ours(ctx, "ResourceQuota", Some(&ns), PROJECT_QUOTA_NAME, &labels).await?;
         }
     }
     let verdict = project_verdict(Some(&live_ns));
@@ -101,13 +98,6 @@ async fn cleanup_project(np: &NovaProject, ctx: &Ctx) -> Result<Action, Error> {
     let tenant = &np.spec.tenant;
     let ns = project_namespace(tenant, &name);
     // The RoleBindings, the quota and the NovaApps live in the namespace.
-    delete_if_ours(
-        &ctx.client,
-        "Namespace",
-        None,
-        &ns,
-        &ours(tenant, Some(&name)),
-    )
-    .await?;
+    delete_if_ours(ctx, "Namespace", None, &ns, &ours(tenant, Some(&name))).await?;
     Ok(Action::await_change())
 }

@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 use tracing::instrument;
 
 use super::{
-    Ctx, Error, FINALIZER, apply, clash, delete_if_ours, find_clash, get, instrumented, ours,
-    refused, requeue_after, write_status,
+    Ctx, Error, FINALIZER, clash, delete_if_ours, find_clash, instrumented, ours, refused,
+    requeue_after, write_status,
 };
 use crate::status::tenant_verdict;
 use crate::{tenant_namespaces, translate_tenant};
@@ -55,17 +55,18 @@ async fn apply_tenant(nt: &NovaTenant, ctx: &Ctx, api: &Api<NovaTenant>) -> Resu
         ("Namespace", None, owner_ns.as_str()),
         ("Namespace", None, apps_ns.as_str()),
     ];
-    if let Some(msg) = find_clash(&ctx.client, &targets, &labels, &owner).await? {
+    if let Some(msg) = find_clash(ctx, &targets, &labels, &owner).await? {
         let verdict = clash(msg);
         write_status(ctx, CONTROLLER, api, nt, old, &verdict, vec![]).await?;
         return Ok(Action::await_change());
     }
 
-    let tenant = apply(&ctx.client, &objects.tenant).await?;
+    let tenant = ctx.apply(&objects.tenant).await?;
     for ns in &objects.namespaces {
-        let mut desired = serde_json::to_value(ns)?;
-        merge_owner_refs(&ctx.client, &mut desired).await?;
-        apply(&ctx.client, &desired).await?;
+        let ours = serde_json::to_value(ns)?;
+        let mut desired = ours.clone();
+        merge_owner_refs(ctx, &mut desired).await?;
+        ctx.apply_as(&ours, &desired).await?;
     }
     let verdict = tenant_verdict(Some(&tenant));
     write_status(
@@ -84,13 +85,13 @@ async fn apply_tenant(nt: &NovaTenant, ctx: &Ctx, api: &Api<NovaTenant>) -> Resu
 /// Capsule adds its own (controller) owner reference to tenant namespaces. The list is
 /// applied as a whole, so keep the live references next to ours: otherwise every apply
 /// would remove Capsule's and Capsule would add it back, forever.
-async fn merge_owner_refs(client: &kube::Client, desired: &mut Value) -> Result<(), Error> {
+async fn merge_owner_refs(ctx: &Ctx, desired: &mut Value) -> Result<(), Error> {
     let name = desired
         .pointer("/metadata/name")
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned();
-    let Some(live) = get(client, "Namespace", None, &name).await? else {
+    let Some(live) = ctx.lookup("Namespace", None, &name).await? else {
         return Ok(());
     };
     let mut refs: Vec<Value> = live
@@ -124,9 +125,9 @@ async fn cleanup_tenant(nt: &NovaTenant, ctx: &Ctx) -> Result<Action, Error> {
     // Namespaces first (their contents, including NovaProjects, go with them), then the
     // Capsule Tenant.
     for ns in [&owner_ns, &apps_ns] {
-        delete_if_ours(&ctx.client, "Namespace", None, ns, &labels).await?;
+        delete_if_ours(ctx, "Namespace", None, ns, &labels).await?;
     }
-    delete_if_ours(&ctx.client, "Tenant", None, &name, &labels).await?;
+    delete_if_ours(ctx, "Tenant", None, &name, &labels).await?;
     tracing::info!(uid = ?nt.meta().uid, "cleaned up");
     Ok(Action::await_change())
 }

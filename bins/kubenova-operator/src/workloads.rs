@@ -1,0 +1,222 @@
+//! What the leader runs: the three controllers, and — when the cluster was bootstrapped by
+//! a manager — the agent loop ([`kubenova_reconcile::agent`]) and the component installer
+//! that executes the manager's install requests through a
+//! [`kubenova_reconcile::components::ComponentDriver`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use kube::Client;
+use kubenova_api::agent::ComponentRequest;
+use kubenova_api::model::{ComponentPhase, ComponentState};
+use kubenova_reconcile::agent::{self, AgentConfig, ComponentStates};
+use kubenova_reconcile::components::{
+    ComponentDriver, HelmCli, SimulatedDriver, component, install_in_order,
+};
+use kubenova_reconcile::controller::{self, Ctx, RunOptions};
+use tokio::sync::watch;
+
+/// How components are installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DriverKind {
+    /// The `helm` CLI with the pinned charts (baked at `/charts`, or remote with
+    /// `HELM_USE_REMOTE=true`).
+    Helm,
+    /// Registers the upstream CRDs and creates available Deployments (for
+    /// `kubenova-testkit` and demos; never for a real cluster).
+    Simulated,
+}
+
+/// Options of the agent channel and the component installer.
+#[derive(Debug, Clone, Args)]
+pub struct AgentArgs {
+    /// Turn the agent channel off (controllers only, e.g. GitOps-managed Nova objects).
+    #[arg(long, env = "KUBENOVA_NO_AGENT")]
+    pub no_agent: bool,
+    /// Manager URL; default: the `managerUrl` of the agent Secret.
+    #[arg(long, env = "KUBENOVA_MANAGER_URL")]
+    pub manager_url: Option<String>,
+    /// Agent credential (normally injected from the agent Secret by the Deployment);
+    /// default: read from the agent Secret.
+    #[arg(long, env = "KUBENOVA_AGENT_TOKEN", hide_env_values = true)]
+    pub agent_token: Option<String>,
+    /// Name of the agent Secret in the system namespace.
+    #[arg(long, env = "KUBENOVA_AGENT_SECRET", default_value = kubenova_api::agent::AGENT_SECRET)]
+    pub agent_secret: String,
+    /// PEM file with the CA of the manager's serving certificate (default: public roots).
+    #[arg(long, env = "KUBENOVA_MANAGER_CA_FILE")]
+    pub manager_ca_file: Option<PathBuf>,
+    /// Namespace of the operator (Secret, proxy ConfigMap).
+    #[arg(long, env = "KUBENOVA_SYSTEM_NAMESPACE", default_value = agent::DEFAULT_NAMESPACE)]
+    pub system_namespace: String,
+    /// Externally reachable Capsule Proxy URL to publish (default: the in-cluster Service).
+    #[arg(long, env = "KUBENOVA_CAPSULE_PROXY_URL")]
+    pub capsule_proxy_url: Option<String>,
+    /// Component driver.
+    #[arg(long, env = "KUBENOVA_COMPONENT_DRIVER", value_enum, default_value_t = DriverKind::Helm)]
+    pub component_driver: DriverKind,
+    /// CRD folders of the simulated driver (one sub-folder per component).
+    #[arg(long, env = "KUBENOVA_SIMULATED_CRDS_DIR")]
+    pub simulated_crds_dir: Option<PathBuf>,
+    /// The helm binary.
+    #[arg(long, env = "KUBENOVA_HELM", default_value = "helm")]
+    pub helm: PathBuf,
+    /// Folder of baked chart archives.
+    #[arg(long, env = "KUBENOVA_CHARTS_DIR", default_value = "/charts")]
+    pub charts_dir: PathBuf,
+    /// Per-component install timeout in seconds.
+    #[arg(long, env = "KUBENOVA_INSTALL_TIMEOUT", default_value_t = 600)]
+    pub install_timeout: u64,
+}
+
+/// The agent configuration, or `None` when the agent is off or this cluster was not
+/// bootstrapped by a manager (no credential anywhere): the controllers then run alone.
+pub async fn agent_config(
+    client: &Client,
+    args: &AgentArgs,
+) -> anyhow::Result<Option<AgentConfig>> {
+    if args.no_agent {
+        tracing::info!("agent channel off (--no-agent)");
+        return Ok(None);
+    }
+    let mut config = match (&args.manager_url, &args.agent_token) {
+        (Some(url), Some(token)) if !token.trim().is_empty() => AgentConfig::new(url, token.trim()),
+        _ => match AgentConfig::from_secret(client, &args.system_namespace).await {
+            Ok(mut c) => {
+                if let Some(url) = &args.manager_url {
+                    c.manager_url = url.clone();
+                }
+                c
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "agent channel off: no agent credential (bootstrap the cluster from the manager to connect it)");
+                return Ok(None);
+            }
+        },
+    };
+    config.namespace = args.system_namespace.clone();
+    if let Some(p) = &args.manager_ca_file {
+        config.ca_pem = Some(
+            std::fs::read_to_string(p)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()))?,
+        );
+    }
+    if args.capsule_proxy_url.is_some() {
+        config.proxy_url = args.capsule_proxy_url.clone();
+    }
+    Ok(Some(config))
+}
+
+/// The component driver selected by `args`.
+pub fn driver(client: &Client, args: &AgentArgs) -> anyhow::Result<Arc<dyn ComponentDriver>> {
+    Ok(match args.component_driver {
+        DriverKind::Helm => Arc::new(HelmCli {
+            binary: args.helm.clone(),
+            charts_dir: args.charts_dir.clone(),
+            timeout: Duration::from_secs(args.install_timeout),
+            ..HelmCli::default()
+        }),
+        DriverKind::Simulated => {
+            tracing::warn!("component driver: simulated (for kubenova-testkit and demos only)");
+            Arc::new(SimulatedDriver {
+                client: client.clone(),
+                crds_dir: args.simulated_crds_dir.clone().ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--simulated-crds-dir is required with --component-driver simulated"
+                    )
+                })?,
+                proxy_ca: None,
+            })
+        }
+    })
+}
+
+/// Executes install requests one at a time, reporting each transition into `states`
+/// (the agent sends them with its heartbeats).
+async fn installer(
+    client: Client,
+    driver: Arc<dyn ComponentDriver>,
+    timeout: Duration,
+    states: ComponentStates,
+    mut requests: tokio::sync::mpsc::UnboundedReceiver<ComponentRequest>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let req = tokio::select! {
+            r = requests.recv() => match r { Some(r) => r, None => return },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        if component(&req.component).is_none() {
+            states.set(ComponentState {
+                name: req.component.clone(),
+                version: req.version.clone(),
+                phase: ComponentPhase::Failed,
+                message: format!("unknown component {:?}", req.component),
+            });
+            continue;
+        }
+        tracing::info!(component = %req.component, "installing");
+        let s = states.clone();
+        match install_in_order(
+            driver.as_ref(),
+            &client,
+            std::slice::from_ref(&req.component),
+            timeout,
+            |st| s.set(st.clone()),
+        )
+        .await
+        {
+            Ok(done) => {
+                for st in done {
+                    tracing::info!(component = %st.name, phase = ?st.phase, message = %st.message, "component install finished");
+                }
+            }
+            Err(e) => states.set(ComponentState {
+                name: req.component.clone(),
+                version: req.version.clone(),
+                phase: ComponentPhase::Failed,
+                message: e.to_string(),
+            }),
+        }
+    }
+}
+
+/// Runs the controllers and, with `agent`, the agent loop and the installer, until `stop`.
+pub async fn run(
+    ctx: Arc<Ctx>,
+    opts: RunOptions,
+    client: Client,
+    agent: Option<(AgentConfig, Arc<dyn ComponentDriver>, Duration)>,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let controllers = tokio::spawn(controller::run(ctx, opts, stop.clone()));
+    let Some((mut config, driver, timeout)) = agent else {
+        controllers.await?;
+        return Ok(());
+    };
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    config.component_requests = Some(tx);
+    let states = config.component_states.clone();
+    let install = tokio::spawn(installer(
+        client.clone(),
+        driver,
+        timeout,
+        states,
+        rx,
+        stop.clone(),
+    ));
+    let agent_task = tokio::spawn(async move {
+        let r = agent::run(client, config, stop).await;
+        if let Err(e) = &r {
+            tracing::error!(error = %e, "the agent loop stopped; the controllers keep running");
+        }
+        r
+    });
+    let (c, i, a) = tokio::join!(controllers, install, agent_task);
+    c?;
+    i?;
+    a?.map_err(|e| anyhow::anyhow!("agent loop: {e}"))?;
+    Ok(())
+}

@@ -1,0 +1,355 @@
+//! Leader election on a `coordination.k8s.io/v1` [`Lease`], so that of several operator
+//! replicas exactly one runs the controllers.
+//!
+//! The algorithm is client-go's `leaderelection` with a `LeaseLock`:
+//!
+//! - **acquire**: create the Lease (holder = us), or take over one whose holder is empty
+//!   (released) or expired, with a `replace` carrying the `resourceVersion` it read
+//!   (optimistic concurrency: of two candidates racing for it, exactly one wins; the other
+//!   gets `409 Conflict`);
+//! - **expiry** is judged on the local clock: a record (holder, renew time) is expired
+//!   once it has not changed for `leaseDurationSeconds` since **we first observed** it, so
+//!   clock skew between nodes does not matter;
+//! - **renew** every [`LeaseConfig::retry_period`]; a leader that has not renewed
+//!   successfully for [`LeaseConfig::renew_deadline`] (shorter than the lease duration)
+//!   steps down **before** anyone else may take over, and a leader that sees another holder
+//!   in the Lease steps down at once;
+//! - **release** on shutdown: the holder is cleared and the duration set to 1 s, so a
+//!   standby takes over within one retry period instead of a whole lease duration.
+//!
+//! [`LeaderElector::run`] publishes whether we lead on a `watch` channel
+//! ([`LeaderElector::subscribe`]).
+//!
+//! ```no_run
+//! # async fn demo(client: kube::Client) {
+//! use kubenova_reconcile::leader::{LeaderElector, LeaseConfig};
+//! let elector = LeaderElector::new(client, LeaseConfig::new("kubenova-system", "kubenova-operator", "pod-a"));
+//! let mut leading = elector.subscribe();
+//! let (stop_tx, stop) = tokio::sync::watch::channel(false);
+//! let task = tokio::spawn(elector.run(stop));
+//! leading.wait_for(|l| *l).await.unwrap();
+//! // ... run the controllers until `leading` turns false or we shut down ...
+//! stop_tx.send(true).unwrap();
+//! task.await.unwrap();
+//! # }
+//! ```
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::Client;
+use kube::api::{Api, ObjectMeta, PostParams};
+use tokio::sync::watch;
+
+/// Timing and identity of a [`LeaderElector`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseConfig {
+    /// Namespace of the Lease.
+    pub namespace: String,
+    /// Name of the Lease.
+    pub name: String,
+    /// Our identity (unique per replica, e.g. the pod name).
+    pub identity: String,
+    /// How long a holder's claim lasts without renewal (default 15 s).
+    pub lease_duration: Duration,
+    /// A leader that could not renew for this long steps down (default 10 s; must be
+    /// shorter than the lease duration).
+    pub renew_deadline: Duration,
+    /// Interval between attempts to acquire or renew (default 2 s).
+    pub retry_period: Duration,
+}
+
+impl LeaseConfig {
+    /// A configuration with the default timings (15 s / 10 s / 2 s, as client-go).
+    pub fn new(namespace: &str, name: &str, identity: &str) -> LeaseConfig {
+        LeaseConfig {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            identity: identity.to_owned(),
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        }
+    }
+
+    /// Scales the three timings from one lease duration: renew deadline 2/3 of it, retry
+    /// period 2/15 of it (client-go's ratios).
+    pub fn with_lease_duration(mut self, lease_duration: Duration) -> LeaseConfig {
+        self.lease_duration = lease_duration;
+        self.renew_deadline = lease_duration * 2 / 3;
+        self.retry_period = (lease_duration * 2 / 15).max(Duration::from_millis(50));
+        self
+    }
+
+    fn checked(mut self) -> LeaseConfig {
+        if self.renew_deadline >= self.lease_duration {
+            self.renew_deadline = self.lease_duration * 2 / 3;
+        }
+        if self.retry_period >= self.renew_deadline {
+            self.retry_period = self.renew_deadline / 2;
+        }
+        self
+    }
+}
+
+/// What one [`LeaderElector::step`] observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    /// We hold the Lease (acquired or renewed just now).
+    Leading,
+    /// Someone else holds it (their identity) and it has not expired.
+    Following(String),
+    /// We tried to take it over and another candidate won the race (409).
+    LostRace,
+}
+
+/// A Lease record as far as expiry goes: holder and renew time.
+type Record = (Option<String>, Option<String>);
+
+/// A Lease-based leader elector (see the [module docs](self)).
+#[derive(Debug)]
+pub struct LeaderElector {
+    api: Api<Lease>,
+    config: LeaseConfig,
+    leading: watch::Sender<bool>,
+    /// The record (holder, renew time) last seen and when we first saw it.
+    observed: Option<(Record, Instant)>,
+    last_renew: Option<Instant>,
+}
+
+fn now() -> MicroTime {
+    MicroTime(k8s_openapi::jiff::Timestamp::now())
+}
+
+fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
+impl LeaderElector {
+    /// An elector for `config.namespace/config.name` (nothing is contacted yet).
+    pub fn new(client: Client, config: LeaseConfig) -> LeaderElector {
+        let api = Api::namespaced(client, &config.namespace);
+        let (leading, _) = watch::channel(false);
+        LeaderElector {
+            api,
+            config: config.checked(),
+            leading,
+            observed: None,
+            last_renew: None,
+        }
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &LeaseConfig {
+        &self.config
+    }
+
+    /// `true` while we lead. Turns `false` when we step down (renew deadline passed,
+    /// another holder seen, or shutdown).
+    pub fn subscribe(&self) -> watch::Receiver<bool> {
+        self.leading.subscribe()
+    }
+
+    /// Whether we lead right now.
+    pub fn is_leader(&self) -> bool {
+        *self.leading.borrow()
+    }
+
+    fn set_leading(&self, yes: bool) {
+        self.leading.send_if_modified(|l| {
+            let changed = *l != yes;
+            *l = yes;
+            changed
+        });
+    }
+
+    fn desired_spec(&self, transitions: i32, acquire: Option<MicroTime>) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(self.config.identity.clone()),
+            lease_duration_seconds: Some(
+                i32::try_from(self.config.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX),
+            ),
+            acquire_time: acquire,
+            renew_time: Some(now()),
+            lease_transitions: Some(transitions),
+            ..LeaseSpec::default()
+        }
+    }
+
+    /// One attempt to acquire or renew the Lease. Errors are API errors other than the
+    /// expected conflicts; [`run`](Self::run) retries them.
+    pub async fn step(&mut self) -> Result<Observed, kube::Error> {
+        let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.config.name.clone()),
+                    namespace: Some(self.config.namespace.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(self.desired_spec(0, Some(now()))),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(_) => Ok(Observed::Leading),
+                Err(e) if matches!(&e, kube::Error::Api(s) if s.code == 409) => {
+                    Ok(Observed::LostRace)
+                }
+                Err(e) => Err(e),
+            };
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        let holder = spec.holder_identity.clone().filter(|h| !h.is_empty());
+        let record = (
+            holder.clone(),
+            spec.renew_time.as_ref().map(|t| t.0.to_string()),
+        );
+        let now_local = Instant::now();
+        let first_seen = match &self.observed {
+            Some((r, at)) if *r == record => *at,
+            _ => {
+                self.observed = Some((record, now_local));
+                now_local
+            }
+        };
+        let duration = Duration::from_secs(
+            u64::try_from(spec.lease_duration_seconds.unwrap_or(15).max(1)).unwrap_or(15),
+        );
+        let ours = holder.as_deref() == Some(self.config.identity.as_str());
+        let expired = now_local.duration_since(first_seen) >= duration;
+        if let Some(h) = &holder
+            && !ours
+            && !expired
+        {
+            return Ok(Observed::Following(h.clone()));
+        }
+        let transitions = spec.lease_transitions.unwrap_or(0);
+        lease.spec = Some(if ours {
+            // Renew: keep acquire time and transitions.
+            LeaseSpec {
+                renew_time: Some(now()),
+                lease_duration_seconds: self.desired_spec(0, None).lease_duration_seconds,
+                ..spec
+            }
+        } else {
+            self.desired_spec(transitions.saturating_add(1), Some(now()))
+        });
+        // `replace` carries the resourceVersion we read: a concurrent writer makes it 409.
+        match self
+            .api
+            .replace(&self.config.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(Observed::Leading),
+            Err(e) if is_conflict(&e) => Ok(Observed::LostRace),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Clears the holder if it is us (best effort), so a standby takes over at once.
+    pub async fn release(&mut self) -> Result<(), kube::Error> {
+        self.set_leading(false);
+        let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
+            return Ok(());
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            return Ok(());
+        };
+        if spec.holder_identity.as_deref() != Some(self.config.identity.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(now());
+        spec.acquire_time = None;
+        match self
+            .api
+            .replace(&self.config.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_conflict(&e) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Applies one step's outcome to the published state; returns whether we lead.
+    fn settle(&mut self, outcome: Result<Observed, kube::Error>) -> bool {
+        let leading = self.is_leader();
+        match outcome {
+            Ok(Observed::Leading) => {
+                self.last_renew = Some(Instant::now());
+                if !leading {
+                    tracing::info!(lease = %self.config.name, identity = %self.config.identity, "became leader");
+                }
+                self.set_leading(true);
+            }
+            Ok(other) => {
+                if leading {
+                    tracing::warn!(lease = %self.config.name, observed = ?other, "lost leadership");
+                }
+                self.set_leading(false);
+            }
+            Err(e) => {
+                let within = self
+                    .last_renew
+                    .is_some_and(|t| t.elapsed() < self.config.renew_deadline);
+                if leading && !within {
+                    tracing::warn!(lease = %self.config.name, error = %e, "could not renew before the deadline; stepping down");
+                    self.set_leading(false);
+                } else {
+                    tracing::debug!(lease = %self.config.name, error = %e, "lease attempt failed");
+                }
+            }
+        }
+        self.is_leader()
+    }
+
+    /// Acquires and renews until `shutdown` becomes `true`, then releases the Lease.
+    /// The leadership is published on [`subscribe`](Self::subscribe).
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            // Bound each attempt so a hanging request cannot keep a leader past its deadline.
+            let attempt = tokio::time::timeout(
+                self.config.retry_period.max(Duration::from_secs(1)),
+                self.step(),
+            );
+            let outcome = tokio::select! {
+                r = attempt => r.unwrap_or_else(|_| Err(kube::Error::Service("lease request timed out".into()))),
+                _ = shutdown.changed() => break,
+            };
+            self.settle(outcome);
+            // A leader whose last renewal is older than the deadline steps down even if
+            // the attempts keep hanging.
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.retry_period) => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+        let was_leader = self.is_leader();
+        self.set_leading(false);
+        if was_leader && let Err(e) = self.release().await {
+            tracing::warn!(error = %e, "could not release the lease");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timings_are_consistent() {
+        let c = LeaseConfig::new("ns", "l", "me").with_lease_duration(Duration::from_secs(15));
+        assert_eq!(c.renew_deadline, Duration::from_secs(10));
+        assert_eq!(c.retry_period, Duration::from_secs(2));
+        let mut c = LeaseConfig::new("ns", "l", "me");
+        c.renew_deadline = Duration::from_secs(30);
+        c.retry_period = Duration::from_secs(30);
+        let c = c.checked();
+        assert!(c.renew_deadline < c.lease_duration);
+        assert!(c.retry_period < c.renew_deadline);
+    }
+}
