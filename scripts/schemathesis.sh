@@ -78,6 +78,7 @@ log "store: $STORE_DESC; server: $BASE; seed: $SEED"
 
 DATABASE_URL="$DB_URL" KUBENOVA_DATA_DIR="$DATA" KUBENOVA_LISTEN="127.0.0.1:$PORT" \
   KUBENOVA_RATE_LIMIT_SUBJECT_RPS=0 KUBENOVA_RATE_LIMIT_IP_RPS=0 RUST_LOG="${RUST_LOG:-warn}" \
+  KUBENOVA_AGENT_MANAGER_URL="$BASE" \
   "$BIN" serve >"$DATA/server.log" 2>&1 &
 SERVER_PID=$!
 
@@ -105,7 +106,7 @@ api() { # method path [json]
 id_of() { python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])'; }
 
 KUBECONFIG_B64="$(printf '%s\n' 'apiVersion: v1' 'kind: Config' 'clusters:' '- name: seed' '  cluster:' \
-  '    server: https://10.0.0.1:6443' '    certificate-authority-data: LS0tLS1CRUdJTg==' 'contexts:' \
+  '    server: https://127.0.0.1:9' '    certificate-authority-data: LS0tLS1CRUdJTg==' 'contexts:' \
   '- name: seed' '  context:' '    cluster: seed' '    user: admin' 'current-context: seed' 'users:' \
   '- name: admin' '  user:' '    token: example' | base64 | tr -d '\n')"
 CLUSTER="$(api POST /api/v1/clusters "{\"name\":\"seed\",\"kubeconfig\":\"$KUBECONFIG_B64\"}" | id_of)"
@@ -133,8 +134,11 @@ EOF
 
 mkdir -p target
 set +e
+# The agent routes accept only a cluster's agent credential (an admin token is KN-401 by
+# design); tests/agent_routes.rs covers them with real agent credentials.
 "$VENV/bin/schemathesis" --config-file "$CONFIG" --no-color run "$BASE/api/v1/openapi.json" \
   --header "Authorization: Bearer $TOKEN" \
+  --exclude-path-regex '^/api/v1/agent/' \
   --checks not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance,response_headers_conformance \
   --phases examples,coverage,fuzzing \
   --max-examples "$MAX_EXAMPLES" --seed "$SEED" --workers "$WORKERS" \

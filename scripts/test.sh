@@ -29,6 +29,16 @@ else
   fi
 fi
 
+# Real-client checks of issued kubeconfigs (bins/kubenova/tests/e2e.rs): a cached venv with
+# pinned `kubernetes` and `PyJWT[crypto]`. Required on CI; a loud skip elsewhere without python3.
+if [ "${CI:-}" = "true" ]; then export KUBENOVA_REQUIRE_CLIENTS=1; fi
+if command -v python3 >/dev/null 2>&1 && KUBENOVA_CLIENTS_PYTHON="$(./scripts/kubeconfig_clients.sh)"; then
+  export KUBENOVA_CLIENTS_PYTHON
+  echo "==> kubeconfig client checks with $KUBENOVA_CLIENTS_PYTHON"
+else
+  echo "!!! KUBECONFIG CLIENT CHECKS SKIPPED: python3 or its venv unavailable !!!"
+fi
+
 if command -v cargo-nextest >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
   # nextest does not run doctests

@@ -140,6 +140,25 @@ pub fn exec_config(
     project: Option<&str>,
     role: AccessRole,
 ) -> ExecConfig {
+    exec_config_for_cluster(manager_url, tenant, project, role, None)
+}
+
+/// Like [`exec_config`], with `--cluster <cluster>` appended when given. The manager's
+/// kubeconfigs name the tenant, project and cluster by id here (stable across renames and
+/// unambiguous), while the entry names stay readable.
+///
+/// ```
+/// use kubenova_api::model::AccessRole;
+/// let e = kubenova_kubeconfig::exec_config_for_cluster("https://m", "t-id", None, AccessRole::Viewer, Some("c-id"));
+/// assert_eq!(e.args.unwrap_or_default().last().map(String::as_str), Some("c-id"));
+/// ```
+pub fn exec_config_for_cluster(
+    manager_url: &str,
+    tenant: &str,
+    project: Option<&str>,
+    role: AccessRole,
+    cluster: Option<&str>,
+) -> ExecConfig {
     let mut args = vec![
         "auth".to_owned(),
         "token".to_owned(),
@@ -154,6 +173,10 @@ pub fn exec_config(
     }
     args.push("--role".to_owned());
     args.push(role.as_str().to_owned());
+    if let Some(c) = cluster {
+        args.push("--cluster".to_owned());
+        args.push(c.to_owned());
+    }
     ExecConfig {
         api_version: Some(EXEC_API_VERSION.to_owned()),
         command: Some(EXEC_COMMAND.to_owned()),

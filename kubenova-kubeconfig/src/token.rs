@@ -455,7 +455,8 @@ pub struct Claims {
     pub nbf: i64,
     /// Expiry (unix seconds).
     pub exp: i64,
-    /// Unique token id (UUIDv4), the handle for audit and revocation.
+    /// Unique token id (UUIDv7: unique and in issue order), the handle for audit and
+    /// revocation.
     pub jti: String,
 }
 
@@ -498,7 +499,7 @@ impl Claims {
             iat,
             nbf: iat,
             exp: iat + spec.ttl.whole_seconds(),
-            jti: uuid::Uuid::new_v4().to_string(),
+            jti: uuid::Uuid::now_v7().to_string(),
         })
     }
 

@@ -53,7 +53,7 @@ fn claims_carry_scope_groups_and_times() {
     assert_eq!(c.nbf, c.iat);
     assert_eq!(c.exp, c.iat + 1800);
     let jti = uuid::Uuid::parse_str(&c.jti).unwrap();
-    assert_eq!(jti.get_version_num(), 4);
+    assert_eq!(jti.get_version_num(), 7);
     let t = Claims::new(&spec(None, AccessRole::Viewer, Duration::hours(1)), at, MAX).unwrap();
     assert_eq!(t.groups, ["kubenova:tenant:acme:viewer"]);
     assert_ne!(t.jti, c.jti);

@@ -23,6 +23,7 @@
 
 pub mod crypto;
 pub mod error;
+pub mod notify;
 mod sql;
 mod types;
 
@@ -85,6 +86,14 @@ pub trait Store: Send + Sync + 'static {
         owner: uuid::Uuid,
         purpose: &str,
     ) -> Result<zeroize::Zeroizing<Vec<u8>>>;
+    /// Stores (encrypts) a named secret only if none exists yet; returns whether it was
+    /// stored. Lets concurrent starters agree on one generated secret (read it back after).
+    async fn put_secret_if_absent(
+        &self,
+        owner: uuid::Uuid,
+        purpose: &str,
+        plaintext: &[u8],
+    ) -> Result<bool>;
     /// Re-wraps every data key under the keyring's active KEK; returns how many changed.
     async fn rotate_keys(&self) -> Result<usize>;
 
@@ -223,6 +232,104 @@ pub trait Store: Send + Sync + 'static {
     async fn put_idempotency(&self, record: &IdempotencyRecord) -> Result<()>;
     /// Deletes expired idempotency records; returns how many.
     async fn purge_idempotency(&self, now: time::OffsetDateTime) -> Result<u64>;
+
+    // ---- issued credentials and revocations -------------------------------------------
+    /// Records the metadata of an issued credential (never the token), with the
+    /// issuance's audit event in the same transaction.
+    async fn record_credential(
+        &self,
+        credential: &IssuedCredential,
+        opts: &WriteOptions<'_>,
+    ) -> Result<()>;
+    /// Reads one issued credential by `jti`.
+    async fn get_credential(&self, jti: uuid::Uuid) -> Result<IssuedCredential>;
+    /// A tenant's issued credentials in `jti` (issue) order, optionally of one subject.
+    async fn list_credentials(
+        &self,
+        tenant: TenantId,
+        query: &CredentialQuery,
+    ) -> Result<Page<IssuedCredential>>;
+    /// Marks one credential revoked; `false` if it already was. [`StoreError::NotFound`]
+    /// for an unknown `jti`.
+    async fn revoke_credential(
+        &self,
+        jti: uuid::Uuid,
+        by: &str,
+        at: time::OffsetDateTime,
+        opts: &WriteOptions<'_>,
+    ) -> Result<bool>;
+    /// Revokes a subject for a tenant: records the subject revocation (blocking new
+    /// issuance until lifted) and marks the subject's unexpired credentials of the tenant
+    /// revoked; returns how many credentials were marked.
+    async fn revoke_subject(
+        &self,
+        tenant: TenantId,
+        subject: &str,
+        by: &str,
+        at: time::OffsetDateTime,
+        opts: &WriteOptions<'_>,
+    ) -> Result<u64>;
+    /// Marks every unexpired, unrevoked credential of a tenant revoked; returns how many.
+    async fn revoke_tenant_credentials(
+        &self,
+        tenant: TenantId,
+        by: &str,
+        at: time::OffsetDateTime,
+        opts: &WriteOptions<'_>,
+    ) -> Result<u64>;
+    /// The subject's revocation for the tenant, if any.
+    async fn subject_revocation(
+        &self,
+        tenant: TenantId,
+        subject: &str,
+    ) -> Result<Option<SubjectRevocation>>;
+    /// A tenant's revoked subjects, ordered by subject.
+    async fn list_subject_revocations(
+        &self,
+        tenant: TenantId,
+        params: &ListParams,
+    ) -> Result<Page<SubjectRevocation>>;
+    /// Lifts a subject revocation; `false` if the subject was not revoked.
+    async fn lift_subject_revocation(
+        &self,
+        tenant: TenantId,
+        subject: &str,
+        opts: &WriteOptions<'_>,
+    ) -> Result<bool>;
+
+    // ---- kubeconfig issuance fast paths (additive; defaults use the calls above) -------
+    /// What issuing a tenant kubeconfig to `subject` reads: the tenant, its cluster and
+    /// the subject's revocation for the tenant. The SQL stores read all three in one
+    /// statement (one round trip, one snapshot); the default makes the three calls.
+    /// `NotFound` (kind `tenant`) when the tenant does not exist.
+    async fn issuance_context(&self, tenant: TenantId, subject: &str) -> Result<IssuanceContext> {
+        let tenant = self.get_tenant(tenant).await?;
+        let cluster = self.get_cluster(tenant.cluster_id).await?;
+        let revocation = self.subject_revocation(tenant.id, subject).await?;
+        Ok(IssuanceContext {
+            tenant,
+            cluster,
+            revocation,
+        })
+    }
+
+    /// Records several issued credentials, each with its audit event (group commit of
+    /// concurrent issuances). The SQL stores write them all in **one** transaction: all
+    /// are durable when this returns `Ok`, none when it returns `Err`. The default records
+    /// them one by one with [`Store::record_credential`] (not atomic across items).
+    async fn record_credentials(&self, items: &[(IssuedCredential, AuditEvent)]) -> Result<()> {
+        for (credential, audit) in items {
+            self.record_credential(
+                credential,
+                &WriteOptions {
+                    audit: Some(audit),
+                    idempotency: None,
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
 }
 
 /// Opens the store named by a `DATABASE_URL` (`postgres://…` or `sqlite://…`) and

@@ -517,6 +517,25 @@ macro_rules! sql_backend {
                 Self::seal_into(&mut conn, &keys, owner, purpose, plaintext).await
             }
 
+            async fn put_secret_if_absent(&self, owner: Uuid, purpose: &str, plaintext: &[u8]) -> Result<bool> {
+                let keys = self.keys();
+                let id = secret_id(owner, purpose);
+                let sealed = keys.seal(plaintext, id.as_bytes())?;
+                let res = sqlx::query(
+                    "INSERT INTO secrets (id, owner_id, kek_id, wrapped_dek, ciphertext, version, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, 1, $6) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(&id)
+                .bind(owner)
+                .bind(&sealed.kek_id)
+                .bind(&sealed.wrapped_dek)
+                .bind(&sealed.ciphertext)
+                .bind(now_micros())
+                .execute(&self.pool)
+                .await?;
+                Ok(res.rows_affected() == 1)
+            }
+
             async fn get_secret(&self, owner: Uuid, purpose: &str) -> Result<zeroize::Zeroizing<Vec<u8>>> {
                 let id = secret_id(owner, purpose);
                 let row = sqlx::query("SELECT kek_id, wrapped_dek, ciphertext FROM secrets WHERE id = $1")
@@ -1124,9 +1143,300 @@ macro_rules! sql_backend {
                     .await?;
                 Ok(res.rows_affected())
             }
+
+            async fn record_credential(&self, c: &IssuedCredential, opts: &WriteOptions<'_>) -> Result<()> {
+                check_filter_text(&[("subject", Some(&c.subject)), ("issuedBy", Some(&c.issued_by))])?;
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO issued_credentials (jti, tenant_id, project_id, cluster_id, subject, role, mode, issued_by, \
+                     issued_at, expires_at, revoked_at, revoked_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                )
+                .bind(c.jti)
+                .bind(c.tenant_id.0)
+                .bind(c.project_id.map(|p| p.0))
+                .bind(c.cluster_id.0)
+                .bind(&c.subject)
+                .bind(c.role.as_str())
+                .bind(c.mode.as_str())
+                .bind(&c.issued_by)
+                .bind(to_micros(c.issued_at))
+                .bind(to_micros(c.expires_at))
+                .bind(c.revoked_at.map(to_micros))
+                .bind(&c.revoked_by)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| unique(e.into(), || format!("a credential with jti {} already exists", c.jti)))?;
+                Self::apply_opts(&mut *tx, opts).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn get_credential(&self, jti: Uuid) -> Result<IssuedCredential> {
+                let row = sqlx::query("SELECT * FROM issued_credentials WHERE jti = $1")
+                    .bind(jti)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                match row {
+                    Some(r) => Self::credential_of(&r),
+                    None => Err(StoreError::NotFound { kind: "credential", id: jti.to_string() }),
+                }
+            }
+
+            async fn list_credentials(&self, tenant: TenantId, q: &CredentialQuery) -> Result<Page<IssuedCredential>> {
+                let limit = q.page.page_size()?;
+                let after = q.page.cursor_uuid()?;
+                check_filter_text(&[("subject", q.subject.as_deref())])?;
+                let mut qb = sqlx::QueryBuilder::<$Db>::new("SELECT * FROM issued_credentials WHERE tenant_id = ");
+                qb.push_bind(tenant.0);
+                if let Some(s) = &q.subject {
+                    qb.push(" AND subject = ").push_bind(s.clone());
+                }
+                if let Some(a) = after {
+                    qb.push(" AND jti > ").push_bind(a);
+                }
+                qb.push(" ORDER BY jti LIMIT ").push_bind(i64::from(limit) + 1);
+                let rows = qb.build().fetch_all(&self.pool).await?;
+                let mut items = Vec::with_capacity(rows.len().min(limit as usize));
+                for row in rows.iter().take(limit as usize) {
+                    items.push(Self::credential_of(row)?);
+                }
+                let next_cursor = if rows.len() > limit as usize { items.last().map(|c| encode_cursor(c.jti)) } else { None };
+                Ok(Page { items, next_cursor })
+            }
+
+            async fn revoke_credential(&self, jti: Uuid, by: &str, at: OffsetDateTime, opts: &WriteOptions<'_>) -> Result<bool> {
+                let mut tx = self.pool.begin().await?;
+                let exists = sqlx::query("SELECT revoked_at FROM issued_credentials WHERE jti = $1")
+                    .bind(jti)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(row) = exists else {
+                    return Err(StoreError::NotFound { kind: "credential", id: jti.to_string() });
+                };
+                if row.try_get::<Option<i64>, _>("revoked_at")?.is_some() {
+                    return Ok(false);
+                }
+                sqlx::query("UPDATE issued_credentials SET revoked_at = $1, revoked_by = $2 WHERE jti = $3 AND revoked_at IS NULL")
+                    .bind(to_micros(at))
+                    .bind(by)
+                    .bind(jti)
+                    .execute(&mut *tx)
+                    .await?;
+                Self::apply_opts(&mut *tx, opts).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn revoke_subject(&self, tenant: TenantId, subject: &str, by: &str, at: OffsetDateTime, opts: &WriteOptions<'_>) -> Result<u64> {
+                check_filter_text(&[("subject", Some(subject)), ("revokedBy", Some(by))])?;
+                let mut tx = self.pool.begin().await?;
+                sqlx::query(
+                    "INSERT INTO revoked_subjects (tenant_id, subject, revoked_at, revoked_by) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (tenant_id, subject) DO UPDATE SET revoked_at = excluded.revoked_at, revoked_by = excluded.revoked_by",
+                )
+                .bind(tenant.0)
+                .bind(subject)
+                .bind(to_micros(at))
+                .bind(by)
+                .execute(&mut *tx)
+                .await?;
+                let n = Self::mark_revoked(&mut *tx, tenant, Some(subject), by, at).await?;
+                Self::apply_opts(&mut *tx, opts).await?;
+                tx.commit().await?;
+                Ok(n)
+            }
+
+            async fn revoke_tenant_credentials(&self, tenant: TenantId, by: &str, at: OffsetDateTime, opts: &WriteOptions<'_>) -> Result<u64> {
+                let mut tx = self.pool.begin().await?;
+                let n = Self::mark_revoked(&mut *tx, tenant, None, by, at).await?;
+                Self::apply_opts(&mut *tx, opts).await?;
+                tx.commit().await?;
+                Ok(n)
+            }
+
+            async fn subject_revocation(&self, tenant: TenantId, subject: &str) -> Result<Option<SubjectRevocation>> {
+                check_filter_text(&[("subject", Some(subject))])?;
+                let row = sqlx::query("SELECT revoked_at, revoked_by FROM revoked_subjects WHERE tenant_id = $1 AND subject = $2")
+                    .bind(tenant.0)
+                    .bind(subject)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let Some(r) = row else { return Ok(None) };
+                Ok(Some(SubjectRevocation {
+                    tenant_id: tenant,
+                    subject: subject.to_string(),
+                    revoked_at: from_micros(r.try_get("revoked_at")?),
+                    revoked_by: r.try_get("revoked_by")?,
+                }))
+            }
+
+            async fn issuance_context(&self, tenant: TenantId, subject: &str) -> Result<IssuanceContext> {
+                check_filter_text(&[("subject", Some(subject))])?;
+                // One statement, one snapshot: the tenant, its cluster and the revocation.
+                let row = sqlx::query(
+                    "SELECT t.doc AS tenant_doc, c.doc AS cluster_doc, r.revoked_at, r.revoked_by \
+                     FROM tenants t LEFT JOIN clusters c ON c.id = t.cluster_id \
+                     LEFT JOIN revoked_subjects r ON r.tenant_id = t.id AND r.subject = $2 \
+                     WHERE t.id = $1",
+                )
+                .bind(tenant.0)
+                .bind(subject)
+                .fetch_optional(&self.pool)
+                .await?;
+                let Some(row) = row else {
+                    return Err(StoreError::NotFound { kind: "tenant", id: tenant.to_string() });
+                };
+                let t: Tenant = row.try_get::<Json<Tenant>, _>("tenant_doc")?.0;
+                let Some(Json(cluster)) = row.try_get::<Option<Json<Cluster>>, _>("cluster_doc")? else {
+                    return Err(StoreError::NotFound { kind: "cluster", id: t.cluster_id.to_string() });
+                };
+                let revocation = match row.try_get::<Option<i64>, _>("revoked_at")? {
+                    Some(at) => Some(SubjectRevocation {
+                        tenant_id: tenant,
+                        subject: subject.to_string(),
+                        revoked_at: from_micros(at),
+                        revoked_by: row.try_get("revoked_by")?,
+                    }),
+                    None => None,
+                };
+                Ok(IssuanceContext { tenant: t, cluster, revocation })
+            }
+
+            async fn record_credentials(&self, items: &[(IssuedCredential, AuditEvent)]) -> Result<()> {
+                if items.is_empty() {
+                    return Ok(());
+                }
+                for (c, _) in items {
+                    check_filter_text(&[("subject", Some(&c.subject)), ("issuedBy", Some(&c.issued_by))])?;
+                }
+                let mut outcomes = Vec::with_capacity(items.len());
+                for (_, ev) in items {
+                    outcomes.push(serde_json::to_value(ev.outcome)?);
+                }
+                let mut tx = self.pool.begin().await?;
+                // Multi-row inserts: two statements per batch, whatever its size. Their text
+                // varies with the batch size, so they are not kept in the statement cache.
+                let mut creds = sqlx::QueryBuilder::<$Db>::new(
+                    "INSERT INTO issued_credentials (jti, tenant_id, project_id, cluster_id, subject, role, mode, issued_by, \
+                     issued_at, expires_at, revoked_at, revoked_by) ",
+                );
+                creds.push_values(items, |mut b, (c, _)| {
+                    b.push_bind(c.jti)
+                        .push_bind(c.tenant_id.0)
+                        .push_bind(c.project_id.map(|p| p.0))
+                        .push_bind(c.cluster_id.0)
+                        .push_bind(&c.subject)
+                        .push_bind(c.role.as_str())
+                        .push_bind(c.mode.as_str())
+                        .push_bind(&c.issued_by)
+                        .push_bind(to_micros(c.issued_at))
+                        .push_bind(to_micros(c.expires_at))
+                        .push_bind(c.revoked_at.map(to_micros))
+                        .push_bind(&c.revoked_by);
+                });
+                creds
+                    .build()
+                    .persistent(false)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(|e| unique(e.into(), || "a credential with one of these jtis already exists".to_string()))?;
+                let mut audits = sqlx::QueryBuilder::<$Db>::new(
+                    "INSERT INTO audit_events (id, at, actor, action, resource_kind, resource_id, outcome, doc) ",
+                );
+                audits.push_values(items.iter().zip(&outcomes), |mut b, ((_, ev), outcome)| {
+                    b.push_bind(ev.id.0)
+                        .push_bind(to_micros(ev.at))
+                        .push_bind(&ev.actor)
+                        .push_bind(&ev.action)
+                        .push_bind(&ev.resource_kind)
+                        .push_bind(&ev.resource_id)
+                        .push_bind(outcome.as_str().unwrap_or_default())
+                        .push_bind(Json(ev));
+                });
+                audits.build().persistent(false).execute(&mut *tx).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn list_subject_revocations(&self, tenant: TenantId, params: &ListParams) -> Result<Page<SubjectRevocation>> {
+                let limit = params.page_size()?;
+                let after = params.cursor_text()?;
+                let mut qb = sqlx::QueryBuilder::<$Db>::new("SELECT subject, revoked_at, revoked_by FROM revoked_subjects WHERE tenant_id = ");
+                qb.push_bind(tenant.0);
+                if let Some(a) = after {
+                    qb.push(" AND subject > ").push_bind(a);
+                }
+                qb.push(" ORDER BY subject LIMIT ").push_bind(i64::from(limit) + 1);
+                let rows = qb.build().fetch_all(&self.pool).await?;
+                let mut items = Vec::new();
+                for r in rows.iter().take(limit as usize) {
+                    items.push(SubjectRevocation {
+                        tenant_id: tenant,
+                        subject: r.try_get("subject")?,
+                        revoked_at: from_micros(r.try_get("revoked_at")?),
+                        revoked_by: r.try_get("revoked_by")?,
+                    });
+                }
+                let next_cursor = if rows.len() > limit as usize { items.last().map(|s| encode_cursor(&s.subject)) } else { None };
+                Ok(Page { items, next_cursor })
+            }
+
+            async fn lift_subject_revocation(&self, tenant: TenantId, subject: &str, opts: &WriteOptions<'_>) -> Result<bool> {
+                let mut tx = self.pool.begin().await?;
+                let res = sqlx::query("DELETE FROM revoked_subjects WHERE tenant_id = $1 AND subject = $2")
+                    .bind(tenant.0)
+                    .bind(subject)
+                    .execute(&mut *tx)
+                    .await?;
+                if res.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                Self::apply_opts(&mut *tx, opts).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
         }
 
         impl $Store {
+            fn credential_of(r: &<$Db as sqlx::Database>::Row) -> Result<IssuedCredential> {
+                let role: String = r.try_get("role")?;
+                let mode: String = r.try_get("mode")?;
+                Ok(IssuedCredential {
+                    jti: r.try_get("jti")?,
+                    tenant_id: TenantId(r.try_get("tenant_id")?),
+                    project_id: r.try_get::<Option<Uuid>, _>("project_id")?.map(ProjectId),
+                    cluster_id: ClusterId(r.try_get("cluster_id")?),
+                    subject: r.try_get("subject")?,
+                    role: serde_json::from_value(serde_json::Value::String(role.clone()))
+                        .map_err(|_| StoreError::Internal(format!("unknown stored credential role {role:?}")))?,
+                    mode: CredentialMode::parse(&mode)
+                        .ok_or_else(|| StoreError::Internal(format!("unknown stored credential mode {mode:?}")))?,
+                    issued_by: r.try_get("issued_by")?,
+                    issued_at: from_micros(r.try_get("issued_at")?),
+                    expires_at: from_micros(r.try_get("expires_at")?),
+                    revoked_at: r.try_get::<Option<i64>, _>("revoked_at")?.map(from_micros),
+                    revoked_by: r.try_get("revoked_by")?,
+                })
+            }
+
+            async fn mark_revoked(
+                conn: &mut <$Db as sqlx::Database>::Connection,
+                tenant: TenantId,
+                subject: Option<&str>,
+                by: &str,
+                at: OffsetDateTime,
+            ) -> Result<u64> {
+                let mut qb = sqlx::QueryBuilder::<$Db>::new("UPDATE issued_credentials SET revoked_at = ");
+                qb.push_bind(to_micros(at));
+                qb.push(", revoked_by = ").push_bind(by.to_string());
+                qb.push(" WHERE tenant_id = ").push_bind(tenant.0);
+                qb.push(" AND revoked_at IS NULL AND expires_at > ").push_bind(to_micros(at));
+                if let Some(s) = subject {
+                    qb.push(" AND subject = ").push_bind(s.to_string());
+                }
+                Ok(qb.build().execute(&mut *conn).await?.rows_affected())
+            }
+
             async fn insert_revision(
                 conn: &mut <$Db as sqlx::Database>::Connection,
                 app: AppId,

@@ -82,6 +82,14 @@ impl ListParams {
             })
             .transpose()
     }
+
+    /// Decodes the cursor as a text position (e.g. a subject name).
+    pub fn cursor_text(&self) -> Result<Option<String>, ValidationError> {
+        self.cursor
+            .as_deref()
+            .map(|c| decode_cursor(c).ok_or_else(bad_cursor))
+            .transpose()
+    }
 }
 
 fn bad_cursor() -> ValidationError {
@@ -222,6 +230,96 @@ pub struct AuditQuery {
     pub page: ListParams,
 }
 
+/// How an issued credential authenticates: an embedded token or an exec-plugin refresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum CredentialMode {
+    /// A token embedded in a downloaded kubeconfig.
+    Token,
+    /// A short-lived token minted for the `kubenova auth token` exec plugin.
+    Exec,
+}
+
+impl CredentialMode {
+    /// Stored spelling.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CredentialMode::Token => "token",
+            CredentialMode::Exec => "exec",
+        }
+    }
+
+    /// Parses the stored spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "token" => Some(CredentialMode::Token),
+            "exec" => Some(CredentialMode::Exec),
+            _ => None,
+        }
+    }
+}
+
+/// Metadata of a credential (a manager-signed kubeconfig token) the manager issued.
+///
+/// Never holds the token: only what identifies it (`jti`), whom and what it is for, and
+/// its lifetime and revocation state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuedCredential {
+    /// The token's `jti`.
+    pub jti: Uuid,
+    /// Tenant the credential is scoped to.
+    pub tenant_id: TenantId,
+    /// Project, for project-scoped credentials.
+    pub project_id: Option<ProjectId>,
+    /// Cluster whose audience the token carries.
+    pub cluster_id: ClusterId,
+    /// `sub` of the token.
+    pub subject: String,
+    /// Role (`owner`, `developer`, `viewer`).
+    pub role: kubenova_api::model::AccessRole,
+    /// Embedded token or exec refresh.
+    pub mode: CredentialMode,
+    /// Who asked for it (the authenticated caller).
+    pub issued_by: String,
+    /// `iat`.
+    #[serde(with = "time::serde::rfc3339")]
+    pub issued_at: OffsetDateTime,
+    /// `exp`.
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    /// When it was revoked.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
+    /// Who revoked it.
+    pub revoked_by: Option<String>,
+}
+
+/// "Subject X may obtain no credentials of tenant T since S": blocks new issuance and
+/// exec refreshes until lifted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubjectRevocation {
+    /// Tenant.
+    pub tenant_id: TenantId,
+    /// Revoked subject.
+    pub subject: String,
+    /// Since when.
+    #[serde(with = "time::serde::rfc3339")]
+    pub revoked_at: OffsetDateTime,
+    /// Who revoked it.
+    pub revoked_by: String,
+}
+
+/// Filter for [`Store::list_credentials`](crate::Store::list_credentials).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CredentialQuery {
+    /// Only this subject's credentials.
+    pub subject: Option<String>,
+    /// Pagination (by `jti`, which is a UUIDv7: issue order).
+    pub page: ListParams,
+}
+
 /// Unix microseconds of a timestamp (the stored form).
 pub fn to_micros(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000) as i64
@@ -260,4 +358,15 @@ mod tests {
         let t = time::macros::datetime!(2026-01-01 10:00:00.123456 UTC);
         assert_eq!(from_micros(to_micros(t)), t);
     }
+}
+
+/// What kubeconfig issuance reads about a tenant ([`crate::Store::issuance_context`]).
+#[derive(Debug, Clone)]
+pub struct IssuanceContext {
+    /// The tenant.
+    pub tenant: kubenova_api::model::Tenant,
+    /// The tenant's cluster.
+    pub cluster: kubenova_api::model::Cluster,
+    /// The caller's revocation for the tenant, if revoked.
+    pub revocation: Option<SubjectRevocation>,
 }

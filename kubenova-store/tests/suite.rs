@@ -52,6 +52,8 @@ suite!(
     secrets_encrypted_and_rotated,
     concurrent_writers_lose_nothing,
     status_updates_do_not_bump_revision,
+    issued_credentials_and_revocations,
+    secret_if_absent_keeps_the_first,
 );
 
 async fn ping_reports_current_migrations(h: &Harness) {
@@ -1089,4 +1091,262 @@ async fn status_updates_do_not_bump_revision(h: &Harness) {
         s.set_tenant_status(TenantId::new(), &st).await,
         Err(StoreError::NotFound { .. })
     ));
+}
+
+fn credential(
+    tenant: TenantId,
+    cluster: ClusterId,
+    subject: &str,
+    expires_in: time::Duration,
+) -> IssuedCredential {
+    let at = now();
+    IssuedCredential {
+        jti: uuid::Uuid::now_v7(),
+        tenant_id: tenant,
+        project_id: None,
+        cluster_id: cluster,
+        subject: subject.into(),
+        role: AccessRole::Viewer,
+        mode: CredentialMode::Token,
+        issued_by: subject.into(),
+        issued_at: at,
+        expires_at: at + expires_in,
+        revoked_at: None,
+        revoked_by: None,
+    }
+}
+
+async fn issued_credentials_and_revocations(h: &Harness) {
+    let s = &h.store;
+    let (t, other, c) = (TenantId::new(), TenantId::new(), ClusterId::new());
+    let hour = time::Duration::hours(1);
+    // Recorded with its audit event in one transaction.
+    let mut alice = Vec::new();
+    for _ in 0..3 {
+        let cr = credential(t, c, "alice@example.com", hour);
+        let ev = audit("alice@example.com", "credential", &cr.jti.to_string());
+        s.record_credential(
+            &cr,
+            &WriteOptions {
+                audit: Some(&ev),
+                idempotency: None,
+            },
+        )
+        .await
+        .unwrap();
+        alice.push(cr);
+    }
+    let mut bob = credential(t, c, "bob", hour);
+    bob.project_id = Some(ProjectId::new());
+    bob.role = AccessRole::Developer;
+    bob.mode = CredentialMode::Exec;
+    s.record_credential(&bob, &WriteOptions::default())
+        .await
+        .unwrap();
+    let expired = credential(t, c, "bob", time::Duration::seconds(-10));
+    s.record_credential(&expired, &WriteOptions::default())
+        .await
+        .unwrap();
+    s.record_credential(
+        &credential(other, c, "alice@example.com", hour),
+        &WriteOptions::default(),
+    )
+    .await
+    .unwrap();
+    // Duplicate jti is a conflict.
+    assert!(matches!(
+        s.record_credential(&bob, &WriteOptions::default()).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.get_credential(bob.jti).await.unwrap(), bob);
+    let audit_rows = s
+        .query_audit(&AuditQuery {
+            resource_kind: Some("credential".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(audit_rows.items.len(), 3);
+
+    // Listing: per tenant, paginated in jti (issue) order, filtered by subject.
+    let mut all = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = s
+            .list_credentials(
+                t,
+                &CredentialQuery {
+                    subject: None,
+                    page: ListParams {
+                        limit: Some(2),
+                        cursor: cursor.take(),
+                    },
+                },
+            )
+            .await
+            .unwrap();
+        all.extend(page.items);
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(all.len(), 5);
+    let mut sorted = all.clone();
+    sorted.sort_by_key(|c| c.jti);
+    assert_eq!(all, sorted);
+    let only_bob = s
+        .list_credentials(
+            t,
+            &CredentialQuery {
+                subject: Some("bob".into()),
+                page: ListParams::default(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(only_bob.items.len(), 2);
+
+    // Revocation by jti: once, then a no-op; unknown jti is NotFound.
+    let at = now();
+    let w = WriteOptions::default();
+    assert!(
+        s.revoke_credential(alice[0].jti, "admin", at, &w)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.revoke_credential(alice[0].jti, "admin", at, &w)
+            .await
+            .unwrap()
+    );
+    let got = s.get_credential(alice[0].jti).await.unwrap();
+    assert_eq!(got.revoked_at, Some(at));
+    assert_eq!(got.revoked_by.as_deref(), Some("admin"));
+    assert!(matches!(
+        s.revoke_credential(uuid::Uuid::now_v7(), "admin", at, &w)
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+
+    // Subject revocation: recorded, marks the unexpired unrevoked credentials of that
+    // subject in that tenant only.
+    assert_eq!(
+        s.subject_revocation(t, "alice@example.com").await.unwrap(),
+        None
+    );
+    let n = s
+        .revoke_subject(t, "alice@example.com", "owner", at, &w)
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    let rev = s
+        .subject_revocation(t, "alice@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((rev.revoked_at, rev.revoked_by.as_str()), (at, "owner"));
+    assert_eq!(
+        s.subject_revocation(other, "alice@example.com")
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        s.get_credential(alice[0].jti)
+            .await
+            .unwrap()
+            .revoked_by
+            .as_deref(),
+        Some("admin")
+    );
+    assert!(
+        s.get_credential(alice[2].jti)
+            .await
+            .unwrap()
+            .revoked_at
+            .is_some()
+    );
+    assert!(
+        s.get_credential(bob.jti)
+            .await
+            .unwrap()
+            .revoked_at
+            .is_none()
+    );
+    // Revoking again updates the record, marks nothing new.
+    assert_eq!(
+        s.revoke_subject(t, "alice@example.com", "admin", at, &w)
+            .await
+            .unwrap(),
+        0
+    );
+    s.revoke_subject(t, "carol", "admin", at, &w).await.unwrap();
+    let page = s
+        .list_subject_revocations(t, &ListParams::first(1))
+        .await
+        .unwrap();
+    assert_eq!(page.items[0].subject, "alice@example.com");
+    let page2 = s
+        .list_subject_revocations(
+            t,
+            &ListParams {
+                limit: Some(1),
+                cursor: page.next_cursor,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(page2.items[0].subject, "carol");
+    assert!(page2.next_cursor.is_none());
+
+    // Tenant-wide: the rest (not the expired one, not other tenants).
+    assert_eq!(
+        s.revoke_tenant_credentials(t, "admin", at, &w)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        s.get_credential(bob.jti)
+            .await
+            .unwrap()
+            .revoked_at
+            .is_some()
+    );
+    assert!(
+        s.get_credential(expired.jti)
+            .await
+            .unwrap()
+            .revoked_at
+            .is_none()
+    );
+    let other_page = s
+        .list_credentials(other, &CredentialQuery::default())
+        .await
+        .unwrap();
+    assert!(other_page.items[0].revoked_at.is_none());
+
+    // Lifting.
+    assert!(s.lift_subject_revocation(t, "carol", &w).await.unwrap());
+    assert!(!s.lift_subject_revocation(t, "carol", &w).await.unwrap());
+    assert_eq!(s.subject_revocation(t, "carol").await.unwrap(), None);
+}
+
+async fn secret_if_absent_keeps_the_first(h: &Harness) {
+    let s = &h.store;
+    let owner = uuid::Uuid::nil();
+    assert!(
+        s.put_secret_if_absent(owner, "signing", b"first")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.put_secret_if_absent(owner, "signing", b"second")
+            .await
+            .unwrap()
+    );
+    assert_eq!(&s.get_secret(owner, "signing").await.unwrap()[..], b"first");
+    s.put_secret(owner, "signing", b"third").await.unwrap();
+    assert_eq!(&s.get_secret(owner, "signing").await.unwrap()[..], b"third");
 }

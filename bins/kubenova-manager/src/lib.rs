@@ -40,8 +40,23 @@ pub enum Command {
     Migrate,
     /// Add a fresh key-encryption key to the key file and re-wrap every stored data key under it.
     RotateKeys,
+    /// Rotate the kubeconfig token signing keys: a new ES256 key signs from now on; the
+    /// previous key stays in the JWKS and verifies until every token it signed has expired
+    /// (`--max-kubeconfig-ttl` + `--clock-skew` after the rotation), then it is retired.
+    RotateSigningKeys(RotateSigningKeysArgs),
     /// Serve the REST API (`/api/v1`) until SIGTERM or Ctrl-C.
     Serve(Box<api::config::ServerConfig>),
+}
+
+/// Options of `rotate-signing-keys` (same variables as `serve`).
+#[derive(Debug, Clone, Args)]
+pub struct RotateSigningKeysArgs {
+    /// Longest TTL of an issued kubeconfig token (the overlap of a rotated-out key).
+    #[arg(long, env = "KUBENOVA_MAX_KUBECONFIG_TTL", default_value = "24h", value_parser = api::config::parse_duration)]
+    pub max_kubeconfig_ttl: std::time::Duration,
+    /// Clock skew the API servers tolerate (added to the overlap).
+    #[arg(long, env = "KUBENOVA_CLOCK_SKEW", default_value = "60s", value_parser = api::config::parse_duration)]
+    pub clock_skew: std::time::Duration,
 }
 
 /// Where the data lives and which keys protect it.
@@ -82,6 +97,9 @@ pub enum ManagerError {
     /// Authentication could not be set up.
     #[error(transparent)]
     Auth(#[from] api::auth::AuthSetupError),
+    /// The kubeconfig signing keys could not be loaded, created or rotated.
+    #[error(transparent)]
+    SigningKeys(#[from] api::kubeconfigs::SigningKeyError),
     /// The listener could not be bound or the server failed.
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
@@ -139,6 +157,13 @@ pub async fn run(cli: Cli) -> Result<serde_json::Value, ManagerError> {
             let rewrapped = reconnect.rotate_keys().await?;
             Ok(serde_json::json!({"activeKek": active, "rewrapped": rewrapped}))
         }
+        Command::RotateSigningKeys(args) => {
+            let store = cli.store.open().await?;
+            let overlap = time::Duration::try_from(args.max_kubeconfig_ttl + args.clock_skew)
+                .map_err(|e| ManagerError::Config(format!("overlap: {e}")))?;
+            let report = api::kubeconfigs::rotate_signing_keys(store.as_ref(), overlap).await?;
+            Ok(serde_json::to_value(&report).unwrap_or_default())
+        }
         Command::Serve(cfg) => {
             let state = build_state(&cli.store, *cfg).await?;
             serve(state, shutdown_signal()).await?;
@@ -185,7 +210,26 @@ pub async fn build_state(
         auth.ensure_bootstrap_admin(store.as_ref(), &store_args.data_dir)
             .await?;
     }
-    Ok(assemble_state(store, catalog, cfg, auth))
+    // Load (or create on first start) the kubeconfig signing keys now, so a broken key
+    // store fails the start rather than the first issuance.
+    let keys = api::kubeconfigs::load_or_create_signing_keys(store.as_ref()).await?;
+    tracing::info!(kid = %keys.active().kid(), previous = keys.previous().len(), "kubeconfig signing keys loaded");
+    auth.kubeconfig_keys().set(Arc::new(keys));
+    if cfg.issuer_url().is_none() {
+        tracing::warn!(
+            "no --external-url: kubeconfig issuance and /.well-known/openid-configuration answer KN-503 until it is set"
+        );
+    }
+    let state = assemble_state(store, catalog, cfg, auth);
+    if store_args.database_url.starts_with("postgres://")
+        || store_args.database_url.starts_with("postgresql://")
+    {
+        // Wake-ups across replicas: NOTIFY from the store's triggers (migration 0003).
+        state
+            .changes
+            .listen_postgres(store_args.database_url.clone());
+    }
+    Ok(state)
 }
 
 /// Puts a state together from its parts (no I/O).
@@ -205,6 +249,7 @@ pub fn assemble_state(
         config: Arc::new(cfg),
         auth: Arc::new(auth),
         runtime,
+        changes: kubenova_store::notify::ChangeNotifier::new(),
     }
 }
 
@@ -282,6 +327,7 @@ pub async fn serve(
             }
         }
     });
+    let stale = api::agent::spawn_stale_task(state.clone());
     let app = api::router(state);
     let res = axum::serve(
         listener,
@@ -290,6 +336,7 @@ pub async fn serve(
     .with_graceful_shutdown(shutdown)
     .await;
     purge.abort();
+    stale.abort();
     tracing::info!("server stopped");
     Ok(res?)
 }

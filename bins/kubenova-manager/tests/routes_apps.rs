@@ -84,6 +84,7 @@ impl T {
             runtime: Arc::new(Runtime::new(&config)),
             config: Arc::new(config),
             auth: Arc::new(auth),
+            changes: kubenova_store::notify::ChangeNotifier::new(),
         };
         let c = cluster_record("c1");
         store
@@ -689,11 +690,11 @@ async fn project_kubeconfig_is_honest() {
         .update_cluster(&c, expected, &WriteOptions::default())
         .await
         .unwrap();
+    // A reported proxy without its CA: still no kubeconfig (issuance is tested in
+    // routes_kubeconfigs.rs), never one that skips TLS verification.
     let r = t.get(&format!("{purl}/kubeconfig"), &t.admin).await;
-    assert_eq!(
-        (r.status, r.code()),
-        (StatusCode::SERVICE_UNAVAILABLE, "KN-503")
-    );
+    assert_eq!((r.status, r.code()), (StatusCode::CONFLICT, "KN-409"));
+    assert!(r.text.contains("CA"), "{}", r.text);
     assert!(!r.text.contains("apiVersion"));
     let other = t.token("x", &[Role::TenantOwner], &[t.tenant_b], &[]);
     assert_eq!(

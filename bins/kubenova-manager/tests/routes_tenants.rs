@@ -467,9 +467,18 @@ async fn capabilities_bootstrap_refresh() {
     .await
     .expect_kn(StatusCode::NOT_FOUND, "KN-404");
 
+    // The operator bootstrap applies objects to the cluster and needs to know the URL
+    // agents reach this manager at; without it nothing is applied or recorded.
+    app.post(
+        &format!("/api/v1/clusters/{id}/bootstrap/operator"),
+        &admin,
+        json!({}),
+    )
+    .await
+    .expect_kn(StatusCode::SERVICE_UNAVAILABLE, "KN-503");
     let r = app
         .post(
-            &format!("/api/v1/clusters/{id}/bootstrap/operator"),
+            &format!("/api/v1/clusters/{id}/bootstrap/capsule"),
             &admin,
             json!({}),
         )
@@ -477,15 +486,14 @@ async fn capabilities_bootstrap_refresh() {
     r.expect(StatusCode::ACCEPTED);
     let b = r.json();
     assert_eq!(b["status"], "accepted");
-    assert_eq!(b["component"], "operator");
+    assert_eq!(b["component"], "capsule");
     assert_eq!(
         b["clusterStatus"], "pending_bootstrap",
-        "nothing was applied, so the status does not move"
+        "a component request does not change the lifecycle status"
     );
-    assert!(b["message"].as_str().unwrap().contains("later release"));
     assert_eq!(
         b["cluster"]["components"][0],
-        json!({"name": "operator", "phase": "requested", "message": "(re)install requested by admin; not applied yet"})
+        json!({"name": "capsule", "phase": "requested", "message": "(re)install requested by admin; waiting for the operator"})
     );
     assert_eq!(b["cluster"]["conditions"][0]["type"], "BootstrapRequested");
     assert_eq!(r.header("etag"), "\"2\"");
@@ -534,13 +542,8 @@ async fn capabilities_bootstrap_refresh() {
     let b = r.json();
     assert_eq!(
         b["requested"],
-        json!([
-            "cert-manager",
-            "capsule",
-            "capsule-proxy",
-            "kubevela",
-            "operator"
-        ])
+        json!(["cert-manager", "capsule", "capsule-proxy", "kubevela"]),
+        "the operator itself is reinstalled only by bootstrap/operator"
     );
     let names: Vec<&str> = b["cluster"]["components"]
         .as_array()
@@ -550,13 +553,7 @@ async fn capabilities_bootstrap_refresh() {
         .collect();
     assert_eq!(
         names,
-        [
-            "cert-manager",
-            "capsule",
-            "capsule-proxy",
-            "kubevela",
-            "operator"
-        ]
+        ["cert-manager", "capsule", "capsule-proxy", "kubevela"]
     );
     assert_eq!(b["cluster"]["status"], "pending_bootstrap");
     app.post("/api/v1/clusters/nope/refresh", &admin, json!({}))
@@ -568,7 +565,7 @@ async fn capabilities_bootstrap_refresh() {
         .await
         .json();
     assert_eq!(caps["capsule"], false);
-    assert_eq!(caps["components"].as_array().unwrap().len(), 5);
+    assert_eq!(caps["components"].as_array().unwrap().len(), 4);
 }
 
 #[tokio::test]
@@ -1452,10 +1449,12 @@ async fn tenant_kubeconfig_is_honest() {
     assert_eq!(r.json()["proxy"]["url"], "https://proxy.example.com:9001");
     let c2 = r.json()["id"].as_str().unwrap().to_string();
     let t2 = app.tenant(&c2, json!({"name": "beta"})).await;
+    // A proxy without its CA: no kubeconfig (issuance is tested in routes_kubeconfigs.rs).
     let r = app
         .get(&format!("/api/v1/tenants/{}/kubeconfig", tid(&t2)), &admin)
         .await;
-    r.expect_kn(StatusCode::SERVICE_UNAVAILABLE, "KN-503");
+    r.expect_kn(StatusCode::CONFLICT, "KN-409");
+    assert!(r.text.contains("CA"), "{}", r.text);
     app.get("/api/v1/tenants/zz/kubeconfig", &admin)
         .await
         .expect_kn(StatusCode::BAD_REQUEST, "KN-400");

@@ -1306,8 +1306,8 @@ pub async fn diff_app_revisions(
     ))
 }
 
-/// Logs of one component. They come through the cluster agent channel, which is not
-/// connected in this release: the call says so (KN-503) and never invents lines.
+/// Logs of one component. The agent channel of this version does not carry logs, so the
+/// call says so (KN-503) and never invents lines.
 #[utoipa::path(
     get,
     path = "/api/v1/clusters/{clusterID}/tenants/{tenantID}/projects/{projectID}/apps/{appID}/logs/{component}",
@@ -1315,11 +1315,11 @@ pub async fn diff_app_revisions(
     operation_id = "getAppLogs",
     params(LogsPath),
     responses(
-        (status = 200, description = "Log lines (once the agent channel is connected)", body = Object, example = json!({"component": "web", "lines": ["2026-01-01T00:00:00Z starting"]})),
+        (status = 200, description = "Log lines, once the agent channel carries them (not in this version, which answers 503)", body = Object, example = json!({"component": "web", "lines": ["2026-01-01T00:00:00Z starting"]})),
         (status = 400, description = "KN-400: an id is not a UUID", body = ErrorBody, example = json!({"code": "KN-400", "message": "path parameter appID must be a UUID, got \"web\""})),
         (status = 401, description = "KN-401: no valid bearer token", body = ErrorBody, example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
         (status = 404, description = "KN-404: no such app or component, or outside the caller's scope", body = ErrorBody, example = json!({"code": "KN-404", "message": "component \"worker\" not found"})),
-        (status = 503, description = "KN-503: the cluster agent channel is not connected yet", body = ErrorBody, example = json!({"code": "KN-503", "message": "logs are not available: the cluster agent channel is not connected yet", "details": {"dependency": "cluster-agent"}})),
+        (status = 503, description = "KN-503: logs are not carried by the agent channel in this version (use kubectl logs with an issued kubeconfig)", body = ErrorBody, example = json!({"code": "KN-503", "message": "logs are not available: the agent channel does not carry logs in this version; use kubectl logs with a kubeconfig from GET …/kubeconfig", "details": {"dependency": "cluster-agent"}})),
     ),
     security(("bearerAuth" = []))
 )]
@@ -1342,7 +1342,7 @@ pub async fn get_app_logs(
     }
     Err(KnError::unavailable(
         "cluster-agent",
-        "logs are not available: the cluster agent channel is not connected yet",
+        "logs are not available: the agent channel does not carry logs in this version; use kubectl logs with a kubeconfig from GET …/kubeconfig",
     )
     .into())
 }

@@ -141,6 +141,104 @@ pub struct Authenticator {
     audience: String,
     leeway: u64,
     max_ttl: Duration,
+    kubeconfig_keys: KubeconfigKeyCache,
+    verified: VerifiedTokens,
+}
+
+/// Most verified tokens remembered by the authenticator's verified-token cache.
+pub const VERIFIED_TOKENS_MAX: usize = 4096;
+
+/// Tokens that passed verification, so a client sending the same bearer token again is
+/// not re-verified (HS256/ES256 and claim parsing) on every request.
+///
+/// Keyed by the SHA-256 of the token (the cache holds no credential, and finding an entry
+/// needs the exact token); an entry is used only until the token's `exp` plus the
+/// configured leeway, the same bound the full check applies (`nbf` can only have become
+/// more true since). The verification keys are fixed for the life of the process and
+/// bearer tokens have no revocation here, so a hit answers exactly what the full check
+/// would. At most [`VERIFIED_TOKENS_MAX`] entries: when full, expired entries are dropped,
+/// and if none are, the map is cleared.
+#[derive(Default)]
+struct VerifiedTokens {
+    map: std::sync::RwLock<std::collections::HashMap<[u8; 32], (Principal, i64)>>,
+}
+
+impl VerifiedTokens {
+    fn key(token: &str) -> [u8; 32] {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(token.as_bytes()).into()
+    }
+
+    fn get(&self, key: &[u8; 32], now: i64) -> Option<Principal> {
+        let map = match self.map.read() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        map.get(key)
+            .filter(|(_, valid_until)| now < *valid_until)
+            .map(|(p, _)| p.clone())
+    }
+
+    fn put(&self, key: [u8; 32], principal: &Principal, valid_until: i64, now: i64) {
+        let mut map = match self.map.write() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        if map.len() >= VERIFIED_TOKENS_MAX {
+            map.retain(|_, (_, until)| now < *until);
+            if map.len() >= VERIFIED_TOKENS_MAX {
+                map.clear();
+            }
+        }
+        map.insert(key, (principal.clone(), valid_until));
+    }
+}
+
+/// How long the kubeconfig signing keys are used from memory before being re-read from
+/// the store (so a rotation by another manager replica or the CLI is picked up).
+pub const KUBECONFIG_KEYS_REFRESH: Duration = Duration::from_secs(30);
+
+/// The in-memory copy of the kubeconfig signing [`kubenova_kubeconfig::KeySet`] (the
+/// stored, envelope-encrypted copy is authoritative; see `api::kubeconfigs`).
+#[derive(Default)]
+pub struct KubeconfigKeyCache {
+    slot: std::sync::RwLock<
+        Option<(
+            std::sync::Arc<kubenova_kubeconfig::KeySet>,
+            std::time::Instant,
+        )>,
+    >,
+}
+
+impl KubeconfigKeyCache {
+    /// The cached key set if it was loaded less than [`KUBECONFIG_KEYS_REFRESH`] ago.
+    pub fn fresh(&self) -> Option<std::sync::Arc<kubenova_kubeconfig::KeySet>> {
+        let slot = match self.slot.read() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        slot.as_ref()
+            .filter(|(_, at)| at.elapsed() < KUBECONFIG_KEYS_REFRESH)
+            .map(|(k, _)| std::sync::Arc::clone(k))
+    }
+
+    /// Replaces the cached key set (just loaded or rotated).
+    pub fn set(&self, keys: std::sync::Arc<kubenova_kubeconfig::KeySet>) {
+        let mut slot = match self.slot.write() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        *slot = Some((keys, std::time::Instant::now()));
+    }
+
+    /// Forgets the cached key set: the next use re-reads the store.
+    pub fn invalidate(&self) {
+        let mut slot = match self.slot.write() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        *slot = None;
+    }
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -174,6 +272,8 @@ impl Authenticator {
             audience: audience.into(),
             leeway: leeway.as_secs(),
             max_ttl,
+            kubeconfig_keys: KubeconfigKeyCache::default(),
+            verified: VerifiedTokens::default(),
         }
     }
 
@@ -208,6 +308,8 @@ impl Authenticator {
             audience: audience.into(),
             leeway: leeway.as_secs(),
             max_ttl,
+            kubeconfig_keys: KubeconfigKeyCache::default(),
+            verified: VerifiedTokens::default(),
         })
     }
 
@@ -223,6 +325,8 @@ impl Authenticator {
             audience: String::new(),
             leeway: 0,
             max_ttl,
+            kubeconfig_keys: KubeconfigKeyCache::default(),
+            verified: VerifiedTokens::default(),
         }
     }
 
@@ -315,6 +419,11 @@ impl Authenticator {
         self.max_ttl
     }
 
+    /// The cache of the kubeconfig signing keys.
+    pub fn kubeconfig_keys(&self) -> &KubeconfigKeyCache {
+        &self.kubeconfig_keys
+    }
+
     /// The principal of a request from its `Authorization` header value.
     pub fn authenticate(&self, authorization: Option<&str>) -> Result<Principal, ApiError> {
         if self.is_disabled() {
@@ -340,11 +449,26 @@ impl Authenticator {
         self.verify(token)
     }
 
-    /// Verifies a compact JWT and returns its principal (KN-401 on any failure).
+    /// Verifies a compact JWT and returns its principal (KN-401 on any failure). A token
+    /// that verified before and has not expired is answered from memory.
     pub fn verify(&self, token: &str) -> Result<Principal, ApiError> {
         if self.is_disabled() {
             return Ok(dev_principal());
         }
+        let key = VerifiedTokens::key(token);
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        if let Some(p) = self.verified.get(&key, now) {
+            return Ok(p);
+        }
+        let (principal, exp) = self.verify_uncached(token)?;
+        let leeway = i64::try_from(self.leeway).unwrap_or(i64::MAX);
+        self.verified
+            .put(key, &principal, exp.saturating_add(leeway), now);
+        Ok(principal)
+    }
+
+    /// The full check of [`Authenticator::verify`]: the principal and the token's `exp`.
+    fn verify_uncached(&self, token: &str) -> Result<(Principal, i64), ApiError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| ApiError::unauthenticated("the bearer token is not a well-formed JWT"))?;
         // A token whose `kid` is in the OIDC issuer's JWKS is verified by that issuer's rules.
@@ -363,7 +487,7 @@ impl Authenticator {
                 .map_err(|_| ApiError::unauthenticated("the OIDC key of this token is unusable"))?;
             let validation = self.validation(header.alg, &oidc.issuer, &oidc.audience);
             return decode_claims(token, &key, &validation, &oidc.issuer, &oidc.audience)
-                .and_then(principal_of);
+                .and_then(principal_and_exp);
         }
         let Some(key) = &self.decoding else {
             return Err(ApiError::unauthenticated("no key can verify this token"));
@@ -375,7 +499,8 @@ impl Authenticator {
             )));
         }
         let validation = self.validation(self.algorithm, &self.issuer, &self.audience);
-        decode_claims(token, key, &validation, &self.issuer, &self.audience).and_then(principal_of)
+        decode_claims(token, key, &validation, &self.issuer, &self.audience)
+            .and_then(principal_and_exp)
     }
 
     fn validation(&self, alg: Algorithm, issuer: &str, audience: &str) -> Validation {
@@ -548,6 +673,11 @@ fn decode_claims(
             };
             ApiError::unauthenticated(msg)
         })
+}
+
+fn principal_and_exp(claims: Claims) -> Result<(Principal, i64), ApiError> {
+    let exp = claims.exp;
+    principal_of(claims).map(|p| (p, exp))
 }
 
 fn principal_of(claims: Claims) -> Result<Principal, ApiError> {
@@ -781,6 +911,43 @@ mod tests {
                 .authenticate(Some(&format!("bearer {}", m.token)))
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn verified_tokens_are_remembered_only_until_they_expire() {
+        let a = Authenticator::hs256(
+            SECRET,
+            "kubenova",
+            "kubenova-api",
+            Duration::ZERO,
+            Duration::from_secs(3600),
+        );
+        let m = a
+            .mint("alice", &[Role::Admin], &[], &[], Duration::from_secs(600))
+            .unwrap();
+        assert_eq!(a.verify(&m.token).unwrap().subject, "alice");
+        let key = VerifiedTokens::key(&m.token);
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        assert!(a.verified.get(&key, now).is_some());
+        // Past exp (+ leeway 0) the entry is not used.
+        assert!(
+            a.verified
+                .get(&key, m.expires_at.unix_timestamp())
+                .is_none()
+        );
+        // A forged variant of a remembered token still fails the full check.
+        let mut forged = m.token.clone();
+        forged.pop();
+        forged.push(if m.token.ends_with('A') { 'B' } else { 'A' });
+        assert!(a.verify(&forged).is_err());
+        assert!(a.verify(&m.token).is_ok());
+        // Bounded: filling it past the maximum keeps it at most the maximum.
+        for i in 0..(VERIFIED_TOKENS_MAX + 10) {
+            let mut k = [0u8; 32];
+            k[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            a.verified.put(k, &dev_principal(), now + 60, now);
+        }
+        assert!(a.verified.map.read().unwrap().len() <= VERIFIED_TOKENS_MAX);
     }
 
     #[test]

@@ -146,9 +146,11 @@ pub struct BootstrapAccepted {
     /// Component requested (bootstrap) — absent for refresh, which requests all of them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub component: Option<String>,
-    /// Always `accepted`: the request is recorded, not yet carried out.
+    /// `applied` (operator bootstrap applied), `failed` (operator bootstrap failed; see
+    /// the cluster's `Bootstrapped` condition) or `accepted` (a component request recorded
+    /// for the operator).
     pub status: String,
-    /// The cluster's lifecycle status, unchanged by the request.
+    /// The cluster's lifecycle status after the call.
     pub cluster_status: ClusterStatus,
     /// Components whose (re)install was requested.
     pub requested: Vec<String>,
@@ -158,9 +160,9 @@ pub struct BootstrapAccepted {
     pub cluster: Cluster,
 }
 
-const NOT_APPLIED_YET: &str = "the request is recorded on the cluster (component phase `requested`); this manager \
-     version does not yet apply bootstrap manifests to clusters — the manager-side bootstrap and the operator's \
-     install loop arrive in a later release, and the cluster's status changes only when they really run";
+const DELIVERED_BY_AGENT: &str = "the request is recorded on the cluster (component phase `requested`); the cluster's operator \
+     receives it with its next desired-state poll (a waiting poll returns at once), marks it `installing`, and reports the \
+     outcome in its heartbeats (see GET /clusters/{id}/capabilities)";
 
 // ---------------------------------------------------------------------------------
 // Routes
@@ -206,10 +208,15 @@ async fn list_clusters(State(st): State<AppState>, ctx: Ctx, uri: Uri) -> ApiRes
     ctx.principal.check_clusters(Access::Read)?;
     let params = list_params(&uri)?;
     let page = st.store.list_clusters(&params).await?;
+    let interval = st.config.agent_heartbeat_interval;
     Ok(json_response(
         StatusCode::OK,
         &ClusterList {
-            items: page.items,
+            items: page
+                .items
+                .into_iter()
+                .map(|c| super::agent::present(c, interval))
+                .collect(),
             next_cursor: page.next_cursor,
         },
         None,
@@ -332,7 +339,10 @@ async fn get_cluster(
 ) -> ApiResult<Response> {
     ctx.principal.check_clusters(Access::Read)?;
     let id: ClusterId = parse_id("cluster", &id)?;
-    let c = st.store.get_cluster(id).await?;
+    let c = super::agent::present(
+        st.store.get_cluster(id).await?,
+        st.config.agent_heartbeat_interval,
+    );
     Ok(json_response(
         StatusCode::OK,
         &c,
@@ -423,7 +433,10 @@ async fn get_capabilities(
 ) -> ApiResult<Response> {
     ctx.principal.check_clusters(Access::Read)?;
     let id: ClusterId = parse_id("cluster", &id)?;
-    let c = st.store.get_cluster(id).await?;
+    let c = super::agent::present(
+        st.store.get_cluster(id).await?,
+        st.config.agent_heartbeat_interval,
+    );
     let body = ClusterCapabilities {
         cert_manager: c.capabilities.cert_manager,
         capsule: c.capabilities.capsule,
@@ -444,7 +457,7 @@ async fn get_capabilities(
     ))
 }
 
-fn upsert_condition(conds: &mut Vec<Condition>, cond: Condition) {
+pub(crate) fn upsert_condition(conds: &mut Vec<Condition>, cond: Condition) {
     if let Some(existing) = conds.iter_mut().find(|c| c.type_ == cond.type_) {
         *existing = cond;
     } else {
@@ -458,7 +471,7 @@ fn request_components(c: &mut Cluster, names: &[&str], who: &str) {
             name: (*name).to_string(),
             version: None,
             phase: ComponentPhase::Requested,
-            message: format!("(re)install requested by {who}; not applied yet"),
+            message: format!("(re)install requested by {who}; waiting for the operator"),
         };
         if let Some(existing) = c.components.iter_mut().find(|s| s.name == *name) {
             existing.phase = ComponentPhase::Requested;
@@ -497,62 +510,86 @@ async fn record_request(
         )
         .into());
     }
-    let mut c = st.store.get_cluster(id).await?;
-    check_if_match(headers, "cluster", id, c.version)?;
-    let expected = c.version;
-    let now = OffsetDateTime::now_utc();
-    let requested: Vec<&str> = match &component {
-        Some(comp) => vec![comp.as_str()],
-        None => COMPONENTS.to_vec(),
-    };
-    request_components(&mut c, &requested, &ctx.principal.subject);
-    let (cond_type, reason) = match &component {
-        Some(_) => ("BootstrapRequested", "Requested"),
-        None => ("RefreshRequested", "Requested"),
-    };
-    upsert_condition(
-        &mut c.conditions,
-        Condition {
-            type_: cond_type.to_string(),
-            status: ConditionStatus::True,
-            reason: reason.to_string(),
-            message: format!(
-                "requested: {}; not applied yet (manager-side bootstrap comes in a later release)",
-                requested.join(", ")
-            ),
-            last_transition_time: now,
-            observed_generation: Some(expected + 1),
-        },
-    );
-    c.version = expected + 1;
-    c.updated_at = now;
-    let (action, status_code) = match &component {
-        Some(_) => ("cluster.bootstrap", 202),
-        None => ("cluster.refresh", 202),
-    };
-    let body = BootstrapAccepted {
-        cluster_id: id,
-        component: component.clone(),
-        status: "accepted".into(),
-        cluster_status: c.status,
-        requested: requested.iter().map(|s| s.to_string()).collect(),
-        message: NOT_APPLIED_YET.into(),
-        cluster: c.clone(),
-    };
-    let bytes = to_bytes(&body)?;
-    let mut audit = ctx.audit(action, "cluster", id, status_code);
-    audit.details = Some(json!({"components": requested}));
-    let idem = ctx.idempotency_record(status_code, &bytes);
-    st.store
-        .update_cluster(
-            &c,
-            expected,
-            &WriteOptions {
-                audit: Some(&audit),
-                idempotency: idem.as_ref(),
+    let client_pinned = headers.contains_key(axum::http::header::IF_MATCH);
+    let mut attempts = 0;
+    let (c, bytes) = loop {
+        let mut c = st.store.get_cluster(id).await?;
+        check_if_match(headers, "cluster", id, c.version)?;
+        let expected = c.version;
+        let now = OffsetDateTime::now_utc();
+        // The operator itself is (re)installed by `bootstrap/operator` (with the kubeconfig);
+        // a refresh asks the operator for the other components.
+        let requested: Vec<&str> = match &component {
+            Some(comp) => vec![comp.as_str()],
+            None => COMPONENTS
+                .iter()
+                .copied()
+                .filter(|c| *c != "operator")
+                .collect(),
+        };
+        request_components(&mut c, &requested, &ctx.principal.subject);
+        let (cond_type, reason) = match &component {
+            Some(_) => ("BootstrapRequested", "Requested"),
+            None => ("RefreshRequested", "Requested"),
+        };
+        upsert_condition(
+            &mut c.conditions,
+            Condition {
+                type_: cond_type.to_string(),
+                status: ConditionStatus::True,
+                reason: reason.to_string(),
+                message: format!(
+                    "requested: {}; delivered to the operator over the agent channel",
+                    requested.join(", ")
+                ),
+                last_transition_time: now,
+                observed_generation: Some(expected + 1),
             },
-        )
-        .await?;
+        );
+        c.version = expected + 1;
+        c.updated_at = now;
+        let (action, status_code) = match &component {
+            Some(_) => ("cluster.bootstrap", 202),
+            None => ("cluster.refresh", 202),
+        };
+        let body = BootstrapAccepted {
+            cluster_id: id,
+            component: component.clone(),
+            status: "accepted".into(),
+            cluster_status: c.status,
+            requested: requested.iter().map(|s| s.to_string()).collect(),
+            message: DELIVERED_BY_AGENT.into(),
+            cluster: c.clone(),
+        };
+        let bytes = to_bytes(&body)?;
+        let mut audit = ctx.audit(action, "cluster", id, status_code);
+        audit.details = Some(json!({"components": requested}));
+        let idem = ctx.idempotency_record(status_code, &bytes);
+        match st
+            .store
+            .update_cluster(
+                &c,
+                expected,
+                &WriteOptions {
+                    audit: Some(&audit),
+                    idempotency: idem.as_ref(),
+                },
+            )
+            .await
+        {
+            Ok(()) => break (c, bytes),
+            // Without If-Match the client asked for "the current cluster": a heartbeat that
+            // raced us is not the client's conflict, so re-read and apply the request again.
+            Err(kubenova_store::StoreError::PreconditionFailed { .. })
+                if !client_pinned && attempts < 10 =>
+            {
+                attempts += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    // Wake the cluster's waiting long-poll on this replica (others: NOTIFY on Postgres).
+    st.changes.notify(id);
     Ok(bytes_response(
         StatusCode::ACCEPTED,
         bytes,
@@ -562,24 +599,37 @@ async fn record_request(
     ))
 }
 
-/// Requests the (re)install of one component. Recorded only: nothing is applied to the cluster yet.
+/// Bootstraps the operator (`operator`: applied to the cluster now with the stored
+/// kubeconfig) or requests the (re)install of a component (delivered to the operator).
 #[utoipa::path(
     post,
     path = "/api/v1/clusters/{clusterID}/bootstrap/{component}",
     tag = "clusters",
     operation_id = "bootstrapClusterComponent",
     params(("clusterID" = String, Path, description = "Cluster id (UUID)"),
-        ("component" = String, Path, description = "cert-manager, capsule, capsule-proxy, kubevela or operator"),
+        ("component" = String, Path, description = "operator (applied now), or cert-manager, capsule, capsule-proxy, kubevela (delivered to the operator)"),
         ("If-Match" = Option<String>, Header, description = "ETag the client read; KN-412 when stale")),
     responses(
-        (status = 202, description = "Request recorded (component phase `requested`, condition `BootstrapRequested`); the cluster status is unchanged", body = BootstrapAccepted,
-            example = json!({"clusterId": "11111111-1111-1111-1111-111111111111", "component": "operator", "status": "accepted",
-                "clusterStatus": "pending_bootstrap", "requested": ["operator"],
-                "message": "the request is recorded on the cluster (component phase `requested`); this manager version does not yet apply bootstrap manifests to clusters",
+        (status = 202, description = "`operator`: namespace kubenova-system, the Nova CRDs, the operator RBAC, the agent Secret (a freshly minted credential; \
+            the previous one stops working) and the Deployment were applied with server-side apply; status `bootstrapping` until the operator's first heartbeat \
+            makes it `connected`. Other components: the request is recorded (phase `requested`) and delivered to the operator.", body = BootstrapAccepted,
+            example = json!({"clusterId": "11111111-1111-1111-1111-111111111111", "component": "operator", "status": "applied",
+                "clusterStatus": "bootstrapping", "requested": ["operator"],
+                "message": "applied Namespace/kubenova-system, 3 CRDs, the operator RBAC, Secret/kubenova-system/kubenova-agent and Deployment/kubenova-system/kubenova-operator; waiting for the operator's first heartbeat",
                 "cluster": {"id": "11111111-1111-1111-1111-111111111111", "name": "prod-eu-1", "datacenter": "eu-west", "labels": {},
-                    "status": "pending_bootstrap", "capabilities": {"certManager": false, "capsule": false, "capsuleProxy": false, "kubeVela": false},
-                    "components": [{"name": "operator", "phase": "requested", "message": "(re)install requested by admin; not applied yet"}],
-                    "conditions": [{"type": "BootstrapRequested", "status": "True", "reason": "Requested", "message": "requested: operator; not applied yet", "lastTransitionTime": "2026-01-01T00:01:00Z", "observedGeneration": 2}],
+                    "status": "bootstrapping", "capabilities": {"certManager": false, "capsule": false, "capsuleProxy": false, "kubeVela": false},
+                    "components": [{"name": "operator", "version": "ghcr.io/kubenova/kubenova-operator:0.1.0", "phase": "installing", "message": "Deployment applied; waiting for the operator's first heartbeat"}],
+                    "conditions": [{"type": "Bootstrapped", "status": "True", "reason": "Applied", "message": "operator manifests applied", "lastTransitionTime": "2026-01-01T00:01:00Z", "observedGeneration": 2}],
+                    "version": 2, "createdAt": "2026-01-01T00:00:00Z", "updatedAt": "2026-01-01T00:01:00Z"}})),
+        (status = 200, description = "`operator`: the apply failed; the cluster is now `error` with a `Bootstrapped=False` condition whose reason names the cause \
+            (`Unreachable`, `Unauthorized`, `Forbidden`, `InvalidKubeconfig`, `Rejected`). Fix the cause and call again.", body = BootstrapAccepted,
+            example = json!({"clusterId": "11111111-1111-1111-1111-111111111111", "component": "operator", "status": "failed",
+                "clusterStatus": "error", "requested": ["operator"],
+                "message": "the cluster's API server is unreachable: error trying to connect: tcp connect error: Connection refused (os error 111); check the server URL and that the manager can reach it",
+                "cluster": {"id": "11111111-1111-1111-1111-111111111111", "name": "prod-eu-1", "datacenter": "eu-west", "labels": {},
+                    "status": "error", "capabilities": {"certManager": false, "capsule": false, "capsuleProxy": false, "kubeVela": false},
+                    "components": [{"name": "operator", "phase": "failed", "message": "bootstrap failed: Unreachable"}],
+                    "conditions": [{"type": "Bootstrapped", "status": "False", "reason": "Unreachable", "message": "the cluster's API server is unreachable: …", "lastTransitionTime": "2026-01-01T00:01:00Z", "observedGeneration": 2}],
                     "version": 2, "createdAt": "2026-01-01T00:00:00Z", "updatedAt": "2026-01-01T00:01:00Z"}})),
         (status = 400, description = "The id is not a UUID", body = ErrorBody,
             example = json!({"code": "KN-400", "message": "cluster id \"abc\" is not a UUID"})),
@@ -594,6 +644,9 @@ async fn record_request(
         (status = 422, description = "Unknown component", body = ErrorBody,
             example = json!({"code": "KN-422", "message": "validation failed: component: unknown component \"istio\"",
                 "details": {"violations": [{"field": "component", "reason": "unknown component \"istio\": use one of cert-manager, capsule, capsule-proxy, kubevela, operator"}]}})),
+        (status = 503, description = "`operator`: this manager has no URL for agents (start it with --agent-manager-url or --external-url), or its CA file cannot be read", body = ErrorBody,
+            example = json!({"code": "KN-503", "message": "the manager has no URL its operators can reach: start it with --agent-manager-url (or --external-url)",
+                "details": {"dependency": "manager-configuration"}})),
     ),
     security(("bearerAuth" = []))
 )]
@@ -603,10 +656,227 @@ async fn bootstrap_component(
     headers: HeaderMap,
     Path((id, component)): Path<(String, String)>,
 ) -> ApiResult<Response> {
+    if component == "operator" {
+        return bootstrap_operator(&st, &ctx, &headers, &id).await;
+    }
     record_request(&st, &ctx, &headers, &id, Some(component)).await
 }
 
-/// Requests the reinstall of every component. Recorded only: nothing is applied to the cluster yet.
+fn config_unavailable(message: impl Into<String>) -> ApiError {
+    kubenova_api::error::KnError::unavailable("manager-configuration", message).into()
+}
+
+/// Applies the operator to the cluster with the stored kubeconfig and records the outcome.
+async fn bootstrap_operator(
+    st: &AppState,
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    raw_id: &str,
+) -> ApiResult<Response> {
+    use kubenova_reconcile::bootstrap::{BootstrapParams, bootstrap, client_from_kubeconfig};
+    ctx.principal.check_clusters(Access::Write)?;
+    let id: ClusterId = parse_id("cluster", raw_id)?;
+    let c = st.store.get_cluster(id).await?;
+    check_if_match(headers, "cluster", id, c.version)?;
+    let manager_url = st.config.agent_manager_url().ok_or_else(|| {
+        config_unavailable(
+            "the manager has no URL its operators can reach: start it with --agent-manager-url (or --external-url)",
+        )
+    })?;
+    let manager_ca = match &st.config.agent_manager_ca_file {
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+            config_unavailable(format!(
+                "the manager CA file {} (--agent-manager-ca-file) cannot be read: {e}",
+                path.display()
+            ))
+        })?),
+        None => None,
+    };
+    let st2 = st.clone();
+    let ctx2 = ctx.clone();
+    // Detached from the request: a client that disconnects does not abort a half-done
+    // apply, and the outcome is always recorded.
+    let task = tokio::spawn(async move {
+        let st = st2;
+        let ctx = ctx2;
+        let kubeconfig = st.store.cluster_kubeconfig(id).await?;
+        // Rotate first: the Secret never carries a credential the manager does not know.
+        let token = super::agent::rotate_credential(st.store.as_ref(), id).await?;
+        let mut params = BootstrapParams::new(&st.config.operator_image, &manager_url, &token);
+        params.manager_ca = manager_ca;
+        let budget = st
+            .config
+            .request_timeout
+            .saturating_sub(std::time::Duration::from_secs(3))
+            .max(std::time::Duration::from_secs(2));
+        params.request_timeout = budget;
+        params.connect_timeout = params.connect_timeout.min(budget);
+        let outcome = tokio::time::timeout(budget, async {
+            let client = client_from_kubeconfig(&kubeconfig, &params).await?;
+            bootstrap(&client, &params).await
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(kubenova_reconcile::bootstrap::BootstrapError::Unreachable(
+                format!("no answer within {} s", budget.as_secs()),
+            ))
+        });
+        drop(params);
+        drop(token);
+        drop(kubeconfig);
+        record_bootstrap(&st, &ctx, id, outcome).await
+    });
+    match task.await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(cluster_id = %id, error = %e, "bootstrap task failed");
+            Err(ApiError::new(
+                kubenova_api::ErrorCode::Internal,
+                "the bootstrap task failed; see the server log",
+            ))
+        }
+    }
+}
+
+async fn record_bootstrap(
+    st: &AppState,
+    ctx: &Ctx,
+    id: ClusterId,
+    outcome: Result<
+        kubenova_reconcile::bootstrap::BootstrapReport,
+        kubenova_reconcile::bootstrap::BootstrapError,
+    >,
+) -> ApiResult<Response> {
+    let image = st.config.operator_image.clone();
+    let (status_code, status, message, cond, state) = match &outcome {
+        Ok(report) => {
+            let crds = report
+                .applied
+                .iter()
+                .filter(|a| a.starts_with("CustomResourceDefinition/"))
+                .count();
+            tracing::info!(cluster_id = %id, objects = report.applied.len(), "operator bootstrap applied");
+            (
+                StatusCode::ACCEPTED,
+                "applied",
+                format!(
+                    "applied Namespace/kubenova-system, {crds} CRDs, the operator RBAC, Secret/kubenova-system/kubenova-agent and \
+                     Deployment/kubenova-system/kubenova-operator ({} objects); waiting for the operator's first heartbeat",
+                    report.applied.len()
+                ),
+                (
+                    ConditionStatus::True,
+                    "Applied".to_string(),
+                    format!(
+                        "operator manifests applied ({} objects) with a new agent credential",
+                        report.applied.len()
+                    ),
+                ),
+                ComponentState {
+                    name: "operator".into(),
+                    version: Some(image.clone()),
+                    phase: ComponentPhase::Installing,
+                    message: "Deployment applied; waiting for the operator's first heartbeat"
+                        .into(),
+                },
+            )
+        }
+        Err(e) => {
+            tracing::warn!(cluster_id = %id, reason = e.reason(), error = %e, "operator bootstrap failed");
+            (
+                StatusCode::OK,
+                "failed",
+                e.to_string(),
+                (
+                    ConditionStatus::False,
+                    e.reason().to_string(),
+                    e.to_string(),
+                ),
+                ComponentState {
+                    name: "operator".into(),
+                    version: Some(image.clone()),
+                    phase: ComponentPhase::Failed,
+                    message: format!("bootstrap failed: {}", e.reason()),
+                },
+            )
+        }
+    };
+    let mut audit = ctx.audit("cluster.bootstrap", "cluster", id, status_code.as_u16());
+    audit.details = Some(json!({"components": ["operator"], "outcome": status, "reason": cond.1}));
+    let mut attempts = 0;
+    let (cluster, bytes) = loop {
+        let mut c = st.store.get_cluster(id).await?;
+        let expected = c.version;
+        let now = OffsetDateTime::now_utc();
+        c.status = if outcome.is_ok() {
+            ClusterStatus::Bootstrapping
+        } else {
+            ClusterStatus::Error
+        };
+        match c.components.iter_mut().find(|s| s.name == "operator") {
+            Some(s) => *s = state.clone(),
+            None => c.components.push(state.clone()),
+        }
+        c.components.sort_by_key(|s| {
+            COMPONENTS
+                .iter()
+                .position(|n| *n == s.name)
+                .unwrap_or(usize::MAX)
+        });
+        upsert_condition(
+            &mut c.conditions,
+            Condition {
+                type_: "Bootstrapped".into(),
+                status: cond.0,
+                reason: cond.1.clone(),
+                message: cond.2.clone(),
+                last_transition_time: now,
+                observed_generation: Some(expected + 1),
+            },
+        );
+        c.version = expected + 1;
+        c.updated_at = now;
+        let body = BootstrapAccepted {
+            cluster_id: id,
+            component: Some("operator".into()),
+            status: status.into(),
+            cluster_status: c.status,
+            requested: vec!["operator".into()],
+            message: message.clone(),
+            cluster: c.clone(),
+        };
+        let bytes = to_bytes(&body)?;
+        let idem = ctx.idempotency_record(status_code.as_u16(), &bytes);
+        match st
+            .store
+            .update_cluster(
+                &c,
+                expected,
+                &WriteOptions {
+                    audit: Some(&audit),
+                    idempotency: idem.as_ref(),
+                },
+            )
+            .await
+        {
+            Ok(()) => break (c, bytes),
+            // A heartbeat raced us: re-read and record the outcome on the new version.
+            Err(kubenova_store::StoreError::PreconditionFailed { .. }) if attempts < 10 => {
+                attempts += 1
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
+    Ok(bytes_response(
+        status_code,
+        bytes,
+        Some(cluster.version),
+        None,
+        true,
+    ))
+}
+
+/// Requests the reinstall of every component the operator manages (cert-manager, Capsule, Capsule Proxy, KubeVela), delivered over the agent channel.
 #[utoipa::path(
     post,
     path = "/api/v1/clusters/{clusterID}/refresh",
@@ -615,13 +885,14 @@ async fn bootstrap_component(
     params(("clusterID" = String, Path, description = "Cluster id (UUID)"),
         ("If-Match" = Option<String>, Header, description = "ETag the client read; KN-412 when stale")),
     responses(
-        (status = 202, description = "Request recorded (every component `requested`, condition `RefreshRequested`); the cluster status is unchanged", body = BootstrapAccepted,
-            example = json!({"clusterId": "11111111-1111-1111-1111-111111111111", "status": "accepted", "clusterStatus": "pending_bootstrap",
-                "requested": ["cert-manager", "capsule", "capsule-proxy", "kubevela", "operator"],
-                "message": "the request is recorded on the cluster (component phase `requested`); this manager version does not yet apply bootstrap manifests to clusters",
+        (status = 202, description = "Request recorded (cert-manager, capsule, capsule-proxy and kubevela `requested`, condition `RefreshRequested`) and delivered to the operator with its next desired-state poll; the cluster status is unchanged", body = BootstrapAccepted,
+            example = json!({"clusterId": "11111111-1111-1111-1111-111111111111", "status": "accepted", "clusterStatus": "connected",
+                "requested": ["cert-manager", "capsule", "capsule-proxy", "kubevela"],
+                "message": "the request is recorded on the cluster (component phase `requested`); the cluster's operator receives it with its next desired-state poll (a waiting poll returns at once), marks it `installing`, and reports the outcome in its heartbeats (see GET /clusters/{id}/capabilities)",
                 "cluster": {"id": "11111111-1111-1111-1111-111111111111", "name": "prod-eu-1", "datacenter": "eu-west", "labels": {},
-                    "status": "pending_bootstrap", "capabilities": {"certManager": false, "capsule": false, "capsuleProxy": false, "kubeVela": false},
-                    "components": [], "conditions": [], "version": 2, "createdAt": "2026-01-01T00:00:00Z", "updatedAt": "2026-01-01T00:01:00Z"}})),
+                    "status": "connected", "capabilities": {"certManager": false, "capsule": false, "capsuleProxy": false, "kubeVela": false},
+                    "components": [{"name": "cert-manager", "phase": "requested", "message": "(re)install requested by admin; waiting for the operator"}],
+                    "conditions": [], "version": 2, "createdAt": "2026-01-01T00:00:00Z", "updatedAt": "2026-01-01T00:01:00Z"}})),
         (status = 400, description = "The id is not a UUID", body = ErrorBody,
             example = json!({"code": "KN-400", "message": "cluster id \"abc\" is not a UUID"})),
         (status = 401, description = "No or invalid bearer token", body = ErrorBody,

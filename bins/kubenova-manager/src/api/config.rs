@@ -11,6 +11,11 @@ use std::time::Duration;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default request body limit (1 MiB).
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+/// Default operator image: the operator of the same release as this manager.
+pub const DEFAULT_OPERATOR_IMAGE: &str = concat!(
+    "ghcr.io/kubenova/kubenova-operator:",
+    env!("CARGO_PKG_VERSION")
+);
 
 /// Parses a duration such as `30s`, `5m`, `24h`, `1d`, `250ms` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -113,6 +118,14 @@ pub struct ServerConfig {
     /// Longest TTL of a minted token (`POST /tokens`, bootstrap admin token).
     #[arg(long, env = "KUBENOVA_MAX_TOKEN_TTL", default_value = "24h", value_parser = parse_duration)]
     pub max_token_ttl: Duration,
+    /// Longest TTL of an issued kubeconfig token (`ttl` above it is KN-422). Also bounds how
+    /// long a rotated-out signing key stays in the JWKS.
+    #[arg(long, env = "KUBENOVA_MAX_KUBECONFIG_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub max_kubeconfig_ttl: Duration,
+    /// Lifetime of the tokens `kubenova auth token` (exec kubeconfigs) obtains when the
+    /// request names no `ttl`: how long access outlives a revocation at most.
+    #[arg(long, env = "KUBENOVA_EXEC_TOKEN_TTL", default_value = "15m", value_parser = parse_duration)]
+    pub exec_token_ttl: Duration,
     /// How long `Idempotency-Key` responses are kept for replay.
     #[arg(long, env = "KUBENOVA_IDEMPOTENCY_TTL", default_value = "24h", value_parser = parse_duration)]
     pub idempotency_ttl: Duration,
@@ -131,6 +144,21 @@ pub struct ServerConfig {
     /// DANGEROUS, local development only: no authentication, every caller is admin `dev`.
     #[arg(long, env = "KUBENOVA_INSECURE_DEV_NO_AUTH", default_value_t = false)]
     pub insecure_dev_no_auth: bool,
+    /// Image of the operator Deployment that `POST /clusters/{id}/bootstrap/operator` applies.
+    #[arg(long, env = "KUBENOVA_OPERATOR_IMAGE", default_value = DEFAULT_OPERATOR_IMAGE)]
+    pub operator_image: String,
+    /// URL under which operators reach this manager (written into the agent Secret at
+    /// bootstrap). Default: `--external-url`.
+    #[arg(long, env = "KUBENOVA_AGENT_MANAGER_URL")]
+    pub agent_manager_url: Option<String>,
+    /// PEM file with the CA of this manager's serving certificate, written into the agent
+    /// Secret at bootstrap when the certificate is not publicly trusted.
+    #[arg(long, env = "KUBENOVA_AGENT_MANAGER_CA_FILE")]
+    pub agent_manager_ca_file: Option<PathBuf>,
+    /// Interval of agent heartbeats (sent to agents); a connected cluster whose last
+    /// heartbeat is older than three intervals becomes `stale`.
+    #[arg(long, env = "KUBENOVA_AGENT_HEARTBEAT_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub agent_heartbeat_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -153,17 +181,44 @@ impl Default for ServerConfig {
             oidc_jwks_file: None,
             clock_skew: Duration::from_secs(60),
             max_token_ttl: Duration::from_secs(24 * 3600),
+            max_kubeconfig_ttl: Duration::from_secs(24 * 3600),
+            exec_token_ttl: Duration::from_secs(15 * 60),
             idempotency_ttl: Duration::from_secs(24 * 3600),
             rate_limit_subject_rps: 50,
             rate_limit_subject_burst: 100,
             rate_limit_ip_rps: 100,
             rate_limit_ip_burst: 200,
             insecure_dev_no_auth: false,
+            operator_image: DEFAULT_OPERATOR_IMAGE.into(),
+            agent_manager_url: None,
+            agent_manager_ca_file: None,
+            agent_heartbeat_interval: Duration::from_secs(30),
         }
     }
 }
 
 impl ServerConfig {
+    /// The issuer URL of kubeconfig tokens (and the manager URL of exec kubeconfigs):
+    /// `--external-url` without a trailing slash, else `http://<listen>` when listening on
+    /// a loopback address (local development); `None` otherwise (issuance then says to
+    /// set `--external-url`).
+    pub fn issuer_url(&self) -> Option<String> {
+        match &self.external_url {
+            Some(u) => Some(u.trim_end_matches('/').to_string()),
+            None if self.listen.ip().is_loopback() => Some(format!("http://{}", self.listen)),
+            None => None,
+        }
+    }
+
+    /// The URL operators use to reach this manager: `--agent-manager-url`, else
+    /// `--external-url` (without a trailing slash).
+    pub fn agent_manager_url(&self) -> Option<String> {
+        self.agent_manager_url
+            .as_ref()
+            .or(self.external_url.as_ref())
+            .map(|u| u.trim_end_matches('/').to_string())
+    }
+
     /// Idempotency TTL as a `time::Duration`.
     pub fn idempotency_ttl_time(&self) -> time::Duration {
         time::Duration::try_from(self.idempotency_ttl).unwrap_or(time::Duration::hours(24))
@@ -177,8 +232,31 @@ impl ServerConfig {
         if self.request_timeout.is_zero() {
             return Err("--request-timeout must be greater than 0".into());
         }
+        if self.agent_heartbeat_interval < Duration::from_millis(100)
+            || self.agent_heartbeat_interval > Duration::from_secs(3600)
+        {
+            return Err("--agent-heartbeat-interval must be between 100ms and 1h".into());
+        }
+        if let Some(u) = &self.agent_manager_url
+            && !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            return Err(format!(
+                "--agent-manager-url {u:?} must start with http:// or https://"
+            ));
+        }
+        if self.operator_image.trim().is_empty() {
+            return Err("--operator-image must not be empty".into());
+        }
         if self.max_token_ttl < Duration::from_secs(60) {
             return Err("--max-token-ttl must be at least 1m".into());
+        }
+        if self.max_kubeconfig_ttl < Duration::from_secs(60) {
+            return Err("--max-kubeconfig-ttl must be at least 1m".into());
+        }
+        if self.exec_token_ttl.is_zero() || self.exec_token_ttl > self.max_kubeconfig_ttl {
+            return Err(
+                "--exec-token-ttl must be greater than 0 and at most --max-kubeconfig-ttl".into(),
+            );
         }
         if self.jwt_secret.is_some()
             && (self.jwt_es256_public_key.is_some() || self.jwt_es256_private_key.is_some())

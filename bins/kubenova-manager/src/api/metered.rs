@@ -8,8 +8,8 @@ use kubenova_api::model::{
     App, AppRevision, AuditEvent, Cluster, ObjectStatus, Project, Tenant, UsageRecord, WorkflowRun,
 };
 use kubenova_store::{
-    AuditQuery, Change, Health, IdempotencyRecord, ListParams, Page, Result, Store, UsageQuery,
-    WriteOptions,
+    AuditQuery, Change, CredentialQuery, Health, IdempotencyRecord, IssuanceContext,
+    IssuedCredential, ListParams, Page, Result, Store, SubjectRevocation, UsageQuery, WriteOptions,
 };
 use std::sync::Arc;
 use std::time::Instant;
@@ -56,6 +56,7 @@ metered! {
     fn cluster_kubeconfig(&self, id: ClusterId) -> Result<Zeroizing<Vec<u8>>>;
     fn put_secret(&self, owner: Uuid, purpose: &str, plaintext: &[u8]) -> Result<()>;
     fn get_secret(&self, owner: Uuid, purpose: &str) -> Result<Zeroizing<Vec<u8>>>;
+    fn put_secret_if_absent(&self, owner: Uuid, purpose: &str, plaintext: &[u8]) -> Result<bool>;
     fn rotate_keys(&self) -> Result<usize>;
     fn create_tenant(&self, tenant: &Tenant, opts: &WriteOptions<'_>) -> Result<()>;
     fn get_tenant(&self, id: TenantId) -> Result<Tenant>;
@@ -91,4 +92,15 @@ metered! {
     fn get_idempotency(&self, subject: &str, key: &str, now: OffsetDateTime) -> Result<Option<IdempotencyRecord>>;
     fn put_idempotency(&self, record: &IdempotencyRecord) -> Result<()>;
     fn purge_idempotency(&self, now: OffsetDateTime) -> Result<u64>;
+    fn record_credential(&self, credential: &IssuedCredential, opts: &WriteOptions<'_>) -> Result<()>;
+    fn get_credential(&self, jti: Uuid) -> Result<IssuedCredential>;
+    fn list_credentials(&self, tenant: TenantId, query: &CredentialQuery) -> Result<Page<IssuedCredential>>;
+    fn revoke_credential(&self, jti: Uuid, by: &str, at: OffsetDateTime, opts: &WriteOptions<'_>) -> Result<bool>;
+    fn revoke_subject(&self, tenant: TenantId, subject: &str, by: &str, at: OffsetDateTime, opts: &WriteOptions<'_>) -> Result<u64>;
+    fn revoke_tenant_credentials(&self, tenant: TenantId, by: &str, at: OffsetDateTime, opts: &WriteOptions<'_>) -> Result<u64>;
+    fn subject_revocation(&self, tenant: TenantId, subject: &str) -> Result<Option<SubjectRevocation>>;
+    fn list_subject_revocations(&self, tenant: TenantId, params: &ListParams) -> Result<Page<SubjectRevocation>>;
+    fn lift_subject_revocation(&self, tenant: TenantId, subject: &str, opts: &WriteOptions<'_>) -> Result<bool>;
+    fn issuance_context(&self, tenant: TenantId, subject: &str) -> Result<IssuanceContext>;
+    fn record_credentials(&self, items: &[(IssuedCredential, AuditEvent)]) -> Result<()>;
 }

@@ -14,7 +14,8 @@
 //!    the handler did not audit itself (failures, denials).
 //!
 //! Public (no token, no rate limit): `/api/v1/healthz`, `/api/v1/readyz`,
-//! `/api/v1/version`, `/api/v1/openapi.json`, `/api/v1/docs`, `/metrics`.
+//! `/api/v1/version`, `/api/v1/openapi.json`, `/api/v1/docs`, `/metrics`,
+//! `/.well-known/openid-configuration`, `/.well-known/jwks.json`.
 
 use super::AppState;
 use super::authz::Principal;
@@ -38,8 +39,11 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use sha2::{Digest as _, Sha256};
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use time::OffsetDateTime;
@@ -62,6 +66,9 @@ pub const PUBLIC_PATHS: &[&str] = &[
     "/api/v1/openapi.json",
     "/api/v1/docs",
     "/metrics",
+    // OIDC discovery and JWKS of the kubeconfig token issuer (API servers fetch them).
+    "/.well-known/openid-configuration",
+    "/.well-known/jwks.json",
 ];
 
 /// True for the public paths (no authentication, no rate limit).
@@ -69,29 +76,88 @@ pub fn is_public(path: &str) -> bool {
     PUBLIC_PATHS.contains(&path)
 }
 
-/// The route template of a response (`/api/v1/tenants/{tenantID}`), or `unmatched`.
+/// Prefix of the agent routes: authenticated by the per-cluster agent credential in the
+/// handlers ([`super::agent::Agent`]), never by user tokens; per-IP rate limited, not
+/// subject to `Idempotency-Key` replay, audited only when denied.
+pub const AGENT_PREFIX: &str = "/api/v1/agent/";
+
+/// True for the agent routes.
+pub fn is_agent(path: &str) -> bool {
+    path.starts_with(AGENT_PREFIX)
+}
+
+/// The desired-state long-poll holds requests up to its own bound
+/// ([`super::agent::MAX_WAIT_SECONDS`]); the request timeout leaves it room.
+fn timeout_for(path: &str, configured: std::time::Duration) -> std::time::Duration {
+    if path == super::agent::DESIRED_PATH {
+        configured.max(std::time::Duration::from_secs(
+            super::agent::MAX_WAIT_SECONDS + 5,
+        ))
+    } else {
+        configured
+    }
+}
+
+/// The route template of a response (`/api/v1/tenants/{tenantID}`); `None` is `unmatched`.
+/// Holds axum's [`MatchedPath`] (a shared string: no copy per request).
 #[derive(Debug, Clone)]
-pub struct RouteTemplate(pub String);
+pub struct RouteTemplate(pub Option<MatchedPath>);
+
+impl RouteTemplate {
+    /// The template, or `unmatched`.
+    pub fn as_str(&self) -> &str {
+        self.0.as_ref().map_or("unmatched", |m| m.as_str())
+    }
+}
 
 /// Labels of the HTTP request counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
     /// HTTP method.
-    pub method: String,
+    pub method: Cow<'static, str>,
     /// Route template.
-    pub route: String,
+    pub route: Cow<'static, str>,
     /// Status code.
-    pub status: String,
+    pub status: u16,
 }
 
 /// Labels of the latency histogram.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
     /// HTTP method.
-    pub method: String,
+    pub method: Cow<'static, str>,
     /// Route template.
-    pub route: String,
+    pub route: Cow<'static, str>,
 }
+
+/// The label of a method: a static string for the standard ones (no allocation).
+fn method_label(m: &Method) -> Cow<'static, str> {
+    Cow::Borrowed(match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => return Cow::Owned(m.as_str().to_string()),
+    })
+}
+
+/// Cached handles of one (method, status) of a route: they share their values with the
+/// metric families, so updating them is updating `/metrics`.
+struct RouteMetric {
+    method: Method,
+    status: u16,
+    requests: Counter,
+    latency: Histogram,
+}
+
+/// Most (method, status) handles cached per route (clients choose methods; beyond this
+/// the families are updated directly).
+const ROUTE_METRICS_MAX: usize = 64;
 
 /// Labels of the rate-limit rejection counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -104,7 +170,7 @@ pub struct LimitLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StoreLabels {
     /// Store operation.
-    pub operation: String,
+    pub operation: Cow<'static, str>,
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -131,6 +197,10 @@ pub struct Runtime {
     pub store_errors: Family<StoreLabels, Counter>,
     /// `kubenova_audit_write_failures_total`.
     pub audit_failures: Counter,
+    /// Per-route handles of `http_requests` and `http_latency` (see [`Runtime::observe_http`]).
+    route_metrics: std::sync::RwLock<HashMap<Box<str>, Vec<RouteMetric>>>,
+    /// Group commit of issued kubeconfig credentials and their audit events.
+    pub credential_writer: std::sync::Arc<super::kubeconfigs::CredentialWriter>,
     subject_limiter: Option<DefaultKeyedRateLimiter<String>>,
     ip_limiter: Option<DefaultKeyedRateLimiter<String>>,
     checks: AtomicU64,
@@ -211,6 +281,8 @@ impl Runtime {
             store_latency,
             store_errors,
             audit_failures,
+            route_metrics: Default::default(),
+            credential_writer: Default::default(),
             subject_limiter: limiter(cfg.rate_limit_subject_rps, cfg.rate_limit_subject_burst),
             ip_limiter: limiter(cfg.rate_limit_ip_rps, cfg.rate_limit_ip_burst),
             checks: AtomicU64::new(0),
@@ -227,10 +299,66 @@ impl Runtime {
         out
     }
 
+    /// Records one HTTP response in `http_requests` and `http_latency`. The handles of a
+    /// (route, method, status) are looked up once and then reused: no label allocation
+    /// and no family lookup per request.
+    pub fn observe_http(&self, method: &Method, route: &str, status: u16, seconds: f64) {
+        {
+            let cache = match self.route_metrics.read() {
+                Ok(c) => c,
+                Err(p) => p.into_inner(),
+            };
+            if let Some(m) = cache
+                .get(route)
+                .and_then(|v| v.iter().find(|m| m.status == status && m.method == method))
+            {
+                m.requests.inc();
+                m.latency.observe(seconds);
+                return;
+            }
+        }
+        let method_l = method_label(method);
+        let route_l: Cow<'static, str> = Cow::Owned(route.to_string());
+        let requests = self
+            .http_requests
+            .get_or_create(&HttpLabels {
+                method: method_l.clone(),
+                route: route_l.clone(),
+                status,
+            })
+            .clone();
+        let latency = self
+            .http_latency
+            .get_or_create(&RouteLabels {
+                method: method_l,
+                route: route_l,
+            })
+            .clone();
+        requests.inc();
+        latency.observe(seconds);
+        let mut cache = match self.route_metrics.write() {
+            Ok(c) => c,
+            Err(p) => p.into_inner(),
+        };
+        let entries = cache.entry(route.into()).or_default();
+        if entries.len() < ROUTE_METRICS_MAX
+            && !entries
+                .iter()
+                .any(|m| m.status == status && m.method == method)
+        {
+            entries.push(RouteMetric {
+                method: method.clone(),
+                status,
+                requests,
+                latency,
+            });
+        }
+    }
+
     /// Records one store operation's latency and outcome.
-    pub fn observe_store(&self, operation: &str, started: Instant, ok: bool) {
+    pub fn observe_store(&self, operation: &'static str, started: Instant, ok: bool) {
         let labels = StoreLabels {
-            operation: operation.to_string(),
+            operation: Cow::Borrowed(operation),
         };
         self.store_latency
             .get_or_create(&labels)
@@ -274,6 +402,9 @@ pub fn apply(
     state: AppState,
 ) -> axum::Router {
     let spec_json = Bytes::from(serde_json::to_vec(&spec).unwrap_or_default());
+    // The middleware layers get the state behind one `Arc`: cloning it per request is one
+    // reference count instead of one per field.
+    let shared = Arc::new(state.clone());
     let docs: axum::Router<AppState> = {
         use utoipa_scalar::Servable as _;
         axum::Router::from(utoipa_scalar::Scalar::with_url("/api/v1/docs", spec))
@@ -290,13 +421,13 @@ pub fn apply(
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            Arc::clone(&shared),
             call_layer,
         ))
         .layer(DefaultBodyLimit::max(state.config.body_limit))
         .with_state(state.clone());
     let svc = tower::ServiceBuilder::new()
-        .layer(axum::middleware::from_fn_with_state(state, request_layer))
+        .layer(axum::middleware::from_fn_with_state(shared, request_layer))
         .map_request(rewrite_action_uri)
         .service(inner);
     axum::Router::new().fallback_service(svc)
@@ -372,7 +503,7 @@ fn sane_request_id(v: &HeaderValue) -> Option<String> {
 
 /// Request id, span, timeout, KN envelope on errors, metrics and access log.
 pub async fn request_layer(
-    State(state): State<AppState>,
+    State(state): State<Arc<AppState>>,
     mut req: Request,
     next: Next,
 ) -> Response {
@@ -381,24 +512,32 @@ pub async fn request_layer(
         .headers()
         .get(&X_REQUEST_ID)
         .and_then(sane_request_id)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        .unwrap_or_else(|| {
+            let mut buf = uuid::Uuid::encode_buffer();
+            uuid::Uuid::new_v4()
+                .hyphenated()
+                .encode_lower(&mut buf)
+                .to_owned()
+        });
     let id_header =
         HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
     req.headers_mut().insert(X_REQUEST_ID, id_header.clone());
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    // A shared copy of the URI (reference-counted bytes), not a new `String`.
+    let uri = req.uri().clone();
     let span = tracing::info_span!(
         "request",
         method = %method,
-        path = %path,
+        path = %uri.path(),
         request_id = %id,
         route = tracing::field::Empty,
         status = tracing::field::Empty,
     );
-    let runtime = state.runtime.clone();
+    let runtime = Arc::clone(&state.runtime);
     runtime.in_flight.inc();
-    let timeout = state.config.request_timeout;
-    let (m2, p2) = (method.clone(), path.clone());
+    let timeout = timeout_for(uri.path(), state.config.request_timeout);
+    drop(state);
+    let (m2, u2) = (method.clone(), uri.clone());
     let fut = async move {
         let resp = match tokio::time::timeout(timeout, next.run(req)).await {
             Ok(r) => r,
@@ -414,42 +553,30 @@ pub async fn request_layer(
                 .into_response()
             }
         };
-        ensure_envelope(resp, &m2, &p2).await
+        ensure_envelope(resp, &m2, u2.path()).await
     };
     let mut resp = REQUEST_ID
         .scope(id.clone(), fut.instrument(span.clone()))
         .await;
     runtime.in_flight.dec();
     let route = resp
-        .extensions()
-        .get::<RouteTemplate>()
-        .map(|r| r.0.clone())
-        .unwrap_or_else(|| "unmatched".into());
+        .extensions_mut()
+        .remove::<RouteTemplate>()
+        .unwrap_or(RouteTemplate(None));
+    let route = route.as_str();
     let status = resp.status().as_u16();
     let elapsed = started.elapsed();
-    runtime
-        .http_requests
-        .get_or_create(&HttpLabels {
-            method: method.to_string(),
-            route: route.clone(),
-            status: status.to_string(),
-        })
-        .inc();
-    runtime
-        .http_latency
-        .get_or_create(&RouteLabels {
-            method: method.to_string(),
-            route: route.clone(),
-        })
-        .observe(elapsed.as_secs_f64());
-    span.record("route", route.as_str());
-    span.record("status", status);
+    runtime.observe_http(&method, route, status, elapsed.as_secs_f64());
+    if !span.is_disabled() {
+        span.record("route", route);
+        span.record("status", status);
+    }
     span.in_scope(|| {
         tracing::info!(
             target: "kubenova::access",
             method = %method,
             route = %route,
-            path = %path,
+            path = %uri.path(),
             status,
             latency_ms = elapsed.as_secs_f64() * 1000.0,
             request_id = %id,
@@ -562,22 +689,30 @@ fn too_many(scope: &str, secs: u64) -> Response {
 }
 
 /// Per-route middleware: source IP, rate limits, authentication, idempotency, audit.
-pub async fn call_layer(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_string());
-    let route_label = route.clone().unwrap_or_else(|| "unmatched".into());
-    let source_ip = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
-        .unwrap_or_else(|| "unknown".into());
-    req.extensions_mut().insert(SourceIp(source_ip.clone()));
-    req.extensions_mut()
-        .insert(IdempotencyTtl(state.config.idempotency_ttl_time()));
-    let mut resp = guarded(&state, req, next, route, source_ip).await;
-    resp.extensions_mut().insert(RouteTemplate(route_label));
+pub async fn call_layer(
+    State(state): State<Arc<AppState>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    // Public endpoints and unknown routes (a 404 needs no identity) skip auth, limits and
+    // the call context.
+    let public = matched.is_none() || is_public(req.uri().path());
+    let mut resp = if public {
+        next.run(req).await
+    } else {
+        let source_ip = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        req.extensions_mut().insert(SourceIp(source_ip.clone()));
+        req.extensions_mut()
+            .insert(IdempotencyTtl(state.config.idempotency_ttl_time()));
+        let route = matched.as_ref().map_or("unmatched", |m| m.as_str());
+        guarded(&state, req, next, route, source_ip).await
+    };
+    resp.extensions_mut().insert(RouteTemplate(matched));
     resp
 }
 
@@ -592,14 +727,10 @@ async fn guarded(
     state: &AppState,
     mut req: Request,
     next: Next,
-    route: Option<String>,
+    route: &str,
     source_ip: String,
 ) -> Response {
     let path = req.uri().path().to_string();
-    // Public endpoints and unknown routes (a 404 needs no identity) skip auth and limits.
-    let Some(route) = route.filter(|_| !is_public(&path)) else {
-        return next.run(req).await;
-    };
     let info = CallInfo {
         method: req.method().clone(),
         path,
@@ -609,6 +740,20 @@ async fn guarded(
     if let Err(secs) = state.runtime.check("ip", &info.source_ip) {
         tracing::warn!(source_ip = %info.source_ip, "per-IP rate limit exceeded");
         return too_many("source IP", secs);
+    }
+    if is_agent(&info.path) {
+        // The handler authenticates the agent credential; user tokens are refused there.
+        let resp = next.run(req).await;
+        if matches!(resp.status().as_u16(), 401 | 403) {
+            let agent = Principal {
+                subject: "agent".into(),
+                roles: vec![],
+                tenants: vec![],
+                projects: vec![],
+            };
+            audit_call(state, &agent, &info, route, resp.status()).await;
+        }
+        return resp;
     }
     let authz = req
         .headers()
@@ -629,7 +774,7 @@ async fn guarded(
                     tenants: vec![],
                     projects: vec![],
                 };
-                audit_call(state, &anon, &info, &route, resp.status()).await;
+                audit_call(state, &anon, &info, route, resp.status()).await;
             }
             return resp;
         }
@@ -652,7 +797,7 @@ async fn guarded(
         if replayed {
             log_audit(&principal, &info, "replayed", resp.status().as_u16());
         } else if resp.extensions().get::<Audited>().is_none() {
-            audit_call(state, &principal, &info, &route, resp.status()).await;
+            audit_call(state, &principal, &info, route, resp.status()).await;
         } else {
             log_audit(
                 &principal,

@@ -5,6 +5,7 @@
 //! [`middleware`] (request id, limits, metrics, rate limits, audit of failures,
 //! idempotency replay, URI rewrite of `:action` suffixes), and one module per resource.
 
+pub mod agent;
 pub mod apps;
 pub mod audit;
 pub mod auth;
@@ -14,6 +15,7 @@ pub mod clusters;
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod kubeconfigs;
 pub mod metered;
 pub mod middleware;
 pub mod ops;
@@ -41,6 +43,8 @@ pub struct AppState {
     pub auth: Arc<auth::Authenticator>,
     /// Metrics registry and rate limiters.
     pub runtime: Arc<middleware::Runtime>,
+    /// Wake-ups of agents long-polling a cluster's desired state.
+    pub changes: Arc<kubenova_store::notify::ChangeNotifier>,
 }
 
 /// OpenAPI document root; operations are added by each module's router.
@@ -62,7 +66,9 @@ pub struct AppState {
         (name = "apps", description = "applications, revisions and workflow runs"),
         (name = "catalog", description = "plans and policysets"),
         (name = "usage", description = "hourly usage"),
-        (name = "audit", description = "audit events")
+        (name = "audit", description = "audit events"),
+        (name = "kubeconfigs", description = "exec tokens, issued credentials, revocation, signing keys and OIDC discovery"),
+        (name = "agent", description = "the in-cluster operator's channel (agent credential only)")
     )
 )]
 pub struct ApiDoc;
@@ -82,6 +88,18 @@ impl utoipa::Modify for SecurityAddon {
                     .build(),
             ),
         );
+        components.add_security_scheme(
+            "agentCredential",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("kna_<cluster id>_<secret>")
+                    .description(Some(
+                        "The per-cluster agent credential from the kubenova-agent Secret",
+                    ))
+                    .build(),
+            ),
+        );
     }
 }
 
@@ -97,6 +115,8 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(catalog::routes())
         .merge(usage::routes())
         .merge(audit::routes())
+        .merge(kubeconfigs::routes())
+        .merge(agent::routes())
 }
 
 /// The generated OpenAPI document (served at `/api/v1/openapi.json`, snapshot in `docs/openapi.json`).

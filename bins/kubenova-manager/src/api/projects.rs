@@ -1,5 +1,5 @@
-//! Projects of a tenant: CRUD, the access list, the (not yet issuable) kubeconfig and
-//! hourly usage.
+//! Projects of a tenant: CRUD, the access list, the project kubeconfig routes (issuance
+//! itself is in [`super::kubeconfigs`]) and hourly usage.
 //!
 //! Every route walks the path chain cluster → tenant → project: a tenant of another
 //! cluster, or a project of another tenant, is KN-404 exactly like a missing one. A caller
@@ -825,24 +825,30 @@ pub async fn update_project_access(
     write_project(&st, &ctx, project, "project.access").await
 }
 
-/// Get a kubeconfig scoped to the project.
+/// Issues a project-scoped kubeconfig for the caller (query parameters `role`, `ttl`, `mode`).
 ///
-/// Issuance through Capsule Proxy is not available in this release: the call says why
-/// (KN-409 while the cluster has reported no proxy endpoint, KN-503 otherwise) and never
-/// returns a kubeconfig that would not work.
+/// Context namespace = the project's namespace; groups `kubenova:project:<t>:<p>:<role>`.
+/// tenantOwner: any role; projectDev of the project: developer or viewer; readOnly:
+/// viewer; admin, ops: any. `Accept: application/yaml` returns the kubeconfig itself.
 #[utoipa::path(
     get,
     path = "/api/v1/clusters/{clusterID}/tenants/{tenantID}/projects/{projectID}/kubeconfig",
     tag = "projects",
     operation_id = "getProjectKubeconfig",
-    params(ProjectPath),
+    params(ProjectPath, super::kubeconfigs::KubeconfigQuery),
     responses(
-        (status = 200, description = "A kubeconfig scoped to the project (once issuance is available)", body = Object, example = json!({"projectId": "33333333-3333-3333-3333-333333333333", "kubeconfig": "apiVersion: v1\nkind: Config\n..."})),
+        (status = 200, description = "The kubeconfig (JSON with metadata, or YAML with Accept: application/yaml; Cache-Control: no-store)",
+            content(
+                (super::kubeconfigs::IssuedKubeconfig = "application/json", example = json!(super::tenants::kubeconfig_response_example())),
+                (String = "application/yaml", example = json!("apiVersion: v1\nkind: Config\n..."))
+            )),
         (status = 400, description = "KN-400: an id is not a UUID", body = ErrorBody, example = json!({"code": "KN-400", "message": "path parameter projectID must be a UUID, got \"payments\""})),
         (status = 401, description = "KN-401: no valid bearer token", body = ErrorBody, example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
+        (status = 403, description = "KN-403: the role is not allowed for the caller, or the subject is revoked", body = ErrorBody, example = json!({"code": "KN-403", "message": "a projectDev may obtain only developer or viewer kubeconfigs of their projects, not owner"})),
         (status = 404, description = "KN-404: no such project, or outside the caller's scope", body = ErrorBody, example = json!({"code": "KN-404", "message": "project \"33333333-3333-3333-3333-333333333333\" not found"})),
-        (status = 409, description = "KN-409: the cluster has not reported a Capsule Proxy endpoint yet", body = ErrorBody, example = json!({"code": "KN-409", "message": "the cluster has not reported a Capsule Proxy endpoint yet", "details": {"clusterId": "11111111-1111-1111-1111-111111111111"}})),
-        (status = 503, description = "KN-503: kubeconfig issuance is not available yet", body = ErrorBody, example = json!({"code": "KN-503", "message": "kubeconfig issuance is not available yet", "details": {"dependency": "kubeconfig-issuer"}})),
+        (status = 409, description = "KN-409: the cluster has not reported a Capsule Proxy endpoint (or its CA) yet", body = ErrorBody, example = json!({"code": "KN-409", "message": "the Capsule Proxy endpoint of the cluster is not reported yet: kubeconfigs go through Capsule Proxy; retry once the operator reports it", "details": {"clusterId": "11111111-1111-1111-1111-111111111111"}})),
+        (status = 422, description = "KN-422: unknown role or mode, TTL not positive or over the maximum", body = ErrorBody, example = json!({"code": "KN-422", "message": "validation failed: role: unknown role \"admin\": use owner, developer or viewer"})),
+        (status = 503, description = "KN-503: no external URL configured for the token issuer", body = ErrorBody, example = json!({"code": "KN-503", "message": "the manager has no external URL to put in tokens and exec kubeconfigs: set --external-url / KUBENOVA_EXTERNAL_URL"})),
     ),
     security(("bearerAuth" = []))
 )]
@@ -850,23 +856,51 @@ pub async fn get_project_kubeconfig(
     State(st): State<AppState>,
     ctx: Ctx,
     p: Result<Path<ProjectPath>, PathRejection>,
+    q: Result<Query<super::kubeconfigs::KubeconfigQuery>, QueryRejection>,
+    headers: HeaderMap,
 ) -> ApiResult<Response> {
     let ids = path(p)?.ids()?;
-    let (_, project) = resolve_project(&st, &ctx.principal, ids).await?;
-    ctx.principal.check_project(&project, Access::Read)?;
-    let cluster = st.store.get_cluster(project.cluster_id).await?;
-    if cluster.proxy.is_none() {
-        return Err(
-            KnError::conflict("the cluster has not reported a Capsule Proxy endpoint yet")
-                .with_details(serde_json::json!({"clusterId": cluster.id}))
-                .into(),
-        );
-    }
-    Err(KnError::unavailable(
-        "kubeconfig-issuer",
-        "kubeconfig issuance is not available yet",
-    )
-    .into())
+    let params = query(q)?.params(&st)?;
+    let (tenant, project) = resolve_project(&st, &ctx.principal, ids).await?;
+    super::kubeconfigs::issue(&st, &ctx, &headers, tenant, Some(project), params).await
+}
+
+/// Issues a project-scoped kubeconfig for the caller (JSON body `role`, `ttl`, `mode`).
+#[utoipa::path(
+    post,
+    path = "/api/v1/clusters/{clusterID}/tenants/{tenantID}/projects/{projectID}/kubeconfig",
+    tag = "projects",
+    operation_id = "issueProjectKubeconfig",
+    params(ProjectPath),
+    request_body(content = super::kubeconfigs::KubeconfigBody, example = json!({"role": "developer", "ttl": "1h", "mode": "token"})),
+    responses(
+        (status = 200, description = "The kubeconfig (JSON with metadata, or YAML with Accept: application/yaml; Cache-Control: no-store)",
+            content(
+                (super::kubeconfigs::IssuedKubeconfig = "application/json", example = json!(super::tenants::kubeconfig_response_example())),
+                (String = "application/yaml", example = json!("apiVersion: v1\nkind: Config\n..."))
+            )),
+        (status = 400, description = "KN-400: malformed JSON or an id is not a UUID", body = ErrorBody, example = json!({"code": "KN-400", "message": "path parameter projectID must be a UUID, got \"payments\""})),
+        (status = 401, description = "KN-401: no valid bearer token", body = ErrorBody, example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
+        (status = 403, description = "KN-403: the role is not allowed for the caller, or the subject is revoked", body = ErrorBody, example = json!({"code": "KN-403", "message": "a projectDev may obtain only developer or viewer kubeconfigs of their projects, not owner"})),
+        (status = 404, description = "KN-404: no such project, or outside the caller's scope", body = ErrorBody, example = json!({"code": "KN-404", "message": "project \"33333333-3333-3333-3333-333333333333\" not found"})),
+        (status = 409, description = "KN-409: the cluster has not reported a Capsule Proxy endpoint (or its CA) yet", body = ErrorBody, example = json!({"code": "KN-409", "message": "the Capsule Proxy endpoint of the cluster is not reported yet: kubeconfigs go through Capsule Proxy; retry once the operator reports it"})),
+        (status = 415, description = "KN-415: body is not JSON", body = ErrorBody, example = json!({"code": "KN-415", "message": "expected Content-Type: application/json, got \"text/plain\""})),
+        (status = 422, description = "KN-422: unknown role or mode, TTL not positive or over the maximum", body = ErrorBody, example = json!({"code": "KN-422", "message": "validation failed: ttl: must be greater than 0s and at most 86400s (--max-kubeconfig-ttl); got 0s"})),
+        (status = 503, description = "KN-503: no external URL configured for the token issuer", body = ErrorBody, example = json!({"code": "KN-503", "message": "the manager has no external URL to put in tokens and exec kubeconfigs: set --external-url / KUBENOVA_EXTERNAL_URL"})),
+    ),
+    security(("bearerAuth" = []))
+)]
+pub async fn issue_project_kubeconfig(
+    State(st): State<AppState>,
+    ctx: Ctx,
+    p: Result<Path<ProjectPath>, PathRejection>,
+    headers: HeaderMap,
+    KnJson(body): KnJson<super::kubeconfigs::KubeconfigBody>,
+) -> ApiResult<Response> {
+    let ids = path(p)?.ids()?;
+    let params = body.params(&st)?;
+    let (tenant, project) = resolve_project(&st, &ctx.principal, ids).await?;
+    super::kubeconfigs::issue(&st, &ctx, &headers, tenant, Some(project), params).await
 }
 
 /// Hourly usage of a project.
@@ -957,7 +991,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_projects, create_project))
         .routes(routes!(get_project, update_project, delete_project))
         .routes(routes!(update_project_access))
-        .routes(routes!(get_project_kubeconfig))
+        .routes(routes!(get_project_kubeconfig, issue_project_kubeconfig))
         .routes(routes!(get_project_usage))
 }
 

@@ -1,5 +1,6 @@
 //! Tenants: creation with **plan application** ([`resolve_tenant`]), reads, owners,
-//! quota/limit/policyset overrides, plan changes, summary, usage and kubeconfig.
+//! quota/limit/policyset overrides, plan changes, summary, usage and the tenant
+//! kubeconfig routes (issuance itself is in [`super::kubeconfigs`]).
 //!
 //! A tenant stores what the client asked to override ([`TenantOverrides`]) next to the
 //! effective values (plan ∪ overrides), so a plan change or a new override re-resolves
@@ -17,7 +18,6 @@ use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use kubenova_api::ErrorBody;
 use kubenova_api::catalog::Catalog;
-use kubenova_api::error::KnError;
 use kubenova_api::ids::{ClusterId, TenantId};
 use kubenova_api::model::{
     ObjectStatus, Phase, SUBJECTS_MAX, Subject, Tenant, TenantOverrides, TenantSpec, UsageRecord,
@@ -535,7 +535,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(put_limits))
         .routes(routes!(put_network_policies))
         .routes(routes!(tenant_summary))
-        .routes(routes!(tenant_kubeconfig))
+        .routes(routes!(tenant_kubeconfig, issue_tenant_kubeconfig))
         .routes(routes!(tenant_usage))
         .routes(routes!(put_plan))
         .routes(routes!(list_all_tenants))
@@ -1141,26 +1141,49 @@ async fn tenant_summary(
     Ok(json_response(StatusCode::OK, &body, None, None, false))
 }
 
-/// Tenant kubeconfig issuance (not available yet: says why, honestly).
+const KUBECONFIG_RESPONSE_EXAMPLE: &str = r#"{"name": "prod-eu-acme-developer", "tenantId": "22222222-2222-2222-2222-222222222222",
+ "clusterId": "11111111-1111-1111-1111-111111111111", "role": "developer", "mode": "token", "namespace": "acme-apps",
+ "server": "https://capsule-proxy.prod-eu.example.com:9001", "jti": "01936f4e-8a2b-7c3d-9e4f-5a6b7c8d9e0f",
+ "expiresAt": "2026-01-01T11:00:00Z", "kubeconfig": "apiVersion: v1\nkind: Config\nclusters:\n- name: prod-eu-acme-developer\n  cluster:\n    server: https://capsule-proxy.prod-eu.example.com:9001\n    certificate-authority-data: LS0tLS1CRUdJTi...\n..."}"#;
+
+pub(crate) fn kubeconfig_response_example() -> serde_json::Value {
+    serde_json::from_str(KUBECONFIG_RESPONSE_EXAMPLE).unwrap_or_default()
+}
+
+/// Issues a tenant-scoped kubeconfig for the caller (query parameters `role`, `ttl`, `mode`).
+///
+/// The cluster entry is the cluster's Capsule Proxy with its CA; the user is a
+/// manager-signed ES256 token (`mode=token`, default) or the `kubenova auth token` exec
+/// plugin (`mode=exec`). `Accept: application/yaml` returns the kubeconfig itself.
+/// tenantOwner: any role of its tenant; readOnly: viewer only; admin, ops: any.
 #[utoipa::path(
     get,
     path = "/api/v1/tenants/{tenantID}/kubeconfig",
     tag = "tenants",
     operation_id = "getTenantKubeconfig",
-    params(("tenantID" = String, Path, description = "Tenant id (UUID)")),
+    params(("tenantID" = String, Path, description = "Tenant id (UUID)"), super::kubeconfigs::KubeconfigQuery),
     responses(
-        (status = 200, description = "Scoped kubeconfigs by role (once issuance is available)", body = Object, example = json!({"owner": "apiVersion: v1\nkind: Config\n...", "viewer": "apiVersion: v1\nkind: Config\n..."})),
+        (status = 200, description = "The kubeconfig (JSON with metadata, or YAML with Accept: application/yaml; Cache-Control: no-store)",
+            content(
+                (super::kubeconfigs::IssuedKubeconfig = "application/json", example = json!(kubeconfig_response_example())),
+                (String = "application/yaml", example = json!("apiVersion: v1\nkind: Config\n..."))
+            )),
         (status = 400, description = "The id is not a UUID", body = ErrorBody,
             example = json!({"code": "KN-400", "message": "tenant id \"abc\" is not a UUID"})),
         (status = 401, description = "No or invalid bearer token", body = ErrorBody,
             example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
+        (status = 403, description = "The role is not allowed for the caller, or the subject is revoked", body = ErrorBody,
+            example = json!({"code": "KN-403", "message": "readOnly may obtain only viewer kubeconfigs, not owner"})),
         (status = 404, description = "No such tenant, or outside the caller's scope", body = ErrorBody,
             example = json!({"code": "KN-404", "message": "tenant \"22222222-2222-2222-2222-222222222222\" not found"})),
-        (status = 409, description = "The cluster has not reported a Capsule Proxy endpoint", body = ErrorBody,
-            example = json!({"code": "KN-409", "message": "the cluster has not reported a Capsule Proxy endpoint yet; kubeconfigs go through Capsule Proxy",
+        (status = 409, description = "The cluster has not reported a Capsule Proxy endpoint (or its CA)", body = ErrorBody,
+            example = json!({"code": "KN-409", "message": "the Capsule Proxy endpoint of the cluster is not reported yet: kubeconfigs go through Capsule Proxy; retry once the operator reports it",
                 "details": {"clusterId": "11111111-1111-1111-1111-111111111111", "clusterStatus": "pending_bootstrap"}})),
-        (status = 503, description = "Kubeconfig issuance is not available in this manager version", body = ErrorBody,
-            example = json!({"code": "KN-503", "message": "kubeconfig issuance is not available yet", "details": {"dependency": "kubeconfig-issuer"}})),
+        (status = 422, description = "Unknown role or mode, TTL not positive or over the maximum", body = ErrorBody,
+            example = json!({"code": "KN-422", "message": "validation failed: ttl: must be greater than 0s and at most 86400s (--max-kubeconfig-ttl); got 90000s",
+                "details": {"violations": [{"field": "ttl", "reason": "must be greater than 0s and at most 86400s (--max-kubeconfig-ttl); got 90000s"}]}})),
+        (status = 503, description = "No external URL configured for the token issuer", body = ErrorBody,
+            example = json!({"code": "KN-503", "message": "the manager has no external URL to put in tokens and exec kubeconfigs: set --external-url / KUBENOVA_EXTERNAL_URL"})),
     ),
     security(("bearerAuth" = []))
 )]
@@ -1168,21 +1191,58 @@ async fn tenant_kubeconfig(
     State(st): State<AppState>,
     ctx: Ctx,
     Path(t): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let t = load_tenant(&st, &ctx, None, &t, Access::Read).await?;
-    let cluster = st.store.get_cluster(t.cluster_id).await?;
-    if cluster.proxy.is_none() {
-        return Err(KnError::conflict(
-            "the cluster has not reported a Capsule Proxy endpoint yet; kubeconfigs go through Capsule Proxy",
-        )
-        .with_details(json!({"clusterId": cluster.id, "clusterStatus": cluster.status}))
-        .into());
-    }
-    Err(KnError::unavailable(
-        "kubeconfig-issuer",
-        "kubeconfig issuance is not available yet: scoped, expiring kubeconfigs through Capsule Proxy arrive in a later release",
-    )
-    .into())
+    let read = super::kubeconfigs::tenant_context(&st, &ctx, &t).await?;
+    let q: super::kubeconfigs::KubeconfigQuery = query(&uri)?;
+    let params = q.params(&st)?;
+    super::kubeconfigs::issue_for_tenant(&st, &ctx, &headers, read, params).await
+}
+
+/// Issues a tenant-scoped kubeconfig for the caller (JSON body `role`, `ttl`, `mode`).
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants/{tenantID}/kubeconfig",
+    tag = "tenants",
+    operation_id = "issueTenantKubeconfig",
+    params(("tenantID" = String, Path, description = "Tenant id (UUID)")),
+    request_body(content = super::kubeconfigs::KubeconfigBody, example = json!({"role": "viewer", "ttl": "1h", "mode": "token"})),
+    responses(
+        (status = 200, description = "The kubeconfig (JSON with metadata, or YAML with Accept: application/yaml; Cache-Control: no-store)",
+            content(
+                (super::kubeconfigs::IssuedKubeconfig = "application/json", example = json!(kubeconfig_response_example())),
+                (String = "application/yaml", example = json!("apiVersion: v1\nkind: Config\n..."))
+            )),
+        (status = 400, description = "Malformed JSON or a non-UUID id", body = ErrorBody,
+            example = json!({"code": "KN-400", "message": "tenant id \"abc\" is not a UUID"})),
+        (status = 401, description = "No or invalid bearer token", body = ErrorBody,
+            example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
+        (status = 403, description = "The role is not allowed for the caller, or the subject is revoked", body = ErrorBody,
+            example = json!({"code": "KN-403", "message": "readOnly may obtain only viewer kubeconfigs, not owner"})),
+        (status = 404, description = "No such tenant, or outside the caller's scope", body = ErrorBody,
+            example = json!({"code": "KN-404", "message": "tenant \"22222222-2222-2222-2222-222222222222\" not found"})),
+        (status = 409, description = "The cluster has not reported a Capsule Proxy endpoint (or its CA)", body = ErrorBody,
+            example = json!({"code": "KN-409", "message": "the Capsule Proxy endpoint of the cluster is not reported yet: kubeconfigs go through Capsule Proxy; retry once the operator reports it"})),
+        (status = 415, description = "Body is not JSON", body = ErrorBody,
+            example = json!({"code": "KN-415", "message": "expected Content-Type: application/json, got \"text/plain\""})),
+        (status = 422, description = "Unknown role or mode, TTL not positive or over the maximum", body = ErrorBody,
+            example = json!({"code": "KN-422", "message": "validation failed: role: unknown role \"admin\": use owner, developer or viewer"})),
+        (status = 503, description = "No external URL configured for the token issuer", body = ErrorBody,
+            example = json!({"code": "KN-503", "message": "the manager has no external URL to put in tokens and exec kubeconfigs: set --external-url / KUBENOVA_EXTERNAL_URL"})),
+    ),
+    security(("bearerAuth" = []))
+)]
+async fn issue_tenant_kubeconfig(
+    State(st): State<AppState>,
+    ctx: Ctx,
+    Path(t): Path<String>,
+    headers: HeaderMap,
+    KnJson(body): KnJson<super::kubeconfigs::KubeconfigBody>,
+) -> ApiResult<Response> {
+    let read = super::kubeconfigs::tenant_context(&st, &ctx, &t).await?;
+    let params = body.params(&st)?;
+    super::kubeconfigs::issue_for_tenant(&st, &ctx, &headers, read, params).await
 }
 
 /// Exact `units × price / divisor` rounded half-up to 6 decimals, as a decimal string.

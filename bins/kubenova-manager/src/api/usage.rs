@@ -50,7 +50,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// Checks every record and that its tenant (and project) exist in its cluster.
-async fn check_batch(st: &AppState, records: &[UsageRecord]) -> ApiResult<()> {
+pub(crate) async fn check_batch(st: &AppState, records: &[UsageRecord]) -> ApiResult<()> {
     let mut v = Validator::new();
     if records.is_empty() {
         v.push("records", "must contain at least one record");
@@ -131,7 +131,7 @@ async fn check_batch(st: &AppState, records: &[UsageRecord]) -> ApiResult<()> {
     Ok(())
 }
 
-/// Ingests hourly usage records (admin and ops for now; the per-cluster agent credential comes later).
+/// Ingests hourly usage records as admin or ops (operators upload theirs through `POST /api/v1/agent/usage`).
 #[utoipa::path(
     post,
     path = "/api/v1/usage",

@@ -1,0 +1,1096 @@
+//! The agent channel: the routes the in-cluster operator calls, outbound from the
+//! cluster (wire types in [`kubenova_api::agent`]).
+//!
+//! **Credential.** Bootstrap mints `kna_<cluster id>_<43 random base64url characters>`
+//! ([`mint_credential`]) and stores only its SHA-256, envelope-encrypted, as the cluster's
+//! secret [`CREDENTIAL_PURPOSE`]. The [`Agent`] extractor parses the cluster id out of the
+//! bearer credential, reads the stored hash and compares in constant time. Agent routes
+//! accept nothing else (a user JWT is KN-401 here) and user routes never accept an agent
+//! credential (it is not a JWT). The credential alone decides the cluster: no agent route
+//! takes a cluster id, and every record an agent names is checked to be of its cluster.
+//!
+//! **Routes.** `POST /api/v1/agent/heartbeat` (hello and heartbeat: status `connected`,
+//! versions, capabilities, components, Capsule Proxy endpoint); `GET
+//! /api/v1/agent/desired` (long-poll of the desired state with a revision cursor:
+//! snapshot for cursor 0 or a compacted cursor, deltas with deletions otherwise, returns
+//! early on a change or a new component request, bounded wait); `POST
+//! /api/v1/agent/status` (per-object observed status; older or duplicate reports are
+//! ignored); `POST /api/v1/agent/usage` (hourly usage of the agent's cluster).
+//!
+//! **Stale clusters.** [`mark_stale`] (run every heartbeat interval by [`spawn_stale_task`])
+//! moves `connected` clusters whose last heartbeat is older than three intervals to
+//! `stale`, with an optimistic version check, so several replicas may run it; reads also
+//! show such a cluster as `stale` at once ([`present`]). The next heartbeat reconnects it.
+
+use super::AppState;
+use super::clusters::upsert_condition;
+use super::error::{ApiError, ApiResult};
+use super::extract::{KnJson, json_response};
+use axum::extract::{FromRequestParts, State};
+use axum::http::{StatusCode, Uri, header, request::Parts};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use kubenova_api::ErrorBody;
+use kubenova_api::agent::{
+    AGENT_TOKEN_PREFIX, ComponentRequest, DesiredObject, DesiredState, Heartbeat, HeartbeatReply,
+    ObjectKind, ObjectRef, ObjectReport, StatusReply, StatusReport, nova_app, nova_project,
+    nova_tenant, parse_agent_token,
+};
+use kubenova_api::ids::{AppId, ClusterId, ProjectId, TenantId};
+use kubenova_api::model::{
+    App, COMPONENTS, Cluster, ClusterStatus, ComponentPhase, ComponentState, Condition,
+    ConditionStatus, ObjectStatus, Phase, Project, RunStatus, Tenant, UsageRecord,
+};
+use kubenova_api::validate::Validator;
+use kubenova_store::{ListParams, Store, StoreError, WriteOptions};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest as _, Sha256};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+use time::OffsetDateTime;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use zeroize::Zeroizing;
+
+/// Store secret purpose holding the SHA-256 of a cluster's agent credential.
+pub const CREDENTIAL_PURPOSE: &str = "agent-credential";
+/// Path of the desired-state long-poll.
+pub const DESIRED_PATH: &str = "/api/v1/agent/desired";
+/// Default wait of the long-poll.
+pub const DEFAULT_WAIT_SECONDS: u64 = 30;
+/// Longest wait of the long-poll.
+pub const MAX_WAIT_SECONDS: u64 = 60;
+/// Most reports in one status batch.
+pub const MAX_REPORTS: usize = 1000;
+/// Most changes in one delta (the agent continues from the returned revision).
+pub const MAX_DELTA_CHANGES: u32 = 1000;
+/// Heartbeats missed before a connected cluster becomes `stale`.
+pub const MISSED_HEARTBEATS: u32 = 3;
+
+// ---------------------------------------------------------------------------------
+// Credential
+// ---------------------------------------------------------------------------------
+
+/// Mints a fresh agent credential for `cluster`: `kna_<id (simple)>_<43 base64url chars>`
+/// from 32 bytes of OS randomness. Returns the credential (a secret) and its SHA-256.
+pub fn mint_credential(cluster: ClusterId) -> (Zeroizing<String>, [u8; 32]) {
+    use rand::RngCore as _;
+    let mut secret = Zeroizing::new([0u8; 32]);
+    rand::rngs::OsRng.fill_bytes(secret.as_mut());
+    let token = Zeroizing::new(format!(
+        "{AGENT_TOKEN_PREFIX}{}_{}",
+        cluster.0.simple(),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret.as_ref())
+    ));
+    let hash = credential_hash(&token);
+    (token, hash)
+}
+
+/// SHA-256 of a credential.
+pub fn credential_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// Mints a credential for `cluster` and stores its hash (replacing, i.e. revoking, the
+/// previous one). Returns the credential, to be written only into the cluster's Secret.
+pub async fn rotate_credential(
+    store: &dyn Store,
+    cluster: ClusterId,
+) -> Result<Zeroizing<String>, StoreError> {
+    let (token, hash) = mint_credential(cluster);
+    store
+        .put_secret(cluster.0, CREDENTIAL_PURPOSE, &hash)
+        .await?;
+    Ok(token)
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// An authenticated agent: the cluster its credential belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Agent {
+    /// The agent's cluster.
+    pub cluster: ClusterId,
+}
+
+const INVALID_CREDENTIAL: &str = "the agent credential is not valid (a new bootstrap rotated it, or the cluster was deleted); \
+     use the token of the kubenova-agent Secret in kubenova-system, or bootstrap the cluster again";
+
+impl Agent {
+    /// Verifies an `Authorization` header value (KN-401 on any failure).
+    pub async fn verify(store: &dyn Store, authorization: Option<&str>) -> ApiResult<Agent> {
+        let Some(h) = authorization else {
+            return Err(ApiError::unauthenticated(
+                "agent routes need the cluster's agent credential: Authorization: Bearer kna_…",
+            ));
+        };
+        let token = match h.trim().split_once(' ') {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+            _ => {
+                return Err(ApiError::unauthenticated(
+                    "the Authorization header must use the Bearer scheme: Authorization: Bearer kna_…",
+                ));
+            }
+        };
+        let Some(cluster) = parse_agent_token(token) else {
+            return Err(ApiError::unauthenticated(
+                "agent routes accept only agent credentials (kna_…), not user tokens; \
+                 use the token of the kubenova-agent Secret in kubenova-system",
+            ));
+        };
+        let stored = match store.get_secret(cluster, CREDENTIAL_PURPOSE).await {
+            Ok(s) => s,
+            Err(StoreError::NotFound { .. }) => {
+                return Err(ApiError::unauthenticated(INVALID_CREDENTIAL));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if !constant_time_eq(&credential_hash(token), &stored) {
+            return Err(ApiError::unauthenticated(INVALID_CREDENTIAL));
+        }
+        Ok(Agent {
+            cluster: ClusterId(cluster),
+        })
+    }
+}
+
+impl FromRequestParts<AppState> for Agent {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let h = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        Agent::verify(state.store.as_ref(), h).await
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Cluster record helpers
+// ---------------------------------------------------------------------------------
+
+/// Read-modify-write of a cluster with optimistic retries (heartbeats, stale marking,
+/// component deliveries and bootstrap outcomes may race). `change` returns false when
+/// there is nothing to write.
+pub(crate) async fn update_cluster_with(
+    store: &dyn Store,
+    id: ClusterId,
+    opts: &WriteOptions<'_>,
+    mut change: impl FnMut(&mut Cluster) -> bool,
+) -> Result<Cluster, StoreError> {
+    let mut attempts = 0;
+    loop {
+        let mut c = store.get_cluster(id).await?;
+        if !change(&mut c) {
+            return Ok(c);
+        }
+        let expected = c.version;
+        c.version = expected + 1;
+        c.updated_at = OffsetDateTime::now_utc();
+        match store.update_cluster(&c, expected, opts).await {
+            Ok(()) => return Ok(c),
+            Err(StoreError::PreconditionFailed { .. }) if attempts < 10 => attempts += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn stale_after(interval: Duration) -> time::Duration {
+    time::Duration::try_from(interval * MISSED_HEARTBEATS).unwrap_or(time::Duration::minutes(3))
+}
+
+fn is_overdue(c: &Cluster, interval: Duration, now: OffsetDateTime) -> bool {
+    c.status == ClusterStatus::Connected
+        && c.last_heartbeat_at
+            .is_none_or(|t| now - t > stale_after(interval))
+}
+
+/// The cluster as clients should see it: `connected` with heartbeats overdue by three
+/// intervals is shown `stale` even before the background task records it.
+pub fn present(mut c: Cluster, interval: Duration) -> Cluster {
+    if is_overdue(&c, interval, OffsetDateTime::now_utc()) {
+        c.status = ClusterStatus::Stale;
+    }
+    c
+}
+
+fn condition(type_: &str, status: ConditionStatus, reason: &str, message: String) -> Condition {
+    Condition {
+        type_: type_.to_string(),
+        status,
+        reason: reason.to_string(),
+        message,
+        last_transition_time: OffsetDateTime::now_utc(),
+        observed_generation: None,
+    }
+}
+
+/// Sets a condition, keeping its transition time when its status did not change.
+fn set_condition(conds: &mut Vec<Condition>, mut cond: Condition) {
+    if let Some(old) = conds.iter().find(|c| c.type_ == cond.type_)
+        && old.status == cond.status
+    {
+        cond.last_transition_time = old.last_transition_time;
+    }
+    upsert_condition(conds, cond);
+}
+
+fn component_order(name: &str) -> usize {
+    COMPONENTS
+        .iter()
+        .position(|n| *n == name)
+        .unwrap_or(usize::MAX)
+}
+
+/// Marks `connected` clusters whose last heartbeat is older than three intervals as
+/// `stale`; returns how many changed. Safe to run on several replicas at once.
+pub async fn mark_stale(store: &dyn Store, interval: Duration) -> Result<usize, StoreError> {
+    let mut params = ListParams::first(kubenova_store::MAX_PAGE_SIZE);
+    let mut changed = 0;
+    loop {
+        let page = store.list_clusters(&params).await?;
+        let now = OffsetDateTime::now_utc();
+        for c in page.items.iter().filter(|c| is_overdue(c, interval, now)) {
+            let mut did = false;
+            let res = update_cluster_with(store, c.id, &WriteOptions::default(), |c| {
+                if !is_overdue(c, interval, OffsetDateTime::now_utc()) {
+                    return false;
+                }
+                c.status = ClusterStatus::Stale;
+                let last = c
+                    .last_heartbeat_at
+                    .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+                    .unwrap_or_else(|| "never".into());
+                set_condition(
+                    &mut c.conditions,
+                    condition(
+                        "AgentConnected",
+                        ConditionStatus::False,
+                        "HeartbeatsMissed",
+                        format!(
+                            "no heartbeat for {MISSED_HEARTBEATS} intervals of {} ms (last: {last}); the operator or its network is down",
+                            interval.as_millis()
+                        ),
+                    ),
+                );
+                did = true;
+                true
+            })
+            .await;
+            match res {
+                Ok(_) if did => {
+                    tracing::warn!(cluster_id = %c.id, name = %c.name, "cluster heartbeats stopped: status stale");
+                    changed += 1;
+                }
+                Ok(_) | Err(StoreError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        match page.next_cursor {
+            Some(cursor) => params.cursor = Some(cursor),
+            None => return Ok(changed),
+        }
+    }
+}
+
+/// Runs [`mark_stale`] every heartbeat interval until aborted.
+pub fn spawn_stale_task(state: AppState) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let interval = state.config.agent_heartbeat_interval;
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = mark_stale(state.store.as_ref(), interval).await {
+                tracing::warn!(error = %e, "marking stale clusters failed");
+            }
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------
+// Routes
+// ---------------------------------------------------------------------------------
+
+/// Routes of this module.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(heartbeat))
+        .routes(routes!(desired))
+        .routes(routes!(report_status))
+        .routes(routes!(upload_usage))
+}
+
+fn interval_seconds(d: Duration) -> u32 {
+    u32::try_from(d.as_millis().div_ceil(1000))
+        .unwrap_or(u32::MAX)
+        .max(1)
+}
+
+fn check_heartbeat(hb: &Heartbeat) -> ApiResult<()> {
+    let mut v = Validator::new();
+    if hb.operator_version.trim().is_empty() {
+        v.push("operatorVersion", "must not be empty");
+    }
+    v.max_len("operatorVersion", &hb.operator_version, 128);
+    if let Some(k) = &hb.kubernetes_version {
+        v.max_len("kubernetesVersion", k, 128);
+    }
+    let mut seen = BTreeSet::new();
+    for (i, c) in hb.components.iter().enumerate() {
+        if !COMPONENTS.contains(&c.name.as_str()) {
+            v.push(
+                format!("components[{i}].name"),
+                format!("unknown component; use one of {}", COMPONENTS.join(", ")),
+            );
+        } else if !seen.insert(c.name.as_str()) {
+            v.push(format!("components[{i}].name"), "is reported twice");
+        }
+        v.max_len(&format!("components[{i}].message"), &c.message, 4096);
+        if let Some(ver) = &c.version {
+            v.max_len(&format!("components[{i}].version"), ver, 128);
+        }
+    }
+    if let Some(p) = &hb.proxy {
+        if !p.url.starts_with("https://") || p.url.len() <= "https://".len() {
+            v.push("proxy.url", "must be an https:// URL");
+        }
+        v.max_len("proxy.url", &p.url, 2048);
+        if let Some(ca) = &p.ca_data {
+            v.max_len("proxy.caData", ca, 64 * 1024);
+            if base64::engine::general_purpose::STANDARD
+                .decode(ca.trim())
+                .is_err()
+            {
+                v.push("proxy.caData", "must be base64 PEM");
+            }
+        }
+    }
+    if hb.applied_revision < 0 {
+        v.push("appliedRevision", "must not be negative");
+    }
+    Ok(v.finish()?)
+}
+
+/// Merges reported component states over the stored ones: a request not yet delivered
+/// to the operator (phase `requested`) survives until the operator has seen it.
+fn merge_components(stored: &[ComponentState], reported: &[ComponentState]) -> Vec<ComponentState> {
+    let mut out: Vec<ComponentState> = reported.to_vec();
+    for s in stored
+        .iter()
+        .filter(|s| s.phase == ComponentPhase::Requested)
+    {
+        match out.iter_mut().find(|o| o.name == s.name) {
+            Some(o) => *o = s.clone(),
+            None => out.push(s.clone()),
+        }
+    }
+    out.sort_by_key(|s| component_order(&s.name));
+    out
+}
+
+/// The operator's hello and heartbeat.
+#[utoipa::path(
+    post,
+    path = "/api/v1/agent/heartbeat",
+    tag = "agent",
+    operation_id = "agentHeartbeat",
+    request_body(content = Heartbeat, description = "Versions, observed capabilities, component states and the Capsule Proxy endpoint",
+        example = json!({"operatorVersion": "0.1.0", "kubernetesVersion": "v1.36.0",
+            "capabilities": {"certManager": true, "capsule": true, "capsuleProxy": true, "kubeVela": true},
+            "components": [{"name": "capsule", "version": "0.14.0", "phase": "ready"}],
+            "proxy": {"url": "https://capsule-proxy.example.com:9001", "caData": "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg=="},
+            "appliedRevision": 12})),
+    responses(
+        (status = 200, description = "Recorded; the cluster is `connected`", body = HeartbeatReply,
+            example = json!({"clusterId": "11111111-1111-1111-1111-111111111111", "status": "connected", "intervalSeconds": 30, "revision": 12})),
+        (status = 400, description = "Malformed JSON", body = ErrorBody,
+            example = json!({"code": "KN-400", "message": "malformed JSON: EOF while parsing an object at line 1 column 20"})),
+        (status = 401, description = "No agent credential, a user token, or a rotated credential", body = ErrorBody,
+            example = json!({"code": "KN-401", "message": "agent routes accept only agent credentials (kna_…), not user tokens; use the token of the kubenova-agent Secret in kubenova-system"})),
+        (status = 422, description = "Invalid fields (unknown component, proxy URL not https)", body = ErrorBody,
+            example = json!({"code": "KN-422", "message": "validation failed: proxy.url: must be an https:// URL",
+                "details": {"violations": [{"field": "proxy.url", "reason": "must be an https:// URL"}]}})),
+    ),
+    security(("agentCredential" = []))
+)]
+async fn heartbeat(
+    State(st): State<AppState>,
+    agent: Agent,
+    KnJson(hb): KnJson<Heartbeat>,
+) -> ApiResult<Response> {
+    check_heartbeat(&hb)?;
+    let mut previous = ClusterStatus::Connected;
+    let c = update_cluster_with(
+        st.store.as_ref(),
+        agent.cluster,
+        &WriteOptions::default(),
+        |c| {
+            let now = OffsetDateTime::now_utc();
+            previous = c.status;
+            c.status = ClusterStatus::Connected;
+            c.last_heartbeat_at = Some(now);
+            c.operator_version = Some(hb.operator_version.clone());
+            c.capabilities = hb.capabilities;
+            c.components = merge_components(&c.components, &hb.components);
+            if let Some(p) = &hb.proxy {
+                c.proxy = Some(p.clone());
+            }
+            let k8s = hb
+                .kubernetes_version
+                .as_deref()
+                .map(|k| format!(" on Kubernetes {k}"))
+                .unwrap_or_default();
+            set_condition(
+                &mut c.conditions,
+                condition(
+                    "AgentConnected",
+                    ConditionStatus::True,
+                    "Heartbeat",
+                    format!("operator {}{k8s} is heartbeating", hb.operator_version),
+                ),
+            );
+            if c.conditions
+                .iter()
+                .any(|x| x.type_ == "Bootstrapped" && x.status != ConditionStatus::True)
+            {
+                set_condition(
+                    &mut c.conditions,
+                    condition(
+                        "Bootstrapped",
+                        ConditionStatus::True,
+                        "OperatorConnected",
+                        "the operator is running and connected".into(),
+                    ),
+                );
+            }
+            true
+        },
+    )
+    .await?;
+    if previous != ClusterStatus::Connected {
+        tracing::info!(cluster_id = %c.id, name = %c.name, from = previous.as_str(), operator_version = %hb.operator_version, "agent connected");
+    }
+    let revision = st.store.cluster_revision(agent.cluster).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &HeartbeatReply {
+            cluster_id: agent.cluster.0,
+            status: c.status,
+            interval_seconds: interval_seconds(st.config.agent_heartbeat_interval),
+            revision,
+        },
+        None,
+        None,
+        false,
+    ))
+}
+
+/// `?cursor=&waitSeconds=` of the long-poll.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct DesiredQuery {
+    /// The revision of the agent's last answer (0 or absent: a full snapshot).
+    pub cursor: Option<i64>,
+    /// How long to wait for a change when there is none (default 30, at most 60).
+    pub wait_seconds: Option<u64>,
+}
+
+async fn all_pages<T, F, Fut>(mut fetch: F) -> Result<Vec<T>, StoreError>
+where
+    F: FnMut(ListParams) -> Fut,
+    Fut: std::future::Future<Output = Result<kubenova_store::Page<T>, StoreError>>,
+{
+    let mut out = Vec::new();
+    let mut params = ListParams::first(kubenova_store::MAX_PAGE_SIZE);
+    loop {
+        let page = fetch(params.clone()).await?;
+        out.extend(page.items);
+        match page.next_cursor {
+            Some(c) => params.cursor = Some(c),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// The complete desired set of a cluster at `revision` (read after taking the revision,
+/// so nothing older is missed; newer changes show up again as deltas, harmlessly).
+async fn snapshot(st: &AppState, cluster: ClusterId, revision: i64) -> ApiResult<DesiredState> {
+    let store = st.store.as_ref();
+    let tenants = all_pages(|p| async move { store.list_tenants(Some(cluster), &p).await }).await?;
+    let mut objects = Vec::new();
+    let mut projects = Vec::new();
+    let mut apps = Vec::new();
+    for t in &tenants {
+        objects.push(DesiredObject::Tenant {
+            id: t.id.0,
+            object: Box::new(nova_tenant(t, &st.catalog)),
+        });
+        let tid = t.id;
+        let ps = all_pages(|p| async move { store.list_projects(tid, &p).await }).await?;
+        for p in ps {
+            let pid = p.id;
+            let app_list = all_pages(|q| async move { store.list_apps(pid, &q).await }).await?;
+            for a in app_list {
+                apps.push(DesiredObject::App {
+                    id: a.id.0,
+                    object: Box::new(nova_app(&a, &p, t)),
+                });
+            }
+            projects.push(DesiredObject::Project {
+                id: p.id.0,
+                object: Box::new(nova_project(&p, t)),
+            });
+        }
+    }
+    objects.extend(projects);
+    objects.extend(apps);
+    Ok(DesiredState {
+        revision,
+        snapshot: true,
+        objects,
+        deleted: Vec::new(),
+        components: Vec::new(),
+    })
+}
+
+/// Reads records by id with a per-call cache; `None` when gone or of another cluster.
+struct Reader<'a> {
+    store: &'a dyn Store,
+    cluster: ClusterId,
+    tenants: HashMap<TenantId, Option<Tenant>>,
+    projects: HashMap<ProjectId, Option<Project>>,
+}
+
+fn gone<T>(r: Result<T, StoreError>) -> Result<Option<T>, StoreError> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(StoreError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+impl Reader<'_> {
+    async fn tenant(&mut self, id: TenantId) -> Result<Option<Tenant>, StoreError> {
+        if let Some(t) = self.tenants.get(&id) {
+            return Ok(t.clone());
+        }
+        let t = gone(self.store.get_tenant(id).await)?.filter(|t| t.cluster_id == self.cluster);
+        self.tenants.insert(id, t.clone());
+        Ok(t)
+    }
+
+    async fn project(&mut self, id: ProjectId) -> Result<Option<Project>, StoreError> {
+        if let Some(p) = self.projects.get(&id) {
+            return Ok(p.clone());
+        }
+        let p = gone(self.store.get_project(id).await)?.filter(|p| p.cluster_id == self.cluster);
+        self.projects.insert(id, p.clone());
+        Ok(p)
+    }
+}
+
+/// The changes after `cursor` as objects to apply and deletions; `None` when the cursor
+/// was compacted away (the caller answers with a snapshot).
+async fn delta(st: &AppState, cluster: ClusterId, cursor: i64) -> ApiResult<Option<DesiredState>> {
+    let Some(changes) = st
+        .store
+        .changes_since(cluster, cursor, MAX_DELTA_CHANGES)
+        .await?
+    else {
+        return Ok(None);
+    };
+    // Called when the revision is past the cursor; no change record means the records
+    // are not there to answer from: a snapshot answers instead.
+    let Some(last) = changes.last() else {
+        return Ok(None);
+    };
+    let revision = last.revision;
+    // The last change of each object decides.
+    let mut latest: BTreeMap<(ObjectKind, uuid::Uuid), bool> = BTreeMap::new();
+    for ch in &changes {
+        let kind = match ch.kind {
+            kubenova_store::ObjectKind::Tenant => ObjectKind::Tenant,
+            kubenova_store::ObjectKind::Project => ObjectKind::Project,
+            kubenova_store::ObjectKind::App => ObjectKind::App,
+        };
+        latest.insert((kind, ch.object_id), ch.deleted);
+    }
+    let mut r = Reader {
+        store: st.store.as_ref(),
+        cluster,
+        tenants: HashMap::new(),
+        projects: HashMap::new(),
+    };
+    let mut objects = Vec::new();
+    let mut deleted = Vec::new();
+    // BTreeMap order: tenants, then projects, then apps.
+    for ((kind, id), was_deleted) in latest {
+        let obj = if was_deleted {
+            None
+        } else {
+            match kind {
+                ObjectKind::Tenant => {
+                    r.tenant(TenantId(id))
+                        .await?
+                        .map(|t| DesiredObject::Tenant {
+                            id,
+                            object: Box::new(nova_tenant(&t, &st.catalog)),
+                        })
+                }
+                ObjectKind::Project => match r.project(ProjectId(id)).await? {
+                    Some(p) => r
+                        .tenant(p.tenant_id)
+                        .await?
+                        .map(|t| DesiredObject::Project {
+                            id,
+                            object: Box::new(nova_project(&p, &t)),
+                        }),
+                    None => None,
+                },
+                ObjectKind::App => {
+                    match gone(st.store.get_app(AppId(id)).await)?
+                        .filter(|a| a.cluster_id == cluster)
+                    {
+                        Some(a) => {
+                            match (r.project(a.project_id).await?, r.tenant(a.tenant_id).await?) {
+                                (Some(p), Some(t)) => Some(DesiredObject::App {
+                                    id,
+                                    object: Box::new(nova_app(&a, &p, &t)),
+                                }),
+                                _ => None,
+                            }
+                        }
+                        None => None,
+                    }
+                }
+            }
+        };
+        match obj {
+            Some(o) => objects.push(o),
+            // Deleted (or deleted since the change was recorded): prune it.
+            None => deleted.push(ObjectRef { kind, id }),
+        }
+    }
+    Ok(Some(DesiredState {
+        revision,
+        snapshot: false,
+        objects,
+        deleted,
+        components: Vec::new(),
+    }))
+}
+
+/// Hands the component requests not yet delivered to the operator over, marking them
+/// `installing` ("delivered; waiting for the operator's report") so each is delivered once.
+async fn deliver_components(st: &AppState, cluster: ClusterId) -> ApiResult<Vec<ComponentRequest>> {
+    let mut out = Vec::new();
+    update_cluster_with(st.store.as_ref(), cluster, &WriteOptions::default(), |c| {
+        out.clear();
+        let now = OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        for s in c
+            .components
+            .iter_mut()
+            .filter(|s| s.phase == ComponentPhase::Requested)
+        {
+            out.push(ComponentRequest {
+                component: s.name.clone(),
+                version: s.version.clone(),
+            });
+            s.phase = ComponentPhase::Installing;
+            s.message =
+                format!("request delivered to the operator at {now}; waiting for its report");
+        }
+        !out.is_empty()
+    })
+    .await?;
+    Ok(out)
+}
+
+fn has_pending_requests(c: &Cluster) -> bool {
+    c.components
+        .iter()
+        .any(|s| s.phase == ComponentPhase::Requested)
+}
+
+/// Long-poll of the cluster's desired state.
+#[utoipa::path(
+    get,
+    path = "/api/v1/agent/desired",
+    tag = "agent",
+    operation_id = "agentDesiredState",
+    params(DesiredQuery),
+    responses(
+        (status = 200, description = "A snapshot (cursor 0 or compacted), the changes after the cursor, or — after the wait without a change — \
+            the same revision with no objects. Component (re)install requests ride along and make a waiting poll return.", body = DesiredState,
+            example = json!({"revision": 13, "snapshot": false, "objects": [],
+                "deleted": [{"kind": "tenant", "id": "22222222-2222-2222-2222-222222222222"}], "components": []})),
+        (status = 400, description = "A malformed query parameter", body = ErrorBody,
+            example = json!({"code": "KN-400", "message": "bad query parameter: Failed to deserialize query string: cursor: invalid digit found in string"})),
+        (status = 401, description = "No agent credential, a user token, or a rotated credential", body = ErrorBody,
+            example = json!({"code": "KN-401", "message": "agent routes need the cluster's agent credential: Authorization: Bearer kna_…"})),
+        (status = 422, description = "cursor negative or waitSeconds above 60", body = ErrorBody,
+            example = json!({"code": "KN-422", "message": "validation failed: waitSeconds: must be at most 60 (got 120)",
+                "details": {"violations": [{"field": "waitSeconds", "reason": "must be at most 60 (got 120)"}]}})),
+    ),
+    security(("agentCredential" = []))
+)]
+async fn desired(State(st): State<AppState>, agent: Agent, uri: Uri) -> ApiResult<Response> {
+    let q: DesiredQuery = super::clusters::query(&uri)?;
+    let cursor = q.cursor.unwrap_or(0);
+    let wait = q.wait_seconds.unwrap_or(DEFAULT_WAIT_SECONDS);
+    if cursor < 0 {
+        return Err(ApiError::invalid("cursor", "must not be negative"));
+    }
+    if wait > MAX_WAIT_SECONDS {
+        return Err(ApiError::invalid(
+            "waitSeconds",
+            format!("must be at most {MAX_WAIT_SECONDS} (got {wait})"),
+        ));
+    }
+    let cluster = agent.cluster;
+    // Subscribe before the first read so no change between read and wait is missed.
+    let mut sub = st.changes.subscribe(cluster);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+    let mut state = loop {
+        let revision = st.store.cluster_revision(cluster).await?;
+        // Cursor 0 asks for a snapshot; while the cluster has no change at all (revision
+        // 0) the empty snapshot is sent only after the wait, so an idle agent does not spin.
+        if (cursor == 0 && revision > 0) || cursor > revision {
+            break snapshot(&st, cluster, revision).await?;
+        }
+        if revision > cursor {
+            match delta(&st, cluster, cursor).await? {
+                Some(d) => break d,
+                None => break snapshot(&st, cluster, revision).await?,
+            }
+        }
+        if has_pending_requests(&st.store.get_cluster(cluster).await?)
+            || sub.wait(deadline).await == kubenova_store::notify::Woken::Deadline
+        {
+            // Nothing changed after the cursor (for cursor 0: the complete, empty set).
+            break DesiredState {
+                revision: cursor,
+                snapshot: cursor == 0,
+                ..DesiredState::default()
+            };
+        }
+    };
+    state.components = deliver_components(&st, cluster).await?;
+    Ok(json_response(StatusCode::OK, &state, None, None, false))
+}
+
+/// Whether a report may replace the stored status: not older, and different.
+fn is_news(stored: &ObjectStatus, reported: &ObjectStatus) -> bool {
+    reported.observed_revision.unwrap_or(0) >= stored.observed_revision.unwrap_or(0)
+        && reported != stored
+}
+
+/// Whether the app record has not changed after `observed` (so a report at `observed`
+/// describes its current spec); unknown (compacted) counts as not current.
+async fn reflects_current(st: &AppState, app: &App, observed: i64) -> Result<bool, StoreError> {
+    let mut since = observed;
+    loop {
+        let Some(changes) = st
+            .store
+            .changes_since(app.cluster_id, since, MAX_DELTA_CHANGES)
+            .await?
+        else {
+            return Ok(false);
+        };
+        if changes.iter().any(|c| c.object_id == app.id.0) {
+            return Ok(false);
+        }
+        match changes.last() {
+            Some(last) if changes.len() == MAX_DELTA_CHANGES as usize => since = last.revision,
+            _ => return Ok(true),
+        }
+    }
+}
+
+/// Moves the app's deploy/rollback runs of the deployed revision along with a report.
+async fn advance_runs(st: &AppState, app: &App, report: &ObjectReport) -> Result<(), StoreError> {
+    let Some(deployed) = app.deployed_revision else {
+        return Ok(());
+    };
+    let failed = report.vela_phase.as_deref() == Some("workflowFailed");
+    let target = match (report.status.phase, failed) {
+        (_, true) => RunStatus::Failed,
+        (Phase::Ready, false) => RunStatus::Succeeded,
+        (Phase::Reconciling, false) => RunStatus::Running,
+        _ => return Ok(()),
+    };
+    let store = st.store.as_ref();
+    let app_id = app.id;
+    let runs = all_pages(|p| async move { store.list_workflow_runs(app_id, &p).await }).await?;
+    let pending: Vec<_> = runs
+        .into_iter()
+        .filter(|r| matches!(r.status, RunStatus::Requested | RunStatus::Running))
+        .filter(|r| {
+            matches!(r.inputs["action"].as_str(), Some("deploy" | "rollback"))
+                && r.inputs["revision"].as_i64() == Some(deployed)
+        })
+        .filter(|r| !(r.status == RunStatus::Running && target == RunStatus::Running))
+        .collect();
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let observed = report.status.observed_revision.unwrap_or(0);
+    if !reflects_current(st, app, observed).await? {
+        return Ok(());
+    }
+    let now = OffsetDateTime::now_utc();
+    for mut run in pending {
+        run.status = target;
+        if matches!(target, RunStatus::Succeeded | RunStatus::Failed) {
+            run.ended_at = Some(now);
+            run.result = Some(json!({
+                "phase": report.status.phase,
+                "velaPhase": report.vela_phase,
+                "observedRevision": observed,
+                "message": report.status.message,
+            }));
+        }
+        match store.update_workflow_run(&run).await {
+            Ok(()) | Err(StoreError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+async fn apply_report(st: &AppState, cluster: ClusterId, item: &ObjectReport) -> ApiResult<bool> {
+    let store = st.store.as_ref();
+    match item.kind {
+        ObjectKind::Tenant => {
+            let id = TenantId(item.id);
+            let Some(t) = gone(store.get_tenant(id).await)? else {
+                return Ok(false);
+            };
+            if t.cluster_id != cluster || !is_news(&t.status, &item.status) {
+                return Ok(false);
+            }
+            gone(store.set_tenant_status(id, &item.status).await)?;
+        }
+        ObjectKind::Project => {
+            let id = ProjectId(item.id);
+            let Some(p) = gone(store.get_project(id).await)? else {
+                return Ok(false);
+            };
+            if p.cluster_id != cluster || !is_news(&p.status, &item.status) {
+                return Ok(false);
+            }
+            gone(store.set_project_status(id, &item.status).await)?;
+        }
+        ObjectKind::App => {
+            let id = AppId(item.id);
+            let Some(a) = gone(store.get_app(id).await)? else {
+                return Ok(false);
+            };
+            let phase_changed = item.vela_phase.is_some() && a.vela_phase != item.vela_phase;
+            let newer = item.status.observed_revision.unwrap_or(0)
+                >= a.status.observed_revision.unwrap_or(0);
+            if a.cluster_id != cluster
+                || !(is_news(&a.status, &item.status) || (newer && phase_changed))
+            {
+                return Ok(false);
+            }
+            let vela = item.vela_phase.as_deref().or(a.vela_phase.as_deref());
+            if let Some(updated) = gone(store.set_app_status(id, &item.status, vela).await)? {
+                advance_runs(st, &updated, item).await?;
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// Per-object observed status from the operator.
+#[utoipa::path(
+    post,
+    path = "/api/v1/agent/status",
+    tag = "agent",
+    operation_id = "agentReportStatus",
+    request_body(content = StatusReport, description = "Observed status of tenants, projects and apps of the agent's cluster (at most 1000)",
+        example = json!({"items": [{"kind": "tenant", "id": "22222222-2222-2222-2222-222222222222",
+            "status": {"phase": "ready", "conditions": [{"type": "Ready", "status": "True", "reason": "Reconciled", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}], "observedRevision": 12}}]})),
+    responses(
+        (status = 200, description = "Stored reports and ignored ones (unchanged, older than stored, or for records not of this cluster or gone)", body = StatusReply,
+            example = json!({"applied": 1, "ignored": 0})),
+        (status = 400, description = "Malformed JSON", body = ErrorBody,
+            example = json!({"code": "KN-400", "message": "malformed JSON: EOF while parsing an object at line 1 column 9"})),
+        (status = 401, description = "No agent credential, a user token, or a rotated credential", body = ErrorBody,
+            example = json!({"code": "KN-401", "message": "agent routes need the cluster's agent credential: Authorization: Bearer kna_…"})),
+        (status = 422, description = "Too many reports, or a malformed one", body = ErrorBody,
+            example = json!({"code": "KN-422", "message": "validation failed: items: must contain at most 1000 reports (got 1001)",
+                "details": {"violations": [{"field": "items", "reason": "must contain at most 1000 reports (got 1001)"}]}})),
+    ),
+    security(("agentCredential" = []))
+)]
+async fn report_status(
+    State(st): State<AppState>,
+    agent: Agent,
+    KnJson(report): KnJson<StatusReport>,
+) -> ApiResult<Response> {
+    if report.items.len() > MAX_REPORTS {
+        return Err(ApiError::invalid(
+            "items",
+            format!(
+                "must contain at most {MAX_REPORTS} reports (got {})",
+                report.items.len()
+            ),
+        ));
+    }
+    let mut v = Validator::new();
+    for (i, item) in report.items.iter().enumerate() {
+        v.max_len(
+            &format!("items[{i}].status.message"),
+            &item.status.message,
+            4096,
+        );
+        if item.status.conditions.len() > 64 {
+            v.push(
+                format!("items[{i}].status.conditions"),
+                "must contain at most 64 conditions",
+            );
+        }
+        if let Some(p) = &item.vela_phase {
+            v.max_len(&format!("items[{i}].velaPhase"), p, 64);
+        }
+    }
+    v.finish()?;
+    let mut reply = StatusReply::default();
+    for item in &report.items {
+        if apply_report(&st, agent.cluster, item).await? {
+            reply.applied += 1;
+        } else {
+            reply.ignored += 1;
+        }
+    }
+    Ok(json_response(StatusCode::OK, &reply, None, None, false))
+}
+
+/// Hourly usage of the agent's cluster; idempotent per (cluster, tenant, project, hour).
+#[utoipa::path(
+    post,
+    path = "/api/v1/agent/usage",
+    tag = "agent",
+    operation_id = "agentUploadUsage",
+    request_body(content = Vec<UsageRecord>, description = "Hourly records, all of the agent's cluster",
+        example = json!([{"clusterId": "11111111-1111-1111-1111-111111111111", "tenantId": "22222222-2222-2222-2222-222222222222",
+            "hour": "2026-01-01T10:00:00Z", "cpuMillicores": 1500, "memoryBytes": 2147483648_i64, "storageBytes": 10737418240_i64,
+            "loadBalancers": 1, "namespaces": 3, "pods": 12, "apps": 2}])),
+    responses(
+        (status = 204, description = "Stored (inserted or replaced)"),
+        (status = 400, description = "Malformed JSON", body = ErrorBody,
+            example = json!({"code": "KN-400", "message": "malformed JSON: EOF while parsing a list at line 1 column 1"})),
+        (status = 401, description = "No agent credential, a user token, or a rotated credential", body = ErrorBody,
+            example = json!({"code": "KN-401", "message": "agent routes need the cluster's agent credential: Authorization: Bearer kna_…"})),
+        (status = 403, description = "A record names another cluster", body = ErrorBody,
+            example = json!({"code": "KN-403", "message": "records[0].clusterId: an agent uploads usage of its own cluster only"})),
+        (status = 422, description = "Invalid records, unknown tenant/project of this cluster, hours not whole", body = ErrorBody,
+            example = json!({"code": "KN-422", "message": "validation failed: records[0].tenantId: tenant 22222222-2222-2222-2222-222222222222 does not exist in cluster 11111111-1111-1111-1111-111111111111",
+                "details": {"violations": [{"field": "records[0].tenantId", "reason": "tenant 22222222-2222-2222-2222-222222222222 does not exist in cluster 11111111-1111-1111-1111-111111111111"}]}})),
+    ),
+    security(("agentCredential" = []))
+)]
+async fn upload_usage(
+    State(st): State<AppState>,
+    agent: Agent,
+    KnJson(records): KnJson<Vec<UsageRecord>>,
+) -> ApiResult<Response> {
+    if let Some(i) = records.iter().position(|r| r.cluster_id != agent.cluster) {
+        return Err(ApiError::forbidden(format!(
+            "records[{i}].clusterId: an agent uploads usage of its own cluster only"
+        )));
+    }
+    super::usage::check_batch(&st, &records).await?;
+    st.store.upsert_usage(&records).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn credentials_have_the_parsed_shape_and_differ() {
+        let id = ClusterId::new();
+        let (a, ha) = mint_credential(id);
+        let (b, _) = mint_credential(id);
+        assert_ne!(*a, *b);
+        assert_eq!(parse_agent_token(&a), Some(id.0));
+        assert!(a.len() >= 4 + 32 + 1 + 43);
+        assert_eq!(credential_hash(&a), ha);
+        assert!(constant_time_eq(&ha, &credential_hash(&a)));
+        assert!(!constant_time_eq(&ha, &credential_hash(&b)));
+        assert!(!constant_time_eq(&ha, &ha[..31]));
+    }
+
+    #[test]
+    fn requests_survive_reports_until_delivered() {
+        let st = |name: &str, phase| ComponentState {
+            name: name.into(),
+            version: None,
+            phase,
+            message: String::new(),
+        };
+        let stored = vec![
+            st("capsule", ComponentPhase::Requested),
+            st("kubevela", ComponentPhase::Installing),
+        ];
+        let reported = vec![
+            st("kubevela", ComponentPhase::Ready),
+            st("capsule", ComponentPhase::Ready),
+            st("cert-manager", ComponentPhase::Ready),
+        ];
+        let merged = merge_components(&stored, &reported);
+        let phases: Vec<_> = merged.iter().map(|s| (s.name.as_str(), s.phase)).collect();
+        assert_eq!(
+            phases,
+            [
+                ("cert-manager", ComponentPhase::Ready),
+                ("capsule", ComponentPhase::Requested),
+                ("kubevela", ComponentPhase::Ready)
+            ]
+        );
+    }
+
+    #[test]
+    fn reports_must_be_newer_and_different() {
+        let s = |rev: Option<i64>, phase| ObjectStatus {
+            phase,
+            conditions: vec![],
+            observed_revision: rev,
+            message: String::new(),
+        };
+        assert!(is_news(
+            &s(Some(3), Phase::Pending),
+            &s(Some(3), Phase::Ready)
+        ));
+        assert!(!is_news(
+            &s(Some(3), Phase::Ready),
+            &s(Some(3), Phase::Ready)
+        ));
+        assert!(!is_news(
+            &s(Some(4), Phase::Pending),
+            &s(Some(3), Phase::Ready)
+        ));
+        assert!(is_news(&s(None, Phase::Pending), &s(Some(1), Phase::Ready)));
+        assert_eq!(interval_seconds(Duration::from_millis(200)), 1);
+        assert_eq!(interval_seconds(Duration::from_secs(30)), 30);
+    }
+}

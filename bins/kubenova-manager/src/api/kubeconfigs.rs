@@ -1,0 +1,1878 @@
+//! Kubeconfig issuance: scoped, expiring, revocable kubeconfigs through the cluster's
+//! Capsule Proxy, signed by the manager (see `docs/src/kubeconfigs.md`).
+//!
+//! - **Issuance** ([`issue`]): the tenant and project kubeconfig routes (GET with query
+//!   parameters, POST with a JSON body; in `tenants.rs` and `projects.rs`) and the exec
+//!   refresh `POST /api/v1/tenants/{tenantID}/token` that `kubenova auth token` calls.
+//!   Every issuance is authorized ([`authorize`]), refused for revoked subjects, recorded
+//!   (credential metadata, never the token) with its audit event in one transaction.
+//! - **Revocation**: list a tenant's issued credentials, revoke one (`jti`), a subject's
+//!   or all of a tenant's; list and lift subject revocations.
+//! - **Discovery**: `/.well-known/openid-configuration` and the JWKS it names, public, so
+//!   a cluster's API server can trust the manager as a JWT issuer.
+//! - **Signing keys**: an ES256 [`KeySet`] stored envelope-encrypted in the store
+//!   ([`load_or_create_signing_keys`]), rotated with overlap ([`rotate_signing_keys`]).
+//!
+//! Tokens never reach a log, the store or an idempotency record.
+
+use super::AppState;
+use super::authz::{Principal, Role};
+use super::clusters::{list_params, parse_id, query};
+use super::error::{ApiError, ApiResult};
+use super::extract::{Audited, Ctx, KnJson, json_response};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use kubenova_api::ErrorBody;
+use kubenova_api::error::{ErrorCode, KnError};
+use kubenova_api::ids::{ClusterId, ProjectId, TenantId};
+use kubenova_api::model::{AccessRole, AuditEvent, AuditOutcome, Cluster, Project, Tenant};
+use kubenova_api::validate::Validator;
+use kubenova_kubeconfig::{
+    Claims, Credential, ExecCredential, KeySet, KubeconfigExt as _, KubeconfigRequest, TokenSpec,
+};
+use kubenova_store::{
+    CredentialMode, CredentialQuery, IssuanceContext, IssuedCredential, Store, StoreError,
+    SubjectRevocation, WriteOptions,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::sync::Arc;
+use time::OffsetDateTime;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+/// Owner id of the stored signing key set (not a record: the manager itself).
+pub const SIGNING_KEYS_OWNER: Uuid = Uuid::nil();
+/// Purpose of the stored signing key set (`Store::put_secret`).
+pub const SIGNING_KEYS_PURPOSE: &str = "kubeconfig-signing-keys";
+/// Response header carrying the `jti` of an issued token.
+pub const CREDENTIAL_ID_HEADER: &str = "x-kubenova-credential-id";
+/// Response header carrying the expiry (RFC 3339) of an issued token.
+pub const EXPIRES_AT_HEADER: &str = "x-kubenova-expires-at";
+
+/// The `aud` of tokens for a cluster: `kubenova:cluster:<clusterId>`.
+///
+/// ```
+/// use kubenova_api::ids::ClusterId;
+/// let id: ClusterId = "3f1c2a9e-7d4b-4c1e-9a0f-2b8d6e5c4a10".parse().unwrap();
+/// assert_eq!(
+///     kubenova_manager::api::kubeconfigs::cluster_audience(id),
+///     "kubenova:cluster:3f1c2a9e-7d4b-4c1e-9a0f-2b8d6e5c4a10"
+/// );
+/// ```
+pub fn cluster_audience(cluster: ClusterId) -> String {
+    format!("kubenova:cluster:{cluster}")
+}
+
+// ---------------------------------------------------------------------------------
+// Signing keys
+// ---------------------------------------------------------------------------------
+
+/// Loading, creating or rotating the signing keys failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SigningKeyError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The stored keys could not be parsed, or a key could not be generated.
+    #[error("kubeconfig signing keys: {0}")]
+    Key(#[from] kubenova_kubeconfig::Error),
+}
+
+impl From<SigningKeyError> for ApiError {
+    fn from(e: SigningKeyError) -> Self {
+        match e {
+            SigningKeyError::Store(s) => s.into(),
+            SigningKeyError::Key(k) => {
+                tracing::error!(error = %k, "kubeconfig signing keys are unusable");
+                ApiError::from(KnError::internal(
+                    "the kubeconfig signing keys are unusable; see the manager log",
+                ))
+            }
+        }
+    }
+}
+
+/// The stored signing key set, generated and stored on first use. Concurrent first
+/// starts agree on one key set (insert-if-absent, then read back).
+pub async fn load_or_create_signing_keys(store: &dyn Store) -> Result<KeySet, SigningKeyError> {
+    match store
+        .get_secret(SIGNING_KEYS_OWNER, SIGNING_KEYS_PURPOSE)
+        .await
+    {
+        Ok(bytes) => return Ok(KeySet::from_bytes(&bytes)?),
+        Err(StoreError::NotFound { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let fresh = KeySet::generate(OffsetDateTime::now_utc())?;
+    if store
+        .put_secret_if_absent(SIGNING_KEYS_OWNER, SIGNING_KEYS_PURPOSE, &fresh.to_bytes()?)
+        .await?
+    {
+        tracing::info!(kid = %fresh.active().kid(), "generated the kubeconfig signing key");
+    }
+    let bytes = store
+        .get_secret(SIGNING_KEYS_OWNER, SIGNING_KEYS_PURPOSE)
+        .await?;
+    Ok(KeySet::from_bytes(&bytes)?)
+}
+
+/// What a rotation did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SigningKeyRotation {
+    /// `kid` of the new active key.
+    pub active_kid: String,
+    /// `kid`s still published and verifying (the previous keys within their overlap).
+    pub verifying_kids: Vec<String>,
+    /// `kid`s removed because every token they signed has expired.
+    pub retired_kids: Vec<String>,
+}
+
+/// Rotates the signing keys with overlap: a new active key signs from now on, the old
+/// one stays in the JWKS until `overlap` (the maximum kubeconfig TTL plus clock skew)
+/// after its deactivation, and keys past that are retired.
+pub async fn rotate_signing_keys(
+    store: &dyn Store,
+    overlap: time::Duration,
+) -> Result<SigningKeyRotation, SigningKeyError> {
+    let mut keys = load_or_create_signing_keys(store).await?;
+    let now = OffsetDateTime::now_utc();
+    keys.rotate(now)?;
+    let retired = keys.retire_expired(now, overlap);
+    store
+        .put_secret(SIGNING_KEYS_OWNER, SIGNING_KEYS_PURPOSE, &keys.to_bytes()?)
+        .await?;
+    tracing::info!(active_kid = %keys.active().kid(), retired = ?retired, "rotated the kubeconfig signing keys");
+    Ok(SigningKeyRotation {
+        active_kid: keys.active().kid().to_string(),
+        verifying_kids: keys
+            .previous()
+            .iter()
+            .map(|k| k.kid().to_string())
+            .collect(),
+        retired_kids: retired,
+    })
+}
+
+/// The signing keys of the state: from memory while fresh, else re-read from the store.
+pub async fn signing_keys(st: &AppState) -> ApiResult<Arc<KeySet>> {
+    let cache = st.auth.kubeconfig_keys();
+    if let Some(k) = cache.fresh() {
+        return Ok(k);
+    }
+    let keys = Arc::new(load_or_create_signing_keys(st.store.as_ref()).await?);
+    cache.set(Arc::clone(&keys));
+    Ok(keys)
+}
+
+/// The overlap a rotated-out key keeps verifying: maximum kubeconfig TTL + clock skew.
+pub fn rotation_overlap(cfg: &super::config::ServerConfig) -> time::Duration {
+    time::Duration::try_from(cfg.max_kubeconfig_ttl + cfg.clock_skew)
+        .unwrap_or(time::Duration::days(1))
+}
+
+// ---------------------------------------------------------------------------------
+// Request parameters
+// ---------------------------------------------------------------------------------
+
+/// A TTL: seconds as a number, or a duration text (`90s`, `30m`, `1h`, `1d`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum TtlInput {
+    /// Seconds.
+    Seconds(i64),
+    /// Duration text.
+    Text(String),
+}
+
+/// `GET …/kubeconfig` query parameters.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct KubeconfigQuery {
+    /// `owner`, `developer` or `viewer` (default `viewer`).
+    pub role: Option<String>,
+    /// Token lifetime: seconds or `30m`, `1h`, `1d` (default 1h; at most the configured maximum).
+    pub ttl: Option<String>,
+    /// `token` (embedded token, default) or `exec` (the `kubenova auth token` plugin).
+    pub mode: Option<String>,
+}
+
+/// `POST …/kubeconfig` body.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"role": "developer", "ttl": "1h", "mode": "token"}))]
+pub struct KubeconfigBody {
+    /// `owner`, `developer` or `viewer` (default `viewer`).
+    #[serde(default)]
+    pub role: Option<String>,
+    /// Token lifetime: seconds (number) or `30m`, `1h`, `1d` (default 1h; at most the
+    /// configured maximum).
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "1h")]
+    pub ttl: Option<TtlInput>,
+    /// `token` (embedded token, default) or `exec` (the `kubenova auth token` plugin).
+    #[serde(default)]
+    pub mode: Option<String>,
+}
+
+/// `POST /api/v1/tenants/{tenantID}/token` body: what `kubenova auth token` asks for.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schema(example = json!({"role": "viewer"}))]
+pub struct TokenBody {
+    /// `owner`, `developer` or `viewer`.
+    pub role: Option<String>,
+    /// Project id (UUID) for a project-scoped token.
+    #[serde(default)]
+    pub project: Option<String>,
+    /// Cluster id (UUID); must be the tenant's cluster when given.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    /// Lifetime (default `--exec-token-ttl`): seconds or `10m`, `1h`.
+    #[serde(default)]
+    #[schema(value_type = Option<String>, example = "10m")]
+    pub ttl: Option<TtlInput>,
+}
+
+/// What to issue, validated.
+#[derive(Debug, Clone, Copy)]
+pub struct IssueParams {
+    /// Role.
+    pub role: AccessRole,
+    /// Lifetime.
+    pub ttl: time::Duration,
+    /// Token or exec kubeconfig.
+    pub mode: CredentialMode,
+}
+
+fn parse_role(v: &mut Validator, raw: Option<&str>) -> AccessRole {
+    match raw.map(str::trim) {
+        None | Some("") => AccessRole::Viewer,
+        Some("owner") => AccessRole::Owner,
+        Some("developer") => AccessRole::Developer,
+        Some("viewer") => AccessRole::Viewer,
+        Some(other) => {
+            v.push(
+                "role",
+                format!("unknown role {other:?}: use owner, developer or viewer"),
+            );
+            AccessRole::Viewer
+        }
+    }
+}
+
+fn parse_ttl(
+    v: &mut Validator,
+    raw: Option<&TtlInput>,
+    default: time::Duration,
+    max: time::Duration,
+) -> time::Duration {
+    let max_s = max.whole_seconds();
+    let bounds = |got: String| {
+        format!("must be greater than 0s and at most {max_s}s (--max-kubeconfig-ttl); got {got}")
+    };
+    let ttl = match raw {
+        None => return default,
+        Some(TtlInput::Seconds(n)) => {
+            if *n <= 0 || *n > max_s {
+                v.push("ttl", bounds(format!("{n}s")));
+                return default;
+            }
+            time::Duration::seconds(*n)
+        }
+        Some(TtlInput::Text(t)) => {
+            let t = t.trim();
+            if let Some(rest) = t.strip_prefix('-') {
+                v.push("ttl", bounds(format!("-{rest}")));
+                return default;
+            }
+            match super::config::parse_duration(t) {
+                Ok(d) => time::Duration::try_from(d).unwrap_or(time::Duration::MAX),
+                Err(e) => {
+                    v.push("ttl", e);
+                    return default;
+                }
+            }
+        }
+    };
+    if ttl <= time::Duration::ZERO || ttl > max {
+        v.push("ttl", bounds(format!("{}s", ttl.whole_seconds())));
+        return default;
+    }
+    ttl
+}
+
+fn parse_mode(v: &mut Validator, raw: Option<&str>) -> CredentialMode {
+    match raw.map(str::trim) {
+        None | Some("") | Some("token") => CredentialMode::Token,
+        Some("exec") => CredentialMode::Exec,
+        Some(other) => {
+            v.push("mode", format!("unknown mode {other:?}: use token or exec"));
+            CredentialMode::Token
+        }
+    }
+}
+
+fn max_ttl(st: &AppState) -> time::Duration {
+    time::Duration::try_from(st.config.max_kubeconfig_ttl).unwrap_or(time::Duration::days(1))
+}
+
+/// Validates role, TTL and mode together (every problem reported at once, KN-422).
+pub fn issue_params(
+    st: &AppState,
+    role: Option<&str>,
+    ttl: Option<&TtlInput>,
+    mode: Option<&str>,
+) -> ApiResult<IssueParams> {
+    let mut v = Validator::new();
+    let role = parse_role(&mut v, role);
+    let ttl = parse_ttl(&mut v, ttl, kubenova_kubeconfig::DEFAULT_TTL, max_ttl(st));
+    let mode = parse_mode(&mut v, mode);
+    v.finish()?;
+    Ok(IssueParams { role, ttl, mode })
+}
+
+impl KubeconfigQuery {
+    /// The validated parameters.
+    pub fn params(&self, st: &AppState) -> ApiResult<IssueParams> {
+        let ttl = self.ttl.clone().map(TtlInput::Text);
+        issue_params(st, self.role.as_deref(), ttl.as_ref(), self.mode.as_deref())
+    }
+}
+
+impl KubeconfigBody {
+    /// The validated parameters.
+    pub fn params(&self, st: &AppState) -> ApiResult<IssueParams> {
+        issue_params(
+            st,
+            self.role.as_deref(),
+            self.ttl.as_ref(),
+            self.mode.as_deref(),
+        )
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Authorization
+// ---------------------------------------------------------------------------------
+
+/// May the caller obtain a `role` credential for this tenant (or project)?
+///
+/// admin and ops: any. tenantOwner of the tenant: any role, tenant or project. projectDev
+/// of the project: `developer` or `viewer` of that project. readOnly within its scope:
+/// `viewer` only. Outside the caller's scope: KN-404 (as if the object did not exist);
+/// inside it but not allowed: KN-403.
+pub fn authorize(
+    p: &Principal,
+    tenant: &Tenant,
+    project: Option<&Project>,
+    role: AccessRole,
+) -> ApiResult<()> {
+    if p.is_platform() || (p.has(Role::TenantOwner) && p.tenants.contains(&tenant.id)) {
+        return Ok(());
+    }
+    let visible = match project {
+        Some(pr) => {
+            if p.has(Role::ProjectDev) && p.projects.contains(&pr.id) && role != AccessRole::Owner {
+                return Ok(());
+            }
+            p.sees_project(pr)
+        }
+        None => p.sees_tenant(tenant.id),
+    };
+    if visible && p.has(Role::ReadOnly) && role == AccessRole::Viewer {
+        return Ok(());
+    }
+    if !visible {
+        return Err(match project {
+            Some(pr) => ApiError::not_found("project", pr.id),
+            None => ApiError::not_found("tenant", tenant.id),
+        });
+    }
+    let in_project = project.is_some_and(|pr| p.projects.contains(&pr.id));
+    Err(ApiError::forbidden(
+        if p.has(Role::ProjectDev) && in_project {
+            format!(
+                "a projectDev may obtain only developer or viewer kubeconfigs of their projects, not {}",
+                role.as_str()
+            )
+        } else if p.has(Role::ReadOnly) {
+            format!(
+                "readOnly may obtain only viewer kubeconfigs, not {}",
+                role.as_str()
+            )
+        } else {
+            "issuing kubeconfigs needs admin, ops, the tenant's owner, a developer of the project or readOnly (viewer only)".to_string()
+        },
+    ))
+}
+
+// ---------------------------------------------------------------------------------
+// Issuance
+// ---------------------------------------------------------------------------------
+
+/// A kubeconfig as the JSON response (`Accept: application/yaml` returns only the YAML).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuedKubeconfig {
+    /// Entry name `<cluster>-<tenant>[-<project>]-<role>`.
+    pub name: String,
+    /// Tenant.
+    pub tenant_id: TenantId,
+    /// Project, for project kubeconfigs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<ProjectId>,
+    /// Cluster.
+    pub cluster_id: ClusterId,
+    /// Role.
+    pub role: AccessRole,
+    /// `token` or `exec`.
+    pub mode: String,
+    /// Context namespace.
+    pub namespace: String,
+    /// Capsule Proxy URL (the cluster entry's server).
+    pub server: String,
+    /// `jti` of the embedded token (token mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    /// Expiry of the embedded token (token mode).
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub expires_at: Option<OffsetDateTime>,
+    /// The kubeconfig (YAML text; save it and use it with `kubectl --kubeconfig`).
+    pub kubeconfig: String,
+}
+
+/// True when the client asked for YAML (`Accept: application/yaml`, `text/yaml`,
+/// `application/x-yaml`) before JSON.
+pub fn wants_yaml(headers: &HeaderMap) -> bool {
+    let accept = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",")
+        .to_ascii_lowercase();
+    let yaml = ["application/yaml", "text/yaml", "application/x-yaml"]
+        .iter()
+        .filter_map(|m| accept.find(m))
+        .min();
+    let json = accept.find("application/json");
+    match (yaml, json) {
+        (Some(y), Some(j)) => y < j,
+        (Some(_), None) => true,
+        _ => false,
+    }
+}
+
+fn proxy_not_reported(cluster: &Cluster) -> ApiError {
+    KnError::conflict(
+        "the Capsule Proxy endpoint of the cluster is not reported yet: kubeconfigs go through Capsule Proxy; retry once the operator reports it",
+    )
+    .with_details(json!({"clusterId": cluster.id, "clusterStatus": cluster.status}))
+    .into()
+}
+
+fn kubeconfig_error(e: kubenova_kubeconfig::Error, cluster: &Cluster) -> ApiError {
+    use kubenova_kubeconfig::Error as E;
+    match &e {
+        E::ProxyNotReported => proxy_not_reported(cluster),
+        E::TtlOutOfRange { .. } => ApiError::invalid("ttl", e.to_string()),
+        E::InvalidSubject(_) => ApiError::invalid(
+            "subject",
+            format!("{e}; kubeconfigs are issued to the caller's token subject"),
+        ),
+        E::InsecureUrl { field, .. } if *field == "proxy_url" => KnError::conflict(format!(
+            "the cluster's reported Capsule Proxy endpoint is not usable: {e}; serve Capsule Proxy with TLS (--enable-ssl)"
+        ))
+        .with_details(json!({"clusterId": cluster.id}))
+        .into(),
+        E::MissingCa(_) | E::InvalidCa { .. } => KnError::conflict(format!(
+            "the cluster's reported Capsule Proxy endpoint has no usable CA: {e}; the operator reports the CA of the proxy's serving certificate"
+        ))
+        .with_details(json!({"clusterId": cluster.id}))
+        .into(),
+        E::InsecureUrl { .. } => KnError::new(
+            ErrorCode::Unavailable,
+            format!("the manager's external URL is not usable as a token issuer: {e}; set --external-url to the manager's https:// URL"),
+        )
+        .into(),
+        _ => match e.code() {
+            ErrorCode::Validation => ApiError::new(ErrorCode::Validation, e.to_string()),
+            ErrorCode::Conflict => KnError::conflict(e.to_string()).into(),
+            code => {
+                tracing::error!(error = %e, "kubeconfig issuance failed");
+                ApiError::new(code, format!("kubeconfig issuance failed: {e}"))
+            }
+        },
+    }
+}
+
+/// PEM of the proxy CA: `caData` is base64 of the PEM (raw PEM accepted too).
+fn proxy_ca_pem(ca_data: Option<&str>) -> String {
+    let Some(raw) = ca_data.map(str::trim).filter(|s| !s.is_empty()) else {
+        return String::new();
+    };
+    if raw.starts_with("-----BEGIN") {
+        return raw.to_string();
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(raw.split_whitespace().collect::<String>())
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        // Not base64 of text: hand it on as is; the CA check rejects it with a reason.
+        .unwrap_or_else(|| raw.to_string())
+}
+
+fn issuer(st: &AppState) -> ApiResult<String> {
+    st.config.issuer_url().ok_or_else(|| {
+        KnError::unavailable(
+            "external-url",
+            "the manager has no external URL to put in tokens and exec kubeconfigs: set --external-url / KUBENOVA_EXTERNAL_URL",
+        )
+        .into()
+    })
+}
+
+fn check_subject(subject: &str) -> ApiResult<()> {
+    if subject.trim().is_empty() || subject.starts_with("system:") {
+        return Err(ApiError::invalid(
+            "subject",
+            format!(
+                "kubeconfigs are issued to the caller's token subject, and {subject:?} is empty or a reserved system: name"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The audit event of an issuance attempt.
+fn issuance_audit(
+    ctx: &Ctx,
+    action: &str,
+    kind: &str,
+    id: String,
+    status: u16,
+    details: serde_json::Value,
+) -> AuditEvent {
+    let mut ev = ctx.audit(action, kind, id, status);
+    ev.details = Some(details);
+    ev
+}
+
+/// Refuses (KN-403, audited as denied) when the caller is a revoked subject of the tenant.
+/// `known` is the revocation already read with the tenant ([`Store::issuance_context`]);
+/// `None` reads it now. Never cached: a revocation takes effect on the next issuance.
+async fn refuse_revoked(
+    st: &AppState,
+    ctx: &Ctx,
+    tenant: &Tenant,
+    action: &str,
+    known: Option<Option<SubjectRevocation>>,
+) -> ApiResult<Option<Response>> {
+    let revocation = match known {
+        Some(r) => r,
+        None => {
+            st.store
+                .subject_revocation(tenant.id, &ctx.principal.subject)
+                .await?
+        }
+    };
+    let Some(rev) = revocation else {
+        return Ok(None);
+    };
+    let mut ev = issuance_audit(
+        ctx,
+        action,
+        "tenant",
+        tenant.id.to_string(),
+        403,
+        json!({"subject": ctx.principal.subject, "tenantId": tenant.id, "reason": "subject revoked",
+               "revokedAt": rev.revoked_at.unix_timestamp(), "revokedBy": rev.revoked_by}),
+    );
+    ev.outcome = AuditOutcome::Denied;
+    if let Err(e) = st.store.append_audit(&ev).await {
+        tracing::error!(error = %e, "could not write the audit event of a refused issuance");
+    }
+    let err: ApiError = KnError::new(
+        ErrorCode::Forbidden,
+        format!(
+            "the credentials of {:?} for tenant {} were revoked (by {:?}); no new kubeconfig or token is issued until a tenant owner or admin lifts it (POST /api/v1/tenants/{}/revoked-subjects:lift)",
+            ctx.principal.subject, tenant.id, rev.revoked_by, tenant.id
+        ),
+    )
+    .with_details(json!({"subject": ctx.principal.subject, "tenantId": tenant.id,
+                         "revokedAt": rev.revoked_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()}))
+    .into();
+    let mut resp = err.into_response();
+    resp.extensions_mut().insert(Audited);
+    Ok(Some(resp))
+}
+
+/// A minted token with its claims (never logged).
+struct Minted {
+    token: String,
+    claims: Claims,
+}
+
+async fn mint(
+    st: &AppState,
+    ctx: &Ctx,
+    cluster: &Cluster,
+    tenant: &Tenant,
+    project: Option<&Project>,
+    role: AccessRole,
+    ttl: time::Duration,
+) -> ApiResult<Minted> {
+    let keys = signing_keys(st).await?;
+    let spec = TokenSpec {
+        issuer: issuer(st)?,
+        audience: cluster_audience(cluster.id),
+        subject: ctx.principal.subject.clone(),
+        tenant: tenant.name.clone(),
+        project: project.map(|p| p.name.clone()),
+        role,
+        ttl,
+    };
+    let claims = Claims::new(&spec, OffsetDateTime::now_utc(), max_ttl(st))
+        .map_err(|e| kubeconfig_error(e, cluster))?;
+    let token = keys
+        .issue(&claims)
+        .map_err(|e| kubeconfig_error(e, cluster))?;
+    Ok(Minted { token, claims })
+}
+
+fn credential_record(
+    ctx: &Ctx,
+    m: &Minted,
+    cluster: &Cluster,
+    tenant: &Tenant,
+    project: Option<&Project>,
+    role: AccessRole,
+    mode: CredentialMode,
+) -> ApiResult<IssuedCredential> {
+    let jti = Uuid::parse_str(&m.claims.jti)
+        .map_err(|_| ApiError::from(KnError::internal("minted a token without a UUID jti")))?;
+    Ok(IssuedCredential {
+        jti,
+        tenant_id: tenant.id,
+        project_id: project.map(|p| p.id),
+        cluster_id: cluster.id,
+        subject: m.claims.sub.clone(),
+        role,
+        mode,
+        issued_by: ctx.principal.subject.clone(),
+        issued_at: OffsetDateTime::from_unix_timestamp(m.claims.iat)
+            .unwrap_or_else(|_| OffsetDateTime::now_utc()),
+        expires_at: m.claims.expires_at(),
+        revoked_at: None,
+        revoked_by: None,
+    })
+}
+
+fn scope_details(
+    ctx: &Ctx,
+    cluster: &Cluster,
+    tenant: &Tenant,
+    project: Option<&Project>,
+    role: AccessRole,
+    mode: CredentialMode,
+    ttl: time::Duration,
+) -> serde_json::Value {
+    json!({
+        "issuedBy": ctx.principal.subject,
+        "subject": ctx.principal.subject,
+        "clusterId": cluster.id,
+        "cluster": cluster.name,
+        "tenantId": tenant.id,
+        "tenant": tenant.name,
+        "projectId": project.map(|p| p.id),
+        "project": project.map(|p| p.name.clone()),
+        "role": role.as_str(),
+        "mode": mode.as_str(),
+        "ttlSeconds": ttl.whole_seconds(),
+    })
+}
+
+fn no_store(resp: &mut Response) {
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+}
+
+/// Issues a tenant kubeconfig (`project` = `None`) or a project kubeconfig for the caller.
+///
+/// Authorizes, refuses revoked subjects, needs the cluster's reported Capsule Proxy
+/// endpoint and CA, mints (token mode), records the credential and the audit event in one
+/// transaction, and answers YAML or JSON by `Accept`.
+pub async fn issue(
+    st: &AppState,
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    tenant: Tenant,
+    project: Option<Project>,
+    params: IssueParams,
+) -> ApiResult<Response> {
+    issue_inner(st, ctx, headers, tenant, project, params, None).await
+}
+
+/// [`issue`] of a tenant kubeconfig from what [`tenant_context`] read in one round trip.
+pub async fn issue_for_tenant(
+    st: &AppState,
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    read: IssuanceContext,
+    params: IssueParams,
+) -> ApiResult<Response> {
+    let IssuanceContext {
+        tenant,
+        cluster,
+        revocation,
+    } = read;
+    issue_inner(
+        st,
+        ctx,
+        headers,
+        tenant,
+        None,
+        params,
+        Some((cluster, revocation)),
+    )
+    .await
+}
+
+/// Loads a tenant by its raw path id (KN-400 / KN-404) together with its cluster and the
+/// caller's revocation, in one store round trip; no scope check (see [`authorize`]).
+pub async fn tenant_context(st: &AppState, ctx: &Ctx, raw: &str) -> ApiResult<IssuanceContext> {
+    let id: TenantId = parse_id("tenant", raw)?;
+    match st.store.issuance_context(id, &ctx.principal.subject).await {
+        Ok(read) => Ok(read),
+        Err(StoreError::NotFound { kind: "tenant", .. }) => Err(ApiError::not_found("tenant", id)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn issue_inner(
+    st: &AppState,
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    tenant: Tenant,
+    project: Option<Project>,
+    params: IssueParams,
+    prefetched: Option<(Cluster, Option<SubjectRevocation>)>,
+) -> ApiResult<Response> {
+    let project = project.as_ref();
+    authorize(&ctx.principal, &tenant, project, params.role)?;
+    check_subject(&ctx.principal.subject)?;
+    let (cluster, revocation) = match prefetched {
+        Some((c, r)) => (Some(c), Some(r)),
+        None => (None, None),
+    };
+    if let Some(resp) = refuse_revoked(st, ctx, &tenant, "kubeconfig.issue", revocation).await? {
+        return Ok(resp);
+    }
+    let cluster = match cluster {
+        Some(c) => c,
+        None => st.store.get_cluster(tenant.cluster_id).await?,
+    };
+    let Some(proxy) = cluster.proxy.clone() else {
+        return Err(proxy_not_reported(&cluster));
+    };
+    let manager_url = issuer(st)?;
+    let namespace = match project {
+        Some(p) => p.namespace.clone(),
+        None => tenant.apps_namespace.clone(),
+    };
+    let mut request = KubeconfigRequest {
+        cluster_name: cluster.name.clone(),
+        tenant: tenant.name.clone(),
+        project: project.map(|p| p.name.clone()),
+        role: params.role,
+        proxy_url: proxy.url.clone(),
+        proxy_ca_pem: proxy_ca_pem(proxy.ca_data.as_deref()),
+        namespace: namespace.clone(),
+        credential: Credential::Exec {
+            manager_url: manager_url.clone(),
+            tenant: tenant.name.clone(),
+            project: project.map(|p| p.name.clone()),
+            role: params.role,
+        },
+    };
+    // Validate the cluster entry before minting anything.
+    let mut kubeconfig = request.build().map_err(|e| kubeconfig_error(e, &cluster))?;
+    let mut details = scope_details(
+        ctx,
+        &cluster,
+        &tenant,
+        project,
+        params.role,
+        params.mode,
+        params.ttl,
+    );
+    let minted = match params.mode {
+        CredentialMode::Token => {
+            let m = mint(st, ctx, &cluster, &tenant, project, params.role, params.ttl).await?;
+            request.credential = Credential::Token(m.token.clone());
+            kubeconfig = request.build().map_err(|e| kubeconfig_error(e, &cluster))?;
+            Some(m)
+        }
+        CredentialMode::Exec => {
+            // The plugin asks the manager by id (stable, unambiguous); names stay in the entries.
+            let exec = kubenova_kubeconfig::exec_config_for_cluster(
+                &manager_url,
+                &tenant.id.to_string(),
+                project.map(|p| p.id.to_string()).as_deref(),
+                params.role,
+                Some(&cluster.id.to_string()),
+            );
+            for a in &mut kubeconfig.auth_infos {
+                if let Some(info) = a.auth_info.as_mut() {
+                    info.exec = Some(exec.clone());
+                }
+            }
+            details["ttlSeconds"] = json!(null);
+            None
+        }
+    };
+    let yaml = kubeconfig
+        .to_yaml()
+        .map_err(|e| kubeconfig_error(e, &cluster))?;
+    let status = 200;
+    match &minted {
+        Some(m) => {
+            let record = credential_record(
+                ctx,
+                m,
+                &cluster,
+                &tenant,
+                project,
+                params.role,
+                CredentialMode::Token,
+            )?;
+            details["jti"] = json!(m.claims.jti);
+            details["expiresAt"] = json!(m.claims.exp);
+            let ev = issuance_audit(
+                ctx,
+                "kubeconfig.issue",
+                "credential",
+                m.claims.jti.clone(),
+                status,
+                details,
+            );
+            // Group commit: batched with concurrent issuances into one transaction; the
+            // response waits until that transaction has committed.
+            st.runtime
+                .credential_writer
+                .record(Arc::clone(&st.store), record, ev)
+                .await?;
+        }
+        None => {
+            let id = project
+                .map(|p| p.id.to_string())
+                .unwrap_or_else(|| tenant.id.to_string());
+            let ev = issuance_audit(
+                ctx,
+                "kubeconfig.issue",
+                if project.is_some() {
+                    "project"
+                } else {
+                    "tenant"
+                },
+                id,
+                status,
+                details,
+            );
+            st.store.append_audit(&ev).await?;
+        }
+    }
+    let name = request.name();
+    let mut resp = if wants_yaml(headers) {
+        let mut r = (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/yaml")],
+            yaml,
+        )
+            .into_response();
+        if let Ok(v) = HeaderValue::from_str(&format!("attachment; filename=\"{name}.yaml\"")) {
+            r.headers_mut().insert(header::CONTENT_DISPOSITION, v);
+        }
+        r
+    } else {
+        let body = IssuedKubeconfig {
+            name,
+            tenant_id: tenant.id,
+            project_id: project.map(|p| p.id),
+            cluster_id: cluster.id,
+            role: params.role,
+            mode: params.mode.as_str().to_string(),
+            namespace,
+            server: proxy.url.clone(),
+            jti: minted.as_ref().map(|m| m.claims.jti.clone()),
+            expires_at: minted.as_ref().map(|m| m.claims.expires_at()),
+            kubeconfig: yaml,
+        };
+        json_response(StatusCode::OK, &body, None, None, false)
+    };
+    if let Some(m) = &minted {
+        if let Ok(v) = HeaderValue::from_str(&m.claims.jti) {
+            resp.headers_mut().insert(CREDENTIAL_ID_HEADER, v);
+        }
+        let exp = m
+            .claims
+            .expires_at()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        if let Ok(v) = HeaderValue::from_str(&exp) {
+            resp.headers_mut().insert(EXPIRES_AT_HEADER, v);
+        }
+    }
+    no_store(&mut resp);
+    resp.extensions_mut().insert(Audited);
+    Ok(resp)
+}
+
+/// Loads a tenant by its raw path id (KN-400 / KN-404); no scope check (see [`authorize`]).
+pub async fn tenant_by_id(st: &AppState, raw: &str) -> ApiResult<Tenant> {
+    let id: TenantId = parse_id("tenant", raw)?;
+    match st.store.get_tenant(id).await {
+        Ok(t) => Ok(t),
+        Err(StoreError::NotFound { .. }) => Err(ApiError::not_found("tenant", id)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Group commit of issuance records
+// ---------------------------------------------------------------------------------
+
+/// Most issuances written in one transaction.
+pub const MAX_COMMIT_BATCH: usize = 64;
+
+struct CommitJob {
+    store: Arc<dyn Store>,
+    item: (IssuedCredential, AuditEvent),
+    done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+}
+
+#[derive(Default)]
+struct CommitQueue {
+    jobs: std::collections::VecDeque<CommitJob>,
+    running: bool,
+}
+
+/// Group commit of issued credentials and their audit events.
+///
+/// Each issuance queues its credential row and audit event and waits for the commit of
+/// the transaction that carries them: nothing is acknowledged before it is durable. One
+/// writer task at a time drains the queue: it takes what is queued (up to
+/// [`MAX_COMMIT_BATCH`]), writes it with [`Store::record_credentials`] in one
+/// transaction, answers every waiter, and repeats while issuances queued up during that
+/// commit. There is no timer: a lone issuance is committed at once, and under load the
+/// batch is whatever arrived while the previous commit ran. If a batch fails, its items
+/// are retried one by one, so each waiter gets the outcome of its own row (one bad row
+/// cannot fail the others).
+#[derive(Default)]
+pub struct CredentialWriter {
+    queue: std::sync::Mutex<CommitQueue>,
+}
+
+impl std::fmt::Debug for CredentialWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialWriter").finish_non_exhaustive()
+    }
+}
+
+impl CredentialWriter {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CommitQueue> {
+        match self.queue.lock() {
+            Ok(q) => q,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Records `credential` with its audit event; returns once the transaction holding
+    /// them has committed (or with the error that prevented it).
+    pub async fn record(
+        self: &Arc<Self>,
+        store: Arc<dyn Store>,
+        credential: IssuedCredential,
+        audit: AuditEvent,
+    ) -> Result<(), StoreError> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let start = {
+            let mut q = self.lock();
+            q.jobs.push_back(CommitJob {
+                store,
+                item: (credential, audit),
+                done,
+            });
+            !std::mem::replace(&mut q.running, true)
+        };
+        if start {
+            // A task of its own: a client that goes away cannot cancel a commit that
+            // other requests wait for.
+            tokio::spawn(Arc::clone(self).drain());
+        }
+        wait.await.unwrap_or_else(|_| {
+            Err(StoreError::Internal(
+                "the credential writer stopped before confirming the write".into(),
+            ))
+        })
+    }
+
+    async fn drain(self: Arc<Self>) {
+        // If this task ends early (runtime shutdown, panic), let the next issuance start a
+        // new writer; queued waiters see their sender dropped and get an error.
+        struct Guard(Arc<CredentialWriter>, bool);
+        impl Drop for Guard {
+            fn drop(&mut self) {
+                if !self.1 {
+                    let mut q = self.0.lock();
+                    q.running = false;
+                    q.jobs.clear();
+                }
+            }
+        }
+        let mut guard = Guard(Arc::clone(&self), false);
+        loop {
+            let batch: Vec<CommitJob> = {
+                let mut q = self.lock();
+                let Some(first) = q.jobs.pop_front() else {
+                    q.running = false;
+                    guard.1 = true;
+                    return;
+                };
+                let mut batch = vec![first];
+                // One batch = one store (states built over different stores may share
+                // nothing but this queue in tests).
+                while batch.len() < MAX_COMMIT_BATCH
+                    && q.jobs
+                        .front()
+                        .is_some_and(|j| Arc::ptr_eq(&j.store, &batch[0].store))
+                {
+                    if let Some(j) = q.jobs.pop_front() {
+                        batch.push(j);
+                    }
+                }
+                batch
+            };
+            let store = Arc::clone(&batch[0].store);
+            let (items, dones): (Vec<_>, Vec<_>) =
+                batch.into_iter().map(|j| (j.item, j.done)).unzip();
+            match store.record_credentials(&items).await {
+                Ok(()) => {
+                    for d in dones {
+                        let _ = d.send(Ok(()));
+                    }
+                }
+                Err(e) if items.len() == 1 => {
+                    if let Some(d) = dones.into_iter().next() {
+                        let _ = d.send(Err(e));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, batch = items.len(), "a group commit of issued credentials failed; retrying its items one by one");
+                    for (item, d) in items.into_iter().zip(dones) {
+                        let res = store.record_credentials(std::slice::from_ref(&item)).await;
+                        let _ = d.send(res);
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Routes
+// ---------------------------------------------------------------------------------
+
+/// Routes of this module (the kubeconfig routes themselves live with tenants and projects).
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(exec_token))
+        .routes(routes!(list_credentials, revoke_credentials))
+        .routes(routes!(list_revoked_subjects))
+        .routes(routes!(lift_revoked_subject))
+        .routes(routes!(rotate_keys))
+        .routes(routes!(openid_configuration))
+        .routes(routes!(jwks))
+}
+
+const EXEC_CREDENTIAL_EXAMPLE: &str = r#"{"apiVersion": "client.authentication.k8s.io/v1", "kind": "ExecCredential",
+ "status": {"token": "eyJhbGciOiJFUzI1NiIsImtpZCI6Ii4uLiIsInR5cCI6IkpXVCJ9...", "expirationTimestamp": "2026-11-26T10:15:00Z"}}"#;
+
+/// A fresh short-lived token for the `kubenova auth token` exec plugin.
+///
+/// Authenticated by the user's manager token; the same rules as kubeconfig issuance
+/// apply (role per scope, revoked subjects refused, deleted tenants KN-404). Each call
+/// records a credential (`mode: exec`) and an audit event.
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants/{tenantID}/token",
+    tag = "kubeconfigs",
+    operation_id = "issueExecToken",
+    params(("tenantID" = String, Path, description = "Tenant id (UUID)")),
+    request_body(content = TokenBody, example = json!({"role": "viewer"})),
+    responses(
+        (status = 200, description = "A client.authentication.k8s.io/v1 ExecCredential (Cache-Control: no-store)", body = Object,
+            example = json!(serde_json::from_str::<serde_json::Value>(EXEC_CREDENTIAL_EXAMPLE).unwrap_or_default())),
+        (status = 400, description = "An id is not a UUID", body = ErrorBody,
+            example = json!({"code": "KN-400", "message": "tenant id \"abc\" is not a UUID"})),
+        (status = 401, description = "No or invalid bearer token", body = ErrorBody,
+            example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
+        (status = 403, description = "Role not allowed for the caller, or the subject is revoked", body = ErrorBody,
+            example = json!({"code": "KN-403", "message": "readOnly may obtain only viewer kubeconfigs, not owner"})),
+        (status = 404, description = "No such tenant or project, or outside the caller's scope", body = ErrorBody,
+            example = json!({"code": "KN-404", "message": "tenant \"22222222-2222-2222-2222-222222222222\" not found"})),
+        (status = 415, description = "The body is not sent as application/json", body = ErrorBody,
+            example = json!({"code": "KN-415", "message": "expected Content-Type: application/json, got \"none\""})),
+        (status = 422, description = "Unknown role, TTL out of range", body = ErrorBody,
+            example = json!({"code": "KN-422", "message": "validation failed: role: unknown role \"admin\": use owner, developer or viewer"})),
+    ),
+    security(("bearerAuth" = []))
+)]
+async fn exec_token(
+    State(st): State<AppState>,
+    ctx: Ctx,
+    Path(t): Path<String>,
+    KnJson(body): KnJson<TokenBody>,
+) -> ApiResult<Response> {
+    let tenant = tenant_by_id(&st, &t).await?;
+    let mut v = Validator::new();
+    let role = parse_role(&mut v, body.role.as_deref());
+    let default =
+        time::Duration::try_from(st.config.exec_token_ttl).unwrap_or(time::Duration::minutes(15));
+    let ttl = parse_ttl(&mut v, body.ttl.as_ref(), default, max_ttl(&st));
+    let project_id: Option<ProjectId> = match body.project.as_deref() {
+        Some(raw) => match raw.parse() {
+            Ok(id) => Some(id),
+            Err(_) => {
+                v.push("project", format!("{raw:?} is not a project id (UUID)"));
+                None
+            }
+        },
+        None => None,
+    };
+    let cluster_id: Option<ClusterId> = match body.cluster.as_deref() {
+        Some(raw) => match raw.parse() {
+            Ok(id) => Some(id),
+            Err(_) => {
+                v.push("cluster", format!("{raw:?} is not a cluster id (UUID)"));
+                None
+            }
+        },
+        None => None,
+    };
+    v.finish()?;
+    if cluster_id.is_some_and(|c| c != tenant.cluster_id) {
+        return Err(ApiError::not_found("tenant", tenant.id));
+    }
+    let project = match project_id {
+        Some(pid) => match st.store.get_project(pid).await {
+            Ok(p) if p.tenant_id == tenant.id => Some(p),
+            Ok(_) | Err(StoreError::NotFound { .. }) => {
+                return Err(ApiError::not_found("project", pid));
+            }
+            Err(e) => return Err(e.into()),
+        },
+        None => None,
+    };
+    authorize(&ctx.principal, &tenant, project.as_ref(), role)?;
+    check_subject(&ctx.principal.subject)?;
+    if let Some(resp) = refuse_revoked(&st, &ctx, &tenant, "kubeconfig.token.issue", None).await? {
+        return Ok(resp);
+    }
+    let cluster = st.store.get_cluster(tenant.cluster_id).await?;
+    let m = mint(&st, &ctx, &cluster, &tenant, project.as_ref(), role, ttl).await?;
+    let record = credential_record(
+        &ctx,
+        &m,
+        &cluster,
+        &tenant,
+        project.as_ref(),
+        role,
+        CredentialMode::Exec,
+    )?;
+    let mut details = scope_details(
+        &ctx,
+        &cluster,
+        &tenant,
+        project.as_ref(),
+        role,
+        CredentialMode::Exec,
+        ttl,
+    );
+    details["jti"] = json!(m.claims.jti);
+    details["expiresAt"] = json!(m.claims.exp);
+    let ev = issuance_audit(
+        &ctx,
+        "kubeconfig.token.issue",
+        "credential",
+        m.claims.jti.clone(),
+        200,
+        details,
+    );
+    st.runtime
+        .credential_writer
+        .record(Arc::clone(&st.store), record, ev)
+        .await?;
+    let cred = ExecCredential::for_token(m.token, &m.claims);
+    let mut resp = json_response(StatusCode::OK, &cred, None, None, true);
+    no_store(&mut resp);
+    Ok(resp)
+}
+
+/// An issued credential as listed (metadata only, never the token).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialView {
+    /// `jti` of the token.
+    pub jti: Uuid,
+    /// Tenant.
+    pub tenant_id: TenantId,
+    /// Project, for project-scoped credentials.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<ProjectId>,
+    /// Cluster (the token's audience).
+    pub cluster_id: ClusterId,
+    /// `sub` of the token.
+    pub subject: String,
+    /// Role.
+    pub role: AccessRole,
+    /// `token` (downloaded kubeconfig) or `exec` (refresh by `kubenova auth token`).
+    pub mode: String,
+    /// Who asked for it.
+    pub issued_by: String,
+    /// Issue time.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub issued_at: OffsetDateTime,
+    /// Expiry.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: OffsetDateTime,
+    /// Revocation time.
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub revoked_at: Option<OffsetDateTime>,
+    /// Who revoked it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoked_by: Option<String>,
+    /// `active`, `expired` or `revoked`.
+    pub state: String,
+}
+
+impl From<IssuedCredential> for CredentialView {
+    fn from(c: IssuedCredential) -> Self {
+        let state = if c.revoked_at.is_some() {
+            "revoked"
+        } else if c.expires_at <= OffsetDateTime::now_utc() {
+            "expired"
+        } else {
+            "active"
+        };
+        Self {
+            jti: c.jti,
+            tenant_id: c.tenant_id,
+            project_id: c.project_id,
+            cluster_id: c.cluster_id,
+            subject: c.subject,
+            role: c.role,
+            mode: c.mode.as_str().to_string(),
+            issued_by: c.issued_by,
+            issued_at: c.issued_at,
+            expires_at: c.expires_at,
+            revoked_at: c.revoked_at,
+            revoked_by: c.revoked_by,
+            state: state.to_string(),
+        }
+    }
+}
+
+/// A page of issued credentials.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialList {
+    /// Credentials in issue order.
+    pub items: Vec<CredentialView>,
+    /// Cursor of the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// `?subject=&limit=&cursor=` of the credential list.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialListQuery {
+    /// Only this subject's credentials.
+    pub subject: Option<String>,
+    /// Page size (default 100, max 500).
+    pub limit: Option<u32>,
+    /// `nextCursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// `?jti=` or `?subject=` of a revocation (neither: all of the tenant's).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeQuery {
+    /// Only this credential.
+    pub jti: Option<String>,
+    /// All of this subject's credentials, and refuse it new ones.
+    pub subject: Option<String>,
+}
+
+/// Reading a tenant's credentials: tenant-level read scope (as for the tenant itself).
+fn check_read(p: &Principal, tenant: &Tenant) -> ApiResult<()> {
+    p.check_tenant(tenant, super::authz::Access::Read)
+}
+
+/// Revoking: admin, ops, or the tenant's owner; readOnly in scope KN-403; others KN-404.
+fn check_revoke(p: &Principal, tenant: &Tenant) -> ApiResult<()> {
+    if p.is_platform() || (p.has(Role::TenantOwner) && p.tenants.contains(&tenant.id)) {
+        return Ok(());
+    }
+    if p.sees_tenant(tenant.id) {
+        return Err(ApiError::forbidden(
+            "revoking credentials needs admin, ops or the tenant's owner",
+        ));
+    }
+    Err(ApiError::not_found("tenant", tenant.id))
+}
+
+const CREDENTIAL_EXAMPLE: &str = r#"{"jti": "01936f4e-8a2b-7c3d-9e4f-5a6b7c8d9e0f", "tenantId": "22222222-2222-2222-2222-222222222222",
+ "clusterId": "11111111-1111-1111-1111-111111111111", "subject": "alice@example.com", "role": "owner", "mode": "token",
+ "issuedBy": "alice@example.com", "issuedAt": "2026-01-01T10:00:00Z", "expiresAt": "2026-01-01T11:00:00Z", "state": "active"}"#;
+
+fn credential_example() -> serde_json::Value {
+    serde_json::from_str(CREDENTIAL_EXAMPLE).unwrap_or_default()
+}
+
+/// Lists a tenant's issued credentials (metadata only; never a token).
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{tenantID}/credentials",
+    tag = "kubeconfigs",
+    operation_id = "listCredentials",
+    params(("tenantID" = String, Path, description = "Tenant id (UUID)"), CredentialListQuery),
+    responses(
+        (status = 200, description = "A page of credentials in issue order", body = CredentialList,
+            example = json!({"items": [credential_example()], "nextCursor": null})),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody,
+            example = json!({"code": "KN-400", "message": "tenant id \"abc\" is not a UUID"})),
+        (status = 401, description = "No or invalid bearer token", body = ErrorBody,
+            example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
+        (status = 404, description = "No such tenant, or outside the caller's scope", body = ErrorBody,
+            example = json!({"code": "KN-404", "message": "tenant \"22222222-2222-2222-2222-222222222222\" not found"})),
+        (status = 422, description = "Bad limit or cursor", body = ErrorBody,
+            example = json!({"code": "KN-422", "message": "validation failed: limit: must be at most 500 (got 501)"})),
+    ),
+    security(("bearerAuth" = []))
+)]
+async fn list_credentials(
+    State(st): State<AppState>,
+    ctx: Ctx,
+    Path(t): Path<String>,
+    uri: Uri,
+) -> ApiResult<Response> {
+    let tenant = tenant_by_id(&st, &t).await?;
+    check_read(&ctx.principal, &tenant)?;
+    let f: CredentialListQuery = query(&uri)?;
+    let params = kubenova_store::ListParams {
+        limit: f.limit,
+        cursor: f.cursor,
+    };
+    params.page_size()?;
+    let page = st
+        .store
+        .list_credentials(
+            tenant.id,
+            &CredentialQuery {
+                subject: f.subject,
+                page: params,
+            },
+        )
+        .await?;
+    let list = CredentialList {
+        items: page.items.into_iter().map(Into::into).collect(),
+        next_cursor: page.next_cursor,
+    };
+    Ok(json_response(StatusCode::OK, &list, None, None, false))
+}
+
+/// Outcome of a revocation.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevocationResult {
+    /// `credential`, `subject` or `tenant`.
+    pub scope: String,
+    /// Credentials newly marked revoked.
+    pub revoked: u64,
+    /// The revoked credential.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jti: Option<Uuid>,
+    /// The revoked subject (also refused new credentials until lifted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+}
+
+/// Revokes a tenant's credentials: one (`?jti=`), all of a subject's (`?subject=`, which
+/// also refuses the subject new credentials until lifted), or, without a filter, all of
+/// the tenant's.
+///
+/// Downloaded tokens are verified offline by the API server until their `exp`; revocation
+/// stops exec refreshes and new issuance at once, so access ends within one TTL.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/tenants/{tenantID}/credentials",
+    tag = "kubeconfigs",
+    operation_id = "revokeCredentials",
+    params(("tenantID" = String, Path, description = "Tenant id (UUID)"),
+        ("jti" = Option<String>, Query, description = "Revoke only this credential"),
+        ("subject" = Option<String>, Query, description = "Revoke all of this subject's credentials and refuse it new ones")),
+    responses(
+        (status = 200, description = "What was revoked", body = RevocationResult,
+            example = json!({"scope": "subject", "revoked": 2, "subject": "alice@example.com"})),
+        (status = 400, description = "An id is not a UUID", body = ErrorBody,
+            example = json!({"code": "KN-400", "message": "tenant id \"abc\" is not a UUID"})),
+        (status = 401, description = "No or invalid bearer token", body = ErrorBody,
+            example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
+        (status = 403, description = "Only admin, ops and the tenant's owner revoke", body = ErrorBody,
+            example = json!({"code": "KN-403", "message": "revoking credentials needs admin, ops or the tenant's owner"})),
+        (status = 404, description = "No such tenant or credential, or outside the caller's scope", body = ErrorBody,
+            example = json!({"code": "KN-404", "message": "credential \"01936f4e-8a2b-7c3d-9e4f-5a6b7c8d9e0f\" not found"})),
+        (status = 422, description = "Both jti and subject, or an empty subject", body = ErrorBody,
+            example = json!({"code": "KN-422", "message": "validation failed: jti: name either jti or subject, not both"})),
+    ),
+    security(("bearerAuth" = []))
+)]
+async fn revoke_credentials(
+    State(st): State<AppState>,
+    ctx: Ctx,
+    Path(t): Path<String>,
+    uri: Uri,
+) -> ApiResult<Response> {
+    let tenant = tenant_by_id(&st, &t).await?;
+    check_revoke(&ctx.principal, &tenant)?;
+    let f: RevokeQuery = query(&uri)?;
+    let mut v = Validator::new();
+    if f.jti.is_some() && f.subject.is_some() {
+        v.push("jti", "name either jti or subject, not both");
+    }
+    if f.subject.as_deref().is_some_and(|s| s.trim().is_empty()) {
+        v.push("subject", "must not be empty");
+    }
+    let jti = match f.jti.as_deref() {
+        Some(raw) => match Uuid::parse_str(raw) {
+            Ok(u) => Some(u),
+            Err(_) => {
+                v.push("jti", format!("{raw:?} is not a credential id (UUID)"));
+                None
+            }
+        },
+        None => None,
+    };
+    v.finish()?;
+    let now = OffsetDateTime::now_utc();
+    let by = ctx.principal.subject.clone();
+    let (result, audit_id, kind) = if let Some(jti) = jti {
+        let cred = match st.store.get_credential(jti).await {
+            Ok(c) if c.tenant_id == tenant.id => c,
+            Ok(_) | Err(StoreError::NotFound { .. }) => {
+                return Err(ApiError::not_found("credential", jti));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let ev = issuance_audit(
+            &ctx,
+            "credential.revoke",
+            "credential",
+            jti.to_string(),
+            200,
+            json!({"tenantId": tenant.id, "subject": cred.subject, "jti": jti}),
+        );
+        let changed = st
+            .store
+            .revoke_credential(
+                jti,
+                &by,
+                now,
+                &WriteOptions {
+                    audit: Some(&ev),
+                    idempotency: None,
+                },
+            )
+            .await?;
+        (
+            RevocationResult {
+                scope: "credential".into(),
+                revoked: u64::from(changed),
+                jti: Some(jti),
+                subject: None,
+            },
+            jti.to_string(),
+            "credential",
+        )
+    } else if let Some(subject) = f.subject.clone() {
+        let ev = issuance_audit(
+            &ctx,
+            "credential.revoke-subject",
+            "tenant",
+            tenant.id.to_string(),
+            200,
+            json!({"tenantId": tenant.id, "subject": subject}),
+        );
+        let n = st
+            .store
+            .revoke_subject(
+                tenant.id,
+                &subject,
+                &by,
+                now,
+                &WriteOptions {
+                    audit: Some(&ev),
+                    idempotency: None,
+                },
+            )
+            .await?;
+        (
+            RevocationResult {
+                scope: "subject".into(),
+                revoked: n,
+                jti: None,
+                subject: Some(subject),
+            },
+            tenant.id.to_string(),
+            "tenant",
+        )
+    } else {
+        let ev = issuance_audit(
+            &ctx,
+            "credential.revoke-tenant",
+            "tenant",
+            tenant.id.to_string(),
+            200,
+            json!({"tenantId": tenant.id}),
+        );
+        let n = st
+            .store
+            .revoke_tenant_credentials(
+                tenant.id,
+                &by,
+                now,
+                &WriteOptions {
+                    audit: Some(&ev),
+                    idempotency: None,
+                },
+            )
+            .await?;
+        (
+            RevocationResult {
+                scope: "tenant".into(),
+                revoked: n,
+                jti: None,
+                subject: None,
+            },
+            tenant.id.to_string(),
+            "tenant",
+        )
+    };
+    tracing::info!(scope = %result.scope, revoked = result.revoked, kind, id = %audit_id, "credentials revoked");
+    Ok(json_response(StatusCode::OK, &result, None, None, true))
+}
+
+/// A subject revocation as listed.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevokedSubject {
+    /// The subject.
+    pub subject: String,
+    /// Since when.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub revoked_at: OffsetDateTime,
+    /// Who revoked it.
+    pub revoked_by: String,
+}
+
+impl From<SubjectRevocation> for RevokedSubject {
+    fn from(r: SubjectRevocation) -> Self {
+        Self {
+            subject: r.subject,
+            revoked_at: r.revoked_at,
+            revoked_by: r.revoked_by,
+        }
+    }
+}
+
+/// A page of revoked subjects.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevokedSubjectList {
+    /// Revoked subjects by name.
+    pub items: Vec<RevokedSubject>,
+    /// Cursor of the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Lists the subjects refused new credentials of a tenant.
+#[utoipa::path(
+    get,
+    path = "/api/v1/tenants/{tenantID}/revoked-subjects",
+    tag = "kubeconfigs",
+    operation_id = "listRevokedSubjects",
+    params(("tenantID" = String, Path, description = "Tenant id (UUID)"), super::extract::ListQuery),
+    responses(
+        (status = 200, description = "A page of revoked subjects", body = RevokedSubjectList,
+            example = json!({"items": [{"subject": "mallory@example.com", "revokedAt": "2026-01-01T10:00:00Z", "revokedBy": "alice@example.com"}], "nextCursor": null})),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody,
+            example = json!({"code": "KN-400", "message": "tenant id \"abc\" is not a UUID"})),
+        (status = 401, description = "No or invalid bearer token", body = ErrorBody,
+            example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
+        (status = 404, description = "No such tenant, or outside the caller's scope", body = ErrorBody,
+            example = json!({"code": "KN-404", "message": "tenant \"22222222-2222-2222-2222-222222222222\" not found"})),
+        (status = 422, description = "Bad limit or cursor", body = ErrorBody,
+            example = json!({"code": "KN-422", "message": "validation failed: limit: must be at least 1"})),
+    ),
+    security(("bearerAuth" = []))
+)]
+async fn list_revoked_subjects(
+    State(st): State<AppState>,
+    ctx: Ctx,
+    Path(t): Path<String>,
+    uri: Uri,
+) -> ApiResult<Response> {
+    let tenant = tenant_by_id(&st, &t).await?;
+    check_read(&ctx.principal, &tenant)?;
+    let params = list_params(&uri)?;
+    let page = st
+        .store
+        .list_subject_revocations(tenant.id, &params)
+        .await?;
+    let list = RevokedSubjectList {
+        items: page.items.into_iter().map(Into::into).collect(),
+        next_cursor: page.next_cursor,
+    };
+    Ok(json_response(StatusCode::OK, &list, None, None, false))
+}
+
+/// `POST …/revoked-subjects:lift` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"subject": "mallory@example.com"}))]
+pub struct LiftBody {
+    /// The subject to allow again.
+    pub subject: String,
+}
+
+/// Lifts a subject revocation: the subject may obtain credentials of the tenant again
+/// (revoked credentials stay revoked).
+#[utoipa::path(
+    post,
+    path = "/api/v1/tenants/{tenantID}/revoked-subjects:lift",
+    tag = "kubeconfigs",
+    operation_id = "liftSubjectRevocation",
+    params(("tenantID" = String, Path, description = "Tenant id (UUID)")),
+    request_body(content = LiftBody, example = json!({"subject": "mallory@example.com"})),
+    responses(
+        (status = 200, description = "Whether a revocation was lifted", body = Object,
+            example = json!({"subject": "mallory@example.com", "lifted": true})),
+        (status = 400, description = "The id is not a UUID", body = ErrorBody,
+            example = json!({"code": "KN-400", "message": "tenant id \"abc\" is not a UUID"})),
+        (status = 401, description = "No or invalid bearer token", body = ErrorBody,
+            example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
+        (status = 403, description = "Only admin, ops and the tenant's owner", body = ErrorBody,
+            example = json!({"code": "KN-403", "message": "revoking credentials needs admin, ops or the tenant's owner"})),
+        (status = 404, description = "No such tenant, or outside the caller's scope", body = ErrorBody,
+            example = json!({"code": "KN-404", "message": "tenant \"22222222-2222-2222-2222-222222222222\" not found"})),
+        (status = 415, description = "The body is not sent as application/json", body = ErrorBody,
+            example = json!({"code": "KN-415", "message": "expected Content-Type: application/json, got \"none\""})),
+        (status = 422, description = "The body does not name a subject", body = ErrorBody,
+            example = json!({"code": "KN-422", "message": "validation failed: body: missing field `subject` at line 1 column 2"})),
+    ),
+    security(("bearerAuth" = []))
+)]
+async fn lift_revoked_subject(
+    State(st): State<AppState>,
+    ctx: Ctx,
+    Path(t): Path<String>,
+    KnJson(body): KnJson<LiftBody>,
+) -> ApiResult<Response> {
+    let tenant = tenant_by_id(&st, &t).await?;
+    check_revoke(&ctx.principal, &tenant)?;
+    if body.subject.trim().is_empty() {
+        return Err(ApiError::invalid("subject", "must not be empty"));
+    }
+    let ev = issuance_audit(
+        &ctx,
+        "credential.lift-subject",
+        "tenant",
+        tenant.id.to_string(),
+        200,
+        json!({"tenantId": tenant.id, "subject": body.subject}),
+    );
+    let lifted = st
+        .store
+        .lift_subject_revocation(
+            tenant.id,
+            &body.subject,
+            &WriteOptions {
+                audit: Some(&ev),
+                idempotency: None,
+            },
+        )
+        .await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"subject": body.subject, "lifted": lifted}),
+        None,
+        None,
+        lifted,
+    ))
+}
+
+/// Rotates the kubeconfig signing keys with overlap (admin only).
+#[utoipa::path(
+    post,
+    path = "/api/v1/signing-keys:rotate",
+    tag = "kubeconfigs",
+    operation_id = "rotateSigningKeys",
+    responses(
+        (status = 200, description = "The new active key; previous keys keep verifying until their tokens expire", body = SigningKeyRotation,
+            example = json!({"activeKid": "Xb2…", "verifyingKids": ["a9F…"], "retiredKids": []})),
+        (status = 401, description = "No or invalid bearer token", body = ErrorBody,
+            example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
+        (status = 403, description = "Admin only", body = ErrorBody,
+            example = json!({"code": "KN-403", "message": "this operation needs one of the roles admin"})),
+    ),
+    security(("bearerAuth" = []))
+)]
+async fn rotate_keys(State(st): State<AppState>, ctx: Ctx) -> ApiResult<Response> {
+    ctx.principal.require_any(&[Role::Admin])?;
+    let report = rotate_signing_keys(st.store.as_ref(), rotation_overlap(&st.config)).await?;
+    st.auth.kubeconfig_keys().invalidate();
+    let mut ev = ctx.audit("signing-keys.rotate", "signing-keys", "kubeconfig", 200);
+    ev.details = Some(json!(report));
+    st.store.append_audit(&ev).await?;
+    Ok(json_response(StatusCode::OK, &report, None, None, true))
+}
+
+/// The OIDC discovery document: issuer = the manager's external URL.
+#[utoipa::path(
+    get,
+    path = "/.well-known/openid-configuration",
+    tag = "kubeconfigs",
+    operation_id = "getOpenIdConfiguration",
+    responses(
+        (status = 200, description = "Discovery document (public, no token)", body = Object,
+            example = json!({"issuer": "https://kubenova.example.com", "jwks_uri": "https://kubenova.example.com/.well-known/jwks.json",
+                "response_types_supported": ["id_token"], "subject_types_supported": ["public"],
+                "id_token_signing_alg_values_supported": ["ES256"], "claims_supported": ["iss", "sub", "aud", "exp", "iat", "nbf", "jti", "groups"]})),
+        (status = 503, description = "No external URL configured", body = ErrorBody,
+            example = json!({"code": "KN-503", "message": "the manager has no external URL to put in tokens and exec kubeconfigs: set --external-url / KUBENOVA_EXTERNAL_URL"})),
+    )
+)]
+async fn openid_configuration(State(st): State<AppState>) -> ApiResult<Response> {
+    let doc = kubenova_kubeconfig::openid_configuration(&issuer(&st)?);
+    let mut resp = json_response(StatusCode::OK, &doc, None, None, false);
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    Ok(resp)
+}
+
+/// The JWK Set verifying the manager's tokens (active key first, then keys still in
+/// their rotation overlap).
+#[utoipa::path(
+    get,
+    path = "/.well-known/jwks.json",
+    tag = "kubeconfigs",
+    operation_id = "getJwks",
+    responses(
+        (status = 200, description = "JWK Set (public, no token)", body = Object,
+            example = json!({"keys": [{"kty": "EC", "crv": "P-256", "x": "…", "y": "…", "kid": "…", "use": "sig", "alg": "ES256"}]})),
+        (status = 503, description = "The store is unavailable", body = ErrorBody,
+            example = json!({"code": "KN-503", "message": "the database is unavailable"})),
+    )
+)]
+async fn jwks(State(st): State<AppState>) -> ApiResult<Response> {
+    let keys = signing_keys(&st).await?;
+    let mut resp = json_response(StatusCode::OK, &keys.jwks(), None, None, false);
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=60"),
+    );
+    Ok(resp)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn yaml_negotiation() {
+        let h = |v: &str| {
+            let mut m = HeaderMap::new();
+            m.insert(header::ACCEPT, HeaderValue::from_str(v).unwrap());
+            m
+        };
+        assert!(wants_yaml(&h("application/yaml")));
+        assert!(wants_yaml(&h("text/yaml; charset=utf-8")));
+        assert!(wants_yaml(&h("application/yaml, application/json")));
+        assert!(!wants_yaml(&h("application/json, application/yaml")));
+        assert!(!wants_yaml(&h("*/*")));
+        assert!(!wants_yaml(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn ttl_parsing() {
+        let max = time::Duration::hours(24);
+        let d = time::Duration::hours(1);
+        let ok = |t: TtlInput| {
+            let mut v = Validator::new();
+            let r = parse_ttl(&mut v, Some(&t), d, max);
+            v.finish().map(|_| r)
+        };
+        assert_eq!(
+            ok(TtlInput::Text("30m".into())).unwrap(),
+            time::Duration::minutes(30)
+        );
+        assert_eq!(
+            ok(TtlInput::Seconds(90)).unwrap(),
+            time::Duration::seconds(90)
+        );
+        for bad in [
+            TtlInput::Text("0".into()),
+            TtlInput::Text("-5m".into()),
+            TtlInput::Text("25h".into()),
+            TtlInput::Text("1y".into()),
+            TtlInput::Seconds(0),
+            TtlInput::Seconds(-1),
+            TtlInput::Seconds(86401),
+        ] {
+            let e = ok(bad).unwrap_err();
+            assert_eq!(e.violations[0].field, "ttl");
+        }
+    }
+
+    #[test]
+    fn ca_data_forms() {
+        let pem = "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n";
+        let b64 = base64::engine::general_purpose::STANDARD.encode(pem);
+        assert_eq!(proxy_ca_pem(Some(&b64)), pem);
+        assert_eq!(proxy_ca_pem(Some(pem)), pem.trim());
+        assert_eq!(proxy_ca_pem(None), "");
+    }
+}

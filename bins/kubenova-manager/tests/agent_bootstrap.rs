@@ -1,0 +1,257 @@
+//! `POST /clusters/{id}/bootstrap/operator` against the testkit API server: the stored
+//! kubeconfig is used once to apply the operator; the cluster goes `bootstrapping`, then
+//! `connected` on a heartbeat with the credential read back from the applied Secret;
+//! re-bootstrap rotates the credential; an unreachable API server gives status `error`
+//! with a condition naming it.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::Api;
+use kubenova_manager::api::authz::Role;
+use kubenova_manager::api::config::ServerConfig;
+use kubenova_manager::api::router;
+use serde_json::{Value, json};
+use std::time::Duration;
+use tower::ServiceExt;
+
+async fn call(
+    app: &axum::Router,
+    m: Method,
+    uri: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut b = Request::builder()
+        .method(m)
+        .uri(uri)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"));
+    let req = match body {
+        Some(v) => b
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(serde_json::to_vec(&v).unwrap())),
+        None => {
+            b = b.header(header::CONTENT_LENGTH, "0");
+            b.body(Body::empty())
+        }
+    }
+    .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+fn heartbeat() -> Value {
+    json!({"operatorVersion": "0.1.0", "appliedRevision": 0})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_applies_the_operator_and_the_heartbeat_connects() {
+    let cluster = kubenova_testkit::TestCluster::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = kubenova_store::crypto::Keyring::load_or_generate(dir.path()).unwrap();
+    let url = format!("sqlite://{}", dir.path().join("kn.db").display());
+    let store = kubenova_store::connect(&url, keys).await.unwrap();
+    let cfg = ServerConfig {
+        rate_limit_subject_rps: 0,
+        rate_limit_ip_rps: 0,
+        agent_manager_url: Some("https://kubenova.example.com/".into()),
+        operator_image: "registry.example.com/kubenova-operator:test".into(),
+        ..ServerConfig::default()
+    };
+    let st = kubenova_manager::test_state(store, cfg, b"0123456789abcdef0123456789abcdef");
+    let admin = st
+        .auth
+        .mint("admin", &[Role::Admin], &[], &[], Duration::from_secs(3600))
+        .unwrap()
+        .token;
+    let app = router(st.clone());
+
+    let (s, c) = call(
+        &app,
+        Method::POST,
+        "/api/v1/clusters",
+        &admin,
+        Some(json!({"name": "kit", "kubeconfig": cluster.kubeconfig_yaml()})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{c}");
+    let cid = c["id"].as_str().unwrap().to_string();
+
+    let (s, r) = call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/clusters/{cid}/bootstrap/operator"),
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{r}");
+    assert_eq!(r["status"], "applied");
+    assert_eq!(r["clusterStatus"], "bootstrapping");
+    assert_eq!(r["cluster"]["status"], "bootstrapping");
+    let text = r.to_string();
+    assert!(
+        !text.contains(cluster.admin_token()),
+        "the kubeconfig is never returned"
+    );
+    assert!(!text.contains("kna_"), "the credential is never returned");
+
+    // What the cluster now holds.
+    let kc = cluster.client().unwrap();
+    Api::<Namespace>::all(kc.clone())
+        .get("kubenova-system")
+        .await
+        .unwrap();
+    let d = Api::<Deployment>::namespaced(kc.clone(), "kubenova-system")
+        .get("kubenova-operator")
+        .await
+        .unwrap();
+    assert_eq!(
+        d.spec.unwrap().template.spec.unwrap().containers[0]
+            .image
+            .as_deref(),
+        Some("registry.example.com/kubenova-operator:test")
+    );
+    let secrets = Api::<Secret>::namespaced(kc.clone(), "kubenova-system");
+    let read_token = || async {
+        let s = secrets.get("kubenova-agent").await.unwrap();
+        let data = s.data.unwrap();
+        assert_eq!(data["managerUrl"].0, b"https://kubenova.example.com");
+        String::from_utf8(data["token"].0.clone()).unwrap()
+    };
+    let token = read_token().await;
+    assert!(token.starts_with(&format!("kna_{}", cid.replace('-', ""))));
+
+    let (s, hb) = call(
+        &app,
+        Method::POST,
+        "/api/v1/agent/heartbeat",
+        &token,
+        Some(heartbeat()),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{hb}");
+    let (_, c) = call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/clusters/{cid}"),
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(c["status"], "connected");
+    assert!(
+        c["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["type"] == "Bootstrapped" && x["status"] == "True")
+    );
+
+    // Re-bootstrap: idempotent, rotates the credential.
+    let (s, r) = call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/clusters/{cid}/bootstrap/operator"),
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{r}");
+    let new = read_token().await;
+    assert_ne!(new, token);
+    let (s, _) = call(
+        &app,
+        Method::POST,
+        "/api/v1/agent/heartbeat",
+        &token,
+        Some(heartbeat()),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "the old credential is revoked");
+    let (s, _) = call(
+        &app,
+        Method::POST,
+        "/api/v1/agent/heartbeat",
+        &new,
+        Some(heartbeat()),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+
+    // The API server goes away: the next bootstrap records an error naming the cause.
+    cluster.shutdown().await;
+    let (s, r) = call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/clusters/{cid}/bootstrap/operator"),
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["status"], "failed");
+    assert_eq!(r["clusterStatus"], "error");
+    assert!(
+        r["message"].as_str().unwrap().contains("unreachable"),
+        "{r}"
+    );
+    let (_, c) = call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/clusters/{cid}"),
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(c["status"], "error");
+    let cond = c["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["type"] == "Bootstrapped")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (cond["status"].as_str(), cond["reason"].as_str()),
+        (Some("False"), Some("Unreachable"))
+    );
+    let op = c["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "operator")
+        .unwrap()
+        .clone();
+    assert_eq!(op["phase"], "failed");
+
+    // Without a manager URL for agents, bootstrap refuses before touching the cluster.
+    let st2 = kubenova_manager::test_state(
+        st.store.clone(),
+        ServerConfig::default(),
+        b"0123456789abcdef0123456789abcdef",
+    );
+    let (s, r) = call(
+        &router(st2),
+        Method::POST,
+        &format!("/api/v1/clusters/{cid}/bootstrap/operator"),
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{r}");
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains("--agent-manager-url")
+    );
+}

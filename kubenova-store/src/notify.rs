@@ -1,0 +1,294 @@
+//! Wake-ups for agents long-polling a cluster's desired state.
+//!
+//! A manager holds one [`ChangeNotifier`]: waiters [`subscribe`](ChangeNotifier::subscribe)
+//! to a cluster and are woken by [`notify`](ChangeNotifier::notify). Who calls `notify`:
+//!
+//! - **Postgres** (several replicas on one database): migration `0003_notify` makes every
+//!   desired-state change (and every change of a cluster's component requests) send
+//!   `NOTIFY kubenova_changes, '<cluster id>'` at commit; a listener per manager
+//!   ([`ChangeNotifier::listen_postgres`]) `LISTEN`s and fans the notifications out to the local waiters, so a write
+//!   through replica 2 wakes an agent waiting on replica 1. The listener reconnects with
+//!   backoff on its own.
+//! - **SQLite** (one process): nothing announces changes across processes; waiters rely on
+//!   the short fallback poll, and writers of the same process may call `notify` directly.
+//!
+//! Notifications are hints, never the source of truth: a woken waiter re-reads the store,
+//! and every wait also wakes up after [`ChangeNotifier::fallback_poll`] (200 ms without a
+//! connected listener, 2 s with one), so a lost notification only delays a change.
+//!
+//! ```
+//! # async fn demo() {
+//! use kubenova_store::notify::{ChangeNotifier, Woken};
+//! use kubenova_api::ids::ClusterId;
+//! let notifier = ChangeNotifier::new();
+//! let cluster = ClusterId::new();
+//! let mut sub = notifier.subscribe(cluster);
+//! notifier.notify(cluster);
+//! let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+//! assert_eq!(sub.wait(deadline).await, Woken::Notified);
+//! # }
+//! ```
+
+use kubenova_api::ids::ClusterId;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+/// The Postgres notification channel (see migration `0003_notify.sql`).
+pub const CHANNEL: &str = "kubenova_changes";
+/// Fallback poll interval while no listener delivers notifications (SQLite, or a
+/// Postgres listener that is reconnecting).
+pub const LOCAL_POLL: Duration = Duration::from_millis(200);
+/// Fallback poll interval while a Postgres listener is connected.
+pub const LISTENING_POLL: Duration = Duration::from_secs(2);
+
+/// Per-cluster wake-up fan-out inside one manager process.
+#[derive(Debug, Default)]
+pub struct ChangeNotifier {
+    clusters: Mutex<HashMap<Uuid, watch::Sender<u64>>>,
+    listening: AtomicBool,
+    listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for ChangeNotifier {
+    fn drop(&mut self) {
+        if let Ok(mut l) = self.listener.lock()
+            && let Some(task) = l.take()
+        {
+            task.abort();
+        }
+    }
+}
+
+/// Why [`ChangeSubscription::wait`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Woken {
+    /// A notification for the cluster (or for every cluster) arrived.
+    Notified,
+    /// The fallback poll interval elapsed: re-read the store anyway.
+    Poll,
+    /// The deadline passed.
+    Deadline,
+}
+
+impl ChangeNotifier {
+    /// A notifier without a listener (fallback poll [`LOCAL_POLL`]).
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn senders(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, watch::Sender<u64>>> {
+        match self.clusters.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Subscribes to the changes of one cluster. Subscriptions are cheap; drop it when done.
+    pub fn subscribe(self: &Arc<Self>, cluster: ClusterId) -> ChangeSubscription {
+        let mut map = self.senders();
+        // Forget clusters nobody waits for any more.
+        map.retain(|_, tx| tx.receiver_count() > 0);
+        let rx = map
+            .entry(cluster.0)
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe();
+        ChangeSubscription {
+            rx,
+            notifier: Arc::clone(self),
+        }
+    }
+
+    /// Wakes the waiters of `cluster` (a no-op when nobody waits).
+    pub fn notify(&self, cluster: ClusterId) {
+        if let Some(tx) = self.senders().get(&cluster.0) {
+            tx.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// Wakes every waiter (after a listener (re)connects, notifications may have been missed).
+    pub fn notify_all(&self) {
+        for tx in self.senders().values() {
+            tx.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// Starts a background task that `LISTEN`s on [`CHANNEL`] of the Postgres database at
+    /// `url` and wakes this notifier's waiters; it reconnects with backoff (up to 30 s)
+    /// on errors, never logs the URL, and stops when the notifier is dropped. Must be
+    /// called inside a Tokio runtime; a second call replaces the first listener.
+    pub fn listen_postgres(self: &Arc<Self>, url: String) {
+        let task = tokio::spawn(listen_loop(url, Arc::downgrade(self)));
+        let mut slot = match self.listener.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some(old) = slot.replace(task) {
+            old.abort();
+        }
+    }
+
+    /// Records whether a listener currently delivers notifications (it shortens or
+    /// lengthens the fallback poll).
+    pub fn set_listening(&self, yes: bool) {
+        self.listening.store(yes, Ordering::Relaxed);
+    }
+
+    /// Whether a listener currently delivers notifications.
+    pub fn is_listening(&self) -> bool {
+        self.listening.load(Ordering::Relaxed)
+    }
+
+    /// How long a waiter sleeps before re-reading the store without a notification.
+    pub fn fallback_poll(&self) -> Duration {
+        if self.is_listening() {
+            LISTENING_POLL
+        } else {
+            LOCAL_POLL
+        }
+    }
+}
+
+/// A waiter on one cluster's changes.
+#[derive(Debug)]
+pub struct ChangeSubscription {
+    rx: watch::Receiver<u64>,
+    notifier: Arc<ChangeNotifier>,
+}
+
+impl ChangeSubscription {
+    /// Waits for a notification, the fallback poll interval, or `deadline`, whichever
+    /// comes first. A notification sent after [`ChangeNotifier::subscribe`] and before this
+    /// call is not lost: it returns at once.
+    pub async fn wait(&mut self, deadline: Instant) -> Woken {
+        let now = Instant::now();
+        if now >= deadline {
+            return Woken::Deadline;
+        }
+        let poll_at = now + self.notifier.fallback_poll();
+        let (until, on_timeout) = if poll_at < deadline {
+            (poll_at, Woken::Poll)
+        } else {
+            (deadline, Woken::Deadline)
+        };
+        tokio::select! {
+            changed = self.rx.changed() => match changed {
+                Ok(()) => Woken::Notified,
+                // The notifier is gone (cannot happen while we hold an Arc); poll.
+                Err(_) => {
+                    tokio::time::sleep_until(until).await;
+                    on_timeout
+                }
+            },
+            _ = tokio::time::sleep_until(until) => on_timeout,
+        }
+    }
+}
+
+fn parse_payload(payload: &str) -> Option<ClusterId> {
+    Uuid::try_parse(payload.trim()).ok().map(ClusterId)
+}
+
+async fn listen_loop(url: String, notifier: Weak<ChangeNotifier>) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match sqlx::postgres::PgListener::connect(&url).await {
+            Ok(mut listener) => match listener.listen(CHANNEL).await {
+                Ok(()) => {
+                    tracing::info!(channel = CHANNEL, "listening for desired-state changes");
+                    let Some(n) = notifier.upgrade() else { return };
+                    n.set_listening(true);
+                    // Changes made while we were not listening: let every waiter re-read.
+                    n.notify_all();
+                    drop(n);
+                    backoff = Duration::from_millis(500);
+                    loop {
+                        let received = listener.try_recv().await;
+                        let Some(n) = notifier.upgrade() else { return };
+                        match received {
+                            Ok(Some(msg)) => {
+                                n.set_listening(true);
+                                match parse_payload(msg.payload()) {
+                                    Some(c) => n.notify(c),
+                                    None => n.notify_all(),
+                                }
+                            }
+                            // The connection dropped; the next receive reconnects and
+                            // re-listens. Meanwhile waiters poll fast.
+                            Ok(None) => {
+                                tracing::warn!("change listener lost its connection; reconnecting");
+                                n.set_listening(false);
+                                n.notify_all();
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "change listener failed; reconnecting");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "LISTEN {CHANNEL} failed; retrying"),
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "change listener cannot connect to Postgres; retrying")
+            }
+        }
+        let Some(n) = notifier.upgrade() else { return };
+        n.set_listening(false);
+        n.notify_all();
+        drop(n);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(30));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn notifications_wake_only_their_cluster() {
+        let n = ChangeNotifier::new();
+        let (a, b) = (ClusterId::new(), ClusterId::new());
+        let mut sa = n.subscribe(a);
+        let mut sb = n.subscribe(b);
+        n.notify(a);
+        let soon = Instant::now() + Duration::from_millis(50);
+        assert_eq!(sa.wait(soon).await, Woken::Notified);
+        assert_eq!(sb.wait(soon).await, Woken::Deadline);
+        n.notify_all();
+        let later = Instant::now() + Duration::from_secs(5);
+        assert_eq!(sb.wait(later).await, Woken::Notified);
+    }
+
+    #[tokio::test]
+    async fn waits_fall_back_to_polling() {
+        let n = ChangeNotifier::new();
+        let mut s = n.subscribe(ClusterId::new());
+        let started = Instant::now();
+        assert_eq!(s.wait(started + Duration::from_secs(5)).await, Woken::Poll);
+        assert!(started.elapsed() < Duration::from_secs(1));
+        n.set_listening(true);
+        assert_eq!(n.fallback_poll(), LISTENING_POLL);
+    }
+
+    #[test]
+    fn dropped_subscriptions_are_forgotten() {
+        let n = ChangeNotifier::new();
+        for _ in 0..10 {
+            drop(n.subscribe(ClusterId::new()));
+        }
+        let _keep = n.subscribe(ClusterId::new());
+        assert_eq!(n.senders().len(), 1);
+        assert_eq!(
+            parse_payload(&Uuid::nil().to_string()),
+            Some(ClusterId(Uuid::nil()))
+        );
+        assert_eq!(parse_payload("nope"), None);
+    }
+}
