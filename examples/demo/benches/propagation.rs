@@ -14,6 +14,8 @@
 //! `target/release`: `cargo build --release -p kubenova-manager -p kubenova-operator -p
 //! kubenova-testkit` first). Postgres at `KUBENOVA_BENCH_POSTGRES_URL` (default
 //! `postgres://postgres@127.0.0.1:5432/test`, a fresh database per run), else SQLite.
+//! Turn the manager's rate limits off for it: `KUBENOVA_RATE_LIMIT_SUBJECT_RPS=0
+//! KUBENOVA_RATE_LIMIT_IP_RPS=0` (the manager process inherits the environment).
 #![allow(
     clippy::unwrap_used,
     clippy::print_stdout,
