@@ -9,6 +9,7 @@
 //! * [`SimulatedKubeVela`]: moves every `core.oam.dev` Application to `status.status: running`
 //!   with conditions, per-component `services` and a finished workflow.
 
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
@@ -16,7 +17,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::managed::now_rfc3339;
 use crate::selector::{FieldSelector, LabelSelector, labels_of};
-use crate::store::{PatchKind, Store, WriteOpts};
+use crate::store::{Event, PatchKind, Store, WriteOpts};
 
 const TENANT_LABEL: &str = "capsule.clastix.io/tenant";
 const NEW_TENANT_LABEL: &str = "projectcapsule.dev/tenant";
@@ -113,38 +114,75 @@ fn write_status(
     }
 }
 
-async fn run_loop(
-    store: Arc<Store>,
-    mut shutdown: watch::Receiver<bool>,
-    interesting: &'static [(&'static str, &'static str)],
-    reconcile: fn(&Store),
-) {
+/// A simulated controller driven incrementally by the store's events.
+trait Sim {
+    /// Updates the indexes and marks what `ev` makes worth a look.
+    fn note(&mut self, ev: &Event);
+    /// Rebuilds the indexes from the store and marks everything (start, lagged events).
+    fn resync(&mut self, store: &Store);
+    /// Reconciles what is marked.
+    fn flush(&mut self, store: &Store);
+}
+
+async fn run_loop(store: Arc<Store>, mut shutdown: watch::Receiver<bool>, mut sim: impl Sim) {
     let mut rx = store.subscribe();
-    reconcile(&store);
+    sim.resync(&store);
+    sim.flush(&store);
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
             r = rx.recv() => match r {
                 Ok(ev) => {
-                    if interesting.iter().any(|(g, p)| ev.group == *g && ev.plural == *p) {
-                        // Coalesce: one full pass for every event already queued (a pass
-                        // is O(objects), so one per event would be quadratic at scale).
-                        while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) =
-                            rx.try_recv()
-                        {}
-                        reconcile(&store);
+                    // Coalesce what is queued already, then reconcile only the objects
+                    // the events touched (O(changes), not O(objects), per pass).
+                    sim.note(&ev);
+                    let mut lagged = false;
+                    loop {
+                        match rx.try_recv() {
+                            Ok(ev) => sim.note(&ev),
+                            Err(broadcast::error::TryRecvError::Lagged(_)) => lagged = true,
+                            Err(_) => break,
+                        }
                     }
+                    if lagged {
+                        sim.resync(&store);
+                    }
+                    sim.flush(&store);
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => reconcile(&store),
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    sim.resync(&store);
+                    sim.flush(&store);
+                }
                 Err(broadcast::error::RecvError::Closed) => break,
             }
         }
+        // Let the API server's tasks run between passes.
+        tokio::task::yield_now().await;
     }
 }
 
+fn get_obj(
+    store: &Store,
+    group: &str,
+    version: &str,
+    plural: &str,
+    ns: Option<&str>,
+    name: &str,
+) -> Option<Value> {
+    let t = store.resolve(group, version, plural)?;
+    store.get(&t, ns, name).ok()
+}
+
 /// Simulated Capsule tenant controller.
-#[derive(Debug)]
-pub struct SimulatedCapsule;
+#[derive(Debug, Default)]
+pub struct SimulatedCapsule {
+    /// Namespaces labelled `capsule.clastix.io/tenant=<tenant>`, by tenant.
+    members: HashMap<String, BTreeSet<String>>,
+    /// The tenant label of each labelled namespace.
+    tenant_of: HashMap<String, String>,
+    /// Tenants to reconcile.
+    dirty: BTreeSet<String>,
+}
 
 impl SimulatedCapsule {
     /// Spawns the controller loop.
@@ -152,134 +190,251 @@ impl SimulatedCapsule {
         store: Arc<Store>,
         shutdown: watch::Receiver<bool>,
     ) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(run_loop(
-            store,
-            shutdown,
-            &[("capsule.clastix.io", "tenants"), ("", "namespaces")],
-            Self::reconcile,
-        ))
+        tokio::spawn(run_loop(store, shutdown, SimulatedCapsule::default()))
+    }
+
+    fn index_namespace(&mut self, name: &str, tenant: Option<&str>) {
+        let old = self.tenant_of.get(name).cloned();
+        if old.as_deref() == tenant {
+            if let Some(t) = tenant {
+                self.dirty.insert(t.to_owned());
+            }
+            return;
+        }
+        if let Some(o) = old {
+            if let Some(m) = self.members.get_mut(&o) {
+                m.remove(name);
+                if m.is_empty() {
+                    self.members.remove(&o);
+                }
+            }
+            self.tenant_of.remove(name);
+            self.dirty.insert(o);
+        }
+        if let Some(t) = tenant {
+            self.members
+                .entry(t.to_owned())
+                .or_default()
+                .insert(name.to_owned());
+            self.tenant_of.insert(name.to_owned(), t.to_owned());
+            self.dirty.insert(t.to_owned());
+        }
     }
 
     /// One full reconciliation pass.
     pub fn reconcile(store: &Store) {
+        let mut sim = SimulatedCapsule::default();
+        sim.resync(store);
+        sim.flush(store);
+    }
+
+    fn reconcile_tenant(store: &Store, tenant: &Value, namespaces: &[Value]) {
         let Some(tenant_type) = store.resolve("capsule.clastix.io", "v1beta2", "tenants") else {
             return;
         };
-        let tenants = list_all(store, "capsule.clastix.io", "v1beta2", "tenants");
-        let namespaces = list_all(store, "", "v1", "namespaces");
         let Some(ns_type) = store.resolve("", "v1", "namespaces") else {
             return;
         };
-        // Namespaces by their tenant label: one pass is O(tenants + namespaces).
-        let mut by_tenant: std::collections::HashMap<String, Vec<&Value>> =
-            std::collections::HashMap::new();
-        for ns in &namespaces {
-            if let Some(t) = labels_of(ns).get(TENANT_LABEL) {
-                by_tenant.entry(t.clone()).or_default().push(ns);
-            }
+        if !s(tenant, "/metadata/deletionTimestamp").is_empty() {
+            return;
         }
-        for tenant in &tenants {
-            if !s(tenant, "/metadata/deletionTimestamp").is_empty() {
+        let tname = s(tenant, "/metadata/name");
+        let tuid = s(tenant, "/metadata/uid");
+        let mut members: Vec<String> = Vec::new();
+        for ns in namespaces {
+            let labels = labels_of(ns);
+            if labels.get(TENANT_LABEL).map(String::as_str) != Some(tname) {
                 continue;
             }
-            let tname = s(tenant, "/metadata/name");
-            let tuid = s(tenant, "/metadata/uid");
-            let mut members: Vec<String> = Vec::new();
-            for ns in by_tenant.get(tname).map(Vec::as_slice).unwrap_or_default() {
-                let labels = labels_of(ns);
-                let nsname = s(ns, "/metadata/name").to_owned();
-                if s(ns, "/metadata/deletionTimestamp").is_empty() {
-                    members.push(nsname.clone());
-                } else {
-                    continue;
-                }
-                let mut want_labels: Map<String, Value> = Map::new();
-                want_labels.insert(NEW_TENANT_LABEL.into(), json!(tname));
-                if let Some(extra) = tenant
-                    .pointer("/spec/namespaceOptions/additionalMetadata/labels")
-                    .and_then(Value::as_object)
-                {
-                    for (k, v) in extra {
-                        want_labels.insert(k.clone(), v.clone());
-                    }
-                }
-                let missing_labels = want_labels
-                    .iter()
-                    .any(|(k, v)| labels.get(k).map(|x| json!(x)) != Some(v.clone()));
-                let refs = ns
-                    .pointer("/metadata/ownerReferences")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
-                let has_ref = refs.iter().any(|r| s(r, "/uid") == tuid);
-                if missing_labels || !has_ref {
-                    let mut new_refs = refs.clone();
-                    if !has_ref {
-                        new_refs.push(json!({
-                            "apiVersion": "capsule.clastix.io/v1beta2",
-                            "kind": "Tenant",
-                            "name": tname,
-                            "uid": tuid,
-                            "controller": true,
-                            "blockOwnerDeletion": true,
-                        }));
-                    }
-                    let patch =
-                        json!({"metadata": {"labels": want_labels, "ownerReferences": new_refs}});
-                    if let Err(e) = store.patch(
-                        &ns_type,
-                        None,
-                        &nsname,
-                        PatchKind::Merge,
-                        patch,
-                        &WriteOpts::manager("simulated-capsule"),
-                        "",
-                    ) {
-                        tracing::debug!(
-                            "simulated-capsule: labelling namespace {nsname} failed: {e}"
-                        );
-                    }
+            let nsname = s(ns, "/metadata/name").to_owned();
+            if s(ns, "/metadata/deletionTimestamp").is_empty() {
+                members.push(nsname.clone());
+            } else {
+                continue;
+            }
+            let mut want_labels: Map<String, Value> = Map::new();
+            want_labels.insert(NEW_TENANT_LABEL.into(), json!(tname));
+            if let Some(extra) = tenant
+                .pointer("/spec/namespaceOptions/additionalMetadata/labels")
+                .and_then(Value::as_object)
+            {
+                for (k, v) in extra {
+                    want_labels.insert(k.clone(), v.clone());
                 }
             }
-            members.sort();
-            let generation = tenant
-                .pointer("/metadata/generation")
-                .and_then(Value::as_i64)
-                .unwrap_or(1);
-            let cordoned = tenant.pointer("/spec/cordoned").and_then(Value::as_bool) == Some(true);
-            let status = json!({
-                "state": if cordoned { "Cordoned" } else { "Active" },
-                "size": members.len(),
-                "namespaces": members,
+            let missing_labels = want_labels
+                .iter()
+                .any(|(k, v)| labels.get(k).map(|x| json!(x)) != Some(v.clone()));
+            let refs = ns
+                .pointer("/metadata/ownerReferences")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let has_ref = refs.iter().any(|r| s(r, "/uid") == tuid);
+            if missing_labels || !has_ref {
+                let mut new_refs = refs.clone();
+                if !has_ref {
+                    new_refs.push(json!({
+                        "apiVersion": "capsule.clastix.io/v1beta2",
+                        "kind": "Tenant",
+                        "name": tname,
+                        "uid": tuid,
+                        "controller": true,
+                        "blockOwnerDeletion": true,
+                    }));
+                }
+                let patch =
+                    json!({"metadata": {"labels": want_labels, "ownerReferences": new_refs}});
+                if let Err(e) = store.patch(
+                    &ns_type,
+                    None,
+                    &nsname,
+                    PatchKind::Merge,
+                    patch,
+                    &WriteOpts::manager("simulated-capsule"),
+                    "",
+                ) {
+                    tracing::debug!("simulated-capsule: labelling namespace {nsname} failed: {e}");
+                }
+            }
+        }
+        members.sort();
+        let generation = tenant
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        let cordoned = tenant.pointer("/spec/cordoned").and_then(Value::as_bool) == Some(true);
+        let status = json!({
+            "state": if cordoned { "Cordoned" } else { "Active" },
+            "size": members.len(),
+            "namespaces": members,
+            "observedGeneration": generation,
+            "conditions": [{
+                "type": "Ready",
+                "status": "True",
+                "reason": "Succeeded",
+                "message": "reconciled by kubenova-testkit SimulatedCapsule",
+                "lastTransitionTime": now_rfc3339(),
                 "observedGeneration": generation,
-                "conditions": [{
-                    "type": "Ready",
-                    "status": "True",
-                    "reason": "Succeeded",
-                    "message": "reconciled by kubenova-testkit SimulatedCapsule",
-                    "lastTransitionTime": now_rfc3339(),
-                    "observedGeneration": generation,
-                }],
-            });
-            let current = tenant.get("status").cloned().unwrap_or(Value::Null);
-            if comparable(&current) != comparable(&status) {
-                write_status(
-                    store,
-                    &tenant_type.group,
-                    "v1beta2",
-                    "tenants",
-                    tenant,
-                    status,
-                    "simulated-capsule",
-                );
+            }],
+        });
+        let current = tenant.get("status").cloned().unwrap_or(Value::Null);
+        if comparable(&current) != comparable(&status) {
+            write_status(
+                store,
+                &tenant_type.group,
+                "v1beta2",
+                "tenants",
+                tenant,
+                status,
+                "simulated-capsule",
+            );
+        }
+    }
+}
+
+impl Sim for SimulatedCapsule {
+    fn note(&mut self, ev: &Event) {
+        match (ev.group.as_str(), ev.plural.as_str()) {
+            ("capsule.clastix.io", "tenants") => {
+                self.dirty
+                    .insert(s(&ev.object, "/metadata/name").to_owned());
             }
+            ("", "namespaces") => {
+                let name = s(&ev.object, "/metadata/name").to_owned();
+                let tenant = if ev.etype == "DELETED" {
+                    None
+                } else {
+                    ev.object
+                        .pointer("/metadata/labels")
+                        .and_then(|l| l.get(TENANT_LABEL))
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                };
+                self.index_namespace(&name, tenant.as_deref());
+            }
+            _ => {}
+        }
+    }
+
+    fn resync(&mut self, store: &Store) {
+        self.members.clear();
+        self.tenant_of.clear();
+        for ns in list_all(store, "", "v1", "namespaces") {
+            if let Some(t) = labels_of(&ns).get(TENANT_LABEL) {
+                self.index_namespace(s(&ns, "/metadata/name"), Some(t));
+            }
+        }
+        for t in list_all(store, "capsule.clastix.io", "v1beta2", "tenants") {
+            self.dirty.insert(s(&t, "/metadata/name").to_owned());
+        }
+    }
+
+    fn flush(&mut self, store: &Store) {
+        for tname in std::mem::take(&mut self.dirty) {
+            let Some(tenant) = get_obj(
+                store,
+                "capsule.clastix.io",
+                "v1beta2",
+                "tenants",
+                None,
+                &tname,
+            ) else {
+                continue;
+            };
+            let namespaces: Vec<Value> = self
+                .members
+                .get(&tname)
+                .into_iter()
+                .flatten()
+                .filter_map(|n| get_obj(store, "", "v1", "namespaces", None, n))
+                .collect();
+            Self::reconcile_tenant(store, &tenant, &namespaces);
         }
     }
 }
 
 /// Simulated KubeVela application controller.
-#[derive(Debug)]
-pub struct SimulatedKubeVela;
+#[derive(Debug, Default)]
+pub struct SimulatedKubeVela {
+    /// Applications to reconcile: (namespace, name).
+    dirty: BTreeSet<(String, String)>,
+}
+
+impl Sim for SimulatedKubeVela {
+    fn note(&mut self, ev: &Event) {
+        if ev.group == "core.oam.dev" && ev.plural == "applications" && ev.etype != "DELETED" {
+            self.dirty.insert((
+                ev.namespace.clone(),
+                s(&ev.object, "/metadata/name").to_owned(),
+            ));
+        }
+    }
+
+    fn resync(&mut self, store: &Store) {
+        for app in list_all(store, "core.oam.dev", "v1beta1", "applications") {
+            self.dirty.insert((
+                s(&app, "/metadata/namespace").to_owned(),
+                s(&app, "/metadata/name").to_owned(),
+            ));
+        }
+    }
+
+    fn flush(&mut self, store: &Store) {
+        for (ns, name) in std::mem::take(&mut self.dirty) {
+            if let Some(app) = get_obj(
+                store,
+                "core.oam.dev",
+                "v1beta1",
+                "applications",
+                Some(&ns),
+                &name,
+            ) {
+                Self::reconcile_app(store, &app);
+            }
+        }
+    }
+}
 
 impl SimulatedKubeVela {
     /// Spawns the controller loop.
@@ -287,19 +442,21 @@ impl SimulatedKubeVela {
         store: Arc<Store>,
         shutdown: watch::Receiver<bool>,
     ) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(run_loop(
-            store,
-            shutdown,
-            &[("core.oam.dev", "applications")],
-            Self::reconcile,
-        ))
+        tokio::spawn(run_loop(store, shutdown, SimulatedKubeVela::default()))
     }
 
     /// One full reconciliation pass.
     pub fn reconcile(store: &Store) {
         for app in list_all(store, "core.oam.dev", "v1beta1", "applications") {
+            Self::reconcile_app(store, &app);
+        }
+    }
+
+    fn reconcile_app(store: &Store, app: &Value) {
+        let app = app.clone();
+        {
             if !s(&app, "/metadata/deletionTimestamp").is_empty() {
-                continue;
+                return;
             }
             let generation = app
                 .pointer("/metadata/generation")
@@ -309,7 +466,7 @@ impl SimulatedKubeVela {
                 .pointer("/status/observedGeneration")
                 .and_then(Value::as_i64);
             if s(&app, "/status/status") == "running" && observed == Some(generation) {
-                continue;
+                return;
             }
             let name = s(&app, "/metadata/name");
             let ns = s(&app, "/metadata/namespace");

@@ -680,6 +680,9 @@ impl Store {
                     false,
                 )
                 .map_err(|c| ApiError::apply_conflict(&t.group, &t.plural, &name, c))?;
+                // The merge put the applied fields back as sent: default (and prune) the
+                // result, as the API server does before storing a create.
+                Self::validate_obj(t, &mut body, opts.strict)?;
             }
             None => managed::record_update(None, &mut body, &opts.manager, &t.api_version(), ""),
         }

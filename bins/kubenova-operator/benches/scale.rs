@@ -50,10 +50,17 @@ const PIPELINES: usize = 64;
 /// The operator's per-controller concurrency (its default), also used by the floor.
 const CONCURRENCY: usize = 16;
 
-struct Guard(Child);
+/// The operator process; with `wrapped`, the leader of its own process group (a profiler
+/// wrapper and the operator under it), all of which is killed.
+struct Guard(Child, bool);
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        if self.1 {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", self.0.id())])
+                .status();
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -246,7 +253,20 @@ async fn operator_phase(n: usize) -> Phase {
     )
     .unwrap();
     let log = std::fs::File::create(dir.path().join("operator.log")).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_kubenova-operator"))
+    // `KUBENOVA_BENCH_WRAP="heaptrack -o /tmp/op"` runs the operator under a profiler
+    // (the peak RSS is then the wrapper's, not the operator's).
+    let wrap = std::env::var("KUBENOVA_BENCH_WRAP").unwrap_or_default();
+    let mut words = wrap.split_whitespace();
+    let mut cmd = match words.next() {
+        Some(w) => {
+            let mut c = Command::new(w);
+            c.args(words).arg(env!("CARGO_BIN_EXE_kubenova-operator"));
+            std::os::unix::process::CommandExt::process_group(&mut c, 0);
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_kubenova-operator")),
+    };
+    let child = cmd
         .env("KUBENOVA_KUBECONFIG", &kubeconfig)
         .env("KUBENOVA_LISTEN", "127.0.0.1:0")
         .env("KUBENOVA_CONCURRENCY", CONCURRENCY.to_string())
@@ -256,7 +276,7 @@ async fn operator_phase(n: usize) -> Phase {
         .stderr(log)
         .spawn()
         .unwrap();
-    let operator = Guard(child);
+    let operator = Guard(child, !wrap.trim().is_empty());
     let pid = operator.0.id();
     // Let it connect and start its watches before the clock starts.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -557,6 +577,19 @@ fn main() {
     for n in scales {
         let objects = (3 * n) as f64;
         println!("\n== {n} tenants ({} Nova objects) ==", 3 * n);
+        // `KUBENOVA_BENCH_OPERATOR_ONLY=1`: skip the floor (profiling runs).
+        if std::env::var_os("KUBENOVA_BENCH_OPERATOR_ONLY").is_some() {
+            let op = rt.block_on(operator_phase(n));
+            println!(
+                "operator: {:>8.1} s  {:>8} requests ({:.2}/object)  peak RSS {:?} KiB",
+                op.seconds,
+                op.counts.total,
+                op.counts.total as f64 / objects,
+                op.rss_peak_kib
+            );
+            println!("operator requests by resource:\n{}", op.counts);
+            continue;
+        }
         let floor = rt.block_on(floor_phase(n));
         println!(
             "floor:    {:>8.1} s  {:>8} requests ({:.2}/object)  {:?}",

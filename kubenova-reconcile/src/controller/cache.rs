@@ -3,9 +3,16 @@
 //! needs from memory instead of GETting it, and skips a server-side apply whose result
 //! is already live.
 //!
-//! The stores are compact: `managedFields` are dropped and everything outside `metadata`
-//! is replaced by a digest ([`content_digest`]), except the few `status` fields the status
-//! mapping reads (Capsule Tenant and KubeVela Application status, namespace phase).
+//! The stores are compact (they hold every generated object, so at 10,000 tenants about
+//! 90,000 of them): per object only what the controllers read is kept, in a small struct
+//! ([`Compact`]): labels, annotations and owner references with interned strings (label
+//! keys, tenant names and owner uids repeat across objects), generation, deletion
+//! timestamp, a digest of everything outside `metadata` ([`content_digest`]) and the few
+//! `status` fields the status mapping reads (Capsule Tenant state and `Ready` condition,
+//! KubeVela Application status and unhealthy services, namespace phase), as JSON text.
+//! `managedFields`, uids, resource versions, timestamps and specs are not kept. The kube
+//! `reflector` is not used: its stores key every object with a full `ApiResource` (five
+//! strings) and keep the whole `DynamicObject`.
 //!
 //! An apply is skipped ([`Ctx::apply_cached`](super::Ctx)) only when all of these hold:
 //! the desired object is the one this process applied last for that key (same
@@ -14,22 +21,26 @@
 //! object is live (nobody removed ours). After a restart the first reconcile of each
 //! object applies once.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, RwLock};
 
 use futures::StreamExt;
 use kube::Client;
 use kube::api::{Api, DynamicObject};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
-use kube::runtime::{WatchStreamExt, reflector::store::Writer};
+use kube::runtime::{WatchStreamExt, watcher::Event};
 use kubenova_api::crd::NovaTenant;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::api_resource;
 
-/// Key under which the compact stores keep the content digest.
+/// Key under which [`KindCache::get`] returns the content digest.
 pub(crate) const DIGEST_KEY: &str = "kubenovaContentDigest";
+
+/// Annotation never kept (it repeats the whole object).
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// FNV-1a, 64 bit: stable across processes and Rust versions.
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -41,92 +52,320 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     h
 }
 
-/// Digest of a whole JSON value (object keys in sorted order).
-pub(crate) fn value_digest(v: &Value) -> u64 {
-    fnv1a(canonical(v).as_bytes())
+/// 64-bit key of a `Kind/namespace/name` string (the bookkeeping maps key by it rather
+/// than keep one string per object).
+pub(crate) fn key_hash(key: &str) -> u64 {
+    fnv1a(key.as_bytes())
 }
 
-fn canonical(v: &Value) -> String {
+/// Digest of a whole JSON value (object keys in sorted order).
+pub(crate) fn value_digest(v: &Value) -> u64 {
+    let mut out = String::new();
+    canonical(v, &mut out);
+    fnv1a(out.as_bytes())
+}
+
+fn canonical(v: &Value, out: &mut String) {
     match v {
-        Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
-            let body: Vec<String> = keys
-                .iter()
-                .map(|k| format!("{}:{}", Value::String((*k).clone()), canonical(&m[*k])))
-                .collect();
-            format!("{{{}}}", body.join(","))
-        }
+        Value::Object(m) => canonical_map(m, &[], out),
         Value::Array(a) => {
-            let body: Vec<String> = a.iter().map(canonical).collect();
-            format!("[{}]", body.join(","))
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical(x, out);
+            }
+            out.push(']');
         }
-        other => other.to_string(),
+        other => out.push_str(&other.to_string()),
     }
 }
+
+fn canonical_map(m: &Map<String, Value>, skip: &[&str], out: &mut String) {
+    let mut keys: Vec<&String> = m.keys().filter(|k| !skip.contains(&k.as_str())).collect();
+    keys.sort();
+    out.push('{');
+    for (i, k) in keys.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&Value::String((*k).clone()).to_string());
+        out.push(':');
+        canonical(&m[*k], out);
+    }
+    out.push('}');
+}
+
+/// Keys outside the content.
+const NOT_CONTENT: [&str; 5] = ["apiVersion", "kind", "metadata", "status", DIGEST_KEY];
 
 /// Digest of an object's content: everything but `apiVersion`, `kind`, `metadata` and
 /// `status`.
 pub(crate) fn content_digest(obj: &Value) -> u64 {
-    let mut m = obj.as_object().cloned().unwrap_or_default();
-    for k in ["apiVersion", "kind", "metadata", "status", DIGEST_KEY] {
-        m.remove(k);
-    }
-    value_digest(&Value::Object(m))
+    let empty = Map::new();
+    let m = obj.as_object().unwrap_or(&empty);
+    let mut out = String::new();
+    canonical_map(m, &NOT_CONTENT, &mut out);
+    fnv1a(out.as_bytes())
 }
 
-/// The status fields the status mapping reads, per kind.
+/// Interned strings: label keys and values, owner names and uids repeat across the
+/// generated objects of a tenant (and label keys across all of them).
+#[derive(Default)]
+struct Interner {
+    set: HashSet<Arc<str>>,
+    /// Size after the last sweep of strings no object uses any more.
+    swept: usize,
+}
+
+type Sym = Arc<str>;
+
+impl Interner {
+    fn get(&mut self, s: &str) -> Sym {
+        if let Some(a) = self.set.get(s) {
+            return a.clone();
+        }
+        if self.set.len() >= 2 * self.swept.max(4096) {
+            self.set.retain(|a| Arc::strong_count(a) > 1);
+            self.swept = self.set.len();
+        }
+        let a: Sym = Arc::from(s);
+        self.set.insert(a.clone());
+        a
+    }
+}
+
+static INTERNER: LazyLock<Mutex<Interner>> = LazyLock::new(Default::default);
+
+/// One owner reference, every field kept (it is applied back, see `merge_owner_refs`).
+#[derive(Debug, Clone)]
+struct OwnerRef {
+    api_version: Sym,
+    kind: Sym,
+    name: Sym,
+    uid: Sym,
+    controller: Option<bool>,
+    block_owner_deletion: Option<bool>,
+}
+
+/// What the caches keep of one object.
+#[derive(Debug)]
+pub(crate) struct Compact {
+    labels: Box<[(Sym, Sym)]>,
+    annotations: Box<[(Sym, Sym)]>,
+    owner_refs: Box<[OwnerRef]>,
+    generation: Option<i64>,
+    deletion: Option<Box<str>>,
+    digest: u64,
+    /// The status fields the status mapping reads, as JSON text (interned: converged
+    /// objects of a kind mostly say the same).
+    status: Option<Sym>,
+}
+
+fn s<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
+    v.get(key).and_then(Value::as_str)
+}
+
+/// The status fields the status mapping (`crate::status`) reads, per kind.
 fn kept_status(kind: &str, status: Option<&Value>) -> Option<Value> {
     let status = status?;
+    let pick = |m: &mut Map<String, Value>, from: &Value, keys: &[&str]| {
+        for k in keys {
+            if let Some(v) = from.get(*k) {
+                m.insert((*k).to_owned(), v.clone());
+            }
+        }
+    };
+    let mut out = Map::new();
     match kind {
-        "Namespace" => status.get("phase").map(|p| json!({ "phase": p })),
-        "Tenant" | "Application" => Some(status.clone()),
-        _ => None,
+        "Namespace" => pick(&mut out, status, &["phase"]),
+        "Tenant" => {
+            pick(&mut out, status, &["state", "observedGeneration"]);
+            if let Some(conds) = status.get("conditions").and_then(Value::as_array) {
+                let ready: Vec<Value> = conds
+                    .iter()
+                    .filter(|c| s(c, "type") == Some("Ready"))
+                    .map(|c| {
+                        let mut m = Map::new();
+                        pick(&mut m, c, &["type", "status", "reason", "message"]);
+                        Value::Object(m)
+                    })
+                    .collect();
+                out.insert("conditions".into(), Value::Array(ready));
+            }
+        }
+        "Application" => {
+            pick(&mut out, status, &["status", "observedGeneration"]);
+            if let Some(msg) = status.pointer("/workflow/message") {
+                out.insert("workflow".into(), json!({ "message": msg }));
+            }
+            if let Some(svcs) = status.get("services").and_then(Value::as_array) {
+                let unhealthy: Vec<Value> = svcs
+                    .iter()
+                    .filter(|c| c.get("healthy").and_then(Value::as_bool) == Some(false))
+                    .map(|c| {
+                        let mut m = Map::new();
+                        pick(&mut m, c, &["name", "message", "healthy"]);
+                        Value::Object(m)
+                    })
+                    .collect();
+                out.insert("services".into(), Value::Array(unhealthy));
+            }
+        }
+        _ => return None,
     }
+    Some(Value::Object(out))
+}
+
+fn interned_map(
+    i: &mut Interner,
+    m: Option<&std::collections::BTreeMap<String, String>>,
+) -> Box<[(Sym, Sym)]> {
+    m.into_iter()
+        .flatten()
+        .filter(|(k, _)| k.as_str() != LAST_APPLIED)
+        .map(|(k, v)| (i.get(k), i.get(v)))
+        .collect()
 }
 
 /// Shrinks a watched object to what the controllers read.
-fn compact(kind: &str, obj: &mut DynamicObject) {
-    obj.metadata.managed_fields = None;
-    let mut full = std::mem::take(&mut obj.data);
-    let digest = {
-        if let Some(m) = full.as_object_mut() {
-            m.remove("metadata");
-        }
-        content_digest(&full)
-    };
-    let mut data = serde_json::Map::new();
-    if let Some(s) = kept_status(kind, full.get("status")) {
-        data.insert("status".to_owned(), s);
+fn compact(kind: &str, obj: &DynamicObject) -> Compact {
+    let md = &obj.metadata;
+    let mut i = INTERNER.lock().unwrap_or_else(|e| e.into_inner());
+    let owner_refs = md
+        .owner_references
+        .iter()
+        .flatten()
+        .map(|r| OwnerRef {
+            api_version: i.get(&r.api_version),
+            kind: i.get(&r.kind),
+            name: i.get(&r.name),
+            uid: i.get(&r.uid),
+            controller: r.controller,
+            block_owner_deletion: r.block_owner_deletion,
+        })
+        .collect();
+    let labels = interned_map(&mut i, md.labels.as_ref());
+    let annotations = interned_map(&mut i, md.annotations.as_ref());
+    let status = kept_status(kind, obj.data.get("status")).map(|v| i.get(&v.to_string()));
+    drop(i);
+    let digest = content_digest(&obj.data);
+    Compact {
+        labels,
+        annotations,
+        owner_refs,
+        generation: md.generation,
+        deletion: md
+            .deletion_timestamp
+            .as_ref()
+            .and_then(|t| serde_json::to_value(t).ok())
+            .and_then(|v| v.as_str().map(Into::into)),
+        digest,
+        status,
     }
-    data.insert(DIGEST_KEY.to_owned(), json!(digest.to_string()));
-    obj.data = Value::Object(data);
+}
+
+fn store_key(namespace: Option<&str>, name: &str) -> String {
+    format!("{}/{name}", namespace.unwrap_or_default())
 }
 
 /// One compact store of a generated kind.
 #[derive(Clone)]
 pub(crate) struct KindCache {
     kind: &'static str,
-    store: Store<DynamicObject>,
+    inner: Arc<KindStore>,
+}
+
+#[derive(Default)]
+struct KindStore {
+    /// By `namespace/name` (`/name` when cluster-scoped); boxed, so the table's empty
+    /// slots cost a pointer, not a whole entry.
+    objects: RwLock<HashMap<Box<str>, Box<Compact>>>,
+    /// Set once the initial list is in.
+    ready: AtomicBool,
 }
 
 impl KindCache {
-    /// The cached object as JSON (`apiVersion`, `kind`, metadata, kept status, digest).
+    /// The cached object as JSON (`apiVersion`, `kind`, metadata: name, namespace,
+    /// labels, annotations, owner references, generation, deletion timestamp; the kept
+    /// status; the content digest under [`DIGEST_KEY`]).
     pub(crate) fn get(&self, namespace: Option<&str>, name: &str) -> Option<Value> {
         let (ar, _) = api_resource(self.kind)?;
-        let mut r = ObjectRef::<DynamicObject>::new_with(name, ar);
+        let objects = self.inner.objects.read().unwrap_or_else(|e| e.into_inner());
+        let c = objects.get(store_key(namespace, name).as_str())?;
+        let pairs = |p: &[(Sym, Sym)]| {
+            Value::Object(
+                p.iter()
+                    .map(|(k, v)| (k.to_string(), json!(v.as_ref())))
+                    .collect(),
+            )
+        };
+        let mut md = Map::new();
+        md.insert("name".into(), json!(name));
         if let Some(ns) = namespace {
-            r = r.within(ns);
+            md.insert("namespace".into(), json!(ns));
         }
-        let obj = self.store.get(&r)?;
-        let mut v = serde_json::to_value(obj.as_ref()).ok()?;
-        if let Some(m) = v.as_object_mut()
-            && let Some((ar, _)) = api_resource(self.kind)
+        if !c.labels.is_empty() {
+            md.insert("labels".into(), pairs(&c.labels));
+        }
+        if !c.annotations.is_empty() {
+            md.insert("annotations".into(), pairs(&c.annotations));
+        }
+        if !c.owner_refs.is_empty() {
+            let refs: Vec<Value> = c
+                .owner_refs
+                .iter()
+                .map(|r| {
+                    let mut m = json!({
+                        "apiVersion": r.api_version.as_ref(),
+                        "kind": r.kind.as_ref(),
+                        "name": r.name.as_ref(),
+                        "uid": r.uid.as_ref(),
+                    });
+                    if let Some(b) = r.controller {
+                        m["controller"] = json!(b);
+                    }
+                    if let Some(b) = r.block_owner_deletion {
+                        m["blockOwnerDeletion"] = json!(b);
+                    }
+                    m
+                })
+                .collect();
+            md.insert("ownerReferences".into(), Value::Array(refs));
+        }
+        if let Some(g) = c.generation {
+            md.insert("generation".into(), json!(g));
+        }
+        if let Some(d) = &c.deletion {
+            md.insert("deletionTimestamp".into(), json!(d.as_ref()));
+        }
+        let mut v = json!({
+            "apiVersion": ar.api_version,
+            "kind": ar.kind,
+            "metadata": md,
+            DIGEST_KEY: c.digest.to_string(),
+        });
+        if let Some(st) = &c.status
+            && let Ok(st) = serde_json::from_str::<Value>(st)
         {
-            m.insert("apiVersion".into(), json!(ar.api_version));
-            m.insert("kind".into(), json!(ar.kind));
+            v["status"] = st;
         }
         Some(v)
+    }
+
+    fn is_ready(&self) -> bool {
+        self.inner.ready.load(Ordering::Acquire)
+    }
+
+    /// Number of cached objects.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.inner
+            .objects
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 }
 
@@ -139,12 +378,12 @@ pub(crate) struct Caches {
     pub(crate) quotas: KindCache,
     pub(crate) applications: KindCache,
     pub(crate) nova_tenants: Store<NovaTenant>,
-    /// Last apply per `Kind/namespace/name`.
+    /// Last apply per `Kind/namespace/name` (by [`key_hash`]).
     applied: Applied,
 }
 
-/// What this process applied last, per `Kind/namespace/name`.
-pub(crate) type Applied = std::sync::Arc<Mutex<HashMap<String, Record>>>;
+/// What this process applied last, per `Kind/namespace/name` ([`key_hash`]).
+pub(crate) type Applied = Arc<Mutex<HashMap<u64, Record>>>;
 
 /// One apply: digests of what was sent and of the content the server returned, and when.
 #[derive(Debug, Clone, Copy)]
@@ -158,58 +397,103 @@ pub(crate) struct Record {
 /// watch lagging behind (not a delete: deletes seen by the watch forget the record).
 const CACHE_LAG: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// A compact store of `kind` and its writer (fed by [`drive`]).
-pub(crate) fn store(kind: &'static str) -> Option<(KindCache, Writer<DynamicObject>)> {
-    let (ar, _) = api_resource(kind)?;
-    let writer = Writer::<DynamicObject>::new(ar);
-    let cache = KindCache {
+/// A compact store of `kind` (fed by [`drive`]).
+pub(crate) fn store(kind: &'static str) -> Option<KindCache> {
+    api_resource(kind)?;
+    Some(KindCache {
         kind,
-        store: writer.as_reader(),
-    };
-    Some((cache, writer))
+        inner: Arc::default(),
+    })
 }
 
-/// The one watch of `kind`: keeps `writer` up to date, then hands every object that was
+fn applied_key(kind: &str, namespace: Option<&str>, name: &str) -> u64 {
+    key_hash(&format!("{kind}/{}/{name}", namespace.unwrap_or_default()))
+}
+
+/// The one watch of `kind`: keeps `cache` up to date, then hands every object that was
 /// added, changed or deleted to `route` (which triggers the controllers), so a triggered
 /// reconcile always finds the store at least as new as its trigger. Must be polled.
 pub(crate) fn drive(
     client: &Client,
     kind: &'static str,
     cfg: watcher::Config,
-    writer: Writer<DynamicObject>,
+    cache: KindCache,
     applied: Applied,
     route: impl Fn(&DynamicObject) + Send + 'static,
 ) -> Option<impl futures::Stream<Item = ()> + Send + 'static> {
     let (ar, _) = api_resource(kind)?;
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-    let reader = writer.as_reader();
-    Some(
-        watcher(api, cfg)
-            .default_backoff()
-            .modify(move |o| compact(kind, o))
-            .reflect(writer)
-            .touched_objects()
-            .map(move |r| match r {
-                Ok(o) => {
-                    if reader
-                        .get(&ObjectRef::from_obj_with(&o, ar.clone()))
-                        .is_none()
-                    {
-                        // Deleted: the next reconcile must apply it again.
-                        let key = format!(
-                            "{kind}/{}/{}",
-                            o.metadata.namespace.as_deref().unwrap_or_default(),
-                            o.metadata.name.as_deref().unwrap_or_default()
-                        );
-                        applied
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .remove(&key);
-                    }
-                    route(&o)
-                }
-                Err(e) => tracing::debug!(kind, error = %e, "watch error (retried)"),
-            }),
+    // A relist fills this and replaces the store at its end (the old contents stay
+    // readable meanwhile).
+    let mut relist: Option<HashMap<Box<str>, Box<Compact>>> = None;
+    let forget = move |applied: &Applied, key: &str| {
+        applied
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key_hash(&format!("{kind}/{key}")));
+    };
+    Some(watcher(api, cfg).default_backoff().map(move |r| match r {
+        Ok(Event::Apply(o)) => {
+            let key = obj_key(&o);
+            let c = compact(kind, &o);
+            cache
+                .inner
+                .objects
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key.into(), Box::new(c));
+            route(&o);
+        }
+        Ok(Event::Delete(o)) => {
+            let key = obj_key(&o);
+            cache
+                .inner
+                .objects
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(key.as_str());
+            // Deleted: the next reconcile must apply it again.
+            forget(&applied, &key);
+            route(&o);
+        }
+        Ok(Event::Init) => relist = Some(HashMap::new()),
+        Ok(Event::InitApply(o)) => {
+            let key = obj_key(&o);
+            relist
+                .get_or_insert_with(HashMap::new)
+                .insert(key.into(), Box::new(compact(kind, &o)));
+            route(&o);
+        }
+        Ok(Event::InitDone) => {
+            let new = relist.take().unwrap_or_default();
+            let old = std::mem::replace(
+                &mut *cache
+                    .inner
+                    .objects
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner()),
+                new,
+            );
+            let objects = cache
+                .inner
+                .objects
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            for key in old.keys().filter(|k| !objects.contains_key(*k)) {
+                forget(&applied, key);
+            }
+            drop(objects);
+            cache.inner.ready.store(true, Ordering::Release);
+        }
+        Err(e) => tracing::debug!(kind, error = %e, "watch error (retried)"),
+    }))
+}
+
+/// The store key of a watched object.
+fn obj_key(o: &DynamicObject) -> String {
+    store_key(
+        o.metadata.namespace.as_deref(),
+        o.metadata.name.as_deref().unwrap_or_default(),
     )
 }
 
@@ -237,14 +521,14 @@ impl Caches {
     pub(crate) fn is_ready(&self) -> bool {
         use futures::FutureExt as _;
         [
-            &self.tenants.store,
-            &self.namespaces.store,
-            &self.role_bindings.store,
-            &self.quotas.store,
-            &self.applications.store,
+            &self.tenants,
+            &self.namespaces,
+            &self.role_bindings,
+            &self.quotas,
+            &self.applications,
         ]
         .iter()
-        .all(|s| s.wait_until_ready().now_or_never().is_some())
+        .all(|s| s.is_ready())
             && self
                 .nova_tenants
                 .wait_until_ready()
@@ -268,18 +552,15 @@ impl Caches {
         self.nova_tenants.get(&ObjectRef::new(name)).is_some()
     }
 
-    fn key(obj: &Value) -> String {
-        format!(
-            "{}/{}/{}",
+    fn key(obj: &Value) -> u64 {
+        applied_key(
             obj.pointer("/kind")
                 .and_then(Value::as_str)
                 .unwrap_or_default(),
-            obj.pointer("/metadata/namespace")
-                .and_then(Value::as_str)
-                .unwrap_or_default(),
+            obj.pointer("/metadata/namespace").and_then(Value::as_str),
             obj.pointer("/metadata/name")
                 .and_then(Value::as_str)
-                .unwrap_or_default()
+                .unwrap_or_default(),
         )
     }
 
@@ -287,7 +568,6 @@ impl Caches {
     pub(crate) fn applied(&self) -> Applied {
         self.applied.clone()
     }
-
     /// The live object when applying `desired` would change nothing (see the module docs).
     /// While the watch has not delivered our own last apply yet, the object is taken as
     /// unchanged and returned without status (the watch event then triggers a reconcile
@@ -352,9 +632,8 @@ impl Caches {
 
     /// Forgets an object (deleted).
     pub(crate) fn forget(&self, kind: &str, namespace: Option<&str>, name: &str) {
-        let key = format!("{kind}/{}/{name}", namespace.unwrap_or_default());
         let mut applied = self.applied.lock().unwrap_or_else(|e| e.into_inner());
-        applied.remove(&key);
+        applied.remove(&applied_key(kind, namespace, name));
     }
 }
 
@@ -417,7 +696,16 @@ where
     let (reader, writer) = reflector::store::<K>();
     let stream = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
         .default_backoff()
-        .modify(|o| o.meta_mut().managed_fields = None)
+        .modify(|o| {
+            // Nothing reads the resource version (finalizer and status patches do not
+            // send it); dropping it also drops its copy in the store's key.
+            let md = o.meta_mut();
+            md.managed_fields = None;
+            md.resource_version = None;
+            if let Some(a) = md.annotations.as_mut() {
+                a.remove(LAST_APPLIED);
+            }
+        })
         .reflect(writer)
         .applied_objects();
     (reader, stream)
@@ -444,25 +732,74 @@ mod tests {
 
     #[test]
     fn compacting_keeps_metadata_digest_and_needed_status() {
-        let mut o: DynamicObject = serde_json::from_value(json!({
+        let full = json!({
             "apiVersion": "capsule.clastix.io/v1beta2", "kind": "Tenant",
-            "metadata": {"name": "t", "labels": {"a": "b"}, "managedFields": [{"manager": "m"}]},
-            "spec": {"owners": []}, "status": {"state": "Active"}
-        }))
-        .unwrap();
-        let full = serde_json::to_value(&o).unwrap();
-        compact("Tenant", &mut o);
-        assert!(o.metadata.managed_fields.is_none());
-        assert_eq!(o.data["status"]["state"], "Active");
-        assert!(o.data.get("spec").is_none());
-        assert_eq!(o.data[DIGEST_KEY], json!(content_digest(&full).to_string()));
-        let mut ns: DynamicObject = serde_json::from_value(json!({
+            "metadata": {"name": "t", "labels": {"a": "b"}, "managedFields": [{"manager": "m"}],
+                         "ownerReferences": [{"apiVersion": "v1", "kind": "K", "name": "n", "uid": "u", "controller": true}],
+                         "generation": 3, "uid": "x", "resourceVersion": "7"},
+            "spec": {"owners": []},
+            "status": {"state": "Active", "size": 2, "namespaces": ["a", "b"],
+                       "conditions": [{"type": "Ready", "status": "True", "reason": "R", "message": "m", "lastTransitionTime": "t"},
+                                      {"type": "Other", "status": "False"}]}
+        });
+        let o: DynamicObject = serde_json::from_value(full.clone()).unwrap();
+        let cache = store("Tenant").unwrap();
+        cache
+            .inner
+            .objects
+            .write()
+            .unwrap()
+            .insert(store_key(None, "t").into(), Box::new(compact("Tenant", &o)));
+        assert_eq!(cache.len(), 1);
+        let got = cache.get(None, "t").unwrap();
+        assert_eq!(got["status"]["state"], "Active");
+        assert_eq!(
+            got["status"]["conditions"],
+            json!([{"type": "Ready", "status": "True", "reason": "R", "message": "m"}])
+        );
+        assert!(got.get("spec").is_none());
+        assert!(got["metadata"].get("managedFields").is_none());
+        assert_eq!(got["metadata"]["labels"], json!({"a": "b"}));
+        assert_eq!(got["metadata"]["generation"], 3);
+        assert_eq!(
+            got["metadata"]["ownerReferences"],
+            full["metadata"]["ownerReferences"]
+        );
+        assert_eq!(got[DIGEST_KEY], json!(content_digest(&full).to_string()));
+        assert_eq!(
+            crate::status::tenant_verdict(Some(&got)),
+            crate::status::tenant_verdict(Some(&full))
+        );
+        let ns: DynamicObject = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "n"},
             "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active", "conditions": []}
         }))
         .unwrap();
-        compact("Namespace", &mut ns);
-        assert_eq!(ns.data["status"], json!({"phase": "Active"}));
+        assert_eq!(
+            compact("Namespace", &ns).status.as_deref(),
+            Some(r#"{"phase":"Active"}"#)
+        );
+        let app = json!({
+            "apiVersion": "core.oam.dev/v1beta1", "kind": "Application",
+            "metadata": {"name": "a", "namespace": "n", "generation": 1},
+            "spec": {"components": []},
+            "status": {"status": "unhealthy", "observedGeneration": 1,
+                       "workflow": {"message": "wf", "mode": "x"},
+                       "services": [{"name": "web", "healthy": false, "message": "down"},
+                                    {"name": "db", "healthy": true, "message": "ok"}],
+                       "conditions": [{"type": "Ready"}]}
+        });
+        let o: DynamicObject = serde_json::from_value(app.clone()).unwrap();
+        let apps = store("Application").unwrap();
+        apps.inner.objects.write().unwrap().insert(
+            store_key(Some("n"), "a").into(),
+            Box::new(compact("Application", &o)),
+        );
+        let got = apps.get(Some("n"), "a").unwrap();
+        assert_eq!(
+            crate::status::app_verdict(Some(&got)),
+            crate::status::app_verdict(Some(&app))
+        );
     }
 
     #[test]
