@@ -7,7 +7,9 @@
 //! 1. the namespace `kubenova-system`;
 //! 2. the Nova CRDs ([`crate::crds::crds`]);
 //! 3. the operator's least-privilege ServiceAccount, ClusterRole, ClusterRoleBinding and
-//!    leader-election Role/RoleBinding ([`crate::manifests::operator_manifests`]);
+//!    leader-election Role/RoleBinding ([`crate::manifests::operator_manifests`]), and,
+//!    only with [`BootstrapParams::helm_installer`], the Helm installer identity
+//!    ([`crate::manifests::InstallerManifests`]);
 //! 4. the Secret [`AGENT_SECRET`] with the agent credential, the manager URL and optional CA;
 //! 5. the operator Deployment ([`operator_deployment`]: the one of
 //!    [`crate::manifests`], whose environment comes from that Secret).
@@ -69,6 +71,9 @@ pub struct BootstrapParams {
     pub agent_token: String,
     /// Extra environment variables of the operator container.
     pub env: Vec<(String, String)>,
+    /// Also apply the opt-in Helm installer identity
+    /// ([`OperatorParams::helm_installer`]); default `false`.
+    pub helm_installer: bool,
     /// Timeout of connecting to the API server.
     pub connect_timeout: Duration,
     /// Timeout of each API call.
@@ -84,6 +89,7 @@ impl std::fmt::Debug for BootstrapParams {
             .field("manager_ca", &self.manager_ca.is_some())
             .field("agent_token", &"<redacted>")
             .field("env", &self.env)
+            .field("helm_installer", &self.helm_installer)
             .finish()
     }
 }
@@ -98,6 +104,7 @@ impl BootstrapParams {
             manager_ca: None,
             agent_token: agent_token.to_string(),
             env: Vec::new(),
+            helm_installer: false,
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(30),
         }
@@ -289,6 +296,7 @@ fn manifest_params(p: &BootstrapParams) -> OperatorParams {
     OperatorParams {
         namespace: p.namespace.clone(),
         image: p.image.clone(),
+        helm_installer: p.helm_installer,
         ..OperatorParams::default()
     }
 }
@@ -418,6 +426,44 @@ pub async fn bootstrap(
         &mut report,
     )
     .await?;
+    if let Some(installer) = &m.installer {
+        let sa = name_of(&installer.service_account.metadata);
+        apply(
+            Api::<ServiceAccount>::namespaced(c(), ns),
+            &sa,
+            format!("ServiceAccount/{ns}/{sa}"),
+            &installer.service_account,
+            &mut report,
+        )
+        .await?;
+        let crb = name_of(&installer.cluster_role_binding.metadata);
+        apply(
+            Api::<ClusterRoleBinding>::all(c()),
+            &crb,
+            format!("ClusterRoleBinding/{crb}"),
+            &installer.cluster_role_binding,
+            &mut report,
+        )
+        .await?;
+        let role = name_of(&installer.token_role.metadata);
+        apply(
+            Api::<Role>::namespaced(c(), ns),
+            &role,
+            format!("Role/{ns}/{role}"),
+            &installer.token_role,
+            &mut report,
+        )
+        .await?;
+        let rb = name_of(&installer.token_role_binding.metadata);
+        apply(
+            Api::<RoleBinding>::namespaced(c(), ns),
+            &rb,
+            format!("RoleBinding/{ns}/{rb}"),
+            &installer.token_role_binding,
+            &mut report,
+        )
+        .await?;
+    }
     apply(
         Api::<Secret>::namespaced(c(), ns),
         AGENT_SECRET,

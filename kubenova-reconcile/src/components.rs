@@ -11,6 +11,15 @@
 //!   creates its Deployments already available, so that the whole flow runs against
 //!   `kubenova-testkit` without Helm.
 //!
+//! **Installer identity (opt-in).** The charts create CRDs, ClusterRoles and webhooks,
+//! which the operator's least-privilege identity may not. With
+//! [`HelmCli::installer`] set, every install first requests a short-lived token for the
+//! installer ServiceAccount (`kubenova-installer`, bound to `cluster-admin`; see
+//! [`crate::manifests::OperatorParams::helm_installer`]) through the TokenRequest API and
+//! runs `helm --kubeconfig <file>` with it: the file is `0600` in a fresh `0700`
+//! temporary directory, removed when helm exits. The token is never on a command line,
+//! in the environment or in a log line ([`InstallerIdentity`]).
+//!
 //! Capabilities ([`observe_capabilities`]) are never assumed from an install having been
 //! requested: a flag is true only when the component's CRDs are served and its
 //! Deployments report available replicas.
@@ -167,6 +176,20 @@ pub enum ComponentError {
     /// The Kubernetes API failed.
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// No kubeconfig could be made for the installer ServiceAccount.
+    #[error(
+        "no token for the helm installer ServiceAccount {namespace}/{service_account}: {message}; \
+         bootstrap the cluster with the installer identity (manager --operator-helm-installer) \
+         or run the operator without --installer-service-account"
+    )]
+    Installer {
+        /// Namespace of the ServiceAccount.
+        namespace: String,
+        /// The ServiceAccount.
+        service_account: String,
+        /// Cause (never contains the token).
+        message: String,
+    },
 }
 
 /// Installs one component. Implementations must be idempotent (an install of what is
@@ -175,6 +198,212 @@ pub enum ComponentError {
 pub trait ComponentDriver: Send + Sync {
     /// Installs or upgrades `component`; returns the installed version.
     async fn install(&self, component: &Component) -> Result<String, ComponentError>;
+}
+
+/// Shortest installer token lifetime: the API server's minimum for a TokenRequest (10 min).
+pub const INSTALLER_TOKEN_MIN_SECONDS: i64 = kubenova_kubeconfig::MIN_EXPIRATION_SECONDS;
+/// Longest installer token lifetime (1 h), however long the helm timeout.
+pub const INSTALLER_TOKEN_MAX_SECONDS: i64 = 3600;
+
+/// Where helm reaches the API server with the installer's token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiEndpoint {
+    /// `https://` URL of the API server.
+    pub server_url: String,
+    /// PEM of the CA(s) that sign the API server's certificate.
+    pub ca_pem: String,
+}
+
+impl ApiEndpoint {
+    /// The endpoint of a kube client configuration (URL and root certificates).
+    pub fn from_config(config: &kube::Config) -> Result<Self, String> {
+        let server_url = config.cluster_url.to_string();
+        let server_url = server_url.trim_end_matches('/').to_owned();
+        let ca_pem = match (&config.root_cert, &config.root_cert_file) {
+            (Some(certs), _) if !certs.is_empty() => {
+                certs.iter().map(|der| der_to_pem(der)).collect()
+            }
+            (_, Some(file)) => std::fs::read_to_string(file)
+                .map_err(|e| format!("reading the API server CA {}: {e}", file.display()))?,
+            _ => {
+                return Err(
+                    "the API server's CA is not known (no certificate-authority data in the client configuration)"
+                        .into(),
+                );
+            }
+        };
+        Ok(ApiEndpoint { server_url, ca_pem })
+    }
+
+    /// The endpoint of the inferred client configuration: in a pod, the API server of
+    /// `KUBERNETES_SERVICE_HOST` with the mounted service-account CA.
+    pub async fn infer() -> Result<Self, String> {
+        let config = kube::Config::infer()
+            .await
+            .map_err(|e| format!("cannot infer the API server: {e}"))?;
+        Self::from_config(&config)
+    }
+}
+
+fn der_to_pem(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in b64.as_bytes().chunks(64) {
+        out.push_str(&String::from_utf8_lossy(chunk));
+        out.push('\n');
+    }
+    out.push_str("-----END CERTIFICATE-----\n");
+    out
+}
+
+/// The opt-in identity helm runs as: a ServiceAccount (by default
+/// [`crate::manifests::INSTALLER_NAME`] in `kubenova-system`) whose short-lived tokens
+/// the operator requests with its own client, which may `create` `serviceaccounts/token`
+/// for that ServiceAccount only.
+///
+/// ```no_run
+/// # async fn demo(client: kube::Client) -> Result<(), kubenova_reconcile::components::ComponentError> {
+/// use kubenova_reconcile::components::InstallerIdentity;
+/// let installer = InstallerIdentity::new(client, "kubenova-system");
+/// let kubeconfig = installer.kubeconfig_file(600).await?;
+/// // run `helm --kubeconfig <kubeconfig.path()> ...`; the file goes away with `kubeconfig`.
+/// drop(kubeconfig);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct InstallerIdentity {
+    /// Client that requests the tokens (the operator's own identity).
+    pub client: Client,
+    /// Namespace of the ServiceAccount.
+    pub namespace: String,
+    /// The ServiceAccount (default [`crate::manifests::INSTALLER_NAME`]).
+    pub service_account: String,
+    /// API server URL and CA written into helm's kubeconfig; `None` (default) infers them
+    /// at each install ([`ApiEndpoint::infer`]).
+    pub endpoint: Option<ApiEndpoint>,
+}
+
+impl std::fmt::Debug for InstallerIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstallerIdentity")
+            .field("namespace", &self.namespace)
+            .field("service_account", &self.service_account)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A kubeconfig file for the installer's token, removed (with its directory) on drop.
+#[derive(Debug)]
+pub struct InstallerKubeconfig {
+    dir: PathBuf,
+    path: PathBuf,
+    expires_at: i64,
+}
+
+impl InstallerKubeconfig {
+    /// The file (`0600`, in a `0700` directory of its own).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// When the token expires, as reported by the API server (unix seconds).
+    pub fn expires_at_unix(&self) -> i64 {
+        self.expires_at
+    }
+}
+
+impl Drop for InstallerKubeconfig {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "could not remove the installer kubeconfig");
+        }
+    }
+}
+
+/// Writes `contents` to `<fresh 0700 dir under the temp dir>/kubeconfig` with mode 0600.
+fn write_private_file(contents: &[u8]) -> std::io::Result<(PathBuf, PathBuf)> {
+    use std::io::Write as _;
+    let dir = std::env::temp_dir().join(format!("kubenova-helm-{}", uuid::Uuid::new_v4().simple()));
+    let mut builder = std::fs::DirBuilder::new();
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(&dir)?;
+    let path = dir.join("kubeconfig");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let written = opts.open(&path).and_then(|mut f| {
+        f.write_all(contents)?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&dir);
+        return Err(e);
+    }
+    Ok((dir, path))
+}
+
+impl InstallerIdentity {
+    /// The installer ServiceAccount [`crate::manifests::INSTALLER_NAME`] in `namespace`,
+    /// tokens requested with `client`, endpoint inferred.
+    pub fn new(client: Client, namespace: &str) -> Self {
+        InstallerIdentity {
+            client,
+            namespace: namespace.to_owned(),
+            service_account: crate::manifests::INSTALLER_NAME.to_owned(),
+            endpoint: None,
+        }
+    }
+
+    fn error(&self, message: String) -> ComponentError {
+        ComponentError::Installer {
+            namespace: self.namespace.clone(),
+            service_account: self.service_account.clone(),
+            message,
+        }
+    }
+
+    /// Requests a token valid for `expiration_seconds` (clamped to
+    /// [`INSTALLER_TOKEN_MIN_SECONDS`]`..=`[`INSTALLER_TOKEN_MAX_SECONDS`]) through the
+    /// TokenRequest API ([`kubenova_kubeconfig::service_account_kubeconfig`]) and writes
+    /// a kubeconfig for it to a private temporary file.
+    pub async fn kubeconfig_file(
+        &self,
+        expiration_seconds: i64,
+    ) -> Result<InstallerKubeconfig, ComponentError> {
+        use kubenova_kubeconfig::KubeconfigExt as _;
+        let endpoint = match &self.endpoint {
+            Some(e) => e.clone(),
+            None => ApiEndpoint::infer().await.map_err(|e| self.error(e))?,
+        };
+        let req = kubenova_kubeconfig::ServiceAccountKubeconfigRequest {
+            cluster_name: "in-cluster".into(),
+            namespace: self.namespace.clone(),
+            service_account: self.service_account.clone(),
+            expiration_seconds: expiration_seconds
+                .clamp(INSTALLER_TOKEN_MIN_SECONDS, INSTALLER_TOKEN_MAX_SECONDS),
+            server_url: endpoint.server_url,
+            ca_pem: endpoint.ca_pem,
+            audiences: Vec::new(),
+        };
+        let out = kubenova_kubeconfig::service_account_kubeconfig(&self.client, &req)
+            .await
+            .map_err(|e| self.error(e.to_string()))?;
+        let yaml = out
+            .kubeconfig
+            .to_yaml()
+            .map_err(|e| self.error(e.to_string()))?;
+        let (dir, path) = write_private_file(yaml.as_bytes())
+            .map_err(|e| self.error(format!("writing its kubeconfig: {e}")))?;
+        Ok(InstallerKubeconfig {
+            dir,
+            path,
+            expires_at: out.expires_at.unix_timestamp(),
+        })
+    }
 }
 
 /// Runs the `helm` CLI.
@@ -190,6 +419,9 @@ pub struct HelmCli {
     pub kubeconfig: Option<PathBuf>,
     /// `--timeout` of `helm --wait`.
     pub timeout: Duration,
+    /// Run helm as this installer identity (a fresh short-lived token per install)
+    /// instead of [`kubeconfig`](Self::kubeconfig) / the in-cluster service account.
+    pub installer: Option<InstallerIdentity>,
 }
 
 impl Default for HelmCli {
@@ -200,13 +432,33 @@ impl Default for HelmCli {
             use_remote: std::env::var("HELM_USE_REMOTE").is_ok_and(|v| v == "true"),
             kubeconfig: None,
             timeout: Duration::from_secs(600),
+            installer: None,
         }
     }
 }
 
 impl HelmCli {
-    /// The arguments of `helm` for one component (exposed for tests and dry runs).
+    /// The arguments of `helm` for one component (exposed for tests and dry runs), with
+    /// [`kubeconfig`](Self::kubeconfig).
     pub fn args(&self, c: &Component) -> Result<Vec<String>, ComponentError> {
+        self.args_with_kubeconfig(c, self.kubeconfig.as_deref())
+    }
+
+    /// Lifetime of an installer token: the helm timeout plus a minute (a `--wait` that
+    /// runs to its timeout still holds a valid token), within
+    /// [`INSTALLER_TOKEN_MIN_SECONDS`]`..=`[`INSTALLER_TOKEN_MAX_SECONDS`].
+    pub fn installer_token_seconds(&self) -> i64 {
+        i64::try_from(self.timeout.as_secs())
+            .unwrap_or(i64::MAX)
+            .saturating_add(60)
+            .clamp(INSTALLER_TOKEN_MIN_SECONDS, INSTALLER_TOKEN_MAX_SECONDS)
+    }
+
+    fn args_with_kubeconfig(
+        &self,
+        c: &Component,
+        kubeconfig: Option<&Path>,
+    ) -> Result<Vec<String>, ComponentError> {
         let mut args: Vec<String> = vec!["upgrade".into(), "--install".into(), c.release.into()];
         if self.use_remote {
             if c.remote.starts_with("oci://") {
@@ -235,7 +487,7 @@ impl HelmCli {
         for (k, v) in c.values {
             args.extend(["--set".into(), format!("{k}={v}")]);
         }
-        if let Some(k) = &self.kubeconfig {
+        if let Some(k) = kubeconfig {
             args.extend(["--kubeconfig".into(), k.display().to_string()]);
         }
         Ok(args)
@@ -245,7 +497,22 @@ impl HelmCli {
 #[async_trait]
 impl ComponentDriver for HelmCli {
     async fn install(&self, c: &Component) -> Result<String, ComponentError> {
-        let args = self.args(c)?;
+        // Chart checks first: no token is requested for an install that cannot start.
+        self.args(c)?;
+        // Held until helm exits; dropping it removes the file.
+        let installer_kubeconfig = match &self.installer {
+            Some(i) => {
+                let k = i.kubeconfig_file(self.installer_token_seconds()).await?;
+                tracing::info!(component = c.name, service_account = %format!("{}/{}", i.namespace, i.service_account),
+                    expires_at = k.expires_at_unix(), "helm runs as the installer identity");
+                Some(k)
+            }
+            None => None,
+        };
+        let args = match &installer_kubeconfig {
+            Some(k) => self.args_with_kubeconfig(c, Some(k.path()))?,
+            None => self.args(c)?,
+        };
         let out = tokio::process::Command::new(&self.binary)
             .args(&args)
             .output()
@@ -254,6 +521,7 @@ impl ComponentDriver for HelmCli {
                 binary: self.binary.display().to_string(),
                 source,
             })?;
+        drop(installer_kubeconfig);
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let tail: Vec<&str> = stderr.lines().rev().take(5).collect();

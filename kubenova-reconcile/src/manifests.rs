@@ -8,6 +8,15 @@
 //! `bins/kubenova-operator/tests/manifests.rs` keeps them equal; regenerate with
 //! `KUBENOVA_BLESS=1 cargo test -p kubenova-operator --test manifests`).
 //!
+//! **Helm installer identity (opt-in).** The operator's own rights cannot install the
+//! component charts (they create CRDs, ClusterRoles and webhooks). With
+//! [`OperatorParams::helm_installer`] the output also carries [`InstallerManifests`]: a
+//! ServiceAccount [`INSTALLER_NAME`] bound to `cluster-admin`, which no pod runs as, and a
+//! Role letting the operator only `create` short-lived tokens for that one ServiceAccount
+//! (TokenRequest); the operator then runs `helm` with such a token (see
+//! [`crate::components::InstallerIdentity`]). Off by default: the default bootstrap stays
+//! least-privilege.
+//!
 //! ```
 //! use kubenova_reconcile::manifests::{OperatorParams, operator_manifests};
 //! let params = OperatorParams {
@@ -30,10 +39,11 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    Namespace, ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretKeySelector,
-    SecurityContext, ServiceAccount, WeightedPodAffinityTerm,
+    Affinity, Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, Namespace, ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecretKeySelector, SecurityContext, ServiceAccount, Volume, VolumeMount,
+    WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
@@ -54,6 +64,15 @@ pub const LEASE_NAME: &str = "kubenova-operator";
 pub const HTTP_PORT: u16 = 8080;
 /// Image repository of the operator.
 pub const IMAGE_REPOSITORY: &str = "ghcr.io/kubenova/kubenova-operator";
+/// Name of the opt-in Helm installer ServiceAccount (bound to `cluster-admin`; see
+/// [`OperatorParams::helm_installer`]) and of its ClusterRoleBinding.
+pub const INSTALLER_NAME: &str = "kubenova-installer";
+/// Name of the Role (and RoleBinding) letting the operator request tokens for
+/// [`INSTALLER_NAME`].
+pub const INSTALLER_TOKEN_ROLE: &str = "kubenova-operator-installer-token";
+/// Operator environment variable naming the installer ServiceAccount (set in the
+/// Deployment in installer mode; read by the operator's `--installer-service-account`).
+pub const ENV_INSTALLER_SERVICE_ACCOUNT: &str = "KUBENOVA_INSTALLER_SERVICE_ACCOUNT";
 
 /// The default image: [`IMAGE_REPOSITORY`] tagged with this crate's version.
 pub fn default_image() -> String {
@@ -79,6 +98,12 @@ pub struct OperatorParams {
     pub agent_secret: String,
     /// Name of the leader-election Lease; default [`LEASE_NAME`].
     pub lease_name: String,
+    /// Opt-in Helm installer identity (default `false`): adds [`InstallerManifests`] (the
+    /// [`INSTALLER_NAME`] ServiceAccount bound to `cluster-admin`, and a Role letting the
+    /// operator `create` tokens for that ServiceAccount only) and makes the Deployment run
+    /// `helm` with such tokens (env [`ENV_INSTALLER_SERVICE_ACCOUNT`], an in-memory `/tmp`
+    /// for the short-lived kubeconfig and helm's caches).
+    pub helm_installer: bool,
 }
 
 impl Default for OperatorParams {
@@ -90,6 +115,7 @@ impl Default for OperatorParams {
             manager_url: None,
             agent_secret: AGENT_SECRET.to_owned(),
             lease_name: LEASE_NAME.to_owned(),
+            helm_installer: false,
         }
     }
 }
@@ -112,19 +138,54 @@ pub struct OperatorManifests {
     pub lease_role_binding: RoleBinding,
     /// The Deployment.
     pub deployment: Deployment,
+    /// The Helm installer identity, only with [`OperatorParams::helm_installer`].
+    pub installer: Option<InstallerManifests>,
+}
+
+/// The opt-in Helm installer identity (see the [module docs](self)).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstallerManifests {
+    /// ServiceAccount [`INSTALLER_NAME`]; no pod runs as it and it mounts no token.
+    pub service_account: ServiceAccount,
+    /// Binds `cluster-admin` to [`service_account`](Self::service_account): charts
+    /// create CRDs, ClusterRoles, webhooks and namespaces.
+    pub cluster_role_binding: ClusterRoleBinding,
+    /// Role [`INSTALLER_TOKEN_ROLE`] in the operator's namespace: `create` on
+    /// `serviceaccounts/token` for [`INSTALLER_NAME`] only.
+    pub token_role: Role,
+    /// Binds [`token_role`](Self::token_role) to the operator's ServiceAccount.
+    pub token_role_binding: RoleBinding,
+}
+
+impl InstallerManifests {
+    /// The objects as JSON, in apply order (ServiceAccount, ClusterRoleBinding, Role,
+    /// RoleBinding).
+    pub fn to_values(&self) -> Result<Vec<Value>, serde_json::Error> {
+        Ok(vec![
+            serde_json::to_value(&self.service_account)?,
+            serde_json::to_value(&self.cluster_role_binding)?,
+            serde_json::to_value(&self.token_role)?,
+            serde_json::to_value(&self.token_role_binding)?,
+        ])
+    }
 }
 
 impl OperatorManifests {
     /// The RBAC objects (ServiceAccount, ClusterRole, ClusterRoleBinding, Role,
-    /// RoleBinding) as JSON, in apply order.
+    /// RoleBinding, then the [`installer`](Self::installer) objects if any) as JSON, in
+    /// apply order.
     pub fn rbac_values(&self) -> Result<Vec<Value>, serde_json::Error> {
-        Ok(vec![
+        let mut out = vec![
             serde_json::to_value(&self.service_account)?,
             serde_json::to_value(&self.cluster_role)?,
             serde_json::to_value(&self.cluster_role_binding)?,
             serde_json::to_value(&self.lease_role)?,
             serde_json::to_value(&self.lease_role_binding)?,
-        ])
+        ];
+        if let Some(installer) = &self.installer {
+            out.extend(installer.to_values()?);
+        }
+        Ok(out)
     }
 
     /// Every object as JSON with `apiVersion` and `kind`, in apply order: Namespace,
@@ -239,6 +300,15 @@ pub fn agent_rules(agent_secret: &str) -> Vec<PolicyRule> {
     ]
 }
 
+/// The installer token Role's one rule: `create` on `serviceaccounts/token` for the
+/// installer ServiceAccount only (a TokenRequest names its ServiceAccount, so unlike a
+/// plain `create` this can be limited by name).
+pub fn installer_token_rules() -> Vec<PolicyRule> {
+    let mut token = rule(&[""], &["serviceaccounts/token"], &["create"]);
+    token.resource_names = Some(vec![INSTALLER_NAME.to_owned()]);
+    vec![token]
+}
+
 /// The Role's rules: the leader-election Lease, in the operator's namespace only.
 /// `create` cannot be limited by name (the name is not known at authorization time).
 pub fn lease_rules(lease_name: &str) -> Vec<PolicyRule> {
@@ -337,7 +407,37 @@ fn deployment(p: &OperatorParams) -> Deployment {
         "KUBENOVA_AGENT_TOKEN",
         secret_key(&p.agent_secret, AGENT_SECRET_TOKEN_KEY),
     ));
+    if p.helm_installer {
+        // Helm runs as the installer ServiceAccount; its kubeconfig (with a short-lived
+        // token) and helm's caches live in an in-memory /tmp (the root filesystem is
+        // read-only).
+        envs.push(env("KUBENOVA_COMPONENT_DRIVER", "helm"));
+        envs.push(env(ENV_INSTALLER_SERVICE_ACCOUNT, INSTALLER_NAME));
+        envs.push(env("TMPDIR", "/tmp"));
+        envs.push(env("HELM_CACHE_HOME", "/tmp/helm/cache"));
+        envs.push(env("HELM_CONFIG_HOME", "/tmp/helm/config"));
+        envs.push(env("HELM_DATA_HOME", "/tmp/helm/data"));
+    }
     envs.push(env("RUST_LOG", "info"));
+    let (volumes, mounts) = if p.helm_installer {
+        (
+            Some(vec![Volume {
+                name: "tmp".to_owned(),
+                empty_dir: Some(EmptyDirVolumeSource {
+                    medium: Some("Memory".to_owned()),
+                    size_limit: Some(Quantity("64Mi".to_owned())),
+                }),
+                ..Volume::default()
+            }]),
+            Some(vec![VolumeMount {
+                name: "tmp".to_owned(),
+                mount_path: "/tmp".to_owned(),
+                ..VolumeMount::default()
+            }]),
+        )
+    } else {
+        (None, None)
+    };
     let container = Container {
         name: "operator".to_owned(),
         image: Some(p.image.clone()),
@@ -373,6 +473,7 @@ fn deployment(p: &OperatorParams) -> Deployment {
             ..SecurityContext::default()
         }),
         termination_message_policy: Some("FallbackToLogsOnError".to_owned()),
+        volume_mounts: mounts,
         ..Container::default()
     };
     let mut template_labels = labels(Some("operator"));
@@ -443,6 +544,7 @@ fn deployment(p: &OperatorParams) -> Deployment {
                         ..Affinity::default()
                     }),
                     containers: vec![container],
+                    volumes,
                     ..PodSpec::default()
                 }),
             },
@@ -467,6 +569,9 @@ pub fn operator_manifests(params: &OperatorParams) -> OperatorManifests {
         "pod-security.kubernetes.io/enforce".to_owned(),
         "restricted".to_owned(),
     );
+    let installer = params
+        .helm_installer
+        .then(|| installer_manifests(ns, &subject));
     OperatorManifests {
         namespace: Namespace {
             metadata: ObjectMeta {
@@ -513,6 +618,52 @@ pub fn operator_manifests(params: &OperatorParams) -> OperatorManifests {
             subjects: Some(vec![subject]),
         },
         deployment: deployment(params),
+        installer,
+    }
+}
+
+/// The installer identity of [`InstallerManifests`] in namespace `ns`; `operator` is the
+/// operator's ServiceAccount subject (granted the token Role).
+fn installer_manifests(ns: &str, operator: &Subject) -> InstallerManifests {
+    let mut sa_meta = meta(INSTALLER_NAME, Some(ns));
+    sa_meta.labels.get_or_insert_with(BTreeMap::new).insert(
+        "app.kubernetes.io/component".to_owned(),
+        "installer".to_owned(),
+    );
+    InstallerManifests {
+        service_account: ServiceAccount {
+            metadata: sa_meta,
+            // Tokens exist only when the operator requests one (TokenRequest).
+            automount_service_account_token: Some(false),
+            ..ServiceAccount::default()
+        },
+        cluster_role_binding: ClusterRoleBinding {
+            metadata: meta(INSTALLER_NAME, None),
+            role_ref: RoleRef {
+                api_group: Some("rbac.authorization.k8s.io".to_owned()),
+                kind: "ClusterRole".to_owned(),
+                name: "cluster-admin".to_owned(),
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".to_owned(),
+                name: INSTALLER_NAME.to_owned(),
+                namespace: Some(ns.to_owned()),
+                api_group: None,
+            }]),
+        },
+        token_role: Role {
+            metadata: meta(INSTALLER_TOKEN_ROLE, Some(ns)),
+            rules: Some(installer_token_rules()),
+        },
+        token_role_binding: RoleBinding {
+            metadata: meta(INSTALLER_TOKEN_ROLE, Some(ns)),
+            role_ref: RoleRef {
+                api_group: Some("rbac.authorization.k8s.io".to_owned()),
+                kind: "Role".to_owned(),
+                name: INSTALLER_TOKEN_ROLE.to_owned(),
+            },
+            subjects: Some(vec![operator.clone()]),
+        },
     }
 }
 
@@ -546,6 +697,7 @@ mod tests {
             manager_url: Some("https://manager.example.com".into()),
             agent_secret: "agent".into(),
             lease_name: "lead".into(),
+            helm_installer: false,
         };
         let m = operator_manifests(&p);
         assert_eq!(m.namespace.metadata.name.as_deref(), Some("ops"));

@@ -13,7 +13,7 @@ use kubenova_api::agent::ComponentRequest;
 use kubenova_api::model::{ComponentPhase, ComponentState};
 use kubenova_reconcile::agent::{self, AgentConfig, ComponentStates};
 use kubenova_reconcile::components::{
-    ComponentDriver, HelmCli, SimulatedDriver, component, install_in_order,
+    ComponentDriver, HelmCli, InstallerIdentity, SimulatedDriver, component, install_in_order,
 };
 use kubenova_reconcile::controller::{self, Ctx, RunOptions};
 use tokio::sync::watch;
@@ -69,6 +69,13 @@ pub struct AgentArgs {
     /// Per-component install timeout in seconds.
     #[arg(long, env = "KUBENOVA_INSTALL_TIMEOUT", default_value_t = 600)]
     pub install_timeout: u64,
+    /// Run helm as this ServiceAccount of the system namespace (normally
+    /// `kubenova-installer`, bound to cluster-admin; created by the manager's bootstrap
+    /// with `--operator-helm-installer`): before each install the operator requests a
+    /// short-lived token for it (TokenRequest) and hands helm a private kubeconfig file.
+    /// Default: helm runs with the operator's own (least-privilege) identity.
+    #[arg(long, env = kubenova_reconcile::manifests::ENV_INSTALLER_SERVICE_ACCOUNT)]
+    pub installer_service_account: Option<String>,
 }
 
 /// The agent configuration, or `None` when the agent is off or this cluster was not
@@ -112,14 +119,27 @@ pub async fn agent_config(
 /// The component driver selected by `args`.
 pub fn driver(client: &Client, args: &AgentArgs) -> anyhow::Result<Arc<dyn ComponentDriver>> {
     Ok(match args.component_driver {
-        DriverKind::Helm => Arc::new(HelmCli {
-            binary: args.helm.clone(),
-            charts_dir: args.charts_dir.clone(),
-            timeout: Duration::from_secs(args.install_timeout),
-            ..HelmCli::default()
-        }),
+        DriverKind::Helm => {
+            let installer = installer_service_account(args).map(|sa| {
+                tracing::info!(service_account = %format!("{}/{sa}", args.system_namespace), "helm runs as the installer identity (short-lived tokens)");
+                InstallerIdentity {
+                    service_account: sa.to_owned(),
+                    ..InstallerIdentity::new(client.clone(), &args.system_namespace)
+                }
+            });
+            Arc::new(HelmCli {
+                binary: args.helm.clone(),
+                charts_dir: args.charts_dir.clone(),
+                timeout: Duration::from_secs(args.install_timeout),
+                installer,
+                ..HelmCli::default()
+            })
+        }
         DriverKind::Simulated => {
             tracing::warn!("component driver: simulated (for kubenova-testkit and demos only)");
+            if installer_service_account(args).is_some() {
+                tracing::warn!("--installer-service-account is ignored by the simulated driver");
+            }
             Arc::new(SimulatedDriver {
                 client: client.clone(),
                 crds_dir: args.simulated_crds_dir.clone().ok_or_else(|| {
@@ -131,6 +151,14 @@ pub fn driver(client: &Client, args: &AgentArgs) -> anyhow::Result<Arc<dyn Compo
             })
         }
     })
+}
+
+/// The installer ServiceAccount of `args`, if one is named (blank = none).
+fn installer_service_account(args: &AgentArgs) -> Option<&str> {
+    args.installer_service_account
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
 }
 
 /// Executes install requests one at a time, reporting each transition into `states`

@@ -218,6 +218,8 @@ async fn manifests_validate_against_the_strict_schemas() {
         manager_url: Some("https://kubenova.example.com".into()),
         agent_secret: "agent-credential".into(),
         lease_name: "operator-lease".into(),
+        // Installer mode: its extra objects, volume and env validate too.
+        helm_installer: true,
     };
     for obj in operator_manifests(&params).to_values().unwrap() {
         let name = obj["metadata"]["name"].as_str().unwrap().to_owned();
@@ -227,4 +229,171 @@ async fn manifests_validate_against_the_strict_schemas() {
             .unwrap_or_else(|e| panic!("{} {name}: {e}", obj["kind"]));
     }
     cluster.shutdown().await;
+}
+
+fn no_wildcard_rules(m: &manifests::OperatorManifests) {
+    let rules = m
+        .cluster_role
+        .rules
+        .iter()
+        .flatten()
+        .chain(m.lease_role.rules.iter().flatten())
+        .chain(
+            m.installer
+                .iter()
+                .flat_map(|i| i.token_role.rules.iter().flatten()),
+        );
+    for r in rules {
+        let mut words = r.verbs.clone();
+        words.extend(r.api_groups.clone().unwrap_or_default());
+        words.extend(r.resources.clone().unwrap_or_default());
+        assert!(words.iter().all(|w| !w.contains('*')), "{words:?}");
+    }
+}
+
+fn name_kind(v: &Value) -> (String, String) {
+    (
+        v["kind"].as_str().unwrap().to_owned(),
+        v["metadata"]["name"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// The Helm installer identity is opt-in: absent by default (least privilege, never `*`
+/// on `*`, nothing bound to cluster-admin), and installer mode adds exactly its
+/// ServiceAccount, the cluster-admin binding and the token Role (with its binding) while
+/// the operator's own rules stay as they were.
+#[test]
+fn the_installer_identity_is_opt_in_and_narrow() {
+    let default = operator_manifests(&OperatorParams::default());
+    assert!(default.installer.is_none());
+    no_wildcard_rules(&default);
+    let text = serde_json::to_string(&default.to_values().unwrap()).unwrap();
+    for absent in [
+        "kubenova-installer",
+        "cluster-admin",
+        "serviceaccounts/token",
+        "KUBENOVA_INSTALLER_SERVICE_ACCOUNT",
+    ] {
+        assert!(!text.contains(absent), "default output mentions {absent}");
+    }
+
+    let on = operator_manifests(&OperatorParams {
+        helm_installer: true,
+        ..OperatorParams::default()
+    });
+    no_wildcard_rules(&on);
+    assert_eq!(
+        on.cluster_role, default.cluster_role,
+        "no new cluster-wide rights"
+    );
+    assert_eq!(on.lease_role, default.lease_role);
+    assert_eq!(on.service_account, default.service_account);
+    let before: Vec<_> = default
+        .rbac_values()
+        .unwrap()
+        .iter()
+        .map(name_kind)
+        .collect();
+    let after: Vec<_> = on.rbac_values().unwrap().iter().map(name_kind).collect();
+    assert_eq!(after[..before.len()], before[..]);
+    let added: Vec<(&str, &str)> = after[before.len()..]
+        .iter()
+        .map(|(k, n)| (k.as_str(), n.as_str()))
+        .collect();
+    assert_eq!(
+        added,
+        [
+            ("ServiceAccount", "kubenova-installer"),
+            ("ClusterRoleBinding", "kubenova-installer"),
+            ("Role", "kubenova-operator-installer-token"),
+            ("RoleBinding", "kubenova-operator-installer-token"),
+        ]
+    );
+    let i = on.installer.as_ref().unwrap();
+    assert_eq!(
+        i.service_account.metadata.namespace.as_deref(),
+        Some("kubenova-system")
+    );
+    assert_eq!(
+        i.service_account.automount_service_account_token,
+        Some(false)
+    );
+    // cluster-admin goes to the installer ServiceAccount only.
+    assert_eq!(i.cluster_role_binding.role_ref.kind, "ClusterRole");
+    assert_eq!(i.cluster_role_binding.role_ref.name, "cluster-admin");
+    let subjects = i.cluster_role_binding.subjects.as_ref().unwrap();
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(
+        (
+            subjects[0].kind.as_str(),
+            subjects[0].name.as_str(),
+            subjects[0].namespace.as_deref()
+        ),
+        (
+            "ServiceAccount",
+            "kubenova-installer",
+            Some("kubenova-system")
+        )
+    );
+    // The operator gains one thing: `create` on serviceaccounts/token of that one
+    // ServiceAccount, in its own namespace.
+    assert_eq!(
+        i.token_role.metadata.namespace.as_deref(),
+        Some("kubenova-system")
+    );
+    let rules = i.token_role.rules.as_ref().unwrap();
+    assert_eq!(rules.len(), 1);
+    let r = &rules[0];
+    assert_eq!(r.api_groups, Some(vec![String::new()]));
+    assert_eq!(r.resources, Some(vec!["serviceaccounts/token".to_owned()]));
+    assert_eq!(r.verbs, ["create"]);
+    assert_eq!(
+        r.resource_names,
+        Some(vec!["kubenova-installer".to_owned()])
+    );
+    assert_eq!(i.token_role_binding.role_ref.kind, "Role");
+    assert_eq!(
+        i.token_role_binding.role_ref.name,
+        "kubenova-operator-installer-token"
+    );
+    let subjects = i.token_role_binding.subjects.as_ref().unwrap();
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(subjects[0].name, "kubenova-operator");
+
+    // The Deployment names the installer for the operator's CLI, and gives it an
+    // in-memory /tmp for the kubeconfig (the root filesystem stays read-only).
+    let v = serde_json::to_value(&on.deployment).unwrap();
+    let pod = &v["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let env = |name: &str| {
+        c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].clone())
+    };
+    assert_eq!(
+        env("KUBENOVA_INSTALLER_SERVICE_ACCOUNT"),
+        Some(json!("kubenova-installer"))
+    );
+    assert_eq!(env("KUBENOVA_COMPONENT_DRIVER"), Some(json!("helm")));
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["volumeMounts"][0]["mountPath"], "/tmp");
+    assert_eq!(pod["volumes"][0]["emptyDir"]["medium"], "Memory");
+    assert_eq!(pod["serviceAccountName"], "kubenova-operator");
+    let cli: Vec<String> = kubenova_operator::Cli::command()
+        .get_arguments()
+        .filter_map(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .collect();
+    for name in [
+        "KUBENOVA_INSTALLER_SERVICE_ACCOUNT",
+        "KUBENOVA_COMPONENT_DRIVER",
+    ] {
+        assert!(
+            cli.contains(&name.to_owned()),
+            "operator does not read {name}"
+        );
+    }
 }

@@ -209,3 +209,31 @@ async fn manifests_validate_in_the_testkit() {
         .unwrap();
     cluster.shutdown().await;
 }
+
+/// The opt-in Helm installer identity is not part of the default RBAC: nothing is bound
+/// to cluster-admin and the operator may not request ServiceAccount tokens.
+#[test]
+fn the_default_has_no_installer_identity() {
+    let docs = documents();
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding"
+        ]
+    );
+    for d in &docs {
+        assert_ne!(d["metadata"]["name"], "kubenova-installer", "{d}");
+        assert_ne!(d["roleRef"]["name"], "cluster-admin", "{d}");
+        for r in d["rules"].as_array().into_iter().flatten() {
+            assert!(
+                !strings(&r["resources"]).contains(&"serviceaccounts/token"),
+                "{r}"
+            );
+        }
+    }
+}

@@ -704,6 +704,7 @@ async fn bootstrap_operator(
         let token = super::agent::rotate_credential(st.store.as_ref(), id).await?;
         let mut params = BootstrapParams::new(&st.config.operator_image, &manager_url, &token);
         params.manager_ca = manager_ca;
+        params.helm_installer = st.config.operator_helm_installer;
         let budget = st
             .config
             .request_timeout

@@ -147,6 +147,16 @@ pub struct ServerConfig {
     /// Image of the operator Deployment that `POST /clusters/{id}/bootstrap/operator` applies.
     #[arg(long, env = "KUBENOVA_OPERATOR_IMAGE", default_value = DEFAULT_OPERATOR_IMAGE)]
     pub operator_image: String,
+    /// Opt-in: bootstrap also creates the Helm installer identity (ServiceAccount
+    /// `kubenova-installer` bound to `cluster-admin`, and a Role letting the operator
+    /// request short-lived tokens for it only), and the operator runs `helm` as it. Off:
+    /// the operator keeps only its least-privilege rights.
+    #[arg(
+        long,
+        env = "KUBENOVA_OPERATOR_HELM_INSTALLER",
+        default_value_t = false
+    )]
+    pub operator_helm_installer: bool,
     /// URL under which operators reach this manager (written into the agent Secret at
     /// bootstrap). Default: `--external-url`.
     #[arg(long, env = "KUBENOVA_AGENT_MANAGER_URL")]
@@ -190,6 +200,7 @@ impl Default for ServerConfig {
             rate_limit_ip_burst: 200,
             insecure_dev_no_auth: false,
             operator_image: DEFAULT_OPERATOR_IMAGE.into(),
+            operator_helm_installer: false,
             agent_manager_url: None,
             agent_manager_ca_file: None,
             agent_heartbeat_interval: Duration::from_secs(30),
