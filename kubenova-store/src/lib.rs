@@ -21,6 +21,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cache;
 pub mod crypto;
 pub mod error;
 pub mod notify;
@@ -45,6 +46,12 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://kubenova.db";
 /// one behavioural test suite runs against both.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// The record cache of point reads, for a listener to enable and invalidate
+    /// (Postgres; see [`cache`]). `None` (the default) when the backend never caches.
+    fn row_cache(&self) -> Option<Arc<cache::RowCache>> {
+        None
+    }
+
     /// Checks connectivity and that every migration is applied.
     async fn ping(&self) -> Result<Health>;
 
@@ -132,6 +139,29 @@ pub trait Store: Send + Sync + 'static {
     async fn get_project(&self, id: ProjectId) -> Result<Project>;
     /// Lists a tenant's projects.
     async fn list_projects(&self, tenant: TenantId, params: &ListParams) -> Result<Page<Project>>;
+    /// Lists the projects of every tenant of a cluster, by id: the batched read behind a
+    /// desired-state snapshot (one query per page instead of one per tenant).
+    ///
+    /// ```no_run
+    /// # async fn demo(store: &dyn kubenova_store::Store, c: kubenova_api::ids::ClusterId)
+    /// # -> Result<(), kubenova_store::StoreError> {
+    /// use kubenova_store::{ListParams, MAX_PAGE_SIZE};
+    /// let mut params = ListParams::first(MAX_PAGE_SIZE);
+    /// loop {
+    ///     let page = store.list_cluster_projects(c, &params).await?;
+    ///     // ... use page.items ...
+    ///     match page.next_cursor {
+    ///         Some(next) => params.cursor = Some(next),
+    ///         None => break,
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    async fn list_cluster_projects(
+        &self,
+        cluster: ClusterId,
+        params: &ListParams,
+    ) -> Result<Page<Project>>;
     /// Replaces a project at `expected_version`.
     async fn update_project(
         &self,
@@ -161,6 +191,10 @@ pub trait Store: Send + Sync + 'static {
     async fn get_app(&self, id: AppId) -> Result<App>;
     /// Lists a project's apps.
     async fn list_apps(&self, project: ProjectId, params: &ListParams) -> Result<Page<App>>;
+    /// Lists the apps of every project of a cluster, by id (paged like
+    /// [`Store::list_cluster_projects`]).
+    async fn list_cluster_apps(&self, cluster: ClusterId, params: &ListParams)
+    -> Result<Page<App>>;
     /// Replaces an app at `expected_version`, appending `new_revision` when the spec changed.
     async fn update_app(
         &self,
@@ -314,11 +348,48 @@ pub trait Store: Send + Sync + 'static {
     }
 
     /// Records several issued credentials, each with its audit event (group commit of
-    /// concurrent issuances). The SQL stores write them all in **one** transaction: all
-    /// are durable when this returns `Ok`, none when it returns `Err`. The default records
-    /// them one by one with [`Store::record_credential`] (not atomic across items).
-    async fn record_credentials(&self, items: &[(IssuedCredential, AuditEvent)]) -> Result<()> {
+    /// concurrent issuances), after checking **in the same transaction** that each
+    /// credential's tenant (and project) still exists and that its subject is not revoked
+    /// for the tenant. Refused items are not written; their [`CredentialOutcome`] says why.
+    ///
+    /// The SQL stores do it in **one** transaction: every `Recorded` item is durable when
+    /// this returns `Ok`, nothing when it returns `Err`. On Postgres each tenant's issuance
+    /// lock (a transaction-scoped advisory lock) is held in share mode for the check, and
+    /// subject revocations and tenant deletes take it exclusively, so a revocation either
+    /// is seen by the check or marks the new credential revoked: a concurrent revocation
+    /// cannot slip between the two. The
+    /// default implementation checks and records item by item (not atomic).
+    async fn record_credentials(
+        &self,
+        items: &[(IssuedCredential, AuditEvent)],
+    ) -> Result<Vec<CredentialOutcome>> {
+        let mut outcomes = Vec::with_capacity(items.len());
         for (credential, audit) in items {
+            let tenant = match self.get_tenant(credential.tenant_id).await {
+                Ok(t) => t,
+                Err(StoreError::NotFound { .. }) => {
+                    outcomes.push(CredentialOutcome::TenantGone);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            if let Some(project) = credential.project_id {
+                match self.get_project(project).await {
+                    Ok(p) if p.tenant_id == tenant.id => {}
+                    Ok(_) | Err(StoreError::NotFound { .. }) => {
+                        outcomes.push(CredentialOutcome::ProjectGone);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if let Some(rev) = self
+                .subject_revocation(tenant.id, &credential.subject)
+                .await?
+            {
+                outcomes.push(CredentialOutcome::SubjectRevoked(rev));
+                continue;
+            }
             self.record_credential(
                 credential,
                 &WriteOptions {
@@ -327,8 +398,9 @@ pub trait Store: Send + Sync + 'static {
                 },
             )
             .await?;
+            outcomes.push(CredentialOutcome::Recorded);
         }
-        Ok(())
+        Ok(outcomes)
     }
 }
 

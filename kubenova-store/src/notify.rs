@@ -29,6 +29,7 @@
 //! # }
 //! ```
 
+use crate::cache::{ROWS_CHANNEL, RowCache};
 use kubenova_api::ids::ClusterId;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -52,6 +53,7 @@ pub struct ChangeNotifier {
     clusters: Mutex<HashMap<Uuid, watch::Sender<u64>>>,
     listening: AtomicBool,
     listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    rows: Mutex<Option<Arc<RowCache>>>,
 }
 
 impl Drop for ChangeNotifier {
@@ -60,6 +62,10 @@ impl Drop for ChangeNotifier {
             && let Some(task) = l.take()
         {
             task.abort();
+        }
+        // Nobody invalidates the record cache any more.
+        if let Some(cache) = self.row_cache() {
+            cache.disable();
         }
     }
 }
@@ -122,13 +128,36 @@ impl ChangeNotifier {
     /// on errors, never logs the URL, and stops when the notifier is dropped. Must be
     /// called inside a Tokio runtime; a second call replaces the first listener.
     pub fn listen_postgres(self: &Arc<Self>, url: String) {
-        let task = tokio::spawn(listen_loop(url, Arc::downgrade(self)));
         let mut slot = match self.listener.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if let Some(old) = slot.replace(task) {
+        if let Some(old) = slot.take() {
             old.abort();
+            // The new listener enables the cache again once it listens.
+            if let Some(cache) = self.row_cache() {
+                cache.disable();
+            }
+        }
+        *slot = Some(tokio::spawn(listen_loop(url, Arc::downgrade(self))));
+    }
+
+    /// Lets the Postgres listener drive a store's record cache: it also `LISTEN`s on
+    /// [`ROWS_CHANNEL`], enables the cache once listening and disables (empties) it
+    /// whenever the connection is lost (see [`crate::cache`]). Call before
+    /// [`listen_postgres`](Self::listen_postgres).
+    pub fn set_row_cache(&self, cache: Arc<RowCache>) {
+        let mut slot = match self.rows.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *slot = Some(cache);
+    }
+
+    fn row_cache(&self) -> Option<Arc<RowCache>> {
+        match self.rows.lock() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
         }
     }
 
@@ -197,11 +226,16 @@ async fn listen_loop(url: String, notifier: Weak<ChangeNotifier>) {
     let mut backoff = Duration::from_millis(500);
     loop {
         match sqlx::postgres::PgListener::connect(&url).await {
-            Ok(mut listener) => match listener.listen(CHANNEL).await {
+            Ok(mut listener) => match listener.listen_all([CHANNEL, ROWS_CHANNEL]).await {
                 Ok(()) => {
                     tracing::info!(channel = CHANNEL, "listening for desired-state changes");
                     let Some(n) = notifier.upgrade() else { return };
                     n.set_listening(true);
+                    // Row notifications flow from here on: the record cache may answer.
+                    let rows = n.row_cache();
+                    if let Some(cache) = &rows {
+                        cache.enable();
+                    }
                     // Changes made while we were not listening: let every waiter re-read.
                     n.notify_all();
                     drop(n);
@@ -210,6 +244,11 @@ async fn listen_loop(url: String, notifier: Weak<ChangeNotifier>) {
                         let received = listener.try_recv().await;
                         let Some(n) = notifier.upgrade() else { return };
                         match received {
+                            Ok(Some(msg)) if msg.channel() == ROWS_CHANNEL => {
+                                if let Some(cache) = &rows {
+                                    cache.on_notification(msg.payload());
+                                }
+                            }
                             Ok(Some(msg)) => {
                                 n.set_listening(true);
                                 match parse_payload(msg.payload()) {
@@ -217,12 +256,12 @@ async fn listen_loop(url: String, notifier: Weak<ChangeNotifier>) {
                                     None => n.notify_all(),
                                 }
                             }
-                            // The connection dropped; the next receive reconnects and
-                            // re-listens. Meanwhile waiters poll fast.
+                            // The connection dropped: reconnect from scratch below (the
+                            // cache stays disabled until LISTEN is in effect again).
+                            // Meanwhile waiters poll fast.
                             Ok(None) => {
                                 tracing::warn!("change listener lost its connection; reconnecting");
-                                n.set_listening(false);
-                                n.notify_all();
+                                break;
                             }
                             Err(e) => {
                                 tracing::warn!(error = %e, "change listener failed; reconnecting");
@@ -238,6 +277,9 @@ async fn listen_loop(url: String, notifier: Weak<ChangeNotifier>) {
             }
         }
         let Some(n) = notifier.upgrade() else { return };
+        if let Some(cache) = n.row_cache() {
+            cache.disable();
+        }
         n.set_listening(false);
         n.notify_all();
         drop(n);

@@ -4,6 +4,7 @@
 //! own migrations because column types differ (UUID/JSONB/BYTEA vs BLOB/TEXT).
 
 use crate::Store;
+use crate::cache::{Cacheable, RowCache};
 use crate::crypto::{Keyring, SealedSecret};
 use crate::error::{Result, StoreError};
 use crate::types::*;
@@ -15,11 +16,48 @@ use kubenova_api::model::{
 use kubenova_api::validate::{Validate, ValidationError};
 use sqlx::Row;
 use sqlx::types::Json;
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use time::OffsetDateTime;
 use uuid::Uuid;
+
+/// The advisory-lock class of tenant issuance locks (Postgres, `pg_advisory_xact_lock`
+/// two-key form: class "KN" and a 32-bit key per tenant).
+const ISSUANCE_LOCK_CLASS: i32 = 0x4b4e;
+
+/// The 32-bit advisory-lock key of a tenant. Two tenants that share a key only serialize
+/// their issuance against each other's revocations; correctness does not depend on it.
+fn issuance_lock_key(tenant: Uuid) -> i32 {
+    let b = tenant.as_bytes();
+    i32::from_le_bytes([b[12] ^ b[4], b[13] ^ b[5], b[14] ^ b[6], b[15] ^ b[7]])
+}
+
+/// Records held by each store's [`RowCache`].
+const ROW_CACHE_CAPACITY: usize = 16_384;
+
+/// Drops cached records when a write returns, whatever its outcome.
+struct Invalidate<'a>(&'a RowCache, Option<Uuid>);
+
+impl<'a> Invalidate<'a> {
+    fn row(cache: &'a RowCache, id: Uuid) -> Self {
+        Self(cache, Some(id))
+    }
+    /// Cascading deletes: everything (they are rare).
+    fn all(cache: &'a RowCache) -> Self {
+        Self(cache, None)
+    }
+}
+
+impl Drop for Invalidate<'_> {
+    fn drop(&mut self) {
+        match self.1 {
+            Some(id) => self.0.invalidate(id),
+            None => self.0.clear(),
+        }
+    }
+}
 
 static PG_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -96,7 +134,29 @@ macro_rules! sql_backend {
         impl $Store {
             /// Wraps an existing pool (migrations are not run; see [`Self::migrate`]).
             pub fn from_pool(pool: sqlx::Pool<$Db>, keyring: Keyring) -> Self {
-                Self { pool, keyring: Arc::new(RwLock::new(Arc::new(keyring))) }
+                Self {
+                    pool,
+                    keyring: Arc::new(RwLock::new(Arc::new(keyring))),
+                    cache: RowCache::new(ROW_CACHE_CAPACITY),
+                }
+            }
+
+            /// A point read through the record cache.
+            async fn cached_doc<T: Cacheable + serde::de::DeserializeOwned>(
+                &self,
+                table: &str,
+                kind: &'static str,
+                id: Uuid,
+            ) -> Result<T> {
+                if let Some(v) = self.cache.get::<T>(id) {
+                    return Ok(v);
+                }
+                let ticket = self.cache.ticket(id);
+                let v: T = self.fetch_doc(table, kind, id).await?;
+                if let Some(t) = ticket {
+                    self.cache.fill(t, &v);
+                }
+                Ok(v)
             }
 
             /// The underlying connection pool (for benchmarks and embedders' own tables).
@@ -409,6 +469,11 @@ macro_rules! sql_backend {
 
         #[async_trait]
         impl Store for $Store {
+            fn row_cache(&self) -> Option<Arc<RowCache>> {
+                // SQLite has no notifications across processes: never cached.
+                ($backend == "postgres").then(|| Arc::clone(&self.cache))
+            }
+
             async fn ping(&self) -> Result<Health> {
                 let expected = $migrator.iter().map(|m| m.version).max().unwrap_or(0);
                 let row = sqlx::query("SELECT MAX(version) AS v FROM _sqlx_migrations WHERE success")
@@ -450,7 +515,7 @@ macro_rules! sql_backend {
             }
 
             async fn get_cluster(&self, id: ClusterId) -> Result<Cluster> {
-                self.fetch_doc("clusters", "cluster", id.0).await
+                self.cached_doc("clusters", "cluster", id.0).await
             }
 
             async fn list_clusters(&self, params: &ListParams) -> Result<Page<Cluster>> {
@@ -458,6 +523,8 @@ macro_rules! sql_backend {
             }
 
             async fn update_cluster(&self, c: &Cluster, expected: i64, opts: &WriteOptions<'_>) -> Result<()> {
+                // Drops the cached record when this returns (after the commit, or on failure).
+                let _invalidate = Invalidate::row(&self.cache, c.id.0);
                 check_next_version("cluster", c.version, expected)?;
                 let mut tx = self.pool.begin().await?;
                 let res = sqlx::query(
@@ -481,6 +548,8 @@ macro_rules! sql_backend {
             }
 
             async fn delete_cluster(&self, id: ClusterId, cascade: bool, opts: &WriteOptions<'_>) -> Result<()> {
+                // Drops the cached record when this returns (after the commit, or on failure).
+                let _invalidate = Invalidate::all(&self.cache);
                 let mut tx = self.pool.begin().await?;
                 let tenants = Self::count(&mut *tx, "tenants", "cluster_id", id.0).await?;
                 if tenants > 0 && !cascade {
@@ -611,7 +680,7 @@ macro_rules! sql_backend {
             }
 
             async fn get_tenant(&self, id: TenantId) -> Result<Tenant> {
-                self.fetch_doc("tenants", "tenant", id.0).await
+                self.cached_doc("tenants", "tenant", id.0).await
             }
 
             async fn list_tenants(&self, cluster: Option<ClusterId>, params: &ListParams) -> Result<Page<Tenant>> {
@@ -619,6 +688,8 @@ macro_rules! sql_backend {
             }
 
             async fn update_tenant(&self, t: &Tenant, expected: i64, opts: &WriteOptions<'_>) -> Result<()> {
+                // Drops the cached record when this returns (after the commit, or on failure).
+                let _invalidate = Invalidate::row(&self.cache, t.id.0);
                 check_next_version("tenant", t.version, expected)?;
                 let mut tx = self.pool.begin().await?;
                 Self::bump(&mut *tx, t.cluster_id, ObjectKind::Tenant, t.id.0, false).await?;
@@ -644,6 +715,8 @@ macro_rules! sql_backend {
             }
 
             async fn set_tenant_status(&self, id: TenantId, status: &ObjectStatus) -> Result<Tenant> {
+                // Drops the cached record when this returns (after the commit, or on failure).
+                let _invalidate = Invalidate::row(&self.cache, id.0);
                 self.update_observed("tenants", "tenant", id.0, |t: &mut Tenant| {
                     if &t.status == status {
                         return false;
@@ -655,7 +728,10 @@ macro_rules! sql_backend {
             }
 
             async fn delete_tenant(&self, id: TenantId, cascade: bool, opts: &WriteOptions<'_>) -> Result<()> {
+                // Drops the cached record when this returns (after the commit, or on failure).
+                let _invalidate = Invalidate::all(&self.cache);
                 let mut tx = self.pool.begin().await?;
+                Self::lock_tenant_for_revocation(&mut *tx, id).await?;
                 let row = sqlx::query("SELECT cluster_id FROM tenants WHERE id = $1").bind(id.0).fetch_optional(&mut *tx).await?;
                 let Some(row) = row else {
                     return Err(StoreError::NotFound { kind: "tenant", id: id.to_string() });
@@ -704,14 +780,20 @@ macro_rules! sql_backend {
             }
 
             async fn get_project(&self, id: ProjectId) -> Result<Project> {
-                self.fetch_doc("projects", "project", id.0).await
+                self.cached_doc("projects", "project", id.0).await
             }
 
             async fn list_projects(&self, tenant: TenantId, params: &ListParams) -> Result<Page<Project>> {
                 self.list_docs("projects", Some(("tenant_id", tenant.0)), params).await
             }
 
+            async fn list_cluster_projects(&self, cluster: ClusterId, params: &ListParams) -> Result<Page<Project>> {
+                self.list_docs("projects", Some(("cluster_id", cluster.0)), params).await
+            }
+
             async fn update_project(&self, p: &Project, expected: i64, opts: &WriteOptions<'_>) -> Result<()> {
+                // Drops the cached record when this returns (after the commit, or on failure).
+                let _invalidate = Invalidate::row(&self.cache, p.id.0);
                 check_next_version("project", p.version, expected)?;
                 let mut tx = self.pool.begin().await?;
                 Self::bump(&mut *tx, p.cluster_id, ObjectKind::Project, p.id.0, false).await?;
@@ -737,6 +819,8 @@ macro_rules! sql_backend {
             }
 
             async fn set_project_status(&self, id: ProjectId, status: &ObjectStatus) -> Result<Project> {
+                // Drops the cached record when this returns (after the commit, or on failure).
+                let _invalidate = Invalidate::row(&self.cache, id.0);
                 self.update_observed("projects", "project", id.0, |p: &mut Project| {
                     if &p.status == status {
                         return false;
@@ -748,6 +832,8 @@ macro_rules! sql_backend {
             }
 
             async fn delete_project(&self, id: ProjectId, cascade: bool, opts: &WriteOptions<'_>) -> Result<()> {
+                // Drops the cached record when this returns (after the commit, or on failure).
+                let _invalidate = Invalidate::row(&self.cache, id.0);
                 let mut tx = self.pool.begin().await?;
                 let (cluster, _) = Self::parent_ids(&mut *tx, "projects", "project", id.0).await?;
                 let cluster = ClusterId(cluster);
@@ -801,6 +887,10 @@ macro_rules! sql_backend {
 
             async fn list_apps(&self, project: ProjectId, params: &ListParams) -> Result<Page<App>> {
                 self.list_docs("apps", Some(("project_id", project.0)), params).await
+            }
+
+            async fn list_cluster_apps(&self, cluster: ClusterId, params: &ListParams) -> Result<Page<App>> {
+                self.list_docs("apps", Some(("cluster_id", cluster.0)), params).await
             }
 
             async fn update_app(&self, a: &App, expected: i64, new_revision: Option<&AppRevision>, opts: &WriteOptions<'_>) -> Result<()> {
@@ -1230,6 +1320,7 @@ macro_rules! sql_backend {
             async fn revoke_subject(&self, tenant: TenantId, subject: &str, by: &str, at: OffsetDateTime, opts: &WriteOptions<'_>) -> Result<u64> {
                 check_filter_text(&[("subject", Some(subject)), ("revokedBy", Some(by))])?;
                 let mut tx = self.pool.begin().await?;
+                Self::lock_tenant_for_revocation(&mut *tx, tenant).await?;
                 sqlx::query(
                     "INSERT INTO revoked_subjects (tenant_id, subject, revoked_at, revoked_by) VALUES ($1, $2, $3, $4) \
                      ON CONFLICT (tenant_id, subject) DO UPDATE SET revoked_at = excluded.revoked_at, revoked_by = excluded.revoked_by",
@@ -1248,6 +1339,7 @@ macro_rules! sql_backend {
 
             async fn revoke_tenant_credentials(&self, tenant: TenantId, by: &str, at: OffsetDateTime, opts: &WriteOptions<'_>) -> Result<u64> {
                 let mut tx = self.pool.begin().await?;
+                Self::lock_tenant_for_revocation(&mut *tx, tenant).await?;
                 let n = Self::mark_revoked(&mut *tx, tenant, None, by, at).await?;
                 Self::apply_opts(&mut *tx, opts).await?;
                 tx.commit().await?;
@@ -1302,25 +1394,131 @@ macro_rules! sql_backend {
                 Ok(IssuanceContext { tenant: t, cluster, revocation })
             }
 
-            async fn record_credentials(&self, items: &[(IssuedCredential, AuditEvent)]) -> Result<()> {
+            async fn record_credentials(&self, items: &[(IssuedCredential, AuditEvent)]) -> Result<Vec<CredentialOutcome>> {
                 if items.is_empty() {
-                    return Ok(());
+                    return Ok(Vec::new());
                 }
                 for (c, _) in items {
                     check_filter_text(&[("subject", Some(&c.subject)), ("issuedBy", Some(&c.issued_by))])?;
                 }
-                let mut outcomes = Vec::with_capacity(items.len());
-                for (_, ev) in items {
-                    outcomes.push(serde_json::to_value(ev.outcome)?);
-                }
                 let mut tx = self.pool.begin().await?;
-                // Multi-row inserts: two statements per batch, whatever its size. Their text
-                // varies with the batch size, so they are not kept in the statement cache.
+                // The checks run in the transaction that writes. Postgres: each tenant's
+                // issuance lock is held in share mode until the commit, so a concurrent
+                // revocation or delete of the tenant (which takes it exclusively) waits for
+                // us or we for it; SQLite: one connection, transactions never interleave.
+                let mut tenant_ids: Vec<Uuid> = items.iter().map(|(c, _)| c.tenant_id.0).collect();
+                tenant_ids.sort_unstable();
+                tenant_ids.dedup();
+                if $backend == "postgres" {
+                    let mut keys: Vec<i32> = tenant_ids.iter().map(|t| issuance_lock_key(*t)).collect();
+                    keys.sort_unstable();
+                    keys.dedup();
+                    let mut q = sqlx::QueryBuilder::<$Db>::new("SELECT ");
+                    let mut list = q.separated(", ");
+                    for k in &keys {
+                        list.push("pg_advisory_xact_lock_shared(");
+                        list.push_bind_unseparated(ISSUANCE_LOCK_CLASS);
+                        list.push_unseparated(", ");
+                        list.push_bind_unseparated(*k);
+                        list.push_unseparated(")");
+                    }
+                    q.build().persistent(false).execute(&mut *tx).await?;
+                }
+                // ... the tenants that still exist ...
+                let mut q = sqlx::QueryBuilder::<$Db>::new("SELECT id FROM tenants WHERE id IN (");
+                let mut list = q.separated(", ");
+                for id in &tenant_ids {
+                    list.push_bind(*id);
+                }
+                q.push(")");
+                let live: std::collections::HashSet<Uuid> = q
+                    .build()
+                    .persistent(false)
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .iter()
+                    .map(|r| r.try_get::<Uuid, _>("id"))
+                    .collect::<std::result::Result<_, _>>()?;
+                // ... the projects that still exist, with their tenant ...
+                let mut project_ids: Vec<Uuid> = items.iter().filter_map(|(c, _)| c.project_id.map(|p| p.0)).collect();
+                project_ids.sort_unstable();
+                project_ids.dedup();
+                let mut projects: HashMap<Uuid, Uuid> = HashMap::new();
+                if !project_ids.is_empty() {
+                    let mut q = sqlx::QueryBuilder::<$Db>::new("SELECT id, tenant_id FROM projects WHERE id IN (");
+                    let mut list = q.separated(", ");
+                    for id in &project_ids {
+                        list.push_bind(*id);
+                    }
+                    q.push(")");
+                    for r in q.build().persistent(false).fetch_all(&mut *tx).await? {
+                        projects.insert(r.try_get("id")?, r.try_get("tenant_id")?);
+                    }
+                }
+                // ... and the revocations of the batch's (tenant, subject) pairs, read after
+                // the lock, so a revocation committed before it is seen.
+                let mut q = sqlx::QueryBuilder::<$Db>::new(
+                    "SELECT tenant_id, subject, revoked_at, revoked_by FROM revoked_subjects WHERE tenant_id IN (",
+                );
+                let mut list = q.separated(", ");
+                for id in &tenant_ids {
+                    list.push_bind(*id);
+                }
+                q.push(") AND subject IN (");
+                let mut subjects: Vec<&str> = items.iter().map(|(c, _)| c.subject.as_str()).collect();
+                subjects.sort_unstable();
+                subjects.dedup();
+                let mut list = q.separated(", ");
+                for s in &subjects {
+                    list.push_bind(*s);
+                }
+                q.push(")");
+                let mut revoked: HashMap<(Uuid, String), SubjectRevocation> = HashMap::new();
+                for r in q.build().persistent(false).fetch_all(&mut *tx).await? {
+                    let tenant: Uuid = r.try_get("tenant_id")?;
+                    let subject: String = r.try_get("subject")?;
+                    revoked.insert(
+                        (tenant, subject.clone()),
+                        SubjectRevocation {
+                            tenant_id: TenantId(tenant),
+                            subject,
+                            revoked_at: from_micros(r.try_get("revoked_at")?),
+                            revoked_by: r.try_get("revoked_by")?,
+                        },
+                    );
+                }
+                let mut outcomes = Vec::with_capacity(items.len());
+                for (c, _) in items {
+                    let outcome = if !live.contains(&c.tenant_id.0) {
+                        CredentialOutcome::TenantGone
+                    } else if c.project_id.is_some_and(|p| projects.get(&p.0) != Some(&c.tenant_id.0)) {
+                        CredentialOutcome::ProjectGone
+                    } else if let Some(rev) = revoked.get(&(c.tenant_id.0, c.subject.clone())) {
+                        CredentialOutcome::SubjectRevoked(rev.clone())
+                    } else {
+                        CredentialOutcome::Recorded
+                    };
+                    outcomes.push(outcome);
+                }
+                let items: Vec<&(IssuedCredential, AuditEvent)> = items
+                    .iter()
+                    .zip(&outcomes)
+                    .filter(|(_, o)| **o == CredentialOutcome::Recorded)
+                    .map(|(item, _)| item)
+                    .collect();
+                if items.is_empty() {
+                    tx.commit().await?;
+                    return Ok(outcomes);
+                }
+                let mut audit_outcomes = Vec::with_capacity(items.len());
+                for (_, ev) in &items {
+                    audit_outcomes.push(serde_json::to_value(ev.outcome)?);
+                }
                 let mut creds = sqlx::QueryBuilder::<$Db>::new(
                     "INSERT INTO issued_credentials (jti, tenant_id, project_id, cluster_id, subject, role, mode, issued_by, \
                      issued_at, expires_at, revoked_at, revoked_by) ",
                 );
-                creds.push_values(items, |mut b, (c, _)| {
+                creds.push_values(&items, |mut b, (c, _)| {
                     b.push_bind(c.jti)
                         .push_bind(c.tenant_id.0)
                         .push_bind(c.project_id.map(|p| p.0))
@@ -1343,7 +1541,7 @@ macro_rules! sql_backend {
                 let mut audits = sqlx::QueryBuilder::<$Db>::new(
                     "INSERT INTO audit_events (id, at, actor, action, resource_kind, resource_id, outcome, doc) ",
                 );
-                audits.push_values(items.iter().zip(&outcomes), |mut b, ((_, ev), outcome)| {
+                audits.push_values(items.iter().zip(&audit_outcomes), |mut b, ((_, ev), outcome)| {
                     b.push_bind(ev.id.0)
                         .push_bind(to_micros(ev.at))
                         .push_bind(&ev.actor)
@@ -1355,7 +1553,7 @@ macro_rules! sql_backend {
                 });
                 audits.build().persistent(false).execute(&mut *tx).await?;
                 tx.commit().await?;
-                Ok(())
+                Ok(outcomes)
             }
 
             async fn list_subject_revocations(&self, tenant: TenantId, params: &ListParams) -> Result<Page<SubjectRevocation>> {
@@ -1398,6 +1596,26 @@ macro_rules! sql_backend {
         }
 
         impl $Store {
+            /// Postgres: takes the tenant's issuance lock (a transaction-scoped advisory
+            /// lock) exclusively; issuance batches hold it in share mode
+            /// ([`Store::record_credentials`]), so a revocation or delete and an issuance of
+            /// the same tenant never interleave. Advisory locks live in shared memory: unlike
+            /// a row lock they write nothing, so concurrent issuances of one hot tenant cost
+            /// no WAL and no MultiXact. SQLite transactions never interleave anyway.
+            async fn lock_tenant_for_revocation(
+                conn: &mut <$Db as sqlx::Database>::Connection,
+                tenant: TenantId,
+            ) -> Result<()> {
+                if $backend == "postgres" {
+                    sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+                        .bind(ISSUANCE_LOCK_CLASS)
+                        .bind(issuance_lock_key(tenant.0))
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                Ok(())
+            }
+
             fn credential_of(r: &<$Db as sqlx::Database>::Row) -> Result<IssuedCredential> {
                 let role: String = r.try_get("role")?;
                 let mode: String = r.try_get("mode")?;
@@ -1461,6 +1679,7 @@ macro_rules! sql_backend {
 pub struct PgStore {
     pool: sqlx::PgPool,
     keyring: Arc<RwLock<Arc<Keyring>>>,
+    cache: Arc<RowCache>,
 }
 
 /// The SQLite backend (embedded default; one writer connection, WAL journal).
@@ -1468,6 +1687,7 @@ pub struct PgStore {
 pub struct SqliteStore {
     pool: sqlx::SqlitePool,
     keyring: Arc<RwLock<Arc<Keyring>>>,
+    cache: Arc<RowCache>,
 }
 
 sql_backend!(PgStore, sqlx::Postgres, "postgres", PG_MIGRATOR);

@@ -360,6 +360,20 @@ mod tests {
     }
 }
 
+/// What [`crate::Store::record_credentials`] did with one issuance. Only
+/// [`Recorded`](Self::Recorded) issuances may hand out their token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CredentialOutcome {
+    /// The credential row and its audit event are committed.
+    Recorded,
+    /// Refused: the subject is revoked for the tenant (nothing was written).
+    SubjectRevoked(SubjectRevocation),
+    /// Refused: the tenant no longer exists (nothing was written).
+    TenantGone,
+    /// Refused: the project no longer exists or is not the tenant's (nothing was written).
+    ProjectGone,
+}
+
 /// What kubeconfig issuance reads about a tenant ([`crate::Store::issuance_context`]).
 #[derive(Debug, Clone)]
 pub struct IssuanceContext {

@@ -1,5 +1,6 @@
 //! The kubeconfig issuance fast paths (`issuance_context`, `record_credentials`) on
-//! SQLite and Postgres: the same answers as the individual calls, and all-or-nothing.
+//! SQLite and Postgres: the same answers as the individual calls, all-or-nothing, and
+//! the revocation/existence checks made in the transaction that records.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
@@ -88,7 +89,8 @@ async fn context_and_group_commit(h: &Harness) {
             (cr, ev)
         })
         .collect();
-    s.record_credentials(&items).await.unwrap();
+    let outcomes = s.record_credentials(&items).await.unwrap();
+    assert_eq!(outcomes, vec![CredentialOutcome::Recorded; 5]);
     for (cr, _) in &items {
         assert_eq!(&s.get_credential(cr.jti).await.unwrap(), cr);
     }
@@ -120,7 +122,140 @@ async fn context_and_group_commit(h: &Harness) {
         .await
         .unwrap();
     assert_eq!(audited.items.len(), 5);
-    s.record_credentials(&[]).await.unwrap();
+    assert!(s.record_credentials(&[]).await.unwrap().is_empty());
+
+    // The checks run at commit: a revoked subject, a deleted tenant and a project of
+    // another tenant are refused and write nothing; the rest of the batch is recorded.
+    let other = tenant(c.id, "other");
+    s.create_tenant(&other, &WriteOptions::default())
+        .await
+        .unwrap();
+    let foreign = project(&other, "web");
+    s.create_project(&foreign, &WriteOptions::default())
+        .await
+        .unwrap();
+    let revoked = credential(t.id, c.id, "alice");
+    let gone = credential(TenantId::new(), c.id, "dave");
+    let mut misplaced = credential(t.id, c.id, "erin");
+    misplaced.project_id = Some(foreign.id);
+    let fine = credential(other.id, c.id, "alice");
+    let batch: Vec<_> = [&revoked, &gone, &misplaced, &fine]
+        .into_iter()
+        .map(|c| (c.clone(), event(c)))
+        .collect();
+    let outcomes = s.record_credentials(&batch).await.unwrap();
+    assert!(
+        matches!(&outcomes[0], CredentialOutcome::SubjectRevoked(r) if r.subject == "alice" && r.tenant_id == t.id),
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        outcomes[1..],
+        [
+            CredentialOutcome::TenantGone,
+            CredentialOutcome::ProjectGone,
+            CredentialOutcome::Recorded
+        ]
+    );
+    for refused in [&revoked, &gone, &misplaced] {
+        assert!(matches!(
+            s.get_credential(refused.jti).await,
+            Err(StoreError::NotFound { .. })
+        ));
+    }
+    assert_eq!(&s.get_credential(fine.jti).await.unwrap(), &fine);
+    let audited = s
+        .query_audit(&AuditQuery {
+            resource_kind: Some("credential".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        audited.items.len(),
+        6,
+        "only the recorded issuance is audited here"
+    );
+}
+
+/// Issuance batches racing a subject revocation: whatever the interleaving, once the
+/// revocation has returned no credential of that subject is left unrevoked (either the
+/// batch saw the revocation and wrote nothing, or the revocation marked its rows).
+async fn revocation_never_misses_a_racing_issuance(h: &Harness) {
+    let s = std::sync::Arc::clone(&h.store);
+    let c = cluster("race");
+    s.create_cluster(&c, b"apiVersion: v1\n", &WriteOptions::default())
+        .await
+        .unwrap();
+    let t = tenant(c.id, "acme");
+    s.create_tenant(&t, &WriteOptions::default()).await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (s, stop) = (std::sync::Arc::clone(&s), std::sync::Arc::clone(&stop));
+        let (tid, cid) = (t.id, c.id);
+        tasks.push(tokio::spawn(async move {
+            let mut recorded = Vec::new();
+            let mut refused = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let batch: Vec<_> = (0..4)
+                    .map(|_| {
+                        let cr = credential(tid, cid, "mallory");
+                        let ev = event(&cr);
+                        (cr, ev)
+                    })
+                    .collect();
+                let outcomes = s.record_credentials(&batch).await.unwrap();
+                for ((cr, _), o) in batch.iter().zip(outcomes) {
+                    match o {
+                        CredentialOutcome::Recorded => recorded.push(cr.jti),
+                        CredentialOutcome::SubjectRevoked(_) => refused += 1,
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+            }
+            (recorded, refused)
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    s.revoke_subject(t.id, "mallory", "admin", now(), &WriteOptions::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut recorded, mut refused) = (Vec::new(), 0);
+    for task in tasks {
+        let (r, n) = task.await.unwrap();
+        recorded.extend(r);
+        refused += n;
+    }
+    assert!(
+        !recorded.is_empty() && refused > 0,
+        "{} recorded, {refused} refused",
+        recorded.len()
+    );
+    for jti in recorded {
+        let cr = s.get_credential(jti).await.unwrap();
+        assert!(
+            cr.revoked_at.is_some(),
+            "credential {jti} issued around the revocation is not revoked"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_revocation_never_misses_a_racing_issuance() {
+    let h = sqlite_with(keyring(&[("k1", 1)])).await;
+    revocation_never_misses_a_racing_issuance(&h).await;
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_revocation_never_misses_a_racing_issuance() {
+    let Some(h) = postgres_with(keyring(&[("k1", 1)])).await else {
+        return;
+    };
+    revocation_never_misses_a_racing_issuance(&h).await;
+    h.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -810,8 +810,12 @@ struct PgOutcome {
     direct: Load,
     /// Diagnostic: µs per HS256 bearer-token verification (one thread).
     jwt_us: f64,
-    /// Diagnostic: `direct` on a pool with `test_before_acquire(false)`.
-    direct_noping: Load,
+    /// Diagnostic: `direct` with the record cache off (every read from Postgres).
+    direct_db: Load,
+    /// Diagnostic: the GET load with the record cache off.
+    get_uncached: Load,
+    /// Record cache hits and misses during the GET load.
+    cache: kubenova_store::cache::CacheStats,
     pgbench: Option<Load>,
     pgbench_note: String,
     post: Load,
@@ -870,6 +874,22 @@ fn phase_postgres(
             let store: Arc<dyn Store> = Arc::new(store);
             let state =
                 kubenova_manager::test_state(store.clone(), bench_config(), SECRET.as_bytes());
+            // As the real binary on Postgres: the listener that keeps the record cache
+            // correct across replicas, and enables it once it listens.
+            {
+                let _rt = server_rt.enter();
+                kubenova_manager::listen_postgres(&state, url);
+            }
+            let cache = store
+                .row_cache()
+                .ok_or("the Postgres store has no record cache")?;
+            let waited = Instant::now();
+            while !cache.is_enabled() {
+                if waited.elapsed() > Duration::from_secs(10) {
+                    return Err("the change listener did not enable the record cache".into());
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
             let token = admin_token(&state.auth);
             let addr = manager_server(server_rt, state).await;
             let (cluster, tenant) = seed(addr, &token).await?;
@@ -888,8 +908,16 @@ fn phase_postgres(
                 make_get.clone(),
             )
             .await;
-            let get = http_load(addr, conns, dur, make_get).await;
+            let before = cache.stats();
+            let get = http_load(addr, conns, dur, make_get.clone()).await;
+            let after = cache.stats();
+            let cache_stats = kubenova_store::cache::CacheStats {
+                hits: after.hits - before.hits,
+                misses: after.misses - before.misses,
+                invalidations: after.invalidations - before.invalidations,
+            };
             eprintln!("  manager GET tenant:  {}", get.describe());
+            eprintln!("  record cache during it: {cache_stats:?}");
 
             // Diagnostics: the same read without HTTP, and the cost of token checks.
             let tid = TenantId(uuid::Uuid::parse_str(&tenant)?);
@@ -899,6 +927,20 @@ fn phase_postgres(
             eprintln!(
                 "  direct Store::get_tenant ({conns} tasks, no HTTP): {}",
                 direct.describe()
+            );
+            // The same two loads with the record cache off: every read from Postgres.
+            cache.disable();
+            let direct_db = server_rt
+                .spawn(store_load(store.clone(), tid, conns, dur))
+                .await?;
+            eprintln!(
+                "  direct Store::get_tenant, record cache off: {}",
+                direct_db.describe()
+            );
+            let get_uncached = http_load(addr, conns, dur, make_get).await;
+            eprintln!(
+                "  manager GET tenant, record cache off: {}",
+                get_uncached.describe()
             );
             let bearer = format!("Bearer {token}");
             let n = 20_000u32;
@@ -973,30 +1015,11 @@ fn phase_postgres(
             eprintln!("  tenants rows after the POST phase: {rows}");
             pool.close().await;
 
-            // Diagnostic: the direct read again on a pool that does not ping each
-            // connection it hands out (sqlx's `test_before_acquire` defaults to true).
-            let nopts = opts.clone().options([("search_path", schema.as_str())]);
-            let np = server_rt
-                .spawn(async move {
-                    sqlx::postgres::PgPoolOptions::new()
-                        .max_connections(64)
-                        .test_before_acquire(false)
-                        .connect_with(nopts)
-                        .await
-                })
-                .await??;
-            let s2: Arc<dyn Store> = Arc::new(PgStore::from_pool(np.clone(), keyring()));
-            let direct_noping = server_rt.spawn(store_load(s2, tid, conns, dur)).await?;
-            eprintln!(
-                "  direct Store::get_tenant, pool without ping-on-acquire: {}",
-                direct_noping.describe()
-            );
-            np.close().await;
             Ok::<_, BoxError>((
                 get,
                 direct,
                 jwt_us,
-                direct_noping,
+                (direct_db, get_uncached, cache_stats),
                 Load::merge(&posts),
                 Load::merge(&raws),
             ))
@@ -1020,13 +1043,15 @@ fn phase_postgres(
             .execute(&admin)
             .await?;
         admin.close().await;
-        let (get, direct, jwt_us, direct_noping, post, raw) = result?;
+        let (get, direct, jwt_us, (direct_db, get_uncached, cache), post, raw) = result?;
         let pgbench = (!pgbench_runs.is_empty()).then(|| Load::merge(&pgbench_runs));
         Ok(PgOutcome {
             get,
             direct,
             jwt_us,
-            direct_noping,
+            direct_db,
+            get_uncached,
+            cache,
             pgbench,
             pgbench_note,
             post,
@@ -1278,7 +1303,8 @@ fn main() {
                 pass: Some(p99 < 10.0),
             });
             rows.push(Row {
-                figure: "(diagnostic) Store::get_tenant direct, no HTTP/auth".into(),
+                figure: "(diagnostic) Store::get_tenant direct, no HTTP/auth (record cache on)"
+                    .into(),
                 value: format!(
                     "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms)",
                     pg.direct.rate(),
@@ -1299,12 +1325,12 @@ fn main() {
                 pass: None,
             });
             rows.push(Row {
-                figure: "(diagnostic) same, pool with test_before_acquire(false)".into(),
+                figure: "(diagnostic) same, record cache off (a Postgres read each)".into(),
                 value: format!(
                     "{:.0}/s (p50 {:.2} ms, p99 {:.2} ms)",
-                    pg.direct_noping.rate(),
-                    pg.direct_noping.pct_ms(0.5),
-                    pg.direct_noping.pct_ms(0.99)
+                    pg.direct_db.rate(),
+                    pg.direct_db.pct_ms(0.5),
+                    pg.direct_db.pct_ms(0.99)
                 ),
                 baseline: pg
                     .pgbench
@@ -1314,8 +1340,32 @@ fn main() {
                 ratio: pg
                     .pgbench
                     .as_ref()
-                    .map(|b| format!("{:.1}%", pg.direct_noping.rate() / b.rate() * 100.0))
+                    .map(|b| format!("{:.1}%", pg.direct_db.rate() / b.rate() * 100.0))
                     .unwrap_or_else(|| "–".into()),
+                target: "–".into(),
+                pass: None,
+            });
+            rows.push(Row {
+                figure: "(diagnostic) GET one tenant, record cache off".into(),
+                value: pg.get_uncached.describe(),
+                baseline: pg
+                    .pgbench
+                    .as_ref()
+                    .map(|b| format!("pgbench -S: {:.0}/s", b.rate()))
+                    .unwrap_or_else(|| "–".into()),
+                ratio: pg
+                    .pgbench
+                    .as_ref()
+                    .map(|b| format!("{:.1}%", pg.get_uncached.rate() / b.rate() * 100.0))
+                    .unwrap_or_else(|| "–".into()),
+                target: "–".into(),
+                pass: None,
+            });
+            rows.push(Row {
+                figure: "(diagnostic) record cache during the GET load".into(),
+                value: format!("{} hits, {} misses", pg.cache.hits, pg.cache.misses),
+                baseline: "–".into(),
+                ratio: "–".into(),
                 target: "–".into(),
                 pass: None,
             });

@@ -172,6 +172,17 @@ fn main() {
             ..ServerConfig::default()
         };
         let st = kubenova_manager::test_state(store, cfg, b"kubeconfig-bench-secret-0123456789abcdef");
+        // As the real binary on Postgres: the listener that keeps the record cache correct
+        // and enables it once it listens.
+        if let Some((url, _)) = &pg {
+            kubenova_manager::listen_postgres(&st, url);
+            let cache = st.store.row_cache().unwrap();
+            let waited = Instant::now();
+            while !cache.is_enabled() {
+                assert!(waited.elapsed() < Duration::from_secs(10), "the record cache was never enabled");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
         let app = kubenova_manager::api::router(st.clone());
         let admin = st.auth.mint("admin", &[Role::Admin], &[], &[], Duration::from_secs(3600)).unwrap().token;
         let kc = "apiVersion: v1\nkind: Config\nclusters:\n- name: p\n  cluster:\n    server: https://10.0.0.1:6443\n    certificate-authority-data: TFMwdExTMUNSVWRKVGc9PQ==\ncontexts:\n- name: p\n  context:\n    cluster: p\n    user: a\ncurrent-context: p\nusers:\n- name: a\n  user:\n    token: x\n";

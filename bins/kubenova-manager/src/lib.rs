@@ -224,12 +224,21 @@ pub async fn build_state(
     if store_args.database_url.starts_with("postgres://")
         || store_args.database_url.starts_with("postgresql://")
     {
-        // Wake-ups across replicas: NOTIFY from the store's triggers (migration 0003).
-        state
-            .changes
-            .listen_postgres(store_args.database_url.clone());
+        listen_postgres(&state, &store_args.database_url);
     }
     Ok(state)
+}
+
+/// Starts the state's Postgres listener (call inside a Tokio runtime, once): wake-ups of
+/// agents long-polling on this replica for changes written through any replica
+/// (migration 0003), and the invalidations that keep the store's record cache correct
+/// (migration 0005; the cache answers only while this listener is connected, see
+/// [`kubenova_store::cache`]).
+pub fn listen_postgres(state: &AppState, database_url: &str) {
+    if let Some(cache) = state.store.row_cache() {
+        state.changes.set_row_cache(cache);
+    }
+    state.changes.listen_postgres(database_url.to_string());
 }
 
 /// Puts a state together from its parts (no I/O).

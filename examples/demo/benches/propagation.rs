@@ -8,7 +8,9 @@
 //! 2. **Sync**: with the operator stopped, `KUBENOVA_BENCH_TENANTS` (default 10000) tenants
 //!    are created through the REST API; then the agent long-poll is timed for a full
 //!    snapshot (cursor 0) and for a single-change delta, next to one store read of the same
-//!    rows in the same run (`Store::list_tenants` over every page; `Store::get_tenant`).
+//!    rows in the same run (every page of `Store::list_tenants`, `list_cluster_projects`
+//!    and `list_cluster_apps` of the cluster, the batched reads the snapshot makes;
+//!    `Store::get_tenant`).
 //!
 //! Run: `cargo bench -p kubenova-demo --bench propagation` (builds on the binaries of
 //! `target/release`: `cargo build --release -p kubenova-manager -p kubenova-operator -p
@@ -30,6 +32,24 @@ use kubenova_demo::{Binaries, Rest};
 use kubenova_store::ListParams;
 use serde_json::json;
 use std::time::{Duration, Instant};
+
+/// Reads every page of a listing; returns how many rows it had.
+async fn all_pages<T, F, Fut>(mut fetch: F) -> Result<usize, kubenova_store::StoreError>
+where
+    F: FnMut(ListParams) -> Fut,
+    Fut: std::future::Future<Output = Result<kubenova_store::Page<T>, kubenova_store::StoreError>>,
+{
+    let mut params = ListParams::first(kubenova_store::MAX_PAGE_SIZE);
+    let mut rows = 0;
+    loop {
+        let page = fetch(params.clone()).await?;
+        rows += page.items.len();
+        match page.next_cursor {
+            Some(c) => params.cursor = Some(c),
+            None => return Ok(rows),
+        }
+    }
+}
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -213,26 +233,25 @@ async fn run(
     let keys = kubenova_store::crypto::Keyring::load_or_generate(&dir.join("manager-data"))?;
     let store = kubenova_store::connect(url, keys).await?;
     let cluster: kubenova_api::ids::ClusterId = flow.cluster.parse()?;
+    let s = store.as_ref();
     let b0 = Instant::now();
-    let mut params = ListParams::first(500);
-    let mut rows = 0;
-    loop {
-        let page = store.list_tenants(Some(cluster), &params).await?;
-        rows += page.items.len();
-        match page.next_cursor {
-            Some(c) => params.cursor = Some(c),
-            None => break,
-        }
-    }
+    let tenant_rows = all_pages(|p| async move { s.list_tenants(Some(cluster), &p).await }).await?;
+    let project_rows =
+        all_pages(|p| async move { s.list_cluster_projects(cluster, &p).await }).await?;
+    let app_rows = all_pages(|p| async move { s.list_cluster_apps(cluster, &p).await }).await?;
     let list_all = b0.elapsed();
     let b1 = Instant::now();
     store.get_tenant(ids[0].parse()?).await?;
     let get_one = b1.elapsed();
 
     println!(
-        "snapshot (cursor 0): {objects} objects, {:.1} MiB, {:.0} ms; store baseline list_tenants of {rows} rows: {:.0} ms ({:.2}x)",
+        "snapshot (cursor 0): {objects} objects, {:.1} MiB, {:.0} ms; store baseline of the same rows \
+         (list_tenants + list_cluster_projects + list_cluster_apps: {} + {} + {} rows): {:.0} ms ({:.2}x)",
         bytes as f64 / (1 << 20) as f64,
         snapshot.as_secs_f64() * 1e3,
+        tenant_rows,
+        project_rows,
+        app_rows,
         list_all.as_secs_f64() * 1e3,
         snapshot.as_secs_f64() / list_all.as_secs_f64()
     );

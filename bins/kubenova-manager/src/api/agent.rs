@@ -205,6 +205,47 @@ pub(crate) async fn update_cluster_with(
     }
 }
 
+/// What a request's change to a cluster writes in the same transaction.
+pub(crate) struct ClusterWrite<R> {
+    /// The caller's result (e.g. the serialized response).
+    pub result: R,
+    /// The request's audit event.
+    pub audit: kubenova_api::model::AuditEvent,
+    /// The idempotency record of the response, if the request had a key.
+    pub idempotency: Option<kubenova_store::IdempotencyRecord>,
+}
+
+/// Read-modify-write of a cluster on behalf of a request. `change` gets the freshly read
+/// cluster, already at the next version and time, and the version that was read (for an
+/// `If-Match` check); the cluster is written with the returned audit event and
+/// idempotency record. A concurrent writer (a heartbeat, the stale task) makes it re-read
+/// and apply `change` again, up to 10 times, unless `pinned` (the client sent `If-Match`,
+/// so a newer version is the client's conflict: KN-412).
+pub(crate) async fn write_cluster_for_request<R>(
+    store: &dyn Store,
+    id: ClusterId,
+    pinned: bool,
+    mut change: impl FnMut(&mut Cluster, i64) -> ApiResult<ClusterWrite<R>>,
+) -> ApiResult<(Cluster, R)> {
+    let mut attempts = 0;
+    loop {
+        let mut c = store.get_cluster(id).await?;
+        let read = c.version;
+        c.version = read + 1;
+        c.updated_at = OffsetDateTime::now_utc();
+        let w = change(&mut c, read)?;
+        let opts = WriteOptions {
+            audit: Some(&w.audit),
+            idempotency: w.idempotency.as_ref(),
+        };
+        match store.update_cluster(&c, read, &opts).await {
+            Ok(()) => return Ok((c, w.result)),
+            Err(StoreError::PreconditionFailed { .. }) if !pinned && attempts < 10 => attempts += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 fn stale_after(interval: Duration) -> time::Duration {
     time::Duration::try_from(interval * MISSED_HEARTBEATS).unwrap_or(time::Duration::minutes(3))
 }
@@ -526,10 +567,31 @@ where
 
 /// The complete desired set of a cluster at `revision` (read after taking the revision,
 /// so nothing older is missed; newer changes show up again as deltas, harmlessly).
+///
+/// Three batched, paged reads (tenants, then projects, then apps of the cluster) instead
+/// of one query per tenant and per project, assembled in memory in the same order as a
+/// per-parent walk: tenants by id; projects by tenant, then id; apps by tenant, project,
+/// then id. A project or app whose parent was created after that parent's list was read
+/// is left out, as the per-parent walk would: its creation is newer than `revision` and
+/// comes as a delta.
 async fn snapshot(st: &AppState, cluster: ClusterId, revision: i64) -> ApiResult<DesiredState> {
     let store = st.store.as_ref();
     let tenants = all_pages(|p| async move { store.list_tenants(Some(cluster), &p).await }).await?;
-    let mut objects = Vec::new();
+    let all_projects =
+        all_pages(|p| async move { store.list_cluster_projects(cluster, &p).await }).await?;
+    let all_apps = all_pages(|p| async move { store.list_cluster_apps(cluster, &p).await }).await?;
+
+    // Children grouped by parent, each group in id order (as listed).
+    let mut projects_of: HashMap<TenantId, Vec<Project>> = HashMap::new();
+    for p in all_projects {
+        projects_of.entry(p.tenant_id).or_default().push(p);
+    }
+    let mut apps_of: HashMap<ProjectId, Vec<App>> = HashMap::new();
+    for a in all_apps {
+        apps_of.entry(a.project_id).or_default().push(a);
+    }
+
+    let mut objects = Vec::with_capacity(tenants.len());
     let mut projects = Vec::new();
     let mut apps = Vec::new();
     for t in &tenants {
@@ -537,12 +599,8 @@ async fn snapshot(st: &AppState, cluster: ClusterId, revision: i64) -> ApiResult
             id: t.id.0,
             object: Box::new(nova_tenant(t, &st.catalog)),
         });
-        let tid = t.id;
-        let ps = all_pages(|p| async move { store.list_projects(tid, &p).await }).await?;
-        for p in ps {
-            let pid = p.id;
-            let app_list = all_pages(|q| async move { store.list_apps(pid, &q).await }).await?;
-            for a in app_list {
+        for p in projects_of.remove(&t.id).unwrap_or_default() {
+            for a in apps_of.remove(&p.id).unwrap_or_default() {
                 apps.push(DesiredObject::App {
                     id: a.id.0,
                     object: Box::new(nova_app(&a, &p, t)),
@@ -554,6 +612,7 @@ async fn snapshot(st: &AppState, cluster: ClusterId, revision: i64) -> ApiResult
             });
         }
     }
+    objects.reserve(projects.len() + apps.len());
     objects.extend(projects);
     objects.extend(apps);
     Ok(DesiredState {

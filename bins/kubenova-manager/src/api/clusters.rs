@@ -511,83 +511,66 @@ async fn record_request(
         .into());
     }
     let client_pinned = headers.contains_key(axum::http::header::IF_MATCH);
-    let mut attempts = 0;
-    let (c, bytes) = loop {
-        let mut c = st.store.get_cluster(id).await?;
-        check_if_match(headers, "cluster", id, c.version)?;
-        let expected = c.version;
-        let now = OffsetDateTime::now_utc();
-        // The operator itself is (re)installed by `bootstrap/operator` (with the kubeconfig);
-        // a refresh asks the operator for the other components.
-        let requested: Vec<&str> = match &component {
-            Some(comp) => vec![comp.as_str()],
-            None => COMPONENTS
-                .iter()
-                .copied()
-                .filter(|c| *c != "operator")
-                .collect(),
-        };
-        request_components(&mut c, &requested, &ctx.principal.subject);
-        let (cond_type, reason) = match &component {
-            Some(_) => ("BootstrapRequested", "Requested"),
-            None => ("RefreshRequested", "Requested"),
-        };
-        upsert_condition(
-            &mut c.conditions,
-            Condition {
-                type_: cond_type.to_string(),
-                status: ConditionStatus::True,
-                reason: reason.to_string(),
-                message: format!(
-                    "requested: {}; delivered to the operator over the agent channel",
-                    requested.join(", ")
-                ),
-                last_transition_time: now,
-                observed_generation: Some(expected + 1),
-            },
-        );
-        c.version = expected + 1;
-        c.updated_at = now;
-        let (action, status_code) = match &component {
-            Some(_) => ("cluster.bootstrap", 202),
-            None => ("cluster.refresh", 202),
-        };
-        let body = BootstrapAccepted {
-            cluster_id: id,
-            component: component.clone(),
-            status: "accepted".into(),
-            cluster_status: c.status,
-            requested: requested.iter().map(|s| s.to_string()).collect(),
-            message: DELIVERED_BY_AGENT.into(),
-            cluster: c.clone(),
-        };
-        let bytes = to_bytes(&body)?;
-        let mut audit = ctx.audit(action, "cluster", id, status_code);
-        audit.details = Some(json!({"components": requested}));
-        let idem = ctx.idempotency_record(status_code, &bytes);
-        match st
-            .store
-            .update_cluster(
-                &c,
-                expected,
-                &WriteOptions {
-                    audit: Some(&audit),
-                    idempotency: idem.as_ref(),
+    // Without If-Match the client asked for "the current cluster": a heartbeat that races
+    // us is not the client's conflict, so the helper re-reads and applies the request again.
+    let (c, bytes) =
+        super::agent::write_cluster_for_request(st.store.as_ref(), id, client_pinned, |c, read| {
+            check_if_match(headers, "cluster", id, read)?;
+            let now = c.updated_at;
+            // The operator itself is (re)installed by `bootstrap/operator` (with the
+            // kubeconfig); a refresh asks the operator for the other components.
+            let requested: Vec<&str> = match &component {
+                Some(comp) => vec![comp.as_str()],
+                None => COMPONENTS
+                    .iter()
+                    .copied()
+                    .filter(|c| *c != "operator")
+                    .collect(),
+            };
+            request_components(c, &requested, &ctx.principal.subject);
+            let (cond_type, reason) = match &component {
+                Some(_) => ("BootstrapRequested", "Requested"),
+                None => ("RefreshRequested", "Requested"),
+            };
+            upsert_condition(
+                &mut c.conditions,
+                Condition {
+                    type_: cond_type.to_string(),
+                    status: ConditionStatus::True,
+                    reason: reason.to_string(),
+                    message: format!(
+                        "requested: {}; delivered to the operator over the agent channel",
+                        requested.join(", ")
+                    ),
+                    last_transition_time: now,
+                    observed_generation: Some(c.version),
                 },
-            )
-            .await
-        {
-            Ok(()) => break (c, bytes),
-            // Without If-Match the client asked for "the current cluster": a heartbeat that
-            // raced us is not the client's conflict, so re-read and apply the request again.
-            Err(kubenova_store::StoreError::PreconditionFailed { .. })
-                if !client_pinned && attempts < 10 =>
-            {
-                attempts += 1;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    };
+            );
+            let action = match &component {
+                Some(_) => "cluster.bootstrap",
+                None => "cluster.refresh",
+            };
+            let status_code = 202;
+            let body = BootstrapAccepted {
+                cluster_id: id,
+                component: component.clone(),
+                status: "accepted".into(),
+                cluster_status: c.status,
+                requested: requested.iter().map(|s| s.to_string()).collect(),
+                message: DELIVERED_BY_AGENT.into(),
+                cluster: c.clone(),
+            };
+            let bytes = to_bytes(&body)?;
+            let mut audit = ctx.audit(action, "cluster", id, status_code);
+            audit.details = Some(json!({"components": requested}));
+            let idempotency = ctx.idempotency_record(status_code, &bytes);
+            Ok(super::agent::ClusterWrite {
+                result: bytes,
+                audit,
+                idempotency,
+            })
+        })
+        .await?;
     // Wake the cluster's waiting long-poll on this replica (others: NOTIFY on Postgres).
     st.changes.notify(id);
     Ok(bytes_response(
@@ -804,70 +787,54 @@ async fn record_bootstrap(
     };
     let mut audit = ctx.audit("cluster.bootstrap", "cluster", id, status_code.as_u16());
     audit.details = Some(json!({"components": ["operator"], "outcome": status, "reason": cond.1}));
-    let mut attempts = 0;
-    let (cluster, bytes) = loop {
-        let mut c = st.store.get_cluster(id).await?;
-        let expected = c.version;
-        let now = OffsetDateTime::now_utc();
-        c.status = if outcome.is_ok() {
-            ClusterStatus::Bootstrapping
-        } else {
-            ClusterStatus::Error
-        };
-        match c.components.iter_mut().find(|s| s.name == "operator") {
-            Some(s) => *s = state.clone(),
-            None => c.components.push(state.clone()),
-        }
-        c.components.sort_by_key(|s| {
-            COMPONENTS
-                .iter()
-                .position(|n| *n == s.name)
-                .unwrap_or(usize::MAX)
-        });
-        upsert_condition(
-            &mut c.conditions,
-            Condition {
-                type_: "Bootstrapped".into(),
-                status: cond.0,
-                reason: cond.1.clone(),
-                message: cond.2.clone(),
-                last_transition_time: now,
-                observed_generation: Some(expected + 1),
-            },
-        );
-        c.version = expected + 1;
-        c.updated_at = now;
-        let body = BootstrapAccepted {
-            cluster_id: id,
-            component: Some("operator".into()),
-            status: status.into(),
-            cluster_status: c.status,
-            requested: vec!["operator".into()],
-            message: message.clone(),
-            cluster: c.clone(),
-        };
-        let bytes = to_bytes(&body)?;
-        let idem = ctx.idempotency_record(status_code.as_u16(), &bytes);
-        match st
-            .store
-            .update_cluster(
-                &c,
-                expected,
-                &WriteOptions {
-                    audit: Some(&audit),
-                    idempotency: idem.as_ref(),
-                },
-            )
-            .await
-        {
-            Ok(()) => break (c, bytes),
-            // A heartbeat raced us: re-read and record the outcome on the new version.
-            Err(kubenova_store::StoreError::PreconditionFailed { .. }) if attempts < 10 => {
-                attempts += 1
+    // A heartbeat that races us makes the helper re-read and record the outcome on the
+    // new version.
+    let (cluster, bytes) =
+        super::agent::write_cluster_for_request(st.store.as_ref(), id, false, |c, _read| {
+            c.status = if outcome.is_ok() {
+                ClusterStatus::Bootstrapping
+            } else {
+                ClusterStatus::Error
+            };
+            match c.components.iter_mut().find(|s| s.name == "operator") {
+                Some(s) => *s = state.clone(),
+                None => c.components.push(state.clone()),
             }
-            Err(e) => return Err(e.into()),
-        }
-    };
+            c.components.sort_by_key(|s| {
+                COMPONENTS
+                    .iter()
+                    .position(|n| *n == s.name)
+                    .unwrap_or(usize::MAX)
+            });
+            upsert_condition(
+                &mut c.conditions,
+                Condition {
+                    type_: "Bootstrapped".into(),
+                    status: cond.0,
+                    reason: cond.1.clone(),
+                    message: cond.2.clone(),
+                    last_transition_time: c.updated_at,
+                    observed_generation: Some(c.version),
+                },
+            );
+            let body = BootstrapAccepted {
+                cluster_id: id,
+                component: Some("operator".into()),
+                status: status.into(),
+                cluster_status: c.status,
+                requested: vec!["operator".into()],
+                message: message.clone(),
+                cluster: c.clone(),
+            };
+            let bytes = to_bytes(&body)?;
+            let idempotency = ctx.idempotency_record(status_code.as_u16(), &bytes);
+            Ok(super::agent::ClusterWrite {
+                result: bytes,
+                audit: audit.clone(),
+                idempotency,
+            })
+        })
+        .await?;
     Ok(bytes_response(
         status_code,
         bytes,

@@ -33,7 +33,7 @@ use kubenova_kubeconfig::{
     Claims, Credential, ExecCredential, KeySet, KubeconfigExt as _, KubeconfigRequest, TokenSpec,
 };
 use kubenova_store::{
-    CredentialMode, CredentialQuery, IssuanceContext, IssuedCredential, Store, StoreError,
+    CredentialMode, CredentialOutcome, CredentialQuery, IssuedCredential, Store, StoreError,
     SubjectRevocation, WriteOptions,
 };
 use serde::{Deserialize, Serialize};
@@ -568,34 +568,41 @@ fn issuance_audit(
     ev
 }
 
-/// Refuses (KN-403, audited as denied) when the caller is a revoked subject of the tenant.
-/// `known` is the revocation already read with the tenant ([`Store::issuance_context`]);
-/// `None` reads it now. Never cached: a revocation takes effect on the next issuance.
+/// Refuses (KN-403, audited as denied) when the caller is a revoked subject of the tenant
+/// (read now; the token paths check at commit instead, see [`commit_issuance`]).
 async fn refuse_revoked(
     st: &AppState,
     ctx: &Ctx,
     tenant: &Tenant,
     action: &str,
-    known: Option<Option<SubjectRevocation>>,
 ) -> ApiResult<Option<Response>> {
-    let revocation = match known {
-        Some(r) => r,
-        None => {
-            st.store
-                .subject_revocation(tenant.id, &ctx.principal.subject)
-                .await?
-        }
-    };
-    let Some(rev) = revocation else {
-        return Ok(None);
-    };
+    match st
+        .store
+        .subject_revocation(tenant.id, &ctx.principal.subject)
+        .await?
+    {
+        Some(rev) => Ok(Some(
+            revoked_response(st, ctx, tenant.id, action, &rev).await,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// The KN-403 answer to a revoked subject, after writing its denied audit event.
+async fn revoked_response(
+    st: &AppState,
+    ctx: &Ctx,
+    tenant: TenantId,
+    action: &str,
+    rev: &SubjectRevocation,
+) -> Response {
     let mut ev = issuance_audit(
         ctx,
         action,
         "tenant",
-        tenant.id.to_string(),
+        tenant.to_string(),
         403,
-        json!({"subject": ctx.principal.subject, "tenantId": tenant.id, "reason": "subject revoked",
+        json!({"subject": ctx.principal.subject, "tenantId": tenant, "reason": "subject revoked",
                "revokedAt": rev.revoked_at.unix_timestamp(), "revokedBy": rev.revoked_by}),
     );
     ev.outcome = AuditOutcome::Denied;
@@ -606,24 +613,49 @@ async fn refuse_revoked(
         ErrorCode::Forbidden,
         format!(
             "the credentials of {:?} for tenant {} were revoked (by {:?}); no new kubeconfig or token is issued until a tenant owner or admin lifts it (POST /api/v1/tenants/{}/revoked-subjects:lift)",
-            ctx.principal.subject, tenant.id, rev.revoked_by, tenant.id
+            ctx.principal.subject, tenant, rev.revoked_by, tenant
         ),
     )
-    .with_details(json!({"subject": ctx.principal.subject, "tenantId": tenant.id,
+    .with_details(json!({"subject": ctx.principal.subject, "tenantId": tenant,
                          "revokedAt": rev.revoked_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()}))
     .into();
     let mut resp = err.into_response();
     resp.extensions_mut().insert(Audited);
-    Ok(Some(resp))
+    resp
 }
 
-/// A minted token with its claims (never logged).
-struct Minted {
-    token: String,
-    claims: Claims,
+/// Records an issuance (credential row + audit event, group commit) and checks, in the
+/// same transaction, that the tenant and project still exist and the subject is not
+/// revoked. `Ok(None)`: recorded, the token may be signed and handed out; `Ok(Some)`: the
+/// refusal to send instead (nothing was recorded, no token is signed).
+async fn commit_issuance(
+    st: &AppState,
+    ctx: &Ctx,
+    action: &str,
+    record: IssuedCredential,
+    ev: AuditEvent,
+) -> ApiResult<Option<Response>> {
+    let (tenant, project) = (record.tenant_id, record.project_id);
+    let outcome = st
+        .runtime
+        .credential_writer
+        .record(Arc::clone(&st.store), record, ev)
+        .await?;
+    match outcome {
+        CredentialOutcome::Recorded => Ok(None),
+        CredentialOutcome::SubjectRevoked(rev) => {
+            Ok(Some(revoked_response(st, ctx, tenant, action, &rev).await))
+        }
+        CredentialOutcome::TenantGone => Err(ApiError::not_found("tenant", tenant)),
+        CredentialOutcome::ProjectGone => match project {
+            Some(p) => Err(ApiError::not_found("project", p)),
+            None => Err(ApiError::not_found("tenant", tenant)),
+        },
+    }
 }
 
-async fn mint(
+/// The claims of a token about to be issued (nothing is signed yet).
+fn claims_for(
     st: &AppState,
     ctx: &Ctx,
     cluster: &Cluster,
@@ -631,8 +663,7 @@ async fn mint(
     project: Option<&Project>,
     role: AccessRole,
     ttl: time::Duration,
-) -> ApiResult<Minted> {
-    let keys = signing_keys(st).await?;
+) -> ApiResult<Claims> {
     let spec = TokenSpec {
         issuer: issuer(st)?,
         audience: cluster_audience(cluster.id),
@@ -642,37 +673,39 @@ async fn mint(
         role,
         ttl,
     };
-    let claims = Claims::new(&spec, OffsetDateTime::now_utc(), max_ttl(st))
-        .map_err(|e| kubeconfig_error(e, cluster))?;
-    let token = keys
-        .issue(&claims)
-        .map_err(|e| kubeconfig_error(e, cluster))?;
-    Ok(Minted { token, claims })
+    Claims::new(&spec, OffsetDateTime::now_utc(), max_ttl(st))
+        .map_err(|e| kubeconfig_error(e, cluster))
+}
+
+/// Signs recorded claims with the active key (the token is never logged).
+async fn sign(st: &AppState, claims: &Claims, cluster: &Cluster) -> ApiResult<String> {
+    let keys = signing_keys(st).await?;
+    keys.issue(claims).map_err(|e| kubeconfig_error(e, cluster))
 }
 
 fn credential_record(
     ctx: &Ctx,
-    m: &Minted,
+    claims: &Claims,
     cluster: &Cluster,
     tenant: &Tenant,
     project: Option<&Project>,
     role: AccessRole,
     mode: CredentialMode,
 ) -> ApiResult<IssuedCredential> {
-    let jti = Uuid::parse_str(&m.claims.jti)
+    let jti = Uuid::parse_str(&claims.jti)
         .map_err(|_| ApiError::from(KnError::internal("minted a token without a UUID jti")))?;
     Ok(IssuedCredential {
         jti,
         tenant_id: tenant.id,
         project_id: project.map(|p| p.id),
         cluster_id: cluster.id,
-        subject: m.claims.sub.clone(),
+        subject: claims.sub.clone(),
         role,
         mode,
         issued_by: ctx.principal.subject.clone(),
-        issued_at: OffsetDateTime::from_unix_timestamp(m.claims.iat)
+        issued_at: OffsetDateTime::from_unix_timestamp(claims.iat)
             .unwrap_or_else(|_| OffsetDateTime::now_utc()),
-        expires_at: m.claims.expires_at(),
+        expires_at: claims.expires_at(),
         revoked_at: None,
         revoked_by: None,
     })
@@ -709,9 +742,10 @@ fn no_store(resp: &mut Response) {
 
 /// Issues a tenant kubeconfig (`project` = `None`) or a project kubeconfig for the caller.
 ///
-/// Authorizes, refuses revoked subjects, needs the cluster's reported Capsule Proxy
-/// endpoint and CA, mints (token mode), records the credential and the audit event in one
-/// transaction, and answers YAML or JSON by `Accept`.
+/// Authorizes, needs the cluster's reported Capsule Proxy endpoint and CA, records the
+/// credential and the audit event (group commit, with the revocation and existence checks
+/// in the same transaction), and only then signs the token (token mode); answers YAML or
+/// JSON by `Accept`. A revoked subject gets KN-403 and no token is signed.
 pub async fn issue(
     st: &AppState,
     ctx: &Ctx,
@@ -720,68 +754,10 @@ pub async fn issue(
     project: Option<Project>,
     params: IssueParams,
 ) -> ApiResult<Response> {
-    issue_inner(st, ctx, headers, tenant, project, params, None).await
-}
-
-/// [`issue`] of a tenant kubeconfig from what [`tenant_context`] read in one round trip.
-pub async fn issue_for_tenant(
-    st: &AppState,
-    ctx: &Ctx,
-    headers: &HeaderMap,
-    read: IssuanceContext,
-    params: IssueParams,
-) -> ApiResult<Response> {
-    let IssuanceContext {
-        tenant,
-        cluster,
-        revocation,
-    } = read;
-    issue_inner(
-        st,
-        ctx,
-        headers,
-        tenant,
-        None,
-        params,
-        Some((cluster, revocation)),
-    )
-    .await
-}
-
-/// Loads a tenant by its raw path id (KN-400 / KN-404) together with its cluster and the
-/// caller's revocation, in one store round trip; no scope check (see [`authorize`]).
-pub async fn tenant_context(st: &AppState, ctx: &Ctx, raw: &str) -> ApiResult<IssuanceContext> {
-    let id: TenantId = parse_id("tenant", raw)?;
-    match st.store.issuance_context(id, &ctx.principal.subject).await {
-        Ok(read) => Ok(read),
-        Err(StoreError::NotFound { kind: "tenant", .. }) => Err(ApiError::not_found("tenant", id)),
-        Err(e) => Err(e.into()),
-    }
-}
-
-async fn issue_inner(
-    st: &AppState,
-    ctx: &Ctx,
-    headers: &HeaderMap,
-    tenant: Tenant,
-    project: Option<Project>,
-    params: IssueParams,
-    prefetched: Option<(Cluster, Option<SubjectRevocation>)>,
-) -> ApiResult<Response> {
     let project = project.as_ref();
     authorize(&ctx.principal, &tenant, project, params.role)?;
     check_subject(&ctx.principal.subject)?;
-    let (cluster, revocation) = match prefetched {
-        Some((c, r)) => (Some(c), Some(r)),
-        None => (None, None),
-    };
-    if let Some(resp) = refuse_revoked(st, ctx, &tenant, "kubeconfig.issue", revocation).await? {
-        return Ok(resp);
-    }
-    let cluster = match cluster {
-        Some(c) => c,
-        None => st.store.get_cluster(tenant.cluster_id).await?,
-    };
+    let cluster = st.store.get_cluster(tenant.cluster_id).await?;
     let Some(proxy) = cluster.proxy.clone() else {
         return Err(proxy_not_reported(&cluster));
     };
@@ -805,7 +781,7 @@ async fn issue_inner(
             role: params.role,
         },
     };
-    // Validate the cluster entry before minting anything.
+    // Validate the cluster entry before recording anything.
     let mut kubeconfig = request.build().map_err(|e| kubeconfig_error(e, &cluster))?;
     let mut details = scope_details(
         ctx,
@@ -816,14 +792,44 @@ async fn issue_inner(
         params.mode,
         params.ttl,
     );
-    let minted = match params.mode {
+    let status = 200;
+    let claims = match params.mode {
         CredentialMode::Token => {
-            let m = mint(st, ctx, &cluster, &tenant, project, params.role, params.ttl).await?;
-            request.credential = Credential::Token(m.token.clone());
+            let claims = claims_for(st, ctx, &cluster, &tenant, project, params.role, params.ttl)?;
+            let record = credential_record(
+                ctx,
+                &claims,
+                &cluster,
+                &tenant,
+                project,
+                params.role,
+                CredentialMode::Token,
+            )?;
+            details["jti"] = json!(claims.jti);
+            details["expiresAt"] = json!(claims.exp);
+            let ev = issuance_audit(
+                ctx,
+                "kubeconfig.issue",
+                "credential",
+                claims.jti.clone(),
+                status,
+                details,
+            );
+            // Group commit: batched with concurrent issuances into one transaction; the
+            // token is signed only once that transaction has recorded it.
+            if let Some(refused) = commit_issuance(st, ctx, "kubeconfig.issue", record, ev).await? {
+                return Ok(refused);
+            }
+            request.credential = Credential::Token(sign(st, &claims, &cluster).await?);
             kubeconfig = request.build().map_err(|e| kubeconfig_error(e, &cluster))?;
-            Some(m)
+            Some(claims)
         }
         CredentialMode::Exec => {
+            // No token in the file: refuse a revoked subject now (each refresh is checked
+            // again when the plugin asks for a token).
+            if let Some(resp) = refuse_revoked(st, ctx, &tenant, "kubeconfig.issue").await? {
+                return Ok(resp);
+            }
             // The plugin asks the manager by id (stable, unambiguous); names stay in the entries.
             let exec = kubenova_kubeconfig::exec_config_for_cluster(
                 &manager_url,
@@ -838,42 +844,6 @@ async fn issue_inner(
                 }
             }
             details["ttlSeconds"] = json!(null);
-            None
-        }
-    };
-    let yaml = kubeconfig
-        .to_yaml()
-        .map_err(|e| kubeconfig_error(e, &cluster))?;
-    let status = 200;
-    match &minted {
-        Some(m) => {
-            let record = credential_record(
-                ctx,
-                m,
-                &cluster,
-                &tenant,
-                project,
-                params.role,
-                CredentialMode::Token,
-            )?;
-            details["jti"] = json!(m.claims.jti);
-            details["expiresAt"] = json!(m.claims.exp);
-            let ev = issuance_audit(
-                ctx,
-                "kubeconfig.issue",
-                "credential",
-                m.claims.jti.clone(),
-                status,
-                details,
-            );
-            // Group commit: batched with concurrent issuances into one transaction; the
-            // response waits until that transaction has committed.
-            st.runtime
-                .credential_writer
-                .record(Arc::clone(&st.store), record, ev)
-                .await?;
-        }
-        None => {
             let id = project
                 .map(|p| p.id.to_string())
                 .unwrap_or_else(|| tenant.id.to_string());
@@ -890,8 +860,12 @@ async fn issue_inner(
                 details,
             );
             st.store.append_audit(&ev).await?;
+            None
         }
-    }
+    };
+    let yaml = kubeconfig
+        .to_yaml()
+        .map_err(|e| kubeconfig_error(e, &cluster))?;
     let name = request.name();
     let mut resp = if wants_yaml(headers) {
         let mut r = (
@@ -914,18 +888,17 @@ async fn issue_inner(
             mode: params.mode.as_str().to_string(),
             namespace,
             server: proxy.url.clone(),
-            jti: minted.as_ref().map(|m| m.claims.jti.clone()),
-            expires_at: minted.as_ref().map(|m| m.claims.expires_at()),
+            jti: claims.as_ref().map(|c| c.jti.clone()),
+            expires_at: claims.as_ref().map(|c| c.expires_at()),
             kubeconfig: yaml,
         };
         json_response(StatusCode::OK, &body, None, None, false)
     };
-    if let Some(m) = &minted {
-        if let Ok(v) = HeaderValue::from_str(&m.claims.jti) {
+    if let Some(c) = &claims {
+        if let Ok(v) = HeaderValue::from_str(&c.jti) {
             resp.headers_mut().insert(CREDENTIAL_ID_HEADER, v);
         }
-        let exp = m
-            .claims
+        let exp = c
             .expires_at()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
@@ -955,27 +928,33 @@ pub async fn tenant_by_id(st: &AppState, raw: &str) -> ApiResult<Tenant> {
 /// Most issuances written in one transaction.
 pub const MAX_COMMIT_BATCH: usize = 64;
 
+/// Most group-commit transactions in flight at once. One writer would serialize the
+/// commits (each waits for its fsync); a few in parallel overlap those waits, and the
+/// batches stay large under load because new writers start only when one is free.
+pub const MAX_COMMIT_WRITERS: usize = 4;
+
 struct CommitJob {
     store: Arc<dyn Store>,
     item: (IssuedCredential, AuditEvent),
-    done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+    done: tokio::sync::oneshot::Sender<Result<CredentialOutcome, StoreError>>,
 }
 
 #[derive(Default)]
 struct CommitQueue {
     jobs: std::collections::VecDeque<CommitJob>,
-    running: bool,
+    /// Writer tasks draining the queue (at most [`MAX_COMMIT_WRITERS`]).
+    running: usize,
 }
 
 /// Group commit of issued credentials and their audit events.
 ///
 /// Each issuance queues its credential row and audit event and waits for the commit of
-/// the transaction that carries them: nothing is acknowledged before it is durable. One
-/// writer task at a time drains the queue: it takes what is queued (up to
+/// the transaction that carries them: nothing is acknowledged before it is durable. Up to
+/// [`MAX_COMMIT_WRITERS`] writer tasks drain the queue: each takes what is queued (up to
 /// [`MAX_COMMIT_BATCH`]), writes it with [`Store::record_credentials`] in one
 /// transaction, answers every waiter, and repeats while issuances queued up during that
-/// commit. There is no timer: a lone issuance is committed at once, and under load the
-/// batch is whatever arrived while the previous commit ran. If a batch fails, its items
+/// commit. There is no timer: a lone issuance is committed at once, and under load a
+/// batch is whatever arrived while the other commits ran. If a batch fails, its items
 /// are retried one by one, so each waiter gets the outcome of its own row (one bad row
 /// cannot fail the others).
 #[derive(Default)]
@@ -998,13 +977,14 @@ impl CredentialWriter {
     }
 
     /// Records `credential` with its audit event; returns once the transaction holding
-    /// them has committed (or with the error that prevented it).
+    /// them has committed, with what it did ([`CredentialOutcome`]: recorded, or refused
+    /// by the checks made in that transaction), or with the error that prevented it.
     pub async fn record(
         self: &Arc<Self>,
         store: Arc<dyn Store>,
         credential: IssuedCredential,
         audit: AuditEvent,
-    ) -> Result<(), StoreError> {
+    ) -> Result<CredentialOutcome, StoreError> {
         let (done, wait) = tokio::sync::oneshot::channel();
         let start = {
             let mut q = self.lock();
@@ -1013,7 +993,11 @@ impl CredentialWriter {
                 item: (credential, audit),
                 done,
             });
-            !std::mem::replace(&mut q.running, true)
+            let start = q.running < MAX_COMMIT_WRITERS;
+            if start {
+                q.running += 1;
+            }
+            start
         };
         if start {
             // A task of its own: a client that goes away cannot cancel a commit that
@@ -1029,14 +1013,17 @@ impl CredentialWriter {
 
     async fn drain(self: Arc<Self>) {
         // If this task ends early (runtime shutdown, panic), let the next issuance start a
-        // new writer; queued waiters see their sender dropped and get an error.
+        // new writer; when it was the last writer, queued waiters see their sender
+        // dropped and get an error.
         struct Guard(Arc<CredentialWriter>, bool);
         impl Drop for Guard {
             fn drop(&mut self) {
                 if !self.1 {
                     let mut q = self.0.lock();
-                    q.running = false;
-                    q.jobs.clear();
+                    q.running = q.running.saturating_sub(1);
+                    if q.running == 0 {
+                        q.jobs.clear();
+                    }
                 }
             }
         }
@@ -1045,7 +1032,7 @@ impl CredentialWriter {
             let batch: Vec<CommitJob> = {
                 let mut q = self.lock();
                 let Some(first) = q.jobs.pop_front() else {
-                    q.running = false;
+                    q.running = q.running.saturating_sub(1);
                     guard.1 = true;
                     return;
                 };
@@ -1067,9 +1054,22 @@ impl CredentialWriter {
             let (items, dones): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|j| (j.item, j.done)).unzip();
             match store.record_credentials(&items).await {
-                Ok(()) => {
+                Ok(outcomes) if outcomes.len() == dones.len() => {
+                    for (d, o) in dones.into_iter().zip(outcomes) {
+                        let _ = d.send(Ok(o));
+                    }
+                }
+                Ok(outcomes) => {
+                    tracing::error!(
+                        batch = items.len(),
+                        answers = outcomes.len(),
+                        "the store answered a group commit with the wrong number of outcomes"
+                    );
                     for d in dones {
-                        let _ = d.send(Ok(()));
+                        let _ = d.send(Err(StoreError::Internal(
+                            "the store answered a group commit with the wrong number of outcomes"
+                                .into(),
+                        )));
                     }
                 }
                 Err(e) if items.len() == 1 => {
@@ -1080,7 +1080,16 @@ impl CredentialWriter {
                 Err(e) => {
                     tracing::warn!(error = %e, batch = items.len(), "a group commit of issued credentials failed; retrying its items one by one");
                     for (item, d) in items.into_iter().zip(dones) {
-                        let res = store.record_credentials(std::slice::from_ref(&item)).await;
+                        let res = store
+                            .record_credentials(std::slice::from_ref(&item))
+                            .await
+                            .and_then(|mut o| {
+                                o.pop().ok_or_else(|| {
+                                    StoreError::Internal(
+                                        "the store answered a commit without an outcome".into(),
+                                    )
+                                })
+                            });
                         let _ = d.send(res);
                     }
                 }
@@ -1186,14 +1195,11 @@ async fn exec_token(
     };
     authorize(&ctx.principal, &tenant, project.as_ref(), role)?;
     check_subject(&ctx.principal.subject)?;
-    if let Some(resp) = refuse_revoked(&st, &ctx, &tenant, "kubeconfig.token.issue", None).await? {
-        return Ok(resp);
-    }
     let cluster = st.store.get_cluster(tenant.cluster_id).await?;
-    let m = mint(&st, &ctx, &cluster, &tenant, project.as_ref(), role, ttl).await?;
+    let claims = claims_for(&st, &ctx, &cluster, &tenant, project.as_ref(), role, ttl)?;
     let record = credential_record(
         &ctx,
-        &m,
+        &claims,
         &cluster,
         &tenant,
         project.as_ref(),
@@ -1209,21 +1215,22 @@ async fn exec_token(
         CredentialMode::Exec,
         ttl,
     );
-    details["jti"] = json!(m.claims.jti);
-    details["expiresAt"] = json!(m.claims.exp);
+    details["jti"] = json!(claims.jti);
+    details["expiresAt"] = json!(claims.exp);
     let ev = issuance_audit(
         &ctx,
         "kubeconfig.token.issue",
         "credential",
-        m.claims.jti.clone(),
+        claims.jti.clone(),
         200,
         details,
     );
-    st.runtime
-        .credential_writer
-        .record(Arc::clone(&st.store), record, ev)
-        .await?;
-    let cred = ExecCredential::for_token(m.token, &m.claims);
+    // Recorded (and the revocation checked) before anything is signed.
+    if let Some(refused) = commit_issuance(&st, &ctx, "kubeconfig.token.issue", record, ev).await? {
+        return Ok(refused);
+    }
+    let token = sign(&st, &claims, &cluster).await?;
+    let cred = ExecCredential::for_token(token, &claims);
     let mut resp = json_response(StatusCode::OK, &cred, None, None, true);
     no_store(&mut resp);
     Ok(resp)

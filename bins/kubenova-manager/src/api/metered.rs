@@ -8,8 +8,9 @@ use kubenova_api::model::{
     App, AppRevision, AuditEvent, Cluster, ObjectStatus, Project, Tenant, UsageRecord, WorkflowRun,
 };
 use kubenova_store::{
-    AuditQuery, Change, CredentialQuery, Health, IdempotencyRecord, IssuanceContext,
-    IssuedCredential, ListParams, Page, Result, Store, SubjectRevocation, UsageQuery, WriteOptions,
+    AuditQuery, Change, CredentialOutcome, CredentialQuery, Health, IdempotencyRecord,
+    IssuanceContext, IssuedCredential, ListParams, Page, Result, Store, SubjectRevocation,
+    UsageQuery, WriteOptions,
 };
 use std::sync::Arc;
 use std::time::Instant;
@@ -34,6 +35,10 @@ macro_rules! metered {
     ($( fn $name:ident(&self $(, $arg:ident : $ty:ty)*) -> $ret:ty; )*) => {
         #[async_trait]
         impl Store for MeteredStore {
+            fn row_cache(&self) -> Option<Arc<kubenova_store::cache::RowCache>> {
+                self.inner.row_cache()
+            }
+
             $(
                 async fn $name(&self $(, $arg: $ty)*) -> $ret {
                     let started = Instant::now();
@@ -67,12 +72,14 @@ metered! {
     fn create_project(&self, project: &Project, opts: &WriteOptions<'_>) -> Result<()>;
     fn get_project(&self, id: ProjectId) -> Result<Project>;
     fn list_projects(&self, tenant: TenantId, params: &ListParams) -> Result<Page<Project>>;
+    fn list_cluster_projects(&self, cluster: ClusterId, params: &ListParams) -> Result<Page<Project>>;
     fn update_project(&self, project: &Project, expected_version: i64, opts: &WriteOptions<'_>) -> Result<()>;
     fn set_project_status(&self, id: ProjectId, status: &ObjectStatus) -> Result<Project>;
     fn delete_project(&self, id: ProjectId, cascade: bool, opts: &WriteOptions<'_>) -> Result<()>;
     fn create_app(&self, app: &App, first: &AppRevision, opts: &WriteOptions<'_>) -> Result<()>;
     fn get_app(&self, id: AppId) -> Result<App>;
     fn list_apps(&self, project: ProjectId, params: &ListParams) -> Result<Page<App>>;
+    fn list_cluster_apps(&self, cluster: ClusterId, params: &ListParams) -> Result<Page<App>>;
     fn update_app(&self, app: &App, expected_version: i64, new_revision: Option<&AppRevision>, opts: &WriteOptions<'_>) -> Result<()>;
     fn set_app_status(&self, id: AppId, status: &ObjectStatus, vela_phase: Option<&str>) -> Result<App>;
     fn delete_app(&self, id: AppId, opts: &WriteOptions<'_>) -> Result<()>;
@@ -102,5 +109,5 @@ metered! {
     fn list_subject_revocations(&self, tenant: TenantId, params: &ListParams) -> Result<Page<SubjectRevocation>>;
     fn lift_subject_revocation(&self, tenant: TenantId, subject: &str, opts: &WriteOptions<'_>) -> Result<bool>;
     fn issuance_context(&self, tenant: TenantId, subject: &str) -> Result<IssuanceContext>;
-    fn record_credentials(&self, items: &[(IssuedCredential, AuditEvent)]) -> Result<()>;
+    fn record_credentials(&self, items: &[(IssuedCredential, AuditEvent)]) -> Result<Vec<CredentialOutcome>>;
 }

@@ -1194,10 +1194,10 @@ async fn tenant_kubeconfig(
     uri: Uri,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let read = super::kubeconfigs::tenant_context(&st, &ctx, &t).await?;
+    let tenant = super::kubeconfigs::tenant_by_id(&st, &t).await?;
     let q: super::kubeconfigs::KubeconfigQuery = query(&uri)?;
     let params = q.params(&st)?;
-    super::kubeconfigs::issue_for_tenant(&st, &ctx, &headers, read, params).await
+    super::kubeconfigs::issue(&st, &ctx, &headers, tenant, None, params).await
 }
 
 /// Issues a tenant-scoped kubeconfig for the caller (JSON body `role`, `ttl`, `mode`).
@@ -1240,9 +1240,9 @@ async fn issue_tenant_kubeconfig(
     headers: HeaderMap,
     KnJson(body): KnJson<super::kubeconfigs::KubeconfigBody>,
 ) -> ApiResult<Response> {
-    let read = super::kubeconfigs::tenant_context(&st, &ctx, &t).await?;
+    let tenant = super::kubeconfigs::tenant_by_id(&st, &t).await?;
     let params = body.params(&st)?;
-    super::kubeconfigs::issue_for_tenant(&st, &ctx, &headers, read, params).await
+    super::kubeconfigs::issue(&st, &ctx, &headers, tenant, None, params).await
 }
 
 /// Exact `units × price / divisor` rounded half-up to 6 decimals, as a decimal string.

@@ -1,0 +1,164 @@
+//! The record cache across two "replicas" (two `PgStore`s on one Postgres schema, each
+//! with its own listener): reads are answered from memory only while the listener is
+//! connected, a write through one replica reaches the other's reads within a second, and a
+//! write through a replica is visible to its own next read at once.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod common;
+
+use common::*;
+use kubenova_api::model::*;
+use kubenova_store::notify::ChangeNotifier;
+use kubenova_store::*;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+async fn replica(schema: &str) -> (PgStore, Arc<ChangeNotifier>) {
+    let url = pg_url().unwrap();
+    let opts = sqlx::postgres::PgConnectOptions::from_str(&url)
+        .unwrap()
+        .options([("search_path", schema)]);
+    let store = PgStore::connect_with(opts, 4, keyring(&[("k1", 1)]))
+        .await
+        .unwrap();
+    let notifier = ChangeNotifier::new();
+    notifier.set_row_cache(store.row_cache().unwrap());
+    notifier.listen_postgres(url);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !store.row_cache().unwrap().is_enabled() {
+        assert!(
+            Instant::now() < deadline,
+            "the listener never enabled the cache"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    (store, notifier)
+}
+
+/// Polls `read` until `ok` holds (at most 1 s: the cross-replica bound).
+async fn within_a_second<T, F, Fut>(mut read: F, ok: impl Fn(&T) -> bool) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = T>,
+{
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let v = read().await;
+        if ok(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "change not visible within 1 s");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_replicas_share_a_consistent_cache() {
+    let Some(h) = postgres_with(keyring(&[("k1", 1)])).await else {
+        return;
+    };
+    let schema = h.pg_schema.clone().unwrap();
+    let (a, _na) = replica(&schema).await;
+    let (b, nb) = replica(&schema).await;
+    let none = WriteOptions::default();
+
+    let c = cluster("cache");
+    a.create_cluster(&c, b"apiVersion: v1\n", &none)
+        .await
+        .unwrap();
+    let t = tenant(c.id, "acme");
+    a.create_tenant(&t, &none).await.unwrap();
+    let p = project(&t, "web");
+    a.create_project(&p, &none).await.unwrap();
+
+    // B reads from the database once, then from memory.
+    let cache_b = b.row_cache().unwrap();
+    let before = cache_b.stats();
+    assert_eq!(b.get_tenant(t.id).await.unwrap(), t);
+    assert_eq!(b.get_tenant(t.id).await.unwrap(), t);
+    assert_eq!(b.get_project(p.id).await.unwrap(), p);
+    assert_eq!(b.get_project(p.id).await.unwrap(), p);
+    assert_eq!(b.get_cluster(c.id).await.unwrap(), c);
+    assert_eq!(b.get_cluster(c.id).await.unwrap(), c);
+    let after = cache_b.stats();
+    assert_eq!(after.misses - before.misses, 3);
+    assert_eq!(after.hits - before.hits, 3);
+
+    // A write through A reaches B's cached reads within a second.
+    let mut t2 = t.clone();
+    t2.labels.insert("team".into(), "blue".into());
+    t2.version += 1;
+    a.update_tenant(&t2, t.version, &none).await.unwrap();
+    let seen = within_a_second(
+        || b.get_tenant(t.id),
+        |r| r.as_ref().unwrap().version == t2.version,
+    )
+    .await;
+    assert_eq!(seen.unwrap(), t2);
+
+    // Operator-observed status (no desired-state change) too.
+    let status = ObjectStatus {
+        phase: Phase::Ready,
+        ..Default::default()
+    };
+    a.set_project_status(p.id, &status).await.unwrap();
+    let seen = within_a_second(
+        || b.get_project(p.id),
+        |r| r.as_ref().unwrap().status == status,
+    )
+    .await;
+    assert_eq!(seen.unwrap().status.phase, Phase::Ready);
+
+    let mut c2 = b.get_cluster(c.id).await.unwrap();
+    c2.labels.insert("region".into(), "eu".into());
+    c2.version += 1;
+    a.update_cluster(&c2, c.version, &none).await.unwrap();
+    let seen = within_a_second(
+        || b.get_cluster(c.id),
+        |r| r.as_ref().unwrap().labels.contains_key("region"),
+    )
+    .await;
+    assert_eq!(seen.unwrap(), c2);
+
+    // A replica's own write is visible to its next read at once (no notification needed).
+    let t3 = {
+        let mut t3 = b.get_tenant(t.id).await.unwrap();
+        t3.labels.insert("team".into(), "red".into());
+        t3.version += 1;
+        t3
+    };
+    b.update_tenant(&t3, t2.version, &none).await.unwrap();
+    assert_eq!(b.get_tenant(t.id).await.unwrap(), t3);
+
+    // Deletes: gone on the other replica within a second.
+    assert_eq!(b.get_project(p.id).await.unwrap().id, p.id);
+    a.delete_project(p.id, true, &none).await.unwrap();
+    let seen = within_a_second(
+        || b.get_project(p.id),
+        |r| matches!(r, Err(StoreError::NotFound { .. })),
+    )
+    .await;
+    assert!(seen.is_err());
+
+    // Without its listener, B answers from the database only.
+    drop(nb);
+    assert!(!cache_b.is_enabled());
+    assert!(cache_b.is_empty());
+    let before = cache_b.stats();
+    b.get_tenant(t.id).await.unwrap();
+    b.get_tenant(t.id).await.unwrap();
+    assert_eq!(cache_b.stats(), before);
+
+    a.pool().close().await;
+    b.pool().close().await;
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_never_caches() {
+    let h = sqlite_with(keyring(&[("k1", 1)])).await;
+    assert!(h.store.row_cache().is_none());
+    h.cleanup().await;
+}
