@@ -1,8 +1,9 @@
 //! `POST /clusters/{id}/bootstrap/operator` against the testkit API server: the stored
 //! kubeconfig is used once to apply the operator; the cluster goes `bootstrapping`, then
 //! `connected` on a heartbeat with the credential read back from the applied Secret;
-//! re-bootstrap rotates the credential; an unreachable API server gives status `error`
-//! with a condition naming it.
+//! re-bootstrap rotates the credential; a kubeconfig whose identity lacks rights (a 403
+//! injected by the testkit) and an unreachable API server give status `error` with a
+//! condition naming the cause.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use axum::body::Body;
@@ -186,6 +187,43 @@ async fn bootstrap_applies_the_operator_and_the_heartbeat_connects() {
     )
     .await;
     assert_eq!(s, StatusCode::OK);
+
+    // The kubeconfig's identity may not create cluster-wide RBAC: the bootstrap records an
+    // error whose condition names the refusal and the object.
+    let forbid = cluster.faults().inject(
+        kubenova_testkit::Fault::writes()
+            .resource("clusterroles")
+            .status(403),
+    );
+    let (s, r) = call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/clusters/{cid}/bootstrap/operator"),
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["status"], "failed");
+    assert_eq!(r["clusterStatus"], "error");
+    let message = r["message"].as_str().unwrap();
+    assert!(
+        message.contains("403") && message.contains("ClusterRole"),
+        "{r}"
+    );
+    let cond = r["cluster"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["type"] == "Bootstrapped")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (cond["status"].as_str(), cond["reason"].as_str()),
+        (Some("False"), Some("Forbidden"))
+    );
+    assert!(!r.to_string().contains(cluster.admin_token()));
+    cluster.faults().remove(forbid);
 
     // The API server goes away: the next bootstrap records an error naming the cause.
     cluster.shutdown().await;
