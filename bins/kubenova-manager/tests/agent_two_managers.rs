@@ -253,6 +253,35 @@ async fn scenario(url: String) {
         assert!(new_rev > rev);
         rev = new_rev;
     }
+
+    // Manager 1 listens on Postgres, so its record cache answers repeated reads.
+    for _ in 0..3 {
+        let r = http
+            .get(format!("{base1}/api/v1/clusters/{cid}"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let metrics = http
+        .get(format!("{base1}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("kubenova_store_cache_enabled 1"),
+        "{metrics}"
+    );
+    let hits: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kubenova_store_cache_hits_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_default();
+    assert!(hits >= 2, "{metrics}");
     drop(m2);
     drop(m1);
 }

@@ -197,6 +197,8 @@ pub struct Runtime {
     pub store_errors: Family<StoreLabels, Counter>,
     /// `kubenova_audit_write_failures_total`.
     pub audit_failures: Counter,
+    /// The store's record cache, read at each scrape ([`Runtime::observe_cache`]).
+    cache: CacheMetrics,
     /// Per-route handles of `http_requests` and `http_latency` (see [`Runtime::observe_http`]).
     route_metrics: std::sync::RwLock<HashMap<Box<str>, Vec<RouteMetric>>>,
     /// Group commit of issued kubeconfig credentials and their audit events.
@@ -205,6 +207,16 @@ pub struct Runtime {
     ip_limiter: Option<DefaultKeyedRateLimiter<String>>,
     checks: AtomicU64,
     body_limit: usize,
+}
+
+/// `kubenova_store_cache_*`: the record cache, copied at each scrape.
+#[derive(Default)]
+struct CacheMetrics {
+    enabled: Gauge,
+    entries: Gauge,
+    hits: Counter,
+    misses: Counter,
+    invalidations: Counter,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -272,6 +284,32 @@ impl Runtime {
             "Audit events that could not be written to the store",
             audit_failures.clone(),
         );
+        let cache = CacheMetrics::default();
+        registry.register(
+            "store_cache_enabled",
+            "1 while the record cache may answer reads (Postgres, change listener connected), else 0",
+            cache.enabled.clone(),
+        );
+        registry.register(
+            "store_cache_entries",
+            "Records held by the record cache",
+            cache.entries.clone(),
+        );
+        registry.register(
+            "store_cache_hits",
+            "Point reads answered by the record cache",
+            cache.hits.clone(),
+        );
+        registry.register(
+            "store_cache_misses",
+            "Point reads that went to the database while the record cache was enabled",
+            cache.misses.clone(),
+        );
+        registry.register(
+            "store_cache_invalidations",
+            "Record cache entries dropped by writes and change notifications",
+            cache.invalidations.clone(),
+        );
         Self {
             registry,
             http_requests,
@@ -281,12 +319,37 @@ impl Runtime {
             store_latency,
             store_errors,
             audit_failures,
+            cache,
             route_metrics: Default::default(),
             credential_writer: Default::default(),
             subject_limiter: limiter(cfg.rate_limit_subject_rps, cfg.rate_limit_subject_burst),
             ip_limiter: limiter(cfg.rate_limit_ip_rps, cfg.rate_limit_ip_burst),
             checks: AtomicU64::new(0),
             body_limit: cfg.body_limit,
+        }
+    }
+
+    /// Copies the record cache's state into the `kubenova_store_cache_*` metrics
+    /// (`None`: a store without one, e.g. SQLite: enabled 0).
+    pub fn observe_cache(&self, cache: Option<&kubenova_store::cache::RowCache>) {
+        let Some(cache) = cache else {
+            self.cache.enabled.set(0);
+            return;
+        };
+        let stats = cache.stats();
+        self.cache.enabled.set(i64::from(cache.is_enabled()));
+        self.cache
+            .entries
+            .set(i64::try_from(cache.len()).unwrap_or(i64::MAX));
+        for (counter, value) in [
+            (&self.cache.hits, stats.hits),
+            (&self.cache.misses, stats.misses),
+            (&self.cache.invalidations, stats.invalidations),
+        ] {
+            let seen = counter.get();
+            if value > seen {
+                counter.inc_by(value - seen);
+            }
         }
     }
 
@@ -434,6 +497,9 @@ pub fn apply(
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    state
+        .runtime
+        .observe_cache(state.store.row_cache().as_deref());
     (
         [(
             header::CONTENT_TYPE,
