@@ -331,22 +331,7 @@ pub trait Store: Send + Sync + 'static {
         opts: &WriteOptions<'_>,
     ) -> Result<bool>;
 
-    // ---- kubeconfig issuance fast paths (additive; defaults use the calls above) -------
-    /// What issuing a tenant kubeconfig to `subject` reads: the tenant, its cluster and
-    /// the subject's revocation for the tenant. The SQL stores read all three in one
-    /// statement (one round trip, one snapshot); the default makes the three calls.
-    /// `NotFound` (kind `tenant`) when the tenant does not exist.
-    async fn issuance_context(&self, tenant: TenantId, subject: &str) -> Result<IssuanceContext> {
-        let tenant = self.get_tenant(tenant).await?;
-        let cluster = self.get_cluster(tenant.cluster_id).await?;
-        let revocation = self.subject_revocation(tenant.id, subject).await?;
-        Ok(IssuanceContext {
-            tenant,
-            cluster,
-            revocation,
-        })
-    }
-
+    // ---- kubeconfig issuance ---------------------------------------------------------
     /// Records several issued credentials, each with its audit event (group commit of
     /// concurrent issuances), after checking **in the same transaction** that each
     /// credential's tenant (and project) still exists and that its subject is not revoked

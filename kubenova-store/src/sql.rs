@@ -1362,38 +1362,6 @@ macro_rules! sql_backend {
                 }))
             }
 
-            async fn issuance_context(&self, tenant: TenantId, subject: &str) -> Result<IssuanceContext> {
-                check_filter_text(&[("subject", Some(subject))])?;
-                // One statement, one snapshot: the tenant, its cluster and the revocation.
-                let row = sqlx::query(
-                    "SELECT t.doc AS tenant_doc, c.doc AS cluster_doc, r.revoked_at, r.revoked_by \
-                     FROM tenants t LEFT JOIN clusters c ON c.id = t.cluster_id \
-                     LEFT JOIN revoked_subjects r ON r.tenant_id = t.id AND r.subject = $2 \
-                     WHERE t.id = $1",
-                )
-                .bind(tenant.0)
-                .bind(subject)
-                .fetch_optional(&self.pool)
-                .await?;
-                let Some(row) = row else {
-                    return Err(StoreError::NotFound { kind: "tenant", id: tenant.to_string() });
-                };
-                let t: Tenant = row.try_get::<Json<Tenant>, _>("tenant_doc")?.0;
-                let Some(Json(cluster)) = row.try_get::<Option<Json<Cluster>>, _>("cluster_doc")? else {
-                    return Err(StoreError::NotFound { kind: "cluster", id: t.cluster_id.to_string() });
-                };
-                let revocation = match row.try_get::<Option<i64>, _>("revoked_at")? {
-                    Some(at) => Some(SubjectRevocation {
-                        tenant_id: tenant,
-                        subject: subject.to_string(),
-                        revoked_at: from_micros(at),
-                        revoked_by: row.try_get("revoked_by")?,
-                    }),
-                    None => None,
-                };
-                Ok(IssuanceContext { tenant: t, cluster, revocation })
-            }
-
             async fn record_credentials(&self, items: &[(IssuedCredential, AuditEvent)]) -> Result<Vec<CredentialOutcome>> {
                 if items.is_empty() {
                     return Ok(Vec::new());

@@ -373,14 +373,3 @@ pub enum CredentialOutcome {
     /// Refused: the project no longer exists or is not the tenant's (nothing was written).
     ProjectGone,
 }
-
-/// What kubeconfig issuance reads about a tenant ([`crate::Store::issuance_context`]).
-#[derive(Debug, Clone)]
-pub struct IssuanceContext {
-    /// The tenant.
-    pub tenant: kubenova_api::model::Tenant,
-    /// The tenant's cluster.
-    pub cluster: kubenova_api::model::Cluster,
-    /// The caller's revocation for the tenant, if revoked.
-    pub revocation: Option<SubjectRevocation>,
-}

@@ -9,8 +9,7 @@ use kubenova_api::model::{
 };
 use kubenova_store::{
     AuditQuery, Change, CredentialOutcome, CredentialQuery, Health, IdempotencyRecord,
-    IssuanceContext, IssuedCredential, ListParams, Page, Result, Store, SubjectRevocation,
-    UsageQuery, WriteOptions,
+    IssuedCredential, ListParams, Page, Result, Store, SubjectRevocation, UsageQuery, WriteOptions,
 };
 use std::sync::Arc;
 use std::time::Instant;
@@ -108,6 +107,5 @@ metered! {
     fn subject_revocation(&self, tenant: TenantId, subject: &str) -> Result<Option<SubjectRevocation>>;
     fn list_subject_revocations(&self, tenant: TenantId, params: &ListParams) -> Result<Page<SubjectRevocation>>;
     fn lift_subject_revocation(&self, tenant: TenantId, subject: &str, opts: &WriteOptions<'_>) -> Result<bool>;
-    fn issuance_context(&self, tenant: TenantId, subject: &str) -> Result<IssuanceContext>;
     fn record_credentials(&self, items: &[(IssuedCredential, AuditEvent)]) -> Result<Vec<CredentialOutcome>>;
 }
