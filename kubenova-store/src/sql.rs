@@ -1369,159 +1369,7 @@ macro_rules! sql_backend {
                 for (c, _) in items {
                     check_filter_text(&[("subject", Some(&c.subject)), ("issuedBy", Some(&c.issued_by))])?;
                 }
-                let mut tx = self.pool.begin().await?;
-                // The checks run in the transaction that writes. Postgres: each tenant's
-                // issuance lock is held in share mode until the commit, so a concurrent
-                // revocation or delete of the tenant (which takes it exclusively) waits for
-                // us or we for it; SQLite: one connection, transactions never interleave.
-                let mut tenant_ids: Vec<Uuid> = items.iter().map(|(c, _)| c.tenant_id.0).collect();
-                tenant_ids.sort_unstable();
-                tenant_ids.dedup();
-                if $backend == "postgres" {
-                    let mut keys: Vec<i32> = tenant_ids.iter().map(|t| issuance_lock_key(*t)).collect();
-                    keys.sort_unstable();
-                    keys.dedup();
-                    let mut q = sqlx::QueryBuilder::<$Db>::new("SELECT ");
-                    let mut list = q.separated(", ");
-                    for k in &keys {
-                        list.push("pg_advisory_xact_lock_shared(");
-                        list.push_bind_unseparated(ISSUANCE_LOCK_CLASS);
-                        list.push_unseparated(", ");
-                        list.push_bind_unseparated(*k);
-                        list.push_unseparated(")");
-                    }
-                    q.build().persistent(false).execute(&mut *tx).await?;
-                }
-                // ... the tenants that still exist ...
-                let mut q = sqlx::QueryBuilder::<$Db>::new("SELECT id FROM tenants WHERE id IN (");
-                let mut list = q.separated(", ");
-                for id in &tenant_ids {
-                    list.push_bind(*id);
-                }
-                q.push(")");
-                let live: std::collections::HashSet<Uuid> = q
-                    .build()
-                    .persistent(false)
-                    .fetch_all(&mut *tx)
-                    .await?
-                    .iter()
-                    .map(|r| r.try_get::<Uuid, _>("id"))
-                    .collect::<std::result::Result<_, _>>()?;
-                // ... the projects that still exist, with their tenant ...
-                let mut project_ids: Vec<Uuid> = items.iter().filter_map(|(c, _)| c.project_id.map(|p| p.0)).collect();
-                project_ids.sort_unstable();
-                project_ids.dedup();
-                let mut projects: HashMap<Uuid, Uuid> = HashMap::new();
-                if !project_ids.is_empty() {
-                    let mut q = sqlx::QueryBuilder::<$Db>::new("SELECT id, tenant_id FROM projects WHERE id IN (");
-                    let mut list = q.separated(", ");
-                    for id in &project_ids {
-                        list.push_bind(*id);
-                    }
-                    q.push(")");
-                    for r in q.build().persistent(false).fetch_all(&mut *tx).await? {
-                        projects.insert(r.try_get("id")?, r.try_get("tenant_id")?);
-                    }
-                }
-                // ... and the revocations of the batch's (tenant, subject) pairs, read after
-                // the lock, so a revocation committed before it is seen.
-                let mut q = sqlx::QueryBuilder::<$Db>::new(
-                    "SELECT tenant_id, subject, revoked_at, revoked_by FROM revoked_subjects WHERE tenant_id IN (",
-                );
-                let mut list = q.separated(", ");
-                for id in &tenant_ids {
-                    list.push_bind(*id);
-                }
-                q.push(") AND subject IN (");
-                let mut subjects: Vec<&str> = items.iter().map(|(c, _)| c.subject.as_str()).collect();
-                subjects.sort_unstable();
-                subjects.dedup();
-                let mut list = q.separated(", ");
-                for s in &subjects {
-                    list.push_bind(*s);
-                }
-                q.push(")");
-                let mut revoked: HashMap<(Uuid, String), SubjectRevocation> = HashMap::new();
-                for r in q.build().persistent(false).fetch_all(&mut *tx).await? {
-                    let tenant: Uuid = r.try_get("tenant_id")?;
-                    let subject: String = r.try_get("subject")?;
-                    revoked.insert(
-                        (tenant, subject.clone()),
-                        SubjectRevocation {
-                            tenant_id: TenantId(tenant),
-                            subject,
-                            revoked_at: from_micros(r.try_get("revoked_at")?),
-                            revoked_by: r.try_get("revoked_by")?,
-                        },
-                    );
-                }
-                let mut outcomes = Vec::with_capacity(items.len());
-                for (c, _) in items {
-                    let outcome = if !live.contains(&c.tenant_id.0) {
-                        CredentialOutcome::TenantGone
-                    } else if c.project_id.is_some_and(|p| projects.get(&p.0) != Some(&c.tenant_id.0)) {
-                        CredentialOutcome::ProjectGone
-                    } else if let Some(rev) = revoked.get(&(c.tenant_id.0, c.subject.clone())) {
-                        CredentialOutcome::SubjectRevoked(rev.clone())
-                    } else {
-                        CredentialOutcome::Recorded
-                    };
-                    outcomes.push(outcome);
-                }
-                let items: Vec<&(IssuedCredential, AuditEvent)> = items
-                    .iter()
-                    .zip(&outcomes)
-                    .filter(|(_, o)| **o == CredentialOutcome::Recorded)
-                    .map(|(item, _)| item)
-                    .collect();
-                if items.is_empty() {
-                    tx.commit().await?;
-                    return Ok(outcomes);
-                }
-                let mut audit_outcomes = Vec::with_capacity(items.len());
-                for (_, ev) in &items {
-                    audit_outcomes.push(serde_json::to_value(ev.outcome)?);
-                }
-                let mut creds = sqlx::QueryBuilder::<$Db>::new(
-                    "INSERT INTO issued_credentials (jti, tenant_id, project_id, cluster_id, subject, role, mode, issued_by, \
-                     issued_at, expires_at, revoked_at, revoked_by) ",
-                );
-                creds.push_values(&items, |mut b, (c, _)| {
-                    b.push_bind(c.jti)
-                        .push_bind(c.tenant_id.0)
-                        .push_bind(c.project_id.map(|p| p.0))
-                        .push_bind(c.cluster_id.0)
-                        .push_bind(&c.subject)
-                        .push_bind(c.role.as_str())
-                        .push_bind(c.mode.as_str())
-                        .push_bind(&c.issued_by)
-                        .push_bind(to_micros(c.issued_at))
-                        .push_bind(to_micros(c.expires_at))
-                        .push_bind(c.revoked_at.map(to_micros))
-                        .push_bind(&c.revoked_by);
-                });
-                creds
-                    .build()
-                    .persistent(false)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| unique(e.into(), || "a credential with one of these jtis already exists".to_string()))?;
-                let mut audits = sqlx::QueryBuilder::<$Db>::new(
-                    "INSERT INTO audit_events (id, at, actor, action, resource_kind, resource_id, outcome, doc) ",
-                );
-                audits.push_values(items.iter().zip(&audit_outcomes), |mut b, ((_, ev), outcome)| {
-                    b.push_bind(ev.id.0)
-                        .push_bind(to_micros(ev.at))
-                        .push_bind(&ev.actor)
-                        .push_bind(&ev.action)
-                        .push_bind(&ev.resource_kind)
-                        .push_bind(&ev.resource_id)
-                        .push_bind(outcome.as_str().unwrap_or_default())
-                        .push_bind(Json(ev));
-                });
-                audits.build().persistent(false).execute(&mut *tx).await?;
-                tx.commit().await?;
-                Ok(outcomes)
+                self.record_credential_batch(items).await
             }
 
             async fn list_subject_revocations(&self, tenant: TenantId, params: &ListParams) -> Result<Page<SubjectRevocation>> {
@@ -1722,6 +1570,337 @@ impl SqliteStore {
         let store = Self::from_pool(pool, keyring);
         store.migrate().await?;
         Ok(store)
+    }
+}
+
+/// The Postgres statement of [`PgStore::record_credential_batch`]: checks every issuance of
+/// the batch (tenant and project exist, subject not revoked) and writes the credential row
+/// and audit event of each one that passes, in one statement with one plan (prepared once
+/// per connection: the batch travels as arrays, so the text does not depend on its size).
+/// Answers one row per input, in input order.
+const RECORD_CREDENTIALS_PG: &str = "\
+WITH i AS (
+    SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[],
+                         $8::text[], $9::int8[], $10::int8[], $11::int8[], $12::text[],
+                         $13::uuid[], $14::int8[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[],
+                         $20::text[])
+        WITH ORDINALITY AS i(jti, tenant_id, project_id, cluster_id, subject, role, mode,
+                             issued_by, issued_at, expires_at, revoked_at, revoked_by,
+                             audit_id, audit_at, actor, action, resource_kind, resource_id, outcome,
+                             doc, n)
+), c AS (
+    SELECT i.*, t.id IS NULL AS tenant_gone,
+           i.project_id IS NOT NULL AND p.id IS NULL AS project_gone,
+           r.revoked_at AS subject_revoked_at, r.revoked_by AS subject_revoked_by
+    FROM i
+    LEFT JOIN tenants t ON t.id = i.tenant_id
+    LEFT JOIN projects p ON p.id = i.project_id AND p.tenant_id = i.tenant_id
+    LEFT JOIN revoked_subjects r ON r.tenant_id = i.tenant_id AND r.subject = i.subject
+), ok AS (
+    SELECT * FROM c WHERE NOT tenant_gone AND NOT project_gone AND subject_revoked_at IS NULL
+), creds AS (
+    INSERT INTO issued_credentials (jti, tenant_id, project_id, cluster_id, subject, role, mode,
+                                    issued_by, issued_at, expires_at, revoked_at, revoked_by)
+    SELECT jti, tenant_id, project_id, cluster_id, subject, role, mode,
+           issued_by, issued_at, expires_at, revoked_at, revoked_by FROM ok
+), audits AS (
+    INSERT INTO audit_events (id, at, actor, action, resource_kind, resource_id, outcome, doc)
+    SELECT audit_id, audit_at, actor, action, resource_kind, resource_id, outcome, doc::jsonb FROM ok
+)
+SELECT tenant_gone, project_gone, subject_revoked_at, subject_revoked_by FROM c ORDER BY n";
+
+impl PgStore {
+    /// [`Store::record_credentials`] on Postgres in three round trips: `BEGIN` with the
+    /// tenants' issuance locks (share mode, one simple query), the one statement
+    /// [`RECORD_CREDENTIALS_PG`] that checks and writes, and `COMMIT`.
+    ///
+    /// The locks are taken by a statement of their own, before the checking statement:
+    /// a statement reads the snapshot taken when it starts, so a revocation that commits
+    /// while the locks are awaited is seen only by a later statement. A revocation or
+    /// tenant delete takes its tenant's lock exclusively, so it commits either before the
+    /// checks read or after this commit.
+    async fn record_credential_batch(
+        &self,
+        items: &[(IssuedCredential, AuditEvent)],
+    ) -> Result<Vec<CredentialOutcome>> {
+        let mut keys: Vec<i32> = items
+            .iter()
+            .map(|(c, _)| issuance_lock_key(c.tenant_id.0))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        // Only integers are formatted into this text (the lock class and keys).
+        let mut begin = String::from("BEGIN; SELECT ");
+        for (n, k) in keys.iter().enumerate() {
+            if n > 0 {
+                begin.push_str(", ");
+            }
+            begin.push_str(&format!(
+                "pg_advisory_xact_lock_shared({ISSUANCE_LOCK_CLASS}, {k})"
+            ));
+        }
+        let mut tx = self.pool.begin_with(begin).await?;
+        let mut docs = Vec::with_capacity(items.len());
+        let mut outcomes = Vec::with_capacity(items.len());
+        for (_, ev) in items {
+            docs.push(serde_json::to_string(ev)?);
+            outcomes.push(
+                serde_json::to_value(ev.outcome)?
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+        }
+        let col = |f: fn(&IssuedCredential, &AuditEvent) -> Option<Uuid>| -> Vec<Option<Uuid>> {
+            items.iter().map(|(c, e)| f(c, e)).collect()
+        };
+        let text = |f: fn(&IssuedCredential, &AuditEvent) -> String| -> Vec<String> {
+            items.iter().map(|(c, e)| f(c, e)).collect()
+        };
+        let rows = sqlx::query(RECORD_CREDENTIALS_PG)
+            .bind(col(|c, _| Some(c.jti)))
+            .bind(col(|c, _| Some(c.tenant_id.0)))
+            .bind(col(|c, _| c.project_id.map(|p| p.0)))
+            .bind(col(|c, _| Some(c.cluster_id.0)))
+            .bind(text(|c, _| c.subject.clone()))
+            .bind(text(|c, _| c.role.as_str().to_string()))
+            .bind(text(|c, _| c.mode.as_str().to_string()))
+            .bind(text(|c, _| c.issued_by.clone()))
+            .bind(
+                items
+                    .iter()
+                    .map(|(c, _)| to_micros(c.issued_at))
+                    .collect::<Vec<i64>>(),
+            )
+            .bind(
+                items
+                    .iter()
+                    .map(|(c, _)| to_micros(c.expires_at))
+                    .collect::<Vec<i64>>(),
+            )
+            .bind(
+                items
+                    .iter()
+                    .map(|(c, _)| c.revoked_at.map(to_micros))
+                    .collect::<Vec<Option<i64>>>(),
+            )
+            .bind(
+                items
+                    .iter()
+                    .map(|(c, _)| c.revoked_by.clone())
+                    .collect::<Vec<Option<String>>>(),
+            )
+            .bind(col(|_, e| Some(e.id.0)))
+            .bind(
+                items
+                    .iter()
+                    .map(|(_, e)| to_micros(e.at))
+                    .collect::<Vec<i64>>(),
+            )
+            .bind(text(|_, e| e.actor.clone()))
+            .bind(text(|_, e| e.action.clone()))
+            .bind(text(|_, e| e.resource_kind.clone()))
+            .bind(text(|_, e| e.resource_id.clone()))
+            .bind(outcomes)
+            .bind(docs)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| {
+                unique(e.into(), || {
+                    "a credential with one of these jtis already exists".to_string()
+                })
+            })?;
+        if rows.len() != items.len() {
+            return Err(StoreError::Internal(format!(
+                "the issuance statement answered {} rows for {} issuances",
+                rows.len(),
+                items.len()
+            )));
+        }
+        let mut answers = Vec::with_capacity(items.len());
+        for ((c, _), r) in items.iter().zip(&rows) {
+            let outcome = if r.try_get::<bool, _>("tenant_gone")? {
+                CredentialOutcome::TenantGone
+            } else if r.try_get::<bool, _>("project_gone")? {
+                CredentialOutcome::ProjectGone
+            } else if let Some(at) = r.try_get::<Option<i64>, _>("subject_revoked_at")? {
+                CredentialOutcome::SubjectRevoked(SubjectRevocation {
+                    tenant_id: c.tenant_id,
+                    subject: c.subject.clone(),
+                    revoked_at: from_micros(at),
+                    revoked_by: r
+                        .try_get::<Option<String>, _>("subject_revoked_by")?
+                        .unwrap_or_default(),
+                })
+            } else {
+                CredentialOutcome::Recorded
+            };
+            answers.push(outcome);
+        }
+        tx.commit().await?;
+        Ok(answers)
+    }
+}
+
+impl SqliteStore {
+    /// [`Store::record_credentials`] on SQLite: reads the tenants, projects and
+    /// revocations of the batch, then writes the rows of the issuances that pass.
+    async fn record_credential_batch(
+        &self,
+        items: &[(IssuedCredential, AuditEvent)],
+    ) -> Result<Vec<CredentialOutcome>> {
+        let mut tx = self.pool.begin().await?;
+        // The checks run in the transaction that writes; SQLite transactions never
+        // interleave (one connection), so a revocation or tenant delete commits
+        // either before these reads or after this commit.
+        let mut tenant_ids: Vec<Uuid> = items.iter().map(|(c, _)| c.tenant_id.0).collect();
+        tenant_ids.sort_unstable();
+        tenant_ids.dedup();
+        // ... the tenants that still exist ...
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new("SELECT id FROM tenants WHERE id IN (");
+        let mut list = q.separated(", ");
+        for id in &tenant_ids {
+            list.push_bind(*id);
+        }
+        q.push(")");
+        let live: std::collections::HashSet<Uuid> = q
+            .build()
+            .persistent(false)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| r.try_get::<Uuid, _>("id"))
+            .collect::<std::result::Result<_, _>>()?;
+        // ... the projects that still exist, with their tenant ...
+        let mut project_ids: Vec<Uuid> = items
+            .iter()
+            .filter_map(|(c, _)| c.project_id.map(|p| p.0))
+            .collect();
+        project_ids.sort_unstable();
+        project_ids.dedup();
+        let mut projects: HashMap<Uuid, Uuid> = HashMap::new();
+        if !project_ids.is_empty() {
+            let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "SELECT id, tenant_id FROM projects WHERE id IN (",
+            );
+            let mut list = q.separated(", ");
+            for id in &project_ids {
+                list.push_bind(*id);
+            }
+            q.push(")");
+            for r in q.build().persistent(false).fetch_all(&mut *tx).await? {
+                projects.insert(r.try_get("id")?, r.try_get("tenant_id")?);
+            }
+        }
+        // ... and the revocations of the batch's (tenant, subject) pairs, read after
+        // the lock, so a revocation committed before it is seen.
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "SELECT tenant_id, subject, revoked_at, revoked_by FROM revoked_subjects WHERE tenant_id IN (",
+        );
+        let mut list = q.separated(", ");
+        for id in &tenant_ids {
+            list.push_bind(*id);
+        }
+        q.push(") AND subject IN (");
+        let mut subjects: Vec<&str> = items.iter().map(|(c, _)| c.subject.as_str()).collect();
+        subjects.sort_unstable();
+        subjects.dedup();
+        let mut list = q.separated(", ");
+        for s in &subjects {
+            list.push_bind(*s);
+        }
+        q.push(")");
+        let mut revoked: HashMap<(Uuid, String), SubjectRevocation> = HashMap::new();
+        for r in q.build().persistent(false).fetch_all(&mut *tx).await? {
+            let tenant: Uuid = r.try_get("tenant_id")?;
+            let subject: String = r.try_get("subject")?;
+            revoked.insert(
+                (tenant, subject.clone()),
+                SubjectRevocation {
+                    tenant_id: TenantId(tenant),
+                    subject,
+                    revoked_at: from_micros(r.try_get("revoked_at")?),
+                    revoked_by: r.try_get("revoked_by")?,
+                },
+            );
+        }
+        let mut outcomes = Vec::with_capacity(items.len());
+        for (c, _) in items {
+            let outcome = if !live.contains(&c.tenant_id.0) {
+                CredentialOutcome::TenantGone
+            } else if c
+                .project_id
+                .is_some_and(|p| projects.get(&p.0) != Some(&c.tenant_id.0))
+            {
+                CredentialOutcome::ProjectGone
+            } else if let Some(rev) = revoked.get(&(c.tenant_id.0, c.subject.clone())) {
+                CredentialOutcome::SubjectRevoked(rev.clone())
+            } else {
+                CredentialOutcome::Recorded
+            };
+            outcomes.push(outcome);
+        }
+        let items: Vec<&(IssuedCredential, AuditEvent)> = items
+            .iter()
+            .zip(&outcomes)
+            .filter(|(_, o)| **o == CredentialOutcome::Recorded)
+            .map(|(item, _)| item)
+            .collect();
+        if items.is_empty() {
+            tx.commit().await?;
+            return Ok(outcomes);
+        }
+        let mut audit_outcomes = Vec::with_capacity(items.len());
+        for (_, ev) in &items {
+            audit_outcomes.push(serde_json::to_value(ev.outcome)?);
+        }
+        let mut creds = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO issued_credentials (jti, tenant_id, project_id, cluster_id, subject, role, mode, issued_by, \
+             issued_at, expires_at, revoked_at, revoked_by) ",
+        );
+        creds.push_values(&items, |mut b, (c, _)| {
+            b.push_bind(c.jti)
+                .push_bind(c.tenant_id.0)
+                .push_bind(c.project_id.map(|p| p.0))
+                .push_bind(c.cluster_id.0)
+                .push_bind(&c.subject)
+                .push_bind(c.role.as_str())
+                .push_bind(c.mode.as_str())
+                .push_bind(&c.issued_by)
+                .push_bind(to_micros(c.issued_at))
+                .push_bind(to_micros(c.expires_at))
+                .push_bind(c.revoked_at.map(to_micros))
+                .push_bind(&c.revoked_by);
+        });
+        creds
+            .build()
+            .persistent(false)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| {
+                unique(e.into(), || {
+                    "a credential with one of these jtis already exists".to_string()
+                })
+            })?;
+        let mut audits = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO audit_events (id, at, actor, action, resource_kind, resource_id, outcome, doc) ",
+        );
+        audits.push_values(
+            items.iter().zip(&audit_outcomes),
+            |mut b, ((_, ev), outcome)| {
+                b.push_bind(ev.id.0)
+                    .push_bind(to_micros(ev.at))
+                    .push_bind(&ev.actor)
+                    .push_bind(&ev.action)
+                    .push_bind(&ev.resource_kind)
+                    .push_bind(&ev.resource_id)
+                    .push_bind(outcome.as_str().unwrap_or_default())
+                    .push_bind(Json(ev));
+            },
+        );
+        audits.build().persistent(false).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(outcomes)
     }
 }
 
