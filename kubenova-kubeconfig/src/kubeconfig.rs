@@ -327,6 +327,18 @@ pub trait KubeconfigExt {
     /// `true` when any cluster entry sets `insecure-skip-tls-verify` or lacks CA data.
     /// Kubeconfigs built by this crate never do.
     fn is_insecure(&self) -> bool;
+    /// Makes every user entry authenticate with the bearer `token` (replacing an exec
+    /// stanza or an earlier token), e.g. to fill in a token signed after the kubeconfig
+    /// was built and validated. An empty token is an error and changes nothing.
+    ///
+    /// ```
+    /// use kubenova_kubeconfig::{Kubeconfig, KubeconfigExt};
+    /// let mut kc: Kubeconfig = serde_yaml::from_str("users:\n- name: u\n  user: {}\n").unwrap();
+    /// kc.set_token("eyJhbGciOiJFUzI1NiJ9.e30.sig").unwrap();
+    /// assert!(kc.auth_infos[0].auth_info.as_ref().unwrap().token.is_some());
+    /// assert!(kc.set_token(" ").is_err());
+    /// ```
+    fn set_token(&mut self, token: &str) -> Result<()>;
 }
 
 impl KubeconfigExt for Kubeconfig {
@@ -336,6 +348,14 @@ impl KubeconfigExt for Kubeconfig {
 
     fn to_json(&self) -> Result<String> {
         serde_json::to_string_pretty(self).map_err(|e| Error::Serialization(e.to_string()))
+    }
+
+    fn set_token(&mut self, token: &str) -> Result<()> {
+        let auth = token_auth(token)?;
+        for named in &mut self.auth_infos {
+            named.auth_info = Some(auth.clone());
+        }
+        Ok(())
     }
 
     fn is_insecure(&self) -> bool {

@@ -766,7 +766,7 @@ pub async fn issue(
         Some(p) => p.namespace.clone(),
         None => tenant.apps_namespace.clone(),
     };
-    let mut request = KubeconfigRequest {
+    let request = KubeconfigRequest {
         cluster_name: cluster.name.clone(),
         tenant: tenant.name.clone(),
         project: project.map(|p| p.name.clone()),
@@ -820,8 +820,10 @@ pub async fn issue(
             if let Some(refused) = commit_issuance(st, ctx, "kubeconfig.issue", record, ev).await? {
                 return Ok(refused);
             }
-            request.credential = Credential::Token(sign(st, &claims, &cluster).await?);
-            kubeconfig = request.build().map_err(|e| kubeconfig_error(e, &cluster))?;
+            let token = sign(st, &claims, &cluster).await?;
+            kubeconfig
+                .set_token(&token)
+                .map_err(|e| kubeconfig_error(e, &cluster))?;
             Some(claims)
         }
         CredentialMode::Exec => {
