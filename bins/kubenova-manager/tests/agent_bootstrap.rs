@@ -3,18 +3,22 @@
 //! `connected` on a heartbeat with the credential read back from the applied Secret;
 //! re-bootstrap rotates the credential; a kubeconfig whose identity lacks rights (a 403
 //! injected by the testkit) and an unreachable API server give status `error` with a
-//! condition naming the cause.
+//! condition naming the cause; `--operator-helm-installer` adds the installer identity.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, Role as RbacRole};
 use kube::Api;
 use kubenova_manager::api::authz::Role;
 use kubenova_manager::api::config::ServerConfig;
 use kubenova_manager::api::router;
+use kubenova_reconcile::manifests::{
+    ENV_INSTALLER_SERVICE_ACCOUNT, INSTALLER_NAME, INSTALLER_TOKEN_ROLE,
+};
 use serde_json::{Value, json};
 use std::time::Duration;
 use tower::ServiceExt;
@@ -130,6 +134,21 @@ async fn bootstrap_applies_the_operator_and_the_heartbeat_connects() {
     };
     let token = read_token().await;
     assert!(token.starts_with(&format!("kna_{}", cid.replace('-', ""))));
+    // Without --operator-helm-installer there is no installer identity.
+    assert!(
+        Api::<ServiceAccount>::namespaced(kc.clone(), "kubenova-system")
+            .get_opt(INSTALLER_NAME)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        Api::<ClusterRoleBinding>::all(kc.clone())
+            .get_opt(INSTALLER_NAME)
+            .await
+            .unwrap()
+            .is_none()
+    );
 
     let (s, hb) = call(
         &app,
@@ -291,5 +310,99 @@ async fn bootstrap_applies_the_operator_and_the_heartbeat_connects() {
             .as_str()
             .unwrap()
             .contains("--agent-manager-url")
+    );
+}
+
+/// `--operator-helm-installer` (ServerConfig::operator_helm_installer) through the route:
+/// the bootstrap also applies the installer ServiceAccount bound to cluster-admin, a Role
+/// letting the operator create tokens for that ServiceAccount only, and tells the
+/// operator its name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_with_the_helm_installer_option_applies_the_installer_identity() {
+    let cluster = kubenova_testkit::TestCluster::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = kubenova_store::crypto::Keyring::load_or_generate(dir.path()).unwrap();
+    let url = format!("sqlite://{}", dir.path().join("kn.db").display());
+    let store = kubenova_store::connect(&url, keys).await.unwrap();
+    let cfg = ServerConfig {
+        rate_limit_subject_rps: 0,
+        rate_limit_ip_rps: 0,
+        agent_manager_url: Some("https://kubenova.example.com/".into()),
+        operator_image: "registry.example.com/kubenova-operator:test".into(),
+        operator_helm_installer: true,
+        ..ServerConfig::default()
+    };
+    let st = kubenova_manager::test_state(store, cfg, b"0123456789abcdef0123456789abcdef");
+    let admin = st
+        .auth
+        .mint("admin", &[Role::Admin], &[], &[], Duration::from_secs(3600))
+        .unwrap()
+        .token;
+    let app = router(st.clone());
+    let (s, c) = call(
+        &app,
+        Method::POST,
+        "/api/v1/clusters",
+        &admin,
+        Some(json!({"name": "kit", "kubeconfig": cluster.kubeconfig_yaml()})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{c}");
+    let cid = c["id"].as_str().unwrap().to_string();
+    let (s, r) = call(
+        &app,
+        Method::POST,
+        &format!("/api/v1/clusters/{cid}/bootstrap/operator"),
+        &admin,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{r}");
+    assert_eq!(r["status"], "applied");
+
+    let kc = cluster.client().unwrap();
+    let sa = Api::<ServiceAccount>::namespaced(kc.clone(), "kubenova-system")
+        .get(INSTALLER_NAME)
+        .await
+        .unwrap();
+    assert_eq!(sa.automount_service_account_token, Some(false));
+    let crb = Api::<ClusterRoleBinding>::all(kc.clone())
+        .get(INSTALLER_NAME)
+        .await
+        .unwrap();
+    assert_eq!(crb.role_ref.name, "cluster-admin");
+    let subjects = crb.subjects.unwrap();
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(subjects[0].kind, "ServiceAccount");
+    assert_eq!(subjects[0].name, INSTALLER_NAME);
+    assert_eq!(subjects[0].namespace.as_deref(), Some("kubenova-system"));
+    // The operator may create tokens for the installer only, nothing else.
+    let role = Api::<RbacRole>::namespaced(kc.clone(), "kubenova-system")
+        .get(INSTALLER_TOKEN_ROLE)
+        .await
+        .unwrap();
+    let rules = role.rules.unwrap();
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    assert_eq!(rules[0].verbs, vec!["create".to_string()]);
+    assert_eq!(
+        rules[0].resources.as_deref(),
+        Some(&["serviceaccounts/token".to_string()][..])
+    );
+    assert_eq!(
+        rules[0].resource_names.as_deref(),
+        Some(&[INSTALLER_NAME.to_string()][..])
+    );
+    let d = Api::<Deployment>::namespaced(kc.clone(), "kubenova-system")
+        .get("kubenova-operator")
+        .await
+        .unwrap();
+    let env = d.spec.unwrap().template.spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap_or_default();
+    assert!(
+        env.iter().any(|e| e.name == ENV_INSTALLER_SERVICE_ACCOUNT
+            && e.value.as_deref() == Some(INSTALLER_NAME)),
+        "{env:?}"
     );
 }
