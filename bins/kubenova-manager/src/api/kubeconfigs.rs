@@ -930,10 +930,15 @@ pub async fn tenant_by_id(st: &AppState, raw: &str) -> ApiResult<Tenant> {
 /// Most issuances written in one transaction.
 pub const MAX_COMMIT_BATCH: usize = 64;
 
-/// Most group-commit transactions in flight at once. One writer would serialize the
-/// commits (each waits for its fsync); a few in parallel overlap those waits, and the
-/// batches stay large under load because new writers start only when one is free.
+/// Most group-commit transactions in flight at once. One writer serializes the commits
+/// (each waits for its fsync); a few in parallel overlap those waits.
 pub const MAX_COMMIT_WRITERS: usize = 4;
+
+/// Issuances waiting before a second (third, ...) writer starts. Below it, the running
+/// writer takes them with its next batch: most of a commit's database work is per batch
+/// (statement start, `BEGIN`/`COMMIT`, the WAL flush), so under load fewer, larger
+/// batches cost the database less per issuance than many small ones in parallel.
+pub const EXTRA_WRITER_BACKLOG: usize = 16;
 
 struct CommitJob {
     store: Arc<dyn Store>,
@@ -952,7 +957,8 @@ struct CommitQueue {
 ///
 /// Each issuance queues its credential row and audit event and waits for the commit of
 /// the transaction that carries them: nothing is acknowledged before it is durable. Up to
-/// [`MAX_COMMIT_WRITERS`] writer tasks drain the queue: each takes what is queued (up to
+/// [`MAX_COMMIT_WRITERS`] writer tasks drain the queue (one, plus another whenever
+/// [`EXTRA_WRITER_BACKLOG`] issuances are waiting): each takes what is queued (up to
 /// [`MAX_COMMIT_BATCH`]), writes it with [`Store::record_credentials`] in one
 /// transaction, answers every waiter, and repeats while issuances queued up during that
 /// commit. There is no timer: a lone issuance is committed at once, and under load a
@@ -995,7 +1001,8 @@ impl CredentialWriter {
                 item: (credential, audit),
                 done,
             });
-            let start = q.running < MAX_COMMIT_WRITERS;
+            let start = q.running == 0
+                || (q.running < MAX_COMMIT_WRITERS && q.jobs.len() >= EXTRA_WRITER_BACKLOG);
             if start {
                 q.running += 1;
             }
