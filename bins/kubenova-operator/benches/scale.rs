@@ -254,7 +254,8 @@ async fn operator_phase(n: usize) -> Phase {
     .unwrap();
     let log = std::fs::File::create(dir.path().join("operator.log")).unwrap();
     // `KUBENOVA_BENCH_WRAP="heaptrack -o /tmp/op"` runs the operator under a profiler
-    // (the peak RSS is then the wrapper's, not the operator's).
+    // (the peak RSS is then the wrapper's, not the operator's). heaptrack hooks malloc:
+    // add `--no-default-features` (no jemalloc) to see the operator's allocations.
     let wrap = std::env::var("KUBENOVA_BENCH_WRAP").unwrap_or_default();
     let mut words = wrap.split_whitespace();
     let mut cmd = match words.next() {

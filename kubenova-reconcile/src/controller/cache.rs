@@ -5,14 +5,18 @@
 //!
 //! The stores are compact (they hold every generated object, so at 10,000 tenants about
 //! 90,000 of them): per object only what the controllers read is kept, in a small struct
-//! ([`Compact`]): labels, annotations and owner references with interned strings (label
-//! keys, tenant names and owner uids repeat across objects), generation, deletion
-//! timestamp, a digest of everything outside `metadata` ([`content_digest`]) and the few
-//! `status` fields the status mapping reads (Capsule Tenant state and `Ready` condition,
-//! KubeVela Application status and unhealthy services, namespace phase), as JSON text.
-//! `managedFields`, uids, resource versions, timestamps and specs are not kept. The kube
-//! `reflector` is not used: its stores key every object with a full `ApiResource` (five
-//! strings) and keep the whole `DynamicObject`.
+//! ([`Compact`]) keyed by the 64-bit hash of `Kind/namespace/name`: labels, annotations
+//! and owner references as one array of 32-bit ids of counted, shared strings (label
+//! keys, tenant names and owner uids repeat across objects; see `Ids`), generation,
+//! deletion timestamp, a digest of everything outside `metadata` ([`content_digest`]) and
+//! the few `status` fields the status mapping reads (Capsule Tenant state and `Ready`
+//! condition, KubeVela Application status and unhealthy services, namespace phase), as
+//! interned JSON text. `managedFields`, uids, resource versions, timestamps and specs are
+//! not kept. The kube `reflector` is not used: its stores key every object with a full
+//! `ApiResource` (five strings) and keep the whole `DynamicObject`.
+//!
+//! The Nova objects' own stores ([`nova_stream`]) do use the reflector, with lean objects
+//! (`stored`) and their statuses in a side table (`statuses`).
 //!
 //! An apply is skipped ([`Ctx::apply_cached`](super::Ctx)) only when all of these hold:
 //! the desired object is the one this process applied last for that key (same
@@ -26,15 +30,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, RwLock};
 
 use futures::StreamExt;
-use kube::Client;
 use kube::api::{Api, DynamicObject};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::runtime::{WatchStreamExt, watcher::Event};
+use kube::{Client, Resource};
 use kubenova_api::crd::NovaTenant;
 use serde_json::{Map, Value, json};
 
 use super::api_resource;
+use super::statuses::Statuses;
+use super::stored::{Nova, Stored};
 
 /// Key under which [`KindCache::get`] returns the content digest.
 pub(crate) const DIGEST_KEY: &str = "kubenovaContentDigest";
@@ -119,7 +125,7 @@ struct Interner {
     swept: usize,
 }
 
-type Sym = Arc<str>;
+pub(super) type Sym = Arc<str>;
 
 impl Interner {
     fn get(&mut self, s: &str) -> Sym {
@@ -138,23 +144,198 @@ impl Interner {
 
 static INTERNER: LazyLock<Mutex<Interner>> = LazyLock::new(Default::default);
 
-/// One owner reference, every field kept (it is applied back, see `merge_owner_refs`).
-#[derive(Debug, Clone)]
-struct OwnerRef {
-    api_version: Sym,
-    kind: Sym,
-    name: Sym,
-    uid: Sym,
-    controller: Option<bool>,
-    block_owner_deletion: Option<bool>,
+/// `s`, interned.
+pub(super) fn intern(s: &str) -> Sym {
+    INTERNER.lock().unwrap_or_else(|e| e.into_inner()).get(s)
+}
+
+/// The strings of the compact metadata, by 32-bit id (a label as two ids is 8 bytes, as
+/// two `Arc<str>` it was 32), counted: a string no cached object uses any more is freed
+/// and its id reused.
+#[derive(Default)]
+struct Ids {
+    strings: Vec<Option<Arc<str>>>,
+    uses: Vec<u32>,
+    by_str: HashMap<Arc<str>, u32>,
+    free: Vec<u32>,
+}
+
+impl Ids {
+    fn id(&mut self, s: &str) -> u32 {
+        if let Some(&id) = self.by_str.get(s) {
+            self.uses[id as usize] += 1;
+            return id;
+        }
+        let a: Arc<str> = Arc::from(s);
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.strings[id as usize] = Some(a.clone());
+                self.uses[id as usize] = 1;
+                id
+            }
+            None => {
+                self.strings.push(Some(a.clone()));
+                self.uses.push(1);
+                u32::try_from(self.strings.len() - 1).unwrap_or(u32::MAX)
+            }
+        };
+        self.by_str.insert(a, id);
+        id
+    }
+
+    fn release(&mut self, id: u32) {
+        let i = id as usize;
+        let Some(n) = self.uses.get_mut(i) else {
+            return;
+        };
+        *n = n.saturating_sub(1);
+        if *n == 0
+            && let Some(a) = self.strings[i].take()
+        {
+            self.by_str.remove(&a);
+            self.free.push(id);
+        }
+    }
+
+    fn str(&self, id: u32) -> &str {
+        self.strings
+            .get(id as usize)
+            .and_then(Option::as_deref)
+            .unwrap_or_default()
+    }
+}
+
+static IDS: LazyLock<Mutex<Ids>> = LazyLock::new(Default::default);
+
+fn ids() -> std::sync::MutexGuard<'static, Ids> {
+    IDS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `Option<bool>` as 0 (none), 1 (false), 2 (true).
+fn flag(b: Option<bool>) -> u32 {
+    b.map_or(0, |b| 1 + u32::from(b))
+}
+
+fn unflag(f: u32) -> Option<bool> {
+    (f > 0).then_some(f == 2)
+}
+
+/// Ids per owner reference: apiVersion, kind, name, uid, then the two flags
+/// (`controller`, `blockOwnerDeletion`) packed.
+const OWNER_REF_LEN: usize = 5;
+
+/// Labels, annotations and owner references (every field kept: they are applied back,
+/// see `merge_owner_refs`) as one array of string ids: the number of labels, of
+/// annotations and of owner references, then the label pairs, the annotation pairs and
+/// the owner references ([`OWNER_REF_LEN`] each).
+#[derive(Debug)]
+struct Meta(Box<[u32]>);
+
+/// The pairs of a label or annotation map, without `last-applied`.
+fn pairs(m: Option<&std::collections::BTreeMap<String, String>>) -> Vec<(&str, &str)> {
+    m.into_iter()
+        .flatten()
+        .filter(|(k, _)| k.as_str() != LAST_APPLIED)
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
+impl Meta {
+    fn new(md: &kube::api::ObjectMeta) -> Meta {
+        let labels = pairs(md.labels.as_ref());
+        let annotations = pairs(md.annotations.as_ref());
+        let refs = md.owner_references.as_deref().unwrap_or_default();
+        let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let mut out = Vec::with_capacity(
+            3 + 2 * (labels.len() + annotations.len()) + OWNER_REF_LEN * refs.len(),
+        );
+        out.extend([len(labels.len()), len(annotations.len()), len(refs.len())]);
+        let mut i = ids();
+        for (k, v) in labels.iter().chain(&annotations) {
+            out.extend([i.id(k), i.id(v)]);
+        }
+        for r in refs {
+            out.extend([
+                i.id(&r.api_version),
+                i.id(&r.kind),
+                i.id(&r.name),
+                i.id(&r.uid),
+                flag(r.controller) | flag(r.block_owner_deletion) << 2,
+            ]);
+        }
+        Meta(out.into_boxed_slice())
+    }
+
+    fn counts(&self) -> (usize, usize, usize) {
+        let n = |i: usize| self.0.get(i).map_or(0, |n| *n as usize);
+        (n(0), n(1), n(2))
+    }
+
+    /// `labels`, `annotations` and `ownerReferences` into `md` (when not empty).
+    fn write(&self, md: &mut Map<String, Value>) {
+        let (nl, na, no) = self.counts();
+        let i = ids();
+        let body = self.0.get(3..).unwrap_or_default();
+        let (l, rest) = body.split_at((2 * nl).min(body.len()));
+        let (a, refs) = rest.split_at((2 * na).min(rest.len()));
+        let pairs = |p: &[u32]| {
+            Value::Object(
+                p.chunks_exact(2)
+                    .map(|kv| (i.str(kv[0]).to_owned(), json!(i.str(kv[1]))))
+                    .collect(),
+            )
+        };
+        if nl > 0 {
+            md.insert("labels".into(), pairs(l));
+        }
+        if na > 0 {
+            md.insert("annotations".into(), pairs(a));
+        }
+        if no > 0 {
+            let refs: Vec<Value> = refs
+                .chunks_exact(OWNER_REF_LEN)
+                .map(|r| {
+                    let mut m = json!({
+                        "apiVersion": i.str(r[0]),
+                        "kind": i.str(r[1]),
+                        "name": i.str(r[2]),
+                        "uid": i.str(r[3]),
+                    });
+                    if let Some(b) = unflag(r[4] & 3) {
+                        m["controller"] = json!(b);
+                    }
+                    if let Some(b) = unflag(r[4] >> 2) {
+                        m["blockOwnerDeletion"] = json!(b);
+                    }
+                    m
+                })
+                .collect();
+            md.insert("ownerReferences".into(), Value::Array(refs));
+        }
+    }
+}
+
+impl Drop for Meta {
+    fn drop(&mut self) {
+        let (nl, na, _) = self.counts();
+        let body = self.0.get(3..).unwrap_or_default();
+        let (pairs, refs) = body.split_at((2 * (nl + na)).min(body.len()));
+        let mut i = ids();
+        for id in pairs {
+            i.release(*id);
+        }
+        for r in refs.chunks_exact(OWNER_REF_LEN) {
+            for id in &r[..4] {
+                i.release(*id);
+            }
+        }
+    }
 }
 
 /// What the caches keep of one object.
 #[derive(Debug)]
 pub(crate) struct Compact {
-    labels: Box<[(Sym, Sym)]>,
-    annotations: Box<[(Sym, Sym)]>,
-    owner_refs: Box<[OwnerRef]>,
+    meta: Meta,
     generation: Option<i64>,
     deletion: Option<Box<str>>,
     digest: u64,
@@ -218,43 +399,13 @@ fn kept_status(kind: &str, status: Option<&Value>) -> Option<Value> {
     Some(Value::Object(out))
 }
 
-fn interned_map(
-    i: &mut Interner,
-    m: Option<&std::collections::BTreeMap<String, String>>,
-) -> Box<[(Sym, Sym)]> {
-    m.into_iter()
-        .flatten()
-        .filter(|(k, _)| k.as_str() != LAST_APPLIED)
-        .map(|(k, v)| (i.get(k), i.get(v)))
-        .collect()
-}
-
 /// Shrinks a watched object to what the controllers read.
 fn compact(kind: &str, obj: &DynamicObject) -> Compact {
     let md = &obj.metadata;
-    let mut i = INTERNER.lock().unwrap_or_else(|e| e.into_inner());
-    let owner_refs = md
-        .owner_references
-        .iter()
-        .flatten()
-        .map(|r| OwnerRef {
-            api_version: i.get(&r.api_version),
-            kind: i.get(&r.kind),
-            name: i.get(&r.name),
-            uid: i.get(&r.uid),
-            controller: r.controller,
-            block_owner_deletion: r.block_owner_deletion,
-        })
-        .collect();
-    let labels = interned_map(&mut i, md.labels.as_ref());
-    let annotations = interned_map(&mut i, md.annotations.as_ref());
-    let status = kept_status(kind, obj.data.get("status")).map(|v| i.get(&v.to_string()));
-    drop(i);
+    let status = kept_status(kind, obj.data.get("status")).map(|v| intern(&v.to_string()));
     let digest = content_digest(&obj.data);
     Compact {
-        labels,
-        annotations,
-        owner_refs,
+        meta: Meta::new(md),
         generation: md.generation,
         deletion: md
             .deletion_timestamp
@@ -266,10 +417,6 @@ fn compact(kind: &str, obj: &DynamicObject) -> Compact {
     }
 }
 
-fn store_key(namespace: Option<&str>, name: &str) -> String {
-    format!("{}/{name}", namespace.unwrap_or_default())
-}
-
 /// One compact store of a generated kind.
 #[derive(Clone)]
 pub(crate) struct KindCache {
@@ -279,9 +426,10 @@ pub(crate) struct KindCache {
 
 #[derive(Default)]
 struct KindStore {
-    /// By `namespace/name` (`/name` when cluster-scoped); boxed, so the table's empty
-    /// slots cost a pointer, not a whole entry.
-    objects: RwLock<HashMap<Box<str>, Box<Compact>>>,
+    /// By the [`key_hash`] of `Kind/namespace/name` (the key of the applied records, see
+    /// [`applied_key`]); boxed, so the table's empty slots cost a pointer, not a whole
+    /// entry.
+    objects: RwLock<HashMap<u64, Box<Compact>>>,
     /// Set once the initial list is in.
     ready: AtomicBool,
 }
@@ -293,47 +441,13 @@ impl KindCache {
     pub(crate) fn get(&self, namespace: Option<&str>, name: &str) -> Option<Value> {
         let (ar, _) = api_resource(self.kind)?;
         let objects = self.inner.objects.read().unwrap_or_else(|e| e.into_inner());
-        let c = objects.get(store_key(namespace, name).as_str())?;
-        let pairs = |p: &[(Sym, Sym)]| {
-            Value::Object(
-                p.iter()
-                    .map(|(k, v)| (k.to_string(), json!(v.as_ref())))
-                    .collect(),
-            )
-        };
+        let c = objects.get(&applied_key(self.kind, namespace, name))?;
         let mut md = Map::new();
         md.insert("name".into(), json!(name));
         if let Some(ns) = namespace {
             md.insert("namespace".into(), json!(ns));
         }
-        if !c.labels.is_empty() {
-            md.insert("labels".into(), pairs(&c.labels));
-        }
-        if !c.annotations.is_empty() {
-            md.insert("annotations".into(), pairs(&c.annotations));
-        }
-        if !c.owner_refs.is_empty() {
-            let refs: Vec<Value> = c
-                .owner_refs
-                .iter()
-                .map(|r| {
-                    let mut m = json!({
-                        "apiVersion": r.api_version.as_ref(),
-                        "kind": r.kind.as_ref(),
-                        "name": r.name.as_ref(),
-                        "uid": r.uid.as_ref(),
-                    });
-                    if let Some(b) = r.controller {
-                        m["controller"] = json!(b);
-                    }
-                    if let Some(b) = r.block_owner_deletion {
-                        m["blockOwnerDeletion"] = json!(b);
-                    }
-                    m
-                })
-                .collect();
-            md.insert("ownerReferences".into(), Value::Array(refs));
-        }
+        c.meta.write(&mut md);
         if let Some(g) = c.generation {
             md.insert("generation".into(), json!(g));
         }
@@ -377,7 +491,9 @@ pub(crate) struct Caches {
     pub(crate) role_bindings: KindCache,
     pub(crate) quotas: KindCache,
     pub(crate) applications: KindCache,
-    pub(crate) nova_tenants: Store<NovaTenant>,
+    pub(crate) nova_tenants: Store<Stored<NovaTenant>>,
+    /// The statuses taken out of the Nova stores.
+    pub(crate) nova_statuses: Statuses,
     /// Last apply per `Kind/namespace/name` (by [`key_hash`]).
     applied: Applied,
 }
@@ -425,43 +541,43 @@ pub(crate) fn drive(
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
     // A relist fills this and replaces the store at its end (the old contents stay
     // readable meanwhile).
-    let mut relist: Option<HashMap<Box<str>, Box<Compact>>> = None;
-    let forget = move |applied: &Applied, key: &str| {
+    let mut relist: Option<HashMap<u64, Box<Compact>>> = None;
+    let forget = move |applied: &Applied, key: u64| {
         applied
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(&key_hash(&format!("{kind}/{key}")));
+            .remove(&key);
     };
     Some(watcher(api, cfg).default_backoff().map(move |r| match r {
         Ok(Event::Apply(o)) => {
-            let key = obj_key(&o);
+            let key = obj_key(kind, &o);
             let c = compact(kind, &o);
             cache
                 .inner
                 .objects
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(key.into(), Box::new(c));
+                .insert(key, Box::new(c));
             route(&o);
         }
         Ok(Event::Delete(o)) => {
-            let key = obj_key(&o);
+            let key = obj_key(kind, &o);
             cache
                 .inner
                 .objects
                 .write()
                 .unwrap_or_else(|e| e.into_inner())
-                .remove(key.as_str());
+                .remove(&key);
             // Deleted: the next reconcile must apply it again.
-            forget(&applied, &key);
+            forget(&applied, key);
             route(&o);
         }
         Ok(Event::Init) => relist = Some(HashMap::new()),
         Ok(Event::InitApply(o)) => {
-            let key = obj_key(&o);
+            let key = obj_key(kind, &o);
             relist
                 .get_or_insert_with(HashMap::new)
-                .insert(key.into(), Box::new(compact(kind, &o)));
+                .insert(key, Box::new(compact(kind, &o)));
             route(&o);
         }
         Ok(Event::InitDone) => {
@@ -480,7 +596,7 @@ pub(crate) fn drive(
                 .read()
                 .unwrap_or_else(|e| e.into_inner());
             for key in old.keys().filter(|k| !objects.contains_key(*k)) {
-                forget(&applied, key);
+                forget(&applied, *key);
             }
             drop(objects);
             cache.inner.ready.store(true, Ordering::Release);
@@ -489,9 +605,10 @@ pub(crate) fn drive(
     }))
 }
 
-/// The store key of a watched object.
-fn obj_key(o: &DynamicObject) -> String {
-    store_key(
+/// The store key of a watched object of `kind`.
+fn obj_key(kind: &str, o: &DynamicObject) -> u64 {
+    applied_key(
+        kind,
         o.metadata.namespace.as_deref(),
         o.metadata.name.as_deref().unwrap_or_default(),
     )
@@ -504,7 +621,8 @@ impl Caches {
         role_bindings: KindCache,
         quotas: KindCache,
         applications: KindCache,
-        nova_tenants: Store<NovaTenant>,
+        nova_tenants: Store<Stored<NovaTenant>>,
+        nova_statuses: Statuses,
     ) -> Caches {
         Caches {
             tenants,
@@ -513,6 +631,7 @@ impl Caches {
             quotas,
             applications,
             nova_tenants,
+            nova_statuses,
             applied: Default::default(),
         }
     }
@@ -676,38 +795,42 @@ fn metadata_subset(desired: &Value, live: &Value) -> bool {
     true
 }
 
-/// A reflector for a Nova kind without `managedFields` (a controller's main stream; the
-/// NovaTenant store also serves the project controller's tenant lookups).
-pub(crate) fn nova_stream<K>(
+/// A reflector for a Nova kind, its objects kept as [`Stored`] (spec as JSON text) without
+/// `managedFields`, `resourceVersion`, the `last-applied` annotation and `status` (kept
+/// compact in `statuses`, see [`Statuses`]); a controller's main stream (the NovaTenant
+/// store also serves the project controller's tenant lookups).
+#[allow(clippy::type_complexity, reason = "the pair a reflector is")]
+pub(crate) fn nova_stream<K: Nova>(
     client: &Client,
+    statuses: Statuses,
 ) -> (
-    Store<K>,
-    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
-)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, writer) = reflector::store::<K>();
-    let stream = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .modify(|o| {
-            // Nothing reads the resource version (finalizer and status patches do not
-            // send it); dropping it also drops its copy in the store's key.
-            let md = o.meta_mut();
-            md.managed_fields = None;
-            md.resource_version = None;
-            if let Some(a) = md.annotations.as_mut() {
-                a.remove(LAST_APPLIED);
-            }
+    Store<Stored<K>>,
+    impl futures::Stream<Item = Result<Stored<K>, watcher::Error>> + Send + 'static,
+) {
+    let (reader, writer) = reflector::store::<Stored<K>>();
+    let stream = watcher(
+        Api::<Stored<K>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .modify(|o| {
+        // Nothing reads the resource version (finalizer and status patches do not
+        // send it); dropping it also drops its copy in the store's key.
+        let md = o.meta_mut();
+        md.managed_fields = None;
+        md.resource_version = None;
+        if let Some(a) = md.annotations.as_mut() {
+            a.remove(LAST_APPLIED);
+        }
+    })
+    .map(move |r| {
+        r.map(|mut event| {
+            statuses.strip(&mut event);
+            event
         })
-        .reflect(writer)
-        .applied_objects();
+    })
+    .reflect(writer)
+    .applied_objects();
     (reader, stream)
 }
 
@@ -744,12 +867,10 @@ mod tests {
         });
         let o: DynamicObject = serde_json::from_value(full.clone()).unwrap();
         let cache = store("Tenant").unwrap();
-        cache
-            .inner
-            .objects
-            .write()
-            .unwrap()
-            .insert(store_key(None, "t").into(), Box::new(compact("Tenant", &o)));
+        cache.inner.objects.write().unwrap().insert(
+            applied_key("Tenant", None, "t"),
+            Box::new(compact("Tenant", &o)),
+        );
         assert_eq!(cache.len(), 1);
         let got = cache.get(None, "t").unwrap();
         assert_eq!(got["status"]["state"], "Active");
@@ -792,7 +913,7 @@ mod tests {
         let o: DynamicObject = serde_json::from_value(app.clone()).unwrap();
         let apps = store("Application").unwrap();
         apps.inner.objects.write().unwrap().insert(
-            store_key(Some("n"), "a").into(),
+            applied_key("Application", Some("n"), "a"),
             Box::new(compact("Application", &o)),
         );
         let got = apps.get(Some("n"), "a").unwrap();
@@ -800,6 +921,53 @@ mod tests {
             crate::status::app_verdict(Some(&got)),
             crate::status::app_verdict(Some(&app))
         );
+    }
+
+    #[test]
+    fn ids_are_counted_and_reused() {
+        let mut i = Ids::default();
+        let a = i.id("a");
+        assert_eq!(i.id("a"), a);
+        let b = i.id("b");
+        i.release(a);
+        assert_eq!(i.str(a), "a", "still used once");
+        i.release(a);
+        assert_eq!(i.str(a), "", "freed");
+        assert_eq!(i.id("c"), a, "its id is reused");
+        assert_eq!((i.str(a), i.str(b)), ("c", "b"));
+    }
+
+    #[test]
+    fn compact_metadata_round_trips() {
+        let md: kube::api::ObjectMeta = serde_json::from_value(json!({
+            "name": "n",
+            "labels": {"a": "1", "b": "2"},
+            "annotations": {"x": "y", LAST_APPLIED: "{}"},
+            "ownerReferences": [
+                {"apiVersion": "v1", "kind": "K", "name": "o", "uid": "u1"},
+                {"apiVersion": "v1", "kind": "K", "name": "p", "uid": "u2",
+                 "controller": true, "blockOwnerDeletion": false}
+            ]
+        }))
+        .unwrap();
+        let meta = Meta::new(&md);
+        let mut out = Map::new();
+        meta.write(&mut out);
+        assert_eq!(
+            Value::Object(out),
+            json!({
+                "labels": {"a": "1", "b": "2"},
+                "annotations": {"x": "y"},
+                "ownerReferences": [
+                    {"apiVersion": "v1", "kind": "K", "name": "o", "uid": "u1"},
+                    {"apiVersion": "v1", "kind": "K", "name": "p", "uid": "u2",
+                     "controller": true, "blockOwnerDeletion": false}
+                ]
+            })
+        );
+        let mut empty = Map::new();
+        Meta::new(&kube::api::ObjectMeta::default()).write(&mut empty);
+        assert!(empty.is_empty());
     }
 
     #[test]
