@@ -33,6 +33,11 @@
     missing_docs
 )]
 
+/// The allocator of the `kubenova-manager` binary, so the in-process figures match it.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, Response, StatusCode, header};

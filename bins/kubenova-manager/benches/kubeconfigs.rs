@@ -21,6 +21,11 @@
     missing_docs
 )]
 
+/// The allocator of the `kubenova-manager` binary, so the in-process figures match it.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
