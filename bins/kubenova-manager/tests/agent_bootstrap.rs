@@ -57,8 +57,18 @@ fn heartbeat() -> Value {
     json!({"operatorVersion": "0.1.0", "appliedRevision": 0})
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bootstrap_applies_the_operator_and_the_heartbeat_connects() {
+/// A testkit cluster registered with a manager on SQLite (agents get
+/// `https://kubenova.example.com/`).
+struct Registered {
+    cluster: kubenova_testkit::TestCluster,
+    _dir: tempfile::TempDir,
+    st: kubenova_manager::api::AppState,
+    admin: String,
+    app: axum::Router,
+    cid: String,
+}
+
+async fn registered(operator_helm_installer: bool) -> Registered {
     let cluster = kubenova_testkit::TestCluster::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let keys = kubenova_store::crypto::Keyring::load_or_generate(dir.path()).unwrap();
@@ -69,6 +79,7 @@ async fn bootstrap_applies_the_operator_and_the_heartbeat_connects() {
         rate_limit_ip_rps: 0,
         agent_manager_url: Some("https://kubenova.example.com/".into()),
         operator_image: "registry.example.com/kubenova-operator:test".into(),
+        operator_helm_installer,
         ..ServerConfig::default()
     };
     let st = kubenova_manager::test_state(store, cfg, b"0123456789abcdef0123456789abcdef");
@@ -78,7 +89,6 @@ async fn bootstrap_applies_the_operator_and_the_heartbeat_connects() {
         .unwrap()
         .token;
     let app = router(st.clone());
-
     let (s, c) = call(
         &app,
         Method::POST,
@@ -89,6 +99,26 @@ async fn bootstrap_applies_the_operator_and_the_heartbeat_connects() {
     .await;
     assert_eq!(s, StatusCode::CREATED, "{c}");
     let cid = c["id"].as_str().unwrap().to_string();
+    Registered {
+        cluster,
+        _dir: dir,
+        st,
+        admin,
+        app,
+        cid,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_applies_the_operator_and_the_heartbeat_connects() {
+    let Registered {
+        cluster,
+        _dir,
+        st,
+        admin,
+        app,
+        cid,
+    } = registered(false).await;
 
     let (s, r) = call(
         &app,
@@ -319,36 +349,13 @@ async fn bootstrap_applies_the_operator_and_the_heartbeat_connects() {
 /// operator its name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_with_the_helm_installer_option_applies_the_installer_identity() {
-    let cluster = kubenova_testkit::TestCluster::start().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let keys = kubenova_store::crypto::Keyring::load_or_generate(dir.path()).unwrap();
-    let url = format!("sqlite://{}", dir.path().join("kn.db").display());
-    let store = kubenova_store::connect(&url, keys).await.unwrap();
-    let cfg = ServerConfig {
-        rate_limit_subject_rps: 0,
-        rate_limit_ip_rps: 0,
-        agent_manager_url: Some("https://kubenova.example.com/".into()),
-        operator_image: "registry.example.com/kubenova-operator:test".into(),
-        operator_helm_installer: true,
-        ..ServerConfig::default()
-    };
-    let st = kubenova_manager::test_state(store, cfg, b"0123456789abcdef0123456789abcdef");
-    let admin = st
-        .auth
-        .mint("admin", &[Role::Admin], &[], &[], Duration::from_secs(3600))
-        .unwrap()
-        .token;
-    let app = router(st.clone());
-    let (s, c) = call(
-        &app,
-        Method::POST,
-        "/api/v1/clusters",
-        &admin,
-        Some(json!({"name": "kit", "kubeconfig": cluster.kubeconfig_yaml()})),
-    )
-    .await;
-    assert_eq!(s, StatusCode::CREATED, "{c}");
-    let cid = c["id"].as_str().unwrap().to_string();
+    let Registered {
+        cluster,
+        admin,
+        app,
+        cid,
+        ..
+    } = registered(true).await;
     let (s, r) = call(
         &app,
         Method::POST,
