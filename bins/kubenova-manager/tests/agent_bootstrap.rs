@@ -349,8 +349,10 @@ async fn bootstrap_applies_the_operator_and_the_heartbeat_connects() {
 /// operator its name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_with_the_helm_installer_option_applies_the_installer_identity() {
+    // `_dir` stays bound: the SQLite database lives in it.
     let Registered {
         cluster,
+        _dir,
         admin,
         app,
         cid,
