@@ -74,8 +74,19 @@ impl LeaseConfig {
     }
 
     /// Scales the three timings from one lease duration: renew deadline 2/3 of it, retry
-    /// period 2/15 of it (client-go's ratios).
+    /// period 2/15 of it (client-go's ratios). A Lease states its duration in whole seconds,
+    /// so a fractional duration is rounded **up** (1.5 s becomes 2 s) before scaling: the
+    /// other replicas wait what the Lease says, never less than what we assume.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use kubenova_reconcile::leader::LeaseConfig;
+    /// let c = LeaseConfig::new("ns", "lease", "me").with_lease_duration(Duration::from_millis(1500));
+    /// assert_eq!(c.lease_duration, Duration::from_secs(2));
+    /// assert!(c.renew_deadline < c.lease_duration);
+    /// ```
     pub fn with_lease_duration(mut self, lease_duration: Duration) -> LeaseConfig {
+        let lease_duration = whole_seconds(lease_duration);
         self.lease_duration = lease_duration;
         self.renew_deadline = lease_duration * 2 / 3;
         self.retry_period = (lease_duration * 2 / 15).max(Duration::from_millis(50));
@@ -83,6 +94,7 @@ impl LeaseConfig {
     }
 
     fn checked(mut self) -> LeaseConfig {
+        self.lease_duration = whole_seconds(self.lease_duration);
         if self.renew_deadline >= self.lease_duration {
             self.renew_deadline = self.lease_duration * 2 / 3;
         }
@@ -91,6 +103,12 @@ impl LeaseConfig {
         }
         self
     }
+}
+
+/// `d` rounded up to whole seconds, at least one (what `leaseDurationSeconds` can say).
+fn whole_seconds(d: Duration) -> Duration {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    Duration::from_secs(secs.max(1))
 }
 
 /// What one [`LeaderElector::step`] observed.
@@ -167,8 +185,9 @@ impl LeaderElector {
     fn desired_spec(&self, transitions: i32, acquire: Option<MicroTime>) -> LeaseSpec {
         LeaseSpec {
             holder_identity: Some(self.config.identity.clone()),
+            // Whole seconds already (see `LeaseConfig::checked`).
             lease_duration_seconds: Some(
-                i32::try_from(self.config.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX),
+                i32::try_from(self.config.lease_duration.as_secs()).unwrap_or(i32::MAX),
             ),
             acquire_time: acquire,
             renew_time: Some(now()),
@@ -304,27 +323,55 @@ impl LeaderElector {
         self.is_leader()
     }
 
+    /// When we must have stepped down if no renewal succeeds: the last successful renewal
+    /// plus the renew deadline (`None` while we do not lead).
+    fn step_down_at(&self) -> Option<tokio::time::Instant> {
+        match self.last_renew {
+            Some(t) if self.is_leader() => Some((t + self.config.renew_deadline).into()),
+            _ => None,
+        }
+    }
+
+    /// Steps down because the renew deadline passed without a successful renewal.
+    fn deadline_passed(&self) {
+        tracing::warn!(lease = %self.config.name, "could not renew before the deadline; stepping down");
+        self.set_leading(false);
+    }
+
     /// Acquires and renews until `shutdown` becomes `true`, then releases the Lease.
     /// The leadership is published on [`subscribe`](Self::subscribe).
+    ///
+    /// The renew deadline is a timer of its own, raced against every attempt and every
+    /// pause: a leader steps down the moment it passes, however slow or hung the API
+    /// requests are, so it is never still leading when another replica may take over.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         loop {
             if *shutdown.borrow() {
                 break;
             }
-            // Bound each attempt so a hanging request cannot keep a leader past its deadline.
+            let deadline = self.step_down_at();
+            // Bound each attempt so a hanging request does not stall the loop either.
             let attempt = tokio::time::timeout(
                 self.config.retry_period.max(Duration::from_secs(1)),
                 self.step(),
             );
             let outcome = tokio::select! {
-                r = attempt => r.unwrap_or_else(|_| Err(kube::Error::Service("lease request timed out".into()))),
+                r = attempt => Some(r.unwrap_or_else(|_| Err(kube::Error::Service("lease request timed out".into())))),
+                () = sleep_until(deadline) => None,
                 _ = shutdown.changed() => break,
             };
-            self.settle(outcome);
-            // A leader whose last renewal is older than the deadline steps down even if
-            // the attempts keep hanging.
+            match outcome {
+                Some(outcome) => {
+                    self.settle(outcome);
+                }
+                // The attempt is dropped; if its write landed anyway, the next step sees
+                // the Lease as ours and renews it (we only ever lead less, never more).
+                None => self.deadline_passed(),
+            }
+            let deadline = self.step_down_at();
             tokio::select! {
-                _ = tokio::time::sleep(self.config.retry_period) => {}
+                () = tokio::time::sleep(self.config.retry_period) => {}
+                () = sleep_until(deadline) => self.deadline_passed(),
                 _ = shutdown.changed() => break,
             }
         }
@@ -333,6 +380,14 @@ impl LeaderElector {
         if was_leader && let Err(e) = self.release().await {
             tracing::warn!(error = %e, "could not release the lease");
         }
+    }
+}
+
+/// Sleeps until `at`, or forever when there is no deadline.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -351,5 +406,20 @@ mod tests {
         let c = c.checked();
         assert!(c.renew_deadline < c.lease_duration);
         assert!(c.retry_period < c.renew_deadline);
+    }
+
+    #[test]
+    fn fractional_lease_durations_round_up() {
+        // The Lease can only say whole seconds: truncating 1.5 s to 1 s would let another
+        // replica take over (after 1 s) while we still lead (until the 1 s deadline + a retry).
+        let mut c = LeaseConfig::new("ns", "l", "me");
+        c.lease_duration = Duration::from_millis(1500);
+        c.renew_deadline = Duration::from_millis(1000);
+        let c = c.checked();
+        assert_eq!(c.lease_duration, Duration::from_secs(2));
+        assert_eq!(c.renew_deadline, Duration::from_millis(1000));
+        let c = LeaseConfig::new("ns", "l", "me").with_lease_duration(Duration::from_millis(10));
+        assert_eq!(c.lease_duration, Duration::from_secs(1));
+        assert!(c.retry_period < c.renew_deadline && c.renew_deadline < c.lease_duration);
     }
 }

@@ -18,8 +18,15 @@ use tokio::sync::watch;
 const NS: &str = "kubenova-system";
 const LEASE: &str = "kubenova-operator";
 
+/// Lease duration 2 s, so the renew deadline is 1.33 s and the retry period 267 ms.
+const LEASE_MS: u64 = 2000;
+const RETRY_MS: u64 = 267;
+
 fn config(identity: &str) -> LeaseConfig {
-    LeaseConfig::new(NS, LEASE, identity).with_lease_duration(Duration::from_millis(1500))
+    let c =
+        LeaseConfig::new(NS, LEASE, identity).with_lease_duration(Duration::from_millis(LEASE_MS));
+    assert!(c.retry_period <= Duration::from_millis(RETRY_MS));
+    c
 }
 
 async fn cluster() -> (TestCluster, Client) {
@@ -113,10 +120,10 @@ async fn step_acquires_follows_and_takes_over_expired() {
     // current record, then takes over.
     let seen = Instant::now();
     assert_eq!(b.step().await.unwrap(), Observed::Following("a".into()));
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!(b.step().await.unwrap(), Observed::Following("a".into()));
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    assert!(seen.elapsed() >= Duration::from_secs(1));
+    assert_eq!(b.step().await.unwrap(), Observed::Following("a".into()));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(seen.elapsed() >= Duration::from_millis(LEASE_MS));
     assert_eq!(b.step().await.unwrap(), Observed::Leading);
     let lease = Api::<Lease>::namespaced(client.clone(), NS)
         .get(LEASE)
@@ -181,7 +188,7 @@ async fn exactly_one_leads_and_the_other_takes_over() {
     let _ = b.task.await;
     let took = wait_leading(&mut c, Duration::from_secs(4)).await;
     assert!(
-        took <= Duration::from_millis(1500 + 2 * 200 + 500),
+        took <= Duration::from_millis(LEASE_MS + 2 * RETRY_MS + 500),
         "took {took:?}"
     );
     assert_eq!(holder(&client).await.as_deref(), Some("c"));
@@ -224,9 +231,10 @@ async fn a_leader_that_cannot_renew_steps_down_first() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let (a_lost, b_won) = (a_lost.unwrap(), b_won.unwrap());
-    // Renew deadline is 1 s, lease duration 1.5 s.
+    // Renew deadline 1.33 s (from a's last renewal, up to one retry before the fault),
+    // lease duration 2 s.
     assert!(
-        a_lost >= Duration::from_millis(700),
+        a_lost >= Duration::from_millis(1333 - RETRY_MS - 100),
         "stepped down at {a_lost:?}"
     );
     assert!(
