@@ -343,7 +343,12 @@ pub trait KubeconfigExt {
 
 impl KubeconfigExt for Kubeconfig {
     fn to_yaml(&self) -> Result<String> {
-        serde_yaml::to_string(self).map_err(|e| Error::Serialization(e.to_string()))
+        // Plain scalars, as kubectl writes them: no folded (`>-`) style for the long
+        // base64 CA data and tokens. serde-saphyr emits the same text as serde_yaml here
+        // in about 40% of the time (docs/src/benchmarks.md, issue 7).
+        let options = serde_saphyr::ser_options! { prefer_block_scalars: false };
+        serde_saphyr::to_string_with_options(self, options)
+            .map_err(|e| Error::Serialization(e.to_string()))
     }
 
     fn to_json(&self) -> Result<String> {

@@ -72,6 +72,24 @@ fn token_kubeconfig_round_trips_through_kube_from_yaml() {
 }
 
 #[test]
+fn long_values_stay_plain_scalars_as_kubectl_writes_them() {
+    // A real token and the CA data are far longer than a YAML line: they must stay on
+    // one line as plain scalars (no folded `>-` blocks), so `grep`/`sed` on a downloaded
+    // kubeconfig and diffs against kubectl's output keep working.
+    let token = format!("eyJhbGciOiJFUzI1NiJ9.{}.sig", "e30".repeat(200));
+    let kc = request(Credential::Token(token.clone())).build().unwrap();
+    let yaml = kc.to_yaml().unwrap();
+    assert!(yaml.contains(&format!("\n    token: {token}\n")), "{yaml}");
+    assert!(yaml.contains("\n    certificate-authority-data: LS0t"), "{yaml}");
+    assert!(!yaml.contains('>') && !yaml.contains('|'), "{yaml}");
+    let back = Kubeconfig::from_yaml(&yaml).unwrap();
+    assert_eq!(
+        serde_json::to_value(&back).unwrap(),
+        serde_json::to_value(&kc).unwrap()
+    );
+}
+
+#[test]
 fn json_form_is_the_same_kubeconfig() {
     let kc = token_request().build().unwrap();
     let json = kc.to_json().unwrap();
