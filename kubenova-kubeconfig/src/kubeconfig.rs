@@ -8,6 +8,7 @@ use kube::config::{
 use kubenova_api::model::AccessRole;
 use kubenova_api::validate::dns_label_problem;
 use secrecy::SecretString;
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 
@@ -36,6 +37,70 @@ pub enum Credential {
     },
 }
 
+/// A Capsule Proxy CA, validated once: at least one well-formed PEM `CERTIFICATE` block.
+/// Holds the PEM and the `certificate-authority-data` value (base64 of the PEM) that every
+/// kubeconfig for the cluster carries, so a caller issuing many kubeconfigs for one
+/// cluster (the manager) checks and encodes the CA once and clones it cheaply after.
+///
+/// ```
+/// use kubenova_kubeconfig::{Error, ProxyCa};
+/// # let pem = include_str!("../tests/fixtures/proxy-ca.pem");
+/// let ca = ProxyCa::from_pem(pem)?;
+/// assert_eq!(ca.pem(), pem);
+/// // The operator reports `caData` as base64 of the PEM; raw PEM is accepted too.
+/// assert_eq!(ProxyCa::from_ca_data(ca.data())?, ca);
+/// assert!(matches!(ProxyCa::from_pem(""), Err(Error::MissingCa(_))));
+/// assert!(matches!(ProxyCa::from_ca_data("hello"), Err(Error::InvalidCa { .. })));
+/// # Ok::<(), Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyCa {
+    pem: Arc<str>,
+    data: Arc<str>,
+}
+
+impl ProxyCa {
+    /// Validates a PEM (one or more `CERTIFICATE` blocks).
+    pub fn from_pem(pem: &str) -> Result<ProxyCa> {
+        check_ca_pem("proxy_ca", pem)?;
+        Ok(ProxyCa {
+            pem: pem.into(),
+            data: base64::engine::general_purpose::STANDARD
+                .encode(pem.as_bytes())
+                .into(),
+        })
+    }
+
+    /// From a `caData` value as the operator reports it: base64 of the PEM (whitespace
+    /// ignored), or the PEM itself.
+    pub fn from_ca_data(ca_data: &str) -> Result<ProxyCa> {
+        let raw = ca_data.trim();
+        if raw.is_empty() || raw.starts_with("-----BEGIN") {
+            // A PEM keeps its final newline.
+            return ProxyCa::from_pem(ca_data.trim_start());
+        }
+        let pem = base64::engine::general_purpose::STANDARD
+            .decode(raw.split_whitespace().collect::<String>())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| Error::InvalidCa {
+                field: "proxy_ca",
+                reason: "neither a PEM nor base64 of a PEM".to_owned(),
+            })?;
+        ProxyCa::from_pem(&pem)
+    }
+
+    /// The PEM.
+    pub fn pem(&self) -> &str {
+        &self.pem
+    }
+
+    /// The `certificate-authority-data` value: base64 of the PEM.
+    pub fn data(&self) -> &str {
+        &self.data
+    }
+}
+
 /// Everything needed to build a tenant- or project-scoped kubeconfig.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KubeconfigRequest {
@@ -50,8 +115,9 @@ pub struct KubeconfigRequest {
     /// The cluster's Capsule Proxy URL as reported by the operator; must be `https://`.
     /// Empty means "not reported yet" ([`Error::ProxyNotReported`]).
     pub proxy_url: String,
-    /// PEM of the CA that signed the Capsule Proxy's serving certificate.
-    pub proxy_ca_pem: String,
+    /// The CA that signed the Capsule Proxy's serving certificate (validated once, see
+    /// [`ProxyCa`]).
+    pub proxy_ca: ProxyCa,
     /// Context namespace: the tenant's apps namespace or the project's namespace.
     pub namespace: String,
     /// How the user authenticates.
@@ -100,7 +166,6 @@ impl KubeconfigRequest {
             return Err(Error::ProxyNotReported);
         }
         check_https("proxy_url", &self.proxy_url, false)?;
-        check_ca_pem("proxy_url", &self.proxy_ca_pem)?;
         let auth_info = match &self.credential {
             Credential::Token(token) => token_auth(token)?,
             Credential::Exec {
@@ -125,7 +190,7 @@ impl KubeconfigRequest {
         Ok(single_entry_kubeconfig(
             &self.name(),
             &self.proxy_url,
-            &self.proxy_ca_pem,
+            &self.proxy_ca.data,
             &self.namespace,
             auth_info,
         ))
@@ -202,10 +267,11 @@ pub(crate) fn token_auth(token: &str) -> Result<AuthInfo> {
     })
 }
 
+/// `ca_data` is the `certificate-authority-data` value: base64 of the CA's PEM.
 pub(crate) fn single_entry_kubeconfig(
     name: &str,
     server: &str,
-    ca_pem: &str,
+    ca_data: &str,
     namespace: &str,
     auth_info: AuthInfo,
 ) -> Kubeconfig {
@@ -216,9 +282,7 @@ pub(crate) fn single_entry_kubeconfig(
             name: name.to_owned(),
             cluster: Some(Cluster {
                 server: Some(server.to_owned()),
-                certificate_authority_data: Some(
-                    base64::engine::general_purpose::STANDARD.encode(ca_pem.as_bytes()),
-                ),
+                certificate_authority_data: Some(ca_data.to_owned()),
                 ..Cluster::default()
             }),
             other: Default::default(),
@@ -347,8 +411,11 @@ impl KubeconfigExt for Kubeconfig {
         // base64 CA data and tokens. serde-saphyr emits the same text as serde_yaml here
         // in about 40% of the time (docs/src/benchmarks.md, issue 7).
         let options = serde_saphyr::ser_options! { prefer_block_scalars: false };
-        serde_saphyr::to_string_with_options(self, options)
-            .map_err(|e| Error::Serialization(e.to_string()))
+        // One allocation for a typical single-entry kubeconfig (CA data and token included).
+        let mut out = String::with_capacity(4096);
+        serde_saphyr::to_fmt_writer_with_options(&mut out, self, options)
+            .map_err(|e| Error::Serialization(e.to_string()))?;
+        Ok(out)
     }
 
     fn to_json(&self) -> Result<String> {

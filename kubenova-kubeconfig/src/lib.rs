@@ -39,8 +39,8 @@ mod token;
 pub use error::{Error, Result};
 pub use exec::{ExecCredential, ExecCredentialStatus};
 pub use kubeconfig::{
-    Credential, EXEC_API_VERSION, EXEC_COMMAND, KubeconfigExt, KubeconfigRequest, entry_name,
-    exec_config, exec_config_for_cluster,
+    Credential, EXEC_API_VERSION, EXEC_COMMAND, KubeconfigExt, KubeconfigRequest, ProxyCa,
+    entry_name, exec_config, exec_config_for_cluster,
 };
 pub use service_account::{
     MAX_EXPIRATION_SECONDS, MIN_EXPIRATION_SECONDS, ServiceAccountKubeconfig,

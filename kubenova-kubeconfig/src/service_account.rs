@@ -1,5 +1,6 @@
 //! ServiceAccount mode: kubeconfigs backed by a TokenRequest token, for in-cluster automation.
 
+use base64::Engine as _;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, PostParams};
@@ -94,7 +95,7 @@ pub async fn service_account_kubeconfig(
     let kubeconfig = single_entry_kubeconfig(
         &name,
         &req.server_url,
-        &req.ca_pem,
+        &base64::engine::general_purpose::STANDARD.encode(req.ca_pem.as_bytes()),
         &req.namespace,
         token_auth(&token)?,
     );

@@ -5,7 +5,7 @@ use base64::Engine as _;
 use kube::config::{ExecInteractiveMode, Kubeconfig};
 use kubenova_api::error::ErrorCode;
 use kubenova_api::model::AccessRole;
-use kubenova_kubeconfig::{Credential, Error, KubeconfigExt, KubeconfigRequest};
+use kubenova_kubeconfig::{Credential, Error, KubeconfigExt, KubeconfigRequest, ProxyCa};
 
 const CA: &str = include_str!("fixtures/proxy-ca.pem");
 
@@ -16,7 +16,7 @@ fn request(credential: Credential) -> KubeconfigRequest {
         project: Some("web".into()),
         role: AccessRole::Developer,
         proxy_url: "https://capsule-proxy.prod-eu.example.com:9001".into(),
-        proxy_ca_pem: CA.into(),
+        proxy_ca: ProxyCa::from_pem(CA).unwrap(),
         namespace: "acme-web".into(),
         credential,
     }
@@ -80,7 +80,10 @@ fn long_values_stay_plain_scalars_as_kubectl_writes_them() {
     let kc = request(Credential::Token(token.clone())).build().unwrap();
     let yaml = kc.to_yaml().unwrap();
     assert!(yaml.contains(&format!("\n    token: {token}\n")), "{yaml}");
-    assert!(yaml.contains("\n    certificate-authority-data: LS0t"), "{yaml}");
+    assert!(
+        yaml.contains("\n    certificate-authority-data: LS0t"),
+        "{yaml}"
+    );
     assert!(!yaml.contains('>') && !yaml.contains('|'), "{yaml}");
     let back = Kubeconfig::from_yaml(&yaml).unwrap();
     assert_eq!(
@@ -201,11 +204,35 @@ fn missing_proxy_is_kn_409_not_reported_yet() {
 
 #[test]
 fn missing_or_bogus_ca_is_rejected() {
-    let mut r = token_request();
-    r.proxy_ca_pem = String::new();
-    assert!(matches!(r.build().unwrap_err(), Error::MissingCa(_)));
-    r.proxy_ca_pem = "hello".into();
-    assert!(matches!(r.build().unwrap_err(), Error::InvalidCa { .. }));
+    assert!(matches!(ProxyCa::from_pem(""), Err(Error::MissingCa(_))));
+    assert!(matches!(
+        ProxyCa::from_ca_data(" "),
+        Err(Error::MissingCa(_))
+    ));
+    assert!(matches!(
+        ProxyCa::from_pem("hello"),
+        Err(Error::InvalidCa { .. })
+    ));
+    // Base64 of something that is not a PEM certificate, and text that is neither.
+    let not_a_cert = base64::engine::general_purpose::STANDARD.encode("hello");
+    assert!(matches!(
+        ProxyCa::from_ca_data(&not_a_cert),
+        Err(Error::InvalidCa { .. })
+    ));
+    assert!(matches!(
+        ProxyCa::from_ca_data("%%%"),
+        Err(Error::InvalidCa { .. })
+    ));
+    // Both forms of a good CA give the same value, and the kubeconfig carries it.
+    let b64 = base64::engine::general_purpose::STANDARD.encode(CA);
+    let wrapped: String = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| format!("{}\n", std::str::from_utf8(c).unwrap()))
+        .collect();
+    let ca = ProxyCa::from_ca_data(&wrapped).unwrap();
+    assert_eq!(ca, ProxyCa::from_ca_data(CA).unwrap());
+    assert_eq!((ca.pem(), ca.data()), (CA, b64.as_str()));
 }
 
 #[test]

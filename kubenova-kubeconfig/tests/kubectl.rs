@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::api::{Api, PostParams};
 use kubenova_api::model::AccessRole;
 use kubenova_kubeconfig::{
-    Credential, KubeconfigExt, KubeconfigRequest, ServiceAccountKubeconfigRequest,
+    Credential, KubeconfigExt, KubeconfigRequest, ProxyCa, ServiceAccountKubeconfigRequest,
     service_account_kubeconfig,
 };
 
@@ -62,7 +62,7 @@ fn kubectl_config_view_accepts_token_and_exec_kubeconfigs() {
             project: None,
             role: AccessRole::Viewer,
             proxy_url: "https://capsule-proxy.example.com:9001".into(),
-            proxy_ca_pem: CA.into(),
+            proxy_ca: ProxyCa::from_pem(CA).unwrap(),
             namespace: "acme-apps".into(),
             credential,
         };

@@ -269,10 +269,16 @@ macro_rules! sql_backend {
                 ev: &AuditEvent,
             ) -> Result<()> {
                 let outcome = serde_json::to_value(ev.outcome)?;
-                sqlx::query(
+                // The document goes in as text: `json` on Postgres (migration 0006), `TEXT`
+                // on SQLite.
+                let insert = if $backend == "postgres" {
                     "INSERT INTO audit_events (id, at, actor, action, resource_kind, resource_id, outcome, doc) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                )
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8::json)"
+                } else {
+                    "INSERT INTO audit_events (id, at, actor, action, resource_kind, resource_id, outcome, doc) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+                };
+                sqlx::query(insert)
                 .bind(ev.id.0)
                 .bind(to_micros(ev.at))
                 .bind(&ev.actor)
@@ -280,7 +286,7 @@ macro_rules! sql_backend {
                 .bind(&ev.resource_kind)
                 .bind(&ev.resource_id)
                 .bind(outcome.as_str().unwrap_or_default())
-                .bind(Json(ev))
+                .bind(serde_json::to_string(ev)?)
                 .execute(&mut *conn)
                 .await?;
                 Ok(())
@@ -1605,7 +1611,7 @@ WITH i AS (
            issued_by, issued_at, expires_at, revoked_at, revoked_by FROM ok
 ), audits AS (
     INSERT INTO audit_events (id, at, actor, action, resource_kind, resource_id, outcome, doc)
-    SELECT audit_id, audit_at, actor, action, resource_kind, resource_id, outcome, doc::jsonb FROM ok
+    SELECT audit_id, audit_at, actor, action, resource_kind, resource_id, outcome, doc::json FROM ok
 )
 SELECT tenant_gone, project_gone, subject_revoked_at, subject_revoked_by FROM c ORDER BY n";
 

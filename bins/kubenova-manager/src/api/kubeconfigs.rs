@@ -19,18 +19,18 @@ use super::AppState;
 use super::authz::{Principal, Role};
 use super::clusters::{list_params, parse_id, query};
 use super::error::{ApiError, ApiResult};
-use super::extract::{Audited, Ctx, KnJson, json_response};
+use super::extract::{Audited, Ctx, KnJson, bytes_response, json_response};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine as _;
 use kubenova_api::ErrorBody;
 use kubenova_api::error::{ErrorCode, KnError};
 use kubenova_api::ids::{ClusterId, ProjectId, TenantId};
 use kubenova_api::model::{AccessRole, AuditEvent, AuditOutcome, Cluster, Project, Tenant};
 use kubenova_api::validate::Validator;
 use kubenova_kubeconfig::{
-    Claims, Credential, ExecCredential, KeySet, KubeconfigExt as _, KubeconfigRequest, TokenSpec,
+    Claims, Credential, ExecCredential, KeySet, KubeconfigExt as _, KubeconfigRequest, ProxyCa,
+    TokenSpec,
 };
 use kubenova_store::{
     CredentialMode, CredentialOutcome, CredentialQuery, IssuedCredential, Store, StoreError,
@@ -516,20 +516,40 @@ fn kubeconfig_error(e: kubenova_kubeconfig::Error, cluster: &Cluster) -> ApiErro
     }
 }
 
-/// PEM of the proxy CA: `caData` is base64 of the PEM (raw PEM accepted too).
-fn proxy_ca_pem(ca_data: Option<&str>) -> String {
-    let Some(raw) = ca_data.map(str::trim).filter(|s| !s.is_empty()) else {
-        return String::new();
-    };
-    if raw.starts_with("-----BEGIN") {
-        return raw.to_string();
+/// Validated Capsule Proxy CAs per cluster. A cluster's reported CA changes rarely, so
+/// issuances check and base64-encode it once per change ([`ProxyCa`]) instead of once per
+/// kubeconfig. An entry answers only while the cluster still reports the very same
+/// `caData`; a changed CA is validated again.
+#[derive(Debug, Default)]
+pub struct ProxyCaCache(std::sync::Mutex<std::collections::HashMap<ClusterId, (String, ProxyCa)>>);
+
+/// Entries kept before the cache starts over (one per cluster issued for).
+const MAX_CACHED_PROXY_CAS: usize = 4096;
+
+impl ProxyCaCache {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<ClusterId, (String, ProxyCa)>> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
-    base64::engine::general_purpose::STANDARD
-        .decode(raw.split_whitespace().collect::<String>())
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        // Not base64 of text: hand it on as is; the CA check rejects it with a reason.
-        .unwrap_or_else(|| raw.to_string())
+
+    /// The cluster's CA from its reported `caData` (base64 of the PEM, or the PEM).
+    pub fn get(&self, cluster: ClusterId, ca_data: &str) -> kubenova_kubeconfig::Result<ProxyCa> {
+        if let Some((raw, ca)) = self.lock().get(&cluster)
+            && raw == ca_data
+        {
+            return Ok(ca.clone());
+        }
+        let ca = ProxyCa::from_ca_data(ca_data)?;
+        let mut cached = self.lock();
+        if cached.len() >= MAX_CACHED_PROXY_CAS {
+            cached.clear();
+        }
+        cached.insert(cluster, (ca_data.to_owned(), ca.clone()));
+        Ok(ca)
+    }
 }
 
 fn issuer(st: &AppState) -> ApiResult<String> {
@@ -761,6 +781,14 @@ pub async fn issue(
     let Some(proxy) = cluster.proxy.clone() else {
         return Err(proxy_not_reported(&cluster));
     };
+    if proxy.url.trim().is_empty() {
+        return Err(proxy_not_reported(&cluster));
+    }
+    let proxy_ca = st
+        .runtime
+        .proxy_cas
+        .get(cluster.id, proxy.ca_data.as_deref().unwrap_or_default())
+        .map_err(|e| kubeconfig_error(e, &cluster))?;
     let manager_url = issuer(st)?;
     let namespace = match project {
         Some(p) => p.namespace.clone(),
@@ -772,7 +800,7 @@ pub async fn issue(
         project: project.map(|p| p.name.clone()),
         role: params.role,
         proxy_url: proxy.url.clone(),
-        proxy_ca_pem: proxy_ca_pem(proxy.ca_data.as_deref()),
+        proxy_ca,
         namespace: namespace.clone(),
         credential: Credential::Exec {
             manager_url: manager_url.clone(),
@@ -894,7 +922,17 @@ pub async fn issue(
             expires_at: claims.as_ref().map(|c| c.expires_at()),
             kubeconfig: yaml,
         };
-        json_response(StatusCode::OK, &body, None, None, false)
+        // Sized for the embedded YAML (JSON escaping adds a little), so no regrowth.
+        let mut bytes = Vec::with_capacity(body.kubeconfig.len() + 1024);
+        match serde_json::to_writer(&mut bytes, &body) {
+            Ok(()) => bytes_response(StatusCode::OK, bytes, None, None, false),
+            Err(e) => {
+                return Err(ApiError::new(
+                    ErrorCode::Internal,
+                    format!("kubeconfig issuance failed: {e}"),
+                ));
+            }
+        }
     };
     if let Some(c) = &claims {
         if let Ok(v) = HeaderValue::from_str(&c.jti) {
@@ -1884,11 +1922,26 @@ mod tests {
     }
 
     #[test]
-    fn ca_data_forms() {
-        let pem = "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n";
+    fn proxy_ca_cache_follows_the_reported_ca() {
+        use base64::Engine as _;
+        let pem = include_str!("../../../../kubenova-kubeconfig/tests/fixtures/proxy-ca.pem");
         let b64 = base64::engine::general_purpose::STANDARD.encode(pem);
-        assert_eq!(proxy_ca_pem(Some(&b64)), pem);
-        assert_eq!(proxy_ca_pem(Some(pem)), pem.trim());
-        assert_eq!(proxy_ca_pem(None), "");
+        let cache = ProxyCaCache::default();
+        let (a, b) = (ClusterId::new(), ClusterId::new());
+        let ca = cache.get(a, &b64).unwrap();
+        assert_eq!(ca.pem(), pem);
+        assert_eq!(cache.get(a, &b64).unwrap(), ca);
+        // Raw PEM for another cluster: the same CA.
+        assert_eq!(cache.get(b, pem).unwrap(), ca);
+        // The cluster reports a broken CA: refused, never answered from the old entry.
+        assert!(matches!(
+            cache.get(a, "bm90IGEgY2VydA=="),
+            Err(kubenova_kubeconfig::Error::InvalidCa { .. })
+        ));
+        assert!(matches!(
+            cache.get(a, ""),
+            Err(kubenova_kubeconfig::Error::MissingCa(_))
+        ));
+        assert_eq!(cache.get(a, &b64).unwrap(), ca);
     }
 }

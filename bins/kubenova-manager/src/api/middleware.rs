@@ -203,6 +203,8 @@ pub struct Runtime {
     route_metrics: std::sync::RwLock<HashMap<Box<str>, Vec<RouteMetric>>>,
     /// Group commit of issued kubeconfig credentials and their audit events.
     pub credential_writer: std::sync::Arc<super::kubeconfigs::CredentialWriter>,
+    /// Validated Capsule Proxy CAs of the clusters kubeconfigs are issued for.
+    pub proxy_cas: super::kubeconfigs::ProxyCaCache,
     subject_limiter: Option<DefaultKeyedRateLimiter<String>>,
     ip_limiter: Option<DefaultKeyedRateLimiter<String>>,
     checks: AtomicU64,
@@ -322,6 +324,7 @@ impl Runtime {
             cache,
             route_metrics: Default::default(),
             credential_writer: Default::default(),
+            proxy_cas: Default::default(),
             subject_limiter: limiter(cfg.rate_limit_subject_rps, cfg.rate_limit_subject_burst),
             ip_limiter: limiter(cfg.rate_limit_ip_rps, cfg.rate_limit_ip_burst),
             checks: AtomicU64::new(0),
