@@ -27,6 +27,12 @@ pub const JWKS_PATH: &str = "/.well-known/jwks.json";
 /// Path of the OIDC discovery document relative to the issuer URL.
 pub const OPENID_CONFIGURATION_PATH: &str = "/.well-known/openid-configuration";
 
+/// One JWS part: base64url of the value's JSON.
+fn b64url_json<T: Serialize>(value: &T) -> Result<String> {
+    let json = serde_json::to_vec(value).map_err(|e| Error::Serialization(e.to_string()))?;
+    Ok(b64url(&json))
+}
+
 fn b64url(data: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
 }
@@ -36,7 +42,8 @@ fn b64url(data: &[u8]) -> String {
 /// The `kid` is the RFC 7638 JWK thumbprint (SHA-256, base64url) of the public key, so it
 /// is stable across restarts and derived from the key alone. The private key is kept as
 /// PKCS#8 DER; [`SigningKey::to_bytes`] gives the storage form (to be envelope-encrypted
-/// by the caller).
+/// by the caller). The key is parsed once, when loaded: signing a token is one ECDSA
+/// signature, not a PKCS#8 parse (a point multiplication) plus a signature.
 #[derive(Clone)]
 pub struct SigningKey {
     kid: String,
@@ -45,7 +52,7 @@ pub struct SigningKey {
     y: String,
     created_at: OffsetDateTime,
     deactivated_at: Option<OffsetDateTime>,
-    encoding: EncodingKey,
+    pair: std::sync::Arc<EcdsaKeyPair>,
     decoding: DecodingKey,
 }
 
@@ -109,7 +116,7 @@ impl SigningKey {
             y,
             created_at,
             deactivated_at: None,
-            encoding: EncodingKey::from_ec_der(der),
+            pair: std::sync::Arc::new(pair),
             decoding,
         })
     }
@@ -308,15 +315,24 @@ impl KeySet {
         retired
     }
 
-    /// Signs `claims` with the active key (header `alg` ES256, `typ` JWT, `kid`).
+    /// Signs `claims` with the active key (header `alg` ES256, `typ` JWT, `kid`): a JWS
+    /// compact serialization (RFC 7515), `base64url(header).base64url(claims).base64url(r||s)`,
+    /// signed with the key parsed when it was loaded. Verification (here, in the API
+    /// server, in PyJWT) is the standard one.
     pub fn issue(&self, claims: &Claims) -> Result<String> {
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.active.kid.clone());
-        Ok(jsonwebtoken::encode(
-            &header,
-            claims,
-            &self.active.encoding,
-        )?)
+        let mut token = b64url_json(&header)?;
+        token.push('.');
+        token.push_str(&b64url_json(claims)?);
+        let signature = self
+            .active
+            .pair
+            .sign(&SystemRandom::new(), token.as_bytes())
+            .map_err(|_| Error::Key("ES256 signing failed".to_owned()))?;
+        token.push('.');
+        token.push_str(&b64url(signature.as_ref()));
+        Ok(token)
     }
 
     /// Verifies a token: known `kid`, ES256 signature, `exp` and `nbf` against the current
