@@ -5,10 +5,11 @@
 //! no sockets): bearer-token authentication, rate-limit bookkeeping, the scope check, the
 //! revoked-subject lookup, tenant/cluster reads, ES256 signing, kubeconfig building and
 //! YAML serialization, and the credential row + audit event written in one transaction.
-//! `KUBENOVA_BENCH_CONNS` (comma-separated, default `16,64`) tasks issue back to back on a
-//! 2-worker runtime, one window per level.
+//! `KUBENOVA_BENCH_CONNS` (comma-separated, default `16,64,128,256`) tasks issue back to
+//! back on a 2-worker runtime, one window per level.
 //! The baseline signs the same claims with `KeySet::issue` on 2 threads (the same two
-//! cores). Target: issuance ≥ 25% of the bare signing rate.
+//! cores): one ES256 signature with the key parsed at load, i.e. bare ring ECDSA plus the
+//! JWS encoding. Target: issuance ≥ 25% of the bare signing rate.
 //!
 //! Store: Postgres in a fresh schema (`KUBENOVA_BENCH_POSTGRES_URL`, default
 //! `postgres://postgres@127.0.0.1:5432/test`, pool of 16) when reachable, else SQLite.
@@ -199,7 +200,7 @@ fn main() {
     });
     // Concurrency levels, one window each (e.g. `KUBENOVA_BENCH_CONNS=16,64`).
     let levels: Vec<usize> = std::env::var("KUBENOVA_BENCH_CONNS")
-        .unwrap_or_else(|_| "16,64".into())
+        .unwrap_or_else(|_| "16,64,128,256".into())
         .split(',')
         .map(|v| {
             v.trim()
