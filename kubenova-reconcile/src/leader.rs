@@ -292,11 +292,13 @@ impl LeaderElector {
     }
 
     /// Applies one step's outcome to the published state; returns whether we lead.
-    fn settle(&mut self, outcome: Result<Observed, kube::Error>) -> bool {
+    /// `started` is when the attempt began: the renewal counts from then, not from when
+    /// its answer arrived, so the renew deadline never runs late by a slow response.
+    fn settle(&mut self, outcome: Result<Observed, kube::Error>, started: Instant) -> bool {
         let leading = self.is_leader();
         match outcome {
             Ok(Observed::Leading) => {
-                self.last_renew = Some(Instant::now());
+                self.last_renew = Some(started);
                 if !leading {
                     tracing::info!(lease = %self.config.name, identity = %self.config.identity, "became leader");
                 }
@@ -350,6 +352,7 @@ impl LeaderElector {
                 break;
             }
             let deadline = self.step_down_at();
+            let started = Instant::now();
             // Bound each attempt so a hanging request does not stall the loop either.
             let attempt = tokio::time::timeout(
                 self.config.retry_period.max(Duration::from_secs(1)),
@@ -362,7 +365,7 @@ impl LeaderElector {
             };
             match outcome {
                 Some(outcome) => {
-                    self.settle(outcome);
+                    self.settle(outcome, started);
                 }
                 // The attempt is dropped; if its write landed anyway, the next step sees
                 // the Lease as ours and renews it (we only ever lead less, never more).
