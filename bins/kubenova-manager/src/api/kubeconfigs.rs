@@ -778,12 +778,10 @@ pub async fn issue(
     authorize(&ctx.principal, &tenant, project, params.role)?;
     check_subject(&ctx.principal.subject)?;
     let cluster = st.store.get_cluster(tenant.cluster_id).await?;
-    let Some(proxy) = cluster.proxy.clone() else {
+    // No endpoint, or an empty URL: not reported yet (before the CA is looked at).
+    let Some(proxy) = cluster.proxy.clone().filter(|p| !p.url.trim().is_empty()) else {
         return Err(proxy_not_reported(&cluster));
     };
-    if proxy.url.trim().is_empty() {
-        return Err(proxy_not_reported(&cluster));
-    }
     let proxy_ca = st
         .runtime
         .proxy_cas
