@@ -1,5 +1,6 @@
-//! A read-through cache of cluster, tenant and project records for the Postgres store,
-//! kept correct across manager replicas by `LISTEN/NOTIFY`.
+//! A read-through cache of cluster, tenant and project records, kept correct across
+//! manager replicas by `LISTEN/NOTIFY` on Postgres, and by exclusive ownership of the file
+//! on SQLite.
 //!
 //! Point reads of these records dominate the API's read traffic (every tenant-scoped
 //! route loads its tenant; every kubeconfig issuance loads the tenant and its cluster), and
@@ -29,8 +30,10 @@
 //! - Writers never read through the cache: read-modify-write paths and version checks use
 //!   the database, and a stale `If-Match` still fails with KN-412 at the database.
 //!
-//! The SQLite store never enables it: SQLite has no notifications across processes, and
-//! its reads are in-process anyway.
+//! The SQLite store enables it as soon as it holds its database file: it opens the file in
+//! `locking_mode=EXCLUSIVE`, so no other process can write it, and every write through the
+//! store drops what it touches (the second rule), so there is nothing to be notified of. If
+//! sqlx ever has to reopen the connection, the cache is emptied first.
 //!
 //! ```
 //! use kubenova_store::cache::RowCache;

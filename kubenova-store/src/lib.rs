@@ -46,8 +46,9 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://kubenova.db";
 /// one behavioural test suite runs against both.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// The record cache of point reads, for a listener to enable and invalidate
-    /// (Postgres; see [`cache`]). `None` (the default) when the backend never caches.
+    /// The record cache of point reads (see [`cache`]): on Postgres for a listener to
+    /// enable and invalidate; on SQLite enabled while the store holds its file. `None`
+    /// (the default) when the backend never caches.
     fn row_cache(&self) -> Option<Arc<cache::RowCache>> {
         None
     }

@@ -476,8 +476,7 @@ macro_rules! sql_backend {
         #[async_trait]
         impl Store for $Store {
             fn row_cache(&self) -> Option<Arc<RowCache>> {
-                // SQLite has no notifications across processes: never cached.
-                ($backend == "postgres").then(|| Arc::clone(&self.cache))
+                Some(Arc::clone(&self.cache))
             }
 
             async fn ping(&self) -> Result<Health> {
@@ -1552,7 +1551,15 @@ impl PgStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if missing) the SQLite database at `url` and applies migrations.
+    /// Opens (creating if missing) the SQLite database at `url`, applies migrations and
+    /// takes the file for this process.
+    ///
+    /// The database is held **exclusively** (`locking_mode=EXCLUSIVE`) for as long as the
+    /// store is open: every write then goes through this store, so its record cache
+    /// ([`crate::cache`]) is correct without notifications, and is enabled at once. A
+    /// second process that opens the same file (another manager, or a `kubenova-manager`
+    /// command while one serves) gets [`StoreError::Unavailable`] saying the file is in
+    /// use; several replicas need Postgres.
     pub async fn connect(url: &str, keyring: Keyring) -> Result<Self> {
         let opts = sqlx::sqlite::SqliteConnectOptions::from_str(url)
             .map_err(|e| {
@@ -1562,19 +1569,62 @@ impl SqliteStore {
                 ))
             })?
             .create_if_missing(true)
+            // Before the journal mode: in exclusive mode, WAL keeps its index in this
+            // process's memory and no other process can attach.
+            .locking_mode(sqlx::sqlite::SqliteLockingMode::Exclusive)
             .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
             .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
+            // Long enough for a predecessor in this process to finish closing the file.
+            .busy_timeout(Duration::from_secs(5));
+        let path = opts.get_filename().display().to_string();
+        let in_use = |e: StoreError| match &e {
+            StoreError::Unavailable(m) | StoreError::Internal(m)
+                if m.contains("database is locked") =>
+            {
+                StoreError::Unavailable(format!(
+                    "the SQLite database {path} is in use by another process (a running kubenova-manager?): \
+                     an SQLite database is opened by one process at a time; stop that process first, \
+                     or use Postgres (DATABASE_URL=postgres://...) to run several"
+                ))
+            }
+            _ => e,
+        };
         // One connection: SQLite has a single writer anyway, and this rules out
-        // SQLITE_BUSY between our own transactions.
+        // SQLITE_BUSY between our own transactions. No ping before each checkout: the
+        // connection is in-process (nothing between us and the file can drop it), and a
+        // ping is one more hop to sqlx's connection thread and back per query.
+        // The connection is kept (no idle or age recycling), so the lock is never let go
+        // while the store is open; should sqlx ever have to reopen it (after an I/O
+        // error), the cache is emptied, as another process might have written meanwhile.
+        let cache = RowCache::new(ROW_CACHE_CAPACITY);
+        let on_connect = Arc::clone(&cache);
         let pool = sqlx::sqlite::SqlitePoolOptions::new()
             .max_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
             .acquire_timeout(Duration::from_secs(30))
+            .test_before_acquire(false)
+            .after_connect(move |_, _| {
+                on_connect.clear();
+                Box::pin(async { Ok(()) })
+            })
             .connect_with(opts)
-            .await?;
-        let store = Self::from_pool(pool, keyring);
-        store.migrate().await?;
+            .await
+            .map_err(|e| in_use(e.into()))?;
+        let store = Self {
+            pool,
+            keyring: Arc::new(RwLock::new(Arc::new(keyring))),
+            cache,
+        };
+        store.migrate().await.map_err(in_use)?;
+        // Take the exclusive lock now (held until the connection closes), even when no
+        // migration had to write; only then may the cache answer.
+        sqlx::raw_sql("BEGIN EXCLUSIVE; COMMIT;")
+            .execute(&store.pool)
+            .await
+            .map_err(|e| in_use(e.into()))?;
+        store.cache.enable();
         Ok(store)
     }
 }

@@ -1,7 +1,8 @@
 //! The record cache across two "replicas" (two `PgStore`s on one Postgres schema, each
 //! with its own listener): reads are answered from memory only while the listener is
 //! connected, a write through one replica reaches the other's reads within a second, and a
-//! write through a replica is visible to its own next read at once.
+//! write through a replica is visible to its own next read at once. On SQLite, which one
+//! process holds exclusively, the cache answers from the start.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
@@ -156,9 +157,76 @@ async fn postgres_replicas_share_a_consistent_cache() {
     h.cleanup().await;
 }
 
+/// SQLite holds its file exclusively, so the cache answers from the start: hits after
+/// the first read, every write through the store visible at once (cascades included), and
+/// a second process-level open of the same file refused with a clear error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_never_caches() {
+async fn sqlite_caches_while_it_holds_the_file() {
     let h = sqlite_with(keyring(&[("k1", 1)])).await;
-    assert!(h.store.row_cache().is_none());
+    let s = &h.store;
+    let cache = s.row_cache().unwrap();
+    assert!(cache.is_enabled(), "an open SQLite store owns its file");
+    let none = WriteOptions::default();
+    let c = cluster("cache");
+    s.create_cluster(&c, b"apiVersion: v1\n", &none)
+        .await
+        .unwrap();
+    let t = tenant(c.id, "acme");
+    s.create_tenant(&t, &none).await.unwrap();
+    let p = project(&t, "web");
+    s.create_project(&p, &none).await.unwrap();
+
+    let before = cache.stats();
+    for _ in 0..2 {
+        assert_eq!(s.get_tenant(t.id).await.unwrap(), t);
+        assert_eq!(s.get_project(p.id).await.unwrap(), p);
+        assert_eq!(s.get_cluster(c.id).await.unwrap(), c);
+    }
+    let after = cache.stats();
+    assert_eq!(after.misses - before.misses, 3);
+    assert_eq!(after.hits - before.hits, 3);
+
+    // Writes (desired state and observed status) are read back at once.
+    let mut t2 = t.clone();
+    t2.labels.insert("team".into(), "blue".into());
+    t2.version += 1;
+    s.update_tenant(&t2, t.version, &none).await.unwrap();
+    assert_eq!(s.get_tenant(t.id).await.unwrap(), t2);
+    let status = ObjectStatus {
+        phase: Phase::Ready,
+        ..Default::default()
+    };
+    s.set_project_status(p.id, &status).await.unwrap();
+    assert_eq!(s.get_project(p.id).await.unwrap().status.phase, Phase::Ready);
+
+    // A cascading delete takes the cached tenant and project with it.
+    s.delete_cluster(c.id, true, &none).await.unwrap();
+    for r in [
+        s.get_tenant(t.id).await.map(|_| ()),
+        s.get_project(p.id).await.map(|_| ()),
+        s.get_cluster(c.id).await.map(|_| ()),
+    ] {
+        assert!(matches!(r, Err(StoreError::NotFound { .. })), "{r:?}");
+    }
+
+    // Another open of the same file is refused, saying why, and writes nothing.
+    let url = format!("sqlite://{}", h.sqlite_path.as_ref().unwrap().display());
+    let err = match SqliteStore::connect(&url, keyring(&[("k1", 1)])).await {
+        Ok(_) => panic!("a second store opened a file the first one holds"),
+        Err(e) => e,
+    };
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(
+        err.to_string().contains("in use by another process"),
+        "{err}"
+    );
+    // The first store is unaffected; once it is closed the file opens again.
+    assert!(s.list_clusters(&ListParams::default()).await.unwrap().items.is_empty());
+    h.sqlite.as_ref().unwrap().pool().close().await;
+    let reopened = SqliteStore::connect(&url, keyring(&[("k1", 1)]))
+        .await
+        .unwrap();
+    assert!(reopened.row_cache().unwrap().is_enabled());
+    reopened.pool().close().await;
     h.cleanup().await;
 }

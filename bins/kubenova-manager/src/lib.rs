@@ -152,8 +152,9 @@ pub async fn run(cli: Cli) -> Result<serde_json::Value, ManagerError> {
             let file = cli.store.key_file();
             let keys = Keyring::generate_into(&file)?;
             let active = keys.active_kid().to_string();
-            let reconnect = kubenova_store::connect(&cli.store.database_url, keys).await?;
+            // An SQLite file is held by one open store at a time: let go of it first.
             drop(store);
+            let reconnect = kubenova_store::connect(&cli.store.database_url, keys).await?;
             let rewrapped = reconnect.rotate_keys().await?;
             Ok(serde_json::json!({"activeKek": active, "rewrapped": rewrapped}))
         }

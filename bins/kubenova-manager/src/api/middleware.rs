@@ -289,7 +289,7 @@ impl Runtime {
         let cache = CacheMetrics::default();
         registry.register(
             "store_cache_enabled",
-            "1 while the record cache may answer reads (Postgres, change listener connected), else 0",
+            "1 while the record cache may answer reads (Postgres: change listener connected; SQLite: database file held), else 0",
             cache.enabled.clone(),
         );
         registry.register(
