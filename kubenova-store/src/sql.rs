@@ -1573,7 +1573,10 @@ impl SqliteStore {
             // process's memory and no other process can attach.
             .locking_mode(sqlx::sqlite::SqliteLockingMode::Exclusive)
             .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-            .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
+            // FULL: the WAL is synced at every commit, so an acknowledged write survives
+            // a power loss or an OS crash too (NORMAL only survives a process crash).
+            // Issuances are group-committed, so this is one sync per batch.
+            .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
             .foreign_keys(true)
             // Long enough for a predecessor in this process to finish closing the file.
             .busy_timeout(Duration::from_secs(5));

@@ -12,7 +12,8 @@
 //! JWS encoding. Target: issuance ≥ 25% of the bare signing rate.
 //!
 //! Store: Postgres in a fresh schema (`KUBENOVA_BENCH_POSTGRES_URL`, default
-//! `postgres://postgres@127.0.0.1:5432/test`, pool of 16) when reachable, else SQLite.
+//! `postgres://postgres@127.0.0.1:5432/test`, pool of 16) when reachable, else SQLite;
+//! `KUBENOVA_BENCH_STORE=sqlite` measures the embedded default even when Postgres is up.
 //! Run: `cargo bench -p kubenova-manager --bench kubeconfigs`; `KUBENOVA_BENCH_SECS`
 //! (default 8). Without `--bench` it runs 1-second windows as a smoke test.
 #![allow(
@@ -79,7 +80,13 @@ async fn open_store(dir: &std::path::Path) -> (Arc<dyn Store>, String, Option<(S
     let keys = Keyring::new(vec![Kek::new("k1", &[5u8; 32]).unwrap()]).unwrap();
     let url = std::env::var("KUBENOVA_BENCH_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    if let Ok(admin) = sqlx::PgPool::connect(&url).await {
+    let sqlite_only = std::env::var("KUBENOVA_BENCH_STORE").as_deref() == Ok("sqlite");
+    let admin = if sqlite_only {
+        None
+    } else {
+        sqlx::PgPool::connect(&url).await.ok()
+    };
+    if let Some(admin) = admin {
         let schema = format!("kn_bench_kc_{}", uuid::Uuid::new_v4().simple());
         sqlx::query(&format!("CREATE SCHEMA {schema}"))
             .execute(&admin)
@@ -99,7 +106,7 @@ async fn open_store(dir: &std::path::Path) -> (Arc<dyn Store>, String, Option<(S
     let s = kubenova_store::connect(&format!("sqlite://{}", dir.join("kn.db").display()), keys)
         .await
         .unwrap();
-    (s, "SQLite".into(), None)
+    (s, "SQLite (embedded default, synchronous=FULL)".into(), None)
 }
 
 /// Bare signing rate (per second) and CPU per signature (µs, measured, so other load on
