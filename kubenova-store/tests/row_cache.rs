@@ -197,7 +197,10 @@ async fn sqlite_caches_while_it_holds_the_file() {
         ..Default::default()
     };
     s.set_project_status(p.id, &status).await.unwrap();
-    assert_eq!(s.get_project(p.id).await.unwrap().status.phase, Phase::Ready);
+    assert_eq!(
+        s.get_project(p.id).await.unwrap().status.phase,
+        Phase::Ready
+    );
 
     // A cascading delete takes the cached tenant and project with it.
     s.delete_cluster(c.id, true, &none).await.unwrap();
@@ -221,7 +224,13 @@ async fn sqlite_caches_while_it_holds_the_file() {
         "{err}"
     );
     // The first store is unaffected; once it is closed the file opens again.
-    assert!(s.list_clusters(&ListParams::default()).await.unwrap().items.is_empty());
+    assert!(
+        s.list_clusters(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
     h.sqlite.as_ref().unwrap().pool().close().await;
     let reopened = SqliteStore::connect(&url, keyring(&[("k1", 1)]))
         .await

@@ -106,7 +106,11 @@ async fn open_store(dir: &std::path::Path) -> (Arc<dyn Store>, String, Option<(S
     let s = kubenova_store::connect(&format!("sqlite://{}", dir.join("kn.db").display()), keys)
         .await
         .unwrap();
-    (s, "SQLite (embedded default, synchronous=FULL)".into(), None)
+    (
+        s,
+        "SQLite (embedded default, synchronous=FULL)".into(),
+        None,
+    )
 }
 
 /// Bare signing rate (per second) and CPU per signature (µs, measured, so other load on
