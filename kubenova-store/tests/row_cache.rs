@@ -214,10 +214,12 @@ async fn sqlite_caches_while_it_holds_the_file() {
 
     // Another open of the same file is refused, saying why, and writes nothing.
     let url = format!("sqlite://{}", h.sqlite_path.as_ref().unwrap().display());
+    let started = Instant::now();
     let err = match SqliteStore::connect(&url, keyring(&[("k1", 1)])).await {
         Ok(_) => panic!("a second store opened a file the first one holds"),
         Err(e) => e,
     };
+    eprintln!("second open refused after {:?}: {err}", started.elapsed());
     assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
     assert!(
         err.to_string().contains("in use by another process"),
@@ -232,9 +234,15 @@ async fn sqlite_caches_while_it_holds_the_file() {
             .is_empty()
     );
     h.sqlite.as_ref().unwrap().pool().close().await;
+    let started = Instant::now();
     let reopened = SqliteStore::connect(&url, keyring(&[("k1", 1)]))
         .await
-        .unwrap();
+        .unwrap_or_else(|e| {
+            panic!(
+                "reopen after close failed after {:?}: {e:?}",
+                started.elapsed()
+            )
+        });
     assert!(reopened.row_cache().unwrap().is_enabled());
     reopened.pool().close().await;
     h.cleanup().await;
