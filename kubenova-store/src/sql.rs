@@ -1620,13 +1620,20 @@ impl SqliteStore {
             keyring: Arc::new(RwLock::new(Arc::new(keyring))),
             cache,
         };
-        store.migrate().await.map_err(in_use)?;
         // Take the exclusive lock now (held until the connection closes), even when no
         // migration had to write; only then may the cache answer.
-        sqlx::raw_sql("BEGIN EXCLUSIVE; COMMIT;")
-            .execute(&store.pool)
-            .await
-            .map_err(|e| in_use(e.into()))?;
+        let ready = async {
+            store.migrate().await?;
+            sqlx::raw_sql("BEGIN EXCLUSIVE; COMMIT;")
+                .execute(&store.pool)
+                .await?;
+            Ok::<_, StoreError>(())
+        };
+        if let Err(e) = ready.await {
+            // Let go of the file before answering, so a retry does not find it held.
+            store.pool.close().await;
+            return Err(in_use(e));
+        }
         store.cache.enable();
         Ok(store)
     }

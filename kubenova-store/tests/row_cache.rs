@@ -225,7 +225,7 @@ async fn sqlite_caches_while_it_holds_the_file() {
         err.to_string().contains("in use by another process"),
         "{err}"
     );
-    // The first store is unaffected; once it is closed the file opens again.
+    // The first store is unaffected.
     assert!(
         s.list_clusters(&ListParams::default())
             .await
@@ -233,7 +233,20 @@ async fn sqlite_caches_while_it_holds_the_file() {
             .items
             .is_empty()
     );
+    h.cleanup().await;
+}
+
+/// Closing the store lets go of the file: it opens again, with its data, and caches again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_file_opens_again_once_closed() {
+    let h = sqlite_with(keyring(&[("k1", 1)])).await;
+    let c = cluster("kept");
+    h.store
+        .create_cluster(&c, b"apiVersion: v1\n", &WriteOptions::default())
+        .await
+        .unwrap();
     h.sqlite.as_ref().unwrap().pool().close().await;
+    let url = format!("sqlite://{}", h.sqlite_path.as_ref().unwrap().display());
     let started = Instant::now();
     let reopened = SqliteStore::connect(&url, keyring(&[("k1", 1)]))
         .await
@@ -244,6 +257,7 @@ async fn sqlite_caches_while_it_holds_the_file() {
             )
         });
     assert!(reopened.row_cache().unwrap().is_enabled());
+    assert_eq!(reopened.get_cluster(c.id).await.unwrap().name, "kept");
     reopened.pool().close().await;
     h.cleanup().await;
 }

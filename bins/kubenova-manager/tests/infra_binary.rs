@@ -1,5 +1,6 @@
 //! The real binary: `serve` on port 0, the bootstrap admin token, healthz/readyz/me over
-//! TCP, graceful shutdown on SIGTERM. Runs on SQLite always and on Postgres when
+//! TCP, graceful shutdown on SIGTERM, and (SQLite) a second process refused while one
+//! serves. Runs on SQLite always and on Postgres when
 //! `KUBENOVA_TEST_POSTGRES_URL` is set (skipped loudly otherwise; a failure when
 //! `KUBENOVA_REQUIRE_POSTGRES=1`).
 #![allow(clippy::unwrap_used, missing_docs)]
@@ -150,6 +151,23 @@ fn exercise(database_url: &str, backend: &str) {
     let (s, _) = http(&srv2.addr, "GET", "/api/v1/me", Some(&token));
     assert_eq!(s, 200, "the token survives a restart (same secret)");
     assert_eq!(std::fs::read_to_string(&token_path).unwrap(), before);
+    if backend == "sqlite" {
+        // The serving manager holds the SQLite file: a second process is refused, saying
+        // why, and the server goes on serving.
+        let out = Command::new(env!("CARGO_BIN_EXE_kubenova-manager"))
+            .current_dir(dir.path())
+            .env_remove("KUBENOVA_KEKS")
+            .env("DATABASE_URL", database_url)
+            .env("KUBENOVA_DATA_DIR", dir.path().join("data"))
+            .arg("migrate")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(err.contains("in use by another process"), "{err}");
+        let (s, _) = http(&srv2.addr, "GET", "/api/v1/me", Some(&token));
+        assert_eq!(s, 200);
+    }
     let _ = srv2.child.kill();
     let _ = srv2.child.wait();
     assert_eq!(
