@@ -53,6 +53,11 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// Closes the store's connections and waits until they are closed (for SQLite: until
+    /// the database file is let go, so it can be opened again at once). Calls after this
+    /// fail. The default does nothing.
+    async fn close(&self) {}
+
     /// Checks connectivity and that every migration is applied.
     async fn ping(&self) -> Result<Health>;
 

@@ -479,6 +479,19 @@ macro_rules! sql_backend {
                 Some(Arc::clone(&self.cache))
             }
 
+            async fn close(&self) {
+                // `Pool::close` can miss a connection that was still on its way back to
+                // the pool when it looked (it is then left idle in the closed pool, and an
+                // SQLite file stays held); repeat until no connection is left.
+                loop {
+                    self.pool.close().await;
+                    if self.pool.size() == 0 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+
             async fn ping(&self) -> Result<Health> {
                 let expected = $migrator.iter().map(|m| m.version).max().unwrap_or(0);
                 let row = sqlx::query("SELECT MAX(version) AS v FROM _sqlx_migrations WHERE success")

@@ -245,7 +245,7 @@ async fn sqlite_file_opens_again_once_closed() {
         .create_cluster(&c, b"apiVersion: v1\n", &WriteOptions::default())
         .await
         .unwrap();
-    h.sqlite.as_ref().unwrap().pool().close().await;
+    h.store.close().await;
     let url = format!("sqlite://{}", h.sqlite_path.as_ref().unwrap().display());
     let started = Instant::now();
     let reopened = SqliteStore::connect(&url, keyring(&[("k1", 1)]))
@@ -258,6 +258,6 @@ async fn sqlite_file_opens_again_once_closed() {
         });
     assert!(reopened.row_cache().unwrap().is_enabled());
     assert_eq!(reopened.get_cluster(c.id).await.unwrap().name, "kept");
-    reopened.pool().close().await;
+    reopened.close().await;
     h.cleanup().await;
 }

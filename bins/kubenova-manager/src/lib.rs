@@ -153,6 +153,7 @@ pub async fn run(cli: Cli) -> Result<serde_json::Value, ManagerError> {
             let keys = Keyring::generate_into(&file)?;
             let active = keys.active_kid().to_string();
             // An SQLite file is held by one open store at a time: let go of it first.
+            store.close().await;
             drop(store);
             let reconnect = kubenova_store::connect(&cli.store.database_url, keys).await?;
             let rewrapped = reconnect.rotate_keys().await?;

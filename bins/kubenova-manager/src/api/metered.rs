@@ -38,6 +38,10 @@ macro_rules! metered {
                 self.inner.row_cache()
             }
 
+            async fn close(&self) {
+                self.inner.close().await
+            }
+
             $(
                 async fn $name(&self $(, $arg: $ty)*) -> $ret {
                     let started = Instant::now();
