@@ -482,7 +482,8 @@ macro_rules! sql_backend {
             async fn close(&self) {
                 // `Pool::close` can miss a connection that was still on its way back to
                 // the pool when it looked (it is then left idle in the closed pool, and an
-                // SQLite file stays held); repeat until no connection is left.
+                // SQLite file stays held; sqlx issue #3217); repeat until no connection
+                // is left.
                 loop {
                     self.pool.close().await;
                     if self.pool.size() == 0 {
