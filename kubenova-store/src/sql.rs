@@ -1645,7 +1645,7 @@ impl SqliteStore {
         };
         if let Err(e) = ready.await {
             // Let go of the file before answering, so a retry does not find it held.
-            store.pool.close().await;
+            Store::close(&store).await;
             return Err(in_use(e));
         }
         store.cache.enable();
