@@ -134,10 +134,14 @@ macro_rules! sql_backend {
         impl $Store {
             /// Wraps an existing pool (migrations are not run; see [`Self::migrate`]).
             pub fn from_pool(pool: sqlx::Pool<$Db>, keyring: Keyring) -> Self {
+                Self::with_cache(pool, keyring, RowCache::new(ROW_CACHE_CAPACITY))
+            }
+
+            fn with_cache(pool: sqlx::Pool<$Db>, keyring: Keyring, cache: Arc<RowCache>) -> Self {
                 Self {
                     pool,
                     keyring: Arc::new(RwLock::new(Arc::new(keyring))),
-                    cache: RowCache::new(ROW_CACHE_CAPACITY),
+                    cache,
                 }
             }
 
@@ -1629,11 +1633,7 @@ impl SqliteStore {
             .connect_with(opts)
             .await
             .map_err(|e| in_use(e.into()))?;
-        let store = Self {
-            pool,
-            keyring: Arc::new(RwLock::new(Arc::new(keyring))),
-            cache,
-        };
+        let store = Self::with_cache(pool, keyring, cache);
         // Take the exclusive lock now (held until the connection closes), even when no
         // migration had to write; only then may the cache answer.
         let ready = async {
