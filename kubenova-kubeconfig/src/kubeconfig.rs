@@ -397,7 +397,7 @@ pub trait KubeconfigExt {
     ///
     /// ```
     /// use kubenova_kubeconfig::{Kubeconfig, KubeconfigExt};
-    /// let mut kc: Kubeconfig = serde_yaml::from_str("users:\n- name: u\n  user: {}\n").unwrap();
+    /// let mut kc: Kubeconfig = serde_saphyr::from_str("users:\n- name: u\n  user: {}\n").unwrap();
     /// kc.set_token("eyJhbGciOiJFUzI1NiJ9.e30.sig").unwrap();
     /// assert!(kc.auth_infos[0].auth_info.as_ref().unwrap().token.is_some());
     /// assert!(kc.set_token(" ").is_err());
@@ -408,7 +408,7 @@ pub trait KubeconfigExt {
 impl KubeconfigExt for Kubeconfig {
     fn to_yaml(&self) -> Result<String> {
         // Plain scalars, as kubectl writes them: no folded (`>-`) style for the long
-        // base64 CA data and tokens. serde-saphyr emits the same text as serde_yaml here
+        // base64 CA data and tokens. serde-saphyr emits the same text as serde_yaml did here
         // in about a quarter of the time (docs/src/benchmarks.md, issue 7).
         let options = serde_saphyr::ser_options! { prefer_block_scalars: false };
         // One allocation for a typical single-entry kubeconfig (CA data and token included).

@@ -567,9 +567,10 @@ async fn apply_crd_file(
         .await
         .map_err(|e| err(format!("{}: {e}", path.display())))?;
     let mut parsed = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let value = <serde_json::Value as serde::Deserialize>::deserialize(doc)
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_str_multiple_with_options(&text, crate::manifests::yaml_file_options())
             .map_err(|e| err(format!("{}: {e}", path.display())))?;
+    for value in docs {
         if value.is_null() {
             continue;
         }

@@ -13,14 +13,14 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
 }
 
 /// `(file name, YAML)` of each CRD, e.g. `("novatenants.kubenova.io.yaml", ...)`.
-pub fn crd_files() -> Result<Vec<(String, String)>, serde_yaml::Error> {
+pub fn crd_files() -> Result<Vec<(String, String)>, serde_saphyr::SerializeError> {
     crds()
         .into_iter()
         .map(|crd| {
             let name = crd.metadata.name.clone().unwrap_or_default();
             Ok((
                 format!("{name}.yaml"),
-                format!("{HEADER}{}", serde_yaml::to_string(&crd)?),
+                format!("{HEADER}{}", crate::manifests::yaml_text(&crd)?),
             ))
         })
         .collect()

@@ -667,9 +667,24 @@ fn installer_manifests(ns: &str, operator: &Subject) -> InstallerManifests {
     }
 }
 
+/// Parser options for manifest files we ship or install (CRDs, chart manifests): the
+/// defaults of `serde-saphyr`, with room for the deep nesting of CRD schemas (an
+/// OpenAPI schema nests two YAML levels per field level).
+pub fn yaml_file_options() -> serde_saphyr::Options {
+    serde_saphyr::options! { budget: serde_saphyr::budget! { max_depth: 512 }, with_snippet: false }
+}
+
+/// YAML text of one object as we write manifests: long lines stay one line (no folded
+/// `>-` blocks, so CEL rules and patterns read as they are), multi-line text is a literal
+/// `|` block, and quoting is YAML 1.1-safe for kubectl and client-go.
+pub fn yaml_text<T: serde::Serialize>(value: &T) -> Result<String, serde_saphyr::SerializeError> {
+    let options = serde_saphyr::ser_options! { folded_wrap_chars: usize::MAX };
+    serde_saphyr::to_string_with_options(value, options)
+}
+
 /// Renders objects as a multi-document YAML stream (each document starts with `---`),
 /// after a `#`-comment `header` (may be empty).
-pub fn to_yaml(header: &str, objects: &[Value]) -> Result<String, serde_yaml::Error> {
+pub fn to_yaml(header: &str, objects: &[Value]) -> Result<String, serde_saphyr::SerializeError> {
     let mut out = String::new();
     for line in header.lines() {
         out.push_str("# ");
@@ -678,7 +693,7 @@ pub fn to_yaml(header: &str, objects: &[Value]) -> Result<String, serde_yaml::Er
     }
     for o in objects {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(o)?);
+        out.push_str(&yaml_text(o)?);
     }
     Ok(out)
 }

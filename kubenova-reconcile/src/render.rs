@@ -1,6 +1,5 @@
 //! Offline render: Nova YAML documents in, the translated objects out.
 
-use k8s_openapi::serde::Deserialize as _;
 use kubenova_api::catalog::Catalog;
 use kubenova_api::crd::{NovaApp, NovaProject, NovaTenant};
 use kubenova_api::model::{project_namespace, tenant_namespaces};
@@ -9,7 +8,8 @@ use thiserror::Error;
 
 use crate::error::TranslateError;
 
-/// Why [`render`] failed; `doc` is the 1-based document number.
+/// Why [`render`] failed; `doc` is the 1-based number of the document among the
+/// non-empty ones.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum RenderError {
@@ -18,8 +18,8 @@ pub enum RenderError {
     Yaml {
         /// Document number.
         doc: usize,
-        /// Parser error.
-        source: serde_yaml::Error,
+        /// Parser error (with its line and column).
+        source: serde_saphyr::Error,
     },
     /// Not a NovaTenant, NovaProject or NovaApp of `kubenova.io/v1alpha1`.
     #[error(
@@ -53,7 +53,7 @@ pub enum RenderError {
     },
     /// The output could not be serialized.
     #[error("serializing the output: {0}")]
-    Output(#[from] serde_yaml::Error),
+    Output(#[from] serde_saphyr::SerializeError),
 }
 
 /// Renders several NovaTenant / NovaProject / NovaApp YAML documents into the objects
@@ -65,9 +65,12 @@ pub enum RenderError {
 /// rendered.
 pub fn render(yaml_docs: &str, catalog: &Catalog) -> Result<String, RenderError> {
     let mut objects: Vec<Value> = Vec::new();
-    for (i, de) in serde_yaml::Deserializer::from_str(yaml_docs).enumerate() {
+    let mut input = yaml_docs.as_bytes();
+    let opts = crate::manifests::yaml_file_options();
+    // Documents one at a time (empty ones are skipped by the reader).
+    for (i, parsed) in serde_saphyr::read_with_options::<_, Value>(&mut input, opts).enumerate() {
         let doc = i + 1;
-        let mut v = Value::deserialize(de).map_err(|source| RenderError::Yaml { doc, source })?;
+        let mut v = parsed.map_err(|source| RenderError::Yaml { doc, source })?;
         if v.is_null() {
             continue;
         }
@@ -148,7 +151,30 @@ pub fn render(yaml_docs: &str, catalog: &Catalog) -> Result<String, RenderError>
     let mut out = String::new();
     for o in &objects {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(o)?);
+        out.push_str(&crate::manifests::yaml_text(o)?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    const TENANT: &str = "apiVersion: kubenova.io/v1alpha1\nkind: NovaTenant\nmetadata:\n  name: acme\nspec:\n  plan: gold\n  owners: [alice@example.com]\n";
+
+    #[test]
+    fn empty_documents_are_skipped_and_a_broken_one_is_named() {
+        let out = render(&format!("---\n---\n{TENANT}---\n"), Catalog::builtin_ref()).unwrap();
+        assert!(out.contains("kind: Tenant"), "{out}");
+        let err = render(
+            &format!("{TENANT}---\nkind: [unclosed\n"),
+            Catalog::builtin_ref(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, RenderError::Yaml { doc: 2, .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.starts_with("document 2: invalid YAML: "), "{msg}");
+        assert!(msg.contains("line 9"), "{msg}");
+    }
 }

@@ -95,7 +95,7 @@ fn examples() -> Vec<Value> {
     ["novatenant.yaml", "novaproject.yaml", "novaapp.yaml"]
         .iter()
         .map(|f| {
-            serde_yaml::from_str(
+            serde_saphyr::from_str(
                 &std::fs::read_to_string(repo().join("examples/crds").join(f)).unwrap(),
             )
             .unwrap()
@@ -246,8 +246,8 @@ async fn rendered_examples_validate_too() {
         .join("---\n");
     let out = kubenova_reconcile::render(&docs, Catalog::builtin_ref()).unwrap();
     let mut kinds = Vec::new();
-    for de in serde_yaml::Deserializer::from_str(&out) {
-        let v: Value = serde::Deserialize::deserialize(de).unwrap();
+    let docs: Vec<Value> = serde_saphyr::from_str_multiple(&out).unwrap();
+    for v in docs {
         kinds.push(v["kind"].as_str().unwrap().to_owned());
         create(&client, &v).await;
     }

@@ -206,17 +206,25 @@ fn bootstrap(store: &Store) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// YAML parser options for request bodies and CRD files: `serde-saphyr`'s defaults with
+/// room for the deep nesting of CRD schemas (two YAML levels per schema level).
+pub(crate) fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        budget: serde_saphyr::budget! { max_depth: 512 },
+        with_snippet: false,
+    }
+}
+
 /// Registers (creates or replaces) every `CustomResourceDefinition` in a (multi-document) YAML
 /// string through the same code path as `POST /apis/apiextensions.k8s.io/v1/customresourcedefinitions`.
 pub fn register_crd_yaml(store: &Store, yaml: &str) -> Result<Vec<String>, ApiError> {
-    use serde::Deserialize as _;
     let crd_type = store
         .resolve("apiextensions.k8s.io", "v1", "customresourcedefinitions")
         .ok_or_else(|| ApiError::internal("CRD type missing"))?;
     let mut names = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(yaml) {
-        let v = Value::deserialize(doc)
-            .map_err(|e| ApiError::bad_request(format!("invalid CRD YAML: {e}")))?;
+    let docs: Vec<Value> = serde_saphyr::from_str_multiple_with_options(yaml, yaml_options())
+        .map_err(|e| ApiError::bad_request(format!("invalid CRD YAML: {e}")))?;
+    for v in docs {
         if v.is_null() {
             continue;
         }
@@ -307,7 +315,7 @@ impl TestCluster {
         let der = rustls_pem_to_der(&self.ca_pem)?;
         config.root_cert = Some(vec![der]);
         config.default_namespace = "default".into();
-        config.auth_info = serde_yaml::from_str(&format!("token: {}", self.app.admin_token))
+        config.auth_info = serde_saphyr::from_str(&format!("token: {}", self.app.admin_token))
             .context("building auth info")?;
         kube::Client::try_from(config).context("building kube::Client")
     }
@@ -317,7 +325,7 @@ impl TestCluster {
         let mut config = kube::Config::new(self.url.parse().context("parsing cluster URL")?);
         config.root_cert = Some(vec![rustls_pem_to_der(&self.ca_pem)?]);
         config.auth_info =
-            serde_yaml::from_str(&format!("token: {token}")).context("building auth info")?;
+            serde_saphyr::from_str(&format!("token: {token}")).context("building auth info")?;
         kube::Client::try_from(config).context("building kube::Client")
     }
 

@@ -364,10 +364,20 @@ async fn route(
     }
 }
 
+/// A YAML body (JSON is YAML: clients such as kube-rs send apply patches as JSON under
+/// the YAML media type, and are decoded as JSON, as the API server does).
+fn yaml_or_json(body: &[u8]) -> Result<Value, String> {
+    if body.trim_ascii_start().first() == Some(&b'{') {
+        return serde_json::from_slice(body).map_err(|e| e.to_string());
+    }
+    let text = std::str::from_utf8(body).map_err(|e| e.to_string())?;
+    serde_saphyr::from_str_with_options(text, crate::yaml_options()).map_err(|e| e.to_string())
+}
+
 fn parse_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
     let ct = content_type(headers);
     let v: Value = if ct.contains("yaml") {
-        serde_yaml::from_slice(body).map_err(|e| {
+        yaml_or_json(body).map_err(|e| {
             ApiError::bad_request(format!("couldn't get version/kind; yaml parse error: {e}"))
         })?
     } else {
@@ -618,7 +628,7 @@ async fn resource(
                 other => return Err(ApiError::unsupported_media_type(other)),
             };
             let patch: Value = match kind {
-                PatchKind::Apply { .. } => serde_yaml::from_slice(&body)
+                PatchKind::Apply { .. } => yaml_or_json(&body)
                     .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?,
                 _ => serde_json::from_slice(&body)
                     .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?,

@@ -131,7 +131,7 @@ async fn kubeconfig_has_ca_and_no_insecure_flag() {
     // A client that does not trust the CA cannot connect.
     let mut untrusting = kube::Config::new(cluster.url().parse().unwrap());
     untrusting.auth_info =
-        serde_yaml::from_str(&format!("token: {}", cluster.admin_token())).unwrap();
+        serde_saphyr::from_str(&format!("token: {}", cluster.admin_token())).unwrap();
     let c = kube::Client::try_from(untrusting).unwrap();
     assert!(
         Api::<Namespace>::all(c)

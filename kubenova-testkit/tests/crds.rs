@@ -82,7 +82,7 @@ async fn crd_via_api_validation_and_status() {
     let cluster = TestCluster::start().await.unwrap();
     let client = cluster.client().unwrap();
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd: CustomResourceDefinition = serde_yaml::from_str(WIDGET_CRD).unwrap();
+    let crd: CustomResourceDefinition = serde_saphyr::from_str(WIDGET_CRD).unwrap();
     crds.create(&PostParams::default(), &crd).await.unwrap();
     let got = crds.get("widgets.example.com").await.unwrap();
     let conds = got.status.unwrap().conditions.unwrap();
@@ -180,7 +180,7 @@ async fn crd_via_api_validation_and_status() {
     assert_eq!(lax["spec"]["size"], 1);
 
     // A CRD whose name is not <plural>.<group> is invalid.
-    let mut wrong: CustomResourceDefinition = serde_yaml::from_str(WIDGET_CRD).unwrap();
+    let mut wrong: CustomResourceDefinition = serde_saphyr::from_str(WIDGET_CRD).unwrap();
     wrong.metadata.name = Some("gadgets.example.com".into());
     let e = api_err(crds.create(&PostParams::default(), &wrong).await);
     assert_eq!((e.code, e.reason.as_str()), (422, "Invalid"));
@@ -275,7 +275,7 @@ async fn upstream_crds_load_and_tenant_validation() {
         "tenants",
         None,
     );
-    let tenant: DynamicObject = serde_yaml::from_str(
+    let tenant: DynamicObject = serde_saphyr::from_str(
         r#"
 apiVersion: capsule.clastix.io/v1beta2
 kind: Tenant
@@ -350,7 +350,7 @@ spec:
         "applications",
         Some("acme-dev"),
     );
-    let app: DynamicObject = serde_yaml::from_str(
+    let app: DynamicObject = serde_saphyr::from_str(
         r#"
 apiVersion: core.oam.dev/v1beta1
 kind: Application

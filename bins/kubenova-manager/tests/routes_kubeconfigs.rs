@@ -270,7 +270,7 @@ fn verify(jwks: &JwkSet, token: &str, aud: &str) -> Result<Value, jsonwebtoken::
 }
 
 fn embedded_token(kubeconfig_yaml: &str) -> String {
-    let kc: Value = serde_yaml::from_str(kubeconfig_yaml).unwrap();
+    let kc: Value = serde_saphyr::from_str(kubeconfig_yaml).unwrap();
     kc["users"][0]["user"]["token"]
         .as_str()
         .unwrap_or_default()
@@ -406,7 +406,7 @@ async fn kubeconfig_content_yaml_and_json() {
         r.headers["x-kubenova-credential-id"].to_str().unwrap(),
         j["jti"].as_str().unwrap()
     );
-    let kc: Value = serde_yaml::from_str(j["kubeconfig"].as_str().unwrap()).unwrap();
+    let kc: Value = serde_saphyr::from_str(j["kubeconfig"].as_str().unwrap()).unwrap();
     assert_eq!(kc["current-context"], "prod-eu-acme-web-developer");
     assert_eq!(kc["clusters"][0]["cluster"]["server"], PROXY);
     let ca = kc["clusters"][0]["cluster"]["certificate-authority-data"]
@@ -437,7 +437,7 @@ async fn kubeconfig_content_yaml_and_json() {
         .await;
     r.expect(StatusCode::OK);
     assert_eq!(r.headers[header::CONTENT_TYPE], "application/yaml");
-    let kc: kubenova_kubeconfig::Kubeconfig = serde_yaml::from_str(&r.text).unwrap();
+    let kc: kubenova_kubeconfig::Kubeconfig = serde_saphyr::from_str(&r.text).unwrap();
     assert_eq!(kc.current_context.as_deref(), Some("prod-eu-acme-viewer"));
     let tenant = t.st.store.get_tenant(t.a).await.unwrap();
     assert_eq!(
@@ -880,7 +880,7 @@ async fn exec_kubeconfig_and_refresh() {
     let j = r.json();
     assert_eq!(j["mode"], "exec");
     assert!(j.get("jti").is_none());
-    let kc: Value = serde_yaml::from_str(j["kubeconfig"].as_str().unwrap()).unwrap();
+    let kc: Value = serde_saphyr::from_str(j["kubeconfig"].as_str().unwrap()).unwrap();
     let user = &kc["users"][0]["user"];
     assert!(user.get("token").is_none());
     assert_eq!(user["exec"]["command"], "kubenova");

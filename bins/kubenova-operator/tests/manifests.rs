@@ -12,7 +12,6 @@ use clap::CommandFactory as _;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kubenova_reconcile::manifests::{self, OperatorParams, operator_manifests};
-use serde::Deserialize as _;
 use serde_json::{Value, json};
 
 const RBAC_HEADER: &str = "\
@@ -50,8 +49,9 @@ fn generated() -> Vec<(&'static str, String)> {
 
 fn documents(file: &str) -> Vec<Value> {
     let text = std::fs::read_to_string(dir().join(file)).unwrap();
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|d| Value::deserialize(d).unwrap())
+    serde_saphyr::from_str_multiple::<Value, Vec<Value>>(&text)
+        .unwrap()
+        .into_iter()
         .filter(|v| !v.is_null())
         .collect()
 }

@@ -917,7 +917,7 @@ pub(crate) fn check_kubeconfig(input: &str) -> Result<Vec<u8>, ValidationError> 
         })?
     } else {
         // Errors name the position only, never content.
-        serde_yaml::from_str::<Value>(&text).map_err(|e| {
+        serde_saphyr::from_str::<Value>(&text).map_err(|e| {
             let at = e
                 .location()
                 .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
@@ -1143,8 +1143,24 @@ users:
         assert!(check_kubeconfig(KIND).is_ok());
         let b64 = base64::engine::general_purpose::STANDARD.encode(KIND);
         assert_eq!(check_kubeconfig(&b64).unwrap(), KIND.as_bytes());
-        let json = serde_json::to_string(&serde_yaml::from_str::<Value>(KIND).unwrap()).unwrap();
+        let json = serde_json::to_string(&serde_saphyr::from_str::<Value>(KIND).unwrap()).unwrap();
         assert!(check_kubeconfig(&json).is_ok());
+    }
+
+    #[test]
+    fn kubeconfig_alias_bomb_is_refused_as_invalid_yaml() {
+        // Nine levels of ten aliases each would expand to 10^9 scalars: the parser's alias
+        // budget refuses it at once instead of building it.
+        let mut bomb = String::from("l0: &l0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for n in 1..10 {
+            let p = n - 1;
+            bomb.push_str(&format!(
+                "l{n}: &l{n} [{}]\n",
+                vec![format!("*l{p}"); 10].join(", ")
+            ));
+        }
+        let err = check_kubeconfig(&bomb).unwrap_err();
+        assert!(err.to_string().contains("is not valid YAML"), "{err}");
     }
 
     fn fields(e: ValidationError) -> Vec<String> {
