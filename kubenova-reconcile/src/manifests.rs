@@ -670,6 +670,15 @@ fn installer_manifests(ns: &str, operator: &Subject) -> InstallerManifests {
 /// Parser options for manifest files we ship or install (CRDs, chart manifests): the
 /// defaults of `serde-saphyr`, with room for the deep nesting of CRD schemas (an
 /// OpenAPI schema nests two YAML levels per field level).
+///
+/// ```
+/// use kubenova_reconcile::manifests::yaml_file_options;
+///
+/// let docs: Vec<serde_json::Value> =
+///     serde_saphyr::from_str_multiple_with_options("a: 1\n---\nb: 2\n", yaml_file_options())?;
+/// assert_eq!(docs.len(), 2);
+/// # Ok::<(), serde_saphyr::Error>(())
+/// ```
 pub fn yaml_file_options() -> serde_saphyr::Options {
     serde_saphyr::options! { budget: serde_saphyr::budget! { max_depth: 512 }, with_snippet: false }
 }
@@ -677,6 +686,15 @@ pub fn yaml_file_options() -> serde_saphyr::Options {
 /// YAML text of one object as we write manifests: long lines stay one line (no folded
 /// `>-` blocks, so CEL rules and patterns read as they are), multi-line text is a literal
 /// `|` block, and quoting is YAML 1.1-safe for kubectl and client-go.
+///
+/// ```
+/// use kubenova_reconcile::manifests::yaml_text;
+///
+/// let text = yaml_text(&serde_json::json!({"enabled": "on", "rule": "self.a || self.b"}))?;
+/// // `on` would be a boolean to a YAML 1.1 reader such as kubectl: it is quoted.
+/// assert_eq!(text, "enabled: \"on\"\nrule: self.a || self.b\n");
+/// # Ok::<(), serde_saphyr::SerializeError>(())
+/// ```
 pub fn yaml_text<T: serde::Serialize>(value: &T) -> Result<String, serde_saphyr::SerializeError> {
     let options = serde_saphyr::ser_options! { folded_wrap_chars: usize::MAX };
     serde_saphyr::to_string_with_options(value, options)
