@@ -367,9 +367,12 @@ async fn route(
 /// A YAML body (JSON is YAML: clients such as kube-rs send apply patches as JSON under
 /// the YAML media type, and are decoded as JSON, as the API server does).
 fn yaml_or_json(body: &[u8]) -> Result<Value, String> {
-    if body.trim_ascii_start().first() == Some(&b'{') {
-        return serde_json::from_slice(body).map_err(|e| e.to_string());
+    if body.trim_ascii_start().first() == Some(&b'{')
+        && let Ok(v) = serde_json::from_slice(body)
+    {
+        return Ok(v);
     }
+    // Not JSON (`{a: 1}` is a YAML flow mapping but not JSON): YAML.
     let text = std::str::from_utf8(body).map_err(|e| e.to_string())?;
     serde_saphyr::from_str_with_options(text, crate::yaml_options()).map_err(|e| e.to_string())
 }

@@ -359,6 +359,26 @@ async fn merge_json_patch_and_ssa() {
             .code,
         422
     );
+    // Apply bodies in YAML proper: block style, and a flow mapping that is not JSON.
+    for (name, body) in [
+        (
+            "y1",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: y1\ndata:\n  enabled: \"on\"\n",
+        ),
+        (
+            "y2",
+            "{apiVersion: v1, kind: ConfigMap, metadata: {name: y2}, data: {enabled: \"on\"}}",
+        ),
+    ] {
+        let req = http::Request::patch(format!(
+            "/api/v1/namespaces/default/configmaps/{name}?fieldManager=yaml"
+        ))
+        .header("content-type", "application/apply-patch+yaml")
+        .body(body.as_bytes().to_vec())
+        .unwrap();
+        let got: serde_json::Value = client.request(req).await.unwrap();
+        assert_eq!(got["data"]["enabled"], "on", "{name}");
+    }
     // Update-operation ownership then apply conflict against it.
     let upd = cms
         .patch(
