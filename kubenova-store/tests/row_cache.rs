@@ -57,6 +57,21 @@ where
 
 /// Reads the cluster, tenant and project twice each through `store`: the first reads go to
 /// the database (3 misses), the second come from memory (3 hits).
+/// Creates a cluster `cache` with tenant `acme` and its project `web` through `store`.
+async fn cluster_tenant_project(store: &dyn Store) -> (Cluster, Tenant, Project) {
+    let none = WriteOptions::default();
+    let c = cluster("cache");
+    store
+        .create_cluster(&c, b"apiVersion: v1\n", &none)
+        .await
+        .unwrap();
+    let t = tenant(c.id, "acme");
+    store.create_tenant(&t, &none).await.unwrap();
+    let p = project(&t, "web");
+    store.create_project(&p, &none).await.unwrap();
+    (c, t, p)
+}
+
 async fn read_twice_from_memory_once(store: &dyn Store, c: &Cluster, t: &Tenant, p: &Project) {
     let cache = store.row_cache().unwrap();
     let before = cache.stats();
@@ -80,14 +95,7 @@ async fn postgres_replicas_share_a_consistent_cache() {
     let (b, nb) = replica(&schema).await;
     let none = WriteOptions::default();
 
-    let c = cluster("cache");
-    a.create_cluster(&c, b"apiVersion: v1\n", &none)
-        .await
-        .unwrap();
-    let t = tenant(c.id, "acme");
-    a.create_tenant(&t, &none).await.unwrap();
-    let p = project(&t, "web");
-    a.create_project(&p, &none).await.unwrap();
+    let (c, t, p) = cluster_tenant_project(&a).await;
 
     // B reads from the database once, then from memory.
     let cache_b = b.row_cache().unwrap();
@@ -173,14 +181,7 @@ async fn sqlite_caches_while_it_holds_the_file() {
     let cache = s.row_cache().unwrap();
     assert!(cache.is_enabled(), "an open SQLite store owns its file");
     let none = WriteOptions::default();
-    let c = cluster("cache");
-    s.create_cluster(&c, b"apiVersion: v1\n", &none)
-        .await
-        .unwrap();
-    let t = tenant(c.id, "acme");
-    s.create_tenant(&t, &none).await.unwrap();
-    let p = project(&t, "web");
-    s.create_project(&p, &none).await.unwrap();
+    let (c, t, p) = cluster_tenant_project(s.as_ref()).await;
 
     read_twice_from_memory_once(s.as_ref(), &c, &t, &p).await;
 
