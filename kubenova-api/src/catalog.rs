@@ -2,9 +2,12 @@
 //!
 //! A [`Plan`] is what a tenant subscribes to: its ResourceQuota (`tenantQuotas`), the
 //! number of namespaces it may own, the LimitRange defaults applied to its containers,
-//! its hourly prices and the [`PolicySet`]s enforced in its namespaces. A policyset is a
-//! named list of [`PolicyRule`]s: network isolation, Pod Security admission level, or
-//! KubeVela policies and traits (the rules of the KubeNova 0.9 catalog).
+//! its hourly prices, the KubeVela definition types its apps may use
+//! ([`AllowedDefinitions`]) and the [`PolicySet`]s enforced for it. A policyset is a named
+//! list of [`PolicyRule`]s: network isolation, Pod Security admission level, allowed image
+//! registries, and KubeVela traits and policies added to every app of the tenant. Every
+//! rule is enforced (see [`crate::apprules`] for the app rules); a rule a plan could not
+//! enforce (a KubeVela type the plan does not allow) makes the catalog fail to load.
 //!
 //! [`Catalog::builtin`] ships `baseline`, `gold` and `platinum`. Operators can add or
 //! override plans and policysets by name with a JSON or YAML [`CatalogFile`]:
@@ -124,6 +127,163 @@ pub struct Plan {
     /// Names of the policysets enforced for tenants on this plan.
     #[serde(default)]
     pub policysets: Vec<String>,
+    /// The KubeVela definition types the apps of this plan's tenants may use; a list left
+    /// out takes its default (see [`AllowedDefinitions`]).
+    #[serde(default)]
+    pub definitions: AllowedDefinitions,
+}
+
+/// The KubeVela definition types (by name) an app may use, per kind. Anything not listed
+/// is refused (KN-422 naming the field) by the manager and by the operator.
+///
+/// The defaults are stock KubeVela definitions that only create objects in the app's own
+/// namespace: no raw objects (`k8s-objects`, `apply-object`), no references to other
+/// namespaces or clusters (`ref-objects`, `topology`, `read-object`, `depends-on-app`),
+/// no outbound requests from the KubeVela controller (`webhook`, `notification`,
+/// `request`), no trait that creates RBAC (`service-account`) or patches the workload
+/// blindly (`json-patch`, `json-merge-patch`).
+///
+/// ```
+/// use kubenova_api::catalog::AllowedDefinitions;
+///
+/// let d: AllowedDefinitions = serde_json::from_str(r#"{"components": ["webservice"]}"#)?;
+/// assert_eq!(d.components, ["webservice"]);
+/// assert!(d.traits.iter().any(|t| t == "scaler")); // left out: the default list
+/// assert!(!AllowedDefinitions::default().components.iter().any(|c| c == "k8s-objects"));
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({
+    "components": ["cron-task", "task", "webservice", "worker"],
+    "traits": ["scaler", "gateway", "env"],
+    "policies": ["apply-once", "garbage-collect", "read-only"],
+    "workflowSteps": ["apply-component", "deploy", "suspend"]
+}))]
+#[schema(
+    description = "The KubeVela definition types (ComponentDefinition, TraitDefinition, PolicyDefinition, WorkflowStepDefinition names) the apps of a plan may use; a list left out takes its default."
+)]
+pub struct AllowedDefinitions {
+    /// ComponentDefinition names.
+    #[serde(default = "default_components")]
+    pub components: Vec<String>,
+    /// TraitDefinition names.
+    #[serde(default = "default_traits")]
+    pub traits: Vec<String>,
+    /// PolicyDefinition names.
+    #[serde(default = "default_policies")]
+    pub policies: Vec<String>,
+    /// WorkflowStepDefinition names.
+    #[serde(default = "default_workflow_steps")]
+    pub workflow_steps: Vec<String>,
+}
+
+impl Default for AllowedDefinitions {
+    fn default() -> Self {
+        AllowedDefinitions {
+            components: default_components(),
+            traits: default_traits(),
+            policies: default_policies(),
+            workflow_steps: default_workflow_steps(),
+        }
+    }
+}
+
+impl AllowedDefinitions {
+    /// The allowed names of one kind: `components`, `traits`, `policies` or `workflowSteps`.
+    pub fn of(&self, kind: DefinitionKind) -> &[String] {
+        match kind {
+            DefinitionKind::Component => &self.components,
+            DefinitionKind::Trait => &self.traits,
+            DefinitionKind::Policy => &self.policies,
+            DefinitionKind::WorkflowStep => &self.workflow_steps,
+        }
+    }
+
+    /// Whether `name` is allowed for `kind`.
+    pub fn allows(&self, kind: DefinitionKind, name: &str) -> bool {
+        self.of(kind).iter().any(|n| n == name)
+    }
+}
+
+/// The four kinds of KubeVela definitions an app refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DefinitionKind {
+    /// A ComponentDefinition (`components[].type`).
+    Component,
+    /// A TraitDefinition (`traits[].type`).
+    Trait,
+    /// A PolicyDefinition (`policies[].type`).
+    Policy,
+    /// A WorkflowStepDefinition (`workflow.steps[].type`).
+    WorkflowStep,
+}
+
+impl DefinitionKind {
+    /// Name of the [`AllowedDefinitions`] list (`components`, `traits`, ...).
+    pub fn list_name(self) -> &'static str {
+        match self {
+            DefinitionKind::Component => "components",
+            DefinitionKind::Trait => "traits",
+            DefinitionKind::Policy => "policies",
+            DefinitionKind::WorkflowStep => "workflowSteps",
+        }
+    }
+
+    /// What one of them is called in messages (`component type`, ...).
+    pub fn noun(self) -> &'static str {
+        match self {
+            DefinitionKind::Component => "component type",
+            DefinitionKind::Trait => "trait type",
+            DefinitionKind::Policy => "policy type",
+            DefinitionKind::WorkflowStep => "workflow step type",
+        }
+    }
+}
+
+fn names(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn default_components() -> Vec<String> {
+    names(&["cron-task", "task", "webservice", "worker"])
+}
+
+fn default_traits() -> Vec<String> {
+    names(&[
+        "annotations",
+        "command",
+        "container-image",
+        "container-ports",
+        "cpuscaler",
+        "env",
+        "expose",
+        "gateway",
+        "hpa",
+        "init-container",
+        "k8s-update-strategy",
+        "labels",
+        "lifecycle",
+        "resource",
+        "scaler",
+        "securitycontext",
+        "sidecar",
+        "startup-probe",
+        "storage",
+    ])
+}
+
+fn default_policies() -> Vec<String> {
+    names(&["apply-once", "garbage-collect", "read-only"])
+}
+
+fn default_workflow_steps() -> Vec<String> {
+    names(&[
+        "apply-component",
+        "deploy",
+        "print-message-in-status",
+        "suspend",
+    ])
 }
 
 /// Per-container LimitRange settings, keyed by container resource name (`cpu`,
@@ -343,23 +503,41 @@ pub enum PolicyRule {
         #[serde(default = "default_psa_version")]
         version: String,
     },
-    /// A KubeVela application policy added to the tenant's applications.
+    /// A KubeVela policy added to every app of the tenant, named `kubenova-<policyType>`.
+    /// Its type must be one of the plan's allowed policy types.
     #[serde(rename_all = "camelCase", alias = "vela.policy")]
     VelaPolicy {
-        /// KubeVela policy type (`health-check`, `rollout`...).
+        /// PolicyDefinition name (`garbage-collect`, `apply-once`...).
         policy_type: String,
-        /// Policy body, passed through to KubeVela.
+        /// The policy's properties.
         #[schema(value_type = Object)]
         spec: serde_json::Value,
     },
-    /// A KubeVela trait added to the tenant's application components.
+    /// A KubeVela trait added to every component (of `componentTypes`, when given) that
+    /// has no trait of that type itself. Its type must be one of the plan's allowed trait
+    /// types.
     #[serde(rename_all = "camelCase", alias = "vela.trait")]
     VelaTrait {
-        /// KubeVela trait type (`scaler`, `logging`...).
+        /// TraitDefinition name (`scaler`, `securitycontext`...).
         trait_type: String,
-        /// Trait body, passed through to KubeVela.
+        /// The trait's properties.
         #[schema(value_type = Object)]
         spec: serde_json::Value,
+        /// Component types the trait is added to (the trait definition must apply to
+        /// their workloads); empty: every component.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        component_types: Vec<String>,
+    },
+    /// Container images of the tenant's apps must come from one of these registries or
+    /// repository prefixes (`docker.io`, `ghcr.io/acme`). Checked by the manager and the
+    /// operator on every image an app names, and in the cluster by Capsule (registry host
+    /// only) for every pod in the tenant's namespaces. With several such rules, an image
+    /// must satisfy each.
+    #[serde(rename_all = "camelCase")]
+    ImageRegistries {
+        /// Registry hosts (`docker.io`, `registry.example.com:5000`) or repository
+        /// prefixes (`ghcr.io/acme`).
+        allowed: Vec<String>,
     },
 }
 
@@ -372,13 +550,15 @@ fn default_psa_version() -> String {
 }
 
 impl PolicyRule {
-    /// The `kind` tag (`networkIsolation`, `podSecurity`, `velaPolicy`, `velaTrait`).
+    /// The `kind` tag (`networkIsolation`, `podSecurity`, `velaPolicy`, `velaTrait`,
+    /// `imageRegistries`).
     pub fn kind(&self) -> &'static str {
         match self {
             PolicyRule::NetworkIsolation { .. } => "networkIsolation",
             PolicyRule::PodSecurity { .. } => "podSecurity",
             PolicyRule::VelaPolicy { .. } => "velaPolicy",
             PolicyRule::VelaTrait { .. } => "velaTrait",
+            PolicyRule::ImageRegistries { .. } => "imageRegistries",
         }
     }
 }
@@ -1131,6 +1311,7 @@ fn check_plan(plan: &Plan, catalog: &Catalog, out: &mut Vec<String>) {
         }
     }
 
+    check_definitions(&what, &plan.definitions, out);
     let mut seen = BTreeSet::new();
     let mut pod_security: Option<(&str, PodSecurityLevel)> = None;
     for name in &plan.policysets {
@@ -1142,6 +1323,12 @@ fn check_plan(plan: &Plan, catalog: &Catalog, out: &mut Vec<String>) {
             out.push(format!("{what} references unknown policyset {name:?}"));
             continue;
         };
+        out.extend(crate::apprules::rule_problems(
+            &plan.definitions,
+            &plan.name,
+            &ps.name,
+            &ps.rules,
+        ));
         for rule in &ps.rules {
             if let PolicyRule::PodSecurity { level, .. } = rule {
                 match pod_security {
@@ -1203,8 +1390,37 @@ fn check_policyset(ps: &PolicySet, out: &mut Vec<String>) {
             PolicyRule::VelaPolicy { policy_type, spec } => {
                 check_vela(&field, "policyType", policy_type, spec, out);
             }
-            PolicyRule::VelaTrait { trait_type, spec } => {
+            PolicyRule::VelaTrait {
+                trait_type,
+                spec,
+                component_types,
+            } => {
                 check_vela(&field, "traitType", trait_type, spec, out);
+                for (j, c) in component_types.iter().enumerate() {
+                    if !is_dns_subdomain(c) {
+                        out.push(format!(
+                            "{field}: componentTypes[{j}] {c:?} must be a component type name (a DNS-1123 subdomain)"
+                        ));
+                    }
+                }
+            }
+            PolicyRule::ImageRegistries { allowed } => {
+                if allowed.is_empty() {
+                    out.push(format!(
+                        "{field}: allowed must list at least one registry (an empty list would refuse every image)"
+                    ));
+                }
+                if allowed.len() > MAX_RESOURCE_ENTRIES {
+                    out.push(format!(
+                        "{field}: allowed has {} entries; at most {MAX_RESOURCE_ENTRIES} are allowed",
+                        allowed.len()
+                    ));
+                }
+                for (j, entry) in allowed.iter().enumerate() {
+                    if let Some(problem) = crate::apprules::registry_entry_problem(entry) {
+                        out.push(format!("{field}: allowed[{j}] {problem}"));
+                    }
+                }
             }
         }
     }
@@ -1223,7 +1439,39 @@ fn check_vela(
         ));
     }
     if !spec.is_object() {
-        out.push(format!("{field}: spec must be a JSON object"));
+        out.push(format!(
+            "{field}: spec must be a JSON object (the properties of the {type_field})"
+        ));
+    } else if let Some((path, why)) = crate::apprules::retargeting_problem("spec", spec) {
+        out.push(format!("{field}: {path}: {why}"));
+    }
+}
+
+fn check_definitions(what: &str, d: &AllowedDefinitions, out: &mut Vec<String>) {
+    for kind in [
+        DefinitionKind::Component,
+        DefinitionKind::Trait,
+        DefinitionKind::Policy,
+        DefinitionKind::WorkflowStep,
+    ] {
+        let list = d.of(kind);
+        let at = format!("{what}: definitions.{}", kind.list_name());
+        if list.len() > MAX_RESOURCE_ENTRIES {
+            out.push(format!(
+                "{at} has {} entries; at most {MAX_RESOURCE_ENTRIES} are allowed",
+                list.len()
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, name) in list.iter().enumerate() {
+            if !is_dns_subdomain(name) {
+                out.push(format!(
+                    "{at}[{i}] {name:?} must be a KubeVela definition name (a DNS-1123 subdomain)"
+                ));
+            } else if !seen.insert(name.as_str()) {
+                out.push(format!("{at} lists {name:?} more than once"));
+            }
+        }
     }
 }
 
@@ -1423,40 +1671,115 @@ mod tests {
                 .iter()
                 .any(|p| p == "pod-security-baseline")
         );
-        // The 0.9 rules are preserved verbatim.
+        // Every KubeVela rule of the built-in catalog names a stock KubeVela definition
+        // that its plans allow, so it is really added to the tenants' apps.
         let gold_tier = c.policyset("gold-tier").unwrap();
         assert_eq!(
             gold_tier.rules[0],
             PolicyRule::VelaTrait {
                 trait_type: "scaler".into(),
-                spec: json!({"replicas": 3, "min": 3, "max": 10})
+                spec: json!({"replicas": 3}),
+                component_types: vec!["webservice".into(), "worker".into()],
             }
+        );
+        let registries = c.policyset("baseline-security").unwrap();
+        assert!(
+            matches!(&registries.rules[0], PolicyRule::ImageRegistries { allowed } if allowed.iter().any(|r| r == "docker.io"))
         );
     }
 
     #[test]
-    fn the_0_9_policysets_parse_with_old_kind_spellings() {
+    fn the_0_9_policysets_parse_with_old_kind_spellings_and_are_refused_unless_allowed() {
+        // The KubeNova 0.9 policysets named KubeVela types that stock KubeVela does not
+        // have (`health-check`, `logging`, ...). They still parse, but a plan that uses
+        // them must allow their types, or the catalog is refused at load: nothing the
+        // catalog promises is silently ignored.
         let inline = r#"[{"name": "baseline", "description": "Base guardrails", "rules": [
              {"kind": "vela.policy", "policyType": "health-check",
               "spec": {"type": "health", "properties": {"probe": "http"}}},
-             {"kind": "vela.trait", "traitType": "scaler", "spec": {"replicas": 3}}]}]"#;
+             {"kind": "vela.trait", "traitType": "logging", "spec": {"provider": "stdout"}}]}]"#;
         let sets: Vec<PolicySet> = serde_json::from_str(inline).unwrap();
         assert_eq!(sets[0].rules[0].kind(), "velaPolicy");
         assert_eq!(sets[0].rules[1].kind(), "velaTrait");
 
-        // When the 0.9 reference catalog is available (it lives outside the repository),
-        // every one of its policysets must be in the builtin catalog with the same rules.
-        let reference = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/reference/catalog-kubenova-0.9/policysets.json");
-        let Ok(old) = std::fs::read_to_string(reference) else {
-            return;
+        let overlay = CatalogFile {
+            plans: vec![],
+            policysets: sets.clone(),
         };
-        let sets: Vec<PolicySet> = serde_json::from_str(&old).unwrap();
-        assert_eq!(sets.len(), 5);
-        for old in sets {
-            let new = Catalog::builtin_ref().policyset(&old.name).unwrap();
-            assert_eq!(new.rules, old.rules, "{}", old.name);
+        let problems = invalid_problems(Catalog::builtin().merged_with(overlay).unwrap_err());
+        for plan in ["baseline", "gold", "platinum"] {
+            assert!(
+                problems.iter().any(|p| p.starts_with(&format!("plan {plan:?}: policyset \"baseline\" rules[0] (velaPolicy) adds policy type \"health-check\", which the plan does not allow"))),
+                "{problems:#?}"
+            );
+            assert!(
+                problems.iter().any(|p| p.contains(&format!("plan {plan:?}: policyset \"baseline\" rules[1] (velaTrait) adds trait type \"logging\""))),
+                "{problems:#?}"
+            );
         }
+
+        // A plan that allows the types accepts the rules: they are added to its apps.
+        let mut plan = Catalog::builtin_ref().plan("baseline").unwrap().clone();
+        plan.definitions.policies.push("health-check".into());
+        plan.definitions.traits.push("logging".into());
+        let overlay = CatalogFile {
+            plans: vec![plan],
+            policysets: sets,
+        };
+        let err = Catalog::builtin().merged_with(overlay).unwrap_err();
+        let problems = invalid_problems(err);
+        assert!(
+            problems.iter().all(|p| !p.starts_with("plan \"baseline\"")),
+            "{problems:#?}"
+        );
+    }
+
+    #[test]
+    fn kubevela_rules_are_checked_at_load() {
+        let file = |rules: serde_json::Value, definitions: serde_json::Value| {
+            let text = json!({
+                "plans": [{"name": "p", "prices": prices_json(), "policysets": ["s"],
+                           "definitions": definitions}],
+                "policysets": [{"name": "s", "rules": rules}]
+            });
+            Catalog::from_str_with_format(&text.to_string(), Format::Json)
+        };
+        // Allowed by the defaults: fine.
+        file(
+            json!([{"kind": "velaTrait", "traitType": "scaler", "spec": {"replicas": 2}, "componentTypes": ["webservice"]},
+                   {"kind": "velaPolicy", "policyType": "garbage-collect", "spec": {}},
+                   {"kind": "imageRegistries", "allowed": ["docker.io", "ghcr.io/acme"]}]),
+            json!({}),
+        )
+        .unwrap();
+        let problems = invalid_problems(
+            file(
+                json!([{"kind": "velaPolicy", "policyType": "topology", "spec": {"clusters": ["other"]}},
+                       {"kind": "velaTrait", "traitType": "scaler", "spec": {}, "componentTypes": ["k8s-objects"]},
+                       {"kind": "imageRegistries", "allowed": []},
+                       {"kind": "imageRegistries", "allowed": ["https://docker.io", "nginx", "ghcr.io/acme:1.0"]}]),
+                json!({"traits": ["scaler", "scaler"], "components": ["Web Service"]}),
+            )
+            .unwrap_err(),
+        );
+        let expect = [
+            "policyset \"s\": rules[0] (velaPolicy): spec.clusters: \"clusters\" would send objects to another namespace or cluster",
+            "policyset \"s\": rules[2] (imageRegistries): allowed must list at least one registry",
+            "policyset \"s\": rules[3] (imageRegistries): allowed[0] \"https://docker.io\": give the registry without a scheme",
+            "policyset \"s\": rules[3] (imageRegistries): allowed[1] \"nginx\": must start with a registry host",
+            "policyset \"s\": rules[3] (imageRegistries): allowed[2] \"ghcr.io/acme:1.0\": give a registry or repository prefix without tag or digest",
+            "plan \"p\": definitions.traits lists \"scaler\" more than once",
+            "plan \"p\": definitions.components[0] \"Web Service\" must be a KubeVela definition name",
+            "plan \"p\": policyset \"s\" rules[0] (velaPolicy) adds policy type \"topology\", which the plan does not allow",
+            "plan \"p\": policyset \"s\" rules[1] (velaTrait): componentTypes names \"k8s-objects\", which the plan does not allow",
+        ];
+        for e in expect {
+            assert!(
+                problems.iter().any(|p| p.starts_with(e)),
+                "missing {e:?} in {problems:#?}"
+            );
+        }
+        assert_eq!(problems.len(), expect.len(), "{problems:#?}");
     }
 
     #[test]
@@ -1773,6 +2096,7 @@ mod tests {
             "plan \"Gold_Plan\": limitRange.defaultRequest.cpu (2) exceeds limitRange.max.cpu (500m)",
             "plan \"Gold_Plan\": prices.currency \"usd\" must be an ISO-4217 code of 3 uppercase letters, e.g. \"USD\"",
             "plan \"Gold_Plan\": prices.cpuCoreHour must not be negative (got -0.01)",
+            "plan \"Gold_Plan\": policyset \"a\" rules[2] (velaPolicy) adds policy type \"Rollout\", which the plan does not allow",
             "plan \"Gold_Plan\" lists policyset \"a\" more than once",
             "plan \"Gold_Plan\" has conflicting Pod Security levels: baseline from policyset \"a\" and restricted from policyset \"strict\"",
         ];

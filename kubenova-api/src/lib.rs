@@ -22,6 +22,7 @@
 
 #[cfg(feature = "crd")]
 pub mod agent;
+pub mod apprules;
 pub mod catalog;
 #[cfg(feature = "crd")]
 pub mod crd;

@@ -904,8 +904,8 @@ impl Validate for AppSpec {
         if let Some(s) = &self.spec {
             if !s.is_object() {
                 v.push("spec", "must be a JSON object of component properties");
-            } else if let Some(reason) = crate::validate::json_text_problem(s) {
-                v.push("spec", reason);
+            } else {
+                check_props(&mut v, "spec", Some(s));
             }
         }
         v.max_items("components", &self.components, COMPONENTS_MAX);
@@ -936,9 +936,11 @@ impl Validate for AppSpec {
         v.max_items("policies", &self.policies, APP_ITEMS_MAX);
         for (i, p) in self.policies.iter().enumerate() {
             v.dns_subdomain(&format!("policies[{i}].type"), &p.type_);
+            let name = p.name.as_deref().unwrap_or(&p.type_);
             if let Some(n) = &p.name {
                 v.dns_label(&format!("policies[{i}].name"), n);
             }
+            check_not_reserved(&mut v, &format!("policies[{i}].name"), name);
             check_props(
                 &mut v,
                 &format!("policies[{i}].properties"),
@@ -949,6 +951,7 @@ impl Validate for AppSpec {
             v.max_items("workflow.steps", &w.steps, APP_ITEMS_MAX);
             for (i, s) in w.steps.iter().enumerate() {
                 v.dns_label(&format!("workflow.steps[{i}].name"), &s.name);
+                check_not_reserved(&mut v, &format!("workflow.steps[{i}].name"), &s.name);
                 v.dns_subdomain(&format!("workflow.steps[{i}].type"), &s.type_);
                 check_props(
                     &mut v,
@@ -979,7 +982,22 @@ fn check_props(v: &mut Validator, field: &str, props: Option<&serde_json::Value>
             v.push(field, "must be a JSON object");
         } else if let Some(reason) = crate::validate::json_text_problem(p) {
             v.push(field, reason);
+        } else if let Some((path, reason)) = crate::apprules::retargeting_problem(field, p) {
+            v.push(path, reason);
         }
+    }
+}
+
+/// Policy and workflow-step names starting with `kubenova-` are KubeNova's own.
+fn check_not_reserved(v: &mut Validator, field: &str, name: &str) {
+    if name.starts_with(crate::apprules::RESERVED_NAME_PREFIX) {
+        v.push(
+            field,
+            format!(
+                "{name:?}: names starting with {:?} are reserved for what KubeNova adds to an app; choose another name",
+                crate::apprules::RESERVED_NAME_PREFIX
+            ),
+        );
     }
 }
 
