@@ -1,6 +1,8 @@
 //! NovaApp → KubeVela `Application`.
 
-use kubenova_api::crd::{NovaApp, NovaAppTrait};
+use kubenova_api::apprules::AppRules;
+use kubenova_api::catalog::Catalog;
+use kubenova_api::crd::{NovaApp, NovaAppTrait, NovaTenantSpec};
 use kubenova_api::model::{
     AppComponent, AppPolicy, AppSpec, AppTrait, Workflow, WorkflowStep, project_namespace,
 };
@@ -14,6 +16,39 @@ const KIND: &str = "NovaApp";
 
 /// Name of the step prepended to the workflow of a suspended app.
 pub const SUSPEND_STEP: &str = "kubenova-suspend";
+
+/// The ServiceAccount, in each project namespace, that the project's Applications are
+/// applied as (and that KubeVela therefore deploys them as).
+pub const APP_SERVICE_ACCOUNT: &str = "kubenova-app";
+
+/// The user the Applications of the project namespace `namespace` are applied as:
+/// `system:serviceaccount:<namespace>:kubenova-app`.
+pub fn app_identity(namespace: &str) -> String {
+    format!("system:serviceaccount:{namespace}:{APP_SERVICE_ACCOUNT}")
+}
+
+/// The app rules of a tenant: its plan's allowed definitions and its effective policysets
+/// (the spec's, or the plan's).
+pub fn app_rules(tenant: &NovaTenantSpec, catalog: &Catalog) -> Result<AppRules, TranslateError> {
+    let plan = catalog
+        .plan(&tenant.plan)
+        .ok_or_else(|| TranslateError::UnknownPlan {
+            plan: tenant.plan.clone(),
+            known: catalog
+                .plans()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })?;
+    let policysets = tenant.policysets.as_ref().unwrap_or(&plan.policysets);
+    AppRules::resolve(catalog, &tenant.plan, policysets).map_err(|message| {
+        TranslateError::NotAllowed {
+            kind: "NovaTenant",
+            name: tenant.plan.clone(),
+            message,
+        }
+    })
+}
 
 fn to_model_trait(t: &NovaAppTrait) -> AppTrait {
     AppTrait {
@@ -31,9 +66,16 @@ fn vela_trait(t: &NovaAppTrait) -> Value {
     Value::Object(m)
 }
 
-/// Translates a NovaApp into a KubeVela Application of the same name and namespace.
+/// Translates a NovaApp into a KubeVela Application of the same name and namespace,
+/// under the app rules of its tenant (`rules`, from the tenant's plan and policysets; see
+/// [`AppRules`]).
 ///
-/// - App-level `traits` are added to every component that has no trait of that type.
+/// - An app that uses a definition type or image the rules do not allow is refused
+///   ([`TranslateError::NotAllowed`]); properties that would retarget another namespace or
+///   cluster are refused as invalid.
+/// - App-level `traits` are added to every component that has no trait of that type; then
+///   the policysets' traits likewise ([`AppRules::plan_traits`]).
+/// - The policysets' policies are added as `kubenova-<type>` ([`AppRules::plan_policies`]).
 /// - Policies without a name are named after their type.
 /// - `revision` → annotations `kubenova.io/revision` and `app.oam.dev/publishVersion`
 ///   (KubeVela re-runs the workflow only when the publish version changes).
@@ -42,7 +84,7 @@ fn vela_trait(t: &NovaAppTrait) -> Value {
 ///   already deployed). Without an explicit workflow, the steps after it are one `deploy`
 ///   step over the app's `topology`/`override` policies, which is what KubeVela would
 ///   generate. Resuming = setting `suspended: false`, which removes the step.
-pub fn translate_app(na: &NovaApp) -> Result<Value, TranslateError> {
+pub fn translate_app(na: &NovaApp, rules: &AppRules) -> Result<Value, TranslateError> {
     let name = na
         .metadata
         .name
@@ -107,6 +149,13 @@ pub fn translate_app(na: &NovaApp) -> Result<Value, TranslateError> {
         ..AppSpec::default()
     };
     model.validate().map_err(|e| invalid(e.to_string()))?;
+    rules
+        .check(&model)
+        .map_err(|e| TranslateError::NotAllowed {
+            kind: KIND,
+            name: name.clone(),
+            message: e.to_string(),
+        })?;
     if spec.suspended
         && spec
             .workflow
@@ -128,6 +177,11 @@ pub fn translate_app(na: &NovaApp) -> Result<Value, TranslateError> {
                     traits.push(vela_trait(t));
                 }
             }
+            for t in rules.plan_traits(&c.type_) {
+                if !traits.iter().any(|own| own["type"] == t.type_.as_str()) {
+                    traits.push(json!({"type": t.type_, "properties": t.properties}));
+                }
+            }
             let mut m = Map::new();
             m.insert("name".into(), json!(c.name));
             m.insert("type".into(), json!(c.type_));
@@ -143,7 +197,7 @@ pub fn translate_app(na: &NovaApp) -> Result<Value, TranslateError> {
             Value::Object(m)
         })
         .collect();
-    let policies: Vec<Value> = spec
+    let mut policies: Vec<Value> = spec
         .policies
         .iter()
         .map(|p| {
@@ -159,6 +213,12 @@ pub fn translate_app(na: &NovaApp) -> Result<Value, TranslateError> {
             Value::Object(m)
         })
         .collect();
+    policies.extend(
+        rules
+            .plan_policies()
+            .iter()
+            .map(|p| json!({"name": p.name, "type": p.type_, "properties": p.properties})),
+    );
     let mut steps: Vec<Value> = spec
         .workflow
         .iter()

@@ -32,6 +32,17 @@ pub enum TranslateError {
         /// What is wrong, with field paths.
         message: String,
     },
+    /// The object uses something its tenant's plan does not allow (a KubeVela definition
+    /// type, an image registry): refused so an app cannot go beyond its plan.
+    #[error("{kind} {name:?} is not allowed by its tenant's plan: {message}")]
+    NotAllowed {
+        /// Kind of the object.
+        kind: &'static str,
+        /// Object name.
+        name: String,
+        /// What is not allowed, with field paths.
+        message: String,
+    },
     /// The object is not in the namespace its spec implies (e.g. a NovaProject of tenant
     /// `acme` outside `acme-owner`): refused so one tenant cannot write into another.
     #[error("{kind} {name:?} must be in namespace {expected:?} (it is in {actual:?})")]
@@ -56,6 +67,7 @@ impl TranslateError {
             TranslateError::UnknownPolicyset(_) => "UnknownPolicyset",
             TranslateError::InvalidSpec { .. } => "InvalidSpec",
             TranslateError::WrongNamespace { .. } => "WrongNamespace",
+            TranslateError::NotAllowed { .. } => "NotAllowedByPlan",
         }
     }
 }

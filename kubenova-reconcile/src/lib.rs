@@ -45,7 +45,7 @@ mod render;
 pub mod status;
 mod tenant;
 
-pub use app::{SUSPEND_STEP, translate_app};
+pub use app::{APP_SERVICE_ACCOUNT, SUSPEND_STEP, app_identity, app_rules, translate_app};
 pub use error::TranslateError;
 pub use kubenova_api::model::{project_namespace, tenant_namespaces};
 pub use meta::*;

@@ -51,6 +51,19 @@ pub enum RenderError {
         /// Translation error.
         source: TranslateError,
     },
+    /// A NovaApp whose NovaTenant is not earlier in the same input: its tenant's plan says
+    /// what the app may use, so it cannot be rendered alone.
+    #[error(
+        "document {doc}: NovaApp {app:?} belongs to tenant {tenant:?}: put that NovaTenant before it in the same input (its plan decides what the app may use)"
+    )]
+    MissingTenant {
+        /// Document number.
+        doc: usize,
+        /// The app.
+        app: String,
+        /// Its tenant.
+        tenant: String,
+    },
     /// The output could not be serialized.
     #[error("serializing the output: {0}")]
     Output(#[from] serde_saphyr::SerializeError),
@@ -61,10 +74,13 @@ pub enum RenderError {
 ///
 /// A NovaProject or NovaApp without `metadata.namespace` is placed where it belongs
 /// (`<tenant>-owner`, or the project namespace); one in another namespace is refused,
-/// as the operator would. Offline objects have no uid, so no owner references are
-/// rendered.
+/// as the operator would. A NovaApp is rendered under the app rules of its NovaTenant
+/// ([`crate::app_rules`]), which must come earlier in the same input. Offline objects
+/// have no uid, so no owner references are rendered.
 pub fn render(yaml_docs: &str, catalog: &Catalog) -> Result<String, RenderError> {
     let mut objects: Vec<Value> = Vec::new();
+    let mut tenants: std::collections::BTreeMap<String, kubenova_api::crd::NovaTenantSpec> =
+        std::collections::BTreeMap::new();
     let mut input = yaml_docs.as_bytes();
     let opts = crate::manifests::yaml_file_options();
     // Documents one at a time (empty ones are skipped by the reader).
@@ -126,6 +142,7 @@ pub fn render(yaml_docs: &str, catalog: &Catalog) -> Result<String, RenderError>
                         .map_err(translate)?
                         .to_values(),
                 );
+                tenants.insert(nt.metadata.name.clone().unwrap_or_default(), nt.spec);
             }
             "NovaProject" => {
                 let np: NovaProject = serde_json::from_value(v).map_err(decode)?;
@@ -137,7 +154,16 @@ pub fn render(yaml_docs: &str, catalog: &Catalog) -> Result<String, RenderError>
             }
             "NovaApp" => {
                 let na: NovaApp = serde_json::from_value(v).map_err(decode)?;
-                objects.push(crate::translate_app(&na).map_err(translate)?);
+                let tenant =
+                    tenants
+                        .get(&na.spec.tenant)
+                        .ok_or_else(|| RenderError::MissingTenant {
+                            doc,
+                            app: na.metadata.name.clone().unwrap_or_default(),
+                            tenant: na.spec.tenant.clone(),
+                        })?;
+                let rules = crate::app_rules(tenant, catalog).map_err(translate)?;
+                objects.push(crate::translate_app(&na, &rules).map_err(translate)?);
             }
             _ => {
                 return Err(RenderError::UnknownKind {

@@ -188,8 +188,10 @@ fn network_policy(
 ///
 /// Effective values come from the spec; absent ones from the plan in `catalog`
 /// (`quotas` ← `tenantQuotas`, `limits` ← `limitRange`, `policysets`, `namespaceQuota`).
-/// Policysets give NetworkPolicies (`networkIsolation`) and Pod Security labels
-/// (`podSecurity`, the strictest wins); KubeVela rules are not part of the tenant.
+/// Policysets give NetworkPolicies (`networkIsolation`), Pod Security labels
+/// (`podSecurity`, the strictest wins) and Capsule's container registry check
+/// (`imageRegistries`: the registry hosts every rule allows); KubeVela rules are added to
+/// the tenant's apps by [`crate::translate_app`].
 pub fn translate_tenant(
     nt: &NovaTenant,
     catalog: &Catalog,
@@ -249,6 +251,7 @@ pub fn translate_tenant(
 
     let mut net_items: Vec<Value> = Vec::new();
     let mut psa: Option<(PodSecurityLevel, String)> = None;
+    let mut registries: Option<Vec<String>> = None;
     for rule in policysets.iter().flat_map(|p| p.rules.iter()) {
         match rule {
             PolicyRule::NetworkIsolation {
@@ -273,9 +276,27 @@ pub fn translate_tenant(
                     psa = Some((*level, version.clone()));
                 }
             }
+            PolicyRule::ImageRegistries { allowed } => {
+                // Capsule checks the registry host of every pod's images; the repository
+                // prefixes are checked on apps by the manager and the app translation.
+                let hosts: Vec<String> = allowed
+                    .iter()
+                    .map(|e| e.split('/').next().unwrap_or(e).to_owned())
+                    .collect();
+                registries = Some(match registries {
+                    None => hosts,
+                    Some(prev) => prev.into_iter().filter(|h| hosts.contains(h)).collect(),
+                });
+            }
+            // Added to the tenant's apps by the app translation.
             PolicyRule::VelaPolicy { .. } | PolicyRule::VelaTrait { .. } => {}
         }
     }
+    let registries = registries.map(|mut hosts| {
+        hosts.sort();
+        hosts.dedup();
+        hosts
+    });
 
     // Labels every tenant namespace carries (also pushed by Capsule to namespaces
     // created later, e.g. project namespaces, through additionalMetadata).
@@ -344,6 +365,9 @@ pub fn translate_tenant(
             {"clusterRoleName": "view", "subjects": viewer_subjects}
         ]),
     );
+    if let Some(hosts) = &registries {
+        tspec.insert("containerRegistries".into(), json!({"allowed": hosts}));
+    }
     if !spec.node_selector.is_empty() {
         tspec.insert("nodeSelector".into(), json!(spec.node_selector));
     }

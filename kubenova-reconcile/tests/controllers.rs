@@ -303,6 +303,34 @@ async fn create_update_delete_lifecycle() {
         apps.get("shop").await.unwrap().status.and_then(|s| s.phase) == Some(NovaPhase::Ready)
     })
     .await;
+    // Applied as the project's own ServiceAccount (KubeVela's webhook records the writer,
+    // and KubeVela deploys with its rights), with the gold plan's traits added.
+    let application = vela.get("shop").await.unwrap();
+    assert_eq!(
+        application.annotations().get("app.oam.dev/username"),
+        Some(&format!("system:serviceaccount:{pns}:kubenova-app"))
+    );
+    assert_eq!(
+        application.data["spec"]["components"][0]["traits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["type"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        [
+            "securitycontext",
+            "scaler",
+            "annotations",
+            "k8s-update-strategy"
+        ]
+    );
+    let app_writes = env
+        .cluster
+        .as_ref()
+        .unwrap()
+        .faults()
+        .counts_for(&format!("system:serviceaccount:{pns}:kubenova-app"));
+    assert!(app_writes.total >= 1, "{app_writes:?}");
 
     // Update the plan: the quotas follow.
     Api::<NovaTenant>::all(env.client.clone())
@@ -679,4 +707,76 @@ async fn status_is_not_rewritten_when_nothing_changed() {
         plan_quotas("gold")
     );
     owned.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_beyond_their_plan_are_refused_in_the_cluster() {
+    // A NovaApp written directly into the cluster (not through the manager) that asks for
+    // raw objects, another namespace, or an image from another registry: Degraded with the
+    // reason, and no KubeVela Application is created.
+    let env = Env::start().await;
+    env.create_tenant(
+        "acme",
+        json!({"plan": "gold", "owners": ["alice@example.com"]}),
+    )
+    .await;
+    eventually("tenant namespaces", || env.namespace_exists("acme-owner")).await;
+    env.create_project("acme", "web", json!({})).await;
+    let pns = project_namespace("acme", "web");
+    eventually("project namespace", || env.namespace_exists(&pns)).await;
+    let apps: Api<NovaApp> = Api::namespaced(env.client.clone(), &pns);
+    let cases = [
+        (
+            "raw",
+            json!([{"name": "x", "type": "k8s-objects", "properties": {"objects": [
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+             "metadata": {"name": "pwn"},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+             "subjects": [{"kind": "Group", "name": "system:authenticated"}]}]}}]),
+            "NotAllowedByPlan",
+        ),
+        (
+            "elsewhere",
+            json!([{"name": "x", "type": "webservice", "properties": {"image": "nginx",
+            "objects": [{"metadata": {"namespace": "kube-system"}}]}}]),
+            "InvalidSpec",
+        ),
+        (
+            "miner",
+            json!([{"name": "x", "type": "webservice", "properties": {"image": "evil.example.com/miner"}}]),
+            "NotAllowedByPlan",
+        ),
+    ];
+    for (name, components, _) in &cases {
+        let na: NovaApp = serde_json::from_value(json!({
+            "apiVersion": "kubenova.io/v1alpha1", "kind": "NovaApp",
+            "metadata": {"name": name, "namespace": pns},
+            "spec": {"tenant": "acme", "project": "web", "components": components}
+        }))
+        .unwrap();
+        apps.create(&PostParams::default(), &na).await.unwrap();
+    }
+    for (name, _, reason) in &cases {
+        eventually(
+            &format!("NovaApp {name} Degraded with {reason}"),
+            || async {
+                apps.get(name)
+                    .await
+                    .unwrap()
+                    .status
+                    .and_then(|s| s.condition(CONDITION_DEGRADED).cloned())
+                    .is_some_and(|c| c.status == "True" && c.reason == *reason)
+            },
+        )
+        .await;
+    }
+    let vela = env.dynamic("Application", Some(&pns));
+    assert!(
+        vela.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    env.stop().await;
 }

@@ -33,6 +33,25 @@ fn na(ns: &str, name: &str, spec: Value) -> NovaApp {
     .unwrap()
 }
 
+/// Rules of a plan that allows what these tests use, with no policyset rules.
+fn open_rules() -> kubenova_api::apprules::AppRules {
+    let catalog = Catalog::from_str_with_format(
+        r#"{"plans": [{"name": "open", "prices": {"currency": "USD", "cpuCoreHour": "0", "memoryGibHour": "0",
+              "storageGibHour": "0", "loadBalancerHour": "0"},
+            "definitions": {"components": ["webservice", "worker", "w"], "traits": ["scaler", "labels"],
+                            "policies": ["override", "garbage-collect"], "workflowSteps": ["deploy"]}}]}"#,
+        kubenova_api::catalog::Format::Json,
+    )
+    .unwrap();
+    kubenova_api::apprules::AppRules::resolve(&catalog, "open", &[]).unwrap()
+}
+
+fn gold_rules() -> kubenova_api::apprules::AppRules {
+    let c = Catalog::builtin_ref();
+    kubenova_api::apprules::AppRules::resolve(c, "gold", &c.plan("gold").unwrap().policysets)
+        .unwrap()
+}
+
 fn time(s: i64) -> Time {
     Time(Timestamp::from_second(s).unwrap())
 }
@@ -245,8 +264,8 @@ fn app_becomes_an_application() {
             {"name": "fe", "type": "webservice", "properties": {"image": "nginx"}, "traits": [{"type": "scaler", "properties": {"replicas": 5}}]},
             {"name": "be", "type": "worker", "dependsOn": ["fe"]}],
         "traits": [{"type": "scaler", "properties": {"replicas": 1}}, {"type": "labels", "properties": {"a": "b"}}],
-        "policies": [{"type": "topology", "properties": {"clusters": ["local"]}}],
-        "workflow": {"steps": [{"name": "deploy", "type": "deploy", "properties": {"policies": ["topology"]}}]}})))
+        "policies": [{"type": "override", "properties": {"components": [{"name": "fe", "properties": {"image": "nginx:2"}}]}}],
+        "workflow": {"steps": [{"name": "deploy", "type": "deploy", "properties": {"policies": ["override"]}}]}})), &open_rules())
     .unwrap();
     assert_eq!(app["apiVersion"], "core.oam.dev/v1beta1");
     assert_eq!(app["metadata"]["namespace"], ns.as_str());
@@ -264,7 +283,7 @@ fn app_becomes_an_application() {
     );
     assert_eq!(c[1]["traits"][0]["properties"]["replicas"], 1);
     assert_eq!(c[1]["dependsOn"], json!(["fe"]));
-    assert_eq!(app["spec"]["policies"][0]["name"], "topology");
+    assert_eq!(app["spec"]["policies"][0]["name"], "override");
     assert_eq!(app["spec"]["workflow"]["steps"][0]["type"], "deploy");
 }
 
@@ -273,8 +292,8 @@ fn suspended_app_waits_in_a_suspend_step() {
     let ns = project_namespace("acme", "web");
     let base = json!({"tenant": "acme", "project": "web", "suspended": true,
         "components": [{"name": "fe", "type": "webservice"}],
-        "policies": [{"name": "here", "type": "topology", "properties": {"clusters": ["local"]}}]});
-    let app = translate_app(&na(&ns, "shop", base.clone())).unwrap();
+        "policies": [{"name": "here", "type": "override", "properties": {"components": [{"name": "fe"}]}}]});
+    let app = translate_app(&na(&ns, "shop", base.clone()), &open_rules()).unwrap();
     assert_eq!(
         app["spec"]["workflow"]["steps"],
         json!([{"name": "kubenova-suspend", "type": "suspend"}, {"name": "deploy", "type": "deploy", "properties": {"policies": ["here"]}}])
@@ -285,7 +304,7 @@ fn suspended_app_waits_in_a_suspend_step() {
     );
     let mut running = base;
     running["suspended"] = json!(false);
-    let app = translate_app(&na(&ns, "shop", running)).unwrap();
+    let app = translate_app(&na(&ns, "shop", running), &open_rules()).unwrap();
     assert!(app["spec"].get("workflow").is_none());
     assert!(app["metadata"].get("annotations").is_none());
 }
@@ -293,28 +312,137 @@ fn suspended_app_waits_in_a_suspend_step() {
 #[test]
 fn bad_apps_produce_nothing() {
     let ns = project_namespace("acme", "web");
-    let e = translate_app(&na(
-        "acme-apps",
-        "x",
-        json!({"tenant": "acme", "project": "web", "components": [{"name": "a", "type": "w"}]}),
-    ))
+    let rules = open_rules();
+    let e = translate_app(
+        &na(
+            "acme-apps",
+            "x",
+            json!({"tenant": "acme", "project": "web", "components": [{"name": "a", "type": "w"}]}),
+        ),
+        &rules,
+    )
     .unwrap_err();
     assert_eq!(e.reason(), "WrongNamespace");
-    let e = translate_app(&na(
-        &ns,
-        "x",
-        json!({"tenant": "acme", "project": "web",
-        "components": [{"name": "a", "type": "w", "dependsOn": ["zz"]}]}),
-    ))
+    let e = translate_app(
+        &na(
+            &ns,
+            "x",
+            json!({"tenant": "acme", "project": "web",
+            "components": [{"name": "a", "type": "w", "dependsOn": ["zz"]}]}),
+        ),
+        &rules,
+    )
     .unwrap_err();
     assert!(e.to_string().contains("dependsOn"), "{e}");
-    let e = translate_app(&na(
-        &ns,
-        "x",
-        json!({"tenant": "acme", "project": "web", "components": []}),
-    ))
+    let e = translate_app(
+        &na(
+            &ns,
+            "x",
+            json!({"tenant": "acme", "project": "web", "components": []}),
+        ),
+        &rules,
+    )
     .unwrap_err();
     assert_eq!(e.reason(), "InvalidSpec");
+}
+
+#[test]
+fn apps_stay_within_their_plan() {
+    // A NovaApp created directly in the cluster is held to its tenant's plan like one
+    // written through the manager: raw objects, objects in other namespaces or clusters,
+    // and images from other registries are refused, and nothing is produced.
+    let ns = project_namespace("acme", "web");
+    let rules = gold_rules();
+    for (spec, reason, field) in [
+        (
+            json!({"components": [{"name": "a", "type": "k8s-objects", "properties": {"objects": [
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+             "metadata": {"name": "pwn"}, "roleRef": {"kind": "ClusterRole", "name": "cluster-admin"}}]}}]}),
+            "NotAllowedByPlan",
+            "components[0].type",
+        ),
+        (
+            json!({"components": [{"name": "a", "type": "webservice", "properties": {"image": "nginx"}}],
+                "policies": [{"name": "t", "type": "topology", "properties": {"clusters": ["other"]}}]}),
+            "InvalidSpec",
+            "policies[0].properties.clusters",
+        ),
+        (
+            json!({"components": [{"name": "a", "type": "webservice", "properties": {"image": "evil.example.com/x"}}]}),
+            "NotAllowedByPlan",
+            "components[0].properties.image",
+        ),
+        (
+            json!({"components": [{"name": "a", "type": "webservice"}],
+                "workflow": {"steps": [{"name": "s", "type": "apply-object", "properties": {"value": {}}}]}}),
+            "NotAllowedByPlan",
+            "workflow.steps[0].type",
+        ),
+    ] {
+        let mut spec = spec;
+        spec["tenant"] = json!("acme");
+        spec["project"] = json!("web");
+        let e = translate_app(&na(&ns, "x", spec), &rules).unwrap_err();
+        assert_eq!(e.reason(), reason, "{e}");
+        assert!(e.to_string().contains(field), "{e}");
+    }
+}
+
+#[test]
+fn policyset_traits_and_policies_are_added_to_every_app() {
+    let ns = project_namespace("acme", "web");
+    let app = translate_app(
+        &na(
+            &ns,
+            "shop",
+            json!({"tenant": "acme", "project": "web", "components": [
+                {"name": "web", "type": "webservice", "properties": {"image": "nginx"},
+                 "traits": [{"type": "scaler", "properties": {"replicas": 1}}]},
+                {"name": "nightly", "type": "cron-task", "properties": {"image": "busybox", "schedule": "0 0 * * *"}}]}),
+        ),
+        &gold_rules(),
+    )
+    .unwrap();
+    let web = &app["spec"]["components"][0]["traits"];
+    // The app's own scaler wins; the plan's securitycontext, annotations and update
+    // strategy are added; the cron task (a CronJob) gets none of them.
+    assert_eq!(
+        web.as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["type"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        [
+            "scaler",
+            "securitycontext",
+            "annotations",
+            "k8s-update-strategy"
+        ]
+    );
+    assert_eq!(web[0]["properties"]["replicas"], 1);
+    assert_eq!(web[1]["properties"]["allowPrivilegeEscalation"], false);
+    assert!(app["spec"]["components"][1].get("traits").is_none());
+
+    let catalog = Catalog::builtin()
+        .merged_with(
+            kubenova_api::catalog::CatalogFile::from_str_with_format(
+                r#"{"policysets": [{"name": "gc", "rules": [{"kind": "velaPolicy", "policyType": "garbage-collect", "spec": {"keepLegacyResource": true}}]}]}"#,
+                kubenova_api::catalog::Format::Json,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+    let rules =
+        kubenova_api::apprules::AppRules::resolve(&catalog, "baseline", &["gc".into()]).unwrap();
+    let app = translate_app(
+        &na(&ns, "shop", json!({"tenant": "acme", "project": "web", "components": [{"name": "web", "type": "webservice"}]})),
+        &rules,
+    )
+    .unwrap();
+    assert_eq!(
+        app["spec"]["policies"],
+        json!([{"name": "kubenova-garbage-collect", "type": "garbage-collect", "properties": {"keepLegacyResource": true}}])
+    );
 }
 
 #[test]
@@ -461,4 +589,11 @@ fn render_reads_many_documents_and_reports_the_bad_one() {
     assert!(matches!(e, RenderError::UnknownKind { doc: 1, .. }), "{e}");
     let e = render("apiVersion: kubenova.io/v1alpha1\nkind: NovaTenant\nmetadata: {name: t}\nspec: {plan: nope}\n", cat).unwrap_err();
     assert!(e.to_string().contains("unknown plan"), "{e}");
+    // An app is rendered under its tenant's plan, so the tenant must come first.
+    let app_only = yaml.split("---\n").nth(2).unwrap();
+    let e = render(app_only, cat).unwrap_err();
+    assert!(
+        matches!(&e, RenderError::MissingTenant { doc: 1, tenant, .. } if tenant == "t1"),
+        "{e}"
+    );
 }

@@ -9,7 +9,9 @@ use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kubenova_api::catalog::Catalog;
 use kubenova_api::crd::{NovaApp, NovaProject, NovaTenant};
-use kubenova_reconcile::{project_namespace, translate_app, translate_project, translate_tenant};
+use kubenova_reconcile::{
+    app_rules, project_namespace, translate_app, translate_project, translate_tenant,
+};
 use kubenova_testkit::TestCluster;
 use serde_json::{Value, json};
 
@@ -161,7 +163,7 @@ fn table() -> (Vec<Value>, Vec<Value>, Vec<Value>) {
             json!({
                 "suspended": true, "revision": 7,
                 "components": [{"name": "api", "type": "webservice"}],
-                "policies": [{"type": "topology", "properties": {"clusters": ["local"]}}, {"name": "gc", "type": "garbage-collect"}],
+                "policies": [{"name": "once", "type": "apply-once"}, {"name": "gc", "type": "garbage-collect"}],
             }),
         ),
         app(
@@ -197,8 +199,13 @@ async fn translated_objects_validate_against_upstream_schemas() {
     let catalog = Catalog::builtin_ref();
     let (tenants, projects, apps) = table();
     let mut created = 0;
+    let mut rules = std::collections::BTreeMap::new();
     for t in &tenants {
         let stored: NovaTenant = serde_json::from_value(create(&client, t).await).unwrap();
+        rules.insert(
+            stored.metadata.name.clone().unwrap(),
+            app_rules(&stored.spec, catalog).unwrap(),
+        );
         assert!(stored.metadata.uid.is_some());
         let objs = translate_tenant(&stored, catalog).unwrap();
         for o in objs.to_values() {
@@ -225,7 +232,7 @@ async fn translated_objects_validate_against_upstream_schemas() {
     }
     for a in &apps {
         let stored: NovaApp = serde_json::from_value(create(&client, a).await).unwrap();
-        let o = translate_app(&stored).unwrap();
+        let o = translate_app(&stored, &rules[&stored.spec.tenant]).unwrap();
         let got = create(&client, &o).await;
         assert_eq!(got["metadata"]["ownerReferences"][0]["kind"], "NovaApp");
         created += 1;

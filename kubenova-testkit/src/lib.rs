@@ -88,7 +88,8 @@ impl TestClusterBuilder {
         self
     }
 
-    /// Runs [`SimulatedKubeVela`].
+    /// Runs [`SimulatedKubeVela`], and emulates KubeVela's Application webhook with
+    /// application authentication on (see [`server::App::kubevela_webhook`]).
     pub fn simulate_kubevela(mut self, yes: bool) -> Self {
         self.simulations.kubevela = yes;
         self
@@ -143,6 +144,7 @@ impl TestClusterBuilder {
             signer: tokens::TokenSigner::random(),
             bookmark_interval: self.bookmark_interval,
             faults: Arc::new(Faults::default()),
+            kubevela_webhook: self.simulations.kubevela,
         });
         bootstrap(&store).context("creating default namespaces")?;
         if self.upstream_crds {

@@ -32,7 +32,20 @@ pub struct App {
     pub bookmark_interval: Duration,
     /// Fault rules and request counters, checked for every resource request.
     pub faults: Arc<crate::faults::Faults>,
+    /// Emulate KubeVela's Application mutating webhook with application authentication
+    /// on: every create or update of a `core.oam.dev` Application records the requesting
+    /// user in the annotation [`KUBEVELA_USERNAME_ANNOTATION`] (KubeVela then deploys as
+    /// that user).
+    pub kubevela_webhook: bool,
 }
+
+/// The annotation in which KubeVela's webhook records who wrote an Application.
+pub const KUBEVELA_USERNAME_ANNOTATION: &str = "app.oam.dev/username";
+
+/// The `Impersonate-User` header: the request acts as this user. (A real API server first
+/// checks that the caller may `impersonate` that user; the testkit has no RBAC and only
+/// records the impersonated name, for request counters, faults and the KubeVela webhook.)
+const IMPERSONATE_USER: &str = "impersonate-user";
 
 /// TLS material generated at start.
 #[derive(Debug, Clone)]
@@ -192,7 +205,15 @@ async fn handle(
     if !public && user.is_none() {
         return ApiError::unauthorized().into_response();
     }
-    let username = user.map(|u| u.username).unwrap_or_default();
+    let username = match (user, headers.get(IMPERSONATE_USER)) {
+        (Some(_), Some(imp)) => match imp.to_str() {
+            Ok(name) if !name.is_empty() => name.to_owned(),
+            _ => {
+                return ApiError::bad_request("invalid Impersonate-User header").into_response();
+            }
+        },
+        (user, _) => user.map(|u| u.username).unwrap_or_default(),
+    };
     match route(&app, &method, &segs, &query, &headers, body, &username).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
@@ -589,7 +610,8 @@ async fn resource(
                     t.plural
                 )));
             }
-            let obj = parse_body(headers, &body)?;
+            let mut obj = parse_body(headers, &body)?;
+            kubevela_webhook(app, &t, sub, &mut obj, user);
             let opts = write_opts(query, headers)?;
             let created = store.create(&t, ns, obj, &opts)?;
             Ok(json_response(StatusCode::CREATED, &created))
@@ -613,7 +635,8 @@ async fn resource(
         ))),
         (Method::GET, Some(n)) => Ok(ok(&store.get(&t, ns, n)?)),
         (Method::PUT, Some(n)) => {
-            let obj = parse_body(headers, &body)?;
+            let mut obj = parse_body(headers, &body)?;
+            kubevela_webhook(app, &t, sub, &mut obj, user);
             let opts = write_opts(query, headers)?;
             Ok(ok(&store.replace(&t, ns, n, obj, &opts, sub)?))
         }
@@ -630,12 +653,15 @@ async fn resource(
                 "application/strategic-merge-patch+json" if !t.custom => PatchKind::Strategic,
                 other => return Err(ApiError::unsupported_media_type(other)),
             };
-            let patch: Value = match kind {
+            let mut patch: Value = match kind {
                 PatchKind::Apply { .. } => yaml_or_json(&body)
                     .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?,
                 _ => serde_json::from_slice(&body)
                     .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?,
             };
+            if !matches!(kind, PatchKind::Json) {
+                kubevela_webhook(app, &t, sub, &mut patch, user);
+            }
             let mut opts = write_opts(query, headers)?;
             if let PatchKind::Apply { .. } = kind {
                 match query.get("fieldManager").filter(|m| !m.is_empty()) {
@@ -682,6 +708,29 @@ async fn resource(
             "{m} is not supported on {}",
             t.plural
         ))),
+    }
+}
+
+/// KubeVela's mutating webhook with application authentication on (see
+/// [`App::kubevela_webhook`]): writes the requesting user into the Application (or into a
+/// merge/apply patch of it, whose result then carries it, as a webhook's mutation would).
+fn kubevela_webhook(app: &App, t: &ResourceType, sub: &str, obj: &mut Value, user: &str) {
+    if !app.kubevela_webhook
+        || !sub.is_empty()
+        || t.group != "core.oam.dev"
+        || t.plural != "applications"
+        || !obj.is_object()
+    {
+        return;
+    }
+    let meta = obj
+        .as_object_mut()
+        .map(|o| o.entry("metadata").or_insert_with(|| json!({})));
+    if let Some(Value::Object(meta)) = meta {
+        let annotations = meta.entry("annotations").or_insert_with(|| json!({}));
+        if let Value::Object(a) = annotations {
+            a.insert(KUBEVELA_USERNAME_ANNOTATION.to_owned(), json!(user));
+        }
     }
 }
 

@@ -36,7 +36,7 @@ use kubenova_api::catalog::Catalog;
 use kubenova_api::crd::{NovaApp, NovaProject, NovaTenant};
 use kubenova_reconcile::status::{app_verdict, next_status, project_verdict, tenant_verdict};
 use kubenova_reconcile::{
-    FIELD_MANAGER, project_namespace, translate_app, translate_project, translate_tenant,
+    FIELD_MANAGER, app_rules, project_namespace, translate_app, translate_project, translate_tenant,
 };
 use kubenova_testkit::TestCluster;
 use kubenova_testkit::selector::{FieldSelector, LabelSelector};
@@ -408,7 +408,8 @@ async fn floor_trio(cluster: &TestCluster, admin: &Client, floor: &Client, i: us
         .patch("shop", &PatchParams::default(), &finalizer_patch())
         .await
         .unwrap();
-    ssa(floor, &translate_app(&na).unwrap()).await;
+    let rules = app_rules(&nt.spec, Catalog::builtin_ref()).unwrap();
+    ssa(floor, &translate_app(&na, &rules).unwrap()).await;
     let _ = cluster;
 }
 

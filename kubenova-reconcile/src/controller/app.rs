@@ -6,15 +6,16 @@ use kube::ResourceExt;
 use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event, finalizer};
-use kubenova_api::crd::NovaApp;
+use kubenova_api::crd::{NovaApp, NovaPhase};
 use tracing::instrument;
 
 use super::{
     Ctx, Error, FINALIZER, clash, delete_if_ours, find_clash, instrumented, ours, refused,
     requeue_after, write_status,
 };
+use crate::app::{app_identity, app_rules};
 use crate::meta::LABEL_APP;
-use crate::status::app_verdict;
+use crate::status::{Verdict, app_verdict};
 use crate::translate_app;
 
 const CONTROLLER: &str = "novaapp";
@@ -45,7 +46,19 @@ fn app_labels(na: &NovaApp) -> std::collections::BTreeMap<&'static str, String> 
 
 async fn apply_app(na: &NovaApp, ctx: &Ctx, api: &Api<NovaApp>) -> Result<Action, Error> {
     let old = na.status.as_ref();
-    let application = match translate_app(na) {
+    let tenant = &na.spec.tenant;
+    let Some(tenant_spec) = ctx.nova_tenant_spec(tenant).await? else {
+        let verdict = Verdict::new(
+            NovaPhase::Degraded,
+            "TenantNotFound",
+            format!("NovaTenant {tenant} does not exist; nothing was created"),
+        );
+        write_status(ctx, CONTROLLER, api, na, old, &verdict, vec![]).await?;
+        return Ok(Action::requeue(std::time::Duration::from_secs(60)));
+    };
+    let translated =
+        app_rules(&tenant_spec, &ctx.catalog).and_then(|rules| translate_app(na, &rules));
+    let application = match translated {
         Ok(o) => o,
         Err(e) => {
             tracing::info!(error = %e, "refusing invalid NovaApp");
@@ -61,7 +74,11 @@ async fn apply_app(na: &NovaApp, ctx: &Ctx, api: &Api<NovaApp>) -> Result<Action
         write_status(ctx, CONTROLLER, api, na, old, &clash(msg), vec![]).await?;
         return Ok(Action::await_change());
     }
-    let live = ctx.apply(&application).await?;
+    // Applied as the project's app identity: KubeVela deploys it with exactly that
+    // ServiceAccount's rights in the project namespace.
+    let live = ctx
+        .apply_impersonating(&application, &app_identity(&ns))
+        .await?;
     let verdict = app_verdict(Some(&live));
     write_status(ctx, CONTROLLER, api, na, old, &verdict, vec![]).await?;
     Ok(requeue_after(&verdict))

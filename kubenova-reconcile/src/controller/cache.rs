@@ -671,6 +671,16 @@ impl Caches {
         self.nova_tenants.get(&ObjectRef::new(name)).is_some()
     }
 
+    /// The NovaTenant's spec, when it exists.
+    pub(crate) fn nova_tenant_spec(
+        &self,
+        name: &str,
+    ) -> Option<Result<kubenova_api::crd::NovaTenantSpec, serde_json::Error>> {
+        self.nova_tenants
+            .get(&ObjectRef::new(name))
+            .map(|t| t.spec())
+    }
+
     fn key(obj: &Value) -> u64 {
         applied_key(
             obj.pointer("/kind")

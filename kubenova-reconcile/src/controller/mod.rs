@@ -330,6 +330,42 @@ impl Ctx {
             .is_some())
     }
 
+    /// The NovaTenant's spec (cache, or a GET without caches); `None` when absent.
+    pub(crate) async fn nova_tenant_spec(
+        &self,
+        name: &str,
+    ) -> Result<Option<kubenova_api::crd::NovaTenantSpec>, Error> {
+        if let Some(c) = self.caches() {
+            return Ok(c.nova_tenant_spec(name).transpose()?);
+        }
+        Ok(Api::<NovaTenant>::all(self.client.clone())
+            .get_opt(name)
+            .await?
+            .map(|t| t.spec))
+    }
+
+    /// Like [`apply`](Self::apply), but the apply is sent as `user` (an `Impersonate-User`
+    /// request), so that admission sees that user as the writer. KubeVela, with its
+    /// application authentication on, records the writer of an Application and deploys
+    /// with that identity's rights.
+    pub(crate) async fn apply_impersonating(
+        &self,
+        obj: &Value,
+        user: &str,
+    ) -> Result<Value, Error> {
+        let caches = self.caches();
+        if let Some(c) = &caches
+            && let Some(live) = c.unchanged(obj)
+        {
+            return Ok(live);
+        }
+        let live = apply_as_user(&self.client, obj, Some(user)).await?;
+        if let Some(c) = &caches {
+            c.record(obj, &live);
+        }
+        Ok(live)
+    }
+
     /// Whether this process wrote a status saying `said` for `key` in the last few
     /// seconds (the object it reconciles may not show it yet).
     fn recently_written(&self, key: &str, said: u64) -> bool {
@@ -480,17 +516,36 @@ fn str_at<'a>(v: &'a Value, pointer: &str) -> &'a str {
 /// Server-side applies `obj` (forced, field manager [`FIELD_MANAGER`]) and returns the
 /// stored object.
 pub(crate) async fn apply(client: &Client, obj: &Value) -> Result<Value, Error> {
+    apply_as_user(client, obj, None).await
+}
+
+/// [`apply`], sent as `user` (`Impersonate-User`) when given.
+async fn apply_as_user(client: &Client, obj: &Value, user: Option<&str>) -> Result<Value, Error> {
     let kind = str_at(obj, "/kind");
     let name = str_at(obj, "/metadata/name");
     let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str);
-    let api = dynamic_api(client, kind, ns)?;
-    let out = api
-        .patch(
-            name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(obj),
-        )
-        .await?;
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let out = match user {
+        None => {
+            dynamic_api(client, kind, ns)?
+                .patch(name, &params, &Patch::Apply(obj))
+                .await?
+        }
+        Some(user) => {
+            use kube::Resource as _;
+            let (ar, _) = api_resource(kind)
+                .ok_or_else(|| Error::Internal(format!("unknown kind {kind}")))?;
+            let url = DynamicObject::url_path(&ar, ns);
+            let mut req = kube::core::Request::new(url)
+                .patch(name, &params, &Patch::Apply(obj))
+                .map_err(kube::Error::BuildRequest)?;
+            let user = user
+                .parse()
+                .map_err(|_| Error::Internal(format!("user {user:?} is not a header value")))?;
+            req.headers_mut().insert("Impersonate-User", user);
+            client.request::<DynamicObject>(req).await?
+        }
+    };
     Ok(serde_json::to_value(out)?)
 }
 
