@@ -435,7 +435,7 @@ pub struct NovaAppPolicy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL_PATTERN))]
     pub name: Option<String>,
-    /// PolicyDefinition name, e.g. `topology`.
+    /// PolicyDefinition name, e.g. `garbage-collect`.
     #[serde(rename = "type")]
     #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
     pub type_: String,

@@ -749,7 +749,7 @@ pub struct AppTrait {
 /// A KubeVela policy of the app.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[schema(example = json!({"name": "topo", "type": "topology", "properties": {"clusters": ["local"]}}))]
+#[schema(example = json!({"name": "gc", "type": "garbage-collect", "properties": {"keepLegacyResource": false}}))]
 pub struct AppPolicy {
     /// Policy name (defaults to the type).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -788,7 +788,7 @@ pub struct AppComponent {
 /// One workflow step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[schema(example = json!({"name": "deploy", "type": "deploy", "properties": {"policies": ["topo"]}}))]
+#[schema(example = json!({"name": "deploy", "type": "deploy"}))]
 pub struct WorkflowStep {
     /// Step name.
     pub name: String,

@@ -1288,7 +1288,7 @@ async fn traits_policies_and_workflow_runs() {
         .put(
             &format!("{url}/policies"),
             &t.admin,
-            json!([{"name": "topo", "type": "topology", "properties": {"clusters": ["local"]}}]),
+            json!([{"name": "gc", "type": "garbage-collect", "properties": {"keepLegacyResource": true}}]),
         )
         .await;
     assert_eq!(po.status, StatusCode::OK, "{}", po.text);
@@ -1314,7 +1314,7 @@ async fn traits_policies_and_workflow_runs() {
     let d = t.get(&format!("{url}/diff/2/3"), &t.admin).await;
     assert_eq!(
         d.body["changes"],
-        json!([{"path": "/policies/0", "op": "added", "to": {"name": "topo", "type": "topology", "properties": {"clusters": ["local"]}}}])
+        json!([{"path": "/policies/0", "op": "added", "to": {"name": "gc", "type": "garbage-collect", "properties": {"keepLegacyResource": true}}}])
     );
 
     // Workflow runs.
@@ -1556,4 +1556,154 @@ async fn concurrent_updates_never_lose_a_revision() {
     assert_eq!(app.body["revision"].as_i64(), Some(1 + ok));
     let revs = t.get(&format!("{url}/revisions"), &t.admin).await;
     assert_eq!(revs.body["items"].as_array().unwrap().len() as i64, 1 + ok);
+}
+
+// ---------------------------------------------------------------------------------
+// The tenant boundary around apps
+// ---------------------------------------------------------------------------------
+
+/// What a developer can ask KubeVela to do through an app is bounded by the tenant's plan:
+/// every definition type the plan does not allow, every property that would send objects
+/// to another namespace or cluster and every image from a registry the policysets do not
+/// allow is KN-422 naming the field, and nothing is stored.
+#[tokio::test]
+async fn apps_cannot_leave_their_plan() {
+    let t = T::new().await;
+    let (pid, purl) = t.project(t.tenant_a, "web").await;
+    let dev = t.token("dev@example.com", &[Role::ProjectDev], &[], &[pid]);
+    let apps = format!("{purl}/apps");
+    let cases = [
+        (
+            json!({"name": "pwn", "components": [{"name": "x", "type": "k8s-objects", "properties": {"objects": [
+                {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                 "metadata": {"name": "pwn"},
+                 "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+                 "subjects": [{"kind": "User", "name": "dev@example.com"}]}]}}]}),
+            "components[0].type",
+        ),
+        (
+            json!({"name": "away", "image": "nginx",
+                   "policies": [{"name": "t", "type": "topology", "properties": {"clusters": ["prod-eu-2"], "namespace": "beta-apps"}}]}),
+            "policies[0].properties.clusters",
+        ),
+        (
+            json!({"name": "over", "image": "nginx",
+                   "policies": [{"name": "o", "type": "override", "properties": {"components": [{"name": "over", "type": "k8s-objects"}]}}]}),
+            "policies[0].type",
+        ),
+        (
+            json!({"name": "obj", "image": "nginx",
+                   "workflow": {"steps": [{"name": "s", "type": "apply-object", "properties": {"value": {"kind": "Secret"}}}]}}),
+            "workflow.steps[0].type",
+        ),
+        (
+            json!({"name": "sa", "components": [{"name": "sa", "type": "webservice", "properties": {"image": "nginx"},
+                   "traits": [{"type": "service-account", "properties": {"name": "root", "create": true}}]}]}),
+            "components[0].traits[0].type",
+        ),
+        (
+            json!({"name": "ref", "component": "ref-objects", "spec": {"objects": [{"resource": "secret", "name": "x"}]}}),
+            "component",
+        ),
+        (
+            json!({"name": "ns", "image": "nginx", "spec": {"namespace": "kube-system"}}),
+            "spec.namespace",
+        ),
+        (
+            json!({"name": "reserved", "image": "nginx", "policies": [{"name": "kubenova-gc", "type": "garbage-collect"}]}),
+            "policies[0].name",
+        ),
+    ];
+    for (body, field) in cases {
+        let r = t.post(&apps, &dev, body.clone()).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (StatusCode::UNPROCESSABLE_ENTITY, "KN-422"),
+            "{body}: {}",
+            r.text
+        );
+        assert_eq!(
+            r.body["details"]["violations"][0]["field"], field,
+            "{}",
+            r.text
+        );
+    }
+    let l = t.get(&apps, &dev).await;
+    assert_eq!(l.body["items"], json!([]), "nothing was stored");
+
+    // The same through PUT …/traits, PUT …/policies and PUT of the app: refused, the app
+    // unchanged.
+    let app = t.app(&purl, "web", "nginx:1.27").await;
+    for (method_uri, body, field) in [
+        (
+            format!("{app}/traits"),
+            json!([{"type": "json-patch", "properties": {"operations": []}}]),
+            "traits[0].type",
+        ),
+        (
+            format!("{app}/policies"),
+            json!([{"name": "t", "type": "take-over"}]),
+            "policies[0].type",
+        ),
+        (
+            app.clone(),
+            json!({"components": [{"name": "web", "type": "raw", "properties": {}}]}),
+            "components[0].type",
+        ),
+    ] {
+        let r = t.put(&method_uri, &dev, body).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+        assert_eq!(
+            r.body["details"]["violations"][0]["field"], field,
+            "{}",
+            r.text
+        );
+    }
+    let g = t.get(&app, &dev).await;
+    assert_eq!(g.body["revision"], 1);
+}
+
+/// Images come from the registries the tenant's policysets allow, and the check follows
+/// the tenant's policysets as they are now (deploy and rollback re-check).
+#[tokio::test]
+async fn images_follow_the_tenants_registry_policy() {
+    let t = T::new().await;
+    let (_, purl) = t.project(t.tenant_a, "web").await;
+    // Tenant a has no registry rule: any well-formed image is accepted.
+    let app = t.app(&purl, "web", "registry.evil.io/miner:1").await;
+    // The platform puts the tenant under the built-in registry allow-list.
+    let tenant_url = format!("/api/v1/clusters/{}/tenants/{}", t.cluster, t.tenant_a);
+    let r = t
+        .put(
+            &format!("{tenant_url}/network-policies"),
+            &t.admin,
+            json!({"policies": ["tenant-isolation", "baseline-security"]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+    // Deploying the existing revision is now refused, naming the image.
+    let r = t.post(&format!("{app}:deploy"), &t.admin, json!({})).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    assert_eq!(r.body["details"]["violations"][0]["field"], "image");
+    assert!(
+        r.text.contains("registry.evil.io/miner") && r.text.contains("baseline-security"),
+        "{}",
+        r.text
+    );
+    // A new app from an allowed registry is fine; one from elsewhere is not, wherever
+    // the image is named.
+    t.app(&purl, "ok", "ghcr.io/acme/web:2").await;
+    let r = t
+        .post(
+            &format!("{purl}/apps"),
+            &t.admin,
+            json!({"name": "side", "components": [{"name": "side", "type": "webservice", "properties": {"image": "nginx"},
+                   "traits": [{"type": "sidecar", "properties": {"name": "s", "image": "evil.example.com/s"}}]}]}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text);
+    assert_eq!(
+        r.body["details"]["violations"][0]["field"],
+        "components[0].traits[0].properties.image"
+    );
 }

@@ -26,11 +26,12 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use kubenova_api::ErrorBody;
+use kubenova_api::apprules::AppRules;
 use kubenova_api::error::{ErrorCode, KnError};
 use kubenova_api::ids::{AppId, RunId};
 use kubenova_api::model::{
     App, AppPolicy, AppRevision, AppSpec, AppTrait, Condition, ObjectStatus, Phase, Project,
-    RunStatus, WorkflowRun,
+    RunStatus, Tenant, WorkflowRun,
 };
 use kubenova_api::validate::Validate;
 use kubenova_store::{ListParams, StoreError, WriteOptions};
@@ -158,11 +159,15 @@ fn app_path(cluster: &str, tenant: &str, project: &str, app: &str) -> AppPath {
 }
 
 /// Loads the app of a path after the project chain; another project's app is KN-404.
-async fn resolve_app(st: &AppState, who: &Principal, p: &AppPath) -> ApiResult<(Project, App)> {
+async fn resolve_app(
+    st: &AppState,
+    who: &Principal,
+    p: &AppPath,
+) -> ApiResult<(Tenant, Project, App)> {
     let (ids, app_id) = p.ids()?;
-    let (_, project) = resolve_project(st, who, ids).await?;
+    let (tenant, project) = resolve_project(st, who, ids).await?;
     match st.store.get_app(app_id).await {
-        Ok(a) if a.project_id == project.id => Ok((project, a)),
+        Ok(a) if a.project_id == project.id => Ok((tenant, project, a)),
         Ok(_) | Err(StoreError::NotFound { .. }) => Err(ApiError::not_found("app", app_id)),
         Err(e) => Err(e.into()),
     }
@@ -170,9 +175,38 @@ async fn resolve_app(st: &AppState, who: &Principal, p: &AppPath) -> ApiResult<(
 
 /// Resolves the app and checks the caller may read (or change) apps of its project.
 async fn authorize(st: &AppState, ctx: &Ctx, p: &AppPath, access: Access) -> ApiResult<App> {
-    let (project, app) = resolve_app(st, &ctx.principal, p).await?;
+    Ok(authorize_in_tenant(st, ctx, p, access).await?.1)
+}
+
+/// [`authorize`], also returning the app's tenant (whose plan says what apps may use).
+async fn authorize_in_tenant(
+    st: &AppState,
+    ctx: &Ctx,
+    p: &AppPath,
+    access: Access,
+) -> ApiResult<(Tenant, App)> {
+    let (tenant, project, app) = resolve_app(st, &ctx.principal, p).await?;
     ctx.principal.check_apps(&project, access)?;
-    Ok(app)
+    Ok((tenant, app))
+}
+
+/// Checks an app spec before it is stored or deployed: its own validation (shapes,
+/// bounds, no property that targets another namespace or cluster), then its tenant's
+/// plan (definition types, image registries). KN-422 naming each field.
+fn check_spec(st: &AppState, tenant: &Tenant, spec: &AppSpec) -> ApiResult<()> {
+    spec.validate()?;
+    let rules = AppRules::resolve(&st.catalog, &tenant.plan, &tenant.network_policies)
+        .map_err(|why| {
+            ApiError::from(KnError::new(
+                ErrorCode::Conflict,
+                format!(
+                    "tenant {} cannot run apps under its current plan settings: {why}; an admin must fix the tenant's plan or policysets",
+                    tenant.id
+                ),
+            ))
+        })?;
+    rules.check(spec)?;
+    Ok(())
 }
 
 fn app_location(a: &App) -> String {
@@ -639,10 +673,10 @@ pub async fn create_app(
     body: Result<KnJson<AppSpec>, ApiError>,
 ) -> ApiResult<Response> {
     let ids = path(p)?.ids()?;
-    let (_, project) = resolve_project(&st, &ctx.principal, ids).await?;
+    let (tenant, project) = resolve_project(&st, &ctx.principal, ids).await?;
     ctx.principal.check_apps(&project, Access::Write)?;
     let KnJson(spec) = body?;
-    spec.validate()?;
+    check_spec(&st, &tenant, &spec)?;
     let now = OffsetDateTime::now_utc();
     let app = App {
         id: AppId::new(),
@@ -750,10 +784,10 @@ pub async fn update_app(
     headers: HeaderMap,
     body: Result<KnJson<Value>, ApiError>,
 ) -> ApiResult<Response> {
-    let mut app = authorize(&st, &ctx, &path(p)?, Access::Write).await?;
+    let (tenant, mut app) = authorize_in_tenant(&st, &ctx, &path(p)?, Access::Write).await?;
     let KnJson(body) = body?;
     let spec = parse_put_spec(body, &app)?;
-    spec.validate()?;
+    check_spec(&st, &tenant, &spec)?;
     check_if_match(&headers, "app", app.id, app.version)?;
     let rev = apply_spec(
         &mut app,
@@ -844,8 +878,10 @@ pub async fn delete_app(
 // ---------------------------------------------------------------------------------
 
 async fn deploy(st: &AppState, ctx: &Ctx, p: &AppPath, headers: &HeaderMap) -> ApiResult<Response> {
-    let mut app = authorize(st, ctx, p, Access::Write).await?;
+    let (tenant, mut app) = authorize_in_tenant(st, ctx, p, Access::Write).await?;
     check_if_match(headers, "app", app.id, app.version)?;
+    // The plan may have changed since the revision was written.
+    check_spec(st, &tenant, &app.spec)?;
     app.deployed_revision = Some(app.revision);
     let run = RunId::new();
     let revision = app.revision;
@@ -962,7 +998,7 @@ async fn rollback(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let mut app = authorize(st, ctx, p, Access::Write).await?;
+    let (tenant, mut app) = authorize_in_tenant(st, ctx, p, Access::Write).await?;
     let req: RollbackRequest =
         optional_body::<Option<RollbackRequest>>(headers, body)?.unwrap_or_default();
     check_if_match(headers, "app", app.id, app.version)?;
@@ -977,6 +1013,8 @@ async fn rollback(
         }
         Err(e) => return Err(e.into()),
     };
+    // An old revision is held to the plan as it is now.
+    check_spec(st, &tenant, &old.spec)?;
     let now = OffsetDateTime::now_utc();
     let rev = apply_spec(&mut app, old.spec, &ctx.principal.subject, now);
     app.deployed_revision = Some(app.revision);
@@ -1378,12 +1416,12 @@ pub async fn update_app_traits(
     headers: HeaderMap,
     body: Result<KnJson<Value>, ApiError>,
 ) -> ApiResult<Response> {
-    let mut app = authorize(&st, &ctx, &path(p)?, Access::Write).await?;
+    let (tenant, mut app) = authorize_in_tenant(&st, &ctx, &path(p)?, Access::Write).await?;
     let KnJson(body) = body?;
     let traits = parse_list_or_object(&body, |w: TraitsRequest| w.traits)?;
     let mut spec = app.spec.clone();
     spec.traits = traits;
-    spec.validate()?;
+    check_spec(&st, &tenant, &spec)?;
     check_if_match(&headers, "app", app.id, app.version)?;
     let rev = apply_spec(
         &mut app,
@@ -1405,9 +1443,9 @@ pub async fn update_app_traits(
     tag = "apps",
     operation_id = "updateAppPolicies",
     params(AppPath, ("If-Match" = Option<String>, Header, description = "ETag from a previous read; stale → KN-412")),
-    request_body(content = PoliciesBody, description = "The complete new policy list: an array or `{\"policies\": [...]}`", example = json!([{"name": "topo", "type": "topology", "properties": {"clusters": ["local"]}}])),
+    request_body(content = PoliciesBody, description = "The complete new policy list: an array or `{\"policies\": [...]}`", example = json!([{"name": "gc", "type": "garbage-collect", "properties": {"keepLegacyResource": false}}])),
     responses(
-        (status = 200, description = "The updated app", body = App, example = json!({"id": "44444444-4444-4444-4444-444444444444", "clusterId": "11111111-1111-1111-1111-111111111111", "tenantId": "22222222-2222-2222-2222-222222222222", "projectId": "33333333-3333-3333-3333-333333333333", "name": "web", "spec": {"name": "web", "description": "", "image": "nginx:1.27", "components": [], "traits": [], "policies": [{"name": "topo", "type": "topology", "properties": {"clusters": ["local"]}}]}, "revision": 3, "deployedRevision": 2, "suspended": false, "status": {"phase": "ready", "conditions": []}, "version": 6, "createdAt": "2026-01-01T00:15:00Z", "updatedAt": "2026-01-01T00:45:00Z"})),
+        (status = 200, description = "The updated app", body = App, example = json!({"id": "44444444-4444-4444-4444-444444444444", "clusterId": "11111111-1111-1111-1111-111111111111", "tenantId": "22222222-2222-2222-2222-222222222222", "projectId": "33333333-3333-3333-3333-333333333333", "name": "web", "spec": {"name": "web", "description": "", "image": "nginx:1.27", "components": [], "traits": [], "policies": [{"name": "gc", "type": "garbage-collect", "properties": {"keepLegacyResource": false}}]}, "revision": 3, "deployedRevision": 2, "suspended": false, "status": {"phase": "ready", "conditions": []}, "version": 6, "createdAt": "2026-01-01T00:15:00Z", "updatedAt": "2026-01-01T00:45:00Z"})),
         (status = 400, description = "KN-400: an id is not a UUID or malformed JSON", body = ErrorBody, example = json!({"code": "KN-400", "message": "path parameter appID must be a UUID, got \"web\""})),
         (status = 401, description = "KN-401: no valid bearer token", body = ErrorBody, example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
         (status = 403, description = "KN-403: the caller may read but not change apps of this project", body = ErrorBody, example = json!({"code": "KN-403", "message": "changing apps needs admin, ops, the tenant's owner or a developer of the project"})),
@@ -1425,12 +1463,12 @@ pub async fn update_app_policies(
     headers: HeaderMap,
     body: Result<KnJson<Value>, ApiError>,
 ) -> ApiResult<Response> {
-    let mut app = authorize(&st, &ctx, &path(p)?, Access::Write).await?;
+    let (tenant, mut app) = authorize_in_tenant(&st, &ctx, &path(p)?, Access::Write).await?;
     let KnJson(body) = body?;
     let policies = parse_list_or_object(&body, |w: PoliciesRequest| w.policies)?;
     let mut spec = app.spec.clone();
     spec.policies = policies;
-    spec.validate()?;
+    check_spec(&st, &tenant, &spec)?;
     check_if_match(&headers, "app", app.id, app.version)?;
     let rev = apply_spec(
         &mut app,

@@ -17,6 +17,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use kubenova_api::ErrorBody;
+use kubenova_api::apprules::AppRules;
 use kubenova_api::catalog::Catalog;
 use kubenova_api::ids::{ClusterId, TenantId};
 use kubenova_api::model::{
@@ -129,7 +130,15 @@ pub fn resolve_tenant(
         (None, None) => Vec::new(),
     };
     for (i, name) in policysets.iter().enumerate() {
-        if catalog.policyset(name).is_none() {
+        if catalog.policyset(name).is_some() {
+            // Its KubeVela rules must be of types the plan allows, or no app of the
+            // tenant could satisfy them.
+            if let Some(p) = plan
+                && let Err(why) = AppRules::resolve(catalog, &p.name, std::slice::from_ref(name))
+            {
+                v.push(format!("networkPolicies[{i}]"), why);
+            }
+        } else {
             v.push(
                 format!("networkPolicies[{i}]"),
                 format!(
@@ -1559,6 +1568,31 @@ mod tests {
         assert_eq!(r.quotas, plan.tenant_quotas);
         assert_eq!(r.limits, plan.limit_range.default);
         assert_eq!(r.network_policies, plan.policysets);
+    }
+
+    #[test]
+    fn a_tenant_cannot_take_a_policyset_whose_kubevela_rules_its_plan_forbids() {
+        // A policyset can add raw-object traits for a plan that allows them; a tenant on
+        // another plan cannot opt into it (its apps would carry a type its plan forbids).
+        let c = Catalog::builtin()
+            .merged_with(
+                kubenova_api::catalog::CatalogFile::from_str_with_format(
+                    r#"{"policysets": [{"name": "patchy", "rules": [{"kind": "velaTrait", "traitType": "json-patch", "spec": {}}]}]}"#,
+                    kubenova_api::catalog::Format::Json,
+                )
+                .unwrap(),
+            )
+            .unwrap();
+        let o = overrides(&[], &[], Some(&["tenant-isolation", "patchy"]));
+        let e = resolve_tenant(&c, "baseline", Some("gold"), &o).unwrap_err();
+        assert_eq!(e.violations.len(), 1, "{e}");
+        assert_eq!(e.violations[0].field, "networkPolicies[1]");
+        assert!(
+            e.violations[0]
+                .reason
+                .contains("adds trait type \"json-patch\", which the plan does not allow"),
+            "{e}"
+        );
     }
 
     #[test]
