@@ -7,6 +7,9 @@
 //! The binaries are found next to this test (`cargo test --workspace` builds them).
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+
+use common::{database, drop_database};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::rbac::v1::RoleBinding;
@@ -41,43 +44,6 @@ async fn names(api: &Api<DynamicObject>) -> Vec<String> {
         .collect();
     n.sort();
     n
-}
-
-async fn database() -> (String, Option<(String, String)>) {
-    match std::env::var("KUBENOVA_TEST_POSTGRES_URL") {
-        Ok(url) if !url.is_empty() => {
-            let db = format!("kn_e2e_{}", uuid::Uuid::new_v4().simple());
-            let admin = sqlx::PgPool::connect(&url).await.unwrap();
-            sqlx::query(&format!("CREATE DATABASE {db}"))
-                .execute(&admin)
-                .await
-                .unwrap();
-            admin.close().await;
-            let (base, _) = url.rsplit_once('/').unwrap();
-            (format!("{base}/{db}"), Some((url, db)))
-        }
-        _ => {
-            assert!(
-                std::env::var("KUBENOVA_REQUIRE_POSTGRES").as_deref() != Ok("1"),
-                "KUBENOVA_REQUIRE_POSTGRES=1 but KUBENOVA_TEST_POSTGRES_URL is not set"
-            );
-            eprintln!("!!! POSTGRES NOT CONFIGURED: the e2e runs the manager on SQLite !!!");
-            let dir =
-                std::env::temp_dir().join(format!("kn-e2e-{}", uuid::Uuid::new_v4().simple()));
-            std::fs::create_dir_all(&dir).unwrap();
-            (format!("sqlite://{}", dir.join("kn.db").display()), None)
-        }
-    }
-}
-
-async fn drop_database(pg: Option<(String, String)>) {
-    if let Some((url, db)) = pg {
-        let admin = sqlx::PgPool::connect(&url).await.unwrap();
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-            .execute(&admin)
-            .await;
-        admin.close().await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
