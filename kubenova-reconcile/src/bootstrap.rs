@@ -7,7 +7,8 @@
 //! 1. the namespace `kubenova-system`;
 //! 2. the Nova CRDs ([`crate::crds::crds`]);
 //! 3. the operator's least-privilege ServiceAccount, ClusterRole, ClusterRoleBinding and
-//!    leader-election Role/RoleBinding ([`crate::manifests::operator_manifests`]), and,
+//!    leader-election Role/RoleBinding ([`crate::manifests::operator_manifests`]), the
+//!    ClusterRole [`crate::manifests::APP_DEPLOYER_ROLE`] of the per-project app identity, and,
 //!    only with [`BootstrapParams::helm_installer`], the Helm installer identity
 //!    ([`crate::manifests::InstallerManifests`]);
 //! 4. the Secret [`AGENT_SECRET`] with the agent credential, the manager URL and optional CA;
@@ -423,6 +424,15 @@ pub async fn bootstrap(
         &rb,
         format!("RoleBinding/{ns}/{rb}"),
         &m.lease_role_binding,
+        &mut report,
+    )
+    .await?;
+    let deployer = name_of(&m.app_deployer_role.metadata);
+    apply(
+        Api::<ClusterRole>::all(c()),
+        &deployer,
+        format!("ClusterRole/{deployer}"),
+        &m.app_deployer_role,
         &mut report,
     )
     .await?;

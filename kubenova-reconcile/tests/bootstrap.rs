@@ -12,6 +12,7 @@ use kubenova_reconcile::bootstrap::{
     BootstrapError, BootstrapParams, CREDENTIAL_ANNOTATION, ENV_AGENT_TOKEN, NAMESPACE,
     OPERATOR_NAME, bootstrap, client_from_kubeconfig,
 };
+use kubenova_reconcile::manifests::{APP_DEPLOYER_ROLE, app_deployer_rules};
 
 fn params(token: &str) -> BootstrapParams {
     let mut p = BootstrapParams::new(
@@ -68,6 +69,12 @@ async fn bootstrap_applies_everything_and_is_idempotent() {
     for rule in role.rules.unwrap() {
         assert!(!rule.verbs.contains(&"*".to_string()), "least privilege");
     }
+    // The static ClusterRole the operator binds to each project's app identity.
+    let deployer = Api::<ClusterRole>::all(admin.clone())
+        .get(APP_DEPLOYER_ROLE)
+        .await
+        .unwrap();
+    assert_eq!(deployer.rules, Some(app_deployer_rules()));
     let binding = Api::<ClusterRoleBinding>::all(admin.clone())
         .get(OPERATOR_NAME)
         .await

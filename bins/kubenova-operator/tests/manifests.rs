@@ -19,8 +19,10 @@ Least-privilege RBAC of kubenova-operator (bins/kubenova-operator).
 GENERATED from kubenova_reconcile::manifests::operator_manifests (default parameters): do not
 edit; regenerate with `KUBENOVA_BLESS=1 cargo test -p kubenova-operator --test manifests`.
 Every rule names its API groups, resources and verbs; nothing is `*`. Why each rule exists is
-written next to it in kubenova-reconcile/src/manifests.rs (cluster_rules, lease_rules).
-The Lease rules are a Role in the operator's namespace only (leader election).
+written next to it in kubenova-reconcile/src/manifests.rs (cluster_rules, lease_rules,
+app_deployer_rules). The Lease rules are a Role in the operator's namespace only (leader
+election). The ClusterRole kubenova-app-deployer is granted to no one here: the operator binds
+it, in each project namespace only, to that project's app identity (ServiceAccount kubenova-app).
 Checked by bins/kubenova-operator/tests/rbac.rs and tests/manifests.rs.";
 
 const DEPLOYMENT_HEADER: &str = "\
@@ -174,7 +176,7 @@ async fn manifests_validate_against_the_strict_schemas() {
     let pp = PatchParams::apply("kubenova-bootstrap");
     let mut docs = documents("deployment.yaml");
     docs.splice(1..1, documents("rbac.yaml"));
-    assert_eq!(docs.len(), 7);
+    assert_eq!(docs.len(), 8);
     for obj in &docs {
         let name = obj["metadata"]["name"].as_str().unwrap();
         api_for(&client, obj)
