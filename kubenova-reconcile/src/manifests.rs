@@ -1,10 +1,13 @@
 //! The operator's install manifests as typed `k8s-openapi` objects: its Namespace,
 //! ServiceAccount, least-privilege RBAC (a ClusterRole for the Nova objects and what they
 //! generate, a namespaced Role for its leader-election Lease, the static ClusterRole
-//! [`APP_DEPLOYER_ROLE`] it binds to each project's app identity) and the Deployment.
+//! [`APP_DEPLOYER_ROLE`] it binds to each project's app identity), the
+//! ValidatingAdmissionPolicy that fences what the operator may write whatever its RBAC
+//! allows ([`admission_policy`], module `admission`) and the Deployment.
 //!
 //! The manager's bootstrap applies [`operator_manifests`] with server-side apply; the
-//! committed `deploy/operator/rbac.yaml` and `deploy/operator/deployment.yaml` are
+//! committed `deploy/operator/rbac.yaml`, `deploy/operator/admission-policy.yaml` and
+//! `deploy/operator/deployment.yaml` are
 //! generated from the same function with the default [`OperatorParams`] (a drift test in
 //! `bins/kubenova-operator/tests/manifests.rs` keeps them equal; regenerate with
 //! `KUBENOVA_BLESS=1 cargo test -p kubenova-operator --test manifests`).
@@ -36,6 +39,15 @@
 
 use std::collections::BTreeMap;
 
+mod admission;
+
+pub use admission::{
+    ADMISSION_POLICY_NAME, ROLE_BINDING_PREFIX, admission_policy, admission_policy_binding,
+    operator_username, platform_namespaces,
+};
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
@@ -152,6 +164,11 @@ pub struct OperatorManifests {
     /// The static ClusterRole [`APP_DEPLOYER_ROLE`] ([`app_deployer_rules`]); bound by the
     /// operator, in each project namespace, to that project's [`APP_SERVICE_ACCOUNT`].
     pub app_deployer_role: ClusterRole,
+    /// The ValidatingAdmissionPolicy [`ADMISSION_POLICY_NAME`] fencing what the operator's
+    /// ServiceAccount may write ([`admission_policy`]).
+    pub admission_policy: ValidatingAdmissionPolicy,
+    /// Its binding (`validationActions: [Deny]`).
+    pub admission_policy_binding: ValidatingAdmissionPolicyBinding,
     /// The Deployment.
     pub deployment: Deployment,
     /// The Helm installer identity, only with [`OperatorParams::helm_installer`].
@@ -205,11 +222,22 @@ impl OperatorManifests {
         Ok(out)
     }
 
+    /// The admission objects (the ValidatingAdmissionPolicy, then its binding) as JSON, in
+    /// apply order.
+    pub fn admission_values(&self) -> Result<Vec<Value>, serde_json::Error> {
+        Ok(vec![
+            serde_json::to_value(&self.admission_policy)?,
+            serde_json::to_value(&self.admission_policy_binding)?,
+        ])
+    }
+
     /// Every object as JSON with `apiVersion` and `kind`, in apply order: Namespace,
-    /// the RBAC objects, then the Deployment (so its pods find their ServiceAccount).
+    /// the RBAC objects, the admission policy and its binding (in force before the
+    /// operator starts), then the Deployment (so its pods find their ServiceAccount).
     pub fn to_values(&self) -> Result<Vec<Value>, serde_json::Error> {
         let mut out = vec![serde_json::to_value(&self.namespace)?];
         out.extend(self.rbac_values()?);
+        out.extend(self.admission_values()?);
         out.push(serde_json::to_value(&self.deployment)?);
         Ok(out)
     }
@@ -662,6 +690,8 @@ pub fn operator_manifests(params: &OperatorParams) -> OperatorManifests {
             rules: Some(app_deployer_rules()),
             aggregation_rule: None,
         },
+        admission_policy: admission_policy(ns),
+        admission_policy_binding: admission_policy_binding(),
         deployment: deployment(params),
         installer,
     }
@@ -817,6 +847,21 @@ mod tests {
         assert_eq!(token.secret_key_ref.as_ref().unwrap().name, "agent");
         let rules = m.lease_role.rules.as_ref().unwrap();
         assert_eq!(rules[0].resource_names, Some(vec!["lead".to_owned()]));
+        // The admission policy matches the operator of that namespace and protects it.
+        let policy = m.admission_policy.spec.as_ref().unwrap();
+        assert_eq!(
+            policy.match_conditions.as_ref().unwrap()[0].expression,
+            "request.userInfo.username == 'system:serviceaccount:ops:kubenova-operator'"
+        );
+        assert!(
+            policy.validations.as_ref().unwrap()[0]
+                .expression
+                .contains("'ops'")
+        );
+        assert_eq!(
+            m.admission_policy_binding.spec.policy_name,
+            ADMISSION_POLICY_NAME
+        );
 
         // Without a URL, it comes from the agent Secret.
         let m = operator_manifests(&OperatorParams::default());
