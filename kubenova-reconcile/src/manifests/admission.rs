@@ -2,31 +2,7 @@
 //! write, whatever its RBAC allows: RBAC cannot say "only namespaces of KubeNova tenants"
 //! or "only RoleBindings to these roles, never for `system:` groups", a policy can.
 //!
-//! It matches only requests whose user is the operator's ServiceAccount
-//! (`system:serviceaccount:<operator namespace>:kubenova-operator`), on Namespaces,
-//! ServiceAccounts and RoleBindings (CREATE, UPDATE, DELETE), and denies
-//! (`failurePolicy: Fail`, binding `validationActions: [Deny]`, so an expression that
-//! cannot be evaluated denies too):
-//!
-//! - **Namespaces**: system and platform namespaces ([`platform_namespaces`]); any
-//!   namespace without `app.kubernetes.io/managed-by: kubenova-operator` and a tenant
-//!   label (`kubenova.io/tenant`, equal to `capsule.clastix.io/tenant`); a name that does
-//!   not fit its tenant and role (`<tenant>-owner`, `<tenant>-apps`, or
-//!   `<tenant>-<project…>-<8 hex>` with a `kubenova.io/project` label); on CREATE and
-//!   UPDATE, a missing or inconsistent `kubenova.io/owner` annotation
-//!   (`novatenants.kubenova.io/<tenant>`, or `novaprojects.kubenova.io/<tenant>-owner/<project>`);
-//!   on UPDATE, a namespace not already managed by the operator for the same tenant (no
-//!   adoption, no move to another tenant).
-//! - **RoleBindings**: outside project namespaces managed by the operator (read from
-//!   `namespaceObject`), named outside `kubenova-`, not labelled as the operator's for the
-//!   namespace's tenant, a `roleRef` other than ClusterRole `admin`, `edit`, `view` or
-//!   [`APP_DEPLOYER_ROLE`], a `system:` user or group subject (`system:masters`,
-//!   `system:authenticated`, `system:serviceaccounts:*`, …), and app identity bindings
-//!   other than `kubenova-app` → `edit` and `kubenova-app-deployer` →
-//!   `kubenova-app-deployer` with the namespace's own [`APP_SERVICE_ACCOUNT`] as their only
-//!   subject.
-//! - **ServiceAccounts**: anything but [`APP_SERVICE_ACCOUNT`] in such a project namespace,
-//!   labelled as the operator's.
+//! What it matches and denies is described on [`admission_policy`].
 //!
 //! The expressions are tested for real (evaluated with a CEL interpreter against the
 //! objects the operator writes and against the writes it must not make) in
@@ -387,7 +363,41 @@ fn policy_meta() -> ObjectMeta {
 }
 
 /// The ValidatingAdmissionPolicy fencing the writes of the operator installed in
-/// `operator_namespace` (see the [module docs](self)).
+/// `operator_namespace`.
+///
+/// It matches only requests whose user is the operator's ServiceAccount
+/// (`system:serviceaccount:<operator namespace>:kubenova-operator`), on Namespaces,
+/// ServiceAccounts and RoleBindings (CREATE, UPDATE, DELETE), and denies
+/// (`failurePolicy: Fail`, binding `validationActions: [Deny]`, so an expression that
+/// cannot be evaluated denies too):
+///
+/// - **Namespaces**: system and platform namespaces ([`platform_namespaces`]); any
+///   namespace without `app.kubernetes.io/managed-by: kubenova-operator` and a tenant
+///   label (`kubenova.io/tenant`, equal to `capsule.clastix.io/tenant`); a name that does
+///   not fit its tenant and role (`<tenant>-owner`, `<tenant>-apps`, or
+///   `<tenant>-<project…>-<8 hex>` with a `kubenova.io/project` label); on CREATE and
+///   UPDATE, a missing or inconsistent `kubenova.io/owner` annotation
+///   (`novatenants.kubenova.io/<tenant>`, or `novaprojects.kubenova.io/<tenant>-owner/<project>`);
+///   on UPDATE, a namespace not already managed by the operator for the same tenant (no
+///   adoption, no move to another tenant).
+/// - **RoleBindings**: outside project namespaces managed by the operator (read from
+///   `namespaceObject`), named outside `kubenova-`, not labelled as the operator's for the
+///   namespace's tenant, a `roleRef` other than ClusterRole `admin`, `edit`, `view` or
+///   [`APP_DEPLOYER_ROLE`], a `system:` user or group subject (`system:masters`,
+///   `system:authenticated`, `system:serviceaccounts:*`, …), and app identity bindings
+///   other than `kubenova-app` → `edit` and `kubenova-app-deployer` →
+///   `kubenova-app-deployer` with the namespace's own [`APP_SERVICE_ACCOUNT`] as their only
+///   subject.
+/// - **ServiceAccounts**: anything but [`APP_SERVICE_ACCOUNT`] in such a project namespace,
+///   labelled as the operator's.
+///
+/// ```
+/// use kubenova_reconcile::manifests::admission_policy;
+/// let policy = admission_policy("kubenova-system");
+/// let spec = policy.spec.unwrap();
+/// assert_eq!(spec.failure_policy.as_deref(), Some("Fail"));
+/// assert!(spec.match_conditions.unwrap()[0].expression.contains("system:serviceaccount:kubenova-system:kubenova-operator"));
+/// ```
 pub fn admission_policy(operator_namespace: &str) -> ValidatingAdmissionPolicy {
     let ops = || {
         Some(vec![
