@@ -7,8 +7,11 @@
 //! 1. the namespace `kubenova-system`;
 //! 2. the Nova CRDs ([`crate::crds::crds`]);
 //! 3. the operator's least-privilege ServiceAccount, ClusterRole, ClusterRoleBinding and
-//!    leader-election Role/RoleBinding ([`crate::manifests::operator_manifests`]), and,
-//!    only with [`BootstrapParams::helm_installer`], the Helm installer identity
+//!    leader-election Role/RoleBinding ([`crate::manifests::operator_manifests`]), the
+//!    ClusterRole [`crate::manifests::APP_DEPLOYER_ROLE`] of the per-project app identity,
+//!    the ValidatingAdmissionPolicy fencing the operator's writes and its binding
+//!    ([`crate::manifests::admission_policy`]), and, only with
+//!    [`BootstrapParams::helm_installer`], the Helm installer identity
 //!    ([`crate::manifests::InstallerManifests`]);
 //! 4. the Secret [`AGENT_SECRET`] with the agent credential, the manager URL and optional CA;
 //! 5. the operator Deployment ([`operator_deployment`]: the one of
@@ -30,6 +33,9 @@
 
 use crate::manifests::{OperatorParams, operator_manifests};
 use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{EnvVar, Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
@@ -423,6 +429,34 @@ pub async fn bootstrap(
         &rb,
         format!("RoleBinding/{ns}/{rb}"),
         &m.lease_role_binding,
+        &mut report,
+    )
+    .await?;
+    let deployer = name_of(&m.app_deployer_role.metadata);
+    apply(
+        Api::<ClusterRole>::all(c()),
+        &deployer,
+        format!("ClusterRole/{deployer}"),
+        &m.app_deployer_role,
+        &mut report,
+    )
+    .await?;
+    // The admission policy is in force before the operator starts.
+    let policy = name_of(&m.admission_policy.metadata);
+    apply(
+        Api::<ValidatingAdmissionPolicy>::all(c()),
+        &policy,
+        format!("ValidatingAdmissionPolicy/{policy}"),
+        &m.admission_policy,
+        &mut report,
+    )
+    .await?;
+    let binding = name_of(&m.admission_policy_binding.metadata);
+    apply(
+        Api::<ValidatingAdmissionPolicyBinding>::all(c()),
+        &binding,
+        format!("ValidatingAdmissionPolicyBinding/{binding}"),
+        &m.admission_policy_binding,
         &mut report,
     )
     .await?;

@@ -20,6 +20,12 @@
 //! temporary directory, removed when helm exits. The token is never on a command line,
 //! in the environment or in a log line ([`InstallerIdentity`]).
 //!
+//! **KubeVela application authentication.** KubeVela is installed with
+//! `authentication.enabled=true` and `authentication.withUser=true`: each Application is
+//! deployed impersonating the identity that applied it, which for KubeNova is the
+//! project's `kubenova-app` ServiceAccount
+//! ([`crate::manifests::APP_SERVICE_ACCOUNT`]).
+//!
 //! Capabilities ([`observe_capabilities`]) are never assumed from an install having been
 //! requested: a flag is true only when the component's CRDs are served and its
 //! Deployments report available replicas.
@@ -111,7 +117,18 @@ pub const PINNED: &[Component] = &[
         version: "1.10.9",
         remote: "https://kubevela.github.io/charts",
         namespace: "vela-system",
-        values: &[],
+        // Application authentication: KubeVela's webhook records the identity that
+        // created or updated an Application (`app.oam.dev/username`) and the controller
+        // deploys it impersonating that identity, instead of with its own rights (with
+        // authentication on, the chart no longer binds KubeVela to cluster-admin). The
+        // operator applies each project's Applications as that project's `kubenova-app`
+        // ServiceAccount, so an Application can do no more than the project's `edit`
+        // RoleBinding allows in its own namespace. The webhook then refuses the
+        // `app.oam.dev/service-account-name` annotation.
+        values: &[
+            ("authentication.enabled", "true"),
+            ("authentication.withUser", "true"),
+        ],
         deployments: &["kubevela-vela-core"],
         crds: &["applications.core.oam.dev"],
     },
@@ -847,6 +864,41 @@ mod tests {
             vela.contains("vela-core --repo https://kubevela.github.io/charts"),
             "{vela}"
         );
+    }
+
+    /// KubeVela runs with its application authentication on and impersonating the
+    /// requesting user, so that an Application deploys with the rights of the identity
+    /// that applied it (the project's `kubenova-app` ServiceAccount), not cluster-admin.
+    #[test]
+    fn kubevela_authenticates_applications_as_their_user() {
+        for use_remote in [true, false] {
+            let dir = std::env::temp_dir().join(format!("kn-vela-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("vela-core-1.10.9.tgz"), b"x").unwrap();
+            let h = HelmCli {
+                use_remote,
+                charts_dir: dir.clone(),
+                ..HelmCli::default()
+            };
+            let args = h.args(component("kubevela").unwrap()).unwrap();
+            let sets: Vec<&str> = args
+                .windows(2)
+                .filter(|w| w[0] == "--set")
+                .map(|w| w[1].as_str())
+                .collect();
+            assert!(sets.contains(&"authentication.enabled=true"), "{args:?}");
+            assert!(sets.contains(&"authentication.withUser=true"), "{args:?}");
+            std::fs::remove_dir_all(dir).unwrap();
+        }
+        // The other charts do not get KubeVela's values.
+        let h = HelmCli {
+            use_remote: true,
+            ..HelmCli::default()
+        };
+        for c in PINNED.iter().filter(|c| c.name != "kubevela") {
+            let args = h.args(c).unwrap().join(" ");
+            assert!(!args.contains("authentication."), "{args}");
+        }
     }
 
     #[test]

@@ -1,9 +1,13 @@
 //! The operator's install manifests as typed `k8s-openapi` objects: its Namespace,
 //! ServiceAccount, least-privilege RBAC (a ClusterRole for the Nova objects and what they
-//! generate, a namespaced Role for its leader-election Lease) and the Deployment.
+//! generate, a namespaced Role for its leader-election Lease, the static ClusterRole
+//! [`APP_DEPLOYER_ROLE`] it binds to each project's app identity), the
+//! ValidatingAdmissionPolicy that fences what the operator may write whatever its RBAC
+//! allows ([`admission_policy`], module `admission`) and the Deployment.
 //!
 //! The manager's bootstrap applies [`operator_manifests`] with server-side apply; the
-//! committed `deploy/operator/rbac.yaml` and `deploy/operator/deployment.yaml` are
+//! committed `deploy/operator/rbac.yaml`, `deploy/operator/admission-policy.yaml` and
+//! `deploy/operator/deployment.yaml` are
 //! generated from the same function with the default [`OperatorParams`] (a drift test in
 //! `bins/kubenova-operator/tests/manifests.rs` keeps them equal; regenerate with
 //! `KUBENOVA_BLESS=1 cargo test -p kubenova-operator --test manifests`).
@@ -35,6 +39,15 @@
 
 use std::collections::BTreeMap;
 
+mod admission;
+
+pub use admission::{
+    ADMISSION_POLICY_NAME, ROLE_BINDING_PREFIX, admission_policy, admission_policy_binding,
+    operator_username, platform_namespaces,
+};
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
@@ -73,6 +86,18 @@ pub const INSTALLER_TOKEN_ROLE: &str = "kubenova-operator-installer-token";
 /// Operator environment variable naming the installer ServiceAccount (set in the
 /// Deployment in installer mode; read by the operator's `--installer-service-account`).
 pub const ENV_INSTALLER_SERVICE_ACCOUNT: &str = "KUBENOVA_INSTALLER_SERVICE_ACCOUNT";
+/// Name of the per-project app identity: the ServiceAccount the operator creates in every
+/// project namespace and impersonates (`system:serviceaccount:<project-ns>:kubenova-app`)
+/// to apply the project's KubeVela Applications, and the name of its RoleBinding to
+/// `edit` in that namespace.
+pub const APP_SERVICE_ACCOUNT: &str = "kubenova-app";
+/// The static ClusterRole bound to [`APP_SERVICE_ACCOUNT`] in each project namespace (a
+/// RoleBinding of the same name): what it needs to create and update its KubeVela
+/// Applications there ([`app_deployer_rules`]).
+pub const APP_DEPLOYER_ROLE: &str = "kubenova-app-deployer";
+/// The ClusterRoles project RoleBindings may refer to (the operator may `bind` exactly
+/// these): the access roles `admin`, `edit`, `view` and [`APP_DEPLOYER_ROLE`].
+pub const PROJECT_CLUSTER_ROLES: [&str; 4] = ["admin", "edit", "view", APP_DEPLOYER_ROLE];
 
 /// The default image: [`IMAGE_REPOSITORY`] tagged with this crate's version.
 pub fn default_image() -> String {
@@ -136,6 +161,14 @@ pub struct OperatorManifests {
     pub lease_role: Role,
     /// Binds [`lease_role`](Self::lease_role) to the ServiceAccount.
     pub lease_role_binding: RoleBinding,
+    /// The static ClusterRole [`APP_DEPLOYER_ROLE`] ([`app_deployer_rules`]); bound by the
+    /// operator, in each project namespace, to that project's [`APP_SERVICE_ACCOUNT`].
+    pub app_deployer_role: ClusterRole,
+    /// The ValidatingAdmissionPolicy [`ADMISSION_POLICY_NAME`] fencing what the operator's
+    /// ServiceAccount may write ([`admission_policy`]).
+    pub admission_policy: ValidatingAdmissionPolicy,
+    /// Its binding (`validationActions: [Deny]`).
+    pub admission_policy_binding: ValidatingAdmissionPolicyBinding,
     /// The Deployment.
     pub deployment: Deployment,
     /// The Helm installer identity, only with [`OperatorParams::helm_installer`].
@@ -172,8 +205,8 @@ impl InstallerManifests {
 
 impl OperatorManifests {
     /// The RBAC objects (ServiceAccount, ClusterRole, ClusterRoleBinding, Role,
-    /// RoleBinding, then the [`installer`](Self::installer) objects if any) as JSON, in
-    /// apply order.
+    /// RoleBinding, the app deployer ClusterRole, then the [`installer`](Self::installer)
+    /// objects if any) as JSON, in apply order.
     pub fn rbac_values(&self) -> Result<Vec<Value>, serde_json::Error> {
         let mut out = vec![
             serde_json::to_value(&self.service_account)?,
@@ -181,6 +214,7 @@ impl OperatorManifests {
             serde_json::to_value(&self.cluster_role_binding)?,
             serde_json::to_value(&self.lease_role)?,
             serde_json::to_value(&self.lease_role_binding)?,
+            serde_json::to_value(&self.app_deployer_role)?,
         ];
         if let Some(installer) = &self.installer {
             out.extend(installer.to_values()?);
@@ -188,11 +222,22 @@ impl OperatorManifests {
         Ok(out)
     }
 
+    /// The admission objects (the ValidatingAdmissionPolicy, then its binding) as JSON, in
+    /// apply order.
+    pub fn admission_values(&self) -> Result<Vec<Value>, serde_json::Error> {
+        Ok(vec![
+            serde_json::to_value(&self.admission_policy)?,
+            serde_json::to_value(&self.admission_policy_binding)?,
+        ])
+    }
+
     /// Every object as JSON with `apiVersion` and `kind`, in apply order: Namespace,
-    /// the RBAC objects, then the Deployment (so its pods find their ServiceAccount).
+    /// the RBAC objects, the admission policy and its binding (in force before the
+    /// operator starts), then the Deployment (so its pods find their ServiceAccount).
     pub fn to_values(&self) -> Result<Vec<Value>, serde_json::Error> {
         let mut out = vec![serde_json::to_value(&self.namespace)?];
         out.extend(self.rbac_values()?);
+        out.extend(self.admission_values()?);
         out.push(serde_json::to_value(&self.deployment)?);
         Ok(out)
     }
@@ -240,7 +285,9 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
     let mut bind = rule(&["rbac.authorization.k8s.io"], &["clusterroles"], &["bind"]);
     let mut proxy_read = rule(&[""], &["services", "secrets"], &["get"]);
     proxy_read.resource_names = Some(vec!["capsule-proxy".into()]);
-    bind.resource_names = Some(vec!["admin".into(), "edit".into(), "view".into()]);
+    bind.resource_names = Some(PROJECT_CLUSTER_ROLES.map(str::to_owned).to_vec());
+    let mut impersonate = rule(&[""], &["serviceaccounts"], &["impersonate"]);
+    impersonate.resource_names = Some(vec![APP_SERVICE_ACCOUNT.to_owned()]);
     vec![
         // The Nova objects: watched, finalizer added/removed with a JSON patch; the agent
         // loop server-side applies the manager's desired set (creating what is absent)
@@ -266,9 +313,16 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
         rule(&[""], &["namespaces", "resourcequotas"], &OWNED),
         rule(&["rbac.authorization.k8s.io"], &["rolebindings"], &OWNED),
         rule(&["core.oam.dev"], &["applications"], &OWNED),
+        // The per-project app identity (ServiceAccount `kubenova-app`).
+        rule(&[""], &["serviceaccounts"], &OWNED),
         // Project RoleBindings grant these ClusterRoles; `bind` lets the operator do so
         // without holding every permission they contain (RBAC escalation check).
         bind,
+        // KubeVela Applications are applied as the project's app identity, so that
+        // KubeVela (application authentication on) records it and deploys with exactly
+        // its rights. Only ServiceAccounts of that name can be impersonated: no users,
+        // no groups, no other ServiceAccount.
+        impersonate,
         // Warning Events for failures (kube::runtime::events::Recorder).
         rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
         // Capabilities are derived from what is served: CRDs and component Deployments
@@ -282,6 +336,20 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
         // The Capsule Proxy endpoint and CA reported to the manager (read only, by name).
         proxy_read,
     ]
+}
+
+/// The rules of the static ClusterRole [`APP_DEPLOYER_ROLE`]: what a project's app
+/// identity needs to create, update and delete its KubeVela Applications. The operator
+/// binds it with a RoleBinding in the project namespace only, so it never applies
+/// cluster-wide.
+pub fn app_deployer_rules() -> Vec<PolicyRule> {
+    vec![rule(
+        &["core.oam.dev"],
+        &["applications"],
+        &[
+            "get", "list", "watch", "create", "patch", "update", "delete",
+        ],
+    )]
 }
 
 /// The Role's rules in the operator's namespace beyond the Lease: the agent Secret (read,
@@ -617,6 +685,13 @@ pub fn operator_manifests(params: &OperatorParams) -> OperatorManifests {
             },
             subjects: Some(vec![subject]),
         },
+        app_deployer_role: ClusterRole {
+            metadata: meta(APP_DEPLOYER_ROLE, None),
+            rules: Some(app_deployer_rules()),
+            aggregation_rule: None,
+        },
+        admission_policy: admission_policy(ns),
+        admission_policy_binding: admission_policy_binding(),
         deployment: deployment(params),
         installer,
     }
@@ -772,6 +847,21 @@ mod tests {
         assert_eq!(token.secret_key_ref.as_ref().unwrap().name, "agent");
         let rules = m.lease_role.rules.as_ref().unwrap();
         assert_eq!(rules[0].resource_names, Some(vec!["lead".to_owned()]));
+        // The admission policy matches the operator of that namespace and protects it.
+        let policy = m.admission_policy.spec.as_ref().unwrap();
+        assert_eq!(
+            policy.match_conditions.as_ref().unwrap()[0].expression,
+            "request.userInfo.username == 'system:serviceaccount:ops:kubenova-operator'"
+        );
+        assert!(
+            policy.validations.as_ref().unwrap()[0]
+                .expression
+                .contains("'ops'")
+        );
+        assert_eq!(
+            m.admission_policy_binding.spec.policy_name,
+            ADMISSION_POLICY_NAME
+        );
 
         // Without a URL, it comes from the agent Secret.
         let m = operator_manifests(&OperatorParams::default());
@@ -846,7 +936,8 @@ mod tests {
             .rules
             .unwrap()
             .into_iter()
-            .chain(m.lease_role.rules.unwrap());
+            .chain(m.lease_role.rules.unwrap())
+            .chain(m.app_deployer_role.rules.unwrap());
         for r in all {
             let mut words = r.verbs.clone();
             words.extend(r.api_groups.unwrap_or_default());

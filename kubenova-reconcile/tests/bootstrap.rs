@@ -3,6 +3,9 @@
 //! server-side apply, re-running is idempotent, and failures are classified.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
@@ -11,6 +14,9 @@ use kube::Api;
 use kubenova_reconcile::bootstrap::{
     BootstrapError, BootstrapParams, CREDENTIAL_ANNOTATION, ENV_AGENT_TOKEN, NAMESPACE,
     OPERATOR_NAME, bootstrap, client_from_kubeconfig,
+};
+use kubenova_reconcile::manifests::{
+    ADMISSION_POLICY_NAME, APP_DEPLOYER_ROLE, admission_policy, app_deployer_rules,
 };
 
 fn params(token: &str) -> BootstrapParams {
@@ -68,6 +74,32 @@ async fn bootstrap_applies_everything_and_is_idempotent() {
     for rule in role.rules.unwrap() {
         assert!(!rule.verbs.contains(&"*".to_string()), "least privilege");
     }
+    // The static ClusterRole the operator binds to each project's app identity.
+    let deployer = Api::<ClusterRole>::all(admin.clone())
+        .get(APP_DEPLOYER_ROLE)
+        .await
+        .unwrap();
+    assert_eq!(deployer.rules, Some(app_deployer_rules()));
+    // The admission policy fencing the operator's writes, for the operator's namespace,
+    // and its binding.
+    let policy = Api::<ValidatingAdmissionPolicy>::all(admin.clone())
+        .get(ADMISSION_POLICY_NAME)
+        .await
+        .unwrap();
+    assert_eq!(policy.spec, admission_policy(NAMESPACE).spec);
+    let policy_binding = Api::<ValidatingAdmissionPolicyBinding>::all(admin.clone())
+        .get(ADMISSION_POLICY_NAME)
+        .await
+        .unwrap();
+    assert_eq!(policy_binding.spec.policy_name, ADMISSION_POLICY_NAME);
+    let applied_at = |label: &str| report.applied.iter().position(|a| a == label).unwrap();
+    assert!(
+        applied_at(&format!(
+            "ValidatingAdmissionPolicyBinding/{ADMISSION_POLICY_NAME}"
+        )) < applied_at("Deployment/kubenova-system/kubenova-operator"),
+        "the policy is in force before the operator starts: {:?}",
+        report.applied
+    );
     let binding = Api::<ClusterRoleBinding>::all(admin.clone())
         .get(OPERATOR_NAME)
         .await

@@ -14,6 +14,10 @@ pub enum SchemaSource {
     None,
     /// One of the embedded Kubernetes strict JSON schema files (file name).
     Builtin(&'static str),
+    /// A definition of the embedded `_definitions.json` (its `$defs` key), for built-in
+    /// kinds without a kind file of their own. The definitions are as strict as the kind
+    /// files (`additionalProperties: false`, `apiVersion` and `kind` pinned by `enum`).
+    BuiltinDefinition(&'static str),
     /// A CRD `openAPIV3Schema`.
     Crd(Arc<Value>),
 }
@@ -93,6 +97,14 @@ fn builtin(
         schema: schema.map_or(SchemaSource::None, SchemaSource::Builtin),
         custom: false,
         storage_version: version.into(),
+    }
+}
+
+/// `t` validated against the `_definitions.json` definition `name`.
+fn definition(t: ResourceType, name: &'static str) -> ResourceType {
+    ResourceType {
+        schema: SchemaSource::BuiltinDefinition(name),
+        ..t
     }
 }
 
@@ -251,6 +263,32 @@ pub fn builtins() -> Vec<ResourceType> {
             &["crd", "crds"],
             true,
             None,
+        ),
+        definition(
+            builtin(
+                "admissionregistration.k8s.io",
+                "v1",
+                "ValidatingAdmissionPolicy",
+                "validatingadmissionpolicies",
+                false,
+                &[],
+                true,
+                None,
+            ),
+            "io.k8s.api.admissionregistration.v1.ValidatingAdmissionPolicy",
+        ),
+        definition(
+            builtin(
+                "admissionregistration.k8s.io",
+                "v1",
+                "ValidatingAdmissionPolicyBinding",
+                "validatingadmissionpolicybindings",
+                false,
+                &[],
+                false,
+                None,
+            ),
+            "io.k8s.api.admissionregistration.v1.ValidatingAdmissionPolicyBinding",
         ),
         builtin(
             "events.k8s.io",

@@ -449,18 +449,38 @@ static BUILTIN_VALIDATORS: LazyLock<Mutex<HashMap<&'static str, Compiled>>> =
     LazyLock::new(|| Mutex::new(HashMap::new()));
 
 fn builtin_validator(file: &'static str) -> Result<Compiled, ApiError> {
+    cached_validator(file, || {
+        let text = upstream::k8s_schema(file)
+            .ok_or_else(|| ApiError::internal(format!("embedded schema {file} missing")))?;
+        serde_json::from_str(text)
+            .map_err(|e| ApiError::internal(format!("embedded schema {file}: {e}")))
+    })
+}
+
+/// The validator of the `_definitions.json` definition `name` (a `$ref` to it).
+fn definition_validator(name: &'static str) -> Result<Compiled, ApiError> {
+    cached_validator(name, || {
+        Ok(serde_json::json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$ref": format!("https://kubernetes.io/api/_definitions.json#/$defs/{name}"),
+        }))
+    })
+}
+
+/// The compiled validator cached under `key`, compiling `schema()` the first time.
+fn cached_validator(
+    key: &'static str,
+    schema: impl FnOnce() -> Result<Value, ApiError>,
+) -> Result<Compiled, ApiError> {
     {
         let cache = BUILTIN_VALIDATORS
             .lock()
             .map_err(|_| ApiError::internal("validator cache poisoned"))?;
-        if let Some(v) = cache.get(file) {
+        if let Some(v) = cache.get(key) {
             return Ok(v.clone());
         }
     }
-    let text = upstream::k8s_schema(file)
-        .ok_or_else(|| ApiError::internal(format!("embedded schema {file} missing")))?;
-    let schema: Value = serde_json::from_str(text)
-        .map_err(|e| ApiError::internal(format!("embedded schema {file}: {e}")))?;
+    let schema = schema()?;
     let registry = DEFINITIONS
         .as_ref()
         .map_err(|e| ApiError::internal(e.clone()))?;
@@ -468,10 +488,10 @@ fn builtin_validator(file: &'static str) -> Result<Compiled, ApiError> {
         .with_draft(jsonschema::Draft::Draft202012)
         .with_registry(registry.clone())
         .build(&schema)
-        .map_err(|e| ApiError::internal(format!("compiling {file}: {e}")))?;
+        .map_err(|e| ApiError::internal(format!("compiling {key}: {e}")))?;
     let v = Arc::new(validator);
     if let Ok(mut cache) = BUILTIN_VALIDATORS.lock() {
-        cache.insert(file, v.clone());
+        cache.insert(key, v.clone());
     }
     Ok(v)
 }
@@ -489,13 +509,16 @@ fn pointer_to_path(p: &str) -> String {
     out
 }
 
-/// Validates a built-in object against its Kubernetes strict JSON schema.
+/// Validates a built-in object against its Kubernetes strict JSON schema (kind file).
 pub fn validate_builtin_object(
     file: &'static str,
     obj: &mut Value,
     prune: bool,
 ) -> Result<Findings, ApiError> {
-    let validator = builtin_validator(file)?;
+    validate_with(&builtin_validator(file)?, obj, prune)
+}
+
+fn validate_with(validator: &Compiled, obj: &mut Value, prune: bool) -> Result<Findings, ApiError> {
     let mut f = Findings::default();
     let mut to_prune: Vec<(String, String)> = Vec::new();
     for e in validator.iter_errors(obj) {
@@ -535,10 +558,13 @@ pub fn validate_builtin_object(
 /// Pre-compiles the built-in validators (slow once; called in the background at start).
 pub fn warm_up() {
     for t in crate::registry::builtins() {
-        if let SchemaSource::Builtin(file) = t.schema
-            && let Err(e) = builtin_validator(file)
-        {
-            tracing::warn!("schema warm-up failed for {file}: {e}");
+        let compiled = match t.schema {
+            SchemaSource::Builtin(file) => builtin_validator(file),
+            SchemaSource::BuiltinDefinition(name) => definition_validator(name),
+            _ => continue,
+        };
+        if let Err(e) = compiled {
+            tracing::warn!("schema warm-up failed for {}: {e}", t.kind);
         }
     }
 }
@@ -598,6 +624,9 @@ pub fn validate(t: &ResourceType, obj: &mut Value, prune: bool) -> Result<Findin
         SchemaSource::None => Ok(Findings::default()),
         SchemaSource::Crd(s) => Ok(validate_crd_object(s, obj, prune)),
         SchemaSource::Builtin(file) => validate_builtin_object(file, obj, prune),
+        SchemaSource::BuiltinDefinition(name) => {
+            validate_with(&definition_validator(name)?, obj, prune)
+        }
     }
 }
 

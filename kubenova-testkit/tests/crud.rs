@@ -723,3 +723,102 @@ async fn server_side_apply_on_status_subresource() {
     let rv_before = deps.get("api").await.unwrap().metadata.resource_version;
     assert_eq!(again.metadata.resource_version, rv_before);
 }
+
+/// ValidatingAdmissionPolicies and their bindings (`admissionregistration.k8s.io/v1`,
+/// cluster-scoped) are stored and validated against the upstream strict definitions, like
+/// the other built-ins. They are not enforced (no CEL runs here).
+#[tokio::test]
+async fn validating_admission_policies_are_stored_and_validated() {
+    use k8s_openapi::api::admissionregistration::v1::{
+        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    };
+    let cluster = TestCluster::start().await.unwrap();
+    let client = cluster.client().unwrap();
+    let d = Discovery::new(client.clone()).run().await.unwrap();
+    let group = d.get("admissionregistration.k8s.io").unwrap();
+    for kind in [
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ] {
+        let (ar, caps) = group.recommended_kind(kind).unwrap();
+        assert_eq!(ar.version, "v1");
+        assert_eq!(caps.scope, kube::discovery::Scope::Cluster, "{kind}");
+    }
+
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+    let policy = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": "demo"},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {"resourceRules": [{
+                "apiGroups": [""], "apiVersions": ["v1"],
+                "operations": ["CREATE"], "resources": ["configmaps"]
+            }]},
+            "matchConditions": [{"name": "one-user", "expression": "request.userInfo.username == 'x'"}],
+            "variables": [{"name": "n", "expression": "object.metadata.name"}],
+            "validations": [{"expression": "variables.n != 'forbidden'", "message": "no", "reason": "Forbidden"}]
+        }
+    });
+    let pp = PatchParams::apply("test");
+    let out = policies
+        .patch("demo", &pp, &Patch::Apply(&policy))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.spec.unwrap().validations.unwrap()[0].expression,
+        "variables.n != 'forbidden'"
+    );
+    // Strict: a misspelt field and a wrong type are refused.
+    let mut bad = policy.clone();
+    bad["spec"]["validations"][0]["expresion"] = json!("true");
+    let e = policies
+        .patch("demo", &pp, &Patch::Apply(&bad))
+        .await
+        .api_error();
+    assert_eq!(e.code, 400, "{}", e.message);
+    assert!(e.message.contains("expresion"), "{}", e.message);
+    let mut bad = policy.clone();
+    bad["spec"]["failurePolicy"] = json!(["Fail"]);
+    assert_eq!(
+        policies
+            .patch("demo", &pp, &Patch::Apply(&bad))
+            .await
+            .api_error()
+            .code,
+        422
+    );
+
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+    let binding = json!({
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": "demo"},
+        "spec": {"policyName": "demo", "validationActions": ["Deny"]}
+    });
+    bindings
+        .patch("demo", &pp, &Patch::Apply(&binding))
+        .await
+        .unwrap();
+    let mut bad = binding.clone();
+    bad["spec"]["validationAction"] = json!(["Deny"]);
+    assert_eq!(
+        bindings
+            .patch("demo", &pp, &Patch::Apply(&bad))
+            .await
+            .api_error()
+            .code,
+        400
+    );
+    assert_eq!(
+        bindings
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+    cluster.shutdown().await;
+}

@@ -1,4 +1,4 @@
-//! `deploy/operator/{rbac,deployment}.yaml` are generated from
+//! `deploy/operator/{rbac,admission-policy,deployment}.yaml` are generated from
 //! `kubenova_reconcile::manifests::operator_manifests` (default parameters), and they
 //! validate against the Kubernetes 1.36 strict schemas (server-side applied in a testkit
 //! cluster, which validates built-ins against the embedded upstream schemas).
@@ -11,7 +11,9 @@ use std::path::PathBuf;
 use clap::CommandFactory as _;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
-use kubenova_reconcile::manifests::{self, OperatorParams, operator_manifests};
+use kubenova_reconcile::manifests::{
+    self, ADMISSION_POLICY_NAME, OperatorParams, operator_manifests,
+};
 use serde_json::{Value, json};
 
 const RBAC_HEADER: &str = "\
@@ -19,9 +21,21 @@ Least-privilege RBAC of kubenova-operator (bins/kubenova-operator).
 GENERATED from kubenova_reconcile::manifests::operator_manifests (default parameters): do not
 edit; regenerate with `KUBENOVA_BLESS=1 cargo test -p kubenova-operator --test manifests`.
 Every rule names its API groups, resources and verbs; nothing is `*`. Why each rule exists is
-written next to it in kubenova-reconcile/src/manifests.rs (cluster_rules, lease_rules).
-The Lease rules are a Role in the operator's namespace only (leader election).
+written next to it in kubenova-reconcile/src/manifests.rs (cluster_rules, lease_rules,
+app_deployer_rules). The Lease rules are a Role in the operator's namespace only (leader
+election). The ClusterRole kubenova-app-deployer is granted to no one here: the operator binds
+it, in each project namespace only, to that project's app identity (ServiceAccount kubenova-app).
 Checked by bins/kubenova-operator/tests/rbac.rs and tests/manifests.rs.";
+
+const ADMISSION_HEADER: &str = "\
+ValidatingAdmissionPolicy fencing what kubenova-operator may write, whatever its RBAC allows.
+GENERATED from kubenova_reconcile::manifests::operator_manifests (default parameters): do not
+edit; regenerate with `KUBENOVA_BLESS=1 cargo test -p kubenova-operator --test manifests`.
+It matches only requests of the ServiceAccount kubenova-system/kubenova-operator on Namespaces,
+ServiceAccounts and RoleBindings, and denies (failurePolicy Fail, validationActions Deny) every
+write outside KubeNova's tenant and project namespaces; see
+kubenova-reconcile/src/manifests/admission.rs. The expressions are evaluated in
+bins/kubenova-operator/tests/admission_policy.rs. Needs Kubernetes 1.30 or later.";
 
 const DEPLOYMENT_HEADER: &str = "\
 The kubenova-operator Deployment (2 replicas, leader election) and its namespace.
@@ -44,7 +58,12 @@ fn generated() -> Vec<(&'static str, String)> {
         &[values[0].clone(), values[values.len() - 1].clone()],
     )
     .unwrap();
-    vec![("rbac.yaml", rbac), ("deployment.yaml", deployment)]
+    let admission = manifests::to_yaml(ADMISSION_HEADER, &m.admission_values().unwrap()).unwrap();
+    vec![
+        ("rbac.yaml", rbac),
+        ("admission-policy.yaml", admission),
+        ("deployment.yaml", deployment),
+    ]
 }
 
 fn documents(file: &str) -> Vec<Value> {
@@ -156,6 +175,8 @@ fn api_for(client: &kube::Client, obj: &Value) -> Api<DynamicObject> {
         "Role" => "roles",
         "RoleBinding" => "rolebindings",
         "Deployment" => "deployments",
+        "ValidatingAdmissionPolicy" => "validatingadmissionpolicies",
+        "ValidatingAdmissionPolicyBinding" => "validatingadmissionpolicybindings",
         other => panic!("unexpected kind {other}"),
     };
     let ar =
@@ -173,8 +194,22 @@ async fn manifests_validate_against_the_strict_schemas() {
     let client = cluster.client().unwrap();
     let pp = PatchParams::apply("kubenova-bootstrap");
     let mut docs = documents("deployment.yaml");
-    docs.splice(1..1, documents("rbac.yaml"));
-    assert_eq!(docs.len(), 7);
+    let mut middle = documents("rbac.yaml");
+    middle.extend(documents("admission-policy.yaml"));
+    docs.splice(1..1, middle);
+    assert_eq!(docs.len(), 10);
+    assert_eq!(
+        docs.iter()
+            .map(|d| d["kind"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        operator_manifests(&OperatorParams::default())
+            .to_values()
+            .unwrap()
+            .iter()
+            .map(|d| d["kind"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>(),
+        "the committed files hold every object, in apply order"
+    );
     for obj in &docs {
         let name = obj["metadata"]["name"].as_str().unwrap();
         api_for(&client, obj)
@@ -209,6 +244,15 @@ async fn manifests_validate_against_the_strict_schemas() {
             .await
             .is_err()
     );
+
+    // The testkit validates the policy strictly too: a misspelt field is refused.
+    let mut bad = documents("admission-policy.yaml")[0].clone();
+    bad["spec"]["validations"][0]["messageExpresion"] = json!("'x'");
+    let err = api_for(&client, &bad)
+        .patch(ADMISSION_POLICY_NAME, &pp, &Patch::Apply(&bad))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("messageExpresion"), "{err}");
 
     // Other parameters produce valid objects too (what the bootstrap passes).
     let params = OperatorParams {

@@ -26,6 +26,19 @@ fn of_kind(kind: &str) -> Value {
         .unwrap_or_else(|| panic!("no {kind} in rbac.yaml"))
 }
 
+/// The object of `kind` named `name`.
+fn named(kind: &str, name: &str) -> Value {
+    documents()
+        .into_iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} in rbac.yaml"))
+}
+
+/// The operator's own ClusterRole.
+fn operator_role() -> Value {
+    named("ClusterRole", "kubenova-operator")
+}
+
 fn strings(v: &Value) -> Vec<&str> {
     v.as_array()
         .map(|a| a.iter().filter_map(Value::as_str).collect())
@@ -34,8 +47,14 @@ fn strings(v: &Value) -> Vec<&str> {
 
 #[test]
 fn every_rule_is_explicit() {
-    let mut rules = of_kind("ClusterRole")["rules"].as_array().unwrap().clone();
+    let mut rules = operator_role()["rules"].as_array().unwrap().clone();
     rules.extend(of_kind("Role")["rules"].as_array().unwrap().clone());
+    rules.extend(
+        named("ClusterRole", "kubenova-app-deployer")["rules"]
+            .as_array()
+            .unwrap()
+            .clone(),
+    );
     assert!(!rules.is_empty());
     for (i, rule) in rules.iter().enumerate() {
         for field in ["apiGroups", "resources", "verbs"] {
@@ -53,10 +72,28 @@ fn every_rule_is_explicit() {
         for verb in strings(&rule["verbs"]) {
             assert!(
                 [
-                    "get", "list", "watch", "create", "update", "patch", "delete", "bind"
+                    "get",
+                    "list",
+                    "watch",
+                    "create",
+                    "update",
+                    "patch",
+                    "delete",
+                    "bind",
+                    "impersonate"
                 ]
                 .contains(&verb),
                 "rule {i}: unexpected verb {verb}"
+            );
+        }
+        // `bind` and `impersonate` are always limited by name.
+        if strings(&rule["verbs"])
+            .iter()
+            .any(|v| ["bind", "impersonate"].contains(v))
+        {
+            assert!(
+                !strings(&rule["resourceNames"]).is_empty(),
+                "rule {i}: bind/impersonate without resourceNames"
             );
         }
     }
@@ -65,7 +102,7 @@ fn every_rule_is_explicit() {
 /// What the controllers call (kubenova_reconcile::controller) is granted.
 #[test]
 fn covers_what_the_controllers_use() {
-    let role = of_kind("ClusterRole");
+    let role = operator_role();
     let rules = role["rules"].as_array().unwrap();
     let allowed = |group: &str, resource: &str, verb: &str| {
         rules.iter().any(|r| {
@@ -80,6 +117,8 @@ fn covers_what_the_controllers_use() {
         ("", "resourcequotas"),
         ("rbac.authorization.k8s.io", "rolebindings"),
         ("core.oam.dev", "applications"),
+        // The per-project app identity `kubenova-app`.
+        ("", "serviceaccounts"),
     ];
     for (g, r) in owned {
         for v in ["get", "list", "watch", "create", "patch", "delete"] {
@@ -95,6 +134,7 @@ fn covers_what_the_controllers_use() {
     }
     assert!(allowed("events.k8s.io", "events", "create"));
     assert!(allowed("rbac.authorization.k8s.io", "clusterroles", "bind"));
+    assert!(allowed("", "serviceaccounts", "impersonate"));
     // Capabilities: read-only.
     assert!(allowed(
         "apiextensions.k8s.io",
@@ -155,7 +195,7 @@ fn lease_access_is_namespaced() {
     assert_eq!(binding["subjects"][0]["name"], "kubenova-operator");
     assert_eq!(binding["subjects"][0]["namespace"], "kubenova-system");
     // No cluster-wide access to Leases.
-    let cluster = of_kind("ClusterRole");
+    let cluster = operator_role();
     assert!(
         !cluster["rules"]
             .as_array()
@@ -184,12 +224,14 @@ async fn manifests_validate_in_the_testkit() {
         .create(&pp, &sa)
         .await
         .unwrap();
-    let role: ClusterRole = serde_json::from_value(of_kind("ClusterRole")).unwrap();
-    let created = Api::<ClusterRole>::all(client.clone())
-        .create(&pp, &role)
-        .await
-        .unwrap();
-    assert_eq!(created.rules, role.rules);
+    for name in ["kubenova-operator", "kubenova-app-deployer"] {
+        let role: ClusterRole = serde_json::from_value(named("ClusterRole", name)).unwrap();
+        let created = Api::<ClusterRole>::all(client.clone())
+            .create(&pp, &role)
+            .await
+            .unwrap();
+        assert_eq!(created.rules, role.rules);
+    }
     let binding: ClusterRoleBinding =
         serde_json::from_value(of_kind("ClusterRoleBinding")).unwrap();
     Api::<ClusterRoleBinding>::all(client.clone())
@@ -223,7 +265,8 @@ fn the_default_has_no_installer_identity() {
             "ClusterRole",
             "ClusterRoleBinding",
             "Role",
-            "RoleBinding"
+            "RoleBinding",
+            "ClusterRole"
         ]
     );
     for d in &docs {
@@ -236,4 +279,74 @@ fn the_default_has_no_installer_identity() {
             );
         }
     }
+}
+
+/// `bind` names exactly the ClusterRoles the project RoleBindings refer to.
+#[test]
+fn bind_is_limited_to_the_project_roles() {
+    let role = operator_role();
+    let binds: Vec<&Value> = role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| strings(&r["verbs"]).contains(&"bind"))
+        .collect();
+    assert_eq!(binds.len(), 1, "{binds:?}");
+    let r = binds[0];
+    assert_eq!(strings(&r["verbs"]), ["bind"]);
+    assert_eq!(strings(&r["apiGroups"]), ["rbac.authorization.k8s.io"]);
+    assert_eq!(strings(&r["resources"]), ["clusterroles"]);
+    assert_eq!(
+        strings(&r["resourceNames"]),
+        ["admin", "edit", "view", "kubenova-app-deployer"]
+    );
+}
+
+/// The operator impersonates only the per-project app identity: ServiceAccounts named
+/// `kubenova-app`, never users, groups or other ServiceAccounts.
+#[test]
+fn impersonation_is_limited_to_the_app_identity() {
+    let role = operator_role();
+    let rules: Vec<&Value> = role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| strings(&r["verbs"]).contains(&"impersonate"))
+        .collect();
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    let r = rules[0];
+    assert_eq!(strings(&r["verbs"]), ["impersonate"]);
+    assert_eq!(strings(&r["apiGroups"]), [""]);
+    assert_eq!(strings(&r["resources"]), ["serviceaccounts"]);
+    assert_eq!(strings(&r["resourceNames"]), ["kubenova-app"]);
+    // The ServiceAccount rule itself is not cluster-wide read of tokens or secrets.
+    for r in role["rules"].as_array().unwrap() {
+        assert!(
+            !strings(&r["resources"]).contains(&"serviceaccounts/token"),
+            "{r}"
+        );
+        for forbidden in ["users", "groups", "userextras", "uids"] {
+            assert!(!strings(&r["resources"]).contains(&forbidden), "{r}");
+        }
+    }
+}
+
+/// What a project's app identity gets cluster-wide through its RoleBinding (which limits
+/// it to its own namespace): KubeVela Applications, nothing else.
+#[test]
+fn the_app_deployer_role_only_touches_applications() {
+    let role = named("ClusterRole", "kubenova-app-deployer");
+    let rules = role["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 1, "{rules:?}");
+    let r = &rules[0];
+    assert_eq!(strings(&r["apiGroups"]), ["core.oam.dev"]);
+    assert_eq!(strings(&r["resources"]), ["applications"]);
+    assert_eq!(
+        strings(&r["verbs"]),
+        [
+            "get", "list", "watch", "create", "patch", "update", "delete"
+        ]
+    );
+    assert!(r.get("resourceNames").is_none());
+    assert!(role.get("aggregationRule").is_none());
 }
