@@ -10,6 +10,7 @@ use kubenova_api::validate::Validate;
 use serde_json::{Map, Value, json};
 
 use crate::error::TranslateError;
+use crate::manifests::APP_SERVICE_ACCOUNT;
 use crate::meta::*;
 
 const KIND: &str = "NovaApp";
@@ -17,11 +18,8 @@ const KIND: &str = "NovaApp";
 /// Name of the step prepended to the workflow of a suspended app.
 pub const SUSPEND_STEP: &str = "kubenova-suspend";
 
-/// The ServiceAccount, in each project namespace, that the project's Applications are
-/// applied as (and that KubeVela therefore deploys them as).
-pub const APP_SERVICE_ACCOUNT: &str = "kubenova-app";
-
-/// The user the Applications of the project namespace `namespace` are applied as:
+/// The user the Applications of the project namespace `namespace` are applied as (the
+/// project's [`APP_SERVICE_ACCOUNT`], which KubeVela then deploys them as):
 /// `system:serviceaccount:<namespace>:kubenova-app`.
 pub fn app_identity(namespace: &str) -> String {
     format!("system:serviceaccount:{namespace}:{APP_SERVICE_ACCOUNT}")

@@ -45,9 +45,10 @@ mod render;
 pub mod status;
 mod tenant;
 
-pub use app::{APP_SERVICE_ACCOUNT, SUSPEND_STEP, app_identity, app_rules, translate_app};
+pub use app::{SUSPEND_STEP, app_identity, app_rules, translate_app};
 pub use error::TranslateError;
 pub use kubenova_api::model::{project_namespace, tenant_namespaces};
+pub use manifests::{APP_DEPLOYER_ROLE, APP_SERVICE_ACCOUNT};
 pub use meta::*;
 pub use project::{ProjectObjects, translate_project};
 pub use render::{RenderError, render};
