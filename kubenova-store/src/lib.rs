@@ -300,12 +300,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool>;
     /// Revokes a subject for a tenant: records the subject revocation (blocking new
     /// issuance until lifted) and marks the subject's unexpired credentials of the tenant
-    /// revoked; returns how many credentials were marked.
+    /// revoked; returns how many credentials were marked. `by_platform` says that `by`
+    /// holds a platform role (admin, ops): such a revocation may only be lifted by a
+    /// platform role, and revoking again without one leaves it as it is (the
+    /// credentials are still marked).
     async fn revoke_subject(
         &self,
         tenant: TenantId,
         subject: &str,
         by: &str,
+        by_platform: bool,
         at: time::OffsetDateTime,
         opts: &WriteOptions<'_>,
     ) -> Result<u64>;
@@ -329,13 +333,18 @@ pub trait Store: Send + Sync + 'static {
         tenant: TenantId,
         params: &ListParams,
     ) -> Result<Page<SubjectRevocation>>;
-    /// Lifts a subject revocation; `false` if the subject was not revoked.
+    /// Lifts a subject revocation, with `opts` in the same transaction. A revocation made
+    /// by a platform role is lifted only when `by_platform` (the caller holds admin or
+    /// ops); otherwise nothing changes and the answer is
+    /// [`LiftOutcome::PlatformRevocation`]. The check and the delete are one statement, so
+    /// a concurrent platform revocation is never lifted by a tenant owner.
     async fn lift_subject_revocation(
         &self,
         tenant: TenantId,
         subject: &str,
+        by_platform: bool,
         opts: &WriteOptions<'_>,
-    ) -> Result<bool>;
+    ) -> Result<LiftOutcome>;
 
     // ---- kubeconfig issuance ---------------------------------------------------------
     /// Records several issued credentials, each with its audit event (group commit of

@@ -1340,18 +1340,23 @@ macro_rules! sql_backend {
                 Ok(true)
             }
 
-            async fn revoke_subject(&self, tenant: TenantId, subject: &str, by: &str, at: OffsetDateTime, opts: &WriteOptions<'_>) -> Result<u64> {
+            async fn revoke_subject(&self, tenant: TenantId, subject: &str, by: &str, by_platform: bool, at: OffsetDateTime, opts: &WriteOptions<'_>) -> Result<u64> {
                 check_filter_text(&[("subject", Some(subject)), ("revokedBy", Some(by))])?;
                 let mut tx = self.pool.begin().await?;
                 Self::lock_tenant_for_revocation(&mut *tx, tenant).await?;
+                // A revocation without a platform role never replaces one made by a
+                // platform role (it would make it liftable by tenant owners).
                 sqlx::query(
-                    "INSERT INTO revoked_subjects (tenant_id, subject, revoked_at, revoked_by) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (tenant_id, subject) DO UPDATE SET revoked_at = excluded.revoked_at, revoked_by = excluded.revoked_by",
+                    "INSERT INTO revoked_subjects (tenant_id, subject, revoked_at, revoked_by, revoked_by_platform) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (tenant_id, subject) DO UPDATE SET revoked_at = excluded.revoked_at, revoked_by = excluded.revoked_by, \
+                     revoked_by_platform = excluded.revoked_by_platform \
+                     WHERE excluded.revoked_by_platform OR NOT revoked_subjects.revoked_by_platform",
                 )
                 .bind(tenant.0)
                 .bind(subject)
                 .bind(to_micros(at))
                 .bind(by)
+                .bind(by_platform)
                 .execute(&mut *tx)
                 .await?;
                 let n = Self::mark_revoked(&mut *tx, tenant, Some(subject), by, at).await?;
@@ -1371,17 +1376,20 @@ macro_rules! sql_backend {
 
             async fn subject_revocation(&self, tenant: TenantId, subject: &str) -> Result<Option<SubjectRevocation>> {
                 check_filter_text(&[("subject", Some(subject))])?;
-                let row = sqlx::query("SELECT revoked_at, revoked_by FROM revoked_subjects WHERE tenant_id = $1 AND subject = $2")
-                    .bind(tenant.0)
-                    .bind(subject)
-                    .fetch_optional(&self.pool)
-                    .await?;
+                let row = sqlx::query(
+                    "SELECT revoked_at, revoked_by, revoked_by_platform FROM revoked_subjects WHERE tenant_id = $1 AND subject = $2",
+                )
+                .bind(tenant.0)
+                .bind(subject)
+                .fetch_optional(&self.pool)
+                .await?;
                 let Some(r) = row else { return Ok(None) };
                 Ok(Some(SubjectRevocation {
                     tenant_id: tenant,
                     subject: subject.to_string(),
                     revoked_at: from_micros(r.try_get("revoked_at")?),
                     revoked_by: r.try_get("revoked_by")?,
+                    revoked_by_platform: r.try_get("revoked_by_platform")?,
                 }))
             }
 
@@ -1398,7 +1406,9 @@ macro_rules! sql_backend {
             async fn list_subject_revocations(&self, tenant: TenantId, params: &ListParams) -> Result<Page<SubjectRevocation>> {
                 let limit = params.page_size()?;
                 let after = params.cursor_text()?;
-                let mut qb = sqlx::QueryBuilder::<$Db>::new("SELECT subject, revoked_at, revoked_by FROM revoked_subjects WHERE tenant_id = ");
+                let mut qb = sqlx::QueryBuilder::<$Db>::new(
+                    "SELECT subject, revoked_at, revoked_by, revoked_by_platform FROM revoked_subjects WHERE tenant_id = ",
+                );
                 qb.push_bind(tenant.0);
                 if let Some(a) = after {
                     qb.push(" AND subject > ").push_bind(a);
@@ -1412,25 +1422,45 @@ macro_rules! sql_backend {
                         subject: r.try_get("subject")?,
                         revoked_at: from_micros(r.try_get("revoked_at")?),
                         revoked_by: r.try_get("revoked_by")?,
+                        revoked_by_platform: r.try_get("revoked_by_platform")?,
                     });
                 }
                 let next_cursor = if rows.len() > limit as usize { items.last().map(|s| encode_cursor(&s.subject)) } else { None };
                 Ok(Page { items, next_cursor })
             }
 
-            async fn lift_subject_revocation(&self, tenant: TenantId, subject: &str, opts: &WriteOptions<'_>) -> Result<bool> {
+            async fn lift_subject_revocation(&self, tenant: TenantId, subject: &str, by_platform: bool, opts: &WriteOptions<'_>) -> Result<LiftOutcome> {
+                check_filter_text(&[("subject", Some(subject))])?;
                 let mut tx = self.pool.begin().await?;
-                let res = sqlx::query("DELETE FROM revoked_subjects WHERE tenant_id = $1 AND subject = $2")
-                    .bind(tenant.0)
-                    .bind(subject)
-                    .execute(&mut *tx)
-                    .await?;
+                let res = sqlx::query(
+                    "DELETE FROM revoked_subjects WHERE tenant_id = $1 AND subject = $2 AND (NOT revoked_by_platform OR $3)",
+                )
+                .bind(tenant.0)
+                .bind(subject)
+                .bind(by_platform)
+                .execute(&mut *tx)
+                .await?;
                 if res.rows_affected() == 0 {
-                    return Ok(false);
+                    // Either not revoked, or revoked by a platform role and kept.
+                    let kept = sqlx::query("SELECT revoked_at, revoked_by FROM revoked_subjects WHERE tenant_id = $1 AND subject = $2")
+                        .bind(tenant.0)
+                        .bind(subject)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    return Ok(match kept {
+                        Some(r) => LiftOutcome::PlatformRevocation(SubjectRevocation {
+                            tenant_id: tenant,
+                            subject: subject.to_string(),
+                            revoked_at: from_micros(r.try_get("revoked_at")?),
+                            revoked_by: r.try_get("revoked_by")?,
+                            revoked_by_platform: true,
+                        }),
+                        None => LiftOutcome::NotRevoked,
+                    });
                 }
                 Self::apply_opts(&mut *tx, opts).await?;
                 tx.commit().await?;
-                Ok(true)
+                Ok(LiftOutcome::Lifted)
             }
         }
 
@@ -1671,7 +1701,8 @@ WITH i AS (
 ), c AS (
     SELECT i.*, t.id IS NULL AS tenant_gone,
            i.project_id IS NOT NULL AND p.id IS NULL AS project_gone,
-           r.revoked_at AS subject_revoked_at, r.revoked_by AS subject_revoked_by
+           r.revoked_at AS subject_revoked_at, r.revoked_by AS subject_revoked_by,
+           r.revoked_by_platform AS subject_revoked_by_platform
     FROM i
     LEFT JOIN tenants t ON t.id = i.tenant_id
     LEFT JOIN projects p ON p.id = i.project_id AND p.tenant_id = i.tenant_id
@@ -1687,7 +1718,7 @@ WITH i AS (
     INSERT INTO audit_events (id, at, actor, action, resource_kind, resource_id, outcome, doc)
     SELECT audit_id, audit_at, actor, action, resource_kind, resource_id, outcome, doc::json FROM ok
 )
-SELECT tenant_gone, project_gone, subject_revoked_at, subject_revoked_by FROM c ORDER BY n";
+SELECT tenant_gone, project_gone, subject_revoked_at, subject_revoked_by, subject_revoked_by_platform FROM c ORDER BY n";
 
 impl PgStore {
     /// [`Store::record_credentials`] on Postgres in three round trips: `BEGIN` with the
@@ -1811,6 +1842,9 @@ impl PgStore {
                     revoked_by: r
                         .try_get::<Option<String>, _>("subject_revoked_by")?
                         .unwrap_or_default(),
+                    revoked_by_platform: r
+                        .try_get::<Option<bool>, _>("subject_revoked_by_platform")?
+                        .unwrap_or(true),
                 })
             } else {
                 CredentialOutcome::Recorded
@@ -1875,7 +1909,7 @@ impl SqliteStore {
         // ... and the revocations of the batch's (tenant, subject) pairs, read after
         // the lock, so a revocation committed before it is seen.
         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "SELECT tenant_id, subject, revoked_at, revoked_by FROM revoked_subjects WHERE tenant_id IN (",
+            "SELECT tenant_id, subject, revoked_at, revoked_by, revoked_by_platform FROM revoked_subjects WHERE tenant_id IN (",
         );
         let mut list = q.separated(", ");
         for id in &tenant_ids {
@@ -1901,6 +1935,7 @@ impl SqliteStore {
                     subject,
                     revoked_at: from_micros(r.try_get("revoked_at")?),
                     revoked_by: r.try_get("revoked_by")?,
+                    revoked_by_platform: r.try_get("revoked_by_platform")?,
                 },
             );
         }

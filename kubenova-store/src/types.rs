@@ -309,6 +309,22 @@ pub struct SubjectRevocation {
     pub revoked_at: OffsetDateTime,
     /// Who revoked it.
     pub revoked_by: String,
+    /// True when a platform role (admin, ops) revoked it: then only a platform role may
+    /// lift it.
+    #[serde(default)]
+    pub revoked_by_platform: bool,
+}
+
+/// What [`Store::lift_subject_revocation`](crate::Store::lift_subject_revocation) did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LiftOutcome {
+    /// The revocation is gone: the subject may obtain credentials again.
+    Lifted,
+    /// The subject was not revoked for the tenant (nothing changed).
+    NotRevoked,
+    /// Refused, nothing changed: a platform role made this revocation and the caller is
+    /// not one.
+    PlatformRevocation(SubjectRevocation),
 }
 
 /// Filter for [`Store::list_credentials`](crate::Store::list_credentials).

@@ -1236,7 +1236,7 @@ async fn issued_credentials_and_revocations(h: &Harness) {
         None
     );
     let n = s
-        .revoke_subject(t, "alice@example.com", "owner", at, &w)
+        .revoke_subject(t, "alice@example.com", "owner", false, at, &w)
         .await
         .unwrap();
     assert_eq!(n, 2);
@@ -1245,7 +1245,14 @@ async fn issued_credentials_and_revocations(h: &Harness) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((rev.revoked_at, rev.revoked_by.as_str()), (at, "owner"));
+    assert_eq!(
+        (
+            rev.revoked_at,
+            rev.revoked_by.as_str(),
+            rev.revoked_by_platform
+        ),
+        (at, "owner", false)
+    );
     assert_eq!(
         s.subject_revocation(other, "alice@example.com")
             .await
@@ -1276,12 +1283,36 @@ async fn issued_credentials_and_revocations(h: &Harness) {
     );
     // Revoking again updates the record, marks nothing new.
     assert_eq!(
-        s.revoke_subject(t, "alice@example.com", "admin", at, &w)
+        s.revoke_subject(t, "alice@example.com", "admin", true, at, &w)
             .await
             .unwrap(),
         0
     );
-    s.revoke_subject(t, "carol", "admin", at, &w).await.unwrap();
+    let rev = s
+        .subject_revocation(t, "alice@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (rev.revoked_by.as_str(), rev.revoked_by_platform),
+        ("admin", true)
+    );
+    // ... but a revocation without a platform role never replaces a platform one.
+    s.revoke_subject(t, "alice@example.com", "bob", false, at, &w)
+        .await
+        .unwrap();
+    let rev = s
+        .subject_revocation(t, "alice@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (rev.revoked_by.as_str(), rev.revoked_by_platform),
+        ("admin", true)
+    );
+    s.revoke_subject(t, "carol", "admin", true, at, &w)
+        .await
+        .unwrap();
     let page = s
         .list_subject_revocations(t, &ListParams::first(1))
         .await
@@ -1327,10 +1358,59 @@ async fn issued_credentials_and_revocations(h: &Harness) {
         .unwrap();
     assert!(other_page.items[0].revoked_at.is_none());
 
-    // Lifting.
-    assert!(s.lift_subject_revocation(t, "carol", &w).await.unwrap());
-    assert!(!s.lift_subject_revocation(t, "carol", &w).await.unwrap());
+    // Lifting: a platform revocation only by a platform role (nothing changes otherwise,
+    // the audit event of the refused lift is not written either).
+    let lift_audit = audit("bob", "tenant", &t.to_string());
+    let refused = s
+        .lift_subject_revocation(
+            t,
+            "carol",
+            false,
+            &WriteOptions {
+                audit: Some(&lift_audit),
+                idempotency: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(&refused, LiftOutcome::PlatformRevocation(r) if r.revoked_by == "admin" && r.revoked_by_platform),
+        "{refused:?}"
+    );
+    assert!(s.subject_revocation(t, "carol").await.unwrap().is_some());
+    assert!(
+        s.query_audit(&AuditQuery {
+            actor: Some("bob".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .items
+        .is_empty()
+    );
+    assert_eq!(
+        s.lift_subject_revocation(t, "carol", true, &w)
+            .await
+            .unwrap(),
+        LiftOutcome::Lifted
+    );
+    assert_eq!(
+        s.lift_subject_revocation(t, "carol", true, &w)
+            .await
+            .unwrap(),
+        LiftOutcome::NotRevoked
+    );
     assert_eq!(s.subject_revocation(t, "carol").await.unwrap(), None);
+    // A revocation without a platform role is lifted without one.
+    s.revoke_subject(t, "dave", "alice@example.com", false, at, &w)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.lift_subject_revocation(t, "dave", false, &w)
+            .await
+            .unwrap(),
+        LiftOutcome::Lifted
+    );
 }
 
 async fn secret_if_absent_keeps_the_first(h: &Harness) {

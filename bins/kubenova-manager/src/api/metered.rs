@@ -9,7 +9,8 @@ use kubenova_api::model::{
 };
 use kubenova_store::{
     AuditQuery, Change, CredentialOutcome, CredentialQuery, Health, IdempotencyRecord,
-    IssuedCredential, ListParams, Page, Result, Store, SubjectRevocation, UsageQuery, WriteOptions,
+    IssuedCredential, LiftOutcome, ListParams, Page, Result, Store, SubjectRevocation, UsageQuery,
+    WriteOptions,
 };
 use std::sync::Arc;
 use std::time::Instant;
@@ -106,10 +107,10 @@ metered! {
     fn get_credential(&self, jti: Uuid) -> Result<IssuedCredential>;
     fn list_credentials(&self, tenant: TenantId, query: &CredentialQuery) -> Result<Page<IssuedCredential>>;
     fn revoke_credential(&self, jti: Uuid, by: &str, at: OffsetDateTime, opts: &WriteOptions<'_>) -> Result<bool>;
-    fn revoke_subject(&self, tenant: TenantId, subject: &str, by: &str, at: OffsetDateTime, opts: &WriteOptions<'_>) -> Result<u64>;
+    fn revoke_subject(&self, tenant: TenantId, subject: &str, by: &str, by_platform: bool, at: OffsetDateTime, opts: &WriteOptions<'_>) -> Result<u64>;
     fn revoke_tenant_credentials(&self, tenant: TenantId, by: &str, at: OffsetDateTime, opts: &WriteOptions<'_>) -> Result<u64>;
     fn subject_revocation(&self, tenant: TenantId, subject: &str) -> Result<Option<SubjectRevocation>>;
     fn list_subject_revocations(&self, tenant: TenantId, params: &ListParams) -> Result<Page<SubjectRevocation>>;
-    fn lift_subject_revocation(&self, tenant: TenantId, subject: &str, opts: &WriteOptions<'_>) -> Result<bool>;
+    fn lift_subject_revocation(&self, tenant: TenantId, subject: &str, by_platform: bool, opts: &WriteOptions<'_>) -> Result<LiftOutcome>;
     fn record_credentials(&self, items: &[(IssuedCredential, AuditEvent)]) -> Result<Vec<CredentialOutcome>>;
 }

@@ -1,0 +1,440 @@
+//! Attacks on the manager and its store, each refused: through the full router (middleware,
+//! auth, handlers) over a real store, every test once on SQLite and once on Postgres
+//! (`KUBENOVA_TEST_POSTGRES_URL`; skipped loudly without it, a failure with
+//! `KUBENOVA_REQUIRE_POSTGRES=1`).
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use kubenova_api::ids::{ClusterId, ProjectId, TenantId};
+use kubenova_api::model::AuditOutcome;
+use kubenova_manager::api::AppState;
+use kubenova_manager::api::authz::Role;
+use kubenova_manager::api::config::ServerConfig;
+use kubenova_store::crypto::{Kek, Keyring};
+use kubenova_store::{AuditQuery, PgStore, SqliteStore, Store};
+use serde_json::{Value, json};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+use tower::ServiceExt;
+
+const SECRET: &[u8] = b"hardening-test-secret-0123456789abcdef";
+
+const KUBECONFIG: &str = "apiVersion: v1
+kind: Config
+clusters:
+- name: prod
+  cluster:
+    server: https://10.0.0.1:6443
+    certificate-authority-data: TFMwdExTMUNSVWRKVGc9PQ==
+contexts:
+- name: prod
+  context:
+    cluster: prod
+    user: admin
+current-context: prod
+users:
+- name: admin
+  user:
+    token: cluster-admin-token
+";
+
+/// Runs each named scenario once per backend.
+macro_rules! on_both_backends {
+    ($($name:ident),+ $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let db = super::Db::sqlite().await;
+                    super::$name(&db).await;
+                    db.cleanup().await;
+                }
+            )+
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    let Some(db) = super::Db::postgres().await else { return };
+                    super::$name(&db).await;
+                    db.cleanup().await;
+                }
+            )+
+        }
+    };
+}
+
+fn keyring() -> Keyring {
+    Keyring::new(vec![Kek::new("k1", &[7u8; 32]).unwrap()]).unwrap()
+}
+
+fn pg_url() -> Option<String> {
+    match std::env::var("KUBENOVA_TEST_POSTGRES_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            if std::env::var("KUBENOVA_REQUIRE_POSTGRES").as_deref() == Ok("1") {
+                panic!("KUBENOVA_REQUIRE_POSTGRES=1 but KUBENOVA_TEST_POSTGRES_URL is not set");
+            }
+            eprintln!(
+                "!!! POSTGRES SKIPPED: set KUBENOVA_TEST_POSTGRES_URL to run the hardening tests on Postgres !!!"
+            );
+            None
+        }
+    }
+}
+
+/// A fresh database: an SQLite file or a Postgres schema of its own.
+struct Db {
+    store: Arc<dyn Store>,
+    pg: Option<PgStore>,
+    schema: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Db {
+    async fn sqlite() -> Db {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("kn.db").display());
+        let s = SqliteStore::connect(&url, keyring()).await.unwrap();
+        Db {
+            store: Arc::new(s),
+            pg: None,
+            schema: None,
+            _dir: Some(dir),
+        }
+    }
+
+    async fn postgres() -> Option<Db> {
+        let url = pg_url()?;
+        let schema = format!("kn_hardening_{}", uuid::Uuid::new_v4().simple());
+        let admin = sqlx::PgPool::connect(&url)
+            .await
+            .expect("connect to KUBENOVA_TEST_POSTGRES_URL");
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        admin.close().await;
+        let opts = sqlx::postgres::PgConnectOptions::from_str(&url)
+            .unwrap()
+            .options([("search_path", schema.as_str())]);
+        let s = PgStore::connect_with(opts, 8, keyring()).await.unwrap();
+        Some(Db {
+            store: Arc::new(s.clone()),
+            pg: Some(s),
+            schema: Some(schema),
+            _dir: None,
+        })
+    }
+
+    async fn cleanup(self) {
+        if let (Some(schema), Some(url)) = (&self.schema, pg_url()) {
+            if let Some(pg) = &self.pg {
+                pg.pool().close().await;
+            }
+            let admin = sqlx::PgPool::connect(&url).await.unwrap();
+            sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+                .execute(&admin)
+                .await
+                .unwrap();
+            admin.close().await;
+        }
+    }
+}
+
+fn quiet() -> ServerConfig {
+    ServerConfig {
+        external_url: Some("https://kubenova.example.com".into()),
+        rate_limit_subject_rps: 0,
+        rate_limit_ip_rps: 0,
+        ..ServerConfig::default()
+    }
+}
+
+struct Resp {
+    status: StatusCode,
+    text: String,
+}
+
+impl Resp {
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+    fn code(&self) -> String {
+        self.json()["code"].as_str().unwrap_or_default().to_string()
+    }
+    #[track_caller]
+    fn expect(&self, status: StatusCode) -> &Self {
+        assert_eq!(self.status, status, "body: {}", self.text);
+        self
+    }
+    #[track_caller]
+    fn expect_kn(&self, status: StatusCode, code: &str) -> &Self {
+        assert_eq!(self.status, status, "body: {}", self.text);
+        assert_eq!(self.code(), code, "body: {}", self.text);
+        self
+    }
+}
+
+/// A manager over `db` with a cluster, a tenant `acme` (owners alice and bob) and its
+/// project `web`.
+struct World {
+    st: AppState,
+    router: axum::Router,
+    cluster: ClusterId,
+    tenant: TenantId,
+    project: ProjectId,
+}
+
+impl World {
+    async fn new(db: &Db, cfg: ServerConfig) -> World {
+        let st = kubenova_manager::test_state(db.store.clone(), cfg, SECRET);
+        let router = kubenova_manager::api::router(st.clone());
+        let mut w = World {
+            st,
+            router,
+            cluster: ClusterId::new(),
+            tenant: TenantId::new(),
+            project: ProjectId::new(),
+        };
+        let admin = w.admin();
+        let c = w
+            .post(
+                "/api/v1/clusters",
+                &admin,
+                json!({"name": "prod-eu", "kubeconfig": KUBECONFIG}),
+            )
+            .await;
+        c.expect(StatusCode::CREATED);
+        w.cluster = c.json()["id"].as_str().unwrap().parse().unwrap();
+        let r = w
+            .post(
+                &format!("/api/v1/clusters/{}/tenants", w.cluster),
+                &admin,
+                json!({"name": "acme", "owners": ["alice@example.com", "bob@example.com"]}),
+            )
+            .await;
+        r.expect(StatusCode::CREATED);
+        w.tenant = r.json()["id"].as_str().unwrap().parse().unwrap();
+        let r = w
+            .post(&w.projects_url(), &admin, json!({"name": "web"}))
+            .await;
+        r.expect(StatusCode::CREATED);
+        w.project = r.json()["id"].as_str().unwrap().parse().unwrap();
+        w
+    }
+
+    fn token(&self, sub: &str, roles: &[Role], t: &[TenantId], p: &[ProjectId]) -> String {
+        self.st
+            .auth
+            .mint(sub, roles, t, p, Duration::from_secs(600))
+            .unwrap()
+            .token
+    }
+
+    fn admin(&self) -> String {
+        self.token("admin@example.com", &[Role::Admin], &[], &[])
+    }
+
+    fn owner(&self, sub: &str) -> String {
+        self.token(sub, &[Role::TenantOwner], &[self.tenant], &[])
+    }
+
+    fn projects_url(&self) -> String {
+        format!(
+            "/api/v1/clusters/{}/tenants/{}/projects",
+            self.cluster, self.tenant
+        )
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+        extra: &[(&str, &str)],
+    ) -> Resp {
+        let mut b = Request::builder().method(method).uri(uri);
+        if let Some(t) = token {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        for (k, v) in extra {
+            b = b.header(*k, *v);
+        }
+        let req = match body {
+            Some(v) => b
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Body::from(v.to_string()))
+                .unwrap(),
+            None => b.body(Body::empty()).unwrap(),
+        };
+        let resp = self.router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        Resp {
+            status,
+            text: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    async fn get(&self, uri: &str, token: &str) -> Resp {
+        self.send(Method::GET, uri, Some(token), None, &[]).await
+    }
+
+    async fn post(&self, uri: &str, token: &str, body: Value) -> Resp {
+        self.send(Method::POST, uri, Some(token), Some(body), &[])
+            .await
+    }
+
+    async fn delete(&self, uri: &str, token: &str) -> Resp {
+        self.send(Method::DELETE, uri, Some(token), None, &[]).await
+    }
+
+    async fn audit_of(&self, actor: &str) -> Vec<kubenova_api::model::AuditEvent> {
+        self.st
+            .store
+            .query_audit(&AuditQuery {
+                actor: Some(actor.into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .items
+    }
+}
+
+on_both_backends!(
+    a_revoked_owner_cannot_lift_its_own_revocation,
+    a_platform_revocation_is_lifted_only_by_admin_or_ops,
+);
+
+// ---------------------------------------------------------------------------------
+// Lifting subject revocations
+// ---------------------------------------------------------------------------------
+
+async fn revoke(w: &World, token: &str, subject: &str) {
+    w.delete(
+        &format!("/api/v1/tenants/{}/credentials?subject={subject}", w.tenant),
+        token,
+    )
+    .await
+    .expect(StatusCode::OK);
+}
+
+async fn lift(w: &World, token: &str, subject: &str) -> Resp {
+    w.post(
+        &format!("/api/v1/tenants/{}/revoked-subjects:lift", w.tenant),
+        token,
+        json!({"subject": subject}),
+    )
+    .await
+}
+
+async fn revoked_subjects(w: &World) -> Vec<String> {
+    w.st.store
+        .list_subject_revocations(w.tenant, &Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|r| r.subject)
+        .collect()
+}
+
+/// The attack: a tenant owner whose subject was revoked still holds a valid manager token
+/// and lifts its own revocation with it.
+async fn a_revoked_owner_cannot_lift_its_own_revocation(db: &Db) {
+    let w = World::new(db, quiet()).await;
+    let alice = w.owner("alice@example.com");
+    let bob = w.owner("bob@example.com");
+    // A co-owner revokes alice; alice's manager token is still valid.
+    revoke(&w, &bob, "alice@example.com").await;
+    let r = lift(&w, &alice, "alice@example.com").await;
+    r.expect_kn(StatusCode::FORBIDDEN, "KN-403");
+    assert!(r.text.contains("own subject"), "{}", r.text);
+    assert_eq!(revoked_subjects(&w).await, ["alice@example.com"]);
+    // The refusal is audited as denied, with the reason.
+    let denied: Vec<_> = w
+        .audit_of("alice@example.com")
+        .await
+        .into_iter()
+        .filter(|e| e.action == "credential.lift-subject")
+        .collect();
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert_eq!(denied[0].outcome, AuditOutcome::Denied);
+    assert_eq!(denied[0].http_status, Some(403));
+    let details = denied[0].details.clone().unwrap_or_default();
+    assert_eq!(details["subject"], "alice@example.com", "{details}");
+    assert!(
+        details["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("own"),
+        "{details}"
+    );
+    // Nobody lifts their own revocation, not even an admin.
+    let admin_sub = "admin@example.com";
+    revoke(&w, &w.admin(), admin_sub).await;
+    lift(&w, &w.admin(), admin_sub)
+        .await
+        .expect_kn(StatusCode::FORBIDDEN, "KN-403");
+    // Someone else may: the co-owner lifts alice's (an owner's) revocation.
+    let r = lift(&w, &bob, "alice@example.com").await;
+    r.expect(StatusCode::OK);
+    assert_eq!(r.json()["lifted"], true);
+    assert_eq!(revoked_subjects(&w).await, [admin_sub]);
+}
+
+/// A revocation made by admin or ops stands until admin or ops lift it: a tenant owner
+/// can neither lift it nor turn it into an owner's revocation by revoking again.
+async fn a_platform_revocation_is_lifted_only_by_admin_or_ops(db: &Db) {
+    let w = World::new(db, quiet()).await;
+    let bob = w.owner("bob@example.com");
+    let ops = w.token("ops@example.com", &[Role::Ops], &[], &[]);
+    revoke(&w, &w.admin(), "alice@example.com").await;
+    let r = lift(&w, &bob, "alice@example.com").await;
+    r.expect_kn(StatusCode::FORBIDDEN, "KN-403");
+    assert!(r.text.contains("admin or ops"), "{}", r.text);
+    assert_eq!(revoked_subjects(&w).await, ["alice@example.com"]);
+    let listed = w
+        .get(
+            &format!("/api/v1/tenants/{}/revoked-subjects", w.tenant),
+            &bob,
+        )
+        .await;
+    assert_eq!(listed.json()["items"][0]["revokedByPlatform"], true);
+    let denied = w.audit_of("bob@example.com").await;
+    assert!(
+        denied
+            .iter()
+            .any(|e| e.action == "credential.lift-subject" && e.outcome == AuditOutcome::Denied),
+        "{denied:?}"
+    );
+    // Revoking again as an owner does not downgrade the platform's revocation.
+    revoke(&w, &bob, "alice@example.com").await;
+    lift(&w, &bob, "alice@example.com")
+        .await
+        .expect_kn(StatusCode::FORBIDDEN, "KN-403");
+    assert_eq!(revoked_subjects(&w).await, ["alice@example.com"]);
+    // ops lifts it.
+    let r = lift(&w, &ops, "alice@example.com").await;
+    r.expect(StatusCode::OK);
+    assert_eq!(r.json()["lifted"], true);
+    assert!(revoked_subjects(&w).await.is_empty());
+    // An owner's revocation is the owners' to lift.
+    revoke(&w, &bob, "carol@example.com").await;
+    let listed = w
+        .get(
+            &format!("/api/v1/tenants/{}/revoked-subjects", w.tenant),
+            &bob,
+        )
+        .await;
+    assert_eq!(listed.json()["items"][0]["revokedByPlatform"], false);
+    lift(&w, &w.owner("alice@example.com"), "carol@example.com")
+        .await
+        .expect(StatusCode::OK);
+}
