@@ -107,6 +107,40 @@ pub trait Store: Send + Sync + 'static {
         purpose: &str,
         plaintext: &[u8],
     ) -> Result<bool>;
+    /// Reads and decrypts a named secret with its version, for a conditional
+    /// [`Store::replace_secret`] (read-modify-write without losing a concurrent write).
+    async fn get_secret_versioned(
+        &self,
+        owner: uuid::Uuid,
+        purpose: &str,
+    ) -> Result<(zeroize::Zeroizing<Vec<u8>>, i64)>;
+    /// Replaces (re-encrypts) a named secret only if it is still at `expected_version`, the
+    /// version [`Store::get_secret_versioned`] read; returns the new version.
+    /// [`StoreError::PreconditionFailed`] when it changed since (re-read, re-apply the
+    /// change and retry), [`StoreError::NotFound`] when it does not exist.
+    ///
+    /// ```no_run
+    /// # async fn demo(store: &dyn kubenova_store::Store) -> Result<(), kubenova_store::StoreError> {
+    /// use kubenova_store::StoreError;
+    /// let owner = uuid::Uuid::nil();
+    /// loop {
+    ///     let (current, version) = store.get_secret_versioned(owner, "counter").await?;
+    ///     let next = [current.first().copied().unwrap_or(0).wrapping_add(1)];
+    ///     match store.replace_secret(owner, "counter", &next, version).await {
+    ///         Ok(_) => break,
+    ///         Err(StoreError::PreconditionFailed { .. }) => continue,
+    ///         Err(e) => return Err(e),
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    async fn replace_secret(
+        &self,
+        owner: uuid::Uuid,
+        purpose: &str,
+        plaintext: &[u8],
+        expected_version: i64,
+    ) -> Result<i64>;
     /// Re-wraps every data key under the keyring's active KEK; returns how many changed.
     async fn rotate_keys(&self) -> Result<usize>;
 

@@ -645,6 +645,58 @@ macro_rules! sql_backend {
                 Ok(self.keys().open(&sealed, id.as_bytes())?)
             }
 
+            async fn get_secret_versioned(&self, owner: Uuid, purpose: &str) -> Result<(zeroize::Zeroizing<Vec<u8>>, i64)> {
+                let id = secret_id(owner, purpose);
+                let row = sqlx::query("SELECT kek_id, wrapped_dek, ciphertext, version FROM secrets WHERE id = $1")
+                    .bind(&id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let Some(row) = row else {
+                    return Err(StoreError::NotFound { kind: "secret", id: purpose.to_string() });
+                };
+                let sealed = SealedSecret {
+                    kek_id: row.try_get("kek_id")?,
+                    wrapped_dek: row.try_get("wrapped_dek")?,
+                    ciphertext: row.try_get("ciphertext")?,
+                };
+                let version: i64 = row.try_get("version")?;
+                Ok((self.keys().open(&sealed, id.as_bytes())?, version))
+            }
+
+            async fn replace_secret(&self, owner: Uuid, purpose: &str, plaintext: &[u8], expected: i64) -> Result<i64> {
+                let keys = self.keys();
+                let id = secret_id(owner, purpose);
+                let sealed = keys.seal(plaintext, id.as_bytes())?;
+                let row = sqlx::query(
+                    "UPDATE secrets SET kek_id = $1, wrapped_dek = $2, ciphertext = $3, version = version + 1, updated_at = $4 \
+                     WHERE id = $5 AND version = $6 RETURNING version",
+                )
+                .bind(&sealed.kek_id)
+                .bind(&sealed.wrapped_dek)
+                .bind(&sealed.ciphertext)
+                .bind(now_micros())
+                .bind(&id)
+                .bind(expected)
+                .fetch_optional(&self.pool)
+                .await?;
+                if let Some(row) = row {
+                    return Ok(row.try_get("version")?);
+                }
+                let current = sqlx::query("SELECT version FROM secrets WHERE id = $1")
+                    .bind(&id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                match current {
+                    Some(r) => Err(StoreError::PreconditionFailed {
+                        kind: "secret",
+                        id: purpose.to_string(),
+                        expected,
+                        actual: r.try_get("version")?,
+                    }),
+                    None => Err(StoreError::NotFound { kind: "secret", id: purpose.to_string() }),
+                }
+            }
+
             async fn rotate_keys(&self) -> Result<usize> {
                 let keys = self.keys();
                 let active = keys.active_kid().to_string();

@@ -54,6 +54,7 @@ suite!(
     status_updates_do_not_bump_revision,
     issued_credentials_and_revocations,
     secret_if_absent_keeps_the_first,
+    secret_replace_is_conditional_on_the_version,
 );
 
 async fn ping_reports_current_migrations(h: &Harness) {
@@ -1429,4 +1430,40 @@ async fn secret_if_absent_keeps_the_first(h: &Harness) {
     assert_eq!(&s.get_secret(owner, "signing").await.unwrap()[..], b"first");
     s.put_secret(owner, "signing", b"third").await.unwrap();
     assert_eq!(&s.get_secret(owner, "signing").await.unwrap()[..], b"third");
+}
+
+async fn secret_replace_is_conditional_on_the_version(h: &Harness) {
+    let s = &h.store;
+    let owner = uuid::Uuid::nil();
+    assert!(matches!(
+        s.get_secret_versioned(owner, "keys").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.replace_secret(owner, "keys", b"x", 1).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    s.put_secret_if_absent(owner, "keys", b"v1").await.unwrap();
+    let (v1, read) = s.get_secret_versioned(owner, "keys").await.unwrap();
+    assert_eq!(&v1[..], b"v1");
+    // Two writers read the same version: the first wins, the second is told.
+    let won = s.replace_secret(owner, "keys", b"v2", read).await.unwrap();
+    assert_eq!(won, read + 1);
+    match s.replace_secret(owner, "keys", b"lost", read).await {
+        Err(StoreError::PreconditionFailed {
+            expected, actual, ..
+        }) => assert_eq!((expected, actual), (read, won)),
+        other => panic!("expected PreconditionFailed, got {other:?}"),
+    }
+    let (now, version) = s.get_secret_versioned(owner, "keys").await.unwrap();
+    assert_eq!((&now[..], version), (&b"v2"[..], won));
+    // A re-wrap under a new KEK is a change too.
+    set_keys(h, keyring(&[("k1", 1), ("k2", 2)]));
+    assert_eq!(s.rotate_keys().await.unwrap(), 1);
+    assert!(matches!(
+        s.replace_secret(owner, "keys", b"stale", won).await,
+        Err(StoreError::PreconditionFailed { .. })
+    ));
+    let (still, _) = s.get_secret_versioned(owner, "keys").await.unwrap();
+    assert_eq!(&still[..], b"v2");
 }

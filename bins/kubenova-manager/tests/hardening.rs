@@ -310,6 +310,7 @@ impl World {
 on_both_backends!(
     a_revoked_owner_cannot_lift_its_own_revocation,
     a_platform_revocation_is_lifted_only_by_admin_or_ops,
+    concurrent_signing_key_rotations_lose_no_key,
 );
 
 // ---------------------------------------------------------------------------------
@@ -437,4 +438,75 @@ async fn a_platform_revocation_is_lifted_only_by_admin_or_ops(db: &Db) {
     lift(&w, &w.owner("alice@example.com"), "carol@example.com")
         .await
         .expect(StatusCode::OK);
+}
+
+// ---------------------------------------------------------------------------------
+// Signing-key rotation
+// ---------------------------------------------------------------------------------
+
+/// Several rotations at once (replicas, the API and the `rotate-signing-keys` command):
+/// each one's new key survives, and the reports form one history.
+async fn concurrent_signing_key_rotations_lose_no_key(db: &Db) {
+    use kubenova_manager::api::kubeconfigs::{load_or_create_signing_keys, rotate_signing_keys};
+    let w = World::new(db, quiet()).await;
+    let first = load_or_create_signing_keys(db.store.as_ref())
+        .await
+        .unwrap()
+        .active()
+        .kid()
+        .to_string();
+    // Nothing is old enough to retire during the test.
+    let overlap = time::Duration::days(1);
+    const DIRECT: usize = 5;
+    let direct = (0..DIRECT).map(|_| {
+        let store = db.store.clone();
+        tokio::spawn(async move { rotate_signing_keys(store.as_ref(), overlap).await })
+    });
+    let admin = w.admin();
+    let (direct, api) = tokio::join!(
+        futures::future::join_all(direct),
+        w.post("/api/v1/signing-keys:rotate", &admin, json!({}))
+    );
+    let mut reports: Vec<(String, Vec<String>)> = direct
+        .into_iter()
+        .map(|r| {
+            let r = r.unwrap().unwrap();
+            (r.active_kid, r.verifying_kids)
+        })
+        .collect();
+    api.expect(StatusCode::OK);
+    let a = api.json();
+    reports.push((
+        a["activeKid"].as_str().unwrap().to_string(),
+        serde_json::from_value(a["verifyingKids"].clone()).unwrap(),
+    ));
+    let keys = load_or_create_signing_keys(db.store.as_ref())
+        .await
+        .unwrap();
+    let mut stored: Vec<String> = keys
+        .previous()
+        .iter()
+        .map(|k| k.kid().to_string())
+        .collect();
+    stored.push(keys.active().kid().to_string());
+    // No key lost: the first key and every rotation's new key are stored.
+    assert!(stored.contains(&first), "{first} lost: {stored:?}");
+    for (kid, _) in &reports {
+        assert!(
+            stored.contains(kid),
+            "the key {kid} of a rotation was lost: {stored:?}"
+        );
+    }
+    assert_eq!(stored.len(), DIRECT + 2, "{stored:?}");
+    // One history: each rotation saw exactly the keys of the rotations before it.
+    reports.sort_by_key(|(_, verifying)| verifying.len());
+    for (n, (kid, verifying)) in reports.iter().enumerate() {
+        assert_eq!(verifying.len(), n + 1, "{reports:?}");
+        assert!(verifying.contains(&first));
+        for (earlier, _) in &reports[..n] {
+            assert!(verifying.contains(earlier), "{reports:?}");
+        }
+        assert!(!verifying.contains(kid));
+    }
+    assert_eq!(keys.active().kid(), reports.last().unwrap().0);
 }

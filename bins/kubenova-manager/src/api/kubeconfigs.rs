@@ -80,6 +80,14 @@ pub enum SigningKeyError {
     /// The stored keys could not be parsed, or a key could not be generated.
     #[error("kubeconfig signing keys: {0}")]
     Key(#[from] kubenova_kubeconfig::Error),
+    /// Concurrent rotations changed the stored keys at every attempt of this one.
+    #[error(
+        "the kubeconfig signing keys were changed by concurrent rotations {attempts} times while this rotation ran; nothing was changed by it, retry"
+    )]
+    Contended {
+        /// Attempts made.
+        attempts: usize,
+    },
 }
 
 impl From<SigningKeyError> for ApiError {
@@ -92,6 +100,7 @@ impl From<SigningKeyError> for ApiError {
                     "the kubeconfig signing keys are unusable; see the manager log",
                 ))
             }
+            e @ SigningKeyError::Contended { .. } => KnError::conflict(e.to_string()).into(),
         }
     }
 }
@@ -99,11 +108,16 @@ impl From<SigningKeyError> for ApiError {
 /// The stored signing key set, generated and stored on first use. Concurrent first
 /// starts agree on one key set (insert-if-absent, then read back).
 pub async fn load_or_create_signing_keys(store: &dyn Store) -> Result<KeySet, SigningKeyError> {
+    Ok(load_or_create_versioned(store).await?.0)
+}
+
+/// [`load_or_create_signing_keys`] with the stored version, for a conditional write.
+async fn load_or_create_versioned(store: &dyn Store) -> Result<(KeySet, i64), SigningKeyError> {
     match store
-        .get_secret(SIGNING_KEYS_OWNER, SIGNING_KEYS_PURPOSE)
+        .get_secret_versioned(SIGNING_KEYS_OWNER, SIGNING_KEYS_PURPOSE)
         .await
     {
-        Ok(bytes) => return Ok(KeySet::from_bytes(&bytes)?),
+        Ok((bytes, version)) => return Ok((KeySet::from_bytes(&bytes)?, version)),
         Err(StoreError::NotFound { .. }) => {}
         Err(e) => return Err(e.into()),
     }
@@ -114,11 +128,14 @@ pub async fn load_or_create_signing_keys(store: &dyn Store) -> Result<KeySet, Si
     {
         tracing::info!(kid = %fresh.active().kid(), "generated the kubeconfig signing key");
     }
-    let bytes = store
-        .get_secret(SIGNING_KEYS_OWNER, SIGNING_KEYS_PURPOSE)
+    let (bytes, version) = store
+        .get_secret_versioned(SIGNING_KEYS_OWNER, SIGNING_KEYS_PURPOSE)
         .await?;
-    Ok(KeySet::from_bytes(&bytes)?)
+    Ok((KeySet::from_bytes(&bytes)?, version))
 }
+
+/// Attempts of a rotation whose conditional write finds the keys changed by another one.
+const ROTATION_ATTEMPTS: usize = 32;
 
 /// What a rotation did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -135,26 +152,53 @@ pub struct SigningKeyRotation {
 /// Rotates the signing keys with overlap: a new active key signs from now on, the old
 /// one stays in the JWKS until `overlap` (the maximum kubeconfig TTL plus clock skew)
 /// after its deactivation, and keys past that are retired.
+///
+/// The write is conditional on the version of the keys that were read: a rotation that
+/// races another one (two replicas, or the API and the `rotate-signing-keys` command)
+/// re-reads the keys the other one stored and rotates those, so no key is lost and the
+/// rotations apply one after the other. After 32 lost races in a row it gives
+/// up with [`SigningKeyError::Contended`] (KN-409), having changed nothing.
 pub async fn rotate_signing_keys(
     store: &dyn Store,
     overlap: time::Duration,
 ) -> Result<SigningKeyRotation, SigningKeyError> {
-    let mut keys = load_or_create_signing_keys(store).await?;
-    let now = OffsetDateTime::now_utc();
-    keys.rotate(now)?;
-    let retired = keys.retire_expired(now, overlap);
-    store
-        .put_secret(SIGNING_KEYS_OWNER, SIGNING_KEYS_PURPOSE, &keys.to_bytes()?)
-        .await?;
-    tracing::info!(active_kid = %keys.active().kid(), retired = ?retired, "rotated the kubeconfig signing keys");
-    Ok(SigningKeyRotation {
-        active_kid: keys.active().kid().to_string(),
-        verifying_kids: keys
-            .previous()
-            .iter()
-            .map(|k| k.kid().to_string())
-            .collect(),
-        retired_kids: retired,
+    for attempt in 1..=ROTATION_ATTEMPTS {
+        let (mut keys, version) = load_or_create_versioned(store).await?;
+        let now = OffsetDateTime::now_utc();
+        keys.rotate(now)?;
+        let retired = keys.retire_expired(now, overlap);
+        match store
+            .replace_secret(
+                SIGNING_KEYS_OWNER,
+                SIGNING_KEYS_PURPOSE,
+                &keys.to_bytes()?,
+                version,
+            )
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(active_kid = %keys.active().kid(), retired = ?retired, attempt, "rotated the kubeconfig signing keys");
+                return Ok(SigningKeyRotation {
+                    active_kid: keys.active().kid().to_string(),
+                    verifying_kids: keys
+                        .previous()
+                        .iter()
+                        .map(|k| k.kid().to_string())
+                        .collect(),
+                    retired_kids: retired,
+                });
+            }
+            Err(StoreError::PreconditionFailed { .. }) => {
+                tracing::info!(
+                    attempt,
+                    "the kubeconfig signing keys changed during this rotation; rotating the new keys"
+                );
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(SigningKeyError::Contended {
+        attempts: ROTATION_ATTEMPTS,
     })
 }
 
@@ -1876,6 +1920,8 @@ async fn refuse_lift(
             example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
         (status = 403, description = "Admin only", body = ErrorBody,
             example = json!({"code": "KN-403", "message": "this operation needs one of the roles admin"})),
+        (status = 409, description = "Concurrent rotations kept changing the keys; this one changed nothing: retry", body = ErrorBody,
+            example = json!({"code": "KN-409", "message": "the kubeconfig signing keys were changed by concurrent rotations 32 times while this rotation ran; nothing was changed by it, retry"})),
     ),
     security(("bearerAuth" = []))
 )]

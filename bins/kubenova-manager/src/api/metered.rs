@@ -66,6 +66,8 @@ metered! {
     fn put_secret(&self, owner: Uuid, purpose: &str, plaintext: &[u8]) -> Result<()>;
     fn get_secret(&self, owner: Uuid, purpose: &str) -> Result<Zeroizing<Vec<u8>>>;
     fn put_secret_if_absent(&self, owner: Uuid, purpose: &str, plaintext: &[u8]) -> Result<bool>;
+    fn get_secret_versioned(&self, owner: Uuid, purpose: &str) -> Result<(Zeroizing<Vec<u8>>, i64)>;
+    fn replace_secret(&self, owner: Uuid, purpose: &str, plaintext: &[u8], expected_version: i64) -> Result<i64>;
     fn rotate_keys(&self) -> Result<usize>;
     fn create_tenant(&self, tenant: &Tenant, opts: &WriteOptions<'_>) -> Result<()>;
     fn get_tenant(&self, id: TenantId) -> Result<Tenant>;
