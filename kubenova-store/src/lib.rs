@@ -243,6 +243,18 @@ pub trait Store: Send + Sync + 'static {
         new_revision: Option<&AppRevision>,
         opts: &WriteOptions<'_>,
     ) -> Result<()>;
+    /// Replaces an app at `expected_version` like [`Store::update_app`] and records the
+    /// workflow run the change requests (a deploy, a rollback) **in the same
+    /// transaction**: either both are stored or neither is, so no deployed revision is
+    /// ever without its run, and no run without its revision.
+    async fn update_app_with_run(
+        &self,
+        app: &App,
+        expected_version: i64,
+        new_revision: Option<&AppRevision>,
+        run: &WorkflowRun,
+        opts: &WriteOptions<'_>,
+    ) -> Result<()>;
     /// Records the operator-observed status and KubeVela phase.
     async fn set_app_status(
         &self,

@@ -971,31 +971,34 @@ macro_rules! sql_backend {
             async fn update_app(&self, a: &App, expected: i64, new_revision: Option<&AppRevision>, opts: &WriteOptions<'_>) -> Result<()> {
                 check_next_version("app", a.version, expected)?;
                 let mut tx = self.pool.begin().await?;
-                Self::bump(&mut *tx, a.cluster_id, ObjectKind::App, a.id.0, false).await?;
-                let res = sqlx::query(
-                    "UPDATE apps SET name = $1, doc = $2, version = $3, updated_at = $4 WHERE id = $5 AND version = $6 AND project_id = $7",
-                )
-                .bind(&a.name)
-                .bind(Json(a))
-                .bind(a.version)
-                .bind(to_micros(a.updated_at))
-                .bind(a.id.0)
-                .bind(expected)
-                .bind(a.project_id.0)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| unique(e.into(), || format!("an app named {:?} already exists in project {}", a.name, a.project_id)))?;
-                if res.rows_affected() == 0 {
-                    return Err(Self::version_error(&mut *tx, "apps", "app", a.id.0, expected).await);
-                }
-                if let Some(r) = new_revision {
-                    Self::insert_revision(&mut *tx, a.id, r).await?;
-                }
+                Self::write_app(&mut *tx, a, expected, new_revision).await?;
                 Self::apply_opts(&mut *tx, opts).await?;
                 tx.commit().await?;
                 Ok(())
             }
 
+            async fn update_app_with_run(
+                &self,
+                a: &App,
+                expected: i64,
+                new_revision: Option<&AppRevision>,
+                run: &WorkflowRun,
+                opts: &WriteOptions<'_>,
+            ) -> Result<()> {
+                check_next_version("app", a.version, expected)?;
+                if run.app_id != a.id {
+                    return Err(StoreError::Validation(ValidationError::single(
+                        "run.appId",
+                        format!("the run belongs to app {}, not to the updated app {}", run.app_id, a.id),
+                    )));
+                }
+                let mut tx = self.pool.begin().await?;
+                Self::write_app(&mut *tx, a, expected, new_revision).await?;
+                Self::insert_run(&mut *tx, run).await?;
+                Self::apply_opts(&mut *tx, opts).await?;
+                tx.commit().await?;
+                Ok(())
+            }
             async fn set_app_status(&self, id: AppId, status: &ObjectStatus, vela_phase: Option<&str>) -> Result<App> {
                 self.update_observed("apps", "app", id.0, |a: &mut App| {
                     if &a.status == status && a.vela_phase.as_deref() == vela_phase {
@@ -1057,17 +1060,7 @@ macro_rules! sql_backend {
 
             async fn create_workflow_run(&self, run: &WorkflowRun, opts: &WriteOptions<'_>) -> Result<()> {
                 let mut tx = self.pool.begin().await?;
-                sqlx::query("INSERT INTO workflow_runs (id, app_id, doc, version, created_at) VALUES ($1, $2, $3, 1, $4)")
-                    .bind(run.id.0)
-                    .bind(run.app_id.0)
-                    .bind(Json(run))
-                    .bind(to_micros(run.started_at))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| match StoreError::from(e) {
-                        StoreError::Conflict(_) => StoreError::NotFound { kind: "app", id: run.app_id.to_string() },
-                        other => other,
-                    })?;
+                Self::insert_run(&mut *tx, run).await?;
                 Self::apply_opts(&mut *tx, opts).await?;
                 tx.commit().await?;
                 Ok(())
@@ -1574,6 +1567,62 @@ macro_rules! sql_backend {
                     qb.push(" AND subject = ").push_bind(s.to_string());
                 }
                 Ok(qb.build().execute(&mut *conn).await?.rows_affected())
+            }
+
+            /// The app part of [`Store::update_app`]: bumps the cluster revision, replaces
+            /// the app at `expected` and appends the new revision, on `conn`.
+            async fn write_app(
+                conn: &mut <$Db as sqlx::Database>::Connection,
+                a: &App,
+                expected: i64,
+                new_revision: Option<&AppRevision>,
+            ) -> Result<()> {
+                Self::bump(&mut *conn, a.cluster_id, ObjectKind::App, a.id.0, false).await?;
+                let res = sqlx::query(
+                    "UPDATE apps SET name = $1, doc = $2, version = $3, updated_at = $4 WHERE id = $5 AND version = $6 AND project_id = $7",
+                )
+                .bind(&a.name)
+                .bind(Json(a))
+                .bind(a.version)
+                .bind(to_micros(a.updated_at))
+                .bind(a.id.0)
+                .bind(expected)
+                .bind(a.project_id.0)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| unique(e.into(), || format!("an app named {:?} already exists in project {}", a.name, a.project_id)))?;
+                if res.rows_affected() == 0 {
+                    return Err(Self::version_error(&mut *conn, "apps", "app", a.id.0, expected).await);
+                }
+                if let Some(r) = new_revision {
+                    Self::insert_revision(&mut *conn, a.id, r).await?;
+                }
+                Ok(())
+            }
+
+            /// Inserts a workflow run on `conn` (its app must exist).
+            async fn insert_run(
+                conn: &mut <$Db as sqlx::Database>::Connection,
+                run: &WorkflowRun,
+            ) -> Result<()> {
+                sqlx::query("INSERT INTO workflow_runs (id, app_id, doc, version, created_at) VALUES ($1, $2, $3, 1, $4)")
+                    .bind(run.id.0)
+                    .bind(run.app_id.0)
+                    .bind(Json(run))
+                    .bind(to_micros(run.started_at))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| {
+                        let taken = matches!(&e, sqlx::Error::Database(db) if db.is_unique_violation());
+                        match StoreError::from(e) {
+                            StoreError::Conflict(_) if taken => {
+                                StoreError::Conflict(format!("a workflow run with id {} already exists", run.id))
+                            }
+                            StoreError::Conflict(_) => StoreError::NotFound { kind: "app", id: run.app_id.to_string() },
+                            other => other,
+                        }
+                    })?;
+                Ok(())
             }
 
             async fn insert_revision(

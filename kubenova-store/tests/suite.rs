@@ -553,6 +553,90 @@ async fn app_revisions_and_runs(h: &Harness) {
         s.create_workflow_run(&orphan, &w).await,
         Err(StoreError::NotFound { .. })
     ));
+
+    // An app change and the run it requests commit together: a run that cannot be
+    // written (its id is taken) leaves the app, its revisions and the audit unchanged.
+    let before = s.get_app(a.id).await.unwrap();
+    let mut deployed = before.clone();
+    deployed.spec = app_spec("api", "nginx:1.5");
+    deployed.revision = 5;
+    deployed.deployed_revision = Some(5);
+    deployed.version += 1;
+    let rev5 = AppRevision {
+        number: 5,
+        spec: deployed.spec.clone(),
+        created_by: "bob".into(),
+        created_at: now(),
+    };
+    let deploy_audit = audit("bob", "app", &a.id.to_string());
+    let opts = WriteOptions {
+        audit: Some(&deploy_audit),
+        idempotency: None,
+    };
+    let taken = WorkflowRun {
+        inputs: serde_json::json!({"action": "deploy", "revision": 5}),
+        ..run.clone()
+    };
+    let err = s
+        .update_app_with_run(&deployed, before.version, Some(&rev5), &taken, &opts)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict(m) if m.contains("already exists")),
+        "{err:?}"
+    );
+    assert_eq!(s.get_app(a.id).await.unwrap(), before);
+    assert!(matches!(
+        s.get_app_revision(a.id, 5).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(
+        s.query_audit(&AuditQuery {
+            actor: Some("bob".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .items
+        .is_empty()
+    );
+    // A run of another app is refused before anything is written.
+    let foreign = WorkflowRun {
+        id: RunId::new(),
+        app_id: AppId::new(),
+        ..taken.clone()
+    };
+    assert!(matches!(
+        s.update_app_with_run(&deployed, before.version, Some(&rev5), &foreign, &opts)
+            .await,
+        Err(StoreError::Validation(_))
+    ));
+    assert_eq!(s.get_app(a.id).await.unwrap(), before);
+    // With a fresh run id both are written.
+    let fresh = WorkflowRun {
+        id: RunId::new(),
+        ..taken
+    };
+    s.update_app_with_run(&deployed, before.version, Some(&rev5), &fresh, &opts)
+        .await
+        .unwrap();
+    assert_eq!(s.get_app(a.id).await.unwrap(), deployed);
+    assert_eq!(s.get_workflow_run(fresh.id).await.unwrap(), fresh);
+    assert_eq!(s.get_app_revision(a.id, 5).await.unwrap(), rev5);
+    // A stale version writes neither.
+    let stale = WorkflowRun {
+        id: RunId::new(),
+        ..fresh
+    };
+    assert!(matches!(
+        s.update_app_with_run(&deployed, before.version, None, &stale, &opts)
+            .await,
+        Err(StoreError::PreconditionFailed { .. })
+    ));
+    assert!(matches!(
+        s.get_workflow_run(stale.id).await,
+        Err(StoreError::NotFound { .. })
+    ));
 }
 
 async fn usage_upsert_and_query(h: &Harness) {

@@ -89,6 +89,7 @@ fn pg_url() -> Option<String> {
 /// A fresh database: an SQLite file or a Postgres schema of its own.
 struct Db {
     store: Arc<dyn Store>,
+    sqlite: Option<SqliteStore>,
     pg: Option<PgStore>,
     schema: Option<String>,
     _dir: Option<tempfile::TempDir>,
@@ -100,7 +101,8 @@ impl Db {
         let url = format!("sqlite://{}", dir.path().join("kn.db").display());
         let s = SqliteStore::connect(&url, keyring()).await.unwrap();
         Db {
-            store: Arc::new(s),
+            store: Arc::new(s.clone()),
+            sqlite: Some(s),
             pg: None,
             schema: None,
             _dir: Some(dir),
@@ -124,10 +126,47 @@ impl Db {
         let s = PgStore::connect_with(opts, 8, keyring()).await.unwrap();
         Some(Db {
             store: Arc::new(s.clone()),
+            sqlite: None,
             pg: Some(s),
             schema: Some(schema),
             _dir: None,
         })
+    }
+
+    /// Runs SQL on the database directly (fault injection), in the backend's dialect.
+    async fn exec(&self, sqlite: &str, postgres: &str) {
+        if let Some(s) = &self.sqlite {
+            sqlx::raw_sql(sqlite).execute(s.pool()).await.unwrap();
+        }
+        if let Some(p) = &self.pg {
+            sqlx::raw_sql(postgres).execute(p.pool()).await.unwrap();
+        }
+    }
+
+    /// Makes every insert into `table` fail (until [`Db::heal`]).
+    async fn break_inserts(&self, table: &str) {
+        self.exec(
+            &format!(
+                "CREATE TRIGGER injected_{table} BEFORE INSERT ON {table} \
+                 BEGIN SELECT RAISE(ABORT, 'injected failure'); END;"
+            ),
+            &format!(
+                "CREATE FUNCTION injected_{table}() RETURNS trigger AS $$ \
+                 BEGIN RAISE EXCEPTION 'injected failure'; END $$ LANGUAGE plpgsql; \
+                 CREATE TRIGGER injected_{table} BEFORE INSERT ON {table} \
+                 FOR EACH ROW EXECUTE FUNCTION injected_{table}();"
+            ),
+        )
+        .await;
+    }
+
+    /// Undoes [`Db::break_inserts`].
+    async fn heal(&self, table: &str) {
+        self.exec(
+            &format!("DROP TRIGGER injected_{table};"),
+            &format!("DROP TRIGGER injected_{table} ON {table}; DROP FUNCTION injected_{table}();"),
+        )
+        .await;
     }
 
     async fn cleanup(self) {
@@ -250,6 +289,23 @@ impl World {
         )
     }
 
+    fn apps_url(&self) -> String {
+        format!("{}/{}/apps", self.projects_url(), self.project)
+    }
+
+    /// Creates an app `name` (revision 1) and returns its URL.
+    async fn app(&self, name: &str) -> String {
+        let r = self
+            .post(
+                &self.apps_url(),
+                &self.admin(),
+                json!({"name": name, "image": "ghcr.io/acme/shop:1.0.0"}),
+            )
+            .await;
+        r.expect(StatusCode::CREATED);
+        format!("{}/{}", self.apps_url(), r.json()["id"].as_str().unwrap())
+    }
+
     async fn send(
         &self,
         method: Method,
@@ -311,6 +367,7 @@ on_both_backends!(
     a_revoked_owner_cannot_lift_its_own_revocation,
     a_platform_revocation_is_lifted_only_by_admin_or_ops,
     concurrent_signing_key_rotations_lose_no_key,
+    deploy_and_rollback_write_the_app_and_its_run_together,
 );
 
 // ---------------------------------------------------------------------------------
@@ -509,4 +566,79 @@ async fn concurrent_signing_key_rotations_lose_no_key(db: &Db) {
         assert!(!verifying.contains(kid));
     }
     assert_eq!(keys.active().kid(), reports.last().unwrap().0);
+}
+
+// ---------------------------------------------------------------------------------
+// Deploy and rollback: app and run in one transaction
+// ---------------------------------------------------------------------------------
+
+async fn runs_of(w: &World, app: &str) -> Vec<Value> {
+    let r = w.get(&format!("{app}/workflow/runs"), &w.admin()).await;
+    r.expect(StatusCode::OK);
+    r.json()["items"].as_array().unwrap().clone()
+}
+
+/// A failure between the two writes (here: the run's insert fails) leaves neither: no
+/// deployed revision without its run, no rollback revision without its run.
+async fn deploy_and_rollback_write_the_app_and_its_run_together(db: &Db) {
+    let w = World::new(db, quiet()).await;
+    let admin = w.admin();
+    let app = w.app("shop").await;
+    // Revision 2, so that there is something to roll back to.
+    w.send(
+        Method::PUT,
+        &app,
+        Some(&admin),
+        Some(json!({"image": "ghcr.io/acme/shop:2.0.0"})),
+        &[],
+    )
+    .await
+    .expect(StatusCode::OK);
+    let before = w.get(&app, &admin).await.json();
+    assert_eq!(before["revision"], 2);
+
+    db.break_inserts("workflow_runs").await;
+    let r = w.post(&format!("{app}:deploy"), &admin, json!({})).await;
+    assert!(r.status.is_server_error(), "{} {}", r.status, r.text);
+    let r = w
+        .post(&format!("{app}:rollback"), &admin, json!({"revision": 1}))
+        .await;
+    assert!(r.status.is_server_error(), "{} {}", r.status, r.text);
+    let after = w.get(&app, &admin).await.json();
+    assert_eq!(after["version"], before["version"], "{after}");
+    assert_eq!(after["revision"], 2, "no rollback revision without its run");
+    assert!(
+        after["deployedRevision"].is_null(),
+        "no deployed revision without its run: {after}"
+    );
+    let revisions = w.get(&format!("{app}/revisions"), &admin).await.json();
+    assert_eq!(
+        revisions["items"].as_array().unwrap().len(),
+        2,
+        "{revisions}"
+    );
+    assert!(runs_of(&w, &app).await.is_empty());
+
+    // Healed: both succeed, each with its run.
+    db.heal("workflow_runs").await;
+    w.post(&format!("{app}:deploy"), &admin, json!({}))
+        .await
+        .expect(StatusCode::ACCEPTED);
+    w.post(&format!("{app}:rollback"), &admin, json!({"revision": 1}))
+        .await
+        .expect(StatusCode::OK);
+    let after = w.get(&app, &admin).await.json();
+    assert_eq!(after["revision"], 3);
+    assert_eq!(after["deployedRevision"], 3);
+    let runs = runs_of(&w, &app).await;
+    let actions: Vec<(&str, i64)> = runs
+        .iter()
+        .map(|r| {
+            (
+                r["inputs"]["action"].as_str().unwrap(),
+                r["inputs"]["revision"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(actions, [("deploy", 2), ("rollback", 3)]);
 }

@@ -474,16 +474,23 @@ pub struct DeleteAccepted {
 // Writes
 // ---------------------------------------------------------------------------------
 
+/// A workflow run a change requests (deploy, rollback): its id and inputs.
+struct RunRequest {
+    id: RunId,
+    inputs: Value,
+}
+
 /// Stores an updated app (bumping version and time) with its audit event and optional
-/// new revision and idempotency record; returns the response.
+/// new revision, idempotency record and requested workflow run, all in one transaction;
+/// returns the response.
 async fn commit(
     st: &AppState,
     ctx: &Ctx,
     mut app: App,
     revision: Option<AppRevision>,
+    run: Option<RunRequest>,
     action: &str,
     status: StatusCode,
-    location: Option<String>,
 ) -> ApiResult<(App, Response)> {
     let expected = app.version;
     app.version = expected + 1;
@@ -491,45 +498,38 @@ async fn commit(
     let bytes = body_bytes(&app)?;
     let audit = ctx.audit(action, "app", app.id, status.as_u16());
     let idem = ctx.idempotency_record(status.as_u16(), &bytes);
-    st.store
-        .update_app(
-            &app,
-            expected,
-            revision.as_ref(),
-            &WriteOptions {
-                audit: Some(&audit),
-                idempotency: idem.as_ref(),
-            },
-        )
-        .await?;
+    let opts = WriteOptions {
+        audit: Some(&audit),
+        idempotency: idem.as_ref(),
+    };
+    let location = match run {
+        Some(RunRequest { id, inputs }) => {
+            let run = WorkflowRun {
+                id,
+                app_id: app.id,
+                status: RunStatus::Requested,
+                inputs,
+                result: None,
+                started_at: app.updated_at,
+                ended_at: None,
+            };
+            st.store
+                .update_app_with_run(&app, expected, revision.as_ref(), &run, &opts)
+                .await?;
+            Some(run_location(id))
+        }
+        None => {
+            st.store
+                .update_app(&app, expected, revision.as_ref(), &opts)
+                .await?;
+            None
+        }
+    };
     let version = app.version;
     Ok((
         app,
         bytes_response(status, bytes, Some(version), location, true),
     ))
-}
-
-/// Records a requested workflow run (after the app change it belongs to).
-async fn record_run(
-    st: &AppState,
-    app: AppId,
-    inputs: Value,
-    now: OffsetDateTime,
-    id: RunId,
-) -> ApiResult<()> {
-    let run = WorkflowRun {
-        id,
-        app_id: app,
-        status: RunStatus::Requested,
-        inputs,
-        result: None,
-        started_at: now,
-        ended_at: None,
-    };
-    st.store
-        .create_workflow_run(&run, &WriteOptions::default())
-        .await?;
-    Ok(())
 }
 
 /// Parses a PUT app body: the name may be omitted (it cannot change).
@@ -762,7 +762,7 @@ pub async fn update_app(
         OffsetDateTime::now_utc(),
     );
     Ok(
-        commit(&st, &ctx, app, rev, "app.update", StatusCode::OK, None)
+        commit(&st, &ctx, app, rev, None, "app.update", StatusCode::OK)
             .await?
             .1,
     )
@@ -847,24 +847,18 @@ async fn deploy(st: &AppState, ctx: &Ctx, p: &AppPath, headers: &HeaderMap) -> A
     let mut app = authorize(st, ctx, p, Access::Write).await?;
     check_if_match(headers, "app", app.id, app.version)?;
     app.deployed_revision = Some(app.revision);
-    let run = RunId::new();
-    let revision = app.revision;
-    let (app, resp) = commit(
+    let run = RunRequest {
+        id: RunId::new(),
+        inputs: json!({"action": "deploy", "revision": app.revision}),
+    };
+    let (_, resp) = commit(
         st,
         ctx,
         app,
         None,
+        Some(run),
         "app.deploy",
         StatusCode::ACCEPTED,
-        Some(run_location(run)),
-    )
-    .await?;
-    record_run(
-        st,
-        app.id,
-        json!({"action": "deploy", "revision": revision}),
-        app.updated_at,
-        run,
     )
     .await?;
     Ok(resp)
@@ -886,7 +880,7 @@ async fn set_suspended(
         "app.resume"
     };
     Ok(
-        commit(st, ctx, app, None, action, StatusCode::ACCEPTED, None)
+        commit(st, ctx, app, None, None, action, StatusCode::ACCEPTED)
             .await?
             .1,
     )
@@ -980,20 +974,11 @@ async fn rollback(
     let now = OffsetDateTime::now_utc();
     let rev = apply_spec(&mut app, old.spec, &ctx.principal.subject, now);
     app.deployed_revision = Some(app.revision);
-    let run = RunId::new();
-    let inputs =
-        json!({"action": "rollback", "revision": app.revision, "restoredRevision": target});
-    let (app, resp) = commit(
-        st,
-        ctx,
-        app,
-        rev,
-        "app.rollback",
-        StatusCode::OK,
-        Some(run_location(run)),
-    )
-    .await?;
-    record_run(st, app.id, inputs, app.updated_at, run).await?;
+    let run = RunRequest {
+        id: RunId::new(),
+        inputs: json!({"action": "rollback", "revision": app.revision, "restoredRevision": target}),
+    };
+    let (_, resp) = commit(st, ctx, app, rev, Some(run), "app.rollback", StatusCode::OK).await?;
     Ok(resp)
 }
 
@@ -1392,7 +1377,7 @@ pub async fn update_app_traits(
         OffsetDateTime::now_utc(),
     );
     Ok(
-        commit(&st, &ctx, app, rev, "app.traits", StatusCode::OK, None)
+        commit(&st, &ctx, app, rev, None, "app.traits", StatusCode::OK)
             .await?
             .1,
     )
@@ -1439,7 +1424,7 @@ pub async fn update_app_policies(
         OffsetDateTime::now_utc(),
     );
     Ok(
-        commit(&st, &ctx, app, rev, "app.policies", StatusCode::OK, None)
+        commit(&st, &ctx, app, rev, None, "app.policies", StatusCode::OK)
             .await?
             .1,
     )

@@ -87,6 +87,7 @@ metered! {
     fn list_apps(&self, project: ProjectId, params: &ListParams) -> Result<Page<App>>;
     fn list_cluster_apps(&self, cluster: ClusterId, params: &ListParams) -> Result<Page<App>>;
     fn update_app(&self, app: &App, expected_version: i64, new_revision: Option<&AppRevision>, opts: &WriteOptions<'_>) -> Result<()>;
+    fn update_app_with_run(&self, app: &App, expected_version: i64, new_revision: Option<&AppRevision>, run: &WorkflowRun, opts: &WriteOptions<'_>) -> Result<()>;
     fn set_app_status(&self, id: AppId, status: &ObjectStatus, vela_phase: Option<&str>) -> Result<App>;
     fn delete_app(&self, id: AppId, opts: &WriteOptions<'_>) -> Result<()>;
     fn list_app_revisions(&self, id: AppId, params: &ListParams) -> Result<Page<AppRevision>>;
