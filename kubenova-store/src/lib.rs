@@ -282,6 +282,19 @@ pub trait Store: Send + Sync + 'static {
         params: &ListParams,
     ) -> Result<Page<WorkflowRun>>;
 
+    /// Lists an app's workflow runs that are still requested or running, oldest first
+    /// (paged like [`Store::list_workflow_runs`]): what an agent's status report may
+    /// advance, read without the app's finished history (a partial index serves it).
+    async fn list_active_workflow_runs(
+        &self,
+        app: AppId,
+        params: &ListParams,
+    ) -> Result<Page<WorkflowRun>>;
+    /// Deletes the app's finished (succeeded or failed) workflow runs except the newest
+    /// `keep`; returns how many were deleted. Runs still requested or running are never
+    /// deleted.
+    async fn prune_workflow_runs(&self, app: AppId, keep: u32) -> Result<u64>;
+
     // ---- desired-state revisions --------------------------------------------------------
     /// The cluster's current desired-state revision (0 before any change).
     async fn cluster_revision(&self, id: ClusterId) -> Result<i64>;

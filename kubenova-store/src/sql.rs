@@ -11,7 +11,8 @@ use crate::types::*;
 use async_trait::async_trait;
 use kubenova_api::ids::{AppId, ClusterId, ProjectId, RunId, TenantId};
 use kubenova_api::model::{
-    App, AppRevision, AuditEvent, Cluster, ObjectStatus, Project, Tenant, UsageRecord, WorkflowRun,
+    App, AppRevision, AuditEvent, Cluster, ObjectStatus, Project, RunStatus, Tenant, UsageRecord,
+    WorkflowRun,
 };
 use kubenova_api::validate::{Validate, ValidationError};
 use sqlx::Row;
@@ -124,6 +125,16 @@ macro_rules! observed {
 }
 
 observed!(Tenant, Project, App);
+
+/// The stored spelling of a run's status (the `workflow_runs.status` column).
+fn run_status(s: RunStatus) -> &'static str {
+    match s {
+        RunStatus::Requested => "requested",
+        RunStatus::Running => "running",
+        RunStatus::Succeeded => "succeeded",
+        RunStatus::Failed => "failed",
+    }
+}
 
 fn secret_id(owner: Uuid, purpose: &str) -> String {
     format!("{purpose}/{owner}")
@@ -1067,10 +1078,11 @@ macro_rules! sql_backend {
             }
 
             async fn update_workflow_run(&self, run: &WorkflowRun) -> Result<()> {
-                let res = sqlx::query("UPDATE workflow_runs SET doc = $1, version = version + 1 WHERE id = $2 AND app_id = $3")
+                let res = sqlx::query("UPDATE workflow_runs SET doc = $1, status = $4, version = version + 1 WHERE id = $2 AND app_id = $3")
                     .bind(Json(run))
                     .bind(run.id.0)
                     .bind(run.app_id.0)
+                    .bind(run_status(run.status))
                     .execute(&self.pool)
                     .await?;
                 if res.rows_affected() == 0 {
@@ -1085,6 +1097,40 @@ macro_rules! sql_backend {
 
             async fn list_workflow_runs(&self, app: AppId, params: &ListParams) -> Result<Page<WorkflowRun>> {
                 self.list_docs("workflow_runs", Some(("app_id", app.0)), params).await
+            }
+
+            async fn list_active_workflow_runs(&self, app: AppId, params: &ListParams) -> Result<Page<WorkflowRun>> {
+                let limit = params.page_size()?;
+                let after = params.cursor_uuid()?;
+                let mut qb = sqlx::QueryBuilder::<$Db>::new(
+                    "SELECT id, doc FROM workflow_runs WHERE status IN ('requested', 'running') AND app_id = ",
+                );
+                qb.push_bind(app.0);
+                if let Some(a) = after {
+                    qb.push(" AND id > ").push_bind(a);
+                }
+                qb.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit) + 1);
+                let rows = qb.build().fetch_all(&self.pool).await?;
+                let mut items = Vec::with_capacity(rows.len().min(limit as usize));
+                let mut last = None;
+                for row in rows.iter().take(limit as usize) {
+                    last = Some(row.try_get::<Uuid, _>("id")?);
+                    items.push(row.try_get::<Json<WorkflowRun>, _>("doc")?.0);
+                }
+                let next_cursor = if rows.len() > limit as usize { last.map(encode_cursor) } else { None };
+                Ok(Page { items, next_cursor })
+            }
+
+            async fn prune_workflow_runs(&self, app: AppId, keep: u32) -> Result<u64> {
+                let res = sqlx::query(
+                    "DELETE FROM workflow_runs WHERE app_id = $1 AND status IN ('succeeded', 'failed') AND id NOT IN \
+                     (SELECT id FROM workflow_runs WHERE app_id = $1 AND status IN ('succeeded', 'failed') ORDER BY id DESC LIMIT $2)",
+                )
+                .bind(app.0)
+                .bind(i64::from(keep))
+                .execute(&self.pool)
+                .await?;
+                Ok(res.rows_affected())
             }
 
             async fn cluster_revision(&self, id: ClusterId) -> Result<i64> {
@@ -1605,11 +1651,12 @@ macro_rules! sql_backend {
                 conn: &mut <$Db as sqlx::Database>::Connection,
                 run: &WorkflowRun,
             ) -> Result<()> {
-                sqlx::query("INSERT INTO workflow_runs (id, app_id, doc, version, created_at) VALUES ($1, $2, $3, 1, $4)")
+                sqlx::query("INSERT INTO workflow_runs (id, app_id, doc, version, created_at, status) VALUES ($1, $2, $3, 1, $4, $5)")
                     .bind(run.id.0)
                     .bind(run.app_id.0)
                     .bind(Json(run))
                     .bind(to_micros(run.started_at))
+                    .bind(run_status(run.status))
                     .execute(&mut *conn)
                     .await
                     .map_err(|e| {

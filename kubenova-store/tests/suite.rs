@@ -55,6 +55,7 @@ suite!(
     issued_credentials_and_revocations,
     secret_if_absent_keeps_the_first,
     secret_replace_is_conditional_on_the_version,
+    active_workflow_runs_and_retention,
 );
 
 async fn ping_reports_current_migrations(h: &Harness) {
@@ -1550,4 +1551,98 @@ async fn secret_replace_is_conditional_on_the_version(h: &Harness) {
     ));
     let (still, _) = s.get_secret_versioned(owner, "keys").await.unwrap();
     assert_eq!(&still[..], b"v2");
+}
+
+async fn active_workflow_runs_and_retention(h: &Harness) {
+    let s = &h.store;
+    let w = WriteOptions::default();
+    let c = cluster("c");
+    s.create_cluster(&c, b"k", &w).await.unwrap();
+    let t = tenant(c.id, "acme");
+    s.create_tenant(&t, &w).await.unwrap();
+    let p = project(&t, "web");
+    s.create_project(&p, &w).await.unwrap();
+    let (a, r1) = app(&p, "api");
+    s.create_app(&a, &r1, &w).await.unwrap();
+    let (other, r1) = app(&p, "other");
+    s.create_app(&other, &r1, &w).await.unwrap();
+    let run = |app: AppId, status: RunStatus| WorkflowRun {
+        id: RunId::new(),
+        app_id: app,
+        status,
+        inputs: serde_json::json!({}),
+        result: None,
+        started_at: now(),
+        ended_at: None,
+    };
+    // Interleaved: finished, waiting, and another app's.
+    let mut runs = Vec::new();
+    for (n, status) in [
+        RunStatus::Succeeded,
+        RunStatus::Requested,
+        RunStatus::Failed,
+        RunStatus::Running,
+        RunStatus::Succeeded,
+        RunStatus::Requested,
+        RunStatus::Succeeded,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = run(a.id, status);
+        s.create_workflow_run(&r, &w).await.unwrap();
+        runs.push(r);
+        s.create_workflow_run(&run(other.id, RunStatus::Succeeded), &w)
+            .await
+            .unwrap();
+        if n == 3 {
+            // A run that finishes after it was written is no longer active.
+            let mut done = runs[1].clone();
+            done.status = RunStatus::Failed;
+            s.update_workflow_run(&done).await.unwrap();
+            runs[1] = done;
+        }
+    }
+    let active_ids = |page: &Page<WorkflowRun>| page.items.iter().map(|r| r.id).collect::<Vec<_>>();
+    let first = s
+        .list_active_workflow_runs(a.id, &ListParams::first(1))
+        .await
+        .unwrap();
+    assert_eq!(active_ids(&first), [runs[3].id]);
+    let rest = s
+        .list_active_workflow_runs(
+            a.id,
+            &ListParams {
+                limit: Some(1),
+                cursor: first.next_cursor.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(active_ids(&rest), [runs[5].id]);
+    assert!(rest.next_cursor.is_none());
+    assert_eq!(rest.items[0], runs[5]);
+
+    // Keep the newest two finished runs of the app; the waiting ones and the other
+    // app's runs stay.
+    assert_eq!(s.prune_workflow_runs(a.id, 2).await.unwrap(), 3);
+    let left: Vec<RunId> = s
+        .list_workflow_runs(a.id, &ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(left, [runs[3].id, runs[4].id, runs[5].id, runs[6].id]);
+    assert_eq!(s.prune_workflow_runs(a.id, 2).await.unwrap(), 0);
+    assert_eq!(
+        s.list_workflow_runs(other.id, &ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        7
+    );
+    assert_eq!(s.prune_workflow_runs(other.id, 1).await.unwrap(), 6);
 }

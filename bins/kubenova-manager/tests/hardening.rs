@@ -368,6 +368,7 @@ on_both_backends!(
     a_platform_revocation_is_lifted_only_by_admin_or_ops,
     concurrent_signing_key_rotations_lose_no_key,
     deploy_and_rollback_write_the_app_and_its_run_together,
+    finished_workflow_runs_are_kept_to_the_retention,
 );
 
 // ---------------------------------------------------------------------------------
@@ -641,4 +642,68 @@ async fn deploy_and_rollback_write_the_app_and_its_run_together(db: &Db) {
         })
         .collect();
     assert_eq!(actions, [("deploy", 2), ("rollback", 3)]);
+}
+
+// ---------------------------------------------------------------------------------
+// Workflow run retention
+// ---------------------------------------------------------------------------------
+
+/// Deploys repeatedly, each deploy reported ready by the agent (which finishes its run):
+/// only the newest `--workflow-run-retention` finished runs stay; runs still waiting are
+/// never dropped.
+async fn finished_workflow_runs_are_kept_to_the_retention(db: &Db) {
+    let mut cfg = quiet();
+    cfg.workflow_run_retention = 2;
+    let w = World::new(db, cfg).await;
+    let admin = w.admin();
+    let agent = kubenova_manager::api::agent::rotate_credential(w.st.store.as_ref(), w.cluster)
+        .await
+        .unwrap();
+    let app = w.app("shop").await;
+    let app_id = app.rsplit('/').next().unwrap().to_string();
+    // A run nobody finishes (a custom workflow run stays requested).
+    let custom = w
+        .post(
+            &format!("{app}/workflow/run"),
+            &admin,
+            json!({"inputs": {"smoke": true}}),
+        )
+        .await;
+    custom.expect(StatusCode::ACCEPTED);
+    let custom = custom.json()["id"].as_str().unwrap().to_string();
+    let mut deploys = Vec::new();
+    for n in 0..5 {
+        if n > 0 {
+            w.send(
+                Method::PUT,
+                &app,
+                Some(&admin),
+                Some(json!({"image": format!("ghcr.io/acme/shop:1.{n}.0")})),
+                &[],
+            )
+            .await
+            .expect(StatusCode::OK);
+        }
+        w.post(&format!("{app}:deploy"), &admin, json!({}))
+            .await
+            .expect(StatusCode::ACCEPTED);
+        let rev = w.st.store.cluster_revision(w.cluster).await.unwrap();
+        let report = json!({"items": [{"kind": "app", "id": app_id, "velaPhase": "running",
+            "status": {"phase": "ready", "observedRevision": rev, "conditions": []}}]});
+        let r = w.post("/api/v1/agent/status", &agent, report).await;
+        r.expect(StatusCode::OK);
+        assert_eq!(r.json()["applied"], 1, "{}", r.text);
+        let runs = runs_of(&w, &app).await;
+        let last = runs.last().unwrap();
+        assert_eq!(last["status"], "succeeded", "{runs:?}");
+        deploys.push(last["id"].as_str().unwrap().to_string());
+    }
+    let runs = runs_of(&w, &app).await;
+    let ids: Vec<&str> = runs.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids,
+        [custom.as_str(), deploys[3].as_str(), deploys[4].as_str()],
+        "{runs:?}"
+    );
+    assert_eq!(runs[0]["status"], "requested");
 }

@@ -894,7 +894,9 @@ async fn advance_runs(st: &AppState, app: &App, report: &ObjectReport) -> Result
     };
     let store = st.store.as_ref();
     let app_id = app.id;
-    let runs = all_pages(|p| async move { store.list_workflow_runs(app_id, &p).await }).await?;
+    // Only the runs still waiting, never the app's finished history.
+    let runs =
+        all_pages(|p| async move { store.list_active_workflow_runs(app_id, &p).await }).await?;
     let pending: Vec<_> = runs
         .into_iter()
         .filter(|r| matches!(r.status, RunStatus::Requested | RunStatus::Running))
@@ -926,6 +928,15 @@ async fn advance_runs(st: &AppState, app: &App, report: &ObjectReport) -> Result
         match store.update_workflow_run(&run).await {
             Ok(()) | Err(StoreError::NotFound { .. }) => {}
             Err(e) => return Err(e),
+        }
+    }
+    if matches!(target, RunStatus::Succeeded | RunStatus::Failed) {
+        // Runs finished: keep the newest finished ones only.
+        let pruned = store
+            .prune_workflow_runs(app_id, st.config.workflow_run_retention)
+            .await?;
+        if pruned > 0 {
+            tracing::debug!(app_id = %app_id, pruned, "deleted the oldest finished workflow runs");
         }
     }
     Ok(())

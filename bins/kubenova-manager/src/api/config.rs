@@ -9,6 +9,8 @@ use std::time::Duration;
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default number of finished workflow runs kept per app.
+pub const DEFAULT_WORKFLOW_RUN_RETENTION: u32 = 100;
 /// Default request body limit (1 MiB).
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 /// Default operator image: the operator of the same release as this manager.
@@ -129,6 +131,11 @@ pub struct ServerConfig {
     /// How long `Idempotency-Key` responses are kept for replay.
     #[arg(long, env = "KUBENOVA_IDEMPOTENCY_TTL", default_value = "24h", value_parser = parse_duration)]
     pub idempotency_ttl: Duration,
+    /// Finished (succeeded or failed) workflow runs kept per app, newest first; older
+    /// finished runs are deleted when a run finishes. Runs still requested or running are
+    /// never deleted.
+    #[arg(long, env = "KUBENOVA_WORKFLOW_RUN_RETENTION", default_value_t = DEFAULT_WORKFLOW_RUN_RETENTION)]
+    pub workflow_run_retention: u32,
     /// Sustained requests per second per authenticated subject (0 disables).
     #[arg(long, env = "KUBENOVA_RATE_LIMIT_SUBJECT_RPS", default_value_t = 50)]
     pub rate_limit_subject_rps: u32,
@@ -194,6 +201,7 @@ impl Default for ServerConfig {
             max_kubeconfig_ttl: Duration::from_secs(24 * 3600),
             exec_token_ttl: Duration::from_secs(15 * 60),
             idempotency_ttl: Duration::from_secs(24 * 3600),
+            workflow_run_retention: DEFAULT_WORKFLOW_RUN_RETENTION,
             rate_limit_subject_rps: 50,
             rate_limit_subject_burst: 100,
             rate_limit_ip_rps: 100,
@@ -254,6 +262,9 @@ impl ServerConfig {
             return Err(format!(
                 "--agent-manager-url {u:?} must start with http:// or https://"
             ));
+        }
+        if self.workflow_run_retention == 0 {
+            return Err("--workflow-run-retention must be at least 1".into());
         }
         if self.operator_image.trim().is_empty() {
             return Err("--operator-image must not be empty".into());

@@ -96,6 +96,8 @@ metered! {
     fn update_workflow_run(&self, run: &WorkflowRun) -> Result<()>;
     fn get_workflow_run(&self, id: RunId) -> Result<WorkflowRun>;
     fn list_workflow_runs(&self, app: AppId, params: &ListParams) -> Result<Page<WorkflowRun>>;
+    fn list_active_workflow_runs(&self, app: AppId, params: &ListParams) -> Result<Page<WorkflowRun>>;
+    fn prune_workflow_runs(&self, app: AppId, keep: u32) -> Result<u64>;
     fn cluster_revision(&self, id: ClusterId) -> Result<i64>;
     fn changes_since(&self, id: ClusterId, since: i64, limit: u32) -> Result<Option<Vec<Change>>>;
     fn compact_changes(&self, id: ClusterId, up_to: i64) -> Result<u64>;
