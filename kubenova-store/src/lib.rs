@@ -311,8 +311,14 @@ pub trait Store: Send + Sync + 'static {
     // ---- usage ----------------------------------------------------------------------
     /// Inserts or replaces hourly usage records (idempotent per cluster, tenant, project, hour).
     async fn upsert_usage(&self, records: &[UsageRecord]) -> Result<()>;
-    /// Usage records matching the query, ordered by hour.
+    /// Usage records matching the query, ordered by hour (then cluster and project). A
+    /// query matching more than [`UsageQuery::max_records`] fails with
+    /// [`StoreError::Validation`] naming the bound: the answer is never a silently
+    /// truncated list.
     async fn query_usage(&self, query: &UsageQuery) -> Result<Vec<UsageRecord>>;
+    /// Sums over **every** record the query matches (its `max_records` does not apply),
+    /// computed by the database.
+    async fn usage_totals(&self, query: &UsageQuery) -> Result<UsageSums>;
 
     // ---- audit and idempotency --------------------------------------------------------
     /// Appends an audit event on its own (mutations pass theirs in [`WriteOptions`]).

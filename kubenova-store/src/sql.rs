@@ -126,6 +126,15 @@ macro_rules! observed {
 
 observed!(Tenant, Project, App);
 
+/// The summed columns of [`Store::usage_totals`].
+const USAGE_SUM_COLUMNS: [&str; 5] = [
+    "cpu_millicores",
+    "memory_bytes",
+    "storage_bytes",
+    "load_balancers",
+    "pods",
+];
+
 /// The stored spelling of a run's status (the `workflow_runs.status` column).
 fn run_status(s: RunStatus) -> &'static str {
     match s {
@@ -1235,17 +1244,19 @@ macro_rules! sql_backend {
                     "SELECT cluster_id, tenant_id, project_key, hour, cpu_millicores, memory_bytes, storage_bytes, load_balancers, \
                      namespaces, pods, apps FROM usage_hours WHERE tenant_id = ",
                 );
-                qb.push_bind(q.tenant.0);
-                qb.push(" AND hour >= ").push_bind(to_micros(q.from));
-                qb.push(" AND hour < ").push_bind(to_micros(q.to));
-                if let Some(c) = q.cluster {
-                    qb.push(" AND cluster_id = ").push_bind(c.0);
-                }
-                if !q.all_projects {
-                    qb.push(" AND project_key = ").push_bind(q.project.map(|p| p.0).unwrap_or(Uuid::nil()));
-                }
-                qb.push(" ORDER BY hour, cluster_id, project_key LIMIT 100000");
+                Self::push_usage_filter(&mut qb, q);
+                qb.push(" ORDER BY hour, cluster_id, project_key LIMIT ")
+                    .push_bind(i64::from(q.max_records) + 1);
                 let rows = qb.build().fetch_all(&self.pool).await?;
+                if rows.len() > q.max_records as usize {
+                    return Err(StoreError::Validation(ValidationError::single(
+                        "to",
+                        format!(
+                            "the range holds more than {} usage records, the most one answer carries; ask for a shorter range (from, to)",
+                            q.max_records
+                        ),
+                    )));
+                }
                 let mut out = Vec::with_capacity(rows.len());
                 for r in rows {
                     let project: Uuid = r.try_get("project_key")?;
@@ -1264,6 +1275,36 @@ macro_rules! sql_backend {
                     });
                 }
                 Ok(out)
+            }
+
+            async fn usage_totals(&self, q: &UsageQuery) -> Result<UsageSums> {
+                // Each column is summed in two parts, the multiples of 2^32 and the rest
+                // (usage values are never negative), so that neither sum can overflow a
+                // BIGINT however many rows match; the parts are joined in 128 bits below.
+                let mut qb = sqlx::QueryBuilder::<$Db>::new("SELECT COUNT(*) AS n");
+                for col in USAGE_SUM_COLUMNS {
+                    qb.push(format!(
+                        ", CAST(COALESCE(SUM({col} / 4294967296), 0) AS BIGINT) AS {col}_hi, \
+                         CAST(COALESCE(SUM({col} % 4294967296), 0) AS BIGINT) AS {col}_lo"
+                    ));
+                }
+                qb.push(" FROM usage_hours WHERE tenant_id = ");
+                Self::push_usage_filter(&mut qb, q);
+                let row = qb.build().fetch_one(&self.pool).await?;
+                let sum = |col: &str| -> Result<i64> {
+                    let hi: i64 = row.try_get(format!("{col}_hi").as_str())?;
+                    let lo: i64 = row.try_get(format!("{col}_lo").as_str())?;
+                    let total = (i128::from(hi) << 32) + i128::from(lo);
+                    Ok(i64::try_from(total).unwrap_or(i64::MAX))
+                };
+                Ok(UsageSums {
+                    records: row.try_get("n")?,
+                    cpu_millicore_hours: sum("cpu_millicores")?,
+                    memory_byte_hours: sum("memory_bytes")?,
+                    storage_byte_hours: sum("storage_bytes")?,
+                    load_balancer_hours: sum("load_balancers")?,
+                    pod_hours: sum("pods")?,
+                })
             }
 
             async fn append_audit(&self, event: &AuditEvent) -> Result<()> {
@@ -1613,6 +1654,19 @@ macro_rules! sql_backend {
                     qb.push(" AND subject = ").push_bind(s.to_string());
                 }
                 Ok(qb.build().execute(&mut *conn).await?.rows_affected())
+            }
+
+            /// The conditions of a usage query, after `… WHERE tenant_id = `.
+            fn push_usage_filter(qb: &mut sqlx::QueryBuilder<'_, $Db>, q: &UsageQuery) {
+                qb.push_bind(q.tenant.0);
+                qb.push(" AND hour >= ").push_bind(to_micros(q.from));
+                qb.push(" AND hour < ").push_bind(to_micros(q.to));
+                if let Some(c) = q.cluster {
+                    qb.push(" AND cluster_id = ").push_bind(c.0);
+                }
+                if !q.all_projects {
+                    qb.push(" AND project_key = ").push_bind(q.project.map(|p| p.0).unwrap_or(Uuid::nil()));
+                }
             }
 
             /// The app part of [`Store::update_app`]: bumps the cluster revision, replaces

@@ -196,7 +196,11 @@ pub struct Change {
     pub deleted: bool,
 }
 
-/// Filter for [`Store::query_usage`](crate::Store::query_usage).
+/// Default of [`UsageQuery::max_records`].
+pub const DEFAULT_USAGE_MAX_RECORDS: u32 = 100_000;
+
+/// Filter for [`Store::query_usage`](crate::Store::query_usage) and
+/// [`Store::usage_totals`](crate::Store::usage_totals).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageQuery {
     /// Tenant.
@@ -211,6 +215,32 @@ pub struct UsageQuery {
     pub from: OffsetDateTime,
     /// Last hour (exclusive).
     pub to: OffsetDateTime,
+    /// Most records [`Store::query_usage`](crate::Store::query_usage) returns: a query
+    /// matching more fails with [`StoreError::Validation`](crate::StoreError::Validation)
+    /// instead of answering a truncated list ([`DEFAULT_USAGE_MAX_RECORDS`] unless the
+    /// caller bounds it otherwise). Totals are never limited: see
+    /// [`Store::usage_totals`](crate::Store::usage_totals).
+    pub max_records: u32,
+}
+
+/// Sums over every usage record a [`UsageQuery`] matches, computed by the database
+/// ([`Store::usage_totals`](crate::Store::usage_totals)). A sum that would exceed
+/// `i64::MAX` is `i64::MAX`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageSums {
+    /// Records matched (hours with a report, per cluster and project).
+    pub records: i64,
+    /// Σ `cpuMillicores` (millicore-hours).
+    pub cpu_millicore_hours: i64,
+    /// Σ `memoryBytes` (byte-hours).
+    pub memory_byte_hours: i64,
+    /// Σ `storageBytes` (byte-hours).
+    pub storage_byte_hours: i64,
+    /// Σ `loadBalancers` (LoadBalancer-hours).
+    pub load_balancer_hours: i64,
+    /// Σ `pods` (pod-hours).
+    pub pod_hours: i64,
 }
 
 /// Filter for [`Store::query_audit`](crate::Store::query_audit).

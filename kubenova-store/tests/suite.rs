@@ -56,6 +56,7 @@ suite!(
     secret_if_absent_keeps_the_first,
     secret_replace_is_conditional_on_the_version,
     active_workflow_runs_and_retention,
+    usage_queries_never_drop_rows_silently,
 );
 
 async fn ping_reports_current_migrations(h: &Harness) {
@@ -675,6 +676,7 @@ async fn usage_upsert_and_query(h: &Harness) {
         all_projects: false,
         from: hour(0),
         to: hour(23),
+        max_records: DEFAULT_USAGE_MAX_RECORDS,
     };
     let got = s.query_usage(&q).await.unwrap();
     assert_eq!(
@@ -1645,4 +1647,85 @@ async fn active_workflow_runs_and_retention(h: &Harness) {
         7
     );
     assert_eq!(s.prune_workflow_runs(other.id, 1).await.unwrap(), 6);
+}
+
+async fn usage_queries_never_drop_rows_silently(h: &Harness) {
+    let s = &h.store;
+    let c = ClusterId::new();
+    let t = TenantId::new();
+    let p = ProjectId::new();
+    let start = time::macros::datetime!(2026-01-01 00:00 UTC);
+    let rec = |project: Option<ProjectId>, n: i64| UsageRecord {
+        cluster_id: c,
+        tenant_id: t,
+        project_id: project,
+        hour: start + time::Duration::hours(n),
+        cpu_millicores: 1000 + n,
+        memory_bytes: (1 << 33) + n,
+        storage_bytes: 7 * n,
+        load_balancers: n % 2,
+        namespaces: 1,
+        pods: n,
+        apps: 0,
+    };
+    const TENANT_LEVEL: i64 = 25;
+    let mut records: Vec<UsageRecord> = (0..TENANT_LEVEL).map(|n| rec(None, n)).collect();
+    records.extend((0..5).map(|n| rec(Some(p), n)));
+    s.upsert_usage(&records).await.unwrap();
+    let q = UsageQuery {
+        tenant: t,
+        cluster: Some(c),
+        project: None,
+        all_projects: false,
+        from: start,
+        to: start + time::Duration::days(2),
+        max_records: 10,
+    };
+    // More matching records than the bound: a clear error, never a truncated list.
+    match s.query_usage(&q).await {
+        Err(StoreError::Validation(v)) => {
+            assert_eq!(v.violations[0].field, "to");
+            assert!(v.violations[0].reason.contains("more than 10"), "{v:?}");
+        }
+        other => panic!("expected a validation error, got {other:?}"),
+    }
+    // The totals cover every record, whatever the bound.
+    let tenant_level = &records[..TENANT_LEVEL as usize];
+    let expected = |rs: &[UsageRecord]| UsageSums {
+        records: rs.len() as i64,
+        cpu_millicore_hours: rs.iter().map(|r| r.cpu_millicores).sum(),
+        memory_byte_hours: rs.iter().map(|r| r.memory_bytes).sum(),
+        storage_byte_hours: rs.iter().map(|r| r.storage_bytes).sum(),
+        load_balancer_hours: rs.iter().map(|r| r.load_balancers).sum(),
+        pod_hours: rs.iter().map(|r| r.pods).sum(),
+    };
+    assert_eq!(s.usage_totals(&q).await.unwrap(), expected(tenant_level));
+    let all = UsageQuery {
+        all_projects: true,
+        ..q.clone()
+    };
+    assert_eq!(s.usage_totals(&all).await.unwrap(), expected(&records));
+    // At the bound, everything is returned.
+    let exact = UsageQuery {
+        max_records: TENANT_LEVEL as u32,
+        ..q.clone()
+    };
+    assert_eq!(s.query_usage(&exact).await.unwrap(), tenant_level);
+    // Nothing matched: zeros.
+    let none = UsageQuery {
+        tenant: TenantId::new(),
+        ..q.clone()
+    };
+    assert_eq!(s.usage_totals(&none).await.unwrap(), UsageSums::default());
+    // Sums past i64::MAX saturate instead of failing or wrapping.
+    let big = |n: i64| UsageRecord {
+        tenant_id: none.tenant,
+        memory_bytes: i64::MAX,
+        ..rec(None, n)
+    };
+    s.upsert_usage(&[big(0), big(1), big(2)]).await.unwrap();
+    let sums = s.usage_totals(&none).await.unwrap();
+    assert_eq!(sums.records, 3);
+    assert_eq!(sums.memory_byte_hours, i64::MAX);
+    assert_eq!(sums.cpu_millicore_hours, 3003);
 }

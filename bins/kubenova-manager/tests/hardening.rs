@@ -266,6 +266,19 @@ impl World {
         w
     }
 
+    /// The same objects served by a manager with another configuration (same store,
+    /// same token secret).
+    fn with_config(&self, cfg: ServerConfig) -> World {
+        let st = kubenova_manager::test_state(self.st.store.clone(), cfg, SECRET);
+        World {
+            router: kubenova_manager::api::router(st.clone()),
+            st,
+            cluster: self.cluster,
+            tenant: self.tenant,
+            project: self.project,
+        }
+    }
+
     fn token(&self, sub: &str, roles: &[Role], t: &[TenantId], p: &[ProjectId]) -> String {
         self.st
             .auth
@@ -369,6 +382,7 @@ on_both_backends!(
     concurrent_signing_key_rotations_lose_no_key,
     deploy_and_rollback_write_the_app_and_its_run_together,
     finished_workflow_runs_are_kept_to_the_retention,
+    usage_reads_sum_in_the_database_and_never_truncate,
 );
 
 // ---------------------------------------------------------------------------------
@@ -706,4 +720,82 @@ async fn finished_workflow_runs_are_kept_to_the_retention(db: &Db) {
         "{runs:?}"
     );
     assert_eq!(runs[0]["status"], "requested");
+}
+
+// ---------------------------------------------------------------------------------
+// Usage reads
+// ---------------------------------------------------------------------------------
+
+/// A range with more records than a usage read answers is a clear KN-422, never a silently
+/// shorter list; the totals are the database's sums over every record of the range.
+async fn usage_reads_sum_in_the_database_and_never_truncate(db: &Db) {
+    let mut cfg = quiet();
+    cfg.usage_max_records = 8;
+    let w = World::new(db, cfg).await;
+    let admin = w.admin();
+    let hour = |n: i64| time::macros::datetime!(2026-02-01 00:00 UTC) + time::Duration::hours(n);
+    let rfc = |t: time::OffsetDateTime| {
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let record = |project: Option<ProjectId>, n: i64| {
+        let mut r = json!({"clusterId": w.cluster, "tenantId": w.tenant, "hour": rfc(hour(n)),
+            "cpuMillicores": 1000 + n, "memoryBytes": (1_i64 << 34) + n, "storageBytes": 3 * n,
+            "loadBalancers": n % 2, "namespaces": 2, "pods": 10 + n, "apps": 1});
+        if let Some(p) = project {
+            r["projectId"] = json!(p);
+        }
+        r
+    };
+    let mut records: Vec<Value> = (0..8).map(|n| record(None, n)).collect();
+    records.extend((0..3).map(|n| record(Some(w.project), n)));
+    w.post("/api/v1/usage", &admin, json!({"records": records}))
+        .await
+        .expect(StatusCode::ACCEPTED);
+    let range = format!("from={}&to={}", rfc(hour(0)), rfc(hour(24)));
+    let usage = format!("/api/v1/tenants/{}/usage?{range}", w.tenant);
+
+    // At the bound: every tenant-level record, and the sums of all of them.
+    let r = w.get(&usage, &admin).await;
+    r.expect(StatusCode::OK);
+    let body = r.json();
+    assert_eq!(body["records"].as_array().unwrap().len(), 8);
+    let sum = |f: fn(i64) -> i64| (0..8).map(f).sum::<i64>();
+    assert_eq!(
+        body["totals"],
+        json!({"hours": 8, "cpuMillicoreHours": sum(|n| 1000 + n),
+            "memoryByteHours": sum(|n| (1 << 34) + n), "storageByteHours": sum(|n| 3 * n),
+            "loadBalancerHours": sum(|n| n % 2), "podHours": sum(|n| 10 + n)}),
+        "{body}"
+    );
+    // With the projects' records the range holds 11: refused, with what to do.
+    let r = w
+        .get(&format!("{usage}&includeProjects=true"), &admin)
+        .await;
+    r.expect_kn(StatusCode::UNPROCESSABLE_ENTITY, "KN-422");
+    assert!(r.text.contains("more than 8"), "{}", r.text);
+    assert!(r.text.contains("shorter range"), "{}", r.text);
+    // A smaller bound: the tenant read is refused too, CSV included.
+    let mut small = quiet();
+    small.usage_max_records = 5;
+    let w5 = w.with_config(small);
+    w5.get(&usage, &admin)
+        .await
+        .expect_kn(StatusCode::UNPROCESSABLE_ENTITY, "KN-422");
+    w5.get(&format!("{usage}&format=csv"), &admin)
+        .await
+        .expect_kn(StatusCode::UNPROCESSABLE_ENTITY, "KN-422");
+    // The project read: its three records and their sums.
+    let r = w5
+        .get(
+            &format!("/api/v1/projects/{}/usage?{range}", w.project),
+            &admin,
+        )
+        .await;
+    r.expect(StatusCode::OK);
+    let body = r.json();
+    assert_eq!(body["records"].as_array().unwrap().len(), 3);
+    assert_eq!(body["totals"]["hours"], 3);
+    assert_eq!(body["totals"]["cpuMillicoreHours"], 3003);
+    assert_eq!(body["totals"]["podHours"], 33);
 }

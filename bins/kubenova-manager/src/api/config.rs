@@ -136,6 +136,10 @@ pub struct ServerConfig {
     /// never deleted.
     #[arg(long, env = "KUBENOVA_WORKFLOW_RUN_RETENTION", default_value_t = DEFAULT_WORKFLOW_RUN_RETENTION)]
     pub workflow_run_retention: u32,
+    /// Most usage records one usage read (`GET …/usage`) answers; a range holding more is
+    /// KN-422 asking for a shorter range (never a truncated answer).
+    #[arg(long, env = "KUBENOVA_USAGE_MAX_RECORDS", default_value_t = kubenova_store::DEFAULT_USAGE_MAX_RECORDS)]
+    pub usage_max_records: u32,
     /// Sustained requests per second per authenticated subject (0 disables).
     #[arg(long, env = "KUBENOVA_RATE_LIMIT_SUBJECT_RPS", default_value_t = 50)]
     pub rate_limit_subject_rps: u32,
@@ -202,6 +206,7 @@ impl Default for ServerConfig {
             exec_token_ttl: Duration::from_secs(15 * 60),
             idempotency_ttl: Duration::from_secs(24 * 3600),
             workflow_run_retention: DEFAULT_WORKFLOW_RUN_RETENTION,
+            usage_max_records: kubenova_store::DEFAULT_USAGE_MAX_RECORDS,
             rate_limit_subject_rps: 50,
             rate_limit_subject_burst: 100,
             rate_limit_ip_rps: 100,
@@ -262,6 +267,9 @@ impl ServerConfig {
             return Err(format!(
                 "--agent-manager-url {u:?} must start with http:// or https://"
             ));
+        }
+        if self.usage_max_records == 0 {
+            return Err("--usage-max-records must be at least 1".into());
         }
         if self.workflow_run_retention == 0 {
             return Err("--workflow-run-retention must be at least 1".into());

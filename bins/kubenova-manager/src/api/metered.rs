@@ -10,7 +10,7 @@ use kubenova_api::model::{
 use kubenova_store::{
     AuditQuery, Change, CredentialOutcome, CredentialQuery, Health, IdempotencyRecord,
     IssuedCredential, LiftOutcome, ListParams, Page, Result, Store, SubjectRevocation, UsageQuery,
-    WriteOptions,
+    UsageSums, WriteOptions,
 };
 use std::sync::Arc;
 use std::time::Instant;
@@ -103,6 +103,7 @@ metered! {
     fn compact_changes(&self, id: ClusterId, up_to: i64) -> Result<u64>;
     fn upsert_usage(&self, records: &[UsageRecord]) -> Result<()>;
     fn query_usage(&self, query: &UsageQuery) -> Result<Vec<UsageRecord>>;
+    fn usage_totals(&self, query: &UsageQuery) -> Result<UsageSums>;
     fn append_audit(&self, event: &AuditEvent) -> Result<()>;
     fn query_audit(&self, query: &AuditQuery) -> Result<Page<AuditEvent>>;
     fn get_idempotency(&self, subject: &str, key: &str, now: OffsetDateTime) -> Result<Option<IdempotencyRecord>>;
