@@ -325,10 +325,12 @@ pub trait Store: Send + Sync + 'static {
     async fn append_audit(&self, event: &AuditEvent) -> Result<()>;
     /// Audit events matching the query, oldest first.
     async fn query_audit(&self, query: &AuditQuery) -> Result<Page<AuditEvent>>;
-    /// The stored response of an idempotency key, if any and not expired.
+    /// The stored response of an idempotency key of a caller (subject and scope, see
+    /// [`IdempotencyRecord`]), if any and not expired.
     async fn get_idempotency(
         &self,
         subject: &str,
+        scope: &str,
         key: &str,
         now: time::OffsetDateTime,
     ) -> Result<Option<IdempotencyRecord>>;

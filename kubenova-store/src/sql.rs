@@ -320,15 +320,16 @@ macro_rules! sql_backend {
                 conn: &mut <$Db as sqlx::Database>::Connection,
                 rec: &IdempotencyRecord,
             ) -> Result<()> {
-                sqlx::query("DELETE FROM idempotency_keys WHERE subject = $1 AND key = $2 AND expires_at <= $3")
+                sqlx::query("DELETE FROM idempotency_keys WHERE subject = $1 AND scope = $2 AND key = $3 AND expires_at <= $4")
                     .bind(&rec.subject)
+                    .bind(&rec.scope)
                     .bind(&rec.key)
                     .bind(to_micros(rec.created_at))
                     .execute(&mut *conn)
                     .await?;
                 sqlx::query(
-                    "INSERT INTO idempotency_keys (subject, key, request_hash, status, body, created_at, expires_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    "INSERT INTO idempotency_keys (subject, scope, key, request_hash, status, body, created_at, expires_at) \
+                     VALUES ($1, $8, $2, $3, $4, $5, $6, $7)",
                 )
                 .bind(&rec.subject)
                 .bind(&rec.key)
@@ -337,6 +338,7 @@ macro_rules! sql_backend {
                 .bind(&rec.body)
                 .bind(to_micros(rec.created_at))
                 .bind(to_micros(rec.expires_at))
+                .bind(&rec.scope)
                 .execute(&mut *conn)
                 .await
                 .map_err(|e| unique(e.into(), || format!("idempotency key {:?} is already in use", rec.key)))?;
@@ -1351,20 +1353,22 @@ macro_rules! sql_backend {
                 Ok(Page { items, next_cursor })
             }
 
-            async fn get_idempotency(&self, subject: &str, key: &str, now: OffsetDateTime) -> Result<Option<IdempotencyRecord>> {
+            async fn get_idempotency(&self, subject: &str, scope: &str, key: &str, now: OffsetDateTime) -> Result<Option<IdempotencyRecord>> {
                 let row = sqlx::query(
                     "SELECT request_hash, status, body, created_at, expires_at FROM idempotency_keys \
-                     WHERE subject = $1 AND key = $2 AND expires_at > $3",
+                     WHERE subject = $1 AND scope = $4 AND key = $2 AND expires_at > $3",
                 )
                 .bind(subject)
                 .bind(key)
                 .bind(to_micros(now))
+                .bind(scope)
                 .fetch_optional(&self.pool)
                 .await?;
                 let Some(r) = row else { return Ok(None) };
                 let status: i32 = r.try_get("status")?;
                 Ok(Some(IdempotencyRecord {
                     subject: subject.to_string(),
+                    scope: scope.to_string(),
                     key: key.to_string(),
                     request_hash: r.try_get("request_hash")?,
                     status: u16::try_from(status).map_err(|_| StoreError::Internal(format!("bad stored status {status}")))?,

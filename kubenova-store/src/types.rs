@@ -130,11 +130,14 @@ pub struct WriteOptions<'a> {
     pub idempotency: Option<&'a IdempotencyRecord>,
 }
 
-/// A stored response for an `Idempotency-Key`.
+/// A stored response for an `Idempotency-Key`, keyed by (`subject`, `scope`, `key`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyRecord {
-    /// Authenticated subject that sent the key (keys are per subject).
+    /// Authenticated subject that sent the key.
     pub subject: String,
+    /// The caller's roles and tenant/project scope, as a digest: a caller with the same
+    /// subject but other roles or another scope has other keys.
+    pub scope: String,
     /// The client's key.
     pub key: String,
     /// Hash of method, path and body of the original request.

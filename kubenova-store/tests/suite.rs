@@ -834,6 +834,7 @@ async fn idempotency_records(h: &Harness) {
     let t0 = now();
     let rec = IdempotencyRecord {
         subject: "alice".into(),
+        scope: "owner-of-acme".into(),
         key: "k-1".into(),
         request_hash: "h1".into(),
         status: 201,
@@ -843,21 +844,53 @@ async fn idempotency_records(h: &Harness) {
     };
     s.put_idempotency(&rec).await.unwrap();
     assert_eq!(
-        s.get_idempotency("alice", "k-1", t0).await.unwrap(),
+        s.get_idempotency("alice", "owner-of-acme", "k-1", t0)
+            .await
+            .unwrap(),
         Some(rec.clone())
     );
     assert_eq!(
-        s.get_idempotency("bob", "k-1", t0).await.unwrap(),
+        s.get_idempotency("bob", "owner-of-acme", "k-1", t0)
+            .await
+            .unwrap(),
         None,
         "keys are per subject"
+    );
+    assert_eq!(
+        s.get_idempotency("alice", "reader-of-acme", "k-1", t0)
+            .await
+            .unwrap(),
+        None,
+        "keys are per scope"
     );
     assert!(matches!(
         s.put_idempotency(&rec).await,
         Err(StoreError::Conflict(_))
     ));
+    // The same subject and key under another scope is another record.
+    let other_scope = IdempotencyRecord {
+        scope: "reader-of-acme".into(),
+        request_hash: "h-reader".into(),
+        ..rec.clone()
+    };
+    s.put_idempotency(&other_scope).await.unwrap();
+    assert_eq!(
+        s.get_idempotency("alice", "reader-of-acme", "k-1", t0)
+            .await
+            .unwrap(),
+        Some(other_scope)
+    );
+    assert_eq!(
+        s.get_idempotency("alice", "owner-of-acme", "k-1", t0)
+            .await
+            .unwrap(),
+        Some(rec.clone())
+    );
     let later = t0 + time::Duration::hours(25);
     assert_eq!(
-        s.get_idempotency("alice", "k-1", later).await.unwrap(),
+        s.get_idempotency("alice", "owner-of-acme", "k-1", later)
+            .await
+            .unwrap(),
         None,
         "expired"
     );
@@ -871,7 +904,7 @@ async fn idempotency_records(h: &Harness) {
         s.purge_idempotency(later + time::Duration::hours(48))
             .await
             .unwrap(),
-        1
+        2
     );
 }
 
@@ -886,6 +919,7 @@ async fn write_options_are_atomic(h: &Harness) {
     let t0 = now();
     let idem = IdempotencyRecord {
         subject: "alice".into(),
+        scope: "admin".into(),
         key: "create-acme".into(),
         request_hash: "h".into(),
         status: 201,
@@ -903,7 +937,7 @@ async fn write_options_are_atomic(h: &Harness) {
     .await
     .unwrap();
     assert!(
-        s.get_idempotency("alice", "create-acme", t0)
+        s.get_idempotency("alice", "admin", "create-acme", t0)
             .await
             .unwrap()
             .is_some()
@@ -931,7 +965,7 @@ async fn write_options_are_atomic(h: &Harness) {
         .is_err()
     );
     assert!(
-        s.get_idempotency("alice", "create-acme-2", t0)
+        s.get_idempotency("alice", "admin", "create-acme-2", t0)
             .await
             .unwrap()
             .is_none()

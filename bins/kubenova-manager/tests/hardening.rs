@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use axum::body::Body;
-use axum::http::{Method, Request, StatusCode, header};
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use kubenova_api::ids::{ClusterId, ProjectId, TenantId};
 use kubenova_api::model::AuditOutcome;
@@ -195,6 +195,7 @@ fn quiet() -> ServerConfig {
 
 struct Resp {
     status: StatusCode,
+    headers: HeaderMap,
     text: String,
 }
 
@@ -343,9 +344,11 @@ impl World {
         };
         let resp = self.router.clone().oneshot(req).await.unwrap();
         let status = resp.status();
+        let headers = resp.headers().clone();
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         Resp {
             status,
+            headers,
             text: String::from_utf8_lossy(&bytes).into_owned(),
         }
     }
@@ -383,6 +386,8 @@ on_both_backends!(
     deploy_and_rollback_write_the_app_and_its_run_together,
     finished_workflow_runs_are_kept_to_the_retention,
     usage_reads_sum_in_the_database_and_never_truncate,
+    a_replay_needs_the_same_roles_and_scope,
+    a_replay_needs_authorization_now,
 );
 
 // ---------------------------------------------------------------------------------
@@ -798,4 +803,133 @@ async fn usage_reads_sum_in_the_database_and_never_truncate(db: &Db) {
     assert_eq!(body["totals"]["hours"], 3);
     assert_eq!(body["totals"]["cpuMillicoreHours"], 3003);
     assert_eq!(body["totals"]["podHours"], 33);
+}
+
+// ---------------------------------------------------------------------------------
+// Idempotency-Key replay
+// ---------------------------------------------------------------------------------
+
+impl Resp {
+    fn replayed(&self) -> bool {
+        self.headers.get("idempotent-replayed").is_some()
+    }
+}
+
+async fn post_with_key(w: &World, uri: &str, token: &str, body: Value, key: &str) -> Resp {
+    w.send(
+        Method::POST,
+        uri,
+        Some(token),
+        Some(body),
+        &[("Idempotency-Key", key)],
+    )
+    .await
+}
+
+async fn projects_named(w: &World, name: &str) -> usize {
+    w.get(&w.projects_url(), &w.admin()).await.json()["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == name)
+        .count()
+}
+
+/// The attack: another token of the same subject, with other roles or another scope,
+/// retries a request with the first token's `Idempotency-Key` and gets its stored
+/// response (here: a project of a tenant the second token may not even see).
+async fn a_replay_needs_the_same_roles_and_scope(db: &Db) {
+    let w = World::new(db, quiet()).await;
+    let other = w
+        .post(
+            &format!("/api/v1/clusters/{}/tenants", w.cluster),
+            &w.admin(),
+            json!({"name": "beta"}),
+        )
+        .await;
+    other.expect(StatusCode::CREATED);
+    let beta: TenantId = other.json()["id"].as_str().unwrap().parse().unwrap();
+    let owner = w.owner("alice@example.com");
+    let body = json!({"name": "payments"});
+    let first = post_with_key(&w, &w.projects_url(), &owner, body.clone(), "k-1").await;
+    first.expect(StatusCode::CREATED);
+    // The same subject as owner of another tenant: not its tenant, KN-404 as always.
+    let elsewhere = w.token("alice@example.com", &[Role::TenantOwner], &[beta], &[]);
+    let r = post_with_key(&w, &w.projects_url(), &elsewhere, body.clone(), "k-1").await;
+    assert!(!r.replayed(), "replayed to another scope: {}", r.text);
+    r.expect_kn(StatusCode::NOT_FOUND, "KN-404");
+    // The same subject and tenant, as readOnly: may not create projects, KN-403.
+    let reader = w.token("alice@example.com", &[Role::ReadOnly], &[w.tenant], &[]);
+    let r = post_with_key(&w, &w.projects_url(), &reader, body.clone(), "k-1").await;
+    assert!(!r.replayed(), "replayed to other roles: {}", r.text);
+    r.expect_kn(StatusCode::FORBIDDEN, "KN-403");
+    // The same subject with more roles: its own request, not the other token's
+    // response (the name is taken by then: KN-409).
+    let both = w.token(
+        "alice@example.com",
+        &[Role::TenantOwner, Role::ReadOnly],
+        &[w.tenant],
+        &[],
+    );
+    let r = post_with_key(&w, &w.projects_url(), &both, body.clone(), "k-1").await;
+    assert!(!r.replayed(), "replayed to other roles: {}", r.text);
+    r.expect_kn(StatusCode::CONFLICT, "KN-409");
+    // The very same roles and scope (another token): the stored response, nothing new.
+    let again = w.owner("alice@example.com");
+    let r = post_with_key(&w, &w.projects_url(), &again, body, "k-1").await;
+    r.expect(StatusCode::CREATED);
+    assert!(r.replayed());
+    assert_eq!(r.json(), first.json());
+    assert_eq!(projects_named(&w, "payments").await, 1);
+}
+
+/// A stored response is served only to a request that is authorized now: after the
+/// tenant is gone (the caller may no longer create projects there), a retry is KN-404,
+/// not the stored 201; an app action is replayed before its `If-Match` check.
+async fn a_replay_needs_authorization_now(db: &Db) {
+    let w = World::new(db, quiet()).await;
+    let admin = w.admin();
+    let app = w.app("shop").await;
+    let version = w.get(&app, &admin).await.json()["version"].to_string();
+    let deploy = |key: &'static str| {
+        let (w, app, admin, version) = (&w, app.clone(), admin.clone(), version.clone());
+        async move {
+            w.send(
+                Method::POST,
+                &format!("{app}:deploy"),
+                Some(&admin),
+                Some(json!({})),
+                &[("Idempotency-Key", key), ("If-Match", &version)],
+            )
+            .await
+        }
+    };
+    let first = deploy("d-1").await;
+    first.expect(StatusCode::ACCEPTED);
+    let retry = deploy("d-1").await;
+    retry.expect(StatusCode::ACCEPTED);
+    assert!(retry.replayed(), "{}", retry.text);
+    assert_eq!(retry.json(), first.json());
+    assert_eq!(runs_of(&w, &app).await.len(), 1);
+
+    let owner = w.owner("alice@example.com");
+    let body = json!({"name": "ledger"});
+    post_with_key(&w, &w.projects_url(), &owner, body.clone(), "p-1")
+        .await
+        .expect(StatusCode::CREATED);
+    w.send(
+        Method::DELETE,
+        &format!(
+            "/api/v1/clusters/{}/tenants/{}?cascade=true",
+            w.cluster, w.tenant
+        ),
+        Some(&admin),
+        None,
+        &[],
+    )
+    .await
+    .expect(StatusCode::NO_CONTENT);
+    let r = post_with_key(&w, &w.projects_url(), &owner, body, "p-1").await;
+    assert!(!r.replayed(), "replayed without authorization: {}", r.text);
+    r.expect_kn(StatusCode::NOT_FOUND, "KN-404");
 }

@@ -36,6 +36,7 @@ use kubenova_api::validate::Validate;
 use kubenova_store::{ListParams, StoreError, WriteOptions};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use std::ops::ControlFlow;
 use time::OffsetDateTime;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 use utoipa_axum::routes;
@@ -173,6 +174,29 @@ async fn authorize(st: &AppState, ctx: &Ctx, p: &AppPath, access: Access) -> Api
     let (project, app) = resolve_app(st, &ctx.principal, p).await?;
     ctx.principal.check_apps(&project, access)?;
     Ok(app)
+}
+
+/// The authorization of a POST on an app (an action, a workflow run): the caller must be
+/// allowed to change the apps of the path's project. Then a stored response of the
+/// request's `Idempotency-Key` is answered (`Break`) before the app is looked up, so a
+/// retried action, even a delete, gets its stored response; otherwise the app
+/// (`Continue`).
+async fn authorize_post(
+    st: &AppState,
+    ctx: &Ctx,
+    p: &AppPath,
+) -> ApiResult<ControlFlow<Response, App>> {
+    let (ids, app_id) = p.ids()?;
+    let (_, project) = resolve_project(st, &ctx.principal, ids).await?;
+    ctx.principal.check_apps(&project, Access::Write)?;
+    if let Some(replay) = ctx.replay() {
+        return Ok(ControlFlow::Break(replay));
+    }
+    match st.store.get_app(app_id).await {
+        Ok(a) if a.project_id == project.id => Ok(ControlFlow::Continue(a)),
+        Ok(_) | Err(StoreError::NotFound { .. }) => Err(ApiError::not_found("app", app_id)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn app_location(a: &App) -> String {
@@ -641,6 +665,9 @@ pub async fn create_app(
     let ids = path(p)?.ids()?;
     let (_, project) = resolve_project(&st, &ctx.principal, ids).await?;
     ctx.principal.check_apps(&project, Access::Write)?;
+    if let Some(replay) = ctx.replay() {
+        return Ok(replay);
+    }
     let KnJson(spec) = body?;
     spec.validate()?;
     let now = OffsetDateTime::now_utc();
@@ -775,8 +802,11 @@ async fn delete_common(
     headers: &HeaderMap,
     action: &str,
     status: StatusCode,
-) -> ApiResult<App> {
-    let app = authorize(st, ctx, p, Access::Write).await?;
+) -> ApiResult<ControlFlow<Response, App>> {
+    let app = match authorize_post(st, ctx, p).await? {
+        ControlFlow::Continue(app) => app,
+        replay @ ControlFlow::Break(_) => return Ok(replay),
+    };
     check_if_match(headers, "app", app.id, app.version)?;
     let audit = ctx.audit(action, "app", app.id, status.as_u16());
     let body = if status == StatusCode::NO_CONTENT {
@@ -799,7 +829,7 @@ async fn delete_common(
             },
         )
         .await?;
-    Ok(app)
+    Ok(ControlFlow::Continue(app))
 }
 
 /// Delete an app with its revisions and runs; the operator removes it from the cluster.
@@ -825,7 +855,7 @@ pub async fn delete_app(
     p: Result<Path<AppPath>, PathRejection>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    delete_common(
+    if let ControlFlow::Break(replay) = delete_common(
         &st,
         &ctx,
         &path(p)?,
@@ -833,7 +863,10 @@ pub async fn delete_app(
         "app.delete",
         StatusCode::NO_CONTENT,
     )
-    .await?;
+    .await?
+    {
+        return Ok(replay);
+    }
     let mut resp = StatusCode::NO_CONTENT.into_response();
     resp.extensions_mut().insert(Audited);
     Ok(resp)
@@ -844,7 +877,10 @@ pub async fn delete_app(
 // ---------------------------------------------------------------------------------
 
 async fn deploy(st: &AppState, ctx: &Ctx, p: &AppPath, headers: &HeaderMap) -> ApiResult<Response> {
-    let mut app = authorize(st, ctx, p, Access::Write).await?;
+    let mut app = match authorize_post(st, ctx, p).await? {
+        ControlFlow::Continue(app) => app,
+        ControlFlow::Break(replay) => return Ok(replay),
+    };
     check_if_match(headers, "app", app.id, app.version)?;
     app.deployed_revision = Some(app.revision);
     let run = RunRequest {
@@ -871,7 +907,10 @@ async fn set_suspended(
     headers: &HeaderMap,
     suspended: bool,
 ) -> ApiResult<Response> {
-    let mut app = authorize(st, ctx, p, Access::Write).await?;
+    let mut app = match authorize_post(st, ctx, p).await? {
+        ControlFlow::Continue(app) => app,
+        ControlFlow::Break(replay) => return Ok(replay),
+    };
     check_if_match(headers, "app", app.id, app.version)?;
     app.suspended = suspended;
     let action = if suspended {
@@ -956,7 +995,10 @@ async fn rollback(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let mut app = authorize(st, ctx, p, Access::Write).await?;
+    let mut app = match authorize_post(st, ctx, p).await? {
+        ControlFlow::Continue(app) => app,
+        ControlFlow::Break(replay) => return Ok(replay),
+    };
     let req: RollbackRequest =
         optional_body::<Option<RollbackRequest>>(headers, body)?.unwrap_or_default();
     check_if_match(headers, "app", app.id, app.version)?;
@@ -1128,7 +1170,7 @@ pub async fn delete_app_action(
     p: Result<Path<AppPath>, PathRejection>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let app = delete_common(
+    let app = match delete_common(
         &st,
         &ctx,
         &path(p)?,
@@ -1136,7 +1178,11 @@ pub async fn delete_app_action(
         "app.delete",
         StatusCode::ACCEPTED,
     )
-    .await?;
+    .await?
+    {
+        ControlFlow::Continue(app) => app,
+        ControlFlow::Break(replay) => return Ok(replay),
+    };
     Ok(json_response(
         StatusCode::ACCEPTED,
         &DeleteAccepted {
@@ -1457,7 +1503,10 @@ pub async fn run_app_workflow(
     p: Result<Path<AppPath>, PathRejection>,
     body: Result<KnJson<WorkflowRequest>, ApiError>,
 ) -> ApiResult<Response> {
-    let app = authorize(&st, &ctx, &path(p)?, Access::Write).await?;
+    let app = match authorize_post(&st, &ctx, &path(p)?).await? {
+        ControlFlow::Continue(app) => app,
+        ControlFlow::Break(replay) => return Ok(replay),
+    };
     let KnJson(req) = body?;
     let inputs = req.inputs.unwrap_or_else(|| json!({}));
     if !inputs.is_object() {

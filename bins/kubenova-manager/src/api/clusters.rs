@@ -267,6 +267,9 @@ async fn create_cluster(
     KnJson(spec): KnJson<ClusterSpec>,
 ) -> ApiResult<Response> {
     ctx.principal.check_clusters(Access::Write)?;
+    if let Some(replay) = ctx.replay() {
+        return Ok(replay);
+    }
     spec.validate()?;
     let kubeconfig = check_kubeconfig(&spec.kubeconfig)?;
     let now = OffsetDateTime::now_utc();
@@ -497,6 +500,9 @@ async fn record_request(
     component: Option<String>,
 ) -> ApiResult<Response> {
     ctx.principal.check_clusters(Access::Write)?;
+    if let Some(replay) = ctx.replay() {
+        return Ok(replay);
+    }
     let id: ClusterId = parse_id("cluster", raw_id)?;
     if let Some(comp) = &component
         && !COMPONENTS.contains(&comp.as_str())
@@ -658,6 +664,11 @@ async fn bootstrap_operator(
 ) -> ApiResult<Response> {
     use kubenova_reconcile::bootstrap::{BootstrapParams, bootstrap, client_from_kubeconfig};
     ctx.principal.check_clusters(Access::Write)?;
+    // A retried bootstrap answers the stored outcome: it neither applies again nor mints
+    // another credential.
+    if let Some(replay) = ctx.replay() {
+        return Ok(replay);
+    }
     let id: ClusterId = parse_id("cluster", raw_id)?;
     let c = st.store.get_cluster(id).await?;
     check_if_match(headers, "cluster", id, c.version)?;

@@ -106,7 +106,7 @@ metered! {
     fn usage_totals(&self, query: &UsageQuery) -> Result<UsageSums>;
     fn append_audit(&self, event: &AuditEvent) -> Result<()>;
     fn query_audit(&self, query: &AuditQuery) -> Result<Page<AuditEvent>>;
-    fn get_idempotency(&self, subject: &str, key: &str, now: OffsetDateTime) -> Result<Option<IdempotencyRecord>>;
+    fn get_idempotency(&self, subject: &str, scope: &str, key: &str, now: OffsetDateTime) -> Result<Option<IdempotencyRecord>>;
     fn put_idempotency(&self, record: &IdempotencyRecord) -> Result<()>;
     fn purge_idempotency(&self, now: OffsetDateTime) -> Result<u64>;
     fn record_credential(&self, credential: &IssuedCredential, opts: &WriteOptions<'_>) -> Result<()>;

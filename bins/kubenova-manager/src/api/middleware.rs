@@ -10,8 +10,10 @@
 //! 2. **URI rewrite** ([`rewrite_action_uri`]): `…/apps/{id}:deploy` → `…/apps/{id}/actions/deploy`.
 //! 3. the router, with per route ([`call_layer`]): source IP, per-IP rate limit,
 //!    authentication ([`Principal`] in the request extensions), per-subject rate limit,
-//!    `Idempotency-Key` replay/mismatch, body limit, and the audit of mutating calls that
-//!    the handler did not audit itself (failures, denials).
+//!    the `Idempotency-Key` lookup (a mismatch is KN-422 here; a stored response goes to
+//!    the handler, which replays it only after its own authorization checks), body limit,
+//!    and the audit of mutating calls that the handler did not audit itself (failures,
+//!    denials).
 //!
 //! Public (no token, no rate limit): `/api/v1/healthz`, `/api/v1/readyz`,
 //! `/api/v1/version`, `/api/v1/openapi.json`, `/api/v1/docs`, `/metrics`,
@@ -21,7 +23,7 @@ use super::AppState;
 use super::authz::Principal;
 use super::config::ServerConfig;
 use super::error::{ApiError, REQUEST_ID};
-use super::extract::{Audited, IdempotencyKey, IdempotencyTtl, SourceIp};
+use super::extract::{Audited, IdempotencyKey, IdempotencyTtl, Replayed, SourceIp, StoredResponse};
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
@@ -853,17 +855,12 @@ async fn guarded(
         tracing::warn!(subject = %principal.subject, "per-subject rate limit exceeded");
         return too_many("subject", secs);
     }
-    let mut replayed = false;
     let resp = match idempotency(state, &principal, req).await {
-        Ok(Idem::Proceed(req)) => next.run(req).await,
-        Ok(Idem::Replay(resp)) => {
-            replayed = true;
-            resp
-        }
+        Ok(req) => next.run(req).await,
         Err(e) => e.into_response(),
     };
     if is_mutating(&info.method) {
-        if replayed {
+        if resp.extensions().get::<Replayed>().is_some() {
             log_audit(&principal, &info, "replayed", resp.status().as_u16());
         } else if resp.extensions().get::<Audited>().is_none() {
             audit_call(state, &principal, &info, route, resp.status()).await;
@@ -879,11 +876,6 @@ async fn guarded(
     resp
 }
 
-enum Idem {
-    Proceed(Request),
-    Replay(Response),
-}
-
 fn request_hash(method: &Method, path_and_query: &str, body: &[u8]) -> String {
     let mut h = Sha256::new();
     h.update(method.as_str().as_bytes());
@@ -894,16 +886,23 @@ fn request_hash(method: &Method, path_and_query: &str, body: &[u8]) -> String {
     hex::encode(h.finalize())
 }
 
+/// Reads the `Idempotency-Key` of a POST and looks up the caller's stored response for it
+/// (keyed by subject, roles and scope, see [`Principal::scope_digest`]). A stored response
+/// of another request under the key is KN-422 here; a stored response of the same request
+/// is **not** answered here but handed to the handler ([`IdempotencyKey::stored`]), which
+/// answers it with [`super::extract::Ctx::replay`] only after its authorization checks
+/// passed: a caller that may no longer make the request gets the refusal, not the stored
+/// response.
 async fn idempotency(
     state: &AppState,
     principal: &Principal,
     req: Request,
-) -> Result<Idem, ApiError> {
+) -> Result<Request, ApiError> {
     if req.method() != Method::POST {
-        return Ok(Idem::Proceed(req));
+        return Ok(req);
     }
     let Some(raw) = req.headers().get(&IDEMPOTENCY_KEY) else {
-        return Ok(Idem::Proceed(req));
+        return Ok(req);
     };
     let key = raw
         .to_str()
@@ -948,39 +947,38 @@ async fn idempotency(
     let hash = request_hash(&parts.method, pq, &bytes);
     let found = state
         .store
-        .get_idempotency(&principal.subject, &key, OffsetDateTime::now_utc())
-        .await;
-    match found? {
-        Some(rec) if rec.request_hash == hash => {
-            let status = StatusCode::from_u16(rec.status).unwrap_or(StatusCode::OK);
-            let mut resp = (
-                status,
-                [(header::CONTENT_TYPE, "application/json")],
-                rec.body,
-            )
-                .into_response();
-            resp.headers_mut()
-                .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
-            Ok(Idem::Replay(resp))
-        }
-        Some(_) => Err(KnError::new(
-            ErrorCode::Validation,
-            "Idempotency-Key reused with a different request",
+        .get_idempotency(
+            &principal.subject,
+            &principal.scope_digest(),
+            &key,
+            OffsetDateTime::now_utc(),
         )
-        .with_details(serde_json::json!({"violations": [{
-            "field": "Idempotency-Key",
-            "reason": "this key was used with a different method, path or body; use a new key"
-        }]}))
-        .into()),
-        None => {
-            let mut req = Request::from_parts(parts, Body::from(bytes));
-            req.extensions_mut().insert(IdempotencyKey {
-                key,
-                request_hash: hash,
-            });
-            Ok(Idem::Proceed(req))
+        .await;
+    let stored = match found? {
+        Some(rec) if rec.request_hash == hash => Some(StoredResponse {
+            status: rec.status,
+            body: rec.body,
+        }),
+        Some(_) => {
+            return Err(KnError::new(
+                ErrorCode::Validation,
+                "Idempotency-Key reused with a different request",
+            )
+            .with_details(serde_json::json!({"violations": [{
+                "field": "Idempotency-Key",
+                "reason": "this key was used with a different method, path or body; use a new key"
+            }]}))
+            .into());
         }
-    }
+        None => None,
+    };
+    let mut req = Request::from_parts(parts, Body::from(bytes));
+    req.extensions_mut().insert(IdempotencyKey {
+        key,
+        request_hash: hash,
+        stored,
+    });
+    Ok(req)
 }
 
 fn outcome_of(status: StatusCode) -> (&'static str, AuditOutcome) {

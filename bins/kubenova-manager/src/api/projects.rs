@@ -555,6 +555,9 @@ pub async fn create_project(
     let tenant = load_tenant(&st, cluster, tenant_id).await?;
     ctx.principal
         .check_tenant_projects(&tenant, Access::Write)?;
+    if let Some(replay) = ctx.replay() {
+        return Ok(replay);
+    }
     let KnJson(spec) = body?;
     spec.validate()?;
     let now = OffsetDateTime::now_utc();

@@ -487,6 +487,9 @@ async fn update_tenant_with(
     change: impl FnOnce(&mut Tenant) -> Result<(), ValidationError>,
 ) -> ApiResult<Response> {
     let mut t = load_tenant(st, ctx, cluster_raw, tenant_raw, Access::Write).await?;
+    if let Some(replay) = ctx.replay() {
+        return Ok(replay);
+    }
     check_if_match(headers, "tenant", t.id, t.version)?;
     let expected = t.version;
     change(&mut t)?;
@@ -635,6 +638,9 @@ async fn create_tenant(
     KnJson(spec): KnJson<TenantSpec>,
 ) -> ApiResult<Response> {
     ctx.principal.require_any(&[Role::Admin, Role::Ops])?;
+    if let Some(replay) = ctx.replay() {
+        return Ok(replay);
+    }
     let cid: ClusterId = parse_id("cluster", &cluster)?;
     st.store.get_cluster(cid).await?;
     spec.validate()?;
