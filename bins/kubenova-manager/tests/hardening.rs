@@ -388,6 +388,7 @@ on_both_backends!(
     usage_reads_sum_in_the_database_and_never_truncate,
     a_replay_needs_the_same_roles_and_scope,
     a_replay_needs_authorization_now,
+    unauthenticated_floods_are_counted_and_sampled,
 );
 
 // ---------------------------------------------------------------------------------
@@ -932,4 +933,135 @@ async fn a_replay_needs_authorization_now(db: &Db) {
     let r = post_with_key(&w, &w.projects_url(), &owner, body, "p-1").await;
     assert!(!r.replayed(), "replayed without authorization: {}", r.text);
     r.expect_kn(StatusCode::NOT_FOUND, "KN-404");
+}
+
+// ---------------------------------------------------------------------------------
+// Unauthenticated calls: counted, audit sampled
+// ---------------------------------------------------------------------------------
+
+impl World {
+    /// A request from `source` (the connection's address, as the server sees it).
+    async fn send_from(
+        &self,
+        source: [u8; 4],
+        method: Method,
+        uri: &str,
+        authorization: Option<&str>,
+    ) -> StatusCode {
+        let mut b = Request::builder().method(method).uri(uri);
+        if let Some(a) = authorization {
+            b = b.header(header::AUTHORIZATION, a);
+        }
+        let mut req = b
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from("{}"))
+            .unwrap();
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+                source, 40000,
+            ))));
+        self.router.clone().oneshot(req).await.unwrap().status()
+    }
+
+    async fn metric(&self, line_start: &str) -> f64 {
+        let m = self
+            .send(Method::GET, "/metrics", None, None, &[])
+            .await
+            .text;
+        m.lines()
+            .find_map(|l| l.strip_prefix(line_start))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0.0)
+    }
+}
+
+/// The attack: a flood of calls with bad or missing tokens, each of which wrote an audit
+/// row, grows the audit table without bound. Every 401 is counted in a metric by reason;
+/// audit rows are written for at most N per source and minute, the rest counted.
+async fn unauthenticated_floods_are_counted_and_sampled(db: &Db) {
+    let mut cfg = quiet();
+    cfg.audit_unauthenticated_per_source = 3;
+    cfg.audit_unauthenticated_total = 100;
+    let w = World::new(db, cfg).await;
+    let tenants = format!("/api/v1/clusters/{}/tenants", w.cluster);
+    let (a, b) = ([10, 0, 0, 1], [10, 0, 0, 2]);
+    for _ in 0..10 {
+        let s = w
+            .send_from(a, Method::POST, &tenants, Some("Bearer not-a-jwt"))
+            .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+    for _ in 0..2 {
+        let s = w
+            .send_from(b, Method::POST, &tenants, Some("Bearer not-a-jwt"))
+            .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+    for _ in 0..4 {
+        let s = w.send_from(a, Method::GET, &tenants, None).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+    for _ in 0..5 {
+        let s = w
+            .send_from(a, Method::POST, &tenants, Some("Basic YWxpY2U6eA=="))
+            .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+    // Agent routes: a bad agent credential is a 401 too.
+    for _ in 0..4 {
+        let s = w
+            .send_from(
+                b,
+                Method::POST,
+                "/api/v1/agent/heartbeat",
+                Some("Bearer kna_nope"),
+            )
+            .await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+    let rows = |actor: &'static str| {
+        let w = &w;
+        async move {
+            w.audit_of(actor)
+                .await
+                .into_iter()
+                .filter(|e| e.http_status == Some(401))
+                .map(|e| e.source_ip)
+                .collect::<Vec<_>>()
+        }
+    };
+    let anonymous = rows("anonymous").await;
+    let from = |ip: &str| anonymous.iter().filter(|s| *s == ip).count();
+    // At most 3 per source: A sent 15 audited calls, B 2.
+    assert_eq!(from("10.0.0.1"), 3, "{anonymous:?}");
+    assert_eq!(from("10.0.0.2"), 2, "{anonymous:?}");
+    let agent = rows("agent").await;
+    assert_eq!(agent.len(), 1, "B's third audited call only: {agent:?}");
+    // Every 401 is counted by reason, and what was not audited is counted too.
+    assert_eq!(
+        w.metric("kubenova_http_unauthenticated_total{reason=\"invalid_token\"} ")
+            .await,
+        12.0
+    );
+    assert_eq!(
+        w.metric("kubenova_http_unauthenticated_total{reason=\"missing_token\"} ")
+            .await,
+        4.0
+    );
+    assert_eq!(
+        w.metric("kubenova_http_unauthenticated_total{reason=\"not_bearer\"} ")
+            .await,
+        5.0
+    );
+    assert_eq!(
+        w.metric("kubenova_http_unauthenticated_total{reason=\"agent_credential\"} ")
+            .await,
+        4.0
+    );
+    assert_eq!(
+        w.metric("kubenova_audit_unauthenticated_suppressed_total ")
+            .await,
+        // A: 15 audited calls, 3 written; B: 2 + 4, 3 written.
+        (15.0 - 3.0) + (6.0 - 3.0)
+    );
 }

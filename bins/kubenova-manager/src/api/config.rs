@@ -152,6 +152,24 @@ pub struct ServerConfig {
     /// Burst per source IP.
     #[arg(long, env = "KUBENOVA_RATE_LIMIT_IP_BURST", default_value_t = 200)]
     pub rate_limit_ip_burst: u32,
+    /// Audit events of unauthenticated (401) calls written per source IP and minute; the
+    /// others are only counted (`kubenova_audit_unauthenticated_suppressed_total`). 0
+    /// writes none.
+    #[arg(
+        long,
+        env = "KUBENOVA_AUDIT_UNAUTHENTICATED_PER_SOURCE",
+        default_value_t = 10
+    )]
+    pub audit_unauthenticated_per_source: u32,
+    /// Audit events of unauthenticated (401) calls written per minute from all sources
+    /// together (bounds the audit table's growth under a flood from many addresses). 0
+    /// writes none.
+    #[arg(
+        long,
+        env = "KUBENOVA_AUDIT_UNAUTHENTICATED_TOTAL",
+        default_value_t = 300
+    )]
+    pub audit_unauthenticated_total: u32,
     /// DANGEROUS, local development only: no authentication, every caller is admin `dev`.
     #[arg(long, env = "KUBENOVA_INSECURE_DEV_NO_AUTH", default_value_t = false)]
     pub insecure_dev_no_auth: bool,
@@ -211,6 +229,8 @@ impl Default for ServerConfig {
             rate_limit_subject_burst: 100,
             rate_limit_ip_rps: 100,
             rate_limit_ip_burst: 200,
+            audit_unauthenticated_per_source: 10,
+            audit_unauthenticated_total: 300,
             insecure_dev_no_auth: false,
             operator_image: DEFAULT_OPERATOR_IMAGE.into(),
             operator_helm_installer: false,

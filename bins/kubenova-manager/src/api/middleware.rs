@@ -168,6 +168,14 @@ pub struct LimitLabels {
     pub scope: String,
 }
 
+/// Labels of the unauthenticated-call counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UnauthenticatedLabels {
+    /// Why the call was not authenticated: `missing_token`, `not_bearer`,
+    /// `invalid_token` (user routes) or `agent_credential` (agent routes).
+    pub reason: Cow<'static, str>,
+}
+
 /// Labels of store metrics.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StoreLabels {
@@ -199,6 +207,15 @@ pub struct Runtime {
     pub store_errors: Family<StoreLabels, Counter>,
     /// `kubenova_audit_write_failures_total`.
     pub audit_failures: Counter,
+    /// `kubenova_http_unauthenticated_total{reason}`: every 401.
+    pub unauthenticated: Family<UnauthenticatedLabels, Counter>,
+    /// `kubenova_audit_unauthenticated_suppressed_total`: audit events of 401s not written
+    /// ([`Runtime::sample_unauthenticated_audit`]).
+    pub unauthenticated_audit_suppressed: Counter,
+    /// Audit rows of 401s per source IP and minute.
+    unauthenticated_audit_per_source: Option<DefaultKeyedRateLimiter<String>>,
+    /// Audit rows of 401s per minute, all sources.
+    unauthenticated_audit_total: Option<governor::DefaultDirectRateLimiter>,
     /// The store's record cache, read at each scrape ([`Runtime::observe_cache`]).
     cache: CacheMetrics,
     /// Per-route handles of `http_requests` and `http_latency` (see [`Runtime::observe_http`]).
@@ -253,6 +270,18 @@ impl Runtime {
             Family::new_with_constructor(latency_histogram);
         let store_errors = Family::<StoreLabels, Counter>::default();
         let audit_failures = Counter::default();
+        let unauthenticated = Family::<UnauthenticatedLabels, Counter>::default();
+        let unauthenticated_audit_suppressed = Counter::default();
+        registry.register(
+            "http_unauthenticated",
+            "Calls answered 401, by reason (missing_token, not_bearer, invalid_token, agent_credential)",
+            unauthenticated.clone(),
+        );
+        registry.register(
+            "audit_unauthenticated_suppressed",
+            "Audit events of unauthenticated (401) calls not written, over the per-source or total budget per minute",
+            unauthenticated_audit_suppressed.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests by route template, method and status",
@@ -323,6 +352,12 @@ impl Runtime {
             store_latency,
             store_errors,
             audit_failures,
+            unauthenticated,
+            unauthenticated_audit_suppressed,
+            unauthenticated_audit_per_source: NonZeroU32::new(cfg.audit_unauthenticated_per_source)
+                .map(|n| governor::RateLimiter::keyed(Quota::per_minute(n))),
+            unauthenticated_audit_total: NonZeroU32::new(cfg.audit_unauthenticated_total)
+                .map(|n| governor::RateLimiter::direct(Quota::per_minute(n))),
             cache,
             route_metrics: Default::default(),
             credential_writer: Default::default(),
@@ -434,6 +469,42 @@ impl Runtime {
         if !ok {
             self.store_errors.get_or_create(&labels).inc();
         }
+    }
+
+    /// Counts an unauthenticated (401) call in `kubenova_http_unauthenticated_total`.
+    pub fn count_unauthenticated(&self, reason: &'static str) {
+        self.unauthenticated
+            .get_or_create(&UnauthenticatedLabels {
+                reason: Cow::Borrowed(reason),
+            })
+            .inc();
+    }
+
+    /// Whether the audit event of an unauthenticated (401) call from `source_ip` may be
+    /// written: at most `--audit-unauthenticated-per-source` per source and minute and
+    /// `--audit-unauthenticated-total` per minute overall, so a flood of bad tokens cannot
+    /// grow the audit table without bound. `false` counts it in
+    /// `kubenova_audit_unauthenticated_suppressed_total` instead.
+    pub fn sample_unauthenticated_audit(&self, source_ip: &str) -> bool {
+        let per_source = match &self.unauthenticated_audit_per_source {
+            Some(l) => {
+                // Forget idle sources now and then so the map stays small.
+                if self.checks.fetch_add(1, Ordering::Relaxed) % 8192 == 8191 {
+                    l.retain_recent();
+                }
+                l.check_key(&source_ip.to_string()).is_ok()
+            }
+            None => false,
+        };
+        let write = per_source
+            && self
+                .unauthenticated_audit_total
+                .as_ref()
+                .is_some_and(|l| l.check().is_ok());
+        if !write {
+            self.unauthenticated_audit_suppressed.inc();
+        }
+        write
     }
 
     /// Checks a rate limit; `Err(seconds to wait)` when exceeded.
@@ -748,6 +819,22 @@ fn is_mutating(m: &Method) -> bool {
     )
 }
 
+/// The `reason` label of a refused `Authorization` header (a fixed set: labels never
+/// carry what the client sent).
+fn unauthenticated_reason(authorization: Option<&str>) -> &'static str {
+    match authorization.map(str::trim) {
+        None | Some("") => "missing_token",
+        Some(h) => match h.split_once(' ') {
+            Some((scheme, rest))
+                if scheme.eq_ignore_ascii_case("bearer") && !rest.trim().is_empty() =>
+            {
+                "invalid_token"
+            }
+            _ => "not_bearer",
+        },
+    }
+}
+
 fn too_many(scope: &str, secs: u64) -> Response {
     ApiError {
         error: KnError::new(
@@ -815,7 +902,13 @@ async fn guarded(
     if is_agent(&info.path) {
         // The handler authenticates the agent credential; user tokens are refused there.
         let resp = next.run(req).await;
-        if matches!(resp.status().as_u16(), 401 | 403) {
+        let status = resp.status().as_u16();
+        if status == 401 {
+            state.runtime.count_unauthenticated("agent_credential");
+        }
+        if matches!(status, 401 | 403)
+            && (status == 403 || state.runtime.sample_unauthenticated_audit(&info.source_ip))
+        {
             let agent = Principal {
                 subject: "agent".into(),
                 roles: vec![],
@@ -833,12 +926,17 @@ async fn guarded(
     let principal = match state.auth.authenticate(authz) {
         Ok(p) => p,
         Err(e) => {
+            state
+                .runtime
+                .count_unauthenticated(unauthenticated_reason(authz));
             let mut resp = e.into_response();
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"kubenova\", error=\"invalid_token\""),
             );
-            if is_mutating(&info.method) {
+            if is_mutating(&info.method)
+                && state.runtime.sample_unauthenticated_audit(&info.source_ip)
+            {
                 let anon = Principal {
                     subject: "anonymous".into(),
                     roles: vec![],
