@@ -107,6 +107,40 @@ pub trait Store: Send + Sync + 'static {
         purpose: &str,
         plaintext: &[u8],
     ) -> Result<bool>;
+    /// Reads and decrypts a named secret with its version, for a conditional
+    /// [`Store::replace_secret`] (read-modify-write without losing a concurrent write).
+    async fn get_secret_versioned(
+        &self,
+        owner: uuid::Uuid,
+        purpose: &str,
+    ) -> Result<(zeroize::Zeroizing<Vec<u8>>, i64)>;
+    /// Replaces (re-encrypts) a named secret only if it is still at `expected_version`, the
+    /// version [`Store::get_secret_versioned`] read; returns the new version.
+    /// [`StoreError::PreconditionFailed`] when it changed since (re-read, re-apply the
+    /// change and retry), [`StoreError::NotFound`] when it does not exist.
+    ///
+    /// ```no_run
+    /// # async fn demo(store: &dyn kubenova_store::Store) -> Result<(), kubenova_store::StoreError> {
+    /// use kubenova_store::StoreError;
+    /// let owner = uuid::Uuid::nil();
+    /// loop {
+    ///     let (current, version) = store.get_secret_versioned(owner, "counter").await?;
+    ///     let next = [current.first().copied().unwrap_or(0).wrapping_add(1)];
+    ///     match store.replace_secret(owner, "counter", &next, version).await {
+    ///         Ok(_) => break,
+    ///         Err(StoreError::PreconditionFailed { .. }) => continue,
+    ///         Err(e) => return Err(e),
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    async fn replace_secret(
+        &self,
+        owner: uuid::Uuid,
+        purpose: &str,
+        plaintext: &[u8],
+        expected_version: i64,
+    ) -> Result<i64>;
     /// Re-wraps every data key under the keyring's active KEK; returns how many changed.
     async fn rotate_keys(&self) -> Result<usize>;
 
@@ -209,6 +243,18 @@ pub trait Store: Send + Sync + 'static {
         new_revision: Option<&AppRevision>,
         opts: &WriteOptions<'_>,
     ) -> Result<()>;
+    /// Replaces an app at `expected_version` like [`Store::update_app`] and records the
+    /// workflow run the change requests (a deploy, a rollback) **in the same
+    /// transaction**: either both are stored or neither is, so no deployed revision is
+    /// ever without its run, and no run without its revision.
+    async fn update_app_with_run(
+        &self,
+        app: &App,
+        expected_version: i64,
+        new_revision: Option<&AppRevision>,
+        run: &WorkflowRun,
+        opts: &WriteOptions<'_>,
+    ) -> Result<()>;
     /// Records the operator-observed status and KubeVela phase.
     async fn set_app_status(
         &self,
@@ -236,6 +282,19 @@ pub trait Store: Send + Sync + 'static {
         params: &ListParams,
     ) -> Result<Page<WorkflowRun>>;
 
+    /// Lists an app's workflow runs that are still requested or running, oldest first
+    /// (paged like [`Store::list_workflow_runs`]): what an agent's status report may
+    /// advance, read without the app's finished history (a partial index serves it).
+    async fn list_active_workflow_runs(
+        &self,
+        app: AppId,
+        params: &ListParams,
+    ) -> Result<Page<WorkflowRun>>;
+    /// Deletes the app's finished (succeeded or failed) workflow runs except the newest
+    /// `keep`; returns how many were deleted. Runs still requested or running are never
+    /// deleted.
+    async fn prune_workflow_runs(&self, app: AppId, keep: u32) -> Result<u64>;
+
     // ---- desired-state revisions --------------------------------------------------------
     /// The cluster's current desired-state revision (0 before any change).
     async fn cluster_revision(&self, id: ClusterId) -> Result<i64>;
@@ -252,18 +311,26 @@ pub trait Store: Send + Sync + 'static {
     // ---- usage ----------------------------------------------------------------------
     /// Inserts or replaces hourly usage records (idempotent per cluster, tenant, project, hour).
     async fn upsert_usage(&self, records: &[UsageRecord]) -> Result<()>;
-    /// Usage records matching the query, ordered by hour.
+    /// Usage records matching the query, ordered by hour (then cluster and project). A
+    /// query matching more than [`UsageQuery::max_records`] fails with
+    /// [`StoreError::Validation`] naming the bound: the answer is never a silently
+    /// truncated list.
     async fn query_usage(&self, query: &UsageQuery) -> Result<Vec<UsageRecord>>;
+    /// Sums over **every** record the query matches (its `max_records` does not apply),
+    /// computed by the database.
+    async fn usage_totals(&self, query: &UsageQuery) -> Result<UsageSums>;
 
     // ---- audit and idempotency --------------------------------------------------------
     /// Appends an audit event on its own (mutations pass theirs in [`WriteOptions`]).
     async fn append_audit(&self, event: &AuditEvent) -> Result<()>;
     /// Audit events matching the query, oldest first.
     async fn query_audit(&self, query: &AuditQuery) -> Result<Page<AuditEvent>>;
-    /// The stored response of an idempotency key, if any and not expired.
+    /// The stored response of an idempotency key of a caller (subject and scope, see
+    /// [`IdempotencyRecord`]), if any and not expired.
     async fn get_idempotency(
         &self,
         subject: &str,
+        scope: &str,
         key: &str,
         now: time::OffsetDateTime,
     ) -> Result<Option<IdempotencyRecord>>;
@@ -300,12 +367,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool>;
     /// Revokes a subject for a tenant: records the subject revocation (blocking new
     /// issuance until lifted) and marks the subject's unexpired credentials of the tenant
-    /// revoked; returns how many credentials were marked.
+    /// revoked; returns how many credentials were marked. `by_platform` says that `by`
+    /// holds a platform role (admin, ops): such a revocation may only be lifted by a
+    /// platform role, and revoking again without one leaves it as it is (the
+    /// credentials are still marked).
     async fn revoke_subject(
         &self,
         tenant: TenantId,
         subject: &str,
         by: &str,
+        by_platform: bool,
         at: time::OffsetDateTime,
         opts: &WriteOptions<'_>,
     ) -> Result<u64>;
@@ -329,13 +400,18 @@ pub trait Store: Send + Sync + 'static {
         tenant: TenantId,
         params: &ListParams,
     ) -> Result<Page<SubjectRevocation>>;
-    /// Lifts a subject revocation; `false` if the subject was not revoked.
+    /// Lifts a subject revocation, with `opts` in the same transaction. A revocation made
+    /// by a platform role is lifted only when `by_platform` (the caller holds admin or
+    /// ops); otherwise nothing changes and the answer is
+    /// [`LiftOutcome::PlatformRevocation`]. The check and the delete are one statement, so
+    /// a concurrent platform revocation is never lifted by a tenant owner.
     async fn lift_subject_revocation(
         &self,
         tenant: TenantId,
         subject: &str,
+        by_platform: bool,
         opts: &WriteOptions<'_>,
-    ) -> Result<bool>;
+    ) -> Result<LiftOutcome>;
 
     // ---- kubeconfig issuance ---------------------------------------------------------
     /// Records several issued credentials, each with its audit event (group commit of

@@ -11,7 +11,8 @@ use crate::types::*;
 use async_trait::async_trait;
 use kubenova_api::ids::{AppId, ClusterId, ProjectId, RunId, TenantId};
 use kubenova_api::model::{
-    App, AppRevision, AuditEvent, Cluster, ObjectStatus, Project, Tenant, UsageRecord, WorkflowRun,
+    App, AppRevision, AuditEvent, Cluster, ObjectStatus, Project, RunStatus, Tenant, UsageRecord,
+    WorkflowRun,
 };
 use kubenova_api::validate::{Validate, ValidationError};
 use sqlx::Row;
@@ -124,6 +125,25 @@ macro_rules! observed {
 }
 
 observed!(Tenant, Project, App);
+
+/// The summed columns of [`Store::usage_totals`].
+const USAGE_SUM_COLUMNS: [&str; 5] = [
+    "cpu_millicores",
+    "memory_bytes",
+    "storage_bytes",
+    "load_balancers",
+    "pods",
+];
+
+/// The stored spelling of a run's status (the `workflow_runs.status` column).
+fn run_status(s: RunStatus) -> &'static str {
+    match s {
+        RunStatus::Requested => "requested",
+        RunStatus::Running => "running",
+        RunStatus::Succeeded => "succeeded",
+        RunStatus::Failed => "failed",
+    }
+}
 
 fn secret_id(owner: Uuid, purpose: &str) -> String {
     format!("{purpose}/{owner}")
@@ -300,15 +320,16 @@ macro_rules! sql_backend {
                 conn: &mut <$Db as sqlx::Database>::Connection,
                 rec: &IdempotencyRecord,
             ) -> Result<()> {
-                sqlx::query("DELETE FROM idempotency_keys WHERE subject = $1 AND key = $2 AND expires_at <= $3")
+                sqlx::query("DELETE FROM idempotency_keys WHERE subject = $1 AND scope = $2 AND key = $3 AND expires_at <= $4")
                     .bind(&rec.subject)
+                    .bind(&rec.scope)
                     .bind(&rec.key)
                     .bind(to_micros(rec.created_at))
                     .execute(&mut *conn)
                     .await?;
                 sqlx::query(
-                    "INSERT INTO idempotency_keys (subject, key, request_hash, status, body, created_at, expires_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    "INSERT INTO idempotency_keys (subject, scope, key, request_hash, status, body, created_at, expires_at) \
+                     VALUES ($1, $8, $2, $3, $4, $5, $6, $7)",
                 )
                 .bind(&rec.subject)
                 .bind(&rec.key)
@@ -317,6 +338,7 @@ macro_rules! sql_backend {
                 .bind(&rec.body)
                 .bind(to_micros(rec.created_at))
                 .bind(to_micros(rec.expires_at))
+                .bind(&rec.scope)
                 .execute(&mut *conn)
                 .await
                 .map_err(|e| unique(e.into(), || format!("idempotency key {:?} is already in use", rec.key)))?;
@@ -645,6 +667,58 @@ macro_rules! sql_backend {
                 Ok(self.keys().open(&sealed, id.as_bytes())?)
             }
 
+            async fn get_secret_versioned(&self, owner: Uuid, purpose: &str) -> Result<(zeroize::Zeroizing<Vec<u8>>, i64)> {
+                let id = secret_id(owner, purpose);
+                let row = sqlx::query("SELECT kek_id, wrapped_dek, ciphertext, version FROM secrets WHERE id = $1")
+                    .bind(&id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let Some(row) = row else {
+                    return Err(StoreError::NotFound { kind: "secret", id: purpose.to_string() });
+                };
+                let sealed = SealedSecret {
+                    kek_id: row.try_get("kek_id")?,
+                    wrapped_dek: row.try_get("wrapped_dek")?,
+                    ciphertext: row.try_get("ciphertext")?,
+                };
+                let version: i64 = row.try_get("version")?;
+                Ok((self.keys().open(&sealed, id.as_bytes())?, version))
+            }
+
+            async fn replace_secret(&self, owner: Uuid, purpose: &str, plaintext: &[u8], expected: i64) -> Result<i64> {
+                let keys = self.keys();
+                let id = secret_id(owner, purpose);
+                let sealed = keys.seal(plaintext, id.as_bytes())?;
+                let row = sqlx::query(
+                    "UPDATE secrets SET kek_id = $1, wrapped_dek = $2, ciphertext = $3, version = version + 1, updated_at = $4 \
+                     WHERE id = $5 AND version = $6 RETURNING version",
+                )
+                .bind(&sealed.kek_id)
+                .bind(&sealed.wrapped_dek)
+                .bind(&sealed.ciphertext)
+                .bind(now_micros())
+                .bind(&id)
+                .bind(expected)
+                .fetch_optional(&self.pool)
+                .await?;
+                if let Some(row) = row {
+                    return Ok(row.try_get("version")?);
+                }
+                let current = sqlx::query("SELECT version FROM secrets WHERE id = $1")
+                    .bind(&id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                match current {
+                    Some(r) => Err(StoreError::PreconditionFailed {
+                        kind: "secret",
+                        id: purpose.to_string(),
+                        expected,
+                        actual: r.try_get("version")?,
+                    }),
+                    None => Err(StoreError::NotFound { kind: "secret", id: purpose.to_string() }),
+                }
+            }
+
             async fn rotate_keys(&self) -> Result<usize> {
                 let keys = self.keys();
                 let active = keys.active_kid().to_string();
@@ -919,31 +993,34 @@ macro_rules! sql_backend {
             async fn update_app(&self, a: &App, expected: i64, new_revision: Option<&AppRevision>, opts: &WriteOptions<'_>) -> Result<()> {
                 check_next_version("app", a.version, expected)?;
                 let mut tx = self.pool.begin().await?;
-                Self::bump(&mut *tx, a.cluster_id, ObjectKind::App, a.id.0, false).await?;
-                let res = sqlx::query(
-                    "UPDATE apps SET name = $1, doc = $2, version = $3, updated_at = $4 WHERE id = $5 AND version = $6 AND project_id = $7",
-                )
-                .bind(&a.name)
-                .bind(Json(a))
-                .bind(a.version)
-                .bind(to_micros(a.updated_at))
-                .bind(a.id.0)
-                .bind(expected)
-                .bind(a.project_id.0)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| unique(e.into(), || format!("an app named {:?} already exists in project {}", a.name, a.project_id)))?;
-                if res.rows_affected() == 0 {
-                    return Err(Self::version_error(&mut *tx, "apps", "app", a.id.0, expected).await);
-                }
-                if let Some(r) = new_revision {
-                    Self::insert_revision(&mut *tx, a.id, r).await?;
-                }
+                Self::write_app(&mut *tx, a, expected, new_revision).await?;
                 Self::apply_opts(&mut *tx, opts).await?;
                 tx.commit().await?;
                 Ok(())
             }
 
+            async fn update_app_with_run(
+                &self,
+                a: &App,
+                expected: i64,
+                new_revision: Option<&AppRevision>,
+                run: &WorkflowRun,
+                opts: &WriteOptions<'_>,
+            ) -> Result<()> {
+                check_next_version("app", a.version, expected)?;
+                if run.app_id != a.id {
+                    return Err(StoreError::Validation(ValidationError::single(
+                        "run.appId",
+                        format!("the run belongs to app {}, not to the updated app {}", run.app_id, a.id),
+                    )));
+                }
+                let mut tx = self.pool.begin().await?;
+                Self::write_app(&mut *tx, a, expected, new_revision).await?;
+                Self::insert_run(&mut *tx, run).await?;
+                Self::apply_opts(&mut *tx, opts).await?;
+                tx.commit().await?;
+                Ok(())
+            }
             async fn set_app_status(&self, id: AppId, status: &ObjectStatus, vela_phase: Option<&str>) -> Result<App> {
                 self.update_observed("apps", "app", id.0, |a: &mut App| {
                     if &a.status == status && a.vela_phase.as_deref() == vela_phase {
@@ -1005,27 +1082,18 @@ macro_rules! sql_backend {
 
             async fn create_workflow_run(&self, run: &WorkflowRun, opts: &WriteOptions<'_>) -> Result<()> {
                 let mut tx = self.pool.begin().await?;
-                sqlx::query("INSERT INTO workflow_runs (id, app_id, doc, version, created_at) VALUES ($1, $2, $3, 1, $4)")
-                    .bind(run.id.0)
-                    .bind(run.app_id.0)
-                    .bind(Json(run))
-                    .bind(to_micros(run.started_at))
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(|e| match StoreError::from(e) {
-                        StoreError::Conflict(_) => StoreError::NotFound { kind: "app", id: run.app_id.to_string() },
-                        other => other,
-                    })?;
+                Self::insert_run(&mut *tx, run).await?;
                 Self::apply_opts(&mut *tx, opts).await?;
                 tx.commit().await?;
                 Ok(())
             }
 
             async fn update_workflow_run(&self, run: &WorkflowRun) -> Result<()> {
-                let res = sqlx::query("UPDATE workflow_runs SET doc = $1, version = version + 1 WHERE id = $2 AND app_id = $3")
+                let res = sqlx::query("UPDATE workflow_runs SET doc = $1, status = $4, version = version + 1 WHERE id = $2 AND app_id = $3")
                     .bind(Json(run))
                     .bind(run.id.0)
                     .bind(run.app_id.0)
+                    .bind(run_status(run.status))
                     .execute(&self.pool)
                     .await?;
                 if res.rows_affected() == 0 {
@@ -1040,6 +1108,40 @@ macro_rules! sql_backend {
 
             async fn list_workflow_runs(&self, app: AppId, params: &ListParams) -> Result<Page<WorkflowRun>> {
                 self.list_docs("workflow_runs", Some(("app_id", app.0)), params).await
+            }
+
+            async fn list_active_workflow_runs(&self, app: AppId, params: &ListParams) -> Result<Page<WorkflowRun>> {
+                let limit = params.page_size()?;
+                let after = params.cursor_uuid()?;
+                let mut qb = sqlx::QueryBuilder::<$Db>::new(
+                    "SELECT id, doc FROM workflow_runs WHERE status IN ('requested', 'running') AND app_id = ",
+                );
+                qb.push_bind(app.0);
+                if let Some(a) = after {
+                    qb.push(" AND id > ").push_bind(a);
+                }
+                qb.push(" ORDER BY id LIMIT ").push_bind(i64::from(limit) + 1);
+                let rows = qb.build().fetch_all(&self.pool).await?;
+                let mut items = Vec::with_capacity(rows.len().min(limit as usize));
+                let mut last = None;
+                for row in rows.iter().take(limit as usize) {
+                    last = Some(row.try_get::<Uuid, _>("id")?);
+                    items.push(row.try_get::<Json<WorkflowRun>, _>("doc")?.0);
+                }
+                let next_cursor = if rows.len() > limit as usize { last.map(encode_cursor) } else { None };
+                Ok(Page { items, next_cursor })
+            }
+
+            async fn prune_workflow_runs(&self, app: AppId, keep: u32) -> Result<u64> {
+                let res = sqlx::query(
+                    "DELETE FROM workflow_runs WHERE app_id = $1 AND status IN ('succeeded', 'failed') AND id NOT IN \
+                     (SELECT id FROM workflow_runs WHERE app_id = $1 AND status IN ('succeeded', 'failed') ORDER BY id DESC LIMIT $2)",
+                )
+                .bind(app.0)
+                .bind(i64::from(keep))
+                .execute(&self.pool)
+                .await?;
+                Ok(res.rows_affected())
             }
 
             async fn cluster_revision(&self, id: ClusterId) -> Result<i64> {
@@ -1144,17 +1246,19 @@ macro_rules! sql_backend {
                     "SELECT cluster_id, tenant_id, project_key, hour, cpu_millicores, memory_bytes, storage_bytes, load_balancers, \
                      namespaces, pods, apps FROM usage_hours WHERE tenant_id = ",
                 );
-                qb.push_bind(q.tenant.0);
-                qb.push(" AND hour >= ").push_bind(to_micros(q.from));
-                qb.push(" AND hour < ").push_bind(to_micros(q.to));
-                if let Some(c) = q.cluster {
-                    qb.push(" AND cluster_id = ").push_bind(c.0);
-                }
-                if !q.all_projects {
-                    qb.push(" AND project_key = ").push_bind(q.project.map(|p| p.0).unwrap_or(Uuid::nil()));
-                }
-                qb.push(" ORDER BY hour, cluster_id, project_key LIMIT 100000");
+                Self::push_usage_filter(&mut qb, q);
+                qb.push(" ORDER BY hour, cluster_id, project_key LIMIT ")
+                    .push_bind(i64::from(q.max_records) + 1);
                 let rows = qb.build().fetch_all(&self.pool).await?;
+                if rows.len() > q.max_records as usize {
+                    return Err(StoreError::Validation(ValidationError::single(
+                        "to",
+                        format!(
+                            "the range holds more than {} usage records, the most one answer carries; ask for a shorter range (from, to)",
+                            q.max_records
+                        ),
+                    )));
+                }
                 let mut out = Vec::with_capacity(rows.len());
                 for r in rows {
                     let project: Uuid = r.try_get("project_key")?;
@@ -1173,6 +1277,36 @@ macro_rules! sql_backend {
                     });
                 }
                 Ok(out)
+            }
+
+            async fn usage_totals(&self, q: &UsageQuery) -> Result<UsageSums> {
+                // Each column is summed in two parts, the multiples of 2^32 and the rest
+                // (usage values are never negative), so that neither sum can overflow a
+                // BIGINT however many rows match; the parts are joined in 128 bits below.
+                let mut qb = sqlx::QueryBuilder::<$Db>::new("SELECT COUNT(*) AS n");
+                for col in USAGE_SUM_COLUMNS {
+                    qb.push(format!(
+                        ", CAST(COALESCE(SUM({col} / 4294967296), 0) AS BIGINT) AS {col}_hi, \
+                         CAST(COALESCE(SUM({col} % 4294967296), 0) AS BIGINT) AS {col}_lo"
+                    ));
+                }
+                qb.push(" FROM usage_hours WHERE tenant_id = ");
+                Self::push_usage_filter(&mut qb, q);
+                let row = qb.build().fetch_one(&self.pool).await?;
+                let sum = |col: &str| -> Result<i64> {
+                    let hi: i64 = row.try_get(format!("{col}_hi").as_str())?;
+                    let lo: i64 = row.try_get(format!("{col}_lo").as_str())?;
+                    let total = (i128::from(hi) << 32) + i128::from(lo);
+                    Ok(i64::try_from(total).unwrap_or(i64::MAX))
+                };
+                Ok(UsageSums {
+                    records: row.try_get("n")?,
+                    cpu_millicore_hours: sum("cpu_millicores")?,
+                    memory_byte_hours: sum("memory_bytes")?,
+                    storage_byte_hours: sum("storage_bytes")?,
+                    load_balancer_hours: sum("load_balancers")?,
+                    pod_hours: sum("pods")?,
+                })
             }
 
             async fn append_audit(&self, event: &AuditEvent) -> Result<()> {
@@ -1219,20 +1353,22 @@ macro_rules! sql_backend {
                 Ok(Page { items, next_cursor })
             }
 
-            async fn get_idempotency(&self, subject: &str, key: &str, now: OffsetDateTime) -> Result<Option<IdempotencyRecord>> {
+            async fn get_idempotency(&self, subject: &str, scope: &str, key: &str, now: OffsetDateTime) -> Result<Option<IdempotencyRecord>> {
                 let row = sqlx::query(
                     "SELECT request_hash, status, body, created_at, expires_at FROM idempotency_keys \
-                     WHERE subject = $1 AND key = $2 AND expires_at > $3",
+                     WHERE subject = $1 AND scope = $4 AND key = $2 AND expires_at > $3",
                 )
                 .bind(subject)
                 .bind(key)
                 .bind(to_micros(now))
+                .bind(scope)
                 .fetch_optional(&self.pool)
                 .await?;
                 let Some(r) = row else { return Ok(None) };
                 let status: i32 = r.try_get("status")?;
                 Ok(Some(IdempotencyRecord {
                     subject: subject.to_string(),
+                    scope: scope.to_string(),
                     key: key.to_string(),
                     request_hash: r.try_get("request_hash")?,
                     status: u16::try_from(status).map_err(|_| StoreError::Internal(format!("bad stored status {status}")))?,
@@ -1340,18 +1476,23 @@ macro_rules! sql_backend {
                 Ok(true)
             }
 
-            async fn revoke_subject(&self, tenant: TenantId, subject: &str, by: &str, at: OffsetDateTime, opts: &WriteOptions<'_>) -> Result<u64> {
+            async fn revoke_subject(&self, tenant: TenantId, subject: &str, by: &str, by_platform: bool, at: OffsetDateTime, opts: &WriteOptions<'_>) -> Result<u64> {
                 check_filter_text(&[("subject", Some(subject)), ("revokedBy", Some(by))])?;
                 let mut tx = self.pool.begin().await?;
                 Self::lock_tenant_for_revocation(&mut *tx, tenant).await?;
+                // A revocation without a platform role never replaces one made by a
+                // platform role (it would make it liftable by tenant owners).
                 sqlx::query(
-                    "INSERT INTO revoked_subjects (tenant_id, subject, revoked_at, revoked_by) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (tenant_id, subject) DO UPDATE SET revoked_at = excluded.revoked_at, revoked_by = excluded.revoked_by",
+                    "INSERT INTO revoked_subjects (tenant_id, subject, revoked_at, revoked_by, revoked_by_platform) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (tenant_id, subject) DO UPDATE SET revoked_at = excluded.revoked_at, revoked_by = excluded.revoked_by, \
+                     revoked_by_platform = excluded.revoked_by_platform \
+                     WHERE excluded.revoked_by_platform OR NOT revoked_subjects.revoked_by_platform",
                 )
                 .bind(tenant.0)
                 .bind(subject)
                 .bind(to_micros(at))
                 .bind(by)
+                .bind(by_platform)
                 .execute(&mut *tx)
                 .await?;
                 let n = Self::mark_revoked(&mut *tx, tenant, Some(subject), by, at).await?;
@@ -1371,17 +1512,20 @@ macro_rules! sql_backend {
 
             async fn subject_revocation(&self, tenant: TenantId, subject: &str) -> Result<Option<SubjectRevocation>> {
                 check_filter_text(&[("subject", Some(subject))])?;
-                let row = sqlx::query("SELECT revoked_at, revoked_by FROM revoked_subjects WHERE tenant_id = $1 AND subject = $2")
-                    .bind(tenant.0)
-                    .bind(subject)
-                    .fetch_optional(&self.pool)
-                    .await?;
+                let row = sqlx::query(
+                    "SELECT revoked_at, revoked_by, revoked_by_platform FROM revoked_subjects WHERE tenant_id = $1 AND subject = $2",
+                )
+                .bind(tenant.0)
+                .bind(subject)
+                .fetch_optional(&self.pool)
+                .await?;
                 let Some(r) = row else { return Ok(None) };
                 Ok(Some(SubjectRevocation {
                     tenant_id: tenant,
                     subject: subject.to_string(),
                     revoked_at: from_micros(r.try_get("revoked_at")?),
                     revoked_by: r.try_get("revoked_by")?,
+                    revoked_by_platform: r.try_get("revoked_by_platform")?,
                 }))
             }
 
@@ -1398,7 +1542,9 @@ macro_rules! sql_backend {
             async fn list_subject_revocations(&self, tenant: TenantId, params: &ListParams) -> Result<Page<SubjectRevocation>> {
                 let limit = params.page_size()?;
                 let after = params.cursor_text()?;
-                let mut qb = sqlx::QueryBuilder::<$Db>::new("SELECT subject, revoked_at, revoked_by FROM revoked_subjects WHERE tenant_id = ");
+                let mut qb = sqlx::QueryBuilder::<$Db>::new(
+                    "SELECT subject, revoked_at, revoked_by, revoked_by_platform FROM revoked_subjects WHERE tenant_id = ",
+                );
                 qb.push_bind(tenant.0);
                 if let Some(a) = after {
                     qb.push(" AND subject > ").push_bind(a);
@@ -1412,25 +1558,45 @@ macro_rules! sql_backend {
                         subject: r.try_get("subject")?,
                         revoked_at: from_micros(r.try_get("revoked_at")?),
                         revoked_by: r.try_get("revoked_by")?,
+                        revoked_by_platform: r.try_get("revoked_by_platform")?,
                     });
                 }
                 let next_cursor = if rows.len() > limit as usize { items.last().map(|s| encode_cursor(&s.subject)) } else { None };
                 Ok(Page { items, next_cursor })
             }
 
-            async fn lift_subject_revocation(&self, tenant: TenantId, subject: &str, opts: &WriteOptions<'_>) -> Result<bool> {
+            async fn lift_subject_revocation(&self, tenant: TenantId, subject: &str, by_platform: bool, opts: &WriteOptions<'_>) -> Result<LiftOutcome> {
+                check_filter_text(&[("subject", Some(subject))])?;
                 let mut tx = self.pool.begin().await?;
-                let res = sqlx::query("DELETE FROM revoked_subjects WHERE tenant_id = $1 AND subject = $2")
-                    .bind(tenant.0)
-                    .bind(subject)
-                    .execute(&mut *tx)
-                    .await?;
+                let res = sqlx::query(
+                    "DELETE FROM revoked_subjects WHERE tenant_id = $1 AND subject = $2 AND (NOT revoked_by_platform OR $3)",
+                )
+                .bind(tenant.0)
+                .bind(subject)
+                .bind(by_platform)
+                .execute(&mut *tx)
+                .await?;
                 if res.rows_affected() == 0 {
-                    return Ok(false);
+                    // Either not revoked, or revoked by a platform role and kept.
+                    let kept = sqlx::query("SELECT revoked_at, revoked_by FROM revoked_subjects WHERE tenant_id = $1 AND subject = $2")
+                        .bind(tenant.0)
+                        .bind(subject)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    return Ok(match kept {
+                        Some(r) => LiftOutcome::PlatformRevocation(SubjectRevocation {
+                            tenant_id: tenant,
+                            subject: subject.to_string(),
+                            revoked_at: from_micros(r.try_get("revoked_at")?),
+                            revoked_by: r.try_get("revoked_by")?,
+                            revoked_by_platform: true,
+                        }),
+                        None => LiftOutcome::NotRevoked,
+                    });
                 }
                 Self::apply_opts(&mut *tx, opts).await?;
                 tx.commit().await?;
-                Ok(true)
+                Ok(LiftOutcome::Lifted)
             }
         }
 
@@ -1492,6 +1658,76 @@ macro_rules! sql_backend {
                     qb.push(" AND subject = ").push_bind(s.to_string());
                 }
                 Ok(qb.build().execute(&mut *conn).await?.rows_affected())
+            }
+
+            /// The conditions of a usage query, after `… WHERE tenant_id = `.
+            fn push_usage_filter(qb: &mut sqlx::QueryBuilder<'_, $Db>, q: &UsageQuery) {
+                qb.push_bind(q.tenant.0);
+                qb.push(" AND hour >= ").push_bind(to_micros(q.from));
+                qb.push(" AND hour < ").push_bind(to_micros(q.to));
+                if let Some(c) = q.cluster {
+                    qb.push(" AND cluster_id = ").push_bind(c.0);
+                }
+                if !q.all_projects {
+                    qb.push(" AND project_key = ").push_bind(q.project.map(|p| p.0).unwrap_or(Uuid::nil()));
+                }
+            }
+
+            /// The app part of [`Store::update_app`]: bumps the cluster revision, replaces
+            /// the app at `expected` and appends the new revision, on `conn`.
+            async fn write_app(
+                conn: &mut <$Db as sqlx::Database>::Connection,
+                a: &App,
+                expected: i64,
+                new_revision: Option<&AppRevision>,
+            ) -> Result<()> {
+                Self::bump(&mut *conn, a.cluster_id, ObjectKind::App, a.id.0, false).await?;
+                let res = sqlx::query(
+                    "UPDATE apps SET name = $1, doc = $2, version = $3, updated_at = $4 WHERE id = $5 AND version = $6 AND project_id = $7",
+                )
+                .bind(&a.name)
+                .bind(Json(a))
+                .bind(a.version)
+                .bind(to_micros(a.updated_at))
+                .bind(a.id.0)
+                .bind(expected)
+                .bind(a.project_id.0)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| unique(e.into(), || format!("an app named {:?} already exists in project {}", a.name, a.project_id)))?;
+                if res.rows_affected() == 0 {
+                    return Err(Self::version_error(&mut *conn, "apps", "app", a.id.0, expected).await);
+                }
+                if let Some(r) = new_revision {
+                    Self::insert_revision(&mut *conn, a.id, r).await?;
+                }
+                Ok(())
+            }
+
+            /// Inserts a workflow run on `conn` (its app must exist).
+            async fn insert_run(
+                conn: &mut <$Db as sqlx::Database>::Connection,
+                run: &WorkflowRun,
+            ) -> Result<()> {
+                sqlx::query("INSERT INTO workflow_runs (id, app_id, doc, version, created_at, status) VALUES ($1, $2, $3, 1, $4, $5)")
+                    .bind(run.id.0)
+                    .bind(run.app_id.0)
+                    .bind(Json(run))
+                    .bind(to_micros(run.started_at))
+                    .bind(run_status(run.status))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|e| {
+                        let taken = matches!(&e, sqlx::Error::Database(db) if db.is_unique_violation());
+                        match StoreError::from(e) {
+                            StoreError::Conflict(_) if taken => {
+                                StoreError::Conflict(format!("a workflow run with id {} already exists", run.id))
+                            }
+                            StoreError::Conflict(_) => StoreError::NotFound { kind: "app", id: run.app_id.to_string() },
+                            other => other,
+                        }
+                    })?;
+                Ok(())
             }
 
             async fn insert_revision(
@@ -1671,7 +1907,8 @@ WITH i AS (
 ), c AS (
     SELECT i.*, t.id IS NULL AS tenant_gone,
            i.project_id IS NOT NULL AND p.id IS NULL AS project_gone,
-           r.revoked_at AS subject_revoked_at, r.revoked_by AS subject_revoked_by
+           r.revoked_at AS subject_revoked_at, r.revoked_by AS subject_revoked_by,
+           r.revoked_by_platform AS subject_revoked_by_platform
     FROM i
     LEFT JOIN tenants t ON t.id = i.tenant_id
     LEFT JOIN projects p ON p.id = i.project_id AND p.tenant_id = i.tenant_id
@@ -1687,7 +1924,7 @@ WITH i AS (
     INSERT INTO audit_events (id, at, actor, action, resource_kind, resource_id, outcome, doc)
     SELECT audit_id, audit_at, actor, action, resource_kind, resource_id, outcome, doc::json FROM ok
 )
-SELECT tenant_gone, project_gone, subject_revoked_at, subject_revoked_by FROM c ORDER BY n";
+SELECT tenant_gone, project_gone, subject_revoked_at, subject_revoked_by, subject_revoked_by_platform FROM c ORDER BY n";
 
 impl PgStore {
     /// [`Store::record_credentials`] on Postgres in three round trips: `BEGIN` with the
@@ -1811,6 +2048,9 @@ impl PgStore {
                     revoked_by: r
                         .try_get::<Option<String>, _>("subject_revoked_by")?
                         .unwrap_or_default(),
+                    revoked_by_platform: r
+                        .try_get::<Option<bool>, _>("subject_revoked_by_platform")?
+                        .unwrap_or(true),
                 })
             } else {
                 CredentialOutcome::Recorded
@@ -1875,7 +2115,7 @@ impl SqliteStore {
         // ... and the revocations of the batch's (tenant, subject) pairs, read after
         // the lock, so a revocation committed before it is seen.
         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "SELECT tenant_id, subject, revoked_at, revoked_by FROM revoked_subjects WHERE tenant_id IN (",
+            "SELECT tenant_id, subject, revoked_at, revoked_by, revoked_by_platform FROM revoked_subjects WHERE tenant_id IN (",
         );
         let mut list = q.separated(", ");
         for id in &tenant_ids {
@@ -1901,6 +2141,7 @@ impl SqliteStore {
                     subject,
                     revoked_at: from_micros(r.try_get("revoked_at")?),
                     revoked_by: r.try_get("revoked_by")?,
+                    revoked_by_platform: r.try_get("revoked_by_platform")?,
                 },
             );
         }

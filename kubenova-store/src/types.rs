@@ -130,11 +130,14 @@ pub struct WriteOptions<'a> {
     pub idempotency: Option<&'a IdempotencyRecord>,
 }
 
-/// A stored response for an `Idempotency-Key`.
+/// A stored response for an `Idempotency-Key`, keyed by (`subject`, `scope`, `key`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyRecord {
-    /// Authenticated subject that sent the key (keys are per subject).
+    /// Authenticated subject that sent the key.
     pub subject: String,
+    /// The caller's roles and tenant/project scope, as a digest: a caller with the same
+    /// subject but other roles or another scope has other keys.
+    pub scope: String,
     /// The client's key.
     pub key: String,
     /// Hash of method, path and body of the original request.
@@ -196,7 +199,11 @@ pub struct Change {
     pub deleted: bool,
 }
 
-/// Filter for [`Store::query_usage`](crate::Store::query_usage).
+/// Default of [`UsageQuery::max_records`].
+pub const DEFAULT_USAGE_MAX_RECORDS: u32 = 100_000;
+
+/// Filter for [`Store::query_usage`](crate::Store::query_usage) and
+/// [`Store::usage_totals`](crate::Store::usage_totals).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UsageQuery {
     /// Tenant.
@@ -211,6 +218,32 @@ pub struct UsageQuery {
     pub from: OffsetDateTime,
     /// Last hour (exclusive).
     pub to: OffsetDateTime,
+    /// Most records [`Store::query_usage`](crate::Store::query_usage) returns: a query
+    /// matching more fails with [`StoreError::Validation`](crate::StoreError::Validation)
+    /// instead of answering a truncated list ([`DEFAULT_USAGE_MAX_RECORDS`] unless the
+    /// caller bounds it otherwise). Totals are never limited: see
+    /// [`Store::usage_totals`](crate::Store::usage_totals).
+    pub max_records: u32,
+}
+
+/// Sums over every usage record a [`UsageQuery`] matches, computed by the database
+/// ([`Store::usage_totals`](crate::Store::usage_totals)). A sum that would exceed
+/// `i64::MAX` is `i64::MAX`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageSums {
+    /// Records matched (hours with a report, per cluster and project).
+    pub records: i64,
+    /// Σ `cpuMillicores` (millicore-hours).
+    pub cpu_millicore_hours: i64,
+    /// Σ `memoryBytes` (byte-hours).
+    pub memory_byte_hours: i64,
+    /// Σ `storageBytes` (byte-hours).
+    pub storage_byte_hours: i64,
+    /// Σ `loadBalancers` (LoadBalancer-hours).
+    pub load_balancer_hours: i64,
+    /// Σ `pods` (pod-hours).
+    pub pod_hours: i64,
 }
 
 /// Filter for [`Store::query_audit`](crate::Store::query_audit).
@@ -309,6 +342,22 @@ pub struct SubjectRevocation {
     pub revoked_at: OffsetDateTime,
     /// Who revoked it.
     pub revoked_by: String,
+    /// True when a platform role (admin, ops) revoked it: then only a platform role may
+    /// lift it.
+    #[serde(default)]
+    pub revoked_by_platform: bool,
+}
+
+/// What [`Store::lift_subject_revocation`](crate::Store::lift_subject_revocation) did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LiftOutcome {
+    /// The revocation is gone: the subject may obtain credentials again.
+    Lifted,
+    /// The subject was not revoked for the tenant (nothing changed).
+    NotRevoked,
+    /// Refused, nothing changed: a platform role made this revocation and the caller is
+    /// not one.
+    PlatformRevocation(SubjectRevocation),
 }
 
 /// Filter for [`Store::list_credentials`](crate::Store::list_credentials).

@@ -55,9 +55,16 @@ async fn group_commit_and_checks(h: &Harness) {
     s.create_tenant(&t, &WriteOptions::default()).await.unwrap();
 
     // alice is revoked for this tenant (used by the commit-time checks below).
-    s.revoke_subject(t.id, "alice", "admin", now(), &WriteOptions::default())
-        .await
-        .unwrap();
+    s.revoke_subject(
+        t.id,
+        "alice",
+        "admin",
+        true,
+        now(),
+        &WriteOptions::default(),
+    )
+    .await
+    .unwrap();
 
     // A batch: every credential row and audit event, in one transaction.
     let items: Vec<_> = (0..5)
@@ -195,9 +202,16 @@ async fn revocation_never_misses_a_racing_issuance(h: &Harness) {
         }));
     }
     tokio::time::sleep(std::time::Duration::from_millis(150)).await;
-    s.revoke_subject(t.id, "mallory", "admin", now(), &WriteOptions::default())
-        .await
-        .unwrap();
+    s.revoke_subject(
+        t.id,
+        "mallory",
+        "admin",
+        true,
+        now(),
+        &WriteOptions::default(),
+    )
+    .await
+    .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(150)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (mut recorded, mut refused) = (Vec::new(), 0);

@@ -54,6 +54,9 @@ suite!(
     status_updates_do_not_bump_revision,
     issued_credentials_and_revocations,
     secret_if_absent_keeps_the_first,
+    secret_replace_is_conditional_on_the_version,
+    active_workflow_runs_and_retention,
+    usage_queries_never_drop_rows_silently,
 );
 
 async fn ping_reports_current_migrations(h: &Harness) {
@@ -552,6 +555,90 @@ async fn app_revisions_and_runs(h: &Harness) {
         s.create_workflow_run(&orphan, &w).await,
         Err(StoreError::NotFound { .. })
     ));
+
+    // An app change and the run it requests commit together: a run that cannot be
+    // written (its id is taken) leaves the app, its revisions and the audit unchanged.
+    let before = s.get_app(a.id).await.unwrap();
+    let mut deployed = before.clone();
+    deployed.spec = app_spec("api", "nginx:1.5");
+    deployed.revision = 5;
+    deployed.deployed_revision = Some(5);
+    deployed.version += 1;
+    let rev5 = AppRevision {
+        number: 5,
+        spec: deployed.spec.clone(),
+        created_by: "bob".into(),
+        created_at: now(),
+    };
+    let deploy_audit = audit("bob", "app", &a.id.to_string());
+    let opts = WriteOptions {
+        audit: Some(&deploy_audit),
+        idempotency: None,
+    };
+    let taken = WorkflowRun {
+        inputs: serde_json::json!({"action": "deploy", "revision": 5}),
+        ..run.clone()
+    };
+    let err = s
+        .update_app_with_run(&deployed, before.version, Some(&rev5), &taken, &opts)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict(m) if m.contains("already exists")),
+        "{err:?}"
+    );
+    assert_eq!(s.get_app(a.id).await.unwrap(), before);
+    assert!(matches!(
+        s.get_app_revision(a.id, 5).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(
+        s.query_audit(&AuditQuery {
+            actor: Some("bob".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .items
+        .is_empty()
+    );
+    // A run of another app is refused before anything is written.
+    let foreign = WorkflowRun {
+        id: RunId::new(),
+        app_id: AppId::new(),
+        ..taken.clone()
+    };
+    assert!(matches!(
+        s.update_app_with_run(&deployed, before.version, Some(&rev5), &foreign, &opts)
+            .await,
+        Err(StoreError::Validation(_))
+    ));
+    assert_eq!(s.get_app(a.id).await.unwrap(), before);
+    // With a fresh run id both are written.
+    let fresh = WorkflowRun {
+        id: RunId::new(),
+        ..taken
+    };
+    s.update_app_with_run(&deployed, before.version, Some(&rev5), &fresh, &opts)
+        .await
+        .unwrap();
+    assert_eq!(s.get_app(a.id).await.unwrap(), deployed);
+    assert_eq!(s.get_workflow_run(fresh.id).await.unwrap(), fresh);
+    assert_eq!(s.get_app_revision(a.id, 5).await.unwrap(), rev5);
+    // A stale version writes neither.
+    let stale = WorkflowRun {
+        id: RunId::new(),
+        ..fresh
+    };
+    assert!(matches!(
+        s.update_app_with_run(&deployed, before.version, None, &stale, &opts)
+            .await,
+        Err(StoreError::PreconditionFailed { .. })
+    ));
+    assert!(matches!(
+        s.get_workflow_run(stale.id).await,
+        Err(StoreError::NotFound { .. })
+    ));
 }
 
 async fn usage_upsert_and_query(h: &Harness) {
@@ -589,6 +676,7 @@ async fn usage_upsert_and_query(h: &Harness) {
         all_projects: false,
         from: hour(0),
         to: hour(23),
+        max_records: DEFAULT_USAGE_MAX_RECORDS,
     };
     let got = s.query_usage(&q).await.unwrap();
     assert_eq!(
@@ -746,6 +834,7 @@ async fn idempotency_records(h: &Harness) {
     let t0 = now();
     let rec = IdempotencyRecord {
         subject: "alice".into(),
+        scope: "owner-of-acme".into(),
         key: "k-1".into(),
         request_hash: "h1".into(),
         status: 201,
@@ -755,21 +844,53 @@ async fn idempotency_records(h: &Harness) {
     };
     s.put_idempotency(&rec).await.unwrap();
     assert_eq!(
-        s.get_idempotency("alice", "k-1", t0).await.unwrap(),
+        s.get_idempotency("alice", "owner-of-acme", "k-1", t0)
+            .await
+            .unwrap(),
         Some(rec.clone())
     );
     assert_eq!(
-        s.get_idempotency("bob", "k-1", t0).await.unwrap(),
+        s.get_idempotency("bob", "owner-of-acme", "k-1", t0)
+            .await
+            .unwrap(),
         None,
         "keys are per subject"
+    );
+    assert_eq!(
+        s.get_idempotency("alice", "reader-of-acme", "k-1", t0)
+            .await
+            .unwrap(),
+        None,
+        "keys are per scope"
     );
     assert!(matches!(
         s.put_idempotency(&rec).await,
         Err(StoreError::Conflict(_))
     ));
+    // The same subject and key under another scope is another record.
+    let other_scope = IdempotencyRecord {
+        scope: "reader-of-acme".into(),
+        request_hash: "h-reader".into(),
+        ..rec.clone()
+    };
+    s.put_idempotency(&other_scope).await.unwrap();
+    assert_eq!(
+        s.get_idempotency("alice", "reader-of-acme", "k-1", t0)
+            .await
+            .unwrap(),
+        Some(other_scope)
+    );
+    assert_eq!(
+        s.get_idempotency("alice", "owner-of-acme", "k-1", t0)
+            .await
+            .unwrap(),
+        Some(rec.clone())
+    );
     let later = t0 + time::Duration::hours(25);
     assert_eq!(
-        s.get_idempotency("alice", "k-1", later).await.unwrap(),
+        s.get_idempotency("alice", "owner-of-acme", "k-1", later)
+            .await
+            .unwrap(),
         None,
         "expired"
     );
@@ -783,7 +904,7 @@ async fn idempotency_records(h: &Harness) {
         s.purge_idempotency(later + time::Duration::hours(48))
             .await
             .unwrap(),
-        1
+        2
     );
 }
 
@@ -798,6 +919,7 @@ async fn write_options_are_atomic(h: &Harness) {
     let t0 = now();
     let idem = IdempotencyRecord {
         subject: "alice".into(),
+        scope: "admin".into(),
         key: "create-acme".into(),
         request_hash: "h".into(),
         status: 201,
@@ -815,7 +937,7 @@ async fn write_options_are_atomic(h: &Harness) {
     .await
     .unwrap();
     assert!(
-        s.get_idempotency("alice", "create-acme", t0)
+        s.get_idempotency("alice", "admin", "create-acme", t0)
             .await
             .unwrap()
             .is_some()
@@ -843,7 +965,7 @@ async fn write_options_are_atomic(h: &Harness) {
         .is_err()
     );
     assert!(
-        s.get_idempotency("alice", "create-acme-2", t0)
+        s.get_idempotency("alice", "admin", "create-acme-2", t0)
             .await
             .unwrap()
             .is_none()
@@ -1236,7 +1358,7 @@ async fn issued_credentials_and_revocations(h: &Harness) {
         None
     );
     let n = s
-        .revoke_subject(t, "alice@example.com", "owner", at, &w)
+        .revoke_subject(t, "alice@example.com", "owner", false, at, &w)
         .await
         .unwrap();
     assert_eq!(n, 2);
@@ -1245,7 +1367,14 @@ async fn issued_credentials_and_revocations(h: &Harness) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((rev.revoked_at, rev.revoked_by.as_str()), (at, "owner"));
+    assert_eq!(
+        (
+            rev.revoked_at,
+            rev.revoked_by.as_str(),
+            rev.revoked_by_platform
+        ),
+        (at, "owner", false)
+    );
     assert_eq!(
         s.subject_revocation(other, "alice@example.com")
             .await
@@ -1276,12 +1405,36 @@ async fn issued_credentials_and_revocations(h: &Harness) {
     );
     // Revoking again updates the record, marks nothing new.
     assert_eq!(
-        s.revoke_subject(t, "alice@example.com", "admin", at, &w)
+        s.revoke_subject(t, "alice@example.com", "admin", true, at, &w)
             .await
             .unwrap(),
         0
     );
-    s.revoke_subject(t, "carol", "admin", at, &w).await.unwrap();
+    let rev = s
+        .subject_revocation(t, "alice@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (rev.revoked_by.as_str(), rev.revoked_by_platform),
+        ("admin", true)
+    );
+    // ... but a revocation without a platform role never replaces a platform one.
+    s.revoke_subject(t, "alice@example.com", "bob", false, at, &w)
+        .await
+        .unwrap();
+    let rev = s
+        .subject_revocation(t, "alice@example.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (rev.revoked_by.as_str(), rev.revoked_by_platform),
+        ("admin", true)
+    );
+    s.revoke_subject(t, "carol", "admin", true, at, &w)
+        .await
+        .unwrap();
     let page = s
         .list_subject_revocations(t, &ListParams::first(1))
         .await
@@ -1327,10 +1480,59 @@ async fn issued_credentials_and_revocations(h: &Harness) {
         .unwrap();
     assert!(other_page.items[0].revoked_at.is_none());
 
-    // Lifting.
-    assert!(s.lift_subject_revocation(t, "carol", &w).await.unwrap());
-    assert!(!s.lift_subject_revocation(t, "carol", &w).await.unwrap());
+    // Lifting: a platform revocation only by a platform role (nothing changes otherwise,
+    // the audit event of the refused lift is not written either).
+    let lift_audit = audit("bob", "tenant", &t.to_string());
+    let refused = s
+        .lift_subject_revocation(
+            t,
+            "carol",
+            false,
+            &WriteOptions {
+                audit: Some(&lift_audit),
+                idempotency: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(&refused, LiftOutcome::PlatformRevocation(r) if r.revoked_by == "admin" && r.revoked_by_platform),
+        "{refused:?}"
+    );
+    assert!(s.subject_revocation(t, "carol").await.unwrap().is_some());
+    assert!(
+        s.query_audit(&AuditQuery {
+            actor: Some("bob".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .items
+        .is_empty()
+    );
+    assert_eq!(
+        s.lift_subject_revocation(t, "carol", true, &w)
+            .await
+            .unwrap(),
+        LiftOutcome::Lifted
+    );
+    assert_eq!(
+        s.lift_subject_revocation(t, "carol", true, &w)
+            .await
+            .unwrap(),
+        LiftOutcome::NotRevoked
+    );
     assert_eq!(s.subject_revocation(t, "carol").await.unwrap(), None);
+    // A revocation without a platform role is lifted without one.
+    s.revoke_subject(t, "dave", "alice@example.com", false, at, &w)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.lift_subject_revocation(t, "dave", false, &w)
+            .await
+            .unwrap(),
+        LiftOutcome::Lifted
+    );
 }
 
 async fn secret_if_absent_keeps_the_first(h: &Harness) {
@@ -1349,4 +1551,215 @@ async fn secret_if_absent_keeps_the_first(h: &Harness) {
     assert_eq!(&s.get_secret(owner, "signing").await.unwrap()[..], b"first");
     s.put_secret(owner, "signing", b"third").await.unwrap();
     assert_eq!(&s.get_secret(owner, "signing").await.unwrap()[..], b"third");
+}
+
+async fn secret_replace_is_conditional_on_the_version(h: &Harness) {
+    let s = &h.store;
+    let owner = uuid::Uuid::nil();
+    assert!(matches!(
+        s.get_secret_versioned(owner, "keys").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.replace_secret(owner, "keys", b"x", 1).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    s.put_secret_if_absent(owner, "keys", b"v1").await.unwrap();
+    let (v1, read) = s.get_secret_versioned(owner, "keys").await.unwrap();
+    assert_eq!(&v1[..], b"v1");
+    // Two writers read the same version: the first wins, the second is told.
+    let won = s.replace_secret(owner, "keys", b"v2", read).await.unwrap();
+    assert_eq!(won, read + 1);
+    match s.replace_secret(owner, "keys", b"lost", read).await {
+        Err(StoreError::PreconditionFailed {
+            expected, actual, ..
+        }) => assert_eq!((expected, actual), (read, won)),
+        other => panic!("expected PreconditionFailed, got {other:?}"),
+    }
+    let (now, version) = s.get_secret_versioned(owner, "keys").await.unwrap();
+    assert_eq!((&now[..], version), (&b"v2"[..], won));
+    // A re-wrap under a new KEK is a change too.
+    set_keys(h, keyring(&[("k1", 1), ("k2", 2)]));
+    assert_eq!(s.rotate_keys().await.unwrap(), 1);
+    assert!(matches!(
+        s.replace_secret(owner, "keys", b"stale", won).await,
+        Err(StoreError::PreconditionFailed { .. })
+    ));
+    let (still, _) = s.get_secret_versioned(owner, "keys").await.unwrap();
+    assert_eq!(&still[..], b"v2");
+}
+
+async fn active_workflow_runs_and_retention(h: &Harness) {
+    let s = &h.store;
+    let w = WriteOptions::default();
+    let c = cluster("c");
+    s.create_cluster(&c, b"k", &w).await.unwrap();
+    let t = tenant(c.id, "acme");
+    s.create_tenant(&t, &w).await.unwrap();
+    let p = project(&t, "web");
+    s.create_project(&p, &w).await.unwrap();
+    let (a, r1) = app(&p, "api");
+    s.create_app(&a, &r1, &w).await.unwrap();
+    let (other, r1) = app(&p, "other");
+    s.create_app(&other, &r1, &w).await.unwrap();
+    let run = |app: AppId, status: RunStatus| WorkflowRun {
+        id: RunId::new(),
+        app_id: app,
+        status,
+        inputs: serde_json::json!({}),
+        result: None,
+        started_at: now(),
+        ended_at: None,
+    };
+    // Interleaved: finished, waiting, and another app's.
+    let mut runs = Vec::new();
+    for (n, status) in [
+        RunStatus::Succeeded,
+        RunStatus::Requested,
+        RunStatus::Failed,
+        RunStatus::Running,
+        RunStatus::Succeeded,
+        RunStatus::Requested,
+        RunStatus::Succeeded,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = run(a.id, status);
+        s.create_workflow_run(&r, &w).await.unwrap();
+        runs.push(r);
+        s.create_workflow_run(&run(other.id, RunStatus::Succeeded), &w)
+            .await
+            .unwrap();
+        if n == 3 {
+            // A run that finishes after it was written is no longer active.
+            let mut done = runs[1].clone();
+            done.status = RunStatus::Failed;
+            s.update_workflow_run(&done).await.unwrap();
+            runs[1] = done;
+        }
+    }
+    let active_ids = |page: &Page<WorkflowRun>| page.items.iter().map(|r| r.id).collect::<Vec<_>>();
+    let first = s
+        .list_active_workflow_runs(a.id, &ListParams::first(1))
+        .await
+        .unwrap();
+    assert_eq!(active_ids(&first), [runs[3].id]);
+    let rest = s
+        .list_active_workflow_runs(
+            a.id,
+            &ListParams {
+                limit: Some(1),
+                cursor: first.next_cursor.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(active_ids(&rest), [runs[5].id]);
+    assert!(rest.next_cursor.is_none());
+    assert_eq!(rest.items[0], runs[5]);
+
+    // Keep the newest two finished runs of the app; the waiting ones and the other
+    // app's runs stay.
+    assert_eq!(s.prune_workflow_runs(a.id, 2).await.unwrap(), 3);
+    let left: Vec<RunId> = s
+        .list_workflow_runs(a.id, &ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(left, [runs[3].id, runs[4].id, runs[5].id, runs[6].id]);
+    assert_eq!(s.prune_workflow_runs(a.id, 2).await.unwrap(), 0);
+    assert_eq!(
+        s.list_workflow_runs(other.id, &ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        7
+    );
+    assert_eq!(s.prune_workflow_runs(other.id, 1).await.unwrap(), 6);
+}
+
+async fn usage_queries_never_drop_rows_silently(h: &Harness) {
+    let s = &h.store;
+    let c = ClusterId::new();
+    let t = TenantId::new();
+    let p = ProjectId::new();
+    let start = time::macros::datetime!(2026-01-01 00:00 UTC);
+    let rec = |project: Option<ProjectId>, n: i64| UsageRecord {
+        cluster_id: c,
+        tenant_id: t,
+        project_id: project,
+        hour: start + time::Duration::hours(n),
+        cpu_millicores: 1000 + n,
+        memory_bytes: (1 << 33) + n,
+        storage_bytes: 7 * n,
+        load_balancers: n % 2,
+        namespaces: 1,
+        pods: n,
+        apps: 0,
+    };
+    const TENANT_LEVEL: i64 = 25;
+    let mut records: Vec<UsageRecord> = (0..TENANT_LEVEL).map(|n| rec(None, n)).collect();
+    records.extend((0..5).map(|n| rec(Some(p), n)));
+    s.upsert_usage(&records).await.unwrap();
+    let q = UsageQuery {
+        tenant: t,
+        cluster: Some(c),
+        project: None,
+        all_projects: false,
+        from: start,
+        to: start + time::Duration::days(2),
+        max_records: 10,
+    };
+    // More matching records than the bound: a clear error, never a truncated list.
+    match s.query_usage(&q).await {
+        Err(StoreError::Validation(v)) => {
+            assert_eq!(v.violations[0].field, "to");
+            assert!(v.violations[0].reason.contains("more than 10"), "{v:?}");
+        }
+        other => panic!("expected a validation error, got {other:?}"),
+    }
+    // The totals cover every record, whatever the bound.
+    let tenant_level = &records[..TENANT_LEVEL as usize];
+    let expected = |rs: &[UsageRecord]| UsageSums {
+        records: rs.len() as i64,
+        cpu_millicore_hours: rs.iter().map(|r| r.cpu_millicores).sum(),
+        memory_byte_hours: rs.iter().map(|r| r.memory_bytes).sum(),
+        storage_byte_hours: rs.iter().map(|r| r.storage_bytes).sum(),
+        load_balancer_hours: rs.iter().map(|r| r.load_balancers).sum(),
+        pod_hours: rs.iter().map(|r| r.pods).sum(),
+    };
+    assert_eq!(s.usage_totals(&q).await.unwrap(), expected(tenant_level));
+    let all = UsageQuery {
+        all_projects: true,
+        ..q.clone()
+    };
+    assert_eq!(s.usage_totals(&all).await.unwrap(), expected(&records));
+    // At the bound, everything is returned.
+    let exact = UsageQuery {
+        max_records: TENANT_LEVEL as u32,
+        ..q.clone()
+    };
+    assert_eq!(s.query_usage(&exact).await.unwrap(), tenant_level);
+    // Nothing matched: zeros.
+    let none = UsageQuery {
+        tenant: TenantId::new(),
+        ..q.clone()
+    };
+    assert_eq!(s.usage_totals(&none).await.unwrap(), UsageSums::default());
+    // Sums past i64::MAX saturate instead of failing or wrapping.
+    let big = |n: i64| UsageRecord {
+        tenant_id: none.tenant,
+        memory_bytes: i64::MAX,
+        ..rec(None, n)
+    };
+    s.upsert_usage(&[big(0), big(1), big(2)]).await.unwrap();
+    let sums = s.usage_totals(&none).await.unwrap();
+    assert_eq!(sums.records, 3);
+    assert_eq!(sums.memory_byte_hours, i64::MAX);
+    assert_eq!(sums.cpu_millicore_hours, 3003);
 }

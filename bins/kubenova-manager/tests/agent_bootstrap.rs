@@ -69,11 +69,65 @@ struct Registered {
 }
 
 async fn registered(operator_helm_installer: bool) -> Registered {
-    let cluster = kubenova_testkit::TestCluster::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let keys = kubenova_store::crypto::Keyring::load_or_generate(dir.path()).unwrap();
     let url = format!("sqlite://{}", dir.path().join("kn.db").display());
     let store = kubenova_store::connect(&url, keys).await.unwrap();
+    registered_on(store, dir, operator_helm_installer).await
+}
+
+/// The Postgres URL for tests, or `None` (skipped loudly) unless Postgres is required.
+fn pg_url() -> Option<String> {
+    match std::env::var("KUBENOVA_TEST_POSTGRES_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            if std::env::var("KUBENOVA_REQUIRE_POSTGRES").as_deref() == Ok("1") {
+                panic!("KUBENOVA_REQUIRE_POSTGRES=1 but KUBENOVA_TEST_POSTGRES_URL is not set");
+            }
+            eprintln!(
+                "!!! POSTGRES SKIPPED: set KUBENOVA_TEST_POSTGRES_URL to run the bootstrap tests on Postgres !!!"
+            );
+            None
+        }
+    }
+}
+
+/// Like [`registered`] on Postgres, in a schema of its own (dropped by [`drop_schema`]).
+async fn registered_on_postgres(url: &str, schema: &str) -> Registered {
+    let admin = sqlx::PgPool::connect(url)
+        .await
+        .expect("connect to KUBENOVA_TEST_POSTGRES_URL");
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    let opts = <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(url)
+        .unwrap()
+        .options([("search_path", schema)]);
+    let dir = tempfile::tempdir().unwrap();
+    let keys = kubenova_store::crypto::Keyring::load_or_generate(dir.path()).unwrap();
+    let store = kubenova_store::PgStore::connect_with(opts, 4, keys)
+        .await
+        .unwrap();
+    registered_on(std::sync::Arc::new(store), dir, false).await
+}
+
+async fn drop_schema(url: &str, schema: &str) {
+    let admin = sqlx::PgPool::connect(url).await.unwrap();
+    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+}
+
+async fn registered_on(
+    store: std::sync::Arc<dyn kubenova_store::Store>,
+    dir: tempfile::TempDir,
+    operator_helm_installer: bool,
+) -> Registered {
+    let cluster = kubenova_testkit::TestCluster::start().await.unwrap();
     let cfg = ServerConfig {
         rate_limit_subject_rps: 0,
         rate_limit_ip_rps: 0,
@@ -206,7 +260,9 @@ async fn bootstrap_applies_the_operator_and_the_heartbeat_connects() {
             .any(|x| x["type"] == "Bootstrapped" && x["status"] == "True")
     );
 
-    // Re-bootstrap: idempotent, rotates the credential.
+    // Re-bootstrap: idempotent, rotates the credential. The running operator keeps
+    // working with the old one until the new one is first used; then the old one is
+    // revoked.
     let (s, r) = call(
         &app,
         Method::POST,
@@ -226,7 +282,11 @@ async fn bootstrap_applies_the_operator_and_the_heartbeat_connects() {
         Some(heartbeat()),
     )
     .await;
-    assert_eq!(s, StatusCode::UNAUTHORIZED, "the old credential is revoked");
+    assert_eq!(
+        s,
+        StatusCode::OK,
+        "the old credential works until the new one is used"
+    );
     let (s, _) = call(
         &app,
         Method::POST,
@@ -236,6 +296,15 @@ async fn bootstrap_applies_the_operator_and_the_heartbeat_connects() {
     )
     .await;
     assert_eq!(s, StatusCode::OK);
+    let (s, _) = call(
+        &app,
+        Method::POST,
+        "/api/v1/agent/heartbeat",
+        &token,
+        Some(heartbeat()),
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "the old credential is revoked");
 
     // The kubeconfig's identity may not create cluster-wide RBAC: the bootstrap records an
     // error whose condition names the refusal and the object.
@@ -414,4 +483,97 @@ async fn bootstrap_with_the_helm_installer_option_applies_the_installer_identity
             && e.value.as_deref() == Some(INSTALLER_NAME)),
         "{env:?}"
     );
+}
+
+/// A re-bootstrap whose apply fails must not lock the running operator out: the old
+/// credential keeps working (the attack surface being an outage: before, the credential
+/// was rotated before the Secret was applied). Run on SQLite and Postgres.
+async fn a_failed_rebootstrap_keeps_the_running_operator_connected(r: Registered) {
+    let Registered {
+        cluster,
+        _dir,
+        admin,
+        app,
+        cid,
+        ..
+    } = r;
+    let uri = format!("/api/v1/clusters/{cid}/bootstrap/operator");
+    let bootstrap = || call(&app, Method::POST, &uri, &admin, None);
+    let hb = |token: String| {
+        let app = app.clone();
+        async move {
+            call(
+                &app,
+                Method::POST,
+                "/api/v1/agent/heartbeat",
+                &token,
+                Some(heartbeat()),
+            )
+            .await
+            .0
+        }
+    };
+    let kc = cluster.client().unwrap();
+    let secrets = Api::<Secret>::namespaced(kc, "kubenova-system");
+    let read_token = || async {
+        let s = secrets.get("kubenova-agent").await.unwrap();
+        String::from_utf8(s.data.unwrap()["token"].0.clone()).unwrap()
+    };
+    let (s, r) = bootstrap().await;
+    assert_eq!(s, StatusCode::ACCEPTED, "{r}");
+    let running = read_token().await;
+    assert_eq!(hb(running.clone()).await, StatusCode::OK);
+
+    // The apply of the Secret fails: the bootstrap fails, the operator keeps working.
+    let broken = cluster.faults().inject(
+        kubenova_testkit::Fault::writes()
+            .resource("secrets")
+            .status(500),
+    );
+    let (s, r) = bootstrap().await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["status"], "failed", "{r}");
+    cluster.faults().remove(broken);
+    assert_eq!(read_token().await, running, "the Secret was not changed");
+    assert_eq!(
+        hb(running.clone()).await,
+        StatusCode::OK,
+        "the running operator's credential still works"
+    );
+
+    // The apply fails after the Secret (at the Deployment): the Secret holds a new
+    // credential, which a restarted operator would use; both work until it is used.
+    let broken = cluster.faults().inject(
+        kubenova_testkit::Fault::writes()
+            .resource("deployments")
+            .status(500),
+    );
+    let (s, r) = bootstrap().await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["status"], "failed", "{r}");
+    cluster.faults().remove(broken);
+    let staged = read_token().await;
+    assert_ne!(staged, running);
+    assert_eq!(hb(running.clone()).await, StatusCode::OK);
+    assert_eq!(hb(staged.clone()).await, StatusCode::OK);
+    assert_eq!(
+        hb(running).await,
+        StatusCode::UNAUTHORIZED,
+        "revoked once the new credential was used"
+    );
+    assert_eq!(hb(staged).await, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_rebootstrap_keeps_the_running_operator_connected_on_sqlite() {
+    a_failed_rebootstrap_keeps_the_running_operator_connected(registered(false).await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_rebootstrap_keeps_the_running_operator_connected_on_postgres() {
+    let Some(url) = pg_url() else { return };
+    let schema = format!("kn_bootstrap_{}", uuid::Uuid::new_v4().simple());
+    let r = registered_on_postgres(&url, &schema).await;
+    a_failed_rebootstrap_keeps_the_running_operator_connected(r).await;
+    drop_schema(&url, &schema).await;
 }

@@ -2,9 +2,13 @@
 //! cluster (wire types in [`kubenova_api::agent`]).
 //!
 //! **Credential.** Bootstrap mints `kna_<cluster id>_<43 random base64url characters>`
-//! ([`mint_credential`]) and stores only its SHA-256, envelope-encrypted, as the cluster's
-//! secret [`CREDENTIAL_PURPOSE`]. The [`Agent`] extractor parses the cluster id out of the
-//! bearer credential, reads the stored hash and compares in constant time. Agent routes
+//! ([`mint_credential`]) and stores only its SHA-256, envelope-encrypted, in the cluster's
+//! secret [`CREDENTIAL_PURPOSE`], **staged** next to the current one before the Secret is
+//! applied ([`stage_credential`]): the running operator keeps working with the current
+//! credential, also when the apply fails, and the first request with the staged one
+//! makes it current, which revokes the previous one. The [`Agent`] extractor parses the
+//! cluster id out of the bearer credential, reads the stored hashes and compares in
+//! constant time. Agent routes
 //! accept nothing else (a user JWT is KN-401 here) and user routes never accept an agent
 //! credential (it is not a JWT). The credential alone decides the cluster: no agent route
 //! takes a cluster id, and every record an agent names is checked to be of its cluster.
@@ -92,17 +96,176 @@ pub fn credential_hash(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-/// Mints a credential for `cluster` and stores its hash (replacing, i.e. revoking, the
-/// previous one). Returns the credential, to be written only into the cluster's Secret.
+/// Mints a credential for `cluster` and makes it the only valid one at once (replacing,
+/// i.e. revoking, the current one and any staged one). Returns the credential, to be
+/// written only into the cluster's Secret. Bootstrap uses [`stage_credential`] instead.
 pub async fn rotate_credential(
     store: &dyn Store,
     cluster: ClusterId,
 ) -> Result<Zeroizing<String>, StoreError> {
     let (token, hash) = mint_credential(cluster);
+    let only = Credentials {
+        current: Some(hash),
+        staged: Vec::new(),
+    };
     store
-        .put_secret(cluster.0, CREDENTIAL_PURPOSE, &hash)
+        .put_secret(cluster.0, CREDENTIAL_PURPOSE, &only.encode())
         .await?;
     Ok(token)
+}
+
+/// Most staged credentials kept per cluster (bootstraps whose operator has not used its
+/// credential yet); staging another drops the oldest.
+pub const MAX_STAGED_CREDENTIALS: usize = 4;
+
+/// Attempts of a conditional write of a cluster's credentials that keeps losing races.
+const CREDENTIAL_WRITE_ATTEMPTS: usize = 32;
+
+/// The stored credentials of a cluster (hashes only): the current one, and the ones
+/// bootstraps staged, oldest first. Stored as 32 bytes per hash, the current one first
+/// (32 zero bytes before a first bootstrap's credential was used): a store written
+/// before staging existed holds the current hash alone and reads the same.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Credentials {
+    current: Option<[u8; 32]>,
+    staged: Vec<[u8; 32]>,
+}
+
+impl Credentials {
+    fn decode(bytes: &[u8]) -> Result<Self, StoreError> {
+        if bytes.is_empty() || !bytes.len().is_multiple_of(32) {
+            return Err(StoreError::Internal(format!(
+                "the stored agent credential has {} bytes, not a multiple of 32",
+                bytes.len()
+            )));
+        }
+        let mut hashes = bytes.chunks_exact(32).map(|c| {
+            let mut h = [0u8; 32];
+            h.copy_from_slice(c);
+            h
+        });
+        let current = hashes.next().filter(|h| h.iter().any(|b| *b != 0));
+        Ok(Self {
+            current,
+            staged: hashes.collect(),
+        })
+    }
+
+    fn encode(&self) -> Zeroizing<Vec<u8>> {
+        let mut out = Zeroizing::new(Vec::with_capacity(32 * (1 + self.staged.len())));
+        out.extend_from_slice(&self.current.unwrap_or([0u8; 32]));
+        for h in &self.staged {
+            out.extend_from_slice(h);
+        }
+        out
+    }
+
+    /// Whether `hash` is the current credential.
+    fn is_current(&self, hash: &[u8; 32]) -> bool {
+        self.current.is_some_and(|c| constant_time_eq(&c, hash))
+    }
+
+    /// The position of `hash` among the staged credentials (every one is compared).
+    fn staged_position(&self, hash: &[u8; 32]) -> Option<usize> {
+        let mut found = None;
+        for (i, s) in self.staged.iter().enumerate() {
+            if constant_time_eq(s, hash) && found.is_none() {
+                found = Some(i);
+            }
+        }
+        found
+    }
+}
+
+/// Mints a credential for `cluster` and stages its hash: the current credential stays
+/// valid, and the staged one becomes current (revoking the previous one) at its first
+/// use by an agent. A bootstrap stages the credential **before** it applies the Secret,
+/// so the Secret never holds a credential the manager does not know, and an apply that
+/// fails (before or after the Secret) never locks the running operator out. Returns the
+/// credential, to be written only into the cluster's Secret.
+pub async fn stage_credential(
+    store: &dyn Store,
+    cluster: ClusterId,
+) -> Result<Zeroizing<String>, StoreError> {
+    let (token, hash) = mint_credential(cluster);
+    for _ in 0..CREDENTIAL_WRITE_ATTEMPTS {
+        match store
+            .get_secret_versioned(cluster.0, CREDENTIAL_PURPOSE)
+            .await
+        {
+            Ok((bytes, version)) => {
+                let mut creds = Credentials::decode(&bytes)?;
+                creds.staged.push(hash);
+                if creds.staged.len() > MAX_STAGED_CREDENTIALS {
+                    creds.staged.remove(0);
+                }
+                match store
+                    .replace_secret(cluster.0, CREDENTIAL_PURPOSE, &creds.encode(), version)
+                    .await
+                {
+                    Ok(_) => return Ok(token),
+                    Err(StoreError::PreconditionFailed { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(StoreError::NotFound { .. }) => {
+                let first = Credentials {
+                    current: None,
+                    staged: vec![hash],
+                };
+                if store
+                    .put_secret_if_absent(cluster.0, CREDENTIAL_PURPOSE, &first.encode())
+                    .await?
+                {
+                    return Ok(token);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Conflict(format!(
+        "the agent credentials of cluster {cluster} kept changing while a new one was staged; retry the bootstrap"
+    )))
+}
+
+/// Makes the staged credential `hash` current (dropping it and every older staged one,
+/// keeping newer ones) after an agent used it. `false` when it is no longer staged (a
+/// newer credential was made current meanwhile: this one is revoked).
+async fn promote_credential(
+    store: &dyn Store,
+    cluster: ClusterId,
+    hash: &[u8; 32],
+) -> Result<bool, StoreError> {
+    for _ in 0..CREDENTIAL_WRITE_ATTEMPTS {
+        let (bytes, version) = store
+            .get_secret_versioned(cluster.0, CREDENTIAL_PURPOSE)
+            .await?;
+        let creds = Credentials::decode(&bytes)?;
+        if creds.is_current(hash) {
+            return Ok(true);
+        }
+        let Some(i) = creds.staged_position(hash) else {
+            return Ok(false);
+        };
+        let promoted = Credentials {
+            current: Some(*hash),
+            staged: creds.staged[i + 1..].to_vec(),
+        };
+        match store
+            .replace_secret(cluster.0, CREDENTIAL_PURPOSE, &promoted.encode(), version)
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(cluster_id = %cluster, "the operator uses its new agent credential; the previous one is revoked");
+                return Ok(true);
+            }
+            Err(StoreError::PreconditionFailed { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Err(StoreError::Conflict(format!(
+        "the agent credentials of cluster {cluster} kept changing; retry"
+    )))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -151,12 +314,19 @@ impl Agent {
             }
             Err(e) => return Err(e.into()),
         };
-        if !constant_time_eq(&credential_hash(token), &stored) {
-            return Err(ApiError::unauthenticated(INVALID_CREDENTIAL));
+        let creds = Credentials::decode(&stored)?;
+        let hash = credential_hash(token);
+        let cluster = ClusterId(cluster);
+        if creds.is_current(&hash) {
+            return Ok(Agent { cluster });
         }
-        Ok(Agent {
-            cluster: ClusterId(cluster),
-        })
+        // A credential staged by a bootstrap: its first use makes it current.
+        if creds.staged_position(&hash).is_some()
+            && promote_credential(store, cluster, &hash).await?
+        {
+            return Ok(Agent { cluster });
+        }
+        Err(ApiError::unauthenticated(INVALID_CREDENTIAL))
     }
 }
 
@@ -894,7 +1064,9 @@ async fn advance_runs(st: &AppState, app: &App, report: &ObjectReport) -> Result
     };
     let store = st.store.as_ref();
     let app_id = app.id;
-    let runs = all_pages(|p| async move { store.list_workflow_runs(app_id, &p).await }).await?;
+    // Only the runs still waiting, never the app's finished history.
+    let runs =
+        all_pages(|p| async move { store.list_active_workflow_runs(app_id, &p).await }).await?;
     let pending: Vec<_> = runs
         .into_iter()
         .filter(|r| matches!(r.status, RunStatus::Requested | RunStatus::Running))
@@ -926,6 +1098,15 @@ async fn advance_runs(st: &AppState, app: &App, report: &ObjectReport) -> Result
         match store.update_workflow_run(&run).await {
             Ok(()) | Err(StoreError::NotFound { .. }) => {}
             Err(e) => return Err(e),
+        }
+    }
+    if matches!(target, RunStatus::Succeeded | RunStatus::Failed) {
+        // Runs finished: keep the newest finished ones only.
+        let pruned = store
+            .prune_workflow_runs(app_id, st.config.workflow_run_retention)
+            .await?;
+        if pruned > 0 {
+            tracing::debug!(app_id = %app_id, pruned, "deleted the oldest finished workflow runs");
         }
     }
     Ok(())
@@ -1084,6 +1265,79 @@ async fn upload_usage(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn stored_credentials_read_the_format_before_staging() {
+        let h = |b: u8| [b; 32];
+        // Written before staging existed: the current hash alone.
+        assert_eq!(
+            Credentials::decode(&h(7)).unwrap(),
+            Credentials {
+                current: Some(h(7)),
+                staged: vec![]
+            }
+        );
+        let first_bootstrap = Credentials {
+            current: None,
+            staged: vec![h(1), h(2)],
+        };
+        assert_eq!(
+            Credentials::decode(&first_bootstrap.encode()).unwrap(),
+            first_bootstrap
+        );
+        assert!(Credentials::decode(&[]).is_err());
+        assert!(Credentials::decode(&[1u8; 33]).is_err());
+        let c = Credentials::decode(&first_bootstrap.encode()).unwrap();
+        assert_eq!(c.staged_position(&h(2)), Some(1));
+        assert!(
+            !c.is_current(&h(0)),
+            "the all-zero placeholder matches nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn staged_credentials_become_current_at_first_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = kubenova_store::crypto::Keyring::load_or_generate(dir.path()).unwrap();
+        let store = kubenova_store::connect(
+            &format!("sqlite://{}", dir.path().join("kn.db").display()),
+            keys,
+        )
+        .await
+        .unwrap();
+        let store = store.as_ref();
+        let id = ClusterId::new();
+        let ok = |token: &Zeroizing<String>| {
+            let h = format!("Bearer {}", token.as_str());
+            async move { Agent::verify(store, Some(&h)).await.is_ok() }
+        };
+        // A first bootstrap: nothing current yet, the staged credential works.
+        let t1 = stage_credential(store, id).await.unwrap();
+        assert!(ok(&t1).await);
+        // Five more bootstraps whose operator never connected: the oldest is dropped.
+        let mut staged = Vec::new();
+        for _ in 0..=MAX_STAGED_CREDENTIALS {
+            staged.push(stage_credential(store, id).await.unwrap());
+        }
+        assert!(ok(&t1).await, "the current credential stays valid");
+        assert!(
+            !ok(&staged[0]).await,
+            "dropped: more than the staged maximum"
+        );
+        // Using the third one makes it current: the current one and the older staged one
+        // are revoked, the newer staged ones stay valid.
+        assert!(ok(&staged[2]).await);
+        assert!(!ok(&t1).await);
+        assert!(!ok(&staged[1]).await);
+        assert!(ok(&staged[4]).await);
+        assert!(!ok(&staged[2]).await);
+        assert!(!ok(&staged[3]).await);
+        assert!(ok(&staged[4]).await);
+        // An immediate rotation revokes everything else.
+        let only = rotate_credential(store, id).await.unwrap();
+        assert!(ok(&only).await);
+        assert!(!ok(&staged[4]).await);
+    }
 
     #[test]
     fn credentials_have_the_parsed_shape_and_differ() {

@@ -37,6 +37,7 @@ use kubenova_api::validate::Validate;
 use kubenova_store::{ListParams, StoreError, WriteOptions};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use std::ops::ControlFlow;
 use time::OffsetDateTime;
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 use utoipa_axum::routes;
@@ -207,6 +208,41 @@ fn check_spec(st: &AppState, tenant: &Tenant, spec: &AppSpec) -> ApiResult<()> {
         })?;
     rules.check(spec)?;
     Ok(())
+}
+
+/// The authorization of a POST on an app (an action, a workflow run): the caller must be
+/// allowed to change the apps of the path's project. Then a stored response of the
+/// request's `Idempotency-Key` is answered (`Break`) before the app is looked up, so a
+/// retried action, even a delete, gets its stored response; otherwise the app
+/// (`Continue`).
+async fn authorize_post(
+    st: &AppState,
+    ctx: &Ctx,
+    p: &AppPath,
+) -> ApiResult<ControlFlow<Response, App>> {
+    Ok(match authorize_post_in_tenant(st, ctx, p).await? {
+        ControlFlow::Continue((_, app)) => ControlFlow::Continue(app),
+        ControlFlow::Break(replay) => ControlFlow::Break(replay),
+    })
+}
+
+/// [`authorize_post`], also returning the app's tenant (whose plan says what apps may use).
+async fn authorize_post_in_tenant(
+    st: &AppState,
+    ctx: &Ctx,
+    p: &AppPath,
+) -> ApiResult<ControlFlow<Response, (Tenant, App)>> {
+    let (ids, app_id) = p.ids()?;
+    let (tenant, project) = resolve_project(st, &ctx.principal, ids).await?;
+    ctx.principal.check_apps(&project, Access::Write)?;
+    if let Some(replay) = ctx.replay() {
+        return Ok(ControlFlow::Break(replay));
+    }
+    match st.store.get_app(app_id).await {
+        Ok(a) if a.project_id == project.id => Ok(ControlFlow::Continue((tenant, a))),
+        Ok(_) | Err(StoreError::NotFound { .. }) => Err(ApiError::not_found("app", app_id)),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn app_location(a: &App) -> String {
@@ -508,16 +544,23 @@ pub struct DeleteAccepted {
 // Writes
 // ---------------------------------------------------------------------------------
 
+/// A workflow run a change requests (deploy, rollback): its id and inputs.
+struct RunRequest {
+    id: RunId,
+    inputs: Value,
+}
+
 /// Stores an updated app (bumping version and time) with its audit event and optional
-/// new revision and idempotency record; returns the response.
+/// new revision, idempotency record and requested workflow run, all in one transaction;
+/// returns the response.
 async fn commit(
     st: &AppState,
     ctx: &Ctx,
     mut app: App,
     revision: Option<AppRevision>,
+    run: Option<RunRequest>,
     action: &str,
     status: StatusCode,
-    location: Option<String>,
 ) -> ApiResult<(App, Response)> {
     let expected = app.version;
     app.version = expected + 1;
@@ -525,45 +568,38 @@ async fn commit(
     let bytes = body_bytes(&app)?;
     let audit = ctx.audit(action, "app", app.id, status.as_u16());
     let idem = ctx.idempotency_record(status.as_u16(), &bytes);
-    st.store
-        .update_app(
-            &app,
-            expected,
-            revision.as_ref(),
-            &WriteOptions {
-                audit: Some(&audit),
-                idempotency: idem.as_ref(),
-            },
-        )
-        .await?;
+    let opts = WriteOptions {
+        audit: Some(&audit),
+        idempotency: idem.as_ref(),
+    };
+    let location = match run {
+        Some(RunRequest { id, inputs }) => {
+            let run = WorkflowRun {
+                id,
+                app_id: app.id,
+                status: RunStatus::Requested,
+                inputs,
+                result: None,
+                started_at: app.updated_at,
+                ended_at: None,
+            };
+            st.store
+                .update_app_with_run(&app, expected, revision.as_ref(), &run, &opts)
+                .await?;
+            Some(run_location(id))
+        }
+        None => {
+            st.store
+                .update_app(&app, expected, revision.as_ref(), &opts)
+                .await?;
+            None
+        }
+    };
     let version = app.version;
     Ok((
         app,
         bytes_response(status, bytes, Some(version), location, true),
     ))
-}
-
-/// Records a requested workflow run (after the app change it belongs to).
-async fn record_run(
-    st: &AppState,
-    app: AppId,
-    inputs: Value,
-    now: OffsetDateTime,
-    id: RunId,
-) -> ApiResult<()> {
-    let run = WorkflowRun {
-        id,
-        app_id: app,
-        status: RunStatus::Requested,
-        inputs,
-        result: None,
-        started_at: now,
-        ended_at: None,
-    };
-    st.store
-        .create_workflow_run(&run, &WriteOptions::default())
-        .await?;
-    Ok(())
 }
 
 /// Parses a PUT app body: the name may be omitted (it cannot change).
@@ -675,6 +711,9 @@ pub async fn create_app(
     let ids = path(p)?.ids()?;
     let (tenant, project) = resolve_project(&st, &ctx.principal, ids).await?;
     ctx.principal.check_apps(&project, Access::Write)?;
+    if let Some(replay) = ctx.replay() {
+        return Ok(replay);
+    }
     let KnJson(spec) = body?;
     check_spec(&st, &tenant, &spec)?;
     let now = OffsetDateTime::now_utc();
@@ -796,7 +835,7 @@ pub async fn update_app(
         OffsetDateTime::now_utc(),
     );
     Ok(
-        commit(&st, &ctx, app, rev, "app.update", StatusCode::OK, None)
+        commit(&st, &ctx, app, rev, None, "app.update", StatusCode::OK)
             .await?
             .1,
     )
@@ -809,8 +848,11 @@ async fn delete_common(
     headers: &HeaderMap,
     action: &str,
     status: StatusCode,
-) -> ApiResult<App> {
-    let app = authorize(st, ctx, p, Access::Write).await?;
+) -> ApiResult<ControlFlow<Response, App>> {
+    let app = match authorize_post(st, ctx, p).await? {
+        ControlFlow::Continue(app) => app,
+        replay @ ControlFlow::Break(_) => return Ok(replay),
+    };
     check_if_match(headers, "app", app.id, app.version)?;
     let audit = ctx.audit(action, "app", app.id, status.as_u16());
     let body = if status == StatusCode::NO_CONTENT {
@@ -833,7 +875,7 @@ async fn delete_common(
             },
         )
         .await?;
-    Ok(app)
+    Ok(ControlFlow::Continue(app))
 }
 
 /// Delete an app with its revisions and runs; the operator removes it from the cluster.
@@ -859,7 +901,7 @@ pub async fn delete_app(
     p: Result<Path<AppPath>, PathRejection>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    delete_common(
+    if let ControlFlow::Break(replay) = delete_common(
         &st,
         &ctx,
         &path(p)?,
@@ -867,7 +909,10 @@ pub async fn delete_app(
         "app.delete",
         StatusCode::NO_CONTENT,
     )
-    .await?;
+    .await?
+    {
+        return Ok(replay);
+    }
     let mut resp = StatusCode::NO_CONTENT.into_response();
     resp.extensions_mut().insert(Audited);
     Ok(resp)
@@ -878,29 +923,26 @@ pub async fn delete_app(
 // ---------------------------------------------------------------------------------
 
 async fn deploy(st: &AppState, ctx: &Ctx, p: &AppPath, headers: &HeaderMap) -> ApiResult<Response> {
-    let (tenant, mut app) = authorize_in_tenant(st, ctx, p, Access::Write).await?;
+    let (tenant, mut app) = match authorize_post_in_tenant(st, ctx, p).await? {
+        ControlFlow::Continue(found) => found,
+        ControlFlow::Break(replay) => return Ok(replay),
+    };
     check_if_match(headers, "app", app.id, app.version)?;
     // The plan may have changed since the revision was written.
     check_spec(st, &tenant, &app.spec)?;
     app.deployed_revision = Some(app.revision);
-    let run = RunId::new();
-    let revision = app.revision;
-    let (app, resp) = commit(
+    let run = RunRequest {
+        id: RunId::new(),
+        inputs: json!({"action": "deploy", "revision": app.revision}),
+    };
+    let (_, resp) = commit(
         st,
         ctx,
         app,
         None,
+        Some(run),
         "app.deploy",
         StatusCode::ACCEPTED,
-        Some(run_location(run)),
-    )
-    .await?;
-    record_run(
-        st,
-        app.id,
-        json!({"action": "deploy", "revision": revision}),
-        app.updated_at,
-        run,
     )
     .await?;
     Ok(resp)
@@ -913,7 +955,10 @@ async fn set_suspended(
     headers: &HeaderMap,
     suspended: bool,
 ) -> ApiResult<Response> {
-    let mut app = authorize(st, ctx, p, Access::Write).await?;
+    let mut app = match authorize_post(st, ctx, p).await? {
+        ControlFlow::Continue(app) => app,
+        ControlFlow::Break(replay) => return Ok(replay),
+    };
     check_if_match(headers, "app", app.id, app.version)?;
     app.suspended = suspended;
     let action = if suspended {
@@ -922,7 +967,7 @@ async fn set_suspended(
         "app.resume"
     };
     Ok(
-        commit(st, ctx, app, None, action, StatusCode::ACCEPTED, None)
+        commit(st, ctx, app, None, None, action, StatusCode::ACCEPTED)
             .await?
             .1,
     )
@@ -998,7 +1043,10 @@ async fn rollback(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let (tenant, mut app) = authorize_in_tenant(st, ctx, p, Access::Write).await?;
+    let (tenant, mut app) = match authorize_post_in_tenant(st, ctx, p).await? {
+        ControlFlow::Continue(found) => found,
+        ControlFlow::Break(replay) => return Ok(replay),
+    };
     let req: RollbackRequest =
         optional_body::<Option<RollbackRequest>>(headers, body)?.unwrap_or_default();
     check_if_match(headers, "app", app.id, app.version)?;
@@ -1018,20 +1066,11 @@ async fn rollback(
     let now = OffsetDateTime::now_utc();
     let rev = apply_spec(&mut app, old.spec, &ctx.principal.subject, now);
     app.deployed_revision = Some(app.revision);
-    let run = RunId::new();
-    let inputs =
-        json!({"action": "rollback", "revision": app.revision, "restoredRevision": target});
-    let (app, resp) = commit(
-        st,
-        ctx,
-        app,
-        rev,
-        "app.rollback",
-        StatusCode::OK,
-        Some(run_location(run)),
-    )
-    .await?;
-    record_run(st, app.id, inputs, app.updated_at, run).await?;
+    let run = RunRequest {
+        id: RunId::new(),
+        inputs: json!({"action": "rollback", "revision": app.revision, "restoredRevision": target}),
+    };
+    let (_, resp) = commit(st, ctx, app, rev, Some(run), "app.rollback", StatusCode::OK).await?;
     Ok(resp)
 }
 
@@ -1181,7 +1220,7 @@ pub async fn delete_app_action(
     p: Result<Path<AppPath>, PathRejection>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let app = delete_common(
+    let app = match delete_common(
         &st,
         &ctx,
         &path(p)?,
@@ -1189,7 +1228,11 @@ pub async fn delete_app_action(
         "app.delete",
         StatusCode::ACCEPTED,
     )
-    .await?;
+    .await?
+    {
+        ControlFlow::Continue(app) => app,
+        ControlFlow::Break(replay) => return Ok(replay),
+    };
     Ok(json_response(
         StatusCode::ACCEPTED,
         &DeleteAccepted {
@@ -1430,7 +1473,7 @@ pub async fn update_app_traits(
         OffsetDateTime::now_utc(),
     );
     Ok(
-        commit(&st, &ctx, app, rev, "app.traits", StatusCode::OK, None)
+        commit(&st, &ctx, app, rev, None, "app.traits", StatusCode::OK)
             .await?
             .1,
     )
@@ -1477,7 +1520,7 @@ pub async fn update_app_policies(
         OffsetDateTime::now_utc(),
     );
     Ok(
-        commit(&st, &ctx, app, rev, "app.policies", StatusCode::OK, None)
+        commit(&st, &ctx, app, rev, None, "app.policies", StatusCode::OK)
             .await?
             .1,
     )
@@ -1510,7 +1553,10 @@ pub async fn run_app_workflow(
     p: Result<Path<AppPath>, PathRejection>,
     body: Result<KnJson<WorkflowRequest>, ApiError>,
 ) -> ApiResult<Response> {
-    let app = authorize(&st, &ctx, &path(p)?, Access::Write).await?;
+    let app = match authorize_post(&st, &ctx, &path(p)?).await? {
+        ControlFlow::Continue(app) => app,
+        ControlFlow::Break(replay) => return Ok(replay),
+    };
     let KnJson(req) = body?;
     let inputs = req.inputs.unwrap_or_else(|| json!({}));
     if !inputs.is_object() {

@@ -91,6 +91,52 @@ impl Principal {
         self.has(Role::Admin) || self.has(Role::Ops)
     }
 
+    /// A digest (SHA-256, hex) of the caller's roles and tenant and project scope, in a
+    /// canonical order (the order and repetitions of the claims do not matter).
+    /// Idempotency records are kept per subject **and** this digest, so a token with
+    /// other roles or another scope under the same subject never gets another token's
+    /// stored response.
+    ///
+    /// ```
+    /// use kubenova_api::ids::TenantId;
+    /// use kubenova_manager::api::authz::{Principal, Role};
+    /// let t = TenantId::new();
+    /// let p = |roles: &[Role], tenants: &[TenantId]| Principal {
+    ///     subject: "alice".into(),
+    ///     roles: roles.to_vec(),
+    ///     tenants: tenants.to_vec(),
+    ///     projects: vec![],
+    /// };
+    /// let owner = p(&[Role::TenantOwner, Role::ReadOnly], &[t]);
+    /// assert_eq!(owner.scope_digest(), p(&[Role::ReadOnly, Role::TenantOwner], &[t, t]).scope_digest());
+    /// assert_ne!(owner.scope_digest(), p(&[Role::ReadOnly], &[t]).scope_digest());
+    /// assert_ne!(owner.scope_digest(), p(&[Role::TenantOwner, Role::ReadOnly], &[]).scope_digest());
+    /// ```
+    pub fn scope_digest(&self) -> String {
+        use sha2::{Digest as _, Sha256};
+        let mut roles: Vec<&str> = self.roles.iter().map(Role::as_str).collect();
+        roles.sort_unstable();
+        roles.dedup();
+        let mut tenants: Vec<String> = self.tenants.iter().map(|t| t.to_string()).collect();
+        tenants.sort_unstable();
+        tenants.dedup();
+        let mut projects: Vec<String> = self.projects.iter().map(|p| p.to_string()).collect();
+        projects.sort_unstable();
+        projects.dedup();
+        let mut h = Sha256::new();
+        for (name, values) in [
+            ("roles", roles.join(",")),
+            ("tenants", tenants.join(",")),
+            ("projects", projects.join(",")),
+        ] {
+            h.update(name.as_bytes());
+            h.update(b"=");
+            h.update(values.as_bytes());
+            h.update(b"\n");
+        }
+        hex::encode(h.finalize())
+    }
+
     /// Requires one of the roles (KN-403 otherwise).
     pub fn require_any(&self, roles: &[Role]) -> Result<(), ApiError> {
         if roles.iter().any(|r| self.has(*r)) {

@@ -267,6 +267,9 @@ async fn create_cluster(
     KnJson(spec): KnJson<ClusterSpec>,
 ) -> ApiResult<Response> {
     ctx.principal.check_clusters(Access::Write)?;
+    if let Some(replay) = ctx.replay() {
+        return Ok(replay);
+    }
     spec.validate()?;
     let kubeconfig = check_kubeconfig(&spec.kubeconfig)?;
     let now = OffsetDateTime::now_utc();
@@ -497,6 +500,9 @@ async fn record_request(
     component: Option<String>,
 ) -> ApiResult<Response> {
     ctx.principal.check_clusters(Access::Write)?;
+    if let Some(replay) = ctx.replay() {
+        return Ok(replay);
+    }
     let id: ClusterId = parse_id("cluster", raw_id)?;
     if let Some(comp) = &component
         && !COMPONENTS.contains(&comp.as_str())
@@ -594,7 +600,7 @@ async fn record_request(
         ("If-Match" = Option<String>, Header, description = "ETag the client read; KN-412 when stale")),
     responses(
         (status = 202, description = "`operator`: namespace kubenova-system, the Nova CRDs, the operator RBAC, the agent Secret (a freshly minted credential; \
-            the previous one stops working) and the Deployment were applied with server-side apply; status `bootstrapping` until the operator's first heartbeat \
+            the previous one keeps working until the operator first uses the new one, then stops) and the Deployment were applied with server-side apply; status `bootstrapping` until the operator's first heartbeat \
             makes it `connected`. Other components: the request is recorded (phase `requested`) and delivered to the operator.", body = BootstrapAccepted,
             example = json!({"clusterId": "11111111-1111-1111-1111-111111111111", "component": "operator", "status": "applied",
                 "clusterStatus": "bootstrapping", "requested": ["operator"],
@@ -658,6 +664,11 @@ async fn bootstrap_operator(
 ) -> ApiResult<Response> {
     use kubenova_reconcile::bootstrap::{BootstrapParams, bootstrap, client_from_kubeconfig};
     ctx.principal.check_clusters(Access::Write)?;
+    // A retried bootstrap answers the stored outcome: it neither applies again nor mints
+    // another credential.
+    if let Some(replay) = ctx.replay() {
+        return Ok(replay);
+    }
     let id: ClusterId = parse_id("cluster", raw_id)?;
     let c = st.store.get_cluster(id).await?;
     check_if_match(headers, "cluster", id, c.version)?;
@@ -683,8 +694,10 @@ async fn bootstrap_operator(
         let st = st2;
         let ctx = ctx2;
         let kubeconfig = st.store.cluster_kubeconfig(id).await?;
-        // Rotate first: the Secret never carries a credential the manager does not know.
-        let token = super::agent::rotate_credential(st.store.as_ref(), id).await?;
+        // Staged before the apply: the Secret never carries a credential the manager does
+        // not know, and the running operator's credential stays valid until the new one
+        // is used (an apply that fails locks nobody out).
+        let token = super::agent::stage_credential(st.store.as_ref(), id).await?;
         let mut params = BootstrapParams::new(&st.config.operator_image, &manager_url, &token);
         params.manager_ca = manager_ca;
         params.helm_installer = st.config.operator_helm_installer;

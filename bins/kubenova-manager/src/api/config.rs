@@ -9,6 +9,8 @@ use std::time::Duration;
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default number of finished workflow runs kept per app.
+pub const DEFAULT_WORKFLOW_RUN_RETENTION: u32 = 100;
 /// Default request body limit (1 MiB).
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 /// Default operator image: the operator of the same release as this manager.
@@ -129,6 +131,15 @@ pub struct ServerConfig {
     /// How long `Idempotency-Key` responses are kept for replay.
     #[arg(long, env = "KUBENOVA_IDEMPOTENCY_TTL", default_value = "24h", value_parser = parse_duration)]
     pub idempotency_ttl: Duration,
+    /// Finished (succeeded or failed) workflow runs kept per app, newest first; older
+    /// finished runs are deleted when a run finishes. Runs still requested or running are
+    /// never deleted.
+    #[arg(long, env = "KUBENOVA_WORKFLOW_RUN_RETENTION", default_value_t = DEFAULT_WORKFLOW_RUN_RETENTION)]
+    pub workflow_run_retention: u32,
+    /// Most usage records one usage read (`GET …/usage`) answers; a range holding more is
+    /// KN-422 asking for a shorter range (never a truncated answer).
+    #[arg(long, env = "KUBENOVA_USAGE_MAX_RECORDS", default_value_t = kubenova_store::DEFAULT_USAGE_MAX_RECORDS)]
+    pub usage_max_records: u32,
     /// Sustained requests per second per authenticated subject (0 disables).
     #[arg(long, env = "KUBENOVA_RATE_LIMIT_SUBJECT_RPS", default_value_t = 50)]
     pub rate_limit_subject_rps: u32,
@@ -141,6 +152,24 @@ pub struct ServerConfig {
     /// Burst per source IP.
     #[arg(long, env = "KUBENOVA_RATE_LIMIT_IP_BURST", default_value_t = 200)]
     pub rate_limit_ip_burst: u32,
+    /// Audit events of unauthenticated (401) calls written per source IP and minute; the
+    /// others are only counted (`kubenova_audit_unauthenticated_suppressed_total`). 0
+    /// writes none.
+    #[arg(
+        long,
+        env = "KUBENOVA_AUDIT_UNAUTHENTICATED_PER_SOURCE",
+        default_value_t = 10
+    )]
+    pub audit_unauthenticated_per_source: u32,
+    /// Audit events of unauthenticated (401) calls written per minute from all sources
+    /// together (bounds the audit table's growth under a flood from many addresses). 0
+    /// writes none.
+    #[arg(
+        long,
+        env = "KUBENOVA_AUDIT_UNAUTHENTICATED_TOTAL",
+        default_value_t = 300
+    )]
+    pub audit_unauthenticated_total: u32,
     /// DANGEROUS, local development only: no authentication, every caller is admin `dev`.
     #[arg(long, env = "KUBENOVA_INSECURE_DEV_NO_AUTH", default_value_t = false)]
     pub insecure_dev_no_auth: bool,
@@ -194,10 +223,14 @@ impl Default for ServerConfig {
             max_kubeconfig_ttl: Duration::from_secs(24 * 3600),
             exec_token_ttl: Duration::from_secs(15 * 60),
             idempotency_ttl: Duration::from_secs(24 * 3600),
+            workflow_run_retention: DEFAULT_WORKFLOW_RUN_RETENTION,
+            usage_max_records: kubenova_store::DEFAULT_USAGE_MAX_RECORDS,
             rate_limit_subject_rps: 50,
             rate_limit_subject_burst: 100,
             rate_limit_ip_rps: 100,
             rate_limit_ip_burst: 200,
+            audit_unauthenticated_per_source: 10,
+            audit_unauthenticated_total: 300,
             insecure_dev_no_auth: false,
             operator_image: DEFAULT_OPERATOR_IMAGE.into(),
             operator_helm_installer: false,
@@ -254,6 +287,12 @@ impl ServerConfig {
             return Err(format!(
                 "--agent-manager-url {u:?} must start with http:// or https://"
             ));
+        }
+        if self.usage_max_records == 0 {
+            return Err("--usage-max-records must be at least 1".into());
+        }
+        if self.workflow_run_retention == 0 {
+            return Err("--workflow-run-retention must be at least 1".into());
         }
         if self.operator_image.trim().is_empty() {
             return Err("--operator-image must not be empty".into());

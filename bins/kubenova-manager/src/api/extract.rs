@@ -84,11 +84,29 @@ pub struct IdempotencyKey {
     pub key: String,
     /// Hash of the request.
     pub request_hash: String,
+    /// The response stored for this key by the same caller (subject, roles and scope) for
+    /// the same request, if any: answered by [`Ctx::replay`] once the handler's
+    /// authorization passed, never before.
+    pub stored: Option<StoredResponse>,
+}
+
+/// A stored response of an `Idempotency-Key`.
+#[derive(Debug, Clone)]
+pub struct StoredResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// JSON body.
+    pub body: Vec<u8>,
 }
 
 /// Marks a response whose audit event was written with the change itself.
 #[derive(Debug, Clone, Copy)]
 pub struct Audited;
+
+/// Marks a replayed response (the middleware logs it as `replayed` and writes no audit
+/// event: the original request was audited).
+#[derive(Debug, Clone, Copy)]
+pub struct Replayed;
 
 /// The call's context: who, which request, from where.
 #[derive(Debug, Clone)]
@@ -172,12 +190,37 @@ impl Ctx {
         }
     }
 
+    /// The stored response of a retried request (the same `Idempotency-Key` with the same
+    /// request, from the same subject with the same roles and scope), marked
+    /// `Idempotent-Replayed: true`. Every handler that stores idempotency records calls
+    /// this right **after** its authorization checks passed and answers the response when
+    /// there is one, so a stored response only ever goes to a caller allowed to make the
+    /// request now; `None`: carry on with the request.
+    pub fn replay(&self) -> Option<Response> {
+        let stored = self.idempotency.as_ref()?.stored.as_ref()?;
+        let status =
+            axum::http::StatusCode::from_u16(stored.status).unwrap_or(axum::http::StatusCode::OK);
+        let mut resp = (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            stored.body.clone(),
+        )
+            .into_response();
+        resp.headers_mut().insert(
+            super::middleware::IDEMPOTENT_REPLAYED,
+            axum::http::HeaderValue::from_static("true"),
+        );
+        resp.extensions_mut().insert(Replayed);
+        Some(resp)
+    }
+
     /// The idempotency record storing this response, when the request had a key.
     pub fn idempotency_record(&self, status: u16, body: &[u8]) -> Option<IdempotencyRecord> {
         self.idempotency.as_ref().map(|k| {
             let now = OffsetDateTime::now_utc();
             IdempotencyRecord {
                 subject: self.principal.subject.clone(),
+                scope: self.principal.scope_digest(),
                 key: k.key.clone(),
                 request_hash: k.request_hash.clone(),
                 status,

@@ -33,8 +33,8 @@ use kubenova_kubeconfig::{
     TokenSpec,
 };
 use kubenova_store::{
-    CredentialMode, CredentialOutcome, CredentialQuery, IssuedCredential, Store, StoreError,
-    SubjectRevocation, WriteOptions,
+    CredentialMode, CredentialOutcome, CredentialQuery, IssuedCredential, LiftOutcome, Store,
+    StoreError, SubjectRevocation, WriteOptions,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -80,6 +80,14 @@ pub enum SigningKeyError {
     /// The stored keys could not be parsed, or a key could not be generated.
     #[error("kubeconfig signing keys: {0}")]
     Key(#[from] kubenova_kubeconfig::Error),
+    /// Concurrent rotations changed the stored keys at every attempt of this one.
+    #[error(
+        "the kubeconfig signing keys were changed by concurrent rotations {attempts} times while this rotation ran; nothing was changed by it, retry"
+    )]
+    Contended {
+        /// Attempts made.
+        attempts: usize,
+    },
 }
 
 impl From<SigningKeyError> for ApiError {
@@ -92,6 +100,7 @@ impl From<SigningKeyError> for ApiError {
                     "the kubeconfig signing keys are unusable; see the manager log",
                 ))
             }
+            e @ SigningKeyError::Contended { .. } => KnError::conflict(e.to_string()).into(),
         }
     }
 }
@@ -99,11 +108,16 @@ impl From<SigningKeyError> for ApiError {
 /// The stored signing key set, generated and stored on first use. Concurrent first
 /// starts agree on one key set (insert-if-absent, then read back).
 pub async fn load_or_create_signing_keys(store: &dyn Store) -> Result<KeySet, SigningKeyError> {
+    Ok(load_or_create_versioned(store).await?.0)
+}
+
+/// [`load_or_create_signing_keys`] with the stored version, for a conditional write.
+async fn load_or_create_versioned(store: &dyn Store) -> Result<(KeySet, i64), SigningKeyError> {
     match store
-        .get_secret(SIGNING_KEYS_OWNER, SIGNING_KEYS_PURPOSE)
+        .get_secret_versioned(SIGNING_KEYS_OWNER, SIGNING_KEYS_PURPOSE)
         .await
     {
-        Ok(bytes) => return Ok(KeySet::from_bytes(&bytes)?),
+        Ok((bytes, version)) => return Ok((KeySet::from_bytes(&bytes)?, version)),
         Err(StoreError::NotFound { .. }) => {}
         Err(e) => return Err(e.into()),
     }
@@ -114,11 +128,14 @@ pub async fn load_or_create_signing_keys(store: &dyn Store) -> Result<KeySet, Si
     {
         tracing::info!(kid = %fresh.active().kid(), "generated the kubeconfig signing key");
     }
-    let bytes = store
-        .get_secret(SIGNING_KEYS_OWNER, SIGNING_KEYS_PURPOSE)
+    let (bytes, version) = store
+        .get_secret_versioned(SIGNING_KEYS_OWNER, SIGNING_KEYS_PURPOSE)
         .await?;
-    Ok(KeySet::from_bytes(&bytes)?)
+    Ok((KeySet::from_bytes(&bytes)?, version))
 }
+
+/// Attempts of a rotation whose conditional write finds the keys changed by another one.
+const ROTATION_ATTEMPTS: usize = 32;
 
 /// What a rotation did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
@@ -135,26 +152,53 @@ pub struct SigningKeyRotation {
 /// Rotates the signing keys with overlap: a new active key signs from now on, the old
 /// one stays in the JWKS until `overlap` (the maximum kubeconfig TTL plus clock skew)
 /// after its deactivation, and keys past that are retired.
+///
+/// The write is conditional on the version of the keys that were read: a rotation that
+/// races another one (two replicas, or the API and the `rotate-signing-keys` command)
+/// re-reads the keys the other one stored and rotates those, so no key is lost and the
+/// rotations apply one after the other. After 32 lost races in a row it gives
+/// up with [`SigningKeyError::Contended`] (KN-409), having changed nothing.
 pub async fn rotate_signing_keys(
     store: &dyn Store,
     overlap: time::Duration,
 ) -> Result<SigningKeyRotation, SigningKeyError> {
-    let mut keys = load_or_create_signing_keys(store).await?;
-    let now = OffsetDateTime::now_utc();
-    keys.rotate(now)?;
-    let retired = keys.retire_expired(now, overlap);
-    store
-        .put_secret(SIGNING_KEYS_OWNER, SIGNING_KEYS_PURPOSE, &keys.to_bytes()?)
-        .await?;
-    tracing::info!(active_kid = %keys.active().kid(), retired = ?retired, "rotated the kubeconfig signing keys");
-    Ok(SigningKeyRotation {
-        active_kid: keys.active().kid().to_string(),
-        verifying_kids: keys
-            .previous()
-            .iter()
-            .map(|k| k.kid().to_string())
-            .collect(),
-        retired_kids: retired,
+    for attempt in 1..=ROTATION_ATTEMPTS {
+        let (mut keys, version) = load_or_create_versioned(store).await?;
+        let now = OffsetDateTime::now_utc();
+        keys.rotate(now)?;
+        let retired = keys.retire_expired(now, overlap);
+        match store
+            .replace_secret(
+                SIGNING_KEYS_OWNER,
+                SIGNING_KEYS_PURPOSE,
+                &keys.to_bytes()?,
+                version,
+            )
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(active_kid = %keys.active().kid(), retired = ?retired, attempt, "rotated the kubeconfig signing keys");
+                return Ok(SigningKeyRotation {
+                    active_kid: keys.active().kid().to_string(),
+                    verifying_kids: keys
+                        .previous()
+                        .iter()
+                        .map(|k| k.kid().to_string())
+                        .collect(),
+                    retired_kids: retired,
+                });
+            }
+            Err(StoreError::PreconditionFailed { .. }) => {
+                tracing::info!(
+                    attempt,
+                    "the kubeconfig signing keys changed during this rotation; rotating the new keys"
+                );
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(SigningKeyError::Contended {
+        attempts: ROTATION_ATTEMPTS,
     })
 }
 
@@ -1590,6 +1634,7 @@ async fn revoke_credentials(
                 tenant.id,
                 &subject,
                 &by,
+                ctx.principal.is_platform(),
                 now,
                 &WriteOptions {
                     audit: Some(&ev),
@@ -1655,6 +1700,8 @@ pub struct RevokedSubject {
     pub revoked_at: OffsetDateTime,
     /// Who revoked it.
     pub revoked_by: String,
+    /// True when admin or ops revoked it: only admin or ops may lift it.
+    pub revoked_by_platform: bool,
 }
 
 impl From<SubjectRevocation> for RevokedSubject {
@@ -1663,6 +1710,7 @@ impl From<SubjectRevocation> for RevokedSubject {
             subject: r.subject,
             revoked_at: r.revoked_at,
             revoked_by: r.revoked_by,
+            revoked_by_platform: r.revoked_by_platform,
         }
     }
 }
@@ -1686,7 +1734,7 @@ pub struct RevokedSubjectList {
     params(("tenantID" = String, Path, description = "Tenant id (UUID)"), super::extract::ListQuery),
     responses(
         (status = 200, description = "A page of revoked subjects", body = RevokedSubjectList,
-            example = json!({"items": [{"subject": "mallory@example.com", "revokedAt": "2026-01-01T10:00:00Z", "revokedBy": "alice@example.com"}], "nextCursor": null})),
+            example = json!({"items": [{"subject": "mallory@example.com", "revokedAt": "2026-01-01T10:00:00Z", "revokedBy": "alice@example.com", "revokedByPlatform": false}], "nextCursor": null})),
         (status = 400, description = "The id is not a UUID", body = ErrorBody,
             example = json!({"code": "KN-400", "message": "tenant id \"abc\" is not a UUID"})),
         (status = 401, description = "No or invalid bearer token", body = ErrorBody,
@@ -1729,6 +1777,10 @@ pub struct LiftBody {
 
 /// Lifts a subject revocation: the subject may obtain credentials of the tenant again
 /// (revoked credentials stay revoked).
+///
+/// Admin, ops and the tenant's owner lift, with two exceptions (KN-403, audited as
+/// denied): nobody lifts a revocation of their own subject, and a revocation made by admin
+/// or ops is lifted only by admin or ops.
 #[utoipa::path(
     post,
     path = "/api/v1/tenants/{tenantID}/revoked-subjects:lift",
@@ -1743,8 +1795,8 @@ pub struct LiftBody {
             example = json!({"code": "KN-400", "message": "tenant id \"abc\" is not a UUID"})),
         (status = 401, description = "No or invalid bearer token", body = ErrorBody,
             example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
-        (status = 403, description = "Only admin, ops and the tenant's owner", body = ErrorBody,
-            example = json!({"code": "KN-403", "message": "revoking credentials needs admin, ops or the tenant's owner"})),
+        (status = 403, description = "Only admin, ops and the tenant's owner; nobody lifts their own subject's revocation; a revocation by admin or ops is lifted only by admin or ops", body = ErrorBody,
+            example = json!({"code": "KN-403", "message": "the revocation of \"mallory@example.com\" was made by admin or ops (\"ops@example.com\"); only admin or ops may lift it"})),
         (status = 404, description = "No such tenant, or outside the caller's scope", body = ErrorBody,
             example = json!({"code": "KN-404", "message": "tenant \"22222222-2222-2222-2222-222222222222\" not found"})),
         (status = 415, description = "The body is not sent as application/json", body = ErrorBody,
@@ -1765,6 +1817,20 @@ async fn lift_revoked_subject(
     if body.subject.trim().is_empty() {
         return Err(ApiError::invalid("subject", "must not be empty"));
     }
+    if body.subject == ctx.principal.subject {
+        return Ok(refuse_lift(
+            &st,
+            &ctx,
+            &tenant,
+            &body.subject,
+            "own subject",
+            format!(
+                "{:?} may not lift a revocation of its own subject: another tenant owner, admin or ops decides",
+                body.subject
+            ),
+        )
+        .await);
+    }
     let ev = issuance_audit(
         &ctx,
         "credential.lift-subject",
@@ -1773,17 +1839,36 @@ async fn lift_revoked_subject(
         200,
         json!({"tenantId": tenant.id, "subject": body.subject}),
     );
-    let lifted = st
+    let outcome = st
         .store
         .lift_subject_revocation(
             tenant.id,
             &body.subject,
+            ctx.principal.is_platform(),
             &WriteOptions {
                 audit: Some(&ev),
                 idempotency: None,
             },
         )
         .await?;
+    let lifted = match outcome {
+        LiftOutcome::Lifted => true,
+        LiftOutcome::NotRevoked => false,
+        LiftOutcome::PlatformRevocation(rev) => {
+            return Ok(refuse_lift(
+                &st,
+                &ctx,
+                &tenant,
+                &body.subject,
+                "revoked by admin or ops",
+                format!(
+                    "the revocation of {:?} was made by admin or ops ({:?}); only admin or ops may lift it",
+                    body.subject, rev.revoked_by
+                ),
+            )
+            .await);
+        }
+    };
     Ok(json_response(
         StatusCode::OK,
         &json!({"subject": body.subject, "lifted": lifted}),
@@ -1791,6 +1876,35 @@ async fn lift_revoked_subject(
         None,
         lifted,
     ))
+}
+
+/// The KN-403 answer to a lift the rules forbid, after writing its denied audit event
+/// (`reason` goes into the event's details).
+async fn refuse_lift(
+    st: &AppState,
+    ctx: &Ctx,
+    tenant: &Tenant,
+    subject: &str,
+    reason: &str,
+    message: String,
+) -> Response {
+    let mut ev = issuance_audit(
+        ctx,
+        "credential.lift-subject",
+        "tenant",
+        tenant.id.to_string(),
+        403,
+        json!({"tenantId": tenant.id, "subject": subject, "reason": reason}),
+    );
+    ev.outcome = AuditOutcome::Denied;
+    if let Err(e) = st.store.append_audit(&ev).await {
+        st.runtime.audit_failures.inc();
+        tracing::error!(error = %e, "could not write the audit event of a refused lift");
+    }
+    tracing::warn!(actor = %ctx.principal.subject, %subject, tenant_id = %tenant.id, reason, "lift of a subject revocation refused");
+    let mut resp = ApiError::forbidden(message).into_response();
+    resp.extensions_mut().insert(Audited);
+    resp
 }
 
 /// Rotates the kubeconfig signing keys with overlap (admin only).
@@ -1806,6 +1920,8 @@ async fn lift_revoked_subject(
             example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
         (status = 403, description = "Admin only", body = ErrorBody,
             example = json!({"code": "KN-403", "message": "this operation needs one of the roles admin"})),
+        (status = 409, description = "Concurrent rotations kept changing the keys; this one changed nothing: retry", body = ErrorBody,
+            example = json!({"code": "KN-409", "message": "the kubeconfig signing keys were changed by concurrent rotations 32 times while this rotation ran; nothing was changed by it, retry"})),
     ),
     security(("bearerAuth" = []))
 )]

@@ -9,7 +9,8 @@ use kubenova_api::model::{
 };
 use kubenova_store::{
     AuditQuery, Change, CredentialOutcome, CredentialQuery, Health, IdempotencyRecord,
-    IssuedCredential, ListParams, Page, Result, Store, SubjectRevocation, UsageQuery, WriteOptions,
+    IssuedCredential, LiftOutcome, ListParams, Page, Result, Store, SubjectRevocation, UsageQuery,
+    UsageSums, WriteOptions,
 };
 use std::sync::Arc;
 use std::time::Instant;
@@ -65,6 +66,8 @@ metered! {
     fn put_secret(&self, owner: Uuid, purpose: &str, plaintext: &[u8]) -> Result<()>;
     fn get_secret(&self, owner: Uuid, purpose: &str) -> Result<Zeroizing<Vec<u8>>>;
     fn put_secret_if_absent(&self, owner: Uuid, purpose: &str, plaintext: &[u8]) -> Result<bool>;
+    fn get_secret_versioned(&self, owner: Uuid, purpose: &str) -> Result<(Zeroizing<Vec<u8>>, i64)>;
+    fn replace_secret(&self, owner: Uuid, purpose: &str, plaintext: &[u8], expected_version: i64) -> Result<i64>;
     fn rotate_keys(&self) -> Result<usize>;
     fn create_tenant(&self, tenant: &Tenant, opts: &WriteOptions<'_>) -> Result<()>;
     fn get_tenant(&self, id: TenantId) -> Result<Tenant>;
@@ -84,6 +87,7 @@ metered! {
     fn list_apps(&self, project: ProjectId, params: &ListParams) -> Result<Page<App>>;
     fn list_cluster_apps(&self, cluster: ClusterId, params: &ListParams) -> Result<Page<App>>;
     fn update_app(&self, app: &App, expected_version: i64, new_revision: Option<&AppRevision>, opts: &WriteOptions<'_>) -> Result<()>;
+    fn update_app_with_run(&self, app: &App, expected_version: i64, new_revision: Option<&AppRevision>, run: &WorkflowRun, opts: &WriteOptions<'_>) -> Result<()>;
     fn set_app_status(&self, id: AppId, status: &ObjectStatus, vela_phase: Option<&str>) -> Result<App>;
     fn delete_app(&self, id: AppId, opts: &WriteOptions<'_>) -> Result<()>;
     fn list_app_revisions(&self, id: AppId, params: &ListParams) -> Result<Page<AppRevision>>;
@@ -92,24 +96,27 @@ metered! {
     fn update_workflow_run(&self, run: &WorkflowRun) -> Result<()>;
     fn get_workflow_run(&self, id: RunId) -> Result<WorkflowRun>;
     fn list_workflow_runs(&self, app: AppId, params: &ListParams) -> Result<Page<WorkflowRun>>;
+    fn list_active_workflow_runs(&self, app: AppId, params: &ListParams) -> Result<Page<WorkflowRun>>;
+    fn prune_workflow_runs(&self, app: AppId, keep: u32) -> Result<u64>;
     fn cluster_revision(&self, id: ClusterId) -> Result<i64>;
     fn changes_since(&self, id: ClusterId, since: i64, limit: u32) -> Result<Option<Vec<Change>>>;
     fn compact_changes(&self, id: ClusterId, up_to: i64) -> Result<u64>;
     fn upsert_usage(&self, records: &[UsageRecord]) -> Result<()>;
     fn query_usage(&self, query: &UsageQuery) -> Result<Vec<UsageRecord>>;
+    fn usage_totals(&self, query: &UsageQuery) -> Result<UsageSums>;
     fn append_audit(&self, event: &AuditEvent) -> Result<()>;
     fn query_audit(&self, query: &AuditQuery) -> Result<Page<AuditEvent>>;
-    fn get_idempotency(&self, subject: &str, key: &str, now: OffsetDateTime) -> Result<Option<IdempotencyRecord>>;
+    fn get_idempotency(&self, subject: &str, scope: &str, key: &str, now: OffsetDateTime) -> Result<Option<IdempotencyRecord>>;
     fn put_idempotency(&self, record: &IdempotencyRecord) -> Result<()>;
     fn purge_idempotency(&self, now: OffsetDateTime) -> Result<u64>;
     fn record_credential(&self, credential: &IssuedCredential, opts: &WriteOptions<'_>) -> Result<()>;
     fn get_credential(&self, jti: Uuid) -> Result<IssuedCredential>;
     fn list_credentials(&self, tenant: TenantId, query: &CredentialQuery) -> Result<Page<IssuedCredential>>;
     fn revoke_credential(&self, jti: Uuid, by: &str, at: OffsetDateTime, opts: &WriteOptions<'_>) -> Result<bool>;
-    fn revoke_subject(&self, tenant: TenantId, subject: &str, by: &str, at: OffsetDateTime, opts: &WriteOptions<'_>) -> Result<u64>;
+    fn revoke_subject(&self, tenant: TenantId, subject: &str, by: &str, by_platform: bool, at: OffsetDateTime, opts: &WriteOptions<'_>) -> Result<u64>;
     fn revoke_tenant_credentials(&self, tenant: TenantId, by: &str, at: OffsetDateTime, opts: &WriteOptions<'_>) -> Result<u64>;
     fn subject_revocation(&self, tenant: TenantId, subject: &str) -> Result<Option<SubjectRevocation>>;
     fn list_subject_revocations(&self, tenant: TenantId, params: &ListParams) -> Result<Page<SubjectRevocation>>;
-    fn lift_subject_revocation(&self, tenant: TenantId, subject: &str, opts: &WriteOptions<'_>) -> Result<bool>;
+    fn lift_subject_revocation(&self, tenant: TenantId, subject: &str, by_platform: bool, opts: &WriteOptions<'_>) -> Result<LiftOutcome>;
     fn record_credentials(&self, items: &[(IssuedCredential, AuditEvent)]) -> Result<Vec<CredentialOutcome>>;
 }

@@ -10,8 +10,10 @@
 //! 2. **URI rewrite** ([`rewrite_action_uri`]): `…/apps/{id}:deploy` → `…/apps/{id}/actions/deploy`.
 //! 3. the router, with per route ([`call_layer`]): source IP, per-IP rate limit,
 //!    authentication ([`Principal`] in the request extensions), per-subject rate limit,
-//!    `Idempotency-Key` replay/mismatch, body limit, and the audit of mutating calls that
-//!    the handler did not audit itself (failures, denials).
+//!    the `Idempotency-Key` lookup (a mismatch is KN-422 here; a stored response goes to
+//!    the handler, which replays it only after its own authorization checks), body limit,
+//!    and the audit of mutating calls that the handler did not audit itself (failures,
+//!    denials).
 //!
 //! Public (no token, no rate limit): `/api/v1/healthz`, `/api/v1/readyz`,
 //! `/api/v1/version`, `/api/v1/openapi.json`, `/api/v1/docs`, `/metrics`,
@@ -21,7 +23,7 @@ use super::AppState;
 use super::authz::Principal;
 use super::config::ServerConfig;
 use super::error::{ApiError, REQUEST_ID};
-use super::extract::{Audited, IdempotencyKey, IdempotencyTtl, SourceIp};
+use super::extract::{Audited, IdempotencyKey, IdempotencyTtl, Replayed, SourceIp, StoredResponse};
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, header};
@@ -166,6 +168,14 @@ pub struct LimitLabels {
     pub scope: String,
 }
 
+/// Labels of the unauthenticated-call counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UnauthenticatedLabels {
+    /// Why the call was not authenticated: `missing_token`, `not_bearer`,
+    /// `invalid_token` (user routes) or `agent_credential` (agent routes).
+    pub reason: Cow<'static, str>,
+}
+
 /// Labels of store metrics.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StoreLabels {
@@ -197,6 +207,15 @@ pub struct Runtime {
     pub store_errors: Family<StoreLabels, Counter>,
     /// `kubenova_audit_write_failures_total`.
     pub audit_failures: Counter,
+    /// `kubenova_http_unauthenticated_total{reason}`: every 401.
+    pub unauthenticated: Family<UnauthenticatedLabels, Counter>,
+    /// `kubenova_audit_unauthenticated_suppressed_total`: audit events of 401s not written
+    /// ([`Runtime::sample_unauthenticated_audit`]).
+    pub unauthenticated_audit_suppressed: Counter,
+    /// Audit rows of 401s per source IP and minute.
+    unauthenticated_audit_per_source: Option<DefaultKeyedRateLimiter<String>>,
+    /// Audit rows of 401s per minute, all sources.
+    unauthenticated_audit_total: Option<governor::DefaultDirectRateLimiter>,
     /// The store's record cache, read at each scrape ([`Runtime::observe_cache`]).
     cache: CacheMetrics,
     /// Per-route handles of `http_requests` and `http_latency` (see [`Runtime::observe_http`]).
@@ -251,6 +270,18 @@ impl Runtime {
             Family::new_with_constructor(latency_histogram);
         let store_errors = Family::<StoreLabels, Counter>::default();
         let audit_failures = Counter::default();
+        let unauthenticated = Family::<UnauthenticatedLabels, Counter>::default();
+        let unauthenticated_audit_suppressed = Counter::default();
+        registry.register(
+            "http_unauthenticated",
+            "Calls answered 401, by reason (missing_token, not_bearer, invalid_token, agent_credential)",
+            unauthenticated.clone(),
+        );
+        registry.register(
+            "audit_unauthenticated_suppressed",
+            "Audit events of unauthenticated (401) calls not written, over the per-source or total budget per minute",
+            unauthenticated_audit_suppressed.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests by route template, method and status",
@@ -321,6 +352,12 @@ impl Runtime {
             store_latency,
             store_errors,
             audit_failures,
+            unauthenticated,
+            unauthenticated_audit_suppressed,
+            unauthenticated_audit_per_source: NonZeroU32::new(cfg.audit_unauthenticated_per_source)
+                .map(|n| governor::RateLimiter::keyed(Quota::per_minute(n))),
+            unauthenticated_audit_total: NonZeroU32::new(cfg.audit_unauthenticated_total)
+                .map(|n| governor::RateLimiter::direct(Quota::per_minute(n))),
             cache,
             route_metrics: Default::default(),
             credential_writer: Default::default(),
@@ -432,6 +469,42 @@ impl Runtime {
         if !ok {
             self.store_errors.get_or_create(&labels).inc();
         }
+    }
+
+    /// Counts an unauthenticated (401) call in `kubenova_http_unauthenticated_total`.
+    pub fn count_unauthenticated(&self, reason: &'static str) {
+        self.unauthenticated
+            .get_or_create(&UnauthenticatedLabels {
+                reason: Cow::Borrowed(reason),
+            })
+            .inc();
+    }
+
+    /// Whether the audit event of an unauthenticated (401) call from `source_ip` may be
+    /// written: at most `--audit-unauthenticated-per-source` per source and minute and
+    /// `--audit-unauthenticated-total` per minute overall, so a flood of bad tokens cannot
+    /// grow the audit table without bound. `false` counts it in
+    /// `kubenova_audit_unauthenticated_suppressed_total` instead.
+    pub fn sample_unauthenticated_audit(&self, source_ip: &str) -> bool {
+        let per_source = match &self.unauthenticated_audit_per_source {
+            Some(l) => {
+                // Forget idle sources now and then so the map stays small.
+                if self.checks.fetch_add(1, Ordering::Relaxed) % 8192 == 8191 {
+                    l.retain_recent();
+                }
+                l.check_key(&source_ip.to_string()).is_ok()
+            }
+            None => false,
+        };
+        let write = per_source
+            && self
+                .unauthenticated_audit_total
+                .as_ref()
+                .is_some_and(|l| l.check().is_ok());
+        if !write {
+            self.unauthenticated_audit_suppressed.inc();
+        }
+        write
     }
 
     /// Checks a rate limit; `Err(seconds to wait)` when exceeded.
@@ -746,6 +819,22 @@ fn is_mutating(m: &Method) -> bool {
     )
 }
 
+/// The `reason` label of a refused `Authorization` header (a fixed set: labels never
+/// carry what the client sent).
+fn unauthenticated_reason(authorization: Option<&str>) -> &'static str {
+    match authorization.map(str::trim) {
+        None | Some("") => "missing_token",
+        Some(h) => match h.split_once(' ') {
+            Some((scheme, rest))
+                if scheme.eq_ignore_ascii_case("bearer") && !rest.trim().is_empty() =>
+            {
+                "invalid_token"
+            }
+            _ => "not_bearer",
+        },
+    }
+}
+
 fn too_many(scope: &str, secs: u64) -> Response {
     ApiError {
         error: KnError::new(
@@ -813,7 +902,13 @@ async fn guarded(
     if is_agent(&info.path) {
         // The handler authenticates the agent credential; user tokens are refused there.
         let resp = next.run(req).await;
-        if matches!(resp.status().as_u16(), 401 | 403) {
+        let status = resp.status().as_u16();
+        if status == 401 {
+            state.runtime.count_unauthenticated("agent_credential");
+        }
+        if matches!(status, 401 | 403)
+            && (status == 403 || state.runtime.sample_unauthenticated_audit(&info.source_ip))
+        {
             let agent = Principal {
                 subject: "agent".into(),
                 roles: vec![],
@@ -831,12 +926,17 @@ async fn guarded(
     let principal = match state.auth.authenticate(authz) {
         Ok(p) => p,
         Err(e) => {
+            state
+                .runtime
+                .count_unauthenticated(unauthenticated_reason(authz));
             let mut resp = e.into_response();
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"kubenova\", error=\"invalid_token\""),
             );
-            if is_mutating(&info.method) {
+            if is_mutating(&info.method)
+                && state.runtime.sample_unauthenticated_audit(&info.source_ip)
+            {
                 let anon = Principal {
                     subject: "anonymous".into(),
                     roles: vec![],
@@ -853,17 +953,12 @@ async fn guarded(
         tracing::warn!(subject = %principal.subject, "per-subject rate limit exceeded");
         return too_many("subject", secs);
     }
-    let mut replayed = false;
     let resp = match idempotency(state, &principal, req).await {
-        Ok(Idem::Proceed(req)) => next.run(req).await,
-        Ok(Idem::Replay(resp)) => {
-            replayed = true;
-            resp
-        }
+        Ok(req) => next.run(req).await,
         Err(e) => e.into_response(),
     };
     if is_mutating(&info.method) {
-        if replayed {
+        if resp.extensions().get::<Replayed>().is_some() {
             log_audit(&principal, &info, "replayed", resp.status().as_u16());
         } else if resp.extensions().get::<Audited>().is_none() {
             audit_call(state, &principal, &info, route, resp.status()).await;
@@ -879,11 +974,6 @@ async fn guarded(
     resp
 }
 
-enum Idem {
-    Proceed(Request),
-    Replay(Response),
-}
-
 fn request_hash(method: &Method, path_and_query: &str, body: &[u8]) -> String {
     let mut h = Sha256::new();
     h.update(method.as_str().as_bytes());
@@ -894,16 +984,23 @@ fn request_hash(method: &Method, path_and_query: &str, body: &[u8]) -> String {
     hex::encode(h.finalize())
 }
 
+/// Reads the `Idempotency-Key` of a POST and looks up the caller's stored response for it
+/// (keyed by subject, roles and scope, see [`Principal::scope_digest`]). A stored response
+/// of another request under the key is KN-422 here; a stored response of the same request
+/// is **not** answered here but handed to the handler ([`IdempotencyKey::stored`]), which
+/// answers it with [`super::extract::Ctx::replay`] only after its authorization checks
+/// passed: a caller that may no longer make the request gets the refusal, not the stored
+/// response.
 async fn idempotency(
     state: &AppState,
     principal: &Principal,
     req: Request,
-) -> Result<Idem, ApiError> {
+) -> Result<Request, ApiError> {
     if req.method() != Method::POST {
-        return Ok(Idem::Proceed(req));
+        return Ok(req);
     }
     let Some(raw) = req.headers().get(&IDEMPOTENCY_KEY) else {
-        return Ok(Idem::Proceed(req));
+        return Ok(req);
     };
     let key = raw
         .to_str()
@@ -948,39 +1045,38 @@ async fn idempotency(
     let hash = request_hash(&parts.method, pq, &bytes);
     let found = state
         .store
-        .get_idempotency(&principal.subject, &key, OffsetDateTime::now_utc())
-        .await;
-    match found? {
-        Some(rec) if rec.request_hash == hash => {
-            let status = StatusCode::from_u16(rec.status).unwrap_or(StatusCode::OK);
-            let mut resp = (
-                status,
-                [(header::CONTENT_TYPE, "application/json")],
-                rec.body,
-            )
-                .into_response();
-            resp.headers_mut()
-                .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
-            Ok(Idem::Replay(resp))
-        }
-        Some(_) => Err(KnError::new(
-            ErrorCode::Validation,
-            "Idempotency-Key reused with a different request",
+        .get_idempotency(
+            &principal.subject,
+            &principal.scope_digest(),
+            &key,
+            OffsetDateTime::now_utc(),
         )
-        .with_details(serde_json::json!({"violations": [{
-            "field": "Idempotency-Key",
-            "reason": "this key was used with a different method, path or body; use a new key"
-        }]}))
-        .into()),
-        None => {
-            let mut req = Request::from_parts(parts, Body::from(bytes));
-            req.extensions_mut().insert(IdempotencyKey {
-                key,
-                request_hash: hash,
-            });
-            Ok(Idem::Proceed(req))
+        .await;
+    let stored = match found? {
+        Some(rec) if rec.request_hash == hash => Some(StoredResponse {
+            status: rec.status,
+            body: rec.body,
+        }),
+        Some(_) => {
+            return Err(KnError::new(
+                ErrorCode::Validation,
+                "Idempotency-Key reused with a different request",
+            )
+            .with_details(serde_json::json!({"violations": [{
+                "field": "Idempotency-Key",
+                "reason": "this key was used with a different method, path or body; use a new key"
+            }]}))
+            .into());
         }
-    }
+        None => None,
+    };
+    let mut req = Request::from_parts(parts, Body::from(bytes));
+    req.extensions_mut().insert(IdempotencyKey {
+        key,
+        request_hash: hash,
+        stored,
+    });
+    Ok(req)
 }
 
 fn outcome_of(status: StatusCode) -> (&'static str, AuditOutcome) {

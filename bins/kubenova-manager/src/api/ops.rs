@@ -409,6 +409,9 @@ async fn telemetry_event(
     KnJson(ev): KnJson<TelemetryEvent>,
 ) -> ApiResult<Response> {
     ctx.principal.require_any(&[Role::Admin, Role::Ops])?;
+    if let Some(replay) = ctx.replay() {
+        return Ok(replay);
+    }
     ev.validate()?;
     if let Some(c) = ev.cluster_id {
         st.store

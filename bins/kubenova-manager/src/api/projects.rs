@@ -22,7 +22,7 @@ use kubenova_api::model::{
 };
 use kubenova_api::quantity::Quantity;
 use kubenova_api::validate::Validate;
-use kubenova_store::{ListParams, StoreError, UsageQuery, WriteOptions};
+use kubenova_store::{ListParams, StoreError, UsageQuery, UsageSums, WriteOptions};
 use serde::{Deserialize, Serialize};
 use std::str::FromStr;
 use time::OffsetDateTime;
@@ -341,17 +341,17 @@ pub(crate) fn usage_report(
     from: OffsetDateTime,
     to: OffsetDateTime,
     mut records: Vec<UsageRecord>,
+    sums: &UsageSums,
 ) -> ProjectUsageReport {
     records.sort_by_key(|r| r.hour);
-    let mut totals = UsageTotals::default();
-    for r in &records {
-        totals.hours += 1;
-        totals.cpu_millicore_hours = totals.cpu_millicore_hours.saturating_add(r.cpu_millicores);
-        totals.memory_byte_hours = totals.memory_byte_hours.saturating_add(r.memory_bytes);
-        totals.storage_byte_hours = totals.storage_byte_hours.saturating_add(r.storage_bytes);
-        totals.load_balancer_hours = totals.load_balancer_hours.saturating_add(r.load_balancers);
-        totals.pod_hours = totals.pod_hours.saturating_add(r.pods);
-    }
+    let totals = UsageTotals {
+        hours: sums.records,
+        cpu_millicore_hours: sums.cpu_millicore_hours,
+        memory_byte_hours: sums.memory_byte_hours,
+        storage_byte_hours: sums.storage_byte_hours,
+        load_balancer_hours: sums.load_balancer_hours,
+        pod_hours: sums.pod_hours,
+    };
     let last = records.last();
     ProjectUsageReport {
         project_id: project,
@@ -555,6 +555,9 @@ pub async fn create_project(
     let tenant = load_tenant(&st, cluster, tenant_id).await?;
     ctx.principal
         .check_tenant_projects(&tenant, Access::Write)?;
+    if let Some(replay) = ctx.replay() {
+        return Ok(replay);
+    }
     let KnJson(spec) = body?;
     spec.validate()?;
     let now = OffsetDateTime::now_utc();
@@ -924,7 +927,7 @@ pub async fn issue_project_kubeconfig(
         (status = 400, description = "KN-400: the id is not a UUID, a timestamp is not RFC 3339, or an unknown format", body = ErrorBody, example = json!({"code": "KN-400", "message": "query parameter from must be an RFC 3339 timestamp, got \"yesterday\""})),
         (status = 401, description = "KN-401: no valid bearer token", body = ErrorBody, example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
         (status = 404, description = "KN-404: no such project, or outside the caller's scope", body = ErrorBody, example = json!({"code": "KN-404", "message": "project \"33333333-3333-3333-3333-333333333333\" not found"})),
-        (status = 422, description = "KN-422: from is not before to, or the range exceeds 366 days", body = ErrorBody, example = json!({"code": "KN-422", "message": "validation failed: from: must be before to", "details": {"violations": [{"field": "from", "reason": "must be before to"}]}})),
+        (status = 422, description = "KN-422: from is not before to, the range exceeds 366 days, or it holds more records than one answer carries (--usage-max-records)", body = ErrorBody, example = json!({"code": "KN-422", "message": "validation failed: from: must be before to", "details": {"violations": [{"field": "from", "reason": "must be before to"}]}})),
     ),
     security(("bearerAuth" = []))
 )]
@@ -954,17 +957,17 @@ pub async fn get_project_usage(
         }
     };
     let (from, to) = usage_range(&q, OffsetDateTime::now_utc())?;
-    let records = st
-        .store
-        .query_usage(&UsageQuery {
-            tenant: project.tenant_id,
-            cluster: Some(project.cluster_id),
-            project: Some(project.id),
-            all_projects: false,
-            from,
-            to,
-        })
-        .await?;
+    let query = UsageQuery {
+        tenant: project.tenant_id,
+        cluster: Some(project.cluster_id),
+        project: Some(project.id),
+        all_projects: false,
+        from,
+        to,
+        max_records: st.config.usage_max_records,
+    };
+    // More records than a response carries is KN-422 (never a truncated list).
+    let records = st.store.query_usage(&query).await?;
     let records: Vec<UsageRecord> = records
         .into_iter()
         .filter(|r| r.project_id == Some(project.id))
@@ -981,7 +984,9 @@ pub async fn get_project_usage(
         }
         return Ok(resp);
     }
-    let report = usage_report(project.id, project.tenant_id, from, to, records);
+    // Summed by the database over every record of the range.
+    let sums = st.store.usage_totals(&query).await?;
+    let report = usage_report(project.id, project.tenant_id, from, to, records, &sums);
     Ok(json_response(StatusCode::OK, &report, None, None, false))
 }
 
@@ -1028,15 +1033,22 @@ mod tests {
     }
 
     #[test]
-    fn report_uses_latest_hour_and_sums() {
+    fn report_uses_latest_hour_and_the_given_sums() {
         let h1 = time::macros::datetime!(2026-01-01 10:00 UTC);
         let h2 = time::macros::datetime!(2026-01-01 11:00 UTC);
+        let sums = UsageSums {
+            records: 2,
+            cpu_millicore_hours: 2500,
+            pod_hours: 4,
+            ..Default::default()
+        };
         let r = usage_report(
             ProjectId::new(),
             TenantId::new(),
             h1,
             h2 + time::Duration::hours(1),
             vec![rec(h2, 2000, 1024), rec(h1, 500, 2048)],
+            &sums,
         );
         assert_eq!(r.cpu_requests, "2");
         assert_eq!(r.memory_requests, "1Ki");
@@ -1045,7 +1057,14 @@ mod tests {
         assert_eq!(r.totals.cpu_millicore_hours, 2500);
         assert_eq!(r.totals.pod_hours, 4);
         assert_eq!(r.records[0].hour, h1);
-        let empty = usage_report(ProjectId::new(), TenantId::new(), h1, h2, vec![]);
+        let empty = usage_report(
+            ProjectId::new(),
+            TenantId::new(),
+            h1,
+            h2,
+            vec![],
+            &UsageSums::default(),
+        );
         assert_eq!(empty.cpu_requests, "0");
         assert!(empty.last_reported_at.is_none());
         let v = serde_json::to_value(&empty).unwrap();

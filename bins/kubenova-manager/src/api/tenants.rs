@@ -496,6 +496,9 @@ async fn update_tenant_with(
     change: impl FnOnce(&mut Tenant) -> Result<(), ValidationError>,
 ) -> ApiResult<Response> {
     let mut t = load_tenant(st, ctx, cluster_raw, tenant_raw, Access::Write).await?;
+    if let Some(replay) = ctx.replay() {
+        return Ok(replay);
+    }
     check_if_match(headers, "tenant", t.id, t.version)?;
     let expected = t.version;
     change(&mut t)?;
@@ -644,6 +647,9 @@ async fn create_tenant(
     KnJson(spec): KnJson<TenantSpec>,
 ) -> ApiResult<Response> {
     ctx.principal.require_any(&[Role::Admin, Role::Ops])?;
+    if let Some(replay) = ctx.replay() {
+        return Ok(replay);
+    }
     let cid: ClusterId = parse_id("cluster", &cluster)?;
     st.store.get_cluster(cid).await?;
     spec.validate()?;
@@ -1098,6 +1104,7 @@ async fn latest_usage(st: &AppState, t: &Tenant) -> ApiResult<Option<UsageRecord
             all_projects: false,
             from: now - time::Duration::days(7),
             to: now + time::Duration::hours(1),
+            max_records: st.config.usage_max_records,
         })
         .await?;
     Ok(recs.into_iter().next_back())
@@ -1363,7 +1370,7 @@ fn usage_csv(records: &[UsageRecord]) -> String {
             example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
         (status = 404, description = "No such tenant, or outside the caller's scope", body = ErrorBody,
             example = json!({"code": "KN-404", "message": "tenant \"22222222-2222-2222-2222-222222222222\" not found"})),
-        (status = 422, description = "An empty or too long range, or an unknown format", body = ErrorBody,
+        (status = 422, description = "An empty or too long range, an unknown format, or a range holding more records than one answer carries (--usage-max-records): ask for a shorter range", body = ErrorBody,
             example = json!({"code": "KN-422", "message": "validation failed: to: must be after from"})),
     ),
     security(("bearerAuth" = []))
@@ -1404,15 +1411,21 @@ async fn tenant_usage(
         ));
     }
     let include_projects = q.include_projects.unwrap_or(false);
+    let tenant_level = UsageQuery {
+        tenant: t.id,
+        cluster: Some(t.cluster_id),
+        project: None,
+        all_projects: false,
+        from,
+        to,
+        max_records: st.config.usage_max_records,
+    };
+    // More records than a response carries is KN-422 (never a truncated list).
     let records = st
         .store
         .query_usage(&UsageQuery {
-            tenant: t.id,
-            cluster: Some(t.cluster_id),
-            project: None,
             all_projects: include_projects,
-            from,
-            to,
+            ..tenant_level.clone()
         })
         .await?;
     if csv {
@@ -1423,18 +1436,17 @@ async fn tenant_usage(
         );
         return Ok(resp);
     }
-    let tenant_level: Vec<&UsageRecord> =
-        records.iter().filter(|r| r.project_id.is_none()).collect();
-    let mut totals = UsageTotals::default();
-    for r in &tenant_level {
-        totals.hours += 1;
-        totals.cpu_millicore_hours += r.cpu_millicores;
-        totals.memory_byte_hours += r.memory_bytes;
-        totals.storage_byte_hours += r.storage_bytes;
-        totals.load_balancer_hours += r.load_balancers;
-        totals.pod_hours += r.pods;
-    }
-    let latest = tenant_level.last().copied();
+    // Summed by the database over every tenant-level record of the range.
+    let sums = st.store.usage_totals(&tenant_level).await?;
+    let totals = UsageTotals {
+        hours: sums.records,
+        cpu_millicore_hours: sums.cpu_millicore_hours,
+        memory_byte_hours: sums.memory_byte_hours,
+        storage_byte_hours: sums.storage_byte_hours,
+        load_balancer_hours: sums.load_balancer_hours,
+        pod_hours: sums.pod_hours,
+    };
+    let latest = records.iter().rfind(|r| r.project_id.is_none());
     let body = TenantUsage {
         tenant_id: t.id,
         cluster_id: t.cluster_id,

@@ -166,6 +166,9 @@ async fn ingest_usage(
     KnJson(batch): KnJson<UsageBatch>,
 ) -> ApiResult<Response> {
     ctx.principal.require_any(&[Role::Admin, Role::Ops])?;
+    if let Some(replay) = ctx.replay() {
+        return Ok(replay);
+    }
     check_batch(&st, &batch.records).await?;
     st.store.upsert_usage(&batch.records).await?;
     let body = UsageAccepted {
