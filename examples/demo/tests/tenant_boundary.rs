@@ -259,6 +259,7 @@ async fn attacks(flow: &mut Flow) -> anyhow::Result<()> {
     scope_widening(flow, &both, &acme, &owner, &dev, &reader, &dev_token).await;
     dangerous_apps(flow, &both, &acme, &dev).await;
     oversized_and_nested_inputs(flow, &both, &acme, &dev, &dev_token).await;
+    revocation_games(flow, &both, &acme).await;
     objects_written_directly_into_the_cluster(flow, &both).await?;
     apps_run_as_their_project(flow, &both).await?;
     Ok(())
@@ -733,6 +734,157 @@ async fn oversized_and_nested_inputs(
     assert_eq!(body["code"], "KN-413", "{body}");
     assert_eq!(before, snapshot(flow, both).await);
     get(&flow.api(), "/api/v1/readyz").await;
+}
+
+/// A tenant owner whose credentials the platform revoked keeps a valid manager token for a
+/// while: it can neither lift its own revocation nor get a new credential, and it cannot
+/// lift a revocation the platform made for someone else either.
+async fn revocation_games(flow: &Flow, both: &[&Tenancy], acme: &Tenancy) {
+    let tenant = id_of(&acme.tenant_path);
+    publish_proxy_ca(flow).await;
+    // Before the revocation mallory may get a kubeconfig: the refusals below are the
+    // revocation's, not the cluster's.
+    let mallory = token(
+        flow,
+        "mallory@acme.example",
+        &["tenantOwner"],
+        &[tenant],
+        &[],
+    )
+    .await;
+    let issue = format!("/api/v1/tenants/{tenant}/kubeconfig");
+    let (status, body) = send(
+        &Rest::new(&flow.manager.url, &mallory),
+        "POST",
+        &issue,
+        Some(&json!({"role": "owner"})),
+    )
+    .await;
+    assert_eq!(status, 200, "a kubeconfig before the revocation: {body}");
+    let revoked = Rest::new(&flow.manager.url, &mallory);
+    let other_owner = Rest::new(
+        &flow.manager.url,
+        &token(flow, "owner@acme.example", &["tenantOwner"], &[tenant], &[]).await,
+    );
+    for subject in ["mallory@acme.example", "ex-admin@acme.example"] {
+        let (status, body) = send(
+            &flow.api(),
+            "DELETE",
+            &format!("/api/v1/tenants/{tenant}/credentials?subject={subject}"),
+            None,
+        )
+        .await;
+        assert!(status < 300, "the admin revokes {subject}: {status} {body}");
+    }
+    let lift = format!("/api/v1/tenants/{tenant}/revoked-subjects:lift");
+    refused(
+        flow,
+        both,
+        &revoked,
+        &[
+            Case {
+                attack: "a revoked owner lifts its own revocation",
+                method: "POST",
+                path: lift.clone(),
+                body: Some(json!({"subject": "mallory@acme.example"})),
+                statuses: &[403],
+            },
+            Case {
+                attack: "a revoked owner issues itself a kubeconfig",
+                method: "POST",
+                path: issue.clone(),
+                body: Some(json!({"role": "owner"})),
+                statuses: &[403],
+            },
+            Case {
+                attack: "a revoked owner refreshes an exec credential",
+                method: "POST",
+                path: format!("/api/v1/tenants/{tenant}/token"),
+                body: Some(json!({})),
+                statuses: &[403],
+            },
+        ],
+    )
+    .await;
+    refused(
+        flow,
+        both,
+        &other_owner,
+        &[Case {
+            attack: "a tenant owner lifts a revocation the platform made",
+            method: "POST",
+            path: lift.clone(),
+            body: Some(json!({"subject": "ex-admin@acme.example"})),
+            statuses: &[403],
+        }],
+    )
+    .await;
+    let (_, list) = send(
+        &flow.api(),
+        "GET",
+        &format!("/api/v1/tenants/{tenant}/revoked-subjects"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        list["items"].as_array().map(Vec::len),
+        Some(2),
+        "both revocations stand: {list}"
+    );
+}
+
+/// Gives the emulated cluster's Capsule Proxy a CA (the Secret the operator reports it
+/// from) and waits until the manager knows it, so kubeconfigs can be issued.
+async fn publish_proxy_ca(flow: &Flow) {
+    let kubeconfig = std::fs::read_to_string(&flow.testkit.kubeconfig).unwrap();
+    let ca = kubeconfig
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("certificate-authority-data:"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let k = flow.testkit.client.clone();
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(k.clone());
+    if namespaces
+        .get_opt("capsule-system")
+        .await
+        .unwrap()
+        .is_none()
+    {
+        namespaces
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": "capsule-system"}})).unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(k.clone(), "capsule-system");
+    if secrets.get_opt("capsule-proxy").await.unwrap().is_none() {
+        secrets
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(
+                    json!({"metadata": {"name": "capsule-proxy"}, "data": {"ca.crt": ca}}),
+                )
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    let api = flow.api();
+    let path = flow.cluster_path("");
+    wait_for("the cluster's Capsule Proxy CA", STEP_TIMEOUT, || {
+        let api = api.clone();
+        let path = path.clone();
+        async move {
+            let c = get(&api, &path).await;
+            Ok(c["proxy"]["caData"].is_string().then_some(()))
+        }
+    })
+    .await
+    .unwrap();
 }
 
 /// Nova objects written straight into the cluster by someone with rights in a tenant's
