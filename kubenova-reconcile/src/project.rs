@@ -14,7 +14,7 @@ use kubenova_api::validate::Validate;
 
 use crate::error::TranslateError;
 use crate::meta::*;
-use crate::tenant::rbac_subject;
+use crate::tenant::{PodSecurity, rbac_subject};
 
 const KIND: &str = "NovaProject";
 
@@ -64,7 +64,17 @@ pub fn cluster_role(role: AccessRole) -> &'static str {
 }
 
 /// Translates a NovaProject. It must live in its tenant's owner namespace.
-pub fn translate_project(np: &NovaProject) -> Result<ProjectObjects, TranslateError> {
+///
+/// `pod_security` is the level of the project's tenant ([`tenant_pod_security`]): the
+/// project namespace enforces it like the tenant's own namespaces. `None` when the tenant
+/// has no `podSecurity` policyset, or is not known (an offline render of a project
+/// without its NovaTenant): then the namespace gets no Pod Security label from KubeNova.
+///
+/// [`tenant_pod_security`]: crate::tenant_pod_security
+pub fn translate_project(
+    np: &NovaProject,
+    pod_security: Option<&PodSecurity>,
+) -> Result<ProjectObjects, TranslateError> {
     let name = np
         .metadata
         .name
@@ -169,12 +179,15 @@ pub fn translate_project(np: &NovaProject) -> Result<ProjectObjects, TranslateEr
             }),
             ..ResourceQuota::default()
         });
-    // The namespace also gets the tenant's policyset labels from Capsule
-    // (namespaceOptions.additionalMetadata); user labels never override ours.
+    // User labels are never reserved (validated above), and ours are written last. The
+    // Pod Security level is set here too, not left to Capsule's additionalMetadata.
     let mut ns_labels = spec.labels.clone();
     ns_labels.extend(labels.clone());
     ns_labels.insert(LABEL_CAPSULE_TENANT.to_owned(), tenant.clone());
     ns_labels.insert(LABEL_NAMESPACE_ROLE.to_owned(), "project".to_owned());
+    if let Some(psa) = pod_security {
+        ns_labels.extend(psa.labels());
+    }
     let mut ns_meta = meta(&ns, None);
     ns_meta.labels = Some(ns_labels);
     Ok(ProjectObjects {

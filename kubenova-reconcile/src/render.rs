@@ -63,8 +63,18 @@ pub enum RenderError {
 /// (`<tenant>-owner`, or the project namespace); one in another namespace is refused,
 /// as the operator would. Offline objects have no uid, so no owner references are
 /// rendered.
+///
+/// A project namespace gets its tenant's Pod Security labels when the project's
+/// NovaTenant is among the documents (before or after the project), as the operator
+/// derives them from the NovaTenant in the cluster; a NovaProject rendered without its
+/// NovaTenant gets none.
 pub fn render(yaml_docs: &str, catalog: &Catalog) -> Result<String, RenderError> {
-    let mut objects: Vec<Value> = Vec::new();
+    enum Doc {
+        Tenant(Box<NovaTenant>),
+        Project(Box<NovaProject>),
+        App(Box<NovaApp>),
+    }
+    let mut docs: Vec<(usize, Doc)> = Vec::new();
     let mut input = yaml_docs.as_bytes();
     let opts = crate::manifests::yaml_file_options();
     // Documents one at a time (empty ones are skipped by the reader).
@@ -117,28 +127,10 @@ pub fn render(yaml_docs: &str, catalog: &Catalog) -> Result<String, RenderError>
             kind: kind.clone(),
             source,
         };
-        let translate = |source| RenderError::Translate { doc, source };
-        match kind.as_str() {
-            "NovaTenant" => {
-                let nt: NovaTenant = serde_json::from_value(v).map_err(decode)?;
-                objects.extend(
-                    crate::translate_tenant(&nt, catalog)
-                        .map_err(translate)?
-                        .to_values(),
-                );
-            }
-            "NovaProject" => {
-                let np: NovaProject = serde_json::from_value(v).map_err(decode)?;
-                objects.extend(
-                    crate::translate_project(&np)
-                        .map_err(translate)?
-                        .to_values(),
-                );
-            }
-            "NovaApp" => {
-                let na: NovaApp = serde_json::from_value(v).map_err(decode)?;
-                objects.push(crate::translate_app(&na).map_err(translate)?);
-            }
+        let parsed = match kind.as_str() {
+            "NovaTenant" => Doc::Tenant(serde_json::from_value(v).map_err(decode)?),
+            "NovaProject" => Doc::Project(serde_json::from_value(v).map_err(decode)?),
+            "NovaApp" => Doc::App(serde_json::from_value(v).map_err(decode)?),
             _ => {
                 return Err(RenderError::UnknownKind {
                     doc,
@@ -146,6 +138,36 @@ pub fn render(yaml_docs: &str, catalog: &Catalog) -> Result<String, RenderError>
                     kind,
                 });
             }
+        };
+        docs.push((doc, parsed));
+    }
+    let tenant = |name: &str| {
+        docs.iter().find_map(|(_, d)| match d {
+            Doc::Tenant(nt) if nt.metadata.name.as_deref() == Some(name) => Some(nt.as_ref()),
+            _ => None,
+        })
+    };
+    let mut objects: Vec<Value> = Vec::new();
+    for (doc, parsed) in &docs {
+        let translate = |source| RenderError::Translate { doc: *doc, source };
+        match parsed {
+            Doc::Tenant(nt) => objects.extend(
+                crate::translate_tenant(nt, catalog)
+                    .map_err(translate)?
+                    .to_values(),
+            ),
+            Doc::Project(np) => {
+                let psa = match tenant(&np.spec.tenant) {
+                    Some(nt) => crate::tenant_pod_security(nt, catalog).map_err(translate)?,
+                    None => None,
+                };
+                objects.extend(
+                    crate::translate_project(np, psa.as_ref())
+                        .map_err(translate)?
+                        .to_values(),
+                );
+            }
+            Doc::App(na) => objects.push(crate::translate_app(na).map_err(translate)?),
         }
     }
     let mut out = String::new();

@@ -32,13 +32,19 @@ struct Env {
 
 impl Env {
     async fn start() -> Env {
+        Env::start_with(true).await
+    }
+
+    /// With `capsule == false`, no simulated Capsule: nothing but the operator labels
+    /// namespaces (Capsule Tenants then never become ready).
+    async fn start_with(capsule: bool) -> Env {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
         let cluster = TestCluster::builder()
             .with_upstream_crds(true)
-            .simulate_capsule(true)
+            .simulate_capsule(capsule)
             .simulate_kubevela(true)
             .start()
             .await
@@ -679,4 +685,156 @@ async fn status_is_not_rewritten_when_nothing_changed() {
         plan_quotas("gold")
     );
     owned.stop().await;
+}
+
+/// The phase and `Degraded` reason of a NovaProject.
+async fn project_state(env: &Env, tenant: &str, name: &str) -> Option<(NovaPhase, String)> {
+    let s = env.project(tenant, name).await?.status?;
+    let reason = s
+        .condition(CONDITION_DEGRADED)
+        .filter(|c| c.status == "True")
+        .map(|c| c.reason.clone())
+        .unwrap_or_default();
+    Some((s.phase?, reason))
+}
+
+async fn namespace_labels(env: &Env, name: &str) -> std::collections::BTreeMap<String, String> {
+    Api::<Namespace>::all(env.client.clone())
+        .get_opt(name)
+        .await
+        .unwrap()
+        .and_then(|n| n.metadata.labels)
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nova_objects_with_reserved_labels_create_nothing() {
+    // Created directly in the cluster (no manager in between; the testkit does not
+    // evaluate the CRDs' CEL rules, as a cluster without them would not).
+    let env = Env::start().await;
+    let privileged = json!({"pod-security.kubernetes.io/enforce": "privileged"});
+    env.create_tenant("evil", json!({"plan": "gold", "labels": privileged}))
+        .await;
+    eventually("NovaTenant evil Degraded InvalidSpec", || async {
+        env.tenant("evil")
+            .await
+            .and_then(|t| t.status)
+            .is_some_and(|s| {
+                s.phase == Some(NovaPhase::Degraded)
+                    && s.condition(CONDITION_DEGRADED).is_some_and(|c| {
+                        c.reason == "InvalidSpec"
+                            && c.message.contains("pod-security.kubernetes.io/enforce")
+                            && c.message.contains("reserved")
+                    })
+            })
+    })
+    .await;
+    assert!(env.capsule_tenant("evil").await.is_none());
+    assert!(!env.namespace_exists("evil-owner").await);
+    assert!(!env.namespace_exists("evil-apps").await);
+
+    env.create_tenant("good", json!({"plan": "gold"})).await;
+    eventually("Ready", || env.tenant_ready("good")).await;
+    env.create_project("good", "web", json!({"labels": privileged}))
+        .await;
+    eventually("NovaProject Degraded InvalidSpec", || async {
+        project_state(&env, "good", "web").await
+            == Some((NovaPhase::Degraded, "InvalidSpec".to_owned()))
+    })
+    .await;
+    assert!(
+        !env.namespace_exists(&project_namespace("good", "web"))
+            .await
+    );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn project_namespaces_enforce_the_tenant_pod_security_level() {
+    // No Capsule: only the operator sets the level (Capsule's additionalMetadata does not
+    // reach a project namespace it does not know yet, and never replaces ours).
+    let env = Env::start_with(false).await;
+    env.create_tenant("acme", json!({"plan": "gold"})).await;
+    eventually("tenant namespaces", || env.namespace_exists("acme-owner")).await;
+    env.create_project("acme", "web", json!({})).await;
+    let pns = project_namespace("acme", "web");
+    let level = |ns: String| {
+        let env = &env;
+        async move {
+            namespace_labels(env, &ns)
+                .await
+                .get("pod-security.kubernetes.io/enforce")
+                .cloned()
+        }
+    };
+    eventually("baseline on the project namespace", || async {
+        level(pns.clone()).await.as_deref() == Some("baseline")
+    })
+    .await;
+    assert_eq!(
+        level("acme-apps".to_owned()).await.as_deref(),
+        Some("baseline")
+    );
+    assert_eq!(
+        namespace_labels(&env, &pns).await["pod-security.kubernetes.io/enforce-version"],
+        "latest"
+    );
+
+    // The tenant moves to a stricter plan: every namespace follows, projects included.
+    Api::<NovaTenant>::all(env.client.clone())
+        .patch(
+            "acme",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"plan": "platinum"}})),
+        )
+        .await
+        .unwrap();
+    eventually("restricted on the project namespace", || async {
+        level(pns.clone()).await.as_deref() == Some("restricted")
+    })
+    .await;
+    assert_eq!(
+        level("acme-owner".to_owned()).await.as_deref(),
+        Some("restricted")
+    );
+
+    // Someone lowers it by hand: the operator puts it back.
+    Api::<Namespace>::all(env.client.clone())
+        .patch(
+            &pns,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "privileged"}}})),
+        )
+        .await
+        .unwrap();
+    eventually("restricted again", || async {
+        level(pns.clone()).await.as_deref() == Some("restricted")
+    })
+    .await;
+
+    // A tenant the operator cannot translate gives its projects no level to enforce:
+    // the project is Degraded and its namespace is left as it is.
+    Api::<NovaTenant>::all(env.client.clone())
+        .patch(
+            "acme",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"policysets": ["nope"]}})),
+        )
+        .await
+        .unwrap();
+    Api::<NovaProject>::namespaced(env.client.clone(), "acme-owner")
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"description": "touched"}})),
+        )
+        .await
+        .unwrap();
+    eventually("project Degraded InvalidTenant", || async {
+        project_state(&env, "acme", "web").await
+            == Some((NovaPhase::Degraded, "InvalidTenant".to_owned()))
+    })
+    .await;
+    assert_eq!(level(pns.clone()).await.as_deref(), Some("restricted"));
+    env.stop().await;
 }

@@ -234,7 +234,7 @@ fn expected(nt: &NovaTenant, np: &NovaProject, app: &str) -> BTreeSet<Key> {
     for ns in &t.namespaces {
         want.insert(key("Namespace", "", &ns.name_any()));
     }
-    let p = translate_project(np).unwrap();
+    let p = translate_project(np, None).unwrap();
     let pns = p.namespace.name_any();
     want.insert(key("Namespace", "", &pns));
     for rb in &p.role_bindings {

@@ -213,7 +213,7 @@ async fn translated_objects_validate_against_upstream_schemas() {
     let mut namespaces = std::collections::BTreeSet::new();
     for p in &projects {
         let stored: NovaProject = serde_json::from_value(create(&client, p).await).unwrap();
-        let objs = translate_project(&stored).unwrap();
+        let objs = translate_project(&stored, None).unwrap();
         assert!(
             namespaces.insert(objs.namespace.metadata.name.clone().unwrap()),
             "namespace clash"

@@ -30,12 +30,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, RwLock};
 
 use futures::StreamExt;
+use futures::channel::mpsc::UnboundedSender;
 use kube::api::{Api, DynamicObject};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::runtime::{WatchStreamExt, watcher::Event};
 use kube::{Client, Resource};
-use kubenova_api::crd::NovaTenant;
+use kubenova_api::crd::{NovaProject, NovaTenant};
 use serde_json::{Map, Value, json};
 
 use super::api_resource;
@@ -486,16 +487,24 @@ impl KindCache {
 /// The caches of one controller run.
 #[derive(Clone)]
 pub(crate) struct Caches {
-    pub(crate) tenants: KindCache,
-    pub(crate) namespaces: KindCache,
-    pub(crate) role_bindings: KindCache,
-    pub(crate) quotas: KindCache,
-    pub(crate) applications: KindCache,
+    /// One compact store per generated kind.
+    kinds: Arc<[KindCache]>,
     pub(crate) nova_tenants: Store<Stored<NovaTenant>>,
+    pub(crate) nova_projects: Store<Stored<NovaProject>>,
     /// The statuses taken out of the Nova stores.
     pub(crate) nova_statuses: Statuses,
+    /// Sends a NovaProject to the project controller (see [`Caches::requeue_projects`]).
+    project_trigger: UnboundedSender<ObjectRef<Stored<NovaProject>>>,
     /// Last apply per `Kind/namespace/name` (by [`key_hash`]).
     applied: Applied,
+}
+
+/// The Nova stores and the project controller's trigger, for [`Caches::new`].
+pub(crate) struct NovaStores {
+    pub(crate) tenants: Store<Stored<NovaTenant>>,
+    pub(crate) projects: Store<Stored<NovaProject>>,
+    pub(crate) statuses: Statuses,
+    pub(crate) project_trigger: UnboundedSender<ObjectRef<Stored<NovaProject>>>,
 }
 
 /// What this process applied last, per `Kind/namespace/name` ([`key_hash`]).
@@ -615,23 +624,14 @@ fn obj_key(kind: &str, o: &DynamicObject) -> u64 {
 }
 
 impl Caches {
-    pub(crate) fn new(
-        tenants: KindCache,
-        namespaces: KindCache,
-        role_bindings: KindCache,
-        quotas: KindCache,
-        applications: KindCache,
-        nova_tenants: Store<Stored<NovaTenant>>,
-        nova_statuses: Statuses,
-    ) -> Caches {
+    /// The caches of `kinds` (one store per generated kind) and the Nova stores.
+    pub(crate) fn new(kinds: Vec<KindCache>, nova: NovaStores) -> Caches {
         Caches {
-            tenants,
-            namespaces,
-            role_bindings,
-            quotas,
-            applications,
-            nova_tenants,
-            nova_statuses,
+            kinds: kinds.into(),
+            nova_tenants: nova.tenants,
+            nova_projects: nova.projects,
+            nova_statuses: nova.statuses,
+            project_trigger: nova.project_trigger,
             applied: Default::default(),
         }
     }
@@ -639,36 +639,44 @@ impl Caches {
     /// Whether every store has its initial list (without waiting).
     pub(crate) fn is_ready(&self) -> bool {
         use futures::FutureExt as _;
-        [
-            &self.tenants,
-            &self.namespaces,
-            &self.role_bindings,
-            &self.quotas,
-            &self.applications,
-        ]
-        .iter()
-        .all(|s| s.is_ready())
+        self.kinds.iter().all(KindCache::is_ready)
             && self
                 .nova_tenants
+                .wait_until_ready()
+                .now_or_never()
+                .is_some()
+            && self
+                .nova_projects
                 .wait_until_ready()
                 .now_or_never()
                 .is_some()
     }
 
     pub(crate) fn of(&self, kind: &str) -> Option<&KindCache> {
-        Some(match kind {
-            "Tenant" => &self.tenants,
-            "Namespace" => &self.namespaces,
-            "RoleBinding" => &self.role_bindings,
-            "ResourceQuota" => &self.quotas,
-            "Application" => &self.applications,
-            _ => return None,
-        })
+        self.kinds.iter().find(|k| k.kind == kind)
     }
 
-    /// Whether the NovaTenant exists (and is not being deleted).
-    pub(crate) fn nova_tenant_exists(&self, name: &str) -> bool {
-        self.nova_tenants.get(&ObjectRef::new(name)).is_some()
+    /// The NovaTenant, rebuilt from its store (no API call).
+    pub(crate) fn nova_tenant(&self, name: &str) -> Result<Option<NovaTenant>, serde_json::Error> {
+        self.nova_tenants
+            .get(&ObjectRef::new(name))
+            .map(|t| t.expand(&self.nova_statuses))
+            .transpose()
+    }
+
+    /// Sends every NovaProject of `tenant` to the project controller (e.g. its Pod
+    /// Security level changed). Scans the project store: for rare events only.
+    pub(crate) fn requeue_projects(&self, tenant: &str) {
+        let (owner_ns, _) = crate::tenant_namespaces(tenant);
+        for p in self.nova_projects.state() {
+            if p.meta().namespace.as_deref() == Some(owner_ns.as_str())
+                && let Some(name) = p.meta().name.as_deref()
+            {
+                let _ = self
+                    .project_trigger
+                    .unbounded_send(ObjectRef::new(name).within(&owner_ns));
+            }
+        }
     }
 
     fn key(obj: &Value) -> u64 {

@@ -319,15 +319,22 @@ impl Ctx {
         get(&self.client, kind, namespace, name).await
     }
 
-    /// Whether the NovaTenant exists (cache, or a GET without caches).
-    pub(crate) async fn nova_tenant_exists(&self, name: &str) -> Result<bool, Error> {
+    /// The NovaTenant (from its store, or a GET without caches); `None` when absent.
+    pub(crate) async fn nova_tenant(&self, name: &str) -> Result<Option<NovaTenant>, Error> {
         if let Some(c) = self.caches() {
-            return Ok(c.nova_tenant_exists(name));
+            return Ok(c.nova_tenant(name)?);
         }
         Ok(Api::<NovaTenant>::all(self.client.clone())
             .get_opt(name)
-            .await?
-            .is_some())
+            .await?)
+    }
+
+    /// Has the project controller reconcile every NovaProject of `tenant` (while [`run`]
+    /// runs; without it nothing is queued).
+    pub(crate) fn requeue_projects(&self, tenant: &str) {
+        if let Some(c) = self.caches_raw() {
+            c.requeue_projects(tenant);
+        }
     }
 
     /// Whether this process wrote a status saying `said` for `key` in the last few
@@ -790,24 +797,30 @@ pub async fn run(ctx: Arc<Ctx>, opts: RunOptions, shutdown: tokio::sync::watch::
     ) else {
         return;
     };
+    // Generated object → the Nova object to reconcile.
+    let (tenant_tx, tenant_rx) = unbounded::<ObjectRef<Stored<NovaTenant>>>();
+    let (project_tx, project_rx) = unbounded::<ObjectRef<Stored<NovaProject>>>();
+    let (app_tx, app_rx) = unbounded::<ObjectRef<Stored<NovaApp>>>();
+
     let statuses = statuses::Statuses::default();
     let (nt_store, nt_stream) = cache::nova_stream::<NovaTenant>(&client, statuses.clone());
     let (np_store, np_stream) = cache::nova_stream::<NovaProject>(&client, statuses.clone());
     let (na_store, na_stream) = cache::nova_stream::<NovaApp>(&client, statuses.clone());
     ctx.set_caches(Some(cache::Caches::new(
-        tenants_c.clone(),
-        ns_c.clone(),
-        rb_c.clone(),
-        rq_c.clone(),
-        apps_c.clone(),
-        nt_store.clone(),
-        statuses,
+        vec![
+            tenants_c.clone(),
+            ns_c.clone(),
+            rb_c.clone(),
+            rq_c.clone(),
+            apps_c.clone(),
+        ],
+        cache::NovaStores {
+            tenants: nt_store.clone(),
+            projects: np_store.clone(),
+            statuses,
+            project_trigger: project_tx.clone(),
+        },
     )));
-
-    // Generated object → the Nova object to reconcile.
-    let (tenant_tx, tenant_rx) = unbounded::<ObjectRef<Stored<NovaTenant>>>();
-    let (project_tx, project_rx) = unbounded::<ObjectRef<Stored<NovaProject>>>();
-    let (app_tx, app_rx) = unbounded::<ObjectRef<Stored<NovaApp>>>();
     let to_tenant = {
         let tx = tenant_tx.clone();
         move |o: &DynamicObject| {
