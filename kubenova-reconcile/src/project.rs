@@ -119,7 +119,7 @@ pub fn translate_project(
 
     let tenant = &spec.tenant;
     let ns = project_namespace(tenant, &name);
-    let owner = format!("novaprojects.kubenova.io/{owner_ns}/{name}");
+    let owner = project_owner_annotation(tenant, &name);
     let labels: BTreeMap<String, String> = BTreeMap::from([
         (LABEL_TENANT.to_owned(), tenant.clone()),
         (LABEL_PROJECT.to_owned(), name.clone()),

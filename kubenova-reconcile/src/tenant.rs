@@ -467,6 +467,10 @@ pub fn translate_tenant(
                 metadata: ObjectMeta {
                     name: Some(ns),
                     labels: Some(labels),
+                    annotations: Some(BTreeMap::from([(
+                        ANNOTATION_OWNER.to_owned(),
+                        tenant_owner_annotation(&name),
+                    )])),
                     owner_references: ns_ref.clone().map(|r| vec![r]),
                     ..ObjectMeta::default()
                 },

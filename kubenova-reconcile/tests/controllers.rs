@@ -82,6 +82,30 @@ impl Env {
         }
     }
 
+    /// Stops the controllers and starts them again with a fresh context (empty caches,
+    /// nothing applied by this process yet), as an operator restart does.
+    async fn restart(&mut self) {
+        self.stop.send(true).unwrap();
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), t)
+                .await
+                .expect("controllers stop on shutdown")
+                .unwrap();
+        }
+        self.ctx = Arc::new(Ctx::new(
+            self.client.clone(),
+            Arc::new(Catalog::builtin()),
+            Arc::new(Metrics::default()),
+        ));
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        self.stop = stop;
+        self.task = Some(tokio::spawn(controller::run(
+            self.ctx.clone(),
+            RunOptions { concurrency: 4 },
+            rx,
+        )));
+    }
+
     async fn stop(mut self) {
         self.stop.send(true).unwrap();
         if let Some(t) = self.task.take() {
@@ -836,5 +860,271 @@ async fn project_namespaces_enforce_the_tenant_pod_security_level() {
     })
     .await;
     assert_eq!(level(pns.clone()).await.as_deref(), Some("restricted"));
+    env.stop().await;
+}
+
+/// Creates a namespace as someone else would (field manager `manager`), with `labels`
+/// and `annotations`.
+async fn squat(
+    env: &Env,
+    name: &str,
+    labels: Value,
+    annotations: Value,
+    manager: &str,
+) -> Namespace {
+    let ns: Namespace = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels, "annotations": annotations}
+    }))
+    .unwrap();
+    let pp = PostParams {
+        field_manager: Some(manager.to_owned()),
+        ..PostParams::default()
+    };
+    Api::<Namespace>::all(env.client.clone())
+        .create(&pp, &ns)
+        .await
+        .unwrap()
+}
+
+async fn live_namespace(env: &Env, name: &str) -> Namespace {
+    Api::<Namespace>::all(env.client.clone())
+        .get(name)
+        .await
+        .unwrap()
+}
+
+/// What a squatter may not change hands on: labels, annotations, owner references.
+fn metadata_of(ns: &Namespace) -> Value {
+    json!([
+        ns.metadata.labels,
+        ns.metadata.annotations,
+        ns.metadata.owner_references
+    ])
+}
+
+async fn tenant_clash(env: &Env, name: &str, needle: &str) -> bool {
+    env.tenant(name)
+        .await
+        .and_then(|t| t.status)
+        .is_some_and(|s| {
+            s.phase == Some(NovaPhase::Degraded)
+                && s.condition(CONDITION_DEGRADED)
+                    .is_some_and(|c| c.reason == "NameClash" && c.message.contains(needle))
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_are_not_adopted_by_their_labels() {
+    let env = Env::start().await;
+    // Every label the operator would put on squat-apps, and even the owner annotation,
+    // but written by another field manager: the operator did not create it.
+    let labels = json!({
+        "app.kubernetes.io/managed-by": "kubenova-operator",
+        "kubenova.io/tenant": "squat",
+        "kubenova.io/namespace-role": "apps",
+        "capsule.clastix.io/tenant": "squat"
+    });
+    let before = squat(
+        &env,
+        "squat-apps",
+        labels,
+        json!({"kubenova.io/owner": "novatenants.kubenova.io/squat"}),
+        "intruder",
+    )
+    .await;
+    env.create_tenant("squat", json!({"plan": "gold"})).await;
+    eventually("NovaTenant squat Degraded NameClash", || {
+        tenant_clash(&env, "squat", "squat-apps")
+    })
+    .await;
+    assert!(
+        env.capsule_tenant("squat").await.is_none(),
+        "nothing created"
+    );
+    assert!(
+        !env.namespace_exists("squat-owner").await,
+        "nothing created"
+    );
+    assert_eq!(
+        metadata_of(&live_namespace(&env, "squat-apps").await),
+        metadata_of(&before),
+        "nothing changed"
+    );
+    // Deleting the NovaTenant does not delete what it never owned.
+    Api::<NovaTenant>::all(env.client.clone())
+        .delete("squat", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("squat deleted", || async {
+        env.tenant("squat").await.is_none()
+    })
+    .await;
+    assert!(env.namespace_exists("squat-apps").await);
+
+    // The same for a project namespace.
+    env.create_tenant("host", json!({"plan": "gold"})).await;
+    eventually("Ready", || env.tenant_ready("host")).await;
+    let pns = project_namespace("host", "web");
+    let before = squat(
+        &env,
+        &pns,
+        json!({
+            "app.kubernetes.io/managed-by": "kubenova-operator",
+            "kubenova.io/tenant": "host",
+            "kubenova.io/project": "web",
+            "kubenova.io/namespace-role": "project"
+        }),
+        json!({"kubenova.io/owner": "novaprojects.kubenova.io/host-owner/web"}),
+        "intruder",
+    )
+    .await;
+    env.create_project("host", "web", json!({"access": ["bob@example.com"]}))
+        .await;
+    eventually("NovaProject Degraded NameClash", || async {
+        project_state(&env, "host", "web").await
+            == Some((NovaPhase::Degraded, "NameClash".to_owned()))
+    })
+    .await;
+    let rbs: Api<RoleBinding> = Api::namespaced(env.client.clone(), &pns);
+    assert!(
+        rbs.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert_eq!(
+        metadata_of(&live_namespace(&env, &pns).await),
+        metadata_of(&before)
+    );
+    Api::<NovaProject>::namespaced(env.client.clone(), "host-owner")
+        .delete("web", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("project deleted", || async {
+        env.project("host", "web").await.is_none()
+    })
+    .await;
+    assert!(env.namespace_exists(&pns).await, "not ours: not deleted");
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_of_another_capsule_tenant_are_not_adopted() {
+    let env = Env::start().await;
+    env.create_tenant("other", json!({"plan": "gold"})).await;
+    eventually("Ready", || env.tenant_ready("other")).await;
+    // A namespace of Capsule Tenant `other` (Capsule owns it) that carries everything
+    // KubeNova writes on victim-apps, the owner annotation included, even applied under
+    // the operator's own field manager.
+    squat(
+        &env,
+        "victim-apps",
+        json!({"capsule.clastix.io/tenant": "other"}),
+        json!({}),
+        "tenant-owner",
+    )
+    .await;
+    eventually("Capsule owns victim-apps", || async {
+        live_namespace(&env, "victim-apps")
+            .await
+            .metadata
+            .owner_references
+            .unwrap_or_default()
+            .iter()
+            .any(|r| r.kind == "Tenant" && r.name == "other")
+    })
+    .await;
+    Api::<Namespace>::all(env.client.clone())
+        .patch(
+            "victim-apps",
+            &PatchParams::apply("kubenova-operator").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": "victim-apps",
+                    "labels": {"app.kubernetes.io/managed-by": "kubenova-operator", "kubenova.io/tenant": "victim"},
+                    "annotations": {"kubenova.io/owner": "novatenants.kubenova.io/victim"}}
+            })),
+        )
+        .await
+        .unwrap();
+    let before = live_namespace(&env, "victim-apps").await;
+    env.create_tenant("victim", json!({"plan": "gold"})).await;
+    eventually("NovaTenant victim Degraded NameClash", || {
+        tenant_clash(&env, "victim", "other")
+    })
+    .await;
+    assert!(
+        env.capsule_tenant("victim").await.is_none(),
+        "nothing created"
+    );
+    assert!(
+        !env.namespace_exists("victim-owner").await,
+        "nothing created"
+    );
+    assert_eq!(
+        metadata_of(&live_namespace(&env, "victim-apps").await),
+        metadata_of(&before),
+        "nothing changed"
+    );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_namespaces_converge_after_a_restart() {
+    let mut env = Env::start().await;
+    env.create_tenant("acme", json!({"plan": "gold"})).await;
+    eventually("Ready", || env.tenant_ready("acme")).await;
+    env.create_project("acme", "web", json!({})).await;
+    let pns = project_namespace("acme", "web");
+    let project_ready = || async {
+        project_state(&env, "acme", "web").await == Some((NovaPhase::Ready, String::new()))
+    };
+    eventually("NovaProject Ready", project_ready).await;
+    let ns = live_namespace(&env, "acme-apps").await;
+    assert_eq!(
+        ns.annotations()
+            .get("kubenova.io/owner")
+            .map(String::as_str),
+        Some("novatenants.kubenova.io/acme")
+    );
+
+    // A new operator process (empty caches) reconciles everything again and adopts its
+    // own namespaces: edits still reach them.
+    env.restart().await;
+    Api::<NovaTenant>::all(env.client.clone())
+        .patch(
+            "acme",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"labels": {"team": "a"}}})),
+        )
+        .await
+        .unwrap();
+    Api::<NovaProject>::namespaced(env.client.clone(), "acme-owner")
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"labels": {"team": "w"}}})),
+        )
+        .await
+        .unwrap();
+    eventually("labels applied after the restart", || async {
+        namespace_labels(&env, "acme-apps")
+            .await
+            .get("team")
+            .map(String::as_str)
+            == Some("a")
+            && namespace_labels(&env, &pns)
+                .await
+                .get("team")
+                .map(String::as_str)
+                == Some("w")
+    })
+    .await;
+    eventually("still Ready", || async {
+        env.tenant_ready("acme").await
+            && project_state(&env, "acme", "web").await == Some((NovaPhase::Ready, String::new()))
+    })
+    .await;
     env.stop().await;
 }

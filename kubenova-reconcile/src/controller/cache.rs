@@ -11,8 +11,10 @@
 //! deletion timestamp, a digest of everything outside `metadata` ([`content_digest`]) and
 //! the few `status` fields the status mapping reads (Capsule Tenant state and `Ready`
 //! condition, KubeVela Application status and unhealthy services, namespace phase), as
-//! interned JSON text. `managedFields`, uids, resource versions, timestamps and specs are
-//! not kept. The kube `reflector` is not used: its stores key every object with a full
+//! interned JSON text. Of `managedFields` only one bit is kept: whether the operator's
+//! field manager owns the `kubenova.io/owner` annotation (what the namespace adoption
+//! check reads, so a converged namespace costs no GET); uids, resource versions,
+//! timestamps and specs are not kept. The kube `reflector` is not used: its stores key every object with a full
 //! `ApiResource` (five strings) and keep the whole `DynamicObject`.
 //!
 //! The Nova objects' own stores ([`nova_stream`]) do use the reflector, with lean objects
@@ -227,10 +229,26 @@ const OWNER_REF_LEN: usize = 5;
 
 /// Labels, annotations and owner references (every field kept: they are applied back,
 /// see `merge_owner_refs`) as one array of string ids: the number of labels, of
-/// annotations and of owner references, then the label pairs, the annotation pairs and
-/// the owner references ([`OWNER_REF_LEN`] each).
+/// annotations (with the [`OWNER_MARKED`] bit) and of owner references, then the label
+/// pairs, the annotation pairs and the owner references ([`OWNER_REF_LEN`] each).
 #[derive(Debug)]
 struct Meta(Box<[u32]>);
+
+/// Set in the annotation count when field manager `kubenova-operator` owns the
+/// `kubenova.io/owner` annotation in `managedFields`: the one fact of `managedFields` the
+/// controllers read (whether a namespace may be adopted, `super::foreign_namespace`).
+/// [`KindCache::get`] gives it back as a one-entry `managedFields`.
+const OWNER_MARKED: u32 = 1 << 31;
+
+/// Whether `kubenova-operator` owns the `kubenova.io/owner` annotation of `md`.
+fn owner_marked(md: &kube::api::ObjectMeta) -> bool {
+    md.managed_fields.iter().flatten().any(|e| {
+        e.manager.as_deref() == Some(crate::FIELD_MANAGER)
+            && e.fields_v1
+                .as_ref()
+                .is_some_and(|f| super::owns_owner_annotation(&f.0))
+    })
+}
 
 /// The pairs of a label or annotation map, without `last-applied`.
 fn pairs(m: Option<&std::collections::BTreeMap<String, String>>) -> Vec<(&str, &str)> {
@@ -250,7 +268,12 @@ impl Meta {
         let mut out = Vec::with_capacity(
             3 + 2 * (labels.len() + annotations.len()) + OWNER_REF_LEN * refs.len(),
         );
-        out.extend([len(labels.len()), len(annotations.len()), len(refs.len())]);
+        let marked = if owner_marked(md) { OWNER_MARKED } else { 0 };
+        out.extend([
+            len(labels.len()),
+            len(annotations.len()).min(OWNER_MARKED - 1) | marked,
+            len(refs.len()),
+        ]);
         let mut i = ids();
         for (k, v) in labels.iter().chain(&annotations) {
             out.extend([i.id(k), i.id(v)]);
@@ -268,8 +291,12 @@ impl Meta {
     }
 
     fn counts(&self) -> (usize, usize, usize) {
-        let n = |i: usize| self.0.get(i).map_or(0, |n| *n as usize);
+        let n = |i: usize| self.0.get(i).map_or(0, |n| (*n & !OWNER_MARKED) as usize);
         (n(0), n(1), n(2))
+    }
+
+    fn owner_marked(&self) -> bool {
+        self.0.get(1).is_some_and(|n| n & OWNER_MARKED != 0)
     }
 
     /// `labels`, `annotations` and `ownerReferences` into `md` (when not empty).
@@ -291,6 +318,19 @@ impl Meta {
         }
         if na > 0 {
             md.insert("annotations".into(), pairs(a));
+        }
+        if self.owner_marked() {
+            md.insert(
+                "managedFields".into(),
+                json!([{
+                    "manager": crate::FIELD_MANAGER,
+                    "operation": "Apply",
+                    "fieldsType": "FieldsV1",
+                    "fieldsV1": {"f:metadata": {"f:annotations": {
+                        format!("f:{}", crate::meta::ANNOTATION_OWNER): {}
+                    }}}
+                }]),
+            );
         }
         if no > 0 {
             let refs: Vec<Value> = refs
@@ -437,8 +477,9 @@ struct KindStore {
 
 impl KindCache {
     /// The cached object as JSON (`apiVersion`, `kind`, metadata: name, namespace,
-    /// labels, annotations, owner references, generation, deletion timestamp; the kept
-    /// status; the content digest under [`DIGEST_KEY`]).
+    /// labels, annotations, owner references, generation, deletion timestamp, and a
+    /// one-entry `managedFields` when the operator owns the `kubenova.io/owner`
+    /// annotation; the kept status; the content digest under [`DIGEST_KEY`]).
     pub(crate) fn get(&self, namespace: Option<&str>, name: &str) -> Option<Value> {
         let (ar, _) = api_resource(self.kind)?;
         let objects = self.inner.objects.read().unwrap_or_else(|e| e.into_inner());
@@ -976,6 +1017,59 @@ mod tests {
         let mut empty = Map::new();
         Meta::new(&kube::api::ObjectMeta::default()).write(&mut empty);
         assert!(empty.is_empty());
+    }
+
+    #[test]
+    fn only_the_operators_owner_annotation_is_kept_of_managed_fields() {
+        let ns = |manager: &str, field: &str| {
+            let live = json!({
+                "apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": "n", "annotations": {"kubenova.io/owner": "novatenants.kubenova.io/t"},
+                    "managedFields": [
+                        {"manager": "someone", "operation": "Update", "fieldsType": "FieldsV1",
+                         "fieldsV1": {"f:metadata": {"f:labels": {"f:x": {}}}}},
+                        {"manager": manager, "operation": "Apply", "fieldsType": "FieldsV1",
+                         "fieldsV1": {"f:metadata": {"f:annotations": {".": {}, field: {}}}}}
+                    ]}
+            });
+            let o: DynamicObject = serde_json::from_value(live.clone()).unwrap();
+            let cache = store("Namespace").unwrap();
+            cache.inner.objects.write().unwrap().insert(
+                applied_key("Namespace", None, "n"),
+                Box::new(compact("Namespace", &o)),
+            );
+            (live, cache.get(None, "n").unwrap())
+        };
+        let (live, cached) = ns("kubenova-operator", "f:kubenova.io/owner");
+        assert_eq!(
+            cached["metadata"]["annotations"],
+            live["metadata"]["annotations"]
+        );
+        assert_eq!(
+            cached["metadata"]["managedFields"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+        for v in [&live, &cached] {
+            assert_eq!(
+                super::super::foreign_namespace(v, "novatenants.kubenova.io/t", "t"),
+                None
+            );
+        }
+        for (manager, field) in [
+            ("intruder", "f:kubenova.io/owner"),
+            ("kubenova-operator", "f:other"),
+        ] {
+            let (live, cached) = ns(manager, field);
+            assert!(cached["metadata"].get("managedFields").is_none());
+            for v in [&live, &cached] {
+                assert!(
+                    super::super::foreign_namespace(v, "novatenants.kubenova.io/t", "t").is_some()
+                );
+            }
+        }
     }
 
     #[test]

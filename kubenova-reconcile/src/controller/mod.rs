@@ -7,7 +7,10 @@
 //!    (unknown plan, wrong namespace, ...) gets `Degraded` with the error's reason and
 //!    **nothing is created**;
 //! 2. checks every target name: an existing object that KubeNova did not generate for
-//!    this very Nova object is a `NameClash` (`Degraded`, nothing created);
+//!    this very Nova object is a `NameClash` (`Degraded`, nothing created); a namespace
+//!    counts as generated only when field manager [`FIELD_MANAGER`] owns its
+//!    `kubenova.io/owner` annotation with the expected value and no other Capsule Tenant
+//!    owns it (labels alone prove nothing);
 //! 3. server-side applies every translated object (field manager [`FIELD_MANAGER`],
 //!    `force`), so drift is repaired on the next reconcile; the generated objects are
 //!    watched, so an edit or a delete triggers that reconcile. Reads come from in-memory
@@ -20,8 +23,9 @@
 //!    through the status subresource only when [`next_status`] says it changed.
 //!
 //! On delete, the cleanup deletes exactly the objects the translation names, and only
-//! when their labels say they were generated for this Nova object (read with a GET, not
-//! from the cache, so a lagging cache cannot leak an object).
+//! when they were generated for this Nova object (their labels, and for a namespace the
+//! same ownership check as above; read with a GET, not from the cache, so a lagging
+//! cache cannot leak an object).
 //!
 //! Errors are retried with a per-object exponential backoff ([`Ctx::backoff`]) and
 //! reported as `Warning` Events.
@@ -64,7 +68,10 @@ pub use app::reconcile_app;
 pub use project::reconcile_project;
 pub use tenant::reconcile_tenant;
 
-use crate::meta::{LABEL_MANAGED_BY, LABEL_PROJECT, LABEL_TENANT, MANAGED_BY};
+use crate::meta::{
+    ANNOTATION_OWNER, LABEL_MANAGED_BY, LABEL_PROJECT, LABEL_TENANT, MANAGED_BY,
+    project_owner_annotation, tenant_owner_annotation,
+};
 use crate::status::{Verdict, next_status};
 use crate::{FIELD_MANAGER, TranslateError};
 use stored::{Nova, Stored};
@@ -541,6 +548,86 @@ fn as_refs<'a>(m: &'a BTreeMap<&'static str, String>) -> BTreeMap<&'static str, 
     m.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
+/// Whether a `managedFields` entry's `fieldsV1` owns the [`ANNOTATION_OWNER`] annotation.
+pub(crate) fn owns_owner_annotation(fields_v1: &Value) -> bool {
+    fields_v1
+        .get("f:metadata")
+        .and_then(|m| m.get("f:annotations"))
+        .and_then(|a| a.get(format!("f:{ANNOTATION_OWNER}")))
+        .is_some()
+}
+
+/// Why an existing namespace is not the operator's to adopt for the Nova object whose
+/// [`ANNOTATION_OWNER`] value is `owner` (tenant `tenant`), or `None` when it is: the
+/// annotation must say `owner` and be owned by field manager [`FIELD_MANAGER`] in
+/// `metadata.managedFields` (the operator wrote it when it created the namespace; labels
+/// prove nothing, a tenant owner can set them), and a Capsule owner (an owner reference
+/// of kind `Tenant` in `capsule.clastix.io`) must be absent or `tenant`.
+///
+/// The compact namespace cache keeps exactly the `managedFields` fact read here.
+pub(crate) fn foreign_namespace(live: &Value, owner: &str, tenant: &str) -> Option<String> {
+    let capsule_owner = live
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|r| {
+            str_at(r, "/kind") == "Tenant"
+                && str_at(r, "/apiVersion").starts_with("capsule.clastix.io/")
+        })
+        .map(|r| str_at(r, "/name"))
+        .find(|n| *n != tenant);
+    if let Some(other) = capsule_owner {
+        return Some(format!("belongs to Capsule Tenant {other}"));
+    }
+    let annotated = live
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(ANNOTATION_OWNER))
+        .and_then(Value::as_str)
+        == Some(owner);
+    let ours = live
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|e| {
+            str_at(e, "/manager") == FIELD_MANAGER
+                && e.get("fieldsV1").is_some_and(owns_owner_annotation)
+        });
+    if annotated && ours {
+        return None;
+    }
+    Some(format!(
+        "was not created by KubeNova for {owner} (its {ANNOTATION_OWNER} annotation is not {owner:?} as written by {FIELD_MANAGER})"
+    ))
+}
+
+/// The [`ANNOTATION_OWNER`] value and tenant of the namespaces generated for the Nova
+/// object whose labels ([`ours`]) are `labels`.
+fn namespace_owner<'a>(labels: &'a BTreeMap<&'static str, String>) -> (String, &'a str) {
+    let tenant = labels
+        .get(LABEL_TENANT)
+        .map(String::as_str)
+        .unwrap_or_default();
+    let owner = match labels.get(LABEL_PROJECT) {
+        Some(project) => project_owner_annotation(tenant, project),
+        None => tenant_owner_annotation(tenant),
+    };
+    (owner, tenant)
+}
+
+/// Why `live` (of `kind`) is not the object generated for the Nova object with `labels`,
+/// or `None` when it is. A namespace must pass [`foreign_namespace`]; other kinds (all of
+/// them inside such a namespace, or the cluster-scoped Capsule Tenant) must carry the
+/// labels.
+fn not_ours(kind: &str, live: &Value, labels: &BTreeMap<&'static str, String>) -> Option<String> {
+    if kind == "Namespace" {
+        let (owner, tenant) = namespace_owner(labels);
+        return foreign_namespace(live, &owner, tenant);
+    }
+    (!has_labels(live, &as_refs(labels))).then(|| "is not labelled as generated for it".into())
+}
+
 /// The first target that exists and was not generated for this Nova object, as a
 /// `NameClash` verdict message.
 pub(crate) async fn find_clash(
@@ -549,22 +636,23 @@ pub(crate) async fn find_clash(
     labels: &BTreeMap<&'static str, String>,
     owner: &str,
 ) -> Result<Option<String>, Error> {
-    let want = as_refs(labels);
     for (kind, ns, name) in targets {
         if let Some(live) = ctx.lookup(kind, *ns, name).await?
-            && !has_labels(&live, &want)
+            && let Some(why) = not_ours(kind, &live, labels)
         {
             let at = ns.map(|n| format!(" in namespace {n}")).unwrap_or_default();
             return Ok(Some(format!(
-                "{kind} {name}{at} already exists and is not managed by {owner}; nothing was created"
+                "{kind} {name}{at} already exists and is not managed by {owner}: it {why}; nothing was created"
             )));
         }
     }
     Ok(None)
 }
 
-/// Deletes the object if it exists and carries `labels`. Returns whether it deleted.
-/// Reads the live object (a GET, never the cache: a stale cache must not leak objects).
+/// Deletes the object if it exists and was generated for the Nova object with `labels`
+/// (it carries them; a namespace must also pass [`foreign_namespace`]). Returns whether
+/// it deleted. Reads the live object (a GET, never the cache: a stale cache must not leak
+/// objects).
 pub(crate) async fn delete_if_ours(
     ctx: &Ctx,
     kind: &str,
@@ -579,7 +667,7 @@ pub(crate) async fn delete_if_ours(
     let Some(live) = get(client, kind, namespace, name).await? else {
         return Ok(false);
     };
-    if !has_labels(&live, &as_refs(labels)) {
+    if !has_labels(&live, &as_refs(labels)) || not_ours(kind, &live, labels).is_some() {
         tracing::info!(
             kind,
             name,
