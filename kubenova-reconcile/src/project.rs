@@ -1,8 +1,9 @@
-//! NovaProject → namespace, RoleBindings, optional ResourceQuota.
+//! NovaProject → namespace, the app identity (ServiceAccount), RoleBindings, optional
+//! ResourceQuota.
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Namespace, ResourceQuota, ResourceQuotaSpec};
+use k8s_openapi::api::core::v1::{Namespace, ResourceQuota, ResourceQuotaSpec, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject as RbacSubject};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity as K8sQuantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -21,6 +22,17 @@ const KIND: &str = "NovaProject";
 /// Name of the per-project ResourceQuota.
 pub const PROJECT_QUOTA_NAME: &str = "kubenova-project";
 
+/// The ServiceAccount in every project namespace that the project's apps are applied as
+/// (the operator impersonates it to apply each KubeVela Application): bound to the
+/// ClusterRole `edit` (RoleBinding of the same name) and to [`APP_DEPLOYER_ROLE`] in the
+/// project namespace only, so an app can do nothing outside its project.
+pub const APP_SERVICE_ACCOUNT: &str = "kubenova-app";
+
+/// The ClusterRole (and the name of its RoleBinding in each project namespace) holding
+/// what applying an app needs beyond `edit`; its only subject is [`APP_SERVICE_ACCOUNT`].
+/// The ClusterRole itself is installed with the operator.
+pub const APP_DEPLOYER_ROLE: &str = "kubenova-app-deployer";
+
 /// What a [`NovaProject`] translates into. A namespaced NovaProject cannot own a
 /// cluster-scoped Namespace (nor objects in another namespace), so these carry the
 /// [`ANNOTATION_OWNER`] annotation and labels instead of owner references; the Capsule
@@ -29,17 +41,23 @@ pub const PROJECT_QUOTA_NAME: &str = "kubenova-project";
 pub struct ProjectObjects {
     /// The project namespace ([`project_namespace`]).
     pub namespace: Namespace,
-    /// `kubenova-owner` (admin), `kubenova-developer` (edit), `kubenova-viewer` (view).
+    /// `kubenova-owner` (admin), `kubenova-developer` (edit), `kubenova-viewer` (view),
+    /// then the app identity's `kubenova-app` (edit) and `kubenova-app-deployer`
+    /// ([`APP_DEPLOYER_ROLE`]), whose only subject is [`APP_SERVICE_ACCOUNT`].
     pub role_bindings: Vec<RoleBinding>,
     /// `kubenova-project` when `spec.quota` is set.
     pub resource_quota: Option<ResourceQuota>,
+    /// The app identity [`APP_SERVICE_ACCOUNT`] (no automounted token).
+    pub service_account: ServiceAccount,
 }
 
 impl ProjectObjects {
-    /// Every object as JSON, in apply order (namespace first).
+    /// Every object as JSON, in apply order (namespace first, then the ServiceAccount the
+    /// bindings name).
     pub fn to_values(&self) -> Vec<serde_json::Value> {
         let mut out: Vec<serde_json::Value> = Vec::new();
         out.extend(serde_json::to_value(&self.namespace).ok());
+        out.extend(serde_json::to_value(&self.service_account).ok());
         out.extend(
             self.role_bindings
                 .iter()
@@ -135,34 +153,62 @@ pub fn translate_project(
         )])),
         ..ObjectMeta::default()
     };
-    let role_bindings = [AccessRole::Owner, AccessRole::Developer, AccessRole::Viewer]
-        .into_iter()
-        .map(|role| {
-            let mut subjects = vec![RbacSubject {
-                api_group: Some(RBAC_GROUP.into()),
-                kind: "Group".into(),
-                name: project_group(tenant, &name, role.as_str()),
-                namespace: None,
-            }];
-            for e in entries.iter().filter(|e| e.role == role) {
-                // rbac_subject builds a valid rbac/v1 Subject.
-                if let Ok(s) = serde_json::from_value::<RbacSubject>(rbac_subject(&e.subject))
-                    && !subjects.contains(&s)
-                {
-                    subjects.push(s);
-                }
-            }
-            RoleBinding {
-                metadata: meta(&format!("kubenova-{}", role.as_str()), Some(&ns)),
-                role_ref: RoleRef {
+    let mut role_bindings: Vec<RoleBinding> =
+        [AccessRole::Owner, AccessRole::Developer, AccessRole::Viewer]
+            .into_iter()
+            .map(|role| {
+                let mut subjects = vec![RbacSubject {
                     api_group: Some(RBAC_GROUP.into()),
-                    kind: "ClusterRole".into(),
-                    name: cluster_role(role).into(),
-                },
-                subjects: Some(subjects),
-            }
-        })
-        .collect();
+                    kind: "Group".into(),
+                    name: project_group(tenant, &name, role.as_str()),
+                    namespace: None,
+                }];
+                for e in entries.iter().filter(|e| e.role == role) {
+                    // rbac_subject builds a valid rbac/v1 Subject.
+                    if let Ok(s) = serde_json::from_value::<RbacSubject>(rbac_subject(&e.subject))
+                        && !subjects.contains(&s)
+                    {
+                        subjects.push(s);
+                    }
+                }
+                RoleBinding {
+                    metadata: meta(&format!("kubenova-{}", role.as_str()), Some(&ns)),
+                    role_ref: RoleRef {
+                        api_group: Some(RBAC_GROUP.into()),
+                        kind: "ClusterRole".into(),
+                        name: cluster_role(role).into(),
+                    },
+                    subjects: Some(subjects),
+                }
+            })
+            .collect();
+    // The app identity: apps are applied as this ServiceAccount, which can do no more
+    // than `edit` plus the deployer role, in this namespace only.
+    let app_subject = RbacSubject {
+        api_group: None,
+        kind: "ServiceAccount".into(),
+        name: APP_SERVICE_ACCOUNT.into(),
+        namespace: Some(ns.clone()),
+    };
+    for (binding, role) in [
+        (APP_SERVICE_ACCOUNT, "edit"),
+        (APP_DEPLOYER_ROLE, APP_DEPLOYER_ROLE),
+    ] {
+        role_bindings.push(RoleBinding {
+            metadata: meta(binding, Some(&ns)),
+            role_ref: RoleRef {
+                api_group: Some(RBAC_GROUP.into()),
+                kind: "ClusterRole".into(),
+                name: role.into(),
+            },
+            subjects: Some(vec![app_subject.clone()]),
+        });
+    }
+    let service_account = ServiceAccount {
+        metadata: meta(APP_SERVICE_ACCOUNT, Some(&ns)),
+        automount_service_account_token: Some(false),
+        ..ServiceAccount::default()
+    };
     let resource_quota = spec
         .quota
         .as_ref()
@@ -197,5 +243,6 @@ pub fn translate_project(
         },
         role_bindings,
         resource_quota,
+        service_account,
     })
 }

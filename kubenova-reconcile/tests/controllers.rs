@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
@@ -291,11 +291,37 @@ async fn create_update_delete_lifecycle() {
             .iter()
             .map(|r| r.name_any())
             .collect();
-        ["kubenova-owner", "kubenova-developer", "kubenova-viewer"]
-            .iter()
-            .all(|n| names.iter().any(|x| x == n))
+        [
+            "kubenova-owner",
+            "kubenova-developer",
+            "kubenova-viewer",
+            "kubenova-app",
+            "kubenova-app-deployer",
+        ]
+        .iter()
+        .all(|n| names.iter().any(|x| x == n))
     })
     .await;
+    let sa = Api::<ServiceAccount>::namespaced(env.client.clone(), &pns)
+        .get("kubenova-app")
+        .await
+        .unwrap();
+    assert_eq!(sa.automount_service_account_token, Some(false));
+    let deployer = rbs.get("kubenova-app-deployer").await.unwrap();
+    assert_eq!(deployer.role_ref.name, "kubenova-app-deployer");
+    assert_eq!(
+        deployer
+            .subjects
+            .unwrap()
+            .iter()
+            .map(|s| (s.kind.clone(), s.name.clone(), s.namespace.clone()))
+            .collect::<Vec<_>>(),
+        [(
+            "ServiceAccount".to_owned(),
+            "kubenova-app".to_owned(),
+            Some(pns.clone())
+        )]
+    );
     eventually("NovaProject Ready", || async {
         env.project("acme", "web")
             .await
@@ -438,6 +464,24 @@ async fn drift_is_repaired() {
             .await
             .unwrap()
             .is_some_and(|r| r.metadata.uid != before.metadata.uid)
+    })
+    .await;
+
+    // Someone deletes the app's ServiceAccount: it comes back.
+    let sas: Api<ServiceAccount> = Api::namespaced(env.client.clone(), &pns);
+    eventually("app ServiceAccount", || async {
+        sas.get_opt("kubenova-app").await.unwrap().is_some()
+    })
+    .await;
+    let before = sas.get("kubenova-app").await.unwrap();
+    sas.delete("kubenova-app", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("app ServiceAccount recreated", || async {
+        sas.get_opt("kubenova-app")
+            .await
+            .unwrap()
+            .is_some_and(|s| s.metadata.uid != before.metadata.uid)
     })
     .await;
 

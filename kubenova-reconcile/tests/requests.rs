@@ -76,7 +76,7 @@ async fn converged_objects_cost_no_round_trips() {
     let task = tokio::spawn(controller::run(ctx, RunOptions { concurrency: 4 }, rx));
     // Watches started.
     for _ in 0..100 {
-        if cluster.faults().counts_for(OPERATOR).verb("watch") >= 8 {
+        if cluster.faults().counts_for(OPERATOR).verb("watch") >= 9 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -197,7 +197,13 @@ fn project_gets_namespace_rolebindings_and_quota() {
         [
             ("kubenova-owner".into(), "admin".into(), 2),
             ("kubenova-developer".into(), "edit".into(), 3),
-            ("kubenova-viewer".into(), "view".into(), 2)
+            ("kubenova-viewer".into(), "view".into(), 2),
+            ("kubenova-app".into(), "edit".into(), 1),
+            (
+                "kubenova-app-deployer".into(),
+                "kubenova-app-deployer".into(),
+                1
+            )
         ]
     );
     assert_eq!(
@@ -445,7 +451,8 @@ fn render_reads_many_documents_and_reports_the_bad_one() {
     let cat = Catalog::builtin_ref();
     let yaml = "apiVersion: kubenova.io/v1alpha1\nkind: NovaTenant\nmetadata: {name: t1}\nspec: {plan: baseline}\n---\napiVersion: kubenova.io/v1alpha1\nkind: NovaProject\nmetadata: {name: p}\nspec: {tenant: t1}\n---\napiVersion: kubenova.io/v1alpha1\nkind: NovaApp\nmetadata: {name: a}\nspec: {tenant: t1, project: p, components: [{name: a, type: webservice}]}\n";
     let out = render(yaml, cat).unwrap();
-    assert_eq!(out.matches("---\n").count(), 3 + 4 + 1);
+    // Tenant + 2 namespaces; namespace, ServiceAccount, 5 RoleBindings; Application.
+    assert_eq!(out.matches("---\n").count(), 3 + 7 + 1);
     assert!(
         !out.contains("ownerReferences"),
         "offline objects have no uid"
@@ -616,4 +623,82 @@ fn render_takes_the_project_level_from_a_tenant_in_the_same_input() {
     // Alone, the project namespace has no level (the operator sets it from the tenant).
     let out = render(project, cat).unwrap();
     assert!(!out.contains("pod-security.kubernetes.io"), "{out}");
+}
+
+#[test]
+fn project_gets_its_app_identity() {
+    let out = translate_project(
+        &np(
+            "acme-owner",
+            "web",
+            json!({"tenant": "acme", "access": ["bob"]}),
+        ),
+        None,
+    )
+    .unwrap();
+    let ns = project_namespace("acme", "web");
+    let ours = |md: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        let l = md.labels.as_ref().unwrap();
+        assert_eq!(md.namespace.as_deref(), Some(ns.as_str()));
+        assert_eq!(l["app.kubernetes.io/managed-by"], "kubenova-operator");
+        assert_eq!(l["kubenova.io/tenant"], "acme");
+        assert_eq!(l["kubenova.io/project"], "web");
+        assert_eq!(
+            md.annotations.as_ref().unwrap()["kubenova.io/owner"],
+            "novaprojects.kubenova.io/acme-owner/web"
+        );
+    };
+    assert_eq!(
+        (APP_SERVICE_ACCOUNT, APP_DEPLOYER_ROLE),
+        ("kubenova-app", "kubenova-app-deployer")
+    );
+    let sa = &out.service_account;
+    assert_eq!(sa.metadata.name.as_deref(), Some(APP_SERVICE_ACCOUNT));
+    assert_eq!(sa.automount_service_account_token, Some(false));
+    ours(&sa.metadata);
+    for (name, role) in [
+        (APP_SERVICE_ACCOUNT, "edit"),
+        (APP_DEPLOYER_ROLE, APP_DEPLOYER_ROLE),
+    ] {
+        let rb = out
+            .role_bindings
+            .iter()
+            .find(|r| r.metadata.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("RoleBinding {name}"));
+        ours(&rb.metadata);
+        assert_eq!(
+            (rb.role_ref.kind.as_str(), rb.role_ref.name.as_str()),
+            ("ClusterRole", role)
+        );
+        let subjects = rb.subjects.as_ref().unwrap();
+        assert_eq!(subjects.len(), 1, "{name}: only the app's ServiceAccount");
+        assert_eq!(
+            (
+                subjects[0].kind.as_str(),
+                subjects[0].name.as_str(),
+                subjects[0].namespace.as_deref()
+            ),
+            ("ServiceAccount", APP_SERVICE_ACCOUNT, Some(ns.as_str()))
+        );
+    }
+    // Applied after the namespace, the ServiceAccount before the bindings naming it.
+    let kinds: Vec<String> = out
+        .to_values()
+        .iter()
+        .map(|v| {
+            format!(
+                "{}/{}",
+                v["kind"].as_str().unwrap(),
+                v["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds[..3],
+        [
+            format!("Namespace/{ns}"),
+            "ServiceAccount/kubenova-app".to_owned(),
+            "RoleBinding/kubenova-owner".to_owned()
+        ]
+    );
 }

@@ -34,6 +34,7 @@ fn resource_of(kind: &str) -> (&'static str, &'static str, bool) {
     match kind {
         "Namespace" => ("", "namespaces", false),
         "RoleBinding" => ("rbac.authorization.k8s.io", "rolebindings", true),
+        "ServiceAccount" => ("", "serviceaccounts", true),
         "ResourceQuota" => ("", "resourcequotas", true),
         "Tenant" => ("capsule.clastix.io", "tenants", false),
         "Application" => ("core.oam.dev", "applications", true),
@@ -230,8 +231,9 @@ async fn translated_objects_validate_against_upstream_schemas() {
         assert_eq!(got["metadata"]["ownerReferences"][0]["kind"], "NovaApp");
         created += 1;
     }
-    // 7 tenants x (Tenant + 2 namespaces) + 7 projects x (ns + 3 RoleBindings) + 2 quotas + 6 apps.
-    assert_eq!(created, 7 * 3 + 7 * 4 + 2 + 6);
+    // 7 tenants x (Tenant + 2 namespaces) + 7 projects x (ns + ServiceAccount + 3 access
+    // RoleBindings + 2 app RoleBindings) + 2 quotas + 6 apps.
+    assert_eq!(created, 7 * 3 + 7 * 7 + 2 + 6);
     cluster.shutdown().await;
 }
 
@@ -258,6 +260,9 @@ async fn rendered_examples_validate_too() {
             "Namespace",
             "Namespace",
             "Namespace",
+            "ServiceAccount",
+            "RoleBinding",
+            "RoleBinding",
             "RoleBinding",
             "RoleBinding",
             "RoleBinding",

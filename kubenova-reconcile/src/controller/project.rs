@@ -1,4 +1,5 @@
-//! NovaProject controller: project namespace, RoleBindings, optional ResourceQuota.
+//! NovaProject controller: project namespace, the app ServiceAccount, RoleBindings,
+//! optional ResourceQuota.
 
 use std::sync::Arc;
 
@@ -93,6 +94,8 @@ async fn apply_project(
     let live_ns = ctx
         .apply(&serde_json::to_value(&objects.namespace)?)
         .await?;
+    ctx.apply(&serde_json::to_value(&objects.service_account)?)
+        .await?;
     for rb in &objects.role_bindings {
         ctx.apply(&serde_json::to_value(rb)?).await?;
     }
@@ -117,7 +120,8 @@ async fn cleanup_project(np: &NovaProject, ctx: &Ctx) -> Result<Action, Error> {
     let name = np.name_any();
     let tenant = &np.spec.tenant;
     let ns = project_namespace(tenant, &name);
-    // The RoleBindings, the quota and the NovaApps live in the namespace.
+    // The ServiceAccount, the RoleBindings, the quota and the NovaApps live in the
+    // namespace.
     delete_if_ours(ctx, "Namespace", None, &ns, &ours(tenant, Some(&name))).await?;
     Ok(Action::await_change())
 }
