@@ -331,6 +331,7 @@ fn ar(kind: &str) -> (ApiResource, bool) {
     let (g, v, p, namespaced) = match kind {
         "Namespace" => ("", "v1", "namespaces", false),
         "ResourceQuota" => ("", "v1", "resourcequotas", true),
+        "ServiceAccount" => ("", "v1", "serviceaccounts", true),
         "RoleBinding" => ("rbac.authorization.k8s.io", "v1", "rolebindings", true),
         "Tenant" => ("capsule.clastix.io", "v1beta2", "tenants", false),
         "Application" => ("core.oam.dev", "v1beta1", "applications", true),
