@@ -197,6 +197,8 @@ fn string_map(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
+/// Labels a user adds to the generated namespaces: valid keys and values, none of them
+/// reserved ([`crate::validate::RESERVED_DOMAINS`], the manager's rule too).
 fn label_map(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "object",
@@ -206,6 +208,12 @@ fn label_map(_: &mut SchemaGenerator) -> Schema {
         "x-kubernetes-validations": [{
             "rule": "self.all(k, k.size() <= 253 && k.matches('^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$') && (self[k] == '' || self[k].matches('^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$')))",
             "message": "keys and values must be valid Kubernetes label keys and values"
+        }, {
+            "rule": format!("self.all(k, !k.matches('{}'))", crate::validate::reserved_key_pattern()),
+            "message": format!(
+                "label keys under {} (and their subdomains) are reserved for the platform; use a prefix of your own",
+                crate::validate::RESERVED_DOMAINS.join(", ")
+            )
         }]
     })
 }

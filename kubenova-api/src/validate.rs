@@ -32,6 +32,74 @@ pub const DESCRIPTION_MAX: usize = 1024;
 /// Maximum number of labels on one object.
 pub const LABELS_MAX: usize = 64;
 
+/// DNS domains whose label and annotation keys belong to the platform: Kubernetes
+/// (`kubernetes.io`, `k8s.io`), Capsule (`capsule.clastix.io`, `projectcapsule.dev`),
+/// KubeNova (`kubenova.io`) and KubeVela (`oam.dev`). A key is reserved when its prefix
+/// (the part before `/`) is one of them or a subdomain of one (`pod-security.kubernetes.io`,
+/// `app.oam.dev`). Users never set such keys: they would override what the platform
+/// enforces through them (Pod Security admission levels, tenant membership, ownership).
+///
+/// The one definition of the reserved keys: [`reserved_key_prefix`] (the manager's and
+/// the operator's validation), [`reserved_key_pattern`] (the CRDs' CEL rules and the
+/// Capsule Tenant's forbidden namespace labels and annotations) are built from it.
+///
+/// ```
+/// use kubenova_api::validate::{RESERVED_DOMAINS, reserved_key_prefix};
+/// assert!(RESERVED_DOMAINS.contains(&"kubernetes.io"));
+/// assert_eq!(reserved_key_prefix("pod-security.kubernetes.io/enforce"), Some("pod-security.kubernetes.io"));
+/// assert_eq!(reserved_key_prefix("example.com/team"), None);
+/// assert_eq!(reserved_key_prefix("tier"), None);
+/// ```
+pub const RESERVED_DOMAINS: &[&str] = &[
+    "kubernetes.io",
+    "k8s.io",
+    "capsule.clastix.io",
+    "projectcapsule.dev",
+    "kubenova.io",
+    "oam.dev",
+];
+
+/// The prefix of `key` when it is reserved (see [`RESERVED_DOMAINS`]), else `None`.
+pub fn reserved_key_prefix(key: &str) -> Option<&str> {
+    let (prefix, _) = key.split_once('/')?;
+    RESERVED_DOMAINS
+        .iter()
+        .any(|d| {
+            prefix == *d
+                || prefix
+                    .strip_suffix(d)
+                    .is_some_and(|head| head.ends_with('.'))
+        })
+        .then_some(prefix)
+}
+
+/// A regular expression matching exactly the reserved keys (see [`RESERVED_DOMAINS`]),
+/// in the syntax common to RE2 (Kubernetes CEL, Capsule), Go and the `regex` crate, and
+/// without backslashes (so it can be written inside a CEL string literal as it is).
+///
+/// ```
+/// use kubenova_api::validate::reserved_key_pattern;
+/// let re = regex::Regex::new(&reserved_key_pattern()).unwrap();
+/// assert!(re.is_match("app.oam.dev/publishVersion"));
+/// assert!(!re.is_match("example.com/oam.dev"));
+/// ```
+pub fn reserved_key_pattern() -> String {
+    let domains: Vec<String> = RESERVED_DOMAINS
+        .iter()
+        .map(|d| d.replace('.', "[.]"))
+        .collect();
+    format!("^([^/]*[.])?({})/", domains.join("|"))
+}
+
+/// Why a reserved key is refused, for a field violation.
+fn reserved_key_reason(key: &str, prefix: &str) -> String {
+    let name = key.rsplit('/').next().unwrap_or(key);
+    format!(
+        "the prefix {prefix:?} is reserved: keys under {} (and their subdomains) are set by Kubernetes, Capsule, KubeVela and KubeNova themselves; use a prefix of your own, e.g. \"example.com/{name}\"",
+        RESERVED_DOMAINS.join(", ")
+    )
+}
+
 #[allow(clippy::unwrap_used)] // constant patterns, covered by tests
 static DNS_LABEL: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$").unwrap());
@@ -239,7 +307,7 @@ impl Validator {
         true
     }
 
-    /// A label map: keys, values and size.
+    /// A label map: keys (none of them reserved, see [`RESERVED_DOMAINS`]), values and size.
     pub fn labels(&mut self, field: &str, labels: &BTreeMap<String, String>) -> bool {
         if labels.len() > LABELS_MAX {
             self.push(
@@ -254,10 +322,24 @@ impl Validator {
         let before = self.violations.len();
         for (k, v) in labels {
             let path = format!("{field}.{}", quote_key(k));
-            self.label_key(&path, k);
+            if self.label_key(&path, k) {
+                self.not_reserved(&path, k);
+            }
             self.label_value(&path, v);
         }
         self.violations.len() == before
+    }
+
+    /// A user-supplied label or annotation key outside the reserved prefixes
+    /// ([`RESERVED_DOMAINS`]).
+    pub fn not_reserved(&mut self, field: &str, key: &str) -> bool {
+        match reserved_key_prefix(key) {
+            Some(prefix) => {
+                self.push(field, reserved_key_reason(key, prefix));
+                false
+            }
+            None => true,
+        }
     }
 }
 
@@ -367,13 +449,82 @@ mod tests {
     fn label_map_paths_are_quoted() {
         let mut v = Validator::new();
         let mut m = BTreeMap::new();
-        m.insert(
-            "app.kubernetes.io/name".to_string(),
-            "bad value".to_string(),
-        );
+        m.insert("example.com/name".to_string(), "bad value".to_string());
         v.labels("labels", &m);
         let err = v.finish().unwrap_err();
-        assert_eq!(err.violations[0].field, "labels.\"app.kubernetes.io/name\"");
+        assert_eq!(err.violations[0].field, "labels.\"example.com/name\"");
+    }
+
+    #[test]
+    fn reserved_label_keys_are_refused_with_the_field_named() {
+        for key in [
+            "pod-security.kubernetes.io/enforce",
+            "kubernetes.io/metadata.name",
+            "k8s.io/x",
+            "node-role.k8s.io/worker",
+            "capsule.clastix.io/tenant",
+            "projectcapsule.dev/tenant",
+            "x.projectcapsule.dev/y",
+            "kubenova.io/tenant",
+            "agent.kubenova.io/id",
+            "oam.dev/x",
+            "app.oam.dev/publishVersion",
+        ] {
+            let mut v = Validator::new();
+            let m = BTreeMap::from([(key.to_string(), "v".to_string())]);
+            assert!(!v.labels("labels", &m), "{key} must be refused");
+            let err = v.finish().unwrap_err();
+            assert_eq!(err.violations.len(), 1, "{key}: {err}");
+            assert_eq!(err.violations[0].field, format!("labels.{key:?}"));
+            let prefix = key.split_once('/').unwrap().0;
+            assert!(
+                err.violations[0]
+                    .reason
+                    .contains(&format!("the prefix {prefix:?} is reserved")),
+                "{err}"
+            );
+        }
+        for key in [
+            "tier",
+            "example.com/team",
+            "kubernetes.io.example.com/x",
+            "mykubenova.io/x",
+            "notoam.dev/x",
+            "k8s.io.evil/x",
+        ] {
+            let mut v = Validator::new();
+            let m = BTreeMap::from([(key.to_string(), "v".to_string())]);
+            assert!(v.labels("labels", &m), "{key} is a user key");
+        }
+    }
+
+    #[test]
+    fn the_reserved_pattern_matches_exactly_the_reserved_keys() {
+        let pattern = reserved_key_pattern();
+        assert!(!pattern.contains('\\'), "usable in a CEL string: {pattern}");
+        let re = Regex::new(&pattern).unwrap();
+        for key in [
+            "pod-security.kubernetes.io/enforce",
+            "kubernetes.io/metadata.name",
+            "node-role.k8s.io/worker",
+            "capsule.clastix.io/tenant",
+            "a.b.projectcapsule.dev/x",
+            "kubenova.io/owner",
+            "app.oam.dev/publishVersion",
+            "tier",
+            "example.com/team",
+            "kubernetes.io.example.com/x",
+            "mykubenova.io/x",
+            "notoam.dev/x",
+            "example.com/kubernetes.io",
+            "k8s.io.evil/x",
+        ] {
+            assert_eq!(
+                re.is_match(key),
+                reserved_key_prefix(key).is_some(),
+                "{key}"
+            );
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@
 //! | input | output |
 //! |---|---|
 //! | [`NovaTenant`] + [`Catalog`] | Capsule `Tenant` (`capsule.clastix.io/v1beta2`) and the owner/apps `Namespace`s ([`translate_tenant`]) |
-//! | [`NovaProject`] | its `Namespace`, one `RoleBinding` per role, optional `ResourceQuota` ([`translate_project`]) |
+//! | [`NovaProject`] + its tenant's [`PodSecurity`] ([`tenant_pod_security`]) | its `Namespace`, the app `ServiceAccount` ([`APP_SERVICE_ACCOUNT`]) and its two `RoleBinding`s, one `RoleBinding` per role, optional `ResourceQuota` ([`translate_project`]) |
 //! | [`NovaApp`] | KubeVela `Application` (`core.oam.dev/v1beta1`) ([`translate_app`]) |
 //! | Capsule / KubeVela status | [`Verdict`] → [`NovaStatus`] without timestamp churn ([`next_status`]) |
 //!
@@ -53,7 +53,7 @@ pub use meta::*;
 pub use project::{ProjectObjects, translate_project};
 pub use render::{RenderError, render};
 pub use status::{Verdict, merge_conditions, next_status};
-pub use tenant::{TenantObjects, translate_tenant};
+pub use tenant::{PodSecurity, TenantObjects, tenant_pod_security, translate_tenant};
 
 /// Field manager used for every server-side apply KubeNova performs.
 pub const FIELD_MANAGER: &str = "kubenova-operator";

@@ -22,7 +22,11 @@ pub const LABEL_PSA_ENFORCE: &str = "pod-security.kubernetes.io/enforce";
 /// Pod Security admission: version of the enforced level.
 pub const LABEL_PSA_ENFORCE_VERSION: &str = "pod-security.kubernetes.io/enforce-version";
 /// Annotation naming the Nova object that owns a generated object when an owner
-/// reference is impossible (cross-namespace or namespaced → cluster-scoped).
+/// reference is impossible (cross-namespace or namespaced → cluster-scoped). Every
+/// namespace the operator creates carries it, written by server-side apply as field
+/// manager [`FIELD_MANAGER`](crate::FIELD_MANAGER): an existing namespace is adopted only
+/// when that manager owns this annotation with the expected value (and no other Capsule
+/// Tenant owns the namespace), never on labels alone.
 pub const ANNOTATION_OWNER: &str = "kubenova.io/owner";
 /// Annotation carrying the app revision.
 pub const ANNOTATION_REVISION: &str = "kubenova.io/revision";
@@ -32,6 +36,21 @@ pub const ANNOTATION_SUSPENDED: &str = "kubenova.io/suspended";
 pub const ANNOTATION_VELA_PUBLISH_VERSION: &str = "app.oam.dev/publishVersion";
 /// API group of the RBAC subjects `User` and `Group`.
 pub const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+
+/// The [`ANNOTATION_OWNER`] value of a tenant's namespaces, e.g.
+/// `novatenants.kubenova.io/acme`.
+pub fn tenant_owner_annotation(tenant: &str) -> String {
+    format!("novatenants.kubenova.io/{tenant}")
+}
+
+/// The [`ANNOTATION_OWNER`] value of a project's objects (its namespace among them), e.g.
+/// `novaprojects.kubenova.io/acme-owner/web` (the NovaProject's namespace and name).
+pub fn project_owner_annotation(tenant: &str, project: &str) -> String {
+    format!(
+        "novaprojects.kubenova.io/{}/{project}",
+        kubenova_api::model::tenant_namespaces(tenant).0
+    )
+}
 
 /// The group a tenant-scoped credential carries, e.g. `kubenova:tenant:acme:owner`
 /// (same format as `kubenova_kubeconfig::tenant_group`).

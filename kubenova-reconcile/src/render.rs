@@ -51,10 +51,10 @@ pub enum RenderError {
         /// Translation error.
         source: TranslateError,
     },
-    /// A NovaApp whose NovaTenant is not earlier in the same input: its tenant's plan says
-    /// what the app may use, so it cannot be rendered alone.
+    /// A NovaApp whose NovaTenant is not in the same input: its tenant's plan says what the
+    /// app may use, so it cannot be rendered alone.
     #[error(
-        "document {doc}: NovaApp {app:?} belongs to tenant {tenant:?}: put that NovaTenant before it in the same input (its plan decides what the app may use)"
+        "document {doc}: NovaApp {app:?} belongs to tenant {tenant:?}: render it together with that NovaTenant (its plan decides what the app may use)"
     )]
     MissingTenant {
         /// Document number.
@@ -74,13 +74,21 @@ pub enum RenderError {
 ///
 /// A NovaProject or NovaApp without `metadata.namespace` is placed where it belongs
 /// (`<tenant>-owner`, or the project namespace); one in another namespace is refused,
-/// as the operator would. A NovaApp is rendered under the app rules of its NovaTenant
-/// ([`crate::app_rules`]), which must come earlier in the same input. Offline objects
-/// have no uid, so no owner references are rendered.
+/// as the operator would. Offline objects have no uid, so no owner references are
+/// rendered.
+///
+/// A project namespace gets its tenant's Pod Security labels when the project's
+/// NovaTenant is among the documents (before or after the project), as the operator
+/// derives them from the NovaTenant in the cluster; a NovaProject rendered without its
+/// NovaTenant gets none. A NovaApp is rendered under the app rules of its NovaTenant
+/// ([`crate::app_rules`]), which must be among the documents.
 pub fn render(yaml_docs: &str, catalog: &Catalog) -> Result<String, RenderError> {
-    let mut objects: Vec<Value> = Vec::new();
-    let mut tenants: std::collections::BTreeMap<String, kubenova_api::crd::NovaTenantSpec> =
-        std::collections::BTreeMap::new();
+    enum Doc {
+        Tenant(Box<NovaTenant>),
+        Project(Box<NovaProject>),
+        App(Box<NovaApp>),
+    }
+    let mut docs: Vec<(usize, Doc)> = Vec::new();
     let mut input = yaml_docs.as_bytes();
     let opts = crate::manifests::yaml_file_options();
     // Documents one at a time (empty ones are skipped by the reader).
@@ -133,44 +141,54 @@ pub fn render(yaml_docs: &str, catalog: &Catalog) -> Result<String, RenderError>
             kind: kind.clone(),
             source,
         };
-        let translate = |source| RenderError::Translate { doc, source };
-        match kind.as_str() {
-            "NovaTenant" => {
-                let nt: NovaTenant = serde_json::from_value(v).map_err(decode)?;
-                objects.extend(
-                    crate::translate_tenant(&nt, catalog)
-                        .map_err(translate)?
-                        .to_values(),
-                );
-                tenants.insert(nt.metadata.name.clone().unwrap_or_default(), nt.spec);
-            }
-            "NovaProject" => {
-                let np: NovaProject = serde_json::from_value(v).map_err(decode)?;
-                objects.extend(
-                    crate::translate_project(&np)
-                        .map_err(translate)?
-                        .to_values(),
-                );
-            }
-            "NovaApp" => {
-                let na: NovaApp = serde_json::from_value(v).map_err(decode)?;
-                let tenant =
-                    tenants
-                        .get(&na.spec.tenant)
-                        .ok_or_else(|| RenderError::MissingTenant {
-                            doc,
-                            app: na.metadata.name.clone().unwrap_or_default(),
-                            tenant: na.spec.tenant.clone(),
-                        })?;
-                let rules = crate::app_rules(tenant, catalog).map_err(translate)?;
-                objects.push(crate::translate_app(&na, &rules).map_err(translate)?);
-            }
+        let parsed = match kind.as_str() {
+            "NovaTenant" => Doc::Tenant(serde_json::from_value(v).map_err(decode)?),
+            "NovaProject" => Doc::Project(serde_json::from_value(v).map_err(decode)?),
+            "NovaApp" => Doc::App(serde_json::from_value(v).map_err(decode)?),
             _ => {
                 return Err(RenderError::UnknownKind {
                     doc,
                     api_version,
                     kind,
                 });
+            }
+        };
+        docs.push((doc, parsed));
+    }
+    let tenant = |name: &str| {
+        docs.iter().find_map(|(_, d)| match d {
+            Doc::Tenant(nt) if nt.metadata.name.as_deref() == Some(name) => Some(nt.as_ref()),
+            _ => None,
+        })
+    };
+    let mut objects: Vec<Value> = Vec::new();
+    for (doc, parsed) in &docs {
+        let translate = |source| RenderError::Translate { doc: *doc, source };
+        match parsed {
+            Doc::Tenant(nt) => objects.extend(
+                crate::translate_tenant(nt, catalog)
+                    .map_err(translate)?
+                    .to_values(),
+            ),
+            Doc::Project(np) => {
+                let psa = match tenant(&np.spec.tenant) {
+                    Some(nt) => crate::tenant_pod_security(nt, catalog).map_err(translate)?,
+                    None => None,
+                };
+                objects.extend(
+                    crate::translate_project(np, psa.as_ref())
+                        .map_err(translate)?
+                        .to_values(),
+                );
+            }
+            Doc::App(na) => {
+                let nt = tenant(&na.spec.tenant).ok_or_else(|| RenderError::MissingTenant {
+                    doc: *doc,
+                    app: na.metadata.name.clone().unwrap_or_default(),
+                    tenant: na.spec.tenant.clone(),
+                })?;
+                let rules = crate::app_rules(&nt.spec, catalog).map_err(translate)?;
+                objects.push(crate::translate_app(na, &rules).map_err(translate)?);
             }
         }
     }

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kubenova_api::catalog::{Catalog, PodSecurityLevel, PolicyRule};
-use kubenova_api::crd::{ClassSelection, ContainerLimits, NovaTenant};
+use kubenova_api::catalog::{Catalog, Plan, PodSecurityLevel, PolicyRule, PolicySet};
+use kubenova_api::crd::{ClassSelection, ContainerLimits, NovaTenant, NovaTenantSpec};
 use kubenova_api::model::{Subject, SubjectKind, TenantSpec, tenant_namespaces};
 use kubenova_api::quantity::Quantity;
 use kubenova_api::validate::Validate;
@@ -184,6 +184,102 @@ fn network_policy(
     Value::Object(np)
 }
 
+/// The Pod Security admission level enforced in every namespace of a tenant: its owner and
+/// apps namespaces and its project namespaces (labels
+/// [`LABEL_PSA_ENFORCE`] / [`LABEL_PSA_ENFORCE_VERSION`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodSecurity {
+    /// The enforced level.
+    pub level: PodSecurityLevel,
+    /// The version of the level (`latest` or `v1.N`).
+    pub version: String,
+}
+
+impl PodSecurity {
+    /// The two namespace labels that enforce it.
+    ///
+    /// ```
+    /// use kubenova_api::catalog::PodSecurityLevel;
+    /// use kubenova_reconcile::PodSecurity;
+    /// let psa = PodSecurity { level: PodSecurityLevel::Restricted, version: "latest".into() };
+    /// assert_eq!(psa.labels()[0], ("pod-security.kubernetes.io/enforce".to_owned(), "restricted".to_owned()));
+    /// ```
+    pub fn labels(&self) -> [(String, String); 2] {
+        [
+            (LABEL_PSA_ENFORCE.to_owned(), self.level.as_str().to_owned()),
+            (LABEL_PSA_ENFORCE_VERSION.to_owned(), self.version.clone()),
+        ]
+    }
+}
+
+/// The tenant's plan in `catalog`, or [`TranslateError::UnknownPlan`].
+fn plan_of<'c>(spec: &NovaTenantSpec, catalog: &'c Catalog) -> Result<&'c Plan, TranslateError> {
+    catalog
+        .plan(&spec.plan)
+        .ok_or_else(|| TranslateError::UnknownPlan {
+            plan: spec.plan.clone(),
+            known: catalog
+                .plans()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+/// The effective policysets (the spec's, else the plan's), looked up in `catalog`.
+fn policysets_of<'c>(
+    names: &[String],
+    catalog: &'c Catalog,
+) -> Result<Vec<&'c PolicySet>, TranslateError> {
+    names
+        .iter()
+        .map(|p| {
+            catalog
+                .policyset(p)
+                .ok_or_else(|| TranslateError::UnknownPolicyset(p.clone()))
+        })
+        .collect()
+}
+
+/// The strictest `podSecurity` rule of `policysets` (the first of equals wins).
+fn strictest_pod_security(policysets: &[&PolicySet]) -> Option<PodSecurity> {
+    let mut psa: Option<PodSecurity> = None;
+    for rule in policysets.iter().flat_map(|p| p.rules.iter()) {
+        if let PolicyRule::PodSecurity { level, version } = rule
+            && psa.as_ref().is_none_or(|p| *level > p.level)
+        {
+            psa = Some(PodSecurity {
+                level: *level,
+                version: version.clone(),
+            });
+        }
+    }
+    psa
+}
+
+/// The Pod Security level of a tenant: the strictest `podSecurity` rule of its effective
+/// policysets (`spec.policysets`, else its plan's), or `None` when they have none. The
+/// tenant translation labels the tenant's namespaces with it, and the project controller
+/// labels every project namespace of the tenant with it, so both derive it here.
+///
+/// ```
+/// use kubenova_api::catalog::Catalog;
+/// use kubenova_api::crd::NovaTenant;
+/// let nt: NovaTenant = serde_json::from_value(serde_json::json!({
+///     "apiVersion": "kubenova.io/v1alpha1", "kind": "NovaTenant",
+///     "metadata": {"name": "acme"}, "spec": {"plan": "platinum"}})).unwrap();
+/// let psa = kubenova_reconcile::tenant_pod_security(&nt, Catalog::builtin_ref()).unwrap().unwrap();
+/// assert_eq!(psa.level.as_str(), "restricted");
+/// ```
+pub fn tenant_pod_security(
+    nt: &NovaTenant,
+    catalog: &Catalog,
+) -> Result<Option<PodSecurity>, TranslateError> {
+    let plan = plan_of(&nt.spec, catalog)?;
+    let names = nt.spec.policysets.as_ref().unwrap_or(&plan.policysets);
+    Ok(strictest_pod_security(&policysets_of(names, catalog)?))
+}
+
 /// Translates a NovaTenant into a Capsule Tenant and its owner/apps namespaces.
 ///
 /// Effective values come from the spec; absent ones from the plan in `catalog`
@@ -202,16 +298,7 @@ pub fn translate_tenant(
         .clone()
         .ok_or(TranslateError::MissingName { kind: KIND })?;
     let spec = &nt.spec;
-    let plan = catalog
-        .plan(&spec.plan)
-        .ok_or_else(|| TranslateError::UnknownPlan {
-            plan: spec.plan.clone(),
-            known: catalog
-                .plans()
-                .map(|p| p.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })?;
+    let plan = plan_of(spec, catalog)?;
     let quotas = spec
         .quotas
         .clone()
@@ -240,17 +327,10 @@ pub fn translate_tenant(
         .map_err(|e| invalid(&name, e.to_string()))?;
     let owners = parse_subjects(&name, "owners", &spec.owners)?;
     let viewers = parse_subjects(&name, "viewers", &spec.viewers)?;
-    let mut policysets = Vec::new();
-    for p in &policyset_names {
-        policysets.push(
-            catalog
-                .policyset(p)
-                .ok_or_else(|| TranslateError::UnknownPolicyset(p.clone()))?,
-        );
-    }
+    let policysets = policysets_of(&policyset_names, catalog)?;
+    let psa = strictest_pod_security(&policysets);
 
     let mut net_items: Vec<Value> = Vec::new();
-    let mut psa: Option<(PodSecurityLevel, String)> = None;
     let mut registries: Option<Vec<String>> = None;
     for rule in policysets.iter().flat_map(|p| p.rules.iter()) {
         match rule {
@@ -271,11 +351,6 @@ pub fn translate_tenant(
                     net_items.push(np);
                 }
             }
-            PolicyRule::PodSecurity { level, version } => {
-                if psa.as_ref().is_none_or(|(l, _)| level > l) {
-                    psa = Some((*level, version.clone()));
-                }
-            }
             PolicyRule::ImageRegistries { allowed } => {
                 // Capsule checks the registry host of every pod's images; the repository
                 // prefixes are checked on apps by the manager and the app translation.
@@ -288,8 +363,11 @@ pub fn translate_tenant(
                     Some(prev) => prev.into_iter().filter(|h| hosts.contains(h)).collect(),
                 });
             }
-            // Added to the tenant's apps by the app translation.
-            PolicyRule::VelaPolicy { .. } | PolicyRule::VelaTrait { .. } => {}
+            // Pod Security: `strictest_pod_security` above; KubeVela rules are added to
+            // the tenant's apps by the app translation.
+            PolicyRule::PodSecurity { .. }
+            | PolicyRule::VelaPolicy { .. }
+            | PolicyRule::VelaTrait { .. } => {}
         }
     }
     let registries = registries.map(|mut hosts| {
@@ -303,9 +381,8 @@ pub fn translate_tenant(
     let mut common: BTreeMap<String, String> = spec.labels.clone();
     common.insert(LABEL_TENANT.into(), name.clone());
     common.insert(LABEL_MANAGED_BY.into(), MANAGED_BY.into());
-    if let Some((level, version)) = &psa {
-        common.insert(LABEL_PSA_ENFORCE.into(), level.as_str().into());
-        common.insert(LABEL_PSA_ENFORCE_VERSION.into(), version.clone());
+    if let Some(psa) = &psa {
+        common.extend(psa.labels());
     }
 
     let mut capsule_owners: Vec<Value> = Vec::new();
@@ -342,6 +419,12 @@ pub fn translate_tenant(
     let mut extra_labels = common.clone();
     extra_labels.remove(LABEL_MANAGED_BY);
     ns_opts.insert("additionalMetadata".into(), json!({"labels": extra_labels}));
+    // Tenant owners may not set platform labels or annotations on their namespaces
+    // themselves (e.g. lift the Pod Security level): Capsule's namespace webhook refuses
+    // them, the same keys the manager and the CRDs refuse in user label maps.
+    let reserved = json!({"deniedRegex": kubenova_api::validate::reserved_key_pattern()});
+    ns_opts.insert("forbiddenLabels".into(), reserved.clone());
+    ns_opts.insert("forbiddenAnnotations".into(), reserved);
     tspec.insert("namespaceOptions".into(), Value::Object(ns_opts));
     if !quotas.is_empty() {
         tspec.insert(
@@ -409,6 +492,10 @@ pub fn translate_tenant(
                 metadata: ObjectMeta {
                     name: Some(ns),
                     labels: Some(labels),
+                    annotations: Some(BTreeMap::from([(
+                        ANNOTATION_OWNER.to_owned(),
+                        tenant_owner_annotation(&name),
+                    )])),
                     owner_references: ns_ref.clone().map(|r| vec![r]),
                     ..ObjectMeta::default()
                 },

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
@@ -32,13 +32,19 @@ struct Env {
 
 impl Env {
     async fn start() -> Env {
+        Env::start_with(true).await
+    }
+
+    /// With `capsule == false`, no simulated Capsule: nothing but the operator labels
+    /// namespaces (Capsule Tenants then never become ready).
+    async fn start_with(capsule: bool) -> Env {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
         let cluster = TestCluster::builder()
             .with_upstream_crds(true)
-            .simulate_capsule(true)
+            .simulate_capsule(capsule)
             .simulate_kubevela(true)
             .start()
             .await
@@ -74,6 +80,30 @@ impl Env {
             stop,
             task: Some(task),
         }
+    }
+
+    /// Stops the controllers and starts them again with a fresh context (empty caches,
+    /// nothing applied by this process yet), as an operator restart does.
+    async fn restart(&mut self) {
+        self.stop.send(true).unwrap();
+        if let Some(t) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), t)
+                .await
+                .expect("controllers stop on shutdown")
+                .unwrap();
+        }
+        self.ctx = Arc::new(Ctx::new(
+            self.client.clone(),
+            Arc::new(Catalog::builtin()),
+            Arc::new(Metrics::default()),
+        ));
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        self.stop = stop;
+        self.task = Some(tokio::spawn(controller::run(
+            self.ctx.clone(),
+            RunOptions { concurrency: 4 },
+            rx,
+        )));
     }
 
     async fn stop(mut self) {
@@ -261,11 +291,37 @@ async fn create_update_delete_lifecycle() {
             .iter()
             .map(|r| r.name_any())
             .collect();
-        ["kubenova-owner", "kubenova-developer", "kubenova-viewer"]
-            .iter()
-            .all(|n| names.iter().any(|x| x == n))
+        [
+            "kubenova-owner",
+            "kubenova-developer",
+            "kubenova-viewer",
+            "kubenova-app",
+            "kubenova-app-deployer",
+        ]
+        .iter()
+        .all(|n| names.iter().any(|x| x == n))
     })
     .await;
+    let sa = Api::<ServiceAccount>::namespaced(env.client.clone(), &pns)
+        .get("kubenova-app")
+        .await
+        .unwrap();
+    assert_eq!(sa.automount_service_account_token, Some(false));
+    let deployer = rbs.get("kubenova-app-deployer").await.unwrap();
+    assert_eq!(deployer.role_ref.name, "kubenova-app-deployer");
+    assert_eq!(
+        deployer
+            .subjects
+            .unwrap()
+            .iter()
+            .map(|s| (s.kind.clone(), s.name.clone(), s.namespace.clone()))
+            .collect::<Vec<_>>(),
+        [(
+            "ServiceAccount".to_owned(),
+            "kubenova-app".to_owned(),
+            Some(pns.clone())
+        )]
+    );
     eventually("NovaProject Ready", || async {
         env.project("acme", "web")
             .await
@@ -303,6 +359,7 @@ async fn create_update_delete_lifecycle() {
         apps.get("shop").await.unwrap().status.and_then(|s| s.phase) == Some(NovaPhase::Ready)
     })
     .await;
+
     // Applied as the project's own ServiceAccount (KubeVela's webhook records the writer,
     // and KubeVela deploys with its rights), with the gold plan's traits added.
     let application = vela.get("shop").await.unwrap();
@@ -436,6 +493,24 @@ async fn drift_is_repaired() {
             .await
             .unwrap()
             .is_some_and(|r| r.metadata.uid != before.metadata.uid)
+    })
+    .await;
+
+    // Someone deletes the app's ServiceAccount: it comes back.
+    let sas: Api<ServiceAccount> = Api::namespaced(env.client.clone(), &pns);
+    eventually("app ServiceAccount", || async {
+        sas.get_opt("kubenova-app").await.unwrap().is_some()
+    })
+    .await;
+    let before = sas.get("kubenova-app").await.unwrap();
+    sas.delete("kubenova-app", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("app ServiceAccount recreated", || async {
+        sas.get_opt("kubenova-app")
+            .await
+            .unwrap()
+            .is_some_and(|s| s.metadata.uid != before.metadata.uid)
     })
     .await;
 
@@ -707,6 +782,424 @@ async fn status_is_not_rewritten_when_nothing_changed() {
         plan_quotas("gold")
     );
     owned.stop().await;
+}
+
+/// The phase and `Degraded` reason of a NovaProject.
+async fn project_state(env: &Env, tenant: &str, name: &str) -> Option<(NovaPhase, String)> {
+    let s = env.project(tenant, name).await?.status?;
+    let reason = s
+        .condition(CONDITION_DEGRADED)
+        .filter(|c| c.status == "True")
+        .map(|c| c.reason.clone())
+        .unwrap_or_default();
+    Some((s.phase?, reason))
+}
+
+async fn namespace_labels(env: &Env, name: &str) -> std::collections::BTreeMap<String, String> {
+    Api::<Namespace>::all(env.client.clone())
+        .get_opt(name)
+        .await
+        .unwrap()
+        .and_then(|n| n.metadata.labels)
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nova_objects_with_reserved_labels_create_nothing() {
+    // Created directly in the cluster (no manager in between; the testkit does not
+    // evaluate the CRDs' CEL rules, as a cluster without them would not).
+    let env = Env::start().await;
+    let privileged = json!({"pod-security.kubernetes.io/enforce": "privileged"});
+    env.create_tenant("evil", json!({"plan": "gold", "labels": privileged}))
+        .await;
+    eventually("NovaTenant evil Degraded InvalidSpec", || async {
+        env.tenant("evil")
+            .await
+            .and_then(|t| t.status)
+            .is_some_and(|s| {
+                s.phase == Some(NovaPhase::Degraded)
+                    && s.condition(CONDITION_DEGRADED).is_some_and(|c| {
+                        c.reason == "InvalidSpec"
+                            && c.message.contains("pod-security.kubernetes.io/enforce")
+                            && c.message.contains("reserved")
+                    })
+            })
+    })
+    .await;
+    assert!(env.capsule_tenant("evil").await.is_none());
+    assert!(!env.namespace_exists("evil-owner").await);
+    assert!(!env.namespace_exists("evil-apps").await);
+
+    env.create_tenant("good", json!({"plan": "gold"})).await;
+    eventually("Ready", || env.tenant_ready("good")).await;
+    env.create_project("good", "web", json!({"labels": privileged}))
+        .await;
+    eventually("NovaProject Degraded InvalidSpec", || async {
+        project_state(&env, "good", "web").await
+            == Some((NovaPhase::Degraded, "InvalidSpec".to_owned()))
+    })
+    .await;
+    assert!(
+        !env.namespace_exists(&project_namespace("good", "web"))
+            .await
+    );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn project_namespaces_enforce_the_tenant_pod_security_level() {
+    // No Capsule: only the operator sets the level (Capsule's additionalMetadata does not
+    // reach a project namespace it does not know yet, and never replaces ours).
+    let env = Env::start_with(false).await;
+    env.create_tenant("acme", json!({"plan": "gold"})).await;
+    eventually("tenant namespaces", || env.namespace_exists("acme-owner")).await;
+    env.create_project("acme", "web", json!({})).await;
+    let pns = project_namespace("acme", "web");
+    let level = |ns: String| {
+        let env = &env;
+        async move {
+            namespace_labels(env, &ns)
+                .await
+                .get("pod-security.kubernetes.io/enforce")
+                .cloned()
+        }
+    };
+    eventually("baseline on the project namespace", || async {
+        level(pns.clone()).await.as_deref() == Some("baseline")
+    })
+    .await;
+    assert_eq!(
+        level("acme-apps".to_owned()).await.as_deref(),
+        Some("baseline")
+    );
+    assert_eq!(
+        namespace_labels(&env, &pns).await["pod-security.kubernetes.io/enforce-version"],
+        "latest"
+    );
+
+    // The tenant moves to a stricter plan: every namespace follows, projects included.
+    Api::<NovaTenant>::all(env.client.clone())
+        .patch(
+            "acme",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"plan": "platinum"}})),
+        )
+        .await
+        .unwrap();
+    eventually("restricted on the project namespace", || async {
+        level(pns.clone()).await.as_deref() == Some("restricted")
+    })
+    .await;
+    assert_eq!(
+        level("acme-owner".to_owned()).await.as_deref(),
+        Some("restricted")
+    );
+
+    // Someone lowers it by hand: the operator puts it back.
+    Api::<Namespace>::all(env.client.clone())
+        .patch(
+            &pns,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "privileged"}}})),
+        )
+        .await
+        .unwrap();
+    eventually("restricted again", || async {
+        level(pns.clone()).await.as_deref() == Some("restricted")
+    })
+    .await;
+
+    // A tenant the operator cannot translate gives its projects no level to enforce:
+    // the project is Degraded and its namespace is left as it is.
+    Api::<NovaTenant>::all(env.client.clone())
+        .patch(
+            "acme",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"policysets": ["nope"]}})),
+        )
+        .await
+        .unwrap();
+    Api::<NovaProject>::namespaced(env.client.clone(), "acme-owner")
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"description": "touched"}})),
+        )
+        .await
+        .unwrap();
+    eventually("project Degraded InvalidTenant", || async {
+        project_state(&env, "acme", "web").await
+            == Some((NovaPhase::Degraded, "InvalidTenant".to_owned()))
+    })
+    .await;
+    assert_eq!(level(pns.clone()).await.as_deref(), Some("restricted"));
+    env.stop().await;
+}
+
+/// Creates a namespace as someone else would (field manager `manager`), with `labels`
+/// and `annotations`.
+async fn squat(
+    env: &Env,
+    name: &str,
+    labels: Value,
+    annotations: Value,
+    manager: &str,
+) -> Namespace {
+    let ns: Namespace = serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels, "annotations": annotations}
+    }))
+    .unwrap();
+    let pp = PostParams {
+        field_manager: Some(manager.to_owned()),
+        ..PostParams::default()
+    };
+    Api::<Namespace>::all(env.client.clone())
+        .create(&pp, &ns)
+        .await
+        .unwrap()
+}
+
+async fn live_namespace(env: &Env, name: &str) -> Namespace {
+    Api::<Namespace>::all(env.client.clone())
+        .get(name)
+        .await
+        .unwrap()
+}
+
+/// What a squatter may not change hands on: labels, annotations, owner references.
+fn metadata_of(ns: &Namespace) -> Value {
+    json!([
+        ns.metadata.labels,
+        ns.metadata.annotations,
+        ns.metadata.owner_references
+    ])
+}
+
+async fn tenant_clash(env: &Env, name: &str, needle: &str) -> bool {
+    env.tenant(name)
+        .await
+        .and_then(|t| t.status)
+        .is_some_and(|s| {
+            s.phase == Some(NovaPhase::Degraded)
+                && s.condition(CONDITION_DEGRADED)
+                    .is_some_and(|c| c.reason == "NameClash" && c.message.contains(needle))
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_are_not_adopted_by_their_labels() {
+    let env = Env::start().await;
+    // Every label the operator would put on squat-apps, and even the owner annotation,
+    // but written by another field manager: the operator did not create it.
+    let labels = json!({
+        "app.kubernetes.io/managed-by": "kubenova-operator",
+        "kubenova.io/tenant": "squat",
+        "kubenova.io/namespace-role": "apps",
+        "capsule.clastix.io/tenant": "squat"
+    });
+    let before = squat(
+        &env,
+        "squat-apps",
+        labels,
+        json!({"kubenova.io/owner": "novatenants.kubenova.io/squat"}),
+        "intruder",
+    )
+    .await;
+    env.create_tenant("squat", json!({"plan": "gold"})).await;
+    eventually("NovaTenant squat Degraded NameClash", || {
+        tenant_clash(&env, "squat", "squat-apps")
+    })
+    .await;
+    assert!(
+        env.capsule_tenant("squat").await.is_none(),
+        "nothing created"
+    );
+    assert!(
+        !env.namespace_exists("squat-owner").await,
+        "nothing created"
+    );
+    assert_eq!(
+        metadata_of(&live_namespace(&env, "squat-apps").await),
+        metadata_of(&before),
+        "nothing changed"
+    );
+    // Deleting the NovaTenant does not delete what it never owned.
+    Api::<NovaTenant>::all(env.client.clone())
+        .delete("squat", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("squat deleted", || async {
+        env.tenant("squat").await.is_none()
+    })
+    .await;
+    assert!(env.namespace_exists("squat-apps").await);
+
+    // The same for a project namespace.
+    env.create_tenant("host", json!({"plan": "gold"})).await;
+    eventually("Ready", || env.tenant_ready("host")).await;
+    let pns = project_namespace("host", "web");
+    let before = squat(
+        &env,
+        &pns,
+        json!({
+            "app.kubernetes.io/managed-by": "kubenova-operator",
+            "kubenova.io/tenant": "host",
+            "kubenova.io/project": "web",
+            "kubenova.io/namespace-role": "project"
+        }),
+        json!({"kubenova.io/owner": "novaprojects.kubenova.io/host-owner/web"}),
+        "intruder",
+    )
+    .await;
+    env.create_project("host", "web", json!({"access": ["bob@example.com"]}))
+        .await;
+    eventually("NovaProject Degraded NameClash", || async {
+        project_state(&env, "host", "web").await
+            == Some((NovaPhase::Degraded, "NameClash".to_owned()))
+    })
+    .await;
+    let rbs: Api<RoleBinding> = Api::namespaced(env.client.clone(), &pns);
+    assert!(
+        rbs.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert_eq!(
+        metadata_of(&live_namespace(&env, &pns).await),
+        metadata_of(&before)
+    );
+    Api::<NovaProject>::namespaced(env.client.clone(), "host-owner")
+        .delete("web", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("project deleted", || async {
+        env.project("host", "web").await.is_none()
+    })
+    .await;
+    assert!(env.namespace_exists(&pns).await, "not ours: not deleted");
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_of_another_capsule_tenant_are_not_adopted() {
+    let env = Env::start().await;
+    env.create_tenant("other", json!({"plan": "gold"})).await;
+    eventually("Ready", || env.tenant_ready("other")).await;
+    // A namespace of Capsule Tenant `other` (Capsule owns it) that carries everything
+    // KubeNova writes on victim-apps, the owner annotation included, even applied under
+    // the operator's own field manager.
+    squat(
+        &env,
+        "victim-apps",
+        json!({"capsule.clastix.io/tenant": "other"}),
+        json!({}),
+        "tenant-owner",
+    )
+    .await;
+    eventually("Capsule owns victim-apps", || async {
+        live_namespace(&env, "victim-apps")
+            .await
+            .metadata
+            .owner_references
+            .unwrap_or_default()
+            .iter()
+            .any(|r| r.kind == "Tenant" && r.name == "other")
+    })
+    .await;
+    Api::<Namespace>::all(env.client.clone())
+        .patch(
+            "victim-apps",
+            &PatchParams::apply("kubenova-operator").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": "victim-apps",
+                    "labels": {"app.kubernetes.io/managed-by": "kubenova-operator", "kubenova.io/tenant": "victim"},
+                    "annotations": {"kubenova.io/owner": "novatenants.kubenova.io/victim"}}
+            })),
+        )
+        .await
+        .unwrap();
+    let before = live_namespace(&env, "victim-apps").await;
+    env.create_tenant("victim", json!({"plan": "gold"})).await;
+    eventually("NovaTenant victim Degraded NameClash", || {
+        tenant_clash(&env, "victim", "other")
+    })
+    .await;
+    assert!(
+        env.capsule_tenant("victim").await.is_none(),
+        "nothing created"
+    );
+    assert!(
+        !env.namespace_exists("victim-owner").await,
+        "nothing created"
+    );
+    assert_eq!(
+        metadata_of(&live_namespace(&env, "victim-apps").await),
+        metadata_of(&before),
+        "nothing changed"
+    );
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn own_namespaces_converge_after_a_restart() {
+    let mut env = Env::start().await;
+    env.create_tenant("acme", json!({"plan": "gold"})).await;
+    eventually("Ready", || env.tenant_ready("acme")).await;
+    env.create_project("acme", "web", json!({})).await;
+    let pns = project_namespace("acme", "web");
+    let project_ready = || async {
+        project_state(&env, "acme", "web").await == Some((NovaPhase::Ready, String::new()))
+    };
+    eventually("NovaProject Ready", project_ready).await;
+    let ns = live_namespace(&env, "acme-apps").await;
+    assert_eq!(
+        ns.annotations()
+            .get("kubenova.io/owner")
+            .map(String::as_str),
+        Some("novatenants.kubenova.io/acme")
+    );
+
+    // A new operator process (empty caches) reconciles everything again and adopts its
+    // own namespaces: edits still reach them.
+    env.restart().await;
+    Api::<NovaTenant>::all(env.client.clone())
+        .patch(
+            "acme",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"labels": {"team": "a"}}})),
+        )
+        .await
+        .unwrap();
+    Api::<NovaProject>::namespaced(env.client.clone(), "acme-owner")
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"labels": {"team": "w"}}})),
+        )
+        .await
+        .unwrap();
+    eventually("labels applied after the restart", || async {
+        namespace_labels(&env, "acme-apps")
+            .await
+            .get("team")
+            .map(String::as_str)
+            == Some("a")
+            && namespace_labels(&env, &pns)
+                .await
+                .get("team")
+                .map(String::as_str)
+                == Some("w")
+    })
+    .await;
+    eventually("still Ready", || async {
+        env.tenant_ready("acme").await
+            && project_state(&env, "acme", "web").await == Some((NovaPhase::Ready, String::new()))
+    })
+    .await;
+    env.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

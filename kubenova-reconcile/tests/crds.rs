@@ -161,3 +161,60 @@ async fn committed_crds_register_and_reject_invalid_tenants() {
     }
     cluster.shutdown().await;
 }
+
+/// The `spec.labels` rules of a committed CRD.
+fn label_rules(file: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(crd_dir().join(file)).unwrap();
+    let crd: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+    crd.pointer("/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/labels/x-kubernetes-validations")
+        .and_then(|v| v.as_array())
+        .map(|rules| {
+            rules
+                .iter()
+                .map(|r| r["rule"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A NovaTenant or NovaProject created directly in the cluster cannot carry a reserved
+/// label: the CRDs' CEL rule on `spec.labels` refuses every key the manager refuses. The
+/// testkit does not evaluate CEL, so the rule is read from the committed CRDs and its
+/// regular expression (RE2 syntax, which the `regex` crate shares) applied to keys.
+#[test]
+fn label_maps_refuse_reserved_keys() {
+    for file in [
+        "novatenants.kubenova.io.yaml",
+        "novaprojects.kubenova.io.yaml",
+    ] {
+        let rules = label_rules(file);
+        let reserved: Vec<&String> = rules
+            .iter()
+            .filter(|r| r.starts_with("self.all(k, !k.matches('"))
+            .collect();
+        assert_eq!(reserved.len(), 1, "{file}: {rules:?}");
+        let pattern = reserved[0]
+            .strip_prefix("self.all(k, !k.matches('")
+            .and_then(|r| r.strip_suffix("'))"))
+            .unwrap();
+        assert!(
+            !pattern.contains('\\') && !pattern.contains('\''),
+            "{pattern}"
+        );
+        let re = regex::Regex::new(pattern).unwrap();
+        for key in [
+            "pod-security.kubernetes.io/enforce",
+            "kubernetes.io/metadata.name",
+            "node-role.k8s.io/x",
+            "capsule.clastix.io/tenant",
+            "projectcapsule.dev/tenant",
+            "kubenova.io/tenant",
+            "app.oam.dev/x",
+        ] {
+            assert!(re.is_match(key), "{file}: {key} must be refused");
+        }
+        for key in ["tier", "example.com/team", "kubernetes.io.example.com/x"] {
+            assert!(!re.is_match(key), "{file}: {key} must be accepted");
+        }
+    }
+}

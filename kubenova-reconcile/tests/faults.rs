@@ -131,6 +131,17 @@ impl Env {
                 .map(|o| (o.namespace(), o.name_any()))
                 .collect(),
         );
+        let sa = Api::<ServiceAccount>::all(c.clone())
+            .list(&lp)
+            .await
+            .unwrap();
+        add(
+            "ServiceAccount",
+            sa.items
+                .iter()
+                .map(|o| (o.namespace(), o.name_any()))
+                .collect(),
+        );
         let rq = Api::<ResourceQuota>::all(c.clone())
             .list(&lp)
             .await
@@ -234,9 +245,10 @@ fn expected(nt: &NovaTenant, np: &NovaProject, app: &str) -> BTreeSet<Key> {
     for ns in &t.namespaces {
         want.insert(key("Namespace", "", &ns.name_any()));
     }
-    let p = translate_project(np).unwrap();
+    let p = translate_project(np, None).unwrap();
     let pns = p.namespace.name_any();
     want.insert(key("Namespace", "", &pns));
+    want.insert(key("ServiceAccount", &pns, &p.service_account.name_any()));
     for rb in &p.role_bindings {
         want.insert(key("RoleBinding", &pns, &rb.name_any()));
     }

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kubenova_api::catalog::Catalog;
-use kubenova_api::crd::{NovaPhase, NovaTenant};
+use kubenova_api::crd::{NovaPhase, NovaProject, NovaTenant};
 use kubenova_reconcile::controller::{self, Ctx, Metrics, RunOptions};
 use kubenova_testkit::TestCluster;
 use serde_json::json;
@@ -76,7 +76,7 @@ async fn converged_objects_cost_no_round_trips() {
     let task = tokio::spawn(controller::run(ctx, RunOptions { concurrency: 4 }, rx));
     // Watches started.
     for _ in 0..100 {
-        if cluster.faults().counts_for(OPERATOR).verb("watch") >= 8 {
+        if cluster.faults().counts_for(OPERATOR).verb("watch") >= 9 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -160,6 +160,47 @@ async fn converged_objects_cost_no_round_trips() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(repaired, "label drift repaired");
+
+    // A converged project reconciled again costs nothing either: its NovaTenant (for the
+    // Pod Security level) and its namespace's ownership come from the caches.
+    let projects: Api<NovaProject> = Api::namespaced(admin.clone(), "acme-owner");
+    let np: NovaProject = serde_json::from_value(json!({
+        "apiVersion": "kubenova.io/v1alpha1", "kind": "NovaProject",
+        "metadata": {"name": "web", "namespace": "acme-owner"},
+        "spec": {"tenant": "acme", "access": ["bob@example.com"]}
+    }))
+    .unwrap();
+    projects.create(&PostParams::default(), &np).await.unwrap();
+    let project_ready = || async {
+        projects
+            .get("web")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.phase)
+            == Some(NovaPhase::Ready)
+    };
+    for _ in 0..200 {
+        if project_ready().await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(project_ready().await);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = cluster.faults().counts_for(OPERATOR);
+    projects
+        .patch(
+            "web",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"touch": "1"}}})),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let again = cluster.faults().counts_for(OPERATOR).since(&before);
+    assert_eq!(again.writes(), 0, "{again}");
+    assert_eq!(again.verb("get"), 0, "{again}");
     stop.send(true).unwrap();
     task.await.unwrap();
     cluster.shutdown().await;

@@ -52,6 +52,11 @@ fn gold_rules() -> kubenova_api::apprules::AppRules {
         .unwrap()
 }
 
+/// A project translated without its tenant (no Pod Security level known).
+fn translate_project_offline(np: &NovaProject) -> Result<ProjectObjects, TranslateError> {
+    translate_project(np, None)
+}
+
 fn time(s: i64) -> Time {
     Time(Timestamp::from_second(s).unwrap())
 }
@@ -184,17 +189,14 @@ fn bad_tenants_produce_nothing() {
 
 #[test]
 fn project_gets_namespace_rolebindings_and_quota() {
-    let out = translate_project(&np("acme-owner", "web", json!({"tenant": "acme",
+    let out = translate_project_offline(&np("acme-owner", "web", json!({"tenant": "acme",
         "access": ["owner:alice@example.com", "bob", "viewer:group:qa", "developer:serviceaccount:ci:deployer"],
-        "quota": {"pods": 10}, "labels": {"kubenova.io/tenant": "evil", "team": "w"}})))
+        "quota": {"pods": 10}, "labels": {"team": "w"}})))
     .unwrap();
     let ns = out.namespace.metadata.name.clone().unwrap();
     assert_eq!(ns, project_namespace("acme", "web"));
     let l = out.namespace.metadata.labels.as_ref().unwrap();
-    assert_eq!(
-        l["kubenova.io/tenant"], "acme",
-        "user labels never override ours"
-    );
+    assert_eq!(l["kubenova.io/tenant"], "acme");
     assert_eq!(l["capsule.clastix.io/tenant"], "acme");
     assert_eq!(l["kubenova.io/project"], "web");
     assert_eq!(l["team"], "w");
@@ -214,7 +216,13 @@ fn project_gets_namespace_rolebindings_and_quota() {
         [
             ("kubenova-owner".into(), "admin".into(), 2),
             ("kubenova-developer".into(), "edit".into(), 3),
-            ("kubenova-viewer".into(), "view".into(), 2)
+            ("kubenova-viewer".into(), "view".into(), 2),
+            ("kubenova-app".into(), "edit".into(), 1),
+            (
+                "kubenova-app-deployer".into(),
+                "kubenova-app-deployer".into(),
+                1
+            )
         ]
     );
     assert_eq!(
@@ -231,7 +239,7 @@ fn project_gets_namespace_rolebindings_and_quota() {
         Some(ns.as_str())
     );
     assert!(
-        translate_project(&np("acme-owner", "web", json!({"tenant": "acme"})))
+        translate_project_offline(&np("acme-owner", "web", json!({"tenant": "acme"})))
             .unwrap()
             .resource_quota
             .is_none()
@@ -240,14 +248,14 @@ fn project_gets_namespace_rolebindings_and_quota() {
 
 #[test]
 fn projects_of_two_tenants_never_collide_and_stay_home() {
-    let a = translate_project(&np("a-owner", "b-c", json!({"tenant": "a"}))).unwrap();
-    let b = translate_project(&np("a-b-owner", "c", json!({"tenant": "a-b"}))).unwrap();
+    let a = translate_project_offline(&np("a-owner", "b-c", json!({"tenant": "a"}))).unwrap();
+    let b = translate_project_offline(&np("a-b-owner", "c", json!({"tenant": "a-b"}))).unwrap();
     assert_ne!(a.namespace.metadata.name, b.namespace.metadata.name);
     // A project of tenant "victim" created in attacker's owner namespace is refused.
-    let e =
-        translate_project(&np("attacker-owner", "web", json!({"tenant": "victim"}))).unwrap_err();
+    let e = translate_project_offline(&np("attacker-owner", "web", json!({"tenant": "victim"})))
+        .unwrap_err();
     assert_eq!(e.reason(), "WrongNamespace");
-    let e = translate_project(&np(
+    let e = translate_project_offline(&np(
         "acme-owner",
         "web",
         json!({"tenant": "acme", "access": ["bob", "developer:bob"]}),
@@ -571,7 +579,8 @@ fn render_reads_many_documents_and_reports_the_bad_one() {
     let cat = Catalog::builtin_ref();
     let yaml = "apiVersion: kubenova.io/v1alpha1\nkind: NovaTenant\nmetadata: {name: t1}\nspec: {plan: baseline}\n---\napiVersion: kubenova.io/v1alpha1\nkind: NovaProject\nmetadata: {name: p}\nspec: {tenant: t1}\n---\napiVersion: kubenova.io/v1alpha1\nkind: NovaApp\nmetadata: {name: a}\nspec: {tenant: t1, project: p, components: [{name: a, type: webservice}]}\n";
     let out = render(yaml, cat).unwrap();
-    assert_eq!(out.matches("---\n").count(), 3 + 4 + 1);
+    // Tenant + 2 namespaces; namespace, ServiceAccount, 5 RoleBindings; Application.
+    assert_eq!(out.matches("---\n").count(), 3 + 7 + 1);
     assert!(
         !out.contains("ownerReferences"),
         "offline objects have no uid"
@@ -595,5 +604,236 @@ fn render_reads_many_documents_and_reports_the_bad_one() {
     assert!(
         matches!(&e, RenderError::MissingTenant { doc: 1, tenant, .. } if tenant == "t1"),
         "{e}"
+    );
+}
+
+#[test]
+fn reserved_labels_are_refused_by_the_translations() {
+    // Created directly in the cluster (the CRD's CEL rule aside), such an object is
+    // refused as a whole: nothing is produced.
+    let cat = Catalog::builtin_ref();
+    for key in [
+        "pod-security.kubernetes.io/enforce",
+        "capsule.clastix.io/tenant",
+        "kubenova.io/tenant",
+        "app.oam.dev/x",
+    ] {
+        let e = translate_tenant(
+            &nt(
+                "acme",
+                json!({"plan": "gold", "labels": {key: "privileged"}}),
+            ),
+            cat,
+        )
+        .unwrap_err();
+        assert_eq!(e.reason(), "InvalidSpec", "{e}");
+        assert!(
+            e.to_string().contains(&format!("labels.{key:?}"))
+                && e.to_string().contains("reserved"),
+            "{e}"
+        );
+        let e = translate_project(
+            &np(
+                "acme-owner",
+                "web",
+                json!({"tenant": "acme", "labels": {key: "privileged"}}),
+            ),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(e.reason(), "InvalidSpec", "{e}");
+        assert!(
+            e.to_string().contains(&format!("labels.{key:?}"))
+                && e.to_string().contains("reserved"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn capsule_forbids_reserved_namespace_metadata_to_tenant_owners() {
+    let out =
+        translate_tenant(&nt("acme", json!({"plan": "gold"})), Catalog::builtin_ref()).unwrap();
+    let opts = &out.tenant["spec"]["namespaceOptions"];
+    let pattern = kubenova_api::validate::reserved_key_pattern();
+    assert_eq!(opts["forbiddenLabels"], json!({"deniedRegex": pattern}));
+    assert_eq!(
+        opts["forbiddenAnnotations"],
+        json!({"deniedRegex": pattern})
+    );
+}
+
+#[test]
+fn every_namespace_gets_the_tenant_pod_security_level() {
+    let cat = Catalog::builtin_ref();
+    let psa = |plan: &str, extra: Value| {
+        let mut spec = json!({"plan": plan});
+        if let Value::Object(m) = extra {
+            spec.as_object_mut().unwrap().extend(m);
+        }
+        tenant_pod_security(&nt("acme", spec), cat)
+    };
+    let restricted = psa("platinum", json!({})).unwrap().unwrap();
+    assert_eq!(restricted.level.as_str(), "restricted");
+    assert_eq!(
+        psa("gold", json!({})).unwrap().unwrap().level.as_str(),
+        "baseline"
+    );
+    // The strictest podSecurity rule of the effective policysets wins; none = no label.
+    let both = psa(
+        "gold",
+        json!({"policysets": ["pod-security-baseline", "pod-security-restricted"]}),
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(both, restricted);
+    assert_eq!(
+        psa("gold", json!({"policysets": ["tenant-isolation"]})).unwrap(),
+        None
+    );
+    assert_eq!(
+        psa("diamond", json!({})).unwrap_err().reason(),
+        "UnknownPlan"
+    );
+    assert_eq!(
+        psa("gold", json!({"policysets": ["nope"]}))
+            .unwrap_err()
+            .reason(),
+        "UnknownPolicyset"
+    );
+
+    // Tenant namespaces and project namespaces carry the same level.
+    let tenant = translate_tenant(&nt("acme", json!({"plan": "platinum"})), cat).unwrap();
+    let project = translate_project(
+        &np("acme-owner", "web", json!({"tenant": "acme"})),
+        Some(&restricted),
+    )
+    .unwrap();
+    let enforce = |labels: &std::collections::BTreeMap<String, String>| {
+        (
+            labels.get("pod-security.kubernetes.io/enforce").cloned(),
+            labels
+                .get("pod-security.kubernetes.io/enforce-version")
+                .cloned(),
+        )
+    };
+    let want = (
+        Some("restricted".to_owned()),
+        Some(restricted.version.clone()),
+    );
+    for ns in tenant.namespaces.iter().chain([&project.namespace]) {
+        assert_eq!(
+            enforce(ns.metadata.labels.as_ref().unwrap()),
+            want,
+            "{:?}",
+            ns.metadata.name
+        );
+    }
+    // Without the tenant (offline render of a lone project) there is no level to set.
+    let lone =
+        translate_project(&np("acme-owner", "web", json!({"tenant": "acme"})), None).unwrap();
+    assert_eq!(
+        enforce(lone.namespace.metadata.labels.as_ref().unwrap()),
+        (None, None)
+    );
+}
+
+#[test]
+fn render_takes_the_project_level_from_a_tenant_in_the_same_input() {
+    let cat = Catalog::builtin_ref();
+    let project = "apiVersion: kubenova.io/v1alpha1\nkind: NovaProject\nmetadata: {name: p}\nspec: {tenant: t1}\n";
+    let tenant = "apiVersion: kubenova.io/v1alpha1\nkind: NovaTenant\nmetadata: {name: t1}\nspec: {plan: platinum}\n";
+    let pns = project_namespace("t1", "p");
+    // The project may come before its tenant.
+    let out = render(&format!("{project}---\n{tenant}"), cat).unwrap();
+    let docs: Vec<Value> = serde_saphyr::from_str_multiple(&out).unwrap();
+    let ns = docs
+        .iter()
+        .find(|d| d["kind"] == "Namespace" && d["metadata"]["name"] == pns.as_str())
+        .unwrap();
+    assert_eq!(
+        ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "restricted"
+    );
+    // Alone, the project namespace has no level (the operator sets it from the tenant).
+    let out = render(project, cat).unwrap();
+    assert!(!out.contains("pod-security.kubernetes.io"), "{out}");
+}
+
+#[test]
+fn project_gets_its_app_identity() {
+    let out = translate_project(
+        &np(
+            "acme-owner",
+            "web",
+            json!({"tenant": "acme", "access": ["bob"]}),
+        ),
+        None,
+    )
+    .unwrap();
+    let ns = project_namespace("acme", "web");
+    let ours = |md: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| {
+        let l = md.labels.as_ref().unwrap();
+        assert_eq!(md.namespace.as_deref(), Some(ns.as_str()));
+        assert_eq!(l["app.kubernetes.io/managed-by"], "kubenova-operator");
+        assert_eq!(l["kubenova.io/tenant"], "acme");
+        assert_eq!(l["kubenova.io/project"], "web");
+        assert_eq!(
+            md.annotations.as_ref().unwrap()["kubenova.io/owner"],
+            "novaprojects.kubenova.io/acme-owner/web"
+        );
+    };
+    assert_eq!(
+        (APP_SERVICE_ACCOUNT, APP_DEPLOYER_ROLE),
+        ("kubenova-app", "kubenova-app-deployer")
+    );
+    let sa = &out.service_account;
+    assert_eq!(sa.metadata.name.as_deref(), Some(APP_SERVICE_ACCOUNT));
+    assert_eq!(sa.automount_service_account_token, Some(false));
+    ours(&sa.metadata);
+    for (name, role) in [
+        (APP_SERVICE_ACCOUNT, "edit"),
+        (APP_DEPLOYER_ROLE, APP_DEPLOYER_ROLE),
+    ] {
+        let rb = out
+            .role_bindings
+            .iter()
+            .find(|r| r.metadata.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("RoleBinding {name}"));
+        ours(&rb.metadata);
+        assert_eq!(
+            (rb.role_ref.kind.as_str(), rb.role_ref.name.as_str()),
+            ("ClusterRole", role)
+        );
+        let subjects = rb.subjects.as_ref().unwrap();
+        assert_eq!(subjects.len(), 1, "{name}: only the app's ServiceAccount");
+        assert_eq!(
+            (
+                subjects[0].kind.as_str(),
+                subjects[0].name.as_str(),
+                subjects[0].namespace.as_deref()
+            ),
+            ("ServiceAccount", APP_SERVICE_ACCOUNT, Some(ns.as_str()))
+        );
+    }
+    // Applied after the namespace, the ServiceAccount before the bindings naming it.
+    let kinds: Vec<String> = out
+        .to_values()
+        .iter()
+        .map(|v| {
+            format!(
+                "{}/{}",
+                v["kind"].as_str().unwrap(),
+                v["metadata"]["name"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds[..3],
+        [
+            format!("Namespace/{ns}"),
+            "ServiceAccount/kubenova-app".to_owned(),
+            "RoleBinding/kubenova-owner".to_owned()
+        ]
     );
 }

@@ -36,6 +36,7 @@ fn resource_of(kind: &str) -> (&'static str, &'static str, bool) {
     match kind {
         "Namespace" => ("", "namespaces", false),
         "RoleBinding" => ("rbac.authorization.k8s.io", "rolebindings", true),
+        "ServiceAccount" => ("", "serviceaccounts", true),
         "ResourceQuota" => ("", "resourcequotas", true),
         "Tenant" => ("capsule.clastix.io", "tenants", false),
         "Application" => ("core.oam.dev", "applications", true),
@@ -220,7 +221,7 @@ async fn translated_objects_validate_against_upstream_schemas() {
     let mut namespaces = std::collections::BTreeSet::new();
     for p in &projects {
         let stored: NovaProject = serde_json::from_value(create(&client, p).await).unwrap();
-        let objs = translate_project(&stored).unwrap();
+        let objs = translate_project(&stored, None).unwrap();
         assert!(
             namespaces.insert(objs.namespace.metadata.name.clone().unwrap()),
             "namespace clash"
@@ -237,8 +238,9 @@ async fn translated_objects_validate_against_upstream_schemas() {
         assert_eq!(got["metadata"]["ownerReferences"][0]["kind"], "NovaApp");
         created += 1;
     }
-    // 7 tenants x (Tenant + 2 namespaces) + 7 projects x (ns + 3 RoleBindings) + 2 quotas + 6 apps.
-    assert_eq!(created, 7 * 3 + 7 * 4 + 2 + 6);
+    // 7 tenants x (Tenant + 2 namespaces) + 7 projects x (ns + ServiceAccount + 3 access
+    // RoleBindings + 2 app RoleBindings) + 2 quotas + 6 apps.
+    assert_eq!(created, 7 * 3 + 7 * 7 + 2 + 6);
     cluster.shutdown().await;
 }
 
@@ -265,6 +267,9 @@ async fn rendered_examples_validate_too() {
             "Namespace",
             "Namespace",
             "Namespace",
+            "ServiceAccount",
+            "RoleBinding",
+            "RoleBinding",
             "RoleBinding",
             "RoleBinding",
             "RoleBinding",

@@ -36,7 +36,8 @@ use kubenova_api::catalog::Catalog;
 use kubenova_api::crd::{NovaApp, NovaProject, NovaTenant};
 use kubenova_reconcile::status::{app_verdict, next_status, project_verdict, tenant_verdict};
 use kubenova_reconcile::{
-    FIELD_MANAGER, app_rules, project_namespace, translate_app, translate_project, translate_tenant,
+    FIELD_MANAGER, app_rules, project_namespace, tenant_pod_security, translate_app,
+    translate_project, translate_tenant,
 };
 use kubenova_testkit::TestCluster;
 use kubenova_testkit::selector::{FieldSelector, LabelSelector};
@@ -330,6 +331,7 @@ fn ar(kind: &str) -> (ApiResource, bool) {
     let (g, v, p, namespaced) = match kind {
         "Namespace" => ("", "v1", "namespaces", false),
         "ResourceQuota" => ("", "v1", "resourcequotas", true),
+        "ServiceAccount" => ("", "v1", "serviceaccounts", true),
         "RoleBinding" => ("rbac.authorization.k8s.io", "v1", "rolebindings", true),
         "Tenant" => ("capsule.clastix.io", "v1beta2", "tenants", false),
         "Application" => ("core.oam.dev", "v1beta1", "applications", true),
@@ -396,7 +398,8 @@ async fn floor_trio(cluster: &TestCluster, admin: &Client, floor: &Client, i: us
         .patch("web", &PatchParams::default(), &finalizer_patch())
         .await
         .unwrap();
-    for obj in translate_project(&np).unwrap().to_values() {
+    let psa = tenant_pod_security(&nt, Catalog::builtin_ref()).unwrap();
+    for obj in translate_project(&np, psa.as_ref()).unwrap().to_values() {
         ssa(floor, &obj).await;
     }
     let pns = project_namespace(&format!("t{i}"), "web");

@@ -74,7 +74,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the controllers (the default).
     Run(RunConfig),
-    /// Print what Nova objects translate into (several YAML documents in and out).
+    /// Print what Nova objects translate into (several YAML documents in and out). A
+    /// project namespace gets its tenant's Pod Security labels only when the project's
+    /// NovaTenant is in the same input.
     Render {
         /// Input file with NovaTenant / NovaProject / NovaApp documents (`-` = stdin).
         #[arg(short = 'f', long = "file")]

@@ -20,12 +20,15 @@
 use std::collections::HashMap;
 
 use cel_interpreter::{Context, Program, Value as Cel, to_value};
-use kubenova_api::crd::NovaProject;
+use kubenova_api::catalog::Catalog;
+use kubenova_api::crd::{NovaProject, NovaTenant};
 use kubenova_reconcile::manifests::{
     ADMISSION_POLICY_NAME, APP_DEPLOYER_ROLE, APP_SERVICE_ACCOUNT, OperatorParams,
     operator_manifests, operator_username, platform_namespaces,
 };
-use kubenova_reconcile::{project_namespace, translate_project};
+use kubenova_reconcile::{
+    project_namespace, tenant_pod_security, translate_project, translate_tenant,
+};
 use serde_json::{Value, json};
 
 const OPERATOR_NS: &str = "kubenova-system";
@@ -198,23 +201,37 @@ fn namespace(name: &str, labels: Value, annotations: Value) -> Value {
         "metadata": {"name": name, "labels": labels, "annotations": annotations}})
 }
 
-/// A tenant namespace as the operator writes it (`role`: `owner` or `apps`).
-fn tenant_namespace(tenant: &str, role: &str) -> Value {
-    namespace(
-        &format!("{tenant}-{role}"),
-        json!({
-            "app.kubernetes.io/managed-by": "kubenova-operator",
-            "kubenova.io/tenant": tenant,
-            "capsule.clastix.io/tenant": tenant,
-            "kubenova.io/namespace-role": role,
-            "pod-security.kubernetes.io/enforce": "baseline",
-        }),
-        json!({"kubenova.io/owner": format!("novatenants.kubenova.io/{tenant}")}),
-    )
+fn nova_tenant(tenant: &str) -> NovaTenant {
+    serde_json::from_value(json!({
+        "apiVersion": "kubenova.io/v1alpha1", "kind": "NovaTenant",
+        "metadata": {"name": tenant},
+        "spec": {"plan": "gold", "owners": ["alice@example.com"]}
+    }))
+    .unwrap()
 }
 
-/// What the operator writes for project `web` of tenant `acme`: its namespace and
-/// RoleBindings (from the real translation), and the app identity.
+/// A tenant namespace as the operator writes it (`role`: `owner` or `apps`), from the real
+/// tenant translation; other roles give the owner namespace renamed and relabelled (a
+/// disguise for the refusal cases).
+fn tenant_namespace(tenant: &str, role: &str) -> Value {
+    let objects = translate_tenant(&nova_tenant(tenant), Catalog::builtin_ref()).unwrap();
+    let wanted = if role == "apps" { "apps" } else { "owner" };
+    let ns = objects
+        .namespaces
+        .iter()
+        .find(|n| n.metadata.name.as_deref() == Some(&format!("{tenant}-{wanted}")))
+        .unwrap();
+    let mut v = serde_json::to_value(ns).unwrap();
+    v["apiVersion"] = json!("v1");
+    v["kind"] = json!("Namespace");
+    v["metadata"]["name"] = json!(format!("{tenant}-{role}"));
+    v["metadata"]["labels"]["kubenova.io/namespace-role"] = json!(role);
+    v
+}
+
+/// What the operator writes for project `web` of tenant `acme` (from the real
+/// translation): its namespace, its access RoleBindings, and the app identity (its
+/// ServiceAccount and the two RoleBindings naming it).
 struct Project {
     namespace: Value,
     role_bindings: Vec<Value>,
@@ -234,38 +251,32 @@ fn project(tenant: &str, name: &str) -> Project {
         ]}
     }))
     .unwrap();
-    let objects = translate_project(&np).unwrap();
-    let ns = project_namespace(tenant, name);
+    let psa = tenant_pod_security(&nova_tenant(tenant), Catalog::builtin_ref()).unwrap();
+    let objects = translate_project(&np, psa.as_ref()).unwrap();
     let mut namespace = serde_json::to_value(&objects.namespace).unwrap();
     namespace["apiVersion"] = json!("v1");
     namespace["kind"] = json!("Namespace");
-    let role_bindings: Vec<Value> = objects
+    let (app_bindings, role_bindings): (Vec<Value>, Vec<Value>) = objects
         .role_bindings
         .iter()
-        .map(|rb| serde_json::to_value(rb).unwrap())
-        .collect();
-    // The app identity carries the same labels and owner annotation as the project's
-    // RoleBindings.
-    let meta = |n: &str| {
-        let mut m = role_bindings[0]["metadata"].clone();
-        m["name"] = json!(n);
-        m
-    };
-    let app_subject =
-        json!([{"kind": "ServiceAccount", "name": APP_SERVICE_ACCOUNT, "namespace": ns}]);
-    let binding = |n: &str, role: &str| {
-        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-            "metadata": meta(n),
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-            "subjects": app_subject})
-    };
+        .map(|rb| {
+            let mut v = serde_json::to_value(rb).unwrap();
+            v["apiVersion"] = json!("rbac.authorization.k8s.io/v1");
+            v["kind"] = json!("RoleBinding");
+            v
+        })
+        .partition(|rb| {
+            [APP_SERVICE_ACCOUNT, APP_DEPLOYER_ROLE]
+                .contains(&rb["metadata"]["name"].as_str().unwrap())
+        });
+    assert_eq!(app_bindings.len(), 2, "the app identity's two bindings");
+    let mut service_account = serde_json::to_value(&objects.service_account).unwrap();
+    service_account["apiVersion"] = json!("v1");
+    service_account["kind"] = json!("ServiceAccount");
     Project {
         namespace,
-        service_account: json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(APP_SERVICE_ACCOUNT)}),
-        app_bindings: vec![
-            binding(APP_SERVICE_ACCOUNT, "edit"),
-            binding(APP_DEPLOYER_ROLE, APP_DEPLOYER_ROLE),
-        ],
+        service_account,
+        app_bindings,
         role_bindings,
     }
 }

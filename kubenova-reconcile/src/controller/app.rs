@@ -47,7 +47,7 @@ fn app_labels(na: &NovaApp) -> std::collections::BTreeMap<&'static str, String> 
 async fn apply_app(na: &NovaApp, ctx: &Ctx, api: &Api<NovaApp>) -> Result<Action, Error> {
     let old = na.status.as_ref();
     let tenant = &na.spec.tenant;
-    let Some(tenant_spec) = ctx.nova_tenant_spec(tenant).await? else {
+    let Some(nova_tenant) = ctx.nova_tenant(tenant).await? else {
         let verdict = Verdict::new(
             NovaPhase::Degraded,
             "TenantNotFound",
@@ -57,7 +57,7 @@ async fn apply_app(na: &NovaApp, ctx: &Ctx, api: &Api<NovaApp>) -> Result<Action
         return Ok(Action::requeue(std::time::Duration::from_secs(60)));
     };
     let translated =
-        app_rules(&tenant_spec, &ctx.catalog).and_then(|rules| translate_app(na, &rules));
+        app_rules(&nova_tenant.spec, &ctx.catalog).and_then(|rules| translate_app(na, &rules));
     let application = match translated {
         Ok(o) => o,
         Err(e) => {

@@ -11,8 +11,10 @@
 //! deletion timestamp, a digest of everything outside `metadata` ([`content_digest`]) and
 //! the few `status` fields the status mapping reads (Capsule Tenant state and `Ready`
 //! condition, KubeVela Application status and unhealthy services, namespace phase), as
-//! interned JSON text. `managedFields`, uids, resource versions, timestamps and specs are
-//! not kept. The kube `reflector` is not used: its stores key every object with a full
+//! interned JSON text. Of `managedFields` only one bit is kept: whether the operator's
+//! field manager owns the `kubenova.io/owner` annotation (what the namespace adoption
+//! check reads, so a converged namespace costs no GET); uids, resource versions,
+//! timestamps and specs are not kept. The kube `reflector` is not used: its stores key every object with a full
 //! `ApiResource` (five strings) and keep the whole `DynamicObject`.
 //!
 //! The Nova objects' own stores ([`nova_stream`]) do use the reflector, with lean objects
@@ -30,12 +32,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, RwLock};
 
 use futures::StreamExt;
+use futures::channel::mpsc::UnboundedSender;
 use kube::api::{Api, DynamicObject};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::runtime::{WatchStreamExt, watcher::Event};
 use kube::{Client, Resource};
-use kubenova_api::crd::NovaTenant;
+use kubenova_api::crd::{NovaProject, NovaTenant};
 use serde_json::{Map, Value, json};
 
 use super::api_resource;
@@ -226,10 +229,26 @@ const OWNER_REF_LEN: usize = 5;
 
 /// Labels, annotations and owner references (every field kept: they are applied back,
 /// see `merge_owner_refs`) as one array of string ids: the number of labels, of
-/// annotations and of owner references, then the label pairs, the annotation pairs and
-/// the owner references ([`OWNER_REF_LEN`] each).
+/// annotations (with the [`OWNER_MARKED`] bit) and of owner references, then the label
+/// pairs, the annotation pairs and the owner references ([`OWNER_REF_LEN`] each).
 #[derive(Debug)]
 struct Meta(Box<[u32]>);
+
+/// Set in the annotation count when field manager `kubenova-operator` owns the
+/// `kubenova.io/owner` annotation in `managedFields`: the one fact of `managedFields` the
+/// controllers read (whether a namespace may be adopted, `super::foreign_namespace`).
+/// [`KindCache::get`] gives it back as a one-entry `managedFields`.
+const OWNER_MARKED: u32 = 1 << 31;
+
+/// Whether `kubenova-operator` owns the `kubenova.io/owner` annotation of `md`.
+fn owner_marked(md: &kube::api::ObjectMeta) -> bool {
+    md.managed_fields.iter().flatten().any(|e| {
+        e.manager.as_deref() == Some(crate::FIELD_MANAGER)
+            && e.fields_v1
+                .as_ref()
+                .is_some_and(|f| super::owns_owner_annotation(&f.0))
+    })
+}
 
 /// The pairs of a label or annotation map, without `last-applied`.
 fn pairs(m: Option<&std::collections::BTreeMap<String, String>>) -> Vec<(&str, &str)> {
@@ -249,7 +268,12 @@ impl Meta {
         let mut out = Vec::with_capacity(
             3 + 2 * (labels.len() + annotations.len()) + OWNER_REF_LEN * refs.len(),
         );
-        out.extend([len(labels.len()), len(annotations.len()), len(refs.len())]);
+        let marked = if owner_marked(md) { OWNER_MARKED } else { 0 };
+        out.extend([
+            len(labels.len()),
+            len(annotations.len()).min(OWNER_MARKED - 1) | marked,
+            len(refs.len()),
+        ]);
         let mut i = ids();
         for (k, v) in labels.iter().chain(&annotations) {
             out.extend([i.id(k), i.id(v)]);
@@ -267,8 +291,12 @@ impl Meta {
     }
 
     fn counts(&self) -> (usize, usize, usize) {
-        let n = |i: usize| self.0.get(i).map_or(0, |n| *n as usize);
+        let n = |i: usize| self.0.get(i).map_or(0, |n| (*n & !OWNER_MARKED) as usize);
         (n(0), n(1), n(2))
+    }
+
+    fn owner_marked(&self) -> bool {
+        self.0.get(1).is_some_and(|n| n & OWNER_MARKED != 0)
     }
 
     /// `labels`, `annotations` and `ownerReferences` into `md` (when not empty).
@@ -290,6 +318,19 @@ impl Meta {
         }
         if na > 0 {
             md.insert("annotations".into(), pairs(a));
+        }
+        if self.owner_marked() {
+            md.insert(
+                "managedFields".into(),
+                json!([{
+                    "manager": crate::FIELD_MANAGER,
+                    "operation": "Apply",
+                    "fieldsType": "FieldsV1",
+                    "fieldsV1": {"f:metadata": {"f:annotations": {
+                        format!("f:{}", crate::meta::ANNOTATION_OWNER): {}
+                    }}}
+                }]),
+            );
         }
         if no > 0 {
             let refs: Vec<Value> = refs
@@ -436,8 +477,9 @@ struct KindStore {
 
 impl KindCache {
     /// The cached object as JSON (`apiVersion`, `kind`, metadata: name, namespace,
-    /// labels, annotations, owner references, generation, deletion timestamp; the kept
-    /// status; the content digest under [`DIGEST_KEY`]).
+    /// labels, annotations, owner references, generation, deletion timestamp, and a
+    /// one-entry `managedFields` when the operator owns the `kubenova.io/owner`
+    /// annotation; the kept status; the content digest under [`DIGEST_KEY`]).
     pub(crate) fn get(&self, namespace: Option<&str>, name: &str) -> Option<Value> {
         let (ar, _) = api_resource(self.kind)?;
         let objects = self.inner.objects.read().unwrap_or_else(|e| e.into_inner());
@@ -486,16 +528,24 @@ impl KindCache {
 /// The caches of one controller run.
 #[derive(Clone)]
 pub(crate) struct Caches {
-    pub(crate) tenants: KindCache,
-    pub(crate) namespaces: KindCache,
-    pub(crate) role_bindings: KindCache,
-    pub(crate) quotas: KindCache,
-    pub(crate) applications: KindCache,
+    /// One compact store per generated kind.
+    kinds: Arc<[KindCache]>,
     pub(crate) nova_tenants: Store<Stored<NovaTenant>>,
+    pub(crate) nova_projects: Store<Stored<NovaProject>>,
     /// The statuses taken out of the Nova stores.
     pub(crate) nova_statuses: Statuses,
+    /// Sends a NovaProject to the project controller (see [`Caches::requeue_projects`]).
+    project_trigger: UnboundedSender<ObjectRef<Stored<NovaProject>>>,
     /// Last apply per `Kind/namespace/name` (by [`key_hash`]).
     applied: Applied,
+}
+
+/// The Nova stores and the project controller's trigger, for [`Caches::new`].
+pub(crate) struct NovaStores {
+    pub(crate) tenants: Store<Stored<NovaTenant>>,
+    pub(crate) projects: Store<Stored<NovaProject>>,
+    pub(crate) statuses: Statuses,
+    pub(crate) project_trigger: UnboundedSender<ObjectRef<Stored<NovaProject>>>,
 }
 
 /// What this process applied last, per `Kind/namespace/name` ([`key_hash`]).
@@ -615,23 +665,14 @@ fn obj_key(kind: &str, o: &DynamicObject) -> u64 {
 }
 
 impl Caches {
-    pub(crate) fn new(
-        tenants: KindCache,
-        namespaces: KindCache,
-        role_bindings: KindCache,
-        quotas: KindCache,
-        applications: KindCache,
-        nova_tenants: Store<Stored<NovaTenant>>,
-        nova_statuses: Statuses,
-    ) -> Caches {
+    /// The caches of `kinds` (one store per generated kind) and the Nova stores.
+    pub(crate) fn new(kinds: Vec<KindCache>, nova: NovaStores) -> Caches {
         Caches {
-            tenants,
-            namespaces,
-            role_bindings,
-            quotas,
-            applications,
-            nova_tenants,
-            nova_statuses,
+            kinds: kinds.into(),
+            nova_tenants: nova.tenants,
+            nova_projects: nova.projects,
+            nova_statuses: nova.statuses,
+            project_trigger: nova.project_trigger,
             applied: Default::default(),
         }
     }
@@ -639,46 +680,44 @@ impl Caches {
     /// Whether every store has its initial list (without waiting).
     pub(crate) fn is_ready(&self) -> bool {
         use futures::FutureExt as _;
-        [
-            &self.tenants,
-            &self.namespaces,
-            &self.role_bindings,
-            &self.quotas,
-            &self.applications,
-        ]
-        .iter()
-        .all(|s| s.is_ready())
+        self.kinds.iter().all(KindCache::is_ready)
             && self
                 .nova_tenants
+                .wait_until_ready()
+                .now_or_never()
+                .is_some()
+            && self
+                .nova_projects
                 .wait_until_ready()
                 .now_or_never()
                 .is_some()
     }
 
     pub(crate) fn of(&self, kind: &str) -> Option<&KindCache> {
-        Some(match kind {
-            "Tenant" => &self.tenants,
-            "Namespace" => &self.namespaces,
-            "RoleBinding" => &self.role_bindings,
-            "ResourceQuota" => &self.quotas,
-            "Application" => &self.applications,
-            _ => return None,
-        })
+        self.kinds.iter().find(|k| k.kind == kind)
     }
 
-    /// Whether the NovaTenant exists (and is not being deleted).
-    pub(crate) fn nova_tenant_exists(&self, name: &str) -> bool {
-        self.nova_tenants.get(&ObjectRef::new(name)).is_some()
-    }
-
-    /// The NovaTenant's spec, when it exists.
-    pub(crate) fn nova_tenant_spec(
-        &self,
-        name: &str,
-    ) -> Option<Result<kubenova_api::crd::NovaTenantSpec, serde_json::Error>> {
+    /// The NovaTenant, rebuilt from its store (no API call).
+    pub(crate) fn nova_tenant(&self, name: &str) -> Result<Option<NovaTenant>, serde_json::Error> {
         self.nova_tenants
             .get(&ObjectRef::new(name))
-            .map(|t| t.spec())
+            .map(|t| t.expand(&self.nova_statuses))
+            .transpose()
+    }
+
+    /// Sends every NovaProject of `tenant` to the project controller (e.g. its Pod
+    /// Security level changed). Scans the project store: for rare events only.
+    pub(crate) fn requeue_projects(&self, tenant: &str) {
+        let (owner_ns, _) = crate::tenant_namespaces(tenant);
+        for p in self.nova_projects.state() {
+            if p.meta().namespace.as_deref() == Some(owner_ns.as_str())
+                && let Some(name) = p.meta().name.as_deref()
+            {
+                let _ = self
+                    .project_trigger
+                    .unbounded_send(ObjectRef::new(name).within(&owner_ns));
+            }
+        }
     }
 
     fn key(obj: &Value) -> u64 {
@@ -978,6 +1017,59 @@ mod tests {
         let mut empty = Map::new();
         Meta::new(&kube::api::ObjectMeta::default()).write(&mut empty);
         assert!(empty.is_empty());
+    }
+
+    #[test]
+    fn only_the_operators_owner_annotation_is_kept_of_managed_fields() {
+        let ns = |manager: &str, field: &str| {
+            let live = json!({
+                "apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": "n", "annotations": {"kubenova.io/owner": "novatenants.kubenova.io/t"},
+                    "managedFields": [
+                        {"manager": "someone", "operation": "Update", "fieldsType": "FieldsV1",
+                         "fieldsV1": {"f:metadata": {"f:labels": {"f:x": {}}}}},
+                        {"manager": manager, "operation": "Apply", "fieldsType": "FieldsV1",
+                         "fieldsV1": {"f:metadata": {"f:annotations": {".": {}, field: {}}}}}
+                    ]}
+            });
+            let o: DynamicObject = serde_json::from_value(live.clone()).unwrap();
+            let cache = store("Namespace").unwrap();
+            cache.inner.objects.write().unwrap().insert(
+                applied_key("Namespace", None, "n"),
+                Box::new(compact("Namespace", &o)),
+            );
+            (live, cache.get(None, "n").unwrap())
+        };
+        let (live, cached) = ns("kubenova-operator", "f:kubenova.io/owner");
+        assert_eq!(
+            cached["metadata"]["annotations"],
+            live["metadata"]["annotations"]
+        );
+        assert_eq!(
+            cached["metadata"]["managedFields"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+        for v in [&live, &cached] {
+            assert_eq!(
+                super::super::foreign_namespace(v, "novatenants.kubenova.io/t", "t"),
+                None
+            );
+        }
+        for (manager, field) in [
+            ("intruder", "f:kubenova.io/owner"),
+            ("kubenova-operator", "f:other"),
+        ] {
+            let (live, cached) = ns(manager, field);
+            assert!(cached["metadata"].get("managedFields").is_none());
+            for v in [&live, &cached] {
+                assert!(
+                    super::super::foreign_namespace(v, "novatenants.kubenova.io/t", "t").is_some()
+                );
+            }
+        }
     }
 
     #[test]

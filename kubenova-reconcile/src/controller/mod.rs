@@ -7,7 +7,10 @@
 //!    (unknown plan, wrong namespace, ...) gets `Degraded` with the error's reason and
 //!    **nothing is created**;
 //! 2. checks every target name: an existing object that KubeNova did not generate for
-//!    this very Nova object is a `NameClash` (`Degraded`, nothing created);
+//!    this very Nova object is a `NameClash` (`Degraded`, nothing created); a namespace
+//!    counts as generated only when field manager [`FIELD_MANAGER`] owns its
+//!    `kubenova.io/owner` annotation with the expected value and no other Capsule Tenant
+//!    owns it (labels alone prove nothing);
 //! 3. server-side applies every translated object (field manager [`FIELD_MANAGER`],
 //!    `force`), so drift is repaired on the next reconcile; the generated objects are
 //!    watched, so an edit or a delete triggers that reconcile. Reads come from in-memory
@@ -20,8 +23,9 @@
 //!    through the status subresource only when [`next_status`] says it changed.
 //!
 //! On delete, the cleanup deletes exactly the objects the translation names, and only
-//! when their labels say they were generated for this Nova object (read with a GET, not
-//! from the cache, so a lagging cache cannot leak an object).
+//! when they were generated for this Nova object (their labels, and for a namespace the
+//! same ownership check as above; read with a GET, not from the cache, so a lagging
+//! cache cannot leak an object).
 //!
 //! Errors are retried with a per-object exponential backoff ([`Ctx::backoff`]) and
 //! reported as `Warning` Events.
@@ -64,7 +68,10 @@ pub use app::reconcile_app;
 pub use project::reconcile_project;
 pub use tenant::reconcile_tenant;
 
-use crate::meta::{LABEL_MANAGED_BY, LABEL_PROJECT, LABEL_TENANT, MANAGED_BY};
+use crate::meta::{
+    ANNOTATION_OWNER, LABEL_MANAGED_BY, LABEL_PROJECT, LABEL_TENANT, MANAGED_BY,
+    project_owner_annotation, tenant_owner_annotation,
+};
 use crate::status::{Verdict, next_status};
 use crate::{FIELD_MANAGER, TranslateError};
 use stored::{Nova, Stored};
@@ -319,29 +326,22 @@ impl Ctx {
         get(&self.client, kind, namespace, name).await
     }
 
-    /// Whether the NovaTenant exists (cache, or a GET without caches).
-    pub(crate) async fn nova_tenant_exists(&self, name: &str) -> Result<bool, Error> {
+    /// The NovaTenant (from its store, or a GET without caches); `None` when absent.
+    pub(crate) async fn nova_tenant(&self, name: &str) -> Result<Option<NovaTenant>, Error> {
         if let Some(c) = self.caches() {
-            return Ok(c.nova_tenant_exists(name));
+            return Ok(c.nova_tenant(name)?);
         }
         Ok(Api::<NovaTenant>::all(self.client.clone())
             .get_opt(name)
-            .await?
-            .is_some())
+            .await?)
     }
 
-    /// The NovaTenant's spec (cache, or a GET without caches); `None` when absent.
-    pub(crate) async fn nova_tenant_spec(
-        &self,
-        name: &str,
-    ) -> Result<Option<kubenova_api::crd::NovaTenantSpec>, Error> {
-        if let Some(c) = self.caches() {
-            return Ok(c.nova_tenant_spec(name).transpose()?);
+    /// Has the project controller reconcile every NovaProject of `tenant` (while [`run`]
+    /// runs; without it nothing is queued).
+    pub(crate) fn requeue_projects(&self, tenant: &str) {
+        if let Some(c) = self.caches_raw() {
+            c.requeue_projects(tenant);
         }
-        Ok(Api::<NovaTenant>::all(self.client.clone())
-            .get_opt(name)
-            .await?
-            .map(|t| t.spec))
     }
 
     /// Like [`apply`](Self::apply), but the apply is sent as `user` (an `Impersonate-User`
@@ -483,6 +483,7 @@ pub(crate) fn api_resource(kind: &str) -> Option<(ApiResource, bool)> {
         "Namespace" => ("", "v1", "namespaces", false),
         "ResourceQuota" => ("", "v1", "resourcequotas", true),
         "RoleBinding" => ("rbac.authorization.k8s.io", "v1", "rolebindings", true),
+        "ServiceAccount" => ("", "v1", "serviceaccounts", true),
         "Tenant" => ("capsule.clastix.io", "v1beta2", "tenants", false),
         "Application" => ("core.oam.dev", "v1beta1", "applications", true),
         _ => return None,
@@ -589,6 +590,86 @@ fn as_refs<'a>(m: &'a BTreeMap<&'static str, String>) -> BTreeMap<&'static str, 
     m.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
+/// Whether a `managedFields` entry's `fieldsV1` owns the [`ANNOTATION_OWNER`] annotation.
+pub(crate) fn owns_owner_annotation(fields_v1: &Value) -> bool {
+    fields_v1
+        .get("f:metadata")
+        .and_then(|m| m.get("f:annotations"))
+        .and_then(|a| a.get(format!("f:{ANNOTATION_OWNER}")))
+        .is_some()
+}
+
+/// Why an existing namespace is not the operator's to adopt for the Nova object whose
+/// [`ANNOTATION_OWNER`] value is `owner` (tenant `tenant`), or `None` when it is: the
+/// annotation must say `owner` and be owned by field manager [`FIELD_MANAGER`] in
+/// `metadata.managedFields` (the operator wrote it when it created the namespace; labels
+/// prove nothing, a tenant owner can set them), and a Capsule owner (an owner reference
+/// of kind `Tenant` in `capsule.clastix.io`) must be absent or `tenant`.
+///
+/// The compact namespace cache keeps exactly the `managedFields` fact read here.
+pub(crate) fn foreign_namespace(live: &Value, owner: &str, tenant: &str) -> Option<String> {
+    let capsule_owner = live
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|r| {
+            str_at(r, "/kind") == "Tenant"
+                && str_at(r, "/apiVersion").starts_with("capsule.clastix.io/")
+        })
+        .map(|r| str_at(r, "/name"))
+        .find(|n| *n != tenant);
+    if let Some(other) = capsule_owner {
+        return Some(format!("belongs to Capsule Tenant {other}"));
+    }
+    let annotated = live
+        .pointer("/metadata/annotations")
+        .and_then(|a| a.get(ANNOTATION_OWNER))
+        .and_then(Value::as_str)
+        == Some(owner);
+    let ours = live
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|e| {
+            str_at(e, "/manager") == FIELD_MANAGER
+                && e.get("fieldsV1").is_some_and(owns_owner_annotation)
+        });
+    if annotated && ours {
+        return None;
+    }
+    Some(format!(
+        "was not created by KubeNova for {owner} (its {ANNOTATION_OWNER} annotation is not {owner:?} as written by {FIELD_MANAGER})"
+    ))
+}
+
+/// The [`ANNOTATION_OWNER`] value and tenant of the namespaces generated for the Nova
+/// object whose labels ([`ours`]) are `labels`.
+fn namespace_owner<'a>(labels: &'a BTreeMap<&'static str, String>) -> (String, &'a str) {
+    let tenant = labels
+        .get(LABEL_TENANT)
+        .map(String::as_str)
+        .unwrap_or_default();
+    let owner = match labels.get(LABEL_PROJECT) {
+        Some(project) => project_owner_annotation(tenant, project),
+        None => tenant_owner_annotation(tenant),
+    };
+    (owner, tenant)
+}
+
+/// Why `live` (of `kind`) is not the object generated for the Nova object with `labels`,
+/// or `None` when it is. A namespace must pass [`foreign_namespace`]; other kinds (all of
+/// them inside such a namespace, or the cluster-scoped Capsule Tenant) must carry the
+/// labels.
+fn not_ours(kind: &str, live: &Value, labels: &BTreeMap<&'static str, String>) -> Option<String> {
+    if kind == "Namespace" {
+        let (owner, tenant) = namespace_owner(labels);
+        return foreign_namespace(live, &owner, tenant);
+    }
+    (!has_labels(live, &as_refs(labels))).then(|| "is not labelled as generated for it".into())
+}
+
 /// The first target that exists and was not generated for this Nova object, as a
 /// `NameClash` verdict message.
 pub(crate) async fn find_clash(
@@ -597,22 +678,23 @@ pub(crate) async fn find_clash(
     labels: &BTreeMap<&'static str, String>,
     owner: &str,
 ) -> Result<Option<String>, Error> {
-    let want = as_refs(labels);
     for (kind, ns, name) in targets {
         if let Some(live) = ctx.lookup(kind, *ns, name).await?
-            && !has_labels(&live, &want)
+            && let Some(why) = not_ours(kind, &live, labels)
         {
             let at = ns.map(|n| format!(" in namespace {n}")).unwrap_or_default();
             return Ok(Some(format!(
-                "{kind} {name}{at} already exists and is not managed by {owner}; nothing was created"
+                "{kind} {name}{at} already exists and is not managed by {owner}: it {why}; nothing was created"
             )));
         }
     }
     Ok(None)
 }
 
-/// Deletes the object if it exists and carries `labels`. Returns whether it deleted.
-/// Reads the live object (a GET, never the cache: a stale cache must not leak objects).
+/// Deletes the object if it exists and was generated for the Nova object with `labels`
+/// (it carries them; a namespace must also pass [`foreign_namespace`]). Returns whether
+/// it deleted. Reads the live object (a GET, never the cache: a stale cache must not leak
+/// objects).
 pub(crate) async fn delete_if_ours(
     ctx: &Ctx,
     kind: &str,
@@ -627,7 +709,7 @@ pub(crate) async fn delete_if_ours(
     let Some(live) = get(client, kind, namespace, name).await? else {
         return Ok(false);
     };
-    if !has_labels(&live, &as_refs(labels)) {
+    if !has_labels(&live, &as_refs(labels)) || not_ours(kind, &live, labels).is_some() {
         tracing::info!(
             kind,
             name,
@@ -772,7 +854,8 @@ fn tenant_of(meta: &kube::api::ObjectMeta) -> Option<ObjectRef<Stored<NovaTenant
     Some(ObjectRef::new(label(meta, LABEL_TENANT)?))
 }
 
-/// NovaProject of a generated project object (namespace, RoleBinding, ResourceQuota).
+/// NovaProject of a generated project object (namespace, ServiceAccount, RoleBinding,
+/// ResourceQuota).
 fn project_of(meta: &kube::api::ObjectMeta) -> Option<ObjectRef<Stored<NovaProject>>> {
     let tenant = label(meta, LABEL_TENANT)?;
     let project = label(meta, LABEL_PROJECT)?;
@@ -829,40 +912,48 @@ where
 ///
 /// One watch per kind feeds both the controllers' triggers and the read caches (module
 /// `cache`): Capsule Tenants, Namespaces and KubeVela Applications (all of them, so name
-/// clashes are seen), RoleBindings and ResourceQuotas (those labelled as generated by
-/// KubeNova), and the three Nova kinds (kept lean: metadata without `managedFields`, the
+/// clashes are seen), RoleBindings, ServiceAccounts and ResourceQuotas (those labelled as
+/// generated by KubeNova), and the three Nova kinds (kept lean: metadata without `managedFields`, the
 /// spec as JSON text, the status in a compact side table; module `stored`).
 pub async fn run(ctx: Arc<Ctx>, opts: RunOptions, shutdown: tokio::sync::watch::Receiver<bool>) {
     use futures::channel::mpsc::unbounded;
     let client = ctx.client.clone();
     let config = ControllerConfig::default().concurrency(opts.concurrency);
-    let (Some(tenants_c), Some(ns_c), Some(rb_c), Some(rq_c), Some(apps_c)) = (
+    let (Some(tenants_c), Some(ns_c), Some(rb_c), Some(sa_c), Some(rq_c), Some(apps_c)) = (
         cache::store("Tenant"),
         cache::store("Namespace"),
         cache::store("RoleBinding"),
+        cache::store("ServiceAccount"),
         cache::store("ResourceQuota"),
         cache::store("Application"),
     ) else {
         return;
     };
+    // Generated object → the Nova object to reconcile.
+    let (tenant_tx, tenant_rx) = unbounded::<ObjectRef<Stored<NovaTenant>>>();
+    let (project_tx, project_rx) = unbounded::<ObjectRef<Stored<NovaProject>>>();
+    let (app_tx, app_rx) = unbounded::<ObjectRef<Stored<NovaApp>>>();
+
     let statuses = statuses::Statuses::default();
     let (nt_store, nt_stream) = cache::nova_stream::<NovaTenant>(&client, statuses.clone());
     let (np_store, np_stream) = cache::nova_stream::<NovaProject>(&client, statuses.clone());
     let (na_store, na_stream) = cache::nova_stream::<NovaApp>(&client, statuses.clone());
     ctx.set_caches(Some(cache::Caches::new(
-        tenants_c.clone(),
-        ns_c.clone(),
-        rb_c.clone(),
-        rq_c.clone(),
-        apps_c.clone(),
-        nt_store.clone(),
-        statuses,
+        vec![
+            tenants_c.clone(),
+            ns_c.clone(),
+            rb_c.clone(),
+            sa_c.clone(),
+            rq_c.clone(),
+            apps_c.clone(),
+        ],
+        cache::NovaStores {
+            tenants: nt_store.clone(),
+            projects: np_store.clone(),
+            statuses,
+            project_trigger: project_tx.clone(),
+        },
     )));
-
-    // Generated object → the Nova object to reconcile.
-    let (tenant_tx, tenant_rx) = unbounded::<ObjectRef<Stored<NovaTenant>>>();
-    let (project_tx, project_rx) = unbounded::<ObjectRef<Stored<NovaProject>>>();
-    let (app_tx, app_rx) = unbounded::<ObjectRef<Stored<NovaApp>>>();
     let to_tenant = {
         let tx = tenant_tx.clone();
         move |o: &DynamicObject| {
@@ -915,6 +1006,15 @@ pub async fn run(ctx: Arc<Ctx>, opts: RunOptions, shutdown: tokio::sync::watch::
                 "RoleBinding",
                 managed_by(),
                 rb_c,
+                applied.clone(),
+                to_project(project_tx.clone()),
+            )
+            .map(|d| d.boxed()),
+            cache::drive(
+                &client,
+                "ServiceAccount",
+                managed_by(),
+                sa_c,
                 applied.clone(),
                 to_project(project_tx.clone()),
             )
@@ -1011,6 +1111,7 @@ mod tests {
             "Namespace",
             "ResourceQuota",
             "RoleBinding",
+            "ServiceAccount",
             "Tenant",
             "Application",
         ] {

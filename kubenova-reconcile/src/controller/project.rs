@@ -1,4 +1,5 @@
-//! NovaProject controller: project namespace, RoleBindings, optional ResourceQuota.
+//! NovaProject controller: project namespace, the app ServiceAccount, RoleBindings,
+//! optional ResourceQuota.
 
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use super::{
 };
 use crate::project::PROJECT_QUOTA_NAME;
 use crate::status::{Verdict, project_verdict};
-use crate::{project_namespace, translate_project};
+use crate::{project_namespace, tenant_pod_security, translate_project};
 
 const CONTROLLER: &str = "novaproject";
 
@@ -43,7 +44,18 @@ async fn apply_project(
     api: &Api<NovaProject>,
 ) -> Result<Action, Error> {
     let old = np.status.as_ref();
-    let objects = match translate_project(np) {
+    let tenant = &np.spec.tenant;
+    // The project namespace enforces its tenant's Pod Security level, derived from the
+    // NovaTenant exactly as the tenant translation does (from the store: no API call).
+    let nova_tenant = ctx.nova_tenant(tenant).await?;
+    let pod_security = nova_tenant
+        .as_ref()
+        .map(|nt| tenant_pod_security(nt, &ctx.catalog));
+    let level = match &pod_security {
+        Some(Ok(psa)) => psa.as_ref(),
+        _ => None,
+    };
+    let objects = match translate_project(np, level) {
         Ok(o) => o,
         Err(e) => {
             tracing::info!(error = %e, "refusing invalid NovaProject");
@@ -52,13 +64,22 @@ async fn apply_project(
         }
     };
     let name = np.name_any();
-    let tenant = &np.spec.tenant;
-    if !ctx.nova_tenant_exists(tenant).await? {
-        let verdict = Verdict::new(
+    let verdict = match pod_security {
+        None => Some(Verdict::new(
             NovaPhase::Degraded,
             "TenantNotFound",
             format!("NovaTenant {tenant} does not exist; nothing was created"),
-        );
+        )),
+        Some(Err(e)) => Some(Verdict::new(
+            NovaPhase::Degraded,
+            "InvalidTenant",
+            format!(
+                "NovaTenant {tenant} cannot be translated ({e}); the project namespace takes its Pod Security level from it, so nothing was created or changed"
+            ),
+        )),
+        Some(Ok(_)) => None,
+    };
+    if let Some(verdict) = verdict {
         write_status(ctx, CONTROLLER, api, np, old, &verdict, vec![]).await?;
         return Ok(Action::requeue(std::time::Duration::from_secs(60)));
     }
@@ -72,6 +93,8 @@ async fn apply_project(
 
     let live_ns = ctx
         .apply(&serde_json::to_value(&objects.namespace)?)
+        .await?;
+    ctx.apply(&serde_json::to_value(&objects.service_account)?)
         .await?;
     for rb in &objects.role_bindings {
         ctx.apply(&serde_json::to_value(rb)?).await?;
@@ -97,7 +120,8 @@ async fn cleanup_project(np: &NovaProject, ctx: &Ctx) -> Result<Action, Error> {
     let name = np.name_any();
     let tenant = &np.spec.tenant;
     let ns = project_namespace(tenant, &name);
-    // The RoleBindings, the quota and the NovaApps live in the namespace.
+    // The ServiceAccount, the RoleBindings, the quota and the NovaApps live in the
+    // namespace.
     delete_if_ours(ctx, "Namespace", None, &ns, &ours(tenant, Some(&name))).await?;
     Ok(Action::await_change())
 }

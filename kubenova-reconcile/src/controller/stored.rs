@@ -132,11 +132,6 @@ impl<K: Nova> Stored<K> {
         self.status.take().map(|s| *s)
     }
 
-    /// The spec, parsed back.
-    pub(crate) fn spec(&self) -> Result<K::Spec, serde_json::Error> {
-        serde_json::from_str(&self.spec)
-    }
-
     /// The typed object: this metadata, the spec parsed back, the status from `statuses`
     /// (or its own, before it was stripped).
     pub(crate) fn expand(&self, statuses: &Statuses) -> Result<K, serde_json::Error> {

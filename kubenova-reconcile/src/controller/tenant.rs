@@ -14,6 +14,7 @@ use super::{
     Ctx, Error, FINALIZER, clash, delete_if_ours, find_clash, instrumented, ours, refused,
     requeue_after, write_status,
 };
+use crate::meta::{LABEL_PSA_ENFORCE, LABEL_PSA_ENFORCE_VERSION};
 use crate::status::tenant_verdict;
 use crate::{tenant_namespaces, translate_tenant};
 
@@ -60,6 +61,27 @@ async fn apply_tenant(nt: &NovaTenant, ctx: &Ctx, api: &Api<NovaTenant>) -> Resu
         write_status(ctx, CONTROLLER, api, nt, old, &verdict, vec![]).await?;
         return Ok(Action::await_change());
     }
+    // The project namespaces enforce the tenant's Pod Security level too: when it changes
+    // (seen on the live owner namespace, read before anything is applied), the project
+    // controller relabels them.
+    let level_changed = match ctx.lookup("Namespace", None, &owner_ns).await? {
+        Some(live) => objects.namespaces.first().is_some_and(|ns| {
+            [LABEL_PSA_ENFORCE, LABEL_PSA_ENFORCE_VERSION]
+                .iter()
+                .any(|k| {
+                    live.pointer("/metadata/labels")
+                        .and_then(|l| l.get(*k))
+                        .and_then(Value::as_str)
+                        != ns
+                            .metadata
+                            .labels
+                            .as_ref()
+                            .and_then(|l| l.get(*k))
+                            .map(String::as_str)
+                })
+        }),
+        None => false,
+    };
 
     let tenant = ctx.apply(&objects.tenant).await?;
     for ns in &objects.namespaces {
@@ -67,6 +89,9 @@ async fn apply_tenant(nt: &NovaTenant, ctx: &Ctx, api: &Api<NovaTenant>) -> Resu
         let mut desired = ours.clone();
         merge_owner_refs(ctx, &mut desired).await?;
         ctx.apply_as(&ours, &desired).await?;
+    }
+    if level_changed {
+        ctx.requeue_projects(&name);
     }
     let verdict = tenant_verdict(Some(&tenant));
     write_status(
