@@ -260,6 +260,8 @@ async fn attacks(flow: &mut Flow) -> anyhow::Result<()> {
     dangerous_apps(flow, &both, &acme, &dev).await;
     oversized_and_nested_inputs(flow, &both, &acme, &dev, &dev_token).await;
     revocation_games(flow, &both, &acme).await;
+    reserved_labels(flow, &both, &acme, &owner).await?;
+    namespace_squatting(flow).await?;
     objects_written_directly_into_the_cluster(flow, &both).await?;
     apps_run_as_their_project(flow, &both).await?;
     Ok(())
@@ -831,6 +833,155 @@ async fn revocation_games(flow: &Flow, both: &[&Tenancy], acme: &Tenancy) {
         Some(2),
         "both revocations stand: {list}"
     );
+}
+
+/// Labels under the platform's own prefixes would override what it enforces through them
+/// (`pod-security.kubernetes.io/enforce: privileged` lifts the plan's Pod Security level):
+/// refused by the manager, and by the operator for a NovaProject written into the cluster.
+async fn reserved_labels(
+    flow: &Flow,
+    both: &[&Tenancy],
+    acme: &Tenancy,
+    owner: &Rest,
+) -> anyhow::Result<()> {
+    let mut cases = Vec::new();
+    for key in [
+        "pod-security.kubernetes.io/enforce",
+        "kubernetes.io/metadata.name",
+        "capsule.clastix.io/tenant",
+        "kubenova.io/tenant",
+        "app.oam.dev/username",
+    ] {
+        let labels = json!({ key: "privileged" });
+        cases.push(Case {
+            attack: "a project label under a reserved prefix",
+            method: "POST",
+            path: format!("{}/projects", acme.tenant_path),
+            body: Some(json!({"name": "psa", "labels": labels})),
+            statuses: &[422],
+        });
+        cases.push(Case {
+            attack: "a reserved label added to an existing project",
+            method: "PUT",
+            path: acme.project_path.clone(),
+            body: Some(json!({"name": "web", "labels": labels})),
+            statuses: &[422],
+        });
+    }
+    refused(flow, both, owner, &cases).await;
+
+    let k = flow.testkit.client.clone();
+    let projects: Api<DynamicObject> = Api::namespaced_with(
+        k.clone(),
+        "acme-owner",
+        &resource("kubenova.io", "v1alpha1", "NovaProject", "novaprojects"),
+    );
+    let before = snapshot(flow, both).await;
+    projects
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"apiVersion": "kubenova.io/v1alpha1", "kind": "NovaProject",
+                "metadata": {"name": "privileged", "namespace": "acme-owner"},
+                "spec": {"tenant": "acme", "labels": {"pod-security.kubernetes.io/enforce": "privileged"}}}))?,
+        )
+        .await?;
+    wait_for("the privileged NovaProject refused", STEP_TIMEOUT, || {
+        let projects = projects.clone();
+        async move {
+            let Some(o) = projects.get_opt("privileged").await? else {
+                return Ok(Some(()));
+            };
+            let degraded = o.data["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| {
+                    c["type"] == "Degraded" && c["status"] == "True" && c["reason"] == "InvalidSpec"
+                });
+            Ok(degraded.then_some(()))
+        }
+    })
+    .await?;
+    projects
+        .delete("privileged", &Default::default())
+        .await
+        .ok();
+    wait_for("the privileged NovaProject removed", STEP_TIMEOUT, || {
+        let projects = projects.clone();
+        async move {
+            Ok(projects
+                .get_opt("privileged")
+                .await?
+                .is_none()
+                .then_some(()))
+        }
+    })
+    .await?;
+    assert_eq!(
+        before,
+        snapshot(flow, both).await,
+        "no namespace was created for it"
+    );
+    Ok(())
+}
+
+/// A namespace the next tenant will need, created beforehand by someone else with every
+/// label KubeNova puts on its namespaces (and even its owner annotation, written by another
+/// field manager): the operator does not adopt it, the tenant reports `NameClash`, and the
+/// namespace is left exactly as it was.
+async fn namespace_squatting(flow: &Flow) -> anyhow::Result<()> {
+    let k = flow.testkit.client.clone();
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(k.clone());
+    let squatted = namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "delta-apps",
+                "labels": {"app.kubernetes.io/managed-by": "kubenova-operator", "kubenova.io/tenant": "delta",
+                           "capsule.clastix.io/tenant": "delta", "kubenova.io/namespace-role": "apps"},
+                "annotations": {"kubenova.io/owner": "novatenants.kubenova.io/delta"}}}))?,
+        )
+        .await?;
+    let t = flow
+        .api()
+        .post(
+            &flow.cluster_path("/tenants"),
+            &json!({"name": "delta", "plan": "gold", "owners": ["owner@delta.example"]}),
+        )
+        .await?;
+    let tenant_path = flow.cluster_path(&format!("/tenants/{}", t["id"].as_str().unwrap()));
+    let api = flow.api();
+    wait_for("tenant delta Degraded with NameClash", STEP_TIMEOUT, || {
+        let api = api.clone();
+        let path = tenant_path.clone();
+        async move {
+            let t = get(&api, &path).await;
+            let clash = t["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| {
+                    c["type"] == "Degraded" && c["status"] == "True" && c["reason"] == "NameClash"
+                });
+            Ok((t["status"]["phase"] == "degraded" && clash).then_some(()))
+        }
+    })
+    .await?;
+    let now = namespaces.get("delta-apps").await?;
+    assert_eq!(now.metadata.labels, squatted.metadata.labels);
+    assert_eq!(now.metadata.annotations, squatted.metadata.annotations);
+    assert_eq!(
+        now.metadata.owner_references,
+        squatted.metadata.owner_references
+    );
+    let capsule: Api<DynamicObject> = Api::all_with(
+        k.clone(),
+        &resource("capsule.clastix.io", "v1beta2", "Tenant", "tenants"),
+    );
+    assert!(
+        capsule.get_opt("delta").await?.is_none(),
+        "nothing was created for delta"
+    );
+    Ok(())
 }
 
 /// Gives the emulated cluster's Capsule Proxy a CA (the Secret the operator reports it
