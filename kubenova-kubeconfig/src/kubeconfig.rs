@@ -409,7 +409,7 @@ impl KubeconfigExt for Kubeconfig {
     fn to_yaml(&self) -> Result<String> {
         // Plain scalars, as kubectl writes them: no folded (`>-`) style for the long
         // base64 CA data and tokens. serde-saphyr emits the same text as serde_yaml did here
-        // in about a quarter of the time (docs/src/benchmarks.md, issue 7).
+        // in about a quarter of the time (docs/src/benchmarks.md, "Kubeconfig issuance").
         let options = serde_saphyr::ser_options! { prefer_block_scalars: false };
         // One allocation for a typical single-entry kubeconfig (CA data and token included).
         let mut out = String::with_capacity(4096);

@@ -1,5 +1,5 @@
 //! Throughput, latency and memory of the manager's HTTP API, each next to a baseline
-//! measured in the same run on the same machine (issue 3, item 9; design §6).
+//! measured in the same run on the same machine (targets in docs/src/benchmarks.md).
 //!
 //! A loopback load generator (tokio + the hyper HTTP/1.1 client) opens N keep-alive
 //! connections, waits until all are connected, then runs requests back to back on each

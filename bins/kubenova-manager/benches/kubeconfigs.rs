@@ -1,4 +1,4 @@
-//! Kubeconfig issuance throughput (issue 7, item 8): kubeconfigs issued per second through
+//! Kubeconfig issuance throughput: kubeconfigs issued per second through
 //! the API next to bare ES256 signing (`KeySet::issue`) measured in the same run.
 //!
 //! Issuance goes through the full manager router in-process (`tower::ServiceExt::oneshot`,
@@ -330,7 +330,7 @@ fn main() {
     drop(rt);
     let (bare, sign_us) = bare_signing(secs, 2);
     println!(
-        "kubeconfig issuance (issue 7) — {backend}, {}s windows",
+        "kubeconfig issuance — {backend}, {}s windows",
         secs.as_secs()
     );
     println!("| figure | value | baseline | ratio | target |");

@@ -1,4 +1,4 @@
-//! Operator at scale (issue 5): N NovaTenants, each with one NovaProject and one NovaApp,
+//! Operator at scale: N NovaTenants, each with one NovaProject and one NovaApp,
 //! against an in-process testkit cluster (upstream CRDs, simulated Capsule and KubeVela).
 //!
 //! Two phases per scale, each on a fresh cluster, in the same run:

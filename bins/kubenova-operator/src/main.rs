@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 /// jemalloc keeps the operator's resident memory well below glibc malloc's with tens of
-/// thousands of cached objects (issue 5: ~92 vs ~113 MiB peak RSS at 10,000 NovaTenants).
+/// thousands of cached objects (~92 vs ~113 MiB peak RSS at 10,000 NovaTenants).
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

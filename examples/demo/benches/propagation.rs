@@ -1,4 +1,4 @@
-//! Issue 6 benchmark: propagation latency and desired-state sync, with the three real
+//! Benchmark: propagation latency and desired-state sync, with the three real
 //! binaries (testkit, manager, operator started from the bootstrap Deployment).
 //!
 //! 1. **Propagation**: `KUBENOVA_BENCH_WRITES` (default 1000) sequential REST writes, each
