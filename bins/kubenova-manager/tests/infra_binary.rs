@@ -248,3 +248,82 @@ fn serve_on_postgres() {
         std::panic::resume_unwind(e);
     }
 }
+
+/// The API reference page in a real headless browser with no network but the manager:
+/// everything it needs comes from the manager, it renders the operations, and the
+/// browser reports no Content-Security-Policy violation and no blocked outside request.
+/// Needs Debian's `chromium` (installed by `.ci/run`); skipped loudly without it, a failure
+/// when `KUBENOVA_REQUIRE_E2E=1`.
+#[test]
+fn the_api_reference_renders_offline_in_a_browser() {
+    let Some(chromium) = ["chromium", "chromium-browser"].into_iter().find(|c| {
+        Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }) else {
+        assert!(
+            std::env::var("KUBENOVA_REQUIRE_E2E").as_deref() != Ok("1"),
+            "KUBENOVA_REQUIRE_E2E=1 but chromium is not installed"
+        );
+        eprintln!("!!! API REFERENCE BROWSER TEST SKIPPED: chromium is not installed !!!");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("kn.db").display());
+    let mut srv = start(&url, dir.path());
+    let out = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            // No network: every host but the manager's loopback address fails to resolve.
+            "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=20000",
+            &format!("--user-data-dir={}", dir.path().join("chromium").display()),
+            "--dump-dom",
+            &format!("http://{}/api/v1/docs", srv.addr),
+        ])
+        .output()
+        .unwrap();
+    let _ = srv.child.kill();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let console = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "chromium failed:\n{console}");
+    // Scalar rendered the document: its title, the tag groups and an expanded operation list.
+    for text in [
+        "KubeNova API",
+        "Open Group - clusters",
+        "Open Group - tenants",
+        "Open Group - apps",
+        "/api/v1/healthz",
+        "Powered by Scalar",
+    ] {
+        assert!(
+            dom.contains(text),
+            "{text:?} not rendered; DOM:\n{dom:.3000}"
+        );
+    }
+    for bad in [
+        "Content Security Policy",
+        "Refused to",
+        "ERR_NAME_NOT_RESOLVED",
+        "ERR_BLOCKED",
+    ] {
+        assert!(
+            !console.contains(bad),
+            "the browser reported {bad:?}:\n{console}"
+        );
+    }
+    assert!(
+        console.contains("@scalar/api-reference"),
+        "the page ran the embedded Scalar bundle:\n{console}"
+    );
+}

@@ -67,6 +67,8 @@ pub const PUBLIC_PATHS: &[&str] = &[
     "/api/v1/version",
     "/api/v1/openapi.json",
     "/api/v1/docs",
+    super::docs_ui::SCRIPT_PATH,
+    super::docs_ui::INIT_PATH,
     "/metrics",
     // OIDC discovery and JWKS of the kubeconfig token issuer (API servers fetch them).
     "/.well-known/openid-configuration",
@@ -544,10 +546,7 @@ pub fn apply(
     // The middleware layers get the state behind one `Arc`: cloning it per request is one
     // reference count instead of one per field.
     let shared = Arc::new(state.clone());
-    let docs: axum::Router<AppState> = {
-        use utoipa_scalar::Servable as _;
-        axum::Router::from(utoipa_scalar::Scalar::with_url("/api/v1/docs", spec))
-    };
+    let docs: axum::Router<AppState> = super::docs_ui::routes();
     let inner = routes
         .route(
             "/api/v1/openapi.json",

@@ -13,6 +13,7 @@ pub mod authz;
 pub mod catalog;
 pub mod clusters;
 pub mod config;
+pub mod docs_ui;
 pub mod error;
 pub mod extract;
 pub mod kubeconfigs;
