@@ -25,7 +25,7 @@ use std::sync::Arc;
     about = "KubeNova manager: the multi-cluster control plane API"
 )]
 pub struct Cli {
-    /// Store options shared by every command.
+    /// Store options shared by every command (global: before or after the subcommand).
     #[command(flatten)]
     pub store: StoreArgs,
     /// What to do.
@@ -59,21 +59,28 @@ pub struct RotateSigningKeysArgs {
     pub clock_skew: std::time::Duration,
 }
 
-/// Where the data lives and which keys protect it.
+/// Where the data lives and which keys protect it. Every command takes these options,
+/// before or after the subcommand (`kubenova-manager --data-dir D migrate` and
+/// `kubenova-manager migrate --data-dir D` mean the same).
 #[derive(Debug, Clone, Args)]
 pub struct StoreArgs {
     /// Database URL: `sqlite://path.db` (created on first use) or `postgres://user@host/db`.
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true)]
     pub database_url: String,
     /// Directory for generated local state (the key file of the embedded default).
-    #[arg(long, env = "KUBENOVA_DATA_DIR", default_value = "./data")]
+    #[arg(
+        long,
+        env = "KUBENOVA_DATA_DIR",
+        default_value = "./data",
+        global = true
+    )]
     pub data_dir: PathBuf,
     /// Key-encryption keys as `kid:base64key[,kid:base64key…]` (last is active). Overrides the key file.
-    #[arg(long, env = "KUBENOVA_KEKS", hide_env_values = true)]
+    #[arg(long, env = "KUBENOVA_KEKS", hide_env_values = true, global = true)]
     pub keks: Option<String>,
     /// Key file with one `kid:base64key` per line (mode 0600). Default: `<data-dir>/kek.keys`,
     /// generated on first start.
-    #[arg(long, env = "KUBENOVA_KEK_FILE")]
+    #[arg(long, env = "KUBENOVA_KEK_FILE", global = true)]
     pub kek_file: Option<PathBuf>,
 }
 

@@ -98,3 +98,53 @@ fn unreachable_postgres_is_unavailable_not_a_panic() {
     assert!(!err.contains("pw@"), "password must be redacted: {err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn store_options_work_before_and_after_the_subcommand() {
+    for before in [true, false] {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("here.db");
+        let url = format!("sqlite://{}", db.display());
+        let data = dir.path().join("state");
+        let store = [
+            "--database-url",
+            url.as_str(),
+            "--data-dir",
+            data.to_str().unwrap(),
+        ];
+        let mut cmd = bin();
+        cmd.current_dir(dir.path())
+            .env_remove("DATABASE_URL")
+            .env_remove("KUBENOVA_DATA_DIR")
+            .env_remove("KUBENOVA_KEKS")
+            .env_remove("KUBENOVA_KEK_FILE");
+        if before {
+            cmd.args(store).arg("migrate");
+        } else {
+            cmd.arg("migrate").args(store);
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "before={before}: {err}");
+        assert!(
+            db.exists(),
+            "before={before}: the database given was not used"
+        );
+        assert!(data.join("kek.keys").exists(), "before={before}: {err}");
+        assert!(!dir.path().join("kubenova.db").exists());
+    }
+}
+
+#[test]
+fn serve_options_before_serve_are_refused_naming_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = bin()
+        .current_dir(dir.path())
+        .args(["--listen", "127.0.0.1:0", "serve"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("'serve --listen' exists"), "{err}");
+    assert!(!dir.path().join("kubenova.db").exists());
+}

@@ -72,3 +72,98 @@ fn crds_match_the_committed_manifests() {
         assert!(stdout.contains(&committed), "{file} missing from `crds`");
     }
 }
+
+/// The operator with a clean environment: no inherited kubeconfig or `KUBENOVA_*`
+/// variable decides what the command line means.
+fn operator_clean(args: &[&str]) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubenova-operator"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("KUBENOVA_") || k == "KUBECONFIG" || k == "POD_NAME" {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd.args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn run_options_work_before_and_after_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-such.kubeconfig");
+    let missing = missing.to_str().unwrap();
+    for args in [
+        vec!["--kubeconfig", missing, "run", "--listen", "127.0.0.1:0"],
+        vec!["run", "--kubeconfig", missing, "--listen", "127.0.0.1:0"],
+        vec!["--kubeconfig", missing, "--listen", "127.0.0.1:0"],
+    ] {
+        let (ok, _, stderr) = operator_clean(&args);
+        assert!(!ok, "{args:?}: {stderr}");
+        // The kubeconfig given is the one read: never a silent fallback to ~/.kube/config.
+        assert!(
+            stderr.contains(&format!("reading kubeconfig {missing}")),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn catalog_works_before_and_after_render() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("t.yaml");
+    std::fs::copy(repo().join("examples/crds/novatenant.yaml"), &input).unwrap();
+    let missing = dir.path().join("no-such-catalog.yaml");
+    for args in [
+        vec![
+            "--catalog",
+            missing.to_str().unwrap(),
+            "render",
+            "-f",
+            input.to_str().unwrap(),
+        ],
+        vec![
+            "render",
+            "-f",
+            input.to_str().unwrap(),
+            "--catalog",
+            missing.to_str().unwrap(),
+        ],
+    ] {
+        let (ok, stdout, stderr) = operator_clean(&args);
+        assert!(!ok, "{args:?}: the catalog was ignored:\n{stdout}");
+        assert!(
+            stderr.contains(&format!("loading catalog {}", missing.display())),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn run_options_with_another_command_are_refused() {
+    for args in [
+        vec!["--listen", "127.0.0.1:1", "crds"],
+        vec!["crds", "--concurrency", "3"],
+        vec!["--kubeconfig", "/x", "render", "-f", "-"],
+    ] {
+        let (ok, stdout, stderr) = operator_clean(&args);
+        assert!(!ok, "{args:?} was accepted:\n{stdout}");
+        assert!(stdout.is_empty(), "{args:?}: {stdout}");
+        assert!(stderr.contains("only used by `run`"), "{args:?}: {stderr}");
+    }
+    // The same options as environment variables are the Deployment's way to configure
+    // `run`: they never stop `crds`.
+    let out = Command::new(env!("CARGO_BIN_EXE_kubenova-operator"))
+        .env("KUBENOVA_LISTEN", "127.0.0.1:1")
+        .env("KUBENOVA_CONCURRENCY", "3")
+        .arg("crds")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
