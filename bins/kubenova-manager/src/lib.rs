@@ -31,6 +31,9 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// Logging (`--log-format`; `KUBENOVA_LOG`, `KUBENOVA_LOG_FORMAT`).
+    #[command(flatten)]
+    pub log: kubenova_telemetry::LogArgs,
 }
 
 /// Subcommands.

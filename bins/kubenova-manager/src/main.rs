@@ -11,15 +11,12 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .json()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KUBENOVA_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    match kubenova_manager::run(kubenova_manager::Cli::parse()).await {
+    let cli = kubenova_manager::Cli::parse();
+    if let Err(e) = kubenova_telemetry::init(&cli.log, "info") {
+        eprintln!("kubenova-manager: {e}");
+        return ExitCode::from(2);
+    }
+    match kubenova_manager::run(cli).await {
         Ok(out) => {
             #[allow(clippy::print_stdout)]
             {

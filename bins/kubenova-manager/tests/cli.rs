@@ -148,3 +148,20 @@ fn serve_options_before_serve_are_refused_naming_serve() {
     assert!(err.contains("'serve --listen' exists"), "{err}");
     assert!(!dir.path().join("kubenova.db").exists());
 }
+
+#[test]
+fn logs_follow_the_convention() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("kn.db").display());
+    let data = dir.path().join("data");
+    kubenova_telemetry::test_support::assert_log_convention("kubenova-manager", "info", &|| {
+        let mut cmd = bin();
+        cmd.current_dir(dir.path())
+            .env("DATABASE_URL", &url)
+            .env("KUBENOVA_DATA_DIR", &data)
+            .env_remove("KUBENOVA_KEKS")
+            .env_remove("KUBENOVA_KEK_FILE")
+            .arg("migrate");
+        cmd
+    });
+}

@@ -27,6 +27,7 @@ fn start(database_url: &str, dir: &std::path::Path) -> Server {
         .env("DATABASE_URL", database_url)
         .env("KUBENOVA_DATA_DIR", dir.join("data"))
         .env("KUBENOVA_LOG", "info")
+        .env_remove("KUBENOVA_LOG_FORMAT")
         .args(["serve", "--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -144,6 +145,24 @@ fn exercise(database_url: &str, backend: &str) {
         log.contains("kubenova::access"),
         "structured access logs:\n{log}"
     );
+    // stderr is a pipe: JSON lines by the logging convention, times as RFC 3339 UTC, in
+    // fields too.
+    for line in log.lines() {
+        kubenova_telemetry::test_support::check_json_line(line).unwrap();
+    }
+    let bootstrap = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|v| {
+            v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("wrote a bootstrap admin token"))
+        })
+        .unwrap();
+    kubenova_telemetry::test_support::check_timestamp(
+        bootstrap["fields"]["expires_at"].as_str().unwrap(),
+    )
+    .unwrap();
 
     // A restart issues no second bootstrap token.
     let before = std::fs::read_to_string(&token_path).unwrap();

@@ -69,6 +69,9 @@ pub struct Cli {
     /// Options of `run`, before or after the subcommand (`--catalog` also for `render`).
     #[command(flatten)]
     pub run: RunConfig,
+    /// Logging (`--log-format`; `KUBENOVA_LOG`, `KUBENOVA_LOG_FORMAT`).
+    #[command(flatten)]
+    pub log: kubenova_telemetry::LogArgs,
 }
 
 /// Subcommands.
@@ -213,14 +216,10 @@ impl RunConfig {
     }
 }
 
-/// Installs the `tracing` subscriber (`RUST_LOG`, default `info`), logging to stderr.
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+/// Installs the logging of the binary by the convention of [`kubenova_telemetry`]
+/// (`KUBENOVA_LOG`, else `RUST_LOG`, default `info`; text on a terminal, JSON otherwise).
+pub fn init_tracing(cli: &Cli) -> Result<(), kubenova_telemetry::TelemetryError> {
+    kubenova_telemetry::init(&cli.log, "info").map(|_| ())
 }
 
 /// Runs the parsed command line.

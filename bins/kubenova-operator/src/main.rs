@@ -10,7 +10,10 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let cli = kubenova_operator::Cli::parse_checked();
-    kubenova_operator::init_tracing();
+    if let Err(e) = kubenova_operator::init_tracing(&cli) {
+        eprintln!("kubenova-operator: {e}");
+        return ExitCode::from(2);
+    }
     match kubenova_operator::main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -167,3 +167,31 @@ fn run_options_with_another_command_are_refused() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn logs_follow_the_convention() {
+    // A kubeconfig naming a closed port: `run` logs that it serves its health endpoints,
+    // then fails reaching the API server.
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("closed.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\nclusters:\n- name: c\n  cluster: {server: 'https://127.0.0.1:1', insecure-skip-tls-verify: true}\nusers:\n- name: u\n  user: {token: t}\ncontexts:\n- name: c\n  context: {cluster: c, user: u}\n",
+    )
+    .unwrap();
+    kubenova_telemetry::test_support::assert_log_convention("kubenova-operator", "info", &|| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubenova-operator"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("KUBENOVA_") || k == "KUBECONFIG" {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.arg("run").arg("--kubeconfig").arg(&kubeconfig).args([
+            "--listen",
+            "127.0.0.1:0",
+            "--leader-election=false",
+            "--no-agent",
+        ]);
+        cmd
+    });
+}

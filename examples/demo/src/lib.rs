@@ -210,7 +210,7 @@ impl Testkit {
             "--kubeconfig",
         ])
         .arg(&kubeconfig)
-        .env("RUST_LOG", "warn");
+        .env("KUBENOVA_LOG", "warn");
         let proc = Proc::spawn("kubenova-testkit", cmd, |_| {})?;
         let kc = kubeconfig.clone();
         wait_for("the testkit kubeconfig", Duration::from_secs(30), || {
@@ -264,6 +264,9 @@ impl Manager {
             .env("DATABASE_URL", database_url)
             .env("KUBENOVA_DATA_DIR", data_dir)
             .env("KUBENOVA_LOG", "info")
+            // JSON lines, whatever the caller's environment says: the `listening` line
+            // is found by its `fields.message`.
+            .env("KUBENOVA_LOG_FORMAT", "json")
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")]);
         for (k, v) in env {
             cmd.env(k, v);
@@ -421,7 +424,7 @@ pub async fn start_operator_from_deployment(
     cmd.args(c.args.clone().unwrap_or_default())
         .envs(&env)
         .env("KUBENOVA_KUBECONFIG", kubeconfig)
-        .env("RUST_LOG", "info");
+        .env("KUBENOVA_LOG", "info");
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
