@@ -51,6 +51,18 @@ pub enum Command {
     Serve(Box<api::config::ServerConfig>),
 }
 
+impl Command {
+    /// The subcommand as typed (`migrate`, `serve`, …), for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Migrate => "migrate",
+            Command::RotateKeys => "rotate-keys",
+            Command::RotateSigningKeys(_) => "rotate-signing-keys",
+            Command::Serve(_) => "serve",
+        }
+    }
+}
+
 /// Options of `rotate-signing-keys` (same variables as `serve`).
 #[derive(Debug, Clone, Args)]
 pub struct RotateSigningKeysArgs {
@@ -113,6 +125,18 @@ pub enum ManagerError {
     /// The listener could not be bound or the server failed.
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
+    /// A maintenance command found its SQLite database held by another process.
+    #[error(
+        "the SQLite database {database} is in use by {holder}: an SQLite database is opened by one process at a time; {advice}"
+    )]
+    InUse {
+        /// The database (URL without password).
+        database: String,
+        /// The process holding it.
+        holder: kubenova_store::SqliteHolder,
+        /// What to do instead.
+        advice: &'static str,
+    },
 }
 
 impl StoreArgs {
@@ -137,15 +161,42 @@ impl StoreArgs {
     /// Opens the store and applies migrations.
     pub async fn open(&self) -> Result<Arc<dyn Store>, ManagerError> {
         let keys = self.keyring()?;
-        tracing::info!(database = %kubenova_store::redact_url(&self.database_url), active_kek = keys.active_kid(), "opening store");
-        Ok(kubenova_store::connect(&self.database_url, keys).await?)
+        let database = kubenova_store::redact_url(&self.database_url);
+        let active_kek = keys.active_kid().to_string();
+        tracing::debug!(%database, "opening store");
+        let store = kubenova_store::connect(&self.database_url, keys).await?;
+        tracing::info!(%database, %active_kek, "store opened");
+        Ok(store)
+    }
+
+    /// For a maintenance command: refuses at once, with `advice`, when another process
+    /// (a serving manager) holds the SQLite database, before touching keys or files.
+    pub fn refuse_if_held(&self, advice: &'static str) -> Result<(), ManagerError> {
+        match kubenova_store::sqlite_holder(&self.database_url) {
+            Some(holder) => Err(ManagerError::InUse {
+                database: kubenova_store::redact_url(&self.database_url),
+                holder,
+                advice,
+            }),
+            None => Ok(()),
+        }
     }
 }
+
+/// What `migrate` says when a manager serves the SQLite database.
+const MIGRATE_WHILE_SERVED: &str =
+    "`serve` applied the migrations when it started; to run migrate, stop it first";
+/// What `rotate-keys` says when a manager serves the SQLite database.
+const ROTATE_KEYS_WHILE_SERVED: &str =
+    "key rotation has no API: stop it, run rotate-keys, then start it again";
+/// What `rotate-signing-keys` says when a manager serves the SQLite database.
+const ROTATE_SIGNING_KEYS_WHILE_SERVED: &str = "rotate through the running manager instead (POST /api/v1/signing-keys:rotate with an admin token), or stop it first";
 
 /// Runs one command; returns the JSON document it prints.
 pub async fn run(cli: Cli) -> Result<serde_json::Value, ManagerError> {
     match cli.command {
         Command::Migrate => {
+            cli.store.refuse_if_held(MIGRATE_WHILE_SERVED)?;
             let store = cli.store.open().await?;
             let health = store.ping().await?;
             Ok(serde_json::json!({
@@ -158,6 +209,7 @@ pub async fn run(cli: Cli) -> Result<serde_json::Value, ManagerError> {
             if cli.store.keks.is_some() {
                 return Err(ManagerError::RotationNeedsFile);
             }
+            cli.store.refuse_if_held(ROTATE_KEYS_WHILE_SERVED)?;
             let store = cli.store.open().await?;
             let file = cli.store.key_file();
             let keys = Keyring::generate_into(&file)?;
@@ -170,6 +222,7 @@ pub async fn run(cli: Cli) -> Result<serde_json::Value, ManagerError> {
             Ok(serde_json::json!({"activeKek": active, "rewrapped": rewrapped}))
         }
         Command::RotateSigningKeys(args) => {
+            cli.store.refuse_if_held(ROTATE_SIGNING_KEYS_WHILE_SERVED)?;
             let store = cli.store.open().await?;
             let overlap = time::Duration::try_from(args.max_kubeconfig_ttl + args.clock_skew)
                 .map_err(|e| ManagerError::Config(format!("overlap: {e}")))?;

@@ -16,6 +16,7 @@ async fn main() -> ExitCode {
         eprintln!("kubenova-manager: {e}");
         return ExitCode::from(2);
     }
+    let command = cli.command.name();
     match kubenova_manager::run(cli).await {
         Ok(out) => {
             #[allow(clippy::print_stdout)]
@@ -25,8 +26,8 @@ async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            tracing::error!(error = %e, "kubenova-manager failed");
-            eprintln!("error: {e}");
+            // Once, as the last line: not also as a log line.
+            eprintln!("kubenova-manager: {command}: {e}");
             ExitCode::FAILURE
         }
     }

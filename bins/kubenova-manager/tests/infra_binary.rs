@@ -171,21 +171,9 @@ fn exercise(database_url: &str, backend: &str) {
     assert_eq!(s, 200, "the token survives a restart (same secret)");
     assert_eq!(std::fs::read_to_string(&token_path).unwrap(), before);
     if backend == "sqlite" {
-        // The serving manager holds the SQLite file: a second process is refused, saying
-        // why, and the server goes on serving.
-        let out = Command::new(env!("CARGO_BIN_EXE_kubenova-manager"))
-            .current_dir(dir.path())
-            .env_remove("KUBENOVA_KEKS")
-            .env("DATABASE_URL", database_url)
-            .env("KUBENOVA_DATA_DIR", dir.path().join("data"))
-            .arg("migrate")
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{err}");
-        assert!(err.contains("in use by another process"), "{err}");
+        refused_while_served(database_url, dir.path(), &srv2);
         let (s, _) = http(&srv2.addr, "GET", "/api/v1/me", Some(&token));
-        assert_eq!(s, 200);
+        assert_eq!(s, 200, "the server goes on serving");
     }
     let _ = srv2.child.kill();
     let _ = srv2.child.wait();
@@ -196,6 +184,51 @@ fn exercise(database_url: &str, backend: &str) {
             .matches("wrote a bootstrap admin token")
             .count(),
         0
+    );
+}
+
+/// The serving manager holds the SQLite file: each maintenance command is refused at
+/// once with one line naming the holder and what to do instead, without sqlx's noise, and
+/// changes nothing.
+fn refused_while_served(database_url: &str, dir: &std::path::Path, srv: &Server) {
+    let holder = format!("in use by process {} (kubenova-manager)", srv.child.id());
+    let keys_before = std::fs::read_to_string(dir.join("data/kek.keys")).unwrap();
+    for (command, advice) in [
+        ("migrate", "`serve` applied the migrations when it started"),
+        (
+            "rotate-keys",
+            "stop it, run rotate-keys, then start it again",
+        ),
+        ("rotate-signing-keys", "POST /api/v1/signing-keys:rotate"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kubenova-manager"))
+            .current_dir(dir)
+            .env_remove("KUBENOVA_KEKS")
+            .env_remove("KUBENOVA_LOG")
+            .env_remove("RUST_LOG")
+            .env("DATABASE_URL", database_url)
+            .env("KUBENOVA_DATA_DIR", dir.join("data"))
+            .arg(command)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{command}: {err}");
+        assert!(out.stdout.is_empty(), "{command}");
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{command}: one line, printed once:\n{err}");
+        let line = lines[0];
+        assert!(
+            line.starts_with(&format!("kubenova-manager: {command}: ")),
+            "{command}: {line}"
+        );
+        assert!(line.contains(&holder), "{command}: {line}");
+        assert!(line.contains(advice), "{command}: {line}");
+        assert!(!err.contains("sqlx"), "{command}: {err}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.join("data/kek.keys")).unwrap(),
+        keys_before,
+        "a refused rotate-keys added no key"
     );
 }
 
