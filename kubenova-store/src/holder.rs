@@ -31,12 +31,18 @@ impl std::fmt::Display for SqliteHolder {
 /// lock on it, and on systems without `/proc/locks`. Locks of this process are not
 /// counted: a store of this process closing its file is waited for by the busy timeout.
 pub fn sqlite_holder(url: &str) -> Option<SqliteHolder> {
+    holder_of_file(&sqlite_file(url)?)
+}
+
+/// The database file of an SQLite URL (`sqlite://path`, as the store opens it); `None`
+/// for other URLs and for URLs that do not parse.
+pub fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
     use std::str::FromStr as _;
     if !url.starts_with("sqlite:") {
         return None;
     }
     let opts = sqlx::sqlite::SqliteConnectOptions::from_str(url).ok()?;
-    holder_of_file(opts.get_filename())
+    Some(opts.get_filename().to_path_buf())
 }
 
 /// Another process holding a POSIX lock on `path`, if any (see [`sqlite_holder`]).
@@ -126,6 +132,16 @@ mod tests {
         assert_eq!(lock_holder(LOCKS, 0x0801, 10011497, 1), Some(3843));
         assert_eq!(lock_holder(LOCKS, 0xfe00, 42, 1), None);
         assert_eq!(lock_holder("", 0xfe00, 10011497, 1), None);
+    }
+
+    #[test]
+    fn the_file_of_an_sqlite_url() {
+        assert_eq!(
+            sqlite_file("sqlite:///var/lib/kn.db"),
+            Some("/var/lib/kn.db".into())
+        );
+        assert_eq!(sqlite_file("sqlite://kn.db"), Some("kn.db".into()));
+        assert_eq!(sqlite_file("postgres://u@h/db"), None);
     }
 
     #[test]

@@ -30,7 +30,7 @@ mod sql;
 mod types;
 
 pub use error::{Result, StoreError};
-pub use holder::{SqliteHolder, holder_of_file, sqlite_holder};
+pub use holder::{SqliteHolder, holder_of_file, sqlite_file, sqlite_holder};
 pub use sql::{PgStore, SqliteStore};
 pub use types::*;
 

@@ -75,6 +75,7 @@ impl LogFormat {
 /// The logging option every binary flattens into its command line (global: it may stand
 /// before or after a subcommand).
 #[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "Logging")]
 pub struct LogArgs {
     /// Log format on stderr: `text` or `json` (one object per line). Default:
     /// `KUBENOVA_LOG_FORMAT`, else text on a terminal and JSON otherwise. The filter is

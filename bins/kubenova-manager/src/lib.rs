@@ -4,9 +4,11 @@
 //! can be embedded and tested in-process; `main.rs` only parses the command line.
 //!
 //! It opens the store (SQLite by default, Postgres when `DATABASE_URL` says so), applies
-//! migrations, rotates the key-encryption keys, and serves the REST API (`serve`): see
+//! migrations, rotates the key-encryption keys, mints a recovery admin token on the
+//! manager host ([`admin_token`]), and serves the REST API (`serve`): see
 //! [`build_state`], [`api::router`] and [`serve`].
 
+pub mod admin_token;
 pub mod api;
 
 use api::AppState;
@@ -47,6 +49,10 @@ pub enum Command {
     /// previous key stays in the JWKS and verifies until every token it signed has expired
     /// (`--max-kubeconfig-ttl` + `--clock-skew` after the rotation), then it is retired.
     RotateSigningKeys(RotateSigningKeysArgs),
+    /// Mint a fresh admin token on the manager host (the bootstrap token expired or is
+    /// lost): written to `<data-dir>/admin.token` (mode 0600), or printed with `--print`,
+    /// and audited as `token.admin-recovery`. On SQLite while the manager is stopped.
+    AdminToken(admin_token::AdminTokenArgs),
     /// Serve the REST API (`/api/v1`) until SIGTERM or Ctrl-C.
     Serve(Box<api::config::ServerConfig>),
 }
@@ -58,6 +64,7 @@ impl Command {
             Command::Migrate => "migrate",
             Command::RotateKeys => "rotate-keys",
             Command::RotateSigningKeys(_) => "rotate-signing-keys",
+            Command::AdminToken(_) => "admin-token",
             Command::Serve(_) => "serve",
         }
     }
@@ -78,6 +85,7 @@ pub struct RotateSigningKeysArgs {
 /// before or after the subcommand (`kubenova-manager --data-dir D migrate` and
 /// `kubenova-manager migrate --data-dir D` mean the same).
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Store options (every command, before or after it)")]
 pub struct StoreArgs {
     /// Database URL: `sqlite://path.db` (created on first use) or `postgres://user@host/db`.
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true)]
@@ -192,18 +200,27 @@ const ROTATE_KEYS_WHILE_SERVED: &str =
 /// What `rotate-signing-keys` says when a manager serves the SQLite database.
 const ROTATE_SIGNING_KEYS_WHILE_SERVED: &str = "rotate through the running manager instead (POST /api/v1/signing-keys:rotate with an admin token), or stop it first";
 
-/// Runs one command; returns the JSON document it prints.
-pub async fn run(cli: Cli) -> Result<serde_json::Value, ManagerError> {
+/// What a command prints on stdout.
+#[derive(Debug)]
+pub enum Output {
+    /// A JSON document (pretty-printed).
+    Json(serde_json::Value),
+    /// One line of text as is (`admin-token --print`: the token).
+    Line(String),
+}
+
+/// Runs one command; returns what it prints.
+pub async fn run(cli: Cli) -> Result<Output, ManagerError> {
     match cli.command {
         Command::Migrate => {
             cli.store.refuse_if_held(MIGRATE_WHILE_SERVED)?;
             let store = cli.store.open().await?;
             let health = store.ping().await?;
-            Ok(serde_json::json!({
+            Ok(Output::Json(serde_json::json!({
                 "status": if health.migrations_current { "ok" } else { "migrations pending" },
                 "database": kubenova_store::redact_url(&cli.store.database_url),
                 "store": health,
-            }))
+            })))
         }
         Command::RotateKeys => {
             if cli.store.keks.is_some() {
@@ -219,7 +236,9 @@ pub async fn run(cli: Cli) -> Result<serde_json::Value, ManagerError> {
             drop(store);
             let reconnect = kubenova_store::connect(&cli.store.database_url, keys).await?;
             let rewrapped = reconnect.rotate_keys().await?;
-            Ok(serde_json::json!({"activeKek": active, "rewrapped": rewrapped}))
+            Ok(Output::Json(
+                serde_json::json!({"activeKek": active, "rewrapped": rewrapped}),
+            ))
         }
         Command::RotateSigningKeys(args) => {
             cli.store.refuse_if_held(ROTATE_SIGNING_KEYS_WHILE_SERVED)?;
@@ -227,12 +246,18 @@ pub async fn run(cli: Cli) -> Result<serde_json::Value, ManagerError> {
             let overlap = time::Duration::try_from(args.max_kubeconfig_ttl + args.clock_skew)
                 .map_err(|e| ManagerError::Config(format!("overlap: {e}")))?;
             let report = api::kubeconfigs::rotate_signing_keys(store.as_ref(), overlap).await?;
-            Ok(serde_json::to_value(&report).unwrap_or_default())
+            Ok(Output::Json(
+                serde_json::to_value(&report).unwrap_or_default(),
+            ))
         }
+        Command::AdminToken(args) => Ok(match admin_token::run(&cli.store, &args).await? {
+            admin_token::Issued::Printed(token) => Output::Line(token),
+            admin_token::Issued::Written(doc) => Output::Json(doc),
+        }),
         Command::Serve(cfg) => {
             let state = build_state(&cli.store, *cfg).await?;
             serve(state, shutdown_signal()).await?;
-            Ok(serde_json::json!({"status": "stopped"}))
+            Ok(Output::Json(serde_json::json!({"status": "stopped"})))
         }
     }
 }

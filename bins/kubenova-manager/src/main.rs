@@ -20,8 +20,9 @@ async fn main() -> ExitCode {
     match kubenova_manager::run(cli).await {
         Ok(out) => {
             #[allow(clippy::print_stdout)]
-            {
-                println!("{out:#}");
+            match out {
+                kubenova_manager::Output::Json(doc) => println!("{doc:#}"),
+                kubenova_manager::Output::Line(line) => println!("{line}"),
             }
             ExitCode::SUCCESS
         }

@@ -165,3 +165,45 @@ fn logs_follow_the_convention() {
         cmd
     });
 }
+
+#[test]
+fn admin_token_refuses_what_is_not_a_managers_data_changing_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin_token = || {
+        let out = bin()
+            .current_dir(dir.path())
+            .env_remove("DATABASE_URL")
+            .env_remove("KUBENOVA_DATA_DIR")
+            .env_remove("KUBENOVA_KEKS")
+            .env_remove("KUBENOVA_KEK_FILE")
+            .env_remove("KUBENOVA_JWT_SECRET")
+            .arg("admin-token")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(out.stdout.is_empty());
+        String::from_utf8(out.stderr).unwrap()
+    };
+    // An empty folder: no secret, no keys, no database; nothing is created.
+    let err = admin_token();
+    assert!(
+        err.contains("no token signing secret at ./data/jwt.secret: point --data-dir"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    // A database that no manager ever served (no bootstrap token was issued).
+    let out = bin()
+        .current_dir(dir.path())
+        .env_remove("DATABASE_URL")
+        .env_remove("KUBENOVA_DATA_DIR")
+        .env_remove("KUBENOVA_KEKS")
+        .env_remove("KUBENOVA_KEK_FILE")
+        .arg("migrate")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::fs::write(dir.path().join("data/jwt.secret"), "x".repeat(40)).unwrap();
+    let err = admin_token();
+    assert!(err.contains("this database was never served"), "{err}");
+    assert!(!dir.path().join("data/admin.token").exists());
+}

@@ -175,8 +175,6 @@ fn exercise(database_url: &str, backend: &str) {
         let (s, _) = http(&srv2.addr, "GET", "/api/v1/me", Some(&token));
         assert_eq!(s, 200, "the server goes on serving");
     }
-    let _ = srv2.child.kill();
-    let _ = srv2.child.wait();
     assert_eq!(
         srv2.log
             .lock()
@@ -185,6 +183,118 @@ fn exercise(database_url: &str, backend: &str) {
             .count(),
         0
     );
+    if backend == "sqlite" {
+        // SQLite: admin access is recovered while the manager is stopped.
+        let _ = srv2.child.kill();
+        let _ = srv2.child.wait();
+        let recovered = admin_token_recovery(database_url, dir.path(), &token);
+        let srv3 = start(database_url, dir.path());
+        check_recovered(&srv3, &recovered);
+        stop(srv3);
+    } else {
+        // Postgres: while the manager runs.
+        let recovered = admin_token_recovery(database_url, dir.path(), &token);
+        check_recovered(&srv2, &recovered);
+        stop(srv2);
+    }
+}
+
+fn stop(mut srv: Server) {
+    let _ = srv.child.kill();
+    let _ = srv.child.wait();
+}
+
+fn admin_token(database_url: &str, dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_kubenova-manager"))
+        .current_dir(dir)
+        .env_remove("KUBENOVA_KEKS")
+        .env_remove("KUBENOVA_JWT_SECRET")
+        .env_remove("KUBENOVA_MAX_TOKEN_TTL")
+        .env("DATABASE_URL", database_url)
+        .env("KUBENOVA_DATA_DIR", dir.join("data"))
+        .env("USER", "ops-alice")
+        .arg("admin-token")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `admin-token`: bad TTLs refused changing nothing, `--print` to stdout, then a fresh
+/// token into `data/admin.token` (mode 0600). Returns the written token.
+fn admin_token_recovery(database_url: &str, dir: &std::path::Path, old: &str) -> String {
+    let token_path = dir.join("data/admin.token");
+    for (ttl, why) in [
+        ("25h", "at most --max-token-ttl (24h)"),
+        ("0s", "at least 1m"),
+    ] {
+        let out = admin_token(database_url, dir, &["--ttl", ttl]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "--ttl {ttl} accepted");
+        assert!(err.contains(why), "--ttl {ttl}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert_eq!(std::fs::read_to_string(&token_path).unwrap().trim(), old);
+    }
+
+    let out = admin_token(database_url, dir, &["--print", "--ttl", "1h"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let printed = printed.trim();
+    assert_eq!(printed.split('.').count(), 3, "a JWT on stdout: {printed}");
+    assert!(!err.contains(printed), "the token never reaches the log");
+    assert_eq!(
+        std::fs::read_to_string(&token_path).unwrap().trim(),
+        old,
+        "--print leaves the file alone"
+    );
+
+    let out = admin_token(database_url, dir, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["path"], token_path.display().to_string());
+    assert_eq!(v["subject"], "recovery-admin");
+    kubenova_telemetry::test_support::check_timestamp(v["expiresAt"].as_str().unwrap()).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&token_path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let written = std::fs::read_to_string(&token_path)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_ne!(written, old);
+    assert_ne!(written, printed);
+    assert!(!err.contains(&written), "the token never reaches the log");
+    written
+}
+
+/// The recovered token is an admin of the manager, and its issuance is in the audit log.
+fn check_recovered(srv: &Server, token: &str) {
+    let (s, v) = http(&srv.addr, "GET", "/api/v1/me", Some(token));
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["subject"], "recovery-admin");
+    assert_eq!(v["roles"][0], "admin");
+    let (s, v) = http(
+        &srv.addr,
+        "GET",
+        "/api/v1/audit?resourceKind=token&limit=500",
+        Some(token),
+    );
+    assert_eq!(s, 200, "{v}");
+    let events: Vec<&Value> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "token.admin-recovery")
+        .collect();
+    // One for --print, one for the file.
+    assert_eq!(events.len(), 2, "{v}");
+    for e in events {
+        assert_eq!(e["actor"], "local:ops-alice", "{e}");
+        assert_eq!(e["outcome"], "success", "{e}");
+    }
 }
 
 /// The serving manager holds the SQLite file: each maintenance command is refused at
@@ -200,6 +310,7 @@ fn refused_while_served(database_url: &str, dir: &std::path::Path, srv: &Server)
             "stop it, run rotate-keys, then start it again",
         ),
         ("rotate-signing-keys", "POST /api/v1/signing-keys:rotate"),
+        ("admin-token", "POST /api/v1/tokens"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_kubenova-manager"))
             .current_dir(dir)
