@@ -18,6 +18,14 @@ struct Server {
     log: Arc<Mutex<String>>,
 }
 
+impl Drop for Server {
+    /// No manager outlives its test, also when the test fails half-way.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn start(database_url: &str, dir: &std::path::Path) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kubenova-manager"))
         .current_dir(dir)
@@ -166,7 +174,7 @@ fn exercise(database_url: &str, backend: &str) {
 
     // A restart issues no second bootstrap token.
     let before = std::fs::read_to_string(&token_path).unwrap();
-    let mut srv2 = start(database_url, dir.path());
+    let srv2 = start(database_url, dir.path());
     let (s, _) = http(&srv2.addr, "GET", "/api/v1/me", Some(&token));
     assert_eq!(s, 200, "the token survives a restart (same secret)");
     assert_eq!(std::fs::read_to_string(&token_path).unwrap(), before);
@@ -185,23 +193,15 @@ fn exercise(database_url: &str, backend: &str) {
     );
     if backend == "sqlite" {
         // SQLite: admin access is recovered while the manager is stopped.
-        let _ = srv2.child.kill();
-        let _ = srv2.child.wait();
+        drop(srv2);
         let recovered = admin_token_recovery(database_url, dir.path(), &token);
         let srv3 = start(database_url, dir.path());
         check_recovered(&srv3, &recovered);
-        stop(srv3);
     } else {
         // Postgres: while the manager runs.
         let recovered = admin_token_recovery(database_url, dir.path(), &token);
         check_recovered(&srv2, &recovered);
-        stop(srv2);
     }
-}
-
-fn stop(mut srv: Server) {
-    let _ = srv.child.kill();
-    let _ = srv.child.wait();
 }
 
 fn admin_token(database_url: &str, dir: &std::path::Path, args: &[&str]) -> std::process::Output {

@@ -163,6 +163,51 @@ impl Drop for Proc {
     }
 }
 
+/// The conditions of a REST status (`status.conditions`) as readable lines, one per
+/// condition: `Ready=True  Reconciled  all objects applied` (type=status, reason, message;
+/// empty parts left out).
+///
+/// ```
+/// let c = serde_json::json!([{"type": "Ready", "status": "True", "reason": "Reconciled",
+///     "message": "all objects applied", "lastTransitionTime": "2026-01-01T00:00:00Z"}]);
+/// assert_eq!(kubenova_demo::condition_lines(&c), ["Ready=True  Reconciled  all objects applied"]);
+/// ```
+pub fn condition_lines(conditions: &Value) -> Vec<String> {
+    let Some(items) = conditions.as_array() else {
+        return vec![];
+    };
+    items
+        .iter()
+        .map(|c| {
+            let text = |k: &str| c[k].as_str().unwrap_or_default().trim().to_string();
+            let mut parts = vec![format!("{}={}", text("type"), text("status"))];
+            parts.extend(
+                [text("reason"), text("message")]
+                    .into_iter()
+                    .filter(|p| !p.is_empty()),
+            );
+            parts.join("  ")
+        })
+        .collect()
+}
+
+/// The components of a cluster's capabilities (`GET …/capabilities`) as readable lines:
+/// `capsule 0.14.6  ready`.
+pub fn component_lines(capabilities: &Value) -> Vec<String> {
+    capabilities["components"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|c| {
+                    let text = |k: &str| c[k].as_str().unwrap_or("?").to_string();
+                    format!("{} {}  {}", text("name"), text("version"), text("phase"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Polls `f` every 100 ms until it returns `Some`, or fails after `timeout` naming `what`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> anyhow::Result<T>
 where
