@@ -207,3 +207,51 @@ fn admin_token_refuses_what_is_not_a_managers_data_changing_nothing() {
     assert!(err.contains("this database was never served"), "{err}");
     assert!(!dir.path().join("data/admin.token").exists());
 }
+
+/// Every subcommand and option, and every variable an option reads, named in
+/// `configuration.md`.
+fn undocumented(cmd: &clap::Command, doc: &str, path: &str, out: &mut Vec<String>) {
+    for arg in cmd.get_arguments() {
+        if let Some(long) = arg.get_long()
+            && !["help", "version"].contains(&long)
+            && !doc.contains(&format!("`--{long}"))
+        {
+            out.push(format!("{path} --{long}"));
+        }
+        if let Some(env) = arg.get_env()
+            && !doc.contains(&format!("`{}`", env.to_string_lossy()))
+        {
+            out.push(format!("{path} ${}", env.to_string_lossy()));
+        }
+    }
+    for sub in cmd.get_subcommands() {
+        let name = sub.get_name();
+        if name == "help" {
+            continue;
+        }
+        if !doc.contains(&format!("`{name}`")) {
+            out.push(format!("{path} {name}"));
+        }
+        undocumented(sub, doc, &format!("{path} {name}"), out);
+    }
+}
+
+#[test]
+fn every_command_and_option_is_documented() {
+    use clap::CommandFactory as _;
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/src/configuration.md"),
+    )
+    .unwrap();
+    let mut missing = Vec::new();
+    undocumented(
+        &kubenova_manager::Cli::command(),
+        &doc,
+        "kubenova-manager",
+        &mut missing,
+    );
+    assert!(
+        missing.is_empty(),
+        "not in docs/src/configuration.md: {missing:?}"
+    );
+}

@@ -195,3 +195,48 @@ fn logs_follow_the_convention() {
         cmd
     });
 }
+
+/// Every subcommand and option, and every variable an option reads, named in
+/// `configuration.md`.
+fn undocumented(cmd: &clap::Command, doc: &str, path: &str, out: &mut Vec<String>) {
+    for arg in cmd.get_arguments() {
+        if let Some(long) = arg.get_long()
+            && !["help", "version"].contains(&long)
+            && !doc.contains(&format!("`--{long}"))
+        {
+            out.push(format!("{path} --{long}"));
+        }
+        if let Some(env) = arg.get_env()
+            && !doc.contains(&format!("`{}`", env.to_string_lossy()))
+        {
+            out.push(format!("{path} ${}", env.to_string_lossy()));
+        }
+    }
+    for sub in cmd.get_subcommands() {
+        let name = sub.get_name();
+        if name == "help" {
+            continue;
+        }
+        if !doc.contains(&format!("`{name}`")) {
+            out.push(format!("{path} {name}"));
+        }
+        undocumented(sub, doc, &format!("{path} {name}"), out);
+    }
+}
+
+#[test]
+fn every_command_and_option_is_documented() {
+    use clap::CommandFactory as _;
+    let doc = std::fs::read_to_string(repo().join("docs/src/configuration.md")).unwrap();
+    let mut missing = Vec::new();
+    undocumented(
+        &kubenova_operator::Cli::command(),
+        &doc,
+        "kubenova-operator",
+        &mut missing,
+    );
+    assert!(
+        missing.is_empty(),
+        "not in docs/src/configuration.md: {missing:?}"
+    );
+}

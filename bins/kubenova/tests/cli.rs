@@ -60,3 +60,47 @@ fn options_on_the_wrong_level_are_refused_naming_the_right_one() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("'token --manager' exists"), "{err}");
 }
+
+/// The options a `--help` text lists (the lines that start with one).
+fn options_in_help(args: &[&str]) -> Vec<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_kubenova"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    help.lines()
+        .map(str::trim_start)
+        .filter(|l| l.starts_with('-'))
+        .filter_map(|l| {
+            l.split([' ', ',', '='])
+                .find(|w| w.starts_with("--") && w.len() > 2)
+        })
+        .filter(|w| *w != "--help" && *w != "--version")
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn every_command_and_option_is_documented() {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/src/configuration.md"),
+    )
+    .unwrap();
+    assert!(doc.contains("`kubenova auth token`"));
+    let mut missing = Vec::new();
+    for opt in options_in_help(&["auth", "token", "--help"]) {
+        if !doc.contains(&format!("`{opt}")) {
+            missing.push(opt);
+        }
+    }
+    for var in ["KUBENOVA_TOKEN", "KUBENOVA_TOKEN_FILE", "KUBENOVA_CA_FILE"] {
+        if !doc.contains(&format!("`{var}`")) {
+            missing.push(var.to_string());
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "not in docs/src/configuration.md: {missing:?}"
+    );
+}
