@@ -24,11 +24,13 @@
 pub mod cache;
 pub mod crypto;
 pub mod error;
+mod holder;
 pub mod notify;
 mod sql;
 mod types;
 
 pub use error::{Result, StoreError};
+pub use holder::{SqliteHolder, holder_of_file, sqlite_file, sqlite_holder};
 pub use sql::{PgStore, SqliteStore};
 pub use types::*;
 

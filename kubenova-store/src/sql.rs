@@ -1813,7 +1813,9 @@ impl SqliteStore {
     /// ([`crate::cache`]) is correct without notifications, and is enabled at once. A
     /// second process that opens the same file (another manager, or a `kubenova-manager`
     /// command while one serves) gets [`StoreError::Unavailable`] saying the file is in
-    /// use; several replicas need Postgres.
+    /// use, at once when the kernel tells which process holds the file
+    /// ([`crate::sqlite_holder`]), else after the busy timeout; several replicas need
+    /// Postgres.
     pub async fn connect(url: &str, keyring: Keyring) -> Result<Self> {
         let opts = sqlx::sqlite::SqliteConnectOptions::from_str(url)
             .map_err(|e| {
@@ -1835,15 +1837,23 @@ impl SqliteStore {
             // Long enough for a predecessor in this process to finish closing the file.
             .busy_timeout(Duration::from_secs(5));
         let path = opts.get_filename().display().to_string();
+        let in_use_by = |holder: &str| {
+            StoreError::Unavailable(format!(
+                "the SQLite database {path} is in use by {holder}: \
+                 an SQLite database is opened by one process at a time; stop that process first, \
+                 or use Postgres (DATABASE_URL=postgres://...) to run several"
+            ))
+        };
+        // Another process holds the file: say which, at once (without waiting for the
+        // busy timeout, meant for a store of this process that is still closing it).
+        if let Some(holder) = crate::holder_of_file(opts.get_filename()) {
+            return Err(in_use_by(&holder.to_string()));
+        }
         let in_use = |e: StoreError| match &e {
             StoreError::Unavailable(m) | StoreError::Internal(m)
                 if m.contains("database is locked") =>
             {
-                StoreError::Unavailable(format!(
-                    "the SQLite database {path} is in use by another process (a running kubenova-manager?): \
-                     an SQLite database is opened by one process at a time; stop that process first, \
-                     or use Postgres (DATABASE_URL=postgres://...) to run several"
-                ))
+                in_use_by("another process (a running kubenova-manager?)")
             }
             _ => e,
         };

@@ -15,6 +15,9 @@ use kubenova_testkit::{Simulations, TestCluster};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Logging (`--log-format`; `KUBENOVA_LOG`, `KUBENOVA_LOG_FORMAT`).
+    #[command(flatten)]
+    log: kubenova_telemetry::LogArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -53,14 +56,28 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .init();
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    if let Err(e) = kubenova_telemetry::init(&cli.log, "info") {
+        eprintln!("kubenova-testkit: {e}");
+        return std::process::ExitCode::from(2);
+    }
+    let run = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(run(cli.command)));
+    match run {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kubenova-testkit: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Serve {
             port,
             kubeconfig,
@@ -74,18 +91,15 @@ async fn main() -> anyhow::Result<()> {
                 .simulations(sims)
                 .start()
                 .await?;
+            tracing::info!(url = %cluster.url(), "emulated cluster listening");
             let tmp = kubeconfig.with_extension("tmp");
             std::fs::write(&tmp, cluster.kubeconfig_yaml())
                 .with_context(|| format!("writing {}", tmp.display()))?;
             std::fs::rename(&tmp, &kubeconfig)
                 .with_context(|| format!("writing {}", kubeconfig.display()))?;
-            eprintln!(
-                "kubenova-testkit serving {} (kubeconfig: {})",
-                cluster.url(),
-                kubeconfig.display()
-            );
+            tracing::info!(url = %cluster.url(), kubeconfig = %kubeconfig.display(), "serving; kubeconfig written");
             wait_for_signal().await?;
-            eprintln!("kubenova-testkit shutting down");
+            tracing::info!("shutting down");
             cluster.shutdown().await;
         }
     }

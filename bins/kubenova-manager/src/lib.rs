@@ -4,9 +4,11 @@
 //! can be embedded and tested in-process; `main.rs` only parses the command line.
 //!
 //! It opens the store (SQLite by default, Postgres when `DATABASE_URL` says so), applies
-//! migrations, rotates the key-encryption keys, and serves the REST API (`serve`): see
+//! migrations, rotates the key-encryption keys, mints a recovery admin token on the
+//! manager host ([`admin_token`]), and serves the REST API (`serve`): see
 //! [`build_state`], [`api::router`] and [`serve`].
 
+pub mod admin_token;
 pub mod api;
 
 use api::AppState;
@@ -25,12 +27,15 @@ use std::sync::Arc;
     about = "KubeNova manager: the multi-cluster control plane API"
 )]
 pub struct Cli {
-    /// Store options shared by every command.
+    /// Store options shared by every command (global: before or after the subcommand).
     #[command(flatten)]
     pub store: StoreArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// Logging (`--log-format`; `KUBENOVA_LOG`, `KUBENOVA_LOG_FORMAT`).
+    #[command(flatten)]
+    pub log: kubenova_telemetry::LogArgs,
 }
 
 /// Subcommands.
@@ -44,8 +49,25 @@ pub enum Command {
     /// previous key stays in the JWKS and verifies until every token it signed has expired
     /// (`--max-kubeconfig-ttl` + `--clock-skew` after the rotation), then it is retired.
     RotateSigningKeys(RotateSigningKeysArgs),
+    /// Mint a fresh admin token on the manager host (the bootstrap token expired or is
+    /// lost): written to `<data-dir>/admin.token` (mode 0600), or printed with `--print`,
+    /// and audited as `token.admin-recovery`. On SQLite while the manager is stopped.
+    AdminToken(admin_token::AdminTokenArgs),
     /// Serve the REST API (`/api/v1`) until SIGTERM or Ctrl-C.
     Serve(Box<api::config::ServerConfig>),
+}
+
+impl Command {
+    /// The subcommand as typed (`migrate`, `serve`, …), for messages.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Migrate => "migrate",
+            Command::RotateKeys => "rotate-keys",
+            Command::RotateSigningKeys(_) => "rotate-signing-keys",
+            Command::AdminToken(_) => "admin-token",
+            Command::Serve(_) => "serve",
+        }
+    }
 }
 
 /// Options of `rotate-signing-keys` (same variables as `serve`).
@@ -59,21 +81,29 @@ pub struct RotateSigningKeysArgs {
     pub clock_skew: std::time::Duration,
 }
 
-/// Where the data lives and which keys protect it.
+/// Where the data lives and which keys protect it. Every command takes these options,
+/// before or after the subcommand (`kubenova-manager --data-dir D migrate` and
+/// `kubenova-manager migrate --data-dir D` mean the same).
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Store options (every command, before or after it)")]
 pub struct StoreArgs {
     /// Database URL: `sqlite://path.db` (created on first use) or `postgres://user@host/db`.
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL, global = true)]
     pub database_url: String,
     /// Directory for generated local state (the key file of the embedded default).
-    #[arg(long, env = "KUBENOVA_DATA_DIR", default_value = "./data")]
+    #[arg(
+        long,
+        env = "KUBENOVA_DATA_DIR",
+        default_value = "./data",
+        global = true
+    )]
     pub data_dir: PathBuf,
     /// Key-encryption keys as `kid:base64key[,kid:base64key…]` (last is active). Overrides the key file.
-    #[arg(long, env = "KUBENOVA_KEKS", hide_env_values = true)]
+    #[arg(long, env = "KUBENOVA_KEKS", hide_env_values = true, global = true)]
     pub keks: Option<String>,
     /// Key file with one `kid:base64key` per line (mode 0600). Default: `<data-dir>/kek.keys`,
     /// generated on first start.
-    #[arg(long, env = "KUBENOVA_KEK_FILE")]
+    #[arg(long, env = "KUBENOVA_KEK_FILE", global = true)]
     pub kek_file: Option<PathBuf>,
 }
 
@@ -103,6 +133,18 @@ pub enum ManagerError {
     /// The listener could not be bound or the server failed.
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
+    /// A maintenance command found its SQLite database held by another process.
+    #[error(
+        "the SQLite database {database} is in use by {holder}: an SQLite database is opened by one process at a time; {advice}"
+    )]
+    InUse {
+        /// The database (URL without password).
+        database: String,
+        /// The process holding it.
+        holder: kubenova_store::SqliteHolder,
+        /// What to do instead.
+        advice: &'static str,
+    },
 }
 
 impl StoreArgs {
@@ -127,27 +169,64 @@ impl StoreArgs {
     /// Opens the store and applies migrations.
     pub async fn open(&self) -> Result<Arc<dyn Store>, ManagerError> {
         let keys = self.keyring()?;
-        tracing::info!(database = %kubenova_store::redact_url(&self.database_url), active_kek = keys.active_kid(), "opening store");
-        Ok(kubenova_store::connect(&self.database_url, keys).await?)
+        let database = kubenova_store::redact_url(&self.database_url);
+        let active_kek = keys.active_kid().to_string();
+        tracing::debug!(%database, "opening store");
+        let store = kubenova_store::connect(&self.database_url, keys).await?;
+        tracing::info!(%database, %active_kek, "store opened");
+        Ok(store)
+    }
+
+    /// For a maintenance command: refuses at once, with `advice`, when another process
+    /// (a serving manager) holds the SQLite database, before touching keys or files.
+    pub fn refuse_if_held(&self, advice: &'static str) -> Result<(), ManagerError> {
+        match kubenova_store::sqlite_holder(&self.database_url) {
+            Some(holder) => Err(ManagerError::InUse {
+                database: kubenova_store::redact_url(&self.database_url),
+                holder,
+                advice,
+            }),
+            None => Ok(()),
+        }
     }
 }
 
-/// Runs one command; returns the JSON document it prints.
-pub async fn run(cli: Cli) -> Result<serde_json::Value, ManagerError> {
+/// What `migrate` says when a manager serves the SQLite database.
+const MIGRATE_WHILE_SERVED: &str =
+    "`serve` applied the migrations when it started; to run migrate, stop it first";
+/// What `rotate-keys` says when a manager serves the SQLite database.
+const ROTATE_KEYS_WHILE_SERVED: &str =
+    "key rotation has no API: stop it, run rotate-keys, then start it again";
+/// What `rotate-signing-keys` says when a manager serves the SQLite database.
+const ROTATE_SIGNING_KEYS_WHILE_SERVED: &str = "rotate through the running manager instead (POST /api/v1/signing-keys:rotate with an admin token), or stop it first";
+
+/// What a command prints on stdout.
+#[derive(Debug)]
+pub enum Output {
+    /// A JSON document (pretty-printed).
+    Json(serde_json::Value),
+    /// One line of text as is (`admin-token --print`: the token).
+    Line(String),
+}
+
+/// Runs one command; returns what it prints.
+pub async fn run(cli: Cli) -> Result<Output, ManagerError> {
     match cli.command {
         Command::Migrate => {
+            cli.store.refuse_if_held(MIGRATE_WHILE_SERVED)?;
             let store = cli.store.open().await?;
             let health = store.ping().await?;
-            Ok(serde_json::json!({
+            Ok(Output::Json(serde_json::json!({
                 "status": if health.migrations_current { "ok" } else { "migrations pending" },
                 "database": kubenova_store::redact_url(&cli.store.database_url),
                 "store": health,
-            }))
+            })))
         }
         Command::RotateKeys => {
             if cli.store.keks.is_some() {
                 return Err(ManagerError::RotationNeedsFile);
             }
+            cli.store.refuse_if_held(ROTATE_KEYS_WHILE_SERVED)?;
             let store = cli.store.open().await?;
             let file = cli.store.key_file();
             let keys = Keyring::generate_into(&file)?;
@@ -157,19 +236,28 @@ pub async fn run(cli: Cli) -> Result<serde_json::Value, ManagerError> {
             drop(store);
             let reconnect = kubenova_store::connect(&cli.store.database_url, keys).await?;
             let rewrapped = reconnect.rotate_keys().await?;
-            Ok(serde_json::json!({"activeKek": active, "rewrapped": rewrapped}))
+            Ok(Output::Json(
+                serde_json::json!({"activeKek": active, "rewrapped": rewrapped}),
+            ))
         }
         Command::RotateSigningKeys(args) => {
+            cli.store.refuse_if_held(ROTATE_SIGNING_KEYS_WHILE_SERVED)?;
             let store = cli.store.open().await?;
             let overlap = time::Duration::try_from(args.max_kubeconfig_ttl + args.clock_skew)
                 .map_err(|e| ManagerError::Config(format!("overlap: {e}")))?;
             let report = api::kubeconfigs::rotate_signing_keys(store.as_ref(), overlap).await?;
-            Ok(serde_json::to_value(&report).unwrap_or_default())
+            Ok(Output::Json(
+                serde_json::to_value(&report).unwrap_or_default(),
+            ))
         }
+        Command::AdminToken(args) => Ok(match admin_token::run(&cli.store, &args).await? {
+            admin_token::Issued::Printed(token) => Output::Line(token),
+            admin_token::Issued::Written(doc) => Output::Json(doc),
+        }),
         Command::Serve(cfg) => {
             let state = build_state(&cli.store, *cfg).await?;
             serve(state, shutdown_signal()).await?;
-            Ok(serde_json::json!({"status": "stopped"}))
+            Ok(Output::Json(serde_json::json!({"status": "stopped"})))
         }
     }
 }

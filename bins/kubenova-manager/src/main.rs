@@ -11,25 +11,24 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .json()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KUBENOVA_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    match kubenova_manager::run(kubenova_manager::Cli::parse()).await {
+    let cli = kubenova_manager::Cli::parse();
+    if let Err(e) = kubenova_telemetry::init(&cli.log, "info") {
+        eprintln!("kubenova-manager: {e}");
+        return ExitCode::from(2);
+    }
+    let command = cli.command.name();
+    match kubenova_manager::run(cli).await {
         Ok(out) => {
             #[allow(clippy::print_stdout)]
-            {
-                println!("{out:#}");
+            match out {
+                kubenova_manager::Output::Json(doc) => println!("{doc:#}"),
+                kubenova_manager::Output::Line(line) => println!("{line}"),
             }
             ExitCode::SUCCESS
         }
         Err(e) => {
-            tracing::error!(error = %e, "kubenova-manager failed");
-            eprintln!("error: {e}");
+            // Once, as the last line: not also as a log line.
+            eprintln!("kubenova-manager: {command}: {e}");
             ExitCode::FAILURE
         }
     }

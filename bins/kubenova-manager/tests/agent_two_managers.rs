@@ -36,6 +36,7 @@ fn start(database_url: &str, dir: &std::path::Path) -> Manager {
         .env("KUBENOVA_KEKS", KEKS)
         .env("KUBENOVA_JWT_SECRET", JWT_SECRET)
         .env("KUBENOVA_LOG", "info")
+        .env_remove("KUBENOVA_LOG_FORMAT")
         .args(["serve", "--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

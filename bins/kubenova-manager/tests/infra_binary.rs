@@ -18,6 +18,14 @@ struct Server {
     log: Arc<Mutex<String>>,
 }
 
+impl Drop for Server {
+    /// No manager outlives its test, also when the test fails half-way.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn start(database_url: &str, dir: &std::path::Path) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_kubenova-manager"))
         .current_dir(dir)
@@ -27,6 +35,7 @@ fn start(database_url: &str, dir: &std::path::Path) -> Server {
         .env("DATABASE_URL", database_url)
         .env("KUBENOVA_DATA_DIR", dir.join("data"))
         .env("KUBENOVA_LOG", "info")
+        .env_remove("KUBENOVA_LOG_FORMAT")
         .args(["serve", "--listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -144,32 +153,36 @@ fn exercise(database_url: &str, backend: &str) {
         log.contains("kubenova::access"),
         "structured access logs:\n{log}"
     );
+    // stderr is a pipe: JSON lines by the logging convention, times as RFC 3339 UTC, in
+    // fields too.
+    for line in log.lines() {
+        kubenova_telemetry::test_support::check_json_line(line).unwrap();
+    }
+    let bootstrap = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|v| {
+            v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("wrote a bootstrap admin token"))
+        })
+        .unwrap();
+    kubenova_telemetry::test_support::check_timestamp(
+        bootstrap["fields"]["expires_at"].as_str().unwrap(),
+    )
+    .unwrap();
 
     // A restart issues no second bootstrap token.
     let before = std::fs::read_to_string(&token_path).unwrap();
-    let mut srv2 = start(database_url, dir.path());
+    let srv2 = start(database_url, dir.path());
     let (s, _) = http(&srv2.addr, "GET", "/api/v1/me", Some(&token));
     assert_eq!(s, 200, "the token survives a restart (same secret)");
     assert_eq!(std::fs::read_to_string(&token_path).unwrap(), before);
     if backend == "sqlite" {
-        // The serving manager holds the SQLite file: a second process is refused, saying
-        // why, and the server goes on serving.
-        let out = Command::new(env!("CARGO_BIN_EXE_kubenova-manager"))
-            .current_dir(dir.path())
-            .env_remove("KUBENOVA_KEKS")
-            .env("DATABASE_URL", database_url)
-            .env("KUBENOVA_DATA_DIR", dir.path().join("data"))
-            .arg("migrate")
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{err}");
-        assert!(err.contains("in use by another process"), "{err}");
+        refused_while_served(database_url, dir.path(), &srv2);
         let (s, _) = http(&srv2.addr, "GET", "/api/v1/me", Some(&token));
-        assert_eq!(s, 200);
+        assert_eq!(s, 200, "the server goes on serving");
     }
-    let _ = srv2.child.kill();
-    let _ = srv2.child.wait();
     assert_eq!(
         srv2.log
             .lock()
@@ -177,6 +190,156 @@ fn exercise(database_url: &str, backend: &str) {
             .matches("wrote a bootstrap admin token")
             .count(),
         0
+    );
+    if backend == "sqlite" {
+        // SQLite: admin access is recovered while the manager is stopped.
+        drop(srv2);
+        let recovered = admin_token_recovery(database_url, dir.path(), &token);
+        let srv3 = start(database_url, dir.path());
+        check_recovered(&srv3, &recovered);
+    } else {
+        // Postgres: while the manager runs.
+        let recovered = admin_token_recovery(database_url, dir.path(), &token);
+        check_recovered(&srv2, &recovered);
+    }
+}
+
+fn admin_token(database_url: &str, dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_kubenova-manager"))
+        .current_dir(dir)
+        .env_remove("KUBENOVA_KEKS")
+        .env_remove("KUBENOVA_JWT_SECRET")
+        .env_remove("KUBENOVA_MAX_TOKEN_TTL")
+        .env("DATABASE_URL", database_url)
+        .env("KUBENOVA_DATA_DIR", dir.join("data"))
+        .env("USER", "ops-alice")
+        .arg("admin-token")
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `admin-token`: bad TTLs refused changing nothing, `--print` to stdout, then a fresh
+/// token into `data/admin.token` (mode 0600). Returns the written token.
+fn admin_token_recovery(database_url: &str, dir: &std::path::Path, old: &str) -> String {
+    let token_path = dir.join("data/admin.token");
+    for (ttl, why) in [
+        ("25h", "at most --max-token-ttl (24h)"),
+        ("0s", "at least 1m"),
+    ] {
+        let out = admin_token(database_url, dir, &["--ttl", ttl]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "--ttl {ttl} accepted");
+        assert!(err.contains(why), "--ttl {ttl}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert_eq!(std::fs::read_to_string(&token_path).unwrap().trim(), old);
+    }
+
+    let out = admin_token(database_url, dir, &["--print", "--ttl", "1h"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let printed = String::from_utf8(out.stdout).unwrap();
+    let printed = printed.trim();
+    assert_eq!(printed.split('.').count(), 3, "a JWT on stdout: {printed}");
+    assert!(!err.contains(printed), "the token never reaches the log");
+    assert_eq!(
+        std::fs::read_to_string(&token_path).unwrap().trim(),
+        old,
+        "--print leaves the file alone"
+    );
+
+    let out = admin_token(database_url, dir, &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["path"], token_path.display().to_string());
+    assert_eq!(v["subject"], "recovery-admin");
+    kubenova_telemetry::test_support::check_timestamp(v["expiresAt"].as_str().unwrap()).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&token_path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let written = std::fs::read_to_string(&token_path)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_ne!(written, old);
+    assert_ne!(written, printed);
+    assert!(!err.contains(&written), "the token never reaches the log");
+    written
+}
+
+/// The recovered token is an admin of the manager, and its issuance is in the audit log.
+fn check_recovered(srv: &Server, token: &str) {
+    let (s, v) = http(&srv.addr, "GET", "/api/v1/me", Some(token));
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["subject"], "recovery-admin");
+    assert_eq!(v["roles"][0], "admin");
+    let (s, v) = http(
+        &srv.addr,
+        "GET",
+        "/api/v1/audit?resourceKind=token&limit=500",
+        Some(token),
+    );
+    assert_eq!(s, 200, "{v}");
+    let events: Vec<&Value> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "token.admin-recovery")
+        .collect();
+    // One for --print, one for the file.
+    assert_eq!(events.len(), 2, "{v}");
+    for e in events {
+        assert_eq!(e["actor"], "local:ops-alice", "{e}");
+        assert_eq!(e["outcome"], "success", "{e}");
+    }
+}
+
+/// The serving manager holds the SQLite file: each maintenance command is refused at
+/// once with one line naming the holder and what to do instead, without sqlx's noise, and
+/// changes nothing.
+fn refused_while_served(database_url: &str, dir: &std::path::Path, srv: &Server) {
+    let holder = format!("in use by process {} (kubenova-manager)", srv.child.id());
+    let keys_before = std::fs::read_to_string(dir.join("data/kek.keys")).unwrap();
+    for (command, advice) in [
+        ("migrate", "`serve` applied the migrations when it started"),
+        (
+            "rotate-keys",
+            "stop it, run rotate-keys, then start it again",
+        ),
+        ("rotate-signing-keys", "POST /api/v1/signing-keys:rotate"),
+        ("admin-token", "POST /api/v1/tokens"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kubenova-manager"))
+            .current_dir(dir)
+            .env_remove("KUBENOVA_KEKS")
+            .env_remove("KUBENOVA_LOG")
+            .env_remove("RUST_LOG")
+            .env("DATABASE_URL", database_url)
+            .env("KUBENOVA_DATA_DIR", dir.join("data"))
+            .arg(command)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{command}: {err}");
+        assert!(out.stdout.is_empty(), "{command}");
+        let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "{command}: one line, printed once:\n{err}");
+        let line = lines[0];
+        assert!(
+            line.starts_with(&format!("kubenova-manager: {command}: ")),
+            "{command}: {line}"
+        );
+        assert!(line.contains(&holder), "{command}: {line}");
+        assert!(line.contains(advice), "{command}: {line}");
+        assert!(!err.contains("sqlx"), "{command}: {err}");
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.join("data/kek.keys")).unwrap(),
+        keys_before,
+        "a refused rotate-keys added no key"
     );
 }
 

@@ -13,7 +13,9 @@
 //! kubenova-operator crds                                         # the CRD manifests
 //! ```
 //!
-//! Every `run` option can also be given as an environment variable: `KUBENOVA_CATALOG`,
+//! The options of `run` may stand before or after `run` (`--catalog` also serves
+//! `render`); given to `render` or `crds`, which do not use them, they are an error. Every
+//! `run` option can also be given as an environment variable: `KUBENOVA_CATALOG`,
 //! `KUBENOVA_CONCURRENCY`, `KUBENOVA_LISTEN`, `KUBENOVA_KUBECONFIG`,
 //! `KUBENOVA_LEADER_ELECTION`, `KUBENOVA_LEASE_NAMESPACE`, `KUBENOVA_LEASE_NAME`,
 //! `KUBENOVA_LEASE_DURATION`, `POD_NAME` (the identity in the Lease).
@@ -41,7 +43,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kubenova_api::catalog::Catalog;
@@ -51,7 +53,9 @@ use kubenova_reconcile::manifests;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-/// Command line.
+/// Command line. Parse it with [`Cli::parse_checked`] (or [`Cli::try_parse_checked`]):
+/// the options of `run` are accepted before or after `run` (and without it, `run` being
+/// the default), and refused with an error when given to another command.
 #[derive(Debug, Parser)]
 #[command(
     name = "kubenova-operator",
@@ -62,64 +66,124 @@ pub struct Cli {
     /// What to do (default: `run`).
     #[command(subcommand)]
     pub command: Option<Command>,
-    /// Options of `run` (also accepted without the subcommand).
+    /// Options of `run`, before or after the subcommand (`--catalog` also for `render`).
     #[command(flatten)]
     pub run: RunConfig,
+    /// Logging (`--log-format`; `KUBENOVA_LOG`, `KUBENOVA_LOG_FORMAT`).
+    #[command(flatten)]
+    pub log: kubenova_telemetry::LogArgs,
 }
 
 /// Subcommands.
-// Parsed once at start: boxing `RunConfig` would buy nothing.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the controllers (the default).
-    Run(RunConfig),
+    Run,
     /// Print what Nova objects translate into (several YAML documents in and out). A
     /// project namespace gets its tenant's Pod Security labels only when the project's
-    /// NovaTenant is in the same input.
+    /// NovaTenant is in the same input. Uses `--catalog` like `run`.
     Render {
         /// Input file with NovaTenant / NovaProject / NovaApp documents (`-` = stdin).
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
-        /// Catalog file (plans and policysets); default: the built-in catalog.
-        #[arg(long, env = "KUBENOVA_CATALOG")]
-        catalog: Option<PathBuf>,
     },
     /// Print the NovaTenant, NovaProject and NovaApp CRDs as YAML.
     Crds,
 }
 
-/// Configuration of [`run`].
+impl Cli {
+    /// Parses the process's arguments like [`Cli::try_parse_checked`]; on an error prints
+    /// it (or the help) and exits.
+    pub fn parse_checked() -> Cli {
+        Cli::try_parse_checked(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// Parses `args` (the first is the program name). The options of `run` are global:
+    /// `kubenova-operator --kubeconfig K run` and `kubenova-operator run --kubeconfig K`
+    /// mean the same. Given on the command line to `render` or `crds`, which do not use
+    /// them, they are an error (never silently ignored); as environment variables (the
+    /// Deployment's way) they are not.
+    pub fn try_parse_checked<I, T>(args: I) -> Result<Cli, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut cmd = Cli::command();
+        let matches = cmd.try_get_matches_from_mut(args)?;
+        let cli = Cli::from_arg_matches(&matches)?;
+        if let Some((name, sub)) = matches.subcommand()
+            && name != "run"
+        {
+            let run_only = RunConfig::augment_args(clap::Command::new("run"));
+            for arg in run_only.get_arguments() {
+                let id = arg.get_id().as_str();
+                if name == "render" && id == "catalog" {
+                    continue;
+                }
+                let given = |m: &clap::ArgMatches| {
+                    m.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+                };
+                if given(&matches) || given(sub) {
+                    let flag = arg
+                        .get_long()
+                        .map(|l| format!("--{l}"))
+                        .unwrap_or_else(|| id.to_string());
+                    return Err(cmd.error(
+                        clap::error::ErrorKind::ArgumentConflict,
+                        format!(
+                            "{flag} is only used by `run`; `{name}` does not take it (leave it out, or use `kubenova-operator run {flag} ...`)"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(cli)
+    }
+}
+
+/// Configuration of [`run`]. Every option is global on the command line: accepted before
+/// or after the subcommand.
 #[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Options of `run` (before or after it)")]
 pub struct RunConfig {
-    /// Catalog file (plans and policysets); default: the built-in catalog.
-    #[arg(long, env = "KUBENOVA_CATALOG")]
+    /// Catalog file (plans and policysets); default: the built-in catalog. Also used by `render`.
+    #[arg(long, env = "KUBENOVA_CATALOG", global = true)]
     pub catalog: Option<PathBuf>,
     /// Concurrent reconciles per controller.
-    #[arg(long, env = "KUBENOVA_CONCURRENCY", default_value_t = 16)]
+    #[arg(
+        long,
+        env = "KUBENOVA_CONCURRENCY",
+        default_value_t = 16,
+        global = true
+    )]
     pub concurrency: u16,
     /// Listen address of `/healthz`, `/readyz` and `/metrics`.
-    #[arg(long, env = "KUBENOVA_LISTEN", default_value = "0.0.0.0:8080")]
+    #[arg(
+        long,
+        env = "KUBENOVA_LISTEN",
+        default_value = "0.0.0.0:8080",
+        global = true
+    )]
     pub listen: SocketAddr,
     /// Kubeconfig file; default: inferred (`KUBECONFIG`, `~/.kube/config`, in-cluster).
-    #[arg(long, env = "KUBENOVA_KUBECONFIG")]
+    #[arg(long, env = "KUBENOVA_KUBECONFIG", global = true)]
     pub kubeconfig: Option<PathBuf>,
     /// Run the controllers only while holding the leader-election Lease (`true`/`false`;
     /// default: on when running in a cluster, off otherwise).
-    #[arg(long, env = "KUBENOVA_LEADER_ELECTION", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(long, env = "KUBENOVA_LEADER_ELECTION", num_args = 0..=1, default_missing_value = "true", global = true)]
     pub leader_election: Option<bool>,
     /// Namespace of the leader-election Lease.
-    #[arg(long, env = "KUBENOVA_LEASE_NAMESPACE", default_value = manifests::OPERATOR_NAMESPACE)]
+    #[arg(long, env = "KUBENOVA_LEASE_NAMESPACE", default_value = manifests::OPERATOR_NAMESPACE, global = true)]
     pub lease_namespace: String,
     /// Name of the leader-election Lease.
-    #[arg(long, env = "KUBENOVA_LEASE_NAME", default_value = manifests::LEASE_NAME)]
+    #[arg(long, env = "KUBENOVA_LEASE_NAME", default_value = manifests::LEASE_NAME, global = true)]
     pub lease_name: String,
     /// Lease duration in seconds (renew deadline and retry period scale with it: 2/3
     /// and 2/15 of it).
-    #[arg(long, env = "KUBENOVA_LEASE_DURATION", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    #[arg(long, env = "KUBENOVA_LEASE_DURATION", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600), global = true)]
     pub lease_duration: u64,
     /// Identity in the Lease; default: `POD_NAME`, else the host name plus the process id.
-    #[arg(long, env = "POD_NAME")]
+    #[arg(long, env = "POD_NAME", global = true)]
     pub identity: Option<String>,
     /// The agent channel to the manager and the component installer.
     #[command(flatten)]
@@ -152,23 +216,18 @@ impl RunConfig {
     }
 }
 
-/// Installs the `tracing` subscriber (`RUST_LOG`, default `info`), logging to stderr.
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+/// Installs the logging of the binary by the convention of [`kubenova_telemetry`]
+/// (`KUBENOVA_LOG`, else `RUST_LOG`, default `info`; text on a terminal, JSON otherwise).
+pub fn init_tracing(cli: &Cli) -> Result<(), kubenova_telemetry::TelemetryError> {
+    kubenova_telemetry::init(&cli.log, "info").map(|_| ())
 }
 
 /// Runs the parsed command line.
 pub fn main(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        None => run_blocking(cli.run),
-        Some(Command::Run(config)) => run_blocking(config),
-        Some(Command::Render { file, catalog }) => {
-            let out = render_file(&file, catalog.as_deref())?;
+        None | Some(Command::Run) => run_blocking(cli.run),
+        Some(Command::Render { file }) => {
+            let out = render_file(&file, cli.run.catalog.as_deref())?;
             std::io::stdout().write_all(out.as_bytes())?;
             Ok(())
         }
@@ -513,11 +572,16 @@ mod tests {
         assert_eq!(cli.run.concurrency, 16);
         let cli = Cli::try_parse_from(["kubenova-operator", "render", "-f", "x.yaml"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Render { .. })));
-        let cli = Cli::try_parse_from(["kubenova-operator", "run", "--concurrency", "3"]).unwrap();
-        assert!(matches!(
-            cli.command,
-            Some(Command::Run(RunConfig { concurrency: 3, .. }))
-        ));
+        let cli =
+            Cli::try_parse_checked(["kubenova-operator", "run", "--concurrency", "3"]).unwrap();
+        assert!(matches!(cli.command, Some(Command::Run)));
+        assert_eq!(cli.run.concurrency, 3);
+        let cli =
+            Cli::try_parse_checked(["kubenova-operator", "--concurrency", "4", "run"]).unwrap();
+        assert_eq!(cli.run.concurrency, 4);
+        let err = Cli::try_parse_checked(["kubenova-operator", "crds", "--concurrency", "3"])
+            .unwrap_err();
+        assert!(err.to_string().contains("only used by `run`"), "{err}");
     }
 
     #[test]

@@ -2,8 +2,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 /// jemalloc keeps the operator's resident memory well below glibc malloc's with tens of
 /// thousands of cached objects (~92 vs ~113 MiB peak RSS at 10,000 NovaTenants).
 #[cfg(feature = "jemalloc")]
@@ -11,8 +9,11 @@ use clap::Parser;
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
-    let cli = kubenova_operator::Cli::parse();
-    kubenova_operator::init_tracing();
+    let cli = kubenova_operator::Cli::parse_checked();
+    if let Err(e) = kubenova_operator::init_tracing(&cli) {
+        eprintln!("kubenova-operator: {e}");
+        return ExitCode::from(2);
+    }
     match kubenova_operator::main(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -33,48 +33,63 @@ pub enum DriverKind {
 #[derive(Debug, Clone, Args)]
 pub struct AgentArgs {
     /// Turn the agent channel off (controllers only, e.g. GitOps-managed Nova objects).
-    #[arg(long, env = "KUBENOVA_NO_AGENT")]
+    #[arg(long, env = "KUBENOVA_NO_AGENT", global = true)]
     pub no_agent: bool,
     /// Manager URL; default: the `managerUrl` of the agent Secret.
-    #[arg(long, env = "KUBENOVA_MANAGER_URL")]
+    #[arg(long, env = "KUBENOVA_MANAGER_URL", global = true)]
     pub manager_url: Option<String>,
     /// Agent credential (normally injected from the agent Secret by the Deployment);
     /// default: read from the agent Secret.
-    #[arg(long, env = "KUBENOVA_AGENT_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "KUBENOVA_AGENT_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
     pub agent_token: Option<String>,
     /// Name of the agent Secret in the system namespace.
-    #[arg(long, env = "KUBENOVA_AGENT_SECRET", default_value = kubenova_api::agent::AGENT_SECRET)]
+    #[arg(long, env = "KUBENOVA_AGENT_SECRET", default_value = kubenova_api::agent::AGENT_SECRET, global = true)]
     pub agent_secret: String,
     /// PEM file with the CA of the manager's serving certificate (default: public roots).
-    #[arg(long, env = "KUBENOVA_MANAGER_CA_FILE")]
+    #[arg(long, env = "KUBENOVA_MANAGER_CA_FILE", global = true)]
     pub manager_ca_file: Option<PathBuf>,
     /// Namespace of the operator (Secret, proxy ConfigMap).
-    #[arg(long, env = "KUBENOVA_SYSTEM_NAMESPACE", default_value = agent::DEFAULT_NAMESPACE)]
+    #[arg(long, env = "KUBENOVA_SYSTEM_NAMESPACE", default_value = agent::DEFAULT_NAMESPACE, global = true)]
     pub system_namespace: String,
     /// Externally reachable Capsule Proxy URL to publish (default: the in-cluster Service).
-    #[arg(long, env = "KUBENOVA_CAPSULE_PROXY_URL")]
+    #[arg(long, env = "KUBENOVA_CAPSULE_PROXY_URL", global = true)]
     pub capsule_proxy_url: Option<String>,
     /// Component driver.
-    #[arg(long, env = "KUBENOVA_COMPONENT_DRIVER", value_enum, default_value_t = DriverKind::Helm)]
+    #[arg(long, env = "KUBENOVA_COMPONENT_DRIVER", value_enum, default_value_t = DriverKind::Helm, global = true)]
     pub component_driver: DriverKind,
     /// CRD folders of the simulated driver (one sub-folder per component).
-    #[arg(long, env = "KUBENOVA_SIMULATED_CRDS_DIR")]
+    #[arg(long, env = "KUBENOVA_SIMULATED_CRDS_DIR", global = true)]
     pub simulated_crds_dir: Option<PathBuf>,
     /// The helm binary.
-    #[arg(long, env = "KUBENOVA_HELM", default_value = "helm")]
+    #[arg(long, env = "KUBENOVA_HELM", default_value = "helm", global = true)]
     pub helm: PathBuf,
     /// Folder of baked chart archives.
-    #[arg(long, env = "KUBENOVA_CHARTS_DIR", default_value = "/charts")]
+    #[arg(
+        long,
+        env = "KUBENOVA_CHARTS_DIR",
+        default_value = "/charts",
+        global = true
+    )]
     pub charts_dir: PathBuf,
     /// Per-component install timeout in seconds.
-    #[arg(long, env = "KUBENOVA_INSTALL_TIMEOUT", default_value_t = 600)]
+    #[arg(
+        long,
+        env = "KUBENOVA_INSTALL_TIMEOUT",
+        default_value_t = 600,
+        global = true
+    )]
     pub install_timeout: u64,
     /// Run helm as this ServiceAccount of the system namespace (normally
     /// `kubenova-installer`, bound to cluster-admin; created by the manager's bootstrap
     /// with `--operator-helm-installer`): before each install the operator requests a
     /// short-lived token for it (TokenRequest) and hands helm a private kubeconfig file.
     /// Default: helm runs with the operator's own (least-privilege) identity.
-    #[arg(long, env = kubenova_reconcile::manifests::ENV_INSTALLER_SERVICE_ACCOUNT)]
+    #[arg(long, env = kubenova_reconcile::manifests::ENV_INSTALLER_SERVICE_ACCOUNT, global = true)]
     pub installer_service_account: Option<String>,
 }
 

@@ -117,7 +117,7 @@ async fn operator_binary_against_testkit_binary() {
         .env("KUBENOVA_KUBECONFIG", &kubeconfig)
         .env("KUBENOVA_LISTEN", format!("127.0.0.1:{port}"))
         .env("KUBENOVA_CONCURRENCY", "4")
-        .env("RUST_LOG", "info")
+        .env("KUBENOVA_LOG", "info")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

@@ -83,7 +83,7 @@ impl Operator {
             .env("KUBENOVA_LEADER_ELECTION", "true")
             .env("KUBENOVA_LEASE_DURATION", LEASE_SECONDS.to_string())
             .env("POD_NAME", name)
-            .env("RUST_LOG", "info")
+            .env("KUBENOVA_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()

@@ -20,6 +20,9 @@ use std::time::Duration;
 struct Cli {
     #[command(subcommand)]
     command: Top,
+    /// Logging (`--log-format`; `KUBENOVA_LOG`, default `warn`; `KUBENOVA_LOG_FORMAT`).
+    #[command(flatten)]
+    log: kubenova_telemetry::LogArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -156,6 +159,7 @@ async fn token(args: TokenArgs) -> Result<String, Failure> {
         body["ttl"] = serde_json::json!(t);
     }
     let url = format!("{base}/api/v1/tenants/{}/token", args.tenant);
+    tracing::debug!(%url, role = %args.role, project = ?args.project, cluster = ?args.cluster, "requesting a token");
     let resp = client
         .post(&url)
         .bearer_auth(bearer)
@@ -164,6 +168,7 @@ async fn token(args: TokenArgs) -> Result<String, Failure> {
         .await
         .map_err(|e| Failure(format!("cannot reach the manager at {base}: {e}")))?;
     let status = resp.status();
+    tracing::debug!(%status, "the manager answered");
     let text = resp.text().await?;
     let json: serde_json::Value = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
     if !status.is_success() {
@@ -191,6 +196,11 @@ async fn token(args: TokenArgs) -> Result<String, Failure> {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Quiet by default: kubectl shows an exec plugin's stderr to its user.
+    if let Err(e) = kubenova_telemetry::init(&cli.log, "warn") {
+        let _ = writeln!(std::io::stderr(), "kubenova: {e}");
+        return ExitCode::from(2);
+    }
     let res = match cli.command {
         Top::Auth(AuthCmd::Token(args)) => token(args).await,
     };

@@ -230,6 +230,16 @@ impl Flow {
         out
     }
 
+    /// Stops everything it started, each with SIGTERM (waiting for it to finish): the
+    /// operator, the manager, then the emulated cluster. Blocks.
+    pub fn shutdown(&mut self) {
+        if let Some(o) = self.operator.as_mut() {
+            o.stop();
+        }
+        self.manager.proc.stop();
+        self.testkit.proc.stop();
+    }
+
     /// Stops the manager (SIGTERM).
     pub fn stop_manager(&mut self) {
         self.manager.proc.stop();

@@ -163,6 +163,51 @@ impl Drop for Proc {
     }
 }
 
+/// The conditions of a REST status (`status.conditions`) as readable lines, one per
+/// condition: `Ready=True  Reconciled  all objects applied` (type=status, reason, message;
+/// empty parts left out).
+///
+/// ```
+/// let c = serde_json::json!([{"type": "Ready", "status": "True", "reason": "Reconciled",
+///     "message": "all objects applied", "lastTransitionTime": "2026-01-01T00:00:00Z"}]);
+/// assert_eq!(kubenova_demo::condition_lines(&c), ["Ready=True  Reconciled  all objects applied"]);
+/// ```
+pub fn condition_lines(conditions: &Value) -> Vec<String> {
+    let Some(items) = conditions.as_array() else {
+        return vec![];
+    };
+    items
+        .iter()
+        .map(|c| {
+            let text = |k: &str| c[k].as_str().unwrap_or_default().trim().to_string();
+            let mut parts = vec![format!("{}={}", text("type"), text("status"))];
+            parts.extend(
+                [text("reason"), text("message")]
+                    .into_iter()
+                    .filter(|p| !p.is_empty()),
+            );
+            parts.join("  ")
+        })
+        .collect()
+}
+
+/// The components of a cluster's capabilities (`GET …/capabilities`) as readable lines:
+/// `capsule 0.14.6  ready`.
+pub fn component_lines(capabilities: &Value) -> Vec<String> {
+    capabilities["components"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|c| {
+                    let text = |k: &str| c[k].as_str().unwrap_or("?").to_string();
+                    format!("{} {}  {}", text("name"), text("version"), text("phase"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Polls `f` every 100 ms until it returns `Some`, or fails after `timeout` naming `what`.
 pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> anyhow::Result<T>
 where
@@ -210,7 +255,7 @@ impl Testkit {
             "--kubeconfig",
         ])
         .arg(&kubeconfig)
-        .env("RUST_LOG", "warn");
+        .env("KUBENOVA_LOG", "warn");
         let proc = Proc::spawn("kubenova-testkit", cmd, |_| {})?;
         let kc = kubeconfig.clone();
         wait_for("the testkit kubeconfig", Duration::from_secs(30), || {
@@ -264,6 +309,9 @@ impl Manager {
             .env("DATABASE_URL", database_url)
             .env("KUBENOVA_DATA_DIR", data_dir)
             .env("KUBENOVA_LOG", "info")
+            // JSON lines, whatever the caller's environment says: the `listening` line
+            // is found by its `fields.message`.
+            .env("KUBENOVA_LOG_FORMAT", "json")
             .args(["serve", "--listen", &format!("127.0.0.1:{port}")]);
         for (k, v) in env {
             cmd.env(k, v);
@@ -421,7 +469,7 @@ pub async fn start_operator_from_deployment(
     cmd.args(c.args.clone().unwrap_or_default())
         .envs(&env)
         .env("KUBENOVA_KUBECONFIG", kubeconfig)
-        .env("RUST_LOG", "info");
+        .env("KUBENOVA_LOG", "info");
     for (k, v) in extra_env {
         cmd.env(k, v);
     }

@@ -614,7 +614,7 @@ impl Authenticator {
             source_ip: String::new(),
             details: Some(serde_json::json!({
                 "subject": BOOTSTRAP_SUBJECT, "roles": ["admin"], "jti": minted.jti,
-                "expiresAt": minted.expires_at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+                "expiresAt": rfc3339(minted.expires_at),
             })),
         };
         if let Err(e) = store.append_audit(&event).await {
@@ -622,11 +622,18 @@ impl Authenticator {
         }
         tracing::info!(
             path = %path.display(),
-            expires_at = %minted.expires_at,
+            expires_at = %rfc3339(minted.expires_at),
             "first start: wrote a bootstrap admin token (mode 0600); use it to mint your own tokens with POST /api/v1/tokens, then delete the file"
         );
         Ok(Some(path))
     }
+}
+
+/// A time as RFC 3339 (UTC), the way log lines and audit details show times.
+pub fn rfc3339(at: OffsetDateTime) -> String {
+    at.to_offset(time::UtcOffset::UTC)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 fn dev_principal() -> Principal {

@@ -1,0 +1,337 @@
+//! # kubenova-telemetry
+//!
+//! One logging convention for every KubeNova binary (`kubenova-manager`,
+//! `kubenova-operator`, `kubenova`, `kubenova-testkit`, `kubenova-demo`): each calls
+//! [`init`] once at start, with the [`LogArgs`] it flattens into its command line.
+//!
+//! - **Where**: stderr (stdout is the command's output).
+//! - **Format**: `--log-format json|text`, else `KUBENOVA_LOG_FORMAT=json|text`, else
+//!   human-readable text when stderr is a terminal and JSON lines when it is not (a file,
+//!   a pipe, a container's log).
+//! - **Colours**: ANSI escape codes only in text on a terminal, and never when `NO_COLOR`
+//!   is set to a non-empty value.
+//! - **Timestamps**: RFC 3339 in UTC with microseconds, `2026-01-31T12:00:00.123456Z`.
+//! - **Filter**: `KUBENOVA_LOG` (a `tracing` filter such as `info` or
+//!   `info,kubenova::access=warn`); when it is unset or empty, `RUST_LOG`; else the
+//!   binary's default. An invalid filter or format is an error naming the variable.
+//!
+//! A JSON line is `{"timestamp","level","fields":{"message",…},"target","span"?,"spans"?}`
+//! (the `tracing-subscriber` JSON shape; tools such as the demo find a line by
+//! `fields.message`).
+//!
+//! Libraries log through `tracing` only and never depend on this crate.
+//!
+//! ```
+//! use kubenova_telemetry::{Environment, LogFormat, LogSettings};
+//! // What a binary whose stderr is a pipe does without any variable set:
+//! let env = Environment { stderr_is_terminal: false, ..Environment::default() };
+//! let s = LogSettings::decide(None, &env, "info").unwrap();
+//! assert_eq!((s.format, s.ansi, s.filter.as_str()), (LogFormat::Json, false, "info"));
+//! ```
+
+#[cfg(feature = "test-support")]
+pub mod test_support;
+
+use std::fmt;
+use std::io::IsTerminal as _;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::FormatTime;
+
+/// The variable holding the log filter.
+pub const FILTER_VAR: &str = "KUBENOVA_LOG";
+/// The filter variable honoured when [`FILTER_VAR`] is unset or empty.
+pub const FALLBACK_FILTER_VAR: &str = "RUST_LOG";
+/// The variable choosing the log format (`json` or `text`).
+pub const FORMAT_VAR: &str = "KUBENOVA_LOG_FORMAT";
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines: `2026-01-31T12:00:00.123456Z  INFO target: message key=value`.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    /// Parses `json` or `text` (any case, surrounding spaces ignored).
+    pub fn parse(s: &str) -> Option<LogFormat> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "json" => Some(LogFormat::Json),
+            "text" => Some(LogFormat::Text),
+            _ => None,
+        }
+    }
+
+    /// `json` or `text`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        }
+    }
+}
+
+/// The logging option every binary flattens into its command line (global: it may stand
+/// before or after a subcommand).
+#[derive(Debug, Clone, Default, clap::Args)]
+#[command(next_help_heading = "Logging")]
+pub struct LogArgs {
+    /// Log format on stderr: `text` or `json` (one object per line). Default:
+    /// `KUBENOVA_LOG_FORMAT`, else text on a terminal and JSON otherwise. The filter is
+    /// `KUBENOVA_LOG` (else `RUST_LOG`), e.g. `info,kubenova::access=warn`.
+    #[arg(long, value_enum, value_name = "FORMAT", global = true)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// A logging variable with an unusable value.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The format variable is neither `json` nor `text`.
+    #[error("{var}={value:?} is not a log format: use json or text")]
+    Format {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+    },
+    /// The filter does not parse.
+    #[error(
+        "{var}={value:?} is not a log filter ({reason}); write e.g. info, warn or info,kubenova::access=warn"
+    )]
+    Filter {
+        /// The variable (or `default` for the binary's own default).
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// What the parser said.
+        reason: String,
+    },
+}
+
+/// The inputs of the decision: the logging variables and whether stderr is a terminal.
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    /// `KUBENOVA_LOG`.
+    pub kubenova_log: Option<String>,
+    /// `RUST_LOG`.
+    pub rust_log: Option<String>,
+    /// `KUBENOVA_LOG_FORMAT`.
+    pub log_format: Option<String>,
+    /// `NO_COLOR` set to a non-empty value.
+    pub no_color: bool,
+    /// Whether stderr is a terminal.
+    pub stderr_is_terminal: bool,
+}
+
+impl Environment {
+    /// This process's variables and stderr.
+    pub fn current() -> Environment {
+        let var = |name: &str| std::env::var(name).ok();
+        Environment {
+            kubenova_log: var(FILTER_VAR),
+            rust_log: var(FALLBACK_FILTER_VAR),
+            log_format: var(FORMAT_VAR),
+            no_color: var("NO_COLOR").is_some_and(|v| !v.is_empty()),
+            stderr_is_terminal: std::io::stderr().is_terminal(),
+        }
+    }
+}
+
+/// What [`init`] installs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    /// The format.
+    pub format: LogFormat,
+    /// Whether ANSI escape codes (colours) are written.
+    pub ansi: bool,
+    /// The filter.
+    pub filter: String,
+    /// Where the filter came from: [`FILTER_VAR`], [`FALLBACK_FILTER_VAR`] or `default`.
+    pub filter_source: &'static str,
+}
+
+fn non_empty(v: &Option<String>) -> Option<&str> {
+    v.as_deref().map(str::trim).filter(|v| !v.is_empty())
+}
+
+impl LogSettings {
+    /// Decides format, colours and filter (see the crate documentation): the flag wins over
+    /// `KUBENOVA_LOG_FORMAT`, which wins over the terminal test; `KUBENOVA_LOG` wins over
+    /// `RUST_LOG`, which wins over `default_filter`.
+    pub fn decide(
+        flag: Option<LogFormat>,
+        env: &Environment,
+        default_filter: &str,
+    ) -> Result<LogSettings, TelemetryError> {
+        let format = match (flag, non_empty(&env.log_format)) {
+            (Some(f), _) => f,
+            (None, Some(v)) => LogFormat::parse(v).ok_or_else(|| TelemetryError::Format {
+                var: FORMAT_VAR,
+                value: v.to_string(),
+            })?,
+            (None, None) if env.stderr_is_terminal => LogFormat::Text,
+            (None, None) => LogFormat::Json,
+        };
+        let (filter, filter_source) = match (non_empty(&env.kubenova_log), non_empty(&env.rust_log))
+        {
+            (Some(f), _) => (f, FILTER_VAR),
+            (None, Some(f)) => (f, FALLBACK_FILTER_VAR),
+            (None, None) => (default_filter, "default"),
+        };
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(filter) {
+            return Err(TelemetryError::Filter {
+                var: filter_source,
+                value: filter.to_string(),
+                reason: e.to_string(),
+            });
+        }
+        Ok(LogSettings {
+            format,
+            ansi: format == LogFormat::Text && env.stderr_is_terminal && !env.no_color,
+            filter: filter.to_string(),
+            filter_source,
+        })
+    }
+}
+
+/// RFC 3339 timestamps in UTC with microseconds: `2026-01-31T12:00:00.123456Z`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rfc3339Utc;
+
+impl FormatTime for Rfc3339Utc {
+    fn format_time(&self, w: &mut Writer<'_>) -> fmt::Result {
+        w.write_str(&rfc3339_utc(time::OffsetDateTime::now_utc()))
+    }
+}
+
+/// `at` in UTC as RFC 3339 with microseconds (the timestamp of every log line; also the
+/// way to log a time as a field).
+pub fn rfc3339_utc(at: time::OffsetDateTime) -> String {
+    let at = at.to_offset(time::UtcOffset::UTC);
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+    );
+    at.format(&format).unwrap_or_else(|_| at.to_string())
+}
+
+/// Installs the global subscriber of a binary by the convention (see the crate
+/// documentation); `default_filter` applies when neither `KUBENOVA_LOG` nor `RUST_LOG` is
+/// set. Returns what it installed. A second call (a subscriber is already set) changes
+/// nothing.
+pub fn init(args: &LogArgs, default_filter: &str) -> Result<LogSettings, TelemetryError> {
+    let settings = LogSettings::decide(args.log_format, &Environment::current(), default_filter)?;
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .parse(&settings.filter)
+        .map_err(|e| TelemetryError::Filter {
+            var: settings.filter_source,
+            value: settings.filter.clone(),
+            reason: e.to_string(),
+        })?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_timer(Rfc3339Utc);
+    let _already_set = match settings.format {
+        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+        LogFormat::Text => builder.with_ansi(settings.ansi).try_init(),
+    };
+    Ok(settings)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn env(terminal: bool) -> Environment {
+        Environment {
+            stderr_is_terminal: terminal,
+            ..Environment::default()
+        }
+    }
+
+    #[test]
+    fn text_with_colours_on_a_terminal_json_elsewhere() {
+        let s = LogSettings::decide(None, &env(true), "info").unwrap();
+        assert_eq!((s.format, s.ansi), (LogFormat::Text, true));
+        let s = LogSettings::decide(None, &env(false), "info").unwrap();
+        assert_eq!((s.format, s.ansi), (LogFormat::Json, false));
+    }
+
+    #[test]
+    fn the_flag_wins_over_the_variable_which_wins_over_the_terminal() {
+        let mut e = env(true);
+        e.log_format = Some("JSON".into());
+        let s = LogSettings::decide(None, &e, "info").unwrap();
+        assert_eq!((s.format, s.ansi), (LogFormat::Json, false));
+        let s = LogSettings::decide(Some(LogFormat::Text), &e, "info").unwrap();
+        assert_eq!((s.format, s.ansi), (LogFormat::Text, true));
+        // Text asked for where stderr is not a terminal: no escape codes.
+        let mut e = env(false);
+        e.log_format = Some("text".into());
+        let s = LogSettings::decide(None, &e, "info").unwrap();
+        assert_eq!((s.format, s.ansi), (LogFormat::Text, false));
+    }
+
+    #[test]
+    fn no_color_turns_colours_off() {
+        let mut e = env(true);
+        e.no_color = true;
+        let s = LogSettings::decide(None, &e, "info").unwrap();
+        assert_eq!((s.format, s.ansi), (LogFormat::Text, false));
+    }
+
+    #[test]
+    fn kubenova_log_then_rust_log_then_the_default() {
+        let mut e = env(false);
+        assert_eq!(
+            LogSettings::decide(None, &e, "warn").unwrap().filter_source,
+            "default"
+        );
+        e.rust_log = Some("debug".into());
+        let s = LogSettings::decide(None, &e, "warn").unwrap();
+        assert_eq!((s.filter.as_str(), s.filter_source), ("debug", "RUST_LOG"));
+        e.kubenova_log = Some("info,kubenova::access=warn".into());
+        let s = LogSettings::decide(None, &e, "warn").unwrap();
+        assert_eq!(
+            (s.filter.as_str(), s.filter_source),
+            ("info,kubenova::access=warn", "KUBENOVA_LOG")
+        );
+        // Empty counts as unset.
+        e.kubenova_log = Some(" ".into());
+        assert_eq!(
+            LogSettings::decide(None, &e, "warn").unwrap().filter_source,
+            "RUST_LOG"
+        );
+    }
+
+    #[test]
+    fn bad_values_are_errors_naming_the_variable() {
+        let mut e = env(false);
+        e.log_format = Some("xml".into());
+        let err = LogSettings::decide(None, &e, "info")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("KUBENOVA_LOG_FORMAT=\"xml\""), "{err}");
+        assert!(err.contains("json or text"), "{err}");
+        let mut e = env(false);
+        e.kubenova_log = Some("info,[".into());
+        let err = LogSettings::decide(None, &e, "info")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("KUBENOVA_LOG=\"info,[\""), "{err}");
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_microseconds() {
+        let at = time::macros::datetime!(2026-12-08 7:19:27.5 +02:00);
+        assert_eq!(rfc3339_utc(at), "2026-12-08T05:19:27.500000Z");
+        let parsed = time::OffsetDateTime::parse(
+            &rfc3339_utc(at),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap();
+        assert_eq!(parsed, at);
+    }
+}
