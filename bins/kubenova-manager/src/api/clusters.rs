@@ -9,7 +9,8 @@ use super::AppState;
 use super::authz::Access;
 use super::error::{ApiError, ApiResult};
 use super::extract::{
-    Audited, Ctx, KnJson, ListQuery, bytes_response, check_if_match, json_response,
+    Audited, Ctx, JsonOrYaml, ListQuery, bytes_response, check_if_match, if_match, json_response,
+    parse_json,
 };
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
@@ -160,6 +161,36 @@ pub struct BootstrapAccepted {
     pub cluster: Cluster,
 }
 
+/// Query parameters of a raw kubeconfig upload (`POST /clusters` with
+/// `Content-Type: application/yaml`): what the JSON body would carry besides the kubeconfig.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ClusterUploadQuery {
+    /// Raw kubeconfig uploads only (required there): the cluster name (DNS-1123 label).
+    pub name: Option<String>,
+    /// Raw kubeconfig uploads only: datacenter/region name.
+    pub datacenter: Option<String>,
+    /// Raw kubeconfig uploads only: labels as `key=value[,key=value…]`, e.g. `env=prod,team=core`.
+    pub labels: Option<String>,
+    /// Raw kubeconfig uploads only: the Capsule Proxy base URL, if known before the operator reports it.
+    pub capsule_proxy_endpoint: Option<String>,
+}
+
+/// `PUT /clusters/{id}/kubeconfig` with JSON: the new kubeconfig.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"kubeconfig": KUBECONFIG_B64_EXAMPLE}))]
+pub struct KubeconfigReplacement {
+    /// The cluster's new kubeconfig, base64 or raw YAML, checked like at registration.
+    pub kubeconfig: String,
+}
+
+/// No query parameters at all.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoQuery {}
+
 const DELIVERED_BY_AGENT: &str = "the request is recorded on the cluster (component phase `requested`); the cluster's operator \
      receives it with its next desired-state poll (a waiting poll returns at once), marks it `installing`, and reports the \
      outcome in its heartbeats (see GET /clusters/{id}/capabilities)";
@@ -173,6 +204,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_clusters, create_cluster))
         .routes(routes!(get_cluster, delete_cluster))
+        .routes(routes!(replace_kubeconfig))
         .routes(routes!(get_capabilities))
         .routes(routes!(bootstrap_component))
         .routes(routes!(refresh_cluster))
@@ -231,11 +263,18 @@ async fn list_clusters(State(st): State<AppState>, ctx: Ctx, uri: Uri) -> ApiRes
     path = "/api/v1/clusters",
     tag = "clusters",
     operation_id = "createCluster",
-    request_body(content = ClusterSpec, description = "Name, datacenter, labels and the cluster's kubeconfig (base64 or raw YAML). \
+    params(ClusterUploadQuery),
+    request_body(description = "Either JSON (`application/json`): name, datacenter, labels and the cluster's kubeconfig (base64 or raw YAML) in the body, no query parameters; \
+        or the raw kubeconfig itself (`application/yaml` or `application/x-yaml`, e.g. `kubectl config view --raw --minify | curl --data-binary @- …`) \
+        with `name` (required), `datacenter`, `labels` (`key=value,…`) and `capsuleProxyEndpoint` as query parameters. \
         The kubeconfig must name a current context whose cluster has an https server and whose user has a token or client certificate; \
         `insecure-skip-tls-verify: true`, exec plugins and file references are refused.",
-        example = json!({"name": "prod-eu-1", "datacenter": "eu-west", "labels": {"env": "prod"},
-            "kubeconfig": "YXBpVmVyc2lvbjogdjEKa2luZDogQ29uZmlnCmNsdXN0ZXJzOgotIG5hbWU6IHByb2QKICBjbHVzdGVyOgogICAgc2VydmVyOiBodHRwczovLzEwLjAuMC4xOjY0NDMKICAgIGNlcnRpZmljYXRlLWF1dGhvcml0eS1kYXRhOiBMUzB0TFMxQ1JVZEpUZz09CmNvbnRleHRzOgotIG5hbWU6IHByb2QKICBjb250ZXh0OgogICAgY2x1c3RlcjogcHJvZAogICAgdXNlcjogYWRtaW4KY3VycmVudC1jb250ZXh0OiBwcm9kCnVzZXJzOgotIG5hbWU6IGFkbWluCiAgdXNlcjoKICAgIHRva2VuOiBleGFtcGxlCg=="})),
+        content(
+            (ClusterSpec = "application/json", example = json!({"name": "prod-eu-1", "datacenter": "eu-west", "labels": {"env": "prod"},
+                "kubeconfig": KUBECONFIG_B64_EXAMPLE})),
+            (String = "application/yaml", example = json!(KUBECONFIG_EXAMPLE)),
+            (String = "application/x-yaml", example = json!(KUBECONFIG_EXAMPLE)),
+        )),
     responses(
         (status = 201, description = "Registered; status `pending_bootstrap`. `Location` names the cluster, `ETag` its version.", body = Cluster,
             headers(("Location" = String, description = "URL of the cluster"), ("ETag" = String, description = "Record version")),
@@ -244,7 +283,7 @@ async fn list_clusters(State(st): State<AppState>, ctx: Ctx, uri: Uri) -> ApiRes
                 "capabilities": {"certManager": false, "capsule": false, "capsuleProxy": false, "kubeVela": false},
                 "components": [], "conditions": [], "version": 1,
                 "createdAt": "2026-01-01T00:00:00Z", "updatedAt": "2026-01-01T00:00:00Z"})),
-        (status = 400, description = "Malformed JSON", body = ErrorBody,
+        (status = 400, description = "Malformed JSON, an unknown query parameter, or query parameters with a JSON body", body = ErrorBody,
             example = json!({"code": "KN-400", "message": "malformed JSON: EOF while parsing an object at line 1 column 9"})),
         (status = 401, description = "No or invalid bearer token", body = ErrorBody,
             example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
@@ -252,8 +291,10 @@ async fn list_clusters(State(st): State<AppState>, ctx: Ctx, uri: Uri) -> ApiRes
             example = json!({"code": "KN-403", "message": "this operation needs one of the roles admin, ops"})),
         (status = 409, description = "A cluster with this name exists", body = ErrorBody,
             example = json!({"code": "KN-409", "message": "a cluster named \"prod-eu-1\" already exists"})),
-        (status = 415, description = "Body is not JSON", body = ErrorBody,
-            example = json!({"code": "KN-415", "message": "expected Content-Type: application/json, got \"text/plain\""})),
+        (status = 413, description = "The body exceeds the body limit", body = ErrorBody,
+            example = json!({"code": "KN-413", "message": "the request body exceeds the size limit"})),
+        (status = 415, description = "Body is neither JSON nor a raw kubeconfig (application/yaml, application/x-yaml)", body = ErrorBody,
+            example = json!({"code": "KN-415", "message": "expected Content-Type: application/json, or application/yaml (application/x-yaml) with the raw kubeconfig, got \"text/plain\""})),
         (status = 422, description = "Invalid name, labels or kubeconfig (e.g. insecure-skip-tls-verify)", body = ErrorBody,
             example = json!({"code": "KN-422", "message": "validation failed: kubeconfig.clusters[0].cluster.insecure-skip-tls-verify: must not be true",
                 "details": {"violations": [{"field": "kubeconfig.clusters[0].cluster.insecure-skip-tls-verify",
@@ -264,14 +305,38 @@ async fn list_clusters(State(st): State<AppState>, ctx: Ctx, uri: Uri) -> ApiRes
 async fn create_cluster(
     State(st): State<AppState>,
     ctx: Ctx,
-    KnJson(spec): KnJson<ClusterSpec>,
+    uri: Uri,
+    body: Result<JsonOrYaml, ApiError>,
 ) -> ApiResult<Response> {
     ctx.principal.check_clusters(Access::Write)?;
     if let Some(replay) = ctx.replay() {
         return Ok(replay);
     }
+    let q: ClusterUploadQuery = query(&uri)?;
+    let spec = match body? {
+        JsonOrYaml::Json(bytes) => {
+            let given: Vec<&str> = [
+                ("name", q.name.is_some()),
+                ("datacenter", q.datacenter.is_some()),
+                ("labels", q.labels.is_some()),
+                ("capsuleProxyEndpoint", q.capsule_proxy_endpoint.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(n, set)| set.then_some(n))
+            .collect();
+            if !given.is_empty() {
+                return Err(ApiError::bad_request(format!(
+                    "query parameters ({}) are read only with a raw kubeconfig upload (Content-Type: application/yaml); \
+                     with a JSON body, send them in the body",
+                    given.join(", ")
+                )));
+            }
+            parse_json::<ClusterSpec>(&bytes)?
+        }
+        JsonOrYaml::Yaml(bytes) => upload_spec(q, &bytes)?,
+    };
     spec.validate()?;
-    let kubeconfig = check_kubeconfig(&spec.kubeconfig)?;
+    let kubeconfig = zeroize::Zeroizing::new(check_kubeconfig(&spec.kubeconfig)?);
     let now = OffsetDateTime::now_utc();
     let cluster = Cluster {
         id: ClusterId::new(),
@@ -897,8 +962,204 @@ async fn refresh_cluster(
 }
 
 // ---------------------------------------------------------------------------------
-// Kubeconfig checks
+// Kubeconfig uploads and checks
 // ---------------------------------------------------------------------------------
+
+/// The base64 kubeconfig of the OpenAPI examples of JSON bodies.
+const KUBECONFIG_B64_EXAMPLE: &str = "YXBpVmVyc2lvbjogdjEKa2luZDogQ29uZmlnCmNsdXN0ZXJzOgotIG5hbWU6IHByb2QKICBjbHVzdGVyOgogICAgc2VydmVyOiBodHRwczovLzEwLjAuMC4xOjY0NDMKICAgIGNlcnRpZmljYXRlLWF1dGhvcml0eS1kYXRhOiBMUzB0TFMxQ1JVZEpUZz09CmNvbnRleHRzOgotIG5hbWU6IHByb2QKICBjb250ZXh0OgogICAgY2x1c3RlcjogcHJvZAogICAgdXNlcjogYWRtaW4KY3VycmVudC1jb250ZXh0OiBwcm9kCnVzZXJzOgotIG5hbWU6IGFkbWluCiAgdXNlcjoKICAgIHRva2VuOiBleGFtcGxlCg==";
+
+/// A kubeconfig shown in the OpenAPI examples of raw uploads.
+const KUBECONFIG_EXAMPLE: &str = "apiVersion: v1\nkind: Config\nclusters:\n- name: prod\n  cluster:\n    server: https://10.0.0.1:6443\n    certificate-authority-data: LS0tLS1CRUdJTi...\ncontexts:\n- name: prod\n  context:\n    cluster: prod\n    user: admin\ncurrent-context: prod\nusers:\n- name: admin\n  user:\n    token: example\n";
+
+/// The kubeconfig text of a raw upload (KN-422 when it is not UTF-8).
+fn upload_text(bytes: &[u8]) -> Result<String, ValidationError> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| {
+        ValidationError::single(
+            "kubeconfig",
+            "the uploaded kubeconfig is not UTF-8 text; upload the kubeconfig file itself",
+        )
+    })
+}
+
+/// `key=value[,key=value…]` of the `labels` query parameter.
+fn parse_labels(raw: &str) -> Result<std::collections::BTreeMap<String, String>, ValidationError> {
+    let mut v = Validator::new();
+    let mut labels = std::collections::BTreeMap::new();
+    for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some((k, val)) if !k.trim().is_empty() => {
+                if labels
+                    .insert(k.trim().to_string(), val.trim().to_string())
+                    .is_some()
+                {
+                    v.push("labels", format!("label {:?} is given twice", k.trim()));
+                }
+            }
+            _ => v.push(
+                "labels",
+                format!("{pair:?} is not key=value: write labels as key=value[,key=value…], e.g. env=prod,team=core"),
+            ),
+        }
+    }
+    v.finish()?;
+    Ok(labels)
+}
+
+/// The registration of a raw kubeconfig upload: the body is the kubeconfig, the rest comes
+/// from the query string.
+fn upload_spec(q: ClusterUploadQuery, bytes: &[u8]) -> Result<ClusterSpec, ValidationError> {
+    let Some(name) = q.name else {
+        return Err(ValidationError::single(
+            "name",
+            "is required: a raw kubeconfig upload names the cluster with the query parameter ?name=<cluster name>",
+        ));
+    };
+    Ok(ClusterSpec {
+        name,
+        datacenter: q.datacenter.unwrap_or_default(),
+        labels: match &q.labels {
+            Some(raw) => parse_labels(raw)?,
+            None => Default::default(),
+        },
+        kubeconfig: upload_text(bytes)?,
+        capsule_proxy_endpoint: q.capsule_proxy_endpoint,
+    })
+}
+
+/// The checks of a kubeconfig sent on its own (the replacement): not empty, at most 512 KiB,
+/// then [`check_kubeconfig`]. Returns the text to store.
+fn check_replacement(kubeconfig: &str) -> Result<Vec<u8>, ValidationError> {
+    if kubeconfig.trim().is_empty() {
+        return Err(ValidationError::single(
+            "kubeconfig",
+            "must not be empty: send the cluster's kubeconfig (base64 or YAML)",
+        ));
+    }
+    if kubeconfig.len() > 512 * 1024 {
+        return Err(ValidationError::single(
+            "kubeconfig",
+            "must be at most 512 KiB",
+        ));
+    }
+    check_kubeconfig(kubeconfig)
+}
+
+/// Replaces a registered cluster's kubeconfig (validated like at registration, stored envelope-encrypted, never returned); the next bootstrap uses it.
+#[utoipa::path(
+    put,
+    path = "/api/v1/clusters/{clusterID}/kubeconfig",
+    tag = "clusters",
+    operation_id = "replaceClusterKubeconfig",
+    params(("clusterID" = String, Path, description = "Cluster id (UUID)"),
+        ("If-Match" = Option<String>, Header, description = "ETag the client read; KN-412 when stale")),
+    request_body(description = "The cluster's new kubeconfig: JSON `{\"kubeconfig\": \"<base64 or YAML>\"}`, or the raw kubeconfig \
+        (`application/yaml` or `application/x-yaml`). Checked exactly like at registration.",
+        content(
+            (KubeconfigReplacement = "application/json", example = json!({"kubeconfig": KUBECONFIG_B64_EXAMPLE})),
+            (String = "application/yaml", example = json!(KUBECONFIG_EXAMPLE)),
+            (String = "application/x-yaml", example = json!(KUBECONFIG_EXAMPLE)),
+        )),
+    responses(
+        (status = 200, description = "Replaced: the cluster (never the kubeconfig) with the condition `KubeconfigReplaced`; `ETag` is its new version. \
+            The next `bootstrap/operator` uses the new kubeconfig.", body = Cluster,
+            headers(("ETag" = String, description = "New record version"))),
+        (status = 400, description = "Malformed JSON, a non-UUID id, a query parameter, or an If-Match that is not an ETag", body = ErrorBody,
+            example = json!({"code": "KN-400", "message": "cluster id \"abc\" is not a UUID"})),
+        (status = 401, description = "No or invalid bearer token", body = ErrorBody,
+            example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
+        (status = 403, description = "Only admin and ops replace a cluster's kubeconfig", body = ErrorBody,
+            example = json!({"code": "KN-403", "message": "this operation needs one of the roles admin, ops"})),
+        (status = 404, description = "No such cluster", body = ErrorBody,
+            example = json!({"code": "KN-404", "message": "cluster \"11111111-1111-1111-1111-111111111111\" not found"})),
+        (status = 412, description = "If-Match is stale", body = ErrorBody,
+            example = json!({"code": "KN-412", "message": "cluster \"11111111-1111-1111-1111-111111111111\" is at version 3, not 2: it changed since you read it; re-read and retry",
+                "details": {"expectedVersion": 2, "currentVersion": 3}})),
+        (status = 413, description = "The body exceeds the body limit", body = ErrorBody,
+            example = json!({"code": "KN-413", "message": "the request body exceeds the size limit"})),
+        (status = 415, description = "Body is neither JSON nor a raw kubeconfig", body = ErrorBody,
+            example = json!({"code": "KN-415", "message": "expected Content-Type: application/json, or application/yaml (application/x-yaml) with the raw kubeconfig, got \"text/plain\""})),
+        (status = 422, description = "The kubeconfig is invalid (the same checks as at registration), or an unknown field", body = ErrorBody,
+            example = json!({"code": "KN-422", "message": "validation failed: kubeconfig.clusters[0].cluster.insecure-skip-tls-verify: must not be true",
+                "details": {"violations": [{"field": "kubeconfig.clusters[0].cluster.insecure-skip-tls-verify",
+                    "reason": "must not be true: the manager verifies the cluster's certificate; embed its CA in certificate-authority-data"}]}})),
+    ),
+    security(("bearerAuth" = []))
+)]
+async fn replace_kubeconfig(
+    State(st): State<AppState>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    uri: Uri,
+    Path(id): Path<String>,
+    body: Result<JsonOrYaml, ApiError>,
+) -> ApiResult<Response> {
+    ctx.principal.check_clusters(Access::Write)?;
+    let id: ClusterId = parse_id("cluster", &id)?;
+    let _: NoQuery = query(&uri)?;
+    let pinned = if_match(&headers)?;
+    let text = match body? {
+        JsonOrYaml::Json(bytes) => parse_json::<KubeconfigReplacement>(&bytes)?.kubeconfig,
+        JsonOrYaml::Yaml(bytes) => upload_text(&bytes)?,
+    };
+    let text = zeroize::Zeroizing::new(text);
+    let kubeconfig = zeroize::Zeroizing::new(check_replacement(&text)?);
+    // Without If-Match the caller replaces the kubeconfig of the cluster as it is now: a
+    // heartbeat that changes the record meanwhile is not the caller's conflict, so re-read
+    // and write again (a few times; then KN-412).
+    let mut attempts = 0;
+    let cluster = loop {
+        attempts += 1;
+        let mut c = st.store.get_cluster(id).await?;
+        check_if_match(&headers, "cluster", id, c.version)?;
+        let read = c.version;
+        let now = OffsetDateTime::now_utc();
+        c.version = read + 1;
+        c.updated_at = now;
+        upsert_condition(
+            &mut c.conditions,
+            Condition {
+                type_: "KubeconfigReplaced".into(),
+                status: ConditionStatus::True,
+                reason: "Replaced".into(),
+                message: format!(
+                    "kubeconfig replaced by {}; the next bootstrap/operator uses it",
+                    ctx.principal.subject
+                ),
+                last_transition_time: now,
+                observed_generation: Some(c.version),
+            },
+        );
+        let mut audit = ctx.audit("cluster.kubeconfig.replace", "cluster", id, 200);
+        audit.details = Some(json!({"name": c.name}));
+        match st
+            .store
+            .update_cluster_kubeconfig(
+                &c,
+                read,
+                &kubeconfig,
+                &WriteOptions {
+                    audit: Some(&audit),
+                    idempotency: None,
+                },
+            )
+            .await
+        {
+            Ok(()) => break c,
+            Err(kubenova_store::StoreError::PreconditionFailed { .. })
+                if pinned.is_none() && attempts < 5 => {}
+            Err(e) => return Err(e.into()),
+        }
+    };
+    tracing::info!(cluster_id = %id, name = %cluster.name, by = %ctx.principal.subject, "cluster kubeconfig replaced");
+    let c = super::agent::present(cluster, st.config.agent_heartbeat_interval);
+    Ok(json_response(
+        StatusCode::OK,
+        &c,
+        Some(c.version),
+        None,
+        true,
+    ))
+}
 
 /// Decodes (base64 or raw YAML/JSON) and checks a cluster kubeconfig; returns the text
 /// to store. Violations name fields only and never echo values (they may be secrets).
