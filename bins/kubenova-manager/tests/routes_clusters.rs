@@ -814,3 +814,248 @@ async fn every_list_replacing_put_takes_an_array_or_an_object() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------
+// Bootstrap: the URL agents are told, preconditions, and the recorded outcome
+// ---------------------------------------------------------------------------------
+
+/// Registers the testkit cluster with `app` and returns its id.
+async fn register_kit(app: &App, cluster: &kubenova_testkit::TestCluster, name: &str) -> String {
+    app.cluster_named(name, &cluster.kubeconfig_yaml()).await
+}
+
+async fn agent_secret(cluster: &kubenova_testkit::TestCluster) -> Option<String> {
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(cluster.client().unwrap(), "kubenova-system");
+    let s = secrets.get_opt("kubenova-agent").await.unwrap()?;
+    Some(String::from_utf8(s.data.unwrap()["managerUrl"].0.clone()).unwrap())
+}
+
+/// Without `--agent-manager-url` and `--external-url`, a manager listening on loopback
+/// tells the operator its own listen address, and says so; what cannot work is refused
+/// before anything is applied, with a precondition error naming the option to set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_tells_agents_a_url_they_can_use_or_says_what_to_configure() {
+    let cluster = kubenova_testkit::TestCluster::start().await.unwrap();
+    let refusals: Vec<(ServerConfig, &str)> = vec![
+        (
+            ServerConfig {
+                listen: "0.0.0.0:8080".parse().unwrap(),
+                ..ServerConfig::default()
+            },
+            "--agent-manager-url",
+        ),
+        (
+            ServerConfig {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                ..ServerConfig::default()
+            },
+            "--agent-manager-url",
+        ),
+        (
+            ServerConfig {
+                agent_manager_url: Some("http://10.1.2.3:8080".into()),
+                ..ServerConfig::default()
+            },
+            "https://",
+        ),
+        (
+            ServerConfig {
+                external_url: Some("http://kubenova.example.com".into()),
+                ..ServerConfig::default()
+            },
+            "https://",
+        ),
+        (
+            ServerConfig {
+                agent_manager_url: Some("https://kubenova.example.com".into()),
+                agent_manager_ca_file: Some("/nonexistent/manager-ca.pem".into()),
+                ..ServerConfig::default()
+            },
+            "--agent-manager-ca-file",
+        ),
+    ];
+    for (cfg, names) in refusals {
+        let app = app_with(cfg.clone()).await;
+        let id = register_kit(&app, &cluster, "kit").await;
+        let before = app.get(&format!("/api/v1/clusters/{id}")).await;
+        let r = app
+            .raw(
+                Method::POST,
+                &format!("/api/v1/clusters/{id}/bootstrap/operator"),
+                &app.admin(),
+                None,
+                "",
+                &[],
+            )
+            .await;
+        let v = r.expect_kn(StatusCode::CONFLICT, "KN-409");
+        let message = v["message"].as_str().unwrap();
+        assert!(message.contains(names), "{cfg:?}: {message}");
+        assert_eq!(v["details"]["precondition"], "manager-configuration", "{v}");
+        assert!(
+            v["details"]["option"].as_str().unwrap().starts_with("--"),
+            "{v}"
+        );
+        assert_eq!(
+            app.get(&format!("/api/v1/clusters/{id}")).await,
+            before,
+            "{cfg:?}: a refused bootstrap changes nothing"
+        );
+        assert_eq!(
+            agent_secret(&cluster).await,
+            None,
+            "{cfg:?}: nothing applied"
+        );
+        let events = app.audit_actions().await;
+        assert_eq!(
+            events.last().map(|(_, o, s)| (o.as_str(), *s)),
+            Some(("failed", Some(409))),
+            "{events:?}"
+        );
+    }
+
+    // Loopback, nothing configured: the listen address, said in the answer and the Secret.
+    let app = app().await;
+    let id = register_kit(&app, &cluster, "kit").await;
+    let r = app
+        .raw(
+            Method::POST,
+            &format!("/api/v1/clusters/{id}/bootstrap/operator"),
+            &app.admin(),
+            None,
+            "",
+            &[],
+        )
+        .await;
+    let v = r.expect(StatusCode::ACCEPTED);
+    assert_eq!(v["status"], "applied", "{v}");
+    assert_eq!(v["agentManagerUrl"], "http://127.0.0.1:8080", "{v}");
+    let message = v["message"].as_str().unwrap();
+    assert!(
+        message.contains("--listen") && message.contains("--agent-manager-url"),
+        "{message}"
+    );
+    assert_eq!(
+        agent_secret(&cluster).await.as_deref(),
+        Some("http://127.0.0.1:8080")
+    );
+
+    // The operation documents the precondition as KN-409, and no KN-503 for configuration.
+    let spec = serde_json::to_value(kubenova_manager::api::openapi()).unwrap();
+    let responses =
+        &spec["paths"]["/api/v1/clusters/{clusterID}/bootstrap/{component}"]["post"]["responses"];
+    let conflict = responses["409"].to_string();
+    assert!(conflict.contains("--agent-manager-url"), "{conflict}");
+    assert!(
+        !responses["503"].to_string().contains("--agent-manager-url"),
+        "{}",
+        responses["503"]
+    );
+}
+
+/// A failed bootstrap is answered and audited as the failure it is, with its KN code; a
+/// retry with the same Idempotency-Key tries again instead of replaying the failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_bootstrap_is_answered_and_audited_as_a_failure() {
+    let cluster = kubenova_testkit::TestCluster::start().await.unwrap();
+    let app = app_with(ServerConfig {
+        agent_manager_url: Some("https://kubenova.example.com".into()),
+        ..ServerConfig::default()
+    })
+    .await;
+    let admin = app.admin();
+    let id = register_kit(&app, &cluster, "kit").await;
+    let uri = format!("/api/v1/clusters/{id}/bootstrap/operator");
+
+    // The kubeconfig's identity may not create ClusterRoles: KN-409 naming the cause.
+    let forbid = cluster.faults().inject(
+        kubenova_testkit::Fault::writes()
+            .resource("clusterroles")
+            .status(403),
+    );
+    let r = app
+        .raw(
+            Method::POST,
+            &uri,
+            &admin,
+            None,
+            "",
+            &[("idempotency-key", "bootstrap-1")],
+        )
+        .await;
+    let v = r.expect_kn(StatusCode::CONFLICT, "KN-409");
+    assert_eq!(v["details"]["reason"], "Forbidden", "{v}");
+    assert_eq!(v["details"]["clusterStatus"], "error", "{v}");
+    let message = v["message"].as_str().unwrap();
+    assert!(
+        message.contains("403") && message.contains("PUT /api/v1/clusters/"),
+        "{message}"
+    );
+    assert!(!r.text.contains(cluster.admin_token()));
+    let c = app.get(&format!("/api/v1/clusters/{id}")).await;
+    assert_eq!(c["status"], "error");
+    let events = app
+        .store()
+        .query_audit(&AuditQuery::default())
+        .await
+        .unwrap()
+        .items;
+    let boots: Vec<_> = events
+        .iter()
+        .filter(|e| e.resource_id == id || e.resource_id.ends_with("/bootstrap/operator"))
+        .filter(|e| e.action != "cluster.create")
+        .collect();
+    assert_eq!(boots.len(), 1, "one audit event per call: {boots:?}");
+    let e = boots[0];
+    assert_eq!(e.action, "cluster.bootstrap");
+    assert_eq!(serde_json::to_value(e.outcome).unwrap(), "failed", "{e:?}");
+    assert_eq!(e.http_status, Some(409));
+    let details = e.details.clone().unwrap();
+    assert_eq!(details["code"], "KN-409", "{details}");
+    assert_eq!(details["reason"], "Forbidden", "{details}");
+
+    // The same Idempotency-Key once the cause is fixed: applied, not the stored failure.
+    cluster.faults().remove(forbid);
+    let r = app
+        .raw(
+            Method::POST,
+            &uri,
+            &admin,
+            None,
+            "",
+            &[("idempotency-key", "bootstrap-1")],
+        )
+        .await;
+    assert_eq!(r.expect(StatusCode::ACCEPTED)["status"], "applied");
+    assert_eq!(r.header("idempotent-replayed"), "");
+
+    // The API server goes away: KN-503 naming the cluster as the dependency, Retry-After.
+    cluster.shutdown().await;
+    let r = app.raw(Method::POST, &uri, &admin, None, "", &[]).await;
+    let v = r.expect_kn(StatusCode::SERVICE_UNAVAILABLE, "KN-503");
+    assert_eq!(v["details"]["dependency"], "cluster", "{v}");
+    assert_eq!(v["details"]["reason"], "Unreachable", "{v}");
+    assert!(!r.header("retry-after").is_empty());
+    let last = app
+        .store()
+        .query_audit(&AuditQuery::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .rfind(|e| e.action == "cluster.bootstrap")
+        .unwrap();
+    assert_eq!(serde_json::to_value(last.outcome).unwrap(), "failed");
+    assert_eq!(last.http_status, Some(503));
+    assert_eq!(last.details.unwrap()["code"], "KN-503");
+    let actions = app.audit_actions().await;
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|(a, o, _)| a == "cluster.bootstrap" && o == "success")
+            .count(),
+        1,
+        "only the applied bootstrap is a success: {actions:?}"
+    );
+}

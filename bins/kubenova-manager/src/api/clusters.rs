@@ -147,12 +147,16 @@ pub struct BootstrapAccepted {
     /// Component requested (bootstrap) — absent for refresh, which requests all of them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub component: Option<String>,
-    /// `applied` (operator bootstrap applied), `failed` (operator bootstrap failed; see
-    /// the cluster's `Bootstrapped` condition) or `accepted` (a component request recorded
-    /// for the operator).
+    /// `applied` (operator bootstrap applied) or `accepted` (a component request recorded
+    /// for the operator). A failed operator bootstrap is a KN error (see the operation).
     pub status: String,
     /// The cluster's lifecycle status after the call.
     pub cluster_status: ClusterStatus,
+    /// `operator` only: the URL written into the agent Secret, at which the operator calls
+    /// this manager (`--agent-manager-url`, else `--external-url`, else the loopback
+    /// `--listen` address; `message` says which).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_manager_url: Option<String>,
     /// Components whose (re)install was requested.
     pub requested: Vec<String>,
     /// What happens next, honestly.
@@ -627,6 +631,7 @@ async fn record_request(
                 component: component.clone(),
                 status: "accepted".into(),
                 cluster_status: c.status,
+                agent_manager_url: None,
                 requested: requested.iter().map(|s| s.to_string()).collect(),
                 message: DELIVERED_BY_AGENT.into(),
                 cluster: c.clone(),
@@ -665,25 +670,16 @@ async fn record_request(
         ("If-Match" = Option<String>, Header, description = "ETag the client read; KN-412 when stale")),
     responses(
         (status = 202, description = "`operator`: namespace kubenova-system, the Nova CRDs, the operator RBAC, the agent Secret (a freshly minted credential; \
-            the previous one keeps working until the operator first uses the new one, then stops) and the Deployment were applied with server-side apply; status `bootstrapping` until the operator's first heartbeat \
+            the previous one keeps working until the operator first uses the new one, then stops; `agentManagerUrl` is the URL it tells the operator) and the Deployment \
+            were applied with server-side apply; status `bootstrapping` until the operator's first heartbeat \
             makes it `connected`. Other components: the request is recorded (phase `requested`) and delivered to the operator.", body = BootstrapAccepted,
             example = json!({"clusterId": "11111111-1111-1111-1111-111111111111", "component": "operator", "status": "applied",
-                "clusterStatus": "bootstrapping", "requested": ["operator"],
-                "message": "applied Namespace/kubenova-system, 3 CRDs, the operator RBAC, Secret/kubenova-system/kubenova-agent and Deployment/kubenova-system/kubenova-operator; waiting for the operator's first heartbeat",
+                "clusterStatus": "bootstrapping", "agentManagerUrl": "https://kubenova.example.com", "requested": ["operator"],
+                "message": "applied Namespace/kubenova-system, 3 CRDs, the operator RBAC, Secret/kubenova-system/kubenova-agent and Deployment/kubenova-system/kubenova-operator; waiting for the operator's first heartbeat at https://kubenova.example.com (--agent-manager-url)",
                 "cluster": {"id": "11111111-1111-1111-1111-111111111111", "name": "prod-eu-1", "datacenter": "eu-west", "labels": {},
                     "status": "bootstrapping", "capabilities": {"certManager": false, "capsule": false, "capsuleProxy": false, "kubeVela": false},
                     "components": [{"name": "operator", "version": "ghcr.io/kubenova/kubenova-operator:0.1.0", "phase": "installing", "message": "Deployment applied; waiting for the operator's first heartbeat"}],
                     "conditions": [{"type": "Bootstrapped", "status": "True", "reason": "Applied", "message": "operator manifests applied", "lastTransitionTime": "2026-01-01T00:01:00Z", "observedGeneration": 2}],
-                    "version": 2, "createdAt": "2026-01-01T00:00:00Z", "updatedAt": "2026-01-01T00:01:00Z"}})),
-        (status = 200, description = "`operator`: the apply failed; the cluster is now `error` with a `Bootstrapped=False` condition whose reason names the cause \
-            (`Unreachable`, `Unauthorized`, `Forbidden`, `InvalidKubeconfig`, `Rejected`). Fix the cause and call again.", body = BootstrapAccepted,
-            example = json!({"clusterId": "11111111-1111-1111-1111-111111111111", "component": "operator", "status": "failed",
-                "clusterStatus": "error", "requested": ["operator"],
-                "message": "the cluster's API server is unreachable: error trying to connect: tcp connect error: Connection refused (os error 111); check the server URL and that the manager can reach it",
-                "cluster": {"id": "11111111-1111-1111-1111-111111111111", "name": "prod-eu-1", "datacenter": "eu-west", "labels": {},
-                    "status": "error", "capabilities": {"certManager": false, "capsule": false, "capsuleProxy": false, "kubeVela": false},
-                    "components": [{"name": "operator", "phase": "failed", "message": "bootstrap failed: Unreachable"}],
-                    "conditions": [{"type": "Bootstrapped", "status": "False", "reason": "Unreachable", "message": "the cluster's API server is unreachable: …", "lastTransitionTime": "2026-01-01T00:01:00Z", "observedGeneration": 2}],
                     "version": 2, "createdAt": "2026-01-01T00:00:00Z", "updatedAt": "2026-01-01T00:01:00Z"}})),
         (status = 400, description = "The id is not a UUID", body = ErrorBody,
             example = json!({"code": "KN-400", "message": "cluster id \"abc\" is not a UUID"})),
@@ -698,9 +694,26 @@ async fn record_request(
         (status = 422, description = "Unknown component", body = ErrorBody,
             example = json!({"code": "KN-422", "message": "validation failed: component: unknown component \"istio\"",
                 "details": {"violations": [{"field": "component", "reason": "unknown component \"istio\": use one of cert-manager, capsule, capsule-proxy, kubevela, operator"}]}})),
-        (status = 503, description = "`operator`: this manager has no URL for agents (start it with --agent-manager-url or --external-url), or its CA file cannot be read", body = ErrorBody,
-            example = json!({"code": "KN-503", "message": "the manager has no URL its operators can reach: start it with --agent-manager-url (or --external-url)",
-                "details": {"dependency": "manager-configuration"}})),
+        (status = 409, description = "`operator`: nothing was applied because a precondition does not hold (`details.precondition`): \
+            this manager has no URL its operators can use (it listens on a non-loopback address or port 0 without --agent-manager-url or --external-url, \
+            or that URL is plain http:// to a non-loopback host), or the --agent-manager-ca-file cannot be read; `details.option` names what to set. \
+            Or the apply failed because the cluster refused it (`details.reason`: `Unauthorized`, `Forbidden` or `InvalidKubeconfig`: replace the kubeconfig \
+            with PUT /clusters/{id}/kubeconfig; `Rejected`: an object was refused); the cluster is then `error` with a `Bootstrapped=False` condition.", body = ErrorBody,
+            examples(
+                ("precondition" = (summary = "No URL agents can use", value = json!({"code": "KN-409",
+                    "message": "this manager listens on 0.0.0.0:8080 and was started without --agent-manager-url or --external-url, so it cannot tell which URL the cluster's operator reaches it at: start it with --agent-manager-url https://<host the operator reaches>[:port] (operators accept plain http:// only for loopback addresses)",
+                    "details": {"precondition": "manager-configuration", "option": "--agent-manager-url", "listen": "0.0.0.0:8080"}}))),
+                ("refused" = (summary = "The cluster refused the kubeconfig's identity", value = json!({"code": "KN-409",
+                    "message": "the kubeconfig's identity may not apply ClusterRole/kubenova-operator (403 Forbidden: …); bootstrap needs cluster-admin rights once; replace the cluster's kubeconfig with PUT /api/v1/clusters/11111111-1111-1111-1111-111111111111/kubeconfig and bootstrap again",
+                    "details": {"clusterId": "11111111-1111-1111-1111-111111111111", "component": "operator", "reason": "Forbidden", "clusterStatus": "error"}}))),
+            )),
+        (status = 500, description = "`operator`: a bundled manifest is invalid (a build defect)", body = ErrorBody,
+            example = json!({"code": "KN-500", "message": "a bundled manifest is invalid: …"})),
+        (status = 503, description = "`operator`: the cluster's API server could not be reached or failed (`details.reason` `Unreachable` or `Rejected` with a 5xx); \
+            the cluster is now `error` with a `Bootstrapped=False` condition. Retry once it is reachable.", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds to wait before retrying")),
+            example = json!({"code": "KN-503", "message": "the cluster's API server is unreachable: error trying to connect: tcp connect error: Connection refused (os error 111); check the server URL and that the manager can reach it",
+                "details": {"dependency": "cluster", "clusterId": "11111111-1111-1111-1111-111111111111", "component": "operator", "reason": "Unreachable", "clusterStatus": "error"}})),
     ),
     security(("bearerAuth" = []))
 )]
@@ -716,8 +729,126 @@ async fn bootstrap_component(
     record_request(&st, &ctx, &headers, &id, Some(component)).await
 }
 
-fn config_unavailable(message: impl Into<String>) -> ApiError {
-    kubenova_api::error::KnError::unavailable("manager-configuration", message).into()
+/// KN-409: the manager's configuration does not allow the operation; `option` names what
+/// to set.
+fn precondition(option: &str, message: impl Into<String>, extra: Value) -> ApiError {
+    let mut details = json!({"precondition": "manager-configuration", "option": option});
+    if let (Some(d), Value::Object(more)) = (details.as_object_mut(), extra) {
+        d.extend(more);
+    }
+    kubenova_api::error::KnError::conflict(message)
+        .with_details(details)
+        .into()
+}
+
+/// The URL written into the agent Secret, and how it was chosen.
+struct AgentUrl {
+    url: String,
+    /// Why this URL, for the answer's message.
+    source: String,
+}
+
+/// The URL operators are told to call: `--agent-manager-url`, else `--external-url`, else
+/// (loopback only) `http://<--listen>`. Refuses, with KN-409 naming the option to set,
+/// what the operator could not use: no URL at all (a non-loopback or port-0 listen
+/// address), or a URL the operator's client refuses (plain `http://` to a non-loopback
+/// host).
+fn agent_url(cfg: &super::config::ServerConfig) -> ApiResult<AgentUrl> {
+    let (url, option, source) = match (&cfg.agent_manager_url, &cfg.external_url) {
+        (Some(u), _) => (
+            u.trim_end_matches('/').to_string(),
+            "--agent-manager-url",
+            "--agent-manager-url".to_string(),
+        ),
+        (None, Some(u)) => (
+            u.trim_end_matches('/').to_string(),
+            "--external-url",
+            "--external-url; set --agent-manager-url if operators reach this manager elsewhere"
+                .to_string(),
+        ),
+        (None, None) => {
+            let listen = cfg.listen;
+            if !listen.ip().is_loopback() {
+                return Err(precondition(
+                    "--agent-manager-url",
+                    format!(
+                        "this manager listens on {listen} and was started without --agent-manager-url or --external-url, so it cannot tell which URL \
+                         the cluster's operator reaches it at: start it with --agent-manager-url https://<host the operator reaches>[:port] \
+                         (operators accept plain http:// only for loopback addresses)"
+                    ),
+                    json!({"listen": listen.to_string()}),
+                ));
+            }
+            if listen.port() == 0 {
+                return Err(precondition(
+                    "--agent-manager-url",
+                    format!(
+                        "this manager listens on {listen} (a port picked at start) and was started without --agent-manager-url or --external-url: \
+                         start it with --listen on a fixed port, or with --agent-manager-url <URL the operator reaches>"
+                    ),
+                    json!({"listen": listen.to_string()}),
+                ));
+            }
+            (
+                format!("http://{listen}"),
+                "--listen",
+                "this manager's loopback --listen address, as neither --agent-manager-url nor --external-url is set: only an operator on \
+                 this host reaches it; for an operator in a cluster's pods, start the manager with --agent-manager-url https://<address they reach>"
+                    .to_string(),
+            )
+        }
+    };
+    // The operator's own check of the URL: what it would refuse at start is refused now.
+    if let Err(e) = kubenova_reconcile::agent::AgentClient::new(&url, "kna_check", None) {
+        return Err(precondition(
+            option,
+            format!(
+                "the cluster's operator could not use {url:?} (from {option}): {e}; start the manager with --agent-manager-url https://<host the operator reaches>[:port]"
+            ),
+            json!({"url": url}),
+        ));
+    }
+    Ok(AgentUrl { url, source })
+}
+
+/// How a failed apply is answered: the KN error and its details.
+fn bootstrap_failure(id: ClusterId, e: &kubenova_reconcile::bootstrap::BootstrapError) -> ApiError {
+    use kubenova_reconcile::bootstrap::BootstrapError as E;
+    let mut details = json!({"clusterId": id, "component": "operator", "reason": e.reason(),
+        "clusterStatus": ClusterStatus::Error});
+    let replace = format!(
+        "; replace the cluster's kubeconfig with PUT /api/v1/clusters/{id}/kubeconfig and bootstrap again"
+    );
+    let outage = match e {
+        E::Unreachable(_) => true,
+        E::Rejected { code, .. } => *code >= 500,
+        _ => false,
+    };
+    let err = if outage {
+        details["dependency"] = json!("cluster");
+        kubenova_api::error::KnError::new(kubenova_api::ErrorCode::Unavailable, e.to_string())
+    } else {
+        match e {
+            E::InvalidKubeconfig(_) | E::Unauthorized { .. } | E::Forbidden { .. } => {
+                kubenova_api::error::KnError::conflict(format!("{e}{replace}"))
+            }
+            E::Rejected { .. } => kubenova_api::error::KnError::conflict(format!(
+                "{e}; fix what the cluster refuses and bootstrap again"
+            )),
+            _ => kubenova_api::error::KnError::internal(e.to_string()),
+        }
+    };
+    let mut err: ApiError = err.with_details(details).into();
+    if outage {
+        err.retry_after = Some(10);
+    }
+    err
+}
+
+/// The outcome of the detached apply: the answer, or the (audited) failure.
+enum BootstrapOutcome {
+    Applied(Response),
+    Failed(ApiError),
 }
 
 /// Applies the operator to the cluster with the stored kubeconfig and records the outcome.
@@ -737,20 +868,37 @@ async fn bootstrap_operator(
     let id: ClusterId = parse_id("cluster", raw_id)?;
     let c = st.store.get_cluster(id).await?;
     check_if_match(headers, "cluster", id, c.version)?;
-    let manager_url = st.config.agent_manager_url().ok_or_else(|| {
-        config_unavailable(
-            "the manager has no URL its operators can reach: start it with --agent-manager-url (or --external-url)",
-        )
-    })?;
+    let agent = agent_url(&st.config)?;
     let manager_ca = match &st.config.agent_manager_ca_file {
-        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
-            config_unavailable(format!(
-                "the manager CA file {} (--agent-manager-ca-file) cannot be read: {e}",
-                path.display()
-            ))
-        })?),
+        Some(path) => {
+            let pem = std::fs::read_to_string(path).map_err(|e| {
+                precondition(
+                    "--agent-manager-ca-file",
+                    format!(
+                        "the manager CA file {} (--agent-manager-ca-file) cannot be read: {e}; fix the path or the file's permissions",
+                        path.display()
+                    ),
+                    json!({}),
+                )
+            })?;
+            if let Err(e) =
+                kubenova_reconcile::agent::AgentClient::new(&agent.url, "kna_check", Some(&pem))
+            {
+                return Err(precondition(
+                    "--agent-manager-ca-file",
+                    format!(
+                        "the cluster's operator could not use the manager CA file {} (--agent-manager-ca-file): {e}",
+                        path.display()
+                    ),
+                    json!({}),
+                ));
+            }
+            Some(pem)
+        }
         None => None,
     };
+    tracing::info!(cluster_id = %id, agent_manager_url = %agent.url, source = %agent.source, "bootstrapping the operator: agents call this manager at this URL");
+    let manager_url = agent.url.clone();
     let st2 = st.clone();
     let ctx2 = ctx.clone();
     // Detached from the request: a client that disconnects does not abort a half-done
@@ -786,10 +934,17 @@ async fn bootstrap_operator(
         drop(params);
         drop(token);
         drop(kubeconfig);
-        record_bootstrap(&st, &ctx, id, outcome).await
+        record_bootstrap(&st, &ctx, id, &agent, outcome).await
     });
     match task.await {
-        Ok(r) => r,
+        Ok(Ok(BootstrapOutcome::Applied(resp))) => Ok(resp),
+        // Audited with the recorded failure: the middleware must not audit it again.
+        Ok(Ok(BootstrapOutcome::Failed(e))) => {
+            let mut resp = e.into_response();
+            resp.extensions_mut().insert(Audited);
+            Ok(resp)
+        }
+        Ok(Err(e)) => Err(e),
         Err(e) => {
             tracing::error!(cluster_id = %id, error = %e, "bootstrap task failed");
             Err(ApiError::new(
@@ -800,15 +955,20 @@ async fn bootstrap_operator(
     }
 }
 
+/// Records the outcome on the cluster with its audit event (in one transaction): applied
+/// (202, audited as a success, kept for `Idempotency-Key` replay) or failed (the KN error
+/// of [`bootstrap_failure`], audited as a failure with its code, not kept for replay, so
+/// a retry with the same key tries again).
 async fn record_bootstrap(
     st: &AppState,
     ctx: &Ctx,
     id: ClusterId,
+    agent: &AgentUrl,
     outcome: Result<
         kubenova_reconcile::bootstrap::BootstrapReport,
         kubenova_reconcile::bootstrap::BootstrapError,
     >,
-) -> ApiResult<Response> {
+) -> ApiResult<BootstrapOutcome> {
     let image = st.config.operator_image.clone();
     let (status_code, status, message, cond, state) = match &outcome {
         Ok(report) => {
@@ -823,8 +983,10 @@ async fn record_bootstrap(
                 "applied",
                 format!(
                     "applied Namespace/kubenova-system, {crds} CRDs, the operator RBAC, Secret/kubenova-system/kubenova-agent and \
-                     Deployment/kubenova-system/kubenova-operator ({} objects); waiting for the operator's first heartbeat",
-                    report.applied.len()
+                     Deployment/kubenova-system/kubenova-operator ({} objects); waiting for the operator's first heartbeat at {} ({})",
+                    report.applied.len(),
+                    agent.url,
+                    agent.source
                 ),
                 (
                     ConditionStatus::True,
@@ -846,7 +1008,8 @@ async fn record_bootstrap(
         Err(e) => {
             tracing::warn!(cluster_id = %id, reason = e.reason(), error = %e, "operator bootstrap failed");
             (
-                StatusCode::OK,
+                StatusCode::from_u16(bootstrap_failure(id, e).error.code.http_status())
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
                 "failed",
                 e.to_string(),
                 (
@@ -863,8 +1026,17 @@ async fn record_bootstrap(
             )
         }
     };
+    let failure = outcome.as_ref().err().map(|e| bootstrap_failure(id, e));
     let mut audit = ctx.audit("cluster.bootstrap", "cluster", id, status_code.as_u16());
-    audit.details = Some(json!({"components": ["operator"], "outcome": status, "reason": cond.1}));
+    audit.details = Some(
+        json!({"components": ["operator"], "outcome": status, "reason": cond.1,
+        "agentManagerUrl": agent.url}),
+    );
+    if let (Some(f), Some(d)) = (&failure, audit.details.as_mut()) {
+        audit.outcome = kubenova_api::model::AuditOutcome::Failed;
+        d["code"] = json!(f.error.code);
+        d["message"] = json!(f.error.message);
+    }
     // A heartbeat that races us makes the helper re-read and record the outcome on the
     // new version.
     let (cluster, bytes) =
@@ -900,12 +1072,18 @@ async fn record_bootstrap(
                 component: Some("operator".into()),
                 status: status.into(),
                 cluster_status: c.status,
+                agent_manager_url: Some(agent.url.clone()),
                 requested: vec!["operator".into()],
                 message: message.clone(),
                 cluster: c.clone(),
             };
             let bytes = to_bytes(&body)?;
-            let idempotency = ctx.idempotency_record(status_code.as_u16(), &bytes);
+            // A failure is not kept for replay: a retry with the same key tries again.
+            let idempotency = if failure.is_none() {
+                ctx.idempotency_record(status_code.as_u16(), &bytes)
+            } else {
+                None
+            };
             Ok(super::agent::ClusterWrite {
                 result: bytes,
                 audit: audit.clone(),
@@ -913,13 +1091,16 @@ async fn record_bootstrap(
             })
         })
         .await?;
-    Ok(bytes_response(
+    if let Some(f) = failure {
+        return Ok(BootstrapOutcome::Failed(f));
+    }
+    Ok(BootstrapOutcome::Applied(bytes_response(
         status_code,
         bytes,
         Some(cluster.version),
         None,
         true,
-    ))
+    )))
 }
 
 /// Requests the reinstall of every component the operator manages (cert-manager, Capsule, Capsule Proxy, KubeVela), delivered over the agent channel.
