@@ -1059,3 +1059,224 @@ async fn a_failed_bootstrap_is_answered_and_audited_as_a_failure() {
         "only the applied bootstrap is a success: {actions:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------
+// Capabilities say whether a kubeconfig can be issued, exactly as the issuance does
+// ---------------------------------------------------------------------------------
+
+const PROXY_NS: &str = "capsule-system";
+
+async fn apply_in_cluster<K>(client: &kube::Client, object: Value)
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    let name = object["metadata"]["name"].as_str().unwrap().to_string();
+    kube::Api::<K>::namespaced(client.clone(), PROXY_NS)
+        .patch(
+            &name,
+            &kube::api::PatchParams::apply("helm").force(),
+            &kube::api::Patch::Apply(object),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("applying {name}: {e}"));
+}
+
+/// The Service and Deployment the Capsule Proxy chart creates (release `capsule-proxy`,
+/// TLS from the Secret `capsule-proxy` mounted at `--ssl-cert-path`).
+async fn install_capsule_proxy_chart(client: &kube::Client) {
+    kube::Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .patch(
+            PROXY_NS,
+            &kube::api::PatchParams::apply("helm").force(),
+            &kube::api::Patch::Apply(
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": PROXY_NS}}),
+            ),
+        )
+        .await
+        .unwrap();
+    apply_in_cluster::<k8s_openapi::api::core::v1::Service>(
+        client,
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "capsule-proxy", "namespace": PROXY_NS},
+            "spec": {"type": "ClusterIP", "ports": [{"name": "proxy", "port": 9001, "protocol": "TCP", "targetPort": 9001}],
+                "selector": {"app.kubernetes.io/name": "capsule-proxy"}}}),
+    )
+    .await;
+    apply_in_cluster::<k8s_openapi::api::apps::v1::Deployment>(
+        client,
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "capsule-proxy", "namespace": PROXY_NS},
+            "spec": {"selector": {"matchLabels": {"app.kubernetes.io/name": "capsule-proxy"}},
+                "template": {"metadata": {"labels": {"app.kubernetes.io/name": "capsule-proxy"}},
+                    "spec": {"volumes": [{"name": "certs", "secret": {"secretName": "capsule-proxy", "defaultMode": 420}}],
+                        "containers": [{"name": "capsule-proxy", "image": "ghcr.io/projectcapsule/capsule-proxy:v0.14.1",
+                            "args": ["--listening-port=9001", "--enable-ssl=true",
+                                "--ssl-cert-path=/opt/capsule-proxy/tls.crt", "--ssl-key-path=/opt/capsule-proxy/tls.key"],
+                            "volumeMounts": [{"mountPath": "/opt/capsule-proxy", "name": "certs"}]}]}}}}),
+    )
+    .await;
+}
+
+/// The heartbeat the operator sends: its Capsule Proxy discovery in `cluster`, and the
+/// capability flag as the operator sets it (deployed and an endpoint found).
+async fn operator_heartbeat(cluster: &kube::Client) -> Value {
+    let found = kubenova_reconcile::agent::discover_proxy(cluster, None).await;
+    json!({"operatorVersion": "0.1.0", "appliedRevision": 0,
+        "capabilities": {"certManager": true, "capsule": true, "capsuleProxy": found.endpoint.is_some(), "kubeVela": true},
+        "proxy": found.endpoint, "proxyDiscovery": found.discovery})
+}
+
+/// Whatever the cluster holds, `capabilities.kubeconfigs` says exactly what an issuance
+/// answers: ready and the issuance succeeds, or not ready with the issuance's KN error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capabilities_and_kubeconfig_issuance_never_disagree() {
+    let cluster = kubenova_testkit::TestCluster::start().await.unwrap();
+    let client = cluster.client().unwrap();
+    let app = app_with(ServerConfig {
+        agent_manager_url: Some("https://kubenova.example.com".into()),
+        ..ServerConfig::default()
+    })
+    .await;
+    let admin = app.admin();
+    let id = register_kit(&app, &cluster, "kit").await;
+    app.raw(
+        Method::POST,
+        &format!("/api/v1/clusters/{id}/bootstrap/operator"),
+        &admin,
+        None,
+        "",
+        &[],
+    )
+    .await
+    .expect(StatusCode::ACCEPTED);
+    let agent_token = {
+        let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+            kube::Api::namespaced(client.clone(), "kubenova-system");
+        let s = secrets.get("kubenova-agent").await.unwrap();
+        String::from_utf8(s.data.unwrap()["token"].0.clone()).unwrap()
+    };
+    let tenant = app
+        .json(
+            Method::POST,
+            &format!("/api/v1/clusters/{id}/tenants"),
+            &admin,
+            json!({"name": "acme", "owners": ["alice@example.com"]}),
+        )
+        .await
+        .expect(StatusCode::CREATED);
+    let tenant_id = tenant["id"].as_str().unwrap().to_string();
+
+    // Before any report, with no Capsule Proxy, without its certificate Secret, with it.
+    let mut seen_ready = Vec::new();
+    for step in [
+        "nothing reported",
+        "no capsule-proxy",
+        "no secret",
+        "cert-manager secret",
+    ] {
+        match step {
+            "nothing reported" => {}
+            "no capsule-proxy" => {
+                let hb = operator_heartbeat(&client).await;
+                app.json(Method::POST, "/api/v1/agent/heartbeat", &agent_token, hb)
+                    .await
+                    .expect(StatusCode::OK);
+            }
+            "no secret" => {
+                install_capsule_proxy_chart(&client).await;
+                let hb = operator_heartbeat(&client).await;
+                app.json(Method::POST, "/api/v1/agent/heartbeat", &agent_token, hb)
+                    .await
+                    .expect(StatusCode::OK);
+            }
+            _ => {
+                use base64::Engine as _;
+                let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+                apply_in_cluster::<k8s_openapi::api::core::v1::Secret>(
+                    &client,
+                    json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                        "metadata": {"name": "capsule-proxy", "namespace": PROXY_NS},
+                        "data": {"tls.crt": b64("leaf"), "tls.key": b64("key"), "ca.crt": b64(cluster.ca_pem())}}),
+                )
+                .await;
+                let hb = operator_heartbeat(&client).await;
+                app.json(Method::POST, "/api/v1/agent/heartbeat", &agent_token, hb)
+                    .await
+                    .expect(StatusCode::OK);
+            }
+        }
+        let caps = app
+            .get(&format!("/api/v1/clusters/{id}/capabilities"))
+            .await;
+        let k = &caps["kubeconfigs"];
+        let issued = app
+            .raw(
+                Method::GET,
+                &format!("/api/v1/tenants/{tenant_id}/kubeconfig"),
+                &admin,
+                None,
+                "",
+                &[],
+            )
+            .await;
+        assert_eq!(
+            k["ready"].as_bool(),
+            Some(issued.status == StatusCode::OK),
+            "{step}: capabilities {caps} vs issuance {} {}",
+            issued.status,
+            issued.text
+        );
+        if issued.status != StatusCode::OK {
+            let e = issued.json();
+            assert_eq!(k["reason"], e["message"], "{step}");
+            assert_eq!(k["code"], e["code"], "{step}");
+        } else {
+            assert_eq!(issued.json()["server"], k["proxyUrl"], "{step}");
+        }
+        seen_ready.push((step, k.clone(), caps["capsuleProxy"].clone()));
+    }
+    let [nothing, absent, no_secret, ready] = &seen_ready[..] else {
+        unreachable!()
+    };
+    assert_eq!(nothing.1["ready"], false);
+    assert!(
+        absent.1["reason"]
+            .as_str()
+            .unwrap()
+            .contains("Service capsule-system/capsule-proxy not found"),
+        "{absent:?}"
+    );
+    // The case the operator reports Capsule Proxy yet no kubeconfig can be issued: the
+    // capability is there, the readiness says exactly why not.
+    assert_eq!(no_secret.2, true, "{no_secret:?}");
+    assert_eq!(no_secret.1["ready"], false);
+    let reason = no_secret.1["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("Secret capsule-system/capsule-proxy") && reason.contains("does not exist"),
+        "{reason}"
+    );
+    assert_eq!(ready.1["ready"], true, "{ready:?}");
+    assert_eq!(
+        ready.1["proxyUrl"],
+        "https://capsule-proxy.capsule-system.svc:9001"
+    );
+    assert!(
+        ready.1["discovery"]
+            .as_str()
+            .unwrap()
+            .contains("inside the cluster"),
+        "{ready:?}"
+    );
+    let c = app.get(&format!("/api/v1/clusters/{id}")).await;
+    assert!(
+        c["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["type"] == "CapsuleProxyDiscovered" && x["status"] == "True"),
+        "{c}"
+    );
+}

@@ -106,20 +106,52 @@ pub struct ClusterList {
     pub next_cursor: Option<String>,
 }
 
+/// Whether kubeconfigs can be issued for a cluster now, and if not, exactly why.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(example = json!({"ready": false, "code": "KN-409",
+    "reason": "the cluster's reported Capsule Proxy endpoint has no usable CA: no CA certificate for proxy_ca: refusing to build a kubeconfig without one; the operator reports: Secret capsule-system/capsule-proxy, mounted by Deployment capsule-system/capsule-proxy for its serving certificate, does not exist (yet): …",
+    "proxyUrl": "https://capsule-proxy.capsule-system.svc:9001"}))]
+pub struct KubeconfigReadiness {
+    /// True when a kubeconfig issuance for a tenant or project of this cluster passes every
+    /// check that does not depend on the caller: the same checks, so this and
+    /// `GET /tenants/{id}/kubeconfig` never disagree.
+    pub ready: bool,
+    /// Why not: the KN error message an issuance answers now (absent when ready).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The KN code an issuance answers now (absent when ready).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<kubenova_api::ErrorCode>,
+    /// The Capsule Proxy URL issued kubeconfigs point at (when one is known).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_url: Option<String>,
+    /// The operator's last word on how it found the endpoint and its CA, or why not (the
+    /// `CapsuleProxyDiscovered` condition), e.g. that an in-cluster address works only
+    /// from inside the cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<String>,
+}
+
 /// What the operator observed in a cluster. All flags stay `false` until an operator reports.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[schema(example = json!({"certManager": false, "capsule": false, "capsuleProxy": false, "kubeVela": false,
+    "kubeconfigs": {"ready": false, "code": "KN-409",
+        "reason": "the Capsule Proxy endpoint of the cluster is not reported yet: kubeconfigs go through Capsule Proxy; retry once the operator reports it"},
     "reported": false, "components": [], "status": "pending_bootstrap"}))]
 pub struct ClusterCapabilities {
     /// cert-manager served and available.
     pub cert_manager: bool,
     /// Capsule served and available.
     pub capsule: bool,
-    /// Capsule Proxy deployed and its endpoint reported.
+    /// Capsule Proxy deployed and its endpoint reported (not necessarily with its CA: see
+    /// `kubeconfigs`).
     pub capsule_proxy: bool,
     /// KubeVela served and available.
     pub kube_vela: bool,
+    /// Whether kubeconfigs can be issued now, and if not, why.
+    pub kubeconfigs: KubeconfigReadiness,
     /// True once the cluster's operator has reported at least once.
     pub reported: bool,
     /// When the operator last reported.
@@ -486,7 +518,8 @@ async fn delete_cluster(
     operation_id = "getClusterCapabilities",
     params(("clusterID" = String, Path, description = "Cluster id (UUID)")),
     responses(
-        (status = 200, description = "Observed capabilities and component states", body = ClusterCapabilities),
+        (status = 200, description = "Observed capabilities and component states, and whether kubeconfigs can be issued now (`kubeconfigs`: \
+            the same checks as an issuance, with the KN error it would answer and the operator's account of the Capsule Proxy discovery)", body = ClusterCapabilities),
         (status = 400, description = "The id is not a UUID", body = ErrorBody,
             example = json!({"code": "KN-400", "message": "cluster id \"abc\" is not a UUID"})),
         (status = 401, description = "No or invalid bearer token", body = ErrorBody,
@@ -509,11 +542,37 @@ async fn get_capabilities(
         st.store.get_cluster(id).await?,
         st.config.agent_heartbeat_interval,
     );
+    let discovery = c
+        .conditions
+        .iter()
+        .find(|x| x.type_ == super::kubeconfigs::PROXY_CONDITION)
+        .map(|x| x.message.clone());
+    let kubeconfigs = match super::kubeconfigs::issuance_readiness(&st, &c) {
+        Ok(url) => KubeconfigReadiness {
+            ready: true,
+            reason: None,
+            code: None,
+            proxy_url: Some(url),
+            discovery,
+        },
+        Err(e) => KubeconfigReadiness {
+            ready: false,
+            reason: Some(e.error.message),
+            code: Some(e.error.code),
+            proxy_url: c
+                .proxy
+                .as_ref()
+                .map(|p| p.url.clone())
+                .filter(|u| !u.trim().is_empty()),
+            discovery,
+        },
+    };
     let body = ClusterCapabilities {
         cert_manager: c.capabilities.cert_manager,
         capsule: c.capabilities.capsule,
         capsule_proxy: c.capabilities.capsule_proxy,
         kube_vela: c.capabilities.kube_vela,
+        kubeconfigs,
         reported: c.last_heartbeat_at.is_some(),
         last_heartbeat_at: c.last_heartbeat_at,
         operator_version: c.operator_version.clone(),
