@@ -2,8 +2,8 @@
 //! kubeconfig is used once to apply the operator; the cluster goes `bootstrapping`, then
 //! `connected` on a heartbeat with the credential read back from the applied Secret;
 //! re-bootstrap rotates the credential; a kubeconfig whose identity lacks rights (a 403
-//! injected by the testkit: KN-409) and an unreachable API server (KN-503) give status
-//! `error` with a condition naming the cause; `--operator-helm-installer` adds the
+//! injected by the testkit) and an unreachable API server give KN-409 and status `error`
+//! with a condition naming the cause; `--operator-helm-installer` adds the
 //! installer identity.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -362,8 +362,9 @@ async fn bootstrap_applies_the_operator_and_the_heartbeat_connects() {
         None,
     )
     .await;
-    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{r}");
-    assert_eq!(r["code"], "KN-503");
+    assert_eq!(s, StatusCode::CONFLICT, "{r}");
+    assert_eq!(r["code"], "KN-409");
+    assert_eq!(r["details"]["reason"], "Unreachable");
     assert_eq!(r["details"]["clusterStatus"], "error");
     assert!(
         r["message"].as_str().unwrap().contains("unreachable"),
@@ -544,8 +545,9 @@ async fn a_failed_rebootstrap_keeps_the_running_operator_connected(r: Registered
             .status(500),
     );
     let (s, r) = bootstrap().await;
-    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{r}");
+    assert_eq!(s, StatusCode::CONFLICT, "{r}");
     assert_eq!(r["details"]["reason"], "Rejected", "{r}");
+    assert_eq!(r["details"]["retryable"], true, "{r}");
     cluster.faults().remove(broken);
     assert_eq!(read_token().await, running, "the Secret was not changed");
     assert_eq!(
@@ -562,8 +564,9 @@ async fn a_failed_rebootstrap_keeps_the_running_operator_connected(r: Registered
             .status(500),
     );
     let (s, r) = bootstrap().await;
-    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{r}");
+    assert_eq!(s, StatusCode::CONFLICT, "{r}");
     assert_eq!(r["details"]["reason"], "Rejected", "{r}");
+    assert_eq!(r["details"]["retryable"], true, "{r}");
     cluster.faults().remove(broken);
     let staged = read_token().await;
     assert_ne!(staged, running);

@@ -941,17 +941,13 @@ async fn bootstrap_tells_agents_a_url_they_can_use_or_says_what_to_configure() {
         Some("http://127.0.0.1:8080")
     );
 
-    // The operation documents the precondition as KN-409, and no KN-503 for configuration.
+    // The operation documents the precondition as KN-409, and no 5xx for it.
     let spec = serde_json::to_value(kubenova_manager::api::openapi()).unwrap();
     let responses =
         &spec["paths"]["/api/v1/clusters/{clusterID}/bootstrap/{component}"]["post"]["responses"];
     let conflict = responses["409"].to_string();
     assert!(conflict.contains("--agent-manager-url"), "{conflict}");
-    assert!(
-        !responses["503"].to_string().contains("--agent-manager-url"),
-        "{}",
-        responses["503"]
-    );
+    assert!(responses.get("503").is_none(), "{responses}");
 }
 
 /// A failed bootstrap is answered and audited as the failure it is, with its KN code; a
@@ -986,6 +982,7 @@ async fn a_failed_bootstrap_is_answered_and_audited_as_a_failure() {
         .await;
     let v = r.expect_kn(StatusCode::CONFLICT, "KN-409");
     assert_eq!(v["details"]["reason"], "Forbidden", "{v}");
+    assert_eq!(v["details"]["retryable"], false, "{v}");
     assert_eq!(v["details"]["clusterStatus"], "error", "{v}");
     let message = v["message"].as_str().unwrap();
     assert!(
@@ -1030,13 +1027,12 @@ async fn a_failed_bootstrap_is_answered_and_audited_as_a_failure() {
     assert_eq!(r.expect(StatusCode::ACCEPTED)["status"], "applied");
     assert_eq!(r.header("idempotent-replayed"), "");
 
-    // The API server goes away: KN-503 naming the cluster as the dependency, Retry-After.
+    // The API server goes away: KN-409 too (the manager itself is fine), retryable.
     cluster.shutdown().await;
     let r = app.raw(Method::POST, &uri, &admin, None, "", &[]).await;
-    let v = r.expect_kn(StatusCode::SERVICE_UNAVAILABLE, "KN-503");
-    assert_eq!(v["details"]["dependency"], "cluster", "{v}");
+    let v = r.expect_kn(StatusCode::CONFLICT, "KN-409");
     assert_eq!(v["details"]["reason"], "Unreachable", "{v}");
-    assert!(!r.header("retry-after").is_empty());
+    assert_eq!(v["details"]["retryable"], true, "{v}");
     let last = app
         .store()
         .query_audit(&AuditQuery::default())
@@ -1047,8 +1043,10 @@ async fn a_failed_bootstrap_is_answered_and_audited_as_a_failure() {
         .rfind(|e| e.action == "cluster.bootstrap")
         .unwrap();
     assert_eq!(serde_json::to_value(last.outcome).unwrap(), "failed");
-    assert_eq!(last.http_status, Some(503));
-    assert_eq!(last.details.unwrap()["code"], "KN-503");
+    assert_eq!(last.http_status, Some(409));
+    let details = last.details.unwrap();
+    assert_eq!(details["code"], "KN-409");
+    assert_eq!(details["reason"], "Unreachable");
     let actions = app.audit_actions().await;
     assert_eq!(
         actions

@@ -753,26 +753,25 @@ async fn record_request(
         (status = 422, description = "Unknown component", body = ErrorBody,
             example = json!({"code": "KN-422", "message": "validation failed: component: unknown component \"istio\"",
                 "details": {"violations": [{"field": "component", "reason": "unknown component \"istio\": use one of cert-manager, capsule, capsule-proxy, kubevela, operator"}]}})),
-        (status = 409, description = "`operator`: nothing was applied because a precondition does not hold (`details.precondition`): \
-            this manager has no URL its operators can use (it listens on a non-loopback address or port 0 without --agent-manager-url or --external-url, \
-            or that URL is plain http:// to a non-loopback host), or the --agent-manager-ca-file cannot be read; `details.option` names what to set. \
-            Or the apply failed because the cluster refused it (`details.reason`: `Unauthorized`, `Forbidden` or `InvalidKubeconfig`: replace the kubeconfig \
-            with PUT /clusters/{id}/kubeconfig; `Rejected`: an object was refused); the cluster is then `error` with a `Bootstrapped=False` condition.", body = ErrorBody,
+        (status = 409, description = "`operator`: either nothing was applied because a precondition of this manager does not hold (`details.precondition`): \
+            it has no URL its operators can use (it listens on a non-loopback address or port 0 without --agent-manager-url or --external-url, \
+            or that URL is plain http:// to a non-loopback host), or the --agent-manager-ca-file cannot be used; `details.option` names what to set. \
+            Or the apply failed in the cluster (`details.reason`: `Unauthorized`, `Forbidden` or `InvalidKubeconfig`: replace the kubeconfig \
+            with PUT /clusters/{id}/kubeconfig; `Unreachable`; `Rejected`: an object was refused); the cluster is then `error` with a \
+            `Bootstrapped=False` condition, and `details.retryable` says whether the same call may succeed later unchanged.", body = ErrorBody,
             examples(
                 ("precondition" = (summary = "No URL agents can use", value = json!({"code": "KN-409",
                     "message": "this manager listens on 0.0.0.0:8080 and was started without --agent-manager-url or --external-url, so it cannot tell which URL the cluster's operator reaches it at: start it with --agent-manager-url https://<host the operator reaches>[:port] (operators accept plain http:// only for loopback addresses)",
                     "details": {"precondition": "manager-configuration", "option": "--agent-manager-url", "listen": "0.0.0.0:8080"}}))),
                 ("refused" = (summary = "The cluster refused the kubeconfig's identity", value = json!({"code": "KN-409",
                     "message": "the kubeconfig's identity may not apply ClusterRole/kubenova-operator (403 Forbidden: …); bootstrap needs cluster-admin rights once; replace the cluster's kubeconfig with PUT /api/v1/clusters/11111111-1111-1111-1111-111111111111/kubeconfig and bootstrap again",
-                    "details": {"clusterId": "11111111-1111-1111-1111-111111111111", "component": "operator", "reason": "Forbidden", "clusterStatus": "error"}}))),
+                    "details": {"clusterId": "11111111-1111-1111-1111-111111111111", "component": "operator", "reason": "Forbidden", "retryable": false, "clusterStatus": "error"}}))),
+                ("unreachable" = (summary = "The cluster's API server cannot be reached", value = json!({"code": "KN-409",
+                    "message": "the cluster's API server is unreachable: error trying to connect: tcp connect error: Connection refused (os error 111); check the server URL and that the manager can reach it; retry once the API server is reachable from the manager, or replace the cluster's kubeconfig with PUT /api/v1/clusters/11111111-1111-1111-1111-111111111111/kubeconfig if its server URL or CA is wrong",
+                    "details": {"clusterId": "11111111-1111-1111-1111-111111111111", "component": "operator", "reason": "Unreachable", "retryable": true, "clusterStatus": "error"}}))),
             )),
         (status = 500, description = "`operator`: a bundled manifest is invalid (a build defect)", body = ErrorBody,
             example = json!({"code": "KN-500", "message": "a bundled manifest is invalid: …"})),
-        (status = 503, description = "`operator`: the cluster's API server could not be reached or failed (`details.reason` `Unreachable` or `Rejected` with a 5xx); \
-            the cluster is now `error` with a `Bootstrapped=False` condition. Retry once it is reachable.", body = ErrorBody,
-            headers(("Retry-After" = String, description = "Seconds to wait before retrying")),
-            example = json!({"code": "KN-503", "message": "the cluster's API server is unreachable: error trying to connect: tcp connect error: Connection refused (os error 111); check the server URL and that the manager can reach it",
-                "details": {"dependency": "cluster", "clusterId": "11111111-1111-1111-1111-111111111111", "component": "operator", "reason": "Unreachable", "clusterStatus": "error"}})),
     ),
     security(("bearerAuth" = []))
 )]
@@ -870,38 +869,41 @@ fn agent_url(cfg: &super::config::ServerConfig) -> ApiResult<AgentUrl> {
     Ok(AgentUrl { url, source })
 }
 
-/// How a failed apply is answered: the KN error and its details.
+/// How a failed apply is answered: KN-409 with the cause in `details.reason`, whatever
+/// the cluster did (refused the kubeconfig's identity or an object, or could not be
+/// reached): the manager is fine, the cluster is not in a state the bootstrap can work
+/// with (a 5xx would count as the manager's own failure). `details.retryable` is true when
+/// the same call may succeed later unchanged (unreachable, or the API server failed);
+/// otherwise the kubeconfig or the cluster must be fixed first. KN-500 only for a bundled
+/// manifest that is invalid (a build defect).
 fn bootstrap_failure(id: ClusterId, e: &kubenova_reconcile::bootstrap::BootstrapError) -> ApiError {
     use kubenova_reconcile::bootstrap::BootstrapError as E;
-    let mut details = json!({"clusterId": id, "component": "operator", "reason": e.reason(),
-        "clusterStatus": ClusterStatus::Error});
-    let replace = format!(
-        "; replace the cluster's kubeconfig with PUT /api/v1/clusters/{id}/kubeconfig and bootstrap again"
-    );
-    let outage = match e {
+    let retryable = match e {
         E::Unreachable(_) => true,
         E::Rejected { code, .. } => *code >= 500,
         _ => false,
     };
-    let err = if outage {
-        details["dependency"] = json!("cluster");
-        kubenova_api::error::KnError::new(kubenova_api::ErrorCode::Unavailable, e.to_string())
-    } else {
-        match e {
-            E::InvalidKubeconfig(_) | E::Unauthorized { .. } | E::Forbidden { .. } => {
-                kubenova_api::error::KnError::conflict(format!("{e}{replace}"))
-            }
-            E::Rejected { .. } => kubenova_api::error::KnError::conflict(format!(
-                "{e}; fix what the cluster refuses and bootstrap again"
-            )),
-            _ => kubenova_api::error::KnError::internal(e.to_string()),
+    let details = json!({"clusterId": id, "component": "operator", "reason": e.reason(),
+        "retryable": retryable, "clusterStatus": ClusterStatus::Error});
+    let err = match e {
+        E::InvalidKubeconfig(_) | E::Unauthorized { .. } | E::Forbidden { .. } => {
+            kubenova_api::error::KnError::conflict(format!(
+                "{e}; replace the cluster's kubeconfig with PUT /api/v1/clusters/{id}/kubeconfig and bootstrap again"
+            ))
         }
+        E::Unreachable(_) => kubenova_api::error::KnError::conflict(format!(
+            "{e}; retry once the API server is reachable from the manager, or replace the cluster's kubeconfig with \
+             PUT /api/v1/clusters/{id}/kubeconfig if its server URL or CA is wrong"
+        )),
+        E::Rejected { .. } if retryable => kubenova_api::error::KnError::conflict(format!(
+            "{e}; the cluster's API server failed: retry later"
+        )),
+        E::Rejected { .. } => kubenova_api::error::KnError::conflict(format!(
+            "{e}; fix what the cluster refuses and bootstrap again"
+        )),
+        _ => kubenova_api::error::KnError::internal(e.to_string()),
     };
-    let mut err: ApiError = err.with_details(details).into();
-    if outage {
-        err.retry_after = Some(10);
-    }
-    err
+    err.with_details(details).into()
 }
 
 /// The outcome of the detached apply: the answer, or the (audited) failure.
