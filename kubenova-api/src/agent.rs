@@ -125,9 +125,46 @@ pub struct Heartbeat {
     /// Capsule Proxy endpoint and CA, once Capsule Proxy is up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<ProxyEndpoint>,
+    /// How the operator found the Capsule Proxy endpoint and its CA, or exactly why it
+    /// could not (the manager shows it as the cluster's `CapsuleProxyDiscovered`
+    /// condition and in the kubeconfig readiness of its capabilities).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy_discovery: Option<ProxyDiscovery>,
     /// Last desired-state revision fully applied.
     #[serde(default)]
     pub applied_revision: i64,
+}
+
+/// How the operator discovered the Capsule Proxy endpoint and its CA.
+///
+/// ```
+/// use kubenova_api::agent::ProxyDiscovery;
+/// let d = ProxyDiscovery {
+///     url_source: Some("Ingress capsule-system/capsule-proxy".into()),
+///     ca_source: None,
+///     problem: Some("Secret capsule-system/capsule-proxy has no CA".into()),
+///     note: None,
+/// };
+/// let json = serde_json::to_value(&d).unwrap();
+/// assert_eq!(json["urlSource"], "Ingress capsule-system/capsule-proxy");
+/// assert!(json.get("caSource").is_none());
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyDiscovery {
+    /// Where the URL came from, e.g. `Ingress capsule-system/capsule-proxy (host proxy.example.com)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_source: Option<String>,
+    /// Where the CA came from, e.g. `Secret capsule-system/capsule-proxy key ca.crt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_source: Option<String>,
+    /// Why no endpoint, or no CA, could be reported, and what to do about it; absent when
+    /// both were found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+    /// A caveat about an endpoint that was found, e.g. an in-cluster address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// The manager's answer to a heartbeat.

@@ -77,8 +77,8 @@ error_codes! {
     PreconditionFailed = ("KN-412", 412, "Precondition failed", "The resource changed since it was read (stale ETag or version). Re-read it and apply the change again."),
     /// The body exceeds the size limit.
     PayloadTooLarge = ("KN-413", 413, "Payload too large", "The request body exceeds the configured limit (1 MiB by default)."),
-    /// The body is not JSON.
-    UnsupportedMediaType = ("KN-415", 415, "Unsupported media type", "The request body must be sent with `Content-Type: application/json`."),
+    /// The body's media type is not one the route accepts.
+    UnsupportedMediaType = ("KN-415", 415, "Unsupported media type", "The request body must be sent with `Content-Type: application/json` (a cluster's kubeconfig may also be uploaded as `application/yaml`); the message names what the route accepts."),
     /// Semantically invalid input; `details.violations` lists each field and why.
     Validation = ("KN-422", 422, "Validation failed", "One or more fields are invalid; `details.violations` lists each field path and the reason. Nothing was changed."),
     /// Too many requests.

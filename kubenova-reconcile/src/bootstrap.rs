@@ -130,9 +130,7 @@ impl BootstrapParams {
 #[derive(Debug, thiserror::Error)]
 pub enum BootstrapError {
     /// The stored kubeconfig cannot be used to build a client.
-    #[error(
-        "the cluster's kubeconfig cannot be used: {0}; register the cluster again with a valid kubeconfig"
-    )]
+    #[error("the cluster's kubeconfig cannot be used: {0}; replace it with a valid kubeconfig")]
     InvalidKubeconfig(String),
     /// The API server could not be reached (connection refused, DNS, TLS, timeout).
     #[error(
@@ -141,7 +139,7 @@ pub enum BootstrapError {
     Unreachable(String),
     /// The API server rejected the kubeconfig's credentials (401).
     #[error(
-        "the cluster's API server rejected the kubeconfig's credentials (401 Unauthorized) while applying {object}; register the cluster with a valid token or client certificate"
+        "the cluster's API server rejected the kubeconfig's credentials (401 Unauthorized) while applying {object}; replace the cluster's kubeconfig with one holding a valid token or client certificate"
     )]
     Unauthorized {
         /// The object being applied.

@@ -285,6 +285,8 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
     let mut bind = rule(&["rbac.authorization.k8s.io"], &["clusterroles"], &["bind"]);
     let mut proxy_read = rule(&[""], &["services", "secrets"], &["get"]);
     proxy_read.resource_names = Some(vec!["capsule-proxy".into()]);
+    let mut proxy_ingress = rule(&["networking.k8s.io"], &["ingresses"], &["get"]);
+    proxy_ingress.resource_names = Some(vec!["capsule-proxy".into()]);
     bind.resource_names = Some(PROJECT_CLUSTER_ROLES.map(str::to_owned).to_vec());
     let mut impersonate = rule(&[""], &["serviceaccounts"], &["impersonate"]);
     impersonate.resource_names = Some(vec![APP_SERVICE_ACCOUNT.to_owned()]);
@@ -333,8 +335,12 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
             &["get", "list"],
         ),
         rule(&["apps"], &["deployments"], &["get", "list"]),
-        // The Capsule Proxy endpoint and CA reported to the manager (read only, by name).
+        // The Capsule Proxy endpoint and CA reported to the manager (read only, by name):
+        // its Service, its serving-certificate Secret and its Ingress (the URL, when the
+        // chart exposes it with one). Its Deployment (which Secret it serves) is read
+        // with the rule above.
         proxy_read,
+        proxy_ingress,
     ]
 }
 

@@ -82,6 +82,16 @@ pub trait Store: Send + Sync + 'static {
         expected_version: i64,
         opts: &WriteOptions<'_>,
     ) -> Result<()>;
+    /// Replaces a cluster like [`Store::update_cluster`] and its stored kubeconfig
+    /// (re-encrypted under a fresh data key) in the same transaction, with the audit event:
+    /// a stale `expected_version` changes neither.
+    async fn update_cluster_kubeconfig(
+        &self,
+        cluster: &Cluster,
+        expected_version: i64,
+        kubeconfig: &[u8],
+        opts: &WriteOptions<'_>,
+    ) -> Result<()>;
     /// Deletes a cluster; with `cascade` also its tenants, projects and apps, otherwise
     /// refuses ([`StoreError::Conflict`]) while it has tenants.
     async fn delete_cluster(

@@ -363,6 +363,43 @@ macro_rules! sql_backend {
                 }
             }
 
+            /// Replaces a cluster at `expected` and, with `kubeconfig`, its stored
+            /// kubeconfig, in one transaction with the audit event and idempotency record.
+            async fn update_cluster_sealing(
+                &self,
+                c: &Cluster,
+                expected: i64,
+                kubeconfig: Option<&[u8]>,
+                opts: &WriteOptions<'_>,
+            ) -> Result<()> {
+                // Drops the cached record when this returns (after the commit, or on failure).
+                let _invalidate = Invalidate::row(&self.cache, c.id.0);
+                check_next_version("cluster", c.version, expected)?;
+                let keys = self.keys();
+                let mut tx = self.pool.begin().await?;
+                let res = sqlx::query(
+                    "UPDATE clusters SET name = $1, doc = $2, version = $3, updated_at = $4 WHERE id = $5 AND version = $6",
+                )
+                .bind(&c.name)
+                .bind(Json(c))
+                .bind(c.version)
+                .bind(to_micros(c.updated_at))
+                .bind(c.id.0)
+                .bind(expected)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| unique(e.into(), || format!("a cluster named {:?} already exists", c.name)))?;
+                if res.rows_affected() == 0 {
+                    return Err(Self::version_error(&mut *tx, "clusters", "cluster", c.id.0, expected).await);
+                }
+                if let Some(kubeconfig) = kubeconfig {
+                    Self::seal_into(&mut *tx, &keys, c.id.0, "cluster-kubeconfig", kubeconfig).await?;
+                }
+                Self::apply_opts(&mut *tx, opts).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
             async fn seal_into(
                 conn: &mut <$Db as sqlx::Database>::Connection,
                 keys: &Keyring,
@@ -568,28 +605,17 @@ macro_rules! sql_backend {
             }
 
             async fn update_cluster(&self, c: &Cluster, expected: i64, opts: &WriteOptions<'_>) -> Result<()> {
-                // Drops the cached record when this returns (after the commit, or on failure).
-                let _invalidate = Invalidate::row(&self.cache, c.id.0);
-                check_next_version("cluster", c.version, expected)?;
-                let mut tx = self.pool.begin().await?;
-                let res = sqlx::query(
-                    "UPDATE clusters SET name = $1, doc = $2, version = $3, updated_at = $4 WHERE id = $5 AND version = $6",
-                )
-                .bind(&c.name)
-                .bind(Json(c))
-                .bind(c.version)
-                .bind(to_micros(c.updated_at))
-                .bind(c.id.0)
-                .bind(expected)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| unique(e.into(), || format!("a cluster named {:?} already exists", c.name)))?;
-                if res.rows_affected() == 0 {
-                    return Err(Self::version_error(&mut *tx, "clusters", "cluster", c.id.0, expected).await);
-                }
-                Self::apply_opts(&mut *tx, opts).await?;
-                tx.commit().await?;
-                Ok(())
+                self.update_cluster_sealing(c, expected, None, opts).await
+            }
+
+            async fn update_cluster_kubeconfig(
+                &self,
+                c: &Cluster,
+                expected: i64,
+                kubeconfig: &[u8],
+                opts: &WriteOptions<'_>,
+            ) -> Result<()> {
+                self.update_cluster_sealing(c, expected, Some(kubeconfig), opts).await
             }
 
             async fn delete_cluster(&self, id: ClusterId, cascade: bool, opts: &WriteOptions<'_>) -> Result<()> {

@@ -57,6 +57,7 @@ suite!(
     secret_replace_is_conditional_on_the_version,
     active_workflow_runs_and_retention,
     usage_queries_never_drop_rows_silently,
+    cluster_kubeconfig_is_replaced_with_the_record,
 );
 
 async fn ping_reports_current_migrations(h: &Harness) {
@@ -1762,4 +1763,89 @@ async fn usage_queries_never_drop_rows_silently(h: &Harness) {
     assert_eq!(sums.records, 3);
     assert_eq!(sums.memory_byte_hours, i64::MAX);
     assert_eq!(sums.cpu_millicore_hours, 3003);
+}
+
+/// The kubeconfig is replaced together with the cluster record and its audit event, under
+/// the record's version: a stale version replaces nothing and writes no audit event.
+async fn cluster_kubeconfig_is_replaced_with_the_record(h: &Harness) {
+    let s = &h.store;
+    let c = cluster("rotated");
+    s.create_cluster(&c, b"old kubeconfig", &WriteOptions::default())
+        .await
+        .unwrap();
+    let mut next = c.clone();
+    next.version = 2;
+    let ev = audit("alice", "cluster", &c.id.to_string());
+    s.update_cluster_kubeconfig(
+        &next,
+        1,
+        b"new kubeconfig",
+        &WriteOptions {
+            audit: Some(&ev),
+            idempotency: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        &s.cluster_kubeconfig(c.id).await.unwrap()[..],
+        b"new kubeconfig"
+    );
+    assert_eq!(s.get_cluster(c.id).await.unwrap().version, 2);
+    assert_eq!(
+        s.query_audit(&AuditQuery::default()).await.unwrap().items,
+        vec![ev]
+    );
+
+    // Stale: neither the record, nor the kubeconfig, nor the audit log changes.
+    let stale = next.clone();
+    let ev2 = audit("mallory", "cluster", &c.id.to_string());
+    let err = s
+        .update_cluster_kubeconfig(
+            &stale,
+            1,
+            b"stale kubeconfig",
+            &WriteOptions {
+                audit: Some(&ev2),
+                idempotency: None,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StoreError::PreconditionFailed {
+                expected: 1,
+                actual: 2,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        &s.cluster_kubeconfig(c.id).await.unwrap()[..],
+        b"new kubeconfig"
+    );
+    assert_eq!(s.get_cluster(c.id).await.unwrap().version, 2);
+    assert_eq!(
+        s.query_audit(&AuditQuery::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        1
+    );
+    // A cluster that does not exist.
+    let mut ghost = cluster("ghost");
+    ghost.version = 2;
+    assert!(matches!(
+        s.update_cluster_kubeconfig(&ghost, 1, b"x", &WriteOptions::default())
+            .await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert!(matches!(
+        s.cluster_kubeconfig(ghost.id).await,
+        Err(StoreError::NotFound { .. })
+    ));
 }

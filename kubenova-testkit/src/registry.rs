@@ -234,6 +234,19 @@ pub fn builtins() -> Vec<ResourceType> {
             false,
             Some("networkpolicy-networking-v1.json"),
         ),
+        definition(
+            builtin(
+                "networking.k8s.io",
+                "v1",
+                "Ingress",
+                "ingresses",
+                true,
+                &["ing"],
+                true,
+                None,
+            ),
+            "io.k8s.api.networking.v1.Ingress",
+        ),
         builtin(
             "apps",
             "v1",

@@ -2,8 +2,9 @@
 //! kubeconfig is used once to apply the operator; the cluster goes `bootstrapping`, then
 //! `connected` on a heartbeat with the credential read back from the applied Secret;
 //! re-bootstrap rotates the credential; a kubeconfig whose identity lacks rights (a 403
-//! injected by the testkit) and an unreachable API server give status `error` with a
-//! condition naming the cause; `--operator-helm-installer` adds the installer identity.
+//! injected by the testkit) and an unreachable API server give KN-409 and status `error`
+//! with a condition naming the cause; `--operator-helm-installer` adds the
+//! installer identity.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use axum::body::Body;
@@ -321,15 +322,23 @@ async fn bootstrap_applies_the_operator_and_the_heartbeat_connects() {
         None,
     )
     .await;
-    assert_eq!(s, StatusCode::OK, "{r}");
-    assert_eq!(r["status"], "failed");
-    assert_eq!(r["clusterStatus"], "error");
+    assert_eq!(s, StatusCode::CONFLICT, "{r}");
+    assert_eq!(r["code"], "KN-409");
+    assert_eq!(r["details"]["clusterStatus"], "error");
     let message = r["message"].as_str().unwrap();
     assert!(
         message.contains("403") && message.contains("ClusterRole"),
         "{r}"
     );
-    let cond = r["cluster"]["conditions"]
+    let (_, c) = call(
+        &app,
+        Method::GET,
+        &format!("/api/v1/clusters/{cid}"),
+        &admin,
+        None,
+    )
+    .await;
+    let cond = c["conditions"]
         .as_array()
         .unwrap()
         .iter()
@@ -353,9 +362,10 @@ async fn bootstrap_applies_the_operator_and_the_heartbeat_connects() {
         None,
     )
     .await;
-    assert_eq!(s, StatusCode::OK, "{r}");
-    assert_eq!(r["status"], "failed");
-    assert_eq!(r["clusterStatus"], "error");
+    assert_eq!(s, StatusCode::CONFLICT, "{r}");
+    assert_eq!(r["code"], "KN-409");
+    assert_eq!(r["details"]["reason"], "Unreachable");
+    assert_eq!(r["details"]["clusterStatus"], "error");
     assert!(
         r["message"].as_str().unwrap().contains("unreachable"),
         "{r}"
@@ -389,10 +399,14 @@ async fn bootstrap_applies_the_operator_and_the_heartbeat_connects() {
         .clone();
     assert_eq!(op["phase"], "failed");
 
-    // Without a manager URL for agents, bootstrap refuses before touching the cluster.
+    // Without a manager URL agents can use, bootstrap refuses before touching the cluster:
+    // a precondition (KN-409) naming the option to set.
     let st2 = kubenova_manager::test_state(
         st.store.clone(),
-        ServerConfig::default(),
+        ServerConfig {
+            listen: "0.0.0.0:8080".parse().unwrap(),
+            ..ServerConfig::default()
+        },
         b"0123456789abcdef0123456789abcdef",
     );
     let (s, r) = call(
@@ -403,7 +417,7 @@ async fn bootstrap_applies_the_operator_and_the_heartbeat_connects() {
         None,
     )
     .await;
-    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{r}");
+    assert_eq!(s, StatusCode::CONFLICT, "{r}");
     assert!(
         r["message"]
             .as_str()
@@ -531,8 +545,9 @@ async fn a_failed_rebootstrap_keeps_the_running_operator_connected(r: Registered
             .status(500),
     );
     let (s, r) = bootstrap().await;
-    assert_eq!(s, StatusCode::OK, "{r}");
-    assert_eq!(r["status"], "failed", "{r}");
+    assert_eq!(s, StatusCode::CONFLICT, "{r}");
+    assert_eq!(r["details"]["reason"], "Rejected", "{r}");
+    assert_eq!(r["details"]["retryable"], true, "{r}");
     cluster.faults().remove(broken);
     assert_eq!(read_token().await, running, "the Secret was not changed");
     assert_eq!(
@@ -549,8 +564,9 @@ async fn a_failed_rebootstrap_keeps_the_running_operator_connected(r: Registered
             .status(500),
     );
     let (s, r) = bootstrap().await;
-    assert_eq!(s, StatusCode::OK, "{r}");
-    assert_eq!(r["status"], "failed", "{r}");
+    assert_eq!(s, StatusCode::CONFLICT, "{r}");
+    assert_eq!(r["details"]["reason"], "Rejected", "{r}");
+    assert_eq!(r["details"]["retryable"], true, "{r}");
     cluster.faults().remove(broken);
     let staged = read_token().await;
     assert_ne!(staged, running);

@@ -467,15 +467,8 @@ async fn capabilities_bootstrap_refresh() {
     .await
     .expect_kn(StatusCode::NOT_FOUND, "KN-404");
 
-    // The operator bootstrap applies objects to the cluster and needs to know the URL
-    // agents reach this manager at; without it nothing is applied or recorded.
-    app.post(
-        &format!("/api/v1/clusters/{id}/bootstrap/operator"),
-        &admin,
-        json!({}),
-    )
-    .await
-    .expect_kn(StatusCode::SERVICE_UNAVAILABLE, "KN-503");
+    // (The operator bootstrap, which applies objects to the cluster, is covered with a
+    // testkit cluster in tests/routes_clusters.rs and tests/agent_bootstrap.rs.)
     let r = app
         .post(
             &format!("/api/v1/clusters/{id}/bootstrap/capsule"),

@@ -143,6 +143,15 @@ fn covers_what_the_controllers_use() {
     ));
     assert!(allowed("apps", "deployments", "get"));
     assert!(!allowed("apps", "deployments", "patch"));
+    // Ingresses: only Capsule Proxy's (its URL), read by name.
+    let ingresses: Vec<_> = rules
+        .iter()
+        .filter(|r| strings(&r["resources"]).contains(&"ingresses"))
+        .collect();
+    assert_eq!(ingresses.len(), 1, "{ingresses:?}");
+    assert_eq!(strings(&ingresses[0]["apiGroups"]), ["networking.k8s.io"]);
+    assert_eq!(strings(&ingresses[0]["verbs"]), ["get"]);
+    assert_eq!(strings(&ingresses[0]["resourceNames"]), ["capsule-proxy"]);
     // Secrets: only the Capsule Proxy CA, read by name; never cluster-wide.
     for r in rules
         .iter()

@@ -63,7 +63,7 @@ use rand::Rng as _;
 use tokio::sync::{Notify, mpsc, watch};
 
 pub use client::{AgentClient, AgentError, RetryClass};
-pub use heartbeat::{PROXY_CONFIGMAP_CA_KEY, PROXY_CONFIGMAP_URL_KEY, proxy_endpoint};
+pub use heartbeat::{PROXY_CONFIGMAP_CA_KEY, PROXY_CONFIGMAP_URL_KEY, ProxyFound, discover_proxy};
 pub use status::object_report;
 
 /// Namespace of the operator, its agent Secret and the proxy ConfigMap.
@@ -75,7 +75,9 @@ pub const ANNOTATION_DESIRED_REVISION: &str = "kubenova.io/desired-revision";
 pub const CAPSULE_PROXY_NAMESPACE: &str = "capsule-system";
 /// Name of Capsule Proxy's Service.
 pub const CAPSULE_PROXY_SERVICE: &str = "capsule-proxy";
-/// Name of the Secret holding Capsule Proxy's CA (key `ca`, or `ca.crt`).
+/// Name of the Secret holding Capsule Proxy's serving certificate and its CA (key
+/// `ca.crt` from cert-manager, or `ca` from the chart's certgen job): the chart's default,
+/// and the only Secret the operator may read there.
 pub const CAPSULE_PROXY_SECRET: &str = "capsule-proxy";
 /// Port of Capsule Proxy when its Service names none.
 pub const CAPSULE_PROXY_PORT: i32 = 9001;

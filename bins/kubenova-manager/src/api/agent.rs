@@ -587,10 +587,61 @@ fn check_heartbeat(hb: &Heartbeat) -> ApiResult<()> {
             }
         }
     }
+    if let Some(d) = &hb.proxy_discovery {
+        for (field, text) in [
+            ("proxyDiscovery.urlSource", &d.url_source),
+            ("proxyDiscovery.caSource", &d.ca_source),
+            ("proxyDiscovery.problem", &d.problem),
+            ("proxyDiscovery.note", &d.note),
+        ] {
+            if let Some(t) = text {
+                v.max_len(field, t, 4096);
+            }
+        }
+    }
     if hb.applied_revision < 0 {
         v.push("appliedRevision", "must not be negative");
     }
     Ok(v.finish()?)
+}
+
+/// The `CapsuleProxyDiscovered` condition from what the operator reports: `True` when it
+/// found the endpoint and its CA (the message says where from, and any caveat), `False`
+/// with its explanation otherwise (reason `EndpointNotFound` or `CaNotFound`).
+fn proxy_condition(
+    proxy: Option<&kubenova_api::model::ProxyEndpoint>,
+    d: &kubenova_api::agent::ProxyDiscovery,
+) -> Condition {
+    let source = |s: &Option<String>| s.clone().unwrap_or_else(|| "unknown".into());
+    match proxy {
+        Some(p) if p.ca_data.is_some() && d.problem.is_none() => condition(
+            super::kubeconfigs::PROXY_CONDITION,
+            ConditionStatus::True,
+            "Discovered",
+            format!(
+                "Capsule Proxy at {} (URL from {}; CA from {}){}",
+                p.url,
+                source(&d.url_source),
+                source(&d.ca_source),
+                d.note
+                    .as_ref()
+                    .map(|n| format!("; {n}"))
+                    .unwrap_or_default()
+            ),
+        ),
+        found => condition(
+            super::kubeconfigs::PROXY_CONDITION,
+            ConditionStatus::False,
+            if found.is_some() {
+                "CaNotFound"
+            } else {
+                "EndpointNotFound"
+            },
+            d.problem
+                .clone()
+                .unwrap_or_else(|| "the operator found no Capsule Proxy endpoint with a CA".into()),
+        ),
+    }
 }
 
 /// Merges reported component states over the stored ones: a request not yet delivered
@@ -656,6 +707,9 @@ async fn heartbeat(
             c.components = merge_components(&c.components, &hb.components);
             if let Some(p) = &hb.proxy {
                 c.proxy = Some(p.clone());
+            }
+            if let Some(d) = &hb.proxy_discovery {
+                set_condition(&mut c.conditions, proxy_condition(hb.proxy.as_ref(), d));
             }
             let k8s = hb
                 .kubernetes_version

@@ -624,17 +624,21 @@ fn parse_put_spec(body: Value, current: &App) -> ApiResult<AppSpec> {
     Ok(spec)
 }
 
-/// Parses `[item…]` or `{"<key>": [item…]}`.
-fn parse_list_or_object<T: serde::de::DeserializeOwned, W: serde::de::DeserializeOwned>(
+/// Parses `[item…]` or `{"<key>": [item…]}`: the rule of every list-replacing PUT
+/// ([`super::extract::KnList`]).
+fn parse_list_or_object<T, W: super::extract::ListBody>(
     body: &Value,
     unwrap: impl FnOnce(W) -> Vec<T>,
 ) -> ApiResult<Vec<T>> {
-    let bytes = serde_json::to_vec(body).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    match body {
-        Value::Array(_) => parse_json::<Vec<T>>(&bytes),
-        Value::Object(_) => parse_json::<W>(&bytes).map(unwrap),
-        _ => Err(ApiError::invalid("body", "must be an array or an object")),
-    }
+    super::extract::list_body::<W>(body.clone()).map(unwrap)
+}
+
+impl super::extract::ListBody for TraitsRequest {
+    const FIELD: &'static str = "traits";
+}
+
+impl super::extract::ListBody for PoliciesRequest {
+    const FIELD: &'static str = "policies";
 }
 
 // ---------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ use super::AppState;
 use super::authz::Access;
 use super::error::{ApiError, ApiResult};
 use super::extract::{
-    Audited, Ctx, KnJson, ListQuery, bytes_response, check_if_match, json_response,
+    Audited, Ctx, JsonOrYaml, ListQuery, bytes_response, check_if_match, if_match, json_response,
+    parse_json,
 };
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
@@ -105,20 +106,52 @@ pub struct ClusterList {
     pub next_cursor: Option<String>,
 }
 
+/// Whether kubeconfigs can be issued for a cluster now, and if not, exactly why.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(example = json!({"ready": false, "code": "KN-409",
+    "reason": "the cluster's reported Capsule Proxy endpoint has no usable CA: no CA certificate for proxy_ca: refusing to build a kubeconfig without one; the operator reports: Secret capsule-system/capsule-proxy, mounted by Deployment capsule-system/capsule-proxy for its serving certificate, does not exist (yet): …",
+    "proxyUrl": "https://capsule-proxy.capsule-system.svc:9001"}))]
+pub struct KubeconfigReadiness {
+    /// True when a kubeconfig issuance for a tenant or project of this cluster passes every
+    /// check that does not depend on the caller: the same checks, so this and
+    /// `GET /tenants/{id}/kubeconfig` never disagree.
+    pub ready: bool,
+    /// Why not: the KN error message an issuance answers now (absent when ready).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The KN code an issuance answers now (absent when ready).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<kubenova_api::ErrorCode>,
+    /// The Capsule Proxy URL issued kubeconfigs point at (when one is known).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy_url: Option<String>,
+    /// The operator's last word on how it found the endpoint and its CA, or why not (the
+    /// `CapsuleProxyDiscovered` condition), e.g. that an in-cluster address works only
+    /// from inside the cluster.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<String>,
+}
+
 /// What the operator observed in a cluster. All flags stay `false` until an operator reports.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 #[schema(example = json!({"certManager": false, "capsule": false, "capsuleProxy": false, "kubeVela": false,
+    "kubeconfigs": {"ready": false, "code": "KN-409",
+        "reason": "the Capsule Proxy endpoint of the cluster is not reported yet: kubeconfigs go through Capsule Proxy; retry once the operator reports it"},
     "reported": false, "components": [], "status": "pending_bootstrap"}))]
 pub struct ClusterCapabilities {
     /// cert-manager served and available.
     pub cert_manager: bool,
     /// Capsule served and available.
     pub capsule: bool,
-    /// Capsule Proxy deployed and its endpoint reported.
+    /// Capsule Proxy deployed and its endpoint reported (not necessarily with its CA: see
+    /// `kubeconfigs`).
     pub capsule_proxy: bool,
     /// KubeVela served and available.
     pub kube_vela: bool,
+    /// Whether kubeconfigs can be issued now, and if not, why.
+    pub kubeconfigs: KubeconfigReadiness,
     /// True once the cluster's operator has reported at least once.
     pub reported: bool,
     /// When the operator last reported.
@@ -146,12 +179,16 @@ pub struct BootstrapAccepted {
     /// Component requested (bootstrap) — absent for refresh, which requests all of them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub component: Option<String>,
-    /// `applied` (operator bootstrap applied), `failed` (operator bootstrap failed; see
-    /// the cluster's `Bootstrapped` condition) or `accepted` (a component request recorded
-    /// for the operator).
+    /// `applied` (operator bootstrap applied) or `accepted` (a component request recorded
+    /// for the operator). A failed operator bootstrap is a KN error (see the operation).
     pub status: String,
     /// The cluster's lifecycle status after the call.
     pub cluster_status: ClusterStatus,
+    /// `operator` only: the URL written into the agent Secret, at which the operator calls
+    /// this manager (`--agent-manager-url`, else `--external-url`, else the loopback
+    /// `--listen` address; `message` says which).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_manager_url: Option<String>,
     /// Components whose (re)install was requested.
     pub requested: Vec<String>,
     /// What happens next, honestly.
@@ -159,6 +196,36 @@ pub struct BootstrapAccepted {
     /// The cluster record with the recorded request.
     pub cluster: Cluster,
 }
+
+/// Query parameters of a raw kubeconfig upload (`POST /clusters` with
+/// `Content-Type: application/yaml`): what the JSON body would carry besides the kubeconfig.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ClusterUploadQuery {
+    /// Raw kubeconfig uploads only (required there): the cluster name (DNS-1123 label).
+    pub name: Option<String>,
+    /// Raw kubeconfig uploads only: datacenter/region name.
+    pub datacenter: Option<String>,
+    /// Raw kubeconfig uploads only: labels as `key=value[,key=value…]`, e.g. `env=prod,team=core`.
+    pub labels: Option<String>,
+    /// Raw kubeconfig uploads only: the Capsule Proxy base URL, if known before the operator reports it.
+    pub capsule_proxy_endpoint: Option<String>,
+}
+
+/// `PUT /clusters/{id}/kubeconfig` with JSON: the new kubeconfig.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schema(example = json!({"kubeconfig": KUBECONFIG_B64_EXAMPLE}))]
+pub struct KubeconfigReplacement {
+    /// The cluster's new kubeconfig, base64 or raw YAML, checked like at registration.
+    pub kubeconfig: String,
+}
+
+/// No query parameters at all.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoQuery {}
 
 const DELIVERED_BY_AGENT: &str = "the request is recorded on the cluster (component phase `requested`); the cluster's operator \
      receives it with its next desired-state poll (a waiting poll returns at once), marks it `installing`, and reports the \
@@ -173,6 +240,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_clusters, create_cluster))
         .routes(routes!(get_cluster, delete_cluster))
+        .routes(routes!(replace_kubeconfig))
         .routes(routes!(get_capabilities))
         .routes(routes!(bootstrap_component))
         .routes(routes!(refresh_cluster))
@@ -231,11 +299,18 @@ async fn list_clusters(State(st): State<AppState>, ctx: Ctx, uri: Uri) -> ApiRes
     path = "/api/v1/clusters",
     tag = "clusters",
     operation_id = "createCluster",
-    request_body(content = ClusterSpec, description = "Name, datacenter, labels and the cluster's kubeconfig (base64 or raw YAML). \
+    params(ClusterUploadQuery),
+    request_body(description = "Either JSON (`application/json`): name, datacenter, labels and the cluster's kubeconfig (base64 or raw YAML) in the body, no query parameters; \
+        or the raw kubeconfig itself (`application/yaml` or `application/x-yaml`, e.g. `kubectl config view --raw --minify | curl --data-binary @- …`) \
+        with `name` (required), `datacenter`, `labels` (`key=value,…`) and `capsuleProxyEndpoint` as query parameters. \
         The kubeconfig must name a current context whose cluster has an https server and whose user has a token or client certificate; \
         `insecure-skip-tls-verify: true`, exec plugins and file references are refused.",
-        example = json!({"name": "prod-eu-1", "datacenter": "eu-west", "labels": {"env": "prod"},
-            "kubeconfig": "YXBpVmVyc2lvbjogdjEKa2luZDogQ29uZmlnCmNsdXN0ZXJzOgotIG5hbWU6IHByb2QKICBjbHVzdGVyOgogICAgc2VydmVyOiBodHRwczovLzEwLjAuMC4xOjY0NDMKICAgIGNlcnRpZmljYXRlLWF1dGhvcml0eS1kYXRhOiBMUzB0TFMxQ1JVZEpUZz09CmNvbnRleHRzOgotIG5hbWU6IHByb2QKICBjb250ZXh0OgogICAgY2x1c3RlcjogcHJvZAogICAgdXNlcjogYWRtaW4KY3VycmVudC1jb250ZXh0OiBwcm9kCnVzZXJzOgotIG5hbWU6IGFkbWluCiAgdXNlcjoKICAgIHRva2VuOiBleGFtcGxlCg=="})),
+        content(
+            (ClusterSpec = "application/json", example = json!({"name": "prod-eu-1", "datacenter": "eu-west", "labels": {"env": "prod"},
+                "kubeconfig": KUBECONFIG_B64_EXAMPLE})),
+            (String = "application/yaml", example = json!(KUBECONFIG_EXAMPLE)),
+            (String = "application/x-yaml", example = json!(KUBECONFIG_EXAMPLE)),
+        )),
     responses(
         (status = 201, description = "Registered; status `pending_bootstrap`. `Location` names the cluster, `ETag` its version.", body = Cluster,
             headers(("Location" = String, description = "URL of the cluster"), ("ETag" = String, description = "Record version")),
@@ -244,7 +319,7 @@ async fn list_clusters(State(st): State<AppState>, ctx: Ctx, uri: Uri) -> ApiRes
                 "capabilities": {"certManager": false, "capsule": false, "capsuleProxy": false, "kubeVela": false},
                 "components": [], "conditions": [], "version": 1,
                 "createdAt": "2026-01-01T00:00:00Z", "updatedAt": "2026-01-01T00:00:00Z"})),
-        (status = 400, description = "Malformed JSON", body = ErrorBody,
+        (status = 400, description = "Malformed JSON, an unknown query parameter, or query parameters with a JSON body", body = ErrorBody,
             example = json!({"code": "KN-400", "message": "malformed JSON: EOF while parsing an object at line 1 column 9"})),
         (status = 401, description = "No or invalid bearer token", body = ErrorBody,
             example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
@@ -252,8 +327,10 @@ async fn list_clusters(State(st): State<AppState>, ctx: Ctx, uri: Uri) -> ApiRes
             example = json!({"code": "KN-403", "message": "this operation needs one of the roles admin, ops"})),
         (status = 409, description = "A cluster with this name exists", body = ErrorBody,
             example = json!({"code": "KN-409", "message": "a cluster named \"prod-eu-1\" already exists"})),
-        (status = 415, description = "Body is not JSON", body = ErrorBody,
-            example = json!({"code": "KN-415", "message": "expected Content-Type: application/json, got \"text/plain\""})),
+        (status = 413, description = "The body exceeds the body limit", body = ErrorBody,
+            example = json!({"code": "KN-413", "message": "the request body exceeds the size limit"})),
+        (status = 415, description = "Body is neither JSON nor a raw kubeconfig (application/yaml, application/x-yaml)", body = ErrorBody,
+            example = json!({"code": "KN-415", "message": "expected Content-Type: application/json, or application/yaml (application/x-yaml) with the raw kubeconfig, got \"text/plain\""})),
         (status = 422, description = "Invalid name, labels or kubeconfig (e.g. insecure-skip-tls-verify)", body = ErrorBody,
             example = json!({"code": "KN-422", "message": "validation failed: kubeconfig.clusters[0].cluster.insecure-skip-tls-verify: must not be true",
                 "details": {"violations": [{"field": "kubeconfig.clusters[0].cluster.insecure-skip-tls-verify",
@@ -264,14 +341,38 @@ async fn list_clusters(State(st): State<AppState>, ctx: Ctx, uri: Uri) -> ApiRes
 async fn create_cluster(
     State(st): State<AppState>,
     ctx: Ctx,
-    KnJson(spec): KnJson<ClusterSpec>,
+    uri: Uri,
+    body: Result<JsonOrYaml, ApiError>,
 ) -> ApiResult<Response> {
     ctx.principal.check_clusters(Access::Write)?;
     if let Some(replay) = ctx.replay() {
         return Ok(replay);
     }
+    let q: ClusterUploadQuery = query(&uri)?;
+    let spec = match body? {
+        JsonOrYaml::Json(bytes) => {
+            let given: Vec<&str> = [
+                ("name", q.name.is_some()),
+                ("datacenter", q.datacenter.is_some()),
+                ("labels", q.labels.is_some()),
+                ("capsuleProxyEndpoint", q.capsule_proxy_endpoint.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(n, set)| set.then_some(n))
+            .collect();
+            if !given.is_empty() {
+                return Err(ApiError::bad_request(format!(
+                    "query parameters ({}) are read only with a raw kubeconfig upload (Content-Type: application/yaml); \
+                     with a JSON body, send them in the body",
+                    given.join(", ")
+                )));
+            }
+            parse_json::<ClusterSpec>(&bytes)?
+        }
+        JsonOrYaml::Yaml(bytes) => upload_spec(q, &bytes)?,
+    };
     spec.validate()?;
-    let kubeconfig = check_kubeconfig(&spec.kubeconfig)?;
+    let kubeconfig = zeroize::Zeroizing::new(check_kubeconfig(&spec.kubeconfig)?);
     let now = OffsetDateTime::now_utc();
     let cluster = Cluster {
         id: ClusterId::new(),
@@ -417,7 +518,8 @@ async fn delete_cluster(
     operation_id = "getClusterCapabilities",
     params(("clusterID" = String, Path, description = "Cluster id (UUID)")),
     responses(
-        (status = 200, description = "Observed capabilities and component states", body = ClusterCapabilities),
+        (status = 200, description = "Observed capabilities and component states, and whether kubeconfigs can be issued now (`kubeconfigs`: \
+            the same checks as an issuance, with the KN error it would answer and the operator's account of the Capsule Proxy discovery)", body = ClusterCapabilities),
         (status = 400, description = "The id is not a UUID", body = ErrorBody,
             example = json!({"code": "KN-400", "message": "cluster id \"abc\" is not a UUID"})),
         (status = 401, description = "No or invalid bearer token", body = ErrorBody,
@@ -440,11 +542,37 @@ async fn get_capabilities(
         st.store.get_cluster(id).await?,
         st.config.agent_heartbeat_interval,
     );
+    let discovery = c
+        .conditions
+        .iter()
+        .find(|x| x.type_ == super::kubeconfigs::PROXY_CONDITION)
+        .map(|x| x.message.clone());
+    let kubeconfigs = match super::kubeconfigs::issuance_readiness(&st, &c) {
+        Ok(url) => KubeconfigReadiness {
+            ready: true,
+            reason: None,
+            code: None,
+            proxy_url: Some(url),
+            discovery,
+        },
+        Err(e) => KubeconfigReadiness {
+            ready: false,
+            reason: Some(e.error.message),
+            code: Some(e.error.code),
+            proxy_url: c
+                .proxy
+                .as_ref()
+                .map(|p| p.url.clone())
+                .filter(|u| !u.trim().is_empty()),
+            discovery,
+        },
+    };
     let body = ClusterCapabilities {
         cert_manager: c.capabilities.cert_manager,
         capsule: c.capabilities.capsule,
         capsule_proxy: c.capabilities.capsule_proxy,
         kube_vela: c.capabilities.kube_vela,
+        kubeconfigs,
         reported: c.last_heartbeat_at.is_some(),
         last_heartbeat_at: c.last_heartbeat_at,
         operator_version: c.operator_version.clone(),
@@ -562,6 +690,7 @@ async fn record_request(
                 component: component.clone(),
                 status: "accepted".into(),
                 cluster_status: c.status,
+                agent_manager_url: None,
                 requested: requested.iter().map(|s| s.to_string()).collect(),
                 message: DELIVERED_BY_AGENT.into(),
                 cluster: c.clone(),
@@ -600,25 +729,16 @@ async fn record_request(
         ("If-Match" = Option<String>, Header, description = "ETag the client read; KN-412 when stale")),
     responses(
         (status = 202, description = "`operator`: namespace kubenova-system, the Nova CRDs, the operator RBAC, the agent Secret (a freshly minted credential; \
-            the previous one keeps working until the operator first uses the new one, then stops) and the Deployment were applied with server-side apply; status `bootstrapping` until the operator's first heartbeat \
+            the previous one keeps working until the operator first uses the new one, then stops; `agentManagerUrl` is the URL it tells the operator) and the Deployment \
+            were applied with server-side apply; status `bootstrapping` until the operator's first heartbeat \
             makes it `connected`. Other components: the request is recorded (phase `requested`) and delivered to the operator.", body = BootstrapAccepted,
             example = json!({"clusterId": "11111111-1111-1111-1111-111111111111", "component": "operator", "status": "applied",
-                "clusterStatus": "bootstrapping", "requested": ["operator"],
-                "message": "applied Namespace/kubenova-system, 3 CRDs, the operator RBAC, Secret/kubenova-system/kubenova-agent and Deployment/kubenova-system/kubenova-operator; waiting for the operator's first heartbeat",
+                "clusterStatus": "bootstrapping", "agentManagerUrl": "https://kubenova.example.com", "requested": ["operator"],
+                "message": "applied Namespace/kubenova-system, 3 CRDs, the operator RBAC, Secret/kubenova-system/kubenova-agent and Deployment/kubenova-system/kubenova-operator; waiting for the operator's first heartbeat at https://kubenova.example.com (--agent-manager-url)",
                 "cluster": {"id": "11111111-1111-1111-1111-111111111111", "name": "prod-eu-1", "datacenter": "eu-west", "labels": {},
                     "status": "bootstrapping", "capabilities": {"certManager": false, "capsule": false, "capsuleProxy": false, "kubeVela": false},
                     "components": [{"name": "operator", "version": "ghcr.io/kubenova/kubenova-operator:0.1.0", "phase": "installing", "message": "Deployment applied; waiting for the operator's first heartbeat"}],
                     "conditions": [{"type": "Bootstrapped", "status": "True", "reason": "Applied", "message": "operator manifests applied", "lastTransitionTime": "2026-01-01T00:01:00Z", "observedGeneration": 2}],
-                    "version": 2, "createdAt": "2026-01-01T00:00:00Z", "updatedAt": "2026-01-01T00:01:00Z"}})),
-        (status = 200, description = "`operator`: the apply failed; the cluster is now `error` with a `Bootstrapped=False` condition whose reason names the cause \
-            (`Unreachable`, `Unauthorized`, `Forbidden`, `InvalidKubeconfig`, `Rejected`). Fix the cause and call again.", body = BootstrapAccepted,
-            example = json!({"clusterId": "11111111-1111-1111-1111-111111111111", "component": "operator", "status": "failed",
-                "clusterStatus": "error", "requested": ["operator"],
-                "message": "the cluster's API server is unreachable: error trying to connect: tcp connect error: Connection refused (os error 111); check the server URL and that the manager can reach it",
-                "cluster": {"id": "11111111-1111-1111-1111-111111111111", "name": "prod-eu-1", "datacenter": "eu-west", "labels": {},
-                    "status": "error", "capabilities": {"certManager": false, "capsule": false, "capsuleProxy": false, "kubeVela": false},
-                    "components": [{"name": "operator", "phase": "failed", "message": "bootstrap failed: Unreachable"}],
-                    "conditions": [{"type": "Bootstrapped", "status": "False", "reason": "Unreachable", "message": "the cluster's API server is unreachable: …", "lastTransitionTime": "2026-01-01T00:01:00Z", "observedGeneration": 2}],
                     "version": 2, "createdAt": "2026-01-01T00:00:00Z", "updatedAt": "2026-01-01T00:01:00Z"}})),
         (status = 400, description = "The id is not a UUID", body = ErrorBody,
             example = json!({"code": "KN-400", "message": "cluster id \"abc\" is not a UUID"})),
@@ -633,9 +753,25 @@ async fn record_request(
         (status = 422, description = "Unknown component", body = ErrorBody,
             example = json!({"code": "KN-422", "message": "validation failed: component: unknown component \"istio\"",
                 "details": {"violations": [{"field": "component", "reason": "unknown component \"istio\": use one of cert-manager, capsule, capsule-proxy, kubevela, operator"}]}})),
-        (status = 503, description = "`operator`: this manager has no URL for agents (start it with --agent-manager-url or --external-url), or its CA file cannot be read", body = ErrorBody,
-            example = json!({"code": "KN-503", "message": "the manager has no URL its operators can reach: start it with --agent-manager-url (or --external-url)",
-                "details": {"dependency": "manager-configuration"}})),
+        (status = 409, description = "`operator`: either nothing was applied because a precondition of this manager does not hold (`details.precondition`): \
+            it has no URL its operators can use (it listens on a non-loopback address or port 0 without --agent-manager-url or --external-url, \
+            or that URL is plain http:// to a non-loopback host), or the --agent-manager-ca-file cannot be used; `details.option` names what to set. \
+            Or the apply failed in the cluster (`details.reason`: `Unauthorized`, `Forbidden` or `InvalidKubeconfig`: replace the kubeconfig \
+            with PUT /clusters/{id}/kubeconfig; `Unreachable`; `Rejected`: an object was refused); the cluster is then `error` with a \
+            `Bootstrapped=False` condition, and `details.retryable` says whether the same call may succeed later unchanged.", body = ErrorBody,
+            examples(
+                ("precondition" = (summary = "No URL agents can use", value = json!({"code": "KN-409",
+                    "message": "this manager listens on 0.0.0.0:8080 and was started without --agent-manager-url or --external-url, so it cannot tell which URL the cluster's operator reaches it at: start it with --agent-manager-url https://<host the operator reaches>[:port] (operators accept plain http:// only for loopback addresses)",
+                    "details": {"precondition": "manager-configuration", "option": "--agent-manager-url", "listen": "0.0.0.0:8080"}}))),
+                ("refused" = (summary = "The cluster refused the kubeconfig's identity", value = json!({"code": "KN-409",
+                    "message": "the kubeconfig's identity may not apply ClusterRole/kubenova-operator (403 Forbidden: …); bootstrap needs cluster-admin rights once; replace the cluster's kubeconfig with PUT /api/v1/clusters/11111111-1111-1111-1111-111111111111/kubeconfig and bootstrap again",
+                    "details": {"clusterId": "11111111-1111-1111-1111-111111111111", "component": "operator", "reason": "Forbidden", "retryable": false, "clusterStatus": "error"}}))),
+                ("unreachable" = (summary = "The cluster's API server cannot be reached", value = json!({"code": "KN-409",
+                    "message": "the cluster's API server is unreachable: error trying to connect: tcp connect error: Connection refused (os error 111); check the server URL and that the manager can reach it; retry once the API server is reachable from the manager, or replace the cluster's kubeconfig with PUT /api/v1/clusters/11111111-1111-1111-1111-111111111111/kubeconfig if its server URL or CA is wrong",
+                    "details": {"clusterId": "11111111-1111-1111-1111-111111111111", "component": "operator", "reason": "Unreachable", "retryable": true, "clusterStatus": "error"}}))),
+            )),
+        (status = 500, description = "`operator`: a bundled manifest is invalid (a build defect)", body = ErrorBody,
+            example = json!({"code": "KN-500", "message": "a bundled manifest is invalid: …"})),
     ),
     security(("bearerAuth" = []))
 )]
@@ -651,8 +787,129 @@ async fn bootstrap_component(
     record_request(&st, &ctx, &headers, &id, Some(component)).await
 }
 
-fn config_unavailable(message: impl Into<String>) -> ApiError {
-    kubenova_api::error::KnError::unavailable("manager-configuration", message).into()
+/// KN-409: the manager's configuration does not allow the operation; `option` names what
+/// to set.
+fn precondition(option: &str, message: impl Into<String>, extra: Value) -> ApiError {
+    let mut details = json!({"precondition": "manager-configuration", "option": option});
+    if let (Some(d), Value::Object(more)) = (details.as_object_mut(), extra) {
+        d.extend(more);
+    }
+    kubenova_api::error::KnError::conflict(message)
+        .with_details(details)
+        .into()
+}
+
+/// The URL written into the agent Secret, and how it was chosen.
+struct AgentUrl {
+    url: String,
+    /// Why this URL, for the answer's message.
+    source: String,
+}
+
+/// The URL operators are told to call: `--agent-manager-url`, else `--external-url`, else
+/// (loopback only) `http://<--listen>`. Refuses, with KN-409 naming the option to set,
+/// what the operator could not use: no URL at all (a non-loopback or port-0 listen
+/// address), or a URL the operator's client refuses (plain `http://` to a non-loopback
+/// host).
+fn agent_url(cfg: &super::config::ServerConfig) -> ApiResult<AgentUrl> {
+    let (url, option, source) = match (&cfg.agent_manager_url, &cfg.external_url) {
+        (Some(u), _) => (
+            u.trim_end_matches('/').to_string(),
+            "--agent-manager-url",
+            "--agent-manager-url".to_string(),
+        ),
+        (None, Some(u)) => (
+            u.trim_end_matches('/').to_string(),
+            "--external-url",
+            "--external-url; set --agent-manager-url if operators reach this manager elsewhere"
+                .to_string(),
+        ),
+        (None, None) => {
+            let listen = cfg.listen;
+            if !listen.ip().is_loopback() {
+                return Err(precondition(
+                    "--agent-manager-url",
+                    format!(
+                        "this manager listens on {listen} and was started without --agent-manager-url or --external-url, so it cannot tell which URL \
+                         the cluster's operator reaches it at: start it with --agent-manager-url https://<host the operator reaches>[:port] \
+                         (operators accept plain http:// only for loopback addresses)"
+                    ),
+                    json!({"listen": listen.to_string()}),
+                ));
+            }
+            if listen.port() == 0 {
+                return Err(precondition(
+                    "--agent-manager-url",
+                    format!(
+                        "this manager listens on {listen} (a port picked at start) and was started without --agent-manager-url or --external-url: \
+                         start it with --listen on a fixed port, or with --agent-manager-url <URL the operator reaches>"
+                    ),
+                    json!({"listen": listen.to_string()}),
+                ));
+            }
+            (
+                format!("http://{listen}"),
+                "--listen",
+                "this manager's loopback --listen address, as neither --agent-manager-url nor --external-url is set: only an operator on \
+                 this host reaches it; for an operator in a cluster's pods, start the manager with --agent-manager-url https://<address they reach>"
+                    .to_string(),
+            )
+        }
+    };
+    // The operator's own check of the URL: what it would refuse at start is refused now.
+    if let Err(e) = kubenova_reconcile::agent::AgentClient::new(&url, "kna_check", None) {
+        return Err(precondition(
+            option,
+            format!(
+                "the cluster's operator could not use {url:?} (from {option}): {e}; start the manager with --agent-manager-url https://<host the operator reaches>[:port]"
+            ),
+            json!({"url": url}),
+        ));
+    }
+    Ok(AgentUrl { url, source })
+}
+
+/// How a failed apply is answered: KN-409 with the cause in `details.reason`, whatever
+/// the cluster did (refused the kubeconfig's identity or an object, or could not be
+/// reached): the manager is fine, the cluster is not in a state the bootstrap can work
+/// with (a 5xx would count as the manager's own failure). `details.retryable` is true when
+/// the same call may succeed later unchanged (unreachable, or the API server failed);
+/// otherwise the kubeconfig or the cluster must be fixed first. KN-500 only for a bundled
+/// manifest that is invalid (a build defect).
+fn bootstrap_failure(id: ClusterId, e: &kubenova_reconcile::bootstrap::BootstrapError) -> ApiError {
+    use kubenova_reconcile::bootstrap::BootstrapError as E;
+    let retryable = match e {
+        E::Unreachable(_) => true,
+        E::Rejected { code, .. } => *code >= 500,
+        _ => false,
+    };
+    let details = json!({"clusterId": id, "component": "operator", "reason": e.reason(),
+        "retryable": retryable, "clusterStatus": ClusterStatus::Error});
+    let err = match e {
+        E::InvalidKubeconfig(_) | E::Unauthorized { .. } | E::Forbidden { .. } => {
+            kubenova_api::error::KnError::conflict(format!(
+                "{e}; replace the cluster's kubeconfig with PUT /api/v1/clusters/{id}/kubeconfig and bootstrap again"
+            ))
+        }
+        E::Unreachable(_) => kubenova_api::error::KnError::conflict(format!(
+            "{e}; retry once the API server is reachable from the manager, or replace the cluster's kubeconfig with \
+             PUT /api/v1/clusters/{id}/kubeconfig if its server URL or CA is wrong"
+        )),
+        E::Rejected { .. } if retryable => kubenova_api::error::KnError::conflict(format!(
+            "{e}; the cluster's API server failed: retry later"
+        )),
+        E::Rejected { .. } => kubenova_api::error::KnError::conflict(format!(
+            "{e}; fix what the cluster refuses and bootstrap again"
+        )),
+        _ => kubenova_api::error::KnError::internal(e.to_string()),
+    };
+    err.with_details(details).into()
+}
+
+/// The outcome of the detached apply: the answer, or the (audited) failure.
+enum BootstrapOutcome {
+    Applied(Response),
+    Failed(ApiError),
 }
 
 /// Applies the operator to the cluster with the stored kubeconfig and records the outcome.
@@ -672,20 +929,37 @@ async fn bootstrap_operator(
     let id: ClusterId = parse_id("cluster", raw_id)?;
     let c = st.store.get_cluster(id).await?;
     check_if_match(headers, "cluster", id, c.version)?;
-    let manager_url = st.config.agent_manager_url().ok_or_else(|| {
-        config_unavailable(
-            "the manager has no URL its operators can reach: start it with --agent-manager-url (or --external-url)",
-        )
-    })?;
+    let agent = agent_url(&st.config)?;
     let manager_ca = match &st.config.agent_manager_ca_file {
-        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
-            config_unavailable(format!(
-                "the manager CA file {} (--agent-manager-ca-file) cannot be read: {e}",
-                path.display()
-            ))
-        })?),
+        Some(path) => {
+            let pem = std::fs::read_to_string(path).map_err(|e| {
+                precondition(
+                    "--agent-manager-ca-file",
+                    format!(
+                        "the manager CA file {} (--agent-manager-ca-file) cannot be read: {e}; fix the path or the file's permissions",
+                        path.display()
+                    ),
+                    json!({}),
+                )
+            })?;
+            if let Err(e) =
+                kubenova_reconcile::agent::AgentClient::new(&agent.url, "kna_check", Some(&pem))
+            {
+                return Err(precondition(
+                    "--agent-manager-ca-file",
+                    format!(
+                        "the cluster's operator could not use the manager CA file {} (--agent-manager-ca-file): {e}",
+                        path.display()
+                    ),
+                    json!({}),
+                ));
+            }
+            Some(pem)
+        }
         None => None,
     };
+    tracing::info!(cluster_id = %id, agent_manager_url = %agent.url, source = %agent.source, "bootstrapping the operator: agents call this manager at this URL");
+    let manager_url = agent.url.clone();
     let st2 = st.clone();
     let ctx2 = ctx.clone();
     // Detached from the request: a client that disconnects does not abort a half-done
@@ -721,10 +995,17 @@ async fn bootstrap_operator(
         drop(params);
         drop(token);
         drop(kubeconfig);
-        record_bootstrap(&st, &ctx, id, outcome).await
+        record_bootstrap(&st, &ctx, id, &agent, outcome).await
     });
     match task.await {
-        Ok(r) => r,
+        Ok(Ok(BootstrapOutcome::Applied(resp))) => Ok(resp),
+        // Audited with the recorded failure: the middleware must not audit it again.
+        Ok(Ok(BootstrapOutcome::Failed(e))) => {
+            let mut resp = e.into_response();
+            resp.extensions_mut().insert(Audited);
+            Ok(resp)
+        }
+        Ok(Err(e)) => Err(e),
         Err(e) => {
             tracing::error!(cluster_id = %id, error = %e, "bootstrap task failed");
             Err(ApiError::new(
@@ -735,15 +1016,20 @@ async fn bootstrap_operator(
     }
 }
 
+/// Records the outcome on the cluster with its audit event (in one transaction): applied
+/// (202, audited as a success, kept for `Idempotency-Key` replay) or failed (the KN error
+/// of [`bootstrap_failure`], audited as a failure with its code, not kept for replay, so
+/// a retry with the same key tries again).
 async fn record_bootstrap(
     st: &AppState,
     ctx: &Ctx,
     id: ClusterId,
+    agent: &AgentUrl,
     outcome: Result<
         kubenova_reconcile::bootstrap::BootstrapReport,
         kubenova_reconcile::bootstrap::BootstrapError,
     >,
-) -> ApiResult<Response> {
+) -> ApiResult<BootstrapOutcome> {
     let image = st.config.operator_image.clone();
     let (status_code, status, message, cond, state) = match &outcome {
         Ok(report) => {
@@ -758,8 +1044,10 @@ async fn record_bootstrap(
                 "applied",
                 format!(
                     "applied Namespace/kubenova-system, {crds} CRDs, the operator RBAC, Secret/kubenova-system/kubenova-agent and \
-                     Deployment/kubenova-system/kubenova-operator ({} objects); waiting for the operator's first heartbeat",
-                    report.applied.len()
+                     Deployment/kubenova-system/kubenova-operator ({} objects); waiting for the operator's first heartbeat at {} ({})",
+                    report.applied.len(),
+                    agent.url,
+                    agent.source
                 ),
                 (
                     ConditionStatus::True,
@@ -781,7 +1069,8 @@ async fn record_bootstrap(
         Err(e) => {
             tracing::warn!(cluster_id = %id, reason = e.reason(), error = %e, "operator bootstrap failed");
             (
-                StatusCode::OK,
+                StatusCode::from_u16(bootstrap_failure(id, e).error.code.http_status())
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
                 "failed",
                 e.to_string(),
                 (
@@ -798,8 +1087,17 @@ async fn record_bootstrap(
             )
         }
     };
+    let failure = outcome.as_ref().err().map(|e| bootstrap_failure(id, e));
     let mut audit = ctx.audit("cluster.bootstrap", "cluster", id, status_code.as_u16());
-    audit.details = Some(json!({"components": ["operator"], "outcome": status, "reason": cond.1}));
+    audit.details = Some(
+        json!({"components": ["operator"], "outcome": status, "reason": cond.1,
+        "agentManagerUrl": agent.url}),
+    );
+    if let (Some(f), Some(d)) = (&failure, audit.details.as_mut()) {
+        audit.outcome = kubenova_api::model::AuditOutcome::Failed;
+        d["code"] = json!(f.error.code);
+        d["message"] = json!(f.error.message);
+    }
     // A heartbeat that races us makes the helper re-read and record the outcome on the
     // new version.
     let (cluster, bytes) =
@@ -835,12 +1133,18 @@ async fn record_bootstrap(
                 component: Some("operator".into()),
                 status: status.into(),
                 cluster_status: c.status,
+                agent_manager_url: Some(agent.url.clone()),
                 requested: vec!["operator".into()],
                 message: message.clone(),
                 cluster: c.clone(),
             };
             let bytes = to_bytes(&body)?;
-            let idempotency = ctx.idempotency_record(status_code.as_u16(), &bytes);
+            // A failure is not kept for replay: a retry with the same key tries again.
+            let idempotency = if failure.is_none() {
+                ctx.idempotency_record(status_code.as_u16(), &bytes)
+            } else {
+                None
+            };
             Ok(super::agent::ClusterWrite {
                 result: bytes,
                 audit: audit.clone(),
@@ -848,13 +1152,16 @@ async fn record_bootstrap(
             })
         })
         .await?;
-    Ok(bytes_response(
+    if let Some(f) = failure {
+        return Ok(BootstrapOutcome::Failed(f));
+    }
+    Ok(BootstrapOutcome::Applied(bytes_response(
         status_code,
         bytes,
         Some(cluster.version),
         None,
         true,
-    ))
+    )))
 }
 
 /// Requests the reinstall of every component the operator manages (cert-manager, Capsule, Capsule Proxy, KubeVela), delivered over the agent channel.
@@ -897,8 +1204,204 @@ async fn refresh_cluster(
 }
 
 // ---------------------------------------------------------------------------------
-// Kubeconfig checks
+// Kubeconfig uploads and checks
 // ---------------------------------------------------------------------------------
+
+/// The base64 kubeconfig of the OpenAPI examples of JSON bodies.
+const KUBECONFIG_B64_EXAMPLE: &str = "YXBpVmVyc2lvbjogdjEKa2luZDogQ29uZmlnCmNsdXN0ZXJzOgotIG5hbWU6IHByb2QKICBjbHVzdGVyOgogICAgc2VydmVyOiBodHRwczovLzEwLjAuMC4xOjY0NDMKICAgIGNlcnRpZmljYXRlLWF1dGhvcml0eS1kYXRhOiBMUzB0TFMxQ1JVZEpUZz09CmNvbnRleHRzOgotIG5hbWU6IHByb2QKICBjb250ZXh0OgogICAgY2x1c3RlcjogcHJvZAogICAgdXNlcjogYWRtaW4KY3VycmVudC1jb250ZXh0OiBwcm9kCnVzZXJzOgotIG5hbWU6IGFkbWluCiAgdXNlcjoKICAgIHRva2VuOiBleGFtcGxlCg==";
+
+/// A kubeconfig shown in the OpenAPI examples of raw uploads.
+const KUBECONFIG_EXAMPLE: &str = "apiVersion: v1\nkind: Config\nclusters:\n- name: prod\n  cluster:\n    server: https://10.0.0.1:6443\n    certificate-authority-data: LS0tLS1CRUdJTi...\ncontexts:\n- name: prod\n  context:\n    cluster: prod\n    user: admin\ncurrent-context: prod\nusers:\n- name: admin\n  user:\n    token: example\n";
+
+/// The kubeconfig text of a raw upload (KN-422 when it is not UTF-8).
+fn upload_text(bytes: &[u8]) -> Result<String, ValidationError> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| {
+        ValidationError::single(
+            "kubeconfig",
+            "the uploaded kubeconfig is not UTF-8 text; upload the kubeconfig file itself",
+        )
+    })
+}
+
+/// `key=value[,key=value…]` of the `labels` query parameter.
+fn parse_labels(raw: &str) -> Result<std::collections::BTreeMap<String, String>, ValidationError> {
+    let mut v = Validator::new();
+    let mut labels = std::collections::BTreeMap::new();
+    for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some((k, val)) if !k.trim().is_empty() => {
+                if labels
+                    .insert(k.trim().to_string(), val.trim().to_string())
+                    .is_some()
+                {
+                    v.push("labels", format!("label {:?} is given twice", k.trim()));
+                }
+            }
+            _ => v.push(
+                "labels",
+                format!("{pair:?} is not key=value: write labels as key=value[,key=value…], e.g. env=prod,team=core"),
+            ),
+        }
+    }
+    v.finish()?;
+    Ok(labels)
+}
+
+/// The registration of a raw kubeconfig upload: the body is the kubeconfig, the rest comes
+/// from the query string.
+fn upload_spec(q: ClusterUploadQuery, bytes: &[u8]) -> Result<ClusterSpec, ValidationError> {
+    let Some(name) = q.name else {
+        return Err(ValidationError::single(
+            "name",
+            "is required: a raw kubeconfig upload names the cluster with the query parameter ?name=<cluster name>",
+        ));
+    };
+    Ok(ClusterSpec {
+        name,
+        datacenter: q.datacenter.unwrap_or_default(),
+        labels: match &q.labels {
+            Some(raw) => parse_labels(raw)?,
+            None => Default::default(),
+        },
+        kubeconfig: upload_text(bytes)?,
+        capsule_proxy_endpoint: q.capsule_proxy_endpoint,
+    })
+}
+
+/// The checks of a kubeconfig sent on its own (the replacement): not empty, at most 512 KiB,
+/// then [`check_kubeconfig`]. Returns the text to store.
+fn check_replacement(kubeconfig: &str) -> Result<Vec<u8>, ValidationError> {
+    if kubeconfig.trim().is_empty() {
+        return Err(ValidationError::single(
+            "kubeconfig",
+            "must not be empty: send the cluster's kubeconfig (base64 or YAML)",
+        ));
+    }
+    if kubeconfig.len() > 512 * 1024 {
+        return Err(ValidationError::single(
+            "kubeconfig",
+            "must be at most 512 KiB",
+        ));
+    }
+    check_kubeconfig(kubeconfig)
+}
+
+/// Replaces a registered cluster's kubeconfig (validated like at registration, stored envelope-encrypted, never returned); the next bootstrap uses it.
+#[utoipa::path(
+    put,
+    path = "/api/v1/clusters/{clusterID}/kubeconfig",
+    tag = "clusters",
+    operation_id = "replaceClusterKubeconfig",
+    params(("clusterID" = String, Path, description = "Cluster id (UUID)"),
+        ("If-Match" = Option<String>, Header, description = "ETag the client read; KN-412 when stale")),
+    request_body(description = "The cluster's new kubeconfig: JSON `{\"kubeconfig\": \"<base64 or YAML>\"}`, or the raw kubeconfig \
+        (`application/yaml` or `application/x-yaml`). Checked exactly like at registration.",
+        content(
+            (KubeconfigReplacement = "application/json", example = json!({"kubeconfig": KUBECONFIG_B64_EXAMPLE})),
+            (String = "application/yaml", example = json!(KUBECONFIG_EXAMPLE)),
+            (String = "application/x-yaml", example = json!(KUBECONFIG_EXAMPLE)),
+        )),
+    responses(
+        (status = 200, description = "Replaced: the cluster (never the kubeconfig) with the condition `KubeconfigReplaced`; `ETag` is its new version. \
+            The next `bootstrap/operator` uses the new kubeconfig.", body = Cluster,
+            headers(("ETag" = String, description = "New record version"))),
+        (status = 400, description = "Malformed JSON, a non-UUID id, a query parameter, or an If-Match that is not an ETag", body = ErrorBody,
+            example = json!({"code": "KN-400", "message": "cluster id \"abc\" is not a UUID"})),
+        (status = 401, description = "No or invalid bearer token", body = ErrorBody,
+            example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
+        (status = 403, description = "Only admin and ops replace a cluster's kubeconfig", body = ErrorBody,
+            example = json!({"code": "KN-403", "message": "this operation needs one of the roles admin, ops"})),
+        (status = 404, description = "No such cluster", body = ErrorBody,
+            example = json!({"code": "KN-404", "message": "cluster \"11111111-1111-1111-1111-111111111111\" not found"})),
+        (status = 412, description = "If-Match is stale", body = ErrorBody,
+            example = json!({"code": "KN-412", "message": "cluster \"11111111-1111-1111-1111-111111111111\" is at version 3, not 2: it changed since you read it; re-read and retry",
+                "details": {"expectedVersion": 2, "currentVersion": 3}})),
+        (status = 413, description = "The body exceeds the body limit", body = ErrorBody,
+            example = json!({"code": "KN-413", "message": "the request body exceeds the size limit"})),
+        (status = 415, description = "Body is neither JSON nor a raw kubeconfig", body = ErrorBody,
+            example = json!({"code": "KN-415", "message": "expected Content-Type: application/json, or application/yaml (application/x-yaml) with the raw kubeconfig, got \"text/plain\""})),
+        (status = 422, description = "The kubeconfig is invalid (the same checks as at registration), or an unknown field", body = ErrorBody,
+            example = json!({"code": "KN-422", "message": "validation failed: kubeconfig.clusters[0].cluster.insecure-skip-tls-verify: must not be true",
+                "details": {"violations": [{"field": "kubeconfig.clusters[0].cluster.insecure-skip-tls-verify",
+                    "reason": "must not be true: the manager verifies the cluster's certificate; embed its CA in certificate-authority-data"}]}})),
+    ),
+    security(("bearerAuth" = []))
+)]
+async fn replace_kubeconfig(
+    State(st): State<AppState>,
+    ctx: Ctx,
+    headers: HeaderMap,
+    uri: Uri,
+    Path(id): Path<String>,
+    body: Result<JsonOrYaml, ApiError>,
+) -> ApiResult<Response> {
+    ctx.principal.check_clusters(Access::Write)?;
+    let id: ClusterId = parse_id("cluster", &id)?;
+    let _: NoQuery = query(&uri)?;
+    let pinned = if_match(&headers)?;
+    let text = match body? {
+        JsonOrYaml::Json(bytes) => parse_json::<KubeconfigReplacement>(&bytes)?.kubeconfig,
+        JsonOrYaml::Yaml(bytes) => upload_text(&bytes)?,
+    };
+    let text = zeroize::Zeroizing::new(text);
+    let kubeconfig = zeroize::Zeroizing::new(check_replacement(&text)?);
+    // Without If-Match the caller replaces the kubeconfig of the cluster as it is now: a
+    // heartbeat that changes the record meanwhile is not the caller's conflict, so re-read
+    // and write again (a few times; then KN-412).
+    let mut attempts = 0;
+    let cluster = loop {
+        attempts += 1;
+        let mut c = st.store.get_cluster(id).await?;
+        check_if_match(&headers, "cluster", id, c.version)?;
+        let read = c.version;
+        let now = OffsetDateTime::now_utc();
+        c.version = read + 1;
+        c.updated_at = now;
+        upsert_condition(
+            &mut c.conditions,
+            Condition {
+                type_: "KubeconfigReplaced".into(),
+                status: ConditionStatus::True,
+                reason: "Replaced".into(),
+                message: format!(
+                    "kubeconfig replaced by {}; the next bootstrap/operator uses it",
+                    ctx.principal.subject
+                ),
+                last_transition_time: now,
+                observed_generation: Some(c.version),
+            },
+        );
+        let mut audit = ctx.audit("cluster.kubeconfig.replace", "cluster", id, 200);
+        audit.details = Some(json!({"name": c.name}));
+        match st
+            .store
+            .update_cluster_kubeconfig(
+                &c,
+                read,
+                &kubeconfig,
+                &WriteOptions {
+                    audit: Some(&audit),
+                    idempotency: None,
+                },
+            )
+            .await
+        {
+            Ok(()) => break c,
+            Err(kubenova_store::StoreError::PreconditionFailed { .. })
+                if pinned.is_none() && attempts < 5 => {}
+            Err(e) => return Err(e.into()),
+        }
+    };
+    tracing::info!(cluster_id = %id, name = %cluster.name, by = %ctx.principal.subject, "cluster kubeconfig replaced");
+    let c = super::agent::present(cluster, st.config.agent_heartbeat_interval);
+    Ok(json_response(
+        StatusCode::OK,
+        &c,
+        Some(c.version),
+        None,
+        true,
+    ))
+}
 
 /// Decodes (base64 or raw YAML/JSON) and checks a cluster kubeconfig; returns the text
 /// to store. Violations name fields only and never echo values (they may be secrets).

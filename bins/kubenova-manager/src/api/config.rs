@@ -187,7 +187,8 @@ pub struct ServerConfig {
     )]
     pub operator_helm_installer: bool,
     /// URL under which operators reach this manager (written into the agent Secret at
-    /// bootstrap). Default: `--external-url`.
+    /// bootstrap). Default: `--external-url`, else `http://<--listen>` when listening on
+    /// loopback (an operator on this host only).
     #[arg(long, env = "KUBENOVA_AGENT_MANAGER_URL")]
     pub agent_manager_url: Option<String>,
     /// PEM file with the CA of this manager's serving certificate, written into the agent

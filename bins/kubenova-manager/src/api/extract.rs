@@ -1,5 +1,6 @@
-//! Request extractors: JSON bodies with KN errors, the call context (principal, request
-//! id, source IP, idempotency key), list parameters and `If-Match`.
+//! Request extractors: JSON bodies with KN errors, list-replacing bodies (`[...]` or
+//! `{"<field>": [...]}`), JSON-or-YAML uploads, the call context (principal, request id,
+//! source IP, idempotency key), list parameters and `If-Match`.
 
 use super::authz::Principal;
 use super::error::{ApiError, current_request_id};
@@ -18,39 +19,151 @@ use time::OffsetDateTime;
 /// wrong types KN-422 naming the field, an oversize body KN-413.
 pub struct KnJson<T>(pub T);
 
+/// The `Content-Type` of a request, lower-cased (`""` when absent), and its media type
+/// without parameters.
+fn content_type(req: &Request) -> (String, String) {
+    let ct = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let mime = ct.split(';').next().unwrap_or("").trim().to_string();
+    (ct, mime)
+}
+
+fn is_json(mime: &str) -> bool {
+    mime == "application/json" || mime.ends_with("+json")
+}
+
+/// The media types of a raw kubeconfig upload.
+pub const YAML_MEDIA_TYPES: [&str; 2] = ["application/yaml", "application/x-yaml"];
+
+fn unsupported(expected: &str, ct: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::UnsupportedMediaType,
+        format!(
+            "expected Content-Type: {expected}, got {:?}",
+            if ct.is_empty() { "none" } else { ct }
+        ),
+    )
+}
+
+/// The whole body (KN-413 beyond the body limit).
+async fn body_bytes<S: Send + Sync>(
+    req: Request,
+    state: &S,
+) -> Result<axum::body::Bytes, ApiError> {
+    axum::body::Bytes::from_request(req, state)
+        .await
+        .map_err(|e| {
+            if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    "the request body exceeds the size limit",
+                )
+            } else {
+                ApiError::bad_request(format!("could not read the request body: {e}"))
+            }
+        })
+}
+
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for KnJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let ct = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_ascii_lowercase();
-        let mime = ct.split(';').next().unwrap_or("").trim().to_string();
-        if mime != "application/json" && !mime.ends_with("+json") {
-            return Err(ApiError::new(
-                ErrorCode::UnsupportedMediaType,
+        let (ct, mime) = content_type(&req);
+        if !is_json(&mime) {
+            return Err(unsupported("application/json", &ct));
+        }
+        let bytes = body_bytes(req, state).await?;
+        parse_json(&bytes).map(KnJson)
+    }
+}
+
+/// A body that is either JSON or a raw kubeconfig (`application/yaml` or
+/// `application/x-yaml`); anything else is KN-415 naming both. Registration and the
+/// kubeconfig replacement of a cluster take it.
+#[derive(Debug)]
+pub enum JsonOrYaml {
+    /// `application/json` (or `+json`): the bytes, parsed by the handler with [`parse_json`].
+    Json(axum::body::Bytes),
+    /// A YAML media type: the raw bytes.
+    Yaml(axum::body::Bytes),
+}
+
+impl<S: Send + Sync> FromRequest<S> for JsonOrYaml {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (ct, mime) = content_type(&req);
+        if is_json(&mime) {
+            Ok(JsonOrYaml::Json(body_bytes(req, state).await?))
+        } else if YAML_MEDIA_TYPES.contains(&mime.as_str()) {
+            Ok(JsonOrYaml::Yaml(body_bytes(req, state).await?))
+        } else {
+            Err(unsupported(
+                "application/json, or application/yaml (application/x-yaml) with the raw kubeconfig",
+                &ct,
+            ))
+        }
+    }
+}
+
+/// The body of a PUT that replaces a list: a JSON object with the list in one field,
+/// `{"<FIELD>": [...]}`. Every list-replacing PUT takes [`KnList`], which also accepts the
+/// bare list `[...]`.
+pub trait ListBody: DeserializeOwned {
+    /// The field holding the list, e.g. `owners`.
+    const FIELD: &'static str;
+}
+
+/// A list-replacing PUT body: the complete new list, either as the array itself (`[...]`)
+/// or as `{"<field>": [...]}` ([`ListBody::FIELD`]). Both forms are checked by the same
+/// rules and name a bad item the same way (`owners[1]`); anything else is KN-422 naming
+/// `body`, malformed JSON KN-400, another content type KN-415.
+pub struct KnList<W>(pub W);
+
+impl<S: Send + Sync, W: ListBody> FromRequest<S> for KnList<W> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let KnJson(v) = KnJson::<serde_json::Value>::from_request(req, state).await?;
+        list_body(v).map(KnList)
+    }
+}
+
+/// Reads a list-replacing body (see [`KnList`]) from parsed JSON.
+pub fn list_body<W: ListBody>(body: serde_json::Value) -> Result<W, ApiError> {
+    use serde_json::Value;
+    let object = match body {
+        Value::Array(items) => {
+            let mut m = serde_json::Map::new();
+            m.insert(W::FIELD.to_string(), Value::Array(items));
+            Value::Object(m)
+        }
+        v @ Value::Object(_) => v,
+        _ => {
+            return Err(ApiError::invalid(
+                "body",
                 format!(
-                    "expected Content-Type: application/json, got {:?}",
-                    if ct.is_empty() { "none" } else { &ct }
+                    "must be the complete new list: an array [...] or an object {{\"{}\": [...]}}",
+                    W::FIELD
                 ),
             ));
         }
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|e| {
-                if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::new(
-                        ErrorCode::PayloadTooLarge,
-                        "the request body exceeds the size limit",
-                    )
-                } else {
-                    ApiError::bad_request(format!("could not read the request body: {e}"))
-                }
-            })?;
-        parse_json(&bytes).map(KnJson)
+    };
+    match serde_path_to_error::deserialize::<_, W>(object) {
+        Ok(w) => Ok(w),
+        Err(e) => {
+            let path = e.path().to_string();
+            let field = if path == "." {
+                "body".to_string()
+            } else {
+                path
+            };
+            Err(ApiError::invalid(&field, e.into_inner().to_string()))
+        }
     }
 }
 

@@ -517,12 +517,35 @@ pub fn wants_yaml(headers: &HeaderMap) -> bool {
     }
 }
 
+/// The condition in which the cluster's operator says how it found the Capsule Proxy
+/// endpoint and its CA, or why not.
+pub(crate) const PROXY_CONDITION: &str = "CapsuleProxyDiscovered";
+
+/// `; the operator reports: …` when the operator said why the endpoint or its CA is missing.
+fn operator_report(cluster: &Cluster) -> String {
+    cluster
+        .conditions
+        .iter()
+        .find(|c| {
+            c.type_ == PROXY_CONDITION && c.status != kubenova_api::model::ConditionStatus::True
+        })
+        .map(|c| format!("; the operator reports: {}", c.message))
+        .unwrap_or_default()
+}
+
 fn proxy_not_reported(cluster: &Cluster) -> ApiError {
-    KnError::conflict(
-        "the Capsule Proxy endpoint of the cluster is not reported yet: kubeconfigs go through Capsule Proxy; retry once the operator reports it",
-    )
-    .with_details(json!({"clusterId": cluster.id, "clusterStatus": cluster.status}))
-    .into()
+    let report = operator_report(cluster);
+    let message = if report.is_empty() {
+        "the Capsule Proxy endpoint of the cluster is not reported yet: kubeconfigs go through Capsule Proxy; retry once the operator reports it"
+            .to_string()
+    } else {
+        format!(
+            "the cluster has no Capsule Proxy endpoint: kubeconfigs go through Capsule Proxy{report}"
+        )
+    };
+    KnError::conflict(message)
+        .with_details(json!({"clusterId": cluster.id, "clusterStatus": cluster.status}))
+        .into()
 }
 
 fn kubeconfig_error(e: kubenova_kubeconfig::Error, cluster: &Cluster) -> ApiError {
@@ -539,9 +562,14 @@ fn kubeconfig_error(e: kubenova_kubeconfig::Error, cluster: &Cluster) -> ApiErro
         ))
         .with_details(json!({"clusterId": cluster.id}))
         .into(),
-        E::MissingCa(_) | E::InvalidCa { .. } => KnError::conflict(format!(
-            "the cluster's reported Capsule Proxy endpoint has no usable CA: {e}; the operator reports the CA of the proxy's serving certificate"
-        ))
+        E::MissingCa(_) | E::InvalidCa { .. } => KnError::conflict(match operator_report(cluster) {
+            report if report.is_empty() => format!(
+                "the cluster's reported Capsule Proxy endpoint has no usable CA: {e}; the operator reports the CA of the proxy's serving certificate"
+            ),
+            report => format!(
+                "the cluster's reported Capsule Proxy endpoint has no usable CA: {e}{report}"
+            ),
+        })
         .with_details(json!({"clusterId": cluster.id}))
         .into(),
         E::InsecureUrl { .. } => KnError::new(
@@ -804,6 +832,53 @@ fn no_store(resp: &mut Response) {
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
 }
 
+/// The cluster's Capsule Proxy endpoint and CA as every issuance checks them; `Err` is the
+/// KN error an issuance answers now.
+fn proxy_for_issuance(
+    st: &AppState,
+    cluster: &Cluster,
+) -> ApiResult<(kubenova_api::model::ProxyEndpoint, ProxyCa)> {
+    // No endpoint, or an empty URL: not reported yet (before the CA is looked at).
+    let Some(proxy) = cluster.proxy.clone().filter(|p| !p.url.trim().is_empty()) else {
+        return Err(proxy_not_reported(cluster));
+    };
+    let proxy_ca = st
+        .runtime
+        .proxy_cas
+        .get(cluster.id, proxy.ca_data.as_deref().unwrap_or_default())
+        .map_err(|e| kubeconfig_error(e, cluster))?;
+    Ok((proxy, proxy_ca))
+}
+
+/// Whether a kubeconfig for the cluster can be issued now: exactly the checks of an
+/// issuance that do not depend on the caller or the tenant (the Capsule Proxy endpoint and
+/// its CA, the issuer URL, the cluster entry of the kubeconfig). `Ok` is the proxy URL
+/// issued kubeconfigs point at; `Err` is the KN error an issuance answers now.
+pub(crate) fn issuance_readiness(st: &AppState, cluster: &Cluster) -> ApiResult<String> {
+    let (proxy, proxy_ca) = proxy_for_issuance(st, cluster)?;
+    let manager_url = issuer(st)?;
+    // Placeholder scope (names that always pass): only the cluster's part is checked.
+    let scope = "readiness".to_string();
+    KubeconfigRequest {
+        cluster_name: cluster.name.clone(),
+        tenant: scope.clone(),
+        project: None,
+        role: AccessRole::Viewer,
+        proxy_url: proxy.url.clone(),
+        proxy_ca,
+        namespace: scope.clone(),
+        credential: Credential::Exec {
+            manager_url,
+            tenant: scope,
+            project: None,
+            role: AccessRole::Viewer,
+        },
+    }
+    .build()
+    .map_err(|e| kubeconfig_error(e, cluster))?;
+    Ok(proxy.url)
+}
+
 /// Issues a tenant kubeconfig (`project` = `None`) or a project kubeconfig for the caller.
 ///
 /// Authorizes, needs the cluster's reported Capsule Proxy endpoint and CA, records the
@@ -822,15 +897,7 @@ pub async fn issue(
     authorize(&ctx.principal, &tenant, project, params.role)?;
     check_subject(&ctx.principal.subject)?;
     let cluster = st.store.get_cluster(tenant.cluster_id).await?;
-    // No endpoint, or an empty URL: not reported yet (before the CA is looked at).
-    let Some(proxy) = cluster.proxy.clone().filter(|p| !p.url.trim().is_empty()) else {
-        return Err(proxy_not_reported(&cluster));
-    };
-    let proxy_ca = st
-        .runtime
-        .proxy_cas
-        .get(cluster.id, proxy.ca_data.as_deref().unwrap_or_default())
-        .map_err(|e| kubeconfig_error(e, &cluster))?;
+    let (proxy, proxy_ca) = proxy_for_issuance(st, &cluster)?;
     let manager_url = issuer(st)?;
     let namespace = match project {
         Some(p) => p.namespace.clone(),

@@ -213,6 +213,20 @@ pub struct AccessRequest {
     pub access: Vec<String>,
 }
 
+impl super::extract::ListBody for AccessRequest {
+    const FIELD: &'static str = "access";
+}
+
+/// Body of `PUT …/access`: the complete new access list, as an array or `{"access": [...]}`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum AccessBody {
+    /// An array of access entries.
+    List(Vec<String>),
+    /// An object with `access`.
+    Object(AccessRequest),
+}
+
 /// `?cascade=` of project deletion.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -785,7 +799,7 @@ pub async fn delete_project(
     tag = "projects",
     operation_id = "updateProjectAccess",
     params(ProjectPath, ("If-Match" = Option<String>, Header, description = "ETag from a previous read; stale → KN-412")),
-    request_body(content = AccessRequest, description = "The complete new access list", example = json!({"access": ["alice@example.com", "bob@example.com", "viewer:group:auditors"]})),
+    request_body(content = AccessBody, description = "The complete new access list: an array or `{\"access\": [...]}`", example = json!({"access": ["alice@example.com", "bob@example.com", "viewer:group:auditors"]})),
     responses(
         (status = 200, description = "The updated project", body = Project,
             headers(("ETag" = String, description = "New version")),
@@ -810,12 +824,12 @@ pub async fn update_project_access(
     ctx: Ctx,
     p: Result<Path<ProjectPath>, PathRejection>,
     headers: HeaderMap,
-    body: Result<KnJson<AccessRequest>, ApiError>,
+    body: Result<super::extract::KnList<AccessRequest>, ApiError>,
 ) -> ApiResult<Response> {
     let ids = path(p)?.ids()?;
     let (_, mut project) = resolve_project(&st, &ctx.principal, ids).await?;
     ctx.principal.check_project(&project, Access::Write)?;
-    let KnJson(req) = body?;
+    let super::extract::KnList(req) = body?;
     ProjectSpec {
         name: project.name.clone(),
         description: project.description.clone(),

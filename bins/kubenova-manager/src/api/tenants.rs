@@ -12,7 +12,9 @@ use super::clusters::{
     CascadeQuery, list_params, no_content_audited, parse_id, parse_time, query, to_bytes,
 };
 use super::error::{ApiError, ApiResult};
-use super::extract::{Ctx, KnJson, ListQuery, bytes_response, check_if_match, json_response};
+use super::extract::{
+    Ctx, KnJson, KnList, ListBody, ListQuery, bytes_response, check_if_match, json_response,
+};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -190,8 +192,8 @@ pub struct TenantList {
     pub next_cursor: Option<String>,
 }
 
-/// `PUT .../owners`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+/// `{"owners": [...]}` form of the `PUT .../owners` body.
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"owners": ["alice@example.com", "group:acme-admins"]}))]
 pub struct OwnersRequest {
@@ -199,13 +201,42 @@ pub struct OwnersRequest {
     pub owners: Vec<String>,
 }
 
-/// `PUT .../network-policies`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+impl ListBody for OwnersRequest {
+    const FIELD: &'static str = "owners";
+}
+
+/// Body of `PUT .../owners`: the complete new owner list, as an array or `{"owners": [...]}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum OwnersBody {
+    /// An array of owners.
+    List(Vec<String>),
+    /// An object with `owners`.
+    Object(OwnersRequest),
+}
+
+/// `{"policies": [...]}` form of the `PUT .../network-policies` body.
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"policies": ["tenant-isolation", "pod-security-restricted"]}))]
 pub struct NetworkPoliciesRequest {
     /// Policyset names from the catalog; `null` returns to the plan's policysets.
     pub policies: Option<Vec<String>>,
+}
+
+impl ListBody for NetworkPoliciesRequest {
+    const FIELD: &'static str = "policies";
+}
+
+/// Body of `PUT .../network-policies`: the complete new policyset list, as an array or
+/// `{"policies": [...]}` (`{"policies": null}` returns to the plan's policysets).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum NetworkPoliciesBody {
+    /// An array of policyset names.
+    List(Vec<String>),
+    /// An object with `policies` (a list, or `null`).
+    Object(NetworkPoliciesRequest),
 }
 
 /// `PUT /tenants/{id}/plan`.
@@ -800,7 +831,8 @@ async fn delete_tenant(
     operation_id = "putTenantOwners",
     params(("clusterID" = String, Path, description = "Cluster id (UUID)"), ("tenantID" = String, Path, description = "Tenant id (UUID)"),
         ("If-Match" = Option<String>, Header, description = "ETag the client read; KN-412 when stale")),
-    request_body(content = OwnersRequest, example = json!({"owners": ["alice@example.com", "group:acme-admins"]})),
+    request_body(content = OwnersBody, description = "The complete new owner list: an array or `{\"owners\": [...]}`",
+        example = json!({"owners": ["alice@example.com", "group:acme-admins"]})),
     responses(
         (status = 200, description = "The updated tenant", body = Tenant, example = json!(tenant_example())),
         (status = 400, description = "Malformed JSON or a non-UUID id", body = ErrorBody,
@@ -826,7 +858,7 @@ async fn put_owners(
     ctx: Ctx,
     headers: HeaderMap,
     Path((c, t)): Path<(String, String)>,
-    KnJson(body): KnJson<OwnersRequest>,
+    KnList(body): KnList<OwnersRequest>,
 ) -> ApiResult<Response> {
     update_tenant_with(
         &st,
@@ -959,7 +991,8 @@ async fn put_limits(
     operation_id = "putTenantNetworkPolicies",
     params(("clusterID" = String, Path, description = "Cluster id (UUID)"), ("tenantID" = String, Path, description = "Tenant id (UUID)"),
         ("If-Match" = Option<String>, Header, description = "ETag the client read; KN-412 when stale")),
-    request_body(content = NetworkPoliciesRequest, example = json!({"policies": ["tenant-isolation", "pod-security-restricted"]})),
+    request_body(content = NetworkPoliciesBody, description = "The complete new policyset list: an array or `{\"policies\": [...]}`; `{\"policies\": null}` returns to the plan's",
+        example = json!({"policies": ["tenant-isolation", "pod-security-restricted"]})),
     responses(
         (status = 200, description = "The updated tenant", body = Tenant, example = json!(tenant_example())),
         (status = 400, description = "Malformed JSON or a non-UUID id", body = ErrorBody,
@@ -985,7 +1018,7 @@ async fn put_network_policies(
     ctx: Ctx,
     headers: HeaderMap,
     Path((c, t)): Path<(String, String)>,
-    KnJson(body): KnJson<NetworkPoliciesRequest>,
+    KnList(body): KnList<NetworkPoliciesRequest>,
 ) -> ApiResult<Response> {
     let catalog = st.catalog.clone();
     update_tenant_with(
