@@ -492,7 +492,7 @@ fn deployment(p: &OperatorParams) -> Deployment {
         envs.push(env("HELM_CONFIG_HOME", "/tmp/helm/config"));
         envs.push(env("HELM_DATA_HOME", "/tmp/helm/data"));
     }
-    envs.push(env("RUST_LOG", "info"));
+    envs.push(env("KUBENOVA_LOG", "info"));
     let (volumes, mounts) = if p.helm_installer {
         (
             Some(vec![Volume {
