@@ -25,7 +25,7 @@
 //! requests only).
 //!
 //! **Relayed requests.** A user's logs or events call becomes a bounded request in the
-//! store ([`Relay::open`]): at most [`MAX_OPEN_REQUESTS`] unexpired ones per cluster, each
+//! store (`Relay::open`): at most [`MAX_OPEN_REQUESTS`] unexpired ones per cluster, each
 //! expiring shortly after its caller stops waiting, and deleted when the caller is done
 //! (answered, timed out, or gone). A new request wakes the operator's requests long-poll
 //! (in-process, and across replicas through Postgres `NOTIFY`); an answer chunk wakes the

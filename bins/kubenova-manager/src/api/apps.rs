@@ -1,6 +1,6 @@
 //! Applications of a project: CRUD with revisions, the deploy/suspend/resume/rollback/
 //! delete actions, status, revision history and structured diffs, logs and events (read
-//! through the cluster's operator, see [`super::agent::Relay`]), traits, policies and
+//! through the cluster's operator, see [`super::agent`]), traits, policies and
 //! workflow runs.
 //!
 //! Every spec change appends a revision (`n+1`); an unchanged spec appends none. Actions
