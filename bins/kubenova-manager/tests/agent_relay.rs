@@ -149,6 +149,8 @@ both!(
     clusters_that_cannot_answer_are_503_with_retry_after,
     bad_parameters_and_foreign_callers_ask_nothing,
     followed_logs_stream_as_server_sent_events,
+    answers_in_several_chunks_are_read_to_the_last,
+    expired_requests_are_purged,
 );
 
 fn config() -> ServerConfig {
@@ -1156,4 +1158,61 @@ async fn two_managers_relay_through_one_database() {
     }
     st2.store.close().await;
     db.cleanup().await;
+}
+
+async fn answers_in_several_chunks_are_read_to_the_last(db: &Db) {
+    let w = W::new(db.store.clone(), config()).await;
+    let user = w.spawn_user(format!("{}/logs/web", w.app_path()), w.dev(), None);
+    let r = w.requests(&w.agent, 1).await.remove(0);
+    let first = w
+        .answer(
+            &w.agent,
+            json!({"requestId": r["id"], "seq": 0, "pods": [{"pod": "web-1", "container": "web", "lines": 2}],
+                "lines": [line("web-1", "one")]}),
+        )
+        .await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    // The call waits for the last chunk before it answers.
+    tokio::task::yield_now().await;
+    let last = w
+        .answer(
+            &w.agent,
+            json!({"requestId": r["id"], "seq": 1, "done": true, "lines": [line("web-1", "two")]}),
+        )
+        .await;
+    assert_eq!(last.status, StatusCode::OK, "{}", last.body);
+    let got = user.await.unwrap();
+    assert_eq!(got.status, StatusCode::OK, "{}", got.text);
+    assert_eq!(
+        got.body["lines"],
+        json!([line("web-1", "one"), line("web-1", "two")])
+    );
+}
+
+async fn expired_requests_are_purged(db: &Db) {
+    let cfg = ServerConfig {
+        agent_heartbeat_interval: Duration::from_millis(100),
+        ..config()
+    };
+    let w = W::new(db.store.clone(), cfg).await;
+    // A request whose caller is gone without deleting it (a crashed replica).
+    let now = time::OffsetDateTime::now_utc();
+    let id = uuid::Uuid::new_v4();
+    let record = kubenova_store::AgentRequestRecord {
+        id,
+        cluster_id: w.cluster.parse().unwrap(),
+        app_id: w.app_id.parse().unwrap(),
+        kind: "logs".into(),
+        doc: json!({"id": id}),
+        created_at: now - time::Duration::minutes(10),
+        expires_at: now - time::Duration::minutes(5),
+    };
+    assert!(w.st.store.create_agent_request(&record, 10).await.unwrap());
+    let task = agent::spawn_stale_task(w.st.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while w.st.store.take_agent_answers(id).await.is_ok() {
+        assert!(tokio::time::Instant::now() < deadline, "never purged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    task.abort();
 }

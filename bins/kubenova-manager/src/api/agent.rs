@@ -1731,6 +1731,35 @@ impl Relay {
         }
         Ok((answers, done))
     }
+
+    /// Every chunk of an answer that is not followed: [`Relay::first`], then what follows
+    /// until the last chunk, within the same answer timeout (KN-503 otherwise).
+    pub(crate) async fn complete(&mut self) -> ApiResult<Vec<AgentAnswer>> {
+        let deadline = tokio::time::Instant::now() + self.st.config.agent_answer_timeout;
+        let (mut answers, mut done) = self.first().await?;
+        while !done {
+            match self.next(deadline).await? {
+                Some((more, last)) => {
+                    answers.extend(more);
+                    done = last;
+                }
+                None => {
+                    return Err(ApiError {
+                        error: KnError::unavailable(
+                            "cluster-agent",
+                            format!(
+                                "cluster {} did not finish its answer within {} ms; retry",
+                                self.cluster.name,
+                                self.st.config.agent_answer_timeout.as_millis()
+                            ),
+                        ),
+                        retry_after: Some(5),
+                    });
+                }
+            }
+        }
+        Ok(answers)
+    }
 }
 
 #[cfg(test)]

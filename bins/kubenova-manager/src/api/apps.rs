@@ -1694,10 +1694,12 @@ pub async fn get_app_logs(
         Some(logs),
     )
     .await?;
-    let (answers, done) = relay.first().await?;
-    if follow {
+    let answers = if follow {
+        let (answers, done) = relay.first().await?;
         return Ok(follow_response(relay, answers, done));
-    }
+    } else {
+        relay.complete().await?
+    };
     let view = logs_view(&app, &l.component, answers);
     if wants_text(&headers) {
         return Ok((
@@ -1744,7 +1746,7 @@ pub async fn get_app_events(
     let cluster = agent::connected_cluster(&st, app.cluster_id).await?;
     let mut relay =
         Relay::open(&st, cluster, &app, &project, AgentRequestKind::Events, None).await?;
-    let (answers, _) = relay.first().await?;
+    let answers = relay.complete().await?;
     let mut view = AppEvents {
         app_id: app.id,
         events: Vec::new(),
