@@ -13,6 +13,8 @@
 //! | `GET /api/v1/agent/desired?cursor=N&waitSeconds=S` | → [`DesiredState`] (long-poll) |
 //! | `POST /api/v1/agent/status` | [`StatusReport`] → [`StatusReply`] |
 //! | `POST /api/v1/agent/usage` | `[UsageRecord]` → 204 |
+//! | `GET /api/v1/agent/requests?waitSeconds=S` | → [`AgentRequests`] (long-poll of the logs and events requests) |
+//! | `POST /api/v1/agent/answers` | [`AgentAnswer`] → [`AnswerReply`] |
 //!
 //! ```
 //! use kubenova_api::agent::{DesiredState, ObjectRef};
@@ -32,9 +34,10 @@ use crate::crd::{
     NovaProject, NovaProjectSpec, NovaTenant, NovaTenantSpec, NovaWorkflow, NovaWorkflowStep,
 };
 use crate::model::{
-    App, AppComponent, AppTrait, Capabilities, ClusterStatus, ComponentState, ObjectStatus,
-    Project, ProxyEndpoint, Tenant,
+    App, AppComponent, AppEvent, AppTrait, Capabilities, ClusterStatus, ComponentState, LogLine,
+    ObjectStatus, PodLog, Project, ProxyEndpoint, Tenant,
 };
+use crate::validate::{ValidationError, Validator};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use uuid::Uuid;
@@ -305,6 +308,401 @@ pub struct StatusReply {
 }
 
 // ---------------------------------------------------------------------------------
+// Logs and events through the channel
+// ---------------------------------------------------------------------------------
+
+/// Default `tailLines` of a logs request that names neither `tailLines` nor `sinceSeconds`.
+pub const DEFAULT_TAIL_LINES: u32 = 100;
+/// Largest `tailLines` (per pod).
+pub const MAX_TAIL_LINES: u32 = 5000;
+/// Largest `sinceSeconds` (7 days).
+pub const MAX_SINCE_SECONDS: u64 = 7 * 24 * 3600;
+/// Largest log line text, in bytes; longer lines are cut at the source ([`bound_text`]).
+pub const MAX_LOG_LINE_BYTES: usize = 8 * 1024;
+/// Most lines in one answer (the newest are kept).
+pub const MAX_ANSWER_LINES: usize = 5000;
+/// Most pods whose logs one request reads (the oldest pods first, by creation).
+pub const MAX_LOG_PODS: usize = 10;
+/// Most events in one answer (the newest are kept).
+pub const MAX_EVENTS: usize = 500;
+/// Largest event message, in bytes (cut at the source).
+pub const MAX_EVENT_MESSAGE_BYTES: usize = 2048;
+/// Largest short text of an answer (reason, source, kind, message, error), in bytes.
+pub const MAX_ANSWER_TEXT_BYTES: usize = 4096;
+/// Largest serialized answer (one `POST /api/v1/agent/answers` body), in bytes: under the
+/// manager's default body limit of 1 MiB. The operator drops the oldest lines or events
+/// of an answer until it fits.
+pub const MAX_ANSWER_BYTES: usize = 768 * 1024;
+/// How long a followed log streams at most.
+pub const FOLLOW_SECONDS: u32 = 300;
+/// Most answer bytes (serialized) one followed log carries over its whole life.
+pub const MAX_FOLLOW_BYTES: usize = 8 * 1024 * 1024;
+/// Longest Kubernetes name carried in an answer (pods, containers, objects).
+pub const MAX_NAME_BYTES: usize = 253;
+
+/// What a relayed request asks the operator for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum AgentRequestKind {
+    /// The log of a component's pods ([`LogQuery`]).
+    Logs,
+    /// The Kubernetes Events of the app's pods, workloads, Application and NovaApp.
+    Events,
+}
+
+impl AgentRequestKind {
+    /// `logs` or `events`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AgentRequestKind::Logs => "logs",
+            AgentRequestKind::Events => "events",
+        }
+    }
+}
+
+/// What to read of a component's log (the parameters of `pods/log`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LogQuery {
+    /// The component (pods labelled `app.oam.dev/component=<component>`).
+    pub component: String,
+    /// The container; default: the pod's `kubectl.kubernetes.io/default-container`, else
+    /// its first container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// Lines from the end of each pod's log (at most [`MAX_TAIL_LINES`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail_lines: Option<u32>,
+    /// Only lines of the last this many seconds (at most [`MAX_SINCE_SECONDS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_seconds: Option<u64>,
+    /// The previous (terminated) instance of the container.
+    #[serde(default)]
+    pub previous: bool,
+    /// Keep streaming new lines for `followSeconds`.
+    #[serde(default)]
+    pub follow: bool,
+    /// How long a follow streams at most (set by the manager, at most [`FOLLOW_SECONDS`]).
+    #[serde(default)]
+    pub follow_seconds: u32,
+}
+
+/// A request the manager relays to a cluster's operator. Everything that says *where* to
+/// read comes from the manager's records: the namespace is the app's project namespace,
+/// never anything a user sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(example = json!({"id": "77777777-7777-4777-8777-777777777777", "kind": "logs",
+    "appId": "44444444-4444-4444-4444-444444444444", "app": "web", "namespace": "acme-shop-1a2b3c4d",
+    "components": ["web"], "logs": {"component": "web", "tailLines": 100, "previous": false, "follow": false, "followSeconds": 0}}))]
+pub struct AgentRequest {
+    /// Request id (random); the answer names it.
+    pub id: Uuid,
+    /// What is asked for.
+    pub kind: AgentRequestKind,
+    /// The app's record id: its NovaApp carries it in [`LABEL_ID`].
+    pub app_id: Uuid,
+    /// The app's name: its NovaApp and KubeVela Application are named so, and KubeVela
+    /// labels its workloads and pods `app.oam.dev/name=<app>`.
+    pub app: String,
+    /// The app's project namespace, from the manager's project record.
+    pub namespace: String,
+    /// The app's component names (KubeVela names each workload after its component).
+    #[serde(default)]
+    pub components: Vec<String>,
+    /// For [`AgentRequestKind::Logs`]: what to read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs: Option<LogQuery>,
+}
+
+/// Answer of the requests long-poll: the requests of the agent's cluster not handed over
+/// yet (each is handed over once).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentRequests {
+    /// The requests, oldest first.
+    pub requests: Vec<AgentRequest>,
+}
+
+/// An answer that could not be given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnswerError {
+    /// The request parameter that was wrong (`container`), when the request itself was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// Why a followed log ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum FollowEnd {
+    /// Every followed container stopped (or its pod went away).
+    Ended,
+    /// `followSeconds` passed.
+    Deadline,
+    /// [`MAX_FOLLOW_BYTES`] were sent.
+    Limit,
+    /// The cluster failed (the message says how).
+    Error,
+}
+
+/// One answer (or, for a followed log, one chunk of the answer) to an [`AgentRequest`].
+///
+/// A request that is not followed gets one answer with `done: true`. A followed log gets
+/// chunks numbered from 0 (`seq`): the first one names the pods, the following ones carry
+/// the new lines, and the last one has `done: true` and `end`. A chunk with nothing in it
+/// and `done: false` only asks whether the request is still wanted.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(example = json!({"requestId": "77777777-7777-4777-8777-777777777777", "seq": 0, "done": true,
+    "pods": [{"pod": "web-6d8f7c9b5-x2x7q", "container": "web", "lines": 1}],
+    "lines": [{"time": "2026-01-01T00:00:01.5Z", "pod": "web-6d8f7c9b5-x2x7q", "container": "web", "text": "listening on :8080"}],
+    "truncated": false}))]
+pub struct AgentAnswer {
+    /// The request answered.
+    pub request_id: Uuid,
+    /// Chunk number, from 0.
+    #[serde(default)]
+    pub seq: u32,
+    /// The last chunk.
+    #[serde(default)]
+    pub done: bool,
+    /// Logs: the pods read (in the first chunk).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods: Option<Vec<PodLog>>,
+    /// Logs: lines, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lines: Vec<LogLine>,
+    /// Events: the events, oldest first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<AppEvent>>,
+    /// Whether something was left out to keep the answer bounded.
+    #[serde(default)]
+    pub truncated: bool,
+    /// A remark for the user (e.g. that there are no pods).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// Why there is no answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<AnswerError>,
+    /// Followed logs, with `done`: why the stream ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<FollowEnd>,
+}
+
+impl AgentAnswer {
+    /// An empty answer (chunk `seq`) to `request`.
+    pub fn new(request: Uuid, seq: u32) -> Self {
+        Self {
+            request_id: request,
+            seq,
+            ..Self::default()
+        }
+    }
+
+    /// Whether the chunk carries nothing but its number (a "still wanted?" probe).
+    pub fn is_probe(&self) -> bool {
+        !self.done
+            && self.pods.is_none()
+            && self.lines.is_empty()
+            && self.events.is_none()
+            && self.message.is_empty()
+            && self.error.is_none()
+            && self.end.is_none()
+    }
+
+    /// Checks the bounds the manager holds every answer to (what the operator bounds at
+    /// the source): lines, pods, events and every text. Nothing of an answer that fails
+    /// is stored.
+    ///
+    /// ```
+    /// use kubenova_api::agent::{AgentAnswer, MAX_LOG_LINE_BYTES};
+    /// use kubenova_api::model::LogLine;
+    /// let mut a = AgentAnswer::new(uuid::Uuid::nil(), 0);
+    /// a.lines.push(LogLine { time: None, pod: "web-1".into(), container: "web".into(), text: "x".repeat(MAX_LOG_LINE_BYTES + 1) });
+    /// let err = a.check().unwrap_err();
+    /// assert_eq!(err.violations[0].field, "lines[0].text");
+    /// ```
+    pub fn check(&self) -> Result<(), ValidationError> {
+        let mut v = Validator::new();
+        let bytes = |v: &mut Validator, field: String, s: &str, max: usize| {
+            if s.len() > max {
+                v.push(
+                    field,
+                    format!("must be at most {max} bytes (got {})", s.len()),
+                );
+            }
+        };
+        if self.lines.len() > MAX_ANSWER_LINES {
+            v.push(
+                "lines",
+                format!(
+                    "must contain at most {MAX_ANSWER_LINES} lines (got {})",
+                    self.lines.len()
+                ),
+            );
+        } else {
+            for (i, l) in self.lines.iter().enumerate() {
+                bytes(
+                    &mut v,
+                    format!("lines[{i}].text"),
+                    &l.text,
+                    MAX_LOG_LINE_BYTES,
+                );
+                bytes(&mut v, format!("lines[{i}].pod"), &l.pod, MAX_NAME_BYTES);
+                bytes(
+                    &mut v,
+                    format!("lines[{i}].container"),
+                    &l.container,
+                    MAX_NAME_BYTES,
+                );
+            }
+        }
+        if let Some(pods) = &self.pods {
+            if pods.len() > MAX_LOG_PODS {
+                v.push(
+                    "pods",
+                    format!(
+                        "must contain at most {MAX_LOG_PODS} pods (got {})",
+                        pods.len()
+                    ),
+                );
+            } else {
+                for (i, p) in pods.iter().enumerate() {
+                    bytes(&mut v, format!("pods[{i}].pod"), &p.pod, MAX_NAME_BYTES);
+                    bytes(
+                        &mut v,
+                        format!("pods[{i}].container"),
+                        &p.container,
+                        MAX_NAME_BYTES,
+                    );
+                    if let Some(e) = &p.error {
+                        bytes(&mut v, format!("pods[{i}].error"), e, MAX_ANSWER_TEXT_BYTES);
+                    }
+                }
+            }
+        }
+        if let Some(events) = &self.events {
+            if events.len() > MAX_EVENTS {
+                v.push(
+                    "events",
+                    format!(
+                        "must contain at most {MAX_EVENTS} events (got {})",
+                        events.len()
+                    ),
+                );
+            } else {
+                for (i, e) in events.iter().enumerate() {
+                    bytes(
+                        &mut v,
+                        format!("events[{i}].message"),
+                        &e.message,
+                        MAX_EVENT_MESSAGE_BYTES,
+                    );
+                    for (f, s) in [
+                        ("type", &e.type_),
+                        ("reason", &e.reason),
+                        ("source", &e.source),
+                    ] {
+                        bytes(&mut v, format!("events[{i}].{f}"), s, MAX_NAME_BYTES);
+                    }
+                    bytes(
+                        &mut v,
+                        format!("events[{i}].object.kind"),
+                        &e.object.kind,
+                        MAX_NAME_BYTES,
+                    );
+                    bytes(
+                        &mut v,
+                        format!("events[{i}].object.name"),
+                        &e.object.name,
+                        MAX_NAME_BYTES,
+                    );
+                }
+            }
+        }
+        bytes(
+            &mut v,
+            "message".into(),
+            &self.message,
+            MAX_ANSWER_TEXT_BYTES,
+        );
+        if let Some(e) = &self.error {
+            bytes(
+                &mut v,
+                "error.message".into(),
+                &e.message,
+                MAX_ANSWER_TEXT_BYTES,
+            );
+            if let Some(f) = &e.field {
+                bytes(&mut v, "error.field".into(), f, 64);
+            }
+        }
+        v.finish()
+    }
+}
+
+/// What the manager did with an [`AgentAnswer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AnswerReply {
+    /// Whether the chunk was new (a resent chunk is acknowledged, not stored again).
+    pub stored: bool,
+    /// Stop following: the request reached [`MAX_FOLLOW_BYTES`] (the stream is ended).
+    pub stop: bool,
+}
+
+/// Marker appended to text cut by [`bound_text`].
+fn cut_marker(cut: usize) -> String {
+    format!("… [{cut} bytes cut]")
+}
+
+/// `text` cut to at most `max` bytes (on a character boundary), ending with
+/// `… [N bytes cut]` when something was cut; unchanged when it fits.
+///
+/// ```
+/// use kubenova_api::agent::bound_text;
+/// assert_eq!(bound_text("short", 100), "short");
+/// let cut = bound_text(&"é".repeat(100), 40);
+/// assert!(cut.len() <= 40 && cut.ends_with("bytes cut]"));
+/// ```
+pub fn bound_text(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    bound_parts(text, text.len(), max)
+}
+
+/// Like [`bound_text`] for a text of which only the first part is at hand: `head` is the
+/// beginning of a text of `total` bytes (a log line read without keeping all of it).
+pub fn bound_parts(head: &str, total: usize, max: usize) -> String {
+    let total = total.max(head.len());
+    if total <= max {
+        return head.to_string();
+    }
+    // The marker's length depends on the count it shows; size it for the largest.
+    let room = max.saturating_sub(cut_marker(total).len());
+    let mut end = room.min(head.len());
+    while end > 0 && !head.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = head[..end].to_string();
+    out.push_str(&cut_marker(total - end));
+    if out.len() > max {
+        // `max` is smaller than the marker itself: keep what fits of the marker.
+        let mut end = max;
+        while end > 0 && !out.is_char_boundary(end) {
+            end -= 1;
+        }
+        out.truncate(end);
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------
 // Records → Nova objects
 // ---------------------------------------------------------------------------------
 
@@ -479,5 +877,141 @@ mod tests {
                 id: Uuid::nil()
             }
         );
+    }
+    #[test]
+    fn bound_text_cuts_on_character_boundaries_and_says_how_much() {
+        assert_eq!(bound_text("", 10), "");
+        assert_eq!(bound_text("exactly10!", 10), "exactly10!");
+        for max in [0, 1, 5, 19, 20, 21, 40, 100, 1000] {
+            for text in ["a".repeat(5000), "é".repeat(3000), "日本".repeat(900)] {
+                let out = bound_text(&text, max);
+                assert!(out.len() <= max, "{max}: {} bytes", out.len());
+                if max >= 40 {
+                    let cut = text.len() - out.find('…').unwrap();
+                    assert!(out.ends_with(&format!("… [{cut} bytes cut]")), "{out}");
+                    assert!(text.starts_with(&out[..out.find('…').unwrap()]));
+                }
+            }
+        }
+        // Only the head of a long line was kept: the count is of the whole line.
+        let out = bound_parts(&"x".repeat(100), 1_000_000, 60);
+        assert!(out.len() <= 60);
+        assert!(out.ends_with("bytes cut]"), "{out}");
+        let kept = out.find('…').unwrap();
+        assert!(out.contains(&format!("[{} bytes cut]", 1_000_000 - kept)));
+        assert_eq!(bound_parts("abc", 3, 10), "abc");
+    }
+
+    fn line(text: &str) -> LogLine {
+        LogLine {
+            time: None,
+            pod: "web-1".into(),
+            container: "web".into(),
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn answers_are_held_to_their_bounds() {
+        let id = Uuid::nil();
+        let mut ok = AgentAnswer::new(id, 0);
+        ok.lines = vec![line(&"x".repeat(MAX_LOG_LINE_BYTES)); MAX_ANSWER_LINES];
+        ok.pods = Some(vec![
+            PodLog {
+                pod: "p".repeat(MAX_NAME_BYTES),
+                container: "web".into(),
+                lines: 1,
+                error: Some("e".repeat(MAX_ANSWER_TEXT_BYTES)),
+            };
+            MAX_LOG_PODS
+        ]);
+        assert!(ok.check().is_ok());
+        assert!(!ok.is_probe());
+        assert!(AgentAnswer::new(id, 3).is_probe());
+
+        let fields = |a: &AgentAnswer| -> Vec<String> {
+            a.check()
+                .unwrap_err()
+                .violations
+                .into_iter()
+                .map(|v| v.field)
+                .collect()
+        };
+        let mut a = AgentAnswer::new(id, 0);
+        a.lines = vec![line("x"); MAX_ANSWER_LINES + 1];
+        assert_eq!(fields(&a), ["lines"]);
+        let mut a = AgentAnswer::new(id, 0);
+        a.lines = vec![line("ok"), line(&"x".repeat(MAX_LOG_LINE_BYTES + 1))];
+        assert_eq!(fields(&a), ["lines[1].text"]);
+        let mut a = AgentAnswer::new(id, 0);
+        a.pods = Some(vec![
+            PodLog {
+                pod: "p".into(),
+                container: "c".into(),
+                lines: 0,
+                error: None
+            };
+            MAX_LOG_PODS + 1
+        ]);
+        assert_eq!(fields(&a), ["pods"]);
+        let event = AppEvent {
+            type_: "Warning".into(),
+            reason: "BackOff".into(),
+            message: "m".repeat(MAX_EVENT_MESSAGE_BYTES + 1),
+            object: crate::model::EventObject {
+                kind: "Pod".into(),
+                name: "web-1".into(),
+            },
+            count: 1,
+            first_time: None,
+            last_time: None,
+            source: "kubelet".into(),
+        };
+        let mut a = AgentAnswer::new(id, 0);
+        a.events = Some(vec![event.clone()]);
+        assert_eq!(fields(&a), ["events[0].message"]);
+        a.events = Some(vec![
+            AppEvent {
+                message: "fine".into(),
+                ..event
+            };
+            MAX_EVENTS + 1
+        ]);
+        assert_eq!(fields(&a), ["events"]);
+        let mut a = AgentAnswer::new(id, 0);
+        a.message = "m".repeat(MAX_ANSWER_TEXT_BYTES + 1);
+        a.error = Some(AnswerError {
+            field: Some("f".repeat(65)),
+            message: "e".repeat(MAX_ANSWER_TEXT_BYTES + 1),
+        });
+        assert_eq!(fields(&a), ["message", "error.message", "error.field"]);
+    }
+
+    #[test]
+    fn requests_and_answers_round_trip() {
+        let r = AgentRequest {
+            id: Uuid::new_v4(),
+            kind: AgentRequestKind::Logs,
+            app_id: Uuid::nil(),
+            app: "web".into(),
+            namespace: "acme-shop-1a2b3c4d".into(),
+            components: vec!["web".into()],
+            logs: Some(LogQuery {
+                component: "web".into(),
+                tail_lines: Some(10),
+                ..LogQuery::default()
+            }),
+        };
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["kind"], "logs");
+        assert_eq!(v["logs"]["tailLines"], 10);
+        assert_eq!(serde_json::from_value::<AgentRequest>(v).unwrap(), r);
+        let mut a = AgentAnswer::new(r.id, 2);
+        a.done = true;
+        a.end = Some(FollowEnd::Deadline);
+        let v = serde_json::to_value(&a).unwrap();
+        assert_eq!(v["end"], "deadline");
+        assert!(v.get("lines").is_none());
+        assert_eq!(serde_json::from_value::<AgentAnswer>(v).unwrap(), a);
     }
 }

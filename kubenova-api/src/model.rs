@@ -1226,6 +1226,130 @@ pub struct AuditEvent {
     pub details: Option<serde_json::Value>,
 }
 
+// ---------------------------------------------------------------------------------
+// Logs and events of an app (read through the cluster's operator)
+// ---------------------------------------------------------------------------------
+
+/// One log line of a container of an app, as the cluster's operator read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(example = json!({"time": "2026-01-01T00:00:01.5Z", "pod": "web-6d8f7c9b5-x2x7q", "container": "web", "text": "listening on :8080"}))]
+pub struct LogLine {
+    /// When the container wrote the line (the container runtime's timestamp), if known.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub time: Option<OffsetDateTime>,
+    /// The pod.
+    pub pod: String,
+    /// The container.
+    pub container: String,
+    /// The line without its newline, cut to at most
+    /// [`crate::agent::MAX_LOG_LINE_BYTES`] bytes (a cut line ends with `… [N bytes cut]`).
+    pub text: String,
+}
+
+/// A pod whose log was read for an answer, or could not be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(example = json!({"pod": "web-6d8f7c9b5-x2x7q", "container": "web", "lines": 2}))]
+pub struct PodLog {
+    /// The pod.
+    pub pod: String,
+    /// The container whose log was read.
+    pub container: String,
+    /// How many of the answer's lines come from it.
+    #[serde(default)]
+    pub lines: u32,
+    /// Why its log could not be read (the API server's words), if it could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The log lines of one component of an app (`GET …/apps/{appID}/logs/{component}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppLogs {
+    /// The app.
+    pub app_id: AppId,
+    /// The component.
+    pub component: String,
+    /// The pods read (at most [`crate::agent::MAX_LOG_PODS`]).
+    pub pods: Vec<PodLog>,
+    /// The lines, oldest first.
+    pub lines: Vec<LogLine>,
+    /// Whether lines, pods or bytes were left out to keep the answer bounded.
+    pub truncated: bool,
+    /// What the operator has to say about the answer (e.g. that the component has no pods).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+/// The object a Kubernetes Event is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EventObject {
+    /// Kind, e.g. `Pod`, `ReplicaSet`, `Application`.
+    pub kind: String,
+    /// Name.
+    pub name: String,
+}
+
+/// One Kubernetes Event about an app's pods, workloads, KubeVela Application or NovaApp.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(example = json!({"type": "Warning", "reason": "FailedCreate", "message": "pods \"web-6d8f7c9b5-\" is forbidden: exceeded quota", "object": {"kind": "ReplicaSet", "name": "web-6d8f7c9b5"}, "count": 4, "firstTime": "2026-01-01T00:00:00Z", "lastTime": "2026-01-01T00:02:00Z", "source": "replicaset-controller"}))]
+pub struct AppEvent {
+    /// `Normal` or `Warning`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Machine-readable CamelCase reason, e.g. `BackOff`.
+    pub reason: String,
+    /// What happened, cut to at most [`crate::agent::MAX_EVENT_MESSAGE_BYTES`] bytes.
+    pub message: String,
+    /// The object it is about.
+    pub object: EventObject,
+    /// How many times it happened.
+    pub count: u32,
+    /// First time it happened, if known.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub first_time: Option<OffsetDateTime>,
+    /// Last time it happened, if known.
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_time: Option<OffsetDateTime>,
+    /// The component that reported it, e.g. `kubelet`.
+    #[serde(default)]
+    pub source: String,
+}
+
+/// The Kubernetes Events of an app (`GET …/apps/{appID}/events`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppEvents {
+    /// The app.
+    pub app_id: AppId,
+    /// The events, oldest (by last time) first.
+    pub events: Vec<AppEvent>,
+    /// Whether older events were left out to keep the answer bounded.
+    pub truncated: bool,
+    /// What the operator has to say about the answer.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

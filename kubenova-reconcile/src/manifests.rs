@@ -341,6 +341,13 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
         // with the rule above.
         proxy_read,
         proxy_ingress,
+        // The logs and Events of an app that the manager relays to its users (agent
+        // requests), read only: the pods of the app, their logs, and the Events of its
+        // project namespace (the namespace comes from the manager's records, checked
+        // against the app's NovaApp; its Deployments are read with the rule above).
+        rule(&[""], &["pods"], &["get", "list"]),
+        rule(&[""], &["pods/log"], &["get"]),
+        rule(&[""], &["events"], &["list"]),
     ]
 }
 

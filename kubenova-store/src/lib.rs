@@ -320,6 +320,60 @@ pub trait Store: Send + Sync + 'static {
     /// Drops change records at or below `revision` (snapshots are needed for older cursors).
     async fn compact_changes(&self, id: ClusterId, up_to: i64) -> Result<u64>;
 
+    // ---- agent requests (logs and events relayed through the agent channel) ----------
+    /// Records a request for a cluster's operator, unless the cluster already has
+    /// `max_open` unexpired requests (then nothing is stored and the answer is `false`).
+    /// The check and the insert are one statement. Postgres announces the new request on
+    /// the channel `kubenova_agent_requests` (see [`notify`]).
+    async fn create_agent_request(
+        &self,
+        request: &AgentRequestRecord,
+        max_open: u32,
+    ) -> Result<bool>;
+    /// Hands over up to `limit` requests of the cluster that are not delivered yet and
+    /// not expired at `now`, oldest first, marking them delivered: each request is handed
+    /// over once, also to concurrent callers. Returns their documents.
+    async fn claim_agent_requests(
+        &self,
+        cluster: ClusterId,
+        now: time::OffsetDateTime,
+        limit: u32,
+    ) -> Result<Vec<serde_json::Value>>;
+    /// Accepts an answer chunk of `cluster`'s operator to one of its delivered, unexpired,
+    /// unfinished requests, in order (chunk `seq` after `seq - 1`), storing it unless it
+    /// is a probe and counting its bytes; a chunk that would bring the request's chunks
+    /// past `max_bytes` is refused ([`AnswerOutcome::Full`]) and nothing is stored. The
+    /// check and the write are one transaction. Postgres announces a stored chunk on the
+    /// channel `kubenova_agent_answers`.
+    ///
+    /// ```no_run
+    /// # async fn demo(store: &dyn kubenova_store::Store, cluster: kubenova_api::ids::ClusterId, id: uuid::Uuid)
+    /// # -> Result<(), kubenova_store::StoreError> {
+    /// use kubenova_store::{AnswerChunk, AnswerOutcome};
+    /// let chunk = AnswerChunk { request_id: id, seq: 0, body: b"{}", done: true, probe: false };
+    /// match store.append_agent_answer(cluster, &chunk, 1 << 20, time::OffsetDateTime::now_utc()).await? {
+    ///     AnswerOutcome::Accepted | AnswerOutcome::Duplicate => {}
+    ///     other => println!("refused: {other:?}"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    async fn append_agent_answer(
+        &self,
+        cluster: ClusterId,
+        chunk: &AnswerChunk<'_>,
+        max_bytes: i64,
+        now: time::OffsetDateTime,
+    ) -> Result<AnswerOutcome>;
+    /// Removes and returns the answer chunks stored for a request so far (the caller
+    /// waiting for them is their only reader), and whether the last one was accepted.
+    /// [`StoreError::NotFound`] when the request is gone.
+    async fn take_agent_answers(&self, id: uuid::Uuid) -> Result<TakenAnswers>;
+    /// Deletes a request and its answers (its caller is done with it); deleting a request
+    /// that is gone is not an error.
+    async fn delete_agent_request(&self, id: uuid::Uuid) -> Result<()>;
+    /// Deletes the requests (and their answers) expired at `now`; returns how many.
+    async fn purge_agent_requests(&self, now: time::OffsetDateTime) -> Result<u64>;
+
     // ---- usage ----------------------------------------------------------------------
     /// Inserts or replaces hourly usage records (idempotent per cluster, tenant, project, hour).
     async fn upsert_usage(&self, records: &[UsageRecord]) -> Result<()>;

@@ -1,7 +1,15 @@
-//! Wake-ups for agents long-polling a cluster's desired state.
+//! Wake-ups for agents long-polling a cluster's desired state, and for the relay of logs
+//! and events through the agent channel.
 //!
 //! A manager holds one [`ChangeNotifier`]: waiters [`subscribe`](ChangeNotifier::subscribe)
-//! to a cluster and are woken by [`notify`](ChangeNotifier::notify). Who calls `notify`:
+//! to a cluster and are woken by [`notify`](ChangeNotifier::notify). Two more kinds of
+//! wake-ups work the same way: a cluster's operator waiting for logs and events requests
+//! ([`subscribe_requests`](ChangeNotifier::subscribe_requests) /
+//! [`notify_requests`](ChangeNotifier::notify_requests), Postgres channel
+//! [`REQUESTS_CHANNEL`]) and a user's call waiting for the answer to its request
+//! ([`subscribe_answers`](ChangeNotifier::subscribe_answers) /
+//! [`notify_answers`](ChangeNotifier::notify_answers), Postgres channel
+//! [`ANSWERS_CHANNEL`], payload the request id). Who calls `notify`:
 //!
 //! - **Postgres** (several replicas on one database): migration `0003_notify` makes every
 //!   desired-state change (and every change of a cluster's component requests) send
@@ -41,16 +49,32 @@ use uuid::Uuid;
 
 /// The Postgres notification channel (see migration `0003_notify.sql`).
 pub const CHANNEL: &str = "kubenova_changes";
+/// The Postgres channel announcing a new agent request (payload: the cluster id; see
+/// migration `0010_agent_requests.sql`).
+pub const REQUESTS_CHANNEL: &str = "kubenova_agent_requests";
+/// The Postgres channel announcing a new answer chunk (payload: the request id).
+pub const ANSWERS_CHANNEL: &str = "kubenova_agent_answers";
 /// Fallback poll interval while no listener delivers notifications (SQLite, or a
 /// Postgres listener that is reconnecting).
 pub const LOCAL_POLL: Duration = Duration::from_millis(200);
 /// Fallback poll interval while a Postgres listener is connected.
 pub const LISTENING_POLL: Duration = Duration::from_secs(2);
 
-/// Per-cluster wake-up fan-out inside one manager process.
+/// What a waiter waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Topic {
+    /// A cluster's desired state or component requests changed.
+    Desired,
+    /// A cluster has a new agent request.
+    Requests,
+    /// An agent request has a new answer chunk (keyed by the request id).
+    Answers,
+}
+
+/// Per-cluster (and per-request) wake-up fan-out inside one manager process.
 #[derive(Debug, Default)]
 pub struct ChangeNotifier {
-    clusters: Mutex<HashMap<Uuid, watch::Sender<u64>>>,
+    clusters: Mutex<HashMap<(Topic, Uuid), watch::Sender<u64>>>,
     listening: AtomicBool,
     listener: Mutex<Option<tokio::task::JoinHandle<()>>>,
     rows: Mutex<Option<Arc<RowCache>>>,
@@ -87,20 +111,19 @@ impl ChangeNotifier {
         Arc::new(Self::default())
     }
 
-    fn senders(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, watch::Sender<u64>>> {
+    fn senders(&self) -> std::sync::MutexGuard<'_, HashMap<(Topic, Uuid), watch::Sender<u64>>> {
         match self.clusters.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         }
     }
 
-    /// Subscribes to the changes of one cluster. Subscriptions are cheap; drop it when done.
-    pub fn subscribe(self: &Arc<Self>, cluster: ClusterId) -> ChangeSubscription {
+    fn subscribe_to(self: &Arc<Self>, key: (Topic, Uuid)) -> ChangeSubscription {
         let mut map = self.senders();
-        // Forget clusters nobody waits for any more.
+        // Forget what nobody waits for any more.
         map.retain(|_, tx| tx.receiver_count() > 0);
         let rx = map
-            .entry(cluster.0)
+            .entry(key)
             .or_insert_with(|| watch::channel(0).0)
             .subscribe();
         ChangeSubscription {
@@ -109,11 +132,40 @@ impl ChangeNotifier {
         }
     }
 
-    /// Wakes the waiters of `cluster` (a no-op when nobody waits).
-    pub fn notify(&self, cluster: ClusterId) {
-        if let Some(tx) = self.senders().get(&cluster.0) {
+    fn wake(&self, key: (Topic, Uuid)) {
+        if let Some(tx) = self.senders().get(&key) {
             tx.send_modify(|n| *n = n.wrapping_add(1));
         }
+    }
+
+    /// Subscribes to the changes of one cluster. Subscriptions are cheap; drop it when done.
+    pub fn subscribe(self: &Arc<Self>, cluster: ClusterId) -> ChangeSubscription {
+        self.subscribe_to((Topic::Desired, cluster.0))
+    }
+
+    /// Wakes the waiters of `cluster` (a no-op when nobody waits).
+    pub fn notify(&self, cluster: ClusterId) {
+        self.wake((Topic::Desired, cluster.0));
+    }
+
+    /// Subscribes to the new agent requests of one cluster (its operator's long-poll).
+    pub fn subscribe_requests(self: &Arc<Self>, cluster: ClusterId) -> ChangeSubscription {
+        self.subscribe_to((Topic::Requests, cluster.0))
+    }
+
+    /// Wakes the operator long-polls of `cluster` waiting for requests.
+    pub fn notify_requests(&self, cluster: ClusterId) {
+        self.wake((Topic::Requests, cluster.0));
+    }
+
+    /// Subscribes to the answers to one agent request (the call waiting for them).
+    pub fn subscribe_answers(self: &Arc<Self>, request: Uuid) -> ChangeSubscription {
+        self.subscribe_to((Topic::Answers, request))
+    }
+
+    /// Wakes the call waiting for the answers to `request`.
+    pub fn notify_answers(&self, request: Uuid) {
+        self.wake((Topic::Answers, request));
     }
 
     /// Wakes every waiter (after a listener (re)connects, notifications may have been missed).
@@ -226,7 +278,10 @@ async fn listen_loop(url: String, notifier: Weak<ChangeNotifier>) {
     let mut backoff = Duration::from_millis(500);
     loop {
         match sqlx::postgres::PgListener::connect(&url).await {
-            Ok(mut listener) => match listener.listen_all([CHANNEL, ROWS_CHANNEL]).await {
+            Ok(mut listener) => match listener
+                .listen_all([CHANNEL, ROWS_CHANNEL, REQUESTS_CHANNEL, ANSWERS_CHANNEL])
+                .await
+            {
                 Ok(()) => {
                     tracing::info!(channel = CHANNEL, "listening for desired-state changes");
                     let Some(n) = notifier.upgrade() else { return };
@@ -251,8 +306,13 @@ async fn listen_loop(url: String, notifier: Weak<ChangeNotifier>) {
                             }
                             Ok(Some(msg)) => {
                                 n.set_listening(true);
+                                let topic = match msg.channel() {
+                                    REQUESTS_CHANNEL => Topic::Requests,
+                                    ANSWERS_CHANNEL => Topic::Answers,
+                                    _ => Topic::Desired,
+                                };
                                 match parse_payload(msg.payload()) {
-                                    Some(c) => n.notify(c),
+                                    Some(id) => n.wake((topic, id.0)),
                                     None => n.notify_all(),
                                 }
                             }
@@ -309,6 +369,27 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn requests_and_answers_wake_only_their_waiters() {
+        let n = ChangeNotifier::new();
+        let c = ClusterId::new();
+        let request = Uuid::new_v4();
+        let mut desired = n.subscribe(c);
+        let mut requests = n.subscribe_requests(c);
+        let mut answers = n.subscribe_answers(request);
+        let mut other = n.subscribe_answers(Uuid::new_v4());
+        n.notify_requests(c);
+        n.notify_answers(request);
+        let soon = Instant::now() + Duration::from_millis(50);
+        assert_eq!(requests.wait(soon).await, Woken::Notified);
+        assert_eq!(answers.wait(soon).await, Woken::Notified);
+        assert_eq!(desired.wait(soon).await, Woken::Deadline);
+        assert_eq!(other.wait(soon).await, Woken::Deadline);
+        n.notify_all();
+        let later = Instant::now() + Duration::from_secs(5);
+        assert_eq!(other.wait(later).await, Woken::Notified);
+    }
+
+    #[tokio::test]
     async fn waits_fall_back_to_polling() {
         let n = ChangeNotifier::new();
         let mut s = n.subscribe(ClusterId::new());
@@ -327,6 +408,9 @@ mod tests {
         }
         let _keep = n.subscribe(ClusterId::new());
         assert_eq!(n.senders().len(), 1);
+        drop(n.subscribe_answers(Uuid::new_v4()));
+        let _also = n.subscribe_requests(ClusterId::new());
+        assert_eq!(n.senders().len(), 2);
         assert_eq!(
             parse_payload(&Uuid::nil().to_string()),
             Some(ClusterId(Uuid::nil()))

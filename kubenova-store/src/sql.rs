@@ -1233,6 +1233,146 @@ macro_rules! sql_backend {
                 Ok(del.rows_affected())
             }
 
+            async fn create_agent_request(&self, r: &AgentRequestRecord, max_open: u32) -> Result<bool> {
+                let res = sqlx::query(
+                    "INSERT INTO agent_requests (id, cluster_id, app_id, kind, doc, created_at, expires_at, delivered, next_seq, bytes, done) \
+                     SELECT $1, $2, $3, $4, $5, $6, $7, FALSE, 0, 0, FALSE \
+                     WHERE (SELECT COUNT(*) FROM agent_requests WHERE cluster_id = $2 AND expires_at > $6) < $8",
+                )
+                .bind(r.id)
+                .bind(r.cluster_id.0)
+                .bind(r.app_id.0)
+                .bind(&r.kind)
+                .bind(Json(&r.doc))
+                .bind(to_micros(r.created_at))
+                .bind(to_micros(r.expires_at))
+                .bind(i64::from(max_open))
+                .execute(&self.pool)
+                .await
+                .map_err(|e| match StoreError::from(e) {
+                    // The app (or its cluster) went away meanwhile.
+                    StoreError::Conflict(_) => StoreError::NotFound { kind: "app", id: r.app_id.to_string() },
+                    other => other,
+                })?;
+                Ok(res.rows_affected() == 1)
+            }
+
+            async fn claim_agent_requests(&self, cluster: ClusterId, now: OffsetDateTime, limit: u32) -> Result<Vec<serde_json::Value>> {
+                let rows = sqlx::query(
+                    "UPDATE agent_requests SET delivered = TRUE WHERE delivered = FALSE AND id IN \
+                     (SELECT id FROM agent_requests WHERE cluster_id = $1 AND delivered = FALSE AND expires_at > $2 \
+                      ORDER BY created_at, id LIMIT $3) \
+                     RETURNING created_at, id, doc",
+                )
+                .bind(cluster.0)
+                .bind(to_micros(now))
+                .bind(i64::from(limit.max(1)))
+                .fetch_all(&self.pool)
+                .await?;
+                let mut out = Vec::with_capacity(rows.len());
+                for r in rows {
+                    let at: i64 = r.try_get("created_at")?;
+                    let id: Uuid = r.try_get("id")?;
+                    out.push((at, id, r.try_get::<Json<serde_json::Value>, _>("doc")?.0));
+                }
+                // RETURNING has no order: oldest first.
+                out.sort_by_key(|(at, id, _)| (*at, *id));
+                Ok(out.into_iter().map(|(_, _, doc)| doc).collect())
+            }
+
+            async fn append_agent_answer(&self, cluster: ClusterId, c: &AnswerChunk<'_>, max_bytes: i64, now: OffsetDateTime) -> Result<AnswerOutcome> {
+                let mut tx = self.pool.begin().await?;
+                // Postgres: the row lock orders concurrent chunks of one request. SQLite has a
+                // single writer connection.
+                let select = if $backend == "postgres" {
+                    "SELECT cluster_id, delivered, next_seq, bytes, done, expires_at FROM agent_requests WHERE id = $1 FOR UPDATE"
+                } else {
+                    "SELECT cluster_id, delivered, next_seq, bytes, done, expires_at FROM agent_requests WHERE id = $1"
+                };
+                let row = sqlx::query(select).bind(c.request_id).fetch_optional(&mut *tx).await?;
+                let Some(row) = row else {
+                    return Ok(AnswerOutcome::Gone);
+                };
+                let owner: Uuid = row.try_get("cluster_id")?;
+                let delivered: bool = row.try_get("delivered")?;
+                let next: i64 = row.try_get("next_seq")?;
+                let bytes: i64 = row.try_get("bytes")?;
+                let done: bool = row.try_get("done")?;
+                let expires: i64 = row.try_get("expires_at")?;
+                if owner != cluster.0 || !delivered || expires <= to_micros(now) {
+                    return Ok(AnswerOutcome::Gone);
+                }
+                if c.seq < next {
+                    return Ok(AnswerOutcome::Duplicate);
+                }
+                if done {
+                    return Ok(AnswerOutcome::Gone);
+                }
+                if c.seq > next {
+                    return Ok(AnswerOutcome::OutOfOrder { expected: next });
+                }
+                let len = i64::try_from(c.body.len()).unwrap_or(i64::MAX);
+                if bytes.saturating_add(len) > max_bytes {
+                    return Ok(AnswerOutcome::Full);
+                }
+                if !c.probe {
+                    sqlx::query("INSERT INTO agent_answers (request_id, seq, body, created_at) VALUES ($1, $2, $3, $4)")
+                        .bind(c.request_id)
+                        .bind(c.seq)
+                        .bind(c.body)
+                        .bind(to_micros(now))
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                sqlx::query("UPDATE agent_requests SET next_seq = next_seq + 1, bytes = bytes + $2, done = $3 WHERE id = $1")
+                    .bind(c.request_id)
+                    .bind(if c.probe { 0 } else { len })
+                    .bind(c.done)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(AnswerOutcome::Accepted)
+            }
+
+            async fn take_agent_answers(&self, id: Uuid) -> Result<TakenAnswers> {
+                let mut tx = self.pool.begin().await?;
+                let row = sqlx::query("SELECT done FROM agent_requests WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(row) = row else {
+                    return Err(StoreError::NotFound { kind: "agent request", id: id.to_string() });
+                };
+                let done: bool = row.try_get("done")?;
+                let rows = sqlx::query("DELETE FROM agent_answers WHERE request_id = $1 RETURNING seq, body")
+                    .bind(id)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                let mut chunks = Vec::with_capacity(rows.len());
+                for r in rows {
+                    chunks.push((r.try_get::<i64, _>("seq")?, r.try_get::<Vec<u8>, _>("body")?));
+                }
+                chunks.sort_by_key(|(seq, _)| *seq);
+                Ok(TakenAnswers { chunks, done })
+            }
+
+            async fn delete_agent_request(&self, id: Uuid) -> Result<()> {
+                sqlx::query("DELETE FROM agent_requests WHERE id = $1")
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn purge_agent_requests(&self, now: OffsetDateTime) -> Result<u64> {
+                let res = sqlx::query("DELETE FROM agent_requests WHERE expires_at <= $1")
+                    .bind(to_micros(now))
+                    .execute(&self.pool)
+                    .await?;
+                Ok(res.rows_affected())
+            }
+
             async fn upsert_usage(&self, records: &[UsageRecord]) -> Result<()> {
                 for r in records {
                     r.validate()?;

@@ -2,7 +2,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use kubenova_api::ids::{ClusterId, ProjectId, TenantId};
+use kubenova_api::ids::{AppId, ClusterId, ProjectId, TenantId};
 use kubenova_api::model::AuditEvent;
 use kubenova_api::validate::ValidationError;
 use serde::{Deserialize, Serialize};
@@ -367,6 +367,73 @@ pub struct CredentialQuery {
     pub subject: Option<String>,
     /// Pagination (by `jti`, which is a UUIDv7: issue order).
     pub page: ListParams,
+}
+
+/// A request the manager relays to a cluster's operator through the agent channel (the
+/// logs or events of an app; see [`Store::create_agent_request`](crate::Store::create_agent_request)).
+/// The store keeps its document opaque: the manager writes and the operator reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentRequestRecord {
+    /// Request id (random: the operator names it in its answers).
+    pub id: Uuid,
+    /// The cluster whose operator answers it.
+    pub cluster_id: ClusterId,
+    /// The app it is about (the request goes when the app goes).
+    pub app_id: AppId,
+    /// What it asks for (`logs`, `events`).
+    pub kind: String,
+    /// The request as delivered to the operator.
+    pub doc: serde_json::Value,
+    /// When recorded.
+    pub created_at: OffsetDateTime,
+    /// When it stops being delivered and answered, and may be purged.
+    pub expires_at: OffsetDateTime,
+}
+
+/// One answer chunk of an operator to an [`AgentRequestRecord`] (see
+/// [`Store::append_agent_answer`](crate::Store::append_agent_answer)).
+#[derive(Debug, Clone, Copy)]
+pub struct AnswerChunk<'a> {
+    /// The request answered.
+    pub request_id: Uuid,
+    /// Chunk number: 0, 1, 2, … with no gap.
+    pub seq: i64,
+    /// The chunk as the operator sent it.
+    pub body: &'a [u8],
+    /// Whether it is the last chunk.
+    pub done: bool,
+    /// Whether it only asks if the request is still wanted: acknowledged and counted,
+    /// never stored.
+    pub probe: bool,
+}
+
+/// What [`Store::append_agent_answer`](crate::Store::append_agent_answer) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AnswerOutcome {
+    /// Stored (or, for a probe, counted).
+    Accepted,
+    /// A chunk already accepted (a retry): nothing changed.
+    Duplicate,
+    /// Not the next chunk: `expected` is.
+    OutOfOrder {
+        /// The chunk number expected next.
+        expected: i64,
+    },
+    /// Storing it would pass the request's byte bound: nothing stored.
+    Full,
+    /// No such request of this cluster that is delivered, unexpired and not finished
+    /// (unknown, another cluster's, expired, answered, or given up by its caller).
+    Gone,
+}
+
+/// The answer chunks [`Store::take_agent_answers`](crate::Store::take_agent_answers)
+/// removed, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TakenAnswers {
+    /// `(seq, body)` of each chunk, by `seq`.
+    pub chunks: Vec<(i64, Vec<u8>)>,
+    /// Whether the last chunk was accepted (nothing more will come).
+    pub done: bool,
 }
 
 /// Unix microseconds of a timestamp (the stored form).

@@ -58,6 +58,10 @@ suite!(
     active_workflow_runs_and_retention,
     usage_queries_never_drop_rows_silently,
     cluster_kubeconfig_is_replaced_with_the_record,
+    agent_requests_are_relayed_once_and_bounded,
+    agent_answers_belong_to_their_cluster_and_come_in_order,
+    agent_requests_expire_and_go_with_their_app,
+    agent_requests_and_answers_are_announced_across_replicas,
 );
 
 async fn ping_reports_current_migrations(h: &Harness) {
@@ -1848,4 +1852,311 @@ async fn cluster_kubeconfig_is_replaced_with_the_record(h: &Harness) {
         s.cluster_kubeconfig(ghost.id).await,
         Err(StoreError::NotFound { .. })
     ));
+}
+fn agent_request(
+    c: &Cluster,
+    a: &App,
+    created: time::OffsetDateTime,
+    ttl: time::Duration,
+) -> AgentRequestRecord {
+    let id = uuid::Uuid::new_v4();
+    AgentRequestRecord {
+        id,
+        cluster_id: c.id,
+        app_id: a.id,
+        kind: "logs".into(),
+        doc: serde_json::json!({"id": id, "kind": "logs", "app": a.name}),
+        created_at: created,
+        expires_at: created + ttl,
+    }
+}
+
+/// A cluster with one app, ready for agent requests.
+async fn app_of_new_cluster(s: &Arc<dyn Store>, name: &str) -> (Cluster, App) {
+    let w = WriteOptions::default();
+    let c = cluster(name);
+    s.create_cluster(&c, b"k", &w).await.unwrap();
+    let t = tenant(c.id, "acme");
+    s.create_tenant(&t, &w).await.unwrap();
+    let p = project(&t, "web");
+    s.create_project(&p, &w).await.unwrap();
+    let (a, r) = app(&p, "api");
+    s.create_app(&a, &r, &w).await.unwrap();
+    (c, a)
+}
+
+fn chunk(id: uuid::Uuid, seq: i64, body: &[u8], done: bool) -> AnswerChunk<'_> {
+    AnswerChunk {
+        request_id: id,
+        seq,
+        body,
+        done,
+        probe: false,
+    }
+}
+
+async fn agent_requests_are_relayed_once_and_bounded(h: &Harness) {
+    let s = &h.store;
+    let (c, a) = app_of_new_cluster(s, "c").await;
+    let (other, other_app) = app_of_new_cluster(s, "other").await;
+    let t0 = now();
+    let minute = time::Duration::minutes(1);
+    let reqs: Vec<_> = (0..3)
+        .map(|i| agent_request(&c, &a, t0 + time::Duration::milliseconds(i), minute))
+        .collect();
+    for r in &reqs {
+        assert!(s.create_agent_request(r, 3).await.unwrap());
+    }
+    // The cluster's bound of open requests: the fourth is refused and not stored.
+    let fourth = agent_request(&c, &a, t0 + time::Duration::milliseconds(5), minute);
+    assert!(!s.create_agent_request(&fourth, 3).await.unwrap());
+    // Another cluster's bound is its own.
+    let elsewhere = agent_request(&other, &other_app, t0, minute);
+    assert!(s.create_agent_request(&elsewhere, 3).await.unwrap());
+
+    // Handed over oldest first, each once, only to its cluster.
+    let first = s.claim_agent_requests(c.id, t0, 2).await.unwrap();
+    assert_eq!(first, [reqs[0].doc.clone(), reqs[1].doc.clone()]);
+    let second = s.claim_agent_requests(c.id, t0, 10).await.unwrap();
+    assert_eq!(second, std::slice::from_ref(&reqs[2].doc));
+    assert!(
+        s.claim_agent_requests(c.id, t0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.claim_agent_requests(other.id, t0, 10).await.unwrap(),
+        std::slice::from_ref(&elsewhere.doc)
+    );
+    // A deleted request makes room for a new one.
+    s.delete_agent_request(reqs[0].id).await.unwrap();
+    s.delete_agent_request(reqs[0].id).await.unwrap();
+    assert!(s.create_agent_request(&fourth, 3).await.unwrap());
+    assert!(matches!(
+        s.take_agent_answers(reqs[0].id).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
+async fn agent_answers_belong_to_their_cluster_and_come_in_order(h: &Harness) {
+    let s = &h.store;
+    let (c, a) = app_of_new_cluster(s, "c").await;
+    let (other, _) = app_of_new_cluster(s, "other").await;
+    let t0 = now();
+    let r = agent_request(&c, &a, t0, time::Duration::minutes(1));
+    assert!(s.create_agent_request(&r, 10).await.unwrap());
+    let max = 100;
+
+    // Not delivered yet: nobody may answer it.
+    assert_eq!(
+        s.append_agent_answer(c.id, &chunk(r.id, 0, b"early", false), max, t0)
+            .await
+            .unwrap(),
+        AnswerOutcome::Gone
+    );
+    s.claim_agent_requests(c.id, t0, 10).await.unwrap();
+    // Another cluster's agent, or a request that does not exist: gone, nothing stored.
+    assert_eq!(
+        s.append_agent_answer(other.id, &chunk(r.id, 0, b"theirs", false), max, t0)
+            .await
+            .unwrap(),
+        AnswerOutcome::Gone
+    );
+    assert_eq!(
+        s.append_agent_answer(c.id, &chunk(uuid::Uuid::new_v4(), 0, b"x", false), max, t0)
+            .await
+            .unwrap(),
+        AnswerOutcome::Gone
+    );
+    assert_eq!(
+        s.take_agent_answers(r.id).await.unwrap(),
+        TakenAnswers::default()
+    );
+
+    // In order; a retry is a duplicate; a gap is refused.
+    assert_eq!(
+        s.append_agent_answer(c.id, &chunk(r.id, 1, b"one", false), max, t0)
+            .await
+            .unwrap(),
+        AnswerOutcome::OutOfOrder { expected: 0 }
+    );
+    let ok = AnswerOutcome::Accepted;
+    assert_eq!(
+        s.append_agent_answer(c.id, &chunk(r.id, 0, b"zero", false), max, t0)
+            .await
+            .unwrap(),
+        ok
+    );
+    assert_eq!(
+        s.append_agent_answer(c.id, &chunk(r.id, 0, b"zero", false), max, t0)
+            .await
+            .unwrap(),
+        AnswerOutcome::Duplicate
+    );
+    // A probe is counted, not stored, and costs no bytes.
+    let probe = AnswerChunk {
+        probe: true,
+        ..chunk(r.id, 1, b"{}", false)
+    };
+    assert_eq!(
+        s.append_agent_answer(c.id, &probe, max, t0).await.unwrap(),
+        ok
+    );
+    assert_eq!(
+        s.append_agent_answer(c.id, &chunk(r.id, 2, b"two", false), max, t0)
+            .await
+            .unwrap(),
+        ok
+    );
+    let taken = s.take_agent_answers(r.id).await.unwrap();
+    assert_eq!(
+        taken,
+        TakenAnswers {
+            chunks: vec![(0, b"zero".to_vec()), (2, b"two".to_vec())],
+            done: false
+        }
+    );
+    // Taken chunks are gone: their reader consumed them.
+    assert!(s.take_agent_answers(r.id).await.unwrap().chunks.is_empty());
+
+    // The byte bound counts every stored chunk: one that passes it is refused whole.
+    let big = vec![b'x'; 94];
+    assert_eq!(
+        s.append_agent_answer(c.id, &chunk(r.id, 3, &big, false), max, t0)
+            .await
+            .unwrap(),
+        AnswerOutcome::Full
+    );
+    assert!(s.take_agent_answers(r.id).await.unwrap().chunks.is_empty());
+    assert_eq!(
+        s.append_agent_answer(c.id, &chunk(r.id, 3, b"last", true), max, t0)
+            .await
+            .unwrap(),
+        ok
+    );
+    // Nothing after the last chunk.
+    assert_eq!(
+        s.append_agent_answer(c.id, &chunk(r.id, 4, b"more", false), max, t0)
+            .await
+            .unwrap(),
+        AnswerOutcome::Gone
+    );
+    assert_eq!(
+        s.append_agent_answer(c.id, &chunk(r.id, 3, b"last", true), max, t0)
+            .await
+            .unwrap(),
+        AnswerOutcome::Duplicate
+    );
+    assert_eq!(
+        s.take_agent_answers(r.id).await.unwrap(),
+        TakenAnswers {
+            chunks: vec![(3, b"last".to_vec())],
+            done: true
+        }
+    );
+}
+
+async fn agent_requests_expire_and_go_with_their_app(h: &Harness) {
+    let s = &h.store;
+    let w = WriteOptions::default();
+    let (c, a) = app_of_new_cluster(s, "c").await;
+    let t0 = now();
+    let short = agent_request(&c, &a, t0, time::Duration::seconds(5));
+    let long = agent_request(&c, &a, t0, time::Duration::minutes(5));
+    assert!(s.create_agent_request(&short, 10).await.unwrap());
+    assert!(s.create_agent_request(&long, 10).await.unwrap());
+    let later = t0 + time::Duration::seconds(10);
+    // Expired: not handed over, not answerable, and expired requests do not count
+    // against the cluster's bound.
+    assert_eq!(
+        s.claim_agent_requests(c.id, later, 10).await.unwrap(),
+        std::slice::from_ref(&long.doc)
+    );
+    let r3 = agent_request(&c, &a, later, time::Duration::minutes(1));
+    assert!(s.create_agent_request(&r3, 2).await.unwrap());
+    assert_eq!(
+        s.append_agent_answer(
+            c.id,
+            &chunk(long.id, 0, b"a", false),
+            100,
+            t0 + time::Duration::minutes(6)
+        )
+        .await
+        .unwrap(),
+        AnswerOutcome::Gone
+    );
+    assert_eq!(s.purge_agent_requests(later).await.unwrap(), 1);
+    assert!(matches!(
+        s.take_agent_answers(short.id).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    // Deleting the app takes its requests and their answers along.
+    assert_eq!(
+        s.append_agent_answer(c.id, &chunk(long.id, 0, b"a", false), 100, later)
+            .await
+            .unwrap(),
+        AnswerOutcome::Accepted
+    );
+    s.delete_app(a.id, &w).await.unwrap();
+    for id in [long.id, r3.id] {
+        assert!(matches!(
+            s.take_agent_answers(id).await,
+            Err(StoreError::NotFound { .. })
+        ));
+    }
+    // A request for an app that is gone is not stored.
+    let gone = agent_request(&c, &a, later, time::Duration::minutes(1));
+    assert!(matches!(
+        s.create_agent_request(&gone, 10).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_eq!(
+        s.purge_agent_requests(later + time::Duration::hours(1))
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+/// Postgres: a new request and a new answer chunk are announced (NOTIFY at commit) to
+/// every manager's listener, which wakes the operator's long-poll and the waiting call.
+async fn agent_requests_and_answers_are_announced_across_replicas(h: &Harness) {
+    use kubenova_store::notify::{ChangeNotifier, Woken};
+    if h.pg.is_none() {
+        return; // SQLite: one process, woken in-process by the manager.
+    }
+    let s = &h.store;
+    let (c, a) = app_of_new_cluster(s, "c").await;
+    let notifier = ChangeNotifier::new();
+    notifier.listen_postgres(pg_url().unwrap());
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !notifier.is_listening() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the listener never connected"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Woken by the notification itself, not by a fallback poll (those say `Poll`).
+    async fn notified(sub: &mut kubenova_store::notify::ChangeSubscription) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            match sub.wait(deadline).await {
+                Woken::Notified => return,
+                Woken::Poll => continue,
+                Woken::Deadline => panic!("no notification"),
+            }
+        }
+    }
+    let mut requests = notifier.subscribe_requests(c.id);
+    let r = agent_request(&c, &a, now(), time::Duration::minutes(1));
+    let mut answers = notifier.subscribe_answers(r.id);
+    assert!(s.create_agent_request(&r, 10).await.unwrap());
+    notified(&mut requests).await;
+    s.claim_agent_requests(c.id, now(), 10).await.unwrap();
+    s.append_agent_answer(c.id, &chunk(r.id, 0, b"x", true), 100, now())
+        .await
+        .unwrap();
+    notified(&mut answers).await;
 }

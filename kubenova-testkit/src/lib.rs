@@ -31,6 +31,7 @@
 pub mod error;
 pub mod faults;
 pub mod managed;
+pub mod podlogs;
 pub mod registry;
 pub mod schema;
 pub mod selector;

@@ -317,6 +317,9 @@ fn resource_list(app: &App, group: &str, version: &str) -> ApiResult<Value> {
             if t.group.is_empty() && t.plural == "serviceaccounts" {
                 resources.push(json!({"name": "serviceaccounts/token", "singularName": "", "namespaced": true, "group": AUTHN_GROUP, "version": "v1", "kind": "TokenRequest", "verbs": ["create"]}));
             }
+            if t.group.is_empty() && t.plural == "pods" {
+                resources.push(json!({"name": "pods/log", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]}));
+            }
         }
     }
     Ok(
@@ -524,6 +527,7 @@ async fn resource(
     match sub {
         None | Some("status") => {}
         Some("token") if t.group.is_empty() && t.plural == "serviceaccounts" => {}
+        Some("log") if t.group.is_empty() && t.plural == "pods" => {}
         Some("finalize") if t.group.is_empty() && t.plural == "namespaces" => {}
         Some(other) => {
             return Err(ApiError::not_found_path(format!(
@@ -630,6 +634,12 @@ async fn resource(
             t.plural
         ))),
         (Method::POST, Some(n)) if sub == "token" => token_request(app, &t, ns, n, headers, &body),
+        (Method::GET, Some(n)) if sub == "log" => {
+            crate::podlogs::respond(app, &t, ns.unwrap_or_default(), n, query)
+        }
+        (m, Some(_)) if sub == "log" => Err(ApiError::method_not_allowed(format!(
+            "{m} is not supported on pods/log (only get)"
+        ))),
         (m, Some(_)) if sub == "token" => Err(ApiError::method_not_allowed(format!(
             "{m} is not supported on serviceaccounts/token (only create)"
         ))),

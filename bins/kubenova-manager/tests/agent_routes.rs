@@ -798,7 +798,7 @@ async fn stale_after_missed_heartbeats_and_recovery() {
 }
 
 #[tokio::test]
-async fn logs_say_honestly_that_they_are_not_available() {
+async fn logs_of_a_cluster_whose_operator_is_not_connected_are_503_never_invented() {
     let w = world(quiet()).await;
     let (cid, _) = w.cluster("logs").await;
     let t = w.tenant(&cid, "acme").await;
@@ -829,12 +829,15 @@ async fn logs_say_honestly_that_they_are_not_available() {
             None,
         )
         .await;
+    // Logs travel through the operator, which never connected: KN-503 saying so.
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
     assert!(
         r.body["message"]
             .as_str()
             .unwrap()
-            .contains("does not carry logs")
+            .contains("its operator, which is not connected"),
+        "{}",
+        r.body
     );
     assert!(r.body.get("lines").is_none());
 }

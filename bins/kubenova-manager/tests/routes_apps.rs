@@ -942,7 +942,8 @@ async fn app_crud_revisions_and_diff() {
     assert_eq!(s.body["revision"], 2);
     assert!(s.body.get("velaPhase").is_none());
 
-    // Logs: unknown component 404, known component 503 (no invented lines).
+    // Logs: unknown component 404, known component 503 while the cluster's operator is
+    // not connected (logs travel through it; no invented lines).
     let lg = t.get(&format!("{url}/logs/web"), &t.admin).await;
     assert_eq!(
         (lg.status, lg.code()),
@@ -954,8 +955,11 @@ async fn app_crud_revisions_and_diff() {
         lg.body["message"]
             .as_str()
             .unwrap()
-            .contains("agent channel")
+            .contains("its operator, which is not connected"),
+        "{}",
+        lg.text
     );
+    assert!(lg.body.get("lines").is_none());
     assert_eq!(
         t.get(&format!("{url}/logs/worker"), &t.admin).await.status,
         StatusCode::NOT_FOUND

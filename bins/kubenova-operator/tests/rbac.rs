@@ -152,6 +152,13 @@ fn covers_what_the_controllers_use() {
     assert_eq!(strings(&ingresses[0]["apiGroups"]), ["networking.k8s.io"]);
     assert_eq!(strings(&ingresses[0]["verbs"]), ["get"]);
     assert_eq!(strings(&ingresses[0]["resourceNames"]), ["capsule-proxy"]);
+    // The logs and events of apps (agent requests): what the requests loop calls.
+    assert!(allowed("", "pods", "list"));
+    assert!(allowed("", "pods", "get"));
+    assert!(allowed("", "pods/log", "get"));
+    assert!(allowed("", "events", "list"));
+    assert!(allowed("apps", "deployments", "list"));
+    assert!(allowed("kubenova.io", "novaapps", "get"));
     // Secrets: only the Capsule Proxy CA, read by name; never cluster-wide.
     for r in rules
         .iter()
@@ -358,4 +365,41 @@ fn the_app_deployer_role_only_touches_applications() {
     );
     assert!(r.get("resourceNames").is_none());
     assert!(role.get("aggregationRule").is_none());
+}
+
+/// Pods, their logs and core Events are read only: the operator never creates, changes,
+/// deletes or execs into pods, and never writes core Events (its own Events go through
+/// events.k8s.io).
+#[test]
+fn pods_logs_and_events_are_read_only() {
+    let role = operator_role();
+    for r in role["rules"].as_array().unwrap() {
+        if !strings(&r["apiGroups"]).contains(&"") {
+            continue;
+        }
+        let resources = strings(&r["resources"]);
+        let verbs = strings(&r["verbs"]);
+        for res in ["pods", "pods/log", "events"] {
+            if resources.contains(&res) {
+                assert!(
+                    verbs.iter().all(|v| ["get", "list"].contains(v)),
+                    "{res}: {verbs:?}"
+                );
+            }
+        }
+        for res in [
+            "pods/exec",
+            "pods/attach",
+            "pods/portforward",
+            "pods/ephemeralcontainers",
+        ] {
+            assert!(!resources.contains(&res), "{res} granted");
+        }
+        if resources.contains(&"pods/log") {
+            assert_eq!(verbs, ["get"]);
+        }
+        if resources.contains(&"events") {
+            assert_eq!(verbs, ["list"], "core events: list only");
+        }
+    }
 }

@@ -3,7 +3,10 @@
 use std::fmt;
 use std::time::Duration;
 
-use kubenova_api::agent::{DesiredState, Heartbeat, HeartbeatReply, StatusReply, StatusReport};
+use kubenova_api::agent::{
+    AgentAnswer, AgentRequests, AnswerReply, DesiredState, Heartbeat, HeartbeatReply, StatusReply,
+    StatusReport,
+};
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
@@ -122,6 +125,16 @@ impl AgentError {
             AgentError::Unauthorized { .. } => "unauthorized",
             AgentError::Rejected { .. } => "rejected",
             AgentError::Decode(_) => "decode",
+        }
+    }
+
+    /// The HTTP status the manager answered with, if it answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            AgentError::Server { status, .. }
+            | AgentError::Unauthorized { status, .. }
+            | AgentError::Rejected { status, .. } => Some(*status),
+            _ => None,
         }
     }
 
@@ -279,6 +292,27 @@ impl AgentClient {
             .append_pair("cursor", &cursor.to_string())
             .append_pair("waitSeconds", &wait.as_secs().to_string());
         let req = self.http.get(url).timeout(wait + LONG_POLL_GRACE);
+        send(req).await
+    }
+
+    /// `GET /api/v1/agent/requests?waitSeconds=S`: the long-poll of the logs and events
+    /// requests of this cluster. Returns as soon as there is one, or empty after `wait`.
+    pub async fn requests(&self, wait: Duration) -> Result<AgentRequests, AgentError> {
+        let mut url = self.url("api/v1/agent/requests")?;
+        url.query_pairs_mut()
+            .append_pair("waitSeconds", &wait.as_secs().to_string());
+        let req = self.http.get(url).timeout(wait + LONG_POLL_GRACE);
+        send(req).await
+    }
+
+    /// `POST /api/v1/agent/answers`: an answer, or one chunk of a followed log. A request
+    /// the manager no longer waits for is [`AgentError::Rejected`] with status 404.
+    pub async fn answer(&self, answer: &AgentAnswer) -> Result<AnswerReply, AgentError> {
+        let req = self
+            .http
+            .post(self.url("api/v1/agent/answers")?)
+            .timeout(REQUEST_TIMEOUT)
+            .json(answer);
         send(req).await
     }
 

@@ -1,12 +1,13 @@
 //! The operator's **agent loop**: the outbound-only channel from the cluster to the
 //! manager (`../shared/design.md` §3, wire types in [`kubenova_api::agent`]).
 //!
-//! [`run`] drives three concurrent loops until shutdown:
+//! [`run`] drives four concurrent loops until shutdown:
 //!
 //! | loop | what it does |
 //! |---|---|
 //! | desired state | long-polls `GET /api/v1/agent/desired?cursor=N` and server-side applies the NovaTenant/NovaProject/NovaApp it gets (field manager [`AGENT_FIELD_MANAGER`], forced; tenants, then projects, then apps), labelled [`LABEL_ID`] + [`LABEL_SOURCE`]`=manager` and annotated [`ANNOTATION_DESIRED_REVISION`]. A snapshot prunes every manager-sourced Nova object it does not name (never an object without `kubenova.io/source=manager`); a delta deletes what it lists, found by its id label (apps, then projects, then tenants). An object whose namespace does not exist yet (a NovaProject before its tenant's `<tenant>-owner`) is kept **pending** and retried, without holding back the rest. |
 //! | status | watches the manager-sourced Nova objects (and the KubeVela Applications of apps) and posts [`ObjectReport`]s: phase, conditions, message and `observedRevision` (the annotation above, so it survives restarts). Only changes are sent, debounced (~200 ms) and batched (≤ 1000); unsent reports are kept while the manager is unreachable and sent on reconnect. After a restart the current state is sent once. |
+//! | requests | long-polls `GET /api/v1/agent/requests` for the logs and events of apps the manager's users ask for, reads them in the app's project namespace only (after checking that it holds the app's NovaApp) and posts the answers (`POST /api/v1/agent/answers`); a followed log streams chunks of new lines until it ends, its time passes, or the manager no longer wants it. Everything is bounded at the source (see [`answer_request`]). |
 //! | heartbeat | posts a [`Heartbeat`] (the first is the hello) at the interval the manager returns: operator and Kubernetes versions, capabilities and component states observed in the cluster ([`crate::components`]), the Capsule Proxy endpoint + CA, the last fully applied revision. When the manager cannot be reached, the proxy endpoint is published in the ConfigMap [`PROXY_CONFIGMAP`] instead. |
 //!
 //! Failures are retried with exponential backoff and jitter ([`AgentConfig::backoff_min`]
@@ -40,6 +41,7 @@
 mod client;
 mod desired;
 mod heartbeat;
+mod requests;
 mod status;
 
 use std::collections::BTreeMap;
@@ -64,6 +66,9 @@ use tokio::sync::{Notify, mpsc, watch};
 
 pub use client::{AgentClient, AgentError, RetryClass};
 pub use heartbeat::{PROXY_CONFIGMAP_CA_KEY, PROXY_CONFIGMAP_URL_KEY, ProxyFound, discover_proxy};
+pub use requests::{
+    ANNOTATION_DEFAULT_CONTAINER, LABEL_APP_COMPONENT, LABEL_APP_NAME, answer_request,
+};
 pub use status::object_report;
 
 /// Namespace of the operator, its agent Secret and the proxy ConfigMap.
@@ -353,7 +358,7 @@ impl AgentMetrics {
     }
 }
 
-/// State shared by the three loops.
+/// State shared by the loops.
 struct Shared {
     config: AgentConfig,
     client: AgentClient,
@@ -402,8 +407,9 @@ async fn sleep_or_stop(d: Duration, shutdown: &mut watch::Receiver<bool>) -> boo
     }
 }
 
-/// Runs the agent loop (desired state, status reports, heartbeat) until `shutdown`
-/// becomes `true`. Fails only when the configuration cannot work (see
+/// Runs the agent loop (desired state, status reports, heartbeat, logs and events
+/// requests) until `shutdown` becomes `true`. Fails only when the configuration cannot
+/// work (see
 /// [`AgentClient::new`]); every runtime failure is retried.
 pub async fn run(
     client: Client,
@@ -423,7 +429,8 @@ pub async fn run(
     tokio::join!(
         desired::run(shared.clone(), shutdown.clone()),
         status::run(shared.clone(), shutdown.clone()),
-        heartbeat::run(shared.clone(), shutdown),
+        heartbeat::run(shared.clone(), shutdown.clone()),
+        requests::run(shared.clone(), shutdown),
     );
     tracing::info!("agent loop stopped");
     Ok(())

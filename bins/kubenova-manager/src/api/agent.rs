@@ -19,7 +19,18 @@
 //! snapshot for cursor 0 or a compacted cursor, deltas with deletions otherwise, returns
 //! early on a change or a new component request, bounded wait); `POST
 //! /api/v1/agent/status` (per-object observed status; older or duplicate reports are
-//! ignored); `POST /api/v1/agent/usage` (hourly usage of the agent's cluster).
+//! ignored); `POST /api/v1/agent/usage` (hourly usage of the agent's cluster); `GET
+//! /api/v1/agent/requests` (long-poll of the logs and events requests of the agent's
+//! cluster) and `POST /api/v1/agent/answers` (their answers, of the agent's own cluster's
+//! requests only).
+//!
+//! **Relayed requests.** A user's logs or events call becomes a bounded request in the
+//! store (`Relay::open`): at most [`MAX_OPEN_REQUESTS`] unexpired ones per cluster, each
+//! expiring shortly after its caller stops waiting, and deleted when the caller is done
+//! (answered, timed out, or gone). A new request wakes the operator's requests long-poll
+//! (in-process, and across replicas through Postgres `NOTIFY`); an answer chunk wakes the
+//! caller the same way, whichever replica it waits on. Expired requests are purged every
+//! heartbeat interval ([`spawn_stale_task`]).
 //!
 //! **Stale clusters.** [`mark_stale`] (run every heartbeat interval by [`spawn_stale_task`])
 //! moves `connected` clusters whose last heartbeat is older than three intervals to
@@ -36,17 +47,23 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use kubenova_api::ErrorBody;
 use kubenova_api::agent::{
-    AGENT_TOKEN_PREFIX, ComponentRequest, DesiredObject, DesiredState, Heartbeat, HeartbeatReply,
-    ObjectKind, ObjectRef, ObjectReport, StatusReply, StatusReport, nova_app, nova_project,
-    nova_tenant, parse_agent_token,
+    AGENT_TOKEN_PREFIX, AgentAnswer, AgentRequest, AgentRequestKind, AgentRequests, AnswerReply,
+    ComponentRequest, DesiredObject, DesiredState, FOLLOW_SECONDS, FollowEnd, Heartbeat,
+    HeartbeatReply, LogQuery, MAX_ANSWER_BYTES, MAX_FOLLOW_BYTES, ObjectKind, ObjectRef,
+    ObjectReport, StatusReply, StatusReport, nova_app, nova_project, nova_tenant,
+    parse_agent_token,
 };
+use kubenova_api::error::{ErrorCode, KnError};
 use kubenova_api::ids::{AppId, ClusterId, ProjectId, TenantId};
 use kubenova_api::model::{
     App, COMPONENTS, Cluster, ClusterStatus, ComponentPhase, ComponentState, Condition,
     ConditionStatus, ObjectStatus, Phase, Project, RunStatus, Tenant, UsageRecord,
 };
 use kubenova_api::validate::Validator;
-use kubenova_store::{ListParams, Store, StoreError, WriteOptions};
+use kubenova_store::notify::{ChangeSubscription, Woken};
+use kubenova_store::{
+    AgentRequestRecord, AnswerChunk, AnswerOutcome, ListParams, Store, StoreError, WriteOptions,
+};
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest as _, Sha256};
@@ -71,6 +88,16 @@ pub const MAX_REPORTS: usize = 1000;
 pub const MAX_DELTA_CHANGES: u32 = 1000;
 /// Heartbeats missed before a connected cluster becomes `stale`.
 pub const MISSED_HEARTBEATS: u32 = 3;
+/// Path of the logs and events requests long-poll.
+pub const REQUESTS_PATH: &str = "/api/v1/agent/requests";
+/// Most requests one poll of [`REQUESTS_PATH`] hands over.
+pub const MAX_REQUESTS_PER_POLL: u32 = 16;
+/// Most unexpired logs and events requests a cluster may have at once (further calls
+/// are KN-503 with `Retry-After` until some finish).
+pub const MAX_OPEN_REQUESTS: u32 = 32;
+/// How long a request outlives the wait of its caller: an operator that answers a little
+/// late is told the request is gone, and a request whose caller crashed is purged.
+const REQUEST_GRACE: Duration = Duration::from_secs(5);
 
 // ---------------------------------------------------------------------------------
 // Credential
@@ -514,7 +541,8 @@ pub async fn mark_stale(store: &dyn Store, interval: Duration) -> Result<usize, 
     }
 }
 
-/// Runs [`mark_stale`] every heartbeat interval until aborted.
+/// Runs [`mark_stale`] every heartbeat interval until aborted, and deletes the expired
+/// logs and events requests (with their answers) at the same pace.
 pub fn spawn_stale_task(state: AppState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let interval = state.config.agent_heartbeat_interval;
@@ -524,6 +552,15 @@ pub fn spawn_stale_task(state: AppState) -> tokio::task::JoinHandle<()> {
             tick.tick().await;
             if let Err(e) = mark_stale(state.store.as_ref(), interval).await {
                 tracing::warn!(error = %e, "marking stale clusters failed");
+            }
+            match state
+                .store
+                .purge_agent_requests(OffsetDateTime::now_utc())
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(purged = n, "deleted expired agent requests"),
+                Err(e) => tracing::warn!(error = %e, "purging expired agent requests failed"),
             }
         }
     })
@@ -540,6 +577,8 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(desired))
         .routes(routes!(report_status))
         .routes(routes!(upload_usage))
+        .routes(routes!(requests))
+        .routes(routes!(answer))
 }
 
 fn interval_seconds(d: Duration) -> u32 {
@@ -1313,6 +1352,468 @@ async fn upload_usage(
     super::usage::check_batch(&st, &records).await?;
     st.store.upsert_usage(&records).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+// ---------------------------------------------------------------------------------
+// Logs and events: the relay through the channel
+// ---------------------------------------------------------------------------------
+
+/// `?waitSeconds=` of the requests long-poll.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct RequestsQuery {
+    /// How long to wait for a request when there is none (default 30, at most 60).
+    pub wait_seconds: Option<u64>,
+}
+
+/// Long-poll of the logs and events requests of the agent's cluster.
+#[utoipa::path(
+    get,
+    path = "/api/v1/agent/requests",
+    tag = "agent",
+    operation_id = "agentRequests",
+    params(RequestsQuery),
+    responses(
+        (status = 200, description = "The requests not handed over yet (each once, oldest first, at most 16), as soon as there is one; \
+            none after the wait. The namespace of each is the app's project namespace, from the manager's records.", body = AgentRequests,
+            example = json!({"requests": [{"id": "77777777-7777-4777-8777-777777777777", "kind": "logs",
+                "appId": "44444444-4444-4444-4444-444444444444", "app": "web", "namespace": "acme-shop-1a2b3c4d",
+                "components": ["web"], "logs": {"component": "web", "tailLines": 100, "previous": false, "follow": false, "followSeconds": 0}}]})),
+        (status = 400, description = "A malformed query parameter", body = ErrorBody,
+            example = json!({"code": "KN-400", "message": "bad query parameter: Failed to deserialize query string: waitSeconds: invalid digit found in string"})),
+        (status = 401, description = "No agent credential, a user token, or a rotated credential", body = ErrorBody,
+            example = json!({"code": "KN-401", "message": "agent routes need the cluster's agent credential: Authorization: Bearer kna_…"})),
+        (status = 422, description = "waitSeconds above 60", body = ErrorBody,
+            example = json!({"code": "KN-422", "message": "validation failed: waitSeconds: must be at most 60 (got 120)",
+                "details": {"violations": [{"field": "waitSeconds", "reason": "must be at most 60 (got 120)"}]}})),
+    ),
+    security(("agentCredential" = []))
+)]
+async fn requests(State(st): State<AppState>, agent: Agent, uri: Uri) -> ApiResult<Response> {
+    let q: RequestsQuery = super::clusters::query(&uri)?;
+    let wait = q.wait_seconds.unwrap_or(DEFAULT_WAIT_SECONDS);
+    if wait > MAX_WAIT_SECONDS {
+        return Err(ApiError::invalid(
+            "waitSeconds",
+            format!("must be at most {MAX_WAIT_SECONDS} (got {wait})"),
+        ));
+    }
+    let cluster = agent.cluster;
+    // Subscribe before the first read so that no request between read and wait is missed.
+    let mut sub = st.changes.subscribe_requests(cluster);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
+    loop {
+        let docs = st
+            .store
+            .claim_agent_requests(cluster, OffsetDateTime::now_utc(), MAX_REQUESTS_PER_POLL)
+            .await?;
+        if !docs.is_empty() {
+            let requests = docs
+                .into_iter()
+                .filter_map(|d| match serde_json::from_value::<AgentRequest>(d) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        tracing::error!(cluster_id = %cluster, error = %e, "a stored agent request does not decode; dropped");
+                        None
+                    }
+                })
+                .collect();
+            return Ok(json_response(
+                StatusCode::OK,
+                &AgentRequests { requests },
+                None,
+                None,
+                false,
+            ));
+        }
+        if sub.wait(deadline).await == Woken::Deadline {
+            return Ok(json_response(
+                StatusCode::OK,
+                &AgentRequests::default(),
+                None,
+                None,
+                false,
+            ));
+        }
+    }
+}
+
+fn request_gone(id: uuid::Uuid) -> ApiError {
+    KnError::new(
+        ErrorCode::NotFound,
+        format!(
+            "agent request {id} not found for this cluster: it does not exist, belongs to another cluster, expired, \
+             or its caller stopped waiting; stop answering it"
+        ),
+    )
+    .into()
+}
+
+/// An answer (or one chunk of a followed log) to a request of the agent's cluster.
+#[utoipa::path(
+    post,
+    path = "/api/v1/agent/answers",
+    tag = "agent",
+    operation_id = "agentAnswer",
+    request_body(content = AgentAnswer, description = "The answer, or the next chunk of a followed log (chunks numbered from 0, the last one `done`)",
+        example = json!({"requestId": "77777777-7777-4777-8777-777777777777", "seq": 0, "done": true,
+            "pods": [{"pod": "web-6d8f7c9b5-x2x7q", "container": "web", "lines": 1}],
+            "lines": [{"time": "2026-01-01T00:00:01.5Z", "pod": "web-6d8f7c9b5-x2x7q", "container": "web", "text": "listening on :8080"}],
+            "truncated": false})),
+    responses(
+        (status = 200, description = "Accepted; `stored: false` for a chunk sent again or a probe; `stop: true` when a followed log reached its byte bound (stop following)", body = AnswerReply,
+            example = json!({"stored": true, "stop": false})),
+        (status = 400, description = "Malformed JSON", body = ErrorBody,
+            example = json!({"code": "KN-400", "message": "malformed JSON: EOF while parsing an object at line 1 column 9"})),
+        (status = 401, description = "No agent credential, a user token, or a rotated credential", body = ErrorBody,
+            example = json!({"code": "KN-401", "message": "agent routes need the cluster's agent credential: Authorization: Bearer kna_…"})),
+        (status = 404, description = "No such request of this cluster waiting for an answer (unknown, another cluster's, expired, answered, or its caller left): stop answering it", body = ErrorBody,
+            example = json!({"code": "KN-404", "message": "agent request 77777777-7777-4777-8777-777777777777 not found for this cluster: it does not exist, belongs to another cluster, expired, or its caller stopped waiting; stop answering it"})),
+        (status = 409, description = "A chunk out of order", body = ErrorBody,
+            example = json!({"code": "KN-409", "message": "chunk 3 of agent request 77777777-7777-4777-8777-777777777777 is out of order: chunk 2 comes next"})),
+        (status = 413, description = "The body exceeds the size limit", body = ErrorBody,
+            example = json!({"code": "KN-413", "message": "the request body exceeds the size limit"})),
+        (status = 422, description = "An answer out of bounds (too many lines, a line or message too long, too many pods or events, too large): nothing is stored", body = ErrorBody,
+            example = json!({"code": "KN-422", "message": "validation failed: lines[0].text: must be at most 8192 bytes (got 9000)",
+                "details": {"violations": [{"field": "lines[0].text", "reason": "must be at most 8192 bytes (got 9000)"}]}})),
+    ),
+    security(("agentCredential" = []))
+)]
+async fn answer(
+    State(st): State<AppState>,
+    agent: Agent,
+    KnJson(a): KnJson<AgentAnswer>,
+) -> ApiResult<Response> {
+    a.check()?;
+    let body = serde_json::to_vec(&a)
+        .map_err(|e| ApiError::from(KnError::internal(format!("encoding the answer: {e}"))))?;
+    if body.len() > MAX_ANSWER_BYTES {
+        return Err(ApiError::invalid(
+            "lines",
+            format!(
+                "the answer is {} bytes, more than the {MAX_ANSWER_BYTES} one answer may carry; send fewer lines",
+                body.len()
+            ),
+        ));
+    }
+    let probe = a.is_probe();
+    let chunk = AnswerChunk {
+        request_id: a.request_id,
+        seq: i64::from(a.seq),
+        body: &body,
+        done: a.done,
+        probe,
+    };
+    let now = OffsetDateTime::now_utc();
+    let max = i64::try_from(MAX_FOLLOW_BYTES).unwrap_or(i64::MAX);
+    let reply = match st
+        .store
+        .append_agent_answer(agent.cluster, &chunk, max, now)
+        .await?
+    {
+        AnswerOutcome::Accepted => {
+            if !probe {
+                st.changes.notify_answers(a.request_id);
+            }
+            AnswerReply {
+                stored: !probe,
+                stop: false,
+            }
+        }
+        AnswerOutcome::Duplicate => AnswerReply {
+            stored: false,
+            stop: false,
+        },
+        AnswerOutcome::OutOfOrder { expected } => {
+            return Err(ApiError::conflict(format!(
+                "chunk {} of agent request {} is out of order: chunk {expected} comes next",
+                a.seq, a.request_id
+            )));
+        }
+        AnswerOutcome::Full => {
+            // The followed log reached its bound: end it with a chunk that says so.
+            let mut end = AgentAnswer::new(a.request_id, a.seq);
+            end.done = true;
+            end.truncated = true;
+            end.end = Some(FollowEnd::Limit);
+            end.message = format!(
+                "the followed log reached {} MiB, the most one follow carries; follow again to continue",
+                MAX_FOLLOW_BYTES / (1024 * 1024)
+            );
+            let body = serde_json::to_vec(&end).map_err(|e| {
+                ApiError::from(KnError::internal(format!("encoding the answer: {e}")))
+            })?;
+            let last = AnswerChunk {
+                request_id: a.request_id,
+                seq: i64::from(a.seq),
+                body: &body,
+                done: true,
+                probe: false,
+            };
+            match st
+                .store
+                .append_agent_answer(agent.cluster, &last, i64::MAX, now)
+                .await?
+            {
+                AnswerOutcome::Accepted => st.changes.notify_answers(a.request_id),
+                AnswerOutcome::Gone => return Err(request_gone(a.request_id)),
+                _ => {}
+            }
+            AnswerReply {
+                stored: false,
+                stop: true,
+            }
+        }
+        AnswerOutcome::Gone => return Err(request_gone(a.request_id)),
+    };
+    Ok(json_response(StatusCode::OK, &reply, None, None, false))
+}
+
+/// A logs or events request relayed to a cluster's operator, on behalf of one call.
+/// Dropping it deletes the request and its answers (the caller got its answer, gave up,
+/// or left), so nothing stays behind the call.
+pub(crate) struct Relay {
+    st: AppState,
+    id: uuid::Uuid,
+    cluster: Cluster,
+    sub: ChangeSubscription,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let store = std::sync::Arc::clone(&self.st.store);
+        let id = self.id;
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = store.delete_agent_request(id).await {
+                    tracing::debug!(request_id = %id, error = %e, "deleting an agent request failed; it expires on its own");
+                }
+            });
+        }
+    }
+}
+
+/// The cluster of an app, refused (KN-503 with `Retry-After`) unless its operator is
+/// connected: logs and events travel through it.
+pub(crate) async fn connected_cluster(st: &AppState, cluster: ClusterId) -> ApiResult<Cluster> {
+    let interval = st.config.agent_heartbeat_interval;
+    let c = present(st.store.get_cluster(cluster).await?, interval);
+    if c.status == ClusterStatus::Connected {
+        return Ok(c);
+    }
+    let last = c
+        .last_heartbeat_at
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .map(|t| format!("last heartbeat {t}"))
+        .unwrap_or_else(|| "no heartbeat yet".into());
+    Err(ApiError {
+        error: KnError::unavailable(
+            "cluster-agent",
+            format!(
+                "cluster {} is {} ({last}): logs and events travel through its operator, which is not connected; \
+                 retry once the cluster is connected",
+                c.name,
+                c.status.as_str()
+            ),
+        ),
+        retry_after: Some(u64::from(interval_seconds(interval)).min(60)),
+    })
+}
+
+impl Relay {
+    /// Records a request for the operator of `cluster` (connected, see
+    /// [`connected_cluster`]) and wakes its requests long-poll. The namespace is the
+    /// project's, from its record. KN-503 when the cluster has
+    /// [`MAX_OPEN_REQUESTS`] requests open already.
+    pub(crate) async fn open(
+        st: &AppState,
+        cluster: Cluster,
+        app: &App,
+        project: &Project,
+        kind: AgentRequestKind,
+        logs: Option<LogQuery>,
+    ) -> ApiResult<Relay> {
+        let id = uuid::Uuid::new_v4();
+        let follow = logs.as_ref().is_some_and(|l| l.follow);
+        let request = AgentRequest {
+            id,
+            kind,
+            app_id: app.id.0,
+            app: app.name.clone(),
+            namespace: project.namespace.clone(),
+            components: app
+                .spec
+                .effective_components()
+                .iter()
+                .map(|c| c.name.clone())
+                .collect(),
+            logs,
+        };
+        let doc = serde_json::to_value(&request)
+            .map_err(|e| ApiError::from(KnError::internal(format!("encoding the request: {e}"))))?;
+        let mut lifetime = st.config.agent_answer_timeout + REQUEST_GRACE;
+        if follow {
+            lifetime += Duration::from_secs(u64::from(FOLLOW_SECONDS));
+        }
+        let now = OffsetDateTime::now_utc();
+        let record = AgentRequestRecord {
+            id,
+            cluster_id: cluster.id,
+            app_id: app.id,
+            kind: kind.as_str().to_string(),
+            doc,
+            created_at: now,
+            expires_at: now + time::Duration::try_from(lifetime).unwrap_or(time::Duration::MINUTE),
+        };
+        // Subscribe before the request exists, so that no answer is missed.
+        let sub = st.changes.subscribe_answers(id);
+        match st
+            .store
+            .create_agent_request(&record, MAX_OPEN_REQUESTS)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(ApiError {
+                    error: KnError::unavailable(
+                        "cluster-agent",
+                        format!(
+                            "cluster {} has {MAX_OPEN_REQUESTS} logs and events requests in flight, the most it takes at once; retry in a few seconds",
+                            cluster.name
+                        ),
+                    ),
+                    retry_after: Some(2),
+                });
+            }
+            Err(StoreError::NotFound { .. }) => return Err(ApiError::not_found("app", app.id)),
+            Err(e) => return Err(e.into()),
+        }
+        st.changes.notify_requests(cluster.id);
+        Ok(Relay {
+            st: st.clone(),
+            id,
+            cluster,
+            sub,
+        })
+    }
+
+    /// How long the caller waits for the operator's first answer.
+    pub(crate) fn answer_timeout(&self) -> Duration {
+        self.st.config.agent_answer_timeout
+    }
+
+    /// The answer chunks that arrived, in order, waiting for at least one until
+    /// `deadline`; `None` when none came by then. The bool says whether the last chunk
+    /// arrived (nothing more will come).
+    pub(crate) async fn next(
+        &mut self,
+        deadline: tokio::time::Instant,
+    ) -> ApiResult<Option<(Vec<AgentAnswer>, bool)>> {
+        loop {
+            let taken = match self.st.store.take_agent_answers(self.id).await {
+                Ok(t) => t,
+                Err(StoreError::NotFound { .. }) => {
+                    return Err(ApiError {
+                        error: KnError::unavailable(
+                            "cluster-agent",
+                            format!(
+                                "the request to cluster {} expired before its answer arrived; retry",
+                                self.cluster.name
+                            ),
+                        ),
+                        retry_after: Some(5),
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            };
+            if !taken.chunks.is_empty() || taken.done {
+                let mut answers = Vec::with_capacity(taken.chunks.len());
+                for (seq, body) in taken.chunks {
+                    match serde_json::from_slice::<AgentAnswer>(&body) {
+                        Ok(a) => answers.push(a),
+                        Err(e) => {
+                            tracing::error!(request_id = %self.id, seq, error = %e, "a stored answer does not decode; skipped")
+                        }
+                    }
+                }
+                return Ok(Some((answers, taken.done)));
+            }
+            if self.sub.wait(deadline).await == Woken::Deadline {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The first answer chunk, waiting at most `--agent-answer-timeout`: KN-503 with
+    /// `Retry-After` when the operator does not answer in time, KN-422 when it found the
+    /// request's parameters wrong (e.g. a container the pods do not have), KN-503 when it
+    /// could not read the cluster.
+    pub(crate) async fn first(&mut self) -> ApiResult<(Vec<AgentAnswer>, bool)> {
+        let timeout = self.st.config.agent_answer_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let Some((answers, done)) = self.next(deadline).await? else {
+            return Err(ApiError {
+                error: KnError::unavailable(
+                    "cluster-agent",
+                    format!(
+                        "cluster {} did not answer within {} ms: its operator may be busy, restarting or cut off from the manager; retry",
+                        self.cluster.name,
+                        timeout.as_millis()
+                    ),
+                ),
+                retry_after: Some(5),
+            });
+        };
+        if let Some(e) = answers.iter().find_map(|a| a.error.as_ref()) {
+            return Err(match &e.field {
+                Some(field) => ApiError::invalid(field, e.message.clone()),
+                None => ApiError {
+                    error: KnError::unavailable(
+                        "cluster-agent",
+                        format!(
+                            "cluster {} could not answer: {}",
+                            self.cluster.name, e.message
+                        ),
+                    ),
+                    retry_after: Some(5),
+                },
+            });
+        }
+        Ok((answers, done))
+    }
+
+    /// Every chunk of an answer that is not followed: [`Relay::first`], then what follows
+    /// until the last chunk, within the same answer timeout (KN-503 otherwise).
+    pub(crate) async fn complete(&mut self) -> ApiResult<Vec<AgentAnswer>> {
+        let deadline = tokio::time::Instant::now() + self.st.config.agent_answer_timeout;
+        let (mut answers, mut done) = self.first().await?;
+        while !done {
+            match self.next(deadline).await? {
+                Some((more, last)) => {
+                    answers.extend(more);
+                    done = last;
+                }
+                None => {
+                    return Err(ApiError {
+                        error: KnError::unavailable(
+                            "cluster-agent",
+                            format!(
+                                "cluster {} did not finish its answer within {} ms; retry",
+                                self.cluster.name,
+                                self.st.config.agent_answer_timeout.as_millis()
+                            ),
+                        ),
+                        retry_after: Some(5),
+                    });
+                }
+            }
+        }
+        Ok(answers)
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Applications of a project: CRUD with revisions, the deploy/suspend/resume/rollback/
-//! delete actions, status, revision history and structured diffs, logs, traits,
-//! policies and workflow runs.
+//! delete actions, status, revision history and structured diffs, logs and events (read
+//! through the cluster's operator, see [`super::agent`]), traits, policies and
+//! workflow runs.
 //!
 //! Every spec change appends a revision (`n+1`); an unchanged spec appends none. Actions
 //! record what the client asked for (`deployedRevision`, `suspended`, a workflow run in
@@ -13,6 +14,7 @@
 //! paths (see [`routes()`]).
 
 use super::AppState;
+use super::agent::{self, Relay};
 use super::authz::{Access, Principal};
 use super::error::{ApiError, ApiResult};
 use super::extract::{
@@ -23,15 +25,20 @@ use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use kubenova_api::ErrorBody;
+use kubenova_api::agent::{
+    AgentAnswer, AgentRequestKind, DEFAULT_TAIL_LINES, FOLLOW_SECONDS, FollowEnd, LogQuery,
+    MAX_SINCE_SECONDS, MAX_TAIL_LINES,
+};
 use kubenova_api::apprules::AppRules;
 use kubenova_api::error::{ErrorCode, KnError};
 use kubenova_api::ids::{AppId, RunId};
 use kubenova_api::model::{
-    App, AppPolicy, AppRevision, AppSpec, AppTrait, Condition, ObjectStatus, Phase, Project,
-    RunStatus, Tenant, WorkflowRun,
+    App, AppEvents, AppLogs, AppPolicy, AppRevision, AppSpec, AppTrait, Condition, ObjectStatus,
+    Phase, Project, RunStatus, Tenant, WorkflowRun,
 };
 use kubenova_api::validate::Validate;
 use kubenova_store::{ListParams, StoreError, WriteOptions};
@@ -1391,20 +1398,271 @@ pub async fn diff_app_revisions(
     ))
 }
 
-/// Logs of one component. The agent channel of this version does not carry logs, so the
-/// call says so (KN-503) and never invents lines.
+/// `?tailLines=&sinceSeconds=&container=&previous=&follow=` of the logs route.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
+pub struct LogsQuery {
+    /// Lines from the end of each pod's log, 1 to 5000 (default 100 when `sinceSeconds`
+    /// is not given).
+    #[param(example = 100)]
+    pub tail_lines: Option<u32>,
+    /// Only lines of the last this many seconds, 1 to 604800 (7 days).
+    #[param(example = 600)]
+    pub since_seconds: Option<u64>,
+    /// The container (default: the pod's `kubectl.kubernetes.io/default-container`, else
+    /// its first container).
+    #[param(example = "web")]
+    pub container: Option<String>,
+    /// The previous (terminated) instance of the container, e.g. after a crash.
+    pub previous: Option<bool>,
+    /// Stream new lines as server-sent events (`text/event-stream`) for up to 300 s.
+    pub follow: Option<bool>,
+}
+
+impl LogsQuery {
+    /// The request for the operator, or KN-422 naming each parameter out of bounds.
+    fn to_log_query(&self, component: &str) -> ApiResult<LogQuery> {
+        let mut v = kubenova_api::validate::Validator::new();
+        if let Some(n) = self.tail_lines
+            && !(1..=MAX_TAIL_LINES).contains(&n)
+        {
+            v.push(
+                "tailLines",
+                format!("must be between 1 and {MAX_TAIL_LINES} (got {n})"),
+            );
+        }
+        if let Some(n) = self.since_seconds
+            && !(1..=MAX_SINCE_SECONDS).contains(&n)
+        {
+            v.push(
+                "sinceSeconds",
+                format!("must be between 1 and {MAX_SINCE_SECONDS} (7 days; got {n})"),
+            );
+        }
+        if let Some(c) = &self.container {
+            v.dns_label("container", c);
+        }
+        v.finish()?;
+        let follow = self.follow.unwrap_or(false);
+        Ok(LogQuery {
+            component: component.to_string(),
+            container: self.container.clone(),
+            tail_lines: self.tail_lines.or(match self.since_seconds {
+                None => Some(DEFAULT_TAIL_LINES),
+                Some(_) => Some(MAX_TAIL_LINES),
+            }),
+            since_seconds: self.since_seconds,
+            previous: self.previous.unwrap_or(false),
+            follow,
+            follow_seconds: if follow { FOLLOW_SECONDS } else { 0 },
+        })
+    }
+}
+
+/// Whether the caller prefers `text/plain` to JSON (`Accept`, by q-value; JSON when it
+/// names neither).
+fn wants_text(headers: &HeaderMap) -> bool {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let mut best: Option<(f32, bool)> = None;
+    for part in accept.split(',') {
+        let mut it = part.split(';');
+        let media = it.next().unwrap_or("").trim().to_ascii_lowercase();
+        let q = it
+            .filter_map(|p| p.trim().strip_prefix("q="))
+            .find_map(|q| q.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        let text = match media.as_str() {
+            "text/plain" | "text/*" => true,
+            "application/json" | "application/*" | "*/*" => false,
+            _ => continue,
+        };
+        if q > 0.0 && best.is_none_or(|(b, _)| q > b) {
+            best = Some((q, text));
+        }
+    }
+    best.is_some_and(|(_, text)| text)
+}
+
+/// The logs of one answer (the chunks of a request that is not followed).
+fn logs_view(app: &App, component: &str, answers: Vec<AgentAnswer>) -> AppLogs {
+    let mut view = AppLogs {
+        app_id: app.id,
+        component: component.to_string(),
+        pods: Vec::new(),
+        lines: Vec::new(),
+        truncated: false,
+        message: String::new(),
+    };
+    for a in answers {
+        if let Some(pods) = a.pods {
+            view.pods = pods;
+        }
+        view.lines.extend(a.lines);
+        view.truncated |= a.truncated;
+        if !a.message.is_empty() {
+            if !view.message.is_empty() {
+                view.message.push_str("; ");
+            }
+            view.message.push_str(&a.message);
+        }
+    }
+    view
+}
+
+/// `text/plain` of logs: the lines, each prefixed with `[<pod>/<container>] ` when they
+/// come from more than one pod; first, `# ` lines with the answer's remark and the pods
+/// whose log could not be read.
+fn logs_text(v: &AppLogs) -> String {
+    let mut out = String::new();
+    if !v.message.is_empty() {
+        out.push_str(&format!("# {}\n", v.message));
+    }
+    for p in &v.pods {
+        if let Some(e) = &p.error {
+            out.push_str(&format!("# [{}/{}] {e}\n", p.pod, p.container));
+        }
+    }
+    if v.truncated {
+        out.push_str("# some lines were left out to keep the answer bounded\n");
+    }
+    let several = v.pods.len() > 1;
+    for l in &v.lines {
+        if several {
+            out.push_str(&format!("[{}/{}] ", l.pod, l.container));
+        }
+        out.push_str(&l.text);
+        out.push('\n');
+    }
+    out
+}
+
+fn sse_event(name: &str, data: &impl Serialize) -> Event {
+    Event::default()
+        .event(name)
+        .data(serde_json::to_string(data).unwrap_or_else(|_| "null".into()))
+}
+
+/// The server-sent events of one answer chunk of a followed log.
+fn follow_events(a: AgentAnswer, out: &mut std::collections::VecDeque<Event>) {
+    if let Some(pods) = &a.pods {
+        out.push_back(sse_event(
+            "pods",
+            &json!({"pods": pods, "truncated": a.truncated, "message": a.message}),
+        ));
+    }
+    for l in &a.lines {
+        out.push_back(sse_event("line", l));
+    }
+    if a.done {
+        let (reason, message) = match (&a.error, a.end) {
+            (Some(e), _) => ("error", e.message.clone()),
+            (None, Some(FollowEnd::Deadline)) => ("deadline", a.message.clone()),
+            (None, Some(FollowEnd::Limit)) => ("limit", a.message.clone()),
+            (None, Some(FollowEnd::Error)) => ("error", a.message.clone()),
+            (None, Some(FollowEnd::Ended) | None) => ("ended", a.message.clone()),
+        };
+        out.push_back(sse_event(
+            "end",
+            &json!({"reason": reason, "message": message}),
+        ));
+    }
+}
+
+/// Streams a followed log as server-sent events (`pods`, then `line`s, then one `end`)
+/// until the operator ends it, the follow's time passes, or the client leaves (which
+/// drops the stream and with it the request).
+fn follow_response(relay: Relay, first: Vec<AgentAnswer>, done: bool) -> Response {
+    use std::collections::VecDeque;
+    struct Follow {
+        relay: Relay,
+        queue: VecDeque<Event>,
+        finished: bool,
+        deadline: tokio::time::Instant,
+    }
+    let mut queue = VecDeque::new();
+    for a in first {
+        follow_events(a, &mut queue);
+    }
+    // The operator ends the follow after FOLLOW_SECONDS; this is the backstop.
+    let deadline = tokio::time::Instant::now()
+        + std::time::Duration::from_secs(u64::from(FOLLOW_SECONDS))
+        + relay.answer_timeout();
+    let state = Follow {
+        relay,
+        queue,
+        finished: done,
+        deadline,
+    };
+    let stream = futures::stream::unfold(state, |mut s| async move {
+        loop {
+            if let Some(e) = s.queue.pop_front() {
+                return Some((Ok::<Event, std::convert::Infallible>(e), s));
+            }
+            if s.finished {
+                return None;
+            }
+            match s.relay.next(s.deadline).await {
+                Ok(Some((answers, done))) => {
+                    for a in answers {
+                        follow_events(a, &mut s.queue);
+                    }
+                    s.finished = done;
+                }
+                Ok(None) => {
+                    s.queue.push_back(sse_event(
+                        "end",
+                        &json!({"reason": "deadline", "message": format!("followed for {FOLLOW_SECONDS} s, the most one follow lasts; follow again to continue")}),
+                    ));
+                    s.finished = true;
+                }
+                Err(e) => {
+                    s.queue.push_back(sse_event(
+                        "end",
+                        &json!({"reason": "error", "message": e.error.message}),
+                    ));
+                    s.finished = true;
+                }
+            }
+        }
+    });
+    let mut resp = Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response();
+    resp.headers_mut().insert(
+        "x-accel-buffering",
+        axum::http::HeaderValue::from_static("no"),
+    );
+    resp
+}
+
+/// Logs of one component of the app, read through the cluster's operator: the pods
+/// KubeVela labels with the app and the component, in the app's project namespace.
 #[utoipa::path(
     get,
     path = "/api/v1/clusters/{clusterID}/tenants/{tenantID}/projects/{projectID}/apps/{appID}/logs/{component}",
     tag = "apps",
     operation_id = "getAppLogs",
-    params(LogsPath),
+    params(LogsPath, LogsQuery, ("Accept" = Option<String>, Header, description = "`application/json` (default) or `text/plain`; ignored with `follow=true`")),
     responses(
-        (status = 200, description = "Log lines, once the agent channel carries them (not in this version, which answers 503)", body = Object, example = json!({"component": "web", "lines": ["2026-01-01T00:00:00Z starting"]})),
-        (status = 400, description = "KN-400: an id is not a UUID", body = ErrorBody, example = json!({"code": "KN-400", "message": "path parameter appID must be a UUID, got \"web\""})),
+        (status = 200, description = "The lines, oldest first: JSON (`AppLogs`), `text/plain` (by `Accept`: the lines, prefixed `[pod/container] ` when from several pods, after `# ` remarks), \
+            or with `follow=true` server-sent events: `pods` once, then a `line` per line as it is written, and `end` when the containers stop, 300 s pass or the byte bound is reached",
+            content(
+                (AppLogs = "application/json", example = json!({"appId": "44444444-4444-4444-4444-444444444444", "component": "web",
+                    "pods": [{"pod": "web-6d8f7c9b5-x2x7q", "container": "web", "lines": 2}],
+                    "lines": [{"time": "2026-01-01T00:00:01.5Z", "pod": "web-6d8f7c9b5-x2x7q", "container": "web", "text": "starting"},
+                              {"time": "2026-01-01T00:00:02Z", "pod": "web-6d8f7c9b5-x2x7q", "container": "web", "text": "listening on :8080"}],
+                    "truncated": false})),
+                (String = "text/plain", example = "starting\nlistening on :8080\n"),
+                (String = "text/event-stream", example = "event: pods\ndata: {\"pods\":[{\"pod\":\"web-6d8f7c9b5-x2x7q\",\"container\":\"web\",\"lines\":1}],\"truncated\":false,\"message\":\"\"}\n\nevent: line\ndata: {\"time\":\"2026-01-01T00:00:02Z\",\"pod\":\"web-6d8f7c9b5-x2x7q\",\"container\":\"web\",\"text\":\"listening on :8080\"}\n\nevent: end\ndata: {\"reason\":\"deadline\",\"message\":\"\"}\n\n"),
+            )),
+        (status = 400, description = "KN-400: an id is not a UUID, or a query parameter is not a number or boolean", body = ErrorBody, example = json!({"code": "KN-400", "message": "invalid query parameters: Failed to deserialize query string: tailLines: invalid digit found in string"})),
         (status = 401, description = "KN-401: no valid bearer token", body = ErrorBody, example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
         (status = 404, description = "KN-404: no such app or component, or outside the caller's scope", body = ErrorBody, example = json!({"code": "KN-404", "message": "component \"worker\" not found"})),
-        (status = 503, description = "KN-503: logs are not carried by the agent channel in this version (use kubectl logs with an issued kubeconfig)", body = ErrorBody, example = json!({"code": "KN-503", "message": "logs are not available: the agent channel does not carry logs in this version; use kubectl logs with a kubeconfig from GET …/kubeconfig", "details": {"dependency": "cluster-agent"}})),
+        (status = 422, description = "KN-422: a parameter out of bounds, or a container the component's pods do not have", body = ErrorBody, example = json!({"code": "KN-422", "message": "validation failed: tailLines: must be between 1 and 5000 (got 0)", "details": {"violations": [{"field": "tailLines", "reason": "must be between 1 and 5000 (got 0)"}]}})),
+        (status = 503, description = "KN-503 with Retry-After: the cluster's operator is not connected, did not answer in time, could not read the cluster, or the cluster has too many requests in flight", body = ErrorBody, example = json!({"code": "KN-503", "message": "cluster prod-1 did not answer within 10000 ms: its operator may be busy, restarting or cut off from the manager; retry", "details": {"dependency": "cluster-agent"}})),
     ),
     security(("bearerAuth" = []))
 )]
@@ -1412,10 +1670,13 @@ pub async fn get_app_logs(
     State(st): State<AppState>,
     ctx: Ctx,
     p: Result<Path<LogsPath>, PathRejection>,
+    q: Result<Query<LogsQuery>, QueryRejection>,
+    headers: HeaderMap,
 ) -> ApiResult<Response> {
     let l = path(p)?;
     let ap = app_path(&l.cluster_id, &l.tenant_id, &l.project_id, &l.app_id);
-    let app = authorize(&st, &ctx, &ap, Access::Read).await?;
+    let (_, project, app) = resolve_app(&st, &ctx.principal, &ap).await?;
+    ctx.principal.check_apps(&project, Access::Read)?;
     if !app
         .spec
         .effective_components()
@@ -1425,11 +1686,85 @@ pub async fn get_app_logs(
         let shown: String = l.component.chars().take(64).collect();
         return Err(ApiError::not_found("component", shown));
     }
-    Err(KnError::unavailable(
-        "cluster-agent",
-        "logs are not available: the agent channel does not carry logs in this version; use kubectl logs with a kubeconfig from GET …/kubeconfig",
+    let logs = query(q)?.to_log_query(&l.component)?;
+    let follow = logs.follow;
+    let cluster = agent::connected_cluster(&st, app.cluster_id).await?;
+    let mut relay = Relay::open(
+        &st,
+        cluster,
+        &app,
+        &project,
+        AgentRequestKind::Logs,
+        Some(logs),
     )
-    .into())
+    .await?;
+    let answers = if follow {
+        let (answers, done) = relay.first().await?;
+        return Ok(follow_response(relay, answers, done));
+    } else {
+        relay.complete().await?
+    };
+    let view = logs_view(&app, &l.component, answers);
+    if wants_text(&headers) {
+        return Ok((
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            logs_text(&view),
+        )
+            .into_response());
+    }
+    Ok(json_response(StatusCode::OK, &view, None, None, false))
+}
+
+/// The Kubernetes Events of the app, read through the cluster's operator: those of its
+/// pods, its workloads (and their ReplicaSets), its KubeVela Application and its NovaApp,
+/// in the app's project namespace; the newest 500, oldest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/clusters/{clusterID}/tenants/{tenantID}/projects/{projectID}/apps/{appID}/events",
+    tag = "apps",
+    operation_id = "getAppEvents",
+    params(AppPath),
+    responses(
+        (status = 200, description = "The events, oldest (by last time) first", body = AppEvents, example = json!({"appId": "44444444-4444-4444-4444-444444444444",
+            "events": [{"type": "Warning", "reason": "FailedCreate", "message": "pods \"web-6d8f7c9b5-\" is forbidden: exceeded quota: compute, requested: limits.memory=512Mi, used: limits.memory=2Gi, limited: limits.memory=2Gi",
+                "object": {"kind": "ReplicaSet", "name": "web-6d8f7c9b5"}, "count": 4, "firstTime": "2026-01-01T00:00:00Z", "lastTime": "2026-01-01T00:02:00Z", "source": "replicaset-controller"},
+                {"type": "Warning", "reason": "BackOff", "message": "Back-off restarting failed container web in pod web-6d8f7c9b5-x2x7q",
+                "object": {"kind": "Pod", "name": "web-6d8f7c9b5-x2x7q"}, "count": 7, "firstTime": "2026-01-01T00:01:00Z", "lastTime": "2026-01-01T00:03:00Z", "source": "kubelet"}],
+            "truncated": false})),
+        (status = 400, description = "KN-400: an id is not a UUID", body = ErrorBody, example = json!({"code": "KN-400", "message": "path parameter appID must be a UUID, got \"web\""})),
+        (status = 401, description = "KN-401: no valid bearer token", body = ErrorBody, example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
+        (status = 404, description = "KN-404: no such app, or outside the caller's scope", body = ErrorBody, example = json!({"code": "KN-404", "message": "app \"44444444-4444-4444-4444-444444444444\" not found"})),
+        (status = 503, description = "KN-503 with Retry-After: the cluster's operator is not connected, did not answer in time, could not read the cluster, or the cluster has too many requests in flight", body = ErrorBody, example = json!({"code": "KN-503", "message": "cluster prod-1 is stale (last heartbeat 2026-01-01T00:00:00Z): logs and events travel through its operator, which is not connected; retry once the cluster is connected", "details": {"dependency": "cluster-agent"}})),
+    ),
+    security(("bearerAuth" = []))
+)]
+pub async fn get_app_events(
+    State(st): State<AppState>,
+    ctx: Ctx,
+    p: Result<Path<AppPath>, PathRejection>,
+) -> ApiResult<Response> {
+    let ap = path(p)?;
+    let (_, project, app) = resolve_app(&st, &ctx.principal, &ap).await?;
+    ctx.principal.check_apps(&project, Access::Read)?;
+    let cluster = agent::connected_cluster(&st, app.cluster_id).await?;
+    let mut relay =
+        Relay::open(&st, cluster, &app, &project, AgentRequestKind::Events, None).await?;
+    let answers = relay.complete().await?;
+    let mut view = AppEvents {
+        app_id: app.id,
+        events: Vec::new(),
+        truncated: false,
+        message: String::new(),
+    };
+    for a in answers {
+        view.events.extend(a.events.unwrap_or_default());
+        view.truncated |= a.truncated;
+        if !a.message.is_empty() {
+            view.message = a.message;
+        }
+    }
+    Ok(json_response(StatusCode::OK, &view, None, None, false))
 }
 
 // ---------------------------------------------------------------------------------
@@ -1713,6 +2048,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(list_app_revisions))
         .routes(routes!(diff_app_revisions))
         .routes(routes!(get_app_logs))
+        .routes(routes!(get_app_events))
         .routes(routes!(update_app_traits))
         .routes(routes!(update_app_policies))
         .routes(routes!(run_app_workflow))

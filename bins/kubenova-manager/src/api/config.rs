@@ -199,6 +199,10 @@ pub struct ServerConfig {
     /// heartbeat is older than three intervals becomes `stale`.
     #[arg(long, env = "KUBENOVA_AGENT_HEARTBEAT_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub agent_heartbeat_interval: Duration,
+    /// How long a logs or events call waits for the cluster's operator to answer (the
+    /// first lines of a followed log too) before it is KN-503 with `Retry-After`.
+    #[arg(long, env = "KUBENOVA_AGENT_ANSWER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub agent_answer_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -238,6 +242,7 @@ impl Default for ServerConfig {
             agent_manager_url: None,
             agent_manager_ca_file: None,
             agent_heartbeat_interval: Duration::from_secs(30),
+            agent_answer_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -281,6 +286,14 @@ impl ServerConfig {
             || self.agent_heartbeat_interval > Duration::from_secs(3600)
         {
             return Err("--agent-heartbeat-interval must be between 100ms and 1h".into());
+        }
+        if self.agent_answer_timeout < Duration::from_millis(100)
+            || self.agent_answer_timeout >= self.request_timeout
+        {
+            return Err(format!(
+                "--agent-answer-timeout must be at least 100ms and shorter than --request-timeout ({} ms)",
+                self.request_timeout.as_millis()
+            ));
         }
         if let Some(u) = &self.agent_manager_url
             && !(u.starts_with("http://") || u.starts_with("https://"))

@@ -8,9 +8,9 @@ use kubenova_api::model::{
     App, AppRevision, AuditEvent, Cluster, ObjectStatus, Project, Tenant, UsageRecord, WorkflowRun,
 };
 use kubenova_store::{
-    AuditQuery, Change, CredentialOutcome, CredentialQuery, Health, IdempotencyRecord,
-    IssuedCredential, LiftOutcome, ListParams, Page, Result, Store, SubjectRevocation, UsageQuery,
-    UsageSums, WriteOptions,
+    AgentRequestRecord, AnswerChunk, AnswerOutcome, AuditQuery, Change, CredentialOutcome,
+    CredentialQuery, Health, IdempotencyRecord, IssuedCredential, LiftOutcome, ListParams, Page,
+    Result, Store, SubjectRevocation, TakenAnswers, UsageQuery, UsageSums, WriteOptions,
 };
 use std::sync::Arc;
 use std::time::Instant;
@@ -102,6 +102,12 @@ metered! {
     fn cluster_revision(&self, id: ClusterId) -> Result<i64>;
     fn changes_since(&self, id: ClusterId, since: i64, limit: u32) -> Result<Option<Vec<Change>>>;
     fn compact_changes(&self, id: ClusterId, up_to: i64) -> Result<u64>;
+    fn create_agent_request(&self, request: &AgentRequestRecord, max_open: u32) -> Result<bool>;
+    fn claim_agent_requests(&self, cluster: ClusterId, now: OffsetDateTime, limit: u32) -> Result<Vec<serde_json::Value>>;
+    fn append_agent_answer(&self, cluster: ClusterId, chunk: &AnswerChunk<'_>, max_bytes: i64, now: OffsetDateTime) -> Result<AnswerOutcome>;
+    fn take_agent_answers(&self, id: Uuid) -> Result<TakenAnswers>;
+    fn delete_agent_request(&self, id: Uuid) -> Result<()>;
+    fn purge_agent_requests(&self, now: OffsetDateTime) -> Result<u64>;
     fn upsert_usage(&self, records: &[UsageRecord]) -> Result<()>;
     fn query_usage(&self, query: &UsageQuery) -> Result<Vec<UsageRecord>>;
     fn usage_totals(&self, query: &UsageQuery) -> Result<UsageSums>;

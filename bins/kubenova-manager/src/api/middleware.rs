@@ -90,10 +90,11 @@ pub fn is_agent(path: &str) -> bool {
     path.starts_with(AGENT_PREFIX)
 }
 
-/// The desired-state long-poll holds requests up to its own bound
-/// ([`super::agent::MAX_WAIT_SECONDS`]); the request timeout leaves it room.
+/// The agent long-polls (desired state, logs and events requests) hold requests up to
+/// their own bound ([`super::agent::MAX_WAIT_SECONDS`]); the request timeout leaves them
+/// room.
 fn timeout_for(path: &str, configured: std::time::Duration) -> std::time::Duration {
-    if path == super::agent::DESIRED_PATH {
+    if path == super::agent::DESIRED_PATH || path == super::agent::REQUESTS_PATH {
         configured.max(std::time::Duration::from_secs(
             super::agent::MAX_WAIT_SECONDS + 5,
         ))
