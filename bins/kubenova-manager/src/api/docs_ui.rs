@@ -125,7 +125,10 @@ mod tests {
     #[test]
     fn the_bundle_is_embedded_and_the_page_has_no_inline_script_or_remote_url() {
         assert!(SCALAR_JS.len() > 1_000_000, "the Scalar bundle is embedded");
-        assert!(std::str::from_utf8(&SCALAR_JS[..100]).is_ok(), "JavaScript text");
+        assert!(
+            std::str::from_utf8(&SCALAR_JS[..100]).is_ok(),
+            "JavaScript text"
+        );
         for (name, text) in [("page", PAGE), ("init", INIT)] {
             assert!(
                 !text.contains("http://") && !text.contains("https://"),
