@@ -110,7 +110,9 @@ async fn converged_objects_cost_no_round_trips() {
         1,
         "{created}"
     );
-    assert_eq!(created.get("patch", "namespaces"), 2, "{created}");
+    // The two namespaces are created (never applied over an existing one).
+    assert_eq!(created.get("create", "namespaces"), 2, "{created}");
+    assert_eq!(created.get("patch", "namespaces"), 0, "{created}");
     assert_eq!(
         created.get("patch", "novatenants.kubenova.io"),
         1,

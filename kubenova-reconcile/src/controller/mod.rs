@@ -297,6 +297,11 @@ impl Ctx {
     /// Like [`apply`](Self::apply), but decides whether anything changed on `ours` (what
     /// the translation wants) while sending `body` (`ours` plus what must be kept from the
     /// live object, e.g. Capsule's owner reference on a tenant namespace).
+    ///
+    /// A Namespace that is not known to exist is created, not applied: one that someone
+    /// else made after the clash check (or that the cache has not seen yet) makes the
+    /// create fail with `AlreadyExists`, and the retry reports the clash, instead of a
+    /// server-side apply taking it over.
     pub(crate) async fn apply_as(&self, ours: &Value, body: &Value) -> Result<Value, Error> {
         let caches = self.caches();
         if let Some(c) = &caches
@@ -304,7 +309,14 @@ impl Ctx {
         {
             return Ok(live);
         }
-        let live = apply(&self.client, body).await?;
+        let name = str_at(ours, "/metadata/name");
+        let live = if str_at(ours, "/kind") == "Namespace"
+            && self.lookup("Namespace", None, name).await?.is_none()
+        {
+            create(&self.client, body).await?
+        } else {
+            apply(&self.client, body).await?
+        };
         if let Some(c) = &caches {
             c.record(ours, &live);
         }
@@ -547,6 +559,25 @@ async fn apply_as_user(client: &Client, obj: &Value, user: Option<&str>) -> Resu
             client.request::<DynamicObject>(req).await?
         }
     };
+    Ok(serde_json::to_value(out)?)
+}
+
+/// Creates `obj` (field manager [`FIELD_MANAGER`]) and returns the stored object; an
+/// existing object of that name is an error (`AlreadyExists`), never changed.
+async fn create(client: &Client, obj: &Value) -> Result<Value, Error> {
+    let kind = str_at(obj, "/kind");
+    let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str);
+    let api = dynamic_api(client, kind, ns)?;
+    let params = kube::api::PostParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..kube::api::PostParams::default()
+    };
+    let out = api
+        .create(
+            &params,
+            &serde_json::from_value::<DynamicObject>(obj.clone())?,
+        )
+        .await?;
     Ok(serde_json::to_value(out)?)
 }
 
