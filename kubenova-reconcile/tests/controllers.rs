@@ -1121,6 +1121,19 @@ async fn namespaces_of_another_capsule_tenant_are_not_adopted() {
         )
         .await
         .unwrap();
+    // Capsule puts its tenant's metadata back (`kubenova.io/tenant: other`, from the
+    // Tenant's additionalMetadata); the namespace is compared from then on.
+    eventually("Capsule's metadata back on victim-apps", || async {
+        live_namespace(&env, "victim-apps")
+            .await
+            .metadata
+            .labels
+            .unwrap_or_default()
+            .get("kubenova.io/tenant")
+            .map(String::as_str)
+            == Some("other")
+    })
+    .await;
     let before = live_namespace(&env, "victim-apps").await;
     env.create_tenant("victim", json!({"plan": "gold"})).await;
     eventually("NovaTenant victim Degraded NameClash", || {

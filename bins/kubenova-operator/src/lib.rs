@@ -291,6 +291,31 @@ pub async fn client(kubeconfig: Option<&Path>) -> anyhow::Result<Client> {
     Ok(Client::try_from(config)?)
 }
 
+/// The PEM CA that the kubeconfig at `path` embeds for the cluster of its current context,
+/// if it embeds one.
+fn kubeconfig_ca_pem(path: Option<&Path>) -> Option<String> {
+    use base64::Engine as _;
+    let kc = Kubeconfig::read_from(path?).ok()?;
+    let current = kc.current_context.as_ref()?;
+    let context = kc
+        .contexts
+        .iter()
+        .find(|c| &c.name == current)?
+        .context
+        .as_ref()?;
+    let cluster = kc
+        .clusters
+        .iter()
+        .find(|c| c.name == context.cluster)?
+        .cluster
+        .as_ref()?;
+    let data = cluster.certificate_authority_data.as_ref()?;
+    let pem = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .ok()?;
+    String::from_utf8(pem).ok()
+}
+
 /// What `/readyz` reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -464,7 +489,11 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let agent = match workloads::agent_config(&client, &config.agent).await? {
         Some(agent) => Some((
             agent,
-            workloads::driver(&client, &config.agent)?,
+            workloads::driver(
+                &client,
+                &config.agent,
+                kubeconfig_ca_pem(config.kubeconfig.as_deref()),
+            )?,
             std::time::Duration::from_secs(config.agent.install_timeout),
         )),
         None => None,

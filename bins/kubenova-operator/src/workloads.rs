@@ -131,8 +131,14 @@ pub async fn agent_config(
     Ok(Some(config))
 }
 
-/// The component driver selected by `args`.
-pub fn driver(client: &Client, args: &AgentArgs) -> anyhow::Result<Arc<dyn ComponentDriver>> {
+/// The component driver selected by `args`. `cluster_ca` (PEM) is what the simulated
+/// Capsule Proxy presents: the emulated cluster's own CA, so that kubeconfigs can be
+/// issued against an emulated cluster as against a real one.
+pub fn driver(
+    client: &Client,
+    args: &AgentArgs,
+    cluster_ca: Option<String>,
+) -> anyhow::Result<Arc<dyn ComponentDriver>> {
     Ok(match args.component_driver {
         DriverKind::Helm => {
             let installer = installer_service_account(args).map(|sa| {
@@ -162,7 +168,7 @@ pub fn driver(client: &Client, args: &AgentArgs) -> anyhow::Result<Arc<dyn Compo
                         "--simulated-crds-dir is required with --component-driver simulated"
                     )
                 })?,
-                proxy_ca: None,
+                proxy_ca: cluster_ca,
             })
         }
     })
