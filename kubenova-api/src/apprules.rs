@@ -380,73 +380,90 @@ impl AppRules {
     /// Properties are also checked by [`AppSpec`]'s own validation (no retargeting).
     pub fn check(&self, spec: &AppSpec) -> Result<(), ValidationError> {
         let mut v = Validator::new();
-        let shorthand = spec.components.is_empty();
-        for (i, c) in spec.effective_components().iter().enumerate() {
-            let (type_field, props_field) = if shorthand {
-                ("component".to_owned(), "spec".to_owned())
-            } else {
-                (
-                    format!("components[{i}].type"),
-                    format!("components[{i}].properties"),
-                )
-            };
-            self.allowed(&mut v, &type_field, DefinitionKind::Component, &c.type_);
-            if let Some(p) = &c.properties {
-                self.images(&mut v, &props_field, p, shorthand);
+        if spec.components.is_empty() {
+            // The shorthand names its own fields: `component`, `image`, `spec`.
+            for c in spec.effective_components() {
+                self.allowed(&mut v, "component", DefinitionKind::Component, &c.type_);
+                if let Some(p) = &c.properties {
+                    self.images(&mut v, "spec", p, true);
+                }
             }
+        }
+        for (i, c) in spec.components.iter().enumerate() {
+            let f = format!("components[{i}]");
+            self.item(
+                &mut v,
+                &f,
+                DefinitionKind::Component,
+                &c.type_,
+                c.properties.as_ref(),
+            );
             for (j, t) in c.traits.iter().enumerate() {
-                let f = format!("components[{i}].traits[{j}]");
-                self.allowed(
+                let f = format!("{f}.traits[{j}]");
+                self.item(
                     &mut v,
-                    &format!("{f}.type"),
+                    &f,
                     DefinitionKind::Trait,
                     &t.type_,
+                    t.properties.as_ref(),
                 );
-                if let Some(p) = &t.properties {
-                    self.images(&mut v, &format!("{f}.properties"), p, false);
-                }
             }
         }
         for (j, t) in spec.traits.iter().enumerate() {
             let f = format!("traits[{j}]");
-            self.allowed(
+            self.item(
                 &mut v,
-                &format!("{f}.type"),
+                &f,
                 DefinitionKind::Trait,
                 &t.type_,
+                t.properties.as_ref(),
             );
-            if let Some(p) = &t.properties {
-                self.images(&mut v, &format!("{f}.properties"), p, false);
-            }
         }
         for (i, p) in spec.policies.iter().enumerate() {
             let f = format!("policies[{i}]");
-            self.allowed(
+            self.item(
                 &mut v,
-                &format!("{f}.type"),
+                &f,
                 DefinitionKind::Policy,
                 &p.type_,
+                p.properties.as_ref(),
             );
             if let Some(props) = &p.properties {
                 self.nested_types(&mut v, &format!("{f}.properties"), props);
-                self.images(&mut v, &format!("{f}.properties"), props, false);
             }
         }
-        if let Some(w) = &spec.workflow {
-            for (i, s) in w.steps.iter().enumerate() {
-                let f = format!("workflow.steps[{i}]");
-                self.allowed(
-                    &mut v,
-                    &format!("{f}.type"),
-                    DefinitionKind::WorkflowStep,
-                    &s.type_,
-                );
-                if let Some(props) = &s.properties {
-                    self.images(&mut v, &format!("{f}.properties"), props, false);
-                }
-            }
+        for (i, s) in spec
+            .workflow
+            .iter()
+            .flat_map(|w| w.steps.iter())
+            .enumerate()
+        {
+            let f = format!("workflow.steps[{i}]");
+            self.item(
+                &mut v,
+                &f,
+                DefinitionKind::WorkflowStep,
+                &s.type_,
+                s.properties.as_ref(),
+            );
         }
         v.finish()
+    }
+
+    /// One component, trait, policy or step at `field`: its type, and the images in its
+    /// properties.
+    fn item(
+        &self,
+        v: &mut Validator,
+        field: &str,
+        kind: DefinitionKind,
+        type_: &str,
+        props: Option<&Value>,
+    ) {
+        self.allowed(v, &format!("{field}.type"), kind, type_);
+        if let Some(p) = props {
+            self.images(v, &format!("{field}.properties"), p, false);
+        }
     }
 
     fn allowed(&self, v: &mut Validator, field: &str, kind: DefinitionKind, name: &str) {
