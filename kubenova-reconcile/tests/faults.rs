@@ -340,7 +340,7 @@ async fn failures_mid_reconcile_converge_without_leaks() {
     // The Capsule Tenant apply goes through; the tenant namespaces fail next (so the first
     // reconciles stop half-way), then RoleBindings, the quota, the Application and status
     // writes fail a few times each.
-    env.fail(Fault::verb("patch").resource("namespaces").times(3));
+    env.fail(Fault::verb("create").resource("namespaces").times(3));
     env.fail(Fault::verb("patch").resource("rolebindings").times(2));
     env.fail(Fault::verb("patch").resource("resourcequotas").times(1));
     env.fail(Fault::verb("patch").resource("applications").times(2));
