@@ -39,6 +39,15 @@ else
   echo "!!! KUBECONFIG CLIENT CHECKS SKIPPED: python3 or its venv unavailable !!!"
 fi
 
+# Helm v4 as a library (helm-python-sdk) for the chart tests and the testkit's Helm tests.
+if [ "${CI:-}" = "true" ]; then export KUBENOVA_REQUIRE_HELM=1; fi
+if command -v python3 >/dev/null 2>&1 && KUBENOVA_HELM_PYTHON="$(./scripts/helm_python.sh)"; then
+  export KUBENOVA_HELM_PYTHON
+  echo "==> Helm tests with $KUBENOVA_HELM_PYTHON"
+else
+  echo "!!! HELM TESTS SKIPPED: python3 or the helm-python-sdk venv unavailable !!!"
+fi
+
 if command -v cargo-nextest >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
   # nextest does not run doctests
