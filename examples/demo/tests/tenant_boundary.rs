@@ -717,25 +717,63 @@ async fn oversized_and_nested_inputs(
         }],
     )
     .await;
-    // A 16 MiB body: refused before it is read whole.
+    // A 16 MiB body: refused before it is read whole. Sent by hand so that the answer
+    // can come while the body is still on its way (only its first bytes are ever sent;
+    // an HTTP client writing all 16 MiB would see the refused connection close under it).
     let before = snapshot(flow, both).await;
-    let huge = format!(
-        "{{\"name\": \"huge\", \"image\": \"nginx\", \"description\": \"{}\"}}",
-        "x".repeat(16 << 20)
-    );
-    let resp = reqwest::Client::new()
-        .post(format!("{}{apps}", flow.manager.url))
-        .bearer_auth(dev_token)
-        .header("content-type", "application/json")
-        .body(huge)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 413, "a 16 MiB body");
-    let body: Value = resp.json().await.unwrap();
+    let (status, body) = refused_before_the_body(&flow.manager.url, &apps, dev_token).await;
+    assert_eq!(status, 413, "a 16 MiB body: {body}");
     assert_eq!(body["code"], "KN-413", "{body}");
     assert_eq!(before, snapshot(flow, both).await);
     get(&flow.api(), "/api/v1/readyz").await;
+}
+
+/// POSTs to `path` declaring a 16 MiB JSON body, sends only its first bytes, and returns
+/// the status and JSON body of the answer (which must come without the rest).
+async fn refused_before_the_body(base: &str, path: &str, token: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = base.trim_start_matches("http://").trim_end_matches('/');
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{{\"name\": \"huge\", \"description\": \"xxxx",
+        16 << 20
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(STEP_TIMEOUT, async {
+        let mut buf = [0u8; 8192];
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+            let text = String::from_utf8_lossy(&answer);
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().to_owned())
+                    })
+                    .and_then(|v| v.parse::<usize>().ok());
+                if length.is_some_and(|n| body.len() >= n) {
+                    break;
+                }
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer while the body was still missing");
+    let text = String::from_utf8_lossy(&answer).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
 }
 
 /// A tenant owner whose credentials the platform revoked keeps a valid manager token for a

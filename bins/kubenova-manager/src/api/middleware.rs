@@ -678,10 +678,29 @@ pub async fn request_layer(
     let runtime = Arc::clone(&state.runtime);
     runtime.in_flight.inc();
     let timeout = timeout_for(uri.path(), state.config.request_timeout);
+    // A body declared larger than the limit is refused at once, before any of it is read
+    // (otherwise a slow sender holds the connection until the request timeout).
+    let too_large = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > state.config.body_limit as u64);
     drop(state);
     let (m2, u2) = (method.clone(), uri.clone());
     let fut = async move {
-        let resp = match tokio::time::timeout(timeout, next.run(req)).await {
+        let run = async {
+            if too_large {
+                ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    "the request body exceeds the size limit",
+                )
+                .into_response()
+            } else {
+                next.run(req).await
+            }
+        };
+        let resp = match tokio::time::timeout(timeout, run).await {
             Ok(r) => r,
             Err(_) => {
                 tracing::warn!(timeout_ms = timeout.as_millis() as u64, "request timed out");
