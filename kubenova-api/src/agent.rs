@@ -288,6 +288,59 @@ pub struct ObjectReport {
     pub vela_phase: Option<String>,
 }
 
+/// Largest status or condition message, and component message, in bytes. Longer text is
+/// cut with [`bound_text`]: by the operator before it sends, and again by the manager
+/// when it stores, so one verbose object never holds back the reports of the others.
+pub const MAX_STATUS_MESSAGE_BYTES: usize = 4096;
+/// Largest condition reason or type, and `velaPhase`, in bytes.
+pub const MAX_STATUS_WORD_BYTES: usize = 128;
+/// Most conditions kept per reported object.
+pub const MAX_CONDITIONS: usize = 64;
+
+impl ObjectReport {
+    /// The report within the bounds the manager stores: messages cut to
+    /// [`MAX_STATUS_MESSAGE_BYTES`], reasons, types and `velaPhase` to
+    /// [`MAX_STATUS_WORD_BYTES`], at most [`MAX_CONDITIONS`] conditions. Returns whether
+    /// anything was cut.
+    ///
+    /// ```
+    /// use kubenova_api::agent::{ObjectKind, ObjectReport, MAX_STATUS_MESSAGE_BYTES};
+    /// use kubenova_api::model::{ObjectStatus, Phase};
+    /// let mut r = ObjectReport {
+    ///     kind: ObjectKind::App,
+    ///     id: uuid::Uuid::nil(),
+    ///     status: ObjectStatus { phase: Phase::Degraded, conditions: vec![], observed_revision: Some(3), message: "x".repeat(100_000) },
+    ///     vela_phase: None,
+    /// };
+    /// assert!(r.bound());
+    /// assert!(r.status.message.len() <= MAX_STATUS_MESSAGE_BYTES);
+    /// assert!(!r.bound(), "bounding twice changes nothing");
+    /// ```
+    pub fn bound(&mut self) -> bool {
+        let mut cut = false;
+        let mut clip = |text: &mut String, max: usize| {
+            if text.len() > max {
+                *text = bound_text(text, max);
+                cut = true;
+            }
+        };
+        clip(&mut self.status.message, MAX_STATUS_MESSAGE_BYTES);
+        if let Some(p) = &mut self.vela_phase {
+            clip(p, MAX_STATUS_WORD_BYTES);
+        }
+        for c in &mut self.status.conditions {
+            clip(&mut c.message, MAX_STATUS_MESSAGE_BYTES);
+            clip(&mut c.reason, MAX_STATUS_WORD_BYTES);
+            clip(&mut c.type_, MAX_STATUS_WORD_BYTES);
+        }
+        if self.status.conditions.len() > MAX_CONDITIONS {
+            self.status.conditions.truncate(MAX_CONDITIONS);
+            cut = true;
+        }
+        cut
+    }
+}
+
 /// A batch of status reports.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

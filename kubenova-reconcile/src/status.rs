@@ -16,6 +16,7 @@
 //! ```
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kubenova_api::agent::{MAX_STATUS_MESSAGE_BYTES, bound_text};
 use kubenova_api::crd::{
     CONDITION_DEGRADED, CONDITION_READY, CONDITION_RECONCILING, NovaPhase, NovaStatus,
 };
@@ -36,12 +37,18 @@ pub struct Verdict {
 }
 
 impl Verdict {
-    /// A verdict.
+    /// A verdict; a message longer than [`MAX_STATUS_MESSAGE_BYTES`] is cut (an app
+    /// with many unhealthy services must not write an unbounded status).
     pub fn new(phase: NovaPhase, reason: &str, message: impl Into<String>) -> Verdict {
+        let message = message.into();
         Verdict {
             phase,
             reason: reason.to_owned(),
-            message: message.into(),
+            message: if message.len() > MAX_STATUS_MESSAGE_BYTES {
+                bound_text(&message, MAX_STATUS_MESSAGE_BYTES)
+            } else {
+                message
+            },
         }
     }
 

@@ -1257,3 +1257,114 @@ async fn a_refused_credential_applies_nothing_and_retries_slowly() {
     assert!(env.fake().last_heartbeat().is_none());
     env.stop().await;
 }
+
+/// Holds `shop`'s NovaApp in `Terminating` with a foreign finalizer, the way a slow
+/// cleanup would.
+async fn hold_app(env: &Env, pns: &str, hold: bool) {
+    let finalizers: Vec<String> = if hold {
+        let live = env.nova_app("acme", "web", "shop").await.unwrap();
+        let mut f = live.finalizers().to_vec();
+        f.push("example.com/hold".into());
+        f
+    } else {
+        env.nova_app("acme", "web", "shop")
+            .await
+            .map(|a| {
+                a.finalizers()
+                    .iter()
+                    .filter(|f| *f != "example.com/hold")
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    Api::<NovaApp>::namespaced(env.client.clone(), pns)
+        .patch(
+            "shop",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"finalizers": finalizers}})),
+        )
+        .await
+        .unwrap();
+}
+
+/// An app deleted and re-created under the same name while the old object still
+/// finalizes is applied once the old one is gone, never onto it (where it would vanish
+/// with it until the next resync).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_recreated_while_the_old_object_finalizes_is_not_lost() {
+    let mut env = Env::start().await;
+    let (t, p, old) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    env.fake().put(tenant(t, "acme", "gold"));
+    env.fake().put(project(p, "acme", "web"));
+    let rev = env.fake().put(app(old, "acme", "web", "shop"));
+    env.start_agent();
+    eventually("the first app Ready", || async {
+        env.fake()
+            .reported(r(ObjectKind::App, old), Phase::Ready, rev)
+    })
+    .await;
+    let pns = project_namespace("acme", "web");
+    hold_app(&env, &pns, true).await;
+
+    env.fake().delete(r(ObjectKind::App, old));
+    eventually("the old NovaApp terminating", || async {
+        env.nova_app("acme", "web", "shop")
+            .await
+            .is_some_and(|a| a.metadata.deletion_timestamp.is_some())
+    })
+    .await;
+    let new = Uuid::now_v7();
+    let rev = env.fake().put(app(new, "acme", "web", "shop"));
+    // The agent sees the new record while the old object is still there.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    hold_app(&env, &pns, false).await;
+
+    eventually("the new app created afresh and Ready", || async {
+        env.fake()
+            .reported(r(ObjectKind::App, new), Phase::Ready, rev)
+    })
+    .await;
+    let live = env.nova_app("acme", "web", "shop").await.unwrap();
+    assert_eq!(live.labels().get(LABEL_ID), Some(&new.to_string()));
+    assert!(live.metadata.deletion_timestamp.is_none());
+    assert!(env.exists("Application", Some(&pns), "shop").await);
+    env.stop().await;
+}
+
+/// A record deleted and re-created under the same name while the operator was away
+/// comes back in a snapshot: the apply takes the old object over, and the prune (from a
+/// list read after the applies) leaves it alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_recreated_while_the_operator_was_away_survives_the_snapshot() {
+    let mut env = Env::start().await;
+    let (t, p, old) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    env.fake().put(tenant(t, "acme", "gold"));
+    env.fake().put(project(p, "acme", "web"));
+    let rev = env.fake().put(app(old, "acme", "web", "shop"));
+    env.start_agent();
+    eventually("the first app Ready", || async {
+        env.fake()
+            .reported(r(ObjectKind::App, old), Phase::Ready, rev)
+    })
+    .await;
+    env.stop_agent().await;
+
+    // Away: the record is deleted and re-created; the history is compacted, so the
+    // agent gets a snapshot when it is back.
+    env.fake().forget_and_compact(r(ObjectKind::App, old));
+    let new = Uuid::now_v7();
+    let rev = env.fake().put(app(new, "acme", "web", "shop"));
+    env.start_agent();
+    eventually("the new app Ready", || async {
+        env.fake()
+            .reported(r(ObjectKind::App, new), Phase::Ready, rev)
+    })
+    .await;
+    // And it stays: nothing prunes it afterwards.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let live = env.nova_app("acme", "web", "shop").await.unwrap();
+    assert_eq!(live.labels().get(LABEL_ID), Some(&new.to_string()));
+    assert!(live.metadata.deletion_timestamp.is_none());
+    env.stop().await;
+}

@@ -1286,3 +1286,39 @@ async fn apps_beyond_their_plan_are_refused_in_the_cluster() {
     );
     env.stop().await;
 }
+
+/// The retry bookkeeping forgets objects that stopped failing without a success (deleted
+/// while failing): it is bounded by the objects failing now, not by every object that
+/// ever failed.
+#[tokio::test]
+async fn retry_bookkeeping_forgets_objects_that_stopped_failing() {
+    let cluster = TestCluster::builder().start().await.unwrap();
+    let ctx = Ctx::new(
+        cluster.client().unwrap(),
+        Arc::new(Catalog::builtin()),
+        Arc::new(Metrics::default()),
+    )
+    .with_backoff(Backoff {
+        base: Duration::from_millis(1),
+        max: Duration::from_millis(200),
+    });
+    // 5,000 objects fail once each and are then deleted (never reconciled again).
+    for i in 0..5000 {
+        ctx.backoff(&format!("NovaApp/ns/gone-{i}"));
+    }
+    // Longer than twice the largest backoff: an object still failing would have retried.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Objects failing now keep their count; the deleted ones are pruned as the table grows.
+    for round in 1..=3u32 {
+        for i in 0..2000 {
+            ctx.backoff(&format!("NovaApp/ns/failing-{i}"));
+        }
+        assert_eq!(ctx.attempts("NovaApp/ns/failing-0"), round);
+    }
+    assert!(
+        ctx.failing_objects() == 2000,
+        "{} entries for 2,000 failing objects",
+        ctx.failing_objects()
+    );
+    assert_eq!(ctx.attempts("NovaApp/ns/gone-0"), 0);
+}

@@ -534,6 +534,27 @@ fn vela_status_maps_to_app_verdicts() {
     assert_eq!(app_verdict(None).phase, NovaPhase::Reconciling);
 }
 
+/// An app with hundreds of unhealthy services gets a bounded message: the status the
+/// operator writes and reports stays within what the manager stores.
+#[test]
+fn app_messages_are_bounded_at_the_source() {
+    let services: Vec<Value> = (0..500)
+        .map(|i| json!({"name": format!("svc-{i}"), "healthy": false, "message": "Back-off restarting failed container ".repeat(4)}))
+        .collect();
+    let v = app_verdict(Some(
+        &json!({"status": {"status": "unhealthy", "services": services}}),
+    ));
+    assert_eq!(v.phase, NovaPhase::Degraded);
+    assert!(
+        v.message.len() <= kubenova_api::agent::MAX_STATUS_MESSAGE_BYTES,
+        "{}",
+        v.message.len()
+    );
+    assert!(v.message.contains("svc-0: Back-off") && v.message.ends_with("bytes cut]"));
+    let conds = v.conditions(Some(1), &time(0));
+    assert!(conds.iter().all(|c| c.message.len() <= 4096));
+}
+
 #[test]
 fn conditions_only_move_when_status_changes() {
     let running = app_verdict(Some(&json!({"status": {"status": "running"}})));

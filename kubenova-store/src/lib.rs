@@ -82,6 +82,11 @@ pub trait Store: Send + Sync + 'static {
         expected_version: i64,
         opts: &WriteOptions<'_>,
     ) -> Result<()>;
+    /// Records an operator heartbeat at `at` without changing the cluster's version or
+    /// `updatedAt`: a heartbeat that changes nothing else must not invalidate the ETag
+    /// users hold for `If-Match`. Never moves `lastHeartbeatAt` backwards.
+    async fn record_cluster_heartbeat(&self, id: ClusterId, at: time::OffsetDateTime)
+    -> Result<()>;
     /// Replaces a cluster like [`Store::update_cluster`] and its stored kubeconfig
     /// (re-encrypted under a fresh data key) in the same transaction, with the audit event:
     /// a stale `expected_version` changes neither.

@@ -608,6 +608,28 @@ macro_rules! sql_backend {
                 self.update_cluster_sealing(c, expected, None, opts).await
             }
 
+            async fn record_cluster_heartbeat(&self, id: ClusterId, at: OffsetDateTime) -> Result<()> {
+                // Drops the cached record when this returns (after the commit, or on failure).
+                let _invalidate = Invalidate::row(&self.cache, id.0);
+                loop {
+                    let mut c: Cluster = self.fetch_doc("clusters", "cluster", id.0).await?;
+                    if c.last_heartbeat_at.is_some_and(|t| t >= at) {
+                        return Ok(());
+                    }
+                    c.last_heartbeat_at = Some(at);
+                    // Same version: only a concurrent versioned write makes this re-read.
+                    let res = sqlx::query("UPDATE clusters SET doc = $1 WHERE id = $2 AND version = $3")
+                        .bind(Json(&c))
+                        .bind(id.0)
+                        .bind(c.version)
+                        .execute(&self.pool)
+                        .await?;
+                    if res.rows_affected() == 1 {
+                        return Ok(());
+                    }
+                }
+            }
+
             async fn update_cluster_kubeconfig(
                 &self,
                 c: &Cluster,
@@ -1201,6 +1223,17 @@ macro_rules! sql_backend {
                 .bind(i64::from(limit.max(1)))
                 .fetch_all(&self.pool)
                 .await?;
+                // A compaction committed between the two reads may have deleted rows after
+                // `since`: read the mark again (it commits with the deletion) and answer
+                // "compacted" instead of a delta with holes.
+                let compacted: i64 = sqlx::query_scalar("SELECT compacted FROM cluster_revisions WHERE cluster_id = $1")
+                    .bind(id.0)
+                    .fetch_optional(&self.pool)
+                    .await?
+                    .unwrap_or(i64::MAX);
+                if since < compacted {
+                    return Ok(None);
+                }
                 let mut out = Vec::with_capacity(rows.len());
                 for r in rows {
                     let kind: String = r.try_get("kind")?;

@@ -58,6 +58,7 @@ suite!(
     active_workflow_runs_and_retention,
     usage_queries_never_drop_rows_silently,
     cluster_kubeconfig_is_replaced_with_the_record,
+    heartbeats_keep_the_cluster_version,
     agent_requests_are_relayed_once_and_bounded,
     agent_answers_belong_to_their_cluster_and_come_in_order,
     agent_requests_expire_and_go_with_their_app,
@@ -1771,6 +1772,44 @@ async fn usage_queries_never_drop_rows_silently(h: &Harness) {
 
 /// The kubeconfig is replaced together with the cluster record and its audit event, under
 /// the record's version: a stale version replaces nothing and writes no audit event.
+async fn heartbeats_keep_the_cluster_version(h: &Harness) {
+    let s = &h.store;
+    let c = cluster("beating");
+    s.create_cluster(&c, b"kubeconfig", &WriteOptions::default())
+        .await
+        .unwrap();
+    let t1 = time::OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+    let t0 = t1 - time::Duration::seconds(30);
+    let created = s.get_cluster(c.id).await.unwrap();
+    s.record_cluster_heartbeat(c.id, t1).await.unwrap();
+    let read = s.get_cluster(c.id).await.unwrap();
+    assert_eq!(read.last_heartbeat_at, Some(t1));
+    assert_eq!(
+        (read.version, read.updated_at),
+        (created.version, created.updated_at)
+    );
+    // An older heartbeat (a delayed request) never moves the time back.
+    s.record_cluster_heartbeat(c.id, t0).await.unwrap();
+    assert_eq!(
+        s.get_cluster(c.id).await.unwrap().last_heartbeat_at,
+        Some(t1)
+    );
+    // A versioned write after it keeps the recorded time and moves the version.
+    let mut next = s.get_cluster(c.id).await.unwrap();
+    next.version += 1;
+    next.labels.insert("env".into(), "prod".into());
+    s.update_cluster(&next, c.version, &WriteOptions::default())
+        .await
+        .unwrap();
+    let read = s.get_cluster(c.id).await.unwrap();
+    assert_eq!(read.version, c.version + 1);
+    assert_eq!(read.last_heartbeat_at, Some(t1));
+    assert!(matches!(
+        s.record_cluster_heartbeat(ClusterId::new(), t1).await,
+        Err(StoreError::NotFound { .. })
+    ));
+}
+
 async fn cluster_kubeconfig_is_replaced_with_the_record(h: &Harness) {
     let s = &h.store;
     let c = cluster("rotated");

@@ -229,6 +229,97 @@ async fn heartbeat_connects_and_reports_capabilities() {
     );
 }
 
+/// A heartbeat that changes nothing but its time keeps the cluster's version (and so the
+/// ETag a user holds for `If-Match`); a heartbeat that changes what the cluster says is a
+/// new version.
+#[tokio::test]
+async fn heartbeats_that_change_nothing_keep_the_cluster_version() {
+    let w = world(quiet()).await;
+    let (cid, token) = w.cluster("quiet-hb").await;
+    assert_eq!(w.heartbeat(&token).await.status, StatusCode::OK);
+    let first = w.get(&format!("/api/v1/clusters/{cid}")).await;
+    let at = |c: &Value| {
+        time::OffsetDateTime::parse(
+            c["lastHeartbeatAt"].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+    };
+    for _ in 0..3 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        assert_eq!(w.heartbeat(&token).await.status, StatusCode::OK);
+    }
+    let later = w.get(&format!("/api/v1/clusters/{cid}")).await;
+    assert_eq!(later["version"], first["version"], "{later}");
+    assert_eq!(later["updatedAt"], first["updatedAt"]);
+    assert!(at(&later) > at(&first), "the heartbeat time still moves");
+    assert_eq!(later["status"], "connected");
+
+    // A new operator version is a change.
+    let r = w
+        .call(
+            Method::POST,
+            "/api/v1/agent/heartbeat",
+            Some(&token),
+            Some(json!({"operatorVersion": "0.2.0", "kubernetesVersion": "v1.36.0",
+                "capabilities": {"certManager": true, "capsule": true, "capsuleProxy": true, "kubeVela": false},
+                "components": [{"name": "capsule", "version": "0.14.0", "phase": "ready"}],
+                "proxy": {"url": "https://proxy.example.com:9001", "caData": "TFMwdExTMUNSVWRKVGc9PQ=="},
+                "appliedRevision": 0})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let upgraded = w.get(&format!("/api/v1/clusters/{cid}")).await;
+    assert_eq!(
+        upgraded["version"].as_i64().unwrap(),
+        first["version"].as_i64().unwrap() + 1
+    );
+    assert_eq!(upgraded["operatorVersion"], "0.2.0");
+}
+
+/// The change log does not grow without bound: heartbeats compact it behind the
+/// revision the agent applied, and a cursor from before that gets a snapshot.
+#[tokio::test]
+async fn heartbeats_compact_the_change_log_behind_the_applied_revision() {
+    let w = world(quiet()).await;
+    let (cid, token) = w.cluster("compacting").await;
+    for i in 0..(agent::KEPT_CHANGES + 20) {
+        w.tenant(&cid, &format!("t{i}")).await;
+    }
+    let rev = w.desired(&token, 0, 1).await["revision"].as_i64().unwrap();
+    assert!(rev > agent::KEPT_CHANGES + 10, "{rev}");
+    assert_eq!(w.desired(&token, 1, 0).await["snapshot"], false);
+    let r = w
+        .call(
+            Method::POST,
+            "/api/v1/agent/heartbeat",
+            Some(&token),
+            Some(json!({"operatorVersion": "0.1.0", "appliedRevision": rev})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let id: ClusterId = cid.parse().unwrap();
+    assert_eq!(
+        w.st.store
+            .changes_since(id, 1, 10)
+            .await
+            .unwrap()
+            .map(|c| c.len()),
+        None,
+        "compacted"
+    );
+    let old = w.desired(&token, 1, 0).await;
+    assert_eq!(old["snapshot"], true);
+    assert_eq!(
+        ids_of(&old, "tenant").len() as i64,
+        agent::KEPT_CHANGES + 20
+    );
+    // Cursors within the kept window still get deltas.
+    let recent = w.desired(&token, rev - 5, 0).await;
+    assert_eq!(recent["snapshot"], false);
+    assert_eq!(ids_of(&recent, "tenant").len(), 5);
+}
+
 #[tokio::test]
 async fn long_poll_snapshot_deltas_deletions_and_waits() {
     let w = world(quiet()).await;
@@ -511,6 +602,80 @@ async fn status_reports_newer_wins_and_runs_follow() {
         .collect();
     let r = post(too_many).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+/// One object with a very long message (an app with many unhealthy services, a helm
+/// failure's stderr) must not keep the status of every other object, or the cluster's
+/// heartbeats, out: the manager cuts the text item by item and stores the rest.
+#[tokio::test]
+async fn long_messages_are_cut_per_item_never_refused_for_the_batch() {
+    let w = world(quiet()).await;
+    let (cid, token) = w.cluster("long").await;
+    let t = w.tenant(&cid, "acme").await;
+    let p = w
+        .admin_post(
+            &format!("/api/v1/clusters/{cid}/tenants/{t}/projects"),
+            json!({"name": "web"}),
+        )
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rev = w.desired(&token, 0, 1).await["revision"].as_i64().unwrap();
+    let long = "svc-é: back-off restarting failed container; ".repeat(400);
+    assert!(long.len() > 16_000);
+    let r = w
+        .call(
+            Method::POST,
+            "/api/v1/agent/status",
+            Some(&token),
+            Some(json!({"items": [
+                {"kind": "tenant", "id": t, "status": {"phase": "degraded", "observedRevision": rev,
+                    "message": long,
+                    "conditions": [{"type": "Degraded", "status": "True", "reason": "R".repeat(500),
+                        "message": long, "lastTransitionTime": "2026-01-01T00:00:00Z"}]}},
+                {"kind": "project", "id": p, "status": {"phase": "ready", "observedRevision": rev}}
+            ]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    assert_eq!(r.body, json!({"applied": 2, "ignored": 0}));
+    let tenant = w.get(&format!("/api/v1/clusters/{cid}/tenants/{t}")).await;
+    let msg = tenant["status"]["message"].as_str().unwrap();
+    assert!(msg.len() <= 4096 && msg.len() > 4000, "{}", msg.len());
+    assert!(
+        msg.starts_with("svc-é: back-off") && msg.ends_with("bytes cut]"),
+        "{msg}"
+    );
+    let cond = &tenant["status"]["conditions"][0];
+    assert!(cond["message"].as_str().unwrap().len() <= 4096);
+    assert!(cond["reason"].as_str().unwrap().len() <= 128);
+    let project = w
+        .get(&format!("/api/v1/clusters/{cid}/tenants/{t}/projects/{p}"))
+        .await;
+    assert_eq!(project["status"]["phase"], "ready");
+
+    // A heartbeat whose component message is helm's whole stderr still connects.
+    let r = w
+        .call(
+            Method::POST,
+            "/api/v1/agent/heartbeat",
+            Some(&token),
+            Some(json!({"operatorVersion": "0.1.0",
+                "components": [{"name": "capsule", "phase": "failed", "message": long}],
+                "appliedRevision": rev})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let caps = w.get(&format!("/api/v1/clusters/{cid}/capabilities")).await;
+    let capsule = caps["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "capsule")
+        .unwrap();
+    assert_eq!(capsule["phase"], "failed");
+    assert!(capsule["message"].as_str().unwrap().len() <= 4096);
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::{StreamExt, stream};
 use kube::Client;
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions};
 use kube::core::ApiResource;
 use kubenova_api::agent::{
     AGENT_FIELD_MANAGER, DesiredObject, DesiredState, LABEL_ID, LABEL_SOURCE, ObjectKind,
@@ -155,14 +155,23 @@ async fn apply_one(kube: &Client, body: &Value, kind: ObjectKind) -> Result<(), 
         Some(ns) => Api::namespaced_with(kube.clone(), ns, &ar),
         None => Api::all_with(kube.clone(), &ar),
     };
-    api.patch(
-        name,
-        &PatchParams::apply(AGENT_FIELD_MANAGER).force(),
-        &Patch::Apply(body),
-    )
-    .await
-    .map(|_| ())
-    .map_err(classify)
+    let applied = api
+        .patch(
+            name,
+            &PatchParams::apply(AGENT_FIELD_MANAGER).force(),
+            &Patch::Apply(body),
+        )
+        .await
+        .map_err(classify)?;
+    // The name belongs to an object that is going away (a record deleted and re-created
+    // under the same name while the old object finalizes): the apply landed on it and
+    // would vanish with it. Wait until it is gone, then create the object afresh.
+    if applied.metadata.deletion_timestamp.is_some() {
+        return Err(ApplyError::NotYet(format!(
+            "{name} is still being deleted; applied again once it is gone"
+        )));
+    }
+    Ok(())
 }
 
 /// Every object of `kind` matching `selector`, in all namespaces (paged).
@@ -199,9 +208,16 @@ async fn delete_obj(
         Some(ns) => Api::namespaced_with(kube.clone(), ns, &ar),
         None => Api::all_with(kube.clone(), &ar),
     };
-    match api.delete(&name, &DeleteParams::background()).await {
+    // Only the object that was listed: a new object that took the name since (a record
+    // re-created under the same name) is not this deletion's to make.
+    let mut params = DeleteParams::background();
+    params.preconditions = obj.metadata.uid.clone().map(|uid| Preconditions {
+        uid: Some(uid),
+        resource_version: None,
+    });
+    match api.delete(&name, &params).await {
         Ok(_) => Ok(true),
-        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(false),
         Err(e) => Err(e),
     }
 }
@@ -506,10 +522,19 @@ impl DesiredLoop {
             Some(live) => self.skip_unchanged(d.objects, live),
             None => d.objects,
         };
+        let applied_any = !objects.is_empty();
         self.apply_objects(objects, d.revision).await?;
         self.delete_refs(&d.deleted).await?;
-        if let Some(live) = &live {
-            self.prune(&keep, live).await?;
+        if let Some(live) = live {
+            // Prune from what is there after the applies: the list read before them still
+            // shows an object under its old record id that an apply has since taken over
+            // for a record re-created under the same name.
+            let live = if applied_any {
+                self.list_live().await?
+            } else {
+                live
+            };
+            self.prune(&keep, &live).await?;
             self.last_snapshot = Some(Instant::now());
         }
         for c in d.components {

@@ -55,7 +55,7 @@ use kube::Client;
 use kube::api::Api;
 use kubenova_api::agent::{
     AGENT_SECRET, AGENT_SECRET_CA_KEY, AGENT_SECRET_TOKEN_KEY, AGENT_SECRET_URL_KEY,
-    ComponentRequest,
+    ComponentRequest, MAX_STATUS_MESSAGE_BYTES, bound_text,
 };
 use kubenova_api::model::ComponentState;
 use prometheus_client::metrics::counter::Counter;
@@ -107,7 +107,11 @@ pub struct ComponentStates(Arc<Mutex<BTreeMap<String, ComponentState>>>);
 
 impl ComponentStates {
     /// Records the latest state of a component.
-    pub fn set(&self, state: ComponentState) {
+    pub fn set(&self, mut state: ComponentState) {
+        // Messages come from installer output: keep them within the heartbeat's bound.
+        if state.message.len() > MAX_STATUS_MESSAGE_BYTES {
+            state.message = bound_text(&state.message, MAX_STATUS_MESSAGE_BYTES);
+        }
         let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
         m.insert(state.name.clone(), state);
     }

@@ -86,7 +86,7 @@ pub fn object_report(
                 .collect()
         })
         .unwrap_or_default();
-    Some(ObjectReport {
+    let mut report = ObjectReport {
         kind,
         id,
         status: ObjectStatus {
@@ -100,7 +100,11 @@ pub fn object_report(
         } else {
             None
         },
-    })
+    };
+    // The object's status may have been written by someone else (or an older
+    // operator): send it within the bounds the manager stores.
+    report.bound();
+    Some(report)
 }
 
 /// `(namespace, name)` of a namespaced object.

@@ -213,11 +213,19 @@ pub struct Ctx {
     pub recorder: Recorder,
     /// Retry backoff.
     pub backoff: Backoff,
-    attempts: Mutex<HashMap<String, u32>>,
+    /// Failed attempts per object since its last success, with the last failure's time.
+    attempts: Mutex<Retries>,
     /// Read caches while [`run`] runs (`None`: every read is a GET).
     caches: Mutex<Option<cache::Caches>>,
     /// Last status written per object: digest of what it says, and when.
     statuses: Mutex<HashMap<u64, (u64, Instant)>>,
+}
+
+/// Failed attempts per object, and when entries of objects no longer failing were last
+/// pruned.
+struct Retries {
+    by_key: HashMap<String, (u32, Instant)>,
+    pruned: Instant,
 }
 
 impl Debug for Ctx {
@@ -244,7 +252,10 @@ impl Ctx {
             metrics,
             recorder,
             backoff: Backoff::default(),
-            attempts: Mutex::new(HashMap::new()),
+            attempts: Mutex::new(Retries {
+                by_key: HashMap::new(),
+                pruned: Instant::now(),
+            }),
             caches: Mutex::new(None),
             statuses: Mutex::new(HashMap::new()),
         }
@@ -257,17 +268,41 @@ impl Ctx {
     }
 
     /// Records one more failed attempt for `key` and returns the delay before the retry.
+    ///
+    /// An object that is still failing is retried within [`Backoff::max`], which refreshes
+    /// its entry; entries older than twice that belong to objects that were deleted (or
+    /// fixed by a path that never reported success) and are pruned (at most once per such
+    /// period, and only past 1,024 entries), so the table stays bounded by the objects
+    /// failing now.
     pub fn backoff(&self, key: &str) -> Duration {
         let mut attempts = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
-        let n = attempts.entry(key.to_owned()).or_insert(0);
+        let keep = self.backoff.max.saturating_mul(2);
+        if attempts.by_key.len() >= 1024 && attempts.pruned.elapsed() >= keep {
+            attempts.by_key.retain(|_, (_, at)| at.elapsed() < keep);
+            attempts.pruned = Instant::now();
+        }
+        let (n, at) = attempts
+            .by_key
+            .entry(key.to_owned())
+            .or_insert((0, Instant::now()));
         *n = n.saturating_add(1);
+        *at = Instant::now();
         self.backoff.delay(*n)
     }
 
     /// Failed attempts recorded for `key` since its last success.
     pub fn attempts(&self, key: &str) -> u32 {
         let attempts = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
-        attempts.get(key).copied().unwrap_or(0)
+        attempts.by_key.get(key).map_or(0, |(n, _)| *n)
+    }
+
+    /// How many objects have failed attempts recorded (bounded: see [`Ctx::backoff`]).
+    pub fn failing_objects(&self) -> usize {
+        self.attempts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_key
+            .len()
     }
 
     /// The caches once every store has its initial list; until then (or when a watch
@@ -398,7 +433,7 @@ impl Ctx {
 
     fn reset(&self, key: &str) {
         let mut attempts = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
-        attempts.remove(key);
+        attempts.by_key.remove(key);
     }
 
     async fn warn(

@@ -32,6 +32,10 @@
 //! caller the same way, whichever replica it waits on. Expired requests are purged every
 //! heartbeat interval ([`spawn_stale_task`]).
 //!
+//! **Heartbeats.** A heartbeat that changes nothing but its time records the time without
+//! a new version (users' `If-Match` stays valid); it also compacts the cluster's change
+//! log up to [`KEPT_CHANGES`] behind the revision the agent says it applied.
+//!
 //! **Stale clusters.** [`mark_stale`] (run every heartbeat interval by [`spawn_stale_task`])
 //! moves `connected` clusters whose last heartbeat is older than three intervals to
 //! `stale`, with an optimistic version check, so several replicas may run it; reads also
@@ -49,9 +53,9 @@ use kubenova_api::ErrorBody;
 use kubenova_api::agent::{
     AGENT_TOKEN_PREFIX, AgentAnswer, AgentRequest, AgentRequestKind, AgentRequests, AnswerReply,
     ComponentRequest, DesiredObject, DesiredState, FOLLOW_SECONDS, FollowEnd, Heartbeat,
-    HeartbeatReply, LogQuery, MAX_ANSWER_BYTES, MAX_FOLLOW_BYTES, ObjectKind, ObjectRef,
-    ObjectReport, StatusReply, StatusReport, nova_app, nova_project, nova_tenant,
-    parse_agent_token,
+    HeartbeatReply, LogQuery, MAX_ANSWER_BYTES, MAX_FOLLOW_BYTES, MAX_STATUS_MESSAGE_BYTES,
+    ObjectKind, ObjectRef, ObjectReport, StatusReply, StatusReport, bound_text, nova_app,
+    nova_project, nova_tenant, parse_agent_token,
 };
 use kubenova_api::error::{ErrorCode, KnError};
 use kubenova_api::ids::{AppId, ClusterId, ProjectId, TenantId};
@@ -88,6 +92,9 @@ pub const MAX_REPORTS: usize = 1000;
 pub const MAX_DELTA_CHANGES: u32 = 1000;
 /// Heartbeats missed before a connected cluster becomes `stale`.
 pub const MISSED_HEARTBEATS: u32 = 3;
+/// Change records kept behind the revision an agent says it applied: a cursor older than
+/// that gets a snapshot instead of a delta.
+pub const KEPT_CHANGES: i64 = 256;
 /// Path of the logs and events requests long-poll.
 pub const REQUESTS_PATH: &str = "/api/v1/agent/requests";
 /// Most requests one poll of [`REQUESTS_PATH`] hands over.
@@ -606,7 +613,6 @@ fn check_heartbeat(hb: &Heartbeat) -> ApiResult<()> {
         } else if !seen.insert(c.name.as_str()) {
             v.push(format!("components[{i}].name"), "is reported twice");
         }
-        v.max_len(&format!("components[{i}].message"), &c.message, 4096);
         if let Some(ver) = &c.version {
             v.max_len(&format!("components[{i}].version"), ver, 128);
         }
@@ -728,16 +734,25 @@ fn merge_components(stored: &[ComponentState], reported: &[ComponentState]) -> V
 async fn heartbeat(
     State(st): State<AppState>,
     agent: Agent,
-    KnJson(hb): KnJson<Heartbeat>,
+    KnJson(mut hb): KnJson<Heartbeat>,
 ) -> ApiResult<Response> {
+    // A component's message is fed from installer output: cut, never refused, so a
+    // verbose failure cannot keep the cluster's heartbeats out.
+    for c in &mut hb.components {
+        if c.message.len() > MAX_STATUS_MESSAGE_BYTES {
+            c.message = bound_text(&c.message, MAX_STATUS_MESSAGE_BYTES);
+        }
+    }
     check_heartbeat(&hb)?;
     let mut previous = ClusterStatus::Connected;
+    let mut changed = false;
+    let now = OffsetDateTime::now_utc();
     let c = update_cluster_with(
         st.store.as_ref(),
         agent.cluster,
         &WriteOptions::default(),
         |c| {
-            let now = OffsetDateTime::now_utc();
+            let before = c.clone();
             previous = c.status;
             c.status = ClusterStatus::Connected;
             c.last_heartbeat_at = Some(now);
@@ -778,10 +793,31 @@ async fn heartbeat(
                     ),
                 );
             }
-            true
+            // Only a change of what the cluster says is a new version; the heartbeat
+            // time alone is recorded below without one.
+            let mut unchanged = c.clone();
+            unchanged.last_heartbeat_at = before.last_heartbeat_at;
+            changed = unchanged != before;
+            changed
         },
     )
     .await?;
+    if !changed {
+        st.store
+            .record_cluster_heartbeat(agent.cluster, now)
+            .await?;
+    }
+    // The change log only grows with writes; the agent's applied revision says what it no
+    // longer needs. Compaction is always safe (an older cursor gets a snapshot), so a
+    // failure here only delays it to the next heartbeat.
+    if hb.applied_revision > KEPT_CHANGES
+        && let Err(e) = st
+            .store
+            .compact_changes(agent.cluster, hb.applied_revision - KEPT_CHANGES)
+            .await
+    {
+        tracing::warn!(cluster_id = %agent.cluster, error = %e, "compacting the change log failed");
+    }
     if previous != ClusterStatus::Connected {
         tracing::info!(cluster_id = %c.id, name = %c.name, from = previous.as_str(), operator_version = %hb.operator_version, "agent connected");
     }
@@ -1260,13 +1296,14 @@ async fn apply_report(st: &AppState, cluster: ClusterId, item: &ObjectReport) ->
         example = json!({"items": [{"kind": "tenant", "id": "22222222-2222-2222-2222-222222222222",
             "status": {"phase": "ready", "conditions": [{"type": "Ready", "status": "True", "reason": "Reconciled", "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}], "observedRevision": 12}}]})),
     responses(
-        (status = 200, description = "Stored reports and ignored ones (unchanged, older than stored, or for records not of this cluster or gone)", body = StatusReply,
+        (status = 200, description = "Stored reports and ignored ones (unchanged, older than stored, or for records not of this cluster or gone); \
+            messages longer than 4096 bytes are stored cut, ending with `… [N bytes cut]`", body = StatusReply,
             example = json!({"applied": 1, "ignored": 0})),
         (status = 400, description = "Malformed JSON", body = ErrorBody,
             example = json!({"code": "KN-400", "message": "malformed JSON: EOF while parsing an object at line 1 column 9"})),
         (status = 401, description = "No agent credential, a user token, or a rotated credential", body = ErrorBody,
             example = json!({"code": "KN-401", "message": "agent routes need the cluster's agent credential: Authorization: Bearer kna_…"})),
-        (status = 422, description = "Too many reports, or a malformed one", body = ErrorBody,
+        (status = 422, description = "More than 1000 reports (over-long messages, reasons and condition lists are cut to their bounds, not refused)", body = ErrorBody,
             example = json!({"code": "KN-422", "message": "validation failed: items: must contain at most 1000 reports (got 1001)",
                 "details": {"violations": [{"field": "items", "reason": "must contain at most 1000 reports (got 1001)"}]}})),
     ),
@@ -1275,7 +1312,7 @@ async fn apply_report(st: &AppState, cluster: ClusterId, item: &ObjectReport) ->
 async fn report_status(
     State(st): State<AppState>,
     agent: Agent,
-    KnJson(report): KnJson<StatusReport>,
+    KnJson(mut report): KnJson<StatusReport>,
 ) -> ApiResult<Response> {
     if report.items.len() > MAX_REPORTS {
         return Err(ApiError::invalid(
@@ -1286,24 +1323,14 @@ async fn report_status(
             ),
         ));
     }
-    let mut v = Validator::new();
-    for (i, item) in report.items.iter().enumerate() {
-        v.max_len(
-            &format!("items[{i}].status.message"),
-            &item.status.message,
-            4096,
-        );
-        if item.status.conditions.len() > 64 {
-            v.push(
-                format!("items[{i}].status.conditions"),
-                "must contain at most 64 conditions",
-            );
-        }
-        if let Some(p) = &item.vela_phase {
-            v.max_len(&format!("items[{i}].velaPhase"), p, 64);
+    // Over-long text is cut item by item, never refused for the whole batch: one
+    // verbose object must not hold back the status of every other object of the cluster.
+    for item in &mut report.items {
+        if item.bound() {
+            tracing::debug!(cluster_id = %agent.cluster, kind = ?item.kind, id = %item.id,
+                "status report cut to the stored bounds");
         }
     }
-    v.finish()?;
     let mut reply = StatusReply::default();
     for item in &report.items {
         if apply_report(&st, agent.cluster, item).await? {

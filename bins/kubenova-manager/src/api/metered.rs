@@ -61,6 +61,7 @@ metered! {
     fn get_cluster(&self, id: ClusterId) -> Result<Cluster>;
     fn list_clusters(&self, params: &ListParams) -> Result<Page<Cluster>>;
     fn update_cluster(&self, cluster: &Cluster, expected_version: i64, opts: &WriteOptions<'_>) -> Result<()>;
+    fn record_cluster_heartbeat(&self, id: ClusterId, at: OffsetDateTime) -> Result<()>;
     fn update_cluster_kubeconfig(&self, cluster: &Cluster, expected_version: i64, kubeconfig: &[u8], opts: &WriteOptions<'_>) -> Result<()>;
     fn delete_cluster(&self, id: ClusterId, cascade: bool, opts: &WriteOptions<'_>) -> Result<()>;
     fn cluster_kubeconfig(&self, id: ClusterId) -> Result<Zeroizing<Vec<u8>>>;
