@@ -234,6 +234,50 @@ pub fn builtins() -> Vec<ResourceType> {
             false,
             Some("networkpolicy-networking-v1.json"),
         ),
+        // Kinds Helm charts commonly carry, validated against the 1.36 definitions.
+        definition(
+            builtin(
+                "policy",
+                "v1",
+                "PodDisruptionBudget",
+                "poddisruptionbudgets",
+                true,
+                &["pdb"],
+                true,
+                None,
+            ),
+            "io.k8s.api.policy.v1.PodDisruptionBudget",
+        ),
+        definition(
+            builtin(
+                "autoscaling",
+                "v2",
+                "HorizontalPodAutoscaler",
+                "horizontalpodautoscalers",
+                true,
+                &["hpa"],
+                true,
+                None,
+            ),
+            "io.k8s.api.autoscaling.v2.HorizontalPodAutoscaler",
+        ),
+        definition(
+            builtin("batch", "v1", "Job", "jobs", true, &[], true, None),
+            "io.k8s.api.batch.v1.Job",
+        ),
+        definition(
+            builtin(
+                "apps",
+                "v1",
+                "StatefulSet",
+                "statefulsets",
+                true,
+                &["sts"],
+                true,
+                None,
+            ),
+            "io.k8s.api.apps.v1.StatefulSet",
+        ),
         definition(
             builtin(
                 "networking.k8s.io",

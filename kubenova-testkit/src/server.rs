@@ -346,6 +346,24 @@ async fn route(
             "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}],
         }))),
         ["api", "v1"] => Ok(ok(&resource_list(app, "", "v1")?)),
+        ["openapi", "v2"] => {
+            openapi_accept(headers)?;
+            Ok(ok(&crate::openapi::v2_document(&app.store.registry())))
+        }
+        ["openapi", "v3"] => {
+            openapi_accept(headers)?;
+            Ok(ok(&crate::openapi::v3_index(&app.store.registry())))
+        }
+        ["openapi", "v3", gv @ ..] => {
+            openapi_accept(headers)?;
+            let path = gv.join("/");
+            let doc = crate::openapi::v3_document(&app.store.registry(), &path).ok_or_else(|| {
+                ApiError::not_found_path(format!(
+                    "the server could not find the requested resource (no OpenAPI v3 document for {path:?})"
+                ))
+            })?;
+            Ok(ok(&doc))
+        }
         ["apis"] => {
             let groups: Vec<Value> = all_groups(app)
                 .iter()
@@ -388,6 +406,23 @@ async fn route(
     }
 }
 
+/// OpenAPI documents are served as JSON only: a client that accepts nothing but the
+/// protobuf form gets 406, as from a server that cannot produce it.
+fn openapi_accept(headers: &HeaderMap) -> ApiResult<()> {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    match crate::openapi::negotiate(accept) {
+        crate::openapi::Negotiated::Json => Ok(()),
+        crate::openapi::Negotiated::NotAcceptable => Err(ApiError::new(
+            406,
+            "NotAcceptable",
+            format!(
+                "only the following media types are accepted: application/json; got {:?}",
+                accept.unwrap_or_default()
+            ),
+        )),
+    }
+}
+
 /// A YAML body (JSON is YAML: clients such as kube-rs send apply patches as JSON under
 /// the YAML media type, and are decoded as JSON, as the API server does).
 fn yaml_or_json(body: &[u8]) -> Result<Value, String> {
@@ -403,7 +438,23 @@ fn yaml_or_json(body: &[u8]) -> Result<Value, String> {
 
 fn parse_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
     let ct = content_type(headers);
-    let v: Value = if ct.contains("yaml") {
+    let v: Value = if crate::protobuf::is_protobuf(&ct) {
+        crate::protobuf::decode(body).map_err(|e| match e {
+            crate::protobuf::DecodeError::UnknownKind { .. } => {
+                ApiError::new(415, "UnsupportedMediaType", e.to_string())
+            }
+            crate::protobuf::DecodeError::Malformed(_) => ApiError::bad_request(e.to_string()),
+        })?
+    } else if ct == "application/cbor" || ct.starts_with("application/vnd.") {
+        // What a server without CBOR answers: client-go then retries in JSON.
+        return Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf; got {ct:?}"
+            ),
+        ));
+    } else if ct.contains("yaml") {
         yaml_or_json(body).map_err(|e| {
             ApiError::bad_request(format!("couldn't get version/kind; yaml parse error: {e}"))
         })?
@@ -621,7 +672,7 @@ async fn resource(
             Ok(json_response(StatusCode::CREATED, &created))
         }
         (Method::DELETE, None) => {
-            let opts = delete_opts(query, &body)?;
+            let opts = delete_opts(query, headers, &body)?;
             Ok(ok(
                 &store.delete_collection(&t, ns, &labels, &fields, &opts)?
             ))
@@ -711,7 +762,7 @@ async fn resource(
             Ok(ok(&out))
         }
         (Method::DELETE, Some(n)) => {
-            let opts = delete_opts(query, &body)?;
+            let opts = delete_opts(query, headers, &body)?;
             Ok(ok(&store.delete(&t, ns, n, &opts)?))
         }
         (m, Some(_)) => Err(ApiError::method_not_allowed(format!(
@@ -744,11 +795,19 @@ fn kubevela_webhook(app: &App, t: &ResourceType, sub: &str, obj: &mut Value, use
     }
 }
 
-fn delete_opts(query: &HashMap<String, String>, body: &[u8]) -> ApiResult<DeleteOpts> {
+fn delete_opts(
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> ApiResult<DeleteOpts> {
     let mut opts = DeleteOpts::default();
     if !body.is_empty() {
-        let v: Value = serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("couldn't decode DeleteOptions: {e}")))?;
+        let v: Value = if crate::protobuf::is_protobuf(&content_type(headers)) {
+            parse_body(headers, body)?
+        } else {
+            serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("couldn't decode DeleteOptions: {e}")))?
+        };
         opts.propagation = v
             .get("propagationPolicy")
             .and_then(Value::as_str)

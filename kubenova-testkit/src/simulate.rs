@@ -8,6 +8,8 @@
 //!   the Tenant (as Capsule does).
 //! * [`SimulatedKubeVela`]: moves every `core.oam.dev` Application to `status.status: running`
 //!   with conditions, per-component `services` and a finished workflow.
+//! * [`SimulatedWorkloads`]: gives every Deployment and StatefulSet the status of a
+//!   finished rollout (all replicas ready), what `helm --wait` waits for.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -29,18 +31,23 @@ pub struct Simulations {
     pub capsule: bool,
     /// Run [`SimulatedKubeVela`].
     pub kubevela: bool,
+    /// Run [`SimulatedWorkloads`].
+    pub workloads: bool,
 }
 
 impl Simulations {
-    /// Parses `capsule,kubevela`.
+    /// Parses `capsule,kubevela,workloads`.
     pub fn parse(s: &str) -> anyhow::Result<Self> {
         let mut out = Self::default();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             match part {
                 "capsule" => out.capsule = true,
                 "kubevela" => out.kubevela = true,
+                "workloads" => out.workloads = true,
                 other => {
-                    anyhow::bail!("unknown simulation {other:?}: expected capsule or kubevela")
+                    anyhow::bail!(
+                        "unknown simulation {other:?}: expected capsule, kubevela or workloads"
+                    )
                 }
             }
         }
@@ -527,5 +534,146 @@ impl SimulatedKubeVela {
                 "simulated-kubevela",
             );
         }
+    }
+}
+
+/// Simulated Deployment and StatefulSet controller: nothing runs, but every Deployment and
+/// StatefulSet (in group `apps`) gets the status of a finished rollout with all replicas
+/// ready, for its current generation: `observedGeneration`, `replicas`, `updatedReplicas`,
+/// `readyReplicas`, `availableReplicas` (= `spec.replicas`, default 1) and, for
+/// Deployments, the conditions `Available=True` (MinimumReplicasAvailable) and
+/// `Progressing=True` (NewReplicaSetAvailable). That is what `helm install --wait`,
+/// kstatus and `kubectl rollout status` wait for.
+#[derive(Debug, Default)]
+pub struct SimulatedWorkloads {
+    /// Objects to reconcile: (plural, namespace, name).
+    dirty: BTreeSet<(String, String, String)>,
+}
+
+const WORKLOADS: [&str; 2] = ["deployments", "statefulsets"];
+
+impl Sim for SimulatedWorkloads {
+    fn note(&mut self, ev: &Event) {
+        if ev.group == "apps" && WORKLOADS.contains(&ev.plural.as_str()) && ev.etype != "DELETED" {
+            self.dirty.insert((
+                ev.plural.clone(),
+                ev.namespace.clone(),
+                s(&ev.object, "/metadata/name").to_owned(),
+            ));
+        }
+    }
+
+    fn resync(&mut self, store: &Store) {
+        for plural in WORKLOADS {
+            for o in list_all(store, "apps", "v1", plural) {
+                self.dirty.insert((
+                    plural.to_owned(),
+                    s(&o, "/metadata/namespace").to_owned(),
+                    s(&o, "/metadata/name").to_owned(),
+                ));
+            }
+        }
+    }
+
+    fn flush(&mut self, store: &Store) {
+        for (plural, ns, name) in std::mem::take(&mut self.dirty) {
+            if let Some(o) = get_obj(store, "apps", "v1", &plural, Some(&ns), &name) {
+                Self::reconcile_one(store, &plural, &o);
+            }
+        }
+    }
+}
+
+impl SimulatedWorkloads {
+    /// Spawns the controller loop.
+    pub fn spawn(
+        store: Arc<Store>,
+        shutdown: watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(run_loop(store, shutdown, SimulatedWorkloads::default()))
+    }
+
+    /// The status a finished rollout of `obj` has.
+    pub fn ready_status(plural: &str, obj: &Value) -> Value {
+        let generation = obj
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        let replicas = obj
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        let mut status = json!({
+            "observedGeneration": generation,
+            "replicas": replicas,
+            "updatedReplicas": replicas,
+            "readyReplicas": replicas,
+            "availableReplicas": replicas,
+        });
+        if plural == "deployments" {
+            let old = obj.pointer("/status/conditions");
+            let now = now_rfc3339();
+            let cond = |ctype: &str, reason: &str, message: String| {
+                // Keep the transition time of a condition that was already true.
+                let since = old
+                    .and_then(Value::as_array)
+                    .and_then(|cs| {
+                        cs.iter()
+                            .find(|c| s(c, "/type") == ctype && s(c, "/status") == "True")
+                    })
+                    .map(|c| s(c, "/lastTransitionTime").to_owned())
+                    .filter(|t| !t.is_empty())
+                    .unwrap_or_else(|| now.clone());
+                json!({"type": ctype, "status": "True", "reason": reason, "message": message,
+                       "lastUpdateTime": now, "lastTransitionTime": since})
+            };
+            let name = s(obj, "/metadata/name");
+            status["conditions"] = json!([
+                cond(
+                    "Available",
+                    "MinimumReplicasAvailable",
+                    "Deployment has minimum availability.".to_owned()
+                ),
+                cond(
+                    "Progressing",
+                    "NewReplicaSetAvailable",
+                    format!("ReplicaSet \"{name}\" has successfully progressed.")
+                ),
+            ]);
+        } else {
+            status["currentReplicas"] = json!(replicas);
+        }
+        status
+    }
+
+    fn reconcile_one(store: &Store, plural: &str, obj: &Value) {
+        if !s(obj, "/metadata/deletionTimestamp").is_empty() {
+            return;
+        }
+        let status = Self::ready_status(plural, obj);
+        let current = obj.get("status").cloned().unwrap_or(Value::Null);
+        let strip = |v: &Value| {
+            let mut v = comparable(v);
+            if let Some(cs) = v.get_mut("conditions").and_then(Value::as_array_mut) {
+                for c in cs {
+                    if let Some(m) = c.as_object_mut() {
+                        m.remove("lastUpdateTime");
+                    }
+                }
+            }
+            v
+        };
+        if strip(&current) == strip(&status) {
+            return;
+        }
+        write_status(
+            store,
+            "apps",
+            "v1",
+            plural,
+            obj,
+            status,
+            "testkit-workload-controller",
+        );
     }
 }

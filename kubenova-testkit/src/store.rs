@@ -86,7 +86,7 @@ pub enum PatchKind {
         /// `force=true`.
         force: bool,
     },
-    /// Strategic merge (treated as merge patch for built-ins).
+    /// Strategic merge patch (built-ins only; see [`crate::strategic`]).
     Strategic,
 }
 
@@ -915,12 +915,24 @@ impl Store {
         };
         let view = present(t, old.clone());
         let (new, precomputed) = match kind {
-            PatchKind::Merge | PatchKind::Strategic => {
+            PatchKind::Merge => {
                 if !patch.is_object() {
                     return Err(ApiError::bad_request("merge patch must be a JSON object"));
                 }
                 let mut doc = view.clone();
                 json_patch::merge(&mut doc, &patch);
+                (doc, false)
+            }
+            PatchKind::Strategic => {
+                let mut doc = view.clone();
+                crate::strategic::apply(&mut doc, &patch, &crate::openapi::definition_name(t))
+                    .map_err(|e| {
+                        ApiError::new(
+                            422,
+                            "Invalid",
+                            format!("the server rejected our request due to an error in our request: {e}"),
+                        )
+                    })?;
                 (doc, false)
             }
             PatchKind::Json => {
