@@ -656,6 +656,16 @@ impl Store {
             body["spec"] = json!({"finalizers": ["kubernetes"]});
             body["status"] = json!({"phase": "Active"});
         }
+        if t.group.is_empty()
+            && t.plural == "secrets"
+            && body
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .is_empty()
+        {
+            body["type"] = json!("Opaque");
+        }
         Self::validate_obj(t, &mut body, opts.strict)?;
         if Self::find(st, t, &ns, &name).is_some() {
             return Err(ApiError::already_exists(&t.group, &t.plural, &name));
