@@ -278,6 +278,19 @@ pub fn builtins() -> Vec<ResourceType> {
             builtin(
                 "apps",
                 "v1",
+                "ReplicaSet",
+                "replicasets",
+                true,
+                &["rs"],
+                true,
+                None,
+            ),
+            "io.k8s.api.apps.v1.ReplicaSet",
+        ),
+        definition(
+            builtin(
+                "apps",
+                "v1",
                 "StatefulSet",
                 "statefulsets",
                 true,

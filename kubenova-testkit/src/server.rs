@@ -307,7 +307,16 @@ fn resource_list(app: &App, group: &str, version: &str) -> ApiResult<Value> {
             if !t.short_names.is_empty() {
                 r["shortNames"] = json!(t.short_names);
             }
-            if t.custom {
+            // `kubectl get all`: the built-in kinds a real server puts in the category.
+            let builtin_all = !t.custom
+                && matches!(
+                    (t.group.as_str(), t.plural.as_str()),
+                    ("", "pods" | "services")
+                        | ("apps", "deployments" | "replicasets" | "statefulsets")
+                        | ("batch", "jobs")
+                        | ("autoscaling", "horizontalpodautoscalers")
+                );
+            if t.custom || builtin_all {
                 r["categories"] = json!(["all"]);
             }
             resources.push(r);

@@ -537,13 +537,14 @@ impl SimulatedKubeVela {
     }
 }
 
-/// Simulated Deployment and StatefulSet controller: nothing runs, but every Deployment and
-/// StatefulSet (in group `apps`) gets the status of a finished rollout with all replicas
+/// Simulated Deployment, StatefulSet and volume controller: nothing runs, but every
+/// Deployment and StatefulSet gets the status of a finished rollout with all replicas
 /// ready, for its current generation: `observedGeneration`, `replicas`, `updatedReplicas`,
 /// `readyReplicas`, `availableReplicas` (= `spec.replicas`, default 1) and, for
 /// Deployments, the conditions `Available=True` (MinimumReplicasAvailable) and
-/// `Progressing=True` (NewReplicaSetAvailable). That is what `helm install --wait`,
-/// kstatus and `kubectl rollout status` wait for.
+/// `Progressing=True` (NewReplicaSetAvailable). Every PersistentVolumeClaim is `Bound` with
+/// the capacity it requests. That is what `helm install --wait`, kstatus and `kubectl
+/// rollout status` wait for. (No ReplicaSets or Pods are created.)
 #[derive(Debug, Default)]
 pub struct SimulatedWorkloads {
     /// Objects to reconcile: (plural, namespace, name).
@@ -551,10 +552,22 @@ pub struct SimulatedWorkloads {
 }
 
 const WORKLOADS: [&str; 2] = ["deployments", "statefulsets"];
+const PVCS: &str = "persistentvolumeclaims";
+
+/// (group, version) of a plural this controller handles.
+fn workload_gv(plural: &str) -> (&'static str, &'static str) {
+    if plural == PVCS {
+        ("", "v1")
+    } else {
+        ("apps", "v1")
+    }
+}
 
 impl Sim for SimulatedWorkloads {
     fn note(&mut self, ev: &Event) {
-        if ev.group == "apps" && WORKLOADS.contains(&ev.plural.as_str()) && ev.etype != "DELETED" {
+        let ours = (ev.group == "apps" && WORKLOADS.contains(&ev.plural.as_str()))
+            || (ev.group.is_empty() && ev.plural == PVCS);
+        if ours && ev.etype != "DELETED" {
             self.dirty.insert((
                 ev.plural.clone(),
                 ev.namespace.clone(),
@@ -564,8 +577,9 @@ impl Sim for SimulatedWorkloads {
     }
 
     fn resync(&mut self, store: &Store) {
-        for plural in WORKLOADS {
-            for o in list_all(store, "apps", "v1", plural) {
+        for plural in WORKLOADS.into_iter().chain([PVCS]) {
+            let (g, v) = workload_gv(plural);
+            for o in list_all(store, g, v, plural) {
                 self.dirty.insert((
                     plural.to_owned(),
                     s(&o, "/metadata/namespace").to_owned(),
@@ -577,7 +591,8 @@ impl Sim for SimulatedWorkloads {
 
     fn flush(&mut self, store: &Store) {
         for (plural, ns, name) in std::mem::take(&mut self.dirty) {
-            if let Some(o) = get_obj(store, "apps", "v1", &plural, Some(&ns), &name) {
+            let (g, v) = workload_gv(&plural);
+            if let Some(o) = get_obj(store, g, v, &plural, Some(&ns), &name) {
                 Self::reconcile_one(store, &plural, &o);
             }
         }
@@ -595,6 +610,16 @@ impl SimulatedWorkloads {
 
     /// The status a finished rollout of `obj` has.
     pub fn ready_status(plural: &str, obj: &Value) -> Value {
+        if plural == PVCS {
+            let mut status = json!({"phase": "Bound"});
+            if let Some(modes) = obj.pointer("/spec/accessModes") {
+                status["accessModes"] = modes.clone();
+            }
+            if let Some(req) = obj.pointer("/spec/resources/requests/storage") {
+                status["capacity"] = json!({"storage": req});
+            }
+            return status;
+        }
         let generation = obj
             .pointer("/metadata/generation")
             .and_then(Value::as_i64)
@@ -666,10 +691,11 @@ impl SimulatedWorkloads {
         if strip(&current) == strip(&status) {
             return;
         }
+        let (g, v) = workload_gv(plural);
         write_status(
             store,
-            "apps",
-            "v1",
+            g,
+            v,
             plural,
             obj,
             status,
