@@ -33,6 +33,8 @@ struct Field {
     kind: String,
     repeated: bool,
     message: Option<String>,
+    /// A Go struct embedded with `json:",inline"`: its fields go into the parent.
+    inline: bool,
 }
 
 static FIELDS: LazyLock<HashMap<String, Vec<Field>>> = LazyLock::new(|| {
@@ -49,6 +51,7 @@ static FIELDS: LazyLock<HashMap<String, Vec<Field>>> = LazyLock::new(|| {
                     kind: f[2].as_str().unwrap_or_default().to_owned(),
                     repeated: f.get(3).and_then(Value::as_bool).unwrap_or(false),
                     message: f.get(4).and_then(Value::as_str).map(str::to_owned),
+                    inline: f.get(5).and_then(Value::as_bool).unwrap_or(false),
                 })
                 .collect();
             (name, fields)
@@ -229,7 +232,12 @@ fn decode_message(buf: &[u8], message: &str, depth: usize) -> Result<Value, Deco
                 m.extend(entry);
             }
         } else if let Some(v) = values.into_iter().next() {
-            out.insert(field.json.clone(), v);
+            match v {
+                Value::Object(inner) if field.inline => out.extend(inner),
+                v => {
+                    out.insert(field.json.clone(), v);
+                }
+            }
         }
     }
     // Go's gogo-protobuf writes every non-pointer field, so an absent value in JSON
@@ -527,6 +535,60 @@ mod tests {
         let mut truncated = CREATE_NAMESPACE_X.to_vec();
         truncated.truncate(20);
         assert!(matches!(decode(&truncated), Err(DecodeError::Malformed(_))));
+    }
+
+    /// The table agrees with the Kubernetes 1.36 definitions: every field of a message that
+    /// has a definition is one of its properties (or inlined into it), every referenced
+    /// message is in the table, and every kind the testkit serves can be decoded.
+    #[test]
+    fn the_field_table_matches_the_definitions() {
+        let mut checked = 0;
+        for (name, fields) in FIELDS.iter() {
+            for f in fields {
+                if let Some(m) = &f.message {
+                    assert!(FIELDS.contains_key(m), "{name}.{} -> missing {m}", f.json);
+                }
+            }
+            let Some(props) = crate::openapi::definition(name)
+                .and_then(|d| d.get("properties"))
+                .and_then(Value::as_object)
+            else {
+                continue;
+            };
+            checked += 1;
+            for f in fields {
+                // workloadRef: a 1.36 alpha field the published schema leaves out.
+                if f.inline || f.json == "workloadRef" {
+                    continue;
+                }
+                assert!(
+                    props.contains_key(&f.json),
+                    "{name} has no property {}",
+                    f.json
+                );
+            }
+        }
+        assert!(checked > 600, "only {checked} messages have a definition");
+        for t in crate::registry::builtins() {
+            assert!(
+                message_for(&t.api_version(), &t.kind).is_some(),
+                "no protobuf table for {} {}",
+                t.api_version(),
+                t.kind
+            );
+        }
+    }
+
+    #[test]
+    fn inlined_structs_land_in_the_parent() {
+        // ConfigMapEnvSource{localObjectReference{name: "cfg"}, optional: true}
+        let mut lor = Vec::new();
+        field(1, b"cfg", &mut lor);
+        let mut src = Vec::new();
+        field(1, &lor, &mut src);
+        src.extend([2 << 3, 1]); // optional = true (varint)
+        let v = decode_message(&src, "io.k8s.api.core.v1.ConfigMapEnvSource", 0).unwrap();
+        assert_eq!(v, json!({"name": "cfg", "optional": true}));
     }
 
     #[test]

@@ -262,6 +262,28 @@ fn scenario(k: &Kubectl, client: &kube::Client) {
         "demo",
         "--from-literal=k=v",
     ]);
+    // More typed creates: a Deployment (nested messages, inlined structs, a zero that
+    // matters), a ServiceAccount and a TokenRequest for it.
+    k.ok(&[
+        "create",
+        "deployment",
+        "probe",
+        "-n",
+        "demo",
+        "--image=probe:1",
+        "--replicas=0",
+        "--port=8080",
+    ]);
+    let probe = block(Api::<Deployment>::namespaced(client.clone(), "demo").get("probe")).unwrap();
+    let spec = probe.spec.unwrap();
+    assert_eq!(spec.replicas, Some(0));
+    let c = &spec.template.spec.unwrap().containers[0];
+    assert_eq!(c.image.as_deref(), Some("probe:1"));
+    assert_eq!(c.ports.as_ref().unwrap()[0].container_port, 8080);
+    k.ok(&["delete", "deployment", "probe", "-n", "demo"]);
+    k.ok(&["create", "serviceaccount", "robot", "-n", "demo"]);
+    let token = k.ok(&["create", "token", "robot", "-n", "demo", "--duration=1h"]);
+    assert_eq!(token.trim().split('.').count(), 3, "{token}");
     // A typo is refused by server-side field validation (kubectl --validate=strict asks
     // the OpenAPI v3 document whether PATCH takes fieldValidation).
     let typo = k.write(

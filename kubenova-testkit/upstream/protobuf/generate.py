@@ -1,6 +1,11 @@
 #!/usr/bin/env python3
 """Regenerates fields.json: the protobuf field table of every Kubernetes API message.
 
+Each message maps to its fields, `[tag, jsonName, kind]` with `kind` one of string, int32,
+int64, bool, bytes, double, map_string, map_bytes, or `[tag, jsonName, "message" |
+"map_message", repeated, messageName]` plus `true` for a field to inline (a Go struct
+embedded with `json:",inline"`); a repeated scalar has `true` as its fourth element.
+
 The testkit decodes the protobuf bodies that kubectl and client-go send for built-in kinds
 (`application/vnd.kubernetes.protobuf`) with this table. It is read from the prost
 attributes of the `k8s-pb` crate (the Kubernetes `generated.proto` files compiled by
@@ -77,6 +82,21 @@ def main():
                         entry.append(resolve(mod, ty))
                     fields.append(entry)
                 out[full] = sorted(fields)
+    # Go structs embedded with `json:",inline"` (LocalObjectReference in ConfigMapEnvSource,
+    # ProbeHandler in Probe, VolumeSource in Volume, ...) are nested messages in protobuf but
+    # their fields sit in the parent in JSON: mark such fields (their name is no property of
+    # the parent, and their fields are) so the decoder inlines them.
+    for name, fields in out.items():
+        props = (defs.get(name) or {}).get("properties")
+        if not props:
+            continue
+        for f in fields:
+            if f[2] != "message" or f[3] or f[1] in props:
+                continue
+            inner = set((defs.get(f[4]) or {}).get("properties") or {})
+            inner |= {x[1] for x in out.get(f[4], [])}
+            if inner & set(props):
+                f.append(True)
     json.dump(out, open(os.path.join(HERE, "fields.json"), "w"), sort_keys=True, separators=(",", ":"))
     open(os.path.join(HERE, "fields.json"), "a").write("\n")
     print(f"{len(out)} messages")
