@@ -12,8 +12,10 @@ attributes of the `k8s-pb` crate (the Kubernetes `generated.proto` files compile
 kube-rs), and each field's JSON name is taken from the Kubernetes 1.36 schemas beside
 it (`hostIP`, not `hostIp`).
 
-Usage: python3 generate.py <path to the unpacked k8s-pb crate>  (e.g.
-~/.cargo/registry/src/*/k8s-pb-0.9.0 after `cargo fetch` of a crate depending on it).
+Usage: python3 generate.py <path to the unpacked k8s-pb crate> [output]  (e.g.
+~/.cargo/registry/src/*/k8s-pb-0.9.0 after `cargo fetch` of a crate depending on it; the
+output defaults to fields.json beside this script). `tests/protobuf_table.rs` regenerates it
+and fails on drift; `KUBENOVA_BLESS=1` rewrites it.
 """
 import json
 import os
@@ -97,8 +99,10 @@ def main():
             inner |= {x[1] for x in out.get(f[4], [])}
             if inner & set(props):
                 f.append(True)
-    json.dump(out, open(os.path.join(HERE, "fields.json"), "w"), sort_keys=True, separators=(",", ":"))
-    open(os.path.join(HERE, "fields.json"), "a").write("\n")
+    target = sys.argv[2] if len(sys.argv) > 2 else os.path.join(HERE, "fields.json")
+    with open(target, "w") as f:
+        json.dump(out, f, sort_keys=True, separators=(",", ":"))
+        f.write("\n")
     print(f"{len(out)} messages")
 
 
