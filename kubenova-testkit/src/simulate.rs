@@ -543,30 +543,40 @@ impl SimulatedKubeVela {
 /// `readyReplicas`, `availableReplicas` (= `spec.replicas`, default 1) and, for
 /// Deployments, the conditions `Available=True` (MinimumReplicasAvailable) and
 /// `Progressing=True` (NewReplicaSetAvailable). Every PersistentVolumeClaim is `Bound` with
-/// the capacity it requests. That is what `helm install --wait`, kstatus and `kubectl
-/// rollout status` wait for. (No ReplicaSets or Pods are created.)
+/// the capacity it requests. Every Job completes (`Complete=True`), and every Pod without a
+/// status runs (all containers ready) or, with `restartPolicy` Never or OnFailure, has
+/// `Succeeded`. That is what `helm install --wait`, Helm hooks, `helm test`, kstatus and
+/// `kubectl rollout status` wait for. (No ReplicaSets or Pods are created.)
 #[derive(Debug, Default)]
 pub struct SimulatedWorkloads {
     /// Objects to reconcile: (plural, namespace, name).
     dirty: BTreeSet<(String, String, String)>,
 }
 
-const WORKLOADS: [&str; 2] = ["deployments", "statefulsets"];
 const PVCS: &str = "persistentvolumeclaims";
+
+/// What this controller handles: (group, version, plural).
+const HANDLED: [(&str, &str, &str); 5] = [
+    ("apps", "v1", "deployments"),
+    ("apps", "v1", "statefulsets"),
+    ("batch", "v1", "jobs"),
+    ("", "v1", "pods"),
+    ("", "v1", PVCS),
+];
 
 /// (group, version) of a plural this controller handles.
 fn workload_gv(plural: &str) -> (&'static str, &'static str) {
-    if plural == PVCS {
-        ("", "v1")
-    } else {
-        ("apps", "v1")
-    }
+    HANDLED
+        .iter()
+        .find(|(_, _, p)| *p == plural)
+        .map_or(("apps", "v1"), |(g, v, _)| (*g, *v))
 }
 
 impl Sim for SimulatedWorkloads {
     fn note(&mut self, ev: &Event) {
-        let ours = (ev.group == "apps" && WORKLOADS.contains(&ev.plural.as_str()))
-            || (ev.group.is_empty() && ev.plural == PVCS);
+        let ours = HANDLED
+            .iter()
+            .any(|(g, _, p)| *g == ev.group && *p == ev.plural);
         if ours && ev.etype != "DELETED" {
             self.dirty.insert((
                 ev.plural.clone(),
@@ -577,8 +587,7 @@ impl Sim for SimulatedWorkloads {
     }
 
     fn resync(&mut self, store: &Store) {
-        for plural in WORKLOADS.into_iter().chain([PVCS]) {
-            let (g, v) = workload_gv(plural);
+        for (g, v, plural) in HANDLED {
             for o in list_all(store, g, v, plural) {
                 self.dirty.insert((
                     plural.to_owned(),
@@ -610,6 +619,12 @@ impl SimulatedWorkloads {
 
     /// The status a finished rollout of `obj` has.
     pub fn ready_status(plural: &str, obj: &Value) -> Value {
+        if plural == "jobs" {
+            return Self::job_status(obj);
+        }
+        if plural == "pods" {
+            return Self::pod_status(obj);
+        }
         if plural == PVCS {
             let mut status = json!({"phase": "Bound"});
             if let Some(modes) = obj.pointer("/spec/accessModes") {
@@ -671,8 +686,80 @@ impl SimulatedWorkloads {
         status
     }
 
+    /// A Job that ran to completion: `succeeded` = `completions` (default 1), conditions
+    /// `SuccessCriteriaMet` and `Complete`.
+    fn job_status(obj: &Value) -> Value {
+        let done = obj
+            .pointer("/spec/completions")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        let old = |k: &str| obj.pointer(&format!("/status/{k}")).cloned();
+        let now = now_rfc3339();
+        let started = old("startTime").unwrap_or_else(|| json!(now));
+        let finished = old("completionTime").unwrap_or_else(|| json!(now));
+        let cond = |t: &str| {
+            json!({"type": t, "status": "True", "reason": "CompletionsReached",
+                   "message": "Reached expected number of succeeded pods",
+                   "lastProbeTime": finished, "lastTransitionTime": finished})
+        };
+        json!({
+            "startTime": started,
+            "completionTime": finished,
+            "succeeded": done,
+            "ready": 0,
+            "terminating": 0,
+            "conditions": [cond("SuccessCriteriaMet"), cond("Complete")],
+        })
+    }
+
+    /// A Pod that runs (`Running`, every container ready) or, with `restartPolicy` Never
+    /// or OnFailure (a `helm test` Pod, a Job's Pod), that finished (`Succeeded`, exit 0).
+    fn pod_status(obj: &Value) -> Value {
+        let finishes = matches!(s(obj, "/spec/restartPolicy"), "Never" | "OnFailure");
+        let since = obj
+            .pointer("/status/startTime")
+            .cloned()
+            .unwrap_or_else(|| json!(now_rfc3339()));
+        let statuses: Vec<Value> = obj
+            .pointer("/spec/containers")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                let state = if finishes {
+                    json!({"terminated": {"exitCode": 0, "reason": "Completed",
+                                          "startedAt": since, "finishedAt": since}})
+                } else {
+                    json!({"running": {"startedAt": since}})
+                };
+                json!({"name": s(c, "/name"), "image": s(c, "/image"), "imageID": "",
+                       "ready": !finishes, "started": !finishes, "restartCount": 0,
+                       "state": state})
+            })
+            .collect();
+        let (phase, ready, reason) = if finishes {
+            ("Succeeded", "False", "PodCompleted")
+        } else {
+            ("Running", "True", "")
+        };
+        let mut cond = json!({"type": "Ready", "status": ready, "lastTransitionTime": since});
+        if !reason.is_empty() {
+            cond["reason"] = json!(reason);
+        }
+        json!({
+            "phase": phase,
+            "startTime": since,
+            "conditions": [cond],
+            "containerStatuses": statuses,
+        })
+    }
+
     fn reconcile_one(store: &Store, plural: &str, obj: &Value) {
         if !s(obj, "/metadata/deletionTimestamp").is_empty() {
+            return;
+        }
+        // Pods whose status a test wrote itself (phase set) are left alone.
+        if plural == "pods" && !s(obj, "/status/phase").is_empty() {
             return;
         }
         let status = Self::ready_status(plural, obj);

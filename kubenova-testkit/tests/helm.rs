@@ -1,7 +1,8 @@
 //! Real Helm (helm-python-sdk: Helm v4 as a library) against a started testkit: install
-//! with `--wait`, upgrade with changed values, roll back, uninstall, and a failed install,
+//! with `--wait`, `helm test`, upgrade with changed values, roll back, uninstall, and a failed install,
 //! of the local chart `tests/charts/webapp` (Deployment, Service, ServiceAccount, Secret,
-//! ConfigMap, Role/RoleBinding, PodDisruptionBudget, NetworkPolicy, PVC).
+//! ConfigMap, Role/RoleBinding, PodDisruptionBudget, NetworkPolicy, PVC, a pre-install hook
+//! Job and a `helm test` Pod).
 //!
 //! The interpreter of the venv made by `scripts/helm_python.sh` comes from
 //! `KUBENOVA_HELM_PYTHON` (scripts/test.sh exports it). Without it the test is skipped
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{
     ConfigMap, PersistentVolumeClaim, Secret, Service, ServiceAccount,
 };
@@ -190,6 +192,15 @@ async fn helm_install_upgrade_rollback_uninstall() {
         cms.get("web-settings").await.unwrap().data.unwrap()["greeting"],
         "hello"
     );
+    // The pre-install hook Job ran to completion before the release was deployed.
+    let job = Api::<Job>::namespaced(client.clone(), ns)
+        .get("web-migrate")
+        .await
+        .unwrap();
+    assert_eq!(job.status.unwrap().succeeded, Some(1));
+    // helm test: the test hook Pod succeeds (simulated), and is cleaned up.
+    let tested = helm.ok(with(json!({"action": "test"}))).await;
+    assert_eq!(tested["release"]["status"], "deployed", "{tested}");
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
     let key = secrets.get("web-key").await.unwrap().data.unwrap()["key"].clone();
     assert_eq!(key.0.len(), 32);

@@ -1,7 +1,7 @@
 """Runs one Helm action with helm-python-sdk (Helm v4 as a library) for the testkit's tests.
 
 Usage: python helm_action.py '<json>' where the JSON object has
-  kubeconfig, action (install | upgrade | rollback | uninstall | history | status),
+  kubeconfig, action (install | upgrade | rollback | uninstall | test | history | status),
   name, namespace and, per action: chart (a directory), values, wait, version.
 Prints one JSON object: {"ok": true, "result": ...} or {"ok": false, "error": ..., "type": ...}.
 """
@@ -42,6 +42,8 @@ def main() -> None:
             out = None
         elif action == "uninstall":
             out = cfg.uninstall(name, wait=req.get("wait"), timeout=timeout)
+        elif action == "test":
+            out = cfg.test(name, timeout=timeout)
         elif action == "history":
             out = cfg.history(name)
         elif action == "status":
