@@ -326,6 +326,9 @@ fn resource_list(app: &App, group: &str, version: &str) -> ApiResult<Value> {
             if t.group.is_empty() && t.plural == "serviceaccounts" {
                 resources.push(json!({"name": "serviceaccounts/token", "singularName": "", "namespaced": true, "group": AUTHN_GROUP, "version": "v1", "kind": "TokenRequest", "verbs": ["create"]}));
             }
+            if has_scale(&t) {
+                resources.push(json!({"name": format!("{}/scale", t.plural), "singularName": "", "namespaced": true, "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}));
+            }
             if t.group.is_empty() && t.plural == "pods" {
                 resources.push(json!({"name": "pods/log", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]}));
             }
@@ -589,6 +592,7 @@ async fn resource(
         Some("token") if t.group.is_empty() && t.plural == "serviceaccounts" => {}
         Some("log") if t.group.is_empty() && t.plural == "pods" => {}
         Some("finalize") if t.group.is_empty() && t.plural == "namespaces" => {}
+        Some("scale") if has_scale(&t) => {}
         Some(other) => {
             return Err(ApiError::not_found_path(format!(
                 "the server could not find the requested resource (subresource {other:?} of {})",
@@ -694,6 +698,7 @@ async fn resource(
             t.plural
         ))),
         (Method::POST, Some(n)) if sub == "token" => token_request(app, &t, ns, n, headers, &body),
+        (m, Some(n)) if sub == "scale" => scale(app, &t, ns, n, &m, query, headers, &body),
         (Method::GET, Some(n)) if sub == "log" => {
             crate::podlogs::respond(app, &t, ns.unwrap_or_default(), n, query)
         }
@@ -779,6 +784,125 @@ async fn resource(
             t.plural
         ))),
     }
+}
+
+/// Kinds with a `scale` subresource (`kubectl scale`, HPAs).
+fn has_scale(t: &ResourceType) -> bool {
+    t.group == "apps"
+        && matches!(
+            t.plural.as_str(),
+            "deployments" | "statefulsets" | "replicasets"
+        )
+}
+
+/// The `autoscaling/v1` Scale of a workload.
+fn scale_of(obj: &Value) -> Value {
+    let selector = obj
+        .pointer("/spec/selector/matchLabels")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let md = |k: &str| {
+        obj.pointer(&format!("/metadata/{k}"))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    json!({
+        "apiVersion": "autoscaling/v1",
+        "kind": "Scale",
+        "metadata": {"name": md("name"), "namespace": md("namespace"), "uid": md("uid"),
+                     "resourceVersion": md("resourceVersion"), "creationTimestamp": md("creationTimestamp")},
+        "spec": {"replicas": obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1)},
+        "status": {"replicas": obj.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0),
+                   "selector": selector},
+    })
+}
+
+/// GET, PUT and PATCH (merge, JSON or strategic) of `<workload>/scale`: the Scale's
+/// `spec.replicas` is written to the workload's `spec.replicas`.
+#[allow(clippy::too_many_arguments)]
+fn scale(
+    app: &App,
+    t: &ResourceType,
+    ns: Option<&str>,
+    name: &str,
+    method: &Method,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> ApiResult<Response> {
+    let store = &app.store;
+    let current = scale_of(&store.get(t, ns, name)?);
+    let wanted = match *method {
+        Method::GET => return Ok(ok(&current)),
+        Method::PUT => parse_body(headers, body)?,
+        Method::PATCH => {
+            let patch: Value = serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+            let mut doc = current.clone();
+            match content_type(headers).as_str() {
+                "application/json-patch+json" => {
+                    let p: json_patch::Patch = serde_json::from_value(patch).map_err(|e| {
+                        ApiError::bad_request(format!("couldn't decode JSON patch: {e}"))
+                    })?;
+                    json_patch::patch(&mut doc, &p).map_err(|e| {
+                        ApiError::new(422, "Invalid", format!("the server rejected our request due to an error in our request: {e}"))
+                    })?;
+                }
+                "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+                    json_patch::merge(&mut doc, &patch);
+                }
+                other => return Err(ApiError::unsupported_media_type(other)),
+            }
+            doc
+        }
+        ref m => {
+            return Err(ApiError::method_not_allowed(format!(
+                "{m} is not supported on {}/scale (get, update, patch)",
+                t.plural
+            )));
+        }
+    };
+    let Some(replicas) = wanted.pointer("/spec/replicas").and_then(Value::as_i64) else {
+        return Err(ApiError::invalid(
+            "autoscaling",
+            "Scale",
+            name,
+            vec![crate::error::Cause::new(
+                "FieldValueRequired",
+                "Required value: spec.replicas must be an integer",
+                "spec.replicas",
+            )],
+        ));
+    };
+    if replicas < 0 {
+        return Err(ApiError::invalid(
+            "autoscaling",
+            "Scale",
+            name,
+            vec![crate::error::Cause::new(
+                "FieldValueInvalid",
+                format!("Invalid value: {replicas}: must be greater than or equal to 0"),
+                "spec.replicas",
+            )],
+        ));
+    }
+    let opts = write_opts(query, headers)?;
+    let updated = store.patch(
+        t,
+        ns,
+        name,
+        PatchKind::Merge,
+        json!({"spec": {"replicas": replicas}}),
+        &opts,
+        "",
+    )?;
+    Ok(ok(&scale_of(&updated)))
 }
 
 /// KubeVela's mutating webhook with application authentication on (see

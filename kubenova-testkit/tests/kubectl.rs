@@ -474,6 +474,29 @@ fn scenario(k: &Kubectl, client: &kube::Client) {
         "--timeout=30s",
     ]);
 
+    // scale goes through the Scale subresource.
+    k.ok(&["scale", "deployment", "web", "-n", "demo", "--replicas=4"]);
+    assert_eq!(
+        block(deploys.get("web")).unwrap().spec.unwrap().replicas,
+        Some(4)
+    );
+    let scale = k.json(&[
+        "get",
+        "--raw",
+        "/apis/apps/v1/namespaces/demo/deployments/web/scale",
+    ]);
+    assert_eq!(scale["kind"], "Scale");
+    assert_eq!(scale["spec"]["replicas"], 4);
+    assert_eq!(scale["status"]["selector"], "app=web");
+    k.ok(&[
+        "rollout",
+        "status",
+        "deployment/web",
+        "-n",
+        "demo",
+        "--timeout=30s",
+    ]);
+
     // label, then get with selectors as JSON.
     k.ok(&[
         "label",
