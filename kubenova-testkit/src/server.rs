@@ -307,7 +307,16 @@ fn resource_list(app: &App, group: &str, version: &str) -> ApiResult<Value> {
             if !t.short_names.is_empty() {
                 r["shortNames"] = json!(t.short_names);
             }
-            if t.custom {
+            // `kubectl get all`: the built-in kinds a real server puts in the category.
+            let builtin_all = !t.custom
+                && matches!(
+                    (t.group.as_str(), t.plural.as_str()),
+                    ("", "pods" | "services")
+                        | ("apps", "deployments" | "replicasets" | "statefulsets")
+                        | ("batch", "jobs")
+                        | ("autoscaling", "horizontalpodautoscalers")
+                );
+            if t.custom || builtin_all {
                 r["categories"] = json!(["all"]);
             }
             resources.push(r);
@@ -316,6 +325,9 @@ fn resource_list(app: &App, group: &str, version: &str) -> ApiResult<Value> {
             }
             if t.group.is_empty() && t.plural == "serviceaccounts" {
                 resources.push(json!({"name": "serviceaccounts/token", "singularName": "", "namespaced": true, "group": AUTHN_GROUP, "version": "v1", "kind": "TokenRequest", "verbs": ["create"]}));
+            }
+            if has_scale(&t) {
+                resources.push(json!({"name": format!("{}/scale", t.plural), "singularName": "", "namespaced": true, "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}));
             }
             if t.group.is_empty() && t.plural == "pods" {
                 resources.push(json!({"name": "pods/log", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]}));
@@ -346,6 +358,24 @@ async fn route(
             "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": "127.0.0.1"}],
         }))),
         ["api", "v1"] => Ok(ok(&resource_list(app, "", "v1")?)),
+        ["openapi", "v2"] => {
+            openapi_accept(headers)?;
+            Ok(ok(&crate::openapi::v2_document(&app.store.registry())))
+        }
+        ["openapi", "v3"] => {
+            openapi_accept(headers)?;
+            Ok(ok(&crate::openapi::v3_index(&app.store.registry())))
+        }
+        ["openapi", "v3", gv @ ..] => {
+            openapi_accept(headers)?;
+            let path = gv.join("/");
+            let doc = crate::openapi::v3_document(&app.store.registry(), &path).ok_or_else(|| {
+                ApiError::not_found_path(format!(
+                    "the server could not find the requested resource (no OpenAPI v3 document for {path:?})"
+                ))
+            })?;
+            Ok(ok(&doc))
+        }
         ["apis"] => {
             let groups: Vec<Value> = all_groups(app)
                 .iter()
@@ -388,6 +418,23 @@ async fn route(
     }
 }
 
+/// OpenAPI documents are served as JSON only: a client that accepts nothing but the
+/// protobuf form gets 406, as from a server that cannot produce it.
+fn openapi_accept(headers: &HeaderMap) -> ApiResult<()> {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    match crate::openapi::negotiate(accept) {
+        crate::openapi::Negotiated::Json => Ok(()),
+        crate::openapi::Negotiated::NotAcceptable => Err(ApiError::new(
+            406,
+            "NotAcceptable",
+            format!(
+                "only the following media types are accepted: application/json; got {:?}",
+                accept.unwrap_or_default()
+            ),
+        )),
+    }
+}
+
 /// A YAML body (JSON is YAML: clients such as kube-rs send apply patches as JSON under
 /// the YAML media type, and are decoded as JSON, as the API server does).
 fn yaml_or_json(body: &[u8]) -> Result<Value, String> {
@@ -403,7 +450,23 @@ fn yaml_or_json(body: &[u8]) -> Result<Value, String> {
 
 fn parse_body(headers: &HeaderMap, body: &[u8]) -> ApiResult<Value> {
     let ct = content_type(headers);
-    let v: Value = if ct.contains("yaml") {
+    let v: Value = if crate::protobuf::is_protobuf(&ct) {
+        crate::protobuf::decode(body).map_err(|e| match e {
+            crate::protobuf::DecodeError::UnknownKind { .. } => {
+                ApiError::new(415, "UnsupportedMediaType", e.to_string())
+            }
+            crate::protobuf::DecodeError::Malformed(_) => ApiError::bad_request(e.to_string()),
+        })?
+    } else if ct == "application/cbor" || ct.starts_with("application/vnd.") {
+        // What a server without CBOR answers: client-go then retries in JSON.
+        return Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf; got {ct:?}"
+            ),
+        ));
+    } else if ct.contains("yaml") {
         yaml_or_json(body).map_err(|e| {
             ApiError::bad_request(format!("couldn't get version/kind; yaml parse error: {e}"))
         })?
@@ -529,6 +592,7 @@ async fn resource(
         Some("token") if t.group.is_empty() && t.plural == "serviceaccounts" => {}
         Some("log") if t.group.is_empty() && t.plural == "pods" => {}
         Some("finalize") if t.group.is_empty() && t.plural == "namespaces" => {}
+        Some("scale") if has_scale(&t) => {}
         Some(other) => {
             return Err(ApiError::not_found_path(format!(
                 "the server could not find the requested resource (subresource {other:?} of {})",
@@ -621,7 +685,7 @@ async fn resource(
             Ok(json_response(StatusCode::CREATED, &created))
         }
         (Method::DELETE, None) => {
-            let opts = delete_opts(query, &body)?;
+            let opts = delete_opts(query, headers, &body)?;
             Ok(ok(
                 &store.delete_collection(&t, ns, &labels, &fields, &opts)?
             ))
@@ -634,6 +698,7 @@ async fn resource(
             t.plural
         ))),
         (Method::POST, Some(n)) if sub == "token" => token_request(app, &t, ns, n, headers, &body),
+        (m, Some(n)) if sub == "scale" => scale(app, &t, ns, n, &m, query, headers, &body),
         (Method::GET, Some(n)) if sub == "log" => {
             crate::podlogs::respond(app, &t, ns.unwrap_or_default(), n, query)
         }
@@ -711,7 +776,7 @@ async fn resource(
             Ok(ok(&out))
         }
         (Method::DELETE, Some(n)) => {
-            let opts = delete_opts(query, &body)?;
+            let opts = delete_opts(query, headers, &body)?;
             Ok(ok(&store.delete(&t, ns, n, &opts)?))
         }
         (m, Some(_)) => Err(ApiError::method_not_allowed(format!(
@@ -719,6 +784,125 @@ async fn resource(
             t.plural
         ))),
     }
+}
+
+/// Kinds with a `scale` subresource (`kubectl scale`, HPAs).
+fn has_scale(t: &ResourceType) -> bool {
+    t.group == "apps"
+        && matches!(
+            t.plural.as_str(),
+            "deployments" | "statefulsets" | "replicasets"
+        )
+}
+
+/// The `autoscaling/v1` Scale of a workload.
+fn scale_of(obj: &Value) -> Value {
+    let selector = obj
+        .pointer("/spec/selector/matchLabels")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    let md = |k: &str| {
+        obj.pointer(&format!("/metadata/{k}"))
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    json!({
+        "apiVersion": "autoscaling/v1",
+        "kind": "Scale",
+        "metadata": {"name": md("name"), "namespace": md("namespace"), "uid": md("uid"),
+                     "resourceVersion": md("resourceVersion"), "creationTimestamp": md("creationTimestamp")},
+        "spec": {"replicas": obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1)},
+        "status": {"replicas": obj.pointer("/status/replicas").and_then(Value::as_i64).unwrap_or(0),
+                   "selector": selector},
+    })
+}
+
+/// GET, PUT and PATCH (merge, JSON or strategic) of `<workload>/scale`: the Scale's
+/// `spec.replicas` is written to the workload's `spec.replicas`.
+#[allow(clippy::too_many_arguments)]
+fn scale(
+    app: &App,
+    t: &ResourceType,
+    ns: Option<&str>,
+    name: &str,
+    method: &Method,
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> ApiResult<Response> {
+    let store = &app.store;
+    let current = scale_of(&store.get(t, ns, name)?);
+    let wanted = match *method {
+        Method::GET => return Ok(ok(&current)),
+        Method::PUT => parse_body(headers, body)?,
+        Method::PATCH => {
+            let patch: Value = serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
+            let mut doc = current.clone();
+            match content_type(headers).as_str() {
+                "application/json-patch+json" => {
+                    let p: json_patch::Patch = serde_json::from_value(patch).map_err(|e| {
+                        ApiError::bad_request(format!("couldn't decode JSON patch: {e}"))
+                    })?;
+                    json_patch::patch(&mut doc, &p).map_err(|e| {
+                        ApiError::new(422, "Invalid", format!("the server rejected our request due to an error in our request: {e}"))
+                    })?;
+                }
+                "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+                    json_patch::merge(&mut doc, &patch);
+                }
+                other => return Err(ApiError::unsupported_media_type(other)),
+            }
+            doc
+        }
+        ref m => {
+            return Err(ApiError::method_not_allowed(format!(
+                "{m} is not supported on {}/scale (get, update, patch)",
+                t.plural
+            )));
+        }
+    };
+    let Some(replicas) = wanted.pointer("/spec/replicas").and_then(Value::as_i64) else {
+        return Err(ApiError::invalid(
+            "autoscaling",
+            "Scale",
+            name,
+            vec![crate::error::Cause::new(
+                "FieldValueRequired",
+                "Required value: spec.replicas must be an integer",
+                "spec.replicas",
+            )],
+        ));
+    };
+    if replicas < 0 {
+        return Err(ApiError::invalid(
+            "autoscaling",
+            "Scale",
+            name,
+            vec![crate::error::Cause::new(
+                "FieldValueInvalid",
+                format!("Invalid value: {replicas}: must be greater than or equal to 0"),
+                "spec.replicas",
+            )],
+        ));
+    }
+    let opts = write_opts(query, headers)?;
+    let updated = store.patch(
+        t,
+        ns,
+        name,
+        PatchKind::Merge,
+        json!({"spec": {"replicas": replicas}}),
+        &opts,
+        "",
+    )?;
+    Ok(ok(&scale_of(&updated)))
 }
 
 /// KubeVela's mutating webhook with application authentication on (see
@@ -744,11 +928,19 @@ fn kubevela_webhook(app: &App, t: &ResourceType, sub: &str, obj: &mut Value, use
     }
 }
 
-fn delete_opts(query: &HashMap<String, String>, body: &[u8]) -> ApiResult<DeleteOpts> {
+fn delete_opts(
+    query: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> ApiResult<DeleteOpts> {
     let mut opts = DeleteOpts::default();
     if !body.is_empty() {
-        let v: Value = serde_json::from_slice(body)
-            .map_err(|e| ApiError::bad_request(format!("couldn't decode DeleteOptions: {e}")))?;
+        let v: Value = if crate::protobuf::is_protobuf(&content_type(headers)) {
+            parse_body(headers, body)?
+        } else {
+            serde_json::from_slice(body)
+                .map_err(|e| ApiError::bad_request(format!("couldn't decode DeleteOptions: {e}")))?
+        };
         opts.propagation = v
             .get("propagationPolicy")
             .and_then(Value::as_str)

@@ -8,6 +8,8 @@
 //!   the Tenant (as Capsule does).
 //! * [`SimulatedKubeVela`]: moves every `core.oam.dev` Application to `status.status: running`
 //!   with conditions, per-component `services` and a finished workflow.
+//! * [`SimulatedWorkloads`]: gives every Deployment and StatefulSet the status of a
+//!   finished rollout (all replicas ready), what `helm --wait` waits for.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -29,18 +31,23 @@ pub struct Simulations {
     pub capsule: bool,
     /// Run [`SimulatedKubeVela`].
     pub kubevela: bool,
+    /// Run [`SimulatedWorkloads`].
+    pub workloads: bool,
 }
 
 impl Simulations {
-    /// Parses `capsule,kubevela`.
+    /// Parses `capsule,kubevela,workloads`.
     pub fn parse(s: &str) -> anyhow::Result<Self> {
         let mut out = Self::default();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             match part {
                 "capsule" => out.capsule = true,
                 "kubevela" => out.kubevela = true,
+                "workloads" => out.workloads = true,
                 other => {
-                    anyhow::bail!("unknown simulation {other:?}: expected capsule or kubevela")
+                    anyhow::bail!(
+                        "unknown simulation {other:?}: expected capsule, kubevela or workloads"
+                    )
                 }
             }
         }
@@ -527,5 +534,259 @@ impl SimulatedKubeVela {
                 "simulated-kubevela",
             );
         }
+    }
+}
+
+/// Simulated Deployment, StatefulSet and volume controller: nothing runs, but every
+/// Deployment and StatefulSet gets the status of a finished rollout with all replicas
+/// ready, for its current generation: `observedGeneration`, `replicas`, `updatedReplicas`,
+/// `readyReplicas`, `availableReplicas` (= `spec.replicas`, default 1) and, for
+/// Deployments, the conditions `Available=True` (MinimumReplicasAvailable) and
+/// `Progressing=True` (NewReplicaSetAvailable). Every PersistentVolumeClaim is `Bound` with
+/// the capacity it requests. Every Job completes (`Complete=True`), and every Pod without a
+/// status runs (all containers ready) or, with `restartPolicy` Never or OnFailure, has
+/// `Succeeded`. That is what `helm install --wait`, Helm hooks, `helm test`, kstatus and
+/// `kubectl rollout status` wait for. (No ReplicaSets or Pods are created.)
+#[derive(Debug, Default)]
+pub struct SimulatedWorkloads {
+    /// Objects to reconcile: (plural, namespace, name).
+    dirty: BTreeSet<(String, String, String)>,
+}
+
+const PVCS: &str = "persistentvolumeclaims";
+
+/// What this controller handles: (group, version, plural).
+const HANDLED: [(&str, &str, &str); 5] = [
+    ("apps", "v1", "deployments"),
+    ("apps", "v1", "statefulsets"),
+    ("batch", "v1", "jobs"),
+    ("", "v1", "pods"),
+    ("", "v1", PVCS),
+];
+
+/// (group, version) of a plural this controller handles.
+fn workload_gv(plural: &str) -> (&'static str, &'static str) {
+    HANDLED
+        .iter()
+        .find(|(_, _, p)| *p == plural)
+        .map_or(("apps", "v1"), |(g, v, _)| (*g, *v))
+}
+
+impl Sim for SimulatedWorkloads {
+    fn note(&mut self, ev: &Event) {
+        let ours = HANDLED
+            .iter()
+            .any(|(g, _, p)| *g == ev.group && *p == ev.plural);
+        if ours && ev.etype != "DELETED" {
+            self.dirty.insert((
+                ev.plural.clone(),
+                ev.namespace.clone(),
+                s(&ev.object, "/metadata/name").to_owned(),
+            ));
+        }
+    }
+
+    fn resync(&mut self, store: &Store) {
+        for (g, v, plural) in HANDLED {
+            for o in list_all(store, g, v, plural) {
+                self.dirty.insert((
+                    plural.to_owned(),
+                    s(&o, "/metadata/namespace").to_owned(),
+                    s(&o, "/metadata/name").to_owned(),
+                ));
+            }
+        }
+    }
+
+    fn flush(&mut self, store: &Store) {
+        for (plural, ns, name) in std::mem::take(&mut self.dirty) {
+            let (g, v) = workload_gv(&plural);
+            if let Some(o) = get_obj(store, g, v, &plural, Some(&ns), &name) {
+                Self::reconcile_one(store, &plural, &o);
+            }
+        }
+    }
+}
+
+impl SimulatedWorkloads {
+    /// Spawns the controller loop.
+    pub fn spawn(
+        store: Arc<Store>,
+        shutdown: watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(run_loop(store, shutdown, SimulatedWorkloads::default()))
+    }
+
+    /// The status a finished rollout of `obj` has.
+    pub fn ready_status(plural: &str, obj: &Value) -> Value {
+        if plural == "jobs" {
+            return Self::job_status(obj);
+        }
+        if plural == "pods" {
+            return Self::pod_status(obj);
+        }
+        if plural == PVCS {
+            let mut status = json!({"phase": "Bound"});
+            if let Some(modes) = obj.pointer("/spec/accessModes") {
+                status["accessModes"] = modes.clone();
+            }
+            if let Some(req) = obj.pointer("/spec/resources/requests/storage") {
+                status["capacity"] = json!({"storage": req});
+            }
+            return status;
+        }
+        let generation = obj
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        let replicas = obj
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        let mut status = json!({
+            "observedGeneration": generation,
+            "replicas": replicas,
+            "updatedReplicas": replicas,
+            "readyReplicas": replicas,
+            "availableReplicas": replicas,
+        });
+        if plural == "deployments" {
+            let old = obj.pointer("/status/conditions");
+            let now = now_rfc3339();
+            let cond = |ctype: &str, reason: &str, message: String| {
+                // Keep the transition time of a condition that was already true.
+                let since = old
+                    .and_then(Value::as_array)
+                    .and_then(|cs| {
+                        cs.iter()
+                            .find(|c| s(c, "/type") == ctype && s(c, "/status") == "True")
+                    })
+                    .map(|c| s(c, "/lastTransitionTime").to_owned())
+                    .filter(|t| !t.is_empty())
+                    .unwrap_or_else(|| now.clone());
+                json!({"type": ctype, "status": "True", "reason": reason, "message": message,
+                       "lastUpdateTime": now, "lastTransitionTime": since})
+            };
+            let name = s(obj, "/metadata/name");
+            status["conditions"] = json!([
+                cond(
+                    "Available",
+                    "MinimumReplicasAvailable",
+                    "Deployment has minimum availability.".to_owned()
+                ),
+                cond(
+                    "Progressing",
+                    "NewReplicaSetAvailable",
+                    format!("ReplicaSet \"{name}\" has successfully progressed.")
+                ),
+            ]);
+        } else {
+            status["currentReplicas"] = json!(replicas);
+        }
+        status
+    }
+
+    /// A Job that ran to completion: `succeeded` = `completions` (default 1), conditions
+    /// `SuccessCriteriaMet` and `Complete`.
+    fn job_status(obj: &Value) -> Value {
+        let done = obj
+            .pointer("/spec/completions")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
+        let old = |k: &str| obj.pointer(&format!("/status/{k}")).cloned();
+        let now = now_rfc3339();
+        let started = old("startTime").unwrap_or_else(|| json!(now));
+        let finished = old("completionTime").unwrap_or_else(|| json!(now));
+        let cond = |t: &str| {
+            json!({"type": t, "status": "True", "reason": "CompletionsReached",
+                   "message": "Reached expected number of succeeded pods",
+                   "lastProbeTime": finished, "lastTransitionTime": finished})
+        };
+        json!({
+            "startTime": started,
+            "completionTime": finished,
+            "succeeded": done,
+            "ready": 0,
+            "terminating": 0,
+            "conditions": [cond("SuccessCriteriaMet"), cond("Complete")],
+        })
+    }
+
+    /// A Pod that runs (`Running`, every container ready) or, with `restartPolicy` Never
+    /// or OnFailure (a `helm test` Pod, a Job's Pod), that finished (`Succeeded`, exit 0).
+    fn pod_status(obj: &Value) -> Value {
+        let finishes = matches!(s(obj, "/spec/restartPolicy"), "Never" | "OnFailure");
+        let since = obj
+            .pointer("/status/startTime")
+            .cloned()
+            .unwrap_or_else(|| json!(now_rfc3339()));
+        let statuses: Vec<Value> = obj
+            .pointer("/spec/containers")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                let state = if finishes {
+                    json!({"terminated": {"exitCode": 0, "reason": "Completed",
+                                          "startedAt": since, "finishedAt": since}})
+                } else {
+                    json!({"running": {"startedAt": since}})
+                };
+                json!({"name": s(c, "/name"), "image": s(c, "/image"), "imageID": "",
+                       "ready": !finishes, "started": !finishes, "restartCount": 0,
+                       "state": state})
+            })
+            .collect();
+        let (phase, ready, reason) = if finishes {
+            ("Succeeded", "False", "PodCompleted")
+        } else {
+            ("Running", "True", "")
+        };
+        let mut cond = json!({"type": "Ready", "status": ready, "lastTransitionTime": since});
+        if !reason.is_empty() {
+            cond["reason"] = json!(reason);
+        }
+        json!({
+            "phase": phase,
+            "startTime": since,
+            "conditions": [cond],
+            "containerStatuses": statuses,
+        })
+    }
+
+    fn reconcile_one(store: &Store, plural: &str, obj: &Value) {
+        if !s(obj, "/metadata/deletionTimestamp").is_empty() {
+            return;
+        }
+        // Pods whose status a test wrote itself (phase set) are left alone.
+        if plural == "pods" && !s(obj, "/status/phase").is_empty() {
+            return;
+        }
+        let status = Self::ready_status(plural, obj);
+        let current = obj.get("status").cloned().unwrap_or(Value::Null);
+        let strip = |v: &Value| {
+            let mut v = comparable(v);
+            if let Some(cs) = v.get_mut("conditions").and_then(Value::as_array_mut) {
+                for c in cs {
+                    if let Some(m) = c.as_object_mut() {
+                        m.remove("lastUpdateTime");
+                    }
+                }
+            }
+            v
+        };
+        if strip(&current) == strip(&status) {
+            return;
+        }
+        let (g, v) = workload_gv(plural);
+        write_status(
+            store,
+            g,
+            v,
+            plural,
+            obj,
+            status,
+            "testkit-workload-controller",
+        );
     }
 }

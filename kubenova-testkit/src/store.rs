@@ -86,7 +86,7 @@ pub enum PatchKind {
         /// `force=true`.
         force: bool,
     },
-    /// Strategic merge (treated as merge patch for built-ins).
+    /// Strategic merge patch (built-ins only; see [`crate::strategic`]).
     Strategic,
 }
 
@@ -656,6 +656,16 @@ impl Store {
             body["spec"] = json!({"finalizers": ["kubernetes"]});
             body["status"] = json!({"phase": "Active"});
         }
+        if t.group.is_empty()
+            && t.plural == "secrets"
+            && body
+                .get("type")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .is_empty()
+        {
+            body["type"] = json!("Opaque");
+        }
         Self::validate_obj(t, &mut body, opts.strict)?;
         if Self::find(st, t, &ns, &name).is_some() {
             return Err(ApiError::already_exists(&t.group, &t.plural, &name));
@@ -915,12 +925,24 @@ impl Store {
         };
         let view = present(t, old.clone());
         let (new, precomputed) = match kind {
-            PatchKind::Merge | PatchKind::Strategic => {
+            PatchKind::Merge => {
                 if !patch.is_object() {
                     return Err(ApiError::bad_request("merge patch must be a JSON object"));
                 }
                 let mut doc = view.clone();
                 json_patch::merge(&mut doc, &patch);
+                (doc, false)
+            }
+            PatchKind::Strategic => {
+                let mut doc = view.clone();
+                crate::strategic::apply(&mut doc, &patch, &crate::openapi::definition_name(t))
+                    .map_err(|e| {
+                        ApiError::new(
+                            422,
+                            "Invalid",
+                            format!("the server rejected our request due to an error in our request: {e}"),
+                        )
+                    })?;
                 (doc, false)
             }
             PatchKind::Json => {
