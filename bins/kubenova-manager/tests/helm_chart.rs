@@ -1,0 +1,587 @@
+//! The `kubenova-manager` Helm chart (`deploy/helm/kubenova-manager`), checked with the
+//! real Helm engine (helm-python-sdk, `KUBENOVA_HELM_PYTHON`; skipped loudly without it,
+//! a failure with `KUBENOVA_REQUIRE_HELM=1`): `helm lint --strict`, a value matrix that
+//! sets every documented option, strict validation of every rendered built-in object
+//! against the Kubernetes 1.36 schemas (kubernetes-validate), the restricted Pod Security
+//! Standard, refusals (unknown values, SQLite with several replicas, ...) and the committed
+//! rendering `deploy/helm/rendered/kubenova-manager.yaml`
+//! (`KUBENOVA_BLESS=1 cargo test -p kubenova-manager --test helm_chart` rewrites it).
+#![allow(clippy::unwrap_used, clippy::print_stderr, missing_docs)]
+
+#[path = "../../../deploy/helm/tests/harness.rs"]
+mod harness;
+
+use clap::CommandFactory as _;
+use serde_json::{Value, json};
+
+const CHART: &str = "kubenova-manager";
+const RELEASE: &str = "kn";
+const NAMESPACE: &str = "kubenova";
+const NS: &str = NAMESPACE;
+/// Kinds of other projects' CRDs (Gateway API, cert-manager, Prometheus Operator): no
+/// schema of theirs is vendored here, so they are checked field by field below instead.
+const CRD_KINDS: [&str; 4] = [
+    "HTTPRoute",
+    "Certificate",
+    "ServiceMonitor",
+    "PrometheusRule",
+];
+
+fn matrix() -> Vec<(&'static str, Value)> {
+    vec![
+        ("defaults", json!({})),
+        (
+            "postgres with existing secrets, three replicas",
+            json!({
+                "replicaCount": 3,
+                "database": {"type": "postgres", "postgres": {"existingSecret": "kubenova-db", "secretKey": "dsn"}},
+                "keys": {
+                    "kekSecret": "kubenova-kek", "kekSecretKey": "keys",
+                    "jwt": {"secret": "kubenova-jwt", "secretKey": "hs256"},
+                },
+                "podDisruptionBudget": {"maxUnavailable": "50%"},
+            }),
+        ),
+        (
+            "es256, OIDC, catalog, operator settings",
+            json!({
+                "keys": {"jwt": {
+                    "algorithm": "es256", "es256Secret": "kubenova-es256",
+                    "issuer": "https://kubenova.example.com", "audience": "platform",
+                }},
+                "oidc": {"issuer": "https://login.example.com", "audience": "kubenova", "jwks": "{\"keys\":[]}"},
+                "catalog": {"plans": [{"name": "gold", "quota": {"cpu": "64"}}]},
+                "defaultPlan": "gold",
+                "operator": {"image": "registry.example.com/kubenova/operator:0.1.0", "helmInstaller": true},
+                "agent": {"managerUrl": "https://agents.kubenova.example.com", "caSecret": "kubenova-ca", "caSecretKey": "ca.pem"},
+                "externalUrl": "https://kubenova.example.com",
+                "logLevel": "debug",
+                "extraEnv": [{"name": "KUBENOVA_MAX_KUBECONFIG_TTL", "value": "8h"}],
+            }),
+        ),
+        (
+            "ingress with cert-manager TLS, network policy, monitoring, placement",
+            json!({
+                "image": {
+                    "repository": "registry.example.com/kubenova/manager", "tag": "0.1.0-rc1",
+                    "digest": format!("sha256:{}", "a".repeat(64)), "pullPolicy": "Always",
+                },
+                "imagePullSecrets": [{"name": "regcred"}],
+                "ingress": {
+                    "enabled": true, "className": "nginx", "host": "kubenova.example.com", "path": "/api",
+                    "annotations": {"nginx.ingress.kubernetes.io/proxy-body-size": "2m"},
+                },
+                "tls": {"certManager": {"enabled": true, "issuerRef": {"name": "letsencrypt", "kind": "Issuer"}}},
+                "networkPolicy": {"enabled": true, "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}]},
+                "metrics": {
+                    "serviceMonitor": {"enabled": true, "interval": "15s", "labels": {"release": "prometheus"}},
+                    "prometheusRule": {"enabled": true, "labels": {"release": "prometheus"}},
+                },
+                "service": {"type": "LoadBalancer", "port": 8443, "annotations": {"example.com/lb": "internal"}},
+                "serviceAccount": {"create": true, "name": "kubenova", "annotations": {"example.com/role": "manager"}},
+                "resources": {"requests": {"cpu": "200m", "memory": "256Mi"}, "limits": {"cpu": "4", "memory": "1Gi"}},
+                "podAnnotations": {"example.com/team": "platform"},
+                "podLabels": {"example.com/tier": "control-plane"},
+                "nodeSelector": {"kubernetes.io/os": "linux"},
+                "tolerations": [{"key": "control-plane", "operator": "Exists", "effect": "NoSchedule"}],
+                "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64", "arm64"]}]}
+                ]}}},
+                "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway",
+                    "labelSelector": {"matchLabels": {"app.kubernetes.io/name": "kubenova-manager"}}}],
+                "priorityClassName": "system-cluster-critical",
+                "tests": {"image": "registry.example.com/mirror/busybox:1.37"},
+                "database": {"sqlite": {"persistence": {"size": "5Gi", "storageClass": "fast", "accessModes": ["ReadWriteOncePod"], "keep": false}}},
+            }),
+        ),
+        (
+            "gateway API route, existing TLS secret and claim, autoscaling on Postgres",
+            json!({
+                "database": {
+                    "type": "postgres",
+                    "postgres": {"existingSecret": "kubenova-db"},
+                    "sqlite": {"persistence": {"existingClaim": "unused-with-postgres"}},
+                },
+                "autoscaling": {"enabled": true, "minReplicas": 3, "maxReplicas": 9, "targetCPUUtilizationPercentage": 60},
+                "httpRoute": {
+                    "enabled": true, "parentRefs": [{"name": "public", "namespace": "gateways", "sectionName": "https"}],
+                    "hostnames": ["kubenova.example.com"], "annotations": {"example.com/route": "public"},
+                },
+                "ingress": {"enabled": true, "host": "kubenova.example.com"},
+                "tls": {"secretName": "kubenova-tls"},
+                "serviceAccount": {"create": false, "name": "existing-sa"},
+                "podDisruptionBudget": {"enabled": false},
+            }),
+        ),
+        (
+            "sqlite on an existing claim",
+            json!({"database": {"sqlite": {"persistence": {"existingClaim": "kubenova-data"}}}}),
+        ),
+    ]
+}
+
+fn objects(r: &[harness::Rendered]) -> Vec<Value> {
+    r.iter().map(|r| r.object.clone()).collect()
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str) -> Option<&'a Value> {
+    objects.iter().find(|o| o["kind"] == kind)
+}
+
+fn env_of(deployment: &Value) -> Vec<Value> {
+    deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn env_value(deployment: &Value, name: &str) -> Option<Value> {
+    env_of(deployment).into_iter().find(|e| e["name"] == name)
+}
+
+/// Lint (strict) and render every case; every object validates strictly, every pod is
+/// restricted, every documented option is exercised by some case.
+#[test]
+fn every_option_lints_renders_and_validates() {
+    let Some(helm) = harness::helm() else { return };
+    let chart = harness::chart(CHART);
+    let defaults = harness::default_values(&chart);
+    let matrix = matrix();
+    assert_eq!(
+        harness::uncovered_options(&defaults, &matrix),
+        Vec::<String>::new(),
+        "documented options no case of the matrix sets"
+    );
+    assert_eq!(
+        harness::undocumented_keys(&chart),
+        Vec::<String>::new(),
+        "values.yaml keys without a comment"
+    );
+    let mut seen_kinds = std::collections::BTreeSet::new();
+    for (case, values) in &matrix {
+        let lint = helm.lint(&chart, values, NS);
+        assert!(lint.is_empty(), "{case}: helm lint --strict: {lint:#?}");
+        let (rendered, notes) = helm
+            .render(&chart, values, RELEASE, NAMESPACE)
+            .unwrap_or_else(|e| panic!("{case}: {e}"));
+        assert!(notes.contains("admin token"), "{case}: NOTES: {notes}");
+        let objects = objects(&rendered);
+        let builtin: Vec<Value> = objects
+            .iter()
+            .filter(|o| !CRD_KINDS.contains(&o["kind"].as_str().unwrap()))
+            .cloned()
+            .collect();
+        let failures = helm.validate(&builtin, "1.36.0");
+        assert!(failures.is_empty(), "{case}: {failures:#?}");
+        for o in &objects {
+            seen_kinds.insert(o["kind"].as_str().unwrap().to_owned());
+            assert!(o["metadata"]["labels"]["app.kubernetes.io/name"] == "kubenova-manager");
+            if let Some(pod) = harness::pod_spec(o) {
+                let v = harness::restricted_violations(&format!("{case}: {}", o["kind"]), pod);
+                assert!(v.is_empty(), "{v:#?}");
+            }
+        }
+        assert!(harness::wildcard_rules(&objects).is_empty());
+        check_case(case, values, &objects);
+    }
+    for kind in [
+        "Deployment",
+        "Service",
+        "ServiceAccount",
+        "Secret",
+        "PersistentVolumeClaim",
+        "ConfigMap",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+        "Ingress",
+        "HTTPRoute",
+        "Certificate",
+        "NetworkPolicy",
+        "ServiceMonitor",
+        "PrometheusRule",
+        "Pod",
+    ] {
+        assert!(seen_kinds.contains(kind), "no case renders a {kind}");
+    }
+}
+
+/// What each case must have produced.
+fn check_case(case: &str, values: &Value, objects: &[Value]) {
+    let d = find(objects, "Deployment").unwrap();
+    let pod = &d["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    // The env the chart sets is what the manager reads.
+    let cli: Vec<String> = kubenova_manager::Cli::command()
+        .get_subcommands()
+        .chain([&kubenova_manager::Cli::command()])
+        .flat_map(|c| c.get_arguments().cloned().collect::<Vec<_>>())
+        .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+        .collect();
+    // KUBENOVA_LOG and KUBENOVA_LOG_FORMAT are read by kubenova-telemetry (the logging
+    // convention of every binary), POD_NAME only names the pod.
+    let telemetry = [
+        "POD_NAME",
+        kubenova_telemetry::FILTER_VAR,
+        kubenova_telemetry::FORMAT_VAR,
+    ];
+    for e in env_of(d) {
+        let name = e["name"].as_str().unwrap();
+        if !telemetry.contains(&name) {
+            assert!(
+                cli.iter().any(|c| c == name),
+                "{case}: the manager does not read {name}"
+            );
+        }
+    }
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/api/v1/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/api/v1/readyz");
+    let postgres = values["database"]["type"] == "postgres";
+    let db = env_value(d, "DATABASE_URL").unwrap();
+    if postgres {
+        assert_eq!(d["spec"]["strategy"]["type"], "RollingUpdate", "{case}");
+        assert_eq!(db["valueFrom"]["secretKeyRef"]["name"], "kubenova-db");
+        assert!(find(objects, "PersistentVolumeClaim").is_none(), "{case}");
+    } else {
+        assert_eq!(d["spec"]["strategy"]["type"], "Recreate", "{case}");
+        assert_eq!(d["spec"]["replicas"], 1);
+        assert!(
+            db["value"]
+                .as_str()
+                .unwrap()
+                .starts_with("sqlite:///var/lib/kubenova/")
+        );
+        let claim = pod["volumes"][0]["persistentVolumeClaim"]["claimName"]
+            .as_str()
+            .unwrap();
+        match get_str(values, "database.sqlite.persistence.existingClaim") {
+            Some(existing) => {
+                assert_eq!(claim, existing);
+                assert!(find(objects, "PersistentVolumeClaim").is_none(), "{case}");
+            }
+            None => {
+                let pvc = find(objects, "PersistentVolumeClaim").unwrap();
+                assert_eq!(pvc["metadata"]["name"], claim);
+                let keep = values["database"]["sqlite"]["persistence"]["keep"] != false;
+                assert_eq!(
+                    pvc["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep",
+                    keep,
+                    "{case}"
+                );
+            }
+        }
+    }
+    // Keys: from the named Secrets, else from the generated one (kept on uninstall).
+    let kek = env_value(d, "KUBENOVA_KEKS").unwrap();
+    let keys_secret = objects
+        .iter()
+        .find(|o| o["kind"] == "Secret" && o["metadata"]["name"] == "kn-kubenova-manager-keys");
+    match get_str(values, "keys.kekSecret") {
+        Some(s) => assert_eq!(kek["valueFrom"]["secretKeyRef"]["name"], s),
+        None => {
+            let secret = keys_secret.unwrap();
+            assert_eq!(
+                secret["metadata"]["annotations"]["helm.sh/resource-policy"],
+                "keep"
+            );
+            let keks = decode(&secret["data"]["keks"]);
+            let (kid, key) = keks.split_once(':').unwrap();
+            assert_eq!(kid, "chart-1");
+            assert_eq!(
+                base64::Engine::decode(&base64::engine::general_purpose::STANDARD, key)
+                    .unwrap()
+                    .len(),
+                32
+            );
+        }
+    }
+    if values["keys"]["jwt"]["algorithm"] == "es256" {
+        assert!(env_value(d, "KUBENOVA_JWT_SECRET").is_none());
+        assert_eq!(
+            env_value(d, "KUBENOVA_JWT_ES256_PUBLIC_KEY").unwrap()["value"],
+            "/etc/kubenova/jwt/public.pem"
+        );
+        assert!(
+            pod["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v["secret"]["secretName"] == "kubenova-es256")
+        );
+    } else if get_str(values, "keys.jwt.secret").is_none() {
+        let secret = keys_secret.unwrap();
+        assert!(decode(&secret["data"]["jwt-secret"]).len() >= 32);
+    }
+    if let Some(url) = get_str(values, "externalUrl") {
+        assert_eq!(env_value(d, "KUBENOVA_EXTERNAL_URL").unwrap()["value"], url);
+    }
+    if values["tls"]["certManager"]["enabled"] == true {
+        let cert = find(objects, "Certificate").unwrap();
+        assert_eq!(cert["apiVersion"], "cert-manager.io/v1");
+        assert_eq!(cert["spec"]["issuerRef"]["name"], "letsencrypt");
+        assert_eq!(cert["spec"]["dnsNames"], json!(["kubenova.example.com"]));
+        let ingress = find(objects, "Ingress").unwrap();
+        assert_eq!(
+            ingress["spec"]["tls"][0]["secretName"],
+            cert["spec"]["secretName"]
+        );
+        // The public URL follows from the TLS Ingress.
+        assert_eq!(
+            env_value(d, "KUBENOVA_EXTERNAL_URL").unwrap()["value"],
+            "https://kubenova.example.com"
+        );
+    }
+    if let Some(route) = find(objects, "HTTPRoute") {
+        assert_eq!(route["apiVersion"], "gateway.networking.k8s.io/v1");
+        assert_eq!(route["spec"]["parentRefs"][0]["name"], "public");
+        let backend = &route["spec"]["rules"][0]["backendRefs"][0];
+        let svc = find(objects, "Service").unwrap();
+        assert_eq!(backend["name"], svc["metadata"]["name"]);
+        assert_eq!(backend["port"], svc["spec"]["ports"][0]["port"]);
+    }
+    if let Some(sm) = find(objects, "ServiceMonitor") {
+        assert_eq!(sm["apiVersion"], "monitoring.coreos.com/v1");
+        assert_eq!(sm["spec"]["endpoints"][0]["path"], "/metrics");
+        assert_eq!(sm["spec"]["endpoints"][0]["port"], "http");
+        assert_eq!(sm["metadata"]["labels"]["release"], "prometheus");
+        let rule = find(objects, "PrometheusRule").unwrap();
+        let alerts = rule["spec"]["groups"][0]["rules"].as_array().unwrap();
+        assert!(
+            alerts
+                .iter()
+                .all(|a| a["alert"].is_string() && a["expr"].is_string())
+        );
+    }
+    if values["autoscaling"]["enabled"] == true {
+        assert!(
+            d["spec"]["replicas"].is_null(),
+            "the HPA owns the replica count"
+        );
+        assert_eq!(
+            find(objects, "HorizontalPodAutoscaler").unwrap()["spec"]["maxReplicas"],
+            9
+        );
+    }
+    if values["podDisruptionBudget"]["enabled"] == false {
+        assert!(find(objects, "PodDisruptionBudget").is_none());
+    }
+    if values["serviceAccount"]["create"] == false {
+        assert!(find(objects, "ServiceAccount").is_none());
+        assert_eq!(pod["serviceAccountName"], "existing-sa");
+    }
+    if let Some(digest) = get_str(values, "image.digest") {
+        assert_eq!(
+            c["image"],
+            format!("registry.example.com/kubenova/manager@{digest}")
+        );
+    } else if values["image"].is_null() {
+        assert_eq!(
+            c["image"],
+            format!(
+                "ghcr.io/kubenova/kubenova-manager:{}",
+                env!("CARGO_PKG_VERSION")
+            )
+        );
+    }
+    let operator_image = env_value(d, "KUBENOVA_OPERATOR_IMAGE").unwrap();
+    match get_str(values, "operator.image") {
+        Some(image) => assert_eq!(operator_image["value"], image),
+        None => assert_eq!(
+            operator_image["value"],
+            format!(
+                "ghcr.io/kubenova/kubenova-operator:{}",
+                env!("CARGO_PKG_VERSION")
+            )
+        ),
+    }
+    if values["catalog"].is_object() {
+        let cm = find(objects, "ConfigMap").unwrap();
+        let catalog: Value =
+            serde_json::from_str(cm["data"]["catalog.json"].as_str().unwrap()).unwrap();
+        assert_eq!(catalog, values["catalog"]);
+        assert!(
+            d["spec"]["template"]["metadata"]["annotations"]["checksum/config"].is_string(),
+            "a changed catalog rolls the pods"
+        );
+    }
+}
+
+fn get_str<'a>(v: &'a Value, path: &str) -> Option<&'a str> {
+    harness::get_path(v, path)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+}
+
+fn decode(v: &Value) -> String {
+    let bytes = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        v.as_str().unwrap(),
+    )
+    .unwrap();
+    String::from_utf8(bytes).unwrap()
+}
+
+/// What cannot work is refused at render time, saying why and what to do.
+#[test]
+fn bad_values_are_refused_with_their_reason() {
+    let Some(helm) = harness::helm() else { return };
+    let chart = harness::chart(CHART);
+    let cases = [
+        (
+            json!({"replicas": 2}),
+            "additional properties 'replicas' not allowed",
+        ),
+        (
+            json!({"image": {"tagg": "1"}}),
+            "additional properties 'tagg' not allowed",
+        ),
+        (
+            json!({"ingress": {"enabled": true, "hosts": ["a"]}}),
+            "'hosts' not allowed",
+        ),
+        (json!({"database": {"type": "mysql"}}), "database"),
+        (json!({"replicaCount": "two"}), "replicaCount"),
+        (
+            json!({"replicaCount": 2}),
+            "database.type=sqlite supports exactly one replica (replicaCount is 2)",
+        ),
+        (
+            json!({"autoscaling": {"enabled": true}}),
+            "database.type=sqlite supports exactly one replica, so autoscaling.enabled=true cannot work",
+        ),
+        (
+            json!({"database": {"type": "postgres"}}),
+            "database.type=postgres needs database.postgres.existingSecret",
+        ),
+        (
+            json!({"keys": {"jwt": {"algorithm": "es256"}}}),
+            "keys.jwt.algorithm=es256 needs keys.jwt.es256Secret",
+        ),
+        (
+            json!({"ingress": {"enabled": true}}),
+            "ingress.enabled=true needs ingress.host",
+        ),
+        (
+            json!({"httpRoute": {"enabled": true}}),
+            "httpRoute.enabled=true needs httpRoute.parentRefs",
+        ),
+        (
+            json!({"tls": {"certManager": {"enabled": true, "issuerRef": {"name": "x"}}}}),
+            "tls.certManager.enabled=true issues the Ingress certificate",
+        ),
+        (
+            json!({"oidc": {"issuer": "https://login.example.com"}}),
+            "oidc.issuer needs oidc.jwks",
+        ),
+        (
+            json!({"externalUrl": "kubenova.example.com"}),
+            "externalUrl",
+        ),
+    ];
+    for (values, want) in cases {
+        let err = helm
+            .render(&chart, &values, RELEASE, NAMESPACE)
+            .err()
+            .unwrap_or_else(|| panic!("{values} was accepted"));
+        assert!(err.contains(want), "{values}: {err}");
+    }
+    // Several replicas are fine on Postgres.
+    helm.render(
+        &chart,
+        &json!({"replicaCount": 4, "database": {"type": "postgres", "postgres": {"existingSecret": "db"}}}),
+        RELEASE,
+        NAMESPACE,
+    )
+    .unwrap();
+}
+
+/// The committed rendering with default values is the chart's (drift test).
+#[test]
+fn committed_rendering_matches_the_chart() {
+    let Some(helm) = harness::helm() else { return };
+    let chart = harness::chart(CHART);
+    let (rendered, _) = helm.render(&chart, &json!({}), RELEASE, NAMESPACE).unwrap();
+    harness::check_rendered("kubenova-manager.yaml", &rendered, |o| {
+        if o["kind"] == "Secret" {
+            for v in o["data"].as_object_mut().unwrap().values_mut() {
+                *v = json!("<generated once, kept across upgrades>");
+            }
+        }
+    });
+}
+
+#[test]
+fn chart_version_is_the_workspace_version() {
+    let text = std::fs::read_to_string(harness::chart(CHART).join("Chart.yaml")).unwrap();
+    let chart: Value = serde_saphyr::from_str(&text).unwrap();
+    assert_eq!(chart["appVersion"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(chart["version"], env!("CARGO_PKG_VERSION"));
+}
+
+/// The generated keys are made once: an upgrade's rendering (`lookup` against a cluster
+/// holding the first install's Secret) reads them back instead of generating new ones,
+/// even with other values; a rendering with nothing to look up generates fresh ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_keep_the_generated_keys() {
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Api, PostParams};
+
+    let Some(helm) = harness::helm() else { return };
+    let chart = harness::chart(CHART);
+    let cluster = kubenova_testkit::TestCluster::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, cluster.kubeconfig_yaml()).unwrap();
+    let client = cluster.client().unwrap();
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": NAMESPACE}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let keys_of = |objects: &[harness::Rendered]| {
+        objects
+            .iter()
+            .find(|r| r.object["kind"] == "Secret")
+            .map(|r| r.object.clone())
+            .unwrap()
+    };
+    let render = |values: Value| {
+        let (helm_chart, kc) = (chart.clone(), kubeconfig.clone());
+        let helm = harness::Helm::from_env();
+        tokio::task::spawn_blocking(move || {
+            helm.render_live(&helm_chart, &values, RELEASE, NAMESPACE, &kc)
+                .unwrap()
+        })
+    };
+    // The first install: nothing to look up, the keys are generated.
+    let first = keys_of(&render(json!({})).await.unwrap());
+    let (other, _) = helm.render(&chart, &json!({}), RELEASE, NAMESPACE).unwrap();
+    assert_ne!(
+        first["data"],
+        keys_of(&other)["data"],
+        "each first install generates its own keys"
+    );
+    // Helm created the Secret; the upgrade (other values too) renders the same keys.
+    let secrets: Api<Secret> = Api::namespaced(client, NAMESPACE);
+    secrets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(first.clone()).unwrap(),
+        )
+        .await
+        .unwrap();
+    for values in [json!({}), json!({"logLevel": "debug", "replicaCount": 1})] {
+        let upgrade = keys_of(&render(values).await.unwrap());
+        assert_eq!(
+            upgrade["data"], first["data"],
+            "an upgrade regenerated the keys"
+        );
+        assert_eq!(
+            upgrade["metadata"]["annotations"]["helm.sh/resource-policy"],
+            "keep"
+        );
+    }
+    cluster.shutdown().await;
+}
