@@ -585,3 +585,88 @@ async fn upgrades_keep_the_generated_keys() {
     }
     cluster.shutdown().await;
 }
+
+/// A real install, upgrade and uninstall with Helm into an emulated cluster: the objects
+/// exist; an upgrade with other values changes the Deployment but not the generated keys;
+/// uninstall removes everything but what is meant to stay (the keys Secret and the SQLite
+/// PVC).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_upgrade_uninstall_in_the_testkit() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service};
+    use kube::api::{Api, PostParams};
+
+    let Some(_) = harness::helm() else { return };
+    let chart = harness::chart(CHART);
+    let cluster = kubenova_testkit::TestCluster::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, cluster.kubeconfig_yaml()).unwrap();
+    let client = cluster.client().unwrap();
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": NAMESPACE}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let release = |action: &'static str, values: Value| {
+        let (c, kc) = (chart.clone(), kubeconfig.clone());
+        tokio::task::spawn_blocking(move || {
+            harness::Helm::from_env().release(action, &c, &values, RELEASE, NAMESPACE, &kc)
+        })
+    };
+    let name = "kn-kubenova-manager";
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
+    let services: Api<Service> = Api::namespaced(client.clone(), NAMESPACE);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), NAMESPACE);
+
+    if let Err(e) = release("install", json!({})).await.unwrap() {
+        if harness::testkit_lacks_openapi(&e) {
+            cluster.shutdown().await;
+            return;
+        }
+        panic!("helm install: {e}");
+    }
+    let d = deployments.get(name).await.unwrap();
+    services.get(name).await.unwrap();
+    claims.get(&format!("{name}-data")).await.unwrap();
+    let keys = secrets.get(&format!("{name}-keys")).await.unwrap().data;
+    assert!(keys.as_ref().is_some_and(|k| k.contains_key("keks")));
+    let log = |d: &Deployment| {
+        serde_json::to_value(d).unwrap()["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == "KUBENOVA_LOG")
+            .unwrap()["value"]
+            .clone()
+    };
+    assert_eq!(log(&d), "info");
+
+    release("upgrade", json!({"logLevel": "debug"}))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(log(&deployments.get(name).await.unwrap()), "debug");
+    assert_eq!(
+        secrets.get(&format!("{name}-keys")).await.unwrap().data,
+        keys,
+        "the upgrade regenerated the keys"
+    );
+
+    release("rollback", json!({})).await.unwrap().unwrap();
+    assert_eq!(log(&deployments.get(name).await.unwrap()), "info");
+
+    release("uninstall", json!({})).await.unwrap().unwrap();
+    assert!(deployments.get_opt(name).await.unwrap().is_none());
+    assert!(services.get_opt(name).await.unwrap().is_none());
+    // Kept on purpose: the keys and the database.
+    assert_eq!(
+        secrets.get(&format!("{name}-keys")).await.unwrap().data,
+        keys
+    );
+    claims.get(&format!("{name}-data")).await.unwrap();
+    cluster.shutdown().await;
+}

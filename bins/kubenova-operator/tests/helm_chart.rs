@@ -627,3 +627,92 @@ fn committed_rendering_matches_the_chart() {
         .unwrap();
     harness::check_rendered("kubenova-operator.yaml", &rendered, |_| {});
 }
+
+/// A real install, upgrade, rollback and uninstall with Helm into an emulated cluster:
+/// the CRDs and objects exist; an upgrade turning the installer identity on adds it and a
+/// rollback removes it; uninstall removes the objects but not the CRDs (Helm never deletes
+/// them: that would delete every Nova object).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_upgrade_uninstall_in_the_testkit() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+    use k8s_openapi::api::rbac::v1::ClusterRole;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api, PostParams};
+
+    let Some(_) = harness::helm() else { return };
+    let chart = harness::chart(CHART);
+    let cluster = kubenova_testkit::TestCluster::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, cluster.kubeconfig_yaml()).unwrap();
+    let client = cluster.client().unwrap();
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": NS}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let release = |action: &'static str, values: Value| {
+        let (c, kc) = (chart.clone(), kubeconfig.clone());
+        tokio::task::spawn_blocking(move || {
+            harness::Helm::from_env().release(action, &c, &values, "ops", NS, &kc)
+        })
+    };
+    let base = json!({"agent": {"create": true, "token": "agent-credential", "managerUrl": "https://kubenova.example.com"}});
+    if let Err(e) = release("install", base.clone()).await.unwrap() {
+        if harness::testkit_lacks_openapi(&e) {
+            cluster.shutdown().await;
+            return;
+        }
+        panic!("helm install: {e}");
+    }
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), NS);
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let roles: Api<ClusterRole> = Api::all(client.clone());
+    deployments.get("kubenova-operator").await.unwrap();
+    Api::<Secret>::namespaced(client.clone(), NS)
+        .get("kubenova-agent")
+        .await
+        .unwrap();
+    roles.get("kubenova-operator").await.unwrap();
+    crds.get("novatenants.kubenova.io").await.unwrap();
+    assert!(
+        accounts
+            .get_opt("kubenova-installer")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let mut on = base.clone();
+    on["helmInstaller"] = json!(true);
+    on["replicaCount"] = json!(1);
+    release("upgrade", on).await.unwrap().unwrap();
+    accounts.get("kubenova-installer").await.unwrap();
+    let d = deployments.get("kubenova-operator").await.unwrap();
+    assert_eq!(d.spec.unwrap().replicas, Some(1));
+
+    release("rollback", json!({})).await.unwrap().unwrap();
+    assert!(
+        accounts
+            .get_opt("kubenova-installer")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    release("uninstall", json!({})).await.unwrap().unwrap();
+    assert!(
+        deployments
+            .get_opt("kubenova-operator")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(roles.get_opt("kubenova-operator").await.unwrap().is_none());
+    crds.get("novatenants.kubenova.io").await.unwrap();
+    cluster.shutdown().await;
+}

@@ -10,6 +10,9 @@ so the Rust side asserts on data, never on log text.
     python charts.py render-live CHART VALUES.json NAME NAMESPACE KUBECONFIG
         -> as render, but `lookup` reads the cluster of KUBECONFIG (an upgrade's rendering)
     python charts.py validate OBJECTS.json VERSION -> [{"object": "Kind/name", "error": "..."}]
+    python charts.py release ACTION CHART VALUES.json NAME NAMESPACE KUBECONFIG
+        ACTION is install, upgrade, rollback or uninstall, against the cluster of KUBECONFIG
+        -> {"ok": true, "release": {...}} or {"ok": false, "error": "..."}
 
 `render` checks the values against the chart's values.schema.json first (as `helm install`
 does), then renders offline (`lookup` finds nothing, as on a first install) and returns
@@ -68,6 +71,29 @@ def render(
     return {"ok": True, "objects": objects, "notes": notes}
 
 
+def release(
+    action: str, chart_path: str, values_path: str, name: str, namespace: str, kubeconfig: str
+) -> dict:
+    import helm_python as helm
+
+    values = _values(values_path)
+    config = helm.Config(kubeconfig_path=kubeconfig, namespace=namespace)
+    try:
+        if action == "install":
+            out = config.install(chart_path, name, values, namespace=namespace, timeout=60)
+        elif action == "upgrade":
+            out = config.upgrade(chart_path, name, values, namespace=namespace, timeout=60)
+        elif action == "rollback":
+            out = config.rollback(name)
+        elif action == "uninstall":
+            out = config.uninstall(name)
+        else:
+            return {"ok": False, "error": f"unknown release action {action!r}"}
+    except helm.HelmError as e:
+        return {"ok": False, "error": f"{type(e).__name__}: {e}"}
+    return {"ok": True, "release": out}
+
+
 def validate(objects_path: str, version: str) -> list:
     import kubernetes_validate
 
@@ -93,6 +119,8 @@ def main(argv: list[str]) -> int:
         out = render(*args)
     elif command == "render-live":
         out = render(*args)
+    elif command == "release":
+        out = release(*args)
     elif command == "validate":
         out = validate(*args)
     else:

@@ -388,3 +388,53 @@ impl Helm {
             .collect())
     }
 }
+
+impl Helm {
+    /// A release action (`install`, `upgrade`, `rollback`, `uninstall`) of `chart` as
+    /// `name` in `namespace` of the cluster of `kubeconfig`, with the real Helm engine.
+    pub fn release(
+        &self,
+        action: &str,
+        chart: &Path,
+        values: &Value,
+        name: &str,
+        namespace: &str,
+        kubeconfig: &Path,
+    ) -> Result<Value, String> {
+        let f = Self::values_file(values);
+        let out = self.run(&[
+            "release",
+            action,
+            &chart.to_string_lossy(),
+            &f.path().to_string_lossy(),
+            name,
+            namespace,
+            &kubeconfig.to_string_lossy(),
+        ]);
+        if out["ok"] != Value::Bool(true) {
+            return Err(out["error"].as_str().unwrap_or("").to_owned());
+        }
+        Ok(out["release"].clone())
+    }
+}
+
+/// Whether a failed first install failed only because the emulated cluster serves no
+/// OpenAPI document (Helm validates the objects against it), which kubenova-testkit does
+/// not yet: then the install tests are skipped loudly, and they switch themselves on once
+/// the testkit serves `/openapi/v2` (`KUBENOVA_REQUIRE_HELM_INSTALL=1` makes the skip a
+/// failure). Any other failure is a failure.
+pub fn testkit_lacks_openapi(install_error: &str) -> bool {
+    let lacks = install_error.contains("failed to download openapi");
+    if lacks && std::env::var("KUBENOVA_REQUIRE_HELM_INSTALL").as_deref() == Ok("1") {
+        panic!(
+            "KUBENOVA_REQUIRE_HELM_INSTALL=1 but Helm cannot install into the testkit: {install_error}"
+        );
+    }
+    if lacks {
+        eprintln!(
+            "!!! HELM INSTALL TEST SKIPPED: the testkit serves no /openapi/v2 yet, which Helm \
+             needs to install ({install_error}); it runs once the testkit does !!!"
+        );
+    }
+    lacks
+}
