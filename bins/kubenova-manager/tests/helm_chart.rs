@@ -27,6 +27,12 @@ const CRD_KINDS: [&str; 4] = [
     "PrometheusRule",
 ];
 
+/// The case with a catalog overlay, an OIDC issuer and the operator settings (run for real
+/// by `the_rendered_pod_runs_the_real_manager`).
+const CATALOG_CASE: &str = "catalog, OIDC, operator and URLs";
+/// A JWKS with one EC P-256 public key.
+const JWKS: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"idp-1","use":"sig","alg":"ES256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
+
 fn matrix() -> Vec<(&'static str, Value)> {
     vec![
         ("defaults", json!({})),
@@ -43,17 +49,30 @@ fn matrix() -> Vec<(&'static str, Value)> {
             }),
         ),
         (
-            "es256, OIDC, catalog, operator settings",
+            "es256 and the agent CA",
             json!({
                 "keys": {"jwt": {
                     "algorithm": "es256", "es256Secret": "kubenova-es256",
                     "issuer": "https://kubenova.example.com", "audience": "platform",
                 }},
-                "oidc": {"issuer": "https://login.example.com", "audience": "kubenova", "jwks": "{\"keys\":[]}"},
-                "catalog": {"plans": [{"name": "gold", "quota": {"cpu": "64"}}]},
-                "defaultPlan": "gold",
+                "agent": {"caSecret": "kubenova-ca", "caSecretKey": "ca.pem"},
+            }),
+        ),
+        (
+            CATALOG_CASE,
+            json!({
+                "oidc": {"issuer": "https://login.example.com", "audience": "kubenova", "jwks": JWKS},
+                "catalog": {"plans": [{
+                    "name": "team", "description": "A team plan.",
+                    "tenantQuotas": {"requests.cpu": "8", "limits.cpu": "8", "requests.memory": "16Gi", "limits.memory": "16Gi", "pods": "100"},
+                    "namespaceQuota": 5,
+                    "limitRange": {"defaultRequest": {"cpu": "100m", "memory": "128Mi"}, "default": {"cpu": "500m", "memory": "512Mi"}, "max": {"cpu": "4", "memory": "8Gi"}},
+                    "prices": {"currency": "USD", "cpuCoreHour": "0.040", "memoryGibHour": "0.0050", "storageGibHour": "0.00014", "loadBalancerHour": "0.025"},
+                    "policysets": ["tenant-isolation", "pod-security-baseline", "baseline"],
+                }]},
+                "defaultPlan": "team",
                 "operator": {"image": "registry.example.com/kubenova/operator:0.1.0", "helmInstaller": true},
-                "agent": {"managerUrl": "https://agents.kubenova.example.com", "caSecret": "kubenova-ca", "caSecretKey": "ca.pem"},
+                "agent": {"managerUrl": "https://agents.kubenova.example.com"},
                 "externalUrl": "https://kubenova.example.com",
                 "logLevel": "debug",
                 "extraEnv": [{"name": "KUBENOVA_MAX_KUBECONFIG_TTL", "value": "8h"}],
@@ -669,4 +688,159 @@ async fn install_upgrade_uninstall_in_the_testkit() {
     );
     claims.get(&format!("{name}-data")).await.unwrap();
     cluster.shutdown().await;
+}
+
+/// Runs the real `kubenova-manager` with exactly what the chart's pod would get: the
+/// container's args and environment (Secret references resolved from the rendered keys
+/// Secret), and its volumes (ConfigMap files written out, the data volume a directory),
+/// with the pod's paths under a temporary root. The startup, liveness and readiness probe
+/// paths answer 200, the bootstrap admin token is where NOTES.txt says, and it works.
+#[tokio::test]
+async fn the_rendered_pod_runs_the_real_manager() {
+    let Some(helm) = harness::helm() else { return };
+    let chart = harness::chart(CHART);
+    for (case, values) in matrix()
+        .into_iter()
+        .filter(|(case, _)| ["defaults", CATALOG_CASE].contains(case))
+    {
+        let (rendered, notes) = helm.render(&chart, &values, RELEASE, NAMESPACE).unwrap();
+        let objects = objects(&rendered);
+        run_pod(case, &objects, &notes).await;
+    }
+}
+
+fn rendered_data(objects: &[Value], kind: &str, name: &str) -> serde_json::Map<String, Value> {
+    let o = objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("{kind} {name} is not rendered"));
+    let mut data = o["data"].as_object().unwrap().clone();
+    if kind == "Secret" {
+        for v in data.values_mut() {
+            *v = json!(decode(v));
+        }
+    }
+    data
+}
+
+async fn run_pod(case: &str, objects: &[Value], notes: &str) {
+    let d = find(objects, "Deployment").unwrap();
+    let pod = &d["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let root = tempfile::tempdir().unwrap();
+    let local = |p: &str| format!("{}{p}", root.path().display());
+    // Volumes.
+    for m in c["volumeMounts"].as_array().unwrap() {
+        let dir = local(m["mountPath"].as_str().unwrap());
+        std::fs::create_dir_all(&dir).unwrap();
+        let volume = pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == m["name"])
+            .unwrap();
+        if let Some(cm) = volume["configMap"]["name"].as_str() {
+            for (file, text) in rendered_data(objects, "ConfigMap", cm) {
+                std::fs::write(format!("{dir}/{file}"), text.as_str().unwrap()).unwrap();
+            }
+        }
+    }
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubenova-manager"));
+    cmd.env_clear().kill_on_drop(true);
+    for a in c["args"].as_array().unwrap() {
+        cmd.arg(a.as_str().unwrap());
+    }
+    for e in c["env"].as_array().unwrap() {
+        let name = e["name"].as_str().unwrap();
+        let value = if name == "KUBENOVA_LISTEN" {
+            addr.to_string()
+        } else if let Some(v) = e["value"].as_str() {
+            if v.starts_with('/') {
+                local(v)
+            } else {
+                v.replace(
+                    "sqlite:///",
+                    &format!("sqlite://{}/", root.path().display()),
+                )
+            }
+        } else if let Some(r) = e["valueFrom"]["secretKeyRef"].as_object() {
+            let data = rendered_data(objects, "Secret", r["name"].as_str().unwrap());
+            data[r["key"].as_str().unwrap()]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        } else {
+            "manager-0".to_owned()
+        };
+        cmd.env(name, value);
+    }
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let http = reqwest::Client::new();
+    let probes: Vec<&str> = ["startupProbe", "livenessProbe", "readinessProbe"]
+        .iter()
+        .map(|p| c[*p]["httpGet"]["path"].as_str().unwrap())
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    for path in probes {
+        loop {
+            let url = format!("http://{addr}{path}");
+            if let Ok(r) = http.get(&url).send().await
+                && r.status() == 200
+            {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                let mut err = String::new();
+                use tokio::io::AsyncReadExt as _;
+                child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .await
+                    .unwrap();
+                panic!("{case}: the manager exited ({status}) with the chart's settings:\n{err}");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{case}: {path} never answered 200"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    // NOTES.txt's way to the bootstrap admin token (SQLite: the file in the data volume).
+    let token_path = "/var/lib/kubenova/admin.token";
+    assert!(notes.contains(token_path), "{notes}");
+    let token = std::fs::read_to_string(local(token_path)).unwrap();
+    let me: Value = http
+        .get(format!("http://{addr}/api/v1/me"))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["roles"], json!(["admin"]), "{case}: {me}");
+    if case == CATALOG_CASE {
+        let plan: Value = http
+            .get(format!("http://{addr}/api/v1/plans/team"))
+            .bearer_auth(token.trim())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            plan["namespaceQuota"], 5,
+            "{case}: the catalog overlay: {plan}"
+        );
+    }
+    child.kill().await.unwrap();
 }
