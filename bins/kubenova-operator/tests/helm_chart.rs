@@ -716,3 +716,140 @@ async fn install_upgrade_uninstall_in_the_testkit() {
     crds.get("novatenants.kubenova.io").await.unwrap();
     cluster.shutdown().await;
 }
+
+/// Runs the real `kubenova-operator` with exactly the rendered pod's arguments and
+/// environment (the agent Secret's keys resolved from the rendered Secret, optional ones
+/// left out as the kubelet does), against an emulated cluster holding the chart's CRDs,
+/// for the defaults and for the case with the agent Secret, the installer identity and
+/// extra variables: its liveness and readiness probe paths answer 200 and it takes the
+/// leader-election Lease named in the values.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rendered_pod_runs_the_real_operator() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::api::{Api, PostParams};
+
+    let Some(helm) = harness::helm() else { return };
+    let chart = harness::chart(CHART);
+    for (case, values) in matrix() {
+        let (rendered, _) = helm.render(&chart, &values, "ops", NS).unwrap();
+        let objects: Vec<Value> = rendered.iter().map(|r| r.object.clone()).collect();
+        let cluster = kubenova_testkit::TestCluster::start().await.unwrap();
+        for entry in std::fs::read_dir(chart.join("crds")).unwrap() {
+            cluster
+                .register_crd_yaml(&std::fs::read_to_string(entry.unwrap().path()).unwrap())
+                .unwrap();
+        }
+        let client = cluster.client().unwrap();
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": NS}})).unwrap(),
+            )
+            .await
+            .unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let kubeconfig = root.path().join("kubeconfig");
+        std::fs::write(&kubeconfig, cluster.kubeconfig_yaml()).unwrap();
+        let d = objects.iter().find(|o| o["kind"] == "Deployment").unwrap();
+        let c = &d["spec"]["template"]["spec"]["containers"][0];
+        let secret = objects.iter().find(|o| o["kind"] == "Secret");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubenova-operator"));
+        cmd.env_clear().kill_on_drop(true);
+        cmd.args(
+            c["args"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap()),
+        );
+        for e in c["env"].as_array().unwrap() {
+            let name = e["name"].as_str().unwrap();
+            let value = if name == "KUBENOVA_LISTEN" {
+                format!("127.0.0.1:{port}")
+            } else if let Some(v) = e["value"].as_str() {
+                if v.starts_with('/') {
+                    format!("{}{v}", root.path().display())
+                } else {
+                    v.to_owned()
+                }
+            } else if let Some(r) = e["valueFrom"]["secretKeyRef"].as_object() {
+                assert_eq!(r["optional"], true, "{case}: {name}");
+                match secret.map(|s| &s["data"][r["key"].as_str().unwrap()]) {
+                    Some(Value::String(b64)) => {
+                        let bytes =
+                            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64)
+                                .unwrap();
+                        String::from_utf8(bytes).unwrap()
+                    }
+                    _ => continue,
+                }
+            } else {
+                match e["valueFrom"]["fieldRef"]["fieldPath"].as_str().unwrap() {
+                    "metadata.name" => "kubenova-operator-0".to_owned(),
+                    "metadata.namespace" => NS.to_owned(),
+                    other => panic!("{case}: fieldRef {other}"),
+                }
+            };
+            cmd.env(name, value);
+        }
+        // Out of the pod: the cluster is reached through a kubeconfig, not the in-cluster
+        // ServiceAccount.
+        cmd.env("KUBENOVA_KUBECONFIG", &kubeconfig);
+        cmd.stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let mut child = cmd.spawn().unwrap();
+        let http = |path: &str| {
+            std::net::TcpStream::connect(("127.0.0.1", port))
+                .and_then(|mut s| {
+                    use std::io::{Read as _, Write as _};
+                    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n")?;
+                    let mut out = String::new();
+                    s.read_to_string(&mut out)?;
+                    Ok(out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"))
+                })
+                .unwrap_or(false)
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        for probe in ["livenessProbe", "readinessProbe"] {
+            let path = c[probe]["httpGet"]["path"].as_str().unwrap().to_owned();
+            while !http(&path) {
+                assert!(
+                    child.try_wait().unwrap().is_none(),
+                    "{case}: the operator exited with the chart's settings"
+                );
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{case}: {path} never answered 200"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+        let lease = harness::get_path(&values, "leaderElection.leaseName")
+            .and_then(Value::as_str)
+            .unwrap_or("kubenova-operator");
+        let leases: Api<Lease> = Api::namespaced(client, NS);
+        loop {
+            let holder = leases
+                .get_opt(lease)
+                .await
+                .unwrap()
+                .and_then(|l| l.spec)
+                .and_then(|s| s.holder_identity);
+            if holder.as_deref() == Some("kubenova-operator-0") {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{case}: the operator never took Lease {lease}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        child.kill().await.unwrap();
+        cluster.shutdown().await;
+    }
+}
