@@ -458,6 +458,10 @@ fn bad_values_are_refused_with_their_reason() {
             "'hosts' not allowed",
         ),
         (json!({"database": {"type": "mysql"}}), "database"),
+        (
+            json!({"topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "ScheduleAnyway", "labelSelecter": {}}]}),
+            "'labelSelecter' not allowed",
+        ),
         (json!({"replicaCount": "two"}), "replicaCount"),
         (
             json!({"replicaCount": 2}),

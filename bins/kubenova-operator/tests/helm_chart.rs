@@ -598,6 +598,10 @@ fn bad_values_are_refused_with_their_reason() {
         ),
         (json!({"replicaCount": 0}), "replicaCount"),
         (
+            json!({"extraEnv": [{"name": "A", "valueFrom": {"secretKeyReff": {}}}]}),
+            "'secretKeyReff' not allowed",
+        ),
+        (
             json!({"agent": {"managerUrl": "kubenova.example.com"}}),
             "managerUrl",
         ),
