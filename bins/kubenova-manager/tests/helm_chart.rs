@@ -848,3 +848,125 @@ async fn run_pod(case: &str, objects: &[Value], notes: &str) {
     }
     child.kill().await.unwrap();
 }
+
+/// With Postgres the chart runs several replicas that start together, each applying the
+/// migrations as it starts: three real managers started at once on a fresh database all
+/// become ready (none trips over another's half-applied migration), and every migration
+/// is recorded as applied (sqlx's migrator holds Postgres's advisory lock). Needs `KUBENOVA_TEST_POSTGRES_URL` (skipped loudly without
+/// it, a failure with `KUBENOVA_REQUIRE_POSTGRES=1`).
+#[tokio::test]
+async fn replicas_starting_together_migrate_once() {
+    let url = match std::env::var("KUBENOVA_TEST_POSTGRES_URL") {
+        Ok(u) if !u.is_empty() => u,
+        _ => {
+            if std::env::var("KUBENOVA_REQUIRE_POSTGRES").as_deref() == Ok("1") {
+                panic!("KUBENOVA_REQUIRE_POSTGRES=1 but KUBENOVA_TEST_POSTGRES_URL is not set");
+            }
+            eprintln!(
+                "!!! POSTGRES SKIPPED: set KUBENOVA_TEST_POSTGRES_URL to race the replicas' migrations !!!"
+            );
+            return;
+        }
+    };
+    let db = format!("kn_replicas_{}", uuid_like());
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {db}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let (base, _) = url.rsplit_once('/').unwrap();
+    let db_url = format!("{base}/{db}");
+    let keks = format!(
+        "chart-1:{}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [7u8; 32])
+    );
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut children = Vec::new();
+    let mut ports = Vec::new();
+    for dir in &dirs {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        ports.push(port);
+        children.push(
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_kubenova-manager"))
+                .arg("serve")
+                .env_clear()
+                .env("DATABASE_URL", &db_url)
+                .env("KUBENOVA_DATA_DIR", dir.path())
+                .env("KUBENOVA_KEKS", &keks)
+                .env("KUBENOVA_JWT_SECRET", "s".repeat(48))
+                .env("KUBENOVA_LISTEN", format!("127.0.0.1:{port}"))
+                .env("KUBENOVA_LOG", "warn")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap(),
+        );
+    }
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    for (port, child) in ports.iter().zip(children.iter_mut()) {
+        loop {
+            let ready = http
+                .get(format!("http://127.0.0.1:{port}/api/v1/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            if ready {
+                break;
+            }
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "a replica exited while the replicas migrated together"
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "a replica never became ready"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    let pool = sqlx::PgPool::connect(&db_url).await.unwrap();
+    let (applied, failed): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE NOT success) FROM _sqlx_migrations",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let files = std::fs::read_dir(harness::repo().join("kubenova-store/migrations/postgres"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "sql")
+        })
+        .count();
+    assert_eq!(
+        (applied, failed),
+        (files as i64, 0),
+        "every migration applied once"
+    );
+    pool.close().await;
+    for mut c in children {
+        c.kill().await.unwrap();
+    }
+    sqlx::query(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+}
+
+fn uuid_like() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{:x}_{}", nanos, std::process::id())
+}
