@@ -698,7 +698,8 @@ async fn install_upgrade_uninstall_in_the_testkit() {
 /// container's args and environment (Secret references resolved from the rendered keys
 /// Secret), and its volumes (ConfigMap files written out, the data volume a directory),
 /// with the pod's paths under a temporary root. The startup, liveness and readiness probe
-/// paths answer 200, the bootstrap admin token is where NOTES.txt says, and it works.
+/// paths answer 200, and the bootstrap admin token is got the way NOTES.txt says (SQLite
+/// and, with `KUBENOVA_TEST_POSTGRES_URL`, Postgres) and works.
 #[tokio::test]
 async fn the_rendered_pod_runs_the_real_manager() {
     let Some(helm) = harness::helm() else { return };
@@ -708,8 +709,53 @@ async fn the_rendered_pod_runs_the_real_manager() {
         .filter(|(case, _)| ["defaults", CATALOG_CASE].contains(case))
     {
         let (rendered, notes) = helm.render(&chart, &values, RELEASE, NAMESPACE).unwrap();
-        let objects = objects(&rendered);
-        run_pod(case, &objects, &notes).await;
+        run_pod(case, &objects(&rendered), &notes).await;
+    }
+    // Postgres, with the Secrets the values name (made here as an operator would).
+    let Some(url) = pg_url() else { return };
+    let (case, values) = matrix().swap_remove(1);
+    assert_eq!(values["database"]["type"], "postgres");
+    let db = format!("kn_chart_{}", uuid_like());
+    let admin = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {db}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let (base, _) = url.rsplit_once('/').unwrap();
+    let b64 = |s: &str| base64::Engine::encode(&base64::engine::general_purpose::STANDARD, s);
+    let secret = |name: &str, key: &str, value: &str| json!({"kind": "Secret", "metadata": {"name": name}, "data": {key: b64(value)}});
+    let (rendered, notes) = helm.render(&chart, &values, RELEASE, NAMESPACE).unwrap();
+    let mut objects = objects(&rendered);
+    objects.extend([
+        secret("kubenova-db", "dsn", &format!("{base}/{db}")),
+        secret(
+            "kubenova-kek",
+            "keys",
+            &format!("chart-1:{}", b64(&"k".repeat(32))),
+        ),
+        secret("kubenova-jwt", "hs256", &"s".repeat(48)),
+    ]);
+    run_pod(case, &objects, &notes).await;
+    sqlx::query(&format!("DROP DATABASE {db} WITH (FORCE)"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+}
+
+/// The Postgres URL for tests, or `None` (skipped loudly) unless Postgres is required.
+fn pg_url() -> Option<String> {
+    match std::env::var("KUBENOVA_TEST_POSTGRES_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            if std::env::var("KUBENOVA_REQUIRE_POSTGRES").as_deref() == Ok("1") {
+                panic!("KUBENOVA_REQUIRE_POSTGRES=1 but KUBENOVA_TEST_POSTGRES_URL is not set");
+            }
+            eprintln!(
+                "!!! POSTGRES SKIPPED: set KUBENOVA_TEST_POSTGRES_URL to run the chart's Postgres cases !!!"
+            );
+            None
+        }
     }
 }
 
@@ -757,6 +803,7 @@ async fn run_pod(case: &str, objects: &[Value], notes: &str) {
     for a in c["args"].as_array().unwrap() {
         cmd.arg(a.as_str().unwrap());
     }
+    let mut env = Vec::new();
     for e in c["env"].as_array().unwrap() {
         let name = e["name"].as_str().unwrap();
         let value = if name == "KUBENOVA_LISTEN" {
@@ -779,8 +826,9 @@ async fn run_pod(case: &str, objects: &[Value], notes: &str) {
         } else {
             "manager-0".to_owned()
         };
-        cmd.env(name, value);
+        env.push((name.to_owned(), value));
     }
+    cmd.envs(env.iter().cloned());
     cmd.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().unwrap();
@@ -817,10 +865,33 @@ async fn run_pod(case: &str, objects: &[Value], notes: &str) {
             tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         }
     }
-    // NOTES.txt's way to the bootstrap admin token (SQLite: the file in the data volume).
+    // NOTES.txt's way to the bootstrap admin token: on SQLite the file in the data
+    // volume; on Postgres `admin-token --print` in a pod (here: with another replica's
+    // empty data directory).
     let token_path = "/var/lib/kubenova/admin.token";
-    assert!(notes.contains(token_path), "{notes}");
-    let token = std::fs::read_to_string(local(token_path)).unwrap();
+    let token = if notes.contains(&format!("-- cat {token_path})")) {
+        std::fs::read_to_string(local(token_path)).unwrap()
+    } else {
+        assert!(
+            notes.contains("-- kubenova-manager admin-token --print)"),
+            "{case}: {notes}"
+        );
+        let other = tempfile::tempdir().unwrap();
+        let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubenova-manager"))
+            .args(["admin-token", "--print"])
+            .env_clear()
+            .envs(env.iter().cloned())
+            .env("KUBENOVA_DATA_DIR", other.path())
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{case}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
     let me: Value = http
         .get(format!("http://{addr}/api/v1/me"))
         .bearer_auth(token.trim())
@@ -856,18 +927,7 @@ async fn run_pod(case: &str, objects: &[Value], notes: &str) {
 /// it, a failure with `KUBENOVA_REQUIRE_POSTGRES=1`).
 #[tokio::test]
 async fn replicas_starting_together_migrate_once() {
-    let url = match std::env::var("KUBENOVA_TEST_POSTGRES_URL") {
-        Ok(u) if !u.is_empty() => u,
-        _ => {
-            if std::env::var("KUBENOVA_REQUIRE_POSTGRES").as_deref() == Ok("1") {
-                panic!("KUBENOVA_REQUIRE_POSTGRES=1 but KUBENOVA_TEST_POSTGRES_URL is not set");
-            }
-            eprintln!(
-                "!!! POSTGRES SKIPPED: set KUBENOVA_TEST_POSTGRES_URL to race the replicas' migrations !!!"
-            );
-            return;
-        }
-    };
+    let Some(url) = pg_url() else { return };
     let db = format!("kn_replicas_{}", uuid_like());
     let admin = sqlx::PgPool::connect(&url).await.unwrap();
     sqlx::query(&format!("CREATE DATABASE {db}"))
