@@ -116,13 +116,14 @@ impl BootstrapParams {
         }
     }
 
-    fn fingerprint(&self) -> String {
-        use std::hash::{Hash as _, Hasher as _};
-        // A non-cryptographic 64-bit fingerprint is enough to roll pods on rotation and
-        // reveals nothing usable about a 256-bit random credential.
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.agent_token.hash(&mut h);
-        format!("{:016x}", h.finish())
+    /// The credential's fingerprint on the pod template ([`CREDENTIAL_ANNOTATION`]): the
+    /// first 16 hex digits of its SHA-256 (64 bits are enough to roll pods on rotation and
+    /// reveal nothing usable about a 256-bit random credential). The operator chart
+    /// computes the same (`sha256sum | trunc 16`), so chart and bootstrap objects agree.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(self.agent_token.as_bytes());
+        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
     }
 }
 
