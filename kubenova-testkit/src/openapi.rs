@@ -217,6 +217,20 @@ fn crd_schema(mut s: Value, prefix: &str) -> Value {
     s
 }
 
+/// The patch media types a kind accepts. Custom resources take no strategic merge patch,
+/// and kubectl reads this list to choose between a strategic and a JSON merge patch.
+fn patch_types(t: &ResourceType) -> Vec<&'static str> {
+    let mut out = vec![
+        "application/apply-patch+yaml",
+        "application/json-patch+json",
+        "application/merge-patch+json",
+    ];
+    if !t.custom {
+        out.push("application/strategic-merge-patch+json");
+    }
+    out
+}
+
 /// One operation of a path.
 fn operation(
     t: &ResourceType,
@@ -262,12 +276,7 @@ fn operation(
             json!({"description": "OK", "content": {"application/json": {"schema": resp_schema}}});
         if let Some(b) = body {
             let types: Vec<&str> = if action == "patch" {
-                vec![
-                    "application/apply-patch+yaml",
-                    "application/json-patch+json",
-                    "application/merge-patch+json",
-                    "application/strategic-merge-patch+json",
-                ]
+                patch_types(t)
             } else {
                 vec!["*/*"]
             };
@@ -285,12 +294,7 @@ fn operation(
     } else {
         op["responses"]["200"] = json!({"description": "OK", "schema": resp_schema});
         op["consumes"] = if action == "patch" {
-            json!([
-                "application/json-patch+json",
-                "application/merge-patch+json",
-                "application/strategic-merge-patch+json",
-                "application/apply-patch+yaml"
-            ])
+            json!(patch_types(t))
         } else {
             json!(["*/*"])
         };

@@ -190,6 +190,31 @@ spec:
   ports: [{name: http, port: 80, targetPort: http}]
 "#;
 
+const WIDGET_CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            description: What the widget is.
+            properties:
+              size: {type: integer, minimum: 1}
+              tags: {type: array, items: {type: string}}
+"#;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_kubectl_against_the_testkit() {
     let Some(bin) = find_kubectl() else {
@@ -552,6 +577,35 @@ fn scenario(k: &Kubectl, client: &kube::Client) {
         "json",
     ]);
     assert_eq!(names(&all), ["extra", "settings", "ssa"]);
+
+    // A CRD applied with kubectl, then its custom resources: client-side apply of a custom
+    // resource is a JSON merge patch (the OpenAPI says it takes no strategic merge patch).
+    let crd = k.write("crd.yaml", WIDGET_CRD);
+    k.ok(&["apply", "-f", &crd]);
+    let w1 = k.write(
+        "widget.yaml",
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w1, namespace: demo}\nspec: {size: 1, tags: [a, b]}\n",
+    );
+    k.ok(&["apply", "-f", &w1]);
+    let w2 = k.write(
+        "widget2.yaml",
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w1, namespace: demo}\nspec: {size: 2}\n",
+    );
+    let out = k.ok(&["apply", "-f", &w2]);
+    assert!(out.contains("widget.example.com/w1 configured"), "{out}");
+    let w = k.json(&["get", "widgets", "w1", "-n", "demo", "-o", "json"]);
+    assert_eq!(w["spec"], json!({"size": 2}));
+    let w3 = k.write(
+        "widget3.yaml",
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w1, namespace: demo}\nspec: {size: 2, colour: red}\n",
+    );
+    let out = k.run(&["apply", "-f", &w3]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown field \"spec.colour\""), "{err}");
+    let explain = k.ok(&["explain", "widgets.spec"]);
+    assert!(explain.contains("size"), "{explain}");
+    k.ok(&["delete", "-f", &crd]);
 
     // explain reads the OpenAPI v3 document.
     let explain = k.ok(&["explain", "deployment.spec.strategy"]);
