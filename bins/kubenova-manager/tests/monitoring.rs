@@ -148,7 +148,7 @@ fn rules() -> Value {
             api.push(record(
                 &format!("kubenova:http_error_ratio:rate{w}"),
                 format!(
-                    "sum(rate(kubenova_http_requests_total{{{sel},status=~\"5..\"}}[{w}])) / sum(rate(kubenova_http_requests_total{{{sel}}}[{w}]))"
+                    "(sum(rate(kubenova_http_requests_total{{{sel},status=~\"5..\"}}[{w}])) or vector(0)) / sum(rate(kubenova_http_requests_total{{{sel}}}[{w}]))"
                 ),
                 json!({"class": class}),
             ));
@@ -198,13 +198,13 @@ fn rules() -> Value {
     ));
     agent.push(record(
         "kubenova:reconcile_error_ratio:rate15m",
-        "sum by (controller) (rate(kubenova_reconcile_total{result=\"error\"}[15m])) / sum by (controller) (rate(kubenova_reconcile_total[15m]))"
+        "(sum by (controller) (rate(kubenova_reconcile_total{result=\"error\"}[15m])) or 0 * sum by (controller) (rate(kubenova_reconcile_total[15m]))) / sum by (controller) (rate(kubenova_reconcile_total[15m]))"
             .into(),
         json!({}),
     ));
     agent.push(record(
         "kubenova:store_error_ratio:rate5m",
-        "sum(rate(kubenova_store_errors_total[5m])) / sum(rate(kubenova_store_operation_duration_seconds_count[5m]))"
+        "(sum(rate(kubenova_store_errors_total[5m])) or vector(0)) / sum(rate(kubenova_store_operation_duration_seconds_count[5m]))"
             .into(),
         json!({}),
     ));
@@ -965,6 +965,26 @@ fn unit_tests(rules: &Value) -> Value {
             })
         })
         .collect();
+    let mut tests = tests;
+    // The error ratios are 0, not absent, when nothing failed (no error series exist).
+    tests.push(json!({
+        "interval": "1m",
+        "input_series": [
+            {"series": r#"kubenova_http_requests_total{route="/api/v1/tenants",method="GET",status="200"}"#, "values": "0+60x20"},
+            {"series": r#"kubenova_store_operation_duration_seconds_count{operation="get_tenant"}"#, "values": "0+60x20"},
+            {"series": r#"kubenova_reconcile_total{controller="novatenant",result="ok"}"#, "values": "0+60x20"},
+        ],
+        "promql_expr_test": [
+            {"expr": r#"kubenova:http_error_ratio:rate5m{class="read"}"#, "eval_time": "10m",
+             "exp_samples": [{"labels": r#"kubenova:http_error_ratio:rate5m{class="read"}"#, "value": 0}]},
+            {"expr": "kubenova:store_error_ratio:rate5m", "eval_time": "10m",
+             "exp_samples": [{"labels": "kubenova:store_error_ratio:rate5m", "value": 0}]},
+            {"expr": "kubenova:reconcile_error_ratio:rate15m", "eval_time": "10m",
+             "exp_samples": [{"labels": r#"kubenova:reconcile_error_ratio:rate15m{controller="novatenant"}"#, "value": 0}]},
+            {"expr": r#"kubenova:http_requests:rate5m{class="read"}"#, "eval_time": "10m",
+             "exp_samples": [{"labels": r#"kubenova:http_requests:rate5m{class="read"}"#, "value": 1}]},
+        ],
+    }));
     json!({
         "rule_files": ["../rules/kubenova.rules.yaml"],
         "evaluation_interval": "1m",

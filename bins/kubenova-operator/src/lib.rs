@@ -464,6 +464,9 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         "1 while this replica holds the leader-election Lease and runs the controllers",
         status.leader.clone(),
     );
+    // The agent loop's counters (`kubenova_agent_*`), handed to its configuration below.
+    let agent_metrics = Arc::new(kubenova_reconcile::agent::AgentMetrics::default());
+    agent_metrics.register(&mut registry);
     let registry = Arc::new(registry);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
@@ -487,8 +490,11 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     tracing::info!(version = %version.git_version, "connected to the API server");
     let ctx = Arc::new(Ctx::new(client.clone(), Arc::new(catalog), metrics));
     let agent = match workloads::agent_config(&client, &config.agent).await? {
-        Some(agent) => Some((
-            agent,
+        Some(mut agent) => Some((
+            {
+                agent.metrics = Arc::clone(&agent_metrics);
+                agent
+            },
             workloads::driver(
                 &client,
                 &config.agent,
