@@ -1152,21 +1152,35 @@ async fn covers_latest_write(
     object: uuid::Uuid,
     observed: i64,
 ) -> Result<bool, StoreError> {
-    let mut since = observed;
+    Ok(matches!(
+        last_write_after(st, cluster, object, observed).await?,
+        Some(None)
+    ))
+}
+
+/// The revision of the newest write of `object` after revision `since`: `Some(None)`
+/// when there is none, `None` when unknown (the log was compacted past `since`).
+async fn last_write_after(
+    st: &AppState,
+    cluster: ClusterId,
+    object: uuid::Uuid,
+    mut since: i64,
+) -> Result<Option<Option<i64>>, StoreError> {
+    let mut last = None;
     loop {
         let Some(changes) = st
             .store
             .changes_since(cluster, since, MAX_DELTA_CHANGES)
             .await?
         else {
-            return Ok(false);
+            return Ok(None);
         };
-        if changes.iter().any(|c| c.object_id == object) {
-            return Ok(false);
+        if let Some(c) = changes.iter().rev().find(|c| c.object_id == object) {
+            last = Some(c.revision);
         }
         match changes.last() {
-            Some(last) if changes.len() == MAX_DELTA_CHANGES as usize => since = last.revision,
-            _ => return Ok(true),
+            Some(l) if changes.len() == MAX_DELTA_CHANGES as usize => since = l.revision,
+            _ => return Ok(Some(last)),
         }
     }
 }
@@ -1248,14 +1262,23 @@ async fn observe_sync_lag(
     let (Phase::Ready, Some(observed)) = (item.status.phase, item.status.observed_revision) else {
         return;
     };
-    let covered = |rev| covers_latest_write(st, cluster, item.id, rev);
-    if stored.phase == Phase::Ready
-        && let Some(prev) = stored.observed_revision
-        && !matches!(covered(prev).await, Ok(false))
-    {
+    // One pass over the log: from the stored report's revision when it was ready (did it
+    // already cover the latest write?), else from the reported one.
+    let prev = match (stored.phase, stored.observed_revision) {
+        (Phase::Ready, Some(prev)) if prev <= observed => Some(prev),
+        _ => None,
+    };
+    let Ok(Some(last)) = last_write_after(st, cluster, item.id, prev.unwrap_or(observed)).await
+    else {
         return;
-    }
-    if let Ok(true) = covered(observed).await {
+    };
+    let measure = match (prev, last) {
+        // Ready before, and nothing written since: a resync, not a new sync.
+        (Some(_), None) => false,
+        (Some(_), Some(last)) => last <= observed,
+        (None, last) => last.is_none(),
+    };
+    if measure {
         let kind = match item.kind {
             ObjectKind::Tenant => "tenant",
             ObjectKind::Project => "project",
