@@ -606,26 +606,26 @@ fn dashboards() -> Vec<(&'static str, Value)> {
                 &[("kubenova:agent_sync_lag_seconds:p99_5m", "{{kind}}")],
             ),
             panel(
-                "Tenant API requests by route",
+                "Tenant API requests by route (all clusters)",
                 "reqps",
                 &[(
-                    "sum by (route) (rate(kubenova_http_requests_total{route=~\"/api/v1/tenants/.*\"}[5m]))",
+                    "sum by (route) (rate(kubenova_http_requests_total{route=~\".*/tenants/.*\"}[5m]))",
                     "{{route}}",
                 )],
             ),
             panel(
-                "Tenant API 5xx by route",
+                "Tenant API 5xx by route (all clusters)",
                 "reqps",
                 &[(
-                    "sum by (route) (rate(kubenova_http_requests_total{route=~\"/api/v1/tenants/.*\",status=~\"5..\"}[5m]))",
+                    "sum by (route) (rate(kubenova_http_requests_total{route=~\".*/tenants/.*\",status=~\"5..\"}[5m]))",
                     "{{route}}",
                 )],
             ),
             panel(
-                "Kubeconfig issuance p99",
+                "Kubeconfig issuance p99 (all clusters)",
                 "s",
                 &[(
-                    "histogram_quantile(0.99, sum by (le) (rate(kubenova_http_request_duration_seconds_bucket{route=~\"/api/v1/tenants/.*/kubeconfig\"}[5m])))",
+                    "histogram_quantile(0.99, sum by (le) (rate(kubenova_http_request_duration_seconds_bucket{route=~\".*/tenants/.*/kubeconfig\"}[5m])))",
                     "p99",
                 )],
             ),

@@ -566,6 +566,36 @@ async fn run(
     )
     .await?;
 
+    // Every recording rule and every dashboard expression has series after the workload,
+    // except those that only have some when something fails (5xx, errors, limits) or that
+    // the workload does not exercise (kubeconfig issuance, deletes): a wrong selector or
+    // label value would leave a panel empty forever.
+    const MAY_BE_EMPTY: [&str; 7] = [
+        "5..",
+        "errors",
+        "rate_limited",
+        "unauthenticated",
+        "audit_write_failures",
+        "deletes",
+        "kubeconfig",
+    ];
+    for g in &groups {
+        for r in g["rules"].as_array().unwrap() {
+            if r["type"] == "recording" {
+                let name = r["name"].as_str().unwrap();
+                wait_series(&prom, name, "any value", |_| true).await?;
+            }
+        }
+    }
+    for (name, expr) in exprs.iter().filter(|(n, _)| n.contains(".json")) {
+        if MAY_BE_EMPTY.iter().any(|m| expr.contains(m)) {
+            continue;
+        }
+        if query(&prom, expr).await?.is_empty() {
+            bail!("dashboard panel {name} has no series: {expr}");
+        }
+    }
+
     // Every rule evaluates without error.
     let rules_api: Value = reqwest::get(format!("{prom}/api/v1/rules"))
         .await?
