@@ -1,7 +1,7 @@
 //! `/readyz` on a manager on Postgres: each dependency is taken away and given back, and
 //! readiness follows: the store (its connections go through a TCP proxy that the test
 //! cuts), the migrations (the newest one marked not applied), the signing keys (deleted
-//! from the store, then corrupted) and the change listener's `LISTEN` connection (through
+//! from the store, then corrupted, and read by a replica with another KEK) and the change listener's `LISTEN` connection (through
 //! a second proxy). A 503 names the failed check. Needs `KUBENOVA_TEST_POSTGRES_URL`
 //! (skipped loudly without it; a failure with `KUBENOVA_REQUIRE_POSTGRES=1`).
 #![allow(clippy::unwrap_used, missing_docs)]
@@ -270,6 +270,30 @@ async fn readyz_follows_each_dependency_away_and_back() {
         .await
         .unwrap();
     wait_readyz(&router, "ready again after the keys were repaired", ready).await;
+
+    // A replica whose KEK is not the one that wrapped the keys cannot decrypt them.
+    let other = PgStore::connect_with(
+        opts.clone().options([("search_path", schema.as_str())]),
+        2,
+        Keyring::new(vec![Kek::new("k2", &[6u8; 32]).unwrap()]).unwrap(),
+    )
+    .await
+    .unwrap();
+    let other: Arc<dyn Store> = Arc::new(other);
+    let other_router = api::router(kubenova_manager::test_state(
+        Arc::clone(&other),
+        ServerConfig::default(),
+        b"readiness-test-secret-readiness-test!",
+    ));
+    let v = wait_readyz(
+        &other_router,
+        "503 signingKeys (KEK)",
+        failed("signingKeys"),
+    )
+    .await;
+    assert!(v["message"].as_str().unwrap().contains("decrypted"), "{v}");
+    drop(other_router);
+    other.close().await;
 
     // The store itself: every connection cut and refused.
     store_proxy.cut().await;

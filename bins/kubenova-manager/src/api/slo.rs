@@ -251,7 +251,9 @@ impl SloMetrics {
 }
 
 /// Reads and decrypts the stored kubeconfig signing keys without creating them (the
-/// manager creates them at start, so their absence afterwards means they were lost).
+/// manager creates them at start, so their absence afterwards means they were lost). The
+/// error is client-safe (readiness is public): it says what is wrong and what to do, and
+/// the store's own error goes to the log.
 pub async fn read_signing_keys(store: &dyn Store) -> Result<KeySet, String> {
     let bytes = store
         .get_secret(
@@ -261,12 +263,20 @@ pub async fn read_signing_keys(store: &dyn Store) -> Result<KeySet, String> {
         .await
         .map_err(|e| match e {
             StoreError::NotFound { .. } => {
-                "the kubeconfig signing keys are missing from the store; restore them from a backup or rotate (see the lost signing key runbook)".to_string()
+                "the kubeconfig signing keys are missing from the store; restore them from a backup or restart a manager to generate new ones (see the lost signing key runbook)".to_string()
             }
-            e => format!("the kubeconfig signing keys cannot be read from the store: {e}"),
+            StoreError::Crypto(e) => {
+                tracing::warn!(error = %e, "the kubeconfig signing keys cannot be decrypted");
+                "the kubeconfig signing keys cannot be decrypted: give this replica the KEK that wrapped them (see the key management runbook)".to_string()
+            }
+            e => {
+                tracing::warn!(error = %e, "reading the kubeconfig signing keys failed");
+                "the kubeconfig signing keys cannot be read from the store; see the manager log".to_string()
+            }
         })?;
     KeySet::from_bytes(&bytes).map_err(|e| {
-        format!("the stored kubeconfig signing keys are unusable: {e}; restore them from a backup or rotate")
+        tracing::warn!(error = %e, "the stored kubeconfig signing keys are unusable");
+        "the stored kubeconfig signing keys are unusable; restore them from a backup or rotate them (see the lost signing key runbook)".to_string()
     })
 }
 
