@@ -490,11 +490,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     tracing::info!(version = %version.git_version, "connected to the API server");
     let ctx = Arc::new(Ctx::new(client.clone(), Arc::new(catalog), metrics));
     let agent = match workloads::agent_config(&client, &config.agent).await? {
-        Some(mut agent) => Some((
-            {
-                agent.metrics = Arc::clone(&agent_metrics);
-                agent
-            },
+        Some(agent) => Some((
+            agent,
             workloads::driver(
                 &client,
                 &config.agent,
@@ -504,6 +501,11 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         )),
         None => None,
     };
+    // The agent loop counts into the registry served at /metrics.
+    let agent = agent.map(|(mut agent, driver, timeout)| {
+        agent.metrics = Arc::clone(&agent_metrics);
+        (agent, driver, timeout)
+    });
     let opts = RunOptions {
         concurrency: config.concurrency,
     };
