@@ -1166,3 +1166,53 @@ fn promtool_parses_every_dashboard_expression() {
     let out = run(Command::new(&promtool).arg("check").arg("rules").arg(&file));
     assert!(out.contains("SUCCESS"), "{out}");
 }
+
+#[test]
+fn dashboards_are_well_formed() {
+    let mut uids = std::collections::BTreeSet::new();
+    for (name, d) in dashboards() {
+        assert!(
+            uids.insert(d["uid"].as_str().unwrap().to_string()),
+            "{name}: uid reused"
+        );
+        let vars: Vec<&str> = d["templating"]["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            vars.contains(&"datasource"),
+            "{name}: no datasource variable"
+        );
+        let mut ids = std::collections::BTreeSet::new();
+        let mut cells = std::collections::BTreeSet::new();
+        for p in d["panels"].as_array().unwrap() {
+            assert!(
+                ids.insert(p["id"].as_u64().unwrap()),
+                "{name}: panel id reused"
+            );
+            let g = &p["gridPos"];
+            assert!(
+                cells.insert((g["x"].as_u64().unwrap(), g["y"].as_u64().unwrap())),
+                "{name}: panels overlap"
+            );
+            assert_eq!(p["datasource"]["uid"], "${datasource}");
+            let targets = p["targets"].as_array().unwrap();
+            assert!(!targets.is_empty(), "{name}: {} has no query", p["title"]);
+            let refs: std::collections::BTreeSet<&str> = targets
+                .iter()
+                .map(|t| t["refId"].as_str().unwrap())
+                .collect();
+            assert_eq!(refs.len(), targets.len(), "{name}: refId reused");
+            for t in targets {
+                let expr = t["expr"].as_str().unwrap();
+                assert!(!expr.trim().is_empty());
+                assert!(
+                    !expr.contains("$cluster") || vars.contains(&"cluster"),
+                    "{name}: {expr} uses $cluster, not a variable of the dashboard"
+                );
+            }
+        }
+    }
+}
