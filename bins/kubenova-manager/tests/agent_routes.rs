@@ -1006,3 +1006,159 @@ async fn logs_of_a_cluster_whose_operator_is_not_connected_are_503_never_invente
     );
     assert!(r.body.get("lines").is_none());
 }
+
+/// The value of one sample line of `/metrics` (`name{labels} value`), if present.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn sync_lag_is_measured_once_per_write_that_becomes_ready() {
+    let w = world(quiet()).await;
+    let (cid, token) = w.cluster("lag").await;
+    let t = w.tenant(&cid, "acme").await;
+    let rev = w.desired(&token, 0, 1).await["revision"].as_i64().unwrap();
+    let report = |phase: &str, observed: i64| json!({"items": [{"kind": "tenant", "id": t, "status": {"phase": phase, "observedRevision": observed}}]});
+    let post = |body: Value| {
+        w.call(
+            Method::POST,
+            "/api/v1/agent/status",
+            Some(&token),
+            Some(body),
+        )
+    };
+    let count = || {
+        sample(
+            &w.st.runtime.encode_metrics(),
+            "kubenova_agent_sync_lag_seconds_count{kind=\"tenant\"}",
+        )
+        .unwrap_or(0.0)
+    };
+
+    // Reconciling is not ready: nothing measured; ready for the write: one sample.
+    assert_eq!(
+        post(report("reconciling", rev)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(count(), 0.0);
+    assert_eq!(post(report("ready", rev)).await.body["applied"], 1);
+    assert_eq!(count(), 1.0);
+    let metrics = w.st.runtime.encode_metrics();
+    let sum = sample(
+        &metrics,
+        "kubenova_agent_sync_lag_seconds_sum{kind=\"tenant\"}",
+    )
+    .unwrap();
+    assert!(sum > 0.0 && sum < 60.0, "{sum}");
+
+    // A newer revision written for another object, and the tenant re-reported ready at it
+    // (a resync): stored, not measured again.
+    w.tenant(&cid, "beta").await;
+    let rev2 = w.desired(&token, rev, 1).await["revision"]
+        .as_i64()
+        .unwrap();
+    assert!(rev2 > rev);
+    assert_eq!(post(report("ready", rev2)).await.body["applied"], 1);
+    assert_eq!(count(), 1.0);
+
+    // A new write of the tenant: ready for an older revision is not it; ready for the
+    // write's revision is measured.
+    let r = w
+        .call(
+            Method::PUT,
+            &format!("/api/v1/clusters/{cid}/tenants/{t}/quotas"),
+            Some(&w.admin.clone()),
+            Some(json!({"requests.cpu": "3"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let rev3 = w.desired(&token, rev2, 1).await["revision"]
+        .as_i64()
+        .unwrap();
+    assert!(rev3 > rev2);
+    assert_eq!(
+        post(report("reconciling", rev2 + 1)).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(count(), 1.0);
+    assert_eq!(post(report("ready", rev3)).await.body["applied"], 1);
+    assert_eq!(count(), 2.0);
+}
+
+#[tokio::test]
+async fn the_sweep_counts_clusters_and_forgets_deleted_ones() {
+    let w = world(quiet()).await;
+    let (_a, token_a) = w.cluster("east").await;
+    let (b, token_b) = w.cluster("west").await;
+    w.cluster("north").await;
+    assert_eq!(w.heartbeat(&token_a).await.status, StatusCode::OK);
+    assert_eq!(w.heartbeat(&token_b).await.status, StatusCode::OK);
+    let sweep = || async {
+        let (_, clusters) = agent::sweep_clusters(w.st.store.as_ref(), Duration::from_secs(30))
+            .await
+            .unwrap();
+        w.st.runtime
+            .slo
+            .observe_clusters(&clusters, time::OffsetDateTime::now_utc());
+        kubenova_manager::api::slo::observe_store(&w.st).await;
+        w.st.runtime.encode_metrics()
+    };
+    let m = sweep().await;
+    assert_eq!(
+        sample(&m, "kubenova_clusters{status=\"connected\"}"),
+        Some(2.0)
+    );
+    assert_eq!(
+        sample(&m, "kubenova_clusters{status=\"pending_bootstrap\"}"),
+        Some(1.0)
+    );
+    assert_eq!(sample(&m, "kubenova_clusters{status=\"stale\"}"), Some(0.0));
+    let age = |m: &str, name: &str| {
+        m.lines()
+            .find(|l| {
+                l.starts_with("kubenova_cluster_heartbeat_age_seconds{")
+                    && l.contains(&format!("name=\"{name}\""))
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+    };
+    assert!(
+        age(&m, "west").is_some_and(|a| (0.0..5.0).contains(&a)),
+        "{m}"
+    );
+    assert_eq!(age(&m, "north"), None, "never heartbeated");
+    assert_eq!(
+        sample(&m, "kubenova_store_backend_info{backend=\"sqlite\"}"),
+        Some(1.0)
+    );
+    // The test state has no signing keys yet: unreadable.
+    assert_eq!(sample(&m, "kubenova_signing_keys_readable"), Some(0.0));
+
+    let r = w
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/clusters/{b}"),
+            Some(&w.admin.clone()),
+            None,
+        )
+        .await;
+    assert!(r.status.is_success(), "{} {}", r.status, r.body);
+    kubenova_manager::api::kubeconfigs::load_or_create_signing_keys(w.st.store.as_ref())
+        .await
+        .unwrap();
+    let m = sweep().await;
+    assert_eq!(
+        sample(&m, "kubenova_clusters{status=\"connected\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        age(&m, "west"),
+        None,
+        "the deleted cluster's series is gone: {m}"
+    );
+    assert!(age(&m, "east").is_some());
+    assert_eq!(sample(&m, "kubenova_signing_keys_readable"), Some(1.0));
+    let key_age = sample(&m, "kubenova_signing_key_age_seconds").unwrap();
+    assert!((0.0..60.0).contains(&key_age), "{key_age}");
+}

@@ -152,11 +152,21 @@ async fn healthz_readyz_version_are_public() {
     assert_eq!(v, json!({"status": "ok"}));
     assert!(h.contains_key("x-request-id"));
 
+    // The kubeconfig signing keys are a dependency: the binary creates them at start.
+    let (s, _, v, _) = app.get("/api/v1/readyz", None).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert_eq!(v["details"]["dependency"], "signingKeys", "{v}");
+    kubenova_manager::api::kubeconfigs::load_or_create_signing_keys(app.state.store.as_ref())
+        .await
+        .unwrap();
     let (s, _, v, _) = app.get("/api/v1/readyz", None).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["status"], "ready");
     assert_eq!(v["dependencies"]["store"]["status"], "ok");
     assert_eq!(v["dependencies"]["store"]["backend"], "sqlite");
+    assert_eq!(v["dependencies"]["signingKeys"]["status"], "ok");
+    // No change listener on SQLite.
+    assert!(v["dependencies"].get("changeListener").is_none(), "{v}");
 
     let (s, _, v, _) = app.get("/api/v1/version", None).await;
     assert_eq!(s, StatusCode::OK);

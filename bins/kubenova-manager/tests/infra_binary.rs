@@ -108,7 +108,16 @@ fn exercise(database_url: &str, backend: &str) {
 
     let (s, v) = http(&srv.addr, "GET", "/api/v1/healthz", None);
     assert_eq!((s, v["status"].as_str()), (200, Some("ok")));
-    let (s, v) = http(&srv.addr, "GET", "/api/v1/readyz", None);
+    // On Postgres, readiness also waits for the change listener's LISTEN connection,
+    // which the manager opens in the background as it starts.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let (s, v) = loop {
+        let (s, v) = http(&srv.addr, "GET", "/api/v1/readyz", None);
+        if s == 200 || std::time::Instant::now() > deadline {
+            break (s, v);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["dependencies"]["store"]["backend"], backend);
     let (s, v) = http(&srv.addr, "GET", "/api/v1/me", None);

@@ -464,6 +464,9 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         "1 while this replica holds the leader-election Lease and runs the controllers",
         status.leader.clone(),
     );
+    // The agent loop's counters (`kubenova_agent_*`), handed to its configuration below.
+    let agent_metrics = Arc::new(kubenova_reconcile::agent::AgentMetrics::default());
+    agent_metrics.register(&mut registry);
     let registry = Arc::new(registry);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
@@ -498,6 +501,11 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         )),
         None => None,
     };
+    // The agent loop counts into the registry served at /metrics.
+    let agent = agent.map(|(mut agent, driver, timeout)| {
+        agent.metrics = Arc::clone(&agent_metrics);
+        (agent, driver, timeout)
+    });
     let opts = RunOptions {
         concurrency: config.concurrency,
     };

@@ -500,11 +500,22 @@ fn component_order(name: &str) -> usize {
 /// Marks `connected` clusters whose last heartbeat is older than three intervals as
 /// `stale`; returns how many changed. Safe to run on several replicas at once.
 pub async fn mark_stale(store: &dyn Store, interval: Duration) -> Result<usize, StoreError> {
+    Ok(sweep_clusters(store, interval).await?.0)
+}
+
+/// [`mark_stale`], also returning every cluster as clients see it after the sweep (the
+/// census of the `kubenova_clusters` and per-cluster metrics, see [`super::slo`]).
+pub async fn sweep_clusters(
+    store: &dyn Store,
+    interval: Duration,
+) -> Result<(usize, Vec<Cluster>), StoreError> {
     let mut params = ListParams::first(kubenova_store::MAX_PAGE_SIZE);
     let mut changed = 0;
+    let mut all = Vec::new();
     loop {
         let page = store.list_clusters(&params).await?;
         let now = OffsetDateTime::now_utc();
+        all.extend(page.items.iter().map(|c| present(c.clone(), interval)));
         for c in page.items.iter().filter(|c| is_overdue(c, interval, now)) {
             let mut did = false;
             let res = update_cluster_with(store, c.id, &WriteOptions::default(), |c| {
@@ -543,13 +554,14 @@ pub async fn mark_stale(store: &dyn Store, interval: Duration) -> Result<usize, 
         }
         match page.next_cursor {
             Some(cursor) => params.cursor = Some(cursor),
-            None => return Ok(changed),
+            None => return Ok((changed, all)),
         }
     }
 }
 
-/// Runs [`mark_stale`] every heartbeat interval until aborted, and deletes the expired
-/// logs and events requests (with their answers) at the same pace.
+/// Runs [`mark_stale`] every heartbeat interval until aborted, sets the SLO metrics of
+/// [`super::slo`] from what it read (cluster census, store backend, signing key age), and
+/// deletes the expired logs and events requests (with their answers) at the same pace.
 pub fn spawn_stale_task(state: AppState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let interval = state.config.agent_heartbeat_interval;
@@ -557,9 +569,14 @@ pub fn spawn_stale_task(state: AppState) -> tokio::task::JoinHandle<()> {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = mark_stale(state.store.as_ref(), interval).await {
-                tracing::warn!(error = %e, "marking stale clusters failed");
+            match sweep_clusters(state.store.as_ref(), interval).await {
+                Ok((_, clusters)) => state
+                    .runtime
+                    .slo
+                    .observe_clusters(&clusters, OffsetDateTime::now_utc()),
+                Err(e) => tracing::warn!(error = %e, "marking stale clusters failed"),
             }
+            super::slo::observe_store(&state).await;
             match state
                 .store
                 .purge_agent_requests(OffsetDateTime::now_utc())
@@ -1160,21 +1177,46 @@ fn is_news(stored: &ObjectStatus, reported: &ObjectStatus) -> bool {
 /// Whether the app record has not changed after `observed` (so a report at `observed`
 /// describes its current spec); unknown (compacted) counts as not current.
 async fn reflects_current(st: &AppState, app: &App, observed: i64) -> Result<bool, StoreError> {
-    let mut since = observed;
+    covers_latest_write(st, app.cluster_id, app.id.0, observed).await
+}
+
+/// Whether no write of `object` bumped the cluster's revision after `observed` (a report
+/// at `observed` covers the object's latest write); unknown (compacted) counts as not.
+async fn covers_latest_write(
+    st: &AppState,
+    cluster: ClusterId,
+    object: uuid::Uuid,
+    observed: i64,
+) -> Result<bool, StoreError> {
+    Ok(matches!(
+        last_write_after(st, cluster, object, observed).await?,
+        Some(None)
+    ))
+}
+
+/// The revision of the newest write of `object` after revision `since`: `Some(None)`
+/// when there is none, `None` when unknown (the log was compacted past `since`).
+async fn last_write_after(
+    st: &AppState,
+    cluster: ClusterId,
+    object: uuid::Uuid,
+    mut since: i64,
+) -> Result<Option<Option<i64>>, StoreError> {
+    let mut last = None;
     loop {
         let Some(changes) = st
             .store
-            .changes_since(app.cluster_id, since, MAX_DELTA_CHANGES)
+            .changes_since(cluster, since, MAX_DELTA_CHANGES)
             .await?
         else {
-            return Ok(false);
+            return Ok(None);
         };
-        if changes.iter().any(|c| c.object_id == app.id.0) {
-            return Ok(false);
+        if let Some(c) = changes.iter().rev().find(|c| c.object_id == object) {
+            last = Some(c.revision);
         }
         match changes.last() {
-            Some(last) if changes.len() == MAX_DELTA_CHANGES as usize => since = last.revision,
-            _ => return Ok(true),
+            Some(l) if changes.len() == MAX_DELTA_CHANGES as usize => since = l.revision,
+            _ => return Ok(Some(last)),
         }
     }
 }
@@ -1241,6 +1283,47 @@ async fn advance_runs(st: &AppState, app: &App, report: &ObjectReport) -> Result
     Ok(())
 }
 
+/// Records `kubenova_agent_sync_lag_seconds` for a report about to be stored: when it
+/// is `ready` and covers the object's latest write while the stored status did not (so
+/// each write is measured once, and a resync re-reporting an unchanged object is not),
+/// the lag is the time since the object's last API write (`written_at`, its `updatedAt`:
+/// status reports never change it). Store errors only skip the sample.
+async fn observe_sync_lag(
+    st: &AppState,
+    cluster: ClusterId,
+    item: &ObjectReport,
+    stored: &ObjectStatus,
+    written_at: OffsetDateTime,
+) {
+    let (Phase::Ready, Some(observed)) = (item.status.phase, item.status.observed_revision) else {
+        return;
+    };
+    // One pass over the log: from the stored report's revision when it was ready (did it
+    // already cover the latest write?), else from the reported one.
+    let prev = match (stored.phase, stored.observed_revision) {
+        (Phase::Ready, Some(prev)) if prev <= observed => Some(prev),
+        _ => None,
+    };
+    let Ok(Some(last)) = last_write_after(st, cluster, item.id, prev.unwrap_or(observed)).await
+    else {
+        return;
+    };
+    let measure = match (prev, last) {
+        // Ready before, and nothing written since: a resync, not a new sync.
+        (Some(_), None) => false,
+        (Some(_), Some(last)) => last <= observed,
+        (None, last) => last.is_none(),
+    };
+    if measure {
+        let kind = match item.kind {
+            ObjectKind::Tenant => "tenant",
+            ObjectKind::Project => "project",
+            ObjectKind::App => "app",
+        };
+        st.runtime.slo.observe_sync_lag(kind, written_at);
+    }
+}
+
 async fn apply_report(st: &AppState, cluster: ClusterId, item: &ObjectReport) -> ApiResult<bool> {
     let store = st.store.as_ref();
     match item.kind {
@@ -1252,6 +1335,7 @@ async fn apply_report(st: &AppState, cluster: ClusterId, item: &ObjectReport) ->
             if t.cluster_id != cluster || !is_news(&t.status, &item.status) {
                 return Ok(false);
             }
+            observe_sync_lag(st, cluster, item, &t.status, t.updated_at).await;
             gone(store.set_tenant_status(id, &item.status).await)?;
         }
         ObjectKind::Project => {
@@ -1262,6 +1346,7 @@ async fn apply_report(st: &AppState, cluster: ClusterId, item: &ObjectReport) ->
             if p.cluster_id != cluster || !is_news(&p.status, &item.status) {
                 return Ok(false);
             }
+            observe_sync_lag(st, cluster, item, &p.status, p.updated_at).await;
             gone(store.set_project_status(id, &item.status).await)?;
         }
         ObjectKind::App => {
@@ -1277,6 +1362,7 @@ async fn apply_report(st: &AppState, cluster: ClusterId, item: &ObjectReport) ->
             {
                 return Ok(false);
             }
+            observe_sync_lag(st, cluster, item, &a.status, a.updated_at).await;
             let vela = item.vela_phase.as_deref().or(a.vela_phase.as_deref());
             if let Some(updated) = gone(store.set_app_status(id, &item.status, vela).await)? {
                 advance_runs(st, &updated, item).await?;
@@ -1378,6 +1464,7 @@ async fn upload_usage(
     }
     super::usage::check_batch(&st, &records).await?;
     st.store.upsert_usage(&records).await?;
+    st.runtime.slo.record_usage_upload(agent.cluster);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

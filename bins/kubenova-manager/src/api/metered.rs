@@ -31,6 +31,18 @@ impl MeteredStore {
     }
 }
 
+/// Whether a store result is a failure of the database or its keys, counted in
+/// `kubenova_store_errors_total`; answers such as not found, a conflict, a stale
+/// version or invalid input are the store working as it should.
+fn is_failure<T>(res: &Result<T>) -> bool {
+    matches!(
+        res,
+        Err(kubenova_store::StoreError::Unavailable(_)
+            | kubenova_store::StoreError::Crypto(_)
+            | kubenova_store::StoreError::Internal(_))
+    )
+}
+
 macro_rules! metered {
     ($( fn $name:ident(&self $(, $arg:ident : $ty:ty)*) -> $ret:ty; )*) => {
         #[async_trait]
@@ -47,7 +59,7 @@ macro_rules! metered {
                 async fn $name(&self $(, $arg: $ty)*) -> $ret {
                     let started = Instant::now();
                     let res = self.inner.$name($($arg),*).await;
-                    self.runtime.observe_store(stringify!($name), started, res.is_ok());
+                    self.runtime.observe_store(stringify!($name), started, !is_failure(&res));
                     res
                 }
             )*

@@ -221,6 +221,8 @@ pub struct Runtime {
     unauthenticated_audit_total: Option<governor::DefaultDirectRateLimiter>,
     /// The store's record cache, read at each scrape ([`Runtime::observe_cache`]).
     cache: CacheMetrics,
+    /// The metrics the SLOs and alerts are built on ([`super::slo`]).
+    pub slo: super::slo::SloMetrics,
     /// Per-route handles of `http_requests` and `http_latency` (see [`Runtime::observe_http`]).
     route_metrics: std::sync::RwLock<HashMap<Box<str>, Vec<RouteMetric>>>,
     /// Group commit of issued kubeconfig credentials and their audit events.
@@ -312,7 +314,7 @@ impl Runtime {
         );
         registry.register(
             "store_errors",
-            "Store operations that failed, by operation",
+            "Store operations that failed in the database or its keys (unavailable, decryption, internal; not answers such as not found or a conflict), by operation",
             store_errors.clone(),
         );
         registry.register(
@@ -346,6 +348,7 @@ impl Runtime {
             "Record cache entries dropped by writes and change notifications",
             cache.invalidations.clone(),
         );
+        let slo = super::slo::SloMetrics::new(&mut registry);
         Self {
             registry,
             http_requests,
@@ -362,6 +365,7 @@ impl Runtime {
             unauthenticated_audit_total: NonZeroU32::new(cfg.audit_unauthenticated_total)
                 .map(|n| governor::RateLimiter::direct(Quota::per_minute(n))),
             cache,
+            slo,
             route_metrics: Default::default(),
             credential_writer: Default::default(),
             proxy_cas: Default::default(),

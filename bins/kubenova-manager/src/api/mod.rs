@@ -21,6 +21,7 @@ pub mod metered;
 pub mod middleware;
 pub mod ops;
 pub mod projects;
+pub mod slo;
 pub mod tenants;
 pub mod tokens;
 pub mod usage;

@@ -66,7 +66,8 @@ pub struct DependencyStatus {
 /// Readiness and each dependency.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[schema(example = json!({"status": "ready", "dependencies": {"store": {"status": "ok", "backend": "postgres",
-    "migrationsCurrent": true, "appliedMigration": 3, "expectedMigration": 3, "latencyMs": 0.8}}}))]
+    "migrationsCurrent": true, "appliedMigration": 3, "expectedMigration": 3, "latencyMs": 0.8},
+    "signingKeys": {"status": "ok", "latencyMs": 0.3}, "changeListener": {"status": "ok", "latencyMs": 0.0}}}))]
 pub struct Ready {
     /// `ready`.
     pub status: String,
@@ -181,18 +182,23 @@ async fn healthz() -> Response {
         .into_response()
 }
 
-/// Readiness: the store answers and every migration is applied.
+/// Readiness: the store answers, every migration is applied, the kubeconfig signing keys
+/// can be read and decrypted from the store, and (on Postgres) the change listener holds
+/// its `LISTEN` connection (without it the record cache is off and agents are woken only
+/// by polling). A 503 names the first failed check in `details.dependency` and every
+/// failed one in `details.failed`.
 #[utoipa::path(
     get,
     path = "/api/v1/readyz",
     tag = "system",
     operation_id = "readyz",
     responses(
-        (status = 200, description = "Ready; each dependency with its state", body = Ready),
-        (status = 503, description = "A dependency is down; `details.dependency` names it; `Retry-After` says when to retry",
+        (status = 200, description = "Ready; each dependency with its state (`store`, `signingKeys`, and `changeListener` on Postgres)", body = Ready),
+        (status = 503, description = "A dependency is down: `details.dependency` names the first failed check \
+            (`store`, `migrations`, `signingKeys`, `changeListener`), `details.failed` all of them; `Retry-After` says when to retry",
             body = ErrorBody, headers(("Retry-After" = u64, description = "Seconds")),
-            example = json!({"code": "KN-503", "message": "store unavailable: database unavailable: connection refused",
-                "details": {"dependency": "store"}, "requestId": "9b2f0c9e-3c1c-4d0e-a1f4-1a2b3c4d5e6f"})),
+            example = json!({"code": "KN-503", "message": "store unavailable: the database did not answer the ping",
+                "details": {"dependency": "store", "failed": ["store"]}, "requestId": "9b2f0c9e-3c1c-4d0e-a1f4-1a2b3c4d5e6f"})),
     )
 )]
 async fn readyz(State(st): State<AppState>) -> ApiResult<Response> {
@@ -203,41 +209,83 @@ async fn readyz(State(st): State<AppState>) -> ApiResult<Response> {
         st.runtime.observe_store("ping", started, false);
     }
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let unavailable = |dependency: &str, message: String| ApiError {
-        error: KnError::unavailable(dependency, message),
-        retry_after: Some(5),
+    let unavailable = |failed: Vec<(&str, String)>| {
+        let names: Vec<&str> = failed.iter().map(|(n, _)| *n).collect();
+        let message = failed
+            .iter()
+            .map(|(_, m)| m.as_str())
+            .collect::<Vec<_>>()
+            .join("; ");
+        ApiError {
+            error: KnError::unavailable(names[0], message)
+                .with_details(json!({"dependency": names[0], "failed": names})),
+            retry_after: Some(5),
+        }
     };
     let health = match res {
         Err(_) => {
-            return Err(unavailable(
+            return Err(unavailable(vec![(
                 "store",
                 format!(
                     "store unavailable: no answer within {} s",
                     READY_TIMEOUT.as_secs()
                 ),
-            ));
+            )]));
         }
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "readiness: store ping failed");
-            return Err(unavailable(
+            return Err(unavailable(vec![(
                 "store",
                 "store unavailable: the database did not answer the ping".into(),
-            ));
+            )]));
         }
         Ok(Ok(h)) => h,
     };
+    let mut failed = Vec::new();
     if !health.migrations_current {
-        return Err(ApiError {
-            error: KnError::unavailable(
-                "migrations",
-                format!(
-                    "store migrations pending: applied {} of {}; run `kubenova-manager migrate`",
-                    health.applied_migration, health.expected_migration
-                ),
+        failed.push((
+            "migrations",
+            format!(
+                "store migrations pending: applied {} of {}; run `kubenova-manager migrate`",
+                health.applied_migration, health.expected_migration
             ),
-            retry_after: Some(5),
-        });
+        ));
     }
+    let keys_started = Instant::now();
+    let keys = tokio::time::timeout(
+        READY_TIMEOUT,
+        super::slo::read_signing_keys(st.store.as_ref()),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(format!(
+            "the kubeconfig signing keys could not be read within {} s",
+            READY_TIMEOUT.as_secs()
+        ))
+    });
+    let keys_ms = keys_started.elapsed().as_secs_f64() * 1000.0;
+    if let Err(e) = &keys {
+        tracing::warn!(error = %e, "readiness: signing keys");
+        failed.push(("signingKeys", e.clone()));
+    }
+    let postgres = health.backend == "postgres";
+    if postgres && !st.changes.is_listening() {
+        failed.push((
+            "changeListener",
+            "the Postgres change listener has no LISTEN connection (reconnecting with backoff): the record cache is off and agents are woken by polling only; check the database's connection limit and the network".into(),
+        ));
+    }
+    if !failed.is_empty() {
+        return Err(unavailable(failed));
+    }
+    let ok = |latency_ms| DependencyStatus {
+        status: "ok".into(),
+        backend: None,
+        migrations_current: None,
+        applied_migration: None,
+        expected_migration: None,
+        latency_ms,
+    };
     let mut deps = BTreeMap::new();
     deps.insert(
         "store".to_string(),
@@ -250,6 +298,10 @@ async fn readyz(State(st): State<AppState>) -> ApiResult<Response> {
             latency_ms,
         },
     );
+    deps.insert("signingKeys".to_string(), ok(keys_ms));
+    if postgres {
+        deps.insert("changeListener".to_string(), ok(0.0));
+    }
     Ok(axum::Json(Ready {
         status: "ready".into(),
         dependencies: deps,
