@@ -179,7 +179,11 @@ pub trait Store: Send + Sync + 'static {
         expected_version: i64,
         opts: &WriteOptions<'_>,
     ) -> Result<()>;
-    /// Records the operator-observed status (no desired-state revision bump).
+    /// Records the operator-observed status (no desired-state revision bump), unless the
+    /// stored status has a higher `observedRevision` ([`older_report`]): compared on the
+    /// record the write is conditional on, so a delayed older report never overwrites a
+    /// newer one, however the two race. Returns the record as stored afterwards (its
+    /// status is `status` when it was taken).
     async fn set_tenant_status(&self, id: TenantId, status: &ObjectStatus) -> Result<Tenant>;
     /// Deletes a tenant; with `cascade` also its projects and apps.
     async fn delete_tenant(
@@ -226,7 +230,8 @@ pub trait Store: Send + Sync + 'static {
         expected_version: i64,
         opts: &WriteOptions<'_>,
     ) -> Result<()>;
-    /// Records the operator-observed status.
+    /// Records the operator-observed status, unless older than the stored one (as
+    /// [`Store::set_tenant_status`]).
     async fn set_project_status(&self, id: ProjectId, status: &ObjectStatus) -> Result<Project>;
     /// Deletes a project; with `cascade` also its apps.
     async fn delete_project(
@@ -272,7 +277,8 @@ pub trait Store: Send + Sync + 'static {
         run: &WorkflowRun,
         opts: &WriteOptions<'_>,
     ) -> Result<()>;
-    /// Records the operator-observed status and KubeVela phase.
+    /// Records the operator-observed status and KubeVela phase, unless the status is older
+    /// than the stored one (as [`Store::set_tenant_status`]; the phase is then kept too).
     async fn set_app_status(
         &self,
         id: AppId,
@@ -560,6 +566,22 @@ pub async fn connect(url: &str, keyring: crypto::Keyring) -> Result<Arc<dyn Stor
             ),
         ))
     }
+}
+
+/// Whether an operator report describes an older desired-state revision than the stored
+/// status (a lower `observedRevision`; none counts as 0). Such a report is never stored:
+/// a batch delayed past its retry or a newer report must not take the status back. An
+/// equal revision is not older (the object's phase moves on within one revision).
+///
+/// ```
+/// use kubenova_api::model::{ObjectStatus, Phase};
+/// let at = |rev| ObjectStatus { phase: Phase::Ready, conditions: vec![], observed_revision: rev, message: String::new() };
+/// assert!(kubenova_store::older_report(&at(Some(5)), &at(Some(4))));
+/// assert!(!kubenova_store::older_report(&at(Some(5)), &at(Some(5))));
+/// assert!(!kubenova_store::older_report(&at(None), &at(Some(1))));
+/// ```
+pub fn older_report(stored: &ObjectStatus, reported: &ObjectStatus) -> bool {
+    reported.observed_revision.unwrap_or(0) < stored.observed_revision.unwrap_or(0)
 }
 
 /// A URL with any password replaced by `***`, for logs and errors.

@@ -863,7 +863,9 @@ macro_rules! sql_backend {
                 // Drops the cached record when this returns (after the commit, or on failure).
                 let _invalidate = Invalidate::row(&self.cache, id.0);
                 self.update_observed("tenants", "tenant", id.0, |t: &mut Tenant| {
-                    if &t.status == status {
+                    // Compared on the record this write is conditional on (its version):
+                    // a report older than the stored one never replaces it.
+                    if &t.status == status || crate::older_report(&t.status, status) {
                         return false;
                     }
                     t.status = status.clone();
@@ -967,7 +969,9 @@ macro_rules! sql_backend {
                 // Drops the cached record when this returns (after the commit, or on failure).
                 let _invalidate = Invalidate::row(&self.cache, id.0);
                 self.update_observed("projects", "project", id.0, |p: &mut Project| {
-                    if &p.status == status {
+                    // Compared on the record this write is conditional on (its version):
+                    // a report older than the stored one never replaces it.
+                    if &p.status == status || crate::older_report(&p.status, status) {
                         return false;
                     }
                     p.status = status.clone();
@@ -1071,7 +1075,9 @@ macro_rules! sql_backend {
             }
             async fn set_app_status(&self, id: AppId, status: &ObjectStatus, vela_phase: Option<&str>) -> Result<App> {
                 self.update_observed("apps", "app", id.0, |a: &mut App| {
-                    if &a.status == status && a.vela_phase.as_deref() == vela_phase {
+                    if (&a.status == status && a.vela_phase.as_deref() == vela_phase)
+                        || crate::older_report(&a.status, status)
+                    {
                         return false;
                     }
                     a.status = status.clone();

@@ -52,6 +52,7 @@ suite!(
     secrets_encrypted_and_rotated,
     concurrent_writers_lose_nothing,
     status_updates_do_not_bump_revision,
+    older_status_never_overwrites_newer,
     issued_credentials_and_revocations,
     secret_if_absent_keeps_the_first,
     secret_replace_is_conditional_on_the_version,
@@ -1219,6 +1220,86 @@ async fn status_updates_do_not_bump_revision(h: &Harness) {
         s.set_tenant_status(TenantId::new(), &st).await,
         Err(StoreError::NotFound { .. })
     ));
+}
+
+/// A status report older than the stored one (lower `observedRevision`) is refused inside
+/// the conditional write: sequentially, and when old and new reports race.
+async fn older_status_never_overwrites_newer(h: &Harness) {
+    let s = &h.store;
+    let w = WriteOptions::default();
+    let c = cluster("c");
+    s.create_cluster(&c, b"k", &w).await.unwrap();
+    let t = tenant(c.id, "acme");
+    s.create_tenant(&t, &w).await.unwrap();
+    let p = project(&t, "web");
+    s.create_project(&p, &w).await.unwrap();
+    let (a, r) = app(&p, "api");
+    s.create_app(&a, &r, &w).await.unwrap();
+    let at = |phase: Phase, rev: i64| ObjectStatus {
+        phase,
+        conditions: vec![],
+        observed_revision: Some(rev),
+        message: format!("at {rev}"),
+    };
+    let new = at(Phase::Ready, 5);
+    let old = at(Phase::Degraded, 4);
+
+    assert_eq!(s.set_tenant_status(t.id, &new).await.unwrap().status, new);
+    let got = s.set_tenant_status(t.id, &old).await.unwrap();
+    assert_eq!(got.status, new, "an older report replaced a newer one");
+    assert_eq!(s.get_tenant(t.id).await.unwrap().status, new);
+    // The same revision moves on (the phase changes within one revision).
+    let same = at(Phase::Degraded, 5);
+    assert_eq!(s.set_tenant_status(t.id, &same).await.unwrap().status, same);
+
+    assert_eq!(s.set_project_status(p.id, &new).await.unwrap().status, new);
+    assert_eq!(s.set_project_status(p.id, &old).await.unwrap().status, new);
+    assert_eq!(s.get_project(p.id).await.unwrap().status, new);
+
+    let got = s.set_app_status(a.id, &new, Some("running")).await.unwrap();
+    assert_eq!(
+        (got.status, got.vela_phase.as_deref()),
+        (new.clone(), Some("running"))
+    );
+    let got = s
+        .set_app_status(a.id, &old, Some("workflowFailed"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (got.status, got.vela_phase.as_deref()),
+        (new.clone(), Some("running")),
+        "an older report replaced the status or the KubeVela phase"
+    );
+
+    // Reports of revisions 1..=24 racing, in any order: the newest stays.
+    let store = h.store.clone();
+    let mut tasks = vec![];
+    for rev in (1..=24).rev().chain(1..=24) {
+        let store = store.clone();
+        let st = at(Phase::Ready, 100 + rev);
+        let (tid, pid, aid) = (t.id, p.id, a.id);
+        tasks.push(tokio::spawn(async move {
+            store.set_tenant_status(tid, &st).await.unwrap();
+            store.set_project_status(pid, &st).await.unwrap();
+            store.set_app_status(aid, &st, None).await.unwrap();
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let newest = Some(124);
+    assert_eq!(
+        s.get_tenant(t.id).await.unwrap().status.observed_revision,
+        newest
+    );
+    assert_eq!(
+        s.get_project(p.id).await.unwrap().status.observed_revision,
+        newest
+    );
+    assert_eq!(
+        s.get_app(a.id).await.unwrap().status.observed_revision,
+        newest
+    );
 }
 
 fn credential(

@@ -607,6 +607,50 @@ async fn status_reports_newer_wins_and_runs_follow() {
 /// One object with a very long message (an app with many unhealthy services, a helm
 /// failure's stderr) must not keep the status of every other object, or the cluster's
 /// heartbeats, out: the manager cuts the text item by item and stores the rest.
+/// Batches delayed past newer ones (a timed-out send landing after its retry), racing:
+/// the store compares inside its write, so whatever the interleaving the newest report
+/// stays and every older one is counted as ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delayed_older_reports_never_overwrite_newer_ones() {
+    let w = world(quiet()).await;
+    let (cid, token) = w.cluster("race").await;
+    let t = w.tenant(&cid, "acme").await;
+    for round in 0..3i64 {
+        let base = 1000 * (round + 1);
+        let mut tasks = vec![];
+        // Newest first, then the older ones arriving late, all at once.
+        for rev in (0..32i64).rev() {
+            let app = w.app.clone();
+            let body = json!({"items": [{"kind": "tenant", "id": t, "status": {
+                "phase": if rev == 31 { "ready" } else { "degraded" },
+                "observedRevision": base + rev,
+                "message": format!("at {}", base + rev)}}]});
+            let req = request(
+                Method::POST,
+                "/api/v1/agent/status",
+                Some(&token),
+                Some(body),
+            );
+            tasks.push(tokio::spawn(send(app, req)));
+        }
+        let mut applied = 0;
+        for task in tasks {
+            let r = task.await.unwrap();
+            assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+            applied += r.body["applied"].as_i64().unwrap();
+        }
+        assert!(applied >= 1, "round {round}: nothing applied");
+        let got = w.get(&format!("/api/v1/clusters/{cid}/tenants/{t}")).await;
+        assert_eq!(
+            got["status"]["observedRevision"],
+            base + 31,
+            "round {round}: an older report overwrote the newest: {}",
+            got["status"]
+        );
+        assert_eq!(got["status"]["phase"], "ready", "{}", got["status"]);
+    }
+}
+
 #[tokio::test]
 async fn long_messages_are_cut_per_item_never_refused_for_the_batch() {
     let w = world(quiet()).await;
@@ -900,6 +944,82 @@ async fn agents_are_isolated_from_other_clusters_and_from_user_routes() {
             .unwrap();
     assert_eq!(stored.len(), 32);
     assert!(!String::from_utf8_lossy(&stored).contains("kna_"));
+}
+
+/// Behind an ingress every agent call comes from one address (here all in-process calls
+/// share the source IP `unknown`): agents are limited per cluster, so one cluster spending
+/// its budget leaves another untouched; calls without a valid credential are still limited
+/// per source IP.
+#[tokio::test]
+async fn agents_are_rate_limited_per_cluster_not_per_source_ip() {
+    let w = world(ServerConfig {
+        rate_limit_subject_rps: 1,
+        rate_limit_subject_burst: 3,
+        rate_limit_ip_rps: 1,
+        rate_limit_ip_burst: 3,
+        ..ServerConfig::default()
+    })
+    .await;
+    // Two admin calls: the shared source IP has one call left.
+    let (ca, ta) = w.cluster("a").await;
+    let (_cb, tb) = w.cluster("b").await;
+
+    // Cluster A spends its budget.
+    let mut limited = None;
+    for i in 0..8 {
+        let r = w.heartbeat(&ta).await;
+        if r.status == StatusCode::TOO_MANY_REQUESTS {
+            limited = Some((i, r));
+            break;
+        }
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    }
+    let (i, r) = limited.expect("cluster A was never rate limited");
+    assert!(
+        i >= 3,
+        "A was limited after {i} calls, before its burst of 3"
+    );
+    assert_eq!(r.body["code"], "KN-429", "{}", r.body);
+    assert!(
+        r.body["message"].as_str().unwrap().contains("per cluster"),
+        "{}",
+        r.body
+    );
+
+    // Cluster B, from the same address, has its own budget.
+    for _ in 0..3 {
+        let r = w.heartbeat(&tb).await;
+        assert_eq!(r.status, StatusCode::OK, "B limited with A: {}", r.body);
+    }
+    let c = w.get(&format!("/api/v1/clusters/{ca}")).await;
+    assert_eq!(c["status"], "connected", "{c}");
+
+    // Calls with no valid credential are charged to the source IP (one call left of its
+    // burst, and at most a few refilled while this runs).
+    let mut statuses = vec![];
+    for _ in 0..6 {
+        let r = w.heartbeat("kna_not-a-credential").await;
+        statuses.push(r.status);
+        if r.status == StatusCode::TOO_MANY_REQUESTS {
+            break;
+        }
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    }
+    assert_eq!(
+        statuses.last(),
+        Some(&StatusCode::TOO_MANY_REQUESTS),
+        "unauthenticated agent calls are limited per source IP: {statuses:?}"
+    );
+
+    let metrics = w.st.runtime.encode_metrics();
+    assert!(
+        sample(&metrics, "kubenova_rate_limited_total{scope=\"cluster\"}").unwrap_or(0.0) >= 1.0,
+        "{metrics}"
+    );
+    assert!(
+        sample(&metrics, "kubenova_rate_limited_total{scope=\"ip\"}").unwrap_or(0.0) >= 1.0,
+        "{metrics}"
+    );
 }
 
 #[tokio::test]

@@ -371,6 +371,10 @@ impl FromRequestParts<AppState> for Agent {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        // The middleware verified the credential already (and rate limited its cluster).
+        if let Some(agent) = parts.extensions.get::<Agent>() {
+            return Ok(*agent);
+        }
         let h = parts
             .headers
             .get(header::AUTHORIZATION)
@@ -1168,10 +1172,10 @@ async fn desired(State(st): State<AppState>, agent: Agent, uri: Uri) -> ApiResul
     Ok(json_response(StatusCode::OK, &state, None, None, false))
 }
 
-/// Whether a report may replace the stored status: not older, and different.
+/// Whether a report may replace the stored status: not older, and different (checked
+/// again by the store inside its write, see [`kubenova_store::older_report`]).
 fn is_news(stored: &ObjectStatus, reported: &ObjectStatus) -> bool {
-    reported.observed_revision.unwrap_or(0) >= stored.observed_revision.unwrap_or(0)
-        && reported != stored
+    !kubenova_store::older_report(stored, reported) && reported != stored
 }
 
 /// Whether the app record has not changed after `observed` (so a report at `observed`
@@ -1335,8 +1339,13 @@ async fn apply_report(st: &AppState, cluster: ClusterId, item: &ObjectReport) ->
             if t.cluster_id != cluster || !is_news(&t.status, &item.status) {
                 return Ok(false);
             }
+            // The store compares again inside its conditional write: a newer report that
+            // landed since the read above wins, and this one is ignored.
+            match gone(store.set_tenant_status(id, &item.status).await)? {
+                Some(stored) if stored.status == item.status => {}
+                _ => return Ok(false),
+            }
             observe_sync_lag(st, cluster, item, &t.status, t.updated_at).await;
-            gone(store.set_tenant_status(id, &item.status).await)?;
         }
         ObjectKind::Project => {
             let id = ProjectId(item.id);
@@ -1346,8 +1355,11 @@ async fn apply_report(st: &AppState, cluster: ClusterId, item: &ObjectReport) ->
             if p.cluster_id != cluster || !is_news(&p.status, &item.status) {
                 return Ok(false);
             }
+            match gone(store.set_project_status(id, &item.status).await)? {
+                Some(stored) if stored.status == item.status => {}
+                _ => return Ok(false),
+            }
             observe_sync_lag(st, cluster, item, &p.status, p.updated_at).await;
-            gone(store.set_project_status(id, &item.status).await)?;
         }
         ObjectKind::App => {
             let id = AppId(item.id);
@@ -1362,11 +1374,17 @@ async fn apply_report(st: &AppState, cluster: ClusterId, item: &ObjectReport) ->
             {
                 return Ok(false);
             }
-            observe_sync_lag(st, cluster, item, &a.status, a.updated_at).await;
             let vela = item.vela_phase.as_deref().or(a.vela_phase.as_deref());
-            if let Some(updated) = gone(store.set_app_status(id, &item.status, vela).await)? {
-                advance_runs(st, &updated, item).await?;
-            }
+            let updated = match gone(store.set_app_status(id, &item.status, vela).await)? {
+                Some(stored)
+                    if stored.status == item.status && stored.vela_phase.as_deref() == vela =>
+                {
+                    stored
+                }
+                _ => return Ok(false),
+            };
+            observe_sync_lag(st, cluster, item, &a.status, a.updated_at).await;
+            advance_runs(st, &updated, item).await?;
         }
     }
     Ok(true)

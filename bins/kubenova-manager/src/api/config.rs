@@ -140,13 +140,15 @@ pub struct ServerConfig {
     /// KN-422 asking for a shorter range (never a truncated answer).
     #[arg(long, env = "KUBENOVA_USAGE_MAX_RECORDS", default_value_t = kubenova_store::DEFAULT_USAGE_MAX_RECORDS)]
     pub usage_max_records: u32,
-    /// Sustained requests per second per authenticated subject (0 disables).
+    /// Sustained requests per second per authenticated subject, and per cluster on the
+    /// agent routes (0 disables).
     #[arg(long, env = "KUBENOVA_RATE_LIMIT_SUBJECT_RPS", default_value_t = 50)]
     pub rate_limit_subject_rps: u32,
     /// Burst per authenticated subject.
     #[arg(long, env = "KUBENOVA_RATE_LIMIT_SUBJECT_BURST", default_value_t = 100)]
     pub rate_limit_subject_burst: u32,
-    /// Sustained requests per second per source IP (0 disables).
+    /// Sustained requests per second per source IP; on the agent routes only attempts
+    /// without a valid agent credential count (0 disables).
     #[arg(long, env = "KUBENOVA_RATE_LIMIT_IP_RPS", default_value_t = 100)]
     pub rate_limit_ip_rps: u32,
     /// Burst per source IP.

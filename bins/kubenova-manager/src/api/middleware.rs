@@ -9,7 +9,9 @@
 //!    Prometheus metrics; one structured access log line.
 //! 2. **URI rewrite** ([`rewrite_action_uri`]): `…/apps/{id}:deploy` → `…/apps/{id}/actions/deploy`.
 //! 3. the router, with per route ([`call_layer`]): source IP, per-IP rate limit,
-//!    authentication ([`Principal`] in the request extensions), per-subject rate limit,
+//!    authentication ([`Principal`] in the request extensions), per-subject rate limit
+//!    (agent routes: the agent credential, then a per-cluster rate limit; the per-IP
+//!    limit applies only to attempts without a valid credential),
 //!    the `Idempotency-Key` lookup (a mismatch is KN-422 here; a stored response goes to
 //!    the handler, which replays it only after its own authorization checks), body limit,
 //!    and the audit of mutating calls that the handler did not audit itself (failures,
@@ -81,7 +83,8 @@ pub fn is_public(path: &str) -> bool {
 }
 
 /// Prefix of the agent routes: authenticated by the per-cluster agent credential in the
-/// handlers ([`super::agent::Agent`]), never by user tokens; per-IP rate limited, not
+/// middleware ([`super::agent::Agent`]), never by user tokens; rate limited per cluster
+/// (per source IP only when the credential is not valid), not
 /// subject to `Idempotency-Key` replay, audited only when denied.
 pub const AGENT_PREFIX: &str = "/api/v1/agent/";
 
@@ -167,7 +170,7 @@ const ROUTE_METRICS_MAX: usize = 64;
 /// Labels of the rate-limit rejection counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LimitLabels {
-    /// `ip` or `subject`.
+    /// `ip`, `subject` or `cluster` (agent routes).
     pub scope: String,
 }
 
@@ -304,7 +307,7 @@ impl Runtime {
         );
         registry.register(
             "rate_limited",
-            "Requests rejected with KN-429 by rate-limit scope (ip, subject)",
+            "Requests rejected with KN-429 by rate-limit scope (ip, subject, cluster)",
             rate_limited.clone(),
         );
         registry.register(
@@ -514,7 +517,8 @@ impl Runtime {
         write
     }
 
-    /// Checks a rate limit; `Err(seconds to wait)` when exceeded.
+    /// Checks a rate limit; `Err(seconds to wait)` when exceeded. `cluster` (an agent's
+    /// cluster) uses the per-subject rates, with keys of its own.
     fn check(&self, scope: &'static str, key: &str) -> Result<(), u64> {
         let limiter = match scope {
             "ip" => &self.ip_limiter,
@@ -918,29 +922,12 @@ async fn guarded(
         action: format!("{} {}", req.method(), route),
         source_ip,
     };
+    if is_agent(&info.path) {
+        return guarded_agent(state, req, next, route, info).await;
+    }
     if let Err(secs) = state.runtime.check("ip", &info.source_ip) {
         tracing::warn!(source_ip = %info.source_ip, "per-IP rate limit exceeded");
         return too_many("source IP", secs);
-    }
-    if is_agent(&info.path) {
-        // The handler authenticates the agent credential; user tokens are refused there.
-        let resp = next.run(req).await;
-        let status = resp.status().as_u16();
-        if status == 401 {
-            state.runtime.count_unauthenticated("agent_credential");
-        }
-        if matches!(status, 401 | 403)
-            && (status == 403 || state.runtime.sample_unauthenticated_audit(&info.source_ip))
-        {
-            let agent = Principal {
-                subject: "agent".into(),
-                roles: vec![],
-                tenants: vec![],
-                projects: vec![],
-            };
-            audit_call(state, &agent, &info, route, resp.status()).await;
-        }
-        return resp;
     }
     let authz = req
         .headers()
@@ -993,6 +980,62 @@ async fn guarded(
                 resp.status().as_u16(),
             );
         }
+    }
+    resp
+}
+
+/// The agent routes: the agent credential is verified here (the handlers' [`Agent`]
+/// extractor takes it from the request extensions), then the request is charged to its
+/// cluster's bucket, never to its source IP: behind an ingress every cluster shares one
+/// address. Only attempts without a valid credential are charged to the source IP (and
+/// refused with KN-429 once its budget is spent).
+///
+/// [`Agent`]: super::agent::Agent
+async fn guarded_agent(
+    state: &AppState,
+    mut req: Request,
+    next: Next,
+    route: &str,
+    info: CallInfo,
+) -> Response {
+    let authz = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let resp = match super::agent::Agent::verify(state.store.as_ref(), authz).await {
+        Ok(agent) => {
+            if let Err(secs) = state
+                .runtime
+                .check("cluster", &format!("agent-cluster:{}", agent.cluster))
+            {
+                tracing::warn!(cluster_id = %agent.cluster, "per-cluster agent rate limit exceeded");
+                return too_many("cluster", secs);
+            }
+            req.extensions_mut().insert(agent);
+            next.run(req).await
+        }
+        Err(e) => {
+            if let Err(secs) = state.runtime.check("ip", &info.source_ip) {
+                tracing::warn!(source_ip = %info.source_ip, "per-IP rate limit of unauthenticated agent calls exceeded");
+                return too_many("source IP", secs);
+            }
+            e.into_response()
+        }
+    };
+    let status = resp.status().as_u16();
+    if status == 401 {
+        state.runtime.count_unauthenticated("agent_credential");
+    }
+    if matches!(status, 401 | 403)
+        && (status == 403 || state.runtime.sample_unauthenticated_audit(&info.source_ip))
+    {
+        let agent = Principal {
+            subject: "agent".into(),
+            roles: vec![],
+            tenants: vec![],
+            projects: vec![],
+        };
+        audit_call(state, &agent, &info, route, resp.status()).await;
     }
     resp
 }
