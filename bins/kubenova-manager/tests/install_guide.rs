@@ -270,3 +270,47 @@ async fn the_guides_helm_commands_install_upgrade_roll_back_and_uninstall() {
     );
     cluster.shutdown().await;
 }
+
+/// The translation refuses what it does not know (a flag, a subcommand, an unset `$VAR`)
+/// with exit code 2 and the reason, before touching any cluster: a guide using such a
+/// command fails the test above instead of running something else.
+#[test]
+fn untranslated_commands_are_refused() {
+    let Some(_) = harness::helm() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    for (line, reason) in [
+        (
+            "helm install kn deploy/helm/kubenova-manager -n kubenova --wait",
+            "flag --wait",
+        ),
+        (
+            "helm upgrade kn deploy/helm/kubenova-manager --atomic",
+            "flag --atomic",
+        ),
+        (
+            "helm template kn deploy/helm/kubenova-manager",
+            "subcommand",
+        ),
+        (
+            "helm install kn deploy/helm/kubenova-manager --set a=$UNSET_IN_THIS_TEST",
+            "$UNSET_IN_THIS_TEST",
+        ),
+    ] {
+        let out = std::process::Command::new(std::env::var("KUBENOVA_HELM_PYTHON").unwrap())
+            .arg(harness::repo().join("deploy/helm/tests/charts.py"))
+            .args(["cli", line])
+            .arg(harness::repo())
+            .arg(dir.path())
+            .arg(dir.path().join("no-kubeconfig"))
+            .env_remove("UNSET_IN_THIS_TEST")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "`{line}` was not refused: {stderr}"
+        );
+        assert!(stderr.contains(reason), "`{line}`: {stderr}");
+    }
+}
