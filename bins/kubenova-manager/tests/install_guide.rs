@@ -1,11 +1,13 @@
-//! The install guide's Helm commands are the tested ones: every `helm install`, `upgrade`,
+//! The install guide's commands are the tested ones: every `helm install`, `upgrade`,
 //! `rollback` and `uninstall` line of the `sh` blocks of `docs/src/install.md` runs, in
 //! the guide's order, with the real Helm engine (helm-python-sdk, `KUBENOVA_HELM_PYTHON`;
 //! skipped loudly without it, a failure with `KUBENOVA_REQUIRE_HELM=1`) against an emulated
 //! cluster. The CLI's flags are translated by `deploy/helm/tests/charts.py cli`, which
 //! fails on any flag it does not know, so the guide cannot use one the test does not run.
 //! The values files the commands name (`-f my-values.yaml`) are the guide's `yaml` blocks
-//! whose first line is `# <file name>`.
+//! whose first line is `# <file name>`. The guide's `kubectl` lines run in order with them,
+//! through bash with the real kubectl (`KUBENOVA_KUBECTL` or the `PATH`; required on CI),
+//! except `kubectl exec` (the emulated cluster runs no pods).
 #![allow(clippy::unwrap_used, clippy::print_stderr, missing_docs)]
 
 #[path = "../../../deploy/helm/tests/harness.rs"]
@@ -22,6 +24,8 @@ const AGENT_TOKEN: &str = "kn-agent-test-token";
 struct Guide {
     /// `helm ...` command lines (continuations joined), in the guide's order.
     helm: Vec<String>,
+    /// `helm ...` and `kubectl ...` command lines, in the guide's order.
+    steps: Vec<String>,
     /// Values files: name -> YAML text.
     files: BTreeMap<String, String>,
 }
@@ -29,6 +33,7 @@ struct Guide {
 fn guide() -> Guide {
     let text = std::fs::read_to_string(harness::repo().join("docs/src/install.md")).unwrap();
     let mut helm = Vec::new();
+    let mut steps = Vec::new();
     let mut files = BTreeMap::new();
     let mut lines = text.lines();
     while let Some(line) = lines.next() {
@@ -50,7 +55,10 @@ fn guide() -> Guide {
                             joined.push_str(l);
                             let cmd = joined.split_whitespace().collect::<Vec<_>>().join(" ");
                             if cmd.starts_with("helm ") {
-                                helm.push(cmd);
+                                helm.push(cmd.clone());
+                            }
+                            if cmd.starts_with("helm ") || cmd.starts_with("kubectl ") {
+                                steps.push(cmd);
                             }
                             joined.clear();
                         }
@@ -65,7 +73,7 @@ fn guide() -> Guide {
             _ => {}
         }
     }
-    Guide { helm, files }
+    Guide { helm, steps, files }
 }
 
 /// The guide's helm commands cover both charts and every release action (so this test
@@ -103,6 +111,35 @@ fn the_guide_documents_every_release_action() {
     }
 }
 
+/// The real kubectl (`KUBENOVA_KUBECTL` or the `PATH`), or `None` after a loud notice; a
+/// failure under `CI=true` or `KUBENOVA_REQUIRE_KUBECTL=1`.
+fn kubectl() -> Option<std::path::PathBuf> {
+    let found = std::env::var("KUBENOVA_KUBECTL")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|d| d.join("kubectl"))
+                    .find(|p| p.is_file())
+            })
+        });
+    if found.is_none() {
+        if std::env::var("CI").as_deref() == Ok("true")
+            || std::env::var("KUBENOVA_REQUIRE_KUBECTL").as_deref() == Ok("1")
+        {
+            panic!(
+                "kubectl is required (CI) for the install guide's kubectl lines: set KUBENOVA_KUBECTL=$(scripts/kubectl.sh)"
+            );
+        }
+        eprintln!(
+            "!!! THE INSTALL GUIDE'S KUBECTL LINES SKIPPED: no kubectl (set KUBENOVA_KUBECTL) !!!"
+        );
+    }
+    found
+}
+
 fn log_level(d: &k8s_openapi::api::apps::v1::Deployment) -> Value {
     serde_json::to_value(d).unwrap()["spec"]["template"]["spec"]["containers"][0]["env"]
         .as_array()
@@ -136,14 +173,28 @@ async fn the_guides_helm_commands_install_upgrade_roll_back_and_uninstall() {
         std::fs::write(dir.path().join(name), text).unwrap();
     }
     let client = cluster.client().unwrap();
-    // The guide's first step: `kubectl create namespace kubenova`.
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": "kubenova"}})).unwrap(),
-        )
-        .await
-        .unwrap();
+    let kubectl = kubectl();
+    if kubectl.is_none() {
+        // The guide's first step, `kubectl create namespace kubenova`, without kubectl.
+        Api::<Namespace>::all(client.clone())
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": "kubenova"}})).unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    // `kubectl` on the PATH of the guide's shell lines is the real one.
+    let bin = dir.path().join("bin");
+    if let Some(k) = &kubectl {
+        std::fs::create_dir(&bin).unwrap();
+        std::os::unix::fs::symlink(k, bin.join("kubectl")).unwrap();
+    }
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
     // The guide's Ingress example asks cert-manager for a Certificate: a cluster using it
     // has cert-manager's CRD (its schema is not vendored here; the kind is what matters).
     Api::<CustomResourceDefinition>::all(client.clone())
@@ -183,8 +234,35 @@ async fn the_guides_helm_commands_install_upgrade_roll_back_and_uninstall() {
     // The manager's log level before each of its upgrades (a rollback returns to it).
     let mut levels: Vec<Value> = Vec::new();
     let mut ran = 0;
-    for c in &g.helm {
+    let mut kubectl_ran = 0;
+    for c in &g.steps {
         let w: Vec<&str> = c.split_whitespace().collect();
+        if w[0] == "kubectl" {
+            if kubectl.is_none() {
+                continue;
+            }
+            if w.contains(&"exec") {
+                eprintln!("!!! `{c}` NOT RUN: the emulated cluster runs no pods !!!");
+                continue;
+            }
+            // The guide's shell line as a user's shell runs it ($(openssl ...) included).
+            let out = std::process::Command::new("bash")
+                .args(["-euo", "pipefail", "-c", c])
+                .current_dir(dir.path())
+                .env("PATH", &path)
+                .env("KUBECONFIG", &kubeconfig)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "`{c}` failed against the emulated cluster:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            eprintln!("ran `{c}`");
+            kubectl_ran += 1;
+            continue;
+        }
         if w[1] == "test" {
             eprintln!("!!! `{c}` NOT RUN: the emulated cluster runs no pods !!!");
             continue;
@@ -249,14 +327,28 @@ async fn the_guides_helm_commands_install_upgrade_roll_back_and_uninstall() {
         }
     }
     assert!(ran >= 7, "only {ran} helm commands ran: {:#?}", g.helm);
+    if kubectl.is_some() {
+        assert!(
+            kubectl_ran >= 4,
+            "only {kubectl_ran} kubectl lines ran: {:#?}",
+            g.steps
+        );
+    }
     assert!(
         installed.is_empty(),
         "the guide leaves {installed:?} installed"
     );
 
     // What stays on purpose (the guide's Uninstall section), and nothing else.
+    // The Secrets the guide's kubectl lines made are the user's, not the chart's.
+    let users = ["kubenova-db", "kubenova-jwt", "kubenova-kek"];
+    let left: Vec<String> = harness::namespaced_objects(&client, "kubenova")
+        .await
+        .into_iter()
+        .filter(|o| kubectl.is_none() || !users.iter().any(|u| *o == format!("Secret/{u}")))
+        .collect();
     assert_eq!(
-        harness::namespaced_objects(&client, "kubenova").await,
+        left,
         [
             format!("PersistentVolumeClaim/{manager}-data"),
             format!("Secret/{manager}-keys")
