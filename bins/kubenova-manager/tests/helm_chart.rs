@@ -691,6 +691,15 @@ async fn install_upgrade_uninstall_in_the_testkit() {
         keys
     );
     claims.get(&format!("{name}-data")).await.unwrap();
+    // And nothing else.
+    assert_eq!(
+        harness::namespaced_objects(&client, NAMESPACE).await,
+        [
+            format!("PersistentVolumeClaim/{name}-data"),
+            format!("Secret/{name}-keys")
+        ],
+        "uninstall left more than the documented PVC and keys Secret"
+    );
     cluster.shutdown().await;
 }
 

@@ -694,7 +694,16 @@ async fn install_upgrade_uninstall_in_the_testkit() {
     let mut on = base.clone();
     on["helmInstaller"] = json!(true);
     on["replicaCount"] = json!(1);
+    let agent = |secrets: Api<Secret>| async move {
+        secrets.get("kubenova-agent").await.unwrap().data.unwrap()
+    };
+    let credential = agent(Api::namespaced(client.clone(), NS)).await;
     release("upgrade", on).await.unwrap().unwrap();
+    assert_eq!(
+        agent(Api::namespaced(client.clone(), NS)).await,
+        credential,
+        "the upgrade changed the agent Secret"
+    );
     accounts.get("kubenova-installer").await.unwrap();
     let d = deployments.get("kubenova-operator").await.unwrap();
     assert_eq!(d.spec.unwrap().replicas, Some(1));
@@ -718,6 +727,11 @@ async fn install_upgrade_uninstall_in_the_testkit() {
     );
     assert!(roles.get_opt("kubenova-operator").await.unwrap().is_none());
     crds.get("novatenants.kubenova.io").await.unwrap();
+    assert_eq!(
+        harness::namespaced_objects(&client, NS).await,
+        Vec::<String>::new(),
+        "uninstall left objects in {NS}"
+    );
     cluster.shutdown().await;
 }
 

@@ -419,10 +419,10 @@ impl Helm {
 }
 
 /// Whether a failed first install failed only because the emulated cluster serves no
-/// OpenAPI document (Helm validates the objects against it), which kubenova-testkit does
-/// not yet: then the install tests are skipped loudly, and they switch themselves on once
-/// the testkit serves `/openapi/v2` (`KUBENOVA_REQUIRE_HELM_INSTALL=1` makes the skip a
-/// failure). Any other failure is a failure.
+/// OpenAPI document (Helm validates the objects against it; kubenova-testkit serves
+/// `/openapi/v2` and `/v3`, so this guards a regression): then the install tests are
+/// skipped loudly, and `KUBENOVA_REQUIRE_HELM_INSTALL=1` (CI) makes that a failure. Any
+/// other failure is a failure.
 pub fn testkit_lacks_openapi(install_error: &str) -> bool {
     let lacks = install_error.contains("failed to download openapi");
     if lacks && std::env::var("KUBENOVA_REQUIRE_HELM_INSTALL").as_deref() == Ok("1") {
@@ -432,9 +432,97 @@ pub fn testkit_lacks_openapi(install_error: &str) -> bool {
     }
     if lacks {
         eprintln!(
-            "!!! HELM INSTALL TEST SKIPPED: the testkit serves no /openapi/v2 yet, which Helm \
-             needs to install ({install_error}); it runs once the testkit does !!!"
+            "!!! HELM INSTALL TEST SKIPPED: the testkit served no OpenAPI document, which Helm \
+             needs to install ({install_error}) !!!"
         );
     }
     lacks
+}
+
+impl Helm {
+    /// Runs one `helm` command line of the install guide (`charts.py cli`: the CLI's flags
+    /// translated to the engine's options; an untranslated flag fails the test) against
+    /// the cluster of `kubeconfig`, with `-f` files read from `workdir` and `$VARS` from
+    /// `env`: the release, or the error Helm gave.
+    pub fn cli(
+        &self,
+        line: &str,
+        workdir: &Path,
+        kubeconfig: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<Value, String> {
+        let script = repo().join("deploy/helm/tests/charts.py");
+        let out = Command::new(&self.python)
+            .arg(&script)
+            .arg("cli")
+            .arg(line)
+            .arg(repo())
+            .arg(workdir)
+            .arg(kubeconfig)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.python.display()));
+        assert!(
+            out.status.success(),
+            "charts.py cli {line:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "charts.py cli {line:?} printed no JSON ({e}):\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        });
+        if out["ok"] != Value::Bool(true) {
+            return Err(out["error"].as_str().unwrap_or("").to_owned());
+        }
+        Ok(out)
+    }
+}
+
+/// Every object of the kinds the charts make in `namespace` ("Kind/name", sorted): what an
+/// uninstall left behind. A namespace's own `default` ServiceAccount and
+/// `kube-root-ca.crt` ConfigMap, which no chart makes, are not listed.
+pub async fn namespaced_objects(client: &kube::Client, namespace: &str) -> Vec<String> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::{
+        ConfigMap, PersistentVolumeClaim, Pod, Secret, Service, ServiceAccount,
+    };
+    use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+    use kube::api::{Api, ListParams};
+
+    async fn names<K>(client: &kube::Client, namespace: &str, kind: &str) -> Vec<String>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::<K>::namespaced(client.clone(), namespace)
+            .list(&ListParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("listing {kind} in {namespace}: {e}"))
+            .items
+            .iter()
+            .filter_map(|o| o.meta().name.clone())
+            .filter(|n| {
+                !(kind == "ServiceAccount" && n == "default"
+                    || kind == "ConfigMap" && n == "kube-root-ca.crt")
+            })
+            .map(|n| format!("{kind}/{n}"))
+            .collect()
+    }
+    let mut out = Vec::new();
+    out.extend(names::<Deployment>(client, namespace, "Deployment").await);
+    out.extend(names::<Pod>(client, namespace, "Pod").await);
+    out.extend(names::<Service>(client, namespace, "Service").await);
+    out.extend(names::<ServiceAccount>(client, namespace, "ServiceAccount").await);
+    out.extend(names::<Secret>(client, namespace, "Secret").await);
+    out.extend(names::<ConfigMap>(client, namespace, "ConfigMap").await);
+    out.extend(names::<PersistentVolumeClaim>(client, namespace, "PersistentVolumeClaim").await);
+    out.extend(names::<Role>(client, namespace, "Role").await);
+    out.extend(names::<RoleBinding>(client, namespace, "RoleBinding").await);
+    out.sort();
+    out
 }
