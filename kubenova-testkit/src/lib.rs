@@ -51,7 +51,7 @@ use tokio::sync::watch;
 
 pub use error::{ApiError, Cause};
 pub use faults::{Fault, FaultId, Faults, RequestCounts};
-pub use simulate::{SimulatedCapsule, SimulatedKubeVela, Simulations};
+pub use simulate::{SimulatedCapsule, SimulatedKubeVela, SimulatedQuota, Simulations};
 pub use store::{Store, StoreConfig};
 
 /// Builder for [`TestCluster`].
@@ -93,6 +93,12 @@ impl TestClusterBuilder {
     /// application authentication on (see [`server::App::kubevela_webhook`]).
     pub fn simulate_kubevela(mut self, yes: bool) -> Self {
         self.simulations.kubevela = yes;
+        self
+    }
+
+    /// Runs [`SimulatedQuota`] (ResourceQuota `status.used`, as kube-controller-manager).
+    pub fn simulate_quota(mut self, yes: bool) -> Self {
+        self.simulations.quota = yes;
         self
     }
 
@@ -169,6 +175,9 @@ impl TestClusterBuilder {
         }
         if self.simulations.kubevela {
             tasks.push(SimulatedKubeVela::spawn(store.clone(), shutdown_rx.clone()));
+        }
+        if self.simulations.quota {
+            tasks.push(SimulatedQuota::spawn(store.clone(), shutdown_rx.clone()));
         }
         tokio::task::spawn_blocking(schema::warm_up);
         let kubeconfig_yaml = render_kubeconfig(&url, &tls.ca_pem, &app.admin_token);

@@ -1319,7 +1319,13 @@ async fn usage_ingest_summary_and_report() {
         &admin,
     )
     .await
-    .expect_kn(StatusCode::BAD_REQUEST, "KN-400");
+    .expect_kn(StatusCode::UNPROCESSABLE_ENTITY, "KN-422");
+    app.get(
+        &format!("/api/v1/tenants/{id}/usage?granularity=week"),
+        &admin,
+    )
+    .await
+    .expect_kn(StatusCode::UNPROCESSABLE_ENTITY, "KN-422");
     app.get(
         &format!("/api/v1/tenants/{id}/usage?from={to}&to={from}"),
         &admin,
