@@ -35,12 +35,16 @@
 //!
 //! # Sampling
 //!
-//! A [`Sample`] is the state at one instant. An [`HourAccumulator`] adds the samples taken
-//! within one UTC hour; the hour's record holds the **mean of those samples** (each value
-//! rounded to the nearest integer), so `cpuMillicores` of an hour is its millicore-hours.
-//! A tenant or project missing from a sample counted zero in it; the quota use is the one
-//! of the hour's last sample. With the default interval (5 minutes) an hour has 12
-//! samples; after an operator restart mid-hour the mean is over the samples taken since.
+//! A [`Sample`] is the state at one instant. An [`HourAccumulator`] integrates the samples
+//! of one UTC hour over time: each sample holds from its time until the next one, the
+//! last until the end of the hour (or until now for a report of the hour so far), and an
+//! hour that follows another at once starts from that one's last sample. Each value of the
+//! hour's record is the integral divided by the time covered (rounded half up), so
+//! `cpuMillicores` of an ended hour is its millicore-hours; on-demand samples weigh only
+//! the time they stood for. A tenant or project missing from a sample counted zero while
+//! that sample held; quota use is the last sample's. With the default interval (5
+//! minutes) an hour has 12 samples; after an operator restart in the middle of an hour
+//! the covered time starts at its first sample.
 
 use std::collections::BTreeMap;
 
@@ -114,6 +118,21 @@ pub struct Gauges {
 }
 
 impl Gauges {
+    /// Adds `o` × `w` (quota use excluded: it is never integrated).
+    fn add_weighted(&mut self, o: &Gauges, w: i128) {
+        self.cpu_requests += o.cpu_requests * w;
+        self.cpu_limits += o.cpu_limits * w;
+        self.memory_requests += o.memory_requests * w;
+        self.memory_limits += o.memory_limits * w;
+        for (c, n) in &o.storage_by_class {
+            *self.storage_by_class.entry(c.clone()).or_default() += n * w;
+        }
+        self.load_balancers += o.load_balancers * w;
+        self.namespaces += o.namespaces * w;
+        self.pods += o.pods * w;
+        self.apps += o.apps * w;
+    }
+
     fn add(&mut self, o: &Gauges) {
         self.cpu_requests += o.cpu_requests;
         self.cpu_limits += o.cpu_limits;
@@ -423,24 +442,29 @@ pub fn hour_of(t: OffsetDateTime) -> OffsetDateTime {
     t.replace_time(time::Time::from_hms(t.hour(), 0, 0).unwrap_or(time::Time::MIDNIGHT))
 }
 
-/// Integrates the [`Sample`]s of one UTC hour into its records (the mean of the samples;
-/// see the module docs).
+/// Integrates the [`Sample`]s of one UTC hour into its records: each sample holds from
+/// its time until the next one (the last until the end of what is reported), and each
+/// value of the record is that integral divided by the time covered, i.e. the
+/// time-weighted mean over the part of the hour the samples cover (see the module docs).
 ///
 /// ```
 /// use kubenova_reconcile::usage::{HourAccumulator, Sample};
 /// let hour = time::macros::datetime!(2026-01-01 10:00 UTC);
 /// let mut acc = HourAccumulator::new(hour);
-/// acc.add(&Sample::default());
+/// acc.add(&Sample::default(), hour);
 /// assert_eq!(acc.samples(), 1);
-/// assert!(acc.records(kubenova_api::ids::ClusterId::new()).is_empty());
+/// assert!(acc.records(kubenova_api::ids::ClusterId::new(), hour).is_empty());
 /// ```
 #[derive(Debug, Clone)]
 pub struct HourAccumulator {
     hour: OffsetDateTime,
     samples: u32,
+    /// When the first sample was taken (the start of the covered time).
+    first: Option<OffsetDateTime>,
+    /// Σ value × milliseconds held, per scope, up to `last`'s time.
     sums: BTreeMap<Scope, Gauges>,
-    /// Quota use of the last sample, per scope.
-    quotas: BTreeMap<Scope, Vec<QuotaUse>>,
+    /// The last sample and its time.
+    last: Option<(OffsetDateTime, BTreeMap<Scope, Gauges>)>,
 }
 
 impl HourAccumulator {
@@ -449,8 +473,9 @@ impl HourAccumulator {
         HourAccumulator {
             hour: hour_of(hour),
             samples: 0,
+            first: None,
             sums: BTreeMap::new(),
-            quotas: BTreeMap::new(),
+            last: None,
         }
     }
 
@@ -459,41 +484,86 @@ impl HourAccumulator {
         self.hour
     }
 
+    /// The end of the hour.
+    pub fn end(&self) -> OffsetDateTime {
+        self.hour + time::Duration::HOUR
+    }
+
     /// Samples added so far.
     pub fn samples(&self) -> u32 {
         self.samples
     }
 
-    /// Adds a sample taken within the hour.
-    pub fn add(&mut self, s: &Sample) {
-        self.samples += 1;
-        self.quotas.clear();
-        for (scope, g) in &s.scopes {
-            let sums = self.sums.entry(*scope).or_default();
-            let mut g = g.clone();
-            self.quotas.insert(*scope, std::mem::take(&mut g.quotas));
-            sums.add(&g);
-        }
+    fn clamp(&self, t: OffsetDateTime) -> OffsetDateTime {
+        t.clamp(self.hour, self.end())
     }
 
-    /// The hour's records so far: one per tenant and project seen in any sample, each value
-    /// the mean over the samples (rounded half up), quota use from the last sample.
-    pub fn records(&self, cluster: ClusterId) -> Vec<UsageRecord> {
-        if self.samples == 0 {
-            return Vec::new();
+    /// Milliseconds since the start of the hour (so that the weights add up exactly).
+    fn ms(&self, t: OffsetDateTime) -> i128 {
+        (t - self.hour).whole_milliseconds()
+    }
+
+    /// The accumulator of the next hour, starting with this hour's last sample as the
+    /// state at its start (so that the next hour is covered from its first instant).
+    pub fn next_hour(&self) -> HourAccumulator {
+        let mut next = HourAccumulator::new(self.end());
+        if let Some((_, scopes)) = &self.last {
+            next.samples = 1;
+            next.first = Some(next.hour);
+            next.last = Some((next.hour, scopes.clone()));
         }
-        let n = i128::from(self.samples);
+        next
+    }
+
+    /// Adds a sample taken at `at` (clamped to the hour).
+    pub fn add(&mut self, s: &Sample, at: OffsetDateTime) {
+        let at = self.clamp(at);
+        if let Some((t, scopes)) = &self.last {
+            let w = (self.ms(at) - self.ms(*t)).max(0);
+            for (scope, g) in scopes {
+                self.sums.entry(*scope).or_default().add_weighted(g, w);
+            }
+        }
+        self.samples += 1;
+        self.first.get_or_insert(at);
+        self.last = Some((at, s.scopes.clone()));
+    }
+
+    /// The hour's records with the last sample held until `until` (clamped to the hour:
+    /// the end of the hour for an hour that ended, now for the hour so far). One record
+    /// per tenant and project seen in any sample; each value the time-weighted mean
+    /// (rounded half up); quota use from the last sample.
+    pub fn records(&self, cluster: ClusterId, until: OffsetDateTime) -> Vec<UsageRecord> {
+        let (Some(first), Some((t_last, last))) = (self.first, &self.last) else {
+            return Vec::new();
+        };
+        let until = self.clamp(until).max(*t_last);
+        let mut sums = self.sums.clone();
+        let covered = self.ms(until) - self.ms(first);
+        let (sums, n) = if covered > 0 {
+            let w = self.ms(until) - self.ms(*t_last);
+            for (scope, g) in last {
+                sums.entry(*scope).or_default().add_weighted(g, w);
+            }
+            (sums, covered)
+        } else {
+            // One instant: the samples taken at it, the last one counting.
+            let mut only = BTreeMap::new();
+            for (scope, g) in last {
+                only.entry(*scope)
+                    .or_insert_with(Gauges::default)
+                    .add_weighted(g, 1);
+            }
+            (only, 1)
+        };
         let mean = |v: i128| -> i64 { i64::try_from((2 * v + n) / (2 * n)).unwrap_or(i64::MAX) };
-        let mut out = Vec::with_capacity(self.sums.len());
-        // Tenants first, then their projects: the order the manager checks them in.
-        let mut scopes: Vec<&Scope> = self.sums.keys().collect();
-        scopes.sort_by_key(|s| (s.tenant, s.project.is_some(), s.project));
-        for scope in scopes {
-            let g = &self.sums[scope];
+        let mut out = Vec::with_capacity(sums.len());
+        for (scope, g) in &sums {
             let storage_by_class: BTreeMap<String, i64> = g
                 .storage_by_class
                 .iter()
                 .map(|(c, v)| (c.clone(), mean(*v)))
+                .filter(|(_, v)| *v > 0)
                 .collect();
             out.push(UsageRecord {
                 cluster_id: cluster,
@@ -512,9 +582,14 @@ impl HourAccumulator {
                 cpu_limit_millicores: mean(g.cpu_limits),
                 memory_limit_bytes: mean(g.memory_limits),
                 storage_by_class,
-                quotas: self.quotas.get(scope).cloned().unwrap_or_default(),
+                quotas: last
+                    .get(scope)
+                    .map(|g| g.quotas.clone())
+                    .unwrap_or_default(),
             });
         }
+        // Tenants first, then their projects: the order the manager checks them in.
+        out.sort_by_key(|r| (r.tenant_id, r.project_id.is_some(), r.project_id));
         out
     }
 }
@@ -755,22 +830,23 @@ mod tests {
     }
 
     #[test]
-    fn an_hour_is_the_mean_of_its_samples() {
+    fn an_hour_is_the_time_weighted_mean_of_its_samples() {
         let hour = time::macros::datetime!(2026-01-31 23:00 UTC);
+        let at = |m: i64| hour + time::Duration::minutes(m);
         let cluster = ClusterId::new();
         let full = sample(&fixture());
-        let mut acc = HourAccumulator::new(hour + time::Duration::minutes(7));
-        assert_eq!(acc.hour(), hour);
-        // Twelve samples (every 5 minutes): beta's pod runs for the first half only.
         let mut without_beta_pod = fixture();
         without_beta_pod
             .pods
             .retain(|p| p.metadata.namespace.as_deref() != Some("beta-apps"));
         let half = sample(&without_beta_pod);
+        let mut acc = HourAccumulator::new(at(7));
+        assert_eq!(acc.hour(), hour);
+        // Every 5 minutes from :00; beta's pod runs for the first 30 minutes only.
         for i in 0..12 {
-            acc.add(if i < 6 { &full } else { &half });
+            acc.add(if i < 6 { &full } else { &half }, at(5 * i));
         }
-        let records = acc.records(cluster);
+        let records = acc.records(cluster, acc.end());
         let ids: Vec<_> = records
             .iter()
             .map(|r| (r.tenant_id.0, r.project_id.map(|p| p.0)))
@@ -784,21 +860,41 @@ mod tests {
         let acme = &records[0];
         assert_eq!(acme.cpu_millicores, 3610);
         assert_eq!(acme.storage_bytes, 15 << 30);
-        assert_eq!(acme.hour, hour);
-        assert_eq!(acme.cluster_id, cluster);
+        assert_eq!((acme.hour, acme.cluster_id), (hour, cluster));
         for r in &records {
             kubenova_api::validate::Validate::validate(r).unwrap();
         }
-        // A tenant that appears in one of three samples: rounded half up.
+        // Uneven samples weigh by the time they stood for: nothing for 45 minutes, then
+        // everything for 15 (an on-demand sample at :45 and one at :50 change nothing).
         let mut acc = HourAccumulator::new(hour);
-        acc.add(&full);
-        acc.add(&Sample::default());
-        acc.add(&Sample::default());
-        let r = acc.records(cluster);
-        assert_eq!(r[2].cpu_millicores, 1000); // 3000 / 3
-        assert_eq!(r[1].pods, 0); // 1/3 rounds to 0
-        assert_eq!(r[0].pods, 1); // 3/3
-        // Quota use is the last sample's: none in the last two samples.
-        assert!(r[1].quotas.is_empty());
+        acc.add(&Sample::default(), at(0));
+        acc.add(&full, at(45));
+        acc.add(&full, at(50));
+        let r = acc.records(cluster, acc.end());
+        assert_eq!(r[2].cpu_millicores, 750); // 3000 × 15/60
+        assert_eq!(r[0].pods, 1); // 3 × 1/4 = 0.75 → 1
+        assert_eq!(r[1].pods, 0); // 1 × 1/4 → 0
+        // The hour so far (at :50): 3000 × 5/50.
+        assert_eq!(acc.records(cluster, at(50))[2].cpu_millicores, 300);
+        // A report at the instant of the only sample: that sample.
+        let mut acc = HourAccumulator::new(hour);
+        acc.add(&full, at(10));
+        assert_eq!(acc.records(cluster, at(10))[2].cpu_millicores, 3000);
+        // Quota use is the last sample's.
+        let mut acc = HourAccumulator::new(hour);
+        acc.add(&full, at(0));
+        acc.add(&Sample::default(), at(30));
+        let r = acc.records(cluster, acc.end());
+        assert!(r.iter().all(|r| r.quotas.is_empty()));
+        assert_eq!(r[2].cpu_millicores, 1500);
+        // The next hour starts with the last state from its first instant.
+        let mut acc = HourAccumulator::new(hour);
+        acc.add(&full, at(55));
+        let mut next = acc.next_hour();
+        assert_eq!(next.hour(), time::macros::datetime!(2026-02-01 00:00 UTC));
+        next.add(&full, next.hour() + time::Duration::minutes(3));
+        let r = next.records(cluster, next.end());
+        assert_eq!(r[2].cpu_millicores, 3000);
+        assert_eq!(r[0].quotas.len(), 2);
     }
 }

@@ -91,7 +91,7 @@ pub struct AgentArgs {
     /// Default: helm runs with the operator's own (least-privilege) identity.
     #[arg(long, env = kubenova_reconcile::manifests::ENV_INSTALLER_SERVICE_ACCOUNT, global = true)]
     pub installer_service_account: Option<String>,
-    /// Seconds between two usage samples (each UTC hour's usage is the mean of its
+    /// Seconds between two usage samples (each UTC hour's usage is the time-weighted mean of its
     /// samples); 0 turns usage collection off.
     #[arg(
         long,

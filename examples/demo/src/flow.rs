@@ -210,8 +210,8 @@ impl Flow {
     /// emulated cluster runs no workload controllers): two running pods of component `web`
     /// requesting 250m CPU and 256Mi each, and a LoadBalancer Service. Then asks the
     /// operator to collect usage now (`POST /usage/collect`) and waits until the manager
-    /// has the tenant's hour with those pods (the hour so far: the mean of its samples,
-    /// the operator's first one taken before the tenant existed); returns
+    /// has the tenant's hour with those pods (the hour so far: the time-weighted mean of
+    /// the operator's samples since it started); returns
     /// `GET /tenants/{id}/usage?granularity=hour`.
     pub async fn measure_usage(&self, t: &Tenancy) -> anyhow::Result<Value> {
         use k8s_openapi::api::core::v1::{Pod, Service};

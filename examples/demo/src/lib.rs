@@ -492,7 +492,10 @@ pub fn usage_lines(usage: &Value) -> Vec<String> {
             r["namespaces"],
             r["apps"],
         ));
-        out.push("(the hour so far: the mean of the operator's samples in it)".into());
+        out.push(
+            "(the hour so far: the time-weighted mean of the operator's samples since it started)"
+                .into(),
+        );
     }
     for p in usage["costByPlan"].as_array().into_iter().flatten() {
         out.push(format!(

@@ -1,9 +1,10 @@
 //! The usage loop: samples the cluster, integrates each UTC hour ([`crate::usage`]) and
 //! uploads the hourly records through the agent channel.
 //!
-//! - Every [`AgentConfig::usage_sample_interval`] the loop lists namespaces, Nova tenants
-//!   and projects, pods, PVCs, Services, ResourceQuotas and KubeVela Applications and adds
-//!   a [`Sample`](crate::usage::Sample) to the hour's accumulator.
+//! - Every [`AgentConfig::usage_sample_interval`] (and on demand) the loop lists
+//!   namespaces, Nova tenants and projects, pods, PVCs, Services, ResourceQuotas and
+//!   KubeVela Applications and adds a [`Sample`](crate::usage::Sample), with its time, to
+//!   the hour's accumulator (a time-weighted integral).
 //! - When a UTC hour ends, its records go to the **outbox**; so does the hour so far on
 //!   demand ([`UsageTrigger::collect_now`]), every
 //!   [`AgentConfig::usage_report_interval`] when set, and at shutdown. A later record of
@@ -308,7 +309,14 @@ pub(super) async fn run(sh: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         if forced || now >= next_sample {
             let wall = OffsetDateTime::now_utc();
             if hour_of(wall) != acc.hour() {
-                closed.push(std::mem::replace(&mut acc, HourAccumulator::new(wall)));
+                // The next hour starts from the last state when it follows at once; after
+                // a longer gap nothing is carried over (nothing was observed).
+                let next = if acc.end() == hour_of(wall) {
+                    acc.next_hour()
+                } else {
+                    HourAccumulator::new(wall)
+                };
+                closed.push(std::mem::replace(&mut acc, next));
             }
             match collect_inventory(&sh.kube).await {
                 Ok(inv) => {
@@ -320,7 +328,7 @@ pub(super) async fn run(sh: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                         tracing::warn!(quantities = ?s.bad_quantities, "usage: unparsable quantities counted as zero");
                     }
                     sh.metrics().usage_samples.inc();
-                    acc.add(&s);
+                    acc.add(&s, wall);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "usage: listing the cluster failed; this sample is skipped")
@@ -337,10 +345,10 @@ pub(super) async fn run(sh: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         let cluster = sh.cluster_id();
         if let Some(cluster) = cluster {
             for a in closed.drain(..) {
-                outbox.put(a.records(cluster));
+                outbox.put(a.records(cluster, a.end()));
             }
             if report_due {
-                outbox.put(acc.records(cluster));
+                outbox.put(acc.records(cluster, OffsetDateTime::now_utc()));
                 report_due = false;
                 next_send = None;
             }
@@ -367,9 +375,9 @@ pub(super) async fn run(sh: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     // same hour again).
     if let Some(cluster) = sh.cluster_id() {
         for a in closed.drain(..) {
-            outbox.put(a.records(cluster));
+            outbox.put(a.records(cluster, a.end()));
         }
-        outbox.put(acc.records(cluster));
+        outbox.put(acc.records(cluster, OffsetDateTime::now_utc()));
     }
     outbox.persist(&sh).await;
 }
