@@ -1417,37 +1417,48 @@ macro_rules! sql_backend {
                 for r in records {
                     r.validate()?;
                 }
+                // The last record of a (cluster, tenant, project, hour) wins, as if each
+                // were written in turn (one multi-row statement may not touch a row twice).
+                let mut seen = std::collections::HashSet::with_capacity(records.len());
+                let rows: Vec<&UsageRecord> = records
+                    .iter()
+                    .rev()
+                    .filter(|r| seen.insert((r.cluster_id, r.tenant_id, r.project_id, r.hour)))
+                    .collect();
                 let mut tx = self.pool.begin().await?;
                 let now = now_micros();
-                for r in records {
-                    sqlx::query(
+                // 15 parameters a row: 1,000 rows stay under both backends' limits.
+                for chunk in rows.chunks(1000) {
+                    let mut qb = sqlx::QueryBuilder::<$Db>::new(
                         "INSERT INTO usage_hours (cluster_id, tenant_id, project_key, hour, cpu_millicores, memory_bytes, storage_bytes, \
-                         load_balancers, namespaces, pods, apps, reported_at, cpu_limit_millicores, memory_limit_bytes, detail) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
-                         ON CONFLICT (cluster_id, tenant_id, project_key, hour) DO UPDATE SET \
+                         load_balancers, namespaces, pods, apps, reported_at, cpu_limit_millicores, memory_limit_bytes, detail) ",
+                    );
+                    qb.push_values(chunk, |mut b, r| {
+                        b.push_bind(r.cluster_id.0)
+                            .push_bind(r.tenant_id.0)
+                            .push_bind(r.project_id.map(|p| p.0).unwrap_or(Uuid::nil()))
+                            .push_bind(to_micros(r.hour))
+                            .push_bind(r.cpu_millicores)
+                            .push_bind(r.memory_bytes)
+                            .push_bind(r.storage_bytes)
+                            .push_bind(r.load_balancers)
+                            .push_bind(r.namespaces)
+                            .push_bind(r.pods)
+                            .push_bind(r.apps)
+                            .push_bind(now)
+                            .push_bind(r.cpu_limit_millicores)
+                            .push_bind(r.memory_limit_bytes)
+                            .push_bind(UsageDetail::of(r).map(Json));
+                    });
+                    qb.push(
+                        " ON CONFLICT (cluster_id, tenant_id, project_key, hour) DO UPDATE SET \
                          cpu_millicores = excluded.cpu_millicores, memory_bytes = excluded.memory_bytes, \
                          storage_bytes = excluded.storage_bytes, load_balancers = excluded.load_balancers, \
                          namespaces = excluded.namespaces, pods = excluded.pods, apps = excluded.apps, reported_at = excluded.reported_at, \
                          cpu_limit_millicores = excluded.cpu_limit_millicores, memory_limit_bytes = excluded.memory_limit_bytes, \
                          detail = excluded.detail",
-                    )
-                    .bind(r.cluster_id.0)
-                    .bind(r.tenant_id.0)
-                    .bind(r.project_id.map(|p| p.0).unwrap_or(Uuid::nil()))
-                    .bind(to_micros(r.hour))
-                    .bind(r.cpu_millicores)
-                    .bind(r.memory_bytes)
-                    .bind(r.storage_bytes)
-                    .bind(r.load_balancers)
-                    .bind(r.namespaces)
-                    .bind(r.pods)
-                    .bind(r.apps)
-                    .bind(now)
-                    .bind(r.cpu_limit_millicores)
-                    .bind(r.memory_limit_bytes)
-                    .bind(UsageDetail::of(r).map(Json))
-                    .execute(&mut *tx)
-                    .await?;
+                    );
+                    qb.build().execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
                 Ok(())

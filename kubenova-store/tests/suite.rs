@@ -1852,6 +1852,23 @@ async fn usage_ingest_is_idempotent_per_hour(h: &Harness) {
     ));
     let sums = s.usage_totals(&q).await.unwrap();
     assert_eq!((sums.records, sums.cpu_millicore_hours), (4, 1050));
+    // Within one call the last record of an hour wins.
+    s.upsert_usage(&[rec(1, 7), rec(1, 260)]).await.unwrap();
+    assert_eq!(s.query_usage(&q).await.unwrap()[1], rec(1, 260));
+    // Large batches (several statements) are written whole.
+    let many: Vec<UsageRecord> = (0..2500)
+        .map(|n| UsageRecord {
+            tenant_id: TenantId(uuid::Uuid::from_u128(n)),
+            ..rec(0, 1)
+        })
+        .collect();
+    s.upsert_usage(&many).await.unwrap();
+    s.upsert_usage(&many).await.unwrap();
+    let q0 = UsageQuery {
+        tenant: TenantId(uuid::Uuid::from_u128(2499)),
+        ..q.clone()
+    };
+    assert_eq!(s.usage_totals(&q0).await.unwrap().records, 1);
 }
 
 /// The kubeconfig is replaced together with the cluster record and its audit event, under
