@@ -63,6 +63,12 @@ pub const AGENT_SECRET_CA_KEY: &str = "managerCa";
 /// ConfigMap (in `kubenova-system`) where the operator publishes the Capsule Proxy
 /// endpoint when the manager cannot be reached.
 pub const PROXY_CONFIGMAP: &str = "kubenova-capsule-proxy";
+/// ConfigMap (in `kubenova-system`) where the operator keeps the usage hours it could not
+/// send yet, so that they survive a restart (key [`USAGE_CONFIGMAP_KEY`], a JSON array of
+/// [`UsageRecord`](crate::model::UsageRecord)s).
+pub const USAGE_CONFIGMAP: &str = "kubenova-usage-buffer";
+/// Key of the buffered records in [`USAGE_CONFIGMAP`].
+pub const USAGE_CONFIGMAP_KEY: &str = "records.json";
 
 /// Kind of a desired object.
 #[derive(

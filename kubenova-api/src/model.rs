@@ -1143,6 +1143,67 @@ pub struct UsageRecord {
     pub pods: i64,
     /// KubeVela applications.
     pub apps: i64,
+    /// Sum of CPU limits, in millicores (a container without a CPU limit adds nothing).
+    #[serde(default)]
+    pub cpu_limit_millicores: i64,
+    /// Sum of memory limits, in bytes (a container without a memory limit adds nothing).
+    #[serde(default)]
+    pub memory_limit_bytes: i64,
+    /// Capacity of bound PVCs by storage class, in bytes (`""`: claims without a class).
+    /// When present, its values add up to `storageBytes`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub storage_by_class: BTreeMap<String, i64>,
+    /// Quota use against the hard limits, from the ResourceQuotas' status at the last
+    /// sample of the hour (at most [`USAGE_QUOTAS_MAX`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quotas: Vec<QuotaUse>,
+}
+
+/// Most [`QuotaUse`] entries in one [`UsageRecord`].
+pub const USAGE_QUOTAS_MAX: usize = 1000;
+/// Most storage classes in one [`UsageRecord::storage_by_class`].
+pub const USAGE_STORAGE_CLASSES_MAX: usize = 100;
+/// Largest value a usage counter may carry (`pods`, `namespaces`, `apps`, `loadBalancers`):
+/// a higher number is a broken collector, not a cluster.
+pub const USAGE_COUNT_MAX: i64 = 10_000_000;
+/// Largest CPU value (requests or limits) of one record, in millicores: ten million cores.
+pub const USAGE_CPU_MAX: i64 = 10_000_000_000;
+/// Largest memory or storage value of one record, in bytes: 1 EiB.
+pub const USAGE_BYTES_MAX: i64 = 1 << 60;
+
+/// One resource of a ResourceQuota: what is used against its hard limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(example = json!({"namespace": "acme-apps", "name": "capsule-acme-0", "resource": "requests.cpu", "used": "1500m", "hard": "2"}))]
+pub struct QuotaUse {
+    /// Namespace of the ResourceQuota.
+    pub namespace: String,
+    /// Name of the ResourceQuota.
+    pub name: String,
+    /// Resource (`requests.cpu`, `pods`, `count/services.loadbalancers`, ...).
+    pub resource: String,
+    /// `status.used` of the resource.
+    #[schema(value_type = String)]
+    pub used: Quantity,
+    /// `status.hard` of the resource.
+    #[schema(value_type = String)]
+    pub hard: Quantity,
+}
+
+impl QuotaUse {
+    /// Whether the use is over the hard limit (possible when the quota was lowered after
+    /// the objects were admitted).
+    ///
+    /// ```
+    /// use kubenova_api::model::QuotaUse;
+    /// let q = |used: &str, hard: &str| QuotaUse { namespace: "a".into(), name: "q".into(),
+    ///     resource: "pods".into(), used: used.parse().unwrap(), hard: hard.parse().unwrap() };
+    /// assert!(q("11", "10").exceeded());
+    /// assert!(!q("10", "10").exceeded());
+    /// ```
+    pub fn exceeded(&self) -> bool {
+        self.used > self.hard
+    }
 }
 
 impl Validate for UsageRecord {
@@ -1168,6 +1229,85 @@ impl Validate for UsageRecord {
         ] {
             if n < 0 {
                 v.push(f, format!("must not be negative (got {n})"));
+            }
+        }
+        for (f, n, max) in [
+            ("cpuMillicores", self.cpu_millicores, USAGE_CPU_MAX),
+            (
+                "cpuLimitMillicores",
+                self.cpu_limit_millicores,
+                USAGE_CPU_MAX,
+            ),
+            ("memoryBytes", self.memory_bytes, USAGE_BYTES_MAX),
+            ("memoryLimitBytes", self.memory_limit_bytes, USAGE_BYTES_MAX),
+            ("storageBytes", self.storage_bytes, USAGE_BYTES_MAX),
+            ("loadBalancers", self.load_balancers, USAGE_COUNT_MAX),
+            ("namespaces", self.namespaces, USAGE_COUNT_MAX),
+            ("pods", self.pods, USAGE_COUNT_MAX),
+            ("apps", self.apps, USAGE_COUNT_MAX),
+        ] {
+            if n < 0 && matches!(f, "cpuLimitMillicores" | "memoryLimitBytes") {
+                v.push(f, format!("must not be negative (got {n})"));
+            } else if n > max {
+                v.push(
+                    f,
+                    format!("{n} is beyond any cluster (at most {max}); the collector is broken"),
+                );
+            }
+        }
+        if self.storage_by_class.len() > USAGE_STORAGE_CLASSES_MAX {
+            v.push(
+                "storageByClass",
+                format!(
+                    "must name at most {USAGE_STORAGE_CLASSES_MAX} storage classes (got {})",
+                    self.storage_by_class.len()
+                ),
+            );
+        } else if !self.storage_by_class.is_empty() {
+            let mut sum: i128 = 0;
+            for (class, n) in &self.storage_by_class {
+                if *n < 0 || *n > USAGE_BYTES_MAX {
+                    v.push(
+                        format!("storageByClass[{}]", quote_key(class)),
+                        format!("must be between 0 and {USAGE_BYTES_MAX} (got {n})"),
+                    );
+                }
+                sum += i128::from(*n);
+            }
+            if sum != i128::from(self.storage_bytes) {
+                v.push(
+                    "storageByClass",
+                    format!(
+                        "adds up to {sum} bytes but storageBytes is {}; they must agree",
+                        self.storage_bytes
+                    ),
+                );
+            }
+        }
+        if self.quotas.len() > USAGE_QUOTAS_MAX {
+            v.push(
+                "quotas",
+                format!(
+                    "must hold at most {USAGE_QUOTAS_MAX} entries (got {})",
+                    self.quotas.len()
+                ),
+            );
+        }
+        for (i, q) in self.quotas.iter().enumerate().take(USAGE_QUOTAS_MAX) {
+            for (f, s) in [
+                ("namespace", &q.namespace),
+                ("name", &q.name),
+                ("resource", &q.resource),
+            ] {
+                if s.is_empty() || s.len() > 253 {
+                    v.push(
+                        format!("quotas[{i}].{f}"),
+                        "must be 1 to 253 characters long",
+                    );
+                }
+            }
+            if q.used.is_negative() || q.hard.is_negative() {
+                v.push(format!("quotas[{i}]"), "used and hard must not be negative");
             }
         }
         v.finish()
@@ -1476,11 +1616,65 @@ mod tests {
             namespaces: 1,
             pods: 1,
             apps: 0,
+            cpu_limit_millicores: 0,
+            memory_limit_bytes: 0,
+            storage_by_class: BTreeMap::new(),
+            quotas: Vec::new(),
         };
         r.validate().unwrap();
         r.hour = time::macros::datetime!(2026-01-01 10:30 UTC);
         r.pods = -1;
         assert_eq!(r.validate().unwrap_err().violations.len(), 2);
+    }
+
+    #[test]
+    fn usage_bounds_storage_classes_and_quotas() {
+        let mut r = UsageRecord {
+            cluster_id: ClusterId::new(),
+            tenant_id: TenantId::new(),
+            project_id: None,
+            hour: time::macros::datetime!(2026-01-01 10:00 UTC),
+            cpu_millicores: 1,
+            memory_bytes: 1,
+            storage_bytes: 30,
+            load_balancers: 0,
+            namespaces: 1,
+            pods: 1,
+            apps: 0,
+            cpu_limit_millicores: 2,
+            memory_limit_bytes: 2,
+            storage_by_class: BTreeMap::from([("fast".into(), 10), (String::new(), 20)]),
+            quotas: vec![QuotaUse {
+                namespace: "acme-apps".into(),
+                name: "q".into(),
+                resource: "pods".into(),
+                used: Quantity::parse("3").unwrap(),
+                hard: Quantity::parse("2").unwrap(),
+            }],
+        };
+        r.validate().unwrap();
+        assert!(r.quotas[0].exceeded());
+        r.storage_bytes = 31;
+        let e = r.validate().unwrap_err();
+        assert_eq!(e.violations[0].field, "storageByClass", "{e:?}");
+        r.storage_bytes = 30;
+        r.cpu_millicores = USAGE_CPU_MAX + 1;
+        r.memory_limit_bytes = -1;
+        r.quotas[0].resource = String::new();
+        let e = r.validate().unwrap_err();
+        let fields: Vec<_> = e.violations.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["cpuMillicores", "memoryLimitBytes", "quotas[0].resource"],
+            "{e:?}"
+        );
+        // Old clients' records (without the new fields) still parse.
+        let old: UsageRecord = serde_json::from_value(serde_json::json!({
+            "clusterId": ClusterId::new(), "tenantId": TenantId::new(), "hour": "2026-01-01T10:00:00Z",
+            "cpuMillicores": 1, "memoryBytes": 1, "storageBytes": 0, "loadBalancers": 0,
+            "namespaces": 1, "pods": 1, "apps": 0}))
+        .unwrap();
+        assert!(old.quotas.is_empty() && old.cpu_limit_millicores == 0);
     }
 
     #[test]

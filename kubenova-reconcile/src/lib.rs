@@ -44,6 +44,7 @@ mod project;
 mod render;
 pub mod status;
 mod tenant;
+pub mod usage;
 
 pub use app::{SUSPEND_STEP, app_identity, app_rules, translate_app};
 pub use error::TranslateError;

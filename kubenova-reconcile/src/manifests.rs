@@ -348,6 +348,10 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
         rule(&[""], &["pods"], &["get", "list"]),
         rule(&[""], &["pods/log"], &["get"]),
         rule(&[""], &["events"], &["list"]),
+        // Hourly usage (module `usage`): pods (above), bound PVCs, LoadBalancer Services,
+        // ResourceQuotas' status and KubeVela Applications are listed, read only (the
+        // quotas and Applications with the rules above).
+        rule(&[""], &["persistentvolumeclaims", "services"], &["list"]),
     ]
 }
 
@@ -366,13 +370,16 @@ pub fn app_deployer_rules() -> Vec<PolicyRule> {
 }
 
 /// The Role's rules in the operator's namespace beyond the Lease: the agent Secret (read,
-/// by name) and the Capsule Proxy fallback ConfigMap (written when the manager cannot be
-/// reached).
+/// by name), the Capsule Proxy fallback ConfigMap (written when the manager cannot be
+/// reached) and the usage buffer ConfigMap (the hours not sent yet).
 pub fn agent_rules(agent_secret: &str) -> Vec<PolicyRule> {
     let mut secret = rule(&[""], &["secrets"], &["get"]);
     secret.resource_names = Some(vec![agent_secret.to_owned()]);
     let mut cm = rule(&[""], &["configmaps"], &["get", "patch"]);
-    cm.resource_names = Some(vec![kubenova_api::agent::PROXY_CONFIGMAP.to_owned()]);
+    cm.resource_names = Some(vec![
+        kubenova_api::agent::PROXY_CONFIGMAP.to_owned(),
+        kubenova_api::agent::USAGE_CONFIGMAP.to_owned(),
+    ]);
     vec![
         secret,
         cm,

@@ -25,7 +25,7 @@ use kubenova_api::agent::{
 };
 use kubenova_api::catalog::Catalog;
 use kubenova_api::crd::{NovaApp, NovaProject, NovaTenant};
-use kubenova_api::model::{ClusterStatus, ComponentPhase, Phase};
+use kubenova_api::model::{ClusterStatus, ComponentPhase, Phase, UsageRecord};
 use kubenova_reconcile::agent::{self, ANNOTATION_DESIRED_REVISION, AgentConfig, AgentMetrics};
 use kubenova_reconcile::controller::{self, Backoff, Ctx, Metrics, RunOptions};
 use kubenova_reconcile::project_namespace;
@@ -62,6 +62,13 @@ struct FakeState {
     latest: HashMap<ObjectRef, ObjectReport>,
     unauthorized: usize,
     snapshots_served: usize,
+    /// Every accepted usage batch, in order.
+    usage_batches: Vec<Vec<UsageRecord>>,
+    /// The latest accepted record per (tenant, project, hour), as the manager stores them.
+    usage: BTreeMap<(Uuid, Option<Uuid>, time::OffsetDateTime), UsageRecord>,
+    /// Usage batches naming this tenant are refused (422), as the manager refuses a
+    /// tenant the cluster does not host.
+    refuse_usage_of: Option<Uuid>,
 }
 
 struct Fake {
@@ -310,6 +317,46 @@ async fn status(
     .into_response()
 }
 
+async fn usage(
+    State(f): State<FakeRef>,
+    headers: HeaderMap,
+    Json(records): Json<Vec<UsageRecord>>,
+) -> Response {
+    if let Some(r) = f.gate(&headers) {
+        return r;
+    }
+    assert!(
+        !records.is_empty() && records.len() <= agent::USAGE_BATCH,
+        "batches hold 1 to {} records",
+        agent::USAGE_BATCH
+    );
+    let mut st = f.state.lock().unwrap();
+    if records.iter().any(|r| r.cluster_id.0 != st.cluster_id) {
+        return kn_error(
+            StatusCode::FORBIDDEN,
+            "KN-403",
+            "an agent uploads usage of its own cluster only",
+        );
+    }
+    if let Some(t) = st.refuse_usage_of
+        && records.iter().any(|r| r.tenant_id.0 == t)
+    {
+        return kn_error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "KN-422",
+            "tenant does not exist in this cluster",
+        );
+    }
+    for r in &records {
+        st.usage.insert(
+            (r.tenant_id.0, r.project_id.map(|p| p.0), r.hour),
+            r.clone(),
+        );
+    }
+    st.usage_batches.push(records);
+    StatusCode::NO_CONTENT.into_response()
+}
+
 struct FakeManager {
     fake: FakeRef,
     addr: SocketAddr,
@@ -344,10 +391,7 @@ impl FakeManager {
             .route("/api/v1/agent/heartbeat", post(heartbeat))
             .route("/api/v1/agent/desired", get(desired))
             .route("/api/v1/agent/status", post(status))
-            .route(
-                "/api/v1/agent/usage",
-                post(|| async { StatusCode::NO_CONTENT }),
-            )
+            .route("/api/v1/agent/usage", post(usage))
             .with_state(self.fake.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         self.stop = Some(tx);
@@ -457,6 +501,7 @@ impl Env {
             .with_upstream_crds(true)
             .simulate_capsule(true)
             .simulate_kubevela(true)
+            .simulate_quota(true)
             .start()
             .await
             .unwrap();
@@ -503,6 +548,8 @@ impl Env {
         c.pending_retry = Duration::from_millis(100);
         c.operator_version = "0.1.0-test".into();
         c.metrics = self.metrics.clone();
+        // One sample at start; more only on demand (the usage tests trigger them).
+        c.usage_sample_interval = Duration::from_secs(3600);
         c
     }
 
@@ -1366,5 +1413,267 @@ async fn a_record_recreated_while_the_operator_was_away_survives_the_snapshot() 
     let live = env.nova_app("acme", "web", "shop").await.unwrap();
     assert_eq!(live.labels().get(LABEL_ID), Some(&new.to_string()));
     assert!(live.metadata.deletion_timestamp.is_none());
+    env.stop().await;
+}
+
+// ---------------------------------------------------------------------------------
+// Usage
+// ---------------------------------------------------------------------------------
+
+async fn create<K>(client: &Client, ns: &str, v: serde_json::Value) -> K
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    Api::<K>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &serde_json::from_value(v).unwrap())
+        .await
+        .unwrap()
+}
+
+async fn set_status<K>(client: &Client, ns: &str, name: &str, status: serde_json::Value)
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    <K as kube::Resource>::DynamicType: Default,
+{
+    Api::<K>::namespaced(client.clone(), ns)
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": status})),
+        )
+        .await
+        .unwrap();
+}
+
+/// Tenant `acme` with project `web` (and an app) applied through a first agent run
+/// without usage; then real workload objects in their namespaces: in `web`, a running
+/// pod (2 × 250m/64Mi requests, 2 × 500m/128Mi limits), a finished pod, a bound 5Gi PVC
+/// of class `fast`, a LoadBalancer Service and a ResourceQuota (pods 1, requests.cpu
+/// 400m, so the CPU quota is exceeded); in `acme-apps`, a pod requesting 1 CPU.
+async fn usage_fixture(env: &mut Env) -> (Uuid, Uuid) {
+    use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, ResourceQuota, Service};
+    let (t, p, a) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    env.fake().put(tenant(t, "acme", "gold"));
+    env.fake().put(project(p, "acme", "web"));
+    env.fake().put(app(a, "acme", "web", "site"));
+    let mut config = env.config(TOKEN);
+    config.usage_sample_interval = Duration::ZERO;
+    env.start_agent_with(config);
+    let web = project_namespace("acme", "web");
+    eventually("namespaces and the Application", || async {
+        env.namespace_exists(&web).await
+            && env.namespace_exists("acme-apps").await
+            && env.exists("Application", Some(&web), "site").await
+    })
+    .await;
+    env.stop_agent().await;
+    let c = &env.client;
+    let container = |name: &str| {
+        json!({"name": name, "image": "nginx",
+            "resources": {"requests": {"cpu": "250m", "memory": "64Mi"}, "limits": {"cpu": "500m", "memory": "128Mi"}}})
+    };
+    create::<Pod>(c, &web, json!({"metadata": {"name": "web-0"}, "spec": {"containers": [container("a"), container("b")]}})).await;
+    set_status::<Pod>(c, &web, "web-0", json!({"phase": "Running"})).await;
+    create::<Pod>(
+        c,
+        &web,
+        json!({"metadata": {"name": "job"}, "spec": {"containers": [container("a")]}}),
+    )
+    .await;
+    set_status::<Pod>(c, &web, "job", json!({"phase": "Succeeded"})).await;
+    create::<PersistentVolumeClaim>(c, &web, json!({"metadata": {"name": "data"},
+        "spec": {"storageClassName": "fast", "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "5Gi"}}}})).await;
+    set_status::<PersistentVolumeClaim>(
+        c,
+        &web,
+        "data",
+        json!({"phase": "Bound", "capacity": {"storage": "5Gi"}}),
+    )
+    .await;
+    create::<Service>(c, &web, json!({"metadata": {"name": "lb"}, "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}})).await;
+    create::<ResourceQuota>(c, &web, json!({"metadata": {"name": "compute"}, "spec": {"hard": {"pods": "1", "requests.cpu": "400m"}}})).await;
+    create::<Pod>(c, "acme-apps", json!({"metadata": {"name": "worker"},
+        "spec": {"containers": [{"name": "w", "image": "busybox", "resources": {"requests": {"cpu": "1"}}}]}})).await;
+    eventually("the quota controller fills status.used", || async {
+        Api::<ResourceQuota>::namespaced(c.clone(), &web)
+            .get("compute")
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.used)
+            .is_some_and(|u| u.get("requests.cpu").is_some_and(|q| q.0 == "500m"))
+    })
+    .await;
+    (t, p)
+}
+
+fn usage_of(env: &Env, t: Uuid, p: Option<Uuid>) -> Option<UsageRecord> {
+    let st = env.fake().state.lock().unwrap();
+    st.usage
+        .iter()
+        .filter(|((tt, pp, _), _)| *tt == t && *pp == p)
+        .map(|(_, r)| r.clone())
+        .next_back()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_is_measured_from_the_cluster_and_uploaded_idempotently() {
+    let mut env = Env::start().await;
+    let (t, p) = usage_fixture(&mut env).await;
+    let config = env.config(TOKEN);
+    let trigger = config.usage_trigger.clone();
+    env.start_agent_with(config);
+    trigger.collect_now();
+    eventually("the tenant's and the project's hour reported", || async {
+        usage_of(&env, t, None).is_some() && usage_of(&env, t, Some(p)).is_some()
+    })
+    .await;
+    let cluster = env.fake().state.lock().unwrap().cluster_id;
+    let tenant_rec = usage_of(&env, t, None).unwrap();
+    assert_eq!(tenant_rec.cluster_id.0, cluster);
+    assert_eq!(tenant_rec.hour.minute(), 0);
+    assert_eq!(tenant_rec.namespaces, 3, "{tenant_rec:?}");
+    assert_eq!(tenant_rec.pods, 2, "the finished pod does not count");
+    assert_eq!(tenant_rec.cpu_millicores, 1500);
+    assert_eq!(tenant_rec.cpu_limit_millicores, 1000);
+    assert_eq!(tenant_rec.memory_bytes, 128 << 20);
+    assert_eq!(tenant_rec.memory_limit_bytes, 256 << 20);
+    assert_eq!(tenant_rec.storage_bytes, 5 << 30);
+    assert_eq!(
+        tenant_rec.storage_by_class,
+        BTreeMap::from([("fast".to_string(), 5 << 30)])
+    );
+    assert_eq!((tenant_rec.load_balancers, tenant_rec.apps), (1, 1));
+    let exceeded: Vec<_> = tenant_rec
+        .quotas
+        .iter()
+        .filter(|q| q.exceeded())
+        .map(|q| (q.resource.as_str(), q.used.to_string(), q.hard.to_string()))
+        .collect();
+    assert_eq!(
+        exceeded,
+        [("requests.cpu", "500m".to_string(), "400m".to_string())]
+    );
+    assert_eq!(tenant_rec.quotas.len(), 2, "{:?}", tenant_rec.quotas);
+    let project_rec = usage_of(&env, t, Some(p)).unwrap();
+    assert_eq!(
+        (
+            project_rec.namespaces,
+            project_rec.pods,
+            project_rec.cpu_millicores,
+            project_rec.load_balancers,
+            project_rec.apps
+        ),
+        (1, 1, 500, 1, 1)
+    );
+    // On demand again: the same hour is re-sent and replaces itself (no new keys).
+    let batches = env.fake().state.lock().unwrap().usage_batches.len();
+    let keys = env.fake().state.lock().unwrap().usage.len();
+    trigger.collect_now();
+    eventually("a second report", || async {
+        env.fake().state.lock().unwrap().usage_batches.len() > batches
+    })
+    .await;
+    let (stored, hours) = {
+        let st = env.fake().state.lock().unwrap();
+        let hours: std::collections::BTreeSet<_> = st.usage.keys().map(|k| k.2).collect();
+        (st.usage.len(), hours.len())
+    };
+    // (Unless the hour turned meanwhile, the keys are the same.)
+    assert_eq!(stored, keys * hours);
+    assert_eq!(usage_of(&env, t, None).unwrap().cpu_millicores, 1500);
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsent_hours_survive_an_outage_and_a_restart() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let mut env = Env::start().await;
+    let (t, p) = usage_fixture(&mut env).await;
+    let config = env.config(TOKEN);
+    let trigger = config.usage_trigger.clone();
+    let heartbeats = env.fake().heartbeats();
+    env.start_agent_with(config);
+    eventually("connected (the cluster id is known)", || async {
+        env.fake().heartbeats() > heartbeats
+    })
+    .await;
+    env.fake().set_down(true);
+    trigger.collect_now();
+    let kube = env.client.clone();
+    let buffer = || {
+        let api = Api::<ConfigMap>::namespaced(kube.clone(), agent::DEFAULT_NAMESPACE);
+        async move {
+            api.get_opt(kubenova_api::agent::USAGE_CONFIGMAP)
+                .await
+                .unwrap()
+                .and_then(|cm| cm.data)
+                .and_then(|d| d.get(kubenova_api::agent::USAGE_CONFIGMAP_KEY).cloned())
+                .unwrap_or_default()
+        }
+    };
+    eventually("the unsent hour is kept in the ConfigMap", || async {
+        buffer().await.contains(&t.to_string())
+    })
+    .await;
+    let buffered: Vec<UsageRecord> = serde_json::from_str(&buffer().await).unwrap();
+    assert_eq!(buffered.len(), 2, "the tenant and its project");
+    assert!(env.fake().state.lock().unwrap().usage.is_empty());
+    // Restart while the manager is still down, then it comes back.
+    env.stop_agent().await;
+    let config = env.config(TOKEN);
+    env.start_agent_with(config);
+    env.fake().set_down(false);
+    eventually("the buffered hour arrives after the restart", || async {
+        usage_of(&env, t, None).is_some() && usage_of(&env, t, Some(p)).is_some()
+    })
+    .await;
+    for r in &buffered {
+        let got = usage_of(&env, t, r.project_id.map(|p| p.0)).unwrap();
+        assert_eq!(
+            &got, r,
+            "sent as buffered (no sample of the new run was reported)"
+        );
+    }
+    eventually("the buffer is emptied", || async {
+        buffer().await.is_empty()
+    })
+    .await;
+    env.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_the_manager_rejects_are_isolated_and_the_rest_delivered() {
+    let mut env = Env::start().await;
+    let (t, p) = usage_fixture(&mut env).await;
+    // A second tenant that the manager refuses.
+    let other = Uuid::now_v7();
+    env.fake().put(tenant(other, "beta", "gold"));
+    env.fake().state.lock().unwrap().refuse_usage_of = Some(other);
+    let config = env.config(TOKEN);
+    let trigger = config.usage_trigger.clone();
+    env.start_agent_with(config);
+    eventually("beta's namespaces", || async {
+        env.namespace_exists("beta-apps").await
+    })
+    .await;
+    trigger.collect_now();
+    eventually("acme's records delivered", || async {
+        usage_of(&env, t, None).is_some() && usage_of(&env, t, Some(p)).is_some()
+    })
+    .await;
+    eventually("beta's record dropped", || async {
+        env.metrics.usage_dropped.get() >= 1
+    })
+    .await;
+    assert!(usage_of(&env, other, None).is_none());
     env.stop().await;
 }

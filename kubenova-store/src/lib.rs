@@ -385,7 +385,15 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the requests (and their answers) expired at `now`; returns how many.
     async fn purge_agent_requests(&self, now: time::OffsetDateTime) -> Result<u64>;
 
+    /// The plans `tenant` was on, oldest first: one entry per change (creation
+    /// included), recorded by [`Store::create_tenant`] and [`Store::update_tenant`]. Tenants
+    /// created before this history existed have none until their plan changes.
+    async fn tenant_plan_history(&self, tenant: TenantId) -> Result<Vec<PlanChange>>;
+
     // ---- usage ----------------------------------------------------------------------
+    /// One page of every tenant's usage records in a range ([`UsageExport`]), for billing
+    /// exports; the next page starts after the last record returned.
+    async fn export_usage(&self, export: &UsageExport) -> Result<Vec<UsageRecord>>;
     /// Inserts or replaces hourly usage records (idempotent per cluster, tenant, project, hour).
     async fn upsert_usage(&self, records: &[UsageRecord]) -> Result<()>;
     /// Usage records matching the query, ordered by hour (then cluster and project). A

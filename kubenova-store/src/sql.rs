@@ -135,6 +135,29 @@ const USAGE_SUM_COLUMNS: [&str; 5] = [
     "pods",
 ];
 
+/// The `detail` column of `usage_hours`: the parts of a usage record that are not summed.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UsageDetail {
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    storage_by_class: std::collections::BTreeMap<String, i64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    quotas: Vec<kubenova_api::model::QuotaUse>,
+}
+
+impl UsageDetail {
+    /// The detail of `r`, or `None` when it has none (the column stays NULL).
+    fn of(r: &UsageRecord) -> Option<UsageDetail> {
+        if r.storage_by_class.is_empty() && r.quotas.is_empty() {
+            return None;
+        }
+        Some(UsageDetail {
+            storage_by_class: r.storage_by_class.clone(),
+            quotas: r.quotas.clone(),
+        })
+    }
+}
+
 /// The stored spelling of a run's status (the `workflow_runs.status` column).
 fn run_status(s: RunStatus) -> &'static str {
     match s {
@@ -819,9 +842,25 @@ macro_rules! sql_backend {
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| unique(e.into(), || format!("a tenant named {:?} already exists in cluster {}", t.name, t.cluster_id)))?;
+                Self::record_plan(&mut *tx, t, t.created_at).await?;
                 Self::apply_opts(&mut *tx, opts).await?;
                 tx.commit().await?;
                 Ok(())
+            }
+
+            async fn tenant_plan_history(&self, id: TenantId) -> Result<Vec<PlanChange>> {
+                let rows = sqlx::query("SELECT since, plan FROM tenant_plans WHERE tenant_id = $1 ORDER BY since")
+                    .bind(id.0)
+                    .fetch_all(&self.pool)
+                    .await?;
+                let mut out = Vec::with_capacity(rows.len());
+                for r in rows {
+                    out.push(PlanChange {
+                        since: from_micros(r.try_get("since")?),
+                        plan: r.try_get("plan")?,
+                    });
+                }
+                Ok(out)
             }
 
             async fn get_tenant(&self, id: TenantId) -> Result<Tenant> {
@@ -854,6 +893,7 @@ macro_rules! sql_backend {
                 if res.rows_affected() == 0 {
                     return Err(Self::version_error(&mut *tx, "tenants", "tenant", t.id.0, expected).await);
                 }
+                Self::record_plan(&mut *tx, t, t.updated_at).await?;
                 Self::apply_opts(&mut *tx, opts).await?;
                 tx.commit().await?;
                 Ok(())
@@ -1416,40 +1456,87 @@ macro_rules! sql_backend {
                 for r in records {
                     r.validate()?;
                 }
+                // The last record of a (cluster, tenant, project, hour) wins, as if each
+                // were written in turn (one multi-row statement may not touch a row twice).
+                let mut seen = std::collections::HashSet::with_capacity(records.len());
+                let rows: Vec<&UsageRecord> = records
+                    .iter()
+                    .rev()
+                    .filter(|r| seen.insert((r.cluster_id, r.tenant_id, r.project_id, r.hour)))
+                    .collect();
                 let mut tx = self.pool.begin().await?;
                 let now = now_micros();
-                for r in records {
-                    sqlx::query(
+                // 15 parameters a row: 1,000 rows stay under both backends' limits.
+                for chunk in rows.chunks(1000) {
+                    let mut qb = sqlx::QueryBuilder::<$Db>::new(
                         "INSERT INTO usage_hours (cluster_id, tenant_id, project_key, hour, cpu_millicores, memory_bytes, storage_bytes, \
-                         load_balancers, namespaces, pods, apps, reported_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
-                         ON CONFLICT (cluster_id, tenant_id, project_key, hour) DO UPDATE SET \
+                         load_balancers, namespaces, pods, apps, reported_at, cpu_limit_millicores, memory_limit_bytes, detail) ",
+                    );
+                    qb.push_values(chunk, |mut b, r| {
+                        b.push_bind(r.cluster_id.0)
+                            .push_bind(r.tenant_id.0)
+                            .push_bind(r.project_id.map(|p| p.0).unwrap_or(Uuid::nil()))
+                            .push_bind(to_micros(r.hour))
+                            .push_bind(r.cpu_millicores)
+                            .push_bind(r.memory_bytes)
+                            .push_bind(r.storage_bytes)
+                            .push_bind(r.load_balancers)
+                            .push_bind(r.namespaces)
+                            .push_bind(r.pods)
+                            .push_bind(r.apps)
+                            .push_bind(now)
+                            .push_bind(r.cpu_limit_millicores)
+                            .push_bind(r.memory_limit_bytes)
+                            .push_bind(UsageDetail::of(r).map(Json));
+                    });
+                    qb.push(
+                        " ON CONFLICT (cluster_id, tenant_id, project_key, hour) DO UPDATE SET \
                          cpu_millicores = excluded.cpu_millicores, memory_bytes = excluded.memory_bytes, \
                          storage_bytes = excluded.storage_bytes, load_balancers = excluded.load_balancers, \
-                         namespaces = excluded.namespaces, pods = excluded.pods, apps = excluded.apps, reported_at = excluded.reported_at",
-                    )
-                    .bind(r.cluster_id.0)
-                    .bind(r.tenant_id.0)
-                    .bind(r.project_id.map(|p| p.0).unwrap_or(Uuid::nil()))
-                    .bind(to_micros(r.hour))
-                    .bind(r.cpu_millicores)
-                    .bind(r.memory_bytes)
-                    .bind(r.storage_bytes)
-                    .bind(r.load_balancers)
-                    .bind(r.namespaces)
-                    .bind(r.pods)
-                    .bind(r.apps)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
+                         namespaces = excluded.namespaces, pods = excluded.pods, apps = excluded.apps, reported_at = excluded.reported_at, \
+                         cpu_limit_millicores = excluded.cpu_limit_millicores, memory_limit_bytes = excluded.memory_limit_bytes, \
+                         detail = excluded.detail",
+                    );
+                    qb.build().execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
                 Ok(())
             }
 
+            async fn export_usage(&self, e: &UsageExport) -> Result<Vec<UsageRecord>> {
+                let mut qb = sqlx::QueryBuilder::<$Db>::new(
+                    "SELECT cluster_id, tenant_id, project_key, hour, cpu_millicores, memory_bytes, storage_bytes, load_balancers, \
+                     namespaces, pods, apps, cpu_limit_millicores, memory_limit_bytes, detail FROM usage_hours WHERE hour >= ",
+                );
+                qb.push_bind(to_micros(e.from));
+                qb.push(" AND hour < ").push_bind(to_micros(e.to));
+                if let Some(c) = e.cluster {
+                    qb.push(" AND cluster_id = ").push_bind(c.0);
+                }
+                if let Some(t) = e.tenant {
+                    qb.push(" AND tenant_id = ").push_bind(t.0);
+                }
+                if let Some((hour, c, t, p)) = e.after {
+                    qb.push(" AND (hour, cluster_id, tenant_id, project_key) > (")
+                        .push_bind(to_micros(hour))
+                        .push(", ")
+                        .push_bind(c.0)
+                        .push(", ")
+                        .push_bind(t.0)
+                        .push(", ")
+                        .push_bind(p)
+                        .push(")");
+                }
+                qb.push(" ORDER BY hour, cluster_id, tenant_id, project_key LIMIT ")
+                    .push_bind(i64::from(e.limit));
+                let rows = qb.build().fetch_all(&self.pool).await?;
+                rows.iter().map(Self::usage_row).collect()
+            }
+
             async fn query_usage(&self, q: &UsageQuery) -> Result<Vec<UsageRecord>> {
                 let mut qb = sqlx::QueryBuilder::<$Db>::new(
                     "SELECT cluster_id, tenant_id, project_key, hour, cpu_millicores, memory_bytes, storage_bytes, load_balancers, \
-                     namespaces, pods, apps FROM usage_hours WHERE tenant_id = ",
+                     namespaces, pods, apps, cpu_limit_millicores, memory_limit_bytes, detail FROM usage_hours WHERE tenant_id = ",
                 );
                 Self::push_usage_filter(&mut qb, q);
                 qb.push(" ORDER BY hour, cluster_id, project_key LIMIT ")
@@ -1464,24 +1551,7 @@ macro_rules! sql_backend {
                         ),
                     )));
                 }
-                let mut out = Vec::with_capacity(rows.len());
-                for r in rows {
-                    let project: Uuid = r.try_get("project_key")?;
-                    out.push(UsageRecord {
-                        cluster_id: ClusterId(r.try_get("cluster_id")?),
-                        tenant_id: TenantId(r.try_get("tenant_id")?),
-                        project_id: if project.is_nil() { None } else { Some(ProjectId(project)) },
-                        hour: from_micros(r.try_get("hour")?),
-                        cpu_millicores: r.try_get("cpu_millicores")?,
-                        memory_bytes: r.try_get("memory_bytes")?,
-                        storage_bytes: r.try_get("storage_bytes")?,
-                        load_balancers: r.try_get("load_balancers")?,
-                        namespaces: r.try_get("namespaces")?,
-                        pods: r.try_get("pods")?,
-                        apps: r.try_get("apps")?,
-                    });
-                }
-                Ok(out)
+                rows.iter().map(Self::usage_row).collect()
             }
 
             async fn usage_totals(&self, q: &UsageQuery) -> Result<UsageSums> {
@@ -1863,6 +1933,49 @@ macro_rules! sql_backend {
                     qb.push(" AND subject = ").push_bind(s.to_string());
                 }
                 Ok(qb.build().execute(&mut *conn).await?.rows_affected())
+            }
+
+            /// A `usage_hours` row as a record.
+            fn usage_row(r: &<$Db as sqlx::Database>::Row) -> Result<UsageRecord> {
+                let project: Uuid = r.try_get("project_key")?;
+                let detail: Option<Json<UsageDetail>> = r.try_get("detail")?;
+                let detail = detail.map(|d| d.0).unwrap_or_default();
+                Ok(UsageRecord {
+                    cluster_id: ClusterId(r.try_get("cluster_id")?),
+                    tenant_id: TenantId(r.try_get("tenant_id")?),
+                    project_id: if project.is_nil() { None } else { Some(ProjectId(project)) },
+                    hour: from_micros(r.try_get("hour")?),
+                    cpu_millicores: r.try_get("cpu_millicores")?,
+                    memory_bytes: r.try_get("memory_bytes")?,
+                    storage_bytes: r.try_get("storage_bytes")?,
+                    load_balancers: r.try_get("load_balancers")?,
+                    namespaces: r.try_get("namespaces")?,
+                    pods: r.try_get("pods")?,
+                    apps: r.try_get("apps")?,
+                    cpu_limit_millicores: r.try_get("cpu_limit_millicores")?,
+                    memory_limit_bytes: r.try_get("memory_limit_bytes")?,
+                    storage_by_class: detail.storage_by_class,
+                    quotas: detail.quotas,
+                })
+            }
+
+            /// Records `t`'s plan from `since` on, unless it is the plan last recorded.
+            async fn record_plan(
+                conn: &mut <$Db as sqlx::Database>::Connection,
+                t: &Tenant,
+                since: OffsetDateTime,
+            ) -> Result<()> {
+                sqlx::query(
+                    "INSERT INTO tenant_plans (tenant_id, since, plan) SELECT $1, $2, $3 \
+                     WHERE COALESCE((SELECT plan FROM tenant_plans WHERE tenant_id = $1 ORDER BY since DESC LIMIT 1), '') <> $3 \
+                     ON CONFLICT (tenant_id, since) DO UPDATE SET plan = excluded.plan",
+                )
+                .bind(t.id.0)
+                .bind(to_micros(since))
+                .bind(&t.plan)
+                .execute(&mut *conn)
+                .await?;
+                Ok(())
             }
 
             /// The conditions of a usage query, after `… WHERE tenant_id = `.

@@ -199,6 +199,36 @@ pub struct Change {
     pub deleted: bool,
 }
 
+/// A tenant's plan from a time on ([`Store::tenant_plan_history`](crate::Store::tenant_plan_history)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanChange {
+    /// From when.
+    #[serde(with = "time::serde::rfc3339")]
+    pub since: OffsetDateTime,
+    /// Plan name.
+    pub plan: String,
+}
+
+/// Filter and page of [`Store::export_usage`](crate::Store::export_usage): every
+/// tenant's records of a range, ordered by hour, cluster, tenant and project.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageExport {
+    /// Only this cluster.
+    pub cluster: Option<ClusterId>,
+    /// Only this tenant (its projects' records included).
+    pub tenant: Option<TenantId>,
+    /// First hour (inclusive).
+    pub from: OffsetDateTime,
+    /// Last hour (exclusive).
+    pub to: OffsetDateTime,
+    /// Records after this one (the last of the previous page): hour, cluster, tenant and
+    /// project (nil for tenant-level records).
+    pub after: Option<(OffsetDateTime, ClusterId, TenantId, Uuid)>,
+    /// Page size.
+    pub limit: u32,
+}
+
 /// Default of [`UsageQuery::max_records`].
 pub const DEFAULT_USAGE_MAX_RECORDS: u32 = 100_000;
 

@@ -58,6 +58,9 @@ suite!(
     secret_replace_is_conditional_on_the_version,
     active_workflow_runs_and_retention,
     usage_queries_never_drop_rows_silently,
+    usage_ingest_is_idempotent_per_hour,
+    tenant_plan_history_records_each_change,
+    usage_export_pages_across_tenants,
     cluster_kubeconfig_is_replaced_with_the_record,
     heartbeats_keep_the_cluster_version,
     agent_requests_are_relayed_once_and_bounded,
@@ -670,6 +673,16 @@ async fn usage_upsert_and_query(h: &Harness) {
         namespaces: 2,
         pods: 3,
         apps: 1,
+        cpu_limit_millicores: 2 * cpu,
+        memory_limit_bytes: 2 << 30,
+        storage_by_class: Default::default(),
+        quotas: vec![QuotaUse {
+            namespace: "acme-apps".into(),
+            name: "compute".into(),
+            resource: "requests.cpu".into(),
+            used: kubenova_api::quantity::Quantity::from_nanos(i128::from(cpu) * 1_000_000),
+            hard: "1".parse().unwrap(),
+        }],
     };
     s.upsert_usage(&[rec(None, 1, 100), rec(None, 2, 200), rec(Some(p), 1, 50)])
         .await
@@ -1788,6 +1801,10 @@ async fn usage_queries_never_drop_rows_silently(h: &Harness) {
         namespaces: 1,
         pods: n,
         apps: 0,
+        cpu_limit_millicores: 0,
+        memory_limit_bytes: 0,
+        storage_by_class: Default::default(),
+        quotas: Vec::new(),
     };
     const TENANT_LEVEL: i64 = 25;
     let mut records: Vec<UsageRecord> = (0..TENANT_LEVEL).map(|n| rec(None, n)).collect();
@@ -1841,14 +1858,99 @@ async fn usage_queries_never_drop_rows_silently(h: &Harness) {
     // Sums past i64::MAX saturate instead of failing or wrapping.
     let big = |n: i64| UsageRecord {
         tenant_id: none.tenant,
-        memory_bytes: i64::MAX,
+        memory_bytes: USAGE_BYTES_MAX,
         ..rec(None, n)
     };
-    s.upsert_usage(&[big(0), big(1), big(2)]).await.unwrap();
+    let bigs: Vec<_> = (0..9).map(big).collect();
+    s.upsert_usage(&bigs).await.unwrap();
     let sums = s.usage_totals(&none).await.unwrap();
-    assert_eq!(sums.records, 3);
+    assert_eq!(sums.records, 9);
     assert_eq!(sums.memory_byte_hours, i64::MAX);
-    assert_eq!(sums.cpu_millicore_hours, 3003);
+    assert_eq!(sums.cpu_millicore_hours, (1000..1009).sum::<i64>());
+}
+
+/// Retries never double count: the same batch three times, hours out of order, a late
+/// correction of a past hour, and a batch with one bad record stores nothing.
+async fn usage_ingest_is_idempotent_per_hour(h: &Harness) {
+    let s = &h.store;
+    let c = ClusterId::new();
+    let t = TenantId::new();
+    let start = time::macros::datetime!(2026-01-31 22:00 UTC);
+    let rec = |n: i64, cpu: i64| UsageRecord {
+        cluster_id: c,
+        tenant_id: t,
+        project_id: None,
+        hour: start + time::Duration::hours(n),
+        cpu_millicores: cpu,
+        memory_bytes: 1 << 30,
+        storage_bytes: 30 << 30,
+        load_balancers: 1,
+        namespaces: 2,
+        pods: 4,
+        apps: 1,
+        cpu_limit_millicores: cpu * 2,
+        memory_limit_bytes: 2 << 30,
+        storage_by_class: [("fast".to_string(), 10 << 30), (String::new(), 20 << 30)].into(),
+        quotas: Vec::new(),
+    };
+    // Hours out of order, across a month boundary.
+    let batch = vec![rec(3, 400), rec(0, 100), rec(2, 300), rec(1, 200)];
+    for _ in 0..3 {
+        s.upsert_usage(&batch).await.unwrap();
+    }
+    let q = UsageQuery {
+        tenant: t,
+        cluster: Some(c),
+        project: None,
+        all_projects: false,
+        from: start,
+        to: start + time::Duration::days(1),
+        max_records: DEFAULT_USAGE_MAX_RECORDS,
+    };
+    let got = s.query_usage(&q).await.unwrap();
+    assert_eq!(
+        got,
+        vec![rec(0, 100), rec(1, 200), rec(2, 300), rec(3, 400)]
+    );
+    assert_eq!(s.usage_totals(&q).await.unwrap().cpu_millicore_hours, 1000);
+    // A late report for a past hour replaces it, never adds to it.
+    s.upsert_usage(&[rec(1, 250)]).await.unwrap();
+    let sums = s.usage_totals(&q).await.unwrap();
+    assert_eq!((sums.records, sums.cpu_millicore_hours), (4, 1050));
+    assert_eq!(s.query_usage(&q).await.unwrap()[1], rec(1, 250));
+    // February only: the calendar month boundary is a plain hour bound.
+    let feb = UsageQuery {
+        from: time::macros::datetime!(2026-02-01 00:00 UTC),
+        ..q.clone()
+    };
+    let sums = s.usage_totals(&feb).await.unwrap();
+    assert_eq!((sums.records, sums.cpu_millicore_hours), (2, 700));
+    // One bad record refuses the whole batch: nothing partial is stored.
+    let mut bad = rec(5, 1);
+    bad.storage_bytes += 1;
+    assert!(matches!(
+        s.upsert_usage(&[rec(4, 999), rec(1, 1), bad]).await,
+        Err(StoreError::Validation(_))
+    ));
+    let sums = s.usage_totals(&q).await.unwrap();
+    assert_eq!((sums.records, sums.cpu_millicore_hours), (4, 1050));
+    // Within one call the last record of an hour wins.
+    s.upsert_usage(&[rec(1, 7), rec(1, 260)]).await.unwrap();
+    assert_eq!(s.query_usage(&q).await.unwrap()[1], rec(1, 260));
+    // Large batches (several statements) are written whole.
+    let many: Vec<UsageRecord> = (0..2500)
+        .map(|n| UsageRecord {
+            tenant_id: TenantId(uuid::Uuid::from_u128(n)),
+            ..rec(0, 1)
+        })
+        .collect();
+    s.upsert_usage(&many).await.unwrap();
+    s.upsert_usage(&many).await.unwrap();
+    let q0 = UsageQuery {
+        tenant: TenantId(uuid::Uuid::from_u128(2499)),
+        ..q.clone()
+    };
+    assert_eq!(s.usage_totals(&q0).await.unwrap().records, 1);
 }
 
 /// The kubeconfig is replaced together with the cluster record and its audit event, under
@@ -2279,4 +2381,165 @@ async fn agent_requests_and_answers_are_announced_across_replicas(h: &Harness) {
         .await
         .unwrap();
     notified(&mut answers).await;
+}
+
+/// Every plan a tenant was on is kept, from when: creation, then each update that changes
+/// the plan (an update keeping the plan adds nothing, a failed update nothing either).
+async fn tenant_plan_history_records_each_change(h: &Harness) {
+    let s = &h.store;
+    let w = WriteOptions::default();
+    let c = cluster("billing");
+    s.create_cluster(&c, b"k", &w).await.unwrap();
+    let mut t = tenant(c.id, "acme");
+    t.created_at = time::macros::datetime!(2026-01-01 00:00 UTC);
+    t.updated_at = t.created_at;
+    s.create_tenant(&t, &w).await.unwrap();
+    let step = |t: &mut Tenant, plan: &str, at: time::OffsetDateTime| {
+        t.plan = plan.into();
+        t.version += 1;
+        t.updated_at = at;
+    };
+    step(
+        &mut t,
+        "gold",
+        time::macros::datetime!(2026-01-15 12:30 UTC),
+    );
+    s.update_tenant(&t, t.version - 1, &w).await.unwrap();
+    t.owners.push("bob@example.com".into());
+    step(
+        &mut t,
+        "gold",
+        time::macros::datetime!(2026-01-20 00:00 UTC),
+    );
+    s.update_tenant(&t, t.version - 1, &w).await.unwrap();
+    let mut stale = t.clone();
+    step(
+        &mut stale,
+        "platinum",
+        time::macros::datetime!(2026-01-21 00:00 UTC),
+    );
+    assert!(s.update_tenant(&stale, 1, &w).await.is_err());
+    step(
+        &mut t,
+        "platinum",
+        time::macros::datetime!(2026-02-01 00:00 UTC),
+    );
+    s.update_tenant(&t, t.version - 1, &w).await.unwrap();
+    let got: Vec<_> = s
+        .tenant_plan_history(t.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.since, p.plan))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                time::macros::datetime!(2026-01-01 00:00 UTC),
+                "baseline".to_string()
+            ),
+            (
+                time::macros::datetime!(2026-01-15 12:30 UTC),
+                "gold".to_string()
+            ),
+            (
+                time::macros::datetime!(2026-02-01 00:00 UTC),
+                "platinum".to_string()
+            ),
+        ]
+    );
+    assert!(
+        s.tenant_plan_history(TenantId::new())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// The export walks every tenant's records of a range in pages, with filters.
+async fn usage_export_pages_across_tenants(h: &Harness) {
+    let s = &h.store;
+    let (c1, c2) = (ClusterId::new(), ClusterId::new());
+    let (t1, t2, t3) = (TenantId::new(), TenantId::new(), TenantId::new());
+    let p = ProjectId::new();
+    let start = time::macros::datetime!(2031-05-01 00:00 UTC);
+    let rec = |c: ClusterId, t: TenantId, project: Option<ProjectId>, n: i64| UsageRecord {
+        cluster_id: c,
+        tenant_id: t,
+        project_id: project,
+        hour: start + time::Duration::hours(n),
+        cpu_millicores: n,
+        memory_bytes: 0,
+        storage_bytes: 0,
+        load_balancers: 0,
+        namespaces: 1,
+        pods: 0,
+        apps: 0,
+        cpu_limit_millicores: 0,
+        memory_limit_bytes: 0,
+        storage_by_class: Default::default(),
+        quotas: Vec::new(),
+    };
+    let mut all = Vec::new();
+    for n in 0..5 {
+        all.push(rec(c1, t1, None, n));
+        all.push(rec(c1, t1, Some(p), n));
+        all.push(rec(c1, t2, None, n));
+        all.push(rec(c2, t3, None, n));
+    }
+    s.upsert_usage(&all).await.unwrap();
+    let export = UsageExport {
+        cluster: None,
+        tenant: None,
+        from: start,
+        to: start + time::Duration::hours(5),
+        after: None,
+        limit: 3,
+    };
+    let mut pages = Vec::new();
+    let mut e = export.clone();
+    loop {
+        let page = s.export_usage(&e).await.unwrap();
+        assert!(page.len() <= 3);
+        let Some(last) = page.last() else { break };
+        e.after = Some((
+            last.hour,
+            last.cluster_id,
+            last.tenant_id,
+            last.project_id.map(|p| p.0).unwrap_or_default(),
+        ));
+        pages.extend(page);
+    }
+    assert_eq!(pages.len(), 20, "every record once");
+    assert!(pages.windows(2).all(|w| w[0].hour <= w[1].hour));
+    let mut keys: Vec<_> = pages
+        .iter()
+        .map(|r| (r.hour, r.tenant_id, r.project_id))
+        .collect();
+    keys.dedup();
+    assert_eq!(keys.len(), 20);
+    let only = |e: UsageExport| async move { s.export_usage(&e).await.unwrap() };
+    let c2_only = only(UsageExport {
+        cluster: Some(c2),
+        limit: 100,
+        ..export.clone()
+    })
+    .await;
+    assert_eq!(c2_only.len(), 5);
+    assert!(c2_only.iter().all(|r| r.tenant_id == t3));
+    let t1_only = only(UsageExport {
+        tenant: Some(t1),
+        limit: 100,
+        ..export.clone()
+    })
+    .await;
+    assert_eq!(t1_only.len(), 10, "the tenant's projects included");
+    let late = only(UsageExport {
+        from: start + time::Duration::hours(4),
+        limit: 100,
+        ..export
+    })
+    .await;
+    assert_eq!(late.len(), 4);
 }

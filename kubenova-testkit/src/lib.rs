@@ -54,7 +54,9 @@ use tokio::sync::watch;
 
 pub use error::{ApiError, Cause};
 pub use faults::{Fault, FaultId, Faults, RequestCounts};
-pub use simulate::{SimulatedCapsule, SimulatedKubeVela, SimulatedWorkloads, Simulations};
+pub use simulate::{
+    SimulatedCapsule, SimulatedKubeVela, SimulatedQuota, SimulatedWorkloads, Simulations,
+};
 pub use store::{Store, StoreConfig};
 
 /// Builder for [`TestCluster`].
@@ -103,6 +105,12 @@ impl TestClusterBuilder {
     /// rollout, so `helm install --wait` and kstatus see them ready.
     pub fn simulate_workloads(mut self, yes: bool) -> Self {
         self.simulations.workloads = yes;
+        self
+    }
+
+    /// Runs [`SimulatedQuota`] (ResourceQuota `status.used`, as kube-controller-manager).
+    pub fn simulate_quota(mut self, yes: bool) -> Self {
+        self.simulations.quota = yes;
         self
     }
 
@@ -185,6 +193,9 @@ impl TestClusterBuilder {
                 store.clone(),
                 shutdown_rx.clone(),
             ));
+        }
+        if self.simulations.quota {
+            tasks.push(SimulatedQuota::spawn(store.clone(), shutdown_rx.clone()));
         }
         tokio::task::spawn_blocking(schema::warm_up);
         let kubeconfig_yaml = render_kubeconfig(&url, &tls.ca_pem, &app.admin_token);

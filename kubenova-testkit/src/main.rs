@@ -33,7 +33,7 @@ enum Command {
         /// Register the embedded Capsule, capsule-proxy and KubeVela CRDs.
         #[arg(long)]
         with_upstream_crds: bool,
-        /// Simulated controllers to run: `capsule`, `kubevela`, `workloads` (comma separated).
+        /// Simulated controllers to run: `capsule`, `kubevela`, `workloads`, `quota` (comma separated).
         #[arg(long, default_value = "")]
         simulate: String,
     },

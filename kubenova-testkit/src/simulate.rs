@@ -10,6 +10,13 @@
 //!   with conditions, per-component `services` and a finished workflow.
 //! * [`SimulatedWorkloads`]: gives every Deployment and StatefulSet the status of a
 //!   finished rollout (all replicas ready), what `helm --wait` waits for.
+//! * [`SimulatedQuota`]: the ResourceQuota controller of kube-controller-manager: writes
+//!   `status.hard` (from `spec.hard`) and `status.used` of every ResourceQuota for the
+//!   resources it can count in its namespace: `pods`, `count/pods`, `requests.cpu`/`cpu`,
+//!   `requests.memory`/`memory`, `limits.cpu`, `limits.memory` (containers of non-terminated
+//!   pods), `services`, `count/services`, `services.loadbalancers`, `services.nodeports`,
+//!   `persistentvolumeclaims`, `count/persistentvolumeclaims` and `requests.storage` (the
+//!   claims' requests). Other resources get no `used` entry (a real cluster would count them).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -33,10 +40,12 @@ pub struct Simulations {
     pub kubevela: bool,
     /// Run [`SimulatedWorkloads`].
     pub workloads: bool,
+    /// Run [`SimulatedQuota`].
+    pub quota: bool,
 }
 
 impl Simulations {
-    /// Parses `capsule,kubevela,workloads`.
+    /// Parses `capsule,kubevela,workloads,quota`.
     pub fn parse(s: &str) -> anyhow::Result<Self> {
         let mut out = Self::default();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -44,9 +53,10 @@ impl Simulations {
                 "capsule" => out.capsule = true,
                 "kubevela" => out.kubevela = true,
                 "workloads" => out.workloads = true,
+                "quota" => out.quota = true,
                 other => {
                     anyhow::bail!(
-                        "unknown simulation {other:?}: expected capsule, kubevela or workloads"
+                        "unknown simulation {other:?}: expected capsule, kubevela, workloads or quota"
                     )
                 }
             }
@@ -788,5 +798,226 @@ impl SimulatedWorkloads {
             status,
             "testkit-workload-controller",
         );
+    }
+}
+
+/// Simulated ResourceQuota controller (see the module docs).
+#[derive(Debug, Default)]
+pub struct SimulatedQuota {
+    /// Namespaces whose quotas need a look.
+    dirty: BTreeSet<String>,
+}
+
+impl Sim for SimulatedQuota {
+    fn note(&mut self, ev: &Event) {
+        if ev.group.is_empty()
+            && matches!(
+                ev.plural.as_str(),
+                "pods" | "services" | "persistentvolumeclaims" | "resourcequotas"
+            )
+        {
+            self.dirty.insert(ev.namespace.clone());
+        }
+    }
+
+    fn resync(&mut self, store: &Store) {
+        for q in list_all(store, "", "v1", "resourcequotas") {
+            self.dirty.insert(s(&q, "/metadata/namespace").to_owned());
+        }
+    }
+
+    fn flush(&mut self, store: &Store) {
+        for ns in std::mem::take(&mut self.dirty) {
+            Self::reconcile_namespace(store, &ns);
+        }
+    }
+}
+
+/// A Kubernetes quantity in nano-units (`250m` → 250 000 000); `None` when malformed.
+fn nanos(q: &str) -> Option<i128> {
+    let q = q.trim();
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(q.len());
+    let (num, suffix) = q.split_at(split);
+    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
+    let neg = int.starts_with('-');
+    let int = int.trim_start_matches(['+', '-']);
+    let digits = format!("{int}{frac}");
+    if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit()) || digits.len() > 30 {
+        return None;
+    }
+    let mantissa: i128 = digits.parse().ok()?;
+    let scale = 10i128.checked_pow(u32::try_from(frac.len()).ok()?)?;
+    let mul: i128 = match suffix {
+        "n" => 1,
+        "u" => 1_000,
+        "m" => 1_000_000,
+        "" => 1_000_000_000,
+        "k" => 1_000_000_000_000,
+        "M" => 1_000_000_000_000_000,
+        "G" => 1_000_000_000_000_000_000,
+        "T" => 1_000_000_000_000_000_000_000,
+        "Ki" => 1_000_000_000 << 10,
+        "Mi" => 1_000_000_000 << 20,
+        "Gi" => 1_000_000_000 << 30,
+        "Ti" => 1_000_000_000 << 40,
+        "Pi" => 1_000_000_000 << 50,
+        e if e.starts_with(['e', 'E']) && e.len() > 1 => {
+            let exp: u32 = e[1..].parse().ok()?;
+            1_000_000_000i128.checked_mul(10i128.checked_pow(exp)?)?
+        }
+        _ => return None,
+    };
+    let v = mantissa.checked_mul(mul)? / scale;
+    Some(if neg { -v } else { v })
+}
+
+/// `nanos` as a quantity: milli-units (`1500m`) when fractional, else whole units.
+fn quantity(nanos: i128) -> String {
+    if nanos % 1_000_000_000 == 0 {
+        (nanos / 1_000_000_000).to_string()
+    } else {
+        format!("{}m", (nanos + 999_999) / 1_000_000)
+    }
+}
+
+impl SimulatedQuota {
+    /// Spawns the controller loop.
+    pub fn spawn(
+        store: Arc<Store>,
+        shutdown: watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(run_loop(store, shutdown, SimulatedQuota::default()))
+    }
+
+    fn in_namespace(store: &Store, plural: &str, ns: &str) -> Vec<Value> {
+        let Some(t) = store.resolve("", "v1", plural) else {
+            return Vec::new();
+        };
+        store
+            .list(
+                &t,
+                Some(ns),
+                &LabelSelector::default(),
+                &FieldSelector::default(),
+                None,
+                None,
+            )
+            .ok()
+            .and_then(|l| l.get("items").and_then(Value::as_array).cloned())
+            .unwrap_or_default()
+    }
+
+    /// What the namespace uses, per quota resource this simulation counts.
+    fn usage(store: &Store, ns: &str) -> Map<String, Value> {
+        let pods: Vec<Value> = Self::in_namespace(store, "pods", ns)
+            .into_iter()
+            .filter(|p| !matches!(s(p, "/status/phase"), "Succeeded" | "Failed"))
+            .collect();
+        let sum = |kind: &str, res: &str| -> i128 {
+            pods.iter()
+                .flat_map(|p| {
+                    p.pointer("/spec/containers")
+                        .and_then(Value::as_array)
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .filter_map(|c| {
+                    c.pointer(&format!("/resources/{kind}/{res}"))
+                        .and_then(Value::as_str)
+                        .and_then(nanos)
+                })
+                .sum()
+        };
+        let services = Self::in_namespace(store, "services", ns);
+        let of_type = |t: &str| services.iter().filter(|x| s(x, "/spec/type") == t).count() as i128;
+        let pvcs = Self::in_namespace(store, "persistentvolumeclaims", ns);
+        let storage: i128 = pvcs
+            .iter()
+            .filter_map(|c| {
+                c.pointer("/spec/resources/requests/storage")
+                    .and_then(Value::as_str)
+                    .and_then(nanos)
+            })
+            .sum();
+        const ONE: i128 = 1_000_000_000;
+        let mut used = Map::new();
+        let mut put = |keys: &[&str], v: i128| {
+            for k in keys {
+                used.insert((*k).to_owned(), json!(quantity(v)));
+            }
+        };
+        put(&["pods", "count/pods"], pods.len() as i128 * ONE);
+        put(&["requests.cpu", "cpu"], sum("requests", "cpu"));
+        put(&["requests.memory", "memory"], sum("requests", "memory"));
+        put(&["limits.cpu"], sum("limits", "cpu"));
+        put(&["limits.memory"], sum("limits", "memory"));
+        put(
+            &["services", "count/services"],
+            services.len() as i128 * ONE,
+        );
+        put(&["services.loadbalancers"], of_type("LoadBalancer") * ONE);
+        put(
+            &["services.nodeports"],
+            (of_type("NodePort") + of_type("LoadBalancer")) * ONE,
+        );
+        put(
+            &["persistentvolumeclaims", "count/persistentvolumeclaims"],
+            pvcs.len() as i128 * ONE,
+        );
+        put(&["requests.storage"], storage);
+        used
+    }
+
+    fn reconcile_namespace(store: &Store, ns: &str) {
+        let quotas = Self::in_namespace(store, "resourcequotas", ns);
+        if quotas.is_empty() {
+            return;
+        }
+        let all = Self::usage(store, ns);
+        for q in quotas {
+            if !s(&q, "/metadata/deletionTimestamp").is_empty() {
+                continue;
+            }
+            let hard = q
+                .pointer("/spec/hard")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
+            let used: Map<String, Value> = hard
+                .keys()
+                .filter_map(|k| Some((k.clone(), all.get(k)?.clone())))
+                .collect();
+            let status = json!({"hard": hard, "used": used});
+            if q.get("status") == Some(&status) {
+                continue;
+            }
+            write_status(
+                store,
+                "",
+                "v1",
+                "resourcequotas",
+                &q,
+                status,
+                "simulated-resourcequota-controller",
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod quota_tests {
+    use super::*;
+
+    #[test]
+    fn quantities_in_nano_units() {
+        assert_eq!(nanos("250m"), Some(250_000_000));
+        assert_eq!(nanos("1.5"), Some(1_500_000_000));
+        assert_eq!(nanos("64Mi"), Some(64 * (1 << 20) * 1_000_000_000));
+        assert_eq!(nanos("1e3"), Some(1_000 * 1_000_000_000));
+        assert_eq!(nanos("lots"), None);
+        assert_eq!(quantity(1_500_000_000), "1500m");
+        assert_eq!(quantity(2_000_000_000), "2");
     }
 }

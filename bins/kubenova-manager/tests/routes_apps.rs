@@ -727,6 +727,10 @@ async fn project_usage_from_stored_records() {
         namespaces: 1,
         pods: 3,
         apps: 1,
+        cpu_limit_millicores: 0,
+        memory_limit_bytes: 0,
+        storage_by_class: Default::default(),
+        quotas: Vec::new(),
     };
     let url = format!("/api/v1/projects/{p}/usage");
     let empty = t.get(&url, &t.admin).await;
@@ -765,16 +769,21 @@ async fn project_usage_from_stored_records() {
     );
     assert_eq!(csv.text.lines().count(), 3);
     assert!(csv.text.starts_with("hour,clusterId"));
-    assert_eq!(
-        t.get(&format!("{url}?format=xml"), &t.admin).await.status,
-        StatusCode::BAD_REQUEST
-    );
-    assert_eq!(
-        t.get(&format!("{url}?from=yesterday"), &t.admin)
-            .await
-            .status,
-        StatusCode::BAD_REQUEST
-    );
+    for (q, field) in [
+        ("format=xml", "format"),
+        ("from=yesterday", "from"),
+        ("to=2026-13-01T00:00:00Z", "to"),
+        ("granularity=week", "granularity"),
+    ] {
+        let r = t.get(&format!("{url}?{q}"), &t.admin).await;
+        assert_eq!(
+            r.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{q}: {}",
+            r.text
+        );
+        assert_eq!(r.body["details"]["violations"][0]["field"], field, "{q}");
+    }
     let r = t
         .get(
             &format!("{url}?from=2030-01-01T00:00:00Z&to=2029-01-01T00:00:00Z"),

@@ -1319,7 +1319,13 @@ async fn usage_ingest_summary_and_report() {
         &admin,
     )
     .await
-    .expect_kn(StatusCode::BAD_REQUEST, "KN-400");
+    .expect_kn(StatusCode::UNPROCESSABLE_ENTITY, "KN-422");
+    app.get(
+        &format!("/api/v1/tenants/{id}/usage?granularity=week"),
+        &admin,
+    )
+    .await
+    .expect_kn(StatusCode::UNPROCESSABLE_ENTITY, "KN-422");
     app.get(
         &format!("/api/v1/tenants/{id}/usage?from={to}&to={from}"),
         &admin,
@@ -1413,6 +1419,197 @@ async fn usage_ingest_errors() {
     app.post("/api/v1/usage", &ops, json!({"records": [good]}))
         .await
         .expect(StatusCode::ACCEPTED);
+}
+
+/// Series by hour, day and month, the quota report from the ResourceQuotas' status, the
+/// cross-tenant export (JSON and CSV, paged, filtered, admin/ops only) and the batches
+/// refused as a whole (future hours, absurd values, storage classes that do not add up).
+#[tokio::test]
+async fn usage_series_quota_report_and_export() {
+    let app = app().await;
+    let admin = app.admin();
+    let c = app.cluster("c1").await;
+    let t = app.tenant(&c, json!({"name": "acme"})).await;
+    let id = tid(&t);
+    let other = app.tenant(&c, json!({"name": "beta"})).await;
+    let other_id = tid(&other);
+    let rec = |tenant: TenantId, hour: String, cpu: i64| {
+        json!({"clusterId": c, "tenantId": tenant, "hour": hour, "cpuMillicores": cpu, "memoryBytes": 1073741824_i64,
+               "storageBytes": 3221225472_i64, "storageByClass": {"fast": 1073741824_i64, "": 2147483648_i64},
+               "loadBalancers": 1, "namespaces": 2, "pods": 2, "apps": 1,
+               "cpuLimitMillicores": 2 * cpu, "memoryLimitBytes": 2147483648_i64})
+    };
+    let mut latest = rec(id, hour_ago(1), 1000);
+    latest["quotas"] = json!([
+        {"namespace": "acme-apps", "name": "compute", "resource": "requests.cpu", "used": "1500m", "hard": "1"},
+        {"namespace": "acme-apps", "name": "compute", "resource": "pods", "used": "2", "hard": "10"}
+    ]);
+    let records = vec![
+        rec(id, hour_ago(50), 1000),
+        rec(id, hour_ago(26), 1000),
+        rec(id, hour_ago(2), 1000),
+        latest,
+        rec(other_id, hour_ago(1), 500),
+    ];
+    app.post("/api/v1/usage", &admin, json!({"records": records}))
+        .await
+        .expect(StatusCode::ACCEPTED);
+
+    let from = hour_ago(72);
+    let u = app
+        .get(
+            &format!("/api/v1/tenants/{id}/usage?from={from}&granularity=day"),
+            &admin,
+        )
+        .await;
+    u.expect(StatusCode::OK);
+    let u = u.json();
+    let series = u["series"].as_array().unwrap();
+    let hours: i64 = series.iter().map(|b| b["hours"].as_i64().unwrap()).sum();
+    assert_eq!(hours, 4, "{u}");
+    assert!(series.len() >= 2, "the hours span at least two UTC days");
+    for b in series {
+        assert_eq!(b["plans"][0]["plan"], "baseline");
+        assert_eq!(b["currency"], "USD");
+        assert!(b["end"].as_str() > b["start"].as_str());
+    }
+    assert_eq!(u["costByPlan"][0]["plan"], "baseline");
+    assert_eq!(u["costByPlan"][0]["hours"], 4);
+    assert_eq!(u["totalCost"], u["cost"]["total"], "one plan: both agree");
+    assert_eq!(u["quota"]["violations"], 1);
+    assert_eq!(u["quota"]["items"].as_array().unwrap().len(), 2);
+    assert_eq!(u["quotaViolations"], 1);
+    assert_eq!(u["records"][3]["storageByClass"]["fast"], 1073741824_i64);
+    let s = app
+        .get(
+            &format!("/api/v1/clusters/{c}/tenants/{id}/summary"),
+            &admin,
+        )
+        .await
+        .json();
+    assert_eq!(s["exceededQuotas"], json!(["requests.cpu"]), "{s}");
+    let months = app
+        .get(
+            &format!("/api/v1/tenants/{id}/usage?from={from}&granularity=month"),
+            &admin,
+        )
+        .await
+        .json();
+    let m: i64 = months["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["hours"].as_i64().unwrap())
+        .sum();
+    assert_eq!(m, 4);
+    assert!(
+        months["series"][0]["start"]
+            .as_str()
+            .unwrap()
+            .contains("-01T00:00:00Z")
+    );
+
+    // The export: every tenant, paged; filters; CSV.
+    let mut items = Vec::new();
+    let mut url = format!("/api/v1/usage?from={from}&limit=2");
+    loop {
+        let page = app.get(&url, &admin).await;
+        page.expect(StatusCode::OK);
+        let page = page.json();
+        items.extend(page["items"].as_array().unwrap().clone());
+        match page["nextCursor"].as_str() {
+            Some(cur) => url = format!("/api/v1/usage?from={from}&limit=2&cursor={cur}"),
+            None => break,
+        }
+    }
+    assert_eq!(items.len(), 5);
+    let only = app
+        .get(
+            &format!("/api/v1/usage?from={from}&tenantId={other_id}"),
+            &admin,
+        )
+        .await
+        .json();
+    assert_eq!(only["items"].as_array().unwrap().len(), 1);
+    assert!(only["nextCursor"].is_null());
+    let ops = app.token("ops", &[Role::Ops], &[], &[]);
+    let csv = app
+        .get(
+            &format!("/api/v1/usage?from={from}&format=csv&limit=3"),
+            &ops,
+        )
+        .await;
+    csv.expect(StatusCode::OK);
+    assert_eq!(csv.text.lines().count(), 4);
+    assert!(!csv.header("kn-next-cursor").is_empty());
+    for tok in [
+        app.token("o", &[Role::TenantOwner], &[id], &[]),
+        app.token("ro", &[Role::ReadOnly], &[], &[]),
+    ] {
+        app.get("/api/v1/usage", &tok)
+            .await
+            .expect_kn(StatusCode::FORBIDDEN, "KN-403");
+    }
+    for (q, field) in [
+        ("from=yesterday", "from"),
+        ("to=2026-01-01T00:00:00Z&from=2027-01-01T00:00:00Z", "from"),
+        ("from=2020-01-01T00:00:00Z&to=2026-01-01T00:00:00Z", "from"),
+        ("format=xml", "format"),
+        ("limit=0", "limit"),
+        ("tenantId=acme", "tenantId"),
+        ("cursor=bm9wZQ", "cursor"),
+    ] {
+        let r = app.get(&format!("/api/v1/usage?{q}"), &admin).await;
+        r.expect_kn(StatusCode::UNPROCESSABLE_ENTITY, "KN-422");
+        assert_eq!(r.json()["details"]["violations"][0]["field"], field, "{q}");
+    }
+    app.get("/api/v1/usage?tenant=x", &admin)
+        .await
+        .expect_kn(StatusCode::BAD_REQUEST, "KN-400");
+
+    // Refused as a whole: a future hour, an absurd value, classes that do not add up.
+    let future = (time::OffsetDateTime::now_utc() + time::Duration::hours(2))
+        .replace_minute(0)
+        .unwrap()
+        .replace_second(0)
+        .unwrap()
+        .replace_nanosecond(0)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let mut absurd = rec(id, hour_ago(3), 1000);
+    absurd["pods"] = json!(100_000_000_000_i64);
+    let mut classes = rec(id, hour_ago(4), 1000);
+    classes["storageBytes"] = json!(1);
+    for (bad, field) in [
+        (rec(id, future, 1), "records[1].hour"),
+        (absurd, "records[1].pods"),
+        (classes, "records[1].storageByClass"),
+    ] {
+        let r = app
+            .post(
+                "/api/v1/usage",
+                &admin,
+                json!({"records": [rec(id, hour_ago(5), 7), bad]}),
+            )
+            .await;
+        r.expect_kn(StatusCode::UNPROCESSABLE_ENTITY, "KN-422");
+        assert_eq!(
+            r.json()["details"]["violations"][0]["field"],
+            field,
+            "{}",
+            r.text
+        );
+    }
+    let u = app
+        .get(&format!("/api/v1/tenants/{id}/usage?from={from}"), &admin)
+        .await
+        .json();
+    assert_eq!(
+        u["records"].as_array().unwrap().len(),
+        4,
+        "nothing partial stored"
+    );
 }
 
 #[tokio::test]

@@ -47,6 +47,7 @@ use clap::{Args, CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kubenova_api::catalog::Catalog;
+use kubenova_reconcile::agent::UsageTrigger;
 use kubenova_reconcile::controller::{Ctx, Metrics, RunOptions};
 use kubenova_reconcile::leader::{LeaderElector, LeaseConfig};
 use kubenova_reconcile::manifests;
@@ -345,6 +346,15 @@ impl Readiness {
 struct HttpState {
     registry: Arc<Registry>,
     state: Arc<AtomicU8>,
+    usage: UsageTrigger,
+}
+
+/// `POST /usage/collect`: samples usage now and reports the hour so far through the agent
+/// channel (202; requests made while one runs coalesce). Without an agent channel, or on a
+/// standby replica, nothing is collected.
+async fn collect_usage(State(s): State<HttpState>) -> impl IntoResponse {
+    s.usage.collect_now();
+    (StatusCode::ACCEPTED, "usage collection requested\n")
 }
 
 async fn healthz() -> &'static str {
@@ -392,13 +402,18 @@ async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
 }
 
 /// The `/healthz`, `/readyz`, `/leader` and `/metrics` router.
-fn router(registry: Arc<Registry>, state: Arc<AtomicU8>) -> Router {
+fn router(registry: Arc<Registry>, state: Arc<AtomicU8>, usage: UsageTrigger) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/leader", get(leader))
         .route("/metrics", get(metrics))
-        .with_state(HttpState { registry, state })
+        .route("/usage/collect", axum::routing::post(collect_usage))
+        .with_state(HttpState {
+            registry,
+            state,
+            usage,
+        })
 }
 
 async fn wait_for_signal() {
@@ -473,14 +488,18 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("listening on {}", config.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "serving /healthz /readyz /leader /metrics");
+    tracing::info!(addr = %listener.local_addr()?, "serving /healthz /readyz /leader /metrics /usage/collect");
     let mut server_stop = stop_rx.clone();
+    let usage_trigger = UsageTrigger::default();
     let server = tokio::spawn(
-        axum::serve(listener, router(registry, status.state.clone()))
-            .with_graceful_shutdown(async move {
-                let _ = server_stop.wait_for(|stop| *stop).await;
-            })
-            .into_future(),
+        axum::serve(
+            listener,
+            router(registry, status.state.clone(), usage_trigger.clone()),
+        )
+        .with_graceful_shutdown(async move {
+            let _ = server_stop.wait_for(|stop| *stop).await;
+        })
+        .into_future(),
     );
 
     let version = client
@@ -490,8 +509,11 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     tracing::info!(version = %version.git_version, "connected to the API server");
     let ctx = Arc::new(Ctx::new(client.clone(), Arc::new(catalog), metrics));
     let agent = match workloads::agent_config(&client, &config.agent).await? {
-        Some(agent) => Some((
-            agent,
+        Some(mut agent) => Some((
+            {
+                agent.usage_trigger = usage_trigger;
+                agent
+            },
             workloads::driver(
                 &client,
                 &config.agent,

@@ -91,6 +91,27 @@ pub struct AgentArgs {
     /// Default: helm runs with the operator's own (least-privilege) identity.
     #[arg(long, env = kubenova_reconcile::manifests::ENV_INSTALLER_SERVICE_ACCOUNT, global = true)]
     pub installer_service_account: Option<String>,
+    /// Seconds between two usage samples (each UTC hour's usage is the time-weighted mean of its
+    /// samples); 0 turns usage collection off.
+    #[arg(
+        long,
+        env = "KUBENOVA_USAGE_SAMPLE_INTERVAL",
+        default_value_t = 300,
+        value_parser = clap::value_parser!(u64).range(0..=3600),
+        global = true
+    )]
+    pub usage_sample_interval: u64,
+    /// Also report the current hour so far every this many seconds (it is replaced by the
+    /// next report and by the hour's final record); 0 (default): ended hours only, and on
+    /// demand (`POST /usage/collect`).
+    #[arg(
+        long,
+        env = "KUBENOVA_USAGE_REPORT_INTERVAL",
+        default_value_t = 0,
+        value_parser = clap::value_parser!(u64).range(0..=86400),
+        global = true
+    )]
+    pub usage_report_interval: u64,
 }
 
 /// The agent configuration, or `None` when the agent is off or this cluster was not
@@ -128,6 +149,9 @@ pub async fn agent_config(
     if args.capsule_proxy_url.is_some() {
         config.proxy_url = args.capsule_proxy_url.clone();
     }
+    config.usage_sample_interval = Duration::from_secs(args.usage_sample_interval);
+    config.usage_report_interval =
+        (args.usage_report_interval > 0).then(|| Duration::from_secs(args.usage_report_interval));
     Ok(Some(config))
 }
 

@@ -189,14 +189,14 @@ fn lease_access_is_namespaced() {
     for v in ["delete", "list", "watch", "patch"] {
         assert!(!grants(v), "{v} leases is not needed");
     }
-    // Everything but `create` is limited by name: the Lease, the agent Secret (get only)
-    // and the Capsule Proxy fallback ConfigMap.
+    // Everything but `create` is limited by name: the Lease, the agent Secret (get only),
+    // the Capsule Proxy fallback ConfigMap and the usage buffer ConfigMap.
     for r in rules {
         if strings(&r["verbs"]).iter().any(|v| *v != "create") {
             let expected: &[&str] = match strings(&r["resources"])[..] {
                 ["leases"] => &["kubenova-operator"],
                 ["secrets"] => &["kubenova-agent"],
-                ["configmaps"] => &["kubenova-capsule-proxy"],
+                ["configmaps"] => &["kubenova-capsule-proxy", "kubenova-usage-buffer"],
                 _ => panic!("unexpected namespaced rule {r}"),
             };
             assert_eq!(strings(&r["resourceNames"]), expected, "{r}");

@@ -29,6 +29,8 @@ pub struct Flow {
     pub database_url: String,
     /// The operator, once started.
     pub operator: Option<Proc>,
+    /// The operator's `--listen` address (`/metrics`, `POST /usage/collect`), once started.
+    pub operator_listen: Option<String>,
     /// The registered cluster's id.
     pub cluster: String,
 }
@@ -82,6 +84,7 @@ impl Flow {
             manager_port,
             database_url: database_url.into(),
             operator: None,
+            operator_listen: None,
             cluster,
         })
     }
@@ -124,12 +127,13 @@ impl Flow {
             &[
                 ("KUBENOVA_COMPONENT_DRIVER", "simulated".into()),
                 ("KUBENOVA_SIMULATED_CRDS_DIR", crds.display().to_string()),
-                ("KUBENOVA_LISTEN", listen),
+                ("KUBENOVA_LISTEN", listen.clone()),
                 ("KUBENOVA_LEADER_ELECTION", "false".into()),
             ],
         )
         .await?;
         self.operator = Some(proc);
+        self.operator_listen = Some(listen);
         Ok(())
     }
 
@@ -196,6 +200,78 @@ impl Flow {
             async move {
                 let v = api.get(&p).await?;
                 Ok((v["status"]["phase"] == phase).then_some(v))
+            }
+        })
+        .await
+        .with_context(|| self.diagnostics())
+    }
+
+    /// Runs the app's workload in the project namespace as KubeVela's Deployment would (the
+    /// emulated cluster runs no workload controllers): two running pods of component `web`
+    /// requesting 250m CPU and 256Mi each, and a LoadBalancer Service. Then asks the
+    /// operator to collect usage now (`POST /usage/collect`) and waits until the manager
+    /// has the tenant's hour with those pods (the hour so far: the time-weighted mean of
+    /// the operator's samples since it started); returns
+    /// `GET /tenants/{id}/usage?granularity=hour`.
+    pub async fn measure_usage(&self, t: &Tenancy) -> anyhow::Result<Value> {
+        use k8s_openapi::api::core::v1::{Pod, Service};
+        use kube::api::{Api as KubeApi, PostParams};
+        let project = self.api().get(&t.project_path).await?;
+        let ns = project["namespace"]
+            .as_str()
+            .context("the project's namespace")?
+            .to_string();
+        let pods: KubeApi<Pod> = KubeApi::namespaced(self.testkit.client.clone(), &ns);
+        for i in 0..2 {
+            let name = format!("site-web-{i}");
+            let pod: Pod = serde_json::from_value(json!({
+                "metadata": {"name": name, "labels": {"app.oam.dev/name": "site", "app.oam.dev/component": "web"}},
+                "spec": {"containers": [{"name": "web", "image": "nginx:1.27",
+                    "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"cpu": "500m", "memory": "512Mi"}}}]}
+            }))?;
+            pods.create(&PostParams::default(), &pod).await?;
+            pods.patch_status(
+                &name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(json!({"status": {"phase": "Running"}})),
+            )
+            .await?;
+        }
+        let svc: Service = serde_json::from_value(json!({
+            "metadata": {"name": "site-web"},
+            "spec": {"type": "LoadBalancer", "ports": [{"port": 80}], "selector": {"app.oam.dev/component": "web"}}
+        }))?;
+        KubeApi::<Service>::namespaced(self.testkit.client.clone(), &ns)
+            .create(&PostParams::default(), &svc)
+            .await?;
+        let listen = self
+            .operator_listen
+            .clone()
+            .context("the operator is not running")?;
+        let http = reqwest::Client::new();
+        let tenant_id = t
+            .tenant_path
+            .rsplit('/')
+            .next()
+            .context("tenant id")?
+            .to_string();
+        let api = self.api();
+        let path = format!("/api/v1/tenants/{tenant_id}/usage?granularity=hour");
+        wait_for("the operator's usage report", STEP_TIMEOUT, || {
+            let (api, http, path, listen) =
+                (api.clone(), http.clone(), path.clone(), listen.clone());
+            async move {
+                http.post(format!("http://{listen}/usage/collect"))
+                    .send()
+                    .await?
+                    .error_for_status()?;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                let v = api.get(&path).await?;
+                let measured = v["records"]
+                    .as_array()
+                    .and_then(|r| r.last())
+                    .is_some_and(|r| r["pods"].as_i64() >= Some(1) && r["loadBalancers"] == 1);
+                Ok(measured.then_some(v))
             }
         })
         .await

@@ -251,7 +251,7 @@ impl Testkit {
             "serve",
             "--with-upstream-crds",
             "--simulate",
-            "capsule,kubevela",
+            "capsule,kubevela,quota",
             "--kubeconfig",
         ])
         .arg(&kubeconfig)
@@ -474,4 +474,45 @@ pub async fn start_operator_from_deployment(
         cmd.env(k, v);
     }
     Proc::spawn("kubenova-operator", cmd, |_| {})
+}
+
+/// The lines the demo prints about a tenant's usage (`GET /tenants/{id}/usage`): the
+/// latest hour as measured, and its cost at the plan in force.
+pub fn usage_lines(usage: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(r) = usage["records"].as_array().and_then(|r| r.last()) {
+        out.push(format!(
+            "hour {}: {} pods, CPU requests {}m (limits {}m), memory {} MiB, {} LoadBalancer, {} namespaces, {} apps",
+            r["hour"].as_str().unwrap_or("?"),
+            r["pods"],
+            r["cpuMillicores"],
+            r["cpuLimitMillicores"],
+            r["memoryBytes"].as_i64().unwrap_or(0) >> 20,
+            r["loadBalancers"],
+            r["namespaces"],
+            r["apps"],
+        ));
+        out.push(
+            "(the hour so far: the time-weighted mean of the operator's samples since it started)"
+                .into(),
+        );
+    }
+    for p in usage["costByPlan"].as_array().into_iter().flatten() {
+        out.push(format!(
+            "cost at plan {}: {} {} for {} hour(s)",
+            p["plan"].as_str().unwrap_or("?"),
+            p["cost"].as_str().unwrap_or("?"),
+            p["currency"].as_str().unwrap_or(""),
+            p["hours"],
+        ));
+    }
+    if let Some(q) = usage["quota"].as_object() {
+        out.push(format!(
+            "quota use reported at {}: {} entries, {} over their hard limit",
+            q["reportedAt"].as_str().unwrap_or("?"),
+            q["items"].as_array().map_or(0, Vec::len),
+            q["violations"]
+        ));
+    }
+    out
 }

@@ -150,11 +150,20 @@ async fn narrate(flow: &mut Flow, cli: &Cli) -> anyhow::Result<()> {
         }
     }
 
+    step(
+        6,
+        "the app runs two pods; the operator measures usage and the manager prices it",
+    );
+    let usage = flow.measure_usage(&t).await?;
+    for line in kubenova_demo::usage_lines(&usage) {
+        println!("    {line}");
+    }
+
     if cli.keep {
         return keep(flow, &token_file, &t.tenant_path).await;
     }
 
-    step(6, "delete the tenant; everything it had leaves the cluster");
+    step(7, "delete the tenant; everything it had leaves the cluster");
     flow.api()
         .ok("DELETE", &format!("{}?cascade=true", t.tenant_path), None)
         .await?;
@@ -189,7 +198,7 @@ async fn keep(flow: &Flow, token_file: &std::path::Path, tenant_path: &str) -> a
     let token = &flow.manager.token;
     let kubeconfig = flow.testkit.kubeconfig.display();
     step(
-        6,
+        7,
         "keep everything running (--keep): tenant acme, project web and app site stay",
     );
     println!("    manager:     {url}  (API reference: {url}/api/v1/docs)");

@@ -132,6 +132,34 @@ async fn steps(flow: &mut Flow) -> anyhow::Result<()> {
         "one Application per project, no duplicates"
     );
 
+    // The operator measures acme's pods (run as KubeVela would) and uploads the hour; the
+    // manager prices it at the plan in force (the demo's step 6).
+    let usage = flow.measure_usage(&acme).await?;
+    let last = usage["records"]
+        .as_array()
+        .and_then(|r| r.last())
+        .cloned()
+        .unwrap_or_default();
+    assert!(last["pods"].as_i64() >= Some(1), "{usage}");
+    assert!(last["cpuMillicores"].as_i64() > Some(0), "{usage}");
+    assert_eq!(last["loadBalancers"], 1, "{usage}");
+    assert_eq!(usage["costByPlan"][0]["plan"], "gold", "{usage}");
+    assert!(
+        usage["totalCost"].as_str().is_some_and(|c| c != "0.000000"),
+        "{usage}"
+    );
+    let beta_id = beta.tenant_path.rsplit('/').next().unwrap_or_default();
+    let beta_usage = flow
+        .api()
+        .get(&format!("/api/v1/tenants/{beta_id}/usage"))
+        .await?;
+    assert!(
+        beta_usage["records"]
+            .as_array()
+            .is_some_and(|r| r.iter().all(|r| r["pods"] == 0 && r["loadBalancers"] == 0)),
+        "acme's pods are not beta's: {beta_usage}"
+    );
+
     // Updates at each level reach the cluster.
     flow.api()
         .ok(

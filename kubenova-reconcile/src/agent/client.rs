@@ -7,6 +7,7 @@ use kubenova_api::agent::{
     AgentAnswer, AgentRequests, AnswerReply, DesiredState, Heartbeat, HeartbeatReply, StatusReply,
     StatusReport,
 };
+use kubenova_api::model::UsageRecord;
 use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
 use reqwest::{StatusCode, Url};
 use serde::Deserialize;
@@ -327,6 +328,34 @@ impl AgentClient {
     }
 }
 
+impl AgentClient {
+    /// `POST /api/v1/agent/usage`: one batch of hourly usage records of this cluster
+    /// (204). Idempotent per (cluster, tenant, project, hour): a re-sent hour replaces the
+    /// stored one.
+    pub async fn upload_usage(&self, records: &[UsageRecord]) -> Result<(), AgentError> {
+        let req = self
+            .http
+            .post(self.url("api/v1/agent/usage")?)
+            .timeout(REQUEST_TIMEOUT)
+            .json(records);
+        let resp = req.send().await.map_err(transport)?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let bytes = resp.bytes().await.unwrap_or_default();
+        Err(classify(status, error_body(status, &bytes)))
+    }
+}
+
+fn error_body(status: StatusCode, bytes: &[u8]) -> ErrorBody {
+    serde_json::from_slice(bytes).unwrap_or_else(|_| ErrorBody {
+        code: format!("HTTP-{}", status.as_u16()),
+        message: String::from_utf8_lossy(bytes).chars().take(300).collect(),
+        request_id: None,
+    })
+}
+
 async fn send<T: DeserializeOwned>(req: reqwest::RequestBuilder) -> Result<T, AgentError> {
     let resp = req.send().await.map_err(transport)?;
     let status = resp.status();
@@ -335,12 +364,7 @@ async fn send<T: DeserializeOwned>(req: reqwest::RequestBuilder) -> Result<T, Ag
         return serde_json::from_slice(&bytes).map_err(|e| AgentError::Decode(e.to_string()));
     }
     let bytes = resp.bytes().await.unwrap_or_default();
-    let body: ErrorBody = serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
-        code: format!("HTTP-{}", status.as_u16()),
-        message: String::from_utf8_lossy(&bytes).chars().take(300).collect(),
-        request_id: None,
-    });
-    Err(classify(status, body))
+    Err(classify(status, error_body(status, &bytes)))
 }
 
 fn classify(status: StatusCode, body: ErrorBody) -> AgentError {

@@ -429,6 +429,7 @@ pub(super) async fn run(sh: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                 } else if attempt > 0 {
                     tracing::info!(cluster = %reply.cluster_id, "manager reachable again");
                 }
+                sh.set_cluster_id(reply.cluster_id);
                 sh.manager_reached(true);
                 attempt = 0;
                 interval = Duration::from_secs(u64::from(reply.interval_seconds.clamp(1, 3600)));

@@ -1,7 +1,7 @@
 //! The operator's **agent loop**: the outbound-only channel from the cluster to the
 //! manager (`../shared/design.md` §3, wire types in [`kubenova_api::agent`]).
 //!
-//! [`run`] drives four concurrent loops until shutdown:
+//! [`run`] drives five concurrent loops until shutdown:
 //!
 //! | loop | what it does |
 //! |---|---|
@@ -9,6 +9,7 @@
 //! | status | watches the manager-sourced Nova objects (and the KubeVela Applications of apps) and posts [`ObjectReport`]s: phase, conditions, message and `observedRevision` (the annotation above, so it survives restarts). Only changes are sent, debounced (~200 ms) and batched (≤ 1000); unsent reports are kept while the manager is unreachable and sent on reconnect. After a restart the current state is sent once. |
 //! | requests | long-polls `GET /api/v1/agent/requests` for the logs and events of apps the manager's users ask for, reads them in the app's project namespace only (after checking that it holds the app's NovaApp) and posts the answers (`POST /api/v1/agent/answers`); a followed log streams chunks of new lines until it ends, its time passes, or the manager no longer wants it. Everything is bounded at the source (see [`answer_request`]). |
 //! | heartbeat | posts a [`Heartbeat`] (the first is the hello) at the interval the manager returns: operator and Kubernetes versions, capabilities and component states observed in the cluster ([`crate::components`]), the Capsule Proxy endpoint + CA, the last fully applied revision. When the manager cannot be reached, the proxy endpoint is published in the ConfigMap [`PROXY_CONFIGMAP`] instead. |
+//! | usage | samples what every tenant and project uses ([`crate::usage`]) every [`AgentConfig::usage_sample_interval`] and posts each UTC hour's records (`POST /api/v1/agent/usage`), idempotent per (cluster, tenant, project, hour); unsent hours are kept, bounded, in the ConfigMap [`USAGE_CONFIGMAP`] across restarts; [`UsageTrigger`] collects and reports on demand. |
 //!
 //! Failures are retried with exponential backoff and jitter ([`AgentConfig::backoff_min`]
 //! to [`AgentConfig::backoff_max`]); a refused credential (401/403) is logged as such and
@@ -37,12 +38,14 @@
 //! [`LABEL_ID`]: kubenova_api::agent::LABEL_ID
 //! [`LABEL_SOURCE`]: kubenova_api::agent::LABEL_SOURCE
 //! [`PROXY_CONFIGMAP`]: kubenova_api::agent::PROXY_CONFIGMAP
+//! [`USAGE_CONFIGMAP`]: kubenova_api::agent::USAGE_CONFIGMAP
 
 mod client;
 mod desired;
 mod heartbeat;
 mod requests;
 mod status;
+mod usage;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -70,6 +73,7 @@ pub use requests::{
     ANNOTATION_DEFAULT_CONTAINER, LABEL_APP_COMPONENT, LABEL_APP_NAME, answer_request,
 };
 pub use status::object_report;
+pub use usage::{USAGE_BATCH, UsageTrigger, collect_inventory};
 
 /// Namespace of the operator, its agent Secret and the proxy ConfigMap.
 pub const DEFAULT_NAMESPACE: &str = "kubenova-system";
@@ -171,6 +175,18 @@ pub struct AgentConfig {
     pub component_requests: Option<mpsc::UnboundedSender<ComponentRequest>>,
     /// Counters.
     pub metrics: Arc<AgentMetrics>,
+    /// How often usage is sampled (default 5 minutes); zero turns usage collection off.
+    pub usage_sample_interval: Duration,
+    /// When set, the hour so far is also reported at this interval (each report is
+    /// replaced by the next and by the hour's final record); default: only ended hours
+    /// (and on demand).
+    pub usage_report_interval: Option<Duration>,
+    /// Most bytes of unsent usage kept in the ConfigMap
+    /// [`USAGE_CONFIGMAP`](kubenova_api::agent::USAGE_CONFIGMAP) (default 900 KiB, under
+    /// the 1 MiB limit of a ConfigMap); the oldest hours are dropped first.
+    pub usage_buffer_max_bytes: usize,
+    /// Collects and reports usage on demand.
+    pub usage_trigger: UsageTrigger,
 }
 
 impl fmt::Debug for AgentConfig {
@@ -213,6 +229,10 @@ impl AgentConfig {
             component_states: ComponentStates::default(),
             component_requests: None,
             metrics: Arc::new(AgentMetrics::default()),
+            usage_sample_interval: Duration::from_secs(300),
+            usage_report_interval: None,
+            usage_buffer_max_bytes: 900 * 1024,
+            usage_trigger: UsageTrigger::default(),
         }
     }
 
@@ -312,6 +332,13 @@ pub struct AgentMetrics {
     pub deletes: Family<Labels, Counter>,
     /// `kubenova_agent_reports_total`: object reports accepted by the manager.
     pub reports: Counter,
+    /// `kubenova_agent_usage_samples_total`: usage samples taken.
+    pub usage_samples: Counter,
+    /// `kubenova_agent_usage_records_total`: hourly usage records accepted by the manager.
+    pub usage_records: Counter,
+    /// `kubenova_agent_usage_dropped_total`: usage records dropped (rejected by the
+    /// manager, or the oldest of a full buffer).
+    pub usage_dropped: Counter,
 }
 
 impl AgentMetrics {
@@ -336,6 +363,21 @@ impl AgentMetrics {
             "kubenova_agent_reports",
             "Object status reports accepted by the manager",
             self.reports.clone(),
+        );
+        registry.register(
+            "kubenova_agent_usage_samples",
+            "Usage samples taken",
+            self.usage_samples.clone(),
+        );
+        registry.register(
+            "kubenova_agent_usage_records",
+            "Hourly usage records accepted by the manager",
+            self.usage_records.clone(),
+        );
+        registry.register(
+            "kubenova_agent_usage_dropped",
+            "Usage records dropped: rejected by the manager, or the oldest of a full buffer",
+            self.usage_dropped.clone(),
         );
     }
 
@@ -373,11 +415,22 @@ struct Shared {
     connected: AtomicBool,
     /// Signalled when the manager becomes reachable again.
     reconnected: Notify,
+    /// The cluster id the manager named in its heartbeat reply.
+    cluster_id: Mutex<Option<kubenova_api::ids::ClusterId>>,
 }
 
 impl Shared {
     fn metrics(&self) -> &AgentMetrics {
         &self.config.metrics
+    }
+
+    fn cluster_id(&self) -> Option<kubenova_api::ids::ClusterId> {
+        *self.cluster_id.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_cluster_id(&self, id: uuid::Uuid) {
+        *self.cluster_id.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(kubenova_api::ids::ClusterId(id));
     }
 
     fn applied_revision(&self) -> i64 {
@@ -429,12 +482,14 @@ pub async fn run(
         applied_revision: AtomicI64::new(0),
         connected: AtomicBool::new(false),
         reconnected: Notify::new(),
+        cluster_id: Mutex::new(None),
     });
     tokio::join!(
         desired::run(shared.clone(), shutdown.clone()),
         status::run(shared.clone(), shutdown.clone()),
         heartbeat::run(shared.clone(), shutdown.clone()),
-        requests::run(shared.clone(), shutdown),
+        requests::run(shared.clone(), shutdown.clone()),
+        usage::run(shared.clone(), shutdown),
     );
     tracing::info!("agent loop stopped");
     Ok(())

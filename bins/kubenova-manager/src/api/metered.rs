@@ -10,7 +10,8 @@ use kubenova_api::model::{
 use kubenova_store::{
     AgentRequestRecord, AnswerChunk, AnswerOutcome, AuditQuery, Change, CredentialOutcome,
     CredentialQuery, Health, IdempotencyRecord, IssuedCredential, LiftOutcome, ListParams, Page,
-    Result, Store, SubjectRevocation, TakenAnswers, UsageQuery, UsageSums, WriteOptions,
+    PlanChange, Result, Store, SubjectRevocation, TakenAnswers, UsageExport, UsageQuery, UsageSums,
+    WriteOptions,
 };
 use std::sync::Arc;
 use std::time::Instant;
@@ -121,6 +122,8 @@ metered! {
     fn take_agent_answers(&self, id: Uuid) -> Result<TakenAnswers>;
     fn delete_agent_request(&self, id: Uuid) -> Result<()>;
     fn purge_agent_requests(&self, now: OffsetDateTime) -> Result<u64>;
+    fn tenant_plan_history(&self, tenant: TenantId) -> Result<Vec<PlanChange>>;
+    fn export_usage(&self, export: &UsageExport) -> Result<Vec<UsageRecord>>;
     fn upsert_usage(&self, records: &[UsageRecord]) -> Result<()>;
     fn query_usage(&self, query: &UsageQuery) -> Result<Vec<UsageRecord>>;
     fn usage_totals(&self, query: &UsageQuery) -> Result<UsageSums>;

@@ -246,6 +246,9 @@ pub struct UsageParams {
     pub to: Option<String>,
     /// `json` (default) or `csv` (one row per hour).
     pub format: Option<String>,
+    /// `hour`, `day` or `month` (UTC, calendar months): adds `series`, one entry per
+    /// period with a report, priced at the tenant's plan in force at each hour.
+    pub granularity: Option<String>,
 }
 
 /// Sums over the hours of the range (resource-hours).
@@ -317,6 +320,15 @@ pub struct ProjectUsageReport {
     pub last_reported_at: Option<OffsetDateTime>,
     /// Sums over the range.
     pub totals: UsageTotals,
+    /// Quota use against the hard limits from the latest report that carries it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota: Option<super::tenants::QuotaReport>,
+    /// Entries of `quota` over their hard limit (absent without a quota report).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota_violations: Option<i64>,
+    /// Per period when `granularity` was asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub series: Option<Vec<super::usage::UsageBucket>>,
     /// The hourly records, oldest first.
     pub records: Vec<UsageRecord>,
 }
@@ -367,6 +379,7 @@ pub(crate) fn usage_report(
         pod_hours: sums.pod_hours,
     };
     let last = records.last();
+    let quota = records.iter().rev().find_map(super::tenants::quota_report);
     ProjectUsageReport {
         project_id: project,
         tenant_id: tenant,
@@ -381,6 +394,9 @@ pub(crate) fn usage_report(
         apps: last.map_or(0, |r| r.apps),
         last_reported_at: last.map(|r| r.hour),
         totals,
+        quota_violations: quota.as_ref().map(|q| q.violations),
+        quota,
+        series: None,
         records,
     }
 }
@@ -413,11 +429,7 @@ pub(crate) fn usage_csv(records: &[UsageRecord]) -> String {
 const USAGE_MAX_RANGE: time::Duration = time::Duration::days(366);
 
 fn parse_time(field: &str, v: &str) -> ApiResult<OffsetDateTime> {
-    OffsetDateTime::parse(v, &Rfc3339).map_err(|_| {
-        ApiError::bad_request(format!(
-            "query parameter {field} must be an RFC 3339 timestamp, got {v:?}"
-        ))
-    })
+    super::tenants::usage_time(field, v)
 }
 
 /// Resolves `from`/`to` (defaults: the last 24 hours) and checks the range.
@@ -941,7 +953,7 @@ pub async fn issue_project_kubeconfig(
         (status = 400, description = "KN-400: the id is not a UUID, a timestamp is not RFC 3339, or an unknown format", body = ErrorBody, example = json!({"code": "KN-400", "message": "query parameter from must be an RFC 3339 timestamp, got \"yesterday\""})),
         (status = 401, description = "KN-401: no valid bearer token", body = ErrorBody, example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
         (status = 404, description = "KN-404: no such project, or outside the caller's scope", body = ErrorBody, example = json!({"code": "KN-404", "message": "project \"33333333-3333-3333-3333-333333333333\" not found"})),
-        (status = 422, description = "KN-422: from is not before to, the range exceeds 366 days, or it holds more records than one answer carries (--usage-max-records)", body = ErrorBody, example = json!({"code": "KN-422", "message": "validation failed: from: must be before to", "details": {"violations": [{"field": "from", "reason": "must be before to"}]}})),
+        (status = 422, description = "KN-422: a malformed timestamp, an unknown format or granularity, from is not before to, the range exceeds 366 days, or it holds more records than one answer carries (--usage-max-records)", body = ErrorBody, example = json!({"code": "KN-422", "message": "validation failed: from: must be before to", "details": {"violations": [{"field": "from", "reason": "must be before to"}]}})),
     ),
     security(("bearerAuth" = []))
 )]
@@ -965,11 +977,17 @@ pub async fn get_project_usage(
         None | Some("json") => false,
         Some("csv") => true,
         Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "query parameter format must be json or csv, got {other:?}"
-            )));
+            return Err(ApiError::invalid(
+                "format",
+                format!("{other:?} is not a format: use json or csv"),
+            ));
         }
     };
+    let granularity = q
+        .granularity
+        .as_deref()
+        .map(super::usage::Granularity::parse)
+        .transpose()?;
     let (from, to) = usage_range(&q, OffsetDateTime::now_utc())?;
     let query = UsageQuery {
         tenant: project.tenant_id,
@@ -1000,7 +1018,22 @@ pub async fn get_project_usage(
     }
     // Summed by the database over every record of the range.
     let sums = st.store.usage_totals(&query).await?;
-    let report = usage_report(project.id, project.tenant_id, from, to, records, &sums);
+    let series = match granularity {
+        Some(g) => {
+            let tenant = st.store.get_tenant(project.tenant_id).await?;
+            let history = st.store.tenant_plan_history(tenant.id).await?;
+            Some(super::usage::series(
+                &st.catalog,
+                &history,
+                &tenant.plan,
+                &records,
+                g,
+            ))
+        }
+        None => None,
+    };
+    let mut report = usage_report(project.id, project.tenant_id, from, to, records, &sums);
+    report.series = series;
     Ok(json_response(StatusCode::OK, &report, None, None, false))
 }
 
@@ -1033,6 +1066,10 @@ mod tests {
             namespaces: 1,
             pods: 2,
             apps: 1,
+            cpu_limit_millicores: 0,
+            memory_limit_bytes: 0,
+            storage_by_class: Default::default(),
+            quotas: Vec::new(),
         }
     }
 
@@ -1107,7 +1144,7 @@ mod tests {
         };
         assert_eq!(
             usage_range(&bad, now).unwrap_err().error.code,
-            kubenova_api::ErrorCode::BadRequest
+            kubenova_api::ErrorCode::Validation
         );
         let inverted = UsageParams {
             from: Some("2026-01-03T00:00:00Z".into()),

@@ -8,9 +8,7 @@
 
 use super::AppState;
 use super::authz::{Access, Principal, Role};
-use super::clusters::{
-    CascadeQuery, list_params, no_content_audited, parse_id, parse_time, query, to_bytes,
-};
+use super::clusters::{CascadeQuery, list_params, no_content_audited, parse_id, query, to_bytes};
 use super::error::{ApiError, ApiResult};
 use super::extract::{
     Ctx, KnJson, KnList, ListBody, ListQuery, bytes_response, check_if_match, json_response,
@@ -298,6 +296,9 @@ pub struct UsageParams {
     pub format: Option<String>,
     /// Also return the per-project records (default: tenant totals only).
     pub include_projects: Option<bool>,
+    /// `hour`, `day` or `month` (UTC, calendar months): adds `series`, one entry per
+    /// period with a report, priced at the plan in force at each hour.
+    pub granularity: Option<String>,
 }
 
 /// Sums over the records of a range (tenant-level records only).
@@ -391,11 +392,54 @@ pub struct TenantUsage {
     pub last_reported_at: Option<OffsetDateTime>,
     /// Sums over the tenant-level records.
     pub totals: UsageTotals,
-    /// Cost at the plan's prices (absent if the plan left the catalog).
+    /// Cost at the prices of the plan in force, with its parts, when one plan was in
+    /// force for the whole range (absent otherwise, or if the plan left the catalog; see
+    /// `costByPlan` and `totalCost`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cost: Option<UsageCost>,
+    /// The cost of the range by plan in force (a plan change mid-range prices each hour at
+    /// the plan in force at its start).
+    pub cost_by_plan: Vec<super::usage::PlanCost>,
+    /// Sum of `costByPlan` (absent when a plan left the catalog or the currencies differ).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_cost: Option<String>,
+    /// Currency of `totalCost`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    /// Quota use against the hard limits from the latest report that carries it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaReport>,
+    /// Per period when `granularity` was asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub series: Option<Vec<super::usage::UsageBucket>>,
     /// The hourly records, oldest first.
     pub records: Vec<UsageRecord>,
+}
+
+/// Quota use against the hard limits, as the operator read the ResourceQuotas' status.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaReport {
+    /// Hour of the report it comes from.
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub reported_at: OffsetDateTime,
+    /// Entries over their hard limit.
+    pub violations: i64,
+    /// Every entry.
+    pub items: Vec<kubenova_api::model::QuotaUse>,
+}
+
+/// The quota report of `r`, if it carries quota use.
+pub(crate) fn quota_report(r: &UsageRecord) -> Option<QuotaReport> {
+    if r.quotas.is_empty() {
+        return None;
+    }
+    Some(QuotaReport {
+        reported_at: r.hour,
+        violations: r.quotas.iter().filter(|q| q.exceeded()).count() as i64,
+        items: r.quotas.clone(),
+    })
 }
 
 /// `GET /tenants` query.
@@ -1101,8 +1145,21 @@ async fn count_children(st: &AppState, tenant: TenantId) -> ApiResult<(i64, i64)
     Ok((projects, apps))
 }
 
-/// The quotas a usage record exceeds.
+/// The quotas a usage record exceeds: from the ResourceQuotas' status the operator
+/// reported (the resources over their hard limit), or for records without it, the
+/// tenant's quotas compared with the record's sums.
 fn exceeded_quotas(t: &Tenant, r: &UsageRecord) -> Vec<String> {
+    if !r.quotas.is_empty() {
+        let mut out: Vec<String> = r
+            .quotas
+            .iter()
+            .filter(|q| q.exceeded())
+            .map(|q| q.resource.clone())
+            .collect();
+        out.sort();
+        out.dedup();
+        return out;
+    }
     let checks: [(&str, i128); 5] = [
         ("requests.cpu", i128::from(r.cpu_millicores)),
         ("requests.memory", i128::from(r.memory_bytes)),
@@ -1307,8 +1364,23 @@ fn cost_part(units: i128, price: &str, divisor: i128) -> Option<i128> {
     Some((num + den / 2) / den)
 }
 
-fn micros_str(v: i128) -> String {
+/// Micro-units as a decimal string with 6 places (`1.500000`).
+pub(crate) fn micros_str(v: i128) -> String {
     format!("{}.{:06}", v / 1_000_000, v % 1_000_000)
+}
+
+/// The cost of `totals` at `plan`'s prices: its currency and the amount in micro-units.
+pub(crate) fn cost_micros(
+    catalog: &Catalog,
+    plan: &str,
+    totals: &UsageTotals,
+) -> Option<(String, i128)> {
+    let c = usage_cost(catalog, plan, totals)?;
+    let micros = |s: &str| -> Option<i128> {
+        let (i, f) = s.split_once('.')?;
+        Some(i.parse::<i128>().ok()? * 1_000_000 + f.parse::<i128>().ok()?)
+    };
+    Some((c.currency, micros(&c.total)?))
 }
 
 fn usage_cost(catalog: &Catalog, plan: &str, totals: &UsageTotals) -> Option<UsageCost> {
@@ -1380,6 +1452,16 @@ fn usage_csv(records: &[UsageRecord]) -> String {
     out
 }
 
+/// A usage range bound: an RFC 3339 timestamp, else KN-422 naming the parameter.
+pub(crate) fn usage_time(field: &str, raw: &str) -> ApiResult<OffsetDateTime> {
+    OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339).map_err(|_| {
+        ApiError::invalid(
+            field,
+            format!("{raw:?} is not an RFC 3339 timestamp such as 2026-01-01T00:00:00Z"),
+        )
+    })
+}
+
 /// Hourly usage of a tenant over a range (default: the last 24 hours), as JSON or CSV.
 #[utoipa::path(
     get,
@@ -1397,13 +1479,13 @@ fn usage_csv(records: &[UsageRecord]) -> String {
                 "cost": {"plan": "baseline", "currency": "USD", "cpu": "0.060000", "memory": "0.010000", "storage": "0.001400", "loadBalancers": "0.025000", "total": "0.096400"},
                 "records": [{"clusterId": "11111111-1111-1111-1111-111111111111", "tenantId": "22222222-2222-2222-2222-222222222222", "hour": "2026-01-01T10:00:00Z",
                     "cpuMillicores": 1500, "memoryBytes": 2147483648_i64, "storageBytes": 10737418240_i64, "loadBalancers": 1, "namespaces": 3, "pods": 12, "apps": 2}]})),
-        (status = 400, description = "A non-UUID id or a bad query parameter", body = ErrorBody,
-            example = json!({"code": "KN-400", "message": "query parameter from=\"yesterday\" is not an RFC 3339 timestamp such as 2026-01-01T00:00:00Z"})),
+        (status = 400, description = "A non-UUID id or an unknown query parameter", body = ErrorBody,
+            example = json!({"code": "KN-400", "message": "tenant id \"abc\" is not a UUID"})),
         (status = 401, description = "No or invalid bearer token", body = ErrorBody,
             example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
         (status = 404, description = "No such tenant, or outside the caller's scope", body = ErrorBody,
             example = json!({"code": "KN-404", "message": "tenant \"22222222-2222-2222-2222-222222222222\" not found"})),
-        (status = 422, description = "An empty or too long range, an unknown format, or a range holding more records than one answer carries (--usage-max-records): ask for a shorter range", body = ErrorBody,
+        (status = 422, description = "A malformed timestamp, an empty or too long range, an unknown format or granularity, or a range holding more records than one answer carries (--usage-max-records): ask for a shorter range", body = ErrorBody,
             example = json!({"code": "KN-422", "message": "validation failed: to: must be after from"})),
     ),
     security(("bearerAuth" = []))
@@ -1417,11 +1499,11 @@ async fn tenant_usage(
     let q: UsageParams = query(&uri)?;
     let t = load_tenant(&st, &ctx, None, &t, Access::Read).await?;
     let to = match &q.to {
-        Some(s) => parse_time("to", s)?,
+        Some(s) => usage_time("to", s)?,
         None => OffsetDateTime::now_utc(),
     };
     let from = match &q.from {
-        Some(s) => parse_time("from", s)?,
+        Some(s) => usage_time("from", s)?,
         None => to - time::Duration::hours(24),
     };
     let csv = match q.format.as_deref() {
@@ -1443,6 +1525,11 @@ async fn tenant_usage(
             "the range may span at most 366 days",
         ));
     }
+    let granularity = q
+        .granularity
+        .as_deref()
+        .map(super::usage::Granularity::parse)
+        .transpose()?;
     let include_projects = q.include_projects.unwrap_or(false);
     let tenant_level = UsageQuery {
         tenant: t.id,
@@ -1480,6 +1567,19 @@ async fn tenant_usage(
         pod_hours: sums.pod_hours,
     };
     let latest = records.iter().rfind(|r| r.project_id.is_none());
+    let history = st.store.tenant_plan_history(t.id).await?;
+    let own: Vec<UsageRecord> = records
+        .iter()
+        .filter(|r| r.project_id.is_none())
+        .cloned()
+        .collect();
+    let (cost_by_plan, total) = super::usage::range_cost(&st.catalog, &history, &t.plan, &own);
+    let single_plan = match cost_by_plan.as_slice() {
+        [one] => Some(one.plan.clone()),
+        [] => Some(super::usage::plan_at(&history, &t.plan, to).to_owned()),
+        _ => None,
+    };
+    let series = granularity.map(|g| super::usage::series(&st.catalog, &history, &t.plan, &own, g));
     let body = TenantUsage {
         tenant_id: t.id,
         cluster_id: t.cluster_id,
@@ -1496,7 +1596,12 @@ async fn tenant_usage(
         apps: latest.map(|r| r.apps),
         quota_violations: latest.map(|r| exceeded_quotas(&t, r).len() as i64),
         last_reported_at: latest.map(|r| r.hour),
-        cost: usage_cost(&st.catalog, &t.plan, &totals),
+        cost: single_plan.and_then(|p| usage_cost(&st.catalog, &p, &totals)),
+        cost_by_plan,
+        currency: total.as_ref().map(|(c, _)| c.clone()),
+        total_cost: total.map(|(_, v)| v),
+        quota: own.iter().rev().find_map(quota_report),
+        series,
         totals,
         records,
     };

@@ -10,7 +10,7 @@ use super::error::ApiResult;
 use super::extract::{Ctx, KnJson, bytes_response};
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use kubenova_api::ErrorBody;
 use kubenova_api::ids::{ClusterId, ProjectId, TenantId};
 use kubenova_api::model::UsageRecord;
@@ -46,7 +46,205 @@ pub struct UsageAccepted {
 
 /// Routes of this module.
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(ingest_usage))
+    OpenApiRouter::new().routes(routes!(ingest_usage, export_usage))
+}
+
+/// Default page size of the export.
+const EXPORT_PAGE: u32 = 1000;
+/// Largest page of the export.
+const EXPORT_PAGE_MAX: u32 = 10_000;
+/// Longest range of the export.
+const EXPORT_MAX_RANGE: time::Duration = time::Duration::days(366);
+
+/// `GET /usage` query.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExportParams {
+    /// First hour, RFC 3339 (inclusive). Default: 24 hours before `to`.
+    pub from: Option<String>,
+    /// End, RFC 3339 (exclusive). Default: now. At most 366 days after `from`.
+    pub to: Option<String>,
+    /// Only this cluster (UUID).
+    pub cluster_id: Option<String>,
+    /// Only this tenant (UUID; its projects' records included).
+    pub tenant_id: Option<String>,
+    /// `json` (default) or `csv` (the next page's cursor in the `KN-Next-Cursor` header).
+    pub format: Option<String>,
+    /// Page size (default 1000, at most 10000).
+    pub limit: Option<u32>,
+    /// `nextCursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// One page of the usage export.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageExportPage {
+    /// Records ordered by hour, cluster, tenant and project.
+    pub items: Vec<UsageRecord>,
+    /// Cursor of the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+fn export_cursor(r: &UsageRecord) -> String {
+    kubenova_store::encode_cursor(format!(
+        "{}|{}|{}|{}",
+        r.hour.unix_timestamp(),
+        r.cluster_id,
+        r.tenant_id,
+        r.project_id.map(|p| p.0).unwrap_or_default()
+    ))
+}
+
+fn parse_export_cursor(
+    raw: &str,
+) -> ApiResult<(time::OffsetDateTime, ClusterId, TenantId, uuid::Uuid)> {
+    use base64::Engine as _;
+    let bad = || {
+        super::error::ApiError::invalid(
+            "cursor",
+            "is not a cursor of this export: pass nextCursor as returned",
+        )
+    };
+    let text = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(raw)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(bad)?;
+    let mut parts = text.split('|');
+    let (Some(h), Some(c), Some(t), Some(p), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return Err(bad());
+    };
+    let hour = h
+        .parse::<i64>()
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+        .ok_or_else(bad)?;
+    let id = |v: &str| uuid::Uuid::try_parse(v).map_err(|_| bad());
+    Ok((hour, ClusterId(id(c)?), TenantId(id(t)?), id(p)?))
+}
+
+/// Exports every tenant's hourly usage records of a range for billing systems (admin,
+/// ops): JSON or CSV, paged with a cursor, filtered by cluster and tenant.
+#[utoipa::path(
+    get,
+    path = "/api/v1/usage",
+    tag = "usage",
+    operation_id = "exportUsage",
+    params(ExportParams),
+    responses(
+        (status = 200, description = "One page of records; `format=csv` returns text/csv with the next cursor in the KN-Next-Cursor header", body = UsageExportPage,
+            example = json!({"items": [{"clusterId": "11111111-1111-1111-1111-111111111111", "tenantId": "22222222-2222-2222-2222-222222222222",
+                "hour": "2026-01-01T10:00:00Z", "cpuMillicores": 1500, "memoryBytes": 2147483648_i64, "storageBytes": 10737418240_i64,
+                "loadBalancers": 1, "namespaces": 3, "pods": 12, "apps": 2, "cpuLimitMillicores": 3000, "memoryLimitBytes": 4294967296_i64}],
+                "nextCursor": null})),
+        (status = 400, description = "An unknown query parameter", body = ErrorBody,
+            example = json!({"code": "KN-400", "message": "unknown query parameter \"tenant\""})),
+        (status = 401, description = "No or invalid bearer token", body = ErrorBody,
+            example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
+        (status = 403, description = "Only admin and ops export usage", body = ErrorBody,
+            example = json!({"code": "KN-403", "message": "this operation needs one of the roles admin, ops"})),
+        (status = 422, description = "A malformed timestamp, id or cursor, from not before to, a range over 366 days, an unknown format, a limit out of range", body = ErrorBody,
+            example = json!({"code": "KN-422", "message": "validation failed: from: must be before to",
+                "details": {"violations": [{"field": "from", "reason": "must be before to"}]}})),
+    ),
+    security(("bearerAuth" = []))
+)]
+async fn export_usage(
+    State(st): State<AppState>,
+    ctx: Ctx,
+    uri: axum::http::Uri,
+) -> ApiResult<Response> {
+    ctx.principal.require_any(&[Role::Admin, Role::Ops])?;
+    let q: ExportParams = super::clusters::query(&uri)?;
+    let to = match &q.to {
+        Some(v) => super::tenants::usage_time("to", v)?,
+        None => time::OffsetDateTime::now_utc(),
+    };
+    let from = match &q.from {
+        Some(v) => super::tenants::usage_time("from", v)?,
+        None => to - time::Duration::hours(24),
+    };
+    if from >= to {
+        return Err(super::error::ApiError::invalid("from", "must be before to"));
+    }
+    if to - from > EXPORT_MAX_RANGE {
+        return Err(super::error::ApiError::invalid(
+            "from",
+            "the range may span at most 366 days: export longer periods range by range",
+        ));
+    }
+    let csv = match q.format.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(other) => {
+            return Err(super::error::ApiError::invalid(
+                "format",
+                format!("{other:?} is not a format: use json or csv"),
+            ));
+        }
+    };
+    let limit = q.limit.unwrap_or(EXPORT_PAGE);
+    if !(1..=EXPORT_PAGE_MAX).contains(&limit) {
+        return Err(super::error::ApiError::invalid(
+            "limit",
+            format!("must be between 1 and {EXPORT_PAGE_MAX} (got {limit})"),
+        ));
+    }
+    let uuid_of = |field: &str, v: &Option<String>| -> ApiResult<Option<uuid::Uuid>> {
+        v.as_deref()
+            .map(|s| {
+                uuid::Uuid::try_parse(s).map_err(|_| {
+                    super::error::ApiError::invalid(field, format!("{s:?} is not a UUID"))
+                })
+            })
+            .transpose()
+    };
+    let cluster = uuid_of("clusterId", &q.cluster_id)?.map(ClusterId);
+    let tenant = uuid_of("tenantId", &q.tenant_id)?.map(TenantId);
+    let after = q.cursor.as_deref().map(parse_export_cursor).transpose()?;
+    let items = st
+        .store
+        .export_usage(&kubenova_store::UsageExport {
+            cluster,
+            tenant,
+            from,
+            to,
+            after,
+            limit,
+        })
+        .await?;
+    let next_cursor = if items.len() == limit as usize {
+        items.last().map(export_cursor)
+    } else {
+        None
+    };
+    if csv {
+        let mut resp = super::projects::usage_csv(&items).into_response();
+        resp.headers_mut().insert(
+            axum::http::header::CONTENT_TYPE,
+            axum::http::HeaderValue::from_static("text/csv; charset=utf-8"),
+        );
+        if let Some(c) = next_cursor.as_deref().and_then(|c| c.parse().ok()) {
+            resp.headers_mut().insert("kn-next-cursor", c);
+        }
+        return Ok(resp);
+    }
+    let body = UsageExportPage { items, next_cursor };
+    Ok(super::extract::json_response(
+        StatusCode::OK,
+        &body,
+        None,
+        None,
+        false,
+    ))
 }
 
 /// Checks every record and that its tenant (and project) exist in its cluster.
@@ -72,11 +270,25 @@ pub(crate) async fn check_batch(st: &AppState, records: &[UsageRecord]) -> ApiRe
     let mut tenants: BTreeMap<TenantId, Option<ClusterId>> = BTreeMap::new();
     let mut projects: BTreeMap<ProjectId, Option<TenantId>> = BTreeMap::new();
     let mut seen = BTreeSet::new();
+    // The hour that has started last: a later one has not happened yet.
+    let now = time::OffsetDateTime::now_utc();
+    let current_hour = now
+        - time::Duration::seconds(i64::from(now.minute()) * 60 + i64::from(now.second()))
+        - time::Duration::nanoseconds(i64::from(now.nanosecond()));
     for (i, r) in records.iter().enumerate() {
         if let Err(e) = r.validate() {
             for viol in e.violations {
                 v.push(format!("records[{i}].{}", viol.field), viol.reason);
             }
+        }
+        if r.hour > current_hour {
+            v.push(
+                format!("records[{i}].hour"),
+                format!(
+                    "{} is in the future: only hours that have started can be reported (check the clock of the reporter)",
+                    r.hour
+                ),
+            );
         }
         if !seen.insert((r.cluster_id, r.tenant_id, r.project_id, r.hour)) {
             v.push(
@@ -127,7 +339,15 @@ pub(crate) async fn check_batch(st: &AppState, records: &[UsageRecord]) -> ApiRe
             }
         }
     }
-    v.finish()?;
+    if let Err(e) = v.finish() {
+        tracing::warn!(
+            records = records.len(),
+            violations = e.violations.len(),
+            first = %e.violations.first().map(|x| format!("{}: {}", x.field, x.reason)).unwrap_or_default(),
+            "usage batch refused as a whole; nothing stored"
+        );
+        return Err(e.into());
+    }
     Ok(())
 }
 
@@ -192,4 +412,391 @@ async fn ingest_usage(
         None,
         true,
     ))
+}
+
+// ---------------------------------------------------------------------------------
+// Series by hour, day or month, priced at the plan in force
+// ---------------------------------------------------------------------------------
+
+/// Size of the periods of a usage series (UTC; calendar months).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Granularity {
+    /// One period per hour.
+    Hour,
+    /// One period per UTC day.
+    Day,
+    /// One period per calendar month (UTC).
+    Month,
+}
+
+impl Granularity {
+    /// Parses `hour`, `day` or `month`; anything else is KN-422 naming `granularity`.
+    pub fn parse(v: &str) -> ApiResult<Granularity> {
+        match v {
+            "hour" => Ok(Granularity::Hour),
+            "day" => Ok(Granularity::Day),
+            "month" => Ok(Granularity::Month),
+            other => Err(super::error::ApiError::invalid(
+                "granularity",
+                format!("{other:?} is not a granularity: use hour, day or month"),
+            )),
+        }
+    }
+
+    /// The start of the period holding `t`.
+    pub fn start(self, t: time::OffsetDateTime) -> time::OffsetDateTime {
+        let t = t.to_offset(time::UtcOffset::UTC);
+        let day = t.replace_time(time::Time::MIDNIGHT);
+        match self {
+            Granularity::Hour => day + time::Duration::hours(i64::from(t.hour())),
+            Granularity::Day => day,
+            Granularity::Month => day.replace_day(1).unwrap_or(day),
+        }
+    }
+
+    /// The end (exclusive) of the period starting at `start`.
+    pub fn end(self, start: time::OffsetDateTime) -> time::OffsetDateTime {
+        match self {
+            Granularity::Hour => start + time::Duration::hours(1),
+            Granularity::Day => start + time::Duration::days(1),
+            Granularity::Month => {
+                let (y, m) = match start.month() {
+                    time::Month::December => (start.year() + 1, time::Month::January),
+                    m => (start.year(), m.next()),
+                };
+                time::Date::from_calendar_date(y, m, 1)
+                    .map(|d| d.midnight().assume_utc())
+                    .unwrap_or(start + time::Duration::days(31))
+            }
+        }
+    }
+}
+
+/// The cost of the hours of one period that one plan priced.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanCost {
+    /// Plan in force during these hours.
+    pub plan: String,
+    /// Hours with a report priced at this plan.
+    pub hours: i64,
+    /// ISO 4217 currency (absent when the plan left the catalog).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    /// Exact decimal cost (absent when the plan left the catalog).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<String>,
+}
+
+/// One period of a usage series: resource-hours and their cost at the plans in force.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(example = json!({"start": "2026-01-01T00:00:00Z", "end": "2026-01-02T00:00:00Z", "hours": 24,
+    "cpuMillicoreHours": 36000, "memoryByteHours": 51539607552_i64, "storageByteHours": 0, "loadBalancerHours": 24, "podHours": 48,
+    "currency": "USD", "cost": "2.160000", "plans": [{"plan": "baseline", "hours": 24, "currency": "USD", "cost": "2.160000"}]}))]
+pub struct UsageBucket {
+    /// Period start (inclusive).
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub start: time::OffsetDateTime,
+    /// Period end (exclusive).
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub end: time::OffsetDateTime,
+    /// Hours with a report.
+    pub hours: i64,
+    /// Σ CPU requests (millicore-hours).
+    pub cpu_millicore_hours: i64,
+    /// Σ memory requests (byte-hours).
+    pub memory_byte_hours: i64,
+    /// Σ PVC capacity (byte-hours).
+    pub storage_byte_hours: i64,
+    /// Σ LoadBalancer services (LoadBalancer-hours).
+    pub load_balancer_hours: i64,
+    /// Σ pods (pod-hours).
+    pub pod_hours: i64,
+    /// Currency of `cost` (absent when the plans disagree or left the catalog).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub currency: Option<String>,
+    /// Exact decimal cost of the period: the sum of `plans` (absent when a plan left the
+    /// catalog or the plans' currencies differ).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<String>,
+    /// The plans in force during the period, with their hours and cost.
+    pub plans: Vec<PlanCost>,
+}
+
+/// The plan in force at `hour`: the last change at or before it; before the first
+/// recorded change, the first recorded plan; with no history, `current`.
+pub fn plan_at<'a>(
+    history: &'a [kubenova_store::PlanChange],
+    current: &'a str,
+    hour: time::OffsetDateTime,
+) -> &'a str {
+    match history.iter().rev().find(|c| c.since <= hour) {
+        Some(c) => &c.plan,
+        None => history.first().map_or(current, |c| c.plan.as_str()),
+    }
+}
+
+#[derive(Default, Clone, Copy)]
+struct Sums {
+    hours: i64,
+    cpu: i64,
+    mem: i64,
+    sto: i64,
+    lb: i64,
+    pods: i64,
+}
+
+impl Sums {
+    fn add(&mut self, r: &UsageRecord) {
+        self.hours += 1;
+        self.cpu = self.cpu.saturating_add(r.cpu_millicores);
+        self.mem = self.mem.saturating_add(r.memory_bytes);
+        self.sto = self.sto.saturating_add(r.storage_bytes);
+        self.lb = self.lb.saturating_add(r.load_balancers);
+        self.pods = self.pods.saturating_add(r.pods);
+    }
+
+    fn totals(&self) -> super::tenants::UsageTotals {
+        super::tenants::UsageTotals {
+            hours: self.hours,
+            cpu_millicore_hours: self.cpu,
+            memory_byte_hours: self.mem,
+            storage_byte_hours: self.sto,
+            load_balancer_hours: self.lb,
+            pod_hours: self.pods,
+        }
+    }
+}
+
+/// Groups `records` (one scope: a tenant's or a project's) by plan in force and prices
+/// each group; returns the per-plan costs and their sum (when all share a currency).
+fn price(
+    catalog: &kubenova_api::catalog::Catalog,
+    by_plan: &BTreeMap<String, Sums>,
+) -> (Vec<PlanCost>, Option<(String, i128)>) {
+    let mut plans = Vec::new();
+    let mut total: Option<(String, i128)> = None;
+    let mut priced_all = true;
+    for (plan, sums) in by_plan {
+        let cost = super::tenants::cost_micros(catalog, plan, &sums.totals());
+        match &cost {
+            Some((cur, micros)) => {
+                total = match total {
+                    None if priced_all => Some((cur.clone(), *micros)),
+                    Some((c, t)) if &c == cur => Some((c, t + micros)),
+                    _ => {
+                        priced_all = false;
+                        None
+                    }
+                };
+            }
+            None => {
+                priced_all = false;
+                total = None;
+            }
+        }
+        plans.push(PlanCost {
+            plan: plan.clone(),
+            hours: sums.hours,
+            currency: cost.as_ref().map(|(c, _)| c.clone()),
+            cost: cost.map(|(_, m)| super::tenants::micros_str(m)),
+        });
+    }
+    (plans, total.filter(|_| priced_all))
+}
+
+/// The usage series of `records` (one scope) at `granularity`, each hour priced at the
+/// plan in force ([`plan_at`]); periods without a record are left out.
+pub fn series(
+    catalog: &kubenova_api::catalog::Catalog,
+    history: &[kubenova_store::PlanChange],
+    current_plan: &str,
+    records: &[UsageRecord],
+    granularity: Granularity,
+) -> Vec<UsageBucket> {
+    let mut buckets: BTreeMap<time::OffsetDateTime, (Sums, BTreeMap<String, Sums>)> =
+        BTreeMap::new();
+    for r in records {
+        let (all, by_plan) = buckets.entry(granularity.start(r.hour)).or_default();
+        all.add(r);
+        by_plan
+            .entry(plan_at(history, current_plan, r.hour).to_owned())
+            .or_default()
+            .add(r);
+    }
+    buckets
+        .into_iter()
+        .map(|(start, (all, by_plan))| {
+            let (plans, total) = price(catalog, &by_plan);
+            UsageBucket {
+                start,
+                end: granularity.end(start),
+                hours: all.hours,
+                cpu_millicore_hours: all.cpu,
+                memory_byte_hours: all.mem,
+                storage_byte_hours: all.sto,
+                load_balancer_hours: all.lb,
+                pod_hours: all.pods,
+                currency: total.as_ref().map(|(c, _)| c.clone()),
+                cost: total.map(|(_, m)| super::tenants::micros_str(m)),
+                plans,
+            }
+        })
+        .collect()
+}
+
+/// The cost of `records` over the whole range at the plans in force: the per-plan costs
+/// and their sum (absent when a plan left the catalog or currencies differ).
+pub fn range_cost(
+    catalog: &kubenova_api::catalog::Catalog,
+    history: &[kubenova_store::PlanChange],
+    current_plan: &str,
+    records: &[UsageRecord],
+) -> (Vec<PlanCost>, Option<(String, String)>) {
+    let mut by_plan: BTreeMap<String, Sums> = BTreeMap::new();
+    for r in records {
+        by_plan
+            .entry(plan_at(history, current_plan, r.hour).to_owned())
+            .or_default()
+            .add(r);
+    }
+    let (plans, total) = price(catalog, &by_plan);
+    (
+        plans,
+        total.map(|(c, m)| (c, super::tenants::micros_str(m))),
+    )
+}
+
+#[cfg(test)]
+mod series_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use kubenova_api::catalog::Catalog;
+    use kubenova_api::ids::{ClusterId, TenantId};
+    use time::macros::datetime;
+
+    fn rec(hour: time::OffsetDateTime) -> UsageRecord {
+        UsageRecord {
+            cluster_id: ClusterId::new(),
+            tenant_id: TenantId::new(),
+            project_id: None,
+            hour,
+            cpu_millicores: 1000,
+            memory_bytes: 1 << 30,
+            storage_bytes: 0,
+            load_balancers: 1,
+            namespaces: 2,
+            pods: 2,
+            apps: 1,
+            cpu_limit_millicores: 0,
+            memory_limit_bytes: 0,
+            storage_by_class: BTreeMap::new(),
+            quotas: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn granularity_bounds_are_utc_calendar_periods() {
+        let t = datetime!(2024-02-29 23:00 UTC);
+        assert_eq!(Granularity::Day.start(t), datetime!(2024-02-29 00:00 UTC));
+        assert_eq!(Granularity::Month.start(t), datetime!(2024-02-01 00:00 UTC));
+        assert_eq!(
+            Granularity::Month.end(datetime!(2024-02-01 00:00 UTC)),
+            datetime!(2024-03-01 00:00 UTC)
+        );
+        assert_eq!(
+            Granularity::Month.end(datetime!(2026-12-01 00:00 UTC)),
+            datetime!(2027-01-01 00:00 UTC)
+        );
+        assert_eq!(
+            Granularity::Hour.start(datetime!(2026-01-01 10:00 UTC)),
+            datetime!(2026-01-01 10:00 UTC)
+        );
+        assert!(Granularity::parse("week").is_err());
+    }
+
+    #[test]
+    fn a_plan_change_mid_month_prices_each_hour_at_the_plan_in_force() {
+        let catalog = Catalog::builtin();
+        let history = vec![
+            kubenova_store::PlanChange {
+                since: datetime!(2026-01-10 00:00 UTC),
+                plan: "baseline".into(),
+            },
+            kubenova_store::PlanChange {
+                since: datetime!(2026-01-31 23:30 UTC),
+                plan: "gold".into(),
+            },
+        ];
+        // The last hour of January (started before the change: baseline), then the first of February (gold).
+        let records = [
+            rec(datetime!(2026-01-31 22:00 UTC)),
+            rec(datetime!(2026-01-31 23:00 UTC)),
+            rec(datetime!(2026-02-01 00:00 UTC)),
+        ];
+        let months = series(&catalog, &history, "gold", &records, Granularity::Month);
+        assert_eq!(months.len(), 2);
+        assert_eq!(
+            (months[0].start, months[0].end),
+            (
+                datetime!(2026-01-01 00:00 UTC),
+                datetime!(2026-02-01 00:00 UTC)
+            )
+        );
+        assert_eq!(months[0].hours, 2);
+        assert_eq!(months[0].plans.len(), 1);
+        assert_eq!(months[0].plans[0].plan, "baseline");
+        assert_eq!(months[1].plans[0].plan, "gold");
+        let one = |plan: &str| {
+            super::super::tenants::cost_micros(
+                &catalog,
+                plan,
+                &super::super::tenants::UsageTotals {
+                    hours: 1,
+                    cpu_millicore_hours: 1000,
+                    memory_byte_hours: 1 << 30,
+                    storage_byte_hours: 0,
+                    load_balancer_hours: 1,
+                    pod_hours: 2,
+                },
+            )
+            .unwrap()
+            .1
+        };
+        assert_ne!(
+            one("baseline"),
+            one("gold"),
+            "the fixture needs different prices"
+        );
+        assert_eq!(
+            months[0].cost.as_deref(),
+            Some(super::super::tenants::micros_str(2 * one("baseline")).as_str())
+        );
+        assert_eq!(
+            months[1].cost.as_deref(),
+            Some(super::super::tenants::micros_str(one("gold")).as_str())
+        );
+        let (plans, total) = range_cost(&catalog, &history, "gold", &records);
+        assert_eq!(plans.len(), 2);
+        assert_eq!(
+            total.unwrap().1,
+            super::super::tenants::micros_str(2 * one("baseline") + one("gold"))
+        );
+        // Hours before the first recorded change: the first recorded plan; no history: the current plan.
+        assert_eq!(
+            plan_at(&history, "gold", datetime!(2026-01-01 00:00 UTC)),
+            "baseline"
+        );
+        assert_eq!(
+            plan_at(&[], "gold", datetime!(2026-01-01 00:00 UTC)),
+            "gold"
+        );
+        let days = series(&catalog, &history, "gold", &records, Granularity::Day);
+        assert_eq!(days.iter().map(|d| d.hours).collect::<Vec<_>>(), [2, 1]);
+        let hours = series(&catalog, &history, "gold", &records, Granularity::Hour);
+        assert_eq!(hours.len(), 3);
+    }
 }
