@@ -427,6 +427,12 @@ pub async fn serve(
         }
     });
     let stale = api::agent::spawn_stale_task(state.clone());
+    let runtime = state.runtime.clone();
+    let shutdown = async move {
+        shutdown.await;
+        // Ends the followed audit streams so they do not hold the graceful shutdown.
+        runtime.shutdown.send_replace(true);
+    };
     let app = api::router(state);
     let res = axum::serve(
         listener,

@@ -312,7 +312,16 @@ impl World {
         .unwrap();
         let resp = self.app.clone().oneshot(req).await.unwrap();
         let status = resp.status();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        // A followed stream (server-sent events) does not end: its status is the answer.
+        let streamed = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        let bytes = if streamed {
+            Default::default()
+        } else {
+            resp.into_body().collect().await.unwrap().to_bytes()
+        };
         Resp {
             status,
             body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),

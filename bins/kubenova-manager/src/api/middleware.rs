@@ -232,6 +232,9 @@ pub struct Runtime {
     pub credential_writer: std::sync::Arc<super::kubeconfigs::CredentialWriter>,
     /// Validated Capsule Proxy CAs of the clusters kubeconfigs are issued for.
     pub proxy_cas: super::kubeconfigs::ProxyCaCache,
+    /// Set to `true` when the server begins its graceful shutdown, so that long-lived
+    /// streams (the followed audit log) end instead of holding the shutdown.
+    pub shutdown: tokio::sync::watch::Sender<bool>,
     subject_limiter: Option<DefaultKeyedRateLimiter<String>>,
     ip_limiter: Option<DefaultKeyedRateLimiter<String>>,
     checks: AtomicU64,
@@ -372,6 +375,7 @@ impl Runtime {
             route_metrics: Default::default(),
             credential_writer: Default::default(),
             proxy_cas: Default::default(),
+            shutdown: tokio::sync::watch::channel(false).0,
             subject_limiter: limiter(cfg.rate_limit_subject_rps, cfg.rate_limit_subject_burst),
             ip_limiter: limiter(cfg.rate_limit_ip_rps, cfg.rate_limit_ip_burst),
             checks: AtomicU64::new(0),
