@@ -389,6 +389,17 @@ pub trait Store: Send + Sync + 'static {
     /// included), recorded by [`Store::create_tenant`] and [`Store::update_tenant`]. Tenants
     /// created before this history existed have none until their plan changes.
     async fn tenant_plan_history(&self, tenant: TenantId) -> Result<Vec<PlanChange>>;
+    /// Records `prices` (a plan's price table, as JSON) as in force for `plan` from
+    /// `since` on, unless they are the prices last recorded for it; returns whether a new
+    /// version was recorded.
+    async fn record_plan_prices(
+        &self,
+        plan: &str,
+        prices: &str,
+        since: time::OffsetDateTime,
+    ) -> Result<bool>;
+    /// Every recorded price-table version, by plan then oldest first.
+    async fn plan_price_history(&self) -> Result<Vec<PlanPrices>>;
 
     // ---- usage ----------------------------------------------------------------------
     /// One page of every tenant's usage records in a range ([`UsageExport`]), for billing

@@ -863,6 +863,35 @@ macro_rules! sql_backend {
                 Ok(out)
             }
 
+            async fn record_plan_prices(&self, plan: &str, prices: &str, since: OffsetDateTime) -> Result<bool> {
+                let done = sqlx::query(
+                    "INSERT INTO plan_prices (plan, since, prices) SELECT $1, $2, $3 \
+                     WHERE COALESCE((SELECT prices FROM plan_prices WHERE plan = $1 ORDER BY since DESC LIMIT 1), '') <> $3 \
+                     ON CONFLICT (plan, since) DO UPDATE SET prices = excluded.prices",
+                )
+                .bind(plan)
+                .bind(to_micros(since))
+                .bind(prices)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn plan_price_history(&self) -> Result<Vec<PlanPrices>> {
+                let rows = sqlx::query("SELECT plan, since, prices FROM plan_prices ORDER BY plan, since")
+                    .fetch_all(&self.pool)
+                    .await?;
+                let mut out = Vec::with_capacity(rows.len());
+                for r in rows {
+                    out.push(PlanPrices {
+                        plan: r.try_get("plan")?,
+                        since: from_micros(r.try_get("since")?),
+                        prices: r.try_get("prices")?,
+                    });
+                }
+                Ok(out)
+            }
+
             async fn get_tenant(&self, id: TenantId) -> Result<Tenant> {
                 self.cached_doc("tenants", "tenant", id.0).await
             }

@@ -210,6 +210,20 @@ pub struct PlanChange {
     pub plan: String,
 }
 
+/// A version of a plan's price table: the prices in force for `plan` from `since` on
+/// ([`Store::plan_price_history`](crate::Store::plan_price_history)).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanPrices {
+    /// Plan name.
+    pub plan: String,
+    /// From when (the version's identity together with `plan`).
+    #[serde(with = "time::serde::rfc3339")]
+    pub since: OffsetDateTime,
+    /// The catalog's `prices` object of the plan, as JSON.
+    pub prices: String,
+}
+
 /// Filter and page of [`Store::export_usage`](crate::Store::export_usage): every
 /// tenant's records of a range, ordered by hour, cluster, tenant and project.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -60,6 +60,7 @@ suite!(
     usage_queries_never_drop_rows_silently,
     usage_ingest_is_idempotent_per_hour,
     tenant_plan_history_records_each_change,
+    plan_prices_are_versioned_only_on_change,
     usage_export_pages_across_tenants,
     cluster_kubeconfig_is_replaced_with_the_record,
     heartbeats_keep_the_cluster_version,
@@ -2454,6 +2455,37 @@ async fn tenant_plan_history_records_each_change(h: &Harness) {
             .await
             .unwrap()
             .is_empty()
+    );
+}
+
+/// A plan's price table gets a new version only when its prices change; the same prices
+/// recorded again (every manager start) add nothing, and each plan has its own versions.
+async fn plan_prices_are_versioned_only_on_change(h: &Harness) {
+    let s = &h.store;
+    let d1 = time::macros::datetime!(2026-01-01 00:00 UTC);
+    let d2 = time::macros::datetime!(2026-01-10 00:00 UTC);
+    let d3 = time::macros::datetime!(2026-01-20 00:00 UTC);
+    let old = r#"{"cpuCoreHour":"0.04"}"#;
+    let new = r#"{"cpuCoreHour":"0.05"}"#;
+    assert!(s.record_plan_prices("baseline", old, d1).await.unwrap());
+    assert!(s.record_plan_prices("gold", old, d1).await.unwrap());
+    assert!(!s.record_plan_prices("baseline", old, d2).await.unwrap());
+    assert!(s.record_plan_prices("baseline", new, d3).await.unwrap());
+    assert!(!s.record_plan_prices("baseline", new, d3).await.unwrap());
+    let got: Vec<_> = s
+        .plan_price_history()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| (p.plan, p.since, p.prices))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("baseline".to_string(), d1, old.to_string()),
+            ("baseline".to_string(), d3, new.to_string()),
+            ("gold".to_string(), d1, old.to_string()),
+        ]
     );
 }
 

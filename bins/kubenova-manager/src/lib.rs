@@ -281,6 +281,24 @@ pub fn load_catalog(cfg: &api::config::ServerConfig) -> Result<Catalog, ManagerE
     Ok(catalog)
 }
 
+/// Records each catalog plan's prices as a new price-table version from `now` on when they
+/// differ from the version last recorded for the plan, so that a price change in the
+/// catalog prices only the hours after it (usage keeps the prices in force at each hour).
+pub async fn record_catalog_prices(
+    store: &dyn kubenova_store::Store,
+    catalog: &Catalog,
+    now: time::OffsetDateTime,
+) -> Result<(), ManagerError> {
+    for plan in catalog.plans() {
+        let prices = serde_json::to_string(&plan.prices)
+            .map_err(|e| ManagerError::Config(format!("plan {:?}: prices: {e}", plan.name)))?;
+        if store.record_plan_prices(&plan.name, &prices, now).await? {
+            tracing::info!(plan = %plan.name, %prices, "new price-table version recorded");
+        }
+    }
+    Ok(())
+}
+
 /// Builds the application state for `serve`: validates the options, loads the catalog,
 /// opens the store, sets up authentication (generating the HS256 secret and the bootstrap
 /// admin token on first start) and the metrics and rate limiters.
@@ -291,6 +309,7 @@ pub async fn build_state(
     cfg.validate().map_err(ManagerError::Config)?;
     let catalog = load_catalog(&cfg)?;
     let store = store_args.open().await?;
+    record_catalog_prices(store.as_ref(), &catalog, time::OffsetDateTime::now_utc()).await?;
     let auth = api::auth::Authenticator::from_config(&cfg, &store_args.data_dir)?;
     if auth.is_disabled() {
         tracing::warn!(

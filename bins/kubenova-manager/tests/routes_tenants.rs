@@ -1612,6 +1612,93 @@ async fn usage_series_quota_report_and_export() {
     );
 }
 
+/// A price change in the catalog prices only the hours after it: past hours keep the
+/// price-table version in force then, which each period names with its prices.
+#[tokio::test]
+async fn a_price_change_never_reprices_past_hours() {
+    let app = app().await;
+    let admin = app.admin();
+    let c = app.cluster("c1").await;
+    let t = app.tenant(&c, json!({"name": "acme"})).await;
+    let id = tid(&t);
+    let at = |s: String| {
+        time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339).unwrap()
+    };
+    let record = |catalog: kubenova_api::catalog::Catalog, since: String| {
+        let store = app.store().clone();
+        async move {
+            kubenova_manager::record_catalog_prices(store.as_ref(), &catalog, at(since))
+                .await
+                .unwrap();
+        }
+    };
+    record((*app.state.catalog).clone(), hour_ago(100)).await;
+    let rec = |hour: String| {
+        json!({"clusterId": c, "tenantId": id, "hour": hour, "cpuMillicores": 1000, "memoryBytes": 0,
+               "storageBytes": 0, "loadBalancers": 0, "namespaces": 1, "pods": 1, "apps": 0})
+    };
+    app.post(
+        "/api/v1/usage",
+        &admin,
+        json!({"records": [rec(hour_ago(50))]}),
+    )
+    .await
+    .expect(StatusCode::ACCEPTED);
+    let url = format!(
+        "/api/v1/tenants/{id}/usage?from={}&granularity=hour",
+        hour_ago(72)
+    );
+    let before = app.get(&url, &admin).await.json();
+    let old_cost = before["series"][0]["cost"].clone();
+    assert!(old_cost.is_string(), "{before}");
+
+    // Ten hours ago the manager restarted with baseline's CPU price doubled; a later
+    // restart with the same prices records no new version.
+    let mut changed = (*app.state.catalog).clone();
+    let baseline = changed.plans.get_mut("baseline").unwrap();
+    baseline.prices.cpu_core_hour = baseline.prices.cpu_core_hour + baseline.prices.cpu_core_hour;
+    record(changed.clone(), hour_ago(10)).await;
+    record(changed, hour_ago(5)).await;
+    app.post(
+        "/api/v1/usage",
+        &admin,
+        json!({"records": [rec(hour_ago(2))]}),
+    )
+    .await
+    .expect(StatusCode::ACCEPTED);
+
+    let after = app.get(&url, &admin).await;
+    after.expect(StatusCode::OK);
+    let after = after.json();
+    let series = after["series"].as_array().unwrap();
+    assert_eq!(series.len(), 2, "{after}");
+    assert_eq!(
+        series[0]["cost"], old_cost,
+        "the past hour keeps its price: {after}"
+    );
+    let (old, new) = (&series[0]["plans"][0], &series[1]["plans"][0]);
+    assert_eq!(old["pricesSince"], hour_ago(100));
+    assert_eq!(new["pricesSince"], hour_ago(10), "{after}");
+    assert_eq!(
+        old["prices"]["cpuCoreHour"],
+        before["series"][0]["plans"][0]["prices"]["cpuCoreHour"]
+    );
+    assert_ne!(old["prices"]["cpuCoreHour"], new["prices"]["cpuCoreHour"]);
+    let micros = |v: &Value| -> i64 { v.as_str().unwrap().replace('.', "").parse().unwrap() };
+    assert_eq!(micros(&series[1]["cost"]), 2 * micros(&series[0]["cost"]));
+    let by_version = after["costByPlan"].as_array().unwrap();
+    assert_eq!(
+        by_version.len(),
+        2,
+        "one entry per price-table version: {after}"
+    );
+    assert_eq!(
+        micros(&after["totalCost"]),
+        3 * micros(&series[0]["cost"]),
+        "{after}"
+    );
+}
+
 #[tokio::test]
 async fn tenant_kubeconfig_is_honest() {
     let app = app().await;

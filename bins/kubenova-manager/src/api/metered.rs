@@ -10,8 +10,8 @@ use kubenova_api::model::{
 use kubenova_store::{
     AgentRequestRecord, AnswerChunk, AnswerOutcome, AuditQuery, Change, CredentialOutcome,
     CredentialQuery, Health, IdempotencyRecord, IssuedCredential, LiftOutcome, ListParams, Page,
-    PlanChange, Result, Store, SubjectRevocation, TakenAnswers, UsageExport, UsageQuery, UsageSums,
-    WriteOptions,
+    PlanChange, PlanPrices, Result, Store, SubjectRevocation, TakenAnswers, UsageExport,
+    UsageQuery, UsageSums, WriteOptions,
 };
 use std::sync::Arc;
 use std::time::Instant;
@@ -123,6 +123,8 @@ metered! {
     fn delete_agent_request(&self, id: Uuid) -> Result<()>;
     fn purge_agent_requests(&self, now: OffsetDateTime) -> Result<u64>;
     fn tenant_plan_history(&self, tenant: TenantId) -> Result<Vec<PlanChange>>;
+    fn record_plan_prices(&self, plan: &str, prices: &str, since: OffsetDateTime) -> Result<bool>;
+    fn plan_price_history(&self) -> Result<Vec<PlanPrices>>;
     fn export_usage(&self, export: &UsageExport) -> Result<Vec<UsageRecord>>;
     fn upsert_usage(&self, records: &[UsageRecord]) -> Result<()>;
     fn query_usage(&self, query: &UsageQuery) -> Result<Vec<UsageRecord>>;

@@ -1022,9 +1022,11 @@ pub async fn get_project_usage(
         Some(g) => {
             let tenant = st.store.get_tenant(project.tenant_id).await?;
             let history = st.store.tenant_plan_history(tenant.id).await?;
+            let versions = st.store.plan_price_history().await?;
             Some(super::usage::series(
                 &st.catalog,
                 &history,
+                &versions,
                 &tenant.plan,
                 &records,
                 g,

@@ -1370,6 +1370,7 @@ pub(crate) fn micros_str(v: i128) -> String {
 }
 
 /// The cost of `totals` at `plan`'s prices: its currency and the amount in micro-units.
+#[cfg(test)]
 pub(crate) fn cost_micros(
     catalog: &Catalog,
     plan: &str,
@@ -1383,32 +1384,54 @@ pub(crate) fn cost_micros(
     Some((c.currency, micros(&c.total)?))
 }
 
+/// The cost of `totals` at `prices`: its currency and the amount in micro-units.
+pub(crate) fn cost_micros_at(
+    prices: &kubenova_api::catalog::Prices,
+    totals: &UsageTotals,
+) -> Option<(String, i128)> {
+    let c = prices_cost(prices, "", totals)?;
+    let micros = |s: &str| -> Option<i128> {
+        let (i, f) = s.split_once('.')?;
+        Some(i.parse::<i128>().ok()? * 1_000_000 + f.parse::<i128>().ok()?)
+    };
+    Some((c.currency, micros(&c.total)?))
+}
+
+#[cfg(test)]
 fn usage_cost(catalog: &Catalog, plan: &str, totals: &UsageTotals) -> Option<UsageCost> {
     let p = catalog.plan(plan)?;
+    prices_cost(&p.prices, &p.name, totals)
+}
+
+fn prices_cost(
+    prices: &kubenova_api::catalog::Prices,
+    plan: &str,
+    totals: &UsageTotals,
+) -> Option<UsageCost> {
     const GIB: i128 = 1 << 30;
     let cpu = cost_part(
         i128::from(totals.cpu_millicore_hours),
-        &p.prices.cpu_core_hour.to_string(),
+        &prices.cpu_core_hour.to_string(),
         1000,
     )?;
     let mem = cost_part(
         i128::from(totals.memory_byte_hours),
-        &p.prices.memory_gib_hour.to_string(),
+        &prices.memory_gib_hour.to_string(),
         GIB,
     )?;
     let sto = cost_part(
         i128::from(totals.storage_byte_hours),
-        &p.prices.storage_gib_hour.to_string(),
+        &prices.storage_gib_hour.to_string(),
         GIB,
     )?;
     let lb = cost_part(
         i128::from(totals.load_balancer_hours),
-        &p.prices.load_balancer_hour.to_string(),
+        &prices.load_balancer_hour.to_string(),
         1,
     )?;
     Some(UsageCost {
-        plan: p.name.clone(),
-        currency: p.prices.currency.clone(),
+        plan: plan.to_owned(),
+        currency: prices.currency.clone(),
         cpu: micros_str(cpu),
         memory: micros_str(mem),
         storage: micros_str(sto),
@@ -1573,13 +1596,24 @@ async fn tenant_usage(
         .filter(|r| r.project_id.is_none())
         .cloned()
         .collect();
-    let (cost_by_plan, total) = super::usage::range_cost(&st.catalog, &history, &t.plan, &own);
-    let single_plan = match cost_by_plan.as_slice() {
-        [one] => Some(one.plan.clone()),
-        [] => Some(super::usage::plan_at(&history, &t.plan, to).to_owned()),
+    let versions = st.store.plan_price_history().await?;
+    let (cost_by_plan, total) =
+        super::usage::range_cost(&st.catalog, &history, &versions, &t.plan, &own);
+    // One plan and price-table version in force over the range: its prices, with parts.
+    let single_prices = match cost_by_plan.as_slice() {
+        [one] => one.prices.clone().map(|p| (one.plan.clone(), p)),
+        [] => {
+            let plan = super::usage::plan_at(&history, &t.plan, to);
+            match super::usage::prices_at(&versions, plan, to) {
+                Some(v) => serde_json::from_str(&v.prices).ok(),
+                None => st.catalog.plan(plan).map(|p| p.prices.clone()),
+            }
+            .map(|p| (plan.to_owned(), p))
+        }
         _ => None,
     };
-    let series = granularity.map(|g| super::usage::series(&st.catalog, &history, &t.plan, &own, g));
+    let series = granularity
+        .map(|g| super::usage::series(&st.catalog, &history, &versions, &t.plan, &own, g));
     let body = TenantUsage {
         tenant_id: t.id,
         cluster_id: t.cluster_id,
@@ -1596,7 +1630,7 @@ async fn tenant_usage(
         apps: latest.map(|r| r.apps),
         quota_violations: latest.map(|r| exceeded_quotas(&t, r).len() as i64),
         last_reported_at: latest.map(|r| r.hour),
-        cost: single_plan.and_then(|p| usage_cost(&st.catalog, &p, &totals)),
+        cost: single_prices.and_then(|(plan, p)| prices_cost(&p, &plan, &totals)),
         cost_by_plan,
         currency: total.as_ref().map(|(c, _)| c.clone()),
         total_cost: total.map(|(_, v)| v),

@@ -486,6 +486,20 @@ pub struct PlanCost {
     /// Exact decimal cost (absent when the plan left the catalog).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cost: Option<String>,
+    /// The price-table version that priced these hours: the time from which the plan's
+    /// recorded prices were in force (absent when no version was recorded: the catalog's
+    /// current prices applied).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub prices_since: Option<time::OffsetDateTime>,
+    /// The prices that priced these hours (absent when the plan left the catalog and no
+    /// version was recorded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prices: Option<kubenova_api::catalog::Prices>,
 }
 
 /// One period of a usage series: resource-hours and their cost at the plans in force.
@@ -539,6 +553,35 @@ pub fn plan_at<'a>(
     }
 }
 
+/// The price-table version of `plan` in force at `hour`: the last recorded version at or
+/// before it; before the first recorded version, the first; none recorded, `None` (the
+/// catalog's current prices apply).
+pub fn prices_at<'a>(
+    versions: &'a [kubenova_store::PlanPrices],
+    plan: &str,
+    hour: time::OffsetDateTime,
+) -> Option<&'a kubenova_store::PlanPrices> {
+    let mut of_plan = versions.iter().filter(|v| v.plan == plan);
+    let first = of_plan.clone().next();
+    of_plan.rfind(|v| v.since <= hour).or(first)
+}
+
+/// What prices an hour: its plan and the price-table version in force.
+type PriceKey = (String, Option<time::OffsetDateTime>);
+
+fn price_key(
+    history: &[kubenova_store::PlanChange],
+    versions: &[kubenova_store::PlanPrices],
+    current: &str,
+    hour: time::OffsetDateTime,
+) -> PriceKey {
+    let plan = plan_at(history, current, hour);
+    (
+        plan.to_owned(),
+        prices_at(versions, plan, hour).map(|v| v.since),
+    )
+}
+
 #[derive(Default, Clone, Copy)]
 struct Sums {
     hours: i64,
@@ -571,17 +614,29 @@ impl Sums {
     }
 }
 
-/// Groups `records` (one scope: a tenant's or a project's) by plan in force and prices
-/// each group; returns the per-plan costs and their sum (when all share a currency).
+/// Prices each group of `by_key` (one scope: a tenant's or a project's hours, grouped by
+/// plan and price-table version in force) at the recorded version's prices, or the
+/// catalog's current prices when none was recorded; returns the per-group costs and their
+/// sum (when all share a currency).
 fn price(
     catalog: &kubenova_api::catalog::Catalog,
-    by_plan: &BTreeMap<String, Sums>,
+    versions: &[kubenova_store::PlanPrices],
+    by_key: &BTreeMap<PriceKey, Sums>,
 ) -> (Vec<PlanCost>, Option<(String, i128)>) {
     let mut plans = Vec::new();
     let mut total: Option<(String, i128)> = None;
     let mut priced_all = true;
-    for (plan, sums) in by_plan {
-        let cost = super::tenants::cost_micros(catalog, plan, &sums.totals());
+    for ((plan, since), sums) in by_key {
+        let prices: Option<kubenova_api::catalog::Prices> = match since {
+            Some(since) => versions
+                .iter()
+                .find(|v| &v.plan == plan && v.since == *since)
+                .and_then(|v| serde_json::from_str(&v.prices).ok()),
+            None => catalog.plan(plan).map(|p| p.prices.clone()),
+        };
+        let cost = prices
+            .as_ref()
+            .and_then(|p| super::tenants::cost_micros_at(p, &sums.totals()));
         match &cost {
             Some((cur, micros)) => {
                 total = match total {
@@ -603,34 +658,38 @@ fn price(
             hours: sums.hours,
             currency: cost.as_ref().map(|(c, _)| c.clone()),
             cost: cost.map(|(_, m)| super::tenants::micros_str(m)),
+            prices_since: *since,
+            prices,
         });
     }
     (plans, total.filter(|_| priced_all))
 }
 
 /// The usage series of `records` (one scope) at `granularity`, each hour priced at the
-/// plan in force ([`plan_at`]); periods without a record are left out.
+/// plan in force ([`plan_at`]) with the prices then in force ([`prices_at`]); periods
+/// without a record are left out.
 pub fn series(
     catalog: &kubenova_api::catalog::Catalog,
     history: &[kubenova_store::PlanChange],
+    versions: &[kubenova_store::PlanPrices],
     current_plan: &str,
     records: &[UsageRecord],
     granularity: Granularity,
 ) -> Vec<UsageBucket> {
-    let mut buckets: BTreeMap<time::OffsetDateTime, (Sums, BTreeMap<String, Sums>)> =
+    let mut buckets: BTreeMap<time::OffsetDateTime, (Sums, BTreeMap<PriceKey, Sums>)> =
         BTreeMap::new();
     for r in records {
         let (all, by_plan) = buckets.entry(granularity.start(r.hour)).or_default();
         all.add(r);
         by_plan
-            .entry(plan_at(history, current_plan, r.hour).to_owned())
+            .entry(price_key(history, versions, current_plan, r.hour))
             .or_default()
             .add(r);
     }
     buckets
         .into_iter()
         .map(|(start, (all, by_plan))| {
-            let (plans, total) = price(catalog, &by_plan);
+            let (plans, total) = price(catalog, versions, &by_plan);
             UsageBucket {
                 start,
                 end: granularity.end(start),
@@ -648,22 +707,23 @@ pub fn series(
         .collect()
 }
 
-/// The cost of `records` over the whole range at the plans in force: the per-plan costs
+/// The cost of `records` over the whole range at the plans and prices in force: the per-plan costs
 /// and their sum (absent when a plan left the catalog or currencies differ).
 pub fn range_cost(
     catalog: &kubenova_api::catalog::Catalog,
     history: &[kubenova_store::PlanChange],
+    versions: &[kubenova_store::PlanPrices],
     current_plan: &str,
     records: &[UsageRecord],
 ) -> (Vec<PlanCost>, Option<(String, String)>) {
-    let mut by_plan: BTreeMap<String, Sums> = BTreeMap::new();
+    let mut by_plan: BTreeMap<PriceKey, Sums> = BTreeMap::new();
     for r in records {
         by_plan
-            .entry(plan_at(history, current_plan, r.hour).to_owned())
+            .entry(price_key(history, versions, current_plan, r.hour))
             .or_default()
             .add(r);
     }
-    let (plans, total) = price(catalog, &by_plan);
+    let (plans, total) = price(catalog, versions, &by_plan);
     (
         plans,
         total.map(|(c, m)| (c, super::tenants::micros_str(m))),
@@ -737,7 +797,14 @@ mod series_tests {
             rec(datetime!(2026-01-31 23:00 UTC)),
             rec(datetime!(2026-02-01 00:00 UTC)),
         ];
-        let months = series(&catalog, &history, "gold", &records, Granularity::Month);
+        let months = series(
+            &catalog,
+            &history,
+            &[],
+            "gold",
+            &records,
+            Granularity::Month,
+        );
         assert_eq!(months.len(), 2);
         assert_eq!(
             (months[0].start, months[0].end),
@@ -779,7 +846,7 @@ mod series_tests {
             months[1].cost.as_deref(),
             Some(super::super::tenants::micros_str(one("gold")).as_str())
         );
-        let (plans, total) = range_cost(&catalog, &history, "gold", &records);
+        let (plans, total) = range_cost(&catalog, &history, &[], "gold", &records);
         assert_eq!(plans.len(), 2);
         assert_eq!(
             total.unwrap().1,
@@ -794,9 +861,9 @@ mod series_tests {
             plan_at(&[], "gold", datetime!(2026-01-01 00:00 UTC)),
             "gold"
         );
-        let days = series(&catalog, &history, "gold", &records, Granularity::Day);
+        let days = series(&catalog, &history, &[], "gold", &records, Granularity::Day);
         assert_eq!(days.iter().map(|d| d.hours).collect::<Vec<_>>(), [2, 1]);
-        let hours = series(&catalog, &history, "gold", &records, Granularity::Hour);
+        let hours = series(&catalog, &history, &[], "gold", &records, Granularity::Hour);
         assert_eq!(hours.len(), 3);
     }
 }
