@@ -1616,7 +1616,7 @@ async fn usage_series_quota_report_and_export() {
 /// price-table version in force then, which each period names with its prices.
 #[tokio::test]
 async fn a_price_change_never_reprices_past_hours() {
-    let app = app().await;
+    let mut app = app().await;
     let admin = app.admin();
     let c = app.cluster("c1").await;
     let t = app.tenant(&c, json!({"name": "acme"})).await;
@@ -1658,7 +1658,10 @@ async fn a_price_change_never_reprices_past_hours() {
     let baseline = changed.plans.get_mut("baseline").unwrap();
     baseline.prices.cpu_core_hour = baseline.prices.cpu_core_hour + baseline.prices.cpu_core_hour;
     record(changed.clone(), hour_ago(10)).await;
-    record(changed, hour_ago(5)).await;
+    record(changed.clone(), hour_ago(5)).await;
+    // The restarted manager serves with the changed catalog.
+    app.state.catalog = std::sync::Arc::new(changed);
+    app.router = kubenova_manager::api::router(app.state.clone());
     app.post(
         "/api/v1/usage",
         &admin,
