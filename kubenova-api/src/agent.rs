@@ -131,6 +131,12 @@ pub struct Heartbeat {
     /// Install state of each component.
     #[serde(default)]
     pub components: Vec<ComponentState>,
+    /// Ids of the component requests ([`ComponentRequest::id`]) the operator has taken
+    /// (handed to its installer). The manager keeps a request, and its `requested` /
+    /// `installing` state, until its id is listed here. Left out by operators that do not
+    /// acknowledge: their report then replaces a delivered request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged_requests: Option<Vec<Uuid>>,
     /// Capsule Proxy endpoint and CA, once Capsule Proxy is up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<ProxyEndpoint>,
@@ -250,6 +256,10 @@ pub struct ComponentRequest {
     /// Chart/app version to install, if pinned by the request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// Request id. The manager sends the request on every desired answer until a
+    /// heartbeat lists this id in `acknowledgedRequests`; absent from older managers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Uuid>,
 }
 
 /// Answer of the desired-state long-poll.

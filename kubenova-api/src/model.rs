@@ -181,6 +181,10 @@ pub struct ComponentState {
     /// Detail, e.g. the failure reason.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// Id of the (re)install request the manager keeps for this component until the
+    /// operator acknowledges it (set on stored states only; operators leave it out).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<uuid::Uuid>,
 }
 
 /// The components KubeNova can install, in install order.

@@ -821,6 +821,7 @@ pub async fn install_in_order(
             version: Some(c.version.into()),
             phase: ComponentPhase::Installing,
             message: String::new(),
+            request_id: None,
         };
         on_state(&state);
         match install_and_wait(driver, client, c, Duration::from_millis(500), timeout).await {

@@ -147,6 +147,13 @@ impl Fake {
 
     /// Asks for a component (re)install; returns the new revision.
     fn request_component(&self, name: &str) -> i64 {
+        self.request_component_id(name, None)
+    }
+
+    /// Asks for a component (re)install under request `id` (sending the same id again
+    /// is what the manager does until the request is acknowledged); returns the new
+    /// revision.
+    fn request_component_id(&self, name: &str, id: Option<Uuid>) -> i64 {
         let mut st = self.state.lock().unwrap();
         let rev = st.revision + 1;
         st.components.push((
@@ -154,6 +161,7 @@ impl Fake {
             ComponentRequest {
                 component: name.into(),
                 version: None,
+                id,
             },
         ));
         self.bump(&mut st)
@@ -822,6 +830,7 @@ async fn a_project_waits_for_its_namespace_without_failing_the_batch() {
     let (tx, mut requests) = tokio::sync::mpsc::unbounded_channel();
     let mut config = env.config(TOKEN);
     config.component_requests = Some(tx);
+    let component_states = config.component_states.clone();
     env.start_agent_with(config);
     eventually("the project is pending", || async {
         env.applies("project", "pending") >= 2
@@ -867,6 +876,42 @@ async fn a_project_waits_for_its_namespace_without_failing_the_batch() {
         env.fake()
             .last_heartbeat()
             .is_some_and(|h| h.applied_revision == rev)
+    })
+    .await;
+
+    // A request with an id is queued once, however often the manager re-sends it, and
+    // is acknowledged only once the installer has taken it.
+    let id = Uuid::now_v7();
+    env.fake().request_component_id("capsule", Some(id));
+    let got = tokio::time::timeout(TIMEOUT, requests.recv())
+        .await
+        .expect("component request forwarded")
+        .unwrap();
+    assert_eq!(got.id, Some(id));
+    let rev = env.fake().request_component_id("capsule", Some(id));
+    eventually("the re-sent request's revision is applied", || async {
+        env.fake()
+            .last_heartbeat()
+            .is_some_and(|h| h.applied_revision == rev)
+    })
+    .await;
+    assert!(
+        requests.try_recv().is_err(),
+        "a re-sent request is not queued twice"
+    );
+    assert!(
+        env.fake()
+            .last_heartbeat()
+            .and_then(|h| h.acknowledged_requests)
+            .is_some_and(|a| !a.contains(&id)),
+        "not acknowledged before the installer took it"
+    );
+    component_states.acknowledge(id);
+    eventually("the heartbeat acknowledges the request", || async {
+        env.fake()
+            .last_heartbeat()
+            .and_then(|h| h.acknowledged_requests)
+            .is_some_and(|a| a.contains(&id))
     })
     .await;
     env.stop().await;

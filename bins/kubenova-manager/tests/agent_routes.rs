@@ -723,7 +723,7 @@ async fn long_messages_are_cut_per_item_never_refused_for_the_batch() {
 }
 
 #[tokio::test]
-async fn component_requests_ride_the_long_poll_once() {
+async fn component_requests_ride_the_long_poll() {
     let w = world(quiet()).await;
     let (cid, token) = w.cluster("cr").await;
     w.tenant(&cid, "acme").await;
@@ -755,17 +755,19 @@ async fn component_requests_ride_the_long_poll_once() {
         .unwrap()
         .unwrap();
     assert!(asked.elapsed() < Duration::from_secs(1));
-    assert_eq!(r.body["components"], json!([{"component": "capsule"}]));
+    assert_eq!(r.body["components"][0]["component"], "capsule");
+    assert_eq!(r.body["components"].as_array().unwrap().len(), 1);
     assert_eq!(r.body["revision"].as_i64(), Some(rev));
 
-    // Delivered once: marked installing, not sent again.
+    // Delivered: marked installing, and sent again until acknowledged.
     let caps = w.get(&format!("/api/v1/clusters/{cid}/capabilities")).await;
     assert_eq!(caps["components"][0]["name"], "capsule");
     assert_eq!(caps["components"][0]["phase"], "installing");
     let d = w.desired(&token, rev, 1).await;
-    assert!(d["components"].as_array().unwrap().is_empty());
+    assert_eq!(d["components"][0]["component"], "capsule");
 
-    // The operator's report replaces the delivered request.
+    // An operator that does not acknowledge requests (no `acknowledgedRequests`): its
+    // report replaces the delivered request.
     let r = w.heartbeat(&token).await;
     assert_eq!(r.status, StatusCode::OK);
     let caps = w.get(&format!("/api/v1/clusters/{cid}/capabilities")).await;
@@ -802,6 +804,82 @@ async fn component_requests_ride_the_long_poll_once() {
         )
         .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn component_requests_are_kept_until_acknowledged() {
+    let w = world(quiet()).await;
+    let (cid, token) = w.cluster("ack").await;
+    let rev = w.desired(&token, 0, 1).await["revision"].as_i64().unwrap();
+    let r = w
+        .call(
+            Method::POST,
+            &format!("/api/v1/clusters/{cid}/bootstrap/capsule"),
+            Some(&w.admin.clone()),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+    let d = w.desired(&token, rev, 1).await;
+    assert_eq!(d["components"].as_array().unwrap().len(), 1, "{d}");
+    assert_eq!(d["components"][0]["component"], "capsule");
+    let id = d["components"][0]["id"]
+        .as_str()
+        .expect("request id")
+        .to_string();
+
+    // The operator restarts before acting and heartbeats what it sees: capsule absent,
+    // nothing acknowledged. The request survives and is delivered again, same id.
+    let hb = |acks: Value, phase: &str| {
+        json!({"operatorVersion": "0.1.0",
+            "components": [{"name": "capsule", "phase": phase}],
+            "acknowledgedRequests": acks, "appliedRevision": rev})
+    };
+    let r = w
+        .call(
+            Method::POST,
+            "/api/v1/agent/heartbeat",
+            Some(&token),
+            Some(hb(json!([]), "absent")),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let caps = w.get(&format!("/api/v1/clusters/{cid}/capabilities")).await;
+    let capsule = caps["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "capsule")
+        .unwrap()
+        .clone();
+    assert_ne!(capsule["phase"], "absent", "{caps}");
+    let d = w.desired(&token, rev, 1).await;
+    assert_eq!(d["components"][0]["component"], "capsule", "{d}");
+    assert_eq!(d["components"][0]["id"], id.as_str());
+
+    // Acknowledged by id: the report now wins and the request is not sent again.
+    let r = w
+        .call(
+            Method::POST,
+            "/api/v1/agent/heartbeat",
+            Some(&token),
+            Some(hb(json!([id]), "installing")),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let d = w.desired(&token, rev, 1).await;
+    assert!(d["components"].as_array().unwrap().is_empty(), "{d}");
+    let r = w
+        .call(
+            Method::POST,
+            "/api/v1/agent/heartbeat",
+            Some(&token),
+            Some(hb(json!([]), "ready")),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    let caps = w.get(&format!("/api/v1/clusters/{cid}/capabilities")).await;
+    assert_eq!(caps["components"][0]["phase"], "ready", "{caps}");
 }
 
 #[tokio::test]

@@ -484,8 +484,18 @@ async fn capabilities_bootstrap_refresh() {
         b["clusterStatus"], "pending_bootstrap",
         "a component request does not change the lifecycle status"
     );
+    let mut requested = b["cluster"]["components"][0].clone();
+    let request_id = requested
+        .as_object_mut()
+        .unwrap()
+        .remove("requestId")
+        .expect("a request carries its id");
+    assert!(
+        uuid::Uuid::parse_str(request_id.as_str().unwrap()).is_ok(),
+        "{request_id}"
+    );
     assert_eq!(
-        b["cluster"]["components"][0],
+        requested,
         json!({"name": "capsule", "phase": "requested", "message": "(re)install requested by admin; waiting for the operator"})
     );
     assert_eq!(b["cluster"]["conditions"][0]["type"], "BootstrapRequested");

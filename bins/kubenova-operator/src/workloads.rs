@@ -227,8 +227,24 @@ async fn installer(
                 version: req.version.clone(),
                 phase: ComponentPhase::Failed,
                 message: format!("unknown component {:?}", req.component),
+                request_id: None,
             });
+            if let Some(id) = req.id {
+                states.acknowledge(id);
+            }
             continue;
+        }
+        // Taken: the state is recorded first, then the request acknowledged, so the
+        // heartbeat carrying the ack reports `installing`, never a stale `absent`.
+        states.set(ComponentState {
+            name: req.component.clone(),
+            version: req.version.clone(),
+            phase: ComponentPhase::Installing,
+            message: "install request taken".into(),
+            request_id: None,
+        });
+        if let Some(id) = req.id {
+            states.acknowledge(id);
         }
         tracing::info!(component = %req.component, "installing");
         let s = states.clone();
@@ -251,6 +267,7 @@ async fn installer(
                 version: req.version.clone(),
                 phase: ComponentPhase::Failed,
                 message: e.to_string(),
+                request_id: None,
             }),
         }
     }

@@ -319,6 +319,9 @@ struct DesiredLoop {
     pending: BTreeMap<ObjectRef, Pending>,
     /// When the last snapshot was applied.
     last_snapshot: Option<Instant>,
+    /// Component request ids handed to the installer: the manager re-sends a request
+    /// until a heartbeat acknowledges it, and a re-sent one is not queued twice.
+    queued_requests: std::collections::BTreeSet<uuid::Uuid>,
 }
 
 impl DesiredLoop {
@@ -538,10 +541,20 @@ impl DesiredLoop {
             self.last_snapshot = Some(Instant::now());
         }
         for c in d.components {
+            if let Some(id) = c.id
+                && (self.queued_requests.contains(&id)
+                    || self.sh.config.component_states.is_acknowledged(id))
+            {
+                continue;
+            }
             match &self.sh.config.component_requests {
                 Some(tx) => {
+                    // Not acknowledged here: the installer acknowledges once it takes
+                    // the request, so a request lost before that is sent again.
                     if tx.send(c.clone()).is_err() {
-                        tracing::warn!(component = %c.component, "component installer gone; request dropped");
+                        tracing::warn!(component = %c.component, "component installer gone; the manager will send the request again");
+                    } else if let Some(id) = c.id {
+                        self.queued_requests.insert(id);
                     }
                 }
                 None => {
@@ -595,6 +608,7 @@ pub(super) async fn run(sh: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         cursor: 0,
         pending: BTreeMap::new(),
         last_snapshot: None,
+        queued_requests: Default::default(),
     };
     let wait = Duration::from_secs(sh.config.poll_wait.as_secs().clamp(1, MAX_WAIT_SECONDS));
     let mut attempt: u32 = 0;

@@ -350,6 +350,7 @@ async fn observe(sh: &Shared, proxy_known: bool) -> (Capabilities, Vec<Component
                     ComponentPhase::Absent
                 },
                 message: String::new(),
+                request_id: None,
             },
         };
         states.push(state);
@@ -359,6 +360,7 @@ async fn observe(sh: &Shared, proxy_known: bool) -> (Capabilities, Vec<Component
         version: Some(sh.config.operator_version.clone()),
         phase: ComponentPhase::Ready,
         message: String::new(),
+        request_id: None,
     });
     (caps, states)
 }
@@ -375,8 +377,12 @@ async fn build(sh: &Shared) -> Heartbeat {
     if let Some(problem) = &found.discovery.problem {
         tracing::debug!(problem = %problem, "Capsule Proxy discovery");
     }
+    // Acks are read before observing: a request is acknowledged only after its state
+    // was recorded, so the states observed below already reflect every ack sent.
+    let acknowledged = sh.config.component_states.acknowledged();
     let (capabilities, components) = observe(sh, found.endpoint.is_some()).await;
     Heartbeat {
+        acknowledged_requests: Some(acknowledged),
         operator_version: sh.config.operator_version.clone(),
         kubernetes_version,
         capabilities,

@@ -97,17 +97,29 @@ pub const MAX_BATCH: usize = 1000;
 
 /// Install states the operator knows better than observation can tell (`installing`,
 /// `failed` with a message, `requested`); shared with the component installer, which
-/// calls [`ComponentStates::set`]. Ready / absent are always observed.
+/// calls [`ComponentStates::set`]. Ready / absent are always observed. Also holds the ids
+/// of the component requests the installer has taken ([`ComponentStates::acknowledge`]),
+/// which the heartbeat acknowledges to the manager.
 ///
 /// ```
 /// use kubenova_api::model::{ComponentPhase, ComponentState};
 /// use kubenova_reconcile::agent::ComponentStates;
 /// let states = ComponentStates::default();
-/// states.set(ComponentState { name: "capsule".into(), version: None, phase: ComponentPhase::Installing, message: String::new() });
+/// states.set(ComponentState { name: "capsule".into(), version: None, phase: ComponentPhase::Installing, message: String::new(), request_id: None });
 /// assert_eq!(states.get("capsule").unwrap().phase, ComponentPhase::Installing);
+/// let id = uuid::Uuid::new_v4();
+/// states.acknowledge(id);
+/// assert_eq!(states.acknowledged(), vec![id]);
 /// ```
 #[derive(Debug, Clone, Default)]
-pub struct ComponentStates(Arc<Mutex<BTreeMap<String, ComponentState>>>);
+pub struct ComponentStates {
+    states: Arc<Mutex<BTreeMap<String, ComponentState>>>,
+    acks: Arc<Mutex<std::collections::VecDeque<uuid::Uuid>>>,
+}
+
+/// How many acknowledged request ids the heartbeat repeats (the newest). The manager
+/// needs an id only once; a few are kept so a lost heartbeat does not lose the ack.
+pub const MAX_ACKNOWLEDGED: usize = 64;
 
 impl ComponentStates {
     /// Records the latest state of a component.
@@ -116,14 +128,41 @@ impl ComponentStates {
         if state.message.len() > MAX_STATUS_MESSAGE_BYTES {
             state.message = bound_text(&state.message, MAX_STATUS_MESSAGE_BYTES);
         }
-        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // Request ids are the manager's; the operator never reports one.
+        state.request_id = None;
+        let mut m = self.states.lock().unwrap_or_else(|e| e.into_inner());
         m.insert(state.name.clone(), state);
     }
 
     /// The latest recorded state of `name`.
     pub fn get(&self, name: &str) -> Option<ComponentState> {
-        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let m = self.states.lock().unwrap_or_else(|e| e.into_inner());
         m.get(name).cloned()
+    }
+
+    /// Records that the component request `id` has been taken (its state is recorded
+    /// first, so the acknowledging heartbeat also carries it). Keeps the newest
+    /// [`MAX_ACKNOWLEDGED`].
+    pub fn acknowledge(&self, id: uuid::Uuid) {
+        let mut a = self.acks.lock().unwrap_or_else(|e| e.into_inner());
+        if !a.contains(&id) {
+            a.push_back(id);
+        }
+        while a.len() > MAX_ACKNOWLEDGED {
+            a.pop_front();
+        }
+    }
+
+    /// Whether the request `id` has been taken.
+    pub fn is_acknowledged(&self, id: uuid::Uuid) -> bool {
+        let a = self.acks.lock().unwrap_or_else(|e| e.into_inner());
+        a.contains(&id)
+    }
+
+    /// The acknowledged request ids, oldest first.
+    pub fn acknowledged(&self) -> Vec<uuid::Uuid> {
+        let a = self.acks.lock().unwrap_or_else(|e| e.into_inner());
+        a.iter().copied().collect()
     }
 }
 

@@ -710,14 +710,31 @@ fn proxy_condition(
     }
 }
 
-/// Merges reported component states over the stored ones: a request not yet delivered
-/// to the operator (phase `requested`) survives until the operator has seen it.
-fn merge_components(stored: &[ComponentState], reported: &[ComponentState]) -> Vec<ComponentState> {
+/// Merges reported component states over the stored ones. A request the operator has
+/// not acknowledged survives: one never delivered (phase `requested`) always, and one
+/// delivered (phase `installing`, carrying its request id) until the heartbeat lists its
+/// id in `acknowledged` — so a failed apply, an operator restart or a lost leadership
+/// cannot let a report (`absent`) overwrite it. An operator that does not acknowledge
+/// (`acknowledged` is `None`) has its report replace a delivered request.
+fn merge_components(
+    stored: &[ComponentState],
+    reported: &[ComponentState],
+    acknowledged: Option<&[uuid::Uuid]>,
+) -> Vec<ComponentState> {
     let mut out: Vec<ComponentState> = reported.to_vec();
-    for s in stored
-        .iter()
-        .filter(|s| s.phase == ComponentPhase::Requested)
-    {
+    for o in &mut out {
+        // Request ids are the manager's: a report never sets one.
+        o.request_id = None;
+    }
+    for s in stored.iter().filter(|s| {
+        s.phase == ComponentPhase::Requested
+            || match (s.request_id, acknowledged) {
+                (Some(id), Some(acks)) => {
+                    s.phase == ComponentPhase::Installing && !acks.contains(&id)
+                }
+                _ => false,
+            }
+    }) {
         match out.iter_mut().find(|o| o.name == s.name) {
             Some(o) => *o = s.clone(),
             None => out.push(s.clone()),
@@ -779,7 +796,11 @@ async fn heartbeat(
             c.last_heartbeat_at = Some(now);
             c.operator_version = Some(hb.operator_version.clone());
             c.capabilities = hb.capabilities;
-            c.components = merge_components(&c.components, &hb.components);
+            c.components = merge_components(
+                &c.components,
+                &hb.components,
+                hb.acknowledged_requests.as_deref(),
+            );
             if let Some(p) = &hb.proxy {
                 c.proxy = Some(p.clone());
             }
@@ -1071,29 +1092,36 @@ async fn delta(st: &AppState, cluster: ClusterId, cursor: i64) -> ApiResult<Opti
     }))
 }
 
-/// Hands the component requests not yet delivered to the operator over, marking them
-/// `installing` ("delivered; waiting for the operator's report") so each is delivered once.
+/// The component requests the operator has not acknowledged: those not yet delivered
+/// (phase `requested`, marked `installing` — "delivered; waiting for the operator" — on
+/// the way out) and those delivered whose id no heartbeat has acknowledged yet. Each is
+/// sent on every desired answer until acknowledged; the operator skips ids it has taken.
 async fn deliver_components(st: &AppState, cluster: ClusterId) -> ApiResult<Vec<ComponentRequest>> {
     let mut out = Vec::new();
     update_cluster_with(st.store.as_ref(), cluster, &WriteOptions::default(), |c| {
         out.clear();
+        let mut changed = false;
         let now = OffsetDateTime::now_utc()
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
-        for s in c
-            .components
-            .iter_mut()
-            .filter(|s| s.phase == ComponentPhase::Requested)
-        {
+        for s in c.components.iter_mut().filter(|s| {
+            s.phase == ComponentPhase::Requested
+                || (s.phase == ComponentPhase::Installing && s.request_id.is_some())
+        }) {
             out.push(ComponentRequest {
                 component: s.name.clone(),
                 version: s.version.clone(),
+                id: s.request_id,
             });
-            s.phase = ComponentPhase::Installing;
-            s.message =
-                format!("request delivered to the operator at {now}; waiting for its report");
+            if s.phase == ComponentPhase::Requested {
+                s.phase = ComponentPhase::Installing;
+                s.message = format!(
+                    "request delivered to the operator at {now}; waiting for its acknowledgement and report"
+                );
+                changed = true;
+            }
         }
-        !out.is_empty()
+        changed
     })
     .await?;
     Ok(out)
@@ -2047,6 +2075,7 @@ mod tests {
             version: None,
             phase,
             message: String::new(),
+            request_id: None,
         };
         let stored = vec![
             st("capsule", ComponentPhase::Requested),
@@ -2057,7 +2086,7 @@ mod tests {
             st("capsule", ComponentPhase::Ready),
             st("cert-manager", ComponentPhase::Ready),
         ];
-        let merged = merge_components(&stored, &reported);
+        let merged = merge_components(&stored, &reported, None);
         let phases: Vec<_> = merged.iter().map(|s| (s.name.as_str(), s.phase)).collect();
         assert_eq!(
             phases,
@@ -2067,6 +2096,20 @@ mod tests {
                 ("kubevela", ComponentPhase::Ready)
             ]
         );
+
+        // A delivered request with an id survives until that id is acknowledged.
+        let id = uuid::Uuid::new_v4();
+        let mut delivered = st("kubevela", ComponentPhase::Installing);
+        delivered.request_id = Some(id);
+        let stored = vec![delivered];
+        let reported = vec![st("kubevela", ComponentPhase::Absent)];
+        let other = [uuid::Uuid::new_v4()];
+        let kept = merge_components(&stored, &reported, Some(&other));
+        assert_eq!(kept[0].phase, ComponentPhase::Installing);
+        assert_eq!(kept[0].request_id, Some(id));
+        let acked = merge_components(&stored, &reported, Some(&[id]));
+        assert_eq!(acked[0].phase, ComponentPhase::Absent);
+        assert_eq!(acked[0].request_id, None);
     }
 
     #[test]

@@ -603,10 +603,13 @@ fn request_components(c: &mut Cluster, names: &[&str], who: &str) {
             version: None,
             phase: ComponentPhase::Requested,
             message: format!("(re)install requested by {who}; waiting for the operator"),
+            // A new id per request: the operator acknowledges it by id.
+            request_id: Some(uuid::Uuid::new_v4()),
         };
         if let Some(existing) = c.components.iter_mut().find(|s| s.name == *name) {
             existing.phase = ComponentPhase::Requested;
             existing.message = state.message;
+            existing.request_id = state.request_id;
         } else {
             c.components.push(state);
         }
@@ -1063,6 +1066,7 @@ async fn record_bootstrap(
                     phase: ComponentPhase::Installing,
                     message: "Deployment applied; waiting for the operator's first heartbeat"
                         .into(),
+                    request_id: None,
                 },
             )
         }
@@ -1083,6 +1087,7 @@ async fn record_bootstrap(
                     version: Some(image.clone()),
                     phase: ComponentPhase::Failed,
                     message: format!("bootstrap failed: {}", e.reason()),
+                    request_id: None,
                 },
             )
         }
