@@ -550,19 +550,8 @@ async fn upgrades_keep_the_generated_keys() {
 
     let Some(helm) = harness::helm() else { return };
     let chart = harness::chart(CHART);
-    let cluster = kubenova_testkit::TestCluster::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, cluster.kubeconfig_yaml()).unwrap();
-    let client = cluster.client().unwrap();
-    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": NAMESPACE}})).unwrap(),
-        )
-        .await
-        .unwrap();
+    let (cluster, kubeconfig, client) = harness::release_cluster(dir.path(), NAMESPACE).await;
     let keys_of = |objects: &[harness::Rendered]| {
         objects
             .iter()
@@ -617,22 +606,12 @@ async fn upgrades_keep_the_generated_keys() {
 async fn install_upgrade_uninstall_in_the_testkit() {
     use k8s_openapi::api::apps::v1::Deployment;
     use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service};
-    use kube::api::{Api, PostParams};
+    use kube::api::Api;
 
     let Some(_) = harness::helm() else { return };
     let chart = harness::chart(CHART);
-    let cluster = kubenova_testkit::TestCluster::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, cluster.kubeconfig_yaml()).unwrap();
-    let client = cluster.client().unwrap();
-    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": NAMESPACE}})).unwrap(),
-        )
-        .await
-        .unwrap();
+    let (cluster, kubeconfig, client) = harness::release_cluster(dir.path(), NAMESPACE).await;
     let release = |action: &'static str, values: Value| {
         let (c, kc) = (chart.clone(), kubeconfig.clone());
         tokio::task::spawn_blocking(move || {

@@ -159,7 +159,7 @@ fn log_level(d: &k8s_openapi::api::apps::v1::Deployment) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_guides_helm_commands_install_upgrade_roll_back_and_uninstall() {
     use k8s_openapi::api::apps::v1::Deployment;
-    use k8s_openapi::api::core::v1::{Namespace, Secret};
+    use k8s_openapi::api::core::v1::Secret;
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use kube::api::{Api, PostParams};
 
@@ -176,13 +176,7 @@ async fn the_guides_helm_commands_install_upgrade_roll_back_and_uninstall() {
     let kubectl = kubectl();
     if kubectl.is_none() {
         // The guide's first step, `kubectl create namespace kubenova`, without kubectl.
-        Api::<Namespace>::all(client.clone())
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({"metadata": {"name": "kubenova"}})).unwrap(),
-            )
-            .await
-            .unwrap();
+        harness::create_namespace(&client, "kubenova").await;
     }
     // `kubectl` on the PATH of the guide's shell lines is the real one.
     let bin = dir.path().join("bin");

@@ -642,22 +642,12 @@ async fn install_upgrade_uninstall_in_the_testkit() {
     use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
     use k8s_openapi::api::rbac::v1::ClusterRole;
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    use kube::api::{Api, PostParams};
+    use kube::api::Api;
 
     let Some(_) = harness::helm() else { return };
     let chart = harness::chart(CHART);
-    let cluster = kubenova_testkit::TestCluster::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, cluster.kubeconfig_yaml()).unwrap();
-    let client = cluster.client().unwrap();
-    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": NS}})).unwrap(),
-        )
-        .await
-        .unwrap();
+    let (cluster, kubeconfig, client) = harness::release_cluster(dir.path(), NS).await;
     let release = |action: &'static str, values: Value| {
         let (c, kc) = (chart.clone(), kubeconfig.clone());
         tokio::task::spawn_blocking(move || {
@@ -744,7 +734,7 @@ async fn install_upgrade_uninstall_in_the_testkit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rendered_pod_runs_the_real_operator() {
     use k8s_openapi::api::coordination::v1::Lease;
-    use kube::api::{Api, PostParams};
+    use kube::api::Api;
 
     let Some(helm) = harness::helm() else { return };
     let chart = harness::chart(CHART);
@@ -758,13 +748,7 @@ async fn the_rendered_pod_runs_the_real_operator() {
                 .unwrap();
         }
         let client = cluster.client().unwrap();
-        Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({"metadata": {"name": NS}})).unwrap(),
-            )
-            .await
-            .unwrap();
+        harness::create_namespace(&client, NS).await;
         let root = tempfile::tempdir().unwrap();
         let kubeconfig = root.path().join("kubeconfig");
         std::fs::write(&kubeconfig, cluster.kubeconfig_yaml()).unwrap();

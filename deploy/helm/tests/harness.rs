@@ -480,6 +480,32 @@ impl Helm {
     }
 }
 
+/// An emulated cluster for a real Helm release: started, its kubeconfig written to
+/// `dir/kubeconfig` (Helm and kubectl read it from a file), and `namespace` created.
+/// Returns the cluster, the kubeconfig's path and a client.
+pub async fn release_cluster(
+    dir: &Path,
+    namespace: &str,
+) -> (kubenova_testkit::TestCluster, PathBuf, kube::Client) {
+    let cluster = kubenova_testkit::TestCluster::start().await.unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, cluster.kubeconfig_yaml()).unwrap();
+    let client = cluster.client().unwrap();
+    create_namespace(&client, namespace).await;
+    (cluster, kubeconfig, client)
+}
+
+/// Creates `name` (the `kubectl create namespace` a user runs before `helm install`).
+pub async fn create_namespace(client: &kube::Client, name: &str) {
+    kube::api::Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .create(
+            &kube::api::PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap(),
+        )
+        .await
+        .unwrap();
+}
+
 /// Every object of the kinds the charts make in `namespace` ("Kind/name", sorted): what an
 /// uninstall left behind. A namespace's own `default` ServiceAccount and
 /// `kube-root-ca.crt` ConfigMap, which no chart makes, are not listed.
