@@ -105,6 +105,16 @@ pub const MAX_OPEN_REQUESTS: u32 = 32;
 /// How long a request outlives the wait of its caller: an operator that answers a little
 /// late is told the request is gone, and a request whose caller crashed is purged.
 const REQUEST_GRACE: Duration = Duration::from_secs(5);
+/// How far the wall clock may step forward (NTP, a virtual machine resumed from a pause)
+/// without cutting off requests in flight. Callers wait on the monotonic clock and delete
+/// their request when they stop waiting; the stored `expires_at` is only the backstop for
+/// requests whose manager died, so it is judged this much late.
+const WALL_CLOCK_STEP: time::Duration = time::Duration::minutes(1);
+
+/// "Now" for judging a stored request's `expires_at`: see [`WALL_CLOCK_STEP`].
+fn expiry_now() -> OffsetDateTime {
+    OffsetDateTime::now_utc() - WALL_CLOCK_STEP
+}
 
 // ---------------------------------------------------------------------------------
 // Credential
@@ -581,11 +591,7 @@ pub fn spawn_stale_task(state: AppState) -> tokio::task::JoinHandle<()> {
                 Err(e) => tracing::warn!(error = %e, "marking stale clusters failed"),
             }
             super::slo::observe_store(&state).await;
-            match state
-                .store
-                .purge_agent_requests(OffsetDateTime::now_utc())
-                .await
-            {
+            match state.store.purge_agent_requests(expiry_now()).await {
                 Ok(0) => {}
                 Ok(n) => tracing::debug!(purged = n, "deleted expired agent requests"),
                 Err(e) => tracing::warn!(error = %e, "purging expired agent requests failed"),
@@ -1566,7 +1572,7 @@ async fn requests(State(st): State<AppState>, agent: Agent, uri: Uri) -> ApiResu
     loop {
         let docs = st
             .store
-            .claim_agent_requests(cluster, OffsetDateTime::now_utc(), MAX_REQUESTS_PER_POLL)
+            .claim_agent_requests(cluster, expiry_now(), MAX_REQUESTS_PER_POLL)
             .await?;
         if !docs.is_empty() {
             let requests = docs
@@ -1665,7 +1671,8 @@ async fn answer(
         done: a.done,
         probe,
     };
-    let now = OffsetDateTime::now_utc();
+    // Judges the request's expiry (a chunk's stored time is informational only).
+    let now = expiry_now();
     let max = i64::try_from(MAX_FOLLOW_BYTES).unwrap_or(i64::MAX);
     let reply = match st
         .store
@@ -1877,6 +1884,8 @@ impl Relay {
             let taken = match self.st.store.take_agent_answers(self.id).await {
                 Ok(t) => t,
                 Err(StoreError::NotFound { .. }) => {
+                    tracing::warn!(request_id = %self.id, cluster = %self.cluster.name,
+                        "an agent request disappeared while its caller waited (purged as expired, or its app or cluster deleted)");
                     return Err(ApiError {
                         error: KnError::unavailable(
                             "cluster-agent",
