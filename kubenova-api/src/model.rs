@@ -1163,6 +1163,78 @@ pub struct UsageRecord {
     pub quotas: Vec<QuotaUse>,
 }
 
+impl UsageRecord {
+    /// Header line of the CSV form of usage records (see [`UsageRecord::write_csv_row`]).
+    pub const CSV_HEADER: &'static str = "hour,clusterId,tenantId,projectId,cpuMillicores,memoryBytes,storageBytes,\
+loadBalancers,namespaces,pods,apps,cpuLimitMillicores,memoryLimitBytes\n";
+
+    /// Appends this record as one CSV line under [`UsageRecord::CSV_HEADER`]: the hour in
+    /// RFC 3339, ids, then the integer columns (an empty `projectId` for a tenant-level
+    /// record). Storage by class and quota use are not part of the CSV form.
+    ///
+    /// ```
+    /// use kubenova_api::ids::{ClusterId, TenantId};
+    /// use kubenova_api::model::UsageRecord;
+    ///
+    /// let r = UsageRecord {
+    ///     cluster_id: ClusterId(uuid::Uuid::nil()),
+    ///     tenant_id: TenantId(uuid::Uuid::max()),
+    ///     project_id: None,
+    ///     hour: time::macros::datetime!(2026-01-01 10:00 UTC),
+    ///     cpu_millicores: 1500,
+    ///     memory_bytes: 1024,
+    ///     storage_bytes: 0,
+    ///     load_balancers: 1,
+    ///     namespaces: 2,
+    ///     pods: 3,
+    ///     apps: 1,
+    ///     cpu_limit_millicores: 3000,
+    ///     memory_limit_bytes: 2048,
+    ///     storage_by_class: Default::default(),
+    ///     quotas: vec![],
+    /// };
+    /// let mut out = String::from(UsageRecord::CSV_HEADER);
+    /// r.write_csv_row(&mut out);
+    /// assert!(out.ends_with(
+    ///     "2026-01-01T10:00:00Z,00000000-0000-0000-0000-000000000000,ffffffff-ffff-ffff-ffff-ffffffffffff,,1500,1024,0,1,2,3,1,3000,2048\n"
+    /// ));
+    /// ```
+    pub fn write_csv_row(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let hour = self
+            .hour
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let project = self.project_id.map(|p| p.to_string()).unwrap_or_default();
+        // Writing into a String cannot fail.
+        let _ = writeln!(
+            out,
+            "{hour},{},{},{project},{},{},{},{},{},{},{},{},{}",
+            self.cluster_id,
+            self.tenant_id,
+            self.cpu_millicores,
+            self.memory_bytes,
+            self.storage_bytes,
+            self.load_balancers,
+            self.namespaces,
+            self.pods,
+            self.apps,
+            self.cpu_limit_millicores,
+            self.memory_limit_bytes
+        );
+    }
+
+    /// The CSV form of `records`: [`UsageRecord::CSV_HEADER`] and one line each.
+    pub fn to_csv(records: &[UsageRecord]) -> String {
+        let mut out = String::with_capacity(Self::CSV_HEADER.len() + records.len() * 160);
+        out.push_str(Self::CSV_HEADER);
+        for r in records {
+            r.write_csv_row(&mut out);
+        }
+        out
+    }
+}
+
 /// Most [`QuotaUse`] entries in one [`UsageRecord`].
 pub const USAGE_QUOTAS_MAX: usize = 1000;
 /// Most storage classes in one [`UsageRecord::storage_by_class`].

@@ -1552,6 +1552,50 @@ async fn usage_series_quota_report_and_export() {
     csv.expect(StatusCode::OK);
     assert_eq!(csv.text.lines().count(), 4);
     assert!(!csv.header("kn-next-cursor").is_empty());
+    // Streamed: the whole range in one body, the same records as the pages, in order.
+    let nd = app
+        .get(&format!("/api/v1/usage?from={from}&stream=true"), &ops)
+        .await;
+    nd.expect(StatusCode::OK);
+    assert_eq!(nd.header("content-type"), "application/x-ndjson");
+    let streamed: Vec<serde_json::Value> = nd
+        .text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(streamed, items);
+    let first_two = app
+        .get(&format!("/api/v1/usage?from={from}&limit=2"), &ops)
+        .await
+        .json();
+    let second = first_two["nextCursor"].as_str().unwrap();
+    let resumed = app
+        .get(
+            &format!("/api/v1/usage?from={from}&stream=true&format=csv&cursor={second}"),
+            &ops,
+        )
+        .await;
+    resumed.expect(StatusCode::OK);
+    assert!(resumed.header("content-type").starts_with("text/csv"));
+    let lines: Vec<&str> = resumed.text.lines().collect();
+    assert!(
+        lines[0].ends_with("cpuLimitMillicores,memoryLimitBytes"),
+        "{}",
+        lines[0]
+    );
+    assert_eq!(
+        lines.len(),
+        1 + 3,
+        "the records after the second: {}",
+        resumed.text
+    );
+    assert!(lines[1].starts_with(items[2]["hour"].as_str().unwrap()));
+    app.get(
+        &format!("/api/v1/usage?from={from}&stream=true&limit=5"),
+        &ops,
+    )
+    .await
+    .expect_kn(StatusCode::UNPROCESSABLE_ENTITY, "KN-422");
     for tok in [
         app.token("o", &[Role::TenantOwner], &[id], &[]),
         app.token("ro", &[Role::ReadOnly], &[], &[]),

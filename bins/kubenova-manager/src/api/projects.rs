@@ -26,7 +26,6 @@ use kubenova_store::{ListParams, StoreError, UsageQuery, UsageSums, WriteOptions
 use serde::{Deserialize, Serialize};
 use std::str::FromStr;
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -402,28 +401,6 @@ pub(crate) fn usage_report(
 }
 
 /// The records as CSV, one row per hour (pure).
-pub(crate) fn usage_csv(records: &[UsageRecord]) -> String {
-    let mut out = String::from(
-        "hour,clusterId,tenantId,projectId,cpuMillicores,memoryBytes,storageBytes,loadBalancers,namespaces,pods,apps\n",
-    );
-    for r in records {
-        let hour = r.hour.format(&Rfc3339).unwrap_or_default();
-        out.push_str(&format!(
-            "{hour},{},{},{},{},{},{},{},{},{},{}\n",
-            r.cluster_id,
-            r.tenant_id,
-            r.project_id.map(|p| p.to_string()).unwrap_or_default(),
-            r.cpu_millicores,
-            r.memory_bytes,
-            r.storage_bytes,
-            r.load_balancers,
-            r.namespaces,
-            r.pods,
-            r.apps
-        ));
-    }
-    out
-}
 
 /// Longest range a usage query may span.
 const USAGE_MAX_RANGE: time::Duration = time::Duration::days(366);
@@ -948,7 +925,7 @@ pub async fn issue_project_kubeconfig(
         (status = 200, description = "The usage report (JSON), or the hourly series as `text/csv` with format=csv", body = ProjectUsageReport,
             content(
                 (ProjectUsageReport = "application/json", example = json!(usage_example())),
-                (String = "text/csv", example = "hour,clusterId,tenantId,projectId,cpuMillicores,memoryBytes,storageBytes,loadBalancers,namespaces,pods,apps\n2026-01-01T23:00:00Z,11111111-1111-1111-1111-111111111111,22222222-2222-2222-2222-222222222222,33333333-3333-3333-3333-333333333333,1500,2147483648,10737418240,0,1,3,1\n")
+                (String = "text/csv", example = "hour,clusterId,tenantId,projectId,cpuMillicores,memoryBytes,storageBytes,loadBalancers,namespaces,pods,apps,cpuLimitMillicores,memoryLimitBytes\n2026-01-01T23:00:00Z,11111111-1111-1111-1111-111111111111,22222222-2222-2222-2222-222222222222,33333333-3333-3333-3333-333333333333,1500,2147483648,10737418240,0,1,3,1,3000,4294967296\n")
             )),
         (status = 400, description = "KN-400: the id is not a UUID, a timestamp is not RFC 3339, or an unknown format", body = ErrorBody, example = json!({"code": "KN-400", "message": "query parameter from must be an RFC 3339 timestamp, got \"yesterday\""})),
         (status = 401, description = "KN-401: no valid bearer token", body = ErrorBody, example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
@@ -1008,7 +985,7 @@ pub async fn get_project_usage(
         let mut resp = (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "text/csv; charset=utf-8")],
-            usage_csv(&records),
+            UsageRecord::to_csv(&records),
         )
             .into_response();
         if let Ok(v) = format!("attachment; filename=\"usage-{}.csv\"", project.id).parse() {
@@ -1127,11 +1104,11 @@ mod tests {
     #[test]
     fn csv_has_a_row_per_hour() {
         let h1 = time::macros::datetime!(2026-01-01 10:00 UTC);
-        let csv = usage_csv(&[rec(h1, 1, 2)]);
+        let csv = UsageRecord::to_csv(&[rec(h1, 1, 2)]);
         let lines: Vec<_> = csv.lines().collect();
         assert_eq!(lines.len(), 2);
         assert!(lines[1].starts_with("2026-01-01T10:00:00Z,"));
-        assert!(lines[1].ends_with(",1,2,0,1,1,2,1"));
+        assert!(lines[1].ends_with(",1,2,0,1,1,2,1,0,0"));
     }
 
     #[test]

@@ -1449,32 +1449,6 @@ fn bytes_quantity(bytes: i64) -> String {
     Quantity::from_nanos(i128::from(bytes) * 1_000_000_000).to_string()
 }
 
-fn usage_csv(records: &[UsageRecord]) -> String {
-    let mut out = String::from(
-        "hour,clusterId,tenantId,projectId,cpuMillicores,memoryBytes,storageBytes,loadBalancers,namespaces,pods,apps\n",
-    );
-    for r in records {
-        let hour = r
-            .hour
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
-        out.push_str(&format!(
-            "{hour},{},{},{},{},{},{},{},{},{},{}\n",
-            r.cluster_id,
-            r.tenant_id,
-            r.project_id.map(|p| p.to_string()).unwrap_or_default(),
-            r.cpu_millicores,
-            r.memory_bytes,
-            r.storage_bytes,
-            r.load_balancers,
-            r.namespaces,
-            r.pods,
-            r.apps
-        ));
-    }
-    out
-}
-
 /// A usage range bound: an RFC 3339 timestamp, else KN-422 naming the parameter.
 pub(crate) fn usage_time(field: &str, raw: &str) -> ApiResult<OffsetDateTime> {
     OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339).map_err(|_| {
@@ -1572,7 +1546,7 @@ async fn tenant_usage(
         })
         .await?;
     if csv {
-        let mut resp = usage_csv(&records).into_response();
+        let mut resp = UsageRecord::to_csv(&records).into_response();
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
             axum::http::HeaderValue::from_static("text/csv; charset=utf-8"),

@@ -73,8 +73,14 @@ pub struct ExportParams {
     pub format: Option<String>,
     /// Page size (default 1000, at most 10000).
     pub limit: Option<u32>,
-    /// `nextCursor` of the previous page.
+    /// `nextCursor` of the previous page (with `stream=true`: start after that record,
+    /// e.g. to resume a broken stream).
     pub cursor: Option<String>,
+    /// `true`: the whole range in one response, written as it is read (no `limit`, no
+    /// paging): `application/x-ndjson` (one record per line) or, with `format=csv`,
+    /// `text/csv`. A read error mid-stream aborts the response, so a cut-off body never
+    /// looks complete.
+    pub stream: Option<bool>,
 }
 
 /// One page of the usage export.
@@ -140,18 +146,23 @@ fn parse_export_cursor(
     operation_id = "exportUsage",
     params(ExportParams),
     responses(
-        (status = 200, description = "One page of records; `format=csv` returns text/csv with the next cursor in the KN-Next-Cursor header", body = UsageExportPage,
+        (status = 200, description = "One page of records; `format=csv` returns text/csv with the next cursor in the KN-Next-Cursor header. \
+            With `stream=true` the whole range: `application/x-ndjson` (a record per line) or `text/csv`", content(
+            (UsageExportPage = "application/json",
             example = json!({"items": [{"clusterId": "11111111-1111-1111-1111-111111111111", "tenantId": "22222222-2222-2222-2222-222222222222",
                 "hour": "2026-01-01T10:00:00Z", "cpuMillicores": 1500, "memoryBytes": 2147483648_i64, "storageBytes": 10737418240_i64,
                 "loadBalancers": 1, "namespaces": 3, "pods": 12, "apps": 2, "cpuLimitMillicores": 3000, "memoryLimitBytes": 4294967296_i64}],
                 "nextCursor": null})),
+            (String = "application/x-ndjson", example = "{\"clusterId\":\"11111111-1111-1111-1111-111111111111\",\"tenantId\":\"22222222-2222-2222-2222-222222222222\",\"hour\":\"2026-01-01T10:00:00Z\",\"cpuMillicores\":1500,\"memoryBytes\":2147483648,\"storageBytes\":0,\"loadBalancers\":0,\"namespaces\":1,\"pods\":3,\"apps\":1,\"cpuLimitMillicores\":3000,\"memoryLimitBytes\":4294967296}\n"),
+            (String = "text/csv", example = "hour,clusterId,tenantId,projectId,cpuMillicores,memoryBytes,storageBytes,loadBalancers,namespaces,pods,apps,cpuLimitMillicores,memoryLimitBytes\n2026-01-01T10:00:00Z,11111111-1111-1111-1111-111111111111,22222222-2222-2222-2222-222222222222,,1500,2147483648,0,0,1,3,1,3000,4294967296\n"),
+        )),
         (status = 400, description = "An unknown query parameter", body = ErrorBody,
             example = json!({"code": "KN-400", "message": "unknown query parameter \"tenant\""})),
         (status = 401, description = "No or invalid bearer token", body = ErrorBody,
             example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
         (status = 403, description = "Only admin and ops export usage", body = ErrorBody,
             example = json!({"code": "KN-403", "message": "this operation needs one of the roles admin, ops"})),
-        (status = 422, description = "A malformed timestamp, id or cursor, from not before to, a range over 366 days, an unknown format, a limit out of range", body = ErrorBody,
+        (status = 422, description = "A malformed timestamp, id or cursor, from not before to, a range over 366 days, an unknown format, a limit out of range or with stream=true", body = ErrorBody,
             example = json!({"code": "KN-422", "message": "validation failed: from: must be before to",
                 "details": {"violations": [{"field": "from", "reason": "must be before to"}]}})),
     ),
@@ -210,6 +221,23 @@ async fn export_usage(
     let cluster = uuid_of("clusterId", &q.cluster_id)?.map(ClusterId);
     let tenant = uuid_of("tenantId", &q.tenant_id)?.map(TenantId);
     let after = q.cursor.as_deref().map(parse_export_cursor).transpose()?;
+    if q.stream == Some(true) {
+        if q.limit.is_some() {
+            return Err(super::error::ApiError::invalid(
+                "limit",
+                "a stream carries the whole range: leave out limit with stream=true",
+            ));
+        }
+        let export = kubenova_store::UsageExport {
+            cluster,
+            tenant,
+            from,
+            to,
+            after,
+            limit: EXPORT_PAGE_MAX,
+        };
+        return Ok(stream_export(st, export, csv));
+    }
     let items = st
         .store
         .export_usage(&kubenova_store::UsageExport {
@@ -227,7 +255,7 @@ async fn export_usage(
         None
     };
     if csv {
-        let mut resp = super::projects::usage_csv(&items).into_response();
+        let mut resp = UsageRecord::to_csv(&items).into_response();
         resp.headers_mut().insert(
             axum::http::header::CONTENT_TYPE,
             axum::http::HeaderValue::from_static("text/csv; charset=utf-8"),
@@ -245,6 +273,76 @@ async fn export_usage(
         None,
         false,
     ))
+}
+
+/// The whole export range as one streamed body: pages of [`EXPORT_PAGE_MAX`] records
+/// read one after another (keyset, so memory stays at one page), each written as soon as
+/// it is read. A read error ends the body with an error, which aborts the response.
+fn stream_export(st: AppState, export: kubenova_store::UsageExport, csv: bool) -> Response {
+    struct Page {
+        st: AppState,
+        export: kubenova_store::UsageExport,
+        header: bool,
+        done: bool,
+    }
+    let state = Page {
+        st,
+        export,
+        header: csv,
+        done: false,
+    };
+    let body = futures::stream::unfold(state, move |mut s| async move {
+        if s.done {
+            return None;
+        }
+        let mut out = String::new();
+        if std::mem::take(&mut s.header) {
+            out.push_str(UsageRecord::CSV_HEADER);
+        }
+        let items = match s.st.store.export_usage(&s.export).await {
+            Ok(items) => items,
+            Err(e) => {
+                tracing::warn!(error = %e, "a streamed usage export failed mid-way; the response is aborted");
+                s.done = true;
+                return Some((Err(std::io::Error::other(e.to_string())), s));
+            }
+        };
+        s.done = items.len() < s.export.limit as usize;
+        if let Some(last) = items.last() {
+            s.export.after = Some((
+                last.hour,
+                last.cluster_id,
+                last.tenant_id,
+                last.project_id.map(|p| p.0).unwrap_or_default(),
+            ));
+        }
+        for r in &items {
+            if csv {
+                r.write_csv_row(&mut out);
+            } else {
+                // A record always serializes; the line is skipped (and logged) if not.
+                match serde_json::to_string(r) {
+                    Ok(line) => {
+                        out.push_str(&line);
+                        out.push('\n');
+                    }
+                    Err(e) => tracing::error!(error = %e, "a usage record does not serialize"),
+                }
+            }
+        }
+        Some((Ok::<_, std::io::Error>(axum::body::Bytes::from(out)), s))
+    });
+    let content_type = if csv {
+        "text/csv; charset=utf-8"
+    } else {
+        "application/x-ndjson"
+    };
+    (
+        StatusCode::OK,
+        [(axum::http::header::CONTENT_TYPE, content_type)],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response()
 }
 
 /// Checks every record and that its tenant (and project) exist in its cluster.
