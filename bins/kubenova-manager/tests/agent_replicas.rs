@@ -2,6 +2,9 @@
 //! the full router (`KUBENOVA_TEST_POSTGRES_URL`; skipped loudly without it, a failure
 //! with `KUBENOVA_REQUIRE_POSTGRES=1`):
 //!
+//! - a replica whose record cache still holds a record another replica changed (its
+//!   invalidation not delivered yet) still gives the agent the committed content for the
+//!   revision it is told, and judges status reports on the committed status;
 //! - while the Postgres listener is down, hundreds of waiting long-polls issue a bounded
 //!   number of store queries (not two per waiter every 200 ms), and a change still
 //!   reaches its waiter within a bounded time.
@@ -212,6 +215,17 @@ impl Replica {
         .await
     }
 
+    async fn report(&self, agent: &str, tenant: &str, phase: &str, observed: i64) -> Value {
+        self.ok(
+            Method::POST,
+            "/api/v1/agent/status",
+            agent,
+            Some(json!({"items": [{"kind": "tenant", "id": tenant,
+                "status": {"phase": phase, "conditions": [], "observedRevision": observed}}]})),
+        )
+        .await
+    }
+
     /// The total of store calls so far (the metered store's per-operation counts).
     async fn store_calls(&self) -> u64 {
         let req = Request::builder()
@@ -235,6 +249,114 @@ fn tenant_object<'a>(d: &'a Value, id: &str) -> &'a Value {
         .iter()
         .find(|o| o["kind"] == "tenant" && o["id"] == id)
         .unwrap_or_else(|| panic!("no tenant {id} in {d}"))
+}
+
+/// Replica B holds tenant T in its record cache; T changes through replica A, and B's
+/// invalidation of T is never delivered (its cache is enabled as if its listener were
+/// connected, but no listener runs: the slowest possible invalidation, deterministic).
+/// B's notifier is woken as its listener would be by the desired-state notification.
+/// The agent polling B must get T's new content with the new revision, and B must judge
+/// a status report on T's committed status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_a_stale_cache_still_serves_committed_content() {
+    let Some(db) = Db::new().await else { return };
+    let a = Replica::new(db.store(4).await);
+    let b = Replica::new(db.store(4).await);
+    b.st.store.row_cache().unwrap().enable();
+    let admin = a.admin();
+    let (cluster, agent) = a.cluster(&admin, "replicas").await;
+    a.tenant(&admin, &cluster, "first").await;
+    let snap = b.desired(&agent, 0, 0).await;
+    assert_eq!(snap["snapshot"], true, "{snap}");
+    let rev = snap["revision"].as_i64().unwrap();
+
+    // T is created through A; the agent's delta from B reads it (and B caches it), as
+    // does a user's read on B.
+    let t = a.tenant(&admin, &cluster, "acme").await;
+    let d = b.desired(&agent, rev, 0).await;
+    assert_eq!(
+        tenant_object(&d, &t)["object"]["spec"]["owners"],
+        json!(["alice@example.com"]),
+        "{d}"
+    );
+    let rev = d["revision"].as_i64().unwrap();
+    b.ok(
+        Method::GET,
+        &format!("/api/v1/clusters/{cluster}/tenants/{t}"),
+        &admin,
+        None,
+    )
+    .await;
+
+    // The agent waits on B; T's owners change through A; B's notification arrives first.
+    let poll = {
+        let b = b.clone();
+        let agent = agent.clone();
+        tokio::spawn(async move { b.desired(&agent, rev, 20).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!poll.is_finished(), "the poll must be waiting");
+    a.ok(
+        Method::PUT,
+        &format!("/api/v1/clusters/{cluster}/tenants/{t}/owners"),
+        &admin,
+        Some(json!({"owners": ["bob@example.com"]})),
+    )
+    .await;
+    b.st.changes.notify(cluster.parse().unwrap());
+    let d = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .expect("the poll returned after the notification")
+        .unwrap();
+    let new_rev = d["revision"].as_i64().unwrap();
+    assert!(new_rev > rev, "{d}");
+    assert_eq!(
+        tenant_object(&d, &t)["object"]["spec"]["owners"],
+        json!(["bob@example.com"]),
+        "revision {new_rev} must carry the owners committed at that revision: {d}"
+    );
+
+    // The cursor is still behind on a fresh poll of B (e.g. after the agent restarted).
+    let again = b.desired(&agent, rev, 0).await;
+    assert_eq!(
+        tenant_object(&again, &t)["object"]["spec"]["owners"],
+        json!(["bob@example.com"]),
+        "{again}"
+    );
+    let snap = b.desired(&agent, 0, 0).await;
+    assert_eq!(
+        tenant_object(&snap, &t)["object"]["spec"]["owners"],
+        json!(["bob@example.com"]),
+        "{snap}"
+    );
+
+    // Reports: `ready` at the new revision through B, then B caches that status; a
+    // `degraded` report at the same revision lands through A. `ready` again through B is
+    // news (the committed status is `degraded`), whatever B's cache still holds.
+    let r = b.report(&agent, &t, "ready", new_rev).await;
+    assert_eq!(r["applied"], 1, "{r}");
+    let seen = b
+        .ok(
+            Method::GET,
+            &format!("/api/v1/clusters/{cluster}/tenants/{t}"),
+            &admin,
+            None,
+        )
+        .await;
+    assert_eq!(seen["status"]["phase"], "ready", "{seen}");
+    let r = a.report(&agent, &t, "degraded", new_rev).await;
+    assert_eq!(r["applied"], 1, "{r}");
+    let r = b.report(&agent, &t, "ready", new_rev).await;
+    assert_eq!(
+        r["applied"], 1,
+        "a report judged on B's stale cached status was ignored: {r}"
+    );
+    let stored = a.st.store.get_tenant(t.parse().unwrap()).await.unwrap();
+    assert_eq!(stored.status.phase, kubenova_api::model::Phase::Ready);
+
+    a.st.store.close().await;
+    b.st.store.close().await;
+    db.cleanup().await;
 }
 
 /// Waiting long-polls of one replica while its Postgres listener is down.
