@@ -384,7 +384,9 @@ impl ChangeSubscription {
             self.lost_polls = 0;
             return Woken::Notified;
         }
-        if !down {
+        // Checked again: a listener lost during this wait must not let every waiter that
+        // started waiting while it was connected poll at once.
+        if !self.notifier.is_listener_down() {
             return Woken::Poll;
         }
         self.lost_polls = self.lost_polls.saturating_add(1);

@@ -21,7 +21,9 @@ use kubenova_store::{PgStore, Store};
 use serde_json::{Value, json};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tower::ServiceExt;
 
@@ -98,6 +100,73 @@ impl Db {
             .await
             .unwrap();
         admin.close().await;
+    }
+}
+
+/// A TCP proxy to Postgres that can be cut: [`Proxy::cut`] closes every proxied
+/// connection and refuses new ones.
+struct Proxy {
+    port: u16,
+    up: Arc<AtomicBool>,
+    conns: Arc<tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(target: String) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = Arc::new(AtomicBool::new(true));
+        let conns: Arc<tokio::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> = Arc::default();
+        let (up2, conns2) = (Arc::clone(&up), Arc::clone(&conns));
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if !up2.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let target = target.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                conns2.lock().await.push(task);
+            }
+        });
+        Proxy {
+            port,
+            up,
+            conns,
+            accept,
+        }
+    }
+
+    /// `url` with this proxy as host and port.
+    fn url(&self, url: &str) -> String {
+        let (scheme, rest) = url.split_once("://").unwrap();
+        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+        let userinfo = authority
+            .rsplit_once('@')
+            .map(|(u, _)| format!("{u}@"))
+            .unwrap_or_default();
+        format!("{scheme}://{userinfo}127.0.0.1:{}/{path}", self.port)
+    }
+
+    async fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        for t in self.conns.lock().await.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
     }
 }
 
@@ -368,25 +437,31 @@ const POLLS_PER_SECOND: u64 = kubenova_store::notify::LOST_POLLS_PER_SECOND as u
 /// Longest backoff of one waiter's fallback polls while the listener is down.
 const LONGEST_BACKOFF: Duration = kubenova_store::notify::LOST_POLL_MAX;
 
-/// The listener of replica A is down (it cannot reach Postgres; A's store can). 200
-/// agents wait on A. Over 4 s their polls issue about two store calls per paced poll (at
-/// most 100 polls a second: 800, bound 1,000), not two per waiter every 200 ms (measured
-/// 7,640 before the pacing, of 8,000 in theory); and a tenant
-/// created through replica B reaches its agent's poll on A within the longest backoff
-/// plus the time the pacing needs to serve every waiter once.
+/// 200 agents wait on replica A, then A's listener loses its connection (it goes through
+/// a proxy the test cuts; A's store does not) and cannot reconnect. Over the next 4 s the
+/// waiting polls issue about two store calls per paced poll (at most 100 polls a second:
+/// 800, bound 1,000), not two per waiter every 200 ms (measured 7,291 before the pacing,
+/// of 8,000 in theory); and a tenant created through replica B reaches its agent's poll
+/// on A within the longest backoff plus the time the pacing needs to serve every waiter
+/// once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_listener_does_not_turn_long_polls_into_a_query_storm() {
     let Some(db) = Db::new().await else { return };
     let a = Replica::new(db.store(8).await);
     let b = Replica::new(db.store(4).await);
-    // Nothing listens on port 1: A's listener keeps failing to connect, as after a loss.
-    kubenova_manager::listen_postgres(&a.st, "postgres://postgres@127.0.0.1:1/nothing");
+    let opts = sqlx::postgres::PgConnectOptions::from_str(&db.url).unwrap();
+    let proxy = Proxy::start(format!("{}:{}", opts.get_host(), opts.get_port())).await;
+    kubenova_manager::listen_postgres(&a.st, &proxy.url(&db.url));
     let admin = a.admin();
     let mut agents = Vec::with_capacity(WAITERS);
     for i in 0..WAITERS {
         agents.push(a.cluster(&admin, &format!("storm-{i}")).await);
     }
-    assert!(!a.st.changes.is_listening());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !a.st.changes.is_listening() {
+        assert!(Instant::now() < deadline, "the listener never connected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Every agent has its (empty) snapshot at revision 0 and waits for a change.
     let polls: Vec<_> = agents
@@ -401,6 +476,17 @@ async fn a_lost_listener_does_not_turn_long_polls_into_a_query_storm() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // The listener's connection is lost, and every reconnect attempt fails.
+    proxy.cut().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.st.changes.is_listening() {
+        assert!(
+            Instant::now() < deadline,
+            "the listener never noticed the cut"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let before = a.store_calls().await;
     tokio::time::sleep(WINDOW).await;
     let calls = a.store_calls().await - before;
