@@ -73,6 +73,11 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<()>;
     /// Reads a cluster.
     async fn get_cluster(&self, id: ClusterId) -> Result<Cluster>;
+    /// Reads a cluster from the database, past the record cache ([`cache`]): the
+    /// committed record even when this replica has not yet received the invalidation of a
+    /// write through another replica. For the agent channel, whose wake-up can arrive
+    /// before that invalidation, and for read-modify-write paths.
+    async fn get_cluster_uncached(&self, id: ClusterId) -> Result<Cluster>;
     /// Lists clusters by id (creation order).
     async fn list_clusters(&self, params: &ListParams) -> Result<Page<Cluster>>;
     /// Replaces a cluster if it is still at `expected_version`; `cluster.version` must be the next one.
@@ -166,6 +171,8 @@ pub trait Store: Send + Sync + 'static {
     async fn create_tenant(&self, tenant: &Tenant, opts: &WriteOptions<'_>) -> Result<()>;
     /// Reads a tenant.
     async fn get_tenant(&self, id: TenantId) -> Result<Tenant>;
+    /// Reads a tenant past the record cache (see [`Store::get_cluster_uncached`]).
+    async fn get_tenant_uncached(&self, id: TenantId) -> Result<Tenant>;
     /// Lists a cluster's tenants (or all tenants with `None`).
     async fn list_tenants(
         &self,
@@ -198,6 +205,8 @@ pub trait Store: Send + Sync + 'static {
     async fn create_project(&self, project: &Project, opts: &WriteOptions<'_>) -> Result<()>;
     /// Reads a project.
     async fn get_project(&self, id: ProjectId) -> Result<Project>;
+    /// Reads a project past the record cache (see [`Store::get_cluster_uncached`]).
+    async fn get_project_uncached(&self, id: ProjectId) -> Result<Project>;
     /// Lists a tenant's projects.
     async fn list_projects(&self, tenant: TenantId, params: &ListParams) -> Result<Page<Project>>;
     /// Lists the projects of every tenant of a cluster, by id: the batched read behind a

@@ -623,6 +623,10 @@ macro_rules! sql_backend {
                 self.cached_doc("clusters", "cluster", id.0).await
             }
 
+            async fn get_cluster_uncached(&self, id: ClusterId) -> Result<Cluster> {
+                self.fetch_doc("clusters", "cluster", id.0).await
+            }
+
             async fn list_clusters(&self, params: &ListParams) -> Result<Page<Cluster>> {
                 self.list_docs("clusters", None, params).await
             }
@@ -896,6 +900,10 @@ macro_rules! sql_backend {
                 self.cached_doc("tenants", "tenant", id.0).await
             }
 
+            async fn get_tenant_uncached(&self, id: TenantId) -> Result<Tenant> {
+                self.fetch_doc("tenants", "tenant", id.0).await
+            }
+
             async fn list_tenants(&self, cluster: Option<ClusterId>, params: &ListParams) -> Result<Page<Tenant>> {
                 self.list_docs("tenants", cluster.map(|c| ("cluster_id", c.0)), params).await
             }
@@ -997,6 +1005,10 @@ macro_rules! sql_backend {
 
             async fn get_project(&self, id: ProjectId) -> Result<Project> {
                 self.cached_doc("projects", "project", id.0).await
+            }
+
+            async fn get_project_uncached(&self, id: ProjectId) -> Result<Project> {
+                self.fetch_doc("projects", "project", id.0).await
             }
 
             async fn list_projects(&self, tenant: TenantId, params: &ListParams) -> Result<Page<Project>> {

@@ -1,7 +1,8 @@
 //! The record cache across two "replicas" (two `PgStore`s on one Postgres schema, each
 //! with its own listener): reads are answered from memory only while the listener is
 //! connected, a write through one replica reaches the other's reads within a second, and a
-//! write through a replica is visible to its own next read at once. On SQLite, which one
+//! write through a replica is visible to its own next read at once, and the uncached reads
+//! answer the committed record even before an invalidation arrives. On SQLite, which one
 //! process holds exclusively, the cache answers from the start.
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -168,6 +169,60 @@ async fn postgres_replicas_share_a_consistent_cache() {
 
     a.pool().close().await;
     b.pool().close().await;
+    h.cleanup().await;
+}
+
+/// Uncached reads answer the committed record while the cache still holds an older one:
+/// replica B's cache is enabled as if its listener were connected, but no listener runs,
+/// so B never receives the invalidation of A's writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uncached_reads_see_writes_whose_invalidation_has_not_arrived() {
+    let Some(h) = postgres_with(keyring(&[("k1", 1)])).await else {
+        return;
+    };
+    let schema = h.pg_schema.clone().unwrap();
+    let opts = sqlx::postgres::PgConnectOptions::from_str(&pg_url().unwrap())
+        .unwrap()
+        .options([("search_path", schema.as_str())]);
+    let a = PgStore::connect_with(opts.clone(), 2, keyring(&[("k1", 1)]))
+        .await
+        .unwrap();
+    let b = PgStore::connect_with(opts, 2, keyring(&[("k1", 1)]))
+        .await
+        .unwrap();
+    b.row_cache().unwrap().enable();
+    let none = WriteOptions::default();
+    let (c, t, p) = cluster_tenant_project(&a).await;
+    read_twice_from_memory_once(&b, &c, &t, &p).await;
+
+    let mut t2 = t.clone();
+    t2.owners = vec!["bob@example.com".into()];
+    t2.version += 1;
+    a.update_tenant(&t2, t.version, &none).await.unwrap();
+    let mut p2 = p.clone();
+    p2.labels.insert("team".into(), "blue".into());
+    p2.version += 1;
+    a.update_project(&p2, p.version, &none).await.unwrap();
+    let mut c2 = c.clone();
+    c2.labels.insert("region".into(), "eu".into());
+    c2.version += 1;
+    a.update_cluster(&c2, c.version, &none).await.unwrap();
+
+    // The cache still answers the old records; the uncached reads the committed ones.
+    assert_eq!(b.get_tenant(t.id).await.unwrap(), t);
+    assert_eq!(b.get_tenant_uncached(t.id).await.unwrap(), t2);
+    assert_eq!(b.get_project(p.id).await.unwrap(), p);
+    assert_eq!(b.get_project_uncached(p.id).await.unwrap(), p2);
+    assert_eq!(b.get_cluster(c.id).await.unwrap(), c);
+    assert_eq!(b.get_cluster_uncached(c.id).await.unwrap(), c2);
+
+    a.delete_tenant(t.id, true, &none).await.unwrap();
+    assert!(matches!(
+        b.get_tenant_uncached(t.id).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    a.close().await;
+    b.close().await;
     h.cleanup().await;
 }
 

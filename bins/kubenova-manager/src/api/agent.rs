@@ -36,6 +36,14 @@
 //! a new version (users' `If-Match` stays valid); it also compacts the cluster's change
 //! log up to [`KEPT_CHANGES`] behind the revision the agent says it applied.
 //!
+//! **Replicas.** The long-poll is woken by the desired-state notification of a write
+//! through any replica, which can arrive before this replica's record-cache invalidation
+//! of the written record. So the agent channel reads tenants, projects and clusters past
+//! the record cache (deltas, status reports, component requests; snapshots and apps are
+//! read by queries the cache never answers): the agent always gets the committed content
+//! of the revision it is told. While the Postgres listener is down, waiting polls back
+//! off and are paced (see [`kubenova_store::notify`]).
+//!
 //! **Stale clusters.** [`mark_stale`] (run every heartbeat interval by [`spawn_stale_task`])
 //! moves `connected` clusters whose last heartbeat is older than three intervals to
 //! `stale`, with an optimistic version check, so several replicas may run it; reads also
@@ -408,7 +416,9 @@ pub(crate) async fn update_cluster_with(
 ) -> Result<Cluster, StoreError> {
     let mut attempts = 0;
     loop {
-        let mut c = store.get_cluster(id).await?;
+        // Past the record cache: a stale copy could make `change` see nothing to do
+        // (e.g. miss a component request written through another replica).
+        let mut c = store.get_cluster_uncached(id).await?;
         if !change(&mut c) {
             return Ok(c);
         }
@@ -918,7 +928,8 @@ where
 /// Three batched, paged reads (tenants, then projects, then apps of the cluster) instead
 /// of one query per tenant and per project, assembled in memory in the same order as a
 /// per-parent walk: tenants by id; projects by tenant, then id; apps by tenant, project,
-/// then id. A project or app whose parent was created after that parent's list was read
+/// then id. Lists never go through the record cache, so a snapshot is always committed
+/// content. A project or app whose parent was created after that parent's list was read
 /// is left out, as the per-parent walk would: its creation is newer than `revision` and
 /// comes as a delta.
 async fn snapshot(st: &AppState, cluster: ClusterId, revision: i64) -> ApiResult<DesiredState> {
@@ -972,6 +983,9 @@ async fn snapshot(st: &AppState, cluster: ClusterId, revision: i64) -> ApiResult
 }
 
 /// Reads records by id with a per-call cache; `None` when gone or of another cluster.
+/// Reads go past the store's record cache: a desired-state notification from another
+/// replica can arrive before this replica's cache invalidation, and the agent must get
+/// the committed content of the revision it is told.
 struct Reader<'a> {
     store: &'a dyn Store,
     cluster: ClusterId,
@@ -992,7 +1006,8 @@ impl Reader<'_> {
         if let Some(t) = self.tenants.get(&id) {
             return Ok(t.clone());
         }
-        let t = gone(self.store.get_tenant(id).await)?.filter(|t| t.cluster_id == self.cluster);
+        let t = gone(self.store.get_tenant_uncached(id).await)?
+            .filter(|t| t.cluster_id == self.cluster);
         self.tenants.insert(id, t.clone());
         Ok(t)
     }
@@ -1001,7 +1016,8 @@ impl Reader<'_> {
         if let Some(p) = self.projects.get(&id) {
             return Ok(p.clone());
         }
-        let p = gone(self.store.get_project(id).await)?.filter(|p| p.cluster_id == self.cluster);
+        let p = gone(self.store.get_project_uncached(id).await)?
+            .filter(|p| p.cluster_id == self.cluster);
         self.projects.insert(id, p.clone());
         Ok(p)
     }
@@ -1191,7 +1207,7 @@ async fn desired(State(st): State<AppState>, agent: Agent, uri: Uri) -> ApiResul
                 None => break snapshot(&st, cluster, revision).await?,
             }
         }
-        if has_pending_requests(&st.store.get_cluster(cluster).await?)
+        if has_pending_requests(&st.store.get_cluster_uncached(cluster).await?)
             || sub.wait(deadline).await == kubenova_store::notify::Woken::Deadline
         {
             // Nothing changed after the cursor (for cursor 0: the complete, empty set).
@@ -1362,12 +1378,15 @@ async fn observe_sync_lag(
     }
 }
 
+/// Stores one report if it is news. Tenants and projects are read past the record cache:
+/// judged on a stale copy (another replica's write whose invalidation has not arrived),
+/// a report that differs from the committed status could be ignored as unchanged.
 async fn apply_report(st: &AppState, cluster: ClusterId, item: &ObjectReport) -> ApiResult<bool> {
     let store = st.store.as_ref();
     match item.kind {
         ObjectKind::Tenant => {
             let id = TenantId(item.id);
-            let Some(t) = gone(store.get_tenant(id).await)? else {
+            let Some(t) = gone(store.get_tenant_uncached(id).await)? else {
                 return Ok(false);
             };
             if t.cluster_id != cluster || !is_news(&t.status, &item.status) {
@@ -1383,7 +1402,7 @@ async fn apply_report(st: &AppState, cluster: ClusterId, item: &ObjectReport) ->
         }
         ObjectKind::Project => {
             let id = ProjectId(item.id);
-            let Some(p) = gone(store.get_project(id).await)? else {
+            let Some(p) = gone(store.get_project_uncached(id).await)? else {
                 return Ok(false);
             };
             if p.cluster_id != cluster || !is_news(&p.status, &item.status) {

@@ -72,6 +72,7 @@ metered! {
     fn ping(&self) -> Result<Health>;
     fn create_cluster(&self, cluster: &Cluster, kubeconfig: &[u8], opts: &WriteOptions<'_>) -> Result<()>;
     fn get_cluster(&self, id: ClusterId) -> Result<Cluster>;
+    fn get_cluster_uncached(&self, id: ClusterId) -> Result<Cluster>;
     fn list_clusters(&self, params: &ListParams) -> Result<Page<Cluster>>;
     fn update_cluster(&self, cluster: &Cluster, expected_version: i64, opts: &WriteOptions<'_>) -> Result<()>;
     fn record_cluster_heartbeat(&self, id: ClusterId, at: OffsetDateTime) -> Result<()>;
@@ -86,12 +87,14 @@ metered! {
     fn rotate_keys(&self) -> Result<usize>;
     fn create_tenant(&self, tenant: &Tenant, opts: &WriteOptions<'_>) -> Result<()>;
     fn get_tenant(&self, id: TenantId) -> Result<Tenant>;
+    fn get_tenant_uncached(&self, id: TenantId) -> Result<Tenant>;
     fn list_tenants(&self, cluster: Option<ClusterId>, params: &ListParams) -> Result<Page<Tenant>>;
     fn update_tenant(&self, tenant: &Tenant, expected_version: i64, opts: &WriteOptions<'_>) -> Result<()>;
     fn set_tenant_status(&self, id: TenantId, status: &ObjectStatus) -> Result<Tenant>;
     fn delete_tenant(&self, id: TenantId, cascade: bool, opts: &WriteOptions<'_>) -> Result<()>;
     fn create_project(&self, project: &Project, opts: &WriteOptions<'_>) -> Result<()>;
     fn get_project(&self, id: ProjectId) -> Result<Project>;
+    fn get_project_uncached(&self, id: ProjectId) -> Result<Project>;
     fn list_projects(&self, tenant: TenantId, params: &ListParams) -> Result<Page<Project>>;
     fn list_cluster_projects(&self, cluster: ClusterId, params: &ListParams) -> Result<Page<Project>>;
     fn update_project(&self, project: &Project, expected_version: i64, opts: &WriteOptions<'_>) -> Result<()>;
