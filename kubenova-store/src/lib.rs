@@ -424,6 +424,20 @@ pub trait Store: Send + Sync + 'static {
     /// Sums over **every** record the query matches (its `max_records` does not apply),
     /// computed by the database.
     async fn usage_totals(&self, query: &UsageQuery) -> Result<UsageSums>;
+    /// Sums of the records the query matches, grouped by UTC day and by the span between
+    /// consecutive `bounds` (sorted instants where pricing changes: plan changes, price
+    /// versions) that holds them: one entry per (day, span) with records, ordered by its
+    /// first hour. Computed by the database (a year of hours comes back as about 365
+    /// rows); `max_records` does not apply. Sums that would exceed `i64::MAX` are
+    /// `i64::MAX`.
+    async fn usage_day_sums(
+        &self,
+        query: &UsageQuery,
+        bounds: &[time::OffsetDateTime],
+    ) -> Result<Vec<UsageDaySums>>;
+    /// The `n` latest records the query matches, newest first (`max_records` does not
+    /// apply).
+    async fn latest_usage(&self, query: &UsageQuery, n: u32) -> Result<Vec<UsageRecord>>;
 
     // ---- audit and idempotency --------------------------------------------------------
     /// Appends an audit event on its own (mutations pass theirs in [`WriteOptions`]).

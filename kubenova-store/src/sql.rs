@@ -1625,6 +1625,64 @@ macro_rules! sql_backend {
                 })
             }
 
+            async fn usage_day_sums(&self, q: &UsageQuery, bounds: &[OffsetDateTime]) -> Result<Vec<UsageDaySums>> {
+                // Hours are unix microseconds: the integer division is the UTC day.
+                let mut qb = sqlx::QueryBuilder::<$Db>::new("SELECT hour / 86400000000 AS day_index, ");
+                if bounds.is_empty() {
+                    qb.push("0");
+                } else {
+                    qb.push("CASE");
+                    for (i, b) in bounds.iter().enumerate() {
+                        qb.push(" WHEN hour < ").push_bind(to_micros(*b)).push(format!(" THEN {i}"));
+                    }
+                    qb.push(format!(" ELSE {} END", bounds.len()));
+                }
+                qb.push(" AS span, MIN(hour) AS first_hour, COUNT(*) AS n");
+                for col in USAGE_SUM_COLUMNS {
+                    qb.push(format!(
+                        ", CAST(COALESCE(SUM({col} / 4294967296), 0) AS BIGINT) AS {col}_hi, \
+                         CAST(COALESCE(SUM({col} % 4294967296), 0) AS BIGINT) AS {col}_lo"
+                    ));
+                }
+                qb.push(" FROM usage_hours WHERE tenant_id = ");
+                Self::push_usage_filter(&mut qb, q);
+                qb.push(" GROUP BY day_index, span ORDER BY first_hour");
+                let rows = qb.build().fetch_all(&self.pool).await?;
+                let mut out = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let sum = |col: &str| -> Result<i64> {
+                        let hi: i64 = row.try_get(format!("{col}_hi").as_str())?;
+                        let lo: i64 = row.try_get(format!("{col}_lo").as_str())?;
+                        let total = (i128::from(hi) << 32) + i128::from(lo);
+                        Ok(i64::try_from(total).unwrap_or(i64::MAX))
+                    };
+                    out.push(UsageDaySums {
+                        first_hour: from_micros(row.try_get("first_hour")?),
+                        sums: UsageSums {
+                            records: row.try_get("n")?,
+                            cpu_millicore_hours: sum("cpu_millicores")?,
+                            memory_byte_hours: sum("memory_bytes")?,
+                            storage_byte_hours: sum("storage_bytes")?,
+                            load_balancer_hours: sum("load_balancers")?,
+                            pod_hours: sum("pods")?,
+                        },
+                    });
+                }
+                Ok(out)
+            }
+
+            async fn latest_usage(&self, q: &UsageQuery, n: u32) -> Result<Vec<UsageRecord>> {
+                let mut qb = sqlx::QueryBuilder::<$Db>::new(
+                    "SELECT cluster_id, tenant_id, project_key, hour, cpu_millicores, memory_bytes, storage_bytes, load_balancers, \
+                     namespaces, pods, apps, cpu_limit_millicores, memory_limit_bytes, detail FROM usage_hours WHERE tenant_id = ",
+                );
+                Self::push_usage_filter(&mut qb, q);
+                qb.push(" ORDER BY hour DESC, cluster_id DESC, project_key DESC LIMIT ")
+                    .push_bind(i64::from(n));
+                let rows = qb.build().fetch_all(&self.pool).await?;
+                rows.iter().map(Self::usage_row).collect()
+            }
+
             async fn append_audit(&self, event: &AuditEvent) -> Result<()> {
                 let mut conn = self.pool.acquire().await?;
                 Self::insert_audit(&mut conn, event).await

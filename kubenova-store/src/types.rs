@@ -290,6 +290,17 @@ pub struct UsageSums {
     pub pod_hours: i64,
 }
 
+/// Sums of the usage records of one UTC day within one span of constant pricing
+/// ([`Store::usage_day_sums`](crate::Store::usage_day_sums)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsageDaySums {
+    /// The first hour of the group (its day is the group's day; any hour of the group is
+    /// in the same span between two bounds).
+    pub first_hour: OffsetDateTime,
+    /// The sums (`records`: the hours of the group).
+    pub sums: UsageSums,
+}
+
 /// Filter for [`Store::query_audit`](crate::Store::query_audit).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuditQuery {

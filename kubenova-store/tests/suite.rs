@@ -58,6 +58,7 @@ suite!(
     secret_replace_is_conditional_on_the_version,
     active_workflow_runs_and_retention,
     usage_queries_never_drop_rows_silently,
+    usage_day_sums_split_days_at_pricing_bounds,
     usage_ingest_is_idempotent_per_hour,
     tenant_plan_history_records_each_change,
     plan_prices_are_versioned_only_on_change,
@@ -1868,6 +1869,120 @@ async fn usage_queries_never_drop_rows_silently(h: &Harness) {
     assert_eq!(sums.records, 9);
     assert_eq!(sums.memory_byte_hours, i64::MAX);
     assert_eq!(sums.cpu_millicore_hours, (1000..1009).sum::<i64>());
+}
+
+/// Day sums: one entry per UTC day and span between pricing bounds, summed exactly as
+/// the hours would be, ordered by first hour; the latest records come newest first.
+async fn usage_day_sums_split_days_at_pricing_bounds(h: &Harness) {
+    let s = &h.store;
+    let c = ClusterId::new();
+    let t = TenantId::new();
+    let p = ProjectId::new();
+    let start = time::macros::datetime!(2026-01-01 00:00 UTC);
+    let rec = |project: Option<ProjectId>, n: i64| UsageRecord {
+        cluster_id: c,
+        tenant_id: t,
+        project_id: project,
+        hour: start + time::Duration::hours(n),
+        cpu_millicores: 1000 + n,
+        memory_bytes: USAGE_BYTES_MAX - n,
+        storage_bytes: 7 * n,
+        load_balancers: n % 2,
+        namespaces: 1,
+        pods: n,
+        apps: 0,
+        cpu_limit_millicores: 0,
+        memory_limit_bytes: 0,
+        storage_by_class: Default::default(),
+        quotas: Vec::new(),
+    };
+    // 60 hours: two and a half days; a project's hours must not count.
+    let mut records: Vec<UsageRecord> = (0..60).map(|n| rec(None, n)).collect();
+    records.extend((0..10).map(|n| rec(Some(p), n)));
+    s.upsert_usage(&records).await.unwrap();
+    let q = UsageQuery {
+        tenant: t,
+        cluster: Some(c),
+        project: None,
+        all_projects: false,
+        from: start,
+        to: start + time::Duration::days(3),
+        max_records: 1,
+    };
+    // Bounds at 10:00 on day one and 13:00 on day two (plus one before the range).
+    let bounds = [
+        start - time::Duration::days(30),
+        start + time::Duration::hours(10),
+        start + time::Duration::hours(37),
+    ];
+    let days = s.usage_day_sums(&q, &bounds).await.unwrap();
+    let groups: [(i64, i64); 5] = [(0, 10), (10, 24), (24, 37), (37, 48), (48, 60)];
+    assert_eq!(days.len(), groups.len(), "{days:?}");
+    for (d, (a, b)) in days.iter().zip(groups) {
+        let hours = &records[a as usize..b as usize];
+        assert_eq!(d.first_hour, start + time::Duration::hours(a));
+        assert_eq!(d.sums.records, b - a);
+        assert_eq!(
+            d.sums.cpu_millicore_hours,
+            hours.iter().map(|r| r.cpu_millicores).sum::<i64>()
+        );
+        assert_eq!(d.sums.pod_hours, hours.iter().map(|r| r.pods).sum::<i64>());
+        assert_eq!(
+            d.sums.storage_byte_hours,
+            hours.iter().map(|r| r.storage_bytes).sum::<i64>()
+        );
+        assert_eq!(
+            d.sums.load_balancer_hours,
+            hours.iter().map(|r| r.load_balancers).sum::<i64>()
+        );
+        // Far past i64::MAX: saturated, not wrapped.
+        assert_eq!(d.sums.memory_byte_hours, i64::MAX);
+    }
+    // Without bounds: one entry per day; the range bounds apply.
+    let plain = s
+        .usage_day_sums(
+            &UsageQuery {
+                from: start + time::Duration::hours(5),
+                ..q.clone()
+            },
+            &[],
+        )
+        .await
+        .unwrap();
+    let counts: Vec<i64> = plain.iter().map(|d| d.sums.records).collect();
+    assert_eq!(counts, [19, 24, 12]);
+    // Projects' hours count only when asked for.
+    let all = s
+        .usage_day_sums(
+            &UsageQuery {
+                all_projects: true,
+                ..q.clone()
+            },
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(all[0].sums.records, 24 + 10);
+    // The latest records, newest first, whatever max_records says.
+    let latest = s.latest_usage(&q, 3).await.unwrap();
+    let hours: Vec<_> = latest.iter().map(|r| r.hour).collect();
+    assert_eq!(
+        hours,
+        [59, 58, 57].map(|n| start + time::Duration::hours(n))
+    );
+    assert!(latest.iter().all(|r| r.project_id.is_none()));
+    assert!(
+        s.latest_usage(
+            &UsageQuery {
+                tenant: TenantId::new(),
+                ..q.clone()
+            },
+            3
+        )
+        .await
+        .unwrap()
+        .is_empty()
+    );
 }
 
 /// Retries never double count: the same batch three times, hours out of order, a late

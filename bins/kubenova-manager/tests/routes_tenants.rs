@@ -1489,7 +1489,31 @@ async fn usage_series_quota_report_and_export() {
     assert_eq!(u["quota"]["violations"], 1);
     assert_eq!(u["quota"]["items"].as_array().unwrap().len(), 2);
     assert_eq!(u["quotaViolations"], 1);
-    assert_eq!(u["records"][3]["storageByClass"]["fast"], 1073741824_i64);
+    assert_eq!(
+        u["records"],
+        json!([]),
+        "day periods are summed by the database: no hours"
+    );
+    let hours = app
+        .get(&format!("/api/v1/tenants/{id}/usage?from={from}"), &admin)
+        .await
+        .json();
+    assert_eq!(
+        hours["records"][3]["storageByClass"]["fast"],
+        1073741824_i64
+    );
+    // The same cost and totals whether the hours or the database's day sums are priced.
+    for key in [
+        "costByPlan",
+        "totalCost",
+        "totals",
+        "quota",
+        "quotaViolations",
+        "lastReportedAt",
+        "usageReported",
+    ] {
+        assert_eq!(hours[key], u[key], "{key}");
+    }
     let s = app
         .get(
             &format!("/api/v1/clusters/{c}/tenants/{id}/summary"),

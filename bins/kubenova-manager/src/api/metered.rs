@@ -10,8 +10,8 @@ use kubenova_api::model::{
 use kubenova_store::{
     AgentRequestRecord, AnswerChunk, AnswerOutcome, AuditQuery, Change, CredentialOutcome,
     CredentialQuery, Health, IdempotencyRecord, IssuedCredential, LiftOutcome, ListParams, Page,
-    PlanChange, PlanPrices, Result, Store, SubjectRevocation, TakenAnswers, UsageExport,
-    UsageQuery, UsageSums, WriteOptions,
+    PlanChange, PlanPrices, Result, Store, SubjectRevocation, TakenAnswers, UsageDaySums,
+    UsageExport, UsageQuery, UsageSums, WriteOptions,
 };
 use std::sync::Arc;
 use std::time::Instant;
@@ -132,6 +132,8 @@ metered! {
     fn upsert_usage(&self, records: &[UsageRecord]) -> Result<()>;
     fn query_usage(&self, query: &UsageQuery) -> Result<Vec<UsageRecord>>;
     fn usage_totals(&self, query: &UsageQuery) -> Result<UsageSums>;
+    fn usage_day_sums(&self, query: &UsageQuery, bounds: &[OffsetDateTime]) -> Result<Vec<UsageDaySums>>;
+    fn latest_usage(&self, query: &UsageQuery, n: u32) -> Result<Vec<UsageRecord>>;
     fn append_audit(&self, event: &AuditEvent) -> Result<()>;
     fn query_audit(&self, query: &AuditQuery) -> Result<Page<AuditEvent>>;
     fn get_idempotency(&self, subject: &str, scope: &str, key: &str, now: OffsetDateTime) -> Result<Option<IdempotencyRecord>>;

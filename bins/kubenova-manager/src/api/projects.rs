@@ -1005,7 +1005,7 @@ pub async fn get_project_usage(
                 &history,
                 &versions,
                 &tenant.plan,
-                &records,
+                &super::usage::priced_records(&records),
                 g,
             ))
         }

@@ -412,7 +412,9 @@ pub struct TenantUsage {
     /// Per period when `granularity` was asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub series: Option<Vec<super::usage::UsageBucket>>,
-    /// The hourly records, oldest first.
+    /// The hourly records, oldest first; empty with `granularity=day` or `month` (the
+    /// periods are summed by the database: read the hours without a granularity, or with
+    /// `granularity=hour`).
     pub records: Vec<UsageRecord>,
 }
 
@@ -429,6 +431,10 @@ pub struct QuotaReport {
     /// Every entry.
     pub items: Vec<kubenova_api::model::QuotaUse>,
 }
+
+/// How many of the latest records a day- or month-grouped usage read searches for the
+/// quota use (records of current operators carry it whenever the tenant has quotas).
+const QUOTA_LOOKBACK: u32 = 48;
 
 /// The quota report of `r`, if it carries quota use.
 pub(crate) fn quota_report(r: &UsageRecord) -> Option<QuotaReport> {
@@ -1537,42 +1543,95 @@ async fn tenant_usage(
         to,
         max_records: st.config.usage_max_records,
     };
-    // More records than a response carries is KN-422 (never a truncated list).
-    let records = st
-        .store
-        .query_usage(&UsageQuery {
-            all_projects: include_projects,
-            ..tenant_level.clone()
-        })
-        .await?;
-    if csv {
-        let mut resp = UsageRecord::to_csv(&records).into_response();
-        resp.headers_mut().insert(
-            header::CONTENT_TYPE,
-            axum::http::HeaderValue::from_static("text/csv; charset=utf-8"),
-        );
-        return Ok(resp);
-    }
-    // Summed by the database over every tenant-level record of the range.
-    let sums = st.store.usage_totals(&tenant_level).await?;
-    let totals = UsageTotals {
-        hours: sums.records,
-        cpu_millicore_hours: sums.cpu_millicore_hours,
-        memory_byte_hours: sums.memory_byte_hours,
-        storage_byte_hours: sums.storage_byte_hours,
-        load_balancer_hours: sums.load_balancer_hours,
-        pod_hours: sums.pod_hours,
-    };
-    let latest = records.iter().rfind(|r| r.project_id.is_none());
     let history = st.store.tenant_plan_history(t.id).await?;
-    let own: Vec<UsageRecord> = records
-        .iter()
-        .filter(|r| r.project_id.is_none())
-        .cloned()
-        .collect();
     let versions = st.store.plan_price_history().await?;
+    // Day and month periods are summed by the database per day and pricing span (a year is
+    // about 365 rows instead of 8,760 hours); that answer leaves the hourly records out.
+    let by_days = !csv
+        && matches!(
+            granularity,
+            Some(super::usage::Granularity::Day | super::usage::Granularity::Month)
+        );
+    let (records, groups, latest, quota, totals, usage_reported) = if by_days {
+        let days = st
+            .store
+            .usage_day_sums(
+                &tenant_level,
+                &super::usage::price_bounds(&history, &versions),
+            )
+            .await?;
+        let recent = st.store.latest_usage(&tenant_level, QUOTA_LOOKBACK).await?;
+        let totals = days.iter().fold(UsageTotals::default(), |mut a, d| {
+            a.hours = a.hours.saturating_add(d.sums.records);
+            a.cpu_millicore_hours = a
+                .cpu_millicore_hours
+                .saturating_add(d.sums.cpu_millicore_hours);
+            a.memory_byte_hours = a.memory_byte_hours.saturating_add(d.sums.memory_byte_hours);
+            a.storage_byte_hours = a
+                .storage_byte_hours
+                .saturating_add(d.sums.storage_byte_hours);
+            a.load_balancer_hours = a
+                .load_balancer_hours
+                .saturating_add(d.sums.load_balancer_hours);
+            a.pod_hours = a.pod_hours.saturating_add(d.sums.pod_hours);
+            a
+        });
+        let reported = !days.is_empty()
+            || (include_projects
+                && st
+                    .store
+                    .usage_totals(&UsageQuery {
+                        all_projects: true,
+                        ..tenant_level.clone()
+                    })
+                    .await?
+                    .records
+                    > 0);
+        (
+            Vec::new(),
+            super::usage::priced_days(&days),
+            recent.first().cloned(),
+            recent.iter().find_map(quota_report),
+            totals,
+            reported,
+        )
+    } else {
+        // More records than a response carries is KN-422 (never a truncated list).
+        let records = st
+            .store
+            .query_usage(&UsageQuery {
+                all_projects: include_projects,
+                ..tenant_level.clone()
+            })
+            .await?;
+        if csv {
+            let mut resp = UsageRecord::to_csv(&records).into_response();
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("text/csv; charset=utf-8"),
+            );
+            return Ok(resp);
+        }
+        // Summed by the database over every tenant-level record of the range.
+        let sums = st.store.usage_totals(&tenant_level).await?;
+        let totals = UsageTotals {
+            hours: sums.records,
+            cpu_millicore_hours: sums.cpu_millicore_hours,
+            memory_byte_hours: sums.memory_byte_hours,
+            storage_byte_hours: sums.storage_byte_hours,
+            load_balancer_hours: sums.load_balancer_hours,
+            pod_hours: sums.pod_hours,
+        };
+        let own: Vec<&UsageRecord> = records.iter().filter(|r| r.project_id.is_none()).collect();
+        let groups = super::usage::priced_records_of(own.iter().copied());
+        let latest = own.last().map(|r| (*r).clone());
+        let quota = own.iter().rev().find_map(|r| quota_report(r));
+        let reported = !records.is_empty();
+        (records, groups, latest, quota, totals, reported)
+    };
+    let latest = latest.as_ref();
     let (cost_by_plan, total) =
-        super::usage::range_cost(&st.catalog, &history, &versions, &t.plan, &own);
+        super::usage::range_cost(&st.catalog, &history, &versions, &t.plan, &groups);
     // One plan and price-table version in force over the range: its prices, with parts.
     let single_prices = match cost_by_plan.as_slice() {
         [one] => one.prices.clone().map(|p| (one.plan.clone(), p)),
@@ -1587,13 +1646,13 @@ async fn tenant_usage(
         _ => None,
     };
     let series = granularity
-        .map(|g| super::usage::series(&st.catalog, &history, &versions, &t.plan, &own, g));
+        .map(|g| super::usage::series(&st.catalog, &history, &versions, &t.plan, &groups, g));
     let body = TenantUsage {
         tenant_id: t.id,
         cluster_id: t.cluster_id,
         from,
         to,
-        usage_reported: !records.is_empty(),
+        usage_reported,
         cpu_requests: latest
             .map(|r| Quantity::from_nanos(i128::from(r.cpu_millicores) * 1_000_000).to_string()),
         memory_requests: latest.map(|r| bytes_quantity(r.memory_bytes)),
@@ -1608,7 +1667,7 @@ async fn tenant_usage(
         cost_by_plan,
         currency: total.as_ref().map(|(c, _)| c.clone()),
         total_cost: total.map(|(_, v)| v),
-        quota: own.iter().rev().find_map(quota_report),
+        quota,
         series,
         totals,
         records,

@@ -680,8 +680,9 @@ fn price_key(
     )
 }
 
+/// Resource-hours of a group of hours.
 #[derive(Default, Clone, Copy)]
-struct Sums {
+pub(crate) struct Sums {
     hours: i64,
     cpu: i64,
     mem: i64,
@@ -691,13 +692,37 @@ struct Sums {
 }
 
 impl Sums {
-    fn add(&mut self, r: &UsageRecord) {
-        self.hours += 1;
-        self.cpu = self.cpu.saturating_add(r.cpu_millicores);
-        self.mem = self.mem.saturating_add(r.memory_bytes);
-        self.sto = self.sto.saturating_add(r.storage_bytes);
-        self.lb = self.lb.saturating_add(r.load_balancers);
-        self.pods = self.pods.saturating_add(r.pods);
+    /// One record: one hour.
+    fn of(r: &UsageRecord) -> Sums {
+        Sums {
+            hours: 1,
+            cpu: r.cpu_millicores,
+            mem: r.memory_bytes,
+            sto: r.storage_bytes,
+            lb: r.load_balancers,
+            pods: r.pods,
+        }
+    }
+
+    /// Sums computed by the store.
+    fn of_store(s: &kubenova_store::UsageSums) -> Sums {
+        Sums {
+            hours: s.records,
+            cpu: s.cpu_millicore_hours,
+            mem: s.memory_byte_hours,
+            sto: s.storage_byte_hours,
+            lb: s.load_balancer_hours,
+            pods: s.pod_hours,
+        }
+    }
+
+    fn add(&mut self, o: &Sums) {
+        self.hours = self.hours.saturating_add(o.hours);
+        self.cpu = self.cpu.saturating_add(o.cpu);
+        self.mem = self.mem.saturating_add(o.mem);
+        self.sto = self.sto.saturating_add(o.sto);
+        self.lb = self.lb.saturating_add(o.lb);
+        self.pods = self.pods.saturating_add(o.pods);
     }
 
     fn totals(&self) -> super::tenants::UsageTotals {
@@ -763,26 +788,65 @@ fn price(
     (plans, total.filter(|_| priced_all))
 }
 
-/// The usage series of `records` (one scope) at `granularity`, each hour priced at the
-/// plan in force ([`plan_at`]) with the prices then in force ([`prices_at`]); periods
-/// without a record are left out.
-pub fn series(
+/// What a usage read hands to the pricing: hours of one scope, each group with an hour
+/// that decides its period and its price key (every hour of a group shares both).
+type Priced = (time::OffsetDateTime, Sums);
+
+/// The instants at which an hour's price key ([`plan_at`], [`prices_at`]) can change: the
+/// plan changes and the price-table versions, sorted. Between two of them every hour is
+/// priced alike, so the store may sum them ([`kubenova_store::Store::usage_day_sums`]).
+pub fn price_bounds(
+    history: &[kubenova_store::PlanChange],
+    versions: &[kubenova_store::PlanPrices],
+) -> Vec<time::OffsetDateTime> {
+    let mut b: Vec<time::OffsetDateTime> = history
+        .iter()
+        .map(|c| c.since)
+        .chain(versions.iter().map(|v| v.since))
+        .collect();
+    b.sort();
+    b.dedup();
+    b
+}
+
+/// The hours of `records`, one group each.
+pub(crate) fn priced_records(records: &[UsageRecord]) -> Vec<Priced> {
+    priced_records_of(records.iter())
+}
+
+/// [`priced_records`] of borrowed records.
+pub(crate) fn priced_records_of<'a>(records: impl Iterator<Item = &'a UsageRecord>) -> Vec<Priced> {
+    records.map(|r| (r.hour, Sums::of(r))).collect()
+}
+
+/// The day sums of the store, one group each.
+pub(crate) fn priced_days(days: &[kubenova_store::UsageDaySums]) -> Vec<Priced> {
+    days.iter()
+        .map(|d| (d.first_hour, Sums::of_store(&d.sums)))
+        .collect()
+}
+
+/// The usage series of one scope's hours (`groups`: see [`priced_records`],
+/// [`priced_days`]; day groups serve day and month periods) at `granularity`, each hour
+/// priced at the plan in force ([`plan_at`]) with the prices then in force
+/// ([`prices_at`]); periods without a record are left out.
+pub(crate) fn series(
     catalog: &kubenova_api::catalog::Catalog,
     history: &[kubenova_store::PlanChange],
     versions: &[kubenova_store::PlanPrices],
     current_plan: &str,
-    records: &[UsageRecord],
+    groups: &[Priced],
     granularity: Granularity,
 ) -> Vec<UsageBucket> {
     let mut buckets: BTreeMap<time::OffsetDateTime, (Sums, BTreeMap<PriceKey, Sums>)> =
         BTreeMap::new();
-    for r in records {
-        let (all, by_plan) = buckets.entry(granularity.start(r.hour)).or_default();
-        all.add(r);
+    for (hour, sums) in groups {
+        let (all, by_plan) = buckets.entry(granularity.start(*hour)).or_default();
+        all.add(sums);
         by_plan
-            .entry(price_key(history, versions, current_plan, r.hour))
+            .entry(price_key(history, versions, current_plan, *hour))
             .or_default()
-            .add(r);
+            .add(sums);
     }
     buckets
         .into_iter()
@@ -805,21 +869,22 @@ pub fn series(
         .collect()
 }
 
-/// The cost of `records` over the whole range at the plans and prices in force: the per-plan costs
-/// and their sum (absent when a plan left the catalog or currencies differ).
-pub fn range_cost(
+/// The cost of one scope's hours (`groups`) over the whole range at the plans and prices
+/// in force: the per-plan costs and their sum (absent when a plan left the catalog or
+/// currencies differ).
+pub(crate) fn range_cost(
     catalog: &kubenova_api::catalog::Catalog,
     history: &[kubenova_store::PlanChange],
     versions: &[kubenova_store::PlanPrices],
     current_plan: &str,
-    records: &[UsageRecord],
+    groups: &[Priced],
 ) -> (Vec<PlanCost>, Option<(String, String)>) {
     let mut by_plan: BTreeMap<PriceKey, Sums> = BTreeMap::new();
-    for r in records {
+    for (hour, sums) in groups {
         by_plan
-            .entry(price_key(history, versions, current_plan, r.hour))
+            .entry(price_key(history, versions, current_plan, *hour))
             .or_default()
-            .add(r);
+            .add(sums);
     }
     let (plans, total) = price(catalog, versions, &by_plan);
     (
@@ -900,7 +965,7 @@ mod series_tests {
             &history,
             &[],
             "gold",
-            &records,
+            &priced_records(&records),
             Granularity::Month,
         );
         assert_eq!(months.len(), 2);
@@ -944,7 +1009,7 @@ mod series_tests {
             months[1].cost.as_deref(),
             Some(super::super::tenants::micros_str(one("gold")).as_str())
         );
-        let (plans, total) = range_cost(&catalog, &history, &[], "gold", &records);
+        let (plans, total) = range_cost(&catalog, &history, &[], "gold", &priced_records(&records));
         assert_eq!(plans.len(), 2);
         assert_eq!(
             total.unwrap().1,
@@ -959,9 +1024,23 @@ mod series_tests {
             plan_at(&[], "gold", datetime!(2026-01-01 00:00 UTC)),
             "gold"
         );
-        let days = series(&catalog, &history, &[], "gold", &records, Granularity::Day);
+        let days = series(
+            &catalog,
+            &history,
+            &[],
+            "gold",
+            &priced_records(&records),
+            Granularity::Day,
+        );
         assert_eq!(days.iter().map(|d| d.hours).collect::<Vec<_>>(), [2, 1]);
-        let hours = series(&catalog, &history, &[], "gold", &records, Granularity::Hour);
+        let hours = series(
+            &catalog,
+            &history,
+            &[],
+            "gold",
+            &priced_records(&records),
+            Granularity::Hour,
+        );
         assert_eq!(hours.len(), 3);
     }
 }
