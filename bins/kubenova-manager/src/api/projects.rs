@@ -1072,6 +1072,7 @@ mod tests {
             memory_limit_bytes: 0,
             storage_by_class: Default::default(),
             quotas: Vec::new(),
+            cluster_capacity: None,
         }
     }
 
