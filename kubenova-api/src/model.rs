@@ -1161,6 +1161,73 @@ pub struct UsageRecord {
     /// sample of the hour (at most [`USAGE_QUOTAS_MAX`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub quotas: Vec<QuotaUse>,
+    /// What the cluster could hold over the same hour, as the operator measured it at
+    /// the same samples (sent by operators that list Nodes; checked on ingestion and
+    /// not stored, so never present in reads). See [`ClusterCapacity`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_capacity: Option<ClusterCapacity>,
+}
+
+/// The capacity of a cluster over one hour, integrated over the same samples as the
+/// [`UsageRecord`] it comes with (each value the time-weighted mean of the samples, like
+/// the record's), so Nodes added or removed within the hour weigh only the time they
+/// existed.
+///
+/// Only requests are bounded by it: the requests of pods **running on a Node** cannot
+/// exceed that Node's `status.allocatable` (the kubelet admits a pod only when its
+/// requests fit), while limits can (overcommit) and pods not running on a listed Node
+/// (unscheduled, waiting for the kubelet, or on a Node that is gone) can request
+/// anything. A record's `cpuMillicores` must therefore not exceed
+/// `cpuMillicores + pendingCpuMillicores` of its capacity (memory alike), plus
+/// [`USAGE_CAPACITY_TOLERANCE_PERCENT`].
+///
+/// ```
+/// use kubenova_api::model::ClusterCapacity;
+/// let c = ClusterCapacity { nodes: 3, cpu_millicores: 12_000, memory_bytes: 48 << 30,
+///     pending_cpu_millicores: 500, pending_memory_bytes: 1 << 30 };
+/// assert_eq!(c.cpu_bound(), (12_000 + 500) * 105 / 100 + 1);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[schema(example = json!({"nodes": 3, "cpuMillicores": 12000, "memoryBytes": 51539607552_i64, "pendingCpuMillicores": 500, "pendingMemoryBytes": 1073741824}))]
+pub struct ClusterCapacity {
+    /// Nodes listed (time-weighted mean over the hour, rounded).
+    pub nodes: i64,
+    /// Sum of the Nodes' `status.allocatable` CPU, in millicores.
+    pub cpu_millicores: i64,
+    /// Sum of the Nodes' `status.allocatable` memory, in bytes.
+    pub memory_bytes: i64,
+    /// CPU requests of non-terminated pods not running on a listed Node (their requests
+    /// are not bounded by any Node's allocatable), in millicores.
+    pub pending_cpu_millicores: i64,
+    /// Memory requests of the same pods, in bytes.
+    pub pending_memory_bytes: i64,
+}
+
+/// How far (in percent) a record's requests may exceed its [`ClusterCapacity`] (plus
+/// one unit for rounding): the lists of one sample are not one snapshot (a Node or pod
+/// can change between them) and a Node's allocatable can be lowered after its pods were
+/// admitted. A unit error of a collector (cores for millicores, KiB for bytes) is far
+/// beyond it.
+pub const USAGE_CAPACITY_TOLERANCE_PERCENT: i64 = 5;
+
+impl ClusterCapacity {
+    fn bound(allocatable: i64, pending: i64) -> i64 {
+        let sum = i128::from(allocatable) + i128::from(pending);
+        let b = sum * i128::from(100 + USAGE_CAPACITY_TOLERANCE_PERCENT) / 100 + 1;
+        i64::try_from(b).unwrap_or(i64::MAX)
+    }
+
+    /// The most CPU requests (millicores) a record of this hour can hold: allocatable
+    /// plus pending requests, plus the tolerance.
+    pub fn cpu_bound(&self) -> i64 {
+        Self::bound(self.cpu_millicores, self.pending_cpu_millicores)
+    }
+
+    /// The most memory requests (bytes) a record of this hour can hold.
+    pub fn memory_bound(&self) -> i64 {
+        Self::bound(self.memory_bytes, self.pending_memory_bytes)
+    }
 }
 
 impl UsageRecord {
@@ -1384,6 +1451,64 @@ impl Validate for UsageRecord {
             }
             if q.used.is_negative() || q.hard.is_negative() {
                 v.push(format!("quotas[{i}]"), "used and hard must not be negative");
+            }
+        }
+        if let Some(c) = &self.cluster_capacity {
+            let mut sound = true;
+            for (f, n, max) in [
+                ("nodes", c.nodes, USAGE_COUNT_MAX),
+                ("cpuMillicores", c.cpu_millicores, USAGE_CPU_MAX),
+                ("memoryBytes", c.memory_bytes, USAGE_BYTES_MAX),
+                (
+                    "pendingCpuMillicores",
+                    c.pending_cpu_millicores,
+                    USAGE_CPU_MAX,
+                ),
+                (
+                    "pendingMemoryBytes",
+                    c.pending_memory_bytes,
+                    USAGE_BYTES_MAX,
+                ),
+            ] {
+                if !(0..=max).contains(&n) {
+                    sound = false;
+                    v.push(
+                        format!("clusterCapacity.{f}"),
+                        format!("must be between 0 and {max} (got {n})"),
+                    );
+                }
+            }
+            // Requests only: limits can exceed allocatable (overcommit).
+            for (f, n, allocatable, pending, bound, unit) in [
+                (
+                    "cpuMillicores",
+                    self.cpu_millicores,
+                    c.cpu_millicores,
+                    c.pending_cpu_millicores,
+                    c.cpu_bound(),
+                    "millicores",
+                ),
+                (
+                    "memoryBytes",
+                    self.memory_bytes,
+                    c.memory_bytes,
+                    c.pending_memory_bytes,
+                    c.memory_bound(),
+                    "bytes",
+                ),
+            ] {
+                if sound && n > bound {
+                    v.push(
+                        f,
+                        format!(
+                            "{n} {unit} of requests is more than the cluster can hold in this hour: \
+                             {allocatable} allocatable on {} nodes plus {pending} requested by pods \
+                             not running on a node, {USAGE_CAPACITY_TOLERANCE_PERCENT}% tolerance \
+                             (at most {bound}); the collector is broken",
+                            c.nodes
+                        ),
+                    );
+                }
             }
         }
         v.finish()
@@ -1696,6 +1821,7 @@ mod tests {
             memory_limit_bytes: 0,
             storage_by_class: BTreeMap::new(),
             quotas: Vec::new(),
+            cluster_capacity: None,
         };
         r.validate().unwrap();
         r.hour = time::macros::datetime!(2026-01-01 10:30 UTC);
@@ -1727,6 +1853,7 @@ mod tests {
                 used: Quantity::parse("3").unwrap(),
                 hard: Quantity::parse("2").unwrap(),
             }],
+            cluster_capacity: None,
         };
         r.validate().unwrap();
         assert!(r.quotas[0].exceeded());
@@ -1751,6 +1878,66 @@ mod tests {
             "namespaces": 1, "pods": 1, "apps": 0}))
         .unwrap();
         assert!(old.quotas.is_empty() && old.cpu_limit_millicores == 0);
+        assert!(old.cluster_capacity.is_none());
+    }
+
+    #[test]
+    fn usage_requests_are_bounded_by_the_reported_capacity() {
+        let capacity = ClusterCapacity {
+            nodes: 2,
+            cpu_millicores: 8_000,
+            memory_bytes: 16 << 30,
+            pending_cpu_millicores: 1_000,
+            pending_memory_bytes: 0,
+        };
+        let mut r = UsageRecord {
+            cluster_id: ClusterId::new(),
+            tenant_id: TenantId::new(),
+            project_id: None,
+            hour: time::macros::datetime!(2026-01-01 10:00 UTC),
+            cpu_millicores: 9_000 * 105 / 100 + 1,
+            memory_bytes: 16 << 30,
+            storage_bytes: 0,
+            load_balancers: 0,
+            namespaces: 1,
+            pods: 1,
+            apps: 0,
+            // Limits are overcommitted freely: never checked against the capacity.
+            cpu_limit_millicores: 1_000_000,
+            memory_limit_bytes: 1 << 40,
+            storage_by_class: BTreeMap::new(),
+            quotas: Vec::new(),
+            cluster_capacity: Some(capacity),
+        };
+        r.validate().unwrap();
+        r.cpu_millicores += 1;
+        r.memory_bytes = 1 << 40;
+        let e = r.validate().unwrap_err();
+        let fields: Vec<_> = e.violations.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, ["cpuMillicores", "memoryBytes"], "{e:?}");
+        assert!(
+            e.violations[0]
+                .reason
+                .contains("8000 allocatable on 2 nodes"),
+            "{e:?}"
+        );
+        // Without a capacity (an older operator) only the fixed bounds apply.
+        r.cluster_capacity = None;
+        r.validate().unwrap();
+        // A capacity that is itself absurd is refused, not used.
+        r.cluster_capacity = Some(ClusterCapacity {
+            nodes: -1,
+            ..capacity
+        });
+        let e = r.validate().unwrap_err();
+        assert_eq!(e.violations.len(), 1, "{e:?}");
+        assert_eq!(e.violations[0].field, "clusterCapacity.nodes");
+        let json = serde_json::to_value(ClusterCapacity {
+            nodes: 1,
+            ..capacity
+        })
+        .unwrap();
+        assert_eq!(json["pendingCpuMillicores"], 1_000);
     }
 
     #[test]

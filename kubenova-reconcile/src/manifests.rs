@@ -352,6 +352,8 @@ pub fn cluster_rules() -> Vec<PolicyRule> {
         // ResourceQuotas' status and KubeVela Applications are listed, read only (the
         // quotas and Applications with the rules above).
         rule(&[""], &["persistentvolumeclaims", "services"], &["list"]),
+        // The cluster's capacity reported with the usage (Nodes' allocatable), read only.
+        rule(&[""], &["nodes"], &["list"]),
     ]
 }
 

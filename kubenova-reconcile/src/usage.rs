@@ -49,13 +49,14 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Container, Namespace, PersistentVolumeClaim, Pod, ResourceQuota, ResourceRequirements, Service,
+    Container, Namespace, Node, PersistentVolumeClaim, Pod, ResourceQuota, ResourceRequirements,
+    Service,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kubenova_api::agent::LABEL_ID;
 use kubenova_api::crd::{NovaProject, NovaTenant};
 use kubenova_api::ids::{ClusterId, ProjectId, TenantId};
-use kubenova_api::model::{QuotaUse, USAGE_QUOTAS_MAX, UsageRecord};
+use kubenova_api::model::{ClusterCapacity, QuotaUse, USAGE_QUOTAS_MAX, UsageRecord};
 use kubenova_api::quantity::Quantity;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -81,6 +82,36 @@ pub struct Inventory {
     pub quotas: Vec<ResourceQuota>,
     /// Metadata of the KubeVela Applications (only the namespace counts).
     pub applications: Vec<ObjectMeta>,
+    /// Nodes, or `None` when they could not be listed (then no capacity is reported).
+    pub nodes: Option<Vec<Node>>,
+}
+
+/// What the cluster can hold at one instant ([`Sample::capacity`]; integrated over the
+/// hour into [`ClusterCapacity`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capacity {
+    /// Nodes listed.
+    pub nodes: i128,
+    /// Sum of the Nodes' allocatable CPU, millicores.
+    pub cpu: i128,
+    /// Sum of the Nodes' allocatable memory, bytes.
+    pub memory: i128,
+    /// CPU requests of non-terminated pods that are not `Running` on a listed Node
+    /// (unscheduled, not admitted by the kubelet yet, or on a Node that is gone): the
+    /// kubelet bounds only admitted pods by allocatable, so these count on top of it.
+    pub pending_cpu: i128,
+    /// Memory requests of the same pods, bytes.
+    pub pending_memory: i128,
+}
+
+impl Capacity {
+    fn add_weighted(&mut self, o: &Capacity, w: i128) {
+        self.nodes += o.nodes * w;
+        self.cpu += o.cpu * w;
+        self.memory += o.memory * w;
+        self.pending_cpu += o.pending_cpu * w;
+        self.pending_memory += o.pending_memory * w;
+    }
 }
 
 /// Whom a record is about: a tenant, or one of its projects.
@@ -160,6 +191,8 @@ pub struct Sample {
     /// Quantities that could not be parsed (`<kind> <namespace>/<name>: <quantity>`); they
     /// count as zero.
     pub bad_quantities: Vec<String>,
+    /// The cluster's capacity, when its Nodes were listed.
+    pub capacity: Option<Capacity>,
 }
 
 fn label<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
@@ -423,11 +456,49 @@ pub fn sample(inv: &Inventory) -> Sample {
         });
         g.quotas.truncate(USAGE_QUOTAS_MAX);
     }
+    let capacity = inv
+        .nodes
+        .as_deref()
+        .map(|nodes| cluster_capacity(nodes, &inv.pods, &mut bad));
     Sample {
         scopes,
         unattributed_namespaces: attr.unattributed,
         bad_quantities: bad,
+        capacity,
     }
+}
+
+/// The allocatable of `nodes` and the requests of the non-terminated `pods` that are not
+/// `Running` on one of them (see [`Capacity`]).
+fn cluster_capacity(nodes: &[Node], pods: &[Pod], bad: &mut Vec<String>) -> Capacity {
+    let mut c = Capacity {
+        nodes: nodes.len() as i128,
+        ..Capacity::default()
+    };
+    let mut names = std::collections::BTreeSet::new();
+    for n in nodes {
+        let name = n.metadata.name.as_deref().unwrap_or("");
+        names.insert(name);
+        let what = || format!("node {name}");
+        let allocatable = n.status.as_ref().and_then(|s| s.allocatable.as_ref());
+        c.cpu += amount(allocatable, "cpu", bad, &what).unwrap_or(0);
+        c.memory += amount(allocatable, "memory", bad, &what).unwrap_or(0);
+    }
+    for pod in pods {
+        if terminated(pod) {
+            continue;
+        }
+        let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+        if running && node.is_some_and(|n| names.contains(n)) {
+            continue;
+        }
+        // A pod's unparsable quantities are reported by the attribution already.
+        let mut reported = Vec::new();
+        c.pending_cpu += pod_amount(pod, false, "cpu", &mut reported);
+        c.pending_memory += pod_amount(pod, false, "memory", &mut reported);
+    }
+    c
 }
 
 /// The start of the UTC hour holding `t`.
@@ -465,6 +536,13 @@ pub struct HourAccumulator {
     sums: BTreeMap<Scope, Gauges>,
     /// The last sample and its time.
     last: Option<(OffsetDateTime, BTreeMap<Scope, Gauges>)>,
+    /// Σ capacity × milliseconds held, up to `last`'s time.
+    capacity_sum: Capacity,
+    /// The last sample's capacity.
+    last_capacity: Option<Capacity>,
+    /// Whether every sample so far carried a capacity (else none is reported: a partial
+    /// integral would understate it).
+    capacity_complete: bool,
 }
 
 impl HourAccumulator {
@@ -476,6 +554,9 @@ impl HourAccumulator {
             first: None,
             sums: BTreeMap::new(),
             last: None,
+            capacity_sum: Capacity::default(),
+            last_capacity: None,
+            capacity_complete: true,
         }
     }
 
@@ -511,6 +592,8 @@ impl HourAccumulator {
             next.samples = 1;
             next.first = Some(next.hour);
             next.last = Some((next.hour, scopes.clone()));
+            next.last_capacity = self.last_capacity;
+            next.capacity_complete = self.last_capacity.is_some();
         }
         next
     }
@@ -523,10 +606,15 @@ impl HourAccumulator {
             for (scope, g) in scopes {
                 self.sums.entry(*scope).or_default().add_weighted(g, w);
             }
+            if let Some(c) = &self.last_capacity {
+                self.capacity_sum.add_weighted(c, w);
+            }
         }
         self.samples += 1;
         self.first.get_or_insert(at);
         self.last = Some((at, s.scopes.clone()));
+        self.last_capacity = s.capacity;
+        self.capacity_complete &= s.capacity.is_some();
     }
 
     /// The hour's records with the last sample held until `until` (clamped to the hour:
@@ -540,11 +628,21 @@ impl HourAccumulator {
         let until = self.clamp(until).max(*t_last);
         let mut sums = self.sums.clone();
         let covered = self.ms(until) - self.ms(first);
+        // The capacity over the same time, with the same weights as the records.
+        let mut capacity = self
+            .capacity_complete
+            .then_some(self.last_capacity)
+            .flatten();
         let (sums, n) = if covered > 0 {
             let w = self.ms(until) - self.ms(*t_last);
             for (scope, g) in last {
                 sums.entry(*scope).or_default().add_weighted(g, w);
             }
+            capacity = capacity.map(|c| {
+                let mut sum = self.capacity_sum;
+                sum.add_weighted(&c, w);
+                sum
+            });
             (sums, covered)
         } else {
             // One instant: the samples taken at it, the last one counting.
@@ -557,6 +655,13 @@ impl HourAccumulator {
             (only, 1)
         };
         let mean = |v: i128| -> i64 { i64::try_from((2 * v + n) / (2 * n)).unwrap_or(i64::MAX) };
+        let cluster_capacity = capacity.map(|c| ClusterCapacity {
+            nodes: mean(c.nodes),
+            cpu_millicores: mean(c.cpu),
+            memory_bytes: mean(c.memory),
+            pending_cpu_millicores: mean(c.pending_cpu),
+            pending_memory_bytes: mean(c.pending_memory),
+        });
         let mut out = Vec::with_capacity(sums.len());
         for (scope, g) in &sums {
             let storage_by_class: BTreeMap<String, i64> = g
@@ -586,6 +691,7 @@ impl HourAccumulator {
                     .get(scope)
                     .map(|g| g.quotas.clone())
                     .unwrap_or_default(),
+                cluster_capacity,
             });
         }
         // Tenants first, then their projects: the order the manager checks them in.
@@ -758,7 +864,82 @@ mod tests {
                 "metadata": {"name": "project", "namespace": web_ns},
                 "status": {"hard": {"pods": "10", "requests.cpu": "1"}, "used": {"pods": "1", "requests.cpu": "2"}}}))],
             applications: vec![obj(json!({"name": "web", "namespace": web_ns}))],
+            nodes: None,
         }
+    }
+
+    fn node(name: &str, cpu: &str, memory: &str) -> Node {
+        obj(
+            json!({"metadata": {"name": name}, "status": {"allocatable": {"cpu": cpu, "memory": memory, "pods": "110"}}}),
+        )
+    }
+
+    #[test]
+    fn capacity_is_integrated_like_the_records() {
+        let hour = time::macros::datetime!(2026-01-31 23:00 UTC);
+        let at = |m: i64| hour + time::Duration::minutes(m);
+        let mut inv = fixture();
+        // Without Nodes listed (no permission) nothing is claimed about the capacity.
+        assert_eq!(sample(&inv).capacity, None);
+        // acme's "two" (500m, 128Mi) and beta's pod (3 CPUs) run on listed nodes; the
+        // others are pending or on a node that is gone, so they count on top of it.
+        for p in &mut inv.pods {
+            match p.metadata.name.as_deref() {
+                Some("two") => p.spec.as_mut().unwrap().node_name = Some("n1".into()),
+                Some("web-0") => p.spec.as_mut().unwrap().node_name = Some("gone".into()),
+                _ if p.metadata.namespace.as_deref() == Some("beta-apps") => {
+                    p.spec.as_mut().unwrap().node_name = Some("n2".into())
+                }
+                _ => {}
+            }
+        }
+        inv.nodes = Some(vec![node("n1", "4", "8Gi"), node("n2", "3500m", "8Gi")]);
+        let two = sample(&inv);
+        let c = two.capacity.unwrap();
+        assert_eq!((c.nodes, c.cpu, c.memory), (2, 7500, 16 << 30));
+        // "init" (1110m) pending, "web-0" (2 CPUs, 1Gi) on a node that is gone, and the
+        // pods of every namespace count, attributed or not (5 + 7 + 9 CPUs on no node).
+        let others = 21_000;
+        assert_eq!(
+            (c.pending_cpu, c.pending_memory),
+            (1110 + 2000 + others, 1 << 30)
+        );
+        inv.nodes = Some(vec![node("n1", "4", "8Gi")]);
+        let one = sample(&inv);
+        // beta's pod is on n2, which is no longer listed: pending now.
+        assert_eq!(
+            one.capacity.unwrap().pending_cpu,
+            1110 + 2000 + others + 3000
+        );
+
+        // Two nodes for 45 minutes, one for the last 15.
+        let mut acc = HourAccumulator::new(hour);
+        for i in 0..12 {
+            acc.add(if i < 9 { &two } else { &one }, at(5 * i));
+        }
+        let records = acc.records(ClusterId::new(), acc.end());
+        let cap = records[0].cluster_capacity.unwrap();
+        assert!(records.iter().all(|r| r.cluster_capacity == Some(cap)));
+        assert_eq!(cap.nodes, 2); // 1.75 rounded
+        assert_eq!(cap.cpu_millicores, (7500 * 45 + 4000 * 15) / 60);
+        assert_eq!(
+            i128::from(cap.pending_cpu_millicores),
+            3110 + others + 3000 * 15 / 60
+        );
+        for r in &records {
+            kubenova_api::validate::Validate::validate(r).unwrap();
+        }
+        // The next hour starts from the last state.
+        let next = acc.next_hour().records(ClusterId::new(), at(90));
+        assert_eq!(next[0].cluster_capacity.unwrap().cpu_millicores, 4000);
+
+        // One sample without a capacity (Nodes not listable then): none is reported.
+        let mut acc = HourAccumulator::new(hour);
+        acc.add(&two, at(0));
+        acc.add(&sample(&fixture()), at(10));
+        acc.add(&two, at(20));
+        let records = acc.records(ClusterId::new(), acc.end());
+        assert!(records.iter().all(|r| r.cluster_capacity.is_none()));
     }
 
     fn scope(tenant: Uuid, project: Option<Uuid>) -> Scope {

@@ -25,7 +25,7 @@ use kubenova_api::agent::{
 };
 use kubenova_api::catalog::Catalog;
 use kubenova_api::crd::{NovaApp, NovaProject, NovaTenant};
-use kubenova_api::model::{ClusterStatus, ComponentPhase, Phase, UsageRecord};
+use kubenova_api::model::{ClusterCapacity, ClusterStatus, ComponentPhase, Phase, UsageRecord};
 use kubenova_reconcile::agent::{self, ANNOTATION_DESIRED_REVISION, AgentConfig, AgentMetrics};
 use kubenova_reconcile::controller::{self, Backoff, Ctx, Metrics, RunOptions};
 use kubenova_reconcile::project_namespace;
@@ -501,11 +501,16 @@ struct Env {
 impl Env {
     /// Cluster + Nova CRDs + controllers + fake manager; the agent is not started.
     async fn start() -> Env {
+        Env::start_on(TestCluster::builder()).await
+    }
+
+    /// [`Env::start`] on a cluster from `builder` (e.g. with Nodes).
+    async fn start_on(builder: kubenova_testkit::TestClusterBuilder) -> Env {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
-        let cluster = TestCluster::builder()
+        let cluster = builder
             .with_upstream_crds(true)
             .simulate_capsule(true)
             .simulate_kubevela(true)
@@ -1569,6 +1574,73 @@ fn usage_of(env: &Env, t: Uuid, p: Option<Uuid>) -> Option<UsageRecord> {
         .next_back()
 }
 
+/// The capacity comes with every record: the Nodes' allocatable and the requests of the
+/// pods not running on a listed Node (pending, or on a Node that is not listed), so that
+/// the manager can refuse a record claiming more than the cluster can hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_reports_the_cluster_capacity_from_its_nodes() {
+    use k8s_openapi::api::core::v1::Pod;
+    let mut env = Env::start_on(
+        TestCluster::builder()
+            .node("node-a", "4", "16Gi")
+            .node("node-b", "2500m", "8Gi"),
+    )
+    .await;
+    let (t, p) = usage_fixture(&mut env).await;
+    // On node-a, running: within its allocatable. The fixture's `web-0` (500m, 128Mi;
+    // Running on no Node) and `worker` (1 CPU; not running) count as pending.
+    let c = env.client.clone();
+    let container = json!({"name": "main", "image": "nginx",
+        "resources": {"requests": {"cpu": "2", "memory": "1Gi"}}});
+    create::<Pod>(
+        &c,
+        "acme-apps",
+        json!({"metadata": {"name": "placed"},
+        "spec": {"nodeName": "node-a", "containers": [container.clone()]}}),
+    )
+    .await;
+    set_status::<Pod>(&c, "acme-apps", "placed", json!({"phase": "Running"})).await;
+    // On a Node that is gone: pending too.
+    create::<Pod>(
+        &c,
+        "acme-apps",
+        json!({"metadata": {"name": "orphan"},
+        "spec": {"nodeName": "node-gone", "containers": [container]}}),
+    )
+    .await;
+    set_status::<Pod>(&c, "acme-apps", "orphan", json!({"phase": "Running"})).await;
+    let config = env.config(TOKEN);
+    let trigger = config.usage_trigger.clone();
+    env.start_agent_with(config);
+    trigger.collect_now();
+    eventually("the tenant's hour with its pods reported", || async {
+        usage_of(&env, t, None).is_some_and(|r| r.pods == 4) && usage_of(&env, t, Some(p)).is_some()
+    })
+    .await;
+    let tenant_rec = usage_of(&env, t, None).unwrap();
+    assert_eq!(tenant_rec.cpu_millicores, 1500 + 2000 + 2000);
+    let expected = ClusterCapacity {
+        nodes: 2,
+        cpu_millicores: 6500,
+        memory_bytes: 24 << 30,
+        pending_cpu_millicores: 500 + 1000 + 2000,
+        pending_memory_bytes: (128 << 20) + (1 << 30),
+    };
+    assert_eq!(
+        tenant_rec.cluster_capacity,
+        Some(expected),
+        "{tenant_rec:?}"
+    );
+    assert_eq!(
+        usage_of(&env, t, Some(p)).unwrap().cluster_capacity,
+        Some(expected)
+    );
+    kubenova_api::validate::Validate::validate(&tenant_rec).unwrap();
+    env.stop().await;
+}
+
+/// Without Nodes to list, the records carry a capacity of zero Nodes in which every
+/// pod counts as pending: never a refusal of what was measured.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn usage_is_measured_from_the_cluster_and_uploaded_idempotently() {
     let mut env = Env::start().await;
@@ -1588,6 +1660,17 @@ async fn usage_is_measured_from_the_cluster_and_uploaded_idempotently() {
     assert_eq!(tenant_rec.namespaces, 3, "{tenant_rec:?}");
     assert_eq!(tenant_rec.pods, 2, "the finished pod does not count");
     assert_eq!(tenant_rec.cpu_millicores, 1500);
+    let capacity = tenant_rec.cluster_capacity.unwrap();
+    assert_eq!(
+        (
+            capacity.nodes,
+            capacity.cpu_millicores,
+            capacity.pending_cpu_millicores
+        ),
+        (0, 0, 1500),
+        "{capacity:?}"
+    );
+    kubenova_api::validate::Validate::validate(&tenant_rec).unwrap();
     assert_eq!(tenant_rec.cpu_limit_millicores, 1000);
     assert_eq!(tenant_rec.memory_bytes, 128 << 20);
     assert_eq!(tenant_rec.memory_limit_bytes, 256 << 20);

@@ -2055,6 +2055,7 @@ macro_rules! sql_backend {
                     memory_limit_bytes: r.try_get("memory_limit_bytes")?,
                     storage_by_class: detail.storage_by_class,
                     quotas: detail.quotas,
+                    cluster_capacity: None,
                 })
             }
 

@@ -685,6 +685,7 @@ async fn usage_upsert_and_query(h: &Harness) {
             used: kubenova_api::quantity::Quantity::from_nanos(i128::from(cpu) * 1_000_000),
             hard: "1".parse().unwrap(),
         }],
+        cluster_capacity: None,
     };
     s.upsert_usage(&[rec(None, 1, 100), rec(None, 2, 200), rec(Some(p), 1, 50)])
         .await
@@ -1807,6 +1808,7 @@ async fn usage_queries_never_drop_rows_silently(h: &Harness) {
         memory_limit_bytes: 0,
         storage_by_class: Default::default(),
         quotas: Vec::new(),
+        cluster_capacity: None,
     };
     const TENANT_LEVEL: i64 = 25;
     let mut records: Vec<UsageRecord> = (0..TENANT_LEVEL).map(|n| rec(None, n)).collect();
@@ -2008,6 +2010,7 @@ async fn usage_ingest_is_idempotent_per_hour(h: &Harness) {
         memory_limit_bytes: 2 << 30,
         storage_by_class: [("fast".to_string(), 10 << 30), (String::new(), 20 << 30)].into(),
         quotas: Vec::new(),
+        cluster_capacity: None,
     };
     // Hours out of order, across a month boundary.
     let batch = vec![rec(3, 400), rec(0, 100), rec(2, 300), rec(1, 200)];
@@ -2627,6 +2630,7 @@ async fn usage_export_pages_across_tenants(h: &Harness) {
         memory_limit_bytes: 0,
         storage_by_class: Default::default(),
         quotas: Vec::new(),
+        cluster_capacity: None,
     };
     let mut all = Vec::new();
     for n in 0..5 {

@@ -67,6 +67,7 @@ pub struct TestClusterBuilder {
     port: u16,
     store: StoreConfig,
     bookmark_interval: Duration,
+    nodes: Vec<(String, String, String)>,
 }
 
 impl Default for TestClusterBuilder {
@@ -77,6 +78,7 @@ impl Default for TestClusterBuilder {
             port: 0,
             store: StoreConfig::default(),
             bookmark_interval: Duration::from_secs(1),
+            nodes: Vec::new(),
         }
     }
 }
@@ -144,6 +146,25 @@ impl TestClusterBuilder {
         self
     }
 
+    /// Adds a Node `name` with `status.allocatable` `cpu` and `memory` (quantities, e.g.
+    /// `"4"` and `"16Gi"`; also `pods: 110`) and a `Ready` condition, created at start.
+    /// Nothing schedules pods onto it: a test sets a pod's `spec.nodeName` itself. Without
+    /// any, the cluster has no Nodes (as before).
+    ///
+    /// ```no_run
+    /// # async fn f() -> anyhow::Result<()> {
+    /// let cluster = kubenova_testkit::TestCluster::builder()
+    ///     .node("node-a", "4", "16Gi")
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn node(mut self, name: &str, cpu: &str, memory: &str) -> Self {
+        self.nodes
+            .push((name.to_owned(), cpu.to_owned(), memory.to_owned()));
+        self
+    }
+
     /// Starts the cluster.
     pub async fn start(self) -> anyhow::Result<TestCluster> {
         let tls = server::generate_tls().context("generating TLS material")?;
@@ -166,6 +187,10 @@ impl TestClusterBuilder {
             kubevela_webhook: self.simulations.kubevela,
         });
         bootstrap(&store).context("creating default namespaces")?;
+        for (name, cpu, memory) in &self.nodes {
+            create_node(&store, name, cpu, memory)
+                .with_context(|| format!("creating Node {name}"))?;
+        }
         if self.upstream_crds {
             load_upstream_crds(&store).context("loading upstream CRDs")?;
         }
@@ -233,6 +258,41 @@ fn bootstrap(store: &Store) -> Result<(), ApiError> {
             &store::WriteOpts::manager("kube-apiserver"),
         )?;
     }
+    Ok(())
+}
+
+/// Creates a Node with its allocatable and capacity, as a kubelet registers it.
+fn create_node(store: &Store, name: &str, cpu: &str, memory: &str) -> Result<(), ApiError> {
+    let t = store
+        .resolve("", "v1", "nodes")
+        .ok_or_else(|| ApiError::internal("nodes type missing"))?;
+    let resources = serde_json::json!({"cpu": cpu, "memory": memory, "pods": "110"});
+    let created = store.create(
+        &t,
+        None,
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+        }),
+        &store::WriteOpts::manager("kubelet"),
+    )?;
+    // The status through its subresource (a create drops it), as the kubelet reports it.
+    let mut obj = created;
+    obj["status"] = serde_json::json!({
+        "capacity": resources, "allocatable": resources,
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                            "message": "kubelet is posting ready status",
+                            "lastHeartbeatTime": managed::now_rfc3339(),
+                            "lastTransitionTime": managed::now_rfc3339()}],
+    });
+    store.replace(
+        &t,
+        None,
+        name,
+        obj,
+        &store::WriteOpts::manager("kubelet"),
+        "status",
+    )?;
     Ok(())
 }
 

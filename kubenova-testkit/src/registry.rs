@@ -121,6 +121,7 @@ pub fn builtins() -> Vec<ResourceType> {
             true,
             Some("namespace-v1.json"),
         ),
+        builtin("", "v1", "Node", "nodes", false, &["no"], true, None),
         builtin(
             "",
             "v1",

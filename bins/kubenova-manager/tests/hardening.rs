@@ -386,6 +386,7 @@ on_both_backends!(
     deploy_and_rollback_write_the_app_and_its_run_together,
     finished_workflow_runs_are_kept_to_the_retention,
     usage_reads_sum_in_the_database_and_never_truncate,
+    usage_over_the_cluster_capacity_is_refused_whole,
     a_replay_needs_the_same_roles_and_scope,
     a_replay_needs_authorization_now,
     unauthenticated_floods_are_counted_and_sampled,
@@ -804,6 +805,102 @@ async fn usage_reads_sum_in_the_database_and_never_truncate(db: &Db) {
     assert_eq!(body["totals"]["hours"], 3);
     assert_eq!(body["totals"]["cpuMillicoreHours"], 3003);
     assert_eq!(body["totals"]["podHours"], 33);
+}
+
+/// The attack (or the broken collector): an operator reports a tenant using more CPU than
+/// the cluster it runs in can hold. With the capacity the operator measured at the same
+/// samples, the whole batch is refused (KN-422 naming the record and field), nothing is
+/// stored; limits are never checked against it (overcommit is normal), and a batch without
+/// a capacity (an older operator) keeps the fixed bounds only.
+async fn usage_over_the_cluster_capacity_is_refused_whole(db: &Db) {
+    let w = World::new(db, quiet()).await;
+    let admin = w.admin();
+    let agent = kubenova_manager::api::agent::rotate_credential(w.st.store.as_ref(), w.cluster)
+        .await
+        .unwrap();
+    // Two nodes of 4 CPUs and 16 GiB, 500m requested by pods not running on them.
+    let capacity = json!({"nodes": 2, "cpuMillicores": 8000, "memoryBytes": 32_i64 << 30,
+        "pendingCpuMillicores": 500, "pendingMemoryBytes": 0});
+    let record = |hour: &str, project: Option<ProjectId>, cpu: i64, memory: i64| {
+        let mut r = json!({"clusterId": w.cluster, "tenantId": w.tenant, "hour": hour,
+            "cpuMillicores": cpu, "memoryBytes": memory, "storageBytes": 0,
+            "loadBalancers": 0, "namespaces": 2, "pods": 4, "apps": 1,
+            // Limits far over the capacity: overcommitted, never refused for it.
+            "cpuLimitMillicores": 100_000, "memoryLimitBytes": 1_i64 << 40,
+            "clusterCapacity": capacity});
+        if let Some(p) = project {
+            r["projectId"] = json!(p);
+        }
+        r
+    };
+    let (h10, h11) = ("2026-02-01T10:00:00Z", "2026-02-01T11:00:00Z");
+    // The third record claims 9 CPUs for an hour: more than 8 + 0.5 (+5%).
+    let batch = json!([
+        record(h10, None, 2000, 4 << 30),
+        record(h10, Some(w.project), 1000, 1 << 30),
+        record(h11, None, 9000, 4 << 30),
+    ]);
+    let r = w.post("/api/v1/agent/usage", &agent, batch.clone()).await;
+    r.expect_kn(StatusCode::UNPROCESSABLE_ENTITY, "KN-422");
+    let violations = r.json()["details"]["violations"].clone();
+    assert_eq!(
+        violations.as_array().unwrap().len(),
+        1,
+        "only the record over capacity: {violations}"
+    );
+    assert_eq!(
+        violations[0]["field"], "records[2].cpuMillicores",
+        "{violations}"
+    );
+    let reason = violations[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("8000 allocatable on 2 nodes") && reason.contains("at most 8926"),
+        "{reason}"
+    );
+    // The admin route checks the same.
+    let r = w
+        .post("/api/v1/usage", &admin, json!({"records": batch}))
+        .await;
+    r.expect_kn(StatusCode::UNPROCESSABLE_ENTITY, "KN-422");
+    assert!(r.text.contains("records[2].cpuMillicores"), "{}", r.text);
+    // Memory alike.
+    let r = w
+        .post(
+            "/api/v1/agent/usage",
+            &agent,
+            json!([record(h10, None, 2000, 34 << 30)]),
+        )
+        .await;
+    r.expect_kn(StatusCode::UNPROCESSABLE_ENTITY, "KN-422");
+    assert!(r.text.contains("records[0].memoryBytes"), "{}", r.text);
+    // Nothing of the refused batches was stored.
+    let usage = format!(
+        "/api/v1/tenants/{}/usage?from=2026-02-01T00:00:00Z&to=2026-02-02T00:00:00Z&includeProjects=true",
+        w.tenant
+    );
+    let stored = |body: Value| body["records"].as_array().unwrap().len();
+    assert_eq!(stored(w.get(&usage, &admin).await.json()), 0);
+
+    // Within the capacity (its tolerance included), the batch is stored whole.
+    let ok = json!([
+        record(h10, None, 2000, 4 << 30),
+        record(h10, Some(w.project), 1000, 1 << 30),
+        record(h11, None, 8926, 32 << 30),
+    ]);
+    w.post("/api/v1/agent/usage", &agent, ok)
+        .await
+        .expect(StatusCode::NO_CONTENT);
+    let body = w.get(&usage, &admin).await.json();
+    assert_eq!(stored(body.clone()), 3, "{body}");
+    // The capacity is a check, not a stored value.
+    assert!(!body.to_string().contains("clusterCapacity"), "{body}");
+
+    // Without a capacity (an operator that does not report one) the fixed bounds apply.
+    let mut old = record(h11, None, 50_000, 4 << 30);
+    old.as_object_mut().unwrap().remove("clusterCapacity");
+    w.post("/api/v1/agent/usage", &agent, json!([old]))
+        .await
+        .expect(StatusCode::NO_CONTENT);
 }
 
 // ---------------------------------------------------------------------------------

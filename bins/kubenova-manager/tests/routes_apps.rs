@@ -731,6 +731,7 @@ async fn project_usage_from_stored_records() {
         memory_limit_bytes: 0,
         storage_by_class: Default::default(),
         quotas: Vec::new(),
+        cluster_capacity: None,
     };
     let url = format!("/api/v1/projects/{p}/usage");
     let empty = t.get(&url, &t.admin).await;

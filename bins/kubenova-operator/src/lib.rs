@@ -347,14 +347,75 @@ struct HttpState {
     registry: Arc<Registry>,
     state: Arc<AtomicU8>,
     usage: UsageTrigger,
+    /// When the last on-demand collection was accepted.
+    last_collect: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+}
+
+/// The shortest time between two accepted `POST /usage/collect` (a collection lists the
+/// whole cluster).
+pub const COLLECT_MIN_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether `peer` is this pod itself: loopback, also as an IPv4-mapped IPv6 address (a
+/// dual-stack listener).
+fn is_loopback(peer: &SocketAddr) -> bool {
+    peer.ip().to_canonical().is_loopback()
 }
 
 /// `POST /usage/collect`: samples usage now and reports the hour so far through the agent
-/// channel (202; requests made while one runs coalesce). Without an agent channel, or on a
-/// standby replica, nothing is collected.
-async fn collect_usage(State(s): State<HttpState>) -> impl IntoResponse {
+/// channel (202). Without an agent channel, or on a standby replica, nothing is collected.
+///
+/// - Only **loopback peers** are served: from outside the pod the request is refused
+///   (403), so only someone allowed to `kubectl port-forward` to (or exec into) the
+///   operator's pod can trigger a collection, which lists the whole cluster.
+/// - At most one request per [`COLLECT_MIN_INTERVAL`] is accepted; a request sooner than
+///   that is answered 429 with `Retry-After` (seconds). A request accepted while a
+///   collection still runs is coalesced: one more collection follows it, however many
+///   were accepted meanwhile.
+async fn collect_usage(
+    State(s): State<HttpState>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>,
+) -> axum::response::Response {
+    if !is_loopback(&peer) {
+        tracing::warn!(%peer, "POST /usage/collect refused: not from inside the pod");
+        return (
+            StatusCode::FORBIDDEN,
+            format!(
+                "POST /usage/collect is served to loopback peers only (127.0.0.1, ::1), not to {}: \
+                 trigger it through a port-forward, e.g. `kubectl -n {ns} port-forward deploy/{name} {port}` \
+                 then `curl -X POST http://127.0.0.1:{port}/usage/collect`\n",
+                peer.ip(),
+                ns = manifests::OPERATOR_NAMESPACE,
+                name = manifests::OPERATOR_NAME,
+                port = manifests::HTTP_PORT,
+            ),
+        )
+            .into_response();
+    }
+    let now = std::time::Instant::now();
+    {
+        let mut last = s
+            .last_collect
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(wait) = last
+            .map(|t| COLLECT_MIN_INTERVAL.saturating_sub(now.duration_since(t)))
+            .filter(|w| !w.is_zero())
+        {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, secs.to_string())],
+                format!(
+                    "a usage collection was requested less than {}s ago; retry in {secs}s\n",
+                    COLLECT_MIN_INTERVAL.as_secs()
+                ),
+            )
+                .into_response();
+        }
+        *last = Some(now);
+    }
     s.usage.collect_now();
-    (StatusCode::ACCEPTED, "usage collection requested\n")
+    (StatusCode::ACCEPTED, "usage collection requested\n").into_response()
 }
 
 async fn healthz() -> &'static str {
@@ -413,6 +474,7 @@ fn router(registry: Arc<Registry>, state: Arc<AtomicU8>, usage: UsageTrigger) ->
             registry,
             state,
             usage,
+            last_collect: Arc::default(),
         })
 }
 
@@ -494,7 +556,8 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
     let server = tokio::spawn(
         axum::serve(
             listener,
-            router(registry, status.state.clone(), usage_trigger.clone()),
+            router(registry, status.state.clone(), usage_trigger.clone())
+                .into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(async move {
             let _ = server_stop.wait_for(|stop| *stop).await;
@@ -641,6 +704,144 @@ mod tests {
         let err = Cli::try_parse_checked(["kubenova-operator", "crds", "--concurrency", "3"])
             .unwrap_err();
         assert!(err.to_string().contains("only used by `run`"), "{err}");
+    }
+
+    /// Sends `POST /usage/collect` to `addr` from `from` (bound as the source address);
+    /// returns the status and the whole response.
+    async fn post_collect(addr: SocketAddr, from: std::net::IpAddr) -> (u16, String) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }
+        .unwrap();
+        socket.bind(SocketAddr::new(from, 0)).unwrap();
+        let mut stream = socket.connect(addr).await.unwrap();
+        stream
+            .write_all(b"POST /usage/collect HTTP/1.1\r\nHost: operator\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.unwrap();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (status, text)
+    }
+
+    /// A non-loopback address of this machine (the source address of its default
+    /// route), if it has one.
+    fn outside_address(v6: bool) -> Option<std::net::IpAddr> {
+        let (bind, to) = if v6 {
+            ("[::]:0", "[2001:db8::1]:9")
+        } else {
+            ("0.0.0.0:0", "192.0.2.1:9")
+        };
+        // Connecting a UDP socket sends nothing; it only picks the route's source.
+        let udp = std::net::UdpSocket::bind(bind).ok()?;
+        udp.connect(to).ok()?;
+        let ip = udp.local_addr().ok()?.ip();
+        (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+    }
+
+    async fn serve_on(bind: &str) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = router(
+            Arc::new(Registry::default()),
+            Arc::new(AtomicU8::new(Readiness::Leading as u8)),
+            UsageTrigger::default(),
+        );
+        tokio::spawn(
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .into_future(),
+        );
+        addr
+    }
+
+    /// The listener binds every address (as in a pod): a request through the machine's
+    /// own non-loopback address is refused with how to trigger it instead; through
+    /// loopback it is accepted, and a second one within the minimum interval is 429.
+    #[tokio::test]
+    async fn usage_collect_is_served_to_loopback_peers_only_and_rate_limited() {
+        let addr = serve_on("0.0.0.0:0").await;
+        if let Some(outside) = outside_address(false) {
+            let (status, text) = post_collect(SocketAddr::new(outside, addr.port()), outside).await;
+            assert_eq!(status, 403, "{text}");
+            assert!(text.contains("loopback peers only"), "{text}");
+            assert!(text.contains(&format!("not to {outside}")), "{text}");
+            assert!(
+                text.contains(
+                    "kubectl -n kubenova-system port-forward deploy/kubenova-operator 8080"
+                ),
+                "{text}"
+            );
+        } else {
+            // `loopback_peers_in_every_form` still checks the decision itself.
+            eprintln!(
+                "!!! no non-loopback IPv4 address on this machine: the refusal over a real socket is not tested !!!"
+            );
+        }
+        // The refused request did not count against the interval.
+        let local = SocketAddr::from(([127, 0, 0, 1], addr.port()));
+        let loopback = std::net::IpAddr::from([127, 0, 0, 1]);
+        let (status, text) = post_collect(local, loopback).await;
+        assert_eq!(status, 202, "{text}");
+        let (status, text) = post_collect(local, loopback).await;
+        assert_eq!(status, 429, "{text}");
+        let retry_after = text
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("retry-after: ")
+                    .map(str::to_owned)
+            })
+            .expect("a Retry-After header");
+        let secs: u64 = retry_after.trim().parse().unwrap();
+        assert!(
+            (1..=COLLECT_MIN_INTERVAL.as_secs()).contains(&secs),
+            "{secs}"
+        );
+    }
+
+    /// A dual-stack listener sees IPv4 peers as IPv4-mapped IPv6 addresses: loopback is
+    /// recognised in both forms, and a non-loopback IPv6 peer is refused.
+    #[tokio::test]
+    async fn usage_collect_loopback_check_on_a_dual_stack_listener() {
+        let Ok(listener) = std::net::TcpListener::bind("[::]:0") else {
+            eprintln!("!!! no IPv6 on this machine: dual-stack part skipped !!!");
+            return;
+        };
+        drop(listener);
+        let addr = serve_on("[::]:0").await;
+        let v6_loopback = std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST);
+        let (status, text) =
+            post_collect(SocketAddr::new(v6_loopback, addr.port()), v6_loopback).await;
+        assert_eq!(status, 202, "{text}");
+        if let Some(outside) = outside_address(true) {
+            let (status, text) = post_collect(SocketAddr::new(outside, addr.port()), outside).await;
+            assert_eq!(status, 403, "{text}");
+        } else {
+            eprintln!("!!! no non-loopback IPv6 address: IPv6 refusal not tested !!!");
+        }
+    }
+
+    #[test]
+    fn loopback_peers_in_every_form() {
+        let peer = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(is_loopback(&peer("127.0.0.1:1")));
+        assert!(is_loopback(&peer("127.0.0.6:1")));
+        assert!(is_loopback(&peer("[::1]:1")));
+        assert!(is_loopback(&peer("[::ffff:127.0.0.1]:1")));
+        assert!(!is_loopback(&peer("10.0.0.7:1")));
+        assert!(!is_loopback(&peer("[::ffff:10.0.0.7]:1")));
+        assert!(!is_loopback(&peer("[fd00::2]:1")));
+        assert!(!is_loopback(&peer("0.0.0.0:1")));
     }
 
     #[test]

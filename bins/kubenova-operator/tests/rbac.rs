@@ -159,6 +159,19 @@ fn covers_what_the_controllers_use() {
     assert!(allowed("", "events", "list"));
     assert!(allowed("apps", "deployments", "list"));
     assert!(allowed("kubenova.io", "novaapps", "get"));
+    // Usage: what a sample lists, the Nodes (the cluster's capacity) included, read only.
+    for r in [
+        "pods",
+        "persistentvolumeclaims",
+        "services",
+        "resourcequotas",
+        "nodes",
+    ] {
+        assert!(allowed("", r, "list"), "list {r}");
+    }
+    for v in ["get", "watch", "create", "patch", "delete"] {
+        assert!(!allowed("", "nodes", v), "{v} nodes is not needed");
+    }
     // Secrets: only the Capsule Proxy CA, read by name; never cluster-wide.
     for r in rules
         .iter()

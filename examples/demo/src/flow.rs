@@ -261,10 +261,15 @@ impl Flow {
             let (api, http, path, listen) =
                 (api.clone(), http.clone(), path.clone(), listen.clone());
             async move {
-                http.post(format!("http://{listen}/usage/collect"))
+                // Polled: a request within the operator's minimum interval is 429 (the
+                // collection it asked for already happened or runs); only read again then.
+                let r = http
+                    .post(format!("http://{listen}/usage/collect"))
                     .send()
-                    .await?
-                    .error_for_status()?;
+                    .await?;
+                if r.status() != reqwest::StatusCode::TOO_MANY_REQUESTS {
+                    r.error_for_status()?;
+                }
                 tokio::time::sleep(Duration::from_millis(300)).await;
                 let v = api.get(&path).await?;
                 let measured = v["records"]

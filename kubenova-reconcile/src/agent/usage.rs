@@ -25,7 +25,7 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Namespace, PersistentVolumeClaim, Pod, ResourceQuota, Service,
+    ConfigMap, Namespace, Node, PersistentVolumeClaim, Pod, ResourceQuota, Service,
 };
 use kube::Client;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
@@ -82,6 +82,18 @@ pub async fn collect_inventory(client: &Client) -> Result<Inventory, kube::Error
         Err(kube::Error::Api(s)) if s.code == 404 => Vec::new(),
         Err(e) => return Err(e),
     };
+    // Listed first: a pod scheduled to a Node added after this list counts as pending
+    // (on top of the capacity), never the other way round.
+    let nodes = match list_all(Api::<Node>::all(client.clone())).await {
+        Ok(nodes) => Some(nodes),
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            tracing::warn!(
+                "usage: listing Nodes is forbidden, so no cluster capacity is reported with the usage (grant `list` on nodes: apply the current deploy/operator/rbac.yaml)"
+            );
+            None
+        }
+        Err(e) => return Err(e),
+    };
     Ok(Inventory {
         namespaces: list_all(Api::<Namespace>::all(client.clone())).await?,
         tenants: list_all(Api::<NovaTenant>::all(client.clone())).await?,
@@ -91,6 +103,7 @@ pub async fn collect_inventory(client: &Client) -> Result<Inventory, kube::Error
         services: list_all(Api::<Service>::all(client.clone())).await?,
         quotas: list_all(Api::<ResourceQuota>::all(client.clone())).await?,
         applications,
+        nodes,
     })
 }
 

@@ -1517,7 +1517,7 @@ async fn report_status(
             example = json!({"code": "KN-401", "message": "agent routes need the cluster's agent credential: Authorization: Bearer kna_…"})),
         (status = 403, description = "A record names another cluster", body = ErrorBody,
             example = json!({"code": "KN-403", "message": "records[0].clusterId: an agent uploads usage of its own cluster only"})),
-        (status = 422, description = "Invalid records, unknown tenant/project of this cluster, hours not whole", body = ErrorBody,
+        (status = 422, description = "Invalid records, unknown tenant/project of this cluster, hours not whole or in the future, requests beyond the reported clusterCapacity", body = ErrorBody,
             example = json!({"code": "KN-422", "message": "validation failed: records[0].tenantId: tenant 22222222-2222-2222-2222-222222222222 does not exist in cluster 11111111-1111-1111-1111-111111111111",
                 "details": {"violations": [{"field": "records[0].tenantId", "reason": "tenant 22222222-2222-2222-2222-222222222222 does not exist in cluster 11111111-1111-1111-1111-111111111111"}]}})),
     ),

@@ -1049,6 +1049,7 @@ mod tests {
             memory_limit_bytes: 0,
             storage_by_class: Default::default(),
             quotas: Vec::new(),
+            cluster_capacity: None,
         }
     }
 

@@ -918,6 +918,7 @@ mod series_tests {
             memory_limit_bytes: 0,
             storage_by_class: BTreeMap::new(),
             quotas: Vec::new(),
+            cluster_capacity: None,
         }
     }
 
