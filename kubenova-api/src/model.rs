@@ -1259,6 +1259,7 @@ loadBalancers,namespaces,pods,apps,cpuLimitMillicores,memoryLimitBytes\n";
     ///     memory_limit_bytes: 2048,
     ///     storage_by_class: Default::default(),
     ///     quotas: vec![],
+    ///     cluster_capacity: None,
     /// };
     /// let mut out = String::from(UsageRecord::CSV_HEADER);
     /// r.write_csv_row(&mut out);

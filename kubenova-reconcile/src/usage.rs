@@ -63,7 +63,8 @@ use uuid::Uuid;
 
 use crate::meta::{LABEL_CAPSULE_TENANT, LABEL_NAMESPACE_ROLE, LABEL_PROJECT, LABEL_TENANT};
 
-/// The objects of a cluster a [`Sample`] is taken from (as listed, unfiltered).
+/// The objects of a cluster a [`Sample`] is taken from (every one listed, unfiltered; the
+/// collector keeps of each only the fields [`sample`] reads, see [`trim`]).
 #[derive(Debug, Clone, Default)]
 pub struct Inventory {
     /// Namespaces.
@@ -332,6 +333,141 @@ fn pod_amount(pod: &Pod, limits: bool, resource: &str, bad: &mut Vec<String>) ->
         }
     }
     with_overhead((regular + sidecars).max(init_peak))
+}
+
+/// Reductions of listed objects to the fields [`sample`] reads, applied by the collector
+/// to each page as it arrives so that a collection never holds a whole cluster's objects
+/// as listed (a running pod is about 4 KiB of JSON, most of it fields the sample never
+/// reads: volumes, tolerations, conditions, container statuses, managed fields). The
+/// sample of a reduced inventory equals the sample of the objects as listed; a change to
+/// what [`sample`] reads must keep that field here.
+pub mod trim {
+    use k8s_openapi::api::core::v1::{
+        Container, Namespace, Node, NodeStatus, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+        PersistentVolumeClaimStatus, Pod, PodSpec, PodStatus, ResourceQuota, Service, ServiceSpec,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use kubenova_api::crd::{NovaProject, NovaTenant};
+
+    /// Name and namespace, and the labels when `labels` (attribution reads them).
+    ///
+    /// ```
+    /// use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    /// let m = ObjectMeta { name: Some("a".into()), uid: Some("u".into()), ..Default::default() };
+    /// let m = kubenova_reconcile::usage::trim::meta(m, false);
+    /// assert_eq!((m.name.as_deref(), m.uid), (Some("a"), None));
+    /// ```
+    pub fn meta(m: ObjectMeta, labels: bool) -> ObjectMeta {
+        ObjectMeta {
+            name: m.name,
+            namespace: m.namespace,
+            labels: if labels { m.labels } else { None },
+            ..ObjectMeta::default()
+        }
+    }
+
+    /// A namespace: name and labels.
+    pub fn namespace(n: Namespace) -> Namespace {
+        Namespace {
+            metadata: meta(n.metadata, true),
+            ..Namespace::default()
+        }
+    }
+
+    /// A NovaTenant: name, labels and spec.
+    pub fn tenant(t: NovaTenant) -> NovaTenant {
+        NovaTenant {
+            metadata: meta(t.metadata, true),
+            spec: t.spec,
+            status: None,
+        }
+    }
+
+    /// A NovaProject: name, namespace, labels and spec.
+    pub fn project(p: NovaProject) -> NovaProject {
+        NovaProject {
+            metadata: meta(p.metadata, true),
+            spec: p.spec,
+            status: None,
+        }
+    }
+
+    /// A pod: its containers' and init containers' names, resources and restart policies,
+    /// the pod-level resources and overhead, its Node and the phase.
+    pub fn pod(p: Pod) -> Pod {
+        let container = |c: Container| Container {
+            name: c.name,
+            resources: c.resources,
+            restart_policy: c.restart_policy,
+            ..Container::default()
+        };
+        Pod {
+            metadata: meta(p.metadata, false),
+            spec: p.spec.map(|s| PodSpec {
+                containers: s.containers.into_iter().map(container).collect(),
+                init_containers: s
+                    .init_containers
+                    .map(|v| v.into_iter().map(container).collect()),
+                overhead: s.overhead,
+                resources: s.resources,
+                node_name: s.node_name,
+                ..PodSpec::default()
+            }),
+            status: p.status.map(|s| PodStatus {
+                phase: s.phase,
+                ..PodStatus::default()
+            }),
+        }
+    }
+
+    /// A PVC: storage class, phase and capacity.
+    pub fn pvc(c: PersistentVolumeClaim) -> PersistentVolumeClaim {
+        PersistentVolumeClaim {
+            metadata: meta(c.metadata, false),
+            spec: c.spec.map(|s| PersistentVolumeClaimSpec {
+                storage_class_name: s.storage_class_name,
+                ..PersistentVolumeClaimSpec::default()
+            }),
+            status: c.status.map(|s| PersistentVolumeClaimStatus {
+                phase: s.phase,
+                capacity: s.capacity,
+                ..PersistentVolumeClaimStatus::default()
+            }),
+        }
+    }
+
+    /// A Service: its type.
+    pub fn service(s: Service) -> Service {
+        Service {
+            metadata: meta(s.metadata, false),
+            spec: s.spec.map(|s| ServiceSpec {
+                type_: s.type_,
+                ..ServiceSpec::default()
+            }),
+            status: None,
+        }
+    }
+
+    /// A Node: its name and allocatable resources.
+    pub fn node(n: Node) -> Node {
+        Node {
+            metadata: meta(n.metadata, false),
+            spec: None,
+            status: n.status.map(|s| NodeStatus {
+                allocatable: s.allocatable,
+                ..NodeStatus::default()
+            }),
+        }
+    }
+
+    /// A ResourceQuota: its status (hard and used).
+    pub fn quota(q: ResourceQuota) -> ResourceQuota {
+        ResourceQuota {
+            metadata: meta(q.metadata, false),
+            spec: None,
+            status: q.status,
+        }
+    }
 }
 
 fn terminated(pod: &Pod) -> bool {
@@ -992,6 +1128,64 @@ mod tests {
             (1, 1, 3000)
         );
         assert!(beta.quotas.is_empty());
+    }
+
+    #[test]
+    fn a_trimmed_inventory_samples_the_same() {
+        let mut inv = fixture();
+        // Some pods on a listed Node, some on one that is gone: the capacity must come out
+        // the same too.
+        for (i, p) in inv.pods.iter_mut().enumerate() {
+            if let Some(spec) = p.spec.as_mut() {
+                spec.node_name = Some(if i % 2 == 0 { "n1" } else { "gone" }.into());
+            }
+        }
+        inv.nodes = Some(vec![node("n1", "64", "256Gi")]);
+        assert!(
+            sample(&inv)
+                .capacity
+                .is_some_and(|c| c.pending_cpu > 0 && c.cpu > 0)
+        );
+        let trimmed = Inventory {
+            namespaces: inv
+                .namespaces
+                .iter()
+                .cloned()
+                .map(trim::namespace)
+                .collect(),
+            tenants: inv.tenants.iter().cloned().map(trim::tenant).collect(),
+            projects: inv.projects.iter().cloned().map(trim::project).collect(),
+            pods: inv.pods.iter().cloned().map(trim::pod).collect(),
+            pvcs: inv.pvcs.iter().cloned().map(trim::pvc).collect(),
+            services: inv.services.iter().cloned().map(trim::service).collect(),
+            quotas: inv.quotas.iter().cloned().map(trim::quota).collect(),
+            applications: inv
+                .applications
+                .iter()
+                .cloned()
+                .map(|m| trim::meta(m, false))
+                .collect(),
+            nodes: inv
+                .nodes
+                .clone()
+                .map(|n| n.into_iter().map(trim::node).collect()),
+        };
+        let mut odd = fixture();
+        odd.pods.push(pod(
+            "beta-apps",
+            "odd",
+            "Running",
+            json!({"containers": [container("a", json!({"cpu": "lots"}), json!({}))]}),
+        ));
+        let odd_trimmed: Vec<Pod> = odd.pods.iter().cloned().map(trim::pod).collect();
+        assert_eq!(sample(&trimmed), sample(&inv));
+        assert_eq!(
+            sample(&Inventory {
+                pods: odd_trimmed,
+                ..odd.clone()
+            }),
+            sample(&odd)
+        );
     }
 
     #[test]

@@ -1509,7 +1509,7 @@ where
 /// of class `fast`, a LoadBalancer Service and a ResourceQuota (pods 1, requests.cpu
 /// 400m, so the CPU quota is exceeded); in `acme-apps`, a pod requesting 1 CPU.
 async fn usage_fixture(env: &mut Env) -> (Uuid, Uuid) {
-    use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, ResourceQuota, Service};
+    use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod, ResourceQuota, Service};
     let (t, p, a) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
     env.fake().put(tenant(t, "acme", "gold"));
     env.fake().put(project(p, "acme", "web"));
@@ -1718,6 +1718,105 @@ async fn usage_is_measured_from_the_cluster_and_uploaded_idempotently() {
     // (Unless the hour turned meanwhile, the keys are the same.)
     assert_eq!(stored, keys * hours);
     assert_eq!(usage_of(&env, t, None).unwrap().cpu_millicores, 1500);
+    env.stop().await;
+}
+
+/// A collection keeps of each listed object only what the sample reads (at 10,000 pods
+/// the objects as listed take hundreds of MiB at once), and samples the same as the
+/// objects as listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_keeps_only_what_the_sample_reads() {
+    use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod, ResourceQuota, Service};
+    use kubenova_reconcile::usage::{Inventory, sample};
+    let mut env = Env::start().await;
+    usage_fixture(&mut env).await;
+    let c = &env.client;
+    let web = project_namespace("acme", "web");
+    // What a kubelet reports of a running pod, none of which the sample reads.
+    let now = "2026-12-07T10:00:00Z";
+    set_status::<Pod>(
+        c,
+        &web,
+        "web-0",
+        json!({
+        "phase": "Running", "podIP": "10.244.0.7", "startTime": now,
+        "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}],
+        "containerStatuses": [{"name": "a", "image": "nginx", "imageID": "", "ready": true,
+            "restartCount": 0, "state": {"running": {"startedAt": now}}}]}),
+    )
+    .await;
+
+    let inv = agent::collect_inventory(c).await.unwrap();
+    async fn all<K>(c: &Client) -> Vec<K>
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+        <K as kube::Resource>::DynamicType: Default,
+    {
+        Api::<K>::all(c.clone())
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+    }
+    let vela = ApiResource::from_gvk(&GroupVersionKind::gvk(
+        "core.oam.dev",
+        "v1beta1",
+        "Application",
+    ));
+    let listed = Inventory {
+        namespaces: all::<Namespace>(c).await,
+        tenants: all::<NovaTenant>(c).await,
+        projects: all::<NovaProject>(c).await,
+        pods: all::<Pod>(c).await,
+        pvcs: all::<PersistentVolumeClaim>(c).await,
+        services: all::<Service>(c).await,
+        quotas: all::<ResourceQuota>(c).await,
+        applications: Api::<DynamicObject>::all_with(c.clone(), &vela)
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|a| a.metadata)
+            .collect(),
+        nodes: Some(all::<Node>(c).await),
+    };
+    let s = sample(&inv);
+    assert_eq!(s.scopes.len(), 2, "the tenant and its project");
+    assert_eq!(s, sample(&listed));
+
+    let web0 = |pods: &[Pod]| {
+        pods.iter()
+            .find(|p| p.metadata.name.as_deref() == Some("web-0"))
+            .cloned()
+            .unwrap()
+    };
+    let (kept, as_listed) = (web0(&inv.pods), web0(&listed.pods));
+    let (status, listed_status) = (kept.status.unwrap(), as_listed.status.unwrap());
+    assert!(listed_status.container_statuses.is_some() && as_listed.metadata.uid.is_some());
+    assert_eq!(status.phase.as_deref(), Some("Running"));
+    assert_eq!(
+        (status.conditions, status.container_statuses, status.pod_ip),
+        (None, None, None),
+        "pod statuses are not kept"
+    );
+    assert_eq!(
+        (kept.metadata.uid, kept.metadata.managed_fields),
+        (None, None),
+        "metadata other than name, namespace (and labels where attribution reads them) is not kept"
+    );
+    let spec = kept.spec.unwrap();
+    assert_eq!(spec.containers.len(), 2);
+    assert!(
+        spec.containers
+            .iter()
+            .all(|c| c.image.is_none() && c.resources.is_some())
+    );
+    assert!(
+        inv.services
+            .iter()
+            .all(|s| s.spec.as_ref().is_some_and(|s| s.ports.is_none()))
+    );
     env.stop().await;
 }
 

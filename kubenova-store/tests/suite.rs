@@ -1897,6 +1897,7 @@ async fn usage_day_sums_split_days_at_pricing_bounds(h: &Harness) {
         memory_limit_bytes: 0,
         storage_by_class: Default::default(),
         quotas: Vec::new(),
+        cluster_capacity: None,
     };
     // 60 hours: two and a half days; a project's hours must not count.
     let mut records: Vec<UsageRecord> = (0..60).map(|n| rec(None, n)).collect();

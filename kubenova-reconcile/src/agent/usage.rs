@@ -3,7 +3,8 @@
 //!
 //! - Every [`AgentConfig::usage_sample_interval`] (and on demand) the loop lists
 //!   namespaces, Nova tenants and projects, pods, PVCs, Services, ResourceQuotas and
-//!   KubeVela Applications and adds a [`Sample`](crate::usage::Sample), with its time, to
+//!   KubeVela Applications (paged; each object reduced to what the sample reads as its
+//!   page arrives) and adds a [`Sample`](crate::usage::Sample), with its time, to
 //!   the hour's accumulator (a time-weighted integral).
 //! - When a UTC hour ends, its records go to the **outbox**; so does the hour so far on
 //!   demand ([`UsageTrigger::collect_now`]), every
@@ -24,14 +25,11 @@ use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{
-    ConfigMap, Namespace, Node, PersistentVolumeClaim, Pod, ResourceQuota, Service,
-};
+use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use kube::Client;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kubenova_api::agent::{AGENT_FIELD_MANAGER, USAGE_CONFIGMAP, USAGE_CONFIGMAP_KEY};
-use kubenova_api::crd::{NovaProject, NovaTenant};
 use kubenova_api::ids::{ProjectId, TenantId};
 use kubenova_api::model::UsageRecord;
 use serde::de::DeserializeOwned;
@@ -44,7 +42,7 @@ use super::client::AgentError;
 use super::desired::log_error;
 use super::{RetryClass, Shared, stopped};
 use crate::meta::{LABEL_MANAGED_BY, MANAGED_BY};
-use crate::usage::{HourAccumulator, Inventory, hour_of, sample};
+use crate::usage::{HourAccumulator, Inventory, hour_of, sample, trim};
 
 /// Most records in one upload.
 pub const USAGE_BATCH: usize = 500;
@@ -69,22 +67,25 @@ impl UsageTrigger {
     }
 }
 
-/// Lists what a usage sample is taken from (every namespace; paged). KubeVela
-/// Applications count as none while their CRD is not served.
+/// Lists what a usage sample is taken from (every namespace; paged), each object reduced
+/// to the fields the sample reads as its page arrives ([`trim`]): at 10,000 pods the
+/// objects as listed would take hundreds of MiB at once. KubeVela Applications count as
+/// none while their CRD is not served.
 pub async fn collect_inventory(client: &Client) -> Result<Inventory, kube::Error> {
     let vela = ApiResource::from_gvk(&GroupVersionKind::gvk(
         "core.oam.dev",
         "v1beta1",
         "Application",
     ));
-    let applications = match list_all(Api::<DynamicObject>::all_with(client.clone(), &vela)).await {
-        Ok(apps) => apps.into_iter().map(|a| a.metadata).collect(),
+    let apps = Api::<DynamicObject>::all_with(client.clone(), &vela);
+    let applications = match list_all(apps, |a| trim::meta(a.metadata, false)).await {
+        Ok(apps) => apps,
         Err(kube::Error::Api(s)) if s.code == 404 => Vec::new(),
         Err(e) => return Err(e),
     };
     // Listed first: a pod scheduled to a Node added after this list counts as pending
     // (on top of the capacity), never the other way round.
-    let nodes = match list_all(Api::<Node>::all(client.clone())).await {
+    let nodes = match list_all(Api::<Node>::all(client.clone()), trim::node).await {
         Ok(nodes) => Some(nodes),
         Err(kube::Error::Api(s)) if s.code == 403 => {
             tracing::warn!(
@@ -95,19 +96,20 @@ pub async fn collect_inventory(client: &Client) -> Result<Inventory, kube::Error
         Err(e) => return Err(e),
     };
     Ok(Inventory {
-        namespaces: list_all(Api::<Namespace>::all(client.clone())).await?,
-        tenants: list_all(Api::<NovaTenant>::all(client.clone())).await?,
-        projects: list_all(Api::<NovaProject>::all(client.clone())).await?,
-        pods: list_all(Api::<Pod>::all(client.clone())).await?,
-        pvcs: list_all(Api::<PersistentVolumeClaim>::all(client.clone())).await?,
-        services: list_all(Api::<Service>::all(client.clone())).await?,
-        quotas: list_all(Api::<ResourceQuota>::all(client.clone())).await?,
+        namespaces: list_all(Api::all(client.clone()), trim::namespace).await?,
+        tenants: list_all(Api::all(client.clone()), trim::tenant).await?,
+        projects: list_all(Api::all(client.clone()), trim::project).await?,
+        pods: list_all(Api::all(client.clone()), trim::pod).await?,
+        pvcs: list_all(Api::all(client.clone()), trim::pvc).await?,
+        services: list_all(Api::all(client.clone()), trim::service).await?,
+        quotas: list_all(Api::all(client.clone()), trim::quota).await?,
         applications,
         nodes,
     })
 }
 
-async fn list_all<K>(api: Api<K>) -> Result<Vec<K>, kube::Error>
+/// Every object of `api`, page by page, each reduced by `keep`.
+async fn list_all<K, T>(api: Api<K>, keep: impl Fn(K) -> T) -> Result<Vec<T>, kube::Error>
 where
     K: Clone + DeserializeOwned + Debug,
 {
@@ -115,7 +117,7 @@ where
     let mut lp = ListParams::default().limit(LIST_PAGE);
     loop {
         let page = api.list(&lp).await?;
-        out.extend(page.items);
+        out.extend(page.items.into_iter().map(&keep));
         match page.metadata.continue_ {
             Some(c) if !c.is_empty() => lp = lp.continue_token(&c),
             _ => return Ok(out),
