@@ -130,6 +130,7 @@ fn records(cluster: ClusterId, tenants: &[TenantId], hours: i64) -> Vec<UsageRec
                 memory_limit_bytes: 4 << 30,
                 storage_by_class: BTreeMap::new(),
                 quotas: Vec::new(),
+                cluster_capacity: None,
             });
         }
     }

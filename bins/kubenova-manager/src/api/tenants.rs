@@ -297,7 +297,8 @@ pub struct UsageParams {
     /// Also return the per-project records (default: tenant totals only).
     pub include_projects: Option<bool>,
     /// `hour`, `day` or `month` (UTC, calendar months): adds `series`, one entry per
-    /// period with a report, priced at the plan in force at each hour.
+    /// period with a report, priced at the plan in force at each hour. With `day` and
+    /// `month` the database sums the periods and `records` is left empty.
     pub granularity: Option<String>,
 }
 
