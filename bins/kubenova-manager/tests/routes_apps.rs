@@ -760,6 +760,44 @@ async fn project_usage_from_stored_records() {
         .unwrap();
     let r = t.get(&format!("{url}?from={from}"), &t.admin).await;
     assert_eq!(r.body["totals"]["hours"], 3);
+    // By day and month the database sums the periods: the same totals, latest figures and
+    // series as from the hours, without the hours.
+    let hourly = t
+        .get(&format!("{url}?from={from}&granularity=hour"), &t.admin)
+        .await;
+    for g in ["day", "month"] {
+        let r = t
+            .get(&format!("{url}?from={from}&granularity={g}"), &t.admin)
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text);
+        assert_eq!(r.body["records"], serde_json::json!([]), "{g}");
+        for key in ["totals", "cpuRequests", "lastReportedAt", "pods", "quota"] {
+            assert_eq!(r.body[key], hourly.body[key], "{g}: {key}");
+        }
+        let hours: i64 = r.body["series"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["hours"].as_i64().unwrap())
+            .sum();
+        assert_eq!(hours, 3, "{g}: {}", r.text);
+        let cost = |v: &serde_json::Value| -> i64 {
+            v["series"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| {
+                    b["cost"]
+                        .as_str()
+                        .unwrap()
+                        .replace('.', "")
+                        .parse::<i64>()
+                        .unwrap()
+                })
+                .sum()
+        };
+        assert_eq!(cost(&r.body), cost(&hourly.body), "{g}");
+    }
     let csv = t.get(&format!("{url}?format=csv"), &t.admin).await;
     assert_eq!(csv.status, StatusCode::OK);
     assert!(

@@ -328,7 +328,8 @@ pub struct ProjectUsageReport {
     /// Per period when `granularity` was asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub series: Option<Vec<super::usage::UsageBucket>>,
-    /// The hourly records, oldest first.
+    /// The hourly records, oldest first; empty with `granularity=day` or `month` (the
+    /// periods are summed by the database).
     pub records: Vec<UsageRecord>,
 }
 
@@ -367,6 +368,7 @@ pub(crate) fn usage_report(
     to: OffsetDateTime,
     mut records: Vec<UsageRecord>,
     sums: &UsageSums,
+    recent: Option<&[UsageRecord]>,
 ) -> ProjectUsageReport {
     records.sort_by_key(|r| r.hour);
     let totals = UsageTotals {
@@ -377,8 +379,15 @@ pub(crate) fn usage_report(
         load_balancer_hours: sums.load_balancer_hours,
         pod_hours: sums.pod_hours,
     };
-    let last = records.last();
-    let quota = records.iter().rev().find_map(super::tenants::quota_report);
+    // The latest record and quota use: from `recent` (newest first) when the hours are
+    // not read, else from the hours.
+    let (last, quota) = match recent {
+        Some(r) => (r.first(), r.iter().find_map(super::tenants::quota_report)),
+        None => (
+            records.last(),
+            records.iter().rev().find_map(super::tenants::quota_report),
+        ),
+    };
     ProjectUsageReport {
         project_id: project,
         tenant_id: tenant,
@@ -975,6 +984,60 @@ pub async fn get_project_usage(
         to,
         max_records: st.config.usage_max_records,
     };
+    let by_days = !csv
+        && matches!(
+            granularity,
+            Some(super::usage::Granularity::Day | super::usage::Granularity::Month)
+        );
+    if by_days {
+        // Summed by the database per day and pricing span; the hours are left out.
+        let tenant = st.store.get_tenant(project.tenant_id).await?;
+        let history = st.store.tenant_plan_history(tenant.id).await?;
+        let versions = st.store.plan_price_history().await?;
+        let days = st
+            .store
+            .usage_day_sums(&query, &super::usage::price_bounds(&history, &versions))
+            .await?;
+        let recent = st
+            .store
+            .latest_usage(&query, super::tenants::QUOTA_LOOKBACK)
+            .await?;
+        let sums = days.iter().fold(UsageSums::default(), |mut a, d| {
+            a.records = a.records.saturating_add(d.sums.records);
+            a.cpu_millicore_hours = a
+                .cpu_millicore_hours
+                .saturating_add(d.sums.cpu_millicore_hours);
+            a.memory_byte_hours = a.memory_byte_hours.saturating_add(d.sums.memory_byte_hours);
+            a.storage_byte_hours = a
+                .storage_byte_hours
+                .saturating_add(d.sums.storage_byte_hours);
+            a.load_balancer_hours = a
+                .load_balancer_hours
+                .saturating_add(d.sums.load_balancer_hours);
+            a.pod_hours = a.pod_hours.saturating_add(d.sums.pod_hours);
+            a
+        });
+        let mut report = usage_report(
+            project.id,
+            project.tenant_id,
+            from,
+            to,
+            Vec::new(),
+            &sums,
+            Some(&recent),
+        );
+        report.series = granularity.map(|g| {
+            super::usage::series(
+                &st.catalog,
+                &history,
+                &versions,
+                &tenant.plan,
+                &super::usage::priced_days(&days),
+                g,
+            )
+        });
+        return Ok(json_response(StatusCode::OK, &report, None, None, false));
+    }
     // More records than a response carries is KN-422 (never a truncated list).
     let records = st.store.query_usage(&query).await?;
     let records: Vec<UsageRecord> = records
@@ -1011,7 +1074,15 @@ pub async fn get_project_usage(
         }
         None => None,
     };
-    let mut report = usage_report(project.id, project.tenant_id, from, to, records, &sums);
+    let mut report = usage_report(
+        project.id,
+        project.tenant_id,
+        from,
+        to,
+        records,
+        &sums,
+        None,
+    );
     report.series = series;
     Ok(json_response(StatusCode::OK, &report, None, None, false))
 }
@@ -1080,6 +1151,7 @@ mod tests {
             h2 + time::Duration::hours(1),
             vec![rec(h2, 2000, 1024), rec(h1, 500, 2048)],
             &sums,
+            None,
         );
         assert_eq!(r.cpu_requests, "2");
         assert_eq!(r.memory_requests, "1Ki");
@@ -1095,6 +1167,7 @@ mod tests {
             h2,
             vec![],
             &UsageSums::default(),
+            Some(&[]),
         );
         assert_eq!(empty.cpu_requests, "0");
         assert!(empty.last_reported_at.is_none());

@@ -435,7 +435,7 @@ pub struct QuotaReport {
 
 /// How many of the latest records a day- or month-grouped usage read searches for the
 /// quota use (records of current operators carry it whenever the tenant has quotas).
-const QUOTA_LOOKBACK: u32 = 48;
+pub(crate) const QUOTA_LOOKBACK: u32 = 48;
 
 /// The quota report of `r`, if it carries quota use.
 pub(crate) fn quota_report(r: &UsageRecord) -> Option<QuotaReport> {
