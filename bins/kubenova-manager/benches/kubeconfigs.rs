@@ -801,10 +801,10 @@ fn report(backend: Backend, levels: &[Level], rounds: usize, len: Duration, bare
         let (a, b) = (totals(&l.api), totals(&l.bare));
         let share = sign_us / a.cpu_us;
         println!(
-            "| {} | {:.1} µs | {} | {:.1} + {:.1} µs | {sign_us:.1} µs | {:.1}% {} | {:.1}% |",
+            "| {} | {:.1} µs | {:.1} µs | {:.1} + {:.1} µs | {sign_us:.1} µs | {:.1}% {} | {:.1}% |",
             l.conns,
             a.cpu_us,
-            format!("{:.1} µs", a.db_us),
+            a.db_us,
             b.cpu_us,
             b.db_us,
             share * 100.0,
