@@ -409,8 +409,6 @@ pub(crate) fn usage_report(
     }
 }
 
-/// The records as CSV, one row per hour (pure).
-
 /// Longest range a usage query may span.
 const USAGE_MAX_RANGE: time::Duration = time::Duration::days(366);
 
