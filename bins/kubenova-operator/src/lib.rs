@@ -49,7 +49,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kubenova_api::catalog::Catalog;
 use kubenova_reconcile::agent::UsageTrigger;
 use kubenova_reconcile::controller::{Ctx, Metrics, RunOptions};
-use kubenova_reconcile::leader::{LeaderElector, LeaseConfig};
+use kubenova_reconcile::leader::{Fence, LeaderElector, LeaseConfig};
 use kubenova_reconcile::manifests;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -554,11 +554,17 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             }
             tracing::info!("leading: starting the controllers");
             let (term_tx, term_rx) = tokio::sync::watch::channel(false);
+            // The agent's writes are fenced by the elector's own flag: they stop the
+            // moment it steps down, before this loop has even seen the change.
+            let fenced_agent = agent.clone().map(|(mut config, driver, timeout)| {
+                config.fence = Fence::leading(leading.clone());
+                (config, driver, timeout)
+            });
             let mut controllers = tokio::spawn(workloads::run(
                 ctx.clone(),
                 opts,
                 client.clone(),
-                agent.clone(),
+                fenced_agent,
                 term_rx,
             ));
             status.set(Readiness::Leading);
@@ -577,11 +583,21 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
                 Readiness::SteppingDown
             });
             let _ = term_tx.send(true);
-            if !controllers.is_finished() {
-                controllers.await??;
-            }
             if shutting_down {
+                // Still the leader: let the work stop at its own pace, then release.
+                if !controllers.is_finished() {
+                    controllers.await??;
+                }
                 break 'terms;
+            }
+            // Deposed: cancel, do not wait. A write finishing now could land after the
+            // new leader's and revert it; the requests already sent are dropped with
+            // their tasks (see `workloads::run`).
+            controllers.abort();
+            match controllers.await {
+                Ok(r) => r?,
+                Err(e) if e.is_cancelled() => {}
+                Err(e) => return Err(e.into()),
             }
             tracing::warn!("leadership lost: controllers stopped; standing by");
             status.set(Readiness::Standby);
