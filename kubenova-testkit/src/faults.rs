@@ -654,6 +654,24 @@ mod tests {
         assert_eq!(c.writes(), 5);
     }
 
+    #[tokio::test]
+    async fn holds_wait_until_released_and_count_arrivals() {
+        let f = Arc::new(Faults::default());
+        let hold = f.hold(Fault::verb("patch").resource("namespaces"));
+        assert!(f.holds_for(&req("get", "namespaces", Some("a"))).is_empty());
+        let mut gates = f.holds_for(&req("patch", "namespaces", Some("a")));
+        assert_eq!((gates.len(), hold.arrived()), (1, 1));
+        assert!(!*gates[0].borrow());
+        hold.wait_held(1).await;
+        hold.release();
+        gates[0].wait_for(|o| *o).await.unwrap();
+        drop(hold);
+        assert!(
+            f.holds_for(&req("patch", "namespaces", Some("b")))
+                .is_empty()
+        );
+    }
+
     #[test]
     fn writes_only_for_a_while() {
         let f = Faults::default();
