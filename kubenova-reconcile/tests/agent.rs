@@ -1730,6 +1730,23 @@ async fn records_the_manager_rejects_are_isolated_and_the_rest_delivered() {
 /// is on the wire at the step-down, and nothing else can be.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deposed_agent_sends_no_write_after_the_step_down() {
+    deposed_mid_apply(StepDown::TermSignal).await;
+}
+
+/// The same with the elector's own flag as the fence (what the operator passes): writes
+/// stop on the step-down itself, before any term signal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leadership_fence_stops_an_apply_in_flight() {
+    deposed_mid_apply(StepDown::Fence).await;
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum StepDown {
+    TermSignal,
+    Fence,
+}
+
+async fn deposed_mid_apply(how: StepDown) {
     let mut env = Env::start().await;
     const TENANTS: usize = 20;
     // The agent applies up to 8 objects of a kind at once.
@@ -1744,23 +1761,38 @@ async fn a_deposed_agent_sends_no_write_after_the_step_down() {
         .unwrap()
         .faults()
         .hold(Fault::verb("patch").resource("novatenants"));
-    env.start_agent();
+    let (leading_tx, leading) = watch::channel(true);
+    let mut config = env.config(TOKEN);
+    if how == StepDown::Fence {
+        config.fence = agent::Fence::leading(leading);
+    }
+    env.start_agent_with(config);
     tokio::time::timeout(TIMEOUT, hold.wait_held(WAVE))
         .await
         .expect("the first wave of applies reaches the API server");
     // Every apply the agent may run at once waits at the server: no other write is on
-    // the wire (no NovaTenant exists yet, so the controllers patch none). Step down now,
-    // as the operator does (its term signal).
+    // the wire (no NovaTenant exists yet, so the controllers patch none). Step down now.
     let (term, mut task) = env.agent.take().unwrap();
-    term.send(true).unwrap();
-    let stopped_while_held = tokio::time::timeout(Duration::from_secs(5), &mut task)
-        .await
-        .is_ok();
+    let stopped_while_held = match how {
+        StepDown::TermSignal => {
+            term.send(true).unwrap();
+            tokio::time::timeout(Duration::from_secs(5), &mut task)
+                .await
+                .is_ok()
+        }
+        StepDown::Fence => {
+            leading_tx.send(false).unwrap();
+            // The other loops of the agent run on (the operator aborts them); give the
+            // desired loop time to send anything it still would.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            true
+        }
+    };
     let arrived_while_held = hold.arrived();
     // The held requests (sent while leading) may land now; nothing else may follow.
     hold.release();
     if !stopped_while_held {
-        tokio::time::timeout(TIMEOUT, task)
+        tokio::time::timeout(TIMEOUT, &mut task)
             .await
             .expect("the agent stops")
             .unwrap();
@@ -1781,7 +1813,8 @@ async fn a_deposed_agent_sends_no_write_after_the_step_down() {
          the step-down may land, the deposed agent sent more"
     );
     assert_eq!(
-        arrived_while_held, WAVE,
+        (arrived_while_held, hold.arrived()),
+        (WAVE, WAVE),
         "no apply sent after the step-down"
     );
     assert!(
@@ -1789,5 +1822,12 @@ async fn a_deposed_agent_sends_no_write_after_the_step_down() {
         "the agent stops on step-down without waiting for its in-flight applies"
     );
     drop(hold);
+    if !task.is_finished() {
+        term.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the agent stops on shutdown")
+            .unwrap();
+    }
     env.stop().await;
 }
