@@ -457,9 +457,13 @@ impl Status {
 /// metrics server.
 ///
 /// With leader election ([`RunConfig::leader_election_enabled`]) the controllers run only
-/// while this replica holds the Lease: they are started when it is acquired and stopped
-/// (in-flight reconciles finish) as soon as it is lost, and the replica then competes
-/// again. On shutdown the Lease is released so that a standby takes over at once.
+/// while this replica holds the Lease: they are started when it is acquired and
+/// **aborted** as soon as it is lost (in-flight reconciles and applies are cancelled, not
+/// finished, so a deposed replica does not revert what the new leader writes; the agent's
+/// writes are also fenced by the elector's flag, see
+/// [`Fence`](kubenova_reconcile::leader::Fence)), and the replica then competes again. On
+/// shutdown the work stops at its own pace and then the Lease is released so that a
+/// standby takes over at once.
 /// `/readyz` says `leader` or `standby` (both 200) and is 503 while starting, stepping
 /// down or stopping; `/leader` is 200 only on the leader; the gauge `kubenova_leader` is 1
 /// on the leader.
