@@ -386,6 +386,108 @@ impl LeaderElector {
     }
 }
 
+/// A write fence for leader-only work: closed once this replica must not write any more
+/// (leadership lost, or the work told to stop). Leader-only code checks it immediately
+/// before every write ([`Fence::check`]) and races its long operations against
+/// [`Fence::closed`], so a deposed leader sends no new write after the step-down.
+///
+/// A fence cannot recall a request that is already on the wire: such a write may still
+/// land after the step-down. It was sent while we led, and the elector steps down at the
+/// renew deadline, before the lease expires for the other replicas
+/// ([`LeaseConfig::renew_deadline`] < [`LeaseConfig::lease_duration`]), so it lands
+/// before a new leader starts writing unless it spends longer than that margin
+/// (5 s with the defaults) in transit.
+///
+/// ```
+/// use kubenova_reconcile::leader::Fence;
+/// let (leading_tx, leading) = tokio::sync::watch::channel(true);
+/// let fence = Fence::leading(leading);
+/// assert!(fence.check().is_ok());
+/// leading_tx.send(false).unwrap();
+/// assert!(fence.check().is_err());
+/// assert!(Fence::open().check().is_ok());
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct Fence {
+    /// Must stay `true` (the elector's [`LeaderElector::subscribe`]).
+    leading: Option<watch::Receiver<bool>>,
+    /// Must stay `false` (a shutdown or term signal).
+    stop: Option<watch::Receiver<bool>>,
+}
+
+/// The error of a write refused by a closed [`Fence`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "write fenced: this replica is no longer the leader (or is stopping); the current leader makes the change"
+)]
+pub struct Fenced;
+
+impl Fence {
+    /// A fence that never closes (leader election off: this replica is the only writer).
+    pub fn open() -> Fence {
+        Fence::default()
+    }
+
+    /// Closed once `leading` turns `false` (or its elector is gone).
+    pub fn leading(leading: watch::Receiver<bool>) -> Fence {
+        Fence {
+            leading: Some(leading),
+            stop: None,
+        }
+    }
+
+    /// This fence, also closed once `stop` turns `true` (or its sender is gone).
+    #[must_use]
+    pub fn or_stopped(mut self, stop: watch::Receiver<bool>) -> Fence {
+        self.stop = Some(stop);
+        self
+    }
+
+    /// Whether writes are still allowed.
+    pub fn is_open(&self) -> bool {
+        let leads = self
+            .leading
+            .as_ref()
+            .is_none_or(|l| *l.borrow() && l.has_changed().is_ok());
+        let runs = self
+            .stop
+            .as_ref()
+            .is_none_or(|s| !*s.borrow() && s.has_changed().is_ok());
+        leads && runs
+    }
+
+    /// `Ok` while writes are allowed; call it immediately before each write.
+    pub fn check(&self) -> Result<(), Fenced> {
+        if self.is_open() { Ok(()) } else { Err(Fenced) }
+    }
+
+    /// Resolves once the fence is closed (never for [`Fence::open`]).
+    pub async fn closed(&self) {
+        let mut leading = self.leading.clone();
+        let mut stop = self.stop.clone();
+        let lost = async {
+            match &mut leading {
+                Some(l) => {
+                    let _ = l.wait_for(|l| !*l).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let stopped = async {
+            match &mut stop {
+                Some(s) => {
+                    let _ = s.wait_for(|s| *s).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = lost => {}
+            () = stopped => {}
+        }
+    }
+}
+
 /// Sleeps until `at`, or forever when there is no deadline.
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
@@ -396,7 +498,30 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[tokio::test]
+    async fn fences_close_on_step_down_on_stop_and_when_the_sender_is_gone() {
+        let (leading_tx, leading) = watch::channel(true);
+        let (stop_tx, stop) = watch::channel(false);
+        let fence = Fence::leading(leading).or_stopped(stop);
+        assert!(fence.is_open());
+        stop_tx.send(true).unwrap();
+        assert_eq!(fence.check(), Err(Fenced));
+        fence.closed().await;
+        let fence = Fence::leading(leading_tx.subscribe());
+        assert!(fence.is_open());
+        leading_tx.send(false).unwrap();
+        assert!(!fence.is_open());
+        fence.closed().await;
+        let (tx, rx) = watch::channel(true);
+        let fence = Fence::leading(rx);
+        drop(tx);
+        assert!(!fence.is_open(), "no elector: not leading");
+        fence.closed().await;
+        assert!(Fence::open().is_open());
+    }
 
     #[test]
     fn timings_are_consistent() {

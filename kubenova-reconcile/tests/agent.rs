@@ -29,7 +29,7 @@ use kubenova_api::model::{ClusterCapacity, ClusterStatus, ComponentPhase, Phase,
 use kubenova_reconcile::agent::{self, ANNOTATION_DESIRED_REVISION, AgentConfig, AgentMetrics};
 use kubenova_reconcile::controller::{self, Backoff, Ctx, Metrics, RunOptions};
 use kubenova_reconcile::project_namespace;
-use kubenova_testkit::TestCluster;
+use kubenova_testkit::{Fault, TestCluster};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::watch;
@@ -1902,5 +1902,114 @@ async fn records_the_manager_rejects_are_isolated_and_the_rest_delivered() {
     })
     .await;
     assert!(usage_of(&env, other, None).is_none());
+    env.stop().await;
+}
+
+/// The operator stops the agent with its term signal when it loses leadership. An apply
+/// in flight at that moment must stop writing at once: the new leader may already have
+/// applied a newer snapshot, and the deposed replica's forced applies would revert it.
+/// Applies are held by the testkit so that exactly the first wave of concurrent applies
+/// is on the wire at the step-down, and nothing else can be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_agent_sends_no_write_after_the_step_down() {
+    deposed_mid_apply(StepDown::TermSignal).await;
+}
+
+/// The same with the elector's own flag as the fence (what the operator passes): writes
+/// stop on the step-down itself, before any term signal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leadership_fence_stops_an_apply_in_flight() {
+    deposed_mid_apply(StepDown::Fence).await;
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum StepDown {
+    TermSignal,
+    Fence,
+}
+
+async fn deposed_mid_apply(how: StepDown) {
+    let mut env = Env::start().await;
+    const TENANTS: usize = 20;
+    // The agent applies up to 8 objects of a kind at once.
+    const WAVE: u64 = 8;
+    for i in 0..TENANTS {
+        env.fake()
+            .put(tenant(Uuid::now_v7(), &format!("fenced-{i:02}"), "gold"));
+    }
+    let hold = env
+        .cluster
+        .as_ref()
+        .unwrap()
+        .faults()
+        .hold(Fault::verb("patch").resource("novatenants"));
+    let (leading_tx, leading) = watch::channel(true);
+    let mut config = env.config(TOKEN);
+    if how == StepDown::Fence {
+        config.fence = agent::Fence::leading(leading);
+    }
+    env.start_agent_with(config);
+    tokio::time::timeout(TIMEOUT, hold.wait_held(WAVE))
+        .await
+        .expect("the first wave of applies reaches the API server");
+    // Every apply the agent may run at once waits at the server: no other write is on
+    // the wire (no NovaTenant exists yet, so the controllers patch none). Step down now.
+    let (term, mut task) = env.agent.take().unwrap();
+    let stopped_while_held = match how {
+        StepDown::TermSignal => {
+            term.send(true).unwrap();
+            tokio::time::timeout(Duration::from_secs(5), &mut task)
+                .await
+                .is_ok()
+        }
+        StepDown::Fence => {
+            leading_tx.send(false).unwrap();
+            // The other loops of the agent run on (the operator aborts them); give the
+            // desired loop time to send anything it still would.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            true
+        }
+    };
+    let arrived_while_held = hold.arrived();
+    // The held requests (sent while leading) may land now; nothing else may follow.
+    hold.release();
+    if !stopped_while_held {
+        tokio::time::timeout(TIMEOUT, &mut task)
+            .await
+            .expect("the agent stops")
+            .unwrap();
+    }
+    // Whatever the deposed agent still sends lands within this pause.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let written = Api::<NovaTenant>::all(env.client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|t| t.name_any().starts_with("fenced-"))
+        .count();
+    assert!(
+        written as u64 <= WAVE,
+        "{written} of {TENANTS} NovaTenants applied: only the {WAVE} applies on the wire at \
+         the step-down may land, the deposed agent sent more"
+    );
+    assert_eq!(
+        (arrived_while_held, hold.arrived()),
+        (WAVE, WAVE),
+        "no apply sent after the step-down"
+    );
+    assert!(
+        stopped_while_held,
+        "the agent stops on step-down without waiting for its in-flight applies"
+    );
+    drop(hold);
+    if !task.is_finished() {
+        term.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the agent stops on shutdown")
+            .unwrap();
+    }
     env.stop().await;
 }

@@ -25,8 +25,26 @@
 //! println!("{} PATCH namespaces", cluster.faults().counts().get("patch", "namespaces"));
 //! # Ok(()) }
 //! ```
+//!
+//! A rule can also **hold** matching requests instead of failing them ([`Faults::hold`]): a
+//! held request is counted on arrival and waits in front of the store until the test
+//! releases it ([`Hold::release`]), which makes "slow writes" deterministic: the test
+//! knows exactly which requests were on the wire at a given moment.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use kubenova_testkit::{Fault, TestCluster};
+//!
+//! let cluster = TestCluster::start().await?;
+//! let hold = cluster.faults().hold(Fault::verb("patch").resource("novatenants"));
+//! // ... start a client that patches NovaTenants ...
+//! hold.wait_held(3).await; // three patches arrived and wait
+//! hold.release(); // they (and later ones) go through
+//! # Ok(()) }
+//! ```
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -271,10 +289,21 @@ struct Active {
     expires: Option<Instant>,
 }
 
+/// A hold rule: matching requests wait until `open` turns `true`.
+#[derive(Debug)]
+struct HoldRule {
+    id: u64,
+    fault: Fault,
+    open: tokio::sync::watch::Sender<bool>,
+    /// Requests that arrived (held or let through once released).
+    arrived: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
 #[derive(Debug, Default)]
 struct State {
     next_id: u64,
     rules: Vec<Active>,
+    holds: Vec<HoldRule>,
     injected: u64,
     rng: u64,
     counts: BTreeMap<(String, String), u64>,
@@ -348,9 +377,52 @@ impl Faults {
         self.lock().rules.retain(|r| r.id != id.0);
     }
 
-    /// Removes every rule (the counters are kept).
+    /// Removes every rule (the counters are kept). Requests still held are released.
     pub fn clear(&self) {
-        self.lock().rules.clear();
+        let mut s = self.lock();
+        s.rules.clear();
+        for h in s.holds.drain(..) {
+            h.open.send_replace(true);
+        }
+    }
+
+    /// Holds every request matching `fault` (its verb, resource, namespace, name and user
+    /// conditions; the failure settings are ignored) in front of the store until
+    /// [`Hold::release`]. Requests are counted when they arrive, before they wait; a held
+    /// request that a [`check`](Self::check) rule fails is failed at once instead.
+    pub fn hold(self: &Arc<Self>, fault: Fault) -> Hold {
+        let (open, _) = tokio::sync::watch::channel(false);
+        let (arrived, _) = tokio::sync::watch::channel(0);
+        let arrived = Arc::new(arrived);
+        let mut s = self.lock();
+        s.next_id += 1;
+        let id = s.next_id;
+        s.holds.push(HoldRule {
+            id,
+            fault,
+            open: open.clone(),
+            arrived: arrived.clone(),
+        });
+        Hold {
+            faults: self.clone(),
+            id,
+            open,
+            arrived,
+        }
+    }
+
+    /// The gates a request must pass (one per matching hold rule), counting it as arrived
+    /// at each. Called by the server after [`check`](Self::check) let the request through.
+    pub fn holds_for(&self, r: &RequestInfo<'_>) -> Vec<tokio::sync::watch::Receiver<bool>> {
+        let s = self.lock();
+        s.holds
+            .iter()
+            .filter(|h| h.fault.matches(r))
+            .map(|h| {
+                h.arrived.send_modify(|n| *n += 1);
+                h.open.subscribe()
+            })
+            .collect()
     }
 
     /// Rules still active (neither spent nor expired).
@@ -438,6 +510,42 @@ impl Faults {
             s.rules.remove(i);
         }
         Some(err)
+    }
+}
+
+/// A hold rule injected with [`Faults::hold`]. Dropping it releases the held requests
+/// and removes the rule.
+#[derive(Debug)]
+pub struct Hold {
+    faults: Arc<Faults>,
+    id: u64,
+    open: tokio::sync::watch::Sender<bool>,
+    arrived: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Hold {
+    /// Requests that matched the rule so far (held now, or let through after release).
+    pub fn arrived(&self) -> u64 {
+        *self.arrived.borrow()
+    }
+
+    /// Waits until at least `n` requests arrived at the rule.
+    pub async fn wait_held(&self, n: u64) {
+        let mut rx = self.arrived.subscribe();
+        // The sender lives in `self`, so the channel cannot close while we wait.
+        let _ = rx.wait_for(|a| *a >= n).await;
+    }
+
+    /// Lets the held requests, and every later matching one, through.
+    pub fn release(&self) {
+        self.open.send_replace(true);
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.open.send_replace(true);
+        self.faults.lock().holds.retain(|h| h.id != self.id);
     }
 }
 
@@ -544,6 +652,24 @@ mod tests {
         assert_eq!(c.get("patch", "namespaces"), 4);
         assert_eq!(c.total, 6);
         assert_eq!(c.writes(), 5);
+    }
+
+    #[tokio::test]
+    async fn holds_wait_until_released_and_count_arrivals() {
+        let f = Arc::new(Faults::default());
+        let hold = f.hold(Fault::verb("patch").resource("namespaces"));
+        assert!(f.holds_for(&req("get", "namespaces", Some("a"))).is_empty());
+        let mut gates = f.holds_for(&req("patch", "namespaces", Some("a")));
+        assert_eq!((gates.len(), hold.arrived()), (1, 1));
+        assert!(!*gates[0].borrow());
+        hold.wait_held(1).await;
+        hold.release();
+        gates[0].wait_for(|o| *o).await.unwrap();
+        drop(hold);
+        assert!(
+            f.holds_for(&req("patch", "namespaces", Some("b")))
+                .is_empty()
+        );
     }
 
     #[test]

@@ -53,7 +53,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 pub use error::{ApiError, Cause};
-pub use faults::{Fault, FaultId, Faults, RequestCounts};
+pub use faults::{Fault, FaultId, Faults, Hold, RequestCounts};
 pub use simulate::{
     SimulatedCapsule, SimulatedKubeVela, SimulatedQuota, SimulatedWorkloads, Simulations,
 };

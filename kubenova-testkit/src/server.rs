@@ -622,7 +622,7 @@ async fn resource(
         (Method::DELETE, Some(_)) => "delete",
         _ => "unknown",
     };
-    if let Some(e) = app.faults.check(&crate::faults::RequestInfo {
+    let info = crate::faults::RequestInfo {
         verb,
         group,
         resource: &t.plural,
@@ -633,9 +633,14 @@ async fn resource(
         namespace: ns,
         name,
         user,
-    }) {
+    };
+    if let Some(e) = app.faults.check(&info) {
         tracing::debug!(verb, resource = %t.plural, code = e.code, "injected fault");
         return Err(e);
+    }
+    for mut gate in app.faults.holds_for(&info) {
+        // A dropped rule counts as released (`Hold` releases on drop).
+        let _ = gate.wait_for(|open| *open).await;
     }
     let store = &app.store;
     let labels = LabelSelector::parse(

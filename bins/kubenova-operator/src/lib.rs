@@ -49,7 +49,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kubenova_api::catalog::Catalog;
 use kubenova_reconcile::agent::UsageTrigger;
 use kubenova_reconcile::controller::{Ctx, Metrics, RunOptions};
-use kubenova_reconcile::leader::{LeaderElector, LeaseConfig};
+use kubenova_reconcile::leader::{Fence, LeaderElector, LeaseConfig};
 use kubenova_reconcile::manifests;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -519,9 +519,13 @@ impl Status {
 /// metrics server.
 ///
 /// With leader election ([`RunConfig::leader_election_enabled`]) the controllers run only
-/// while this replica holds the Lease: they are started when it is acquired and stopped
-/// (in-flight reconciles finish) as soon as it is lost, and the replica then competes
-/// again. On shutdown the Lease is released so that a standby takes over at once.
+/// while this replica holds the Lease: they are started when it is acquired and
+/// **aborted** as soon as it is lost (in-flight reconciles and applies are cancelled, not
+/// finished, so a deposed replica does not revert what the new leader writes; the agent's
+/// writes are also fenced by the elector's flag, see
+/// [`Fence`](kubenova_reconcile::leader::Fence)), and the replica then competes again. On
+/// shutdown the work stops at its own pace and then the Lease is released so that a
+/// standby takes over at once.
 /// `/readyz` says `leader` or `standby` (both 200) and is 503 while starting, stepping
 /// down or stopping; `/leader` is 200 only on the leader; the gauge `kubenova_leader` is 1
 /// on the leader.
@@ -617,11 +621,17 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
             }
             tracing::info!("leading: starting the controllers");
             let (term_tx, term_rx) = tokio::sync::watch::channel(false);
+            // The agent's writes are fenced by the elector's own flag: they stop the
+            // moment it steps down, before this loop has even seen the change.
+            let fenced_agent = agent.clone().map(|(mut config, driver, timeout)| {
+                config.fence = Fence::leading(leading.clone());
+                (config, driver, timeout)
+            });
             let mut controllers = tokio::spawn(workloads::run(
                 ctx.clone(),
                 opts,
                 client.clone(),
-                agent.clone(),
+                fenced_agent,
                 term_rx,
             ));
             status.set(Readiness::Leading);
@@ -640,11 +650,21 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
                 Readiness::SteppingDown
             });
             let _ = term_tx.send(true);
-            if !controllers.is_finished() {
-                controllers.await??;
-            }
             if shutting_down {
+                // Still the leader: let the work stop at its own pace, then release.
+                if !controllers.is_finished() {
+                    controllers.await??;
+                }
                 break 'terms;
+            }
+            // Deposed: cancel, do not wait. A write finishing now could land after the
+            // new leader's and revert it; the requests already sent are dropped with
+            // their tasks (see `workloads::run`).
+            controllers.abort();
+            match controllers.await {
+                Ok(r) => r?,
+                Err(e) if e.is_cancelled() => {}
+                Err(e) => return Err(e.into()),
             }
             tracing::warn!("leadership lost: controllers stopped; standing by");
             status.set(Readiness::Standby);

@@ -273,7 +273,21 @@ async fn installer(
     }
 }
 
+/// Aborts its tasks when dropped: cancelling [`run`] (the operator does on step-down)
+/// cancels the controllers, the agent and the installer too, instead of leaving them
+/// running detached.
+struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
 /// Runs the controllers and, with `agent`, the agent loop and the installer, until `stop`.
+/// Dropping (aborting) the returned future aborts all of them.
 pub async fn run(
     ctx: Arc<Ctx>,
     opts: RunOptions,
@@ -282,6 +296,7 @@ pub async fn run(
     stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let controllers = tokio::spawn(controller::run(ctx, opts, stop.clone()));
+    let mut guard = AbortOnDrop(vec![controllers.abort_handle()]);
     let Some((mut config, driver, timeout)) = agent else {
         controllers.await?;
         return Ok(());
@@ -304,6 +319,8 @@ pub async fn run(
         }
         r
     });
+    guard.0.push(install.abort_handle());
+    guard.0.push(agent_task.abort_handle());
     let (c, i, a) = tokio::join!(controllers, install, agent_task);
     c?;
     i?;

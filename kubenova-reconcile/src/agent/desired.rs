@@ -19,6 +19,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use crate::leader::{Fence, Fenced};
+
 use super::{
     ANNOTATION_DESIRED_REVISION, AgentConfig, AgentError, AgentMetrics, RetryClass, Shared,
 };
@@ -60,6 +62,12 @@ enum ApplyError {
     Invalid(String),
     /// The cluster API failed: retry the whole answer with the same cursor.
     Transient(kube::Error),
+}
+
+/// A fenced write as the API error type of the loop: the answer is abandoned with its
+/// cursor unchanged (the loop then stops, see [`run`]).
+fn fenced(f: Fenced) -> kube::Error {
+    kube::Error::Service(Box::new(f))
 }
 
 fn classify(e: kube::Error) -> ApplyError {
@@ -144,7 +152,12 @@ fn apply_body(obj: &DesiredObject, revision: i64) -> Result<(ObjectRef, Value), 
     Ok((r, v))
 }
 
-async fn apply_one(kube: &Client, body: &Value, kind: ObjectKind) -> Result<(), ApplyError> {
+async fn apply_one(
+    kube: &Client,
+    fence: &Fence,
+    body: &Value,
+    kind: ObjectKind,
+) -> Result<(), ApplyError> {
     let ar = api_resource(kind);
     let name = body
         .pointer("/metadata/name")
@@ -155,6 +168,11 @@ async fn apply_one(kube: &Client, body: &Value, kind: ObjectKind) -> Result<(), 
         Some(ns) => Api::namespaced_with(kube.clone(), ns, &ar),
         None => Api::all_with(kube.clone(), &ar),
     };
+    // Checked last thing before the request: a deposed leader's forced apply would
+    // revert what the new leader applied since.
+    fence
+        .check()
+        .map_err(|f| ApplyError::Transient(fenced(f)))?;
     let applied = api
         .patch(
             name,
@@ -196,6 +214,7 @@ async fn list_all(
 /// Deletes one listed object unless it is already going away. 404 = already gone.
 async fn delete_obj(
     kube: &Client,
+    fence: &Fence,
     kind: ObjectKind,
     obj: &DynamicObject,
 ) -> Result<bool, kube::Error> {
@@ -215,6 +234,7 @@ async fn delete_obj(
         uid: Some(uid),
         resource_version: None,
     });
+    fence.check().map_err(fenced)?;
     match api.delete(&name, &params).await {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(false),
@@ -314,6 +334,8 @@ struct Pending {
 /// State of the desired loop.
 struct DesiredLoop {
     sh: Arc<Shared>,
+    /// Closed on step-down or shutdown: checked before every write.
+    fence: Fence,
     /// Next cursor (the last revision applied).
     cursor: i64,
     pending: BTreeMap<ObjectRef, Pending>,
@@ -345,6 +367,7 @@ impl DesiredLoop {
         revision: i64,
     ) -> Result<(), kube::Error> {
         let kube = self.sh.kube.clone();
+        let fence = &self.fence;
         for kind in [ObjectKind::Tenant, ObjectKind::Project, ObjectKind::App] {
             let batch: Vec<DesiredObject> = objects
                 .iter()
@@ -359,7 +382,7 @@ impl DesiredLoop {
                     let kube = kube.clone();
                     async move {
                         let res = match apply_body(&o, revision) {
-                            Ok((r, body)) => apply_one(&kube, &body, r.kind).await,
+                            Ok((r, body)) => apply_one(&kube, fence, &body, r.kind).await,
                             Err(e) => Err(ApplyError::Invalid(e)),
                         };
                         (o, res)
@@ -423,7 +446,7 @@ impl DesiredLoop {
             self.pending.remove(&r);
             let selector = format!("{},{LABEL_ID}={}", manager_selector(), r.id);
             for obj in list_all(&self.sh.kube, r.kind, &selector).await? {
-                if delete_obj(&self.sh.kube, r.kind, &obj).await? {
+                if delete_obj(&self.sh.kube, &self.fence, r.kind, &obj).await? {
                     tracing::info!(kind = kind_name(r.kind), id = %r.id, name = ?obj.metadata.name, "deleted");
                     AgentMetrics::count(
                         &self.metrics().deletes,
@@ -458,7 +481,7 @@ impl DesiredLoop {
         for kind in [ObjectKind::App, ObjectKind::Project, ObjectKind::Tenant] {
             for obj in live.get(&kind).into_iter().flatten() {
                 let wanted = id_of(obj).is_some_and(|id| keep.contains(&ObjectRef { kind, id }));
-                if !wanted && delete_obj(&self.sh.kube, kind, obj).await? {
+                if !wanted && delete_obj(&self.sh.kube, &self.fence, kind, obj).await? {
                     tracing::info!(kind = kind_name(kind), name = ?obj.metadata.name, namespace = ?obj.metadata.namespace, "pruned: not in the desired snapshot");
                     AgentMetrics::count(
                         &self.metrics().deletes,
@@ -601,9 +624,15 @@ impl DesiredLoop {
     }
 }
 
-/// The desired-state loop.
+/// The desired-state loop. It writes only while the fence of the configuration
+/// ([`AgentConfig::fence`]) is open and `shutdown` is `false`: every write is checked
+/// against both just before it is sent, and the answer being applied is abandoned (not
+/// finished) the moment either closes, after which the loop returns. The cursor is not
+/// advanced by an abandoned answer; whoever leads next applies the desired state afresh.
 pub(super) async fn run(sh: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let fence = sh.config.fence.clone().or_stopped(shutdown.clone());
     let mut st = DesiredLoop {
+        fence: fence.clone(),
         sh: sh.clone(),
         cursor: 0,
         pending: BTreeMap::new(),
@@ -622,20 +651,39 @@ pub(super) async fn run(sh: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                 tokio::select! {
                     r = &mut poll => break Some(r),
                     _ = super::stopped(&mut shutdown) => break None,
+                    () = fence.closed() => break None,
                     _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
-                        if let Err(e) = st.retry_pending().await {
-                            tracing::warn!(error = %e, "retrying pending objects failed");
+                        let retried = tokio::select! {
+                            r = st.retry_pending() => Some(r),
+                            () = fence.closed() => None,
+                        };
+                        match retried {
+                            Some(Ok(())) => {}
+                            Some(Err(e)) => tracing::warn!(error = %e, "retrying pending objects failed"),
+                            None => break None,
                         }
                     }
                 }
             }
         };
-        let Some(res) = res else { return };
+        let Some(res) = res else {
+            log_fenced(&fence);
+            return;
+        };
         sh.metrics().request("desired", &res);
         let class = match res {
             Ok(d) => {
                 sh.manager_reached(true);
-                match st.handle(d).await {
+                // Raced against the fence: on step-down the answer is abandoned at once,
+                // its requests still waiting for a reply are dropped.
+                let handled = tokio::select! {
+                    r = st.handle(d) => r,
+                    () = fence.closed() => {
+                        log_fenced(&fence);
+                        return;
+                    }
+                };
+                match handled {
                     Ok(()) => {
                         attempt = 0;
                         continue;
@@ -658,6 +706,15 @@ pub(super) async fn run(sh: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         if super::sleep_or_stop(sh.config.retry_delay(class, attempt), &mut shutdown).await {
             return;
         }
+    }
+}
+
+/// Logs why the loop stops writing.
+fn log_fenced(fence: &Fence) {
+    if !fence.is_open() {
+        tracing::info!(
+            "desired-state loop stopped (leadership lost or shutting down); applies in progress were abandoned"
+        );
     }
 }
 

@@ -407,6 +407,11 @@ async fn publish_configmap(sh: &Shared, proxy: &ProxyEndpoint) -> Result<(), kub
         "metadata": {"name": PROXY_CONFIGMAP, "namespace": ns, "labels": {LABEL_MANAGED_BY: MANAGED_BY}},
         "data": data,
     });
+    // A deposed leader leaves the ConfigMap to the new one.
+    sh.config
+        .fence
+        .check()
+        .map_err(|f| kube::Error::Service(Box::new(f)))?;
     Api::<ConfigMap>::namespaced(sh.kube.clone(), ns)
         .patch(
             PROXY_CONFIGMAP,

@@ -67,6 +67,8 @@ use prometheus_client::registry::Registry;
 use rand::Rng as _;
 use tokio::sync::{Notify, mpsc, watch};
 
+pub use crate::leader::Fence;
+
 pub use client::{AgentClient, AgentError, RetryClass};
 pub use heartbeat::{PROXY_CONFIGMAP_CA_KEY, PROXY_CONFIGMAP_URL_KEY, ProxyFound, discover_proxy};
 pub use requests::{
@@ -226,6 +228,11 @@ pub struct AgentConfig {
     pub usage_buffer_max_bytes: usize,
     /// Collects and reports usage on demand.
     pub usage_trigger: UsageTrigger,
+    /// Leader-only writes stop when this closes: the operator passes
+    /// [`Fence::leading`] of its elector, so a deposed leader sends no new Nova object
+    /// apply or delete and no ConfigMap write (default: [`Fence::open`], never closes).
+    /// The desired-state loop also treats the shutdown signal of [`run`] as closing it.
+    pub fence: Fence,
 }
 
 impl fmt::Debug for AgentConfig {
@@ -272,6 +279,7 @@ impl AgentConfig {
             usage_report_interval: None,
             usage_buffer_max_bytes: 900 * 1024,
             usage_trigger: UsageTrigger::default(),
+            fence: Fence::open(),
         }
     }
 

@@ -222,6 +222,14 @@ impl Outbox {
             "metadata": {"name": USAGE_CONFIGMAP, "namespace": ns, "labels": {LABEL_MANAGED_BY: MANAGED_BY}},
             "data": {USAGE_CONFIGMAP_KEY: text.as_deref().unwrap_or("")},
         });
+        // A deposed leader must not overwrite the buffer the new leader keeps.
+        if sh.config.fence.check().is_err() {
+            tracing::debug!(
+                configmap = USAGE_CONFIGMAP,
+                "usage: not the leader any more; buffer not written"
+            );
+            return;
+        }
         let res = Api::<ConfigMap>::namespaced(sh.kube.clone(), ns)
             .patch(
                 USAGE_CONFIGMAP,
