@@ -1509,7 +1509,7 @@ where
 /// of class `fast`, a LoadBalancer Service and a ResourceQuota (pods 1, requests.cpu
 /// 400m, so the CPU quota is exceeded); in `acme-apps`, a pod requesting 1 CPU.
 async fn usage_fixture(env: &mut Env) -> (Uuid, Uuid) {
-    use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod, ResourceQuota, Service};
+    use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod, ResourceQuota, Service};
     let (t, p, a) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
     env.fake().put(tenant(t, "acme", "gold"));
     env.fake().put(project(p, "acme", "web"));
