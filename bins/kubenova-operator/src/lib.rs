@@ -523,7 +523,7 @@ impl Status {
 /// **aborted** as soon as it is lost (in-flight reconciles and applies are cancelled, not
 /// finished, so a deposed replica does not revert what the new leader writes; the agent's
 /// writes are also fenced by the elector's flag, see
-/// [`Fence`](kubenova_reconcile::leader::Fence)), and the replica then competes again. On
+/// [`Fence`]), and the replica then competes again. On
 /// shutdown the work stops at its own pace and then the Lease is released so that a
 /// standby takes over at once.
 /// `/readyz` says `leader` or `standby` (both 200) and is 503 while starting, stepping
