@@ -1000,21 +1000,7 @@ pub async fn get_project_usage(
             .store
             .latest_usage(&query, super::tenants::QUOTA_LOOKBACK)
             .await?;
-        let sums = days.iter().fold(UsageSums::default(), |mut a, d| {
-            a.records = a.records.saturating_add(d.sums.records);
-            a.cpu_millicore_hours = a
-                .cpu_millicore_hours
-                .saturating_add(d.sums.cpu_millicore_hours);
-            a.memory_byte_hours = a.memory_byte_hours.saturating_add(d.sums.memory_byte_hours);
-            a.storage_byte_hours = a
-                .storage_byte_hours
-                .saturating_add(d.sums.storage_byte_hours);
-            a.load_balancer_hours = a
-                .load_balancer_hours
-                .saturating_add(d.sums.load_balancer_hours);
-            a.pod_hours = a.pod_hours.saturating_add(d.sums.pod_hours);
-            a
-        });
+        let sums = super::usage::sum_days(&days);
         let mut report = usage_report(
             project.id,
             project.tenant_id,

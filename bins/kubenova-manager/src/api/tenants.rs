@@ -433,6 +433,18 @@ pub struct QuotaReport {
     pub items: Vec<kubenova_api::model::QuotaUse>,
 }
 
+/// The totals of a usage answer from the store's sums.
+pub(crate) fn usage_totals_of(sums: &kubenova_store::UsageSums) -> UsageTotals {
+    UsageTotals {
+        hours: sums.records,
+        cpu_millicore_hours: sums.cpu_millicore_hours,
+        memory_byte_hours: sums.memory_byte_hours,
+        storage_byte_hours: sums.storage_byte_hours,
+        load_balancer_hours: sums.load_balancer_hours,
+        pod_hours: sums.pod_hours,
+    }
+}
+
 /// How many of the latest records a day- or month-grouped usage read searches for the
 /// quota use (records of current operators carry it whenever the tenant has quotas).
 pub(crate) const QUOTA_LOOKBACK: u32 = 48;
@@ -1562,21 +1574,7 @@ async fn tenant_usage(
             )
             .await?;
         let recent = st.store.latest_usage(&tenant_level, QUOTA_LOOKBACK).await?;
-        let totals = days.iter().fold(UsageTotals::default(), |mut a, d| {
-            a.hours = a.hours.saturating_add(d.sums.records);
-            a.cpu_millicore_hours = a
-                .cpu_millicore_hours
-                .saturating_add(d.sums.cpu_millicore_hours);
-            a.memory_byte_hours = a.memory_byte_hours.saturating_add(d.sums.memory_byte_hours);
-            a.storage_byte_hours = a
-                .storage_byte_hours
-                .saturating_add(d.sums.storage_byte_hours);
-            a.load_balancer_hours = a
-                .load_balancer_hours
-                .saturating_add(d.sums.load_balancer_hours);
-            a.pod_hours = a.pod_hours.saturating_add(d.sums.pod_hours);
-            a
-        });
+        let totals = usage_totals_of(&super::usage::sum_days(&days));
         let reported = !days.is_empty()
             || (include_projects
                 && st
@@ -1614,15 +1612,7 @@ async fn tenant_usage(
             return Ok(resp);
         }
         // Summed by the database over every tenant-level record of the range.
-        let sums = st.store.usage_totals(&tenant_level).await?;
-        let totals = UsageTotals {
-            hours: sums.records,
-            cpu_millicore_hours: sums.cpu_millicore_hours,
-            memory_byte_hours: sums.memory_byte_hours,
-            storage_byte_hours: sums.storage_byte_hours,
-            load_balancer_hours: sums.load_balancer_hours,
-            pod_hours: sums.pod_hours,
-        };
+        let totals = usage_totals_of(&st.store.usage_totals(&tenant_level).await?);
         let own: Vec<&UsageRecord> = records.iter().filter(|r| r.project_id.is_none()).collect();
         let groups = super::usage::priced_records_of(own.iter().copied());
         let latest = own.last().map(|r| (*r).clone());

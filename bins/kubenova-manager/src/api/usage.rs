@@ -819,6 +819,26 @@ pub(crate) fn priced_records_of<'a>(records: impl Iterator<Item = &'a UsageRecor
     records.map(|r| (r.hour, Sums::of(r))).collect()
 }
 
+/// The sums of all `days` (saturating, as the store's sums are).
+pub(crate) fn sum_days(days: &[kubenova_store::UsageDaySums]) -> kubenova_store::UsageSums {
+    days.iter()
+        .fold(kubenova_store::UsageSums::default(), |mut a, d| {
+            a.records = a.records.saturating_add(d.sums.records);
+            a.cpu_millicore_hours = a
+                .cpu_millicore_hours
+                .saturating_add(d.sums.cpu_millicore_hours);
+            a.memory_byte_hours = a.memory_byte_hours.saturating_add(d.sums.memory_byte_hours);
+            a.storage_byte_hours = a
+                .storage_byte_hours
+                .saturating_add(d.sums.storage_byte_hours);
+            a.load_balancer_hours = a
+                .load_balancer_hours
+                .saturating_add(d.sums.load_balancer_hours);
+            a.pod_hours = a.pod_hours.saturating_add(d.sums.pod_hours);
+            a
+        })
+}
+
 /// The day sums of the store, one group each.
 pub(crate) fn priced_days(days: &[kubenova_store::UsageDaySums]) -> Vec<Priced> {
     days.iter()
