@@ -1778,6 +1778,43 @@ async fn a_price_change_never_reprices_past_hours() {
         3 * micros(&series[0]["cost"]),
         "{after}"
     );
+
+    // An hour just before the price change, reported late: on most days it shares its UTC
+    // day with hours after the change. Summed by the database per day and pricing span,
+    // every hour keeps its price: the same costs as priced hour by hour.
+    app.post(
+        "/api/v1/usage",
+        &admin,
+        json!({"records": [rec(hour_ago(11))]}),
+    )
+    .await
+    .expect(StatusCode::ACCEPTED);
+    let hourly = app.get(&url, &admin).await.json();
+    let daily = app
+        .get(
+            &format!(
+                "/api/v1/tenants/{id}/usage?from={}&granularity=day",
+                hour_ago(72)
+            ),
+            &admin,
+        )
+        .await
+        .json();
+    assert_eq!(daily["costByPlan"], hourly["costByPlan"], "{daily}");
+    assert_eq!(daily["totalCost"], hourly["totalCost"]);
+    assert_eq!(daily["totals"], hourly["totals"]);
+    assert_eq!(
+        micros(&hourly["totalCost"]),
+        4 * micros(&series[0]["cost"]),
+        "{hourly}"
+    );
+    let day_costs: i64 = daily["series"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| micros(&b["cost"]))
+        .sum();
+    assert_eq!(day_costs, micros(&daily["totalCost"]));
 }
 
 #[tokio::test]
