@@ -135,6 +135,24 @@ const USAGE_SUM_COLUMNS: [&str; 5] = [
     "pods",
 ];
 
+/// The columns of a usage record (read by `usage_row`), up to the filter.
+const USAGE_SELECT: &str = "SELECT cluster_id, tenant_id, project_key, hour, cpu_millicores, memory_bytes, storage_bytes, load_balancers, \
+     namespaces, pods, apps, cpu_limit_millicores, memory_limit_bytes, detail FROM usage_hours WHERE ";
+
+/// Appends `COUNT(*) AS n` and the summed columns (read by `usage_sums_row`). Each column
+/// is summed in two parts, the multiples of 2^32 and the rest (usage values are never
+/// negative), so that neither sum can overflow a BIGINT however many rows match; the
+/// parts are joined in 128 bits when read.
+fn push_usage_sums<DB: sqlx::Database>(qb: &mut sqlx::QueryBuilder<'_, DB>) {
+    qb.push("COUNT(*) AS n");
+    for col in USAGE_SUM_COLUMNS {
+        qb.push(format!(
+            ", CAST(COALESCE(SUM({col} / 4294967296), 0) AS BIGINT) AS {col}_hi, \
+             CAST(COALESCE(SUM({col} % 4294967296), 0) AS BIGINT) AS {col}_lo"
+        ));
+    }
+}
+
 /// The `detail` column of `usage_hours`: the parts of a usage record that are not summed.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -1545,10 +1563,8 @@ macro_rules! sql_backend {
             }
 
             async fn export_usage(&self, e: &UsageExport) -> Result<Vec<UsageRecord>> {
-                let mut qb = sqlx::QueryBuilder::<$Db>::new(
-                    "SELECT cluster_id, tenant_id, project_key, hour, cpu_millicores, memory_bytes, storage_bytes, load_balancers, \
-                     namespaces, pods, apps, cpu_limit_millicores, memory_limit_bytes, detail FROM usage_hours WHERE hour >= ",
-                );
+                let mut qb = sqlx::QueryBuilder::<$Db>::new(USAGE_SELECT);
+                qb.push("hour >= ");
                 qb.push_bind(to_micros(e.from));
                 qb.push(" AND hour < ").push_bind(to_micros(e.to));
                 if let Some(c) = e.cluster {
@@ -1575,10 +1591,8 @@ macro_rules! sql_backend {
             }
 
             async fn query_usage(&self, q: &UsageQuery) -> Result<Vec<UsageRecord>> {
-                let mut qb = sqlx::QueryBuilder::<$Db>::new(
-                    "SELECT cluster_id, tenant_id, project_key, hour, cpu_millicores, memory_bytes, storage_bytes, load_balancers, \
-                     namespaces, pods, apps, cpu_limit_millicores, memory_limit_bytes, detail FROM usage_hours WHERE tenant_id = ",
-                );
+                let mut qb = sqlx::QueryBuilder::<$Db>::new(USAGE_SELECT);
+                qb.push("tenant_id = ");
                 Self::push_usage_filter(&mut qb, q);
                 qb.push(" ORDER BY hour, cluster_id, project_key LIMIT ")
                     .push_bind(i64::from(q.max_records) + 1);
@@ -1596,33 +1610,12 @@ macro_rules! sql_backend {
             }
 
             async fn usage_totals(&self, q: &UsageQuery) -> Result<UsageSums> {
-                // Each column is summed in two parts, the multiples of 2^32 and the rest
-                // (usage values are never negative), so that neither sum can overflow a
-                // BIGINT however many rows match; the parts are joined in 128 bits below.
-                let mut qb = sqlx::QueryBuilder::<$Db>::new("SELECT COUNT(*) AS n");
-                for col in USAGE_SUM_COLUMNS {
-                    qb.push(format!(
-                        ", CAST(COALESCE(SUM({col} / 4294967296), 0) AS BIGINT) AS {col}_hi, \
-                         CAST(COALESCE(SUM({col} % 4294967296), 0) AS BIGINT) AS {col}_lo"
-                    ));
-                }
+                let mut qb = sqlx::QueryBuilder::<$Db>::new("SELECT ");
+                push_usage_sums(&mut qb);
                 qb.push(" FROM usage_hours WHERE tenant_id = ");
                 Self::push_usage_filter(&mut qb, q);
                 let row = qb.build().fetch_one(&self.pool).await?;
-                let sum = |col: &str| -> Result<i64> {
-                    let hi: i64 = row.try_get(format!("{col}_hi").as_str())?;
-                    let lo: i64 = row.try_get(format!("{col}_lo").as_str())?;
-                    let total = (i128::from(hi) << 32) + i128::from(lo);
-                    Ok(i64::try_from(total).unwrap_or(i64::MAX))
-                };
-                Ok(UsageSums {
-                    records: row.try_get("n")?,
-                    cpu_millicore_hours: sum("cpu_millicores")?,
-                    memory_byte_hours: sum("memory_bytes")?,
-                    storage_byte_hours: sum("storage_bytes")?,
-                    load_balancer_hours: sum("load_balancers")?,
-                    pod_hours: sum("pods")?,
-                })
+                Self::usage_sums_row(&row)
             }
 
             async fn usage_day_sums(&self, q: &UsageQuery, bounds: &[OffsetDateTime]) -> Result<Vec<UsageDaySums>> {
@@ -1637,45 +1630,25 @@ macro_rules! sql_backend {
                     }
                     qb.push(format!(" ELSE {} END", bounds.len()));
                 }
-                qb.push(" AS span, MIN(hour) AS first_hour, COUNT(*) AS n");
-                for col in USAGE_SUM_COLUMNS {
-                    qb.push(format!(
-                        ", CAST(COALESCE(SUM({col} / 4294967296), 0) AS BIGINT) AS {col}_hi, \
-                         CAST(COALESCE(SUM({col} % 4294967296), 0) AS BIGINT) AS {col}_lo"
-                    ));
-                }
+                qb.push(" AS span, MIN(hour) AS first_hour, ");
+                push_usage_sums(&mut qb);
                 qb.push(" FROM usage_hours WHERE tenant_id = ");
                 Self::push_usage_filter(&mut qb, q);
                 qb.push(" GROUP BY day_index, span ORDER BY first_hour");
                 let rows = qb.build().fetch_all(&self.pool).await?;
-                let mut out = Vec::with_capacity(rows.len());
-                for row in rows {
-                    let sum = |col: &str| -> Result<i64> {
-                        let hi: i64 = row.try_get(format!("{col}_hi").as_str())?;
-                        let lo: i64 = row.try_get(format!("{col}_lo").as_str())?;
-                        let total = (i128::from(hi) << 32) + i128::from(lo);
-                        Ok(i64::try_from(total).unwrap_or(i64::MAX))
-                    };
-                    out.push(UsageDaySums {
-                        first_hour: from_micros(row.try_get("first_hour")?),
-                        sums: UsageSums {
-                            records: row.try_get("n")?,
-                            cpu_millicore_hours: sum("cpu_millicores")?,
-                            memory_byte_hours: sum("memory_bytes")?,
-                            storage_byte_hours: sum("storage_bytes")?,
-                            load_balancer_hours: sum("load_balancers")?,
-                            pod_hours: sum("pods")?,
-                        },
-                    });
-                }
-                Ok(out)
+                rows.iter()
+                    .map(|row| {
+                        Ok(UsageDaySums {
+                            first_hour: from_micros(row.try_get("first_hour")?),
+                            sums: Self::usage_sums_row(row)?,
+                        })
+                    })
+                    .collect()
             }
 
             async fn latest_usage(&self, q: &UsageQuery, n: u32) -> Result<Vec<UsageRecord>> {
-                let mut qb = sqlx::QueryBuilder::<$Db>::new(
-                    "SELECT cluster_id, tenant_id, project_key, hour, cpu_millicores, memory_bytes, storage_bytes, load_balancers, \
-                     namespaces, pods, apps, cpu_limit_millicores, memory_limit_bytes, detail FROM usage_hours WHERE tenant_id = ",
-                );
+                let mut qb = sqlx::QueryBuilder::<$Db>::new(USAGE_SELECT);
+                qb.push("tenant_id = ");
                 Self::push_usage_filter(&mut qb, q);
                 qb.push(" ORDER BY hour DESC, cluster_id DESC, project_key DESC LIMIT ")
                     .push_bind(i64::from(n));
@@ -2032,6 +2005,24 @@ macro_rules! sql_backend {
                     qb.push(" AND subject = ").push_bind(s.to_string());
                 }
                 Ok(qb.build().execute(&mut *conn).await?.rows_affected())
+            }
+
+            /// The sums appended by [`push_usage_sums`], joined and saturated at `i64::MAX`.
+            fn usage_sums_row(row: &<$Db as sqlx::Database>::Row) -> Result<UsageSums> {
+                let sum = |col: &str| -> Result<i64> {
+                    let hi: i64 = row.try_get(format!("{col}_hi").as_str())?;
+                    let lo: i64 = row.try_get(format!("{col}_lo").as_str())?;
+                    let total = (i128::from(hi) << 32) + i128::from(lo);
+                    Ok(i64::try_from(total).unwrap_or(i64::MAX))
+                };
+                Ok(UsageSums {
+                    records: row.try_get("n")?,
+                    cpu_millicore_hours: sum("cpu_millicores")?,
+                    memory_byte_hours: sum("memory_bytes")?,
+                    storage_byte_hours: sum("storage_bytes")?,
+                    load_balancer_hours: sum("load_balancers")?,
+                    pod_hours: sum("pods")?,
+                })
             }
 
             /// A `usage_hours` row as a record.

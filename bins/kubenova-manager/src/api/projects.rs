@@ -982,24 +982,14 @@ pub async fn get_project_usage(
         to,
         max_records: st.config.usage_max_records,
     };
-    let by_days = !csv
-        && matches!(
-            granularity,
-            Some(super::usage::Granularity::Day | super::usage::Granularity::Month)
-        );
+    let by_days = !csv && granularity.is_some_and(super::usage::Granularity::summed_by_day);
     if by_days {
         // Summed by the database per day and pricing span; the hours are left out.
         let tenant = st.store.get_tenant(project.tenant_id).await?;
         let history = st.store.tenant_plan_history(tenant.id).await?;
         let versions = st.store.plan_price_history().await?;
-        let days = st
-            .store
-            .usage_day_sums(&query, &super::usage::price_bounds(&history, &versions))
-            .await?;
-        let recent = st
-            .store
-            .latest_usage(&query, super::tenants::QUOTA_LOOKBACK)
-            .await?;
+        let super::usage::DayUsage { days, recent } =
+            super::usage::day_usage(&st, &query, &history, &versions).await?;
         let sums = super::usage::sum_days(&days);
         let mut report = usage_report(
             project.id,

@@ -445,10 +445,6 @@ pub(crate) fn usage_totals_of(sums: &kubenova_store::UsageSums) -> UsageTotals {
     }
 }
 
-/// How many of the latest records a day- or month-grouped usage read searches for the
-/// quota use (records of current operators carry it whenever the tenant has quotas).
-pub(crate) const QUOTA_LOOKBACK: u32 = 48;
-
 /// The quota report of `r`, if it carries quota use.
 pub(crate) fn quota_report(r: &UsageRecord) -> Option<QuotaReport> {
     if r.quotas.is_empty() {
@@ -1202,21 +1198,25 @@ fn exceeded_quotas(t: &Tenant, r: &UsageRecord) -> Vec<String> {
         .collect()
 }
 
+/// The tenant's latest tenant-level record of the last seven days.
 async fn latest_usage(st: &AppState, t: &Tenant) -> ApiResult<Option<UsageRecord>> {
     let now = OffsetDateTime::now_utc();
     let recs = st
         .store
-        .query_usage(&UsageQuery {
-            tenant: t.id,
-            cluster: Some(t.cluster_id),
-            project: None,
-            all_projects: false,
-            from: now - time::Duration::days(7),
-            to: now + time::Duration::hours(1),
-            max_records: st.config.usage_max_records,
-        })
+        .latest_usage(
+            &UsageQuery {
+                tenant: t.id,
+                cluster: Some(t.cluster_id),
+                project: None,
+                all_projects: false,
+                from: now - time::Duration::days(7),
+                to: now + time::Duration::hours(1),
+                max_records: st.config.usage_max_records,
+            },
+            1,
+        )
         .await?;
-    Ok(recs.into_iter().next_back())
+    Ok(recs.into_iter().next())
 }
 
 /// Real counts of a tenant; usage-derived numbers only from reported usage.
@@ -1560,20 +1560,10 @@ async fn tenant_usage(
     let versions = st.store.plan_price_history().await?;
     // Day and month periods are summed by the database per day and pricing span (a year is
     // about 365 rows instead of 8,760 hours); that answer leaves the hourly records out.
-    let by_days = !csv
-        && matches!(
-            granularity,
-            Some(super::usage::Granularity::Day | super::usage::Granularity::Month)
-        );
+    let by_days = !csv && granularity.is_some_and(super::usage::Granularity::summed_by_day);
     let (records, groups, latest, quota, totals, usage_reported) = if by_days {
-        let days = st
-            .store
-            .usage_day_sums(
-                &tenant_level,
-                &super::usage::price_bounds(&history, &versions),
-            )
-            .await?;
-        let recent = st.store.latest_usage(&tenant_level, QUOTA_LOOKBACK).await?;
+        let super::usage::DayUsage { days, recent } =
+            super::usage::day_usage(&st, &tenant_level, &history, &versions).await?;
         let totals = usage_totals_of(&super::usage::sum_days(&days));
         let reported = !days.is_empty()
             || (include_projects

@@ -528,6 +528,12 @@ pub enum Granularity {
 }
 
 impl Granularity {
+    /// Whether the periods are read as the database's day sums rather
+    /// than from every hour: days and months.
+    pub fn summed_by_day(self) -> bool {
+        matches!(self, Granularity::Day | Granularity::Month)
+    }
+
     /// Parses `hour`, `day` or `month`; anything else is KN-422 naming `granularity`.
     pub fn parse(v: &str) -> ApiResult<Granularity> {
         match v {
@@ -817,6 +823,34 @@ pub(crate) fn priced_records(records: &[UsageRecord]) -> Vec<Priced> {
 /// [`priced_records`] of borrowed records.
 pub(crate) fn priced_records_of<'a>(records: impl Iterator<Item = &'a UsageRecord>) -> Vec<Priced> {
     records.map(|r| (r.hour, Sums::of(r))).collect()
+}
+
+/// How many of the newest records a day- or month-grouped usage read searches for the
+/// latest figures and the quota use (records of current operators carry it whenever the
+/// tenant has quotas).
+pub(crate) const QUOTA_LOOKBACK: u32 = 48;
+
+/// What a day- or month-grouped usage read takes from the store instead of the hours.
+pub(crate) struct DayUsage {
+    /// The database's sums per UTC day and pricing span ([`price_bounds`]).
+    pub days: Vec<kubenova_store::UsageDaySums>,
+    /// The newest [`QUOTA_LOOKBACK`] records, newest first.
+    pub recent: Vec<UsageRecord>,
+}
+
+/// Reads [`DayUsage`] of `query`, split at the pricing changes of `history` and `versions`.
+pub(crate) async fn day_usage(
+    st: &AppState,
+    query: &kubenova_store::UsageQuery,
+    history: &[kubenova_store::PlanChange],
+    versions: &[kubenova_store::PlanPrices],
+) -> ApiResult<DayUsage> {
+    let days = st
+        .store
+        .usage_day_sums(query, &price_bounds(history, versions))
+        .await?;
+    let recent = st.store.latest_usage(query, QUOTA_LOOKBACK).await?;
+    Ok(DayUsage { days, recent })
 }
 
 /// The sums of all `days` (saturating, as the store's sums are).
