@@ -46,6 +46,13 @@ use uuid::Uuid;
 pub const AGENT_TOKEN_PREFIX: &str = "kna_";
 /// Label carrying the manager's record id on every Nova object the agent applies.
 pub const LABEL_ID: &str = "kubenova.io/id";
+/// Annotation on a desired Nova object holding the W3C `traceparent` of the API write
+/// that produced it (when the manager exports traces): the operator's apply and reconcile
+/// of that object continue the same trace.
+pub const ANNOTATION_TRACEPARENT: &str = "kubenova.io/traceparent";
+/// Longest `traceparent` value carried (version 00 is 55 bytes; later versions may add
+/// fields).
+pub const MAX_TRACEPARENT_BYTES: usize = 128;
 /// Label marking Nova objects owned by the manager (pruned when the manager drops them).
 pub const LABEL_SOURCE: &str = "kubenova.io/source";
 /// Value of [`LABEL_SOURCE`].
@@ -228,6 +235,57 @@ pub enum DesiredObject {
 }
 
 impl DesiredObject {
+    /// Marks the object with the trace of the write that produced it
+    /// ([`ANNOTATION_TRACEPARENT`]); a value that is not a plausible W3C `traceparent`
+    /// (printable ASCII, at most [`MAX_TRACEPARENT_BYTES`]) is not carried.
+    ///
+    /// ```
+    /// use kubenova_api::agent::{ANNOTATION_TRACEPARENT, DesiredObject};
+    /// use kubenova_api::crd::{NovaTenant, NovaTenantSpec};
+    /// let mut o = DesiredObject::Tenant {
+    ///     id: uuid::Uuid::nil(),
+    ///     object: Box::new(NovaTenant::new("acme", NovaTenantSpec::default())),
+    /// };
+    /// let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    /// o.set_traceparent(tp);
+    /// assert_eq!(o.traceparent(), Some(tp));
+    /// o.set_traceparent("not\na traceparent");
+    /// assert_eq!(o.traceparent(), Some(tp));
+    /// ```
+    pub fn set_traceparent(&mut self, traceparent: &str) {
+        if traceparent.is_empty()
+            || traceparent.len() > MAX_TRACEPARENT_BYTES
+            || !traceparent.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return;
+        }
+        self.meta_mut()
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(ANNOTATION_TRACEPARENT.to_string(), traceparent.to_string());
+    }
+
+    /// The trace annotation ([`ANNOTATION_TRACEPARENT`]), if any.
+    pub fn traceparent(&self) -> Option<&str> {
+        let meta = match self {
+            DesiredObject::Tenant { object, .. } => &object.metadata,
+            DesiredObject::Project { object, .. } => &object.metadata,
+            DesiredObject::App { object, .. } => &object.metadata,
+        };
+        meta.annotations
+            .as_ref()?
+            .get(ANNOTATION_TRACEPARENT)
+            .map(String::as_str)
+    }
+
+    fn meta_mut(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        match self {
+            DesiredObject::Tenant { object, .. } => &mut object.metadata,
+            DesiredObject::Project { object, .. } => &mut object.metadata,
+            DesiredObject::App { object, .. } => &mut object.metadata,
+        }
+    }
+
     /// Kind and id.
     pub fn object_ref(&self) -> ObjectRef {
         match self {

@@ -303,14 +303,17 @@ macro_rules! sql_backend {
                     return Err(StoreError::NotFound { kind: "cluster", id: cluster.to_string() });
                 };
                 let revision: i64 = row.try_get("revision")?;
+                // The trace of the write, when traces are exported (see `Change::trace_parent`).
+                let trace_parent = kubenova_telemetry::propagation::current_traceparent();
                 sqlx::query(
-                    "INSERT INTO desired_changes (cluster_id, revision, kind, object_id, deleted) VALUES ($1, $2, $3, $4, $5)",
+                    "INSERT INTO desired_changes (cluster_id, revision, kind, object_id, deleted, trace_parent) VALUES ($1, $2, $3, $4, $5, $6)",
                 )
                 .bind(cluster.0)
                 .bind(revision)
                 .bind(kind.as_str())
                 .bind(object)
                 .bind(deleted)
+                .bind(trace_parent)
                 .execute(&mut *conn)
                 .await?;
                 Ok(revision)
@@ -1321,7 +1324,7 @@ macro_rules! sql_backend {
                     return Ok(None);
                 }
                 let rows = sqlx::query(
-                    "SELECT revision, kind, object_id, deleted FROM desired_changes WHERE cluster_id = $1 AND revision > $2 ORDER BY revision LIMIT $3",
+                    "SELECT revision, kind, object_id, deleted, trace_parent FROM desired_changes WHERE cluster_id = $1 AND revision > $2 ORDER BY revision LIMIT $3",
                 )
                 .bind(id.0)
                 .bind(since)
@@ -1347,6 +1350,7 @@ macro_rules! sql_backend {
                         kind: ObjectKind::parse(&kind).ok_or_else(|| StoreError::Internal(format!("unknown change kind {kind}")))?,
                         object_id: r.try_get("object_id")?,
                         deleted: r.try_get("deleted")?,
+                        trace_parent: r.try_get("trace_parent")?,
                     });
                 }
                 Ok(Some(out))

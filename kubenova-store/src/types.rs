@@ -197,6 +197,11 @@ pub struct Change {
     pub object_id: Uuid,
     /// True when the object was deleted.
     pub deleted: bool,
+    /// The W3C `traceparent` of the span that wrote this revision, when traces are
+    /// exported (`kubenova_telemetry::propagation`); the manager hands it to the operator so
+    /// that applying and reconciling the object continue the same trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
 }
 
 /// A tenant's plan from a time on ([`Store::tenant_plan_history`](crate::Store::tenant_plan_history)).

@@ -19,7 +19,13 @@
 //! (the `tracing-subscriber` JSON shape; tools such as the demo find a line by
 //! `fields.message`).
 //!
-//! Libraries log through `tracing` only and never depend on this crate.
+//! **Traces**: when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`)
+//! is set, spans are also exported over OTLP (see [`traces`]); log lines written inside a
+//! span then carry its `trace_id` and `span_id` (JSON: two more keys; text: two more
+//! `key=value` pairs at the end). Without an endpoint nothing of OpenTelemetry is installed.
+//!
+//! Libraries log through `tracing` only; they may use [`propagation`] (without this
+//! crate's default features) to carry trace context across processes.
 //!
 //! ```
 //! use kubenova_telemetry::{Environment, LogFormat, LogSettings};
@@ -29,8 +35,11 @@
 //! assert_eq!((s.format, s.ansi, s.filter.as_str()), (LogFormat::Json, false, "info"));
 //! ```
 
+pub mod propagation;
 #[cfg(feature = "test-support")]
 pub mod test_support;
+#[cfg(feature = "otlp")]
+pub mod traces;
 
 use std::fmt;
 use std::io::IsTerminal as _;
@@ -105,6 +114,16 @@ pub enum TelemetryError {
         /// Its value.
         value: String,
         /// What the parser said.
+        reason: String,
+    },
+    /// An `OTEL_*` variable with a value the trace export cannot use.
+    #[error("{var}={value:?}: {reason}")]
+    Otel {
+        /// The variable.
+        var: &'static str,
+        /// Its value.
+        value: String,
+        /// What is wrong and what to write instead.
         reason: String,
     },
 }
@@ -215,11 +234,53 @@ pub fn rfc3339_utc(at: time::OffsetDateTime) -> String {
     at.format(&format).unwrap_or_else(|_| at.to_string())
 }
 
+/// What [`init`] installed; keep it until the binary ends: dropping it (or
+/// [`Telemetry::shutdown`]) exports the spans still buffered.
+#[must_use = "dropping the guard stops the trace export"]
+pub struct Telemetry {
+    /// The logging decision.
+    pub settings: LogSettings,
+    /// The trace export, when the `OTEL_*` variables ask for one.
+    #[cfg(feature = "otlp")]
+    pub traces: Option<traces::TraceSettings>,
+    #[cfg(feature = "otlp")]
+    exporter: Option<traces::Exporter>,
+}
+
+impl fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Telemetry");
+        d.field("settings", &self.settings);
+        #[cfg(feature = "otlp")]
+        d.field("traces", &self.traces);
+        d.finish()
+    }
+}
+
+impl Telemetry {
+    /// Exports the spans still buffered and stops the export (waits at most the OTLP
+    /// timeout). Logging stays as it is.
+    pub fn shutdown(&mut self) {
+        #[cfg(feature = "otlp")]
+        if let Some(mut e) = self.exporter.take() {
+            e.shutdown();
+        }
+    }
+}
+
 /// Installs the global subscriber of a binary by the convention (see the crate
 /// documentation); `default_filter` applies when neither `KUBENOVA_LOG` nor `RUST_LOG` is
-/// set. Returns what it installed. A second call (a subscriber is already set) changes
+/// set, and `service` is the trace service name unless `OTEL_SERVICE_NAME` says otherwise.
+/// Returns what it installed. A second call (a subscriber is already set) installs
 /// nothing.
-pub fn init(args: &LogArgs, default_filter: &str) -> Result<LogSettings, TelemetryError> {
+pub fn init(
+    args: &LogArgs,
+    default_filter: &str,
+    service: &str,
+) -> Result<Telemetry, TelemetryError> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let settings = LogSettings::decide(args.log_format, &Environment::current(), default_filter)?;
     let filter = tracing_subscriber::EnvFilter::builder()
         .parse(&settings.filter)
@@ -228,15 +289,144 @@ pub fn init(args: &LogArgs, default_filter: &str) -> Result<LogSettings, Telemet
             value: settings.filter.clone(),
             reason: e.to_string(),
         })?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_timer(Rfc3339Utc);
-    let _already_set = match settings.format {
-        LogFormat::Json => builder.json().with_ansi(false).try_init(),
-        LogFormat::Text => builder.with_ansi(settings.ansi).try_init(),
+    #[cfg(feature = "otlp")]
+    let trace_settings = traces::TraceSettings::from_vars(|k| std::env::var(k).ok(), service)?;
+    #[cfg(not(feature = "otlp"))]
+    let _ = service;
+    #[cfg(feature = "otlp")]
+    let exporter = trace_settings
+        .as_ref()
+        .map(traces::Exporter::start)
+        .transpose()?;
+    #[cfg(feature = "otlp")]
+    let with_ids = exporter.is_some();
+    #[cfg(not(feature = "otlp"))]
+    let with_ids = false;
+    let fmt_layer = {
+        let base = tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_timer(Rfc3339Utc);
+        match settings.format {
+            LogFormat::Json => {
+                let format = tracing_subscriber::fmt::format()
+                    .json()
+                    .with_timer(Rfc3339Utc);
+                base.json()
+                    .with_ansi(false)
+                    .event_format(ids::WithTraceIds {
+                        inner: format,
+                        json: true,
+                        on: with_ids,
+                    })
+                    .with_filter(filter)
+                    .boxed()
+            }
+            LogFormat::Text => {
+                let format = tracing_subscriber::fmt::format()
+                    .with_timer(Rfc3339Utc)
+                    .with_ansi(settings.ansi);
+                base.with_ansi(settings.ansi)
+                    .event_format(ids::WithTraceIds {
+                        inner: format,
+                        json: false,
+                        on: with_ids,
+                    })
+                    .with_filter(filter)
+                    .boxed()
+            }
+        }
     };
-    Ok(settings)
+    #[cfg(feature = "otlp")]
+    let otel_layer = exporter.as_ref().map(|e| {
+        tracing_opentelemetry::layer()
+            .with_tracer(e.tracer())
+            .with_filter(trace_filter())
+    });
+    #[cfg(not(feature = "otlp"))]
+    let otel_layer: Option<tracing_subscriber::layer::Identity> = None;
+    let _already_set = tracing_subscriber::registry()
+        .with(fmt_layer)
+        .with(otel_layer)
+        .try_init();
+    Ok(Telemetry {
+        settings,
+        #[cfg(feature = "otlp")]
+        traces: trace_settings,
+        #[cfg(feature = "otlp")]
+        exporter,
+    })
+}
+
+/// What becomes a span in the exported traces, whatever the log filter says: the
+/// binaries' own spans (request, agent channel, reconcile: `info`; store calls: `debug`
+/// under `kubenova::store`) and the Kubernetes client's request spans (`debug` under
+/// `kube_client`); SQL statements are not exported (`sqlx` at `warn`).
+#[cfg(feature = "otlp")]
+fn trace_filter() -> tracing_subscriber::filter::Targets {
+    use tracing::Level;
+    tracing_subscriber::filter::Targets::new()
+        .with_default(Level::INFO)
+        .with_target("kubenova::store", Level::DEBUG)
+        .with_target("kube_client", Level::DEBUG)
+        .with_target("sqlx", Level::WARN)
+}
+
+mod ids {
+    //! Trace and span ids on log lines written inside an exported span.
+    use std::fmt;
+    use tracing::{Event, Subscriber};
+    use tracing_subscriber::fmt::format::Writer;
+    use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+    use tracing_subscriber::registry::LookupSpan;
+
+    pub(crate) struct WithTraceIds<F> {
+        pub(crate) inner: F,
+        pub(crate) json: bool,
+        /// Traces are exported (otherwise spans hold no OpenTelemetry data).
+        pub(crate) on: bool,
+    }
+
+    impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+        N: for<'a> FormatFields<'a> + 'static,
+        F: FormatEvent<S, N>,
+    {
+        fn format_event(
+            &self,
+            ctx: &FmtContext<'_, S, N>,
+            mut writer: Writer<'_>,
+            event: &Event<'_>,
+        ) -> fmt::Result {
+            let ids = if self.on {
+                ctx.lookup_current().and_then(|span| {
+                    let ext = span.extensions();
+                    let data = ext.get::<tracing_opentelemetry::OtelData>()?;
+                    Some((data.trace_id()?, data.span_id()?))
+                })
+            } else {
+                None
+            };
+            let Some((trace, span)) = ids.filter(|(t, _)| *t != opentelemetry::TraceId::INVALID)
+            else {
+                return self.inner.format_event(ctx, writer, event);
+            };
+            let mut line = String::new();
+            // The text format carries its own colour setting (`Format::with_ansi`).
+            self.inner
+                .format_event(ctx, Writer::new(&mut line), event)?;
+            let body = line.trim_end_matches('\n');
+            match body.strip_suffix('}') {
+                Some(open) if self.json => {
+                    writeln!(
+                        writer,
+                        "{open},\"trace_id\":\"{trace}\",\"span_id\":\"{span}\"}}"
+                    )
+                }
+                _ => writeln!(writer, "{body} trace_id={trace} span_id={span}"),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

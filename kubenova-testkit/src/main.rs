@@ -58,10 +58,13 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = kubenova_telemetry::init(&cli.log, "info") {
-        eprintln!("kubenova-testkit: {e}");
-        return std::process::ExitCode::from(2);
-    }
+    let _telemetry = match kubenova_telemetry::init(&cli.log, "info", "kubenova-testkit") {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("kubenova-testkit: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let run = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -12,12 +12,18 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = kubenova_manager::Cli::parse();
-    if let Err(e) = kubenova_telemetry::init(&cli.log, "info") {
-        eprintln!("kubenova-manager: {e}");
-        return ExitCode::from(2);
-    }
+    let mut telemetry = match kubenova_telemetry::init(&cli.log, "info", "kubenova-manager") {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("kubenova-manager: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let command = cli.command.name();
-    match kubenova_manager::run(cli).await {
+    let res = kubenova_manager::run(cli).await;
+    // The last spans are exported before the process ends.
+    telemetry.shutdown();
+    match res {
         Ok(out) => {
             #[allow(clippy::print_stdout)]
             match out {

@@ -218,9 +218,13 @@ impl RunConfig {
 }
 
 /// Installs the logging of the binary by the convention of [`kubenova_telemetry`]
-/// (`KUBENOVA_LOG`, else `RUST_LOG`, default `info`; text on a terminal, JSON otherwise).
-pub fn init_tracing(cli: &Cli) -> Result<(), kubenova_telemetry::TelemetryError> {
-    kubenova_telemetry::init(&cli.log, "info").map(|_| ())
+/// (`KUBENOVA_LOG`, else `RUST_LOG`, default `info`; text on a terminal, JSON otherwise)
+/// and, when the `OTEL_*` variables name an endpoint, the trace export. Keep the guard
+/// until the end.
+pub fn init_tracing(
+    cli: &Cli,
+) -> Result<kubenova_telemetry::Telemetry, kubenova_telemetry::TelemetryError> {
+    kubenova_telemetry::init(&cli.log, "info", "kubenova-operator")
 }
 
 /// Runs the parsed command line.

@@ -10,11 +10,16 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let cli = kubenova_operator::Cli::parse_checked();
-    if let Err(e) = kubenova_operator::init_tracing(&cli) {
-        eprintln!("kubenova-operator: {e}");
-        return ExitCode::from(2);
-    }
-    match kubenova_operator::main(cli) {
+    let mut telemetry = match kubenova_operator::init_tracing(&cli) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("kubenova-operator: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let res = kubenova_operator::main(cli);
+    telemetry.shutdown();
+    match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kubenova-operator: {e:#}");

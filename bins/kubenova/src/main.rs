@@ -13,6 +13,7 @@ use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 /// Command line.
 #[derive(Debug, Parser)]
@@ -160,9 +161,13 @@ async fn token(args: TokenArgs) -> Result<String, Failure> {
     }
     let url = format!("{base}/api/v1/tenants/{}/token", args.tenant);
     tracing::debug!(%url, role = %args.role, project = ?args.project, cluster = ?args.cluster, "requesting a token");
+    // The caller's trace continues in the manager (when traces are exported).
+    let mut trace = reqwest::header::HeaderMap::new();
+    kubenova_telemetry::propagation::inject_current(&mut trace);
     let resp = client
         .post(&url)
         .bearer_auth(bearer)
+        .headers(trace)
         .json(&body)
         .send()
         .await
@@ -197,13 +202,20 @@ async fn token(args: TokenArgs) -> Result<String, Failure> {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     // Quiet by default: kubectl shows an exec plugin's stderr to its user.
-    if let Err(e) = kubenova_telemetry::init(&cli.log, "warn") {
-        let _ = writeln!(std::io::stderr(), "kubenova: {e}");
-        return ExitCode::from(2);
-    }
-    let res = match cli.command {
-        Top::Auth(AuthCmd::Token(args)) => token(args).await,
+    let mut telemetry = match kubenova_telemetry::init(&cli.log, "warn", "kubenova") {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "kubenova: {e}");
+            return ExitCode::from(2);
+        }
     };
+    let res = match cli.command {
+        Top::Auth(AuthCmd::Token(args)) => {
+            let span = tracing::info_span!("kubenova auth token", otel.kind = "client");
+            token(args).instrument(span).await
+        }
+    };
+    telemetry.shutdown();
     match res {
         Ok(out) => {
             let mut stdout = std::io::stdout().lock();

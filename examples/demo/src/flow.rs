@@ -33,6 +33,8 @@ pub struct Flow {
     pub operator_listen: Option<String>,
     /// The registered cluster's id.
     pub cluster: String,
+    /// More environment for the manager and operator processes (e.g. `OTEL_*`).
+    pub env: Vec<(&'static str, String)>,
 }
 
 /// Environment of the flow's managers.
@@ -53,6 +55,17 @@ pub fn manager_env(port: u16) -> Vec<(&'static str, String)> {
 impl Flow {
     /// Starts the testkit and the manager; registers the cluster (status `pending_bootstrap`).
     pub async fn start(bins: Binaries, dir: &Path, database_url: &str) -> anyhow::Result<Flow> {
+        Flow::start_with(bins, dir, database_url, Vec::new()).await
+    }
+
+    /// [`Flow::start`], with `env` added to the environment of the manager (now and on
+    /// restarts) and of the operator.
+    pub async fn start_with(
+        bins: Binaries,
+        dir: &Path,
+        database_url: &str,
+        env: Vec<(&'static str, String)>,
+    ) -> anyhow::Result<Flow> {
         let testkit = Testkit::start(&bins.testkit, dir).await?;
         let manager_port = crate::free_port()?;
         let data = dir.join("manager-data");
@@ -61,7 +74,7 @@ impl Flow {
             database_url,
             &data,
             manager_port,
-            &manager_env(manager_port),
+            &[manager_env(manager_port), env.clone()].concat(),
         )
         .await?;
         let api = manager.api();
@@ -86,6 +99,7 @@ impl Flow {
             operator: None,
             operator_listen: None,
             cluster,
+            env,
         })
     }
 
@@ -120,16 +134,21 @@ impl Flow {
         let crds =
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../kubenova-testkit/upstream");
         let listen = format!("127.0.0.1:{}", crate::free_port()?);
-        let proc = start_operator_from_deployment(
-            &self.bins.operator,
-            &self.testkit.client,
-            &self.testkit.kubeconfig,
-            &[
+        let env = [
+            vec![
                 ("KUBENOVA_COMPONENT_DRIVER", "simulated".into()),
                 ("KUBENOVA_SIMULATED_CRDS_DIR", crds.display().to_string()),
                 ("KUBENOVA_LISTEN", listen.clone()),
                 ("KUBENOVA_LEADER_ELECTION", "false".into()),
             ],
+            self.env.clone(),
+        ]
+        .concat();
+        let proc = start_operator_from_deployment(
+            &self.bins.operator,
+            &self.testkit.client,
+            &self.testkit.kubeconfig,
+            &env,
         )
         .await?;
         self.operator = Some(proc);
@@ -333,7 +352,7 @@ impl Flow {
             &self.database_url,
             &self.dir.join("manager-data"),
             self.manager_port,
-            &manager_env(self.manager_port),
+            &[manager_env(self.manager_port), self.env.clone()].concat(),
         )
         .await?;
         Ok(())

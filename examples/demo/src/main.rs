@@ -36,10 +36,13 @@ fn step(n: u32, what: &str) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo narrates on stdout: its own log stays quiet unless asked.
-    if let Err(e) = kubenova_telemetry::init(&cli.log, "warn") {
-        eprintln!("kubenova-demo: {e}");
-        return ExitCode::from(2);
-    }
+    let _telemetry = match kubenova_telemetry::init(&cli.log, "warn", "kubenova-demo") {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("kubenova-demo: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let run = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

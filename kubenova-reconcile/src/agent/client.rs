@@ -13,6 +13,7 @@ use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use thiserror::Error;
+use tracing::Instrument as _;
 
 /// Timeout of the short agent requests (heartbeat, status report).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -282,7 +283,7 @@ impl AgentClient {
             .post(self.url("api/v1/agent/heartbeat")?)
             .timeout(REQUEST_TIMEOUT)
             .json(hb);
-        send(req).await
+        send("POST /api/v1/agent/heartbeat", req).await
     }
 
     /// `GET /api/v1/agent/desired?cursor=N&waitSeconds=S`: the long-poll of the desired
@@ -293,7 +294,7 @@ impl AgentClient {
             .append_pair("cursor", &cursor.to_string())
             .append_pair("waitSeconds", &wait.as_secs().to_string());
         let req = self.http.get(url).timeout(wait + LONG_POLL_GRACE);
-        send(req).await
+        send("GET /api/v1/agent/desired", req).await
     }
 
     /// `GET /api/v1/agent/requests?waitSeconds=S`: the long-poll of the logs and events
@@ -303,7 +304,7 @@ impl AgentClient {
         url.query_pairs_mut()
             .append_pair("waitSeconds", &wait.as_secs().to_string());
         let req = self.http.get(url).timeout(wait + LONG_POLL_GRACE);
-        send(req).await
+        send("GET /api/v1/agent/requests", req).await
     }
 
     /// `POST /api/v1/agent/answers`: an answer, or one chunk of a followed log. A request
@@ -314,7 +315,7 @@ impl AgentClient {
             .post(self.url("api/v1/agent/answers")?)
             .timeout(REQUEST_TIMEOUT)
             .json(answer);
-        send(req).await
+        send("POST /api/v1/agent/answers", req).await
     }
 
     /// `POST /api/v1/agent/status`: one batch of per-object reports (at most 1000).
@@ -324,7 +325,7 @@ impl AgentClient {
             .post(self.url("api/v1/agent/status")?)
             .timeout(REQUEST_TIMEOUT)
             .json(report);
-        send(req).await
+        send("POST /api/v1/agent/status", req).await
     }
 }
 
@@ -338,13 +339,7 @@ impl AgentClient {
             .post(self.url("api/v1/agent/usage")?)
             .timeout(REQUEST_TIMEOUT)
             .json(records);
-        let resp = req.send().await.map_err(transport)?;
-        let status = resp.status();
-        if status.is_success() {
-            return Ok(());
-        }
-        let bytes = resp.bytes().await.unwrap_or_default();
-        Err(classify(status, error_body(status, &bytes)))
+        exchange("POST /api/v1/agent/usage", req).await.map(|_| ())
     }
 }
 
@@ -356,15 +351,43 @@ fn error_body(status: StatusCode, bytes: &[u8]) -> ErrorBody {
     })
 }
 
-async fn send<T: DeserializeOwned>(req: reqwest::RequestBuilder) -> Result<T, AgentError> {
-    let resp = req.send().await.map_err(transport)?;
-    let status = resp.status();
-    if status.is_success() {
-        let bytes = resp.bytes().await.map_err(transport)?;
-        return serde_json::from_slice(&bytes).map_err(|e| AgentError::Decode(e.to_string()));
+async fn send<T: DeserializeOwned>(
+    route: &'static str,
+    req: reqwest::RequestBuilder,
+) -> Result<T, AgentError> {
+    let bytes = exchange(route, req).await?;
+    serde_json::from_slice(&bytes).map_err(|e| AgentError::Decode(e.to_string()))
+}
+
+/// Sends `req` in a client span named by its route, with the span's trace context in the
+/// `traceparent` header (the manager's handling continues the trace); the body of a
+/// success, else the classified error.
+async fn exchange(
+    route: &'static str,
+    req: reqwest::RequestBuilder,
+) -> Result<bytes::Bytes, AgentError> {
+    let span = tracing::info_span!(
+        "agent request",
+        otel.name = route,
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+    );
+    let run = async {
+        let mut trace = HeaderMap::new();
+        kubenova_telemetry::propagation::inject_current(&mut trace);
+        let resp = req.headers(trace).send().await.map_err(transport)?;
+        let status = resp.status();
+        if status.is_success() {
+            return resp.bytes().await.map_err(transport);
+        }
+        let bytes = resp.bytes().await.unwrap_or_default();
+        Err(classify(status, error_body(status, &bytes)))
+    };
+    let res = run.instrument(span.clone()).await;
+    if res.is_err() {
+        span.record("otel.status_code", "ERROR");
     }
-    let bytes = resp.bytes().await.unwrap_or_default();
-    Err(classify(status, error_body(status, &bytes)))
+    res
 }
 
 fn classify(status: StatusCode, body: ErrorBody) -> AgentError {

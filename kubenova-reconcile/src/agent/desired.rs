@@ -17,6 +17,7 @@ use kubenova_api::crd::{NovaApp, NovaProject, NovaTenant};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::leader::{Fence, Fenced};
@@ -150,6 +151,27 @@ fn apply_body(obj: &DesiredObject, revision: i64) -> Result<(ObjectRef, Value), 
         json!(revision.to_string()),
     );
     Ok((r, v))
+}
+
+/// The span of one object's apply: part of the trace of the API write that produced it
+/// (the object's [`ANNOTATION_TRACEPARENT`]), when there is one.
+fn apply_span(o: &DesiredObject, revision: i64) -> tracing::Span {
+    let r = o.object_ref();
+    let span = tracing::info_span!(
+        "agent apply",
+        otel.name = match r.kind {
+            ObjectKind::Tenant => "agent apply NovaTenant",
+            ObjectKind::Project => "agent apply NovaProject",
+            ObjectKind::App => "agent apply NovaApp",
+        },
+        kind = kind_name(r.kind),
+        id = %r.id,
+        revision,
+    );
+    if let Some(tp) = o.traceparent() {
+        kubenova_telemetry::propagation::continue_trace(&span, tp);
+    }
+    span
 }
 
 async fn apply_one(
@@ -380,6 +402,7 @@ impl DesiredLoop {
             let results: Vec<(DesiredObject, Result<(), ApplyError>)> =
                 stream::iter(batch.into_iter().map(|o| {
                     let kube = kube.clone();
+                    let span = apply_span(&o, revision);
                     async move {
                         let res = match apply_body(&o, revision) {
                             Ok((r, body)) => apply_one(&kube, fence, &body, r.kind).await,
@@ -387,6 +410,7 @@ impl DesiredLoop {
                         };
                         (o, res)
                     }
+                    .instrument(span)
                 }))
                 .buffer_unordered(APPLY_CONCURRENCY)
                 .collect()

@@ -10,12 +10,15 @@ use kube::api::{Api, DynamicObject};
 use kube::core::{ApiResource, GroupVersionKind, ObjectMeta};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
-use kubenova_api::agent::{LABEL_ID, ObjectKind, ObjectRef, ObjectReport, StatusReport};
+use kubenova_api::agent::{
+    ANNOTATION_TRACEPARENT, LABEL_ID, ObjectKind, ObjectRef, ObjectReport, StatusReport,
+};
 use kubenova_api::crd::{NovaApp, NovaProject, NovaStatus, NovaTenant};
 use kubenova_api::model::{Condition, ObjectStatus, Phase};
 use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use tokio::time::Instant;
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use super::desired::{log_error, manager_selector};
@@ -215,6 +218,9 @@ struct Reporter {
     apps: HashMap<Key, ObjectRef>,
     /// Application `status.status` by key.
     vela: HashMap<Key, String>,
+    /// The trace of the write each object reflects (its `kubenova.io/traceparent`): the
+    /// report that carries its status links to it.
+    traces: HashMap<ObjectRef, String>,
 }
 
 impl Reporter {
@@ -241,9 +247,18 @@ impl Reporter {
                     None
                 };
                 if let Some(r) = object_report(kind, &meta, status.as_ref(), vela) {
+                    let oref = ObjectRef { kind, id: r.id };
                     if kind == ObjectKind::App {
-                        self.apps.insert(key, ObjectRef { kind, id: r.id });
+                        self.apps.insert(key, oref);
                     }
+                    match meta
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(ANNOTATION_TRACEPARENT))
+                    {
+                        Some(tp) => self.traces.insert(oref, tp.clone()),
+                        None => self.traces.remove(&oref),
+                    };
                     self.update(r);
                 }
             }
@@ -260,6 +275,7 @@ impl Reporter {
                 self.dirty.remove(&r);
                 self.sent.remove(&r);
                 self.current.remove(&r);
+                self.traces.remove(&r);
                 if kind == ObjectKind::App {
                     self.apps.remove(&key_of(&meta));
                 }
@@ -286,7 +302,27 @@ impl Reporter {
     async fn flush(&mut self, sh: &Shared) -> Result<(), super::AgentError> {
         let items: Vec<ObjectReport> = self.dirty.values().take(MAX_BATCH).cloned().collect();
         let n = items.len();
-        let res = sh.client.report_status(&StatusReport { items }).await;
+        // One span per batch, linked to the trace of every write whose outcome it reports.
+        let span = tracing::info_span!("agent report", objects = n);
+        if kubenova_telemetry::propagation::is_active() {
+            let mut linked = std::collections::HashSet::new();
+            for r in &items {
+                let key = ObjectRef {
+                    kind: r.kind,
+                    id: r.id,
+                };
+                if let Some(tp) = self.traces.get(&key)
+                    && linked.insert(tp.as_str())
+                {
+                    kubenova_telemetry::propagation::link_to(&span, tp);
+                }
+            }
+        }
+        let res = sh
+            .client
+            .report_status(&StatusReport { items })
+            .instrument(span)
+            .await;
         sh.metrics().request("status", &res);
         let reply = res?;
         let keys: Vec<ObjectRef> = self.dirty.keys().take(n).copied().collect();

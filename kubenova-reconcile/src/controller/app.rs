@@ -7,7 +7,6 @@ use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event, finalizer};
 use kubenova_api::crd::{NovaApp, NovaPhase};
-use tracing::instrument;
 
 use super::{
     Ctx, Error, FINALIZER, clash, delete_if_ours, find_clash, instrumented, ours, refused,
@@ -21,7 +20,6 @@ use crate::translate_app;
 const CONTROLLER: &str = "novaapp";
 
 /// Reconciles one NovaApp (see the [module docs](super)).
-#[instrument(skip_all, fields(namespace = %na.namespace().unwrap_or_default(), app = %na.name_any()))]
 pub async fn reconcile_app(na: Arc<NovaApp>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let api: Api<NovaApp> =
         Api::namespaced(ctx.client.clone(), &na.namespace().unwrap_or_default());

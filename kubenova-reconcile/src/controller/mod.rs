@@ -63,6 +63,7 @@ use prometheus_client::registry::Registry;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use thiserror::Error;
+use tracing::Instrument as _;
 
 pub use app::reconcile_app;
 pub use project::reconcile_project;
@@ -479,6 +480,34 @@ pub fn error_policy<K: Resource<DynamicType = ()>>(
 
 /// Runs a reconcile body with the bookkeeping shared by the controllers: metrics, backoff
 /// reset on success, a `Warning` Event on failure.
+/// The span of one reconcile. A reconcile of a spec generation not reconciled yet
+/// continues the trace of the API write that produced it (the object's
+/// `kubenova.io/traceparent`, set by the agent's apply); later reconciles of the same
+/// generation (resyncs, requeues) are traces of their own.
+fn reconcile_span<K: Nova>(controller: &'static str, obj: &K) -> tracing::Span {
+    let meta = obj.meta();
+    let span = tracing::info_span!(
+        "reconcile",
+        otel.name = format!("reconcile {}", K::kind(&())),
+        otel.status_code = tracing::field::Empty,
+        controller,
+        name = meta.name.as_deref().unwrap_or_default(),
+        namespace = meta.namespace.as_deref().unwrap_or_default(),
+        generation = meta.generation,
+    );
+    let observed = obj.nova_status().and_then(|s| s.observed_generation);
+    if meta.generation.is_some()
+        && observed != meta.generation
+        && let Some(tp) = meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(kubenova_api::agent::ANNOTATION_TRACEPARENT))
+    {
+        kubenova_telemetry::propagation::continue_trace(&span, tp);
+    }
+    span
+}
+
 async fn instrumented<K, F>(
     controller: &'static str,
     obj: &K,
@@ -486,11 +515,15 @@ async fn instrumented<K, F>(
     body: F,
 ) -> Result<Action, Error>
 where
-    K: Resource<DynamicType = ()>,
+    K: Nova,
     F: Future<Output = Result<Action, Error>>,
 {
+    let span = reconcile_span(controller, obj);
     let start = Instant::now();
-    let res = body.await;
+    let res = body.instrument(span.clone()).await;
+    if res.is_err() {
+        span.record("otel.status_code", "ERROR");
+    }
     ctx.metrics
         .duration
         .get_or_create(&vec![("controller".to_owned(), controller.to_owned())])

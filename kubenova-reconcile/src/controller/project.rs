@@ -8,7 +8,6 @@ use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event, finalizer};
 use kubenova_api::crd::{NovaPhase, NovaProject};
-use tracing::instrument;
 
 use super::{
     Ctx, Error, FINALIZER, clash, delete_if_ours, find_clash, instrumented, ours, refused,
@@ -21,7 +20,6 @@ use crate::{project_namespace, tenant_pod_security, translate_project};
 const CONTROLLER: &str = "novaproject";
 
 /// Reconciles one NovaProject (see the [module docs](super)).
-#[instrument(skip_all, fields(namespace = %np.namespace().unwrap_or_default(), project = %np.name_any()))]
 pub async fn reconcile_project(np: Arc<NovaProject>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let api: Api<NovaProject> =
         Api::namespaced(ctx.client.clone(), &np.namespace().unwrap_or_default());

@@ -34,6 +34,8 @@ pub(crate) trait Nova:
     type Spec: DeserializeOwned + Serialize;
     /// The object with these parts.
     fn assemble(metadata: ObjectMeta, spec: Self::Spec, status: Option<NovaStatus>) -> Self;
+    /// The status, if any.
+    fn nova_status(&self) -> Option<&NovaStatus>;
 }
 
 macro_rules! nova {
@@ -42,6 +44,9 @@ macro_rules! nova {
             type Spec = $spec;
             fn assemble(metadata: ObjectMeta, spec: $spec, status: Option<NovaStatus>) -> Self {
                 Self { metadata, spec, status }
+            }
+            fn nova_status(&self) -> Option<&NovaStatus> {
+                self.status.as_ref()
             }
         }
     )*};

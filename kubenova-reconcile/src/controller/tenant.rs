@@ -8,7 +8,6 @@ use kube::runtime::finalizer::{Event, finalizer};
 use kube::{Resource, ResourceExt};
 use kubenova_api::crd::NovaTenant;
 use serde_json::{Value, json};
-use tracing::instrument;
 
 use super::{
     Ctx, Error, FINALIZER, clash, delete_if_ours, find_clash, instrumented, ours, refused,
@@ -21,7 +20,6 @@ use crate::{tenant_namespaces, translate_tenant};
 const CONTROLLER: &str = "novatenant";
 
 /// Reconciles one NovaTenant (see the [module docs](super)).
-#[instrument(skip_all, fields(tenant = %nt.name_any()))]
 pub async fn reconcile_tenant(nt: Arc<NovaTenant>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let api: Api<NovaTenant> = Api::all(ctx.client.clone());
     instrumented(CONTROLLER, nt.as_ref(), &ctx, async {

@@ -1039,15 +1039,18 @@ async fn delta(st: &AppState, cluster: ClusterId, cursor: i64) -> ApiResult<Opti
         return Ok(None);
     };
     let revision = last.revision;
-    // The last change of each object decides.
-    let mut latest: BTreeMap<(ObjectKind, uuid::Uuid), bool> = BTreeMap::new();
+    // The last change of each object decides (and carries the trace of its write).
+    let mut latest: BTreeMap<(ObjectKind, uuid::Uuid), (bool, Option<&str>)> = BTreeMap::new();
     for ch in &changes {
         let kind = match ch.kind {
             kubenova_store::ObjectKind::Tenant => ObjectKind::Tenant,
             kubenova_store::ObjectKind::Project => ObjectKind::Project,
             kubenova_store::ObjectKind::App => ObjectKind::App,
         };
-        latest.insert((kind, ch.object_id), ch.deleted);
+        latest.insert(
+            (kind, ch.object_id),
+            (ch.deleted, ch.trace_parent.as_deref()),
+        );
     }
     let mut r = Reader {
         store: st.store.as_ref(),
@@ -1058,7 +1061,7 @@ async fn delta(st: &AppState, cluster: ClusterId, cursor: i64) -> ApiResult<Opti
     let mut objects = Vec::new();
     let mut deleted = Vec::new();
     // BTreeMap order: tenants, then projects, then apps.
-    for ((kind, id), was_deleted) in latest {
+    for ((kind, id), (was_deleted, trace_parent)) in latest {
         let obj = if was_deleted {
             None
         } else {
@@ -1100,7 +1103,12 @@ async fn delta(st: &AppState, cluster: ClusterId, cursor: i64) -> ApiResult<Opti
             }
         };
         match obj {
-            Some(o) => objects.push(o),
+            Some(mut o) => {
+                if let Some(tp) = trace_parent {
+                    o.set_traceparent(tp);
+                }
+                objects.push(o)
+            }
             // Deleted (or deleted since the change was recorded): prune it.
             None => deleted.push(ObjectRef { kind, id }),
         }

@@ -1,5 +1,6 @@
 //! A [`Store`] decorator that records the latency and errors of every store call in the
-//! manager's Prometheus metrics (`kubenova_store_*`, labelled by operation).
+//! manager's Prometheus metrics (`kubenova_store_*`, labelled by operation), and wraps
+//! each call in a `store <operation>` trace span (target `kubenova::store`, level debug).
 
 use super::middleware::Runtime;
 use async_trait::async_trait;
@@ -16,6 +17,7 @@ use kubenova_store::{
 use std::sync::Arc;
 use std::time::Instant;
 use time::OffsetDateTime;
+use tracing::Instrument as _;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
@@ -58,9 +60,22 @@ macro_rules! metered {
 
             $(
                 async fn $name(&self $(, $arg: $ty)*) -> $ret {
+                    // A trace span per call, named by the operation (never its values).
+                    let span = tracing::debug_span!(
+                        target: "kubenova::store",
+                        "store",
+                        otel.name = concat!("store ", stringify!($name)),
+                        otel.kind = "client",
+                        db.operation.name = stringify!($name),
+                        otel.status_code = tracing::field::Empty,
+                    );
                     let started = Instant::now();
-                    let res = self.inner.$name($($arg),*).await;
-                    self.runtime.observe_store(stringify!($name), started, !is_failure(&res));
+                    let res = self.inner.$name($($arg),*).instrument(span.clone()).await;
+                    let ok = !is_failure(&res);
+                    self.runtime.observe_store(stringify!($name), started, ok);
+                    if !ok {
+                        span.record("otel.status_code", "ERROR");
+                    }
                     res
                 }
             )*

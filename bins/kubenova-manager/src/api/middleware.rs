@@ -686,7 +686,11 @@ pub async fn request_layer(
         request_id = %id,
         route = tracing::field::Empty,
         status = tracing::field::Empty,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
     );
+    // A caller's W3C `traceparent` makes this request part of its trace.
+    kubenova_telemetry::propagation::continue_from_headers(&span, req.headers());
     let runtime = Arc::clone(&state.runtime);
     runtime.in_flight.inc();
     let timeout = timeout_for(uri.path(), state.config.request_timeout);
@@ -743,6 +747,12 @@ pub async fn request_layer(
     if !span.is_disabled() {
         span.record("route", route);
         span.record("status", status);
+        if kubenova_telemetry::propagation::is_active() {
+            kubenova_telemetry::propagation::rename(&span, format!("{method} {route}"));
+            if status >= 500 {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
     }
     span.in_scope(|| {
         tracing::info!(

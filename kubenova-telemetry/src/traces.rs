@@ -1,0 +1,324 @@
+//! OpenTelemetry trace export over OTLP, configured by the standard `OTEL_*` variables.
+//!
+//! Traces are exported when `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set (and `OTEL_SDK_DISABLED` is not `true`,
+//! `OTEL_TRACES_EXPORTER` not `none`); otherwise nothing is installed and spans cost what a
+//! disabled `tracing` span costs.
+//!
+//! | variable | meaning |
+//! | --- | --- |
+//! | `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` | where spans go, as is (`http://collector:4318/v1/traces`) |
+//! | `OTEL_EXPORTER_OTLP_ENDPOINT` | base URL; HTTP appends `/v1/traces` |
+//! | `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL`, `OTEL_EXPORTER_OTLP_PROTOCOL` | `http/protobuf` (default) or `grpc` |
+//! | `OTEL_SERVICE_NAME` | the service name (default: the binary's name) |
+//! | `OTEL_RESOURCE_ATTRIBUTES` | more resource attributes, `k=v,k2=v2` |
+//! | `OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG` | `parentbased_always_on` (default), `always_on`, `always_off`, `traceidratio`, `parentbased_always_off`, `parentbased_traceidratio` |
+//! | `OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_EXPORTER_OTLP_TIMEOUT`, `OTEL_BSP_*` | as the specification says |
+
+use crate::TelemetryError;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{Protocol, WithExportConfig as _};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+
+/// The OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    /// Protobuf over HTTP (`http/protobuf`).
+    HttpProtobuf,
+    /// gRPC (`grpc`).
+    Grpc,
+}
+
+/// What the `OTEL_*` variables ask for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceSettings {
+    /// The endpoint variable that is set, and its value.
+    pub endpoint: (&'static str, String),
+    /// The transport.
+    pub protocol: OtlpProtocol,
+    /// The service name.
+    pub service_name: String,
+}
+
+const SAMPLERS: [&str; 6] = [
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+];
+
+fn otel(var: &'static str, value: &str, reason: &str) -> TelemetryError {
+    TelemetryError::Otel {
+        var,
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+impl TraceSettings {
+    /// Reads the variables through `var`; `None` when traces are off. Values the
+    /// specification does not allow (an unknown protocol or sampler, a sampler ratio that
+    /// is not in 0..=1) are errors naming the variable, not silently replaced.
+    ///
+    /// ```
+    /// use kubenova_telemetry::traces::{OtlpProtocol, TraceSettings};
+    /// let env = |k: &str| match k {
+    ///     "OTEL_EXPORTER_OTLP_ENDPOINT" => Some("http://collector:4317".to_string()),
+    ///     "OTEL_EXPORTER_OTLP_PROTOCOL" => Some("grpc".to_string()),
+    ///     _ => None,
+    /// };
+    /// let s = TraceSettings::from_vars(env, "kubenova-manager").unwrap().unwrap();
+    /// assert_eq!((s.protocol, s.service_name.as_str()), (OtlpProtocol::Grpc, "kubenova-manager"));
+    /// assert!(TraceSettings::from_vars(|_| None, "x").unwrap().is_none());
+    /// ```
+    pub fn from_vars(
+        var: impl Fn(&str) -> Option<String>,
+        default_service: &str,
+    ) -> Result<Option<TraceSettings>, TelemetryError> {
+        let get = |name: &str| {
+            var(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+        };
+        if get("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+            return Ok(None);
+        }
+        if let Some(v) = get("OTEL_TRACES_EXPORTER") {
+            match v.as_str() {
+                "none" => return Ok(None),
+                "otlp" => {}
+                _ => return Err(otel("OTEL_TRACES_EXPORTER", &v, "use otlp or none")),
+            }
+        }
+        let endpoint = match (
+            get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+            get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+        ) {
+            (Some(e), _) => ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", e),
+            (None, Some(e)) => ("OTEL_EXPORTER_OTLP_ENDPOINT", e),
+            (None, None) => return Ok(None),
+        };
+        if !(endpoint.1.starts_with("http://") || endpoint.1.starts_with("https://")) {
+            return Err(otel(
+                endpoint.0,
+                &endpoint.1,
+                "not an http:// or https:// URL; write e.g. http://otel-collector:4318",
+            ));
+        }
+        let protocol = match (
+            get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+                .map(|v| ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", v)),
+            get("OTEL_EXPORTER_OTLP_PROTOCOL").map(|v| ("OTEL_EXPORTER_OTLP_PROTOCOL", v)),
+        ) {
+            (Some((name, v)), _) | (None, Some((name, v))) => match v.as_str() {
+                "http/protobuf" => OtlpProtocol::HttpProtobuf,
+                "grpc" => OtlpProtocol::Grpc,
+                _ => {
+                    return Err(otel(
+                        name,
+                        &v,
+                        "use http/protobuf or grpc (http/json is not supported)",
+                    ));
+                }
+            },
+            (None, None) => OtlpProtocol::HttpProtobuf,
+        };
+        if let Some(s) = get("OTEL_TRACES_SAMPLER") {
+            if !SAMPLERS.contains(&s.as_str()) {
+                return Err(otel(
+                    "OTEL_TRACES_SAMPLER",
+                    &s,
+                    &format!("use one of {}", SAMPLERS.join(", ")),
+                ));
+            }
+            if s.ends_with("traceidratio") {
+                let arg = get("OTEL_TRACES_SAMPLER_ARG").unwrap_or_else(|| "1.0".into());
+                if !arg.parse::<f64>().is_ok_and(|r| (0.0..=1.0).contains(&r)) {
+                    return Err(otel(
+                        "OTEL_TRACES_SAMPLER_ARG",
+                        &arg,
+                        "the sampling ratio is a number from 0 to 1, e.g. 0.1",
+                    ));
+                }
+            }
+        }
+        let service_name = get("OTEL_SERVICE_NAME").unwrap_or_else(|| default_service.to_string());
+        Ok(Some(TraceSettings {
+            endpoint,
+            protocol,
+            service_name,
+        }))
+    }
+}
+
+/// The installed exporter: flushes and stops when shut down or dropped.
+pub(crate) struct Exporter {
+    pub(crate) provider: SdkTracerProvider,
+    /// The runtime the gRPC transport runs on (its own, so that it works whatever runtime,
+    /// if any, the binary uses, and outlives the binary's runtime during the last flush).
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Exporter {
+    pub(crate) fn start(s: &TraceSettings) -> Result<Exporter, TelemetryError> {
+        let failed = |e: &dyn std::fmt::Display| otel(s.endpoint.0, &s.endpoint.1, &e.to_string());
+        let (exporter, runtime) = match s.protocol {
+            OtlpProtocol::HttpProtobuf => (
+                opentelemetry_otlp::SpanExporter::builder()
+                    .with_http()
+                    .with_protocol(Protocol::HttpBinary)
+                    .build()
+                    .map_err(|e| failed(&e))?,
+                None,
+            ),
+            OtlpProtocol::Grpc => {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("otlp-grpc")
+                    .enable_all()
+                    .build()
+                    .map_err(|e| failed(&e))?;
+                let exporter = {
+                    let _entered = rt.enter();
+                    opentelemetry_otlp::SpanExporter::builder()
+                        .with_tonic()
+                        .build()
+                        .map_err(|e| failed(&e))?
+                };
+                (exporter, Some(rt))
+            }
+        };
+        let resource = Resource::builder()
+            .with_service_name(s.service_name.clone())
+            .with_attribute(opentelemetry::KeyValue::new(
+                "service.version",
+                env!("CARGO_PKG_VERSION"),
+            ))
+            .build();
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource)
+            .build();
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        crate::propagation::activate();
+        Ok(Exporter { provider, runtime })
+    }
+
+    pub(crate) fn tracer(&self) -> opentelemetry_sdk::trace::SdkTracer {
+        self.provider.tracer("kubenova")
+    }
+
+    /// Exports what is buffered and stops (waits at most the exporter's timeout).
+    pub(crate) fn shutdown(&mut self) {
+        let _ = self.provider.shutdown();
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> + use<> {
+        let map: std::collections::HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn off_without_an_endpoint_or_when_disabled() {
+        assert!(TraceSettings::from_vars(vars(&[]), "m").unwrap().is_none());
+        let on = [("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")];
+        assert!(TraceSettings::from_vars(vars(&on), "m").unwrap().is_some());
+        let mut off = on.to_vec();
+        off.push(("OTEL_SDK_DISABLED", "TRUE"));
+        assert!(TraceSettings::from_vars(vars(&off), "m").unwrap().is_none());
+        let mut off = on.to_vec();
+        off.push(("OTEL_TRACES_EXPORTER", "none"));
+        assert!(TraceSettings::from_vars(vars(&off), "m").unwrap().is_none());
+    }
+
+    #[test]
+    fn the_traces_variables_win_and_http_protobuf_is_the_default() {
+        let s = TraceSettings::from_vars(
+            vars(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "http://t:4318/v1/traces",
+                ),
+                ("OTEL_SERVICE_NAME", "edge-manager"),
+            ]),
+            "kubenova-manager",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            s.endpoint,
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://t:4318/v1/traces".to_string()
+            )
+        );
+        assert_eq!(s.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(s.service_name, "edge-manager");
+        let s = TraceSettings::from_vars(
+            vars(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+                ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "grpc"),
+            ]),
+            "m",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(s.protocol, OtlpProtocol::Grpc);
+    }
+
+    #[test]
+    fn bad_values_are_errors_naming_the_variable() {
+        let err = |pairs: &[(&str, &str)]| {
+            let mut all = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")];
+            all.extend_from_slice(pairs);
+            TraceSettings::from_vars(vars(&all), "m")
+                .unwrap_err()
+                .to_string()
+        };
+        let e = err(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]);
+        assert!(
+            e.starts_with("OTEL_EXPORTER_OTLP_PROTOCOL=\"http/json\""),
+            "{e}"
+        );
+        let e = err(&[("OTEL_TRACES_SAMPLER", "sometimes")]);
+        assert!(e.contains("parentbased_always_on"), "{e}");
+        let e = err(&[
+            ("OTEL_TRACES_SAMPLER", "traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "2"),
+        ]);
+        assert!(e.starts_with("OTEL_TRACES_SAMPLER_ARG=\"2\""), "{e}");
+        let e = err(&[("OTEL_TRACES_EXPORTER", "jaeger")]);
+        assert!(e.contains("otlp or none"), "{e}");
+        let e = TraceSettings::from_vars(
+            vars(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")]),
+            "m",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("http://"), "{e}");
+    }
+}
