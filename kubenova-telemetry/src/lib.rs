@@ -141,6 +141,8 @@ pub struct Environment {
     pub no_color: bool,
     /// Whether stderr is a terminal.
     pub stderr_is_terminal: bool,
+    /// The `OTEL_*` variables (the trace export; see [`traces`]).
+    pub otel: std::collections::BTreeMap<String, String>,
 }
 
 impl Environment {
@@ -153,6 +155,9 @@ impl Environment {
             log_format: var(FORMAT_VAR),
             no_color: var("NO_COLOR").is_some_and(|v| !v.is_empty()),
             stderr_is_terminal: std::io::stderr().is_terminal(),
+            otel: std::env::vars()
+                .filter(|(k, _)| k.starts_with("OTEL_"))
+                .collect(),
         }
     }
 }
@@ -278,10 +283,44 @@ pub fn init(
     default_filter: &str,
     service: &str,
 ) -> Result<Telemetry, TelemetryError> {
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let (dispatch, telemetry) = build(
+        args,
+        default_filter,
+        service,
+        &Environment::current(),
+        std::io::stderr,
+    )?;
+    let _already_set = dispatch.try_init();
+    Ok(telemetry)
+}
+
+/// What [`init`] installs, without installing it: the subscriber writing to `writer`
+/// (stderr for the binaries), decided from `env` and the `OTEL_*` variables of this
+/// process. For benchmarks and for embedders that scope a subscriber
+/// (`tracing::dispatcher::set_default`).
+///
+/// ```
+/// use kubenova_telemetry::{Environment, LogArgs, build};
+/// let (dispatch, telemetry) =
+///     build(&LogArgs::default(), "info", "example", &Environment::default(), std::io::sink).unwrap();
+/// let _scope = tracing::dispatcher::set_default(&dispatch);
+/// tracing::info!("written to the sink");
+/// # drop(telemetry);
+/// ```
+pub fn build<W>(
+    args: &LogArgs,
+    default_filter: &str,
+    service: &str,
+    env: &Environment,
+    writer: W,
+) -> Result<(tracing::Dispatch, Telemetry), TelemetryError>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::util::SubscriberInitExt as _;
-    let settings = LogSettings::decide(args.log_format, &Environment::current(), default_filter)?;
+    let settings = LogSettings::decide(args.log_format, env, default_filter)?;
     let filter = tracing_subscriber::EnvFilter::builder()
         .parse(&settings.filter)
         .map_err(|e| TelemetryError::Filter {
@@ -290,7 +329,7 @@ pub fn init(
             reason: e.to_string(),
         })?;
     #[cfg(feature = "otlp")]
-    let trace_settings = traces::TraceSettings::from_vars(|k| std::env::var(k).ok(), service)?;
+    let trace_settings = traces::TraceSettings::from_vars(|k| env.otel.get(k).cloned(), service)?;
     #[cfg(not(feature = "otlp"))]
     let _ = service;
     #[cfg(feature = "otlp")]
@@ -304,7 +343,7 @@ pub fn init(
     let with_ids = false;
     let fmt_layer = {
         let base = tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
+            .with_writer(writer)
             .with_timer(Rfc3339Utc);
         match settings.format {
             LogFormat::Json => {
@@ -344,17 +383,21 @@ pub fn init(
     });
     #[cfg(not(feature = "otlp"))]
     let otel_layer: Option<tracing_subscriber::layer::Identity> = None;
-    let _already_set = tracing_subscriber::registry()
-        .with(fmt_layer)
-        .with(otel_layer)
-        .try_init();
-    Ok(Telemetry {
-        settings,
-        #[cfg(feature = "otlp")]
-        traces: trace_settings,
-        #[cfg(feature = "otlp")]
-        exporter,
-    })
+    let dispatch = tracing::Dispatch::new(
+        tracing_subscriber::registry()
+            .with(fmt_layer)
+            .with(otel_layer),
+    );
+    Ok((
+        dispatch,
+        Telemetry {
+            settings,
+            #[cfg(feature = "otlp")]
+            traces: trace_settings,
+            #[cfg(feature = "otlp")]
+            exporter,
+        },
+    ))
 }
 
 /// What becomes a span in the exported traces, whatever the log filter says: the

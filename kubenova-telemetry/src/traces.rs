@@ -31,6 +31,19 @@ pub enum OtlpProtocol {
     Grpc,
 }
 
+impl TraceSettings {
+    /// The URL spans are sent to: the traces endpoint as given, or the base endpoint with
+    /// `/v1/traces` appended for HTTP (gRPC takes the base as is), as the specification says.
+    pub fn url(&self) -> String {
+        match (self.endpoint.0, self.protocol) {
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", OtlpProtocol::HttpProtobuf) => {
+                format!("{}/v1/traces", self.endpoint.1.trim_end_matches('/'))
+            }
+            _ => self.endpoint.1.clone(),
+        }
+    }
+}
+
 /// What the `OTEL_*` variables ask for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TraceSettings {
@@ -171,6 +184,7 @@ impl Exporter {
                 opentelemetry_otlp::SpanExporter::builder()
                     .with_http()
                     .with_protocol(Protocol::HttpBinary)
+                    .with_endpoint(s.url())
                     .build()
                     .map_err(|e| failed(&e))?,
                 None,
@@ -186,6 +200,7 @@ impl Exporter {
                     let _entered = rt.enter();
                     opentelemetry_otlp::SpanExporter::builder()
                         .with_tonic()
+                        .with_endpoint(s.url())
                         .build()
                         .map_err(|e| failed(&e))?
                 };
@@ -277,6 +292,14 @@ mod tests {
         );
         assert_eq!(s.protocol, OtlpProtocol::HttpProtobuf);
         assert_eq!(s.service_name, "edge-manager");
+        assert_eq!(s.url(), "http://t:4318/v1/traces");
+        let base = TraceSettings::from_vars(
+            vars(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318/")]),
+            "m",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(base.url(), "http://c:4318/v1/traces");
         let s = TraceSettings::from_vars(
             vars(&[
                 ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317"),

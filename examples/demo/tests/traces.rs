@@ -202,16 +202,26 @@ async fn one_write_is_one_trace_across_manager_and_operator() {
         .await
         .unwrap();
 
-    // A first write: the agent's first answer is a snapshot of the whole desired state,
-    // which carries no trace context (see docs/src/observability.md); later ones are deltas.
-    let warmup = flow
-        .api()
-        .post(
-            &flow.cluster_path("/tenants"),
-            &json!({"name": "warmup", "plan": "gold", "owners": ["owner@warmup.example"]}),
+    // A first write: the agent's first answer is a snapshot of the whole desired state
+    // (a young cluster's, so it carries the writes' traces too); later ones are deltas.
+    let first_trace = format!("{:032x}", uuid::Uuid::new_v4().as_u128());
+    let resp = reqwest::Client::new()
+        .post(format!(
+            "{}{}",
+            flow.manager.url,
+            flow.cluster_path("/tenants")
+        ))
+        .bearer_auth(&flow.manager.token)
+        .header(
+            "traceparent",
+            format!("00-{first_trace}-00f067aa0ba902b7-01"),
         )
+        .json(&json!({"name": "warmup", "plan": "gold", "owners": ["owner@warmup.example"]}))
+        .send()
         .await
         .unwrap();
+    assert_eq!(resp.status(), 201);
+    let warmup: serde_json::Value = resp.json().await.unwrap();
     flow.wait_phase(
         &flow.cluster_path(&format!("/tenants/{}", warmup["id"].as_str().unwrap())),
         "ready",
@@ -281,6 +291,31 @@ async fn one_write_is_one_trace_across_manager_and_operator() {
             flow.diagnostics()
         )
     });
+
+    // The first write came through a snapshot, and its reconcile is in its trace too.
+    let first = wait_for(
+        "the first write's reconcile",
+        Duration::from_secs(15),
+        || {
+            let sink = http_sink.clone();
+            let first_trace = first_trace.clone();
+            async move {
+                let spans = spans_of(&sink, &first_trace);
+                Ok(named(&spans, "kubenova-operator", "reconcile NovaTenant")
+                    .is_some()
+                    .then_some(spans))
+            }
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        named(&first, "kubenova-operator", "reconcile NovaTenant")
+            .unwrap()
+            .attr("name")
+            .as_deref(),
+        Some("warmup")
+    );
 
     // The manager's request span is the child of the caller's span.
     let route = "POST /api/v1/clusters/{clusterID}/tenants";

@@ -973,6 +973,26 @@ async fn snapshot(st: &AppState, cluster: ClusterId, revision: i64) -> ApiResult
     objects.reserve(projects.len() + apps.len());
     objects.extend(projects);
     objects.extend(apps);
+    if kubenova_telemetry::propagation::is_active() {
+        // The trace of each object's latest write, when the change log still holds the
+        // cluster's whole history (a young cluster's first answer): one bounded read.
+        if let Some(changes) = st
+            .store
+            .changes_since(cluster, 0, MAX_DELTA_CHANGES)
+            .await?
+            .filter(|c| c.len() < MAX_DELTA_CHANGES as usize)
+        {
+            let mut latest: HashMap<uuid::Uuid, Option<&str>> = HashMap::new();
+            for ch in &changes {
+                latest.insert(ch.object_id, ch.trace_parent.as_deref());
+            }
+            for o in &mut objects {
+                if let Some(Some(tp)) = latest.get(&o.object_ref().id) {
+                    o.set_traceparent(tp);
+                }
+            }
+        }
+    }
     Ok(DesiredState {
         revision,
         snapshot: true,

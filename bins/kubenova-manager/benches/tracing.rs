@@ -1,0 +1,261 @@
+//! What tracing costs on the hot path: `GET /api/v1/clusters/{c}/tenants/{t}` (HS256 auth,
+//! record cache hit on SQLite, so the request is as cheap as it gets and any per-request
+//! cost shows) through the manager's router, in process, one request at a time on one
+//! thread, under four subscribers, in alternating rounds of the same run:
+//!
+//! 1. no subscriber at all (context only);
+//! 2. **baseline**: the logging the binaries installed before traces existed (JSON lines,
+//!    `info`, one global filter), written to a sink;
+//! 3. the subscriber the binaries install now, traces off (no `OTEL_*` endpoint);
+//! 4. the same with traces on: every request exported over OTLP/HTTP (batched) to a
+//!    receiver in this process that accepts and drops them.
+//!
+//! Targets: 3 ≥ 97% of 2's rate (traces off cost nothing measurable); 4 is reported (the
+//! price of exporting every request, sampler `parentbased_always_on`).
+//!
+//! `cargo bench -p kubenova-manager --bench tracing` (`KUBENOVA_BENCH_REQUESTS`, default
+//! 20,000 per round; 5 rounds). Under `cargo test` (no `--bench`) it runs a few requests.
+#![allow(clippy::unwrap_used, clippy::print_stdout, missing_docs)]
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use http_body_util::BodyExt as _;
+use hyper::{Method, Request, StatusCode, header};
+use kubenova_manager::api::authz::Role;
+use kubenova_manager::api::config::ServerConfig;
+use kubenova_store::crypto::{Kek, Keyring};
+use kubenova_store::{SqliteStore, Store};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tower::ServiceExt as _;
+
+const SECRET: &str = "kubenova-bench-hs256-secret-0123456789abcdef";
+const KUBECONFIG: &str = "apiVersion: v1
+kind: Config
+clusters:
+- name: prod
+  cluster:
+    server: https://10.0.0.1:6443
+    certificate-authority-data: TFMwdExTMUNSVWRKVGc9PQ==
+contexts:
+- name: prod
+  context:
+    cluster: prod
+    user: admin
+current-context: prod
+users:
+- name: admin
+  user:
+    token: super-secret-cluster-token
+";
+
+async fn call(
+    app: &axum::Router,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Option<String>,
+) -> (StatusCode, bytes::Bytes) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body.map(Body::from).unwrap_or_else(Body::empty))
+        .unwrap();
+    req.extensions_mut()
+        .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    (status, resp.into_body().collect().await.unwrap().to_bytes())
+}
+
+fn id(body: &[u8]) -> String {
+    let v: serde_json::Value = serde_json::from_slice(body).unwrap();
+    v["id"].as_str().unwrap().to_string()
+}
+
+/// An OTLP/HTTP endpoint that accepts every export and keeps nothing.
+async fn sink_receiver() -> String {
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(|_body: bytes::Bytes| async { Vec::<u8>::new() }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+/// The subscriber of the binaries before traces: `fmt().json()` with a global filter.
+fn baseline_dispatch() -> tracing::Dispatch {
+    tracing::Dispatch::new(
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter("info")
+            .with_writer(std::io::sink)
+            .with_timer(kubenova_telemetry::Rfc3339Utc)
+            .finish(),
+    )
+}
+
+/// The subscriber the binaries install now; traces on when `otlp` names an endpoint.
+fn shipped_dispatch(otlp: Option<&str>) -> (tracing::Dispatch, kubenova_telemetry::Telemetry) {
+    let mut env = kubenova_telemetry::Environment::default();
+    if let Some(url) = otlp {
+        env.otel
+            .insert("OTEL_EXPORTER_OTLP_ENDPOINT".into(), url.to_string());
+    }
+    kubenova_telemetry::build(
+        &kubenova_telemetry::LogArgs::default(),
+        "info",
+        "kubenova-manager-bench",
+        &env,
+        std::io::sink,
+    )
+    .unwrap()
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let per_round: usize = if full {
+        std::env::var("KUBENOVA_BENCH_REQUESTS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(20_000)
+    } else {
+        200
+    };
+    let rounds = if full { 5 } else { 1 };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run(per_round, rounds));
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Variant {
+    None,
+    Baseline,
+    Off,
+    On,
+}
+
+impl Variant {
+    fn label(self) -> &'static str {
+        match self {
+            Variant::None => "no subscriber",
+            Variant::Baseline => "logging before traces (baseline)",
+            Variant::Off => "as shipped, traces off",
+            Variant::On => "as shipped, traces exported (OTLP/HTTP)",
+        }
+    }
+}
+
+async fn run(per_round: usize, rounds: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+    let keyring = Keyring::new(vec![Kek::new("bench", &[7; 32]).unwrap()]).unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::connect(&url, keyring).await.unwrap());
+    let config = ServerConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        rate_limit_subject_rps: 0,
+        rate_limit_ip_rps: 0,
+        ..ServerConfig::default()
+    };
+    let state = kubenova_manager::test_state(store.clone(), config, SECRET.as_bytes());
+    let token = state
+        .auth
+        .mint(
+            "bench-admin",
+            &[Role::Admin],
+            &[],
+            &[],
+            Duration::from_secs(3600),
+        )
+        .unwrap()
+        .token;
+    let app = kubenova_manager::api::router(state);
+    let body = serde_json::json!({"name": "bench", "kubeconfig": KUBECONFIG}).to_string();
+    let (s, b) = call(&app, Method::POST, "/api/v1/clusters", &token, Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
+    let cluster = id(&b);
+    let body = serde_json::json!({"name": "t1", "owners": ["alice@example.com"]}).to_string();
+    let tenants = format!("/api/v1/clusters/{cluster}/tenants");
+    let (s, b) = call(&app, Method::POST, &tenants, &token, Some(body)).await;
+    assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
+    let path = format!("{tenants}/{}", id(&b));
+
+    let baseline = baseline_dispatch();
+    let (off, _off_guard) = shipped_dispatch(None);
+    let endpoint = sink_receiver().await;
+    let (on, mut on_guard) = shipped_dispatch(Some(&endpoint));
+    assert!(on_guard.traces.is_some(), "traces did not turn on");
+
+    let variants = [Variant::None, Variant::Baseline, Variant::Off, Variant::On];
+    let mut best: Vec<(Variant, f64)> = variants.iter().map(|v| (*v, f64::MAX)).collect();
+    let mut all: Vec<(Variant, Vec<f64>)> = variants.iter().map(|v| (*v, Vec::new())).collect();
+    eprintln!("GET {path} through the router, {per_round} requests per round, {rounds} rounds");
+    for round in 0..rounds {
+        // Rotate the order each round so no variant always runs first.
+        for k in 0..variants.len() {
+            let v = variants[(k + round) % variants.len()];
+            let dispatch = match v {
+                Variant::None => tracing::Dispatch::none(),
+                Variant::Baseline => baseline.clone(),
+                Variant::Off => off.clone(),
+                Variant::On => on.clone(),
+            };
+            let _scope = tracing::dispatcher::set_default(&dispatch);
+            // Warm-up.
+            for _ in 0..(per_round / 20).max(10) {
+                let (s, _) = call(&app, Method::GET, &path, &token, None).await;
+                assert_eq!(s, StatusCode::OK);
+            }
+            let started = Instant::now();
+            for _ in 0..per_round {
+                let (s, _) = call(&app, Method::GET, &path, &token, None).await;
+                assert_eq!(s, StatusCode::OK);
+            }
+            let us = started.elapsed().as_secs_f64() * 1e6 / per_round as f64;
+            eprintln!("  round {round}: {:<42} {us:7.2} µs/request", v.label());
+            let slot = best.iter_mut().find(|(x, _)| *x == v).unwrap();
+            slot.1 = slot.1.min(us);
+            all.iter_mut().find(|(x, _)| *x == v).unwrap().1.push(us);
+        }
+    }
+    on_guard.shutdown();
+    let get = |v: Variant| best.iter().find(|(x, _)| *x == v).unwrap().1;
+    let median = |v: Variant| {
+        let mut xs = all.iter().find(|(x, _)| *x == v).unwrap().1.clone();
+        xs.sort_by(f64::total_cmp);
+        xs[xs.len() / 2]
+    };
+    println!();
+    println!("| subscriber | best µs/request | median µs/request | rate vs baseline (best) |");
+    println!("|---|---|---|---|");
+    for v in variants {
+        println!(
+            "| {} | {:.2} | {:.2} | {:.1}% |",
+            v.label(),
+            get(v),
+            median(v),
+            100.0 * get(Variant::Baseline) / get(v)
+        );
+    }
+    let off_ratio = get(Variant::Baseline) / get(Variant::Off);
+    println!();
+    println!(
+        "traces off: {:.1}% of the baseline's rate (target ≥ 97%): {}",
+        100.0 * off_ratio,
+        if off_ratio >= 0.97 { "PASS" } else { "MISS" }
+    );
+    println!(
+        "traces exported: {:.1}% of the traces-off rate ({:+.2} µs per request)",
+        100.0 * get(Variant::Off) / get(Variant::On),
+        get(Variant::On) - get(Variant::Off)
+    );
+    store.close().await;
+}
