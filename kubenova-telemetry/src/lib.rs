@@ -377,8 +377,14 @@ where
     };
     #[cfg(feature = "otlp")]
     let otel_layer = exporter.as_ref().map(|e| {
+        // Per-span attributes are what the spans' fields say: no busy/idle times, thread
+        // or source location (each costs on every span, sampled or not).
         tracing_opentelemetry::layer()
             .with_tracer(e.tracer())
+            .with_tracked_inactivity(false)
+            .with_threads(false)
+            .with_location(false)
+            .with_target(false)
             .with_filter(trace_filter())
     });
     #[cfg(not(feature = "otlp"))]

@@ -20,7 +20,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::{Protocol, WithExportConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 
 /// The OTLP transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +32,20 @@ pub enum OtlpProtocol {
 }
 
 impl TraceSettings {
+    /// The SDK sampler these settings name.
+    fn sdk_sampler(&self) -> Sampler {
+        let (name, ratio) = (&self.sampler.0, self.sampler.1);
+        let base = |n: &str| match n {
+            "always_off" => Sampler::AlwaysOff,
+            "traceidratio" => Sampler::TraceIdRatioBased(ratio),
+            _ => Sampler::AlwaysOn,
+        };
+        match name.strip_prefix("parentbased_") {
+            Some(rest) => Sampler::ParentBased(Box::new(base(rest))),
+            None => base(name),
+        }
+    }
+
     /// The URL spans are sent to: the traces endpoint as given, or the base endpoint with
     /// `/v1/traces` appended for HTTP (gRPC takes the base as is), as the specification says.
     pub fn url(&self) -> String {
@@ -45,7 +59,7 @@ impl TraceSettings {
 }
 
 /// What the `OTEL_*` variables ask for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TraceSettings {
     /// The endpoint variable that is set, and its value.
     pub endpoint: (&'static str, String),
@@ -53,6 +67,9 @@ pub struct TraceSettings {
     pub protocol: OtlpProtocol,
     /// The service name.
     pub service_name: String,
+    /// The sampler (`OTEL_TRACES_SAMPLER`, default `parentbased_always_on`) and its ratio
+    /// (`OTEL_TRACES_SAMPLER_ARG`, default 1) for the ratio samplers.
+    pub sampler: (String, f64),
 }
 
 const SAMPLERS: [&str; 6] = [
@@ -140,30 +157,34 @@ impl TraceSettings {
             },
             (None, None) => OtlpProtocol::HttpProtobuf,
         };
-        if let Some(s) = get("OTEL_TRACES_SAMPLER") {
-            if !SAMPLERS.contains(&s.as_str()) {
-                return Err(otel(
-                    "OTEL_TRACES_SAMPLER",
-                    &s,
-                    &format!("use one of {}", SAMPLERS.join(", ")),
-                ));
-            }
-            if s.ends_with("traceidratio") {
-                let arg = get("OTEL_TRACES_SAMPLER_ARG").unwrap_or_else(|| "1.0".into());
-                if !arg.parse::<f64>().is_ok_and(|r| (0.0..=1.0).contains(&r)) {
+        let sampler = get("OTEL_TRACES_SAMPLER").unwrap_or_else(|| "parentbased_always_on".into());
+        if !SAMPLERS.contains(&sampler.as_str()) {
+            return Err(otel(
+                "OTEL_TRACES_SAMPLER",
+                &sampler,
+                &format!("use one of {}", SAMPLERS.join(", ")),
+            ));
+        }
+        let mut ratio = 1.0;
+        if sampler.ends_with("traceidratio") {
+            let arg = get("OTEL_TRACES_SAMPLER_ARG").unwrap_or_else(|| "1.0".into());
+            ratio = match arg.parse::<f64>() {
+                Ok(r) if (0.0..=1.0).contains(&r) => r,
+                _ => {
                     return Err(otel(
                         "OTEL_TRACES_SAMPLER_ARG",
                         &arg,
                         "the sampling ratio is a number from 0 to 1, e.g. 0.1",
                     ));
                 }
-            }
+            };
         }
         let service_name = get("OTEL_SERVICE_NAME").unwrap_or_else(|| default_service.to_string());
         Ok(Some(TraceSettings {
             endpoint,
             protocol,
             service_name,
+            sampler: (sampler, ratio),
         }))
     }
 }
@@ -215,6 +236,7 @@ impl Exporter {
             ))
             .build();
         let provider = SdkTracerProvider::builder()
+            .with_sampler(s.sdk_sampler())
             .with_batch_exporter(exporter)
             .with_resource(resource)
             .build();
@@ -334,6 +356,18 @@ mod tests {
             ("OTEL_TRACES_SAMPLER_ARG", "2"),
         ]);
         assert!(e.starts_with("OTEL_TRACES_SAMPLER_ARG=\"2\""), "{e}");
+        let s = TraceSettings::from_vars(
+            vars(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+                ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+                ("OTEL_TRACES_SAMPLER_ARG", "0.01"),
+            ]),
+            "m",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(s.sampler, ("parentbased_traceidratio".to_string(), 0.01));
+        assert!(format!("{:?}", s.sdk_sampler()).contains("TraceIdRatioBased(0.01)"));
         let e = err(&[("OTEL_TRACES_EXPORTER", "jaeger")]);
         assert!(e.contains("otlp or none"), "{e}");
         let e = TraceSettings::from_vars(
