@@ -45,6 +45,9 @@
 //! that sample held; quota use is the last sample's. With the default interval (5
 //! minutes) an hour has 12 samples; after an operator restart in the middle of an hour
 //! the covered time starts at its first sample.
+//!
+//! The latest sample of each tenant is also exposed as Prometheus gauges
+//! ([`TenantMetrics`]).
 
 use std::collections::BTreeMap;
 
@@ -62,6 +65,9 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::meta::{LABEL_CAPSULE_TENANT, LABEL_NAMESPACE_ROLE, LABEL_PROJECT, LABEL_TENANT};
+
+pub mod metrics;
+pub use metrics::{TenantMetrics, TenantMetricsPublisher};
 
 /// The objects of a cluster a [`Sample`] is taken from (every one listed, unfiltered; the
 /// collector keeps of each only the fields [`sample`] reads, see [`trim`]).
@@ -186,6 +192,9 @@ impl Gauges {
 pub struct Sample {
     /// Per tenant (project `None`) and per project.
     pub scopes: BTreeMap<Scope, Gauges>,
+    /// The name of every NovaTenant with a manager id (those without a namespace too, so
+    /// they are absent from [`scopes`](Self::scopes)).
+    pub tenants: BTreeMap<TenantId, String>,
     /// Namespaces labelled for a tenant that could not be attributed (tenant unknown or
     /// without a manager id, or Capsule's tenant label disagreeing).
     pub unattributed_namespaces: Vec<String>,
@@ -596,8 +605,14 @@ pub fn sample(inv: &Inventory) -> Sample {
         .nodes
         .as_deref()
         .map(|nodes| cluster_capacity(nodes, &inv.pods, &mut bad));
+    let tenants = inv
+        .tenants
+        .iter()
+        .filter_map(|t| Some((TenantId(id_label(&t.metadata)?), t.metadata.name.clone()?)))
+        .collect();
     Sample {
         scopes,
+        tenants,
         unattributed_namespaces: attr.unattributed,
         bad_quantities: bad,
         capacity,
@@ -1090,6 +1105,14 @@ mod tests {
         let s = sample(&fixture());
         assert_eq!(s.scopes.len(), 3, "{:?}", s.scopes.keys());
         assert_eq!(s.unattributed_namespaces, ["handmade-apps", "sneaky"]);
+        // The tenants with a manager id, by name (what the tenant gauges are labelled with).
+        assert_eq!(
+            s.tenants,
+            BTreeMap::from([
+                (TenantId(ACME), "acme".to_owned()),
+                (TenantId(BETA), "beta".to_owned())
+            ])
+        );
         assert!(s.bad_quantities.is_empty(), "{:?}", s.bad_quantities);
 
         let acme = &s.scopes[&scope(ACME, None)];
