@@ -1792,6 +1792,21 @@ async fn usage_samples_set_the_tenant_gauges_until_the_agent_stops() {
     let sampled_at = got
         .remove(r#"kubenova_tenant_usage_sample_timestamp_seconds{tenant="acme"}"#)
         .unwrap();
+    // Its NovaTenant and NovaProject, in whatever phase the controllers reached.
+    let mut objects = BTreeMap::new();
+    got.retain(|series, n| {
+        let Some(labels) = series.strip_prefix(r#"kubenova_tenant_objects{tenant="acme",kind=""#)
+        else {
+            return true;
+        };
+        let kind = labels.split('"').next().unwrap().to_owned();
+        *objects.entry(kind).or_insert(0.0) += *n;
+        false
+    });
+    assert_eq!(
+        objects,
+        BTreeMap::from([("project".to_owned(), 1.0), ("tenant".to_owned(), 1.0)])
+    );
     assert_eq!(got, expected);
     let age = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as f64 / 1e9 - sampled_at;
     assert!((0.0..60.0).contains(&age), "sampled {age} s ago");

@@ -713,6 +713,14 @@ fn dashboards() -> Vec<(&'static str, Value)> {
                 ],
             ),
             panel(
+                "Tenant and projects by phase",
+                "short",
+                &[(
+                    &per_tenant("kubenova_tenant_objects", "kind, phase"),
+                    "{{job}}/{{tenant}} {{kind}} {{phase}}",
+                )],
+            ),
+            panel(
                 "Quota use: fullest ResourceQuota per resource",
                 "percentunit",
                 &[(

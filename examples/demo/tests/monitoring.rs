@@ -581,8 +581,8 @@ async fn run(
     )
     .await?;
     // The operator's tenant gauges, labelled with the tenant's name in the API, are the
-    // latest sample: its owner, apps and project namespaces, its app, and the pods,
-    // LoadBalancer and quota made above.
+    // latest sample: its owner, apps and project namespaces, its app, the pods,
+    // LoadBalancer and quota made above, and the tenant and its project ready.
     for (series, what, expected) in [
         ("kubenova_tenant_namespaces", "three namespaces", 3.0),
         ("kubenova_tenant_apps", "one app", 1.0),
@@ -615,6 +615,16 @@ async fn run(
             0.5,
         ),
         ("kubenova_tenant_quotas_exceeded", "no quota exceeded", 0.0),
+        (
+            "kubenova_tenant_objects{kind=\"tenant\",phase=\"ready\"}",
+            "the tenant ready",
+            1.0,
+        ),
+        (
+            "kubenova_tenant_objects{kind=\"project\",phase=\"ready\"}",
+            "its project ready",
+            1.0,
+        ),
     ] {
         let q = match series.split_once('{') {
             Some((name, rest)) => {

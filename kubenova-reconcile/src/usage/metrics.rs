@@ -6,6 +6,10 @@
 //! 5 minutes by default, and on demand). The label `tenant` is the NovaTenant's name,
 //! which is the tenant's name in the manager's API.
 //!
+//! `kubenova_tenant_objects{tenant,kind,phase}` counts the tenant's NovaTenant and
+//! NovaProjects by phase ([`Sample::phases`]), as the sample listed them (NovaApps are not
+//! listed by a sample).
+//!
 //! A tenant's series exist while it is in the samples: every NovaTenant with a manager id
 //! (zero when it has no namespace yet). The series of a tenant missing from a sample, and
 //! of a storage class or quota resource a tenant no longer has, are removed by that
@@ -13,7 +17,7 @@
 //! or shuts down), so a standby replica exposes none.
 //!
 //! Cardinality: one series per tenant of the cluster for each metric, plus one per
-//! storage class and one per quota resource the tenant has. [`TenantMetrics::new`] with
+//! storage class, quota resource and (kind, phase) the tenant has. [`TenantMetrics::new`] with
 //! `false` turns them off (the operator's `--tenant-metrics false`).
 //!
 //! [`AgentConfig::usage_sample_interval`]: crate::agent::AgentConfig::usage_sample_interval
@@ -71,8 +75,10 @@ pub struct TenantMetrics {
     quotas_exceeded: Family<Labels, Gauge>,
     /// `kubenova_tenant_usage_sample_timestamp_seconds{tenant}`.
     sampled_at: Family<Labels, FloatGauge>,
-    /// The label sets of the storage and quota series set by the last sample, and its
-    /// tenants, to remove what the next one no longer has.
+    /// `kubenova_tenant_objects{tenant,kind,phase}`.
+    objects: Family<Labels, Gauge>,
+    /// The label sets of the storage, quota and object series set by the last sample,
+    /// and its tenants, to remove what the next one no longer has.
     present: Mutex<Present>,
 }
 
@@ -81,6 +87,7 @@ struct Present {
     tenants: BTreeSet<String>,
     storage: BTreeSet<Labels>,
     quota: BTreeSet<Labels>,
+    objects: BTreeSet<Labels>,
 }
 
 impl Default for TenantMetrics {
@@ -122,6 +129,7 @@ impl TenantMetrics {
             quota_ratio: Family::default(),
             quotas_exceeded: Family::default(),
             sampled_at: Family::default(),
+            objects: Family::default(),
             present: Mutex::new(Present::default()),
         }
     }
@@ -196,6 +204,11 @@ impl TenantMetrics {
             "Unix time of the latest usage sample that measured the tenant",
             self.sampled_at.clone(),
         );
+        registry.register(
+            "kubenova_tenant_objects",
+            "The tenant's NovaTenant and NovaProjects by phase at the latest usage sample",
+            self.objects.clone(),
+        );
     }
 
     /// Sets every gauge from `sample`, taken at `at`, and removes the series of tenants,
@@ -254,6 +267,15 @@ impl TenantMetrics {
             }
             self.quotas_exceeded.get_or_create(&t).set(exceeded);
             self.sampled_at.get_or_create(&t).set(at);
+            for ((kind, phase), n) in sample.phases.get(id).into_iter().flatten() {
+                let l = vec![
+                    ("tenant".to_owned(), name.clone()),
+                    ("kind".to_owned(), (*kind).to_owned()),
+                    ("phase".to_owned(), (*phase).to_owned()),
+                ];
+                self.objects.get_or_create(&l).set(int(*n));
+                next.objects.insert(l);
+            }
             next.tenants.insert(name.clone());
         }
         let mut present = self.present.lock().unwrap_or_else(|e| e.into_inner());
@@ -265,6 +287,9 @@ impl TenantMetrics {
         }
         for gone in present.quota.difference(&next.quota) {
             self.quota_ratio.remove(gone);
+        }
+        for gone in present.objects.difference(&next.objects) {
+            self.objects.remove(gone);
         }
         *present = next;
     }
@@ -297,6 +322,7 @@ impl TenantMetrics {
         self.quota_ratio.clear();
         self.quotas_exceeded.clear();
         self.sampled_at.clear();
+        self.objects.clear();
         *present = Present::default();
     }
 
@@ -410,6 +436,17 @@ mod tests {
                 (TenantId(ACME), "acme".to_owned()),
                 (TenantId(BETA), "beta".to_owned()),
             ]),
+            phases: BTreeMap::from([
+                (
+                    TenantId(ACME),
+                    BTreeMap::from([
+                        (("tenant", "ready"), 1),
+                        (("project", "ready"), 2),
+                        (("project", "degraded"), 1),
+                    ]),
+                ),
+                (TenantId(BETA), BTreeMap::from([(("tenant", "pending"), 1)])),
+            ]),
             ..Sample::default()
         }
     }
@@ -459,6 +496,22 @@ mod tests {
                 r#"kubenova_tenant_usage_sample_timestamp_seconds{tenant="acme"}"#,
                 1_769_900_730.5,
             ),
+            (
+                r#"kubenova_tenant_objects{tenant="acme",kind="tenant",phase="ready"}"#,
+                1.0,
+            ),
+            (
+                r#"kubenova_tenant_objects{tenant="acme",kind="project",phase="ready"}"#,
+                2.0,
+            ),
+            (
+                r#"kubenova_tenant_objects{tenant="acme",kind="project",phase="degraded"}"#,
+                1.0,
+            ),
+            (
+                r#"kubenova_tenant_objects{tenant="beta",kind="tenant",phase="pending"}"#,
+                1.0,
+            ),
             (r#"kubenova_tenant_cpu_requests_cores{tenant="beta"}"#, 0.0),
             (r#"kubenova_tenant_cpu_limits_cores{tenant="beta"}"#, 0.0),
             (
@@ -497,20 +550,30 @@ mod tests {
         acme.storage_by_class.remove("fast");
         acme.quotas.retain(|q| q.resource != "pods");
         acme.pods = 4;
+        // Its degraded project is ready now.
+        next.phases.insert(
+            TenantId(ACME),
+            BTreeMap::from([(("tenant", "ready"), 1), (("project", "ready"), 3)]),
+        );
         m.observe(&next, at + time::Duration::minutes(5));
         let s = scrape(&registry);
         assert!(!s.keys().any(|k| k.contains("\"beta\"")), "{s:#?}");
         assert!(!s.keys().any(|k| k.contains("fast")), "{s:#?}");
         assert!(!s.keys().any(|k| k.contains("\"pods\"")), "{s:#?}");
+        assert!(!s.keys().any(|k| k.contains("degraded")), "{s:#?}");
+        assert_eq!(
+            s[r#"kubenova_tenant_objects{tenant="acme",kind="project",phase="ready"}"#],
+            3.0
+        );
         assert_eq!(s[r#"kubenova_tenant_pods{tenant="acme"}"#], 4.0);
         assert_eq!(
             s[r#"kubenova_tenant_usage_sample_timestamp_seconds{tenant="acme"}"#],
             1_769_901_000.0
         );
-        assert_eq!(s.len(), 12, "{s:#?}");
+        assert_eq!(s.len(), 14, "{s:#?}");
         // beta comes back.
         m.observe(&two_tenants(), at + time::Duration::minutes(10));
-        assert_eq!(scrape(&registry).len(), 24);
+        assert_eq!(scrape(&registry).len(), 28);
     }
 
     #[test]
@@ -521,7 +584,7 @@ mod tests {
         {
             let publisher = m.publisher();
             publisher.observe(&two_tenants(), OffsetDateTime::now_utc());
-            assert_eq!(scrape(&registry).len(), 24);
+            assert_eq!(scrape(&registry).len(), 28);
         }
         assert!(scrape(&registry).is_empty());
         // The families are still declared (HELP and TYPE), only without series.
@@ -534,7 +597,7 @@ mod tests {
         assert!(scrape(&registry).is_empty());
         let p = m.publisher();
         p.observe(&two_tenants(), OffsetDateTime::now_utc());
-        assert_eq!(scrape(&registry).len(), 24);
+        assert_eq!(scrape(&registry).len(), 28);
     }
 
     #[test]
