@@ -11,30 +11,61 @@
 //! listed by a sample).
 //!
 //! A tenant's series exist while it is in the samples: every NovaTenant with a manager id
-//! (zero when it has no namespace yet). The series of a tenant missing from a sample, and
-//! of a storage class or quota resource a tenant no longer has, are removed by that
-//! sample; all of them when the usage loop stops (this replica is no longer the leader,
-//! or shuts down), so a standby replica exposes none.
+//! (zero when it has no namespace yet). Each sample replaces the whole set, so the series
+//! of a tenant missing from it, and of a storage class, quota resource or phase a tenant
+//! no longer has, are gone with it; all of them when the usage loop stops (this replica is
+//! no longer the leader, or shuts down), so a standby replica exposes none.
+//!
+//! The gauges are kept as one compact row per tenant (a few hundred bytes; quota resource
+//! and storage class names shared) and written out at each scrape, not as a family of
+//! gauges per metric, whose label sets alone would take several KiB per tenant.
 //!
 //! Cardinality: one series per tenant of the cluster for each metric, plus one per
-//! storage class, quota resource and (kind, phase) the tenant has. [`TenantMetrics::new`] with
-//! `false` turns them off (the operator's `--tenant-metrics false`).
+//! storage class, quota resource and (kind, phase) the tenant has. [`TenantMetrics::new`]
+//! with `false` turns them off (the operator's `--tenant-metrics false`).
 //!
 //! [`AgentConfig::usage_sample_interval`]: crate::agent::AgentConfig::usage_sample_interval
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
-use std::sync::atomic::AtomicU64;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
 
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeGaugeValue};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use time::OffsetDateTime;
 
-use super::Sample;
+use super::{Gauges, Sample, Scope};
 
-type Labels = Vec<(String, String)>;
-type FloatGauge = Gauge<f64, AtomicU64>;
+/// One tenant of the latest sample.
+#[derive(Debug)]
+struct Row {
+    tenant: Box<str>,
+    cpu_requests: f64,
+    cpu_limits: f64,
+    memory_requests: i64,
+    memory_limits: i64,
+    pods: i64,
+    apps: i64,
+    namespaces: i64,
+    load_balancers: i64,
+    quotas_exceeded: i64,
+    /// (storage class, bytes).
+    storage: Box<[(Arc<str>, i64)]>,
+    /// (resource, highest used/hard).
+    quota_ratio: Box<[(Arc<str>, f64)]>,
+    /// (kind, phase, objects).
+    objects: Box<[(&'static str, &'static str, i64)]>,
+}
+
+/// The latest sample: its Unix time and a row per tenant.
+#[derive(Debug, Default)]
+struct Snapshot {
+    at: f64,
+    rows: Vec<Row>,
+}
+
+type Latest = Arc<RwLock<Arc<Snapshot>>>;
 
 /// The gauges of the latest usage sample per tenant (see the [module docs](self)).
 ///
@@ -51,43 +82,7 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 #[derive(Debug)]
 pub struct TenantMetrics {
     enabled: bool,
-    /// `kubenova_tenant_cpu_requests_cores{tenant}`.
-    cpu_requests: Family<Labels, FloatGauge>,
-    /// `kubenova_tenant_cpu_limits_cores{tenant}`.
-    cpu_limits: Family<Labels, FloatGauge>,
-    /// `kubenova_tenant_memory_requests_bytes{tenant}`.
-    memory_requests: Family<Labels, Gauge>,
-    /// `kubenova_tenant_memory_limits_bytes{tenant}`.
-    memory_limits: Family<Labels, Gauge>,
-    /// `kubenova_tenant_storage_bytes{tenant,storage_class}`.
-    storage: Family<Labels, Gauge>,
-    /// `kubenova_tenant_pods{tenant}`.
-    pods: Family<Labels, Gauge>,
-    /// `kubenova_tenant_apps{tenant}`.
-    apps: Family<Labels, Gauge>,
-    /// `kubenova_tenant_namespaces{tenant}`.
-    namespaces: Family<Labels, Gauge>,
-    /// `kubenova_tenant_load_balancers{tenant}`.
-    load_balancers: Family<Labels, Gauge>,
-    /// `kubenova_tenant_quota_used_ratio{tenant,resource}`.
-    quota_ratio: Family<Labels, FloatGauge>,
-    /// `kubenova_tenant_quotas_exceeded{tenant}`.
-    quotas_exceeded: Family<Labels, Gauge>,
-    /// `kubenova_tenant_usage_sample_timestamp_seconds{tenant}`.
-    sampled_at: Family<Labels, FloatGauge>,
-    /// `kubenova_tenant_objects{tenant,kind,phase}`.
-    objects: Family<Labels, Gauge>,
-    /// The label sets of the storage, quota and object series set by the last sample,
-    /// and its tenants, to remove what the next one no longer has.
-    present: Mutex<Present>,
-}
-
-#[derive(Debug, Default)]
-struct Present {
-    tenants: BTreeSet<String>,
-    storage: BTreeSet<Labels>,
-    quota: BTreeSet<Labels>,
-    objects: BTreeSet<Labels>,
+    latest: Latest,
 }
 
 impl Default for TenantMetrics {
@@ -96,19 +91,64 @@ impl Default for TenantMetrics {
     }
 }
 
-fn tenant_labels(tenant: &str) -> Labels {
-    vec![("tenant".to_owned(), tenant.to_owned())]
-}
-
-fn labels2(tenant: &str, key: &str, value: &str) -> Labels {
-    vec![
-        ("tenant".to_owned(), tenant.to_owned()),
-        (key.to_owned(), value.to_owned()),
-    ]
-}
-
 fn int(v: i128) -> i64 {
     i64::try_from(v).unwrap_or(if v < 0 { i64::MIN } else { i64::MAX })
+}
+
+/// One string per distinct name across the rows of a sample.
+#[derive(Default)]
+struct Names(HashMap<String, Arc<str>>);
+
+impl Names {
+    fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.0.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.0.insert(s.to_owned(), a.clone());
+        a
+    }
+}
+
+fn row(
+    tenant: &str,
+    g: &Gauges,
+    objects: Option<&BTreeMap<(&'static str, &'static str), i128>>,
+    names: &mut Names,
+) -> Row {
+    let mut ratios: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut exceeded = 0;
+    for q in &g.quotas {
+        exceeded += i64::from(q.exceeded());
+        if q.hard.is_zero() {
+            continue;
+        }
+        let r = ratios.entry(q.resource.as_str()).or_insert(0.0);
+        *r = r.max(q.used.as_f64() / q.hard.as_f64());
+    }
+    Row {
+        tenant: tenant.into(),
+        cpu_requests: g.cpu_requests as f64 / 1000.0,
+        cpu_limits: g.cpu_limits as f64 / 1000.0,
+        memory_requests: int(g.memory_requests),
+        memory_limits: int(g.memory_limits),
+        pods: int(g.pods),
+        apps: int(g.apps),
+        namespaces: int(g.namespaces),
+        load_balancers: int(g.load_balancers),
+        quotas_exceeded: exceeded,
+        storage: g
+            .storage_by_class
+            .iter()
+            .map(|(c, b)| (names.get(c), int(*b)))
+            .collect(),
+        quota_ratio: ratios.into_iter().map(|(r, v)| (names.get(r), v)).collect(),
+        objects: objects
+            .into_iter()
+            .flatten()
+            .map(|((kind, phase), n)| (*kind, *phase, int(*n)))
+            .collect(),
+    }
 }
 
 impl TenantMetrics {
@@ -117,20 +157,7 @@ impl TenantMetrics {
     pub fn new(enabled: bool) -> TenantMetrics {
         TenantMetrics {
             enabled,
-            cpu_requests: Family::default(),
-            cpu_limits: Family::default(),
-            memory_requests: Family::default(),
-            memory_limits: Family::default(),
-            storage: Family::default(),
-            pods: Family::default(),
-            apps: Family::default(),
-            namespaces: Family::default(),
-            load_balancers: Family::default(),
-            quota_ratio: Family::default(),
-            quotas_exceeded: Family::default(),
-            sampled_at: Family::default(),
-            objects: Family::default(),
-            present: Mutex::new(Present::default()),
+            latest: Latest::default(),
         }
     }
 
@@ -139,191 +166,47 @@ impl TenantMetrics {
         self.enabled
     }
 
-    /// Registers every gauge in `registry` (prefix `kubenova_tenant_`); nothing when off.
+    /// Registers every gauge in `registry` (prefix `kubenova_tenant_`; written out at each
+    /// scrape from the latest sample); nothing when off.
     pub fn register(&self, registry: &mut Registry) {
-        if !self.enabled {
-            return;
+        if self.enabled {
+            registry.register_collector(Box::new(Scrape(self.latest.clone())));
         }
-        registry.register(
-            "kubenova_tenant_cpu_requests_cores",
-            "CPU requests of the tenant's non-terminated pods at the latest usage sample",
-            self.cpu_requests.clone(),
-        );
-        registry.register(
-            "kubenova_tenant_cpu_limits_cores",
-            "CPU limits of the tenant's non-terminated pods at the latest usage sample",
-            self.cpu_limits.clone(),
-        );
-        registry.register(
-            "kubenova_tenant_memory_requests_bytes",
-            "Memory requests of the tenant's non-terminated pods at the latest usage sample",
-            self.memory_requests.clone(),
-        );
-        registry.register(
-            "kubenova_tenant_memory_limits_bytes",
-            "Memory limits of the tenant's non-terminated pods at the latest usage sample",
-            self.memory_limits.clone(),
-        );
-        registry.register(
-            "kubenova_tenant_storage_bytes",
-            "Capacity of the tenant's Bound PVCs by storage class at the latest usage sample",
-            self.storage.clone(),
-        );
-        registry.register(
-            "kubenova_tenant_pods",
-            "The tenant's non-terminated pods at the latest usage sample",
-            self.pods.clone(),
-        );
-        registry.register(
-            "kubenova_tenant_apps",
-            "The tenant's KubeVela Applications at the latest usage sample",
-            self.apps.clone(),
-        );
-        registry.register(
-            "kubenova_tenant_namespaces",
-            "The tenant's namespaces at the latest usage sample",
-            self.namespaces.clone(),
-        );
-        registry.register(
-            "kubenova_tenant_load_balancers",
-            "The tenant's LoadBalancer Services at the latest usage sample",
-            self.load_balancers.clone(),
-        );
-        registry.register(
-            "kubenova_tenant_quota_used_ratio",
-            "Highest used/hard of a resource among the tenant's ResourceQuotas at the latest usage sample",
-            self.quota_ratio.clone(),
-        );
-        registry.register(
-            "kubenova_tenant_quotas_exceeded",
-            "ResourceQuota entries of the tenant whose use is over the hard limit at the latest usage sample",
-            self.quotas_exceeded.clone(),
-        );
-        registry.register(
-            "kubenova_tenant_usage_sample_timestamp_seconds",
-            "Unix time of the latest usage sample that measured the tenant",
-            self.sampled_at.clone(),
-        );
-        registry.register(
-            "kubenova_tenant_objects",
-            "The tenant's NovaTenant and NovaProjects by phase at the latest usage sample",
-            self.objects.clone(),
-        );
     }
 
-    /// Sets every gauge from `sample`, taken at `at`, and removes the series of tenants,
-    /// storage classes and quota resources it no longer has.
+    /// Replaces every gauge with what `sample`, taken at `at`, measured: the series of
+    /// tenants, storage classes, quota resources and phases it no longer has are gone.
     pub fn observe(&self, sample: &Sample, at: OffsetDateTime) {
         if !self.enabled {
             return;
         }
-        let at = at.unix_timestamp_nanos() as f64 / 1e9;
-        let mut next = Present::default();
-        for (id, name) in &sample.tenants {
-            let scope = super::Scope {
-                tenant: *id,
-                project: None,
-            };
-            let empty = super::Gauges::default();
-            let g = sample.scopes.get(&scope).unwrap_or(&empty);
-            let t = tenant_labels(name);
-            self.cpu_requests
-                .get_or_create(&t)
-                .set(g.cpu_requests as f64 / 1000.0);
-            self.cpu_limits
-                .get_or_create(&t)
-                .set(g.cpu_limits as f64 / 1000.0);
-            self.memory_requests
-                .get_or_create(&t)
-                .set(int(g.memory_requests));
-            self.memory_limits
-                .get_or_create(&t)
-                .set(int(g.memory_limits));
-            self.pods.get_or_create(&t).set(int(g.pods));
-            self.apps.get_or_create(&t).set(int(g.apps));
-            self.namespaces.get_or_create(&t).set(int(g.namespaces));
-            self.load_balancers
-                .get_or_create(&t)
-                .set(int(g.load_balancers));
-            for (class, bytes) in &g.storage_by_class {
-                let l = labels2(name, "storage_class", class);
-                self.storage.get_or_create(&l).set(int(*bytes));
-                next.storage.insert(l);
-            }
-            let mut ratios: BTreeMap<&str, f64> = BTreeMap::new();
-            let mut exceeded = 0;
-            for q in &g.quotas {
-                exceeded += i64::from(q.exceeded());
-                if q.hard.is_zero() {
-                    continue;
-                }
-                let r = ratios.entry(q.resource.as_str()).or_insert(0.0);
-                *r = r.max(q.used.as_f64() / q.hard.as_f64());
-            }
-            for (resource, ratio) in ratios {
-                let l = labels2(name, "resource", resource);
-                self.quota_ratio.get_or_create(&l).set(ratio);
-                next.quota.insert(l);
-            }
-            self.quotas_exceeded.get_or_create(&t).set(exceeded);
-            self.sampled_at.get_or_create(&t).set(at);
-            for ((kind, phase), n) in sample.phases.get(id).into_iter().flatten() {
-                let l = vec![
-                    ("tenant".to_owned(), name.clone()),
-                    ("kind".to_owned(), (*kind).to_owned()),
-                    ("phase".to_owned(), (*phase).to_owned()),
-                ];
-                self.objects.get_or_create(&l).set(int(*n));
-                next.objects.insert(l);
-            }
-            next.tenants.insert(name.clone());
-        }
-        let mut present = self.present.lock().unwrap_or_else(|e| e.into_inner());
-        for gone in present.tenants.difference(&next.tenants) {
-            self.remove_tenant(&tenant_labels(gone));
-        }
-        for gone in present.storage.difference(&next.storage) {
-            self.storage.remove(gone);
-        }
-        for gone in present.quota.difference(&next.quota) {
-            self.quota_ratio.remove(gone);
-        }
-        for gone in present.objects.difference(&next.objects) {
-            self.objects.remove(gone);
-        }
-        *present = next;
+        let empty = Gauges::default();
+        let mut names = Names::default();
+        let rows = sample
+            .tenants
+            .iter()
+            .map(|(id, name)| {
+                let scope = Scope {
+                    tenant: *id,
+                    project: None,
+                };
+                let g = sample.scopes.get(&scope).unwrap_or(&empty);
+                row(name, g, sample.phases.get(id), &mut names)
+            })
+            .collect();
+        self.set(Snapshot {
+            at: at.unix_timestamp_nanos() as f64 / 1e9,
+            rows,
+        });
     }
 
-    fn remove_tenant(&self, t: &Labels) {
-        self.cpu_requests.remove(t);
-        self.cpu_limits.remove(t);
-        self.memory_requests.remove(t);
-        self.memory_limits.remove(t);
-        self.pods.remove(t);
-        self.apps.remove(t);
-        self.namespaces.remove(t);
-        self.load_balancers.remove(t);
-        self.quotas_exceeded.remove(t);
-        self.sampled_at.remove(t);
+    fn set(&self, snapshot: Snapshot) {
+        *self.latest.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snapshot);
     }
 
     /// Removes every series (the usage loop stopped: nothing is measured here any more).
     pub fn clear(&self) {
-        let mut present = self.present.lock().unwrap_or_else(|e| e.into_inner());
-        self.cpu_requests.clear();
-        self.cpu_limits.clear();
-        self.memory_requests.clear();
-        self.memory_limits.clear();
-        self.storage.clear();
-        self.pods.clear();
-        self.apps.clear();
-        self.namespaces.clear();
-        self.load_balancers.clear();
-        self.quota_ratio.clear();
-        self.quotas_exceeded.clear();
-        self.sampled_at.clear();
-        self.objects.clear();
-        *present = Present::default();
+        self.set(Snapshot::default());
     }
 
     /// A handle for the loop that takes the samples: [`observe`](Self::observe) through
@@ -349,6 +232,149 @@ impl TenantMetricsPublisher<'_> {
 impl Drop for TenantMetricsPublisher<'_> {
     fn drop(&mut self) {
         self.0.clear();
+    }
+}
+
+/// Writes the latest sample's gauges at a scrape.
+#[derive(Debug)]
+struct Scrape(Latest);
+
+/// One gauge of every row, labelled with the tenant.
+fn per_tenant<V: EncodeGaugeValue>(
+    encoder: &mut DescriptorEncoder<'_>,
+    rows: &[Row],
+    name: &str,
+    help: &str,
+    value: impl Fn(&Row) -> V,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for r in rows {
+        family
+            .encode_family(&[("tenant", &*r.tenant)])?
+            .encode_gauge(&value(r))?;
+    }
+    Ok(())
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let snapshot = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let rows = snapshot.rows.as_slice();
+        let e = &mut encoder;
+        per_tenant(
+            e,
+            rows,
+            "kubenova_tenant_cpu_requests_cores",
+            "CPU requests of the tenant's non-terminated pods at the latest usage sample",
+            |r| r.cpu_requests,
+        )?;
+        per_tenant(
+            e,
+            rows,
+            "kubenova_tenant_cpu_limits_cores",
+            "CPU limits of the tenant's non-terminated pods at the latest usage sample",
+            |r| r.cpu_limits,
+        )?;
+        per_tenant(
+            e,
+            rows,
+            "kubenova_tenant_memory_requests_bytes",
+            "Memory requests of the tenant's non-terminated pods at the latest usage sample",
+            |r| r.memory_requests,
+        )?;
+        per_tenant(
+            e,
+            rows,
+            "kubenova_tenant_memory_limits_bytes",
+            "Memory limits of the tenant's non-terminated pods at the latest usage sample",
+            |r| r.memory_limits,
+        )?;
+        {
+            let mut family = e.encode_descriptor(
+                "kubenova_tenant_storage_bytes",
+                "Capacity of the tenant's Bound PVCs by storage class at the latest usage sample",
+                None,
+                MetricType::Gauge,
+            )?;
+            for r in rows {
+                for (class, bytes) in &r.storage {
+                    family
+                        .encode_family(&[("tenant", &*r.tenant), ("storage_class", &**class)])?
+                        .encode_gauge(bytes)?;
+                }
+            }
+        }
+        per_tenant(
+            e,
+            rows,
+            "kubenova_tenant_pods",
+            "The tenant's non-terminated pods at the latest usage sample",
+            |r| r.pods,
+        )?;
+        per_tenant(
+            e,
+            rows,
+            "kubenova_tenant_apps",
+            "The tenant's KubeVela Applications at the latest usage sample",
+            |r| r.apps,
+        )?;
+        per_tenant(
+            e,
+            rows,
+            "kubenova_tenant_namespaces",
+            "The tenant's namespaces at the latest usage sample",
+            |r| r.namespaces,
+        )?;
+        per_tenant(
+            e,
+            rows,
+            "kubenova_tenant_load_balancers",
+            "The tenant's LoadBalancer Services at the latest usage sample",
+            |r| r.load_balancers,
+        )?;
+        {
+            let mut family = e.encode_descriptor(
+                "kubenova_tenant_quota_used_ratio",
+                "Highest used/hard of a resource among the tenant's ResourceQuotas at the latest usage sample",
+                None,
+                MetricType::Gauge,
+            )?;
+            for r in rows {
+                for (resource, ratio) in &r.quota_ratio {
+                    family
+                        .encode_family(&[("tenant", &*r.tenant), ("resource", &**resource)])?
+                        .encode_gauge(ratio)?;
+                }
+            }
+        }
+        per_tenant(
+            e,
+            rows,
+            "kubenova_tenant_quotas_exceeded",
+            "ResourceQuota entries of the tenant whose use is over the hard limit at the latest usage sample",
+            |r| r.quotas_exceeded,
+        )?;
+        per_tenant(
+            e,
+            rows,
+            "kubenova_tenant_usage_sample_timestamp_seconds",
+            "Unix time of the latest usage sample that measured the tenant",
+            |_| snapshot.at,
+        )?;
+        let mut family = e.encode_descriptor(
+            "kubenova_tenant_objects",
+            "The tenant's NovaTenant and NovaProjects by phase at the latest usage sample",
+            None,
+            MetricType::Gauge,
+        )?;
+        for r in rows {
+            for (kind, phase, n) in &r.objects {
+                family
+                    .encode_family(&[("tenant", &*r.tenant), ("kind", kind), ("phase", phase)])?
+                    .encode_gauge(n)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -610,6 +636,6 @@ mod tests {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(!text.contains("kubenova_tenant"), "{text}");
-        assert!(m.pods.get(&tenant_labels("acme")).is_none());
+        assert!(m.latest.read().unwrap().rows.is_empty());
     }
 }
