@@ -45,6 +45,9 @@
 //! that sample held; quota use is the last sample's. With the default interval (5
 //! minutes) an hour has 12 samples; after an operator restart in the middle of an hour
 //! the covered time starts at its first sample.
+//!
+//! The latest sample of each tenant is also exposed as Prometheus gauges
+//! ([`TenantMetrics`]).
 
 use std::collections::BTreeMap;
 
@@ -54,7 +57,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kubenova_api::agent::LABEL_ID;
-use kubenova_api::crd::{NovaProject, NovaTenant};
+use kubenova_api::crd::{NovaProject, NovaStatus, NovaTenant};
 use kubenova_api::ids::{ClusterId, ProjectId, TenantId};
 use kubenova_api::model::{ClusterCapacity, QuotaUse, USAGE_QUOTAS_MAX, UsageRecord};
 use kubenova_api::quantity::Quantity;
@@ -62,6 +65,9 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::meta::{LABEL_CAPSULE_TENANT, LABEL_NAMESPACE_ROLE, LABEL_PROJECT, LABEL_TENANT};
+
+pub mod metrics;
+pub use metrics::{TenantMetrics, TenantMetricsPublisher};
 
 /// The objects of a cluster a [`Sample`] is taken from (every one listed, unfiltered; the
 /// collector keeps of each only the fields [`sample`] reads, see [`trim`]).
@@ -186,6 +192,14 @@ impl Gauges {
 pub struct Sample {
     /// Per tenant (project `None`) and per project.
     pub scopes: BTreeMap<Scope, Gauges>,
+    /// The name of every NovaTenant with a manager id (those without a namespace too, so
+    /// they are absent from [`scopes`](Self::scopes)).
+    pub tenants: BTreeMap<TenantId, String>,
+    /// Per tenant of [`tenants`](Self::tenants): how many of its NovaTenant (one) and
+    /// NovaProjects with a manager id are in each phase, keyed by (`tenant` or `project`,
+    /// the phase as the manager's API spells it: `pending`, `reconciling`, `ready`,
+    /// `degraded`, `deleting`); an object without a status yet is `pending`.
+    pub phases: BTreeMap<TenantId, BTreeMap<(&'static str, &'static str), i128>>,
     /// Namespaces labelled for a tenant that could not be attributed (tenant unknown or
     /// without a manager id, or Capsule's tenant label disagreeing).
     pub unattributed_namespaces: Vec<String>,
@@ -347,7 +361,7 @@ pub mod trim {
         PersistentVolumeClaimStatus, Pod, PodSpec, PodStatus, ResourceQuota, Service, ServiceSpec,
     };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-    use kubenova_api::crd::{NovaProject, NovaTenant};
+    use kubenova_api::crd::{NovaProject, NovaStatus, NovaTenant};
 
     /// Name and namespace, and the labels when `labels` (attribution reads them).
     ///
@@ -374,22 +388,29 @@ pub mod trim {
         }
     }
 
-    /// A NovaTenant: name, labels and spec.
+    /// A NovaTenant: name, labels, spec and the status' phase.
     pub fn tenant(t: NovaTenant) -> NovaTenant {
         NovaTenant {
             metadata: meta(t.metadata, true),
             spec: t.spec,
-            status: None,
+            status: phase_only(t.status),
         }
     }
 
-    /// A NovaProject: name, namespace, labels and spec.
+    /// A NovaProject: name, namespace, labels, spec and the status' phase.
     pub fn project(p: NovaProject) -> NovaProject {
         NovaProject {
             metadata: meta(p.metadata, true),
             spec: p.spec,
-            status: None,
+            status: phase_only(p.status),
         }
+    }
+
+    fn phase_only(s: Option<NovaStatus>) -> Option<NovaStatus> {
+        s.map(|s| NovaStatus {
+            phase: s.phase,
+            ..NovaStatus::default()
+        })
     }
 
     /// A pod: its containers' and init containers' names, resources and restart policies,
@@ -596,12 +617,60 @@ pub fn sample(inv: &Inventory) -> Sample {
         .nodes
         .as_deref()
         .map(|nodes| cluster_capacity(nodes, &inv.pods, &mut bad));
+    let tenants: BTreeMap<TenantId, String> = inv
+        .tenants
+        .iter()
+        .filter_map(|t| Some((TenantId(id_label(&t.metadata)?), t.metadata.name.clone()?)))
+        .collect();
+    let phases = phases(inv);
     Sample {
         scopes,
+        tenants,
+        phases,
         unattributed_namespaces: attr.unattributed,
         bad_quantities: bad,
         capacity,
     }
+}
+
+/// The phase as the manager's API spells it.
+fn phase_label(status: Option<&NovaStatus>) -> &'static str {
+    use kubenova_api::model::Phase;
+    match status.and_then(|s| s.phase).unwrap_or_default().to_model() {
+        Phase::Pending => "pending",
+        Phase::Reconciling => "reconciling",
+        Phase::Ready => "ready",
+        Phase::Degraded => "degraded",
+        Phase::Deleting => "deleting",
+    }
+}
+
+/// [`Sample::phases`].
+fn phases(inv: &Inventory) -> BTreeMap<TenantId, BTreeMap<(&'static str, &'static str), i128>> {
+    let mut out: BTreeMap<TenantId, BTreeMap<(&'static str, &'static str), i128>> = BTreeMap::new();
+    let mut by_name: BTreeMap<&str, TenantId> = BTreeMap::new();
+    for t in &inv.tenants {
+        let (Some(id), Some(name)) = (id_label(&t.metadata), t.metadata.name.as_deref()) else {
+            continue;
+        };
+        by_name.insert(name, TenantId(id));
+        *out.entry(TenantId(id))
+            .or_default()
+            .entry(("tenant", phase_label(t.status.as_ref())))
+            .or_default() += 1;
+    }
+    for p in &inv.projects {
+        if id_label(&p.metadata).is_none() {
+            continue;
+        }
+        if let Some(tenant) = by_name.get(p.spec.tenant.as_str()) {
+            *out.entry(*tenant)
+                .or_default()
+                .entry(("project", phase_label(p.status.as_ref())))
+                .or_default() += 1;
+        }
+    }
+    out
 }
 
 /// The allocatable of `nodes` and the requests of the non-terminated `pods` that are not
@@ -1090,6 +1159,51 @@ mod tests {
         let s = sample(&fixture());
         assert_eq!(s.scopes.len(), 3, "{:?}", s.scopes.keys());
         assert_eq!(s.unattributed_namespaces, ["handmade-apps", "sneaky"]);
+        // The tenants with a manager id, by name (what the tenant gauges are labelled with).
+        assert_eq!(
+            s.tenants,
+            BTreeMap::from([
+                (TenantId(ACME), "acme".to_owned()),
+                (TenantId(BETA), "beta".to_owned())
+            ])
+        );
+        // Nothing reconciled yet: pending.
+        assert_eq!(
+            s.phases,
+            BTreeMap::from([
+                (
+                    TenantId(ACME),
+                    BTreeMap::from([(("project", "pending"), 1), (("tenant", "pending"), 1)])
+                ),
+                (TenantId(BETA), BTreeMap::from([(("tenant", "pending"), 1)])),
+            ])
+        );
+        let mut inv = fixture();
+        let status = |phase| {
+            Some(NovaStatus {
+                phase: Some(phase),
+                ..NovaStatus::default()
+            })
+        };
+        inv.tenants[0].status = status(kubenova_api::crd::NovaPhase::Ready);
+        inv.tenants[1].status = status(kubenova_api::crd::NovaPhase::Degraded);
+        inv.projects[0].status = status(kubenova_api::crd::NovaPhase::Suspended);
+        let mut unknown = inv.projects[0].clone();
+        unknown.spec.tenant = "handmade".into();
+        inv.projects.push(unknown);
+        assert_eq!(
+            sample(&inv).phases,
+            BTreeMap::from([
+                (
+                    TenantId(ACME),
+                    BTreeMap::from([(("project", "reconciling"), 1), (("tenant", "ready"), 1)])
+                ),
+                (
+                    TenantId(BETA),
+                    BTreeMap::from([(("tenant", "degraded"), 1)])
+                ),
+            ])
+        );
         assert!(s.bad_quantities.is_empty(), "{:?}", s.bad_quantities);
 
         let acme = &s.scopes[&scope(ACME, None)];
@@ -1133,6 +1247,18 @@ mod tests {
     #[test]
     fn a_trimmed_inventory_samples_the_same() {
         let mut inv = fixture();
+        // Of a status only the phase is kept.
+        inv.tenants[0].status = Some(NovaStatus {
+            phase: Some(kubenova_api::crd::NovaPhase::Ready),
+            message: Some("all good".into()),
+            observed_generation: Some(3),
+            ..NovaStatus::default()
+        });
+        let kept = trim::tenant(inv.tenants[0].clone()).status.unwrap();
+        assert_eq!(
+            (kept.phase, kept.message, kept.observed_generation),
+            (Some(kubenova_api::crd::NovaPhase::Ready), None, None)
+        );
         // Some pods on a listed Node, some on one that is gone: the capacity must come out
         // the same too.
         for (i, p) in inv.pods.iter_mut().enumerate() {

@@ -1721,6 +1721,118 @@ async fn usage_is_measured_from_the_cluster_and_uploaded_idempotently() {
     env.stop().await;
 }
 
+/// The series of the tenant gauges on a registry, with their values.
+fn tenant_series(registry: &prometheus_client::registry::Registry) -> BTreeMap<String, f64> {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("kubenova_tenant_"))
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap();
+            (series.to_owned(), value.parse().unwrap())
+        })
+        .collect()
+}
+
+/// The usage loop's samples set the tenant gauges, labelled with the NovaTenant's name,
+/// and the agent's stop removes every series (a replica that no longer samples exposes
+/// none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_samples_set_the_tenant_gauges_until_the_agent_stops() {
+    let mut env = Env::start().await;
+    usage_fixture(&mut env).await;
+    let mut registry = prometheus_client::registry::Registry::default();
+    env.metrics.register(&mut registry);
+    assert!(tenant_series(&registry).is_empty());
+    // One sample at start.
+    env.start_agent();
+    eventually("the tenant gauges of acme", || async {
+        tenant_series(&registry).contains_key(r#"kubenova_tenant_pods{tenant="acme"}"#)
+    })
+    .await;
+    let expected: BTreeMap<String, f64> = [
+        ("kubenova_tenant_cpu_requests_cores", "", 1.5),
+        ("kubenova_tenant_cpu_limits_cores", "", 1.0),
+        (
+            "kubenova_tenant_memory_requests_bytes",
+            "",
+            f64::from(128u32 << 20),
+        ),
+        (
+            "kubenova_tenant_memory_limits_bytes",
+            "",
+            f64::from(256u32 << 20),
+        ),
+        (
+            "kubenova_tenant_storage_bytes",
+            r#",storage_class="fast""#,
+            (5u64 << 30) as f64,
+        ),
+        ("kubenova_tenant_pods", "", 2.0),
+        ("kubenova_tenant_apps", "", 1.0),
+        ("kubenova_tenant_namespaces", "", 3.0),
+        ("kubenova_tenant_load_balancers", "", 1.0),
+        // The quota "compute" of the project: 1 of 1 pod, 500m of 400m CPU.
+        (
+            "kubenova_tenant_quota_used_ratio",
+            r#",resource="pods""#,
+            1.0,
+        ),
+        (
+            "kubenova_tenant_quota_used_ratio",
+            r#",resource="requests.cpu""#,
+            1.25,
+        ),
+        ("kubenova_tenant_quotas_exceeded", "", 1.0),
+    ]
+    .into_iter()
+    .map(|(m, extra, v)| (format!(r#"{m}{{tenant="acme"{extra}}}"#), v))
+    .collect();
+    let mut got = tenant_series(&registry);
+    let sampled_at = got
+        .remove(r#"kubenova_tenant_usage_sample_timestamp_seconds{tenant="acme"}"#)
+        .unwrap();
+    // Its NovaTenant and NovaProject, in whatever phase the controllers reached.
+    let mut objects = BTreeMap::new();
+    got.retain(|series, n| {
+        let Some(labels) = series.strip_prefix(r#"kubenova_tenant_objects{tenant="acme",kind=""#)
+        else {
+            return true;
+        };
+        let kind = labels.split('"').next().unwrap().to_owned();
+        *objects.entry(kind).or_insert(0.0) += *n;
+        false
+    });
+    assert_eq!(
+        objects,
+        BTreeMap::from([("project".to_owned(), 1.0), ("tenant".to_owned(), 1.0)])
+    );
+    assert_eq!(got, expected);
+    let age = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as f64 / 1e9 - sampled_at;
+    assert!((0.0..60.0).contains(&age), "sampled {age} s ago");
+    env.stop_agent().await;
+    assert!(
+        tenant_series(&registry).is_empty(),
+        "{:?}",
+        tenant_series(&registry)
+    );
+    // An agent aborted (as the operator does when its replica is deposed) too.
+    env.start_agent();
+    eventually("the tenant gauges again", || async {
+        !tenant_series(&registry).is_empty()
+    })
+    .await;
+    let (_, task) = env.agent.take().unwrap();
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    assert!(
+        tenant_series(&registry).is_empty(),
+        "{:?}",
+        tenant_series(&registry)
+    );
+    env.stop().await;
+}
+
 /// A collection keeps of each listed object only what the sample reads (at 10,000 pods
 /// the objects as listed take hundreds of MiB at once), and samples the same as the
 /// objects as listed.

@@ -380,6 +380,43 @@ fn dashboard(uid: &str, title: &str, variables: Value, panels: Vec<Panel>) -> Va
     })
 }
 
+/// The operator series of the tenant dashboard: the operators of the jobs chosen.
+const OPERATOR_SELECTOR: &str = r#"job=~"$job""#;
+/// The tenant gauges of the tenants chosen, on the operators of the jobs chosen.
+const TENANT_SELECTOR: &str = r#"job=~"$job",tenant=~"$tenant""#;
+/// The tenant gauge the tenant dashboard's variables list the jobs and tenants of (one
+/// series per tenant, whatever it uses).
+const TENANT_VARIABLE_METRIC: &str = "kubenova_tenant_usage_sample_timestamp_seconds";
+
+/// A tenant gauge of the tenants chosen, by job and tenant (and `by`, when not empty):
+/// tenants of two clusters may have the same name. `max`, not `sum`: while the Lease
+/// moves, the old and the new leader of one operator may both expose a tenant for a
+/// scrape or two.
+fn per_tenant(metric: &str, by: &str) -> String {
+    let by = if by.is_empty() {
+        "job, tenant".to_string()
+    } else {
+        format!("job, tenant, {by}")
+    };
+    format!("max by ({by}) ({metric}{{{TENANT_SELECTOR}}})")
+}
+
+/// A Grafana query variable over the dashboard's data source (every value, several at
+/// once, all by default).
+fn query_variable(name: &str, label: &str, query: &str) -> Value {
+    json!({
+        "name": name, "type": "query", "label": label,
+        "datasource": {"type": "prometheus", "uid": "${datasource}"},
+        "query": {"query": query, "refId": name},
+        "definition": query,
+        "refresh": 2,
+        "includeAll": true,
+        "multi": true,
+        "allValue": ".*",
+        "current": {"text": "All", "value": "$__all"},
+    })
+}
+
 fn dashboards() -> Vec<(&'static str, Value)> {
     let manager = dashboard(
         "kubenova-manager",
@@ -573,9 +610,9 @@ fn dashboards() -> Vec<(&'static str, Value)> {
             panel("Leader", "short", &[("kubenova_leader", "{{instance}}")]),
         ],
     );
-    let tenant = dashboard(
-        "kubenova-tenant",
-        "KubeNova / Tenant cluster",
+    let cluster = dashboard(
+        "kubenova-cluster",
+        "KubeNova / Cluster",
         json!([{
             "name": "cluster", "type": "query", "label": "Cluster",
             "datasource": {"type": "prometheus", "uid": "${datasource}"},
@@ -631,9 +668,158 @@ fn dashboards() -> Vec<(&'static str, Value)> {
             ),
         ],
     );
+    let tenant = dashboard(
+        "kubenova-tenant",
+        "KubeNova / Tenant",
+        json!([
+            query_variable(
+                "job",
+                "Operator job",
+                &format!("label_values({TENANT_VARIABLE_METRIC}, job)"),
+            ),
+            query_variable(
+                "tenant",
+                "Tenant",
+                &format!("label_values({TENANT_VARIABLE_METRIC}{{job=~\"$job\"}}, tenant)"),
+            ),
+        ]),
+        vec![
+            panel(
+                "CPU requests and limits (cores, latest sample)",
+                "short",
+                &[
+                    (
+                        &per_tenant("kubenova_tenant_cpu_requests_cores", ""),
+                        "requests {{job}}/{{tenant}}",
+                    ),
+                    (
+                        &per_tenant("kubenova_tenant_cpu_limits_cores", ""),
+                        "limits {{job}}/{{tenant}}",
+                    ),
+                ],
+            ),
+            panel(
+                "Memory requests and limits (latest sample)",
+                "bytes",
+                &[
+                    (
+                        &per_tenant("kubenova_tenant_memory_requests_bytes", ""),
+                        "requests {{job}}/{{tenant}}",
+                    ),
+                    (
+                        &per_tenant("kubenova_tenant_memory_limits_bytes", ""),
+                        "limits {{job}}/{{tenant}}",
+                    ),
+                ],
+            ),
+            panel(
+                "Tenant and projects by phase",
+                "short",
+                &[(
+                    &per_tenant("kubenova_tenant_objects", "kind, phase"),
+                    "{{job}}/{{tenant}} {{kind}} {{phase}}",
+                )],
+            ),
+            panel(
+                "Quota use: fullest ResourceQuota per resource",
+                "percentunit",
+                &[(
+                    &per_tenant("kubenova_tenant_quota_used_ratio", "resource"),
+                    "{{job}}/{{tenant}} {{resource}}",
+                )],
+            ),
+            panel(
+                "ResourceQuota entries over their hard limit",
+                "short",
+                &[(
+                    &per_tenant("kubenova_tenant_quotas_exceeded", ""),
+                    "{{job}}/{{tenant}}",
+                )],
+            ),
+            panel(
+                "Storage of Bound PVCs by class",
+                "bytes",
+                &[(
+                    &per_tenant("kubenova_tenant_storage_bytes", "storage_class"),
+                    "{{job}}/{{tenant}} {{storage_class}}",
+                )],
+            ),
+            panel(
+                "Pods (not terminated)",
+                "short",
+                &[(
+                    &per_tenant("kubenova_tenant_pods", ""),
+                    "{{job}}/{{tenant}}",
+                )],
+            ),
+            panel(
+                "Apps, namespaces and LoadBalancers",
+                "short",
+                &[
+                    (
+                        &per_tenant("kubenova_tenant_apps", ""),
+                        "apps {{job}}/{{tenant}}",
+                    ),
+                    (
+                        &per_tenant("kubenova_tenant_namespaces", ""),
+                        "namespaces {{job}}/{{tenant}}",
+                    ),
+                    (
+                        &per_tenant("kubenova_tenant_load_balancers", ""),
+                        "LoadBalancers {{job}}/{{tenant}}",
+                    ),
+                ],
+            ),
+            panel(
+                "Age of the latest usage sample",
+                "s",
+                &[(
+                    &format!(
+                        "time() - {}",
+                        per_tenant("kubenova_tenant_usage_sample_timestamp_seconds", "")
+                    ),
+                    "{{job}}/{{tenant}}",
+                )],
+            ),
+            panel(
+                "Reconciles on the tenant's operator by controller and result",
+                "ops",
+                &[(
+                    &format!(
+                        "sum by (controller, result) (rate(kubenova_reconcile_total{{{OPERATOR_SELECTOR}}}[5m]))"
+                    ),
+                    "{{controller}} {{result}}",
+                )],
+            ),
+            panel(
+                "Usage samples, and records dropped, on the tenant's operator",
+                "ops",
+                &[
+                    (
+                        &format!(
+                            "sum(rate(kubenova_agent_usage_samples_total{{{OPERATOR_SELECTOR}}}[5m]))"
+                        ),
+                        "samples/s",
+                    ),
+                    (
+                        &format!(
+                            "sum(rate(kubenova_agent_usage_dropped_total{{{OPERATOR_SELECTOR}}}[1h]))"
+                        ),
+                        "dropped/s",
+                    ),
+                ],
+            ),
+            panel(
+                "Agent sync lag p99 by kind (all clusters)",
+                "s",
+                &[("kubenova:agent_sync_lag_seconds:p99_5m", "{{kind}}")],
+            ),
+        ],
+    );
     vec![
         ("kubenova-manager.json", manager),
         ("kubenova-operator.json", operator),
+        ("kubenova-cluster.json", cluster),
         ("kubenova-tenant.json", tenant),
     ]
 }
@@ -1141,6 +1327,39 @@ fn promtool_checks_the_rules_and_runs_their_unit_tests() {
     assert!(out.contains("SUCCESS"), "{out}");
 }
 
+/// The Grafana variables (`$name`) an expression uses.
+fn variables_used(expr: &str) -> Vec<String> {
+    expr.split('$')
+        .skip(1)
+        .map(|rest| {
+            rest.chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect()
+        })
+        .collect()
+}
+
+/// `expr` as Grafana sends it with every variable set to All (`.*`; the variables are
+/// only used in regex matchers).
+fn with_variables_matching_all(expr: &str) -> String {
+    let mut out = expr.to_string();
+    for var in variables_used(expr) {
+        out = out.replace(&format!("${var}"), ".*");
+    }
+    out
+}
+
+#[test]
+fn grafana_variables_are_found_and_substituted() {
+    let expr =
+        r#"max by (tenant) (m{job=~"$job",tenant=~"$tenant"}) and on () n{name=~"$cluster"}"#;
+    assert_eq!(variables_used(expr), ["job", "tenant", "cluster"]);
+    assert_eq!(
+        with_variables_matching_all(expr),
+        r#"max by (tenant) (m{job=~".*",tenant=~".*"}) and on () n{name=~".*"}"#
+    );
+}
+
 #[test]
 fn promtool_parses_every_dashboard_expression() {
     let Some(promtool) = promtool() else { return };
@@ -1149,7 +1368,7 @@ fn promtool_parses_every_dashboard_expression() {
         for p in d["panels"].as_array().unwrap() {
             for t in p["targets"].as_array().unwrap() {
                 // Grafana's variables are substituted before the query is sent.
-                let expr = t["expr"].as_str().unwrap().replace("$cluster", ".*");
+                let expr = with_variables_matching_all(t["expr"].as_str().unwrap());
                 rules.push(json!({"record": format!("dashboard:{}:{}", name.trim_end_matches(".json").replace('-', "_"), rules.len()), "expr": expr}));
             }
         }
@@ -1208,10 +1427,12 @@ fn dashboards_are_well_formed() {
             for t in targets {
                 let expr = t["expr"].as_str().unwrap();
                 assert!(!expr.trim().is_empty());
-                assert!(
-                    !expr.contains("$cluster") || vars.contains(&"cluster"),
-                    "{name}: {expr} uses $cluster, not a variable of the dashboard"
-                );
+                for var in variables_used(expr) {
+                    assert!(
+                        vars.contains(&var.as_str()),
+                        "{name}: {expr} uses ${var}, not a variable of the dashboard"
+                    );
+                }
             }
         }
     }

@@ -51,6 +51,7 @@ use kubenova_reconcile::agent::UsageTrigger;
 use kubenova_reconcile::controller::{Ctx, Metrics, RunOptions};
 use kubenova_reconcile::leader::{Fence, LeaderElector, LeaseConfig};
 use kubenova_reconcile::manifests;
+use kubenova_reconcile::usage::TenantMetrics;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
@@ -550,7 +551,10 @@ pub async fn run(config: RunConfig) -> anyhow::Result<()> {
         status.leader.clone(),
     );
     // The agent loop's counters (`kubenova_agent_*`), handed to its configuration below.
-    let agent_metrics = Arc::new(kubenova_reconcile::agent::AgentMetrics::default());
+    let agent_metrics = Arc::new(kubenova_reconcile::agent::AgentMetrics {
+        tenants: TenantMetrics::new(config.agent.tenant_metrics),
+        ..Default::default()
+    });
     agent_metrics.register(&mut registry);
     let registry = Arc::new(registry);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -728,6 +732,16 @@ mod tests {
         let err = Cli::try_parse_checked(["kubenova-operator", "crds", "--concurrency", "3"])
             .unwrap_err();
         assert!(err.to_string().contains("only used by `run`"), "{err}");
+    }
+
+    #[test]
+    fn tenant_metrics_are_on_unless_turned_off() {
+        let cli = Cli::try_parse_from(["kubenova-operator"]).unwrap();
+        assert!(cli.run.agent.tenant_metrics);
+        let cli = Cli::try_parse_checked(["kubenova-operator", "run", "--tenant-metrics", "false"])
+            .unwrap();
+        assert!(!cli.run.agent.tenant_metrics);
+        assert!(Cli::try_parse_from(["kubenova-operator", "--tenant-metrics", "maybe"]).is_err());
     }
 
     /// Sends `POST /usage/collect` to `addr` from `from` (bound as the source address);

@@ -112,6 +112,17 @@ pub struct AgentArgs {
         global = true
     )]
     pub usage_report_interval: u64,
+    /// Expose each tenant's latest usage sample as the `kubenova_tenant_*` gauges (one
+    /// series per tenant and metric, plus one per storage class and quota resource);
+    /// `false` turns them off.
+    #[arg(
+        long,
+        env = "KUBENOVA_TENANT_METRICS",
+        default_value_t = true,
+        action = clap::ArgAction::Set,
+        global = true
+    )]
+    pub tenant_metrics: bool,
 }
 
 /// The agent configuration, or `None` when the agent is off or this cluster was not

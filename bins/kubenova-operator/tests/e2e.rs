@@ -176,6 +176,12 @@ async fn operator_binary_against_testkit_binary() {
         body.contains("kubenova_reconcile_total{"),
         "metrics:\n{body}"
     );
+    // The tenant gauges are declared by default (they get series from the usage samples
+    // of the agent, which this operator without a manager does not run).
+    assert!(
+        body.contains("# TYPE kubenova_tenant_cpu_requests_cores gauge"),
+        "metrics:\n{body}"
+    );
 
     // Graceful shutdown on SIGTERM.
     #[cfg(unix)]

@@ -20,6 +20,7 @@ mod common;
 
 use anyhow::{Context as _, bail};
 use common::{database, drop_database};
+use k8s_openapi::api::core::v1::ResourceQuota;
 use kubenova_demo::flow::{Flow, STEP_TIMEOUT, create_tenancy};
 use kubenova_demo::{Binaries, Proc, free_port, start_operator_from_deployment, wait_for};
 use serde_json::{Value, json};
@@ -226,6 +227,24 @@ fn selected_metrics(expr: &str) -> BTreeSet<String> {
     out
 }
 
+/// `expr` as Grafana sends it with every variable (`$name`, only used in regex
+/// matchers) set to All: `.*`.
+fn with_variables_matching_all(expr: &str) -> String {
+    let mut out = String::new();
+    let mut rest = expr;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let end = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(after.len());
+        out.push_str(if end == 0 { "$" } else { ".*" });
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 async fn get_text(url: &str) -> anyhow::Result<String> {
     let resp = reqwest::get(url).await?;
     if !resp.status().is_success() {
@@ -302,6 +321,8 @@ async fn run(
             ("KUBENOVA_SIMULATED_CRDS_DIR", crds.display().to_string()),
             ("KUBENOVA_LISTEN", operator_addr.clone()),
             ("KUBENOVA_LEADER_ELECTION", "false".into()),
+            // A usage sample every second, so the tenant gauges show the workload's tenant.
+            ("KUBENOVA_USAGE_SAMPLE_INTERVAL", "1".into()),
         ],
     )
     .await?;
@@ -366,6 +387,22 @@ async fn run(
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
     flow.wait_phase(&t.tenant_path, "ready").await?;
+    // What the operator's tenant gauges must show: a ResourceQuota in the project's
+    // namespace, then two pods (250m and 256Mi requested, twice that as limits) and a
+    // LoadBalancer there, measured and uploaded.
+    let ns = api.get(&t.project_path).await?["namespace"]
+        .as_str()
+        .context("the project's namespace")?
+        .to_string();
+    let quota: ResourceQuota = serde_json::from_value(json!({
+        "metadata": {"name": "obs-check"},
+        "spec": {"hard": {"pods": "4", "requests.cpu": "1"}},
+    }))?;
+    kube::Api::<ResourceQuota>::namespaced(flow.testkit.client.clone(), &ns)
+        .create(&kube::api::PostParams::default(), &quota)
+        .await?;
+    flow.operator_listen = Some(operator_addr.clone());
+    flow.measure_usage(&t).await?;
 
     // Every metric name in the rules and the dashboards is exposed by a running binary.
     let mut exposed = exposed_names(&get_text(&format!("{}/metrics", flow.manager.url)).await?);
@@ -403,10 +440,7 @@ async fn run(
         let d: Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
         for p in d["panels"].as_array().context("panels")? {
             for t in p["targets"].as_array().context("targets")? {
-                let expr = t["expr"]
-                    .as_str()
-                    .context("expr")?
-                    .replace("$cluster", ".*");
+                let expr = with_variables_matching_all(t["expr"].as_str().context("expr")?);
                 // Prometheus parses it (a parse error is a 400).
                 query(&prom, &expr)
                     .await
@@ -546,6 +580,67 @@ async fn run(
         |v| (0.0..600.0).contains(&v),
     )
     .await?;
+    // The operator's tenant gauges, labelled with the tenant's name in the API, are the
+    // latest sample: its owner, apps and project namespaces, its app, the pods,
+    // LoadBalancer and quota made above, and the tenant and its project ready.
+    for (series, what, expected) in [
+        ("kubenova_tenant_namespaces", "three namespaces", 3.0),
+        ("kubenova_tenant_apps", "one app", 1.0),
+        ("kubenova_tenant_pods", "two pods", 2.0),
+        ("kubenova_tenant_load_balancers", "one LoadBalancer", 1.0),
+        (
+            "kubenova_tenant_cpu_requests_cores",
+            "2 × 250m requested",
+            0.5,
+        ),
+        ("kubenova_tenant_cpu_limits_cores", "2 × 500m limits", 1.0),
+        (
+            "kubenova_tenant_memory_requests_bytes",
+            "2 × 256Mi requested",
+            f64::from(512u32 << 20),
+        ),
+        (
+            "kubenova_tenant_memory_limits_bytes",
+            "2 × 512Mi limits",
+            f64::from(1u32 << 30),
+        ),
+        (
+            "kubenova_tenant_quota_used_ratio{resource=\"pods\"}",
+            "2 of 4 pods",
+            0.5,
+        ),
+        (
+            "kubenova_tenant_quota_used_ratio{resource=\"requests.cpu\"}",
+            "500m of 1 CPU",
+            0.5,
+        ),
+        ("kubenova_tenant_quotas_exceeded", "no quota exceeded", 0.0),
+        (
+            "kubenova_tenant_objects{kind=\"tenant\",phase=\"ready\"}",
+            "the tenant ready",
+            1.0,
+        ),
+        (
+            "kubenova_tenant_objects{kind=\"project\",phase=\"ready\"}",
+            "its project ready",
+            1.0,
+        ),
+    ] {
+        let q = match series.split_once('{') {
+            Some((name, rest)) => {
+                format!("{name}{{job=\"kubenova-operator\",tenant=\"obs\",{rest}")
+            }
+            None => format!("{series}{{job=\"kubenova-operator\",tenant=\"obs\"}}"),
+        };
+        wait_series(&prom, &q, what, move |v| v == expected).await?;
+    }
+    wait_series(
+        &prom,
+        "time() - kubenova_tenant_usage_sample_timestamp_seconds{tenant=\"obs\"}",
+        "a recent sample",
+        |v| v < 30.0,
+    )
+    .await?;
     let backend = if flow.database_url.starts_with("postgres") {
         "postgres"
     } else {
@@ -570,7 +665,9 @@ async fn run(
     // except those that only have some when something fails (5xx, errors, limits) or that
     // the workload does not exercise (kubeconfig issuance, deletes): a wrong selector or
     // label value would leave a panel empty forever.
-    const MAY_BE_EMPTY: [&str; 7] = [
+    // The workload's tenant has no volumes, so no storage class either.
+    const MAY_BE_EMPTY: [&str; 8] = [
+        "kubenova_tenant_storage_bytes",
         "5..",
         "errors",
         "rate_limited",
@@ -633,6 +730,10 @@ fn selected_metrics_skips_functions_labels_and_keywords() {
             "kubenova:http_requests:rate5m".to_string(),
             "up".to_string(),
         ])
+    );
+    assert_eq!(
+        with_variables_matching_all(r#"m{job=~"$job",tenant=~"$tenant"} > $ 1"#),
+        r#"m{job=~".*",tenant=~".*"} > $ 1"#
     );
     let text = "# TYPE kubenova_store_errors counter\n# TYPE kubenova_x histogram\nkubenova_clusters{status=\"stale\"} 0\n# EOF\n";
     let n = exposed_names(text);

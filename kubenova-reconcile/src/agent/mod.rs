@@ -386,10 +386,13 @@ pub struct AgentMetrics {
     /// `kubenova_agent_usage_dropped_total`: usage records dropped (rejected by the
     /// manager, or the oldest of a full buffer).
     pub usage_dropped: Counter,
+    /// `kubenova_tenant_*`: the latest usage sample per tenant, set by the usage loop.
+    pub tenants: crate::usage::TenantMetrics,
 }
 
 impl AgentMetrics {
-    /// Registers every counter in `registry` (prefix `kubenova_agent_`).
+    /// Registers every counter in `registry` (prefix `kubenova_agent_`), and the tenant
+    /// gauges (prefix `kubenova_tenant_`) when they are on.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "kubenova_agent_requests",
@@ -426,6 +429,7 @@ impl AgentMetrics {
             "Usage records dropped: rejected by the manager, or the oldest of a full buffer",
             self.usage_dropped.clone(),
         );
+        self.tenants.register(registry);
     }
 
     fn request<T>(&self, route: &str, res: &Result<T, AgentError>) {

@@ -292,6 +292,7 @@ pub(super) async fn run(sh: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
         tracing::info!("usage collection off");
         return;
     }
+    let tenant_metrics = sh.metrics().tenants.publisher();
     let mut outbox = Outbox::load(&sh).await;
     let mut acc = HourAccumulator::new(OffsetDateTime::now_utc());
     // Hours that ended before the manager told us the cluster id.
@@ -351,6 +352,7 @@ pub(super) async fn run(sh: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
                         tracing::warn!(quantities = ?s.bad_quantities, "usage: unparsable quantities counted as zero");
                     }
                     sh.metrics().usage_samples.inc();
+                    tenant_metrics.observe(&s, wall);
                     acc.add(&s, wall);
                 }
                 Err(e) => {
