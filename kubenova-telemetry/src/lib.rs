@@ -296,9 +296,9 @@ pub fn init(
 }
 
 /// What [`init`] installs, without installing it: the subscriber writing to `writer`
-/// (stderr for the binaries), decided from `env` and the `OTEL_*` variables of this
-/// process. For benchmarks and for embedders that scope a subscriber
-/// (`tracing::dispatcher::set_default`).
+/// (stderr for the binaries), decided from `env` (whose `otel` map holds the `OTEL_*`
+/// variables that turn traces on; [`Environment::current`] reads this process's). For
+/// benchmarks and for embedders that scope a subscriber (`tracing::dispatcher::set_default`).
 ///
 /// ```
 /// use kubenova_telemetry::{Environment, LogArgs, build};
