@@ -338,9 +338,30 @@ where
         .map(traces::Exporter::start)
         .transpose()?;
     #[cfg(feature = "otlp")]
-    let with_ids = exporter.is_some();
+    let traces_on = exporter.is_some();
     #[cfg(not(feature = "otlp"))]
-    let with_ids = false;
+    let traces_on = false;
+    if !traces_on {
+        // Traces off: the plain subscriber, one global filter, nothing else on the path.
+        let builder = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(writer)
+            .with_timer(Rfc3339Utc);
+        let dispatch = match settings.format {
+            LogFormat::Json => tracing::Dispatch::new(builder.json().with_ansi(false).finish()),
+            LogFormat::Text => tracing::Dispatch::new(builder.with_ansi(settings.ansi).finish()),
+        };
+        return Ok((
+            dispatch,
+            Telemetry {
+                settings,
+                #[cfg(feature = "otlp")]
+                traces: trace_settings,
+                #[cfg(feature = "otlp")]
+                exporter,
+            },
+        ));
+    }
     let fmt_layer = {
         let base = tracing_subscriber::fmt::layer()
             .with_writer(writer)
@@ -355,7 +376,6 @@ where
                     .event_format(ids::WithTraceIds {
                         inner: format,
                         json: true,
-                        on: with_ids,
                     })
                     .with_filter(filter)
                     .boxed()
@@ -368,7 +388,6 @@ where
                     .event_format(ids::WithTraceIds {
                         inner: format,
                         json: false,
-                        on: with_ids,
                     })
                     .with_filter(filter)
                     .boxed()
@@ -428,11 +447,10 @@ mod ids {
     use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
     use tracing_subscriber::registry::LookupSpan;
 
+    /// Used only while traces are exported (otherwise spans hold no OpenTelemetry data).
     pub(crate) struct WithTraceIds<F> {
         pub(crate) inner: F,
         pub(crate) json: bool,
-        /// Traces are exported (otherwise spans hold no OpenTelemetry data).
-        pub(crate) on: bool,
     }
 
     impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
@@ -447,15 +465,11 @@ mod ids {
             mut writer: Writer<'_>,
             event: &Event<'_>,
         ) -> fmt::Result {
-            let ids = if self.on {
-                ctx.lookup_current().and_then(|span| {
-                    let ext = span.extensions();
-                    let data = ext.get::<tracing_opentelemetry::OtelData>()?;
-                    Some((data.trace_id()?, data.span_id()?))
-                })
-            } else {
-                None
-            };
+            let ids = ctx.lookup_current().and_then(|span| {
+                let ext = span.extensions();
+                let data = ext.get::<tracing_opentelemetry::OtelData>()?;
+                Some((data.trace_id()?, data.span_id()?))
+            });
             let Some((trace, span)) = ids.filter(|(t, _)| *t != opentelemetry::TraceId::INVALID)
             else {
                 return self.inner.format_event(ctx, writer, event);

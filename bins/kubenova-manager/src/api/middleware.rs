@@ -686,11 +686,14 @@ pub async fn request_layer(
         request_id = %id,
         route = tracing::field::Empty,
         status = tracing::field::Empty,
-        otel.kind = "server",
+        otel.kind = tracing::field::Empty,
         otel.status_code = tracing::field::Empty,
     );
-    // A caller's W3C `traceparent` makes this request part of its trace.
-    kubenova_telemetry::propagation::continue_from_headers(&span, req.headers());
+    if kubenova_telemetry::propagation::is_active() {
+        span.record("otel.kind", "server");
+        // A caller's W3C `traceparent` makes this request part of its trace.
+        kubenova_telemetry::propagation::continue_from_headers(&span, req.headers());
+    }
     let runtime = Arc::clone(&state.runtime);
     runtime.in_flight.inc();
     let timeout = timeout_for(uri.path(), state.config.request_timeout);
