@@ -398,13 +398,18 @@ where
     let otel_layer = exporter.as_ref().map(|e| {
         // Per-span attributes are what the spans' fields say: no busy/idle times, thread
         // or source location (each costs on every span, sampled or not).
+        // Spans of a unit of work sampled out where it entered are not traced at all.
+        use tracing_subscriber::filter::FilterExt as _;
+        let sampled_in = tracing_subscriber::filter::filter_fn(|_| {
+            propagation::scoped_decision().unwrap_or(true)
+        });
         tracing_opentelemetry::layer()
             .with_tracer(e.tracer())
             .with_tracked_inactivity(false)
             .with_threads(false)
             .with_location(false)
             .with_target(false)
-            .with_filter(trace_filter())
+            .with_filter(trace_filter().and(sampled_in))
     });
     #[cfg(not(feature = "otlp"))]
     let otel_layer: Option<tracing_subscriber::layer::Identity> = None;
@@ -428,7 +433,8 @@ where
 /// What becomes a span in the exported traces, whatever the log filter says: the
 /// binaries' own spans (request, agent channel, reconcile: `info`; store calls: `debug`
 /// under `kubenova::store`) and the Kubernetes client's request spans (`debug` under
-/// `kube_client`); SQL statements are not exported (`sqlx` at `warn`).
+/// `kube_client`); `info` log lines inside a span become its events (SQL statements do
+/// not: `sqlx` at `warn`).
 #[cfg(feature = "otlp")]
 fn trace_filter() -> tracing_subscriber::filter::Targets {
     use tracing::Level;

@@ -19,7 +19,7 @@
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::TraceContextExt as _;
 use opentelemetry::{Context, global};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 /// The W3C header (and map key) holding the trace context.
@@ -27,11 +27,88 @@ pub const TRACEPARENT: &str = "traceparent";
 
 /// Set once the binary installed the W3C propagator (traces exported).
 static ACTIVE: AtomicBool = AtomicBool::new(false);
+/// The configured sampler: whether a remote parent's decision is followed, and the ratio
+/// of the rest (as `f64` bits).
+static PARENT_BASED: AtomicBool = AtomicBool::new(true);
+static RATIO_BITS: AtomicU64 = AtomicU64::new(0x3FF0_0000_0000_0000); // 1.0
+
+tokio::task_local! {
+    /// The sampling decision of the unit of work this task runs (a request, an apply, a
+    /// reconcile), taken once where the work enters the process.
+    static SAMPLED: bool;
+}
 
 /// Marks propagation as active (called by [`crate::init`] after it set the global
 /// propagator; tests that install their own propagator call it too).
 pub fn activate() {
     ACTIVE.store(true, Ordering::Release);
+}
+
+/// Sets the sampler [`decide`] follows: `parent_based` (a remote parent's decision wins)
+/// and the ratio of traces started here (1 for `always_on`, 0 for `always_off`). Called by
+/// [`crate::init`] from `OTEL_TRACES_SAMPLER`.
+pub fn configure_sampling(parent_based: bool, ratio: f64) {
+    PARENT_BASED.store(parent_based, Ordering::Release);
+    RATIO_BITS.store(ratio.clamp(0.0, 1.0).to_bits(), Ordering::Release);
+}
+
+/// The sampling decision for a unit of work that continues `remote` (a caller's or an
+/// object's trace context) or starts a trace: the remote decision under a parent-based
+/// sampler, else a draw at the configured ratio. `false` while traces are off.
+pub fn decide(remote: Option<&Context>) -> bool {
+    if !is_active() {
+        return false;
+    }
+    if PARENT_BASED.load(Ordering::Acquire)
+        && let Some(cx) = remote
+    {
+        return cx.span().span_context().is_sampled();
+    }
+    let ratio = f64::from_bits(RATIO_BITS.load(Ordering::Acquire));
+    ratio >= 1.0 || (ratio > 0.0 && rand::random::<f64>() < ratio)
+}
+
+/// The decision of the unit of work this task runs, if it is inside one.
+pub fn scoped_decision() -> Option<bool> {
+    SAMPLED.try_with(|d| *d).ok()
+}
+
+/// Runs `f` (which creates the unit of work's spans) under `sampled`: spans of an
+/// unsampled unit are not traced at all, so they cost what a log-only span costs.
+pub fn sync_scope<R>(sampled: bool, f: impl FnOnce() -> R) -> R {
+    SAMPLED.sync_scope(sampled, f)
+}
+
+/// Runs `fut` (the unit of work) under `sampled`, like [`sync_scope`].
+pub async fn scope<F: std::future::Future>(sampled: bool, fut: F) -> F::Output {
+    SAMPLED.scope(sampled, fut).await
+}
+
+/// The span of a unit of work entering this process (a request, an apply, a reconcile):
+/// `make` creates it under the sampling decision for `remote` (the trace it continues, if
+/// any), which becomes its parent when sampled. Returns the span and the decision, to run
+/// the work with [`run_unit`]; the decision is `None` while traces are off.
+pub fn unit_span(
+    remote: Option<Context>,
+    make: impl FnOnce() -> tracing::Span,
+) -> (tracing::Span, Option<bool>) {
+    if !is_active() {
+        return (make(), None);
+    }
+    let sampled = decide(remote.as_ref());
+    let span = sync_scope(sampled, make);
+    if sampled && let Some(cx) = remote {
+        let _ = span.set_parent(cx);
+    }
+    (span, Some(sampled))
+}
+
+/// Runs the unit of work `fut` under the decision [`unit_span`] took.
+pub async fn run_unit<F: std::future::Future>(decision: Option<bool>, fut: F) -> F::Output {
+    match decision {
+        Some(sampled) => scope(sampled, fut).await,
+        None => fut.await,
+    }
 }
 
 /// Whether trace context is carried at all in this process.
@@ -132,15 +209,6 @@ pub fn context_from_traceparent(traceparent: &str) -> Option<Context> {
     cx.span().span_context().is_valid().then_some(cx)
 }
 
-/// Makes the trace of `traceparent` the parent of `span` (which must not have been
-/// entered yet). Returns whether it did.
-pub fn continue_trace(span: &tracing::Span, traceparent: &str) -> bool {
-    match context_from_traceparent(traceparent) {
-        Some(cx) => span.set_parent(cx).is_ok(),
-        None => false,
-    }
-}
-
 /// Adds a link from `span` to the span `traceparent` names. Returns whether it did.
 pub fn link_to(span: &tracing::Span, traceparent: &str) -> bool {
     match context_from_traceparent(traceparent) {
@@ -160,11 +228,42 @@ pub fn rename(span: &tracing::Span, name: String) {
     }
 }
 
-/// Makes the context `headers` carry the parent of `span` (which must not have been
-/// entered yet). Returns whether there was one.
-pub fn continue_from_headers(span: &tracing::Span, headers: &http::HeaderMap) -> bool {
-    match extract(headers) {
-        Some(cx) => span.set_parent(cx).is_ok(),
-        None => false,
+
+#[cfg(all(test, feature = "otlp"))]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// One test: the sampler settings are process-wide.
+    #[test]
+    fn units_follow_the_remote_decision_or_the_ratio() {
+        global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
+        activate();
+        let sampled =
+            context_from_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+                .unwrap();
+        let unsampled =
+            context_from_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00")
+                .unwrap();
+        assert!(context_from_traceparent("00-zz-00f067aa0ba902b7-01").is_none());
+        // parentbased_traceidratio at 0: only what a caller sampled is traced.
+        configure_sampling(true, 0.0);
+        assert!(decide(Some(&sampled)));
+        assert!(!decide(Some(&unsampled)));
+        assert!(!decide(None));
+        // always_on: everything, whatever the caller said.
+        configure_sampling(false, 1.0);
+        assert!(decide(Some(&unsampled)));
+        assert!(decide(None));
+        // A ratio draws: about 1 in 10 of 20,000.
+        configure_sampling(true, 0.1);
+        let n = (0..20_000).filter(|_| decide(None)).count();
+        assert!((1_500..2_500).contains(&n), "{n}");
+        // A unit's decision holds for everything it runs, and only there.
+        assert_eq!(scoped_decision(), None);
+        assert_eq!(sync_scope(false, scoped_decision), Some(false));
+        configure_sampling(true, 1.0);
     }
 }

@@ -31,7 +31,58 @@ pub enum OtlpProtocol {
     Grpc,
 }
 
+/// The SDK's sampler: the decision a unit of work took where it entered the process
+/// ([`crate::propagation::scope`]) wins, so a request sampled there is sampled whole and no
+/// ratio is drawn twice; spans outside any unit (background work) follow the configured
+/// sampler.
+#[derive(Debug, Clone)]
+struct ScopedSampler(Sampler);
+
+impl opentelemetry_sdk::trace::ShouldSample for ScopedSampler {
+    fn should_sample(
+        &self,
+        parent_context: Option<&opentelemetry::Context>,
+        trace_id: opentelemetry::trace::TraceId,
+        name: &str,
+        span_kind: &opentelemetry::trace::SpanKind,
+        attributes: &[opentelemetry::KeyValue],
+        links: &[opentelemetry::trace::Link],
+    ) -> opentelemetry::trace::SamplingResult {
+        use opentelemetry::trace::{SamplingDecision, SamplingResult, TraceContextExt as _};
+        match crate::propagation::scoped_decision() {
+            Some(sampled) => SamplingResult {
+                decision: if sampled {
+                    SamplingDecision::RecordAndSample
+                } else {
+                    SamplingDecision::Drop
+                },
+                attributes: Vec::new(),
+                trace_state: parent_context
+                    .map(|cx| cx.span().span_context().trace_state().clone())
+                    .unwrap_or_default(),
+            },
+            None => {
+                self.0
+                    .should_sample(parent_context, trace_id, name, span_kind, attributes, links)
+            }
+        }
+    }
+}
+
 impl TraceSettings {
+    /// Whether the sampler follows a remote parent's decision, and the ratio of traces
+    /// started here.
+    fn sampling(&self) -> (bool, f64) {
+        let name = self.sampler.0.as_str();
+        let base = name.strip_prefix("parentbased_").unwrap_or(name);
+        let ratio = match base {
+            "always_off" => 0.0,
+            "traceidratio" => self.sampler.1,
+            _ => 1.0,
+        };
+        (name.starts_with("parentbased_"), ratio)
+    }
+
     /// The SDK sampler these settings name.
     fn sdk_sampler(&self) -> Sampler {
         let (name, ratio) = (&self.sampler.0, self.sampler.1);
@@ -236,11 +287,13 @@ impl Exporter {
             ))
             .build();
         let provider = SdkTracerProvider::builder()
-            .with_sampler(s.sdk_sampler())
+            .with_sampler(ScopedSampler(s.sdk_sampler()))
             .with_batch_exporter(exporter)
             .with_resource(resource)
             .build();
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let (parent_based, ratio) = s.sampling();
+        crate::propagation::configure_sampling(parent_based, ratio);
         crate::propagation::activate();
         Ok(Exporter { provider, runtime })
     }

@@ -15,7 +15,8 @@
 //! sampling costs under 5%); 5 is reported (the price of exporting every request).
 //!
 //! `cargo bench -p kubenova-manager --bench tracing` (`KUBENOVA_BENCH_REQUESTS`, default
-//! 20,000 per round; 5 rounds). Under `cargo test` (no `--bench`) it runs a few requests.
+//! 20,000 per round; 5 rounds; `KUBENOVA_BENCH_ONLY=none,baseline,off,sampled,on` runs only
+//! the variants named, e.g. under a profiler). Under `cargo test` (no `--bench`) it runs a few requests.
 #![allow(clippy::unwrap_used, clippy::print_stdout, missing_docs)]
 
 use axum::body::Body;
@@ -111,7 +112,10 @@ fn shipped_dispatch(
     if let Some(url) = otlp {
         for (k, v) in [
             ("OTEL_EXPORTER_OTLP_ENDPOINT", url.to_string()),
-            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".to_string()),
+            (
+                "OTEL_TRACES_SAMPLER",
+                "parentbased_traceidratio".to_string(),
+            ),
             ("OTEL_TRACES_SAMPLER_ARG", ratio.to_string()),
         ] {
             env.otel.insert(k.into(), v);
@@ -207,13 +211,18 @@ async fn run(per_round: usize, rounds: usize) {
     let (on, mut on_guard) = shipped_dispatch(Some(&endpoint), 1.0);
     assert!(on_guard.traces.is_some(), "traces did not turn on");
 
-    let variants = [
-        Variant::None,
-        Variant::Baseline,
-        Variant::Off,
-        Variant::OnSampled,
-        Variant::On,
-    ];
+    let only = std::env::var("KUBENOVA_BENCH_ONLY").unwrap_or_default();
+    let variants: Vec<Variant> = [
+        (Variant::None, "none"),
+        (Variant::Baseline, "baseline"),
+        (Variant::Off, "off"),
+        (Variant::OnSampled, "sampled"),
+        (Variant::On, "on"),
+    ]
+    .into_iter()
+    .filter(|(_, name)| only.is_empty() || only.split(',').any(|o| o.trim() == *name))
+    .map(|(v, _)| v)
+    .collect();
     let mut best: Vec<(Variant, f64)> = variants.iter().map(|v| (*v, f64::MAX)).collect();
     let mut all: Vec<(Variant, Vec<f64>)> = variants.iter().map(|v| (*v, Vec::new())).collect();
     eprintln!("GET {path} through the router, {per_round} requests per round, {rounds} rounds");
@@ -248,16 +257,21 @@ async fn run(per_round: usize, rounds: usize) {
     }
     sampled_guard.shutdown();
     on_guard.shutdown();
-    let get = |v: Variant| best.iter().find(|(x, _)| *x == v).unwrap().1;
+    // Variants left out (`KUBENOVA_BENCH_ONLY`) read as NaN.
+    let get = |v: Variant| best.iter().find(|(x, _)| *x == v).map_or(f64::NAN, |b| b.1);
     let median = |v: Variant| {
-        let mut xs = all.iter().find(|(x, _)| *x == v).unwrap().1.clone();
+        let mut xs = all
+            .iter()
+            .find(|(x, _)| *x == v)
+            .map(|a| a.1.clone())
+            .unwrap_or_default();
         xs.sort_by(f64::total_cmp);
-        xs[xs.len() / 2]
+        xs.get(xs.len() / 2).copied().unwrap_or(f64::NAN)
     };
     println!();
     println!("| subscriber | best µs/request | median µs/request | rate vs baseline (best) |");
     println!("|---|---|---|---|");
-    for v in variants {
+    for &v in &variants {
         println!(
             "| {} | {:.2} | {:.2} | {:.1}% |",
             v.label(),
@@ -278,7 +292,11 @@ async fn run(per_round: usize, rounds: usize) {
         "traces on, 1% sampled: {:.1}% of the traces-off rate ({:+.2} µs per request; target ≥ 95%): {}",
         100.0 * sampled_ratio,
         get(Variant::OnSampled) - get(Variant::Off),
-        if sampled_ratio >= 0.95 { "PASS" } else { "MISS" }
+        if sampled_ratio >= 0.95 {
+            "PASS"
+        } else {
+            "MISS"
+        }
     );
     println!(
         "traces on, every request: {:.1}% of the traces-off rate ({:+.2} µs per request)",

@@ -155,23 +155,25 @@ fn apply_body(obj: &DesiredObject, revision: i64) -> Result<(ObjectRef, Value), 
 
 /// The span of one object's apply: part of the trace of the API write that produced it
 /// (the object's [`ANNOTATION_TRACEPARENT`]), when there is one.
-fn apply_span(o: &DesiredObject, revision: i64) -> tracing::Span {
+/// Returns the span and the sampling decision to run the apply under.
+fn apply_span(o: &DesiredObject, revision: i64) -> (tracing::Span, Option<bool>) {
     let r = o.object_ref();
-    let span = tracing::info_span!(
-        "agent apply",
-        otel.name = match r.kind {
-            ObjectKind::Tenant => "agent apply NovaTenant",
-            ObjectKind::Project => "agent apply NovaProject",
-            ObjectKind::App => "agent apply NovaApp",
-        },
-        kind = kind_name(r.kind),
-        id = %r.id,
-        revision,
-    );
-    if let Some(tp) = o.traceparent() {
-        kubenova_telemetry::propagation::continue_trace(&span, tp);
-    }
-    span
+    let remote = o
+        .traceparent()
+        .and_then(kubenova_telemetry::propagation::context_from_traceparent);
+    kubenova_telemetry::propagation::unit_span(remote, || {
+        tracing::info_span!(
+            "agent apply",
+            otel.name = match r.kind {
+                ObjectKind::Tenant => "agent apply NovaTenant",
+                ObjectKind::Project => "agent apply NovaProject",
+                ObjectKind::App => "agent apply NovaApp",
+            },
+            kind = kind_name(r.kind),
+            id = %r.id,
+            revision,
+        )
+    })
 }
 
 async fn apply_one(
@@ -402,15 +404,15 @@ impl DesiredLoop {
             let results: Vec<(DesiredObject, Result<(), ApplyError>)> =
                 stream::iter(batch.into_iter().map(|o| {
                     let kube = kube.clone();
-                    let span = apply_span(&o, revision);
-                    async move {
+                    let (span, unit) = apply_span(&o, revision);
+                    let apply = async move {
                         let res = match apply_body(&o, revision) {
                             Ok((r, body)) => apply_one(&kube, fence, &body, r.kind).await,
                             Err(e) => Err(ApplyError::Invalid(e)),
                         };
                         (o, res)
-                    }
-                    .instrument(span)
+                    };
+                    kubenova_telemetry::propagation::run_unit(unit, apply.instrument(span))
                 }))
                 .buffer_unordered(APPLY_CONCURRENCY)
                 .collect()

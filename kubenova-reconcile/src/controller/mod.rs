@@ -484,28 +484,26 @@ pub fn error_policy<K: Resource<DynamicType = ()>>(
 /// continues the trace of the API write that produced it (the object's
 /// `kubenova.io/traceparent`, set by the agent's apply); later reconciles of the same
 /// generation (resyncs, requeues) are traces of their own.
-fn reconcile_span<K: Nova>(controller: &'static str, obj: &K) -> tracing::Span {
+fn reconcile_span<K: Nova>(controller: &'static str, obj: &K) -> (tracing::Span, Option<bool>) {
     let meta = obj.meta();
-    let span = tracing::info_span!(
-        "reconcile",
-        otel.name = format!("reconcile {}", K::kind(&())),
-        otel.status_code = tracing::field::Empty,
-        controller,
-        name = meta.name.as_deref().unwrap_or_default(),
-        namespace = meta.namespace.as_deref().unwrap_or_default(),
-        generation = meta.generation,
-    );
     let observed = obj.nova_status().and_then(|s| s.observed_generation);
-    if meta.generation.is_some()
-        && observed != meta.generation
-        && let Some(tp) = meta
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(kubenova_api::agent::ANNOTATION_TRACEPARENT))
-    {
-        kubenova_telemetry::propagation::continue_trace(&span, tp);
-    }
-    span
+    let remote = meta
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(kubenova_api::agent::ANNOTATION_TRACEPARENT))
+        .filter(|_| meta.generation.is_some() && observed != meta.generation)
+        .and_then(|tp| kubenova_telemetry::propagation::context_from_traceparent(tp));
+    kubenova_telemetry::propagation::unit_span(remote, || {
+        tracing::info_span!(
+            "reconcile",
+            otel.name = format!("reconcile {}", K::kind(&())),
+            otel.status_code = tracing::field::Empty,
+            controller,
+            name = meta.name.as_deref().unwrap_or_default(),
+            namespace = meta.namespace.as_deref().unwrap_or_default(),
+            generation = meta.generation,
+        )
+    })
 }
 
 async fn instrumented<K, F>(
@@ -518,9 +516,9 @@ where
     K: Nova,
     F: Future<Output = Result<Action, Error>>,
 {
-    let span = reconcile_span(controller, obj);
+    let (span, unit) = reconcile_span(controller, obj);
     let start = Instant::now();
-    let res = body.instrument(span.clone()).await;
+    let res = kubenova_telemetry::propagation::run_unit(unit, body.instrument(span.clone())).await;
     if res.is_err() {
         span.record("otel.status_code", "ERROR");
     }

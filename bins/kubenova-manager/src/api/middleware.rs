@@ -679,20 +679,25 @@ pub async fn request_layer(
     let method = req.method().clone();
     // A shared copy of the URI (reference-counted bytes), not a new `String`.
     let uri = req.uri().clone();
-    let span = tracing::info_span!(
-        "request",
-        method = %method,
-        path = %uri.path(),
-        request_id = %id,
-        route = tracing::field::Empty,
-        status = tracing::field::Empty,
-        otel.kind = tracing::field::Empty,
-        otel.status_code = tracing::field::Empty,
-    );
-    if kubenova_telemetry::propagation::is_active() {
+    // While traces are exported, the request is sampled here, once: a caller's W3C
+    // `traceparent` decides under a parent-based sampler, else the configured ratio. The
+    // spans of an unsampled request are not traced at all (they cost what logging costs).
+    let remote = kubenova_telemetry::propagation::extract(req.headers());
+    let (span, unit) = kubenova_telemetry::propagation::unit_span(remote, || {
+        tracing::info_span!(
+            "request",
+            method = %method,
+            path = %uri.path(),
+            request_id = %id,
+            route = tracing::field::Empty,
+            status = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        )
+    });
+    let sampled = unit == Some(true);
+    if sampled {
         span.record("otel.kind", "server");
-        // A caller's W3C `traceparent` makes this request part of its trace.
-        kubenova_telemetry::propagation::continue_from_headers(&span, req.headers());
     }
     let runtime = Arc::clone(&state.runtime);
     runtime.in_flight.inc();
@@ -735,9 +740,8 @@ pub async fn request_layer(
         };
         ensure_envelope(resp, &m2, u2.path()).await
     };
-    let mut resp = REQUEST_ID
-        .scope(id.clone(), fut.instrument(span.clone()))
-        .await;
+    let fut = REQUEST_ID.scope(id.clone(), fut.instrument(span.clone()));
+    let mut resp = kubenova_telemetry::propagation::run_unit(unit, fut).await;
     runtime.in_flight.dec();
     let route = resp
         .extensions_mut()
@@ -750,7 +754,7 @@ pub async fn request_layer(
     if !span.is_disabled() {
         span.record("route", route);
         span.record("status", status);
-        if kubenova_telemetry::propagation::is_active() {
+        if sampled {
             kubenova_telemetry::propagation::rename(&span, format!("{method} {route}"));
             if status >= 500 {
                 span.record("otel.status_code", "ERROR");
