@@ -399,8 +399,10 @@ where
         // Per-span attributes are what the spans' fields say: no busy/idle times, thread
         // or source location (each costs on every span, sampled or not).
         // Spans of a unit of work sampled out where it entered are not traced at all.
+        // Asked at every span and event (a `DynFilterFn`: a `FilterFn`'s answer would be
+        // cached per callsite).
         use tracing_subscriber::filter::FilterExt as _;
-        let sampled_in = tracing_subscriber::filter::filter_fn(|_| {
+        let sampled_in = tracing_subscriber::filter::DynFilterFn::new(|_, _| {
             propagation::scoped_decision().unwrap_or(true)
         });
         tracing_opentelemetry::layer()

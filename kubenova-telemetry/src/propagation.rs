@@ -103,6 +103,15 @@ pub fn unit_span(
     (span, Some(sampled))
 }
 
+/// Runs `f` (e.g. a unit's last log line, written after its future ended) under the
+/// decision [`unit_span`] took.
+pub fn in_unit<R>(decision: Option<bool>, f: impl FnOnce() -> R) -> R {
+    match decision {
+        Some(sampled) => sync_scope(sampled, f),
+        None => f(),
+    }
+}
+
 /// Runs the unit of work `fut` under the decision [`unit_span`] took.
 pub async fn run_unit<F: std::future::Future>(decision: Option<bool>, fut: F) -> F::Output {
     match decision {

@@ -761,17 +761,20 @@ pub async fn request_layer(
             }
         }
     }
-    span.in_scope(|| {
-        tracing::info!(
-            target: "kubenova::access",
-            method = %method,
-            route = %route,
-            path = %uri.path(),
-            status,
-            latency_ms = elapsed.as_secs_f64() * 1000.0,
-            request_id = %id,
-            "request"
-        );
+    // Under the request's sampling decision, like everything the request logged.
+    kubenova_telemetry::propagation::in_unit(unit, || {
+        span.in_scope(|| {
+            tracing::info!(
+                target: "kubenova::access",
+                method = %method,
+                route = %route,
+                path = %uri.path(),
+                status,
+                latency_ms = elapsed.as_secs_f64() * 1000.0,
+                request_id = %id,
+                "request"
+            );
+        })
     });
     resp.headers_mut().insert(X_REQUEST_ID, id_header);
     resp
