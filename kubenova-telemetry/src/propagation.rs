@@ -237,7 +237,6 @@ pub fn rename(span: &tracing::Span, name: String) {
     }
 }
 
-
 #[cfg(all(test, feature = "otlp"))]
 mod tests {
     #![allow(clippy::unwrap_used)]
