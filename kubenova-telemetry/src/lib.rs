@@ -318,8 +318,6 @@ pub fn build<W>(
 where
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
-    use tracing_subscriber::Layer as _;
-    use tracing_subscriber::layer::SubscriberExt as _;
     let settings = LogSettings::decide(args.log_format, env, default_filter)?;
     let filter = tracing_subscriber::EnvFilter::builder()
         .parse(&settings.filter)
@@ -338,98 +336,100 @@ where
         .map(traces::Exporter::start)
         .transpose()?;
     #[cfg(feature = "otlp")]
-    let traces_on = exporter.is_some();
-    #[cfg(not(feature = "otlp"))]
-    let traces_on = false;
-    if !traces_on {
-        // Traces off: the plain subscriber, one global filter, nothing else on the path.
-        let builder = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(writer)
-            .with_timer(Rfc3339Utc);
-        let dispatch = match settings.format {
-            LogFormat::Json => tracing::Dispatch::new(builder.json().with_ansi(false).finish()),
-            LogFormat::Text => tracing::Dispatch::new(builder.with_ansi(settings.ansi).finish()),
-        };
-        return Ok((
-            dispatch,
-            Telemetry {
-                settings,
-                #[cfg(feature = "otlp")]
-                traces: trace_settings,
-                #[cfg(feature = "otlp")]
-                exporter,
-            },
-        ));
-    }
-    let fmt_layer = {
-        let base = tracing_subscriber::fmt::layer()
-            .with_writer(writer)
-            .with_timer(Rfc3339Utc);
-        match settings.format {
-            LogFormat::Json => {
-                let format = tracing_subscriber::fmt::format()
-                    .json()
-                    .with_timer(Rfc3339Utc);
-                base.json()
-                    .with_ansi(false)
-                    .event_format(ids::WithTraceIds {
-                        inner: format,
-                        json: true,
-                    })
-                    .with_filter(filter)
-                    .boxed()
-            }
-            LogFormat::Text => {
-                let format = tracing_subscriber::fmt::format()
-                    .with_timer(Rfc3339Utc)
-                    .with_ansi(settings.ansi);
-                base.with_ansi(settings.ansi)
-                    .event_format(ids::WithTraceIds {
-                        inner: format,
-                        json: false,
-                    })
-                    .with_filter(filter)
-                    .boxed()
-            }
-        }
+    let tracer = exporter.as_ref().map(traces::Exporter::tracer);
+    let (format, ansi) = (settings.format, settings.ansi);
+    let telemetry = Telemetry {
+        settings,
+        #[cfg(feature = "otlp")]
+        traces: trace_settings,
+        #[cfg(feature = "otlp")]
+        exporter,
     };
     #[cfg(feature = "otlp")]
-    let otel_layer = exporter.as_ref().map(|e| {
+    let Some(tracer) = tracer else {
+        return Ok((plain(filter, format, ansi, writer), telemetry));
+    };
+    #[cfg(not(feature = "otlp"))]
+    return Ok((plain(filter, format, ansi, writer), telemetry));
+    #[cfg(feature = "otlp")]
+    {
+        use tracing_subscriber::Layer as _;
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let fmt_layer = {
+            let base = tracing_subscriber::fmt::layer()
+                .with_writer(writer)
+                .with_timer(Rfc3339Utc);
+            match format {
+                LogFormat::Json => {
+                    let format = tracing_subscriber::fmt::format()
+                        .json()
+                        .with_timer(Rfc3339Utc);
+                    base.json()
+                        .with_ansi(false)
+                        .event_format(ids::WithTraceIds {
+                            inner: format,
+                            json: true,
+                        })
+                        .with_filter(filter)
+                        .boxed()
+                }
+                LogFormat::Text => {
+                    let format = tracing_subscriber::fmt::format()
+                        .with_timer(Rfc3339Utc)
+                        .with_ansi(ansi);
+                    base.with_ansi(ansi)
+                        .event_format(ids::WithTraceIds {
+                            inner: format,
+                            json: false,
+                        })
+                        .with_filter(filter)
+                        .boxed()
+                }
+            }
+        };
         // Per-span attributes are what the spans' fields say: no busy/idle times, thread
-        // or source location (each costs on every span, sampled or not).
-        // Spans of a unit of work sampled out where it entered are not traced at all.
-        // Asked at every span and event (a `DynFilterFn`: a `FilterFn`'s answer would be
-        // cached per callsite).
+        // or source location (each costs on every span, sampled or not). Spans of a unit
+        // of work sampled out where it entered are not traced at all: asked at every span
+        // and event (a `DynFilterFn`; a `FilterFn`'s answer would be cached per callsite).
         use tracing_subscriber::filter::FilterExt as _;
         let sampled_in = tracing_subscriber::filter::DynFilterFn::new(|_, _| {
             propagation::scoped_decision().unwrap_or(true)
         });
-        tracing_opentelemetry::layer()
-            .with_tracer(e.tracer())
+        let otel_layer = tracing_opentelemetry::layer()
+            .with_tracer(tracer)
             .with_tracked_inactivity(false)
             .with_threads(false)
             .with_location(false)
             .with_target(false)
-            .with_filter(trace_filter().and(sampled_in))
-    });
-    #[cfg(not(feature = "otlp"))]
-    let otel_layer: Option<tracing_subscriber::layer::Identity> = None;
-    let dispatch = tracing::Dispatch::new(
-        tracing_subscriber::registry()
-            .with(fmt_layer)
-            .with(otel_layer),
-    );
-    Ok((
-        dispatch,
-        Telemetry {
-            settings,
-            #[cfg(feature = "otlp")]
-            traces: trace_settings,
-            #[cfg(feature = "otlp")]
-            exporter,
-        },
-    ))
+            .with_filter(trace_filter().and(sampled_in));
+        let dispatch = tracing::Dispatch::new(
+            tracing_subscriber::registry()
+                .with(fmt_layer)
+                .with(otel_layer),
+        );
+        Ok((dispatch, telemetry))
+    }
+}
+
+/// The subscriber while traces are off: the plain one, one global filter, nothing else
+/// on the path.
+fn plain<W>(
+    filter: tracing_subscriber::EnvFilter,
+    format: LogFormat,
+    ansi: bool,
+    writer: W,
+) -> tracing::Dispatch
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_timer(Rfc3339Utc);
+    match format {
+        LogFormat::Json => tracing::Dispatch::new(builder.json().with_ansi(false).finish()),
+        LogFormat::Text => tracing::Dispatch::new(builder.with_ansi(ansi).finish()),
+    }
 }
 
 /// What becomes a span in the exported traces, whatever the log filter says: the
@@ -447,6 +447,7 @@ fn trace_filter() -> tracing_subscriber::filter::Targets {
         .with_target("sqlx", Level::WARN)
 }
 
+#[cfg(feature = "otlp")]
 mod ids {
     //! Trace and span ids on log lines written inside an exported span.
     use std::fmt;

@@ -170,6 +170,28 @@ fn named<'a>(spans: &'a [Got], service: &str, name: &str) -> Option<&'a Got> {
         .find(|g| g.service == service && g.span.name == name)
 }
 
+/// Creates tenant `name` (plan gold) as part of the caller's trace `traceparent`; its id
+/// and path.
+async fn create_tenant(flow: &Flow, name: &str, traceparent: &str) -> (String, String) {
+    let resp = reqwest::Client::new()
+        .post(format!(
+            "{}{}",
+            flow.manager.url,
+            flow.cluster_path("/tenants")
+        ))
+        .bearer_auth(&flow.manager.token)
+        .header("traceparent", traceparent)
+        .json(&json!({"name": name, "plan": "gold", "owners": [format!("owner@{name}.example")]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let tenant: serde_json::Value = resp.json().await.unwrap();
+    let id = tenant["id"].as_str().unwrap().to_string();
+    let path = flow.cluster_path(&format!("/tenants/{id}"));
+    (id, path)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_write_is_one_trace_across_manager_and_operator() {
     let bins = match Binaries::locate() {
@@ -205,50 +227,16 @@ async fn one_write_is_one_trace_across_manager_and_operator() {
     // A first write: the agent's first answer is a snapshot of the whole desired state
     // (a young cluster's, so it carries the writes' traces too); later ones are deltas.
     let first_trace = format!("{:032x}", uuid::Uuid::new_v4().as_u128());
-    let resp = reqwest::Client::new()
-        .post(format!(
-            "{}{}",
-            flow.manager.url,
-            flow.cluster_path("/tenants")
-        ))
-        .bearer_auth(&flow.manager.token)
-        .header(
-            "traceparent",
-            format!("00-{first_trace}-00f067aa0ba902b7-01"),
-        )
-        .json(&json!({"name": "warmup", "plan": "gold", "owners": ["owner@warmup.example"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    let warmup: serde_json::Value = resp.json().await.unwrap();
-    flow.wait_phase(
-        &flow.cluster_path(&format!("/tenants/{}", warmup["id"].as_str().unwrap())),
-        "ready",
-    )
-    .await
-    .unwrap();
+    let first_tp = format!("00-{first_trace}-00f067aa0ba902b7-01");
+    let (warmup_id, warmup_path) = create_tenant(&flow, "warmup", &first_tp).await;
+    assert!(!warmup_id.is_empty());
+    flow.wait_phase(&warmup_path, "ready").await.unwrap();
 
     // The write, as part of the caller's trace.
     let trace = format!("{:032x}", uuid::Uuid::new_v4().as_u128());
     let caller = format!("{:016x}", uuid::Uuid::new_v4().as_u64_pair().0);
-    let traceparent = format!("00-{trace}-{caller}-01");
-    let resp = reqwest::Client::new()
-        .post(format!(
-            "{}{}",
-            flow.manager.url,
-            flow.cluster_path("/tenants")
-        ))
-        .bearer_auth(&flow.manager.token)
-        .header("traceparent", &traceparent)
-        .json(&json!({"name": "traced", "plan": "gold", "owners": ["owner@traced.example"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    let tenant: serde_json::Value = resp.json().await.unwrap();
-    let tenant_id = tenant["id"].as_str().unwrap().to_string();
-    let tenant_path = flow.cluster_path(&format!("/tenants/{tenant_id}"));
+    let (tenant_id, tenant_path) =
+        create_tenant(&flow, "traced", &format!("00-{trace}-{caller}-01")).await;
     flow.wait_phase(&tenant_path, "ready").await.unwrap();
 
     // Wait until the operator's reconcile and its report's link have been exported.
