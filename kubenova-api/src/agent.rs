@@ -234,6 +234,16 @@ pub enum DesiredObject {
     },
 }
 
+/// The trace annotation ([`ANNOTATION_TRACEPARENT`]) of a Nova object's metadata, if any.
+pub fn traceparent_of(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Option<&str> {
+    meta.annotations
+        .as_ref()?
+        .get(ANNOTATION_TRACEPARENT)
+        .map(String::as_str)
+}
+
 impl DesiredObject {
     /// Marks the object with the trace of the write that produced it
     /// ([`ANNOTATION_TRACEPARENT`]); a value that is not a plausible W3C `traceparent`
@@ -267,15 +277,11 @@ impl DesiredObject {
 
     /// The trace annotation ([`ANNOTATION_TRACEPARENT`]), if any.
     pub fn traceparent(&self) -> Option<&str> {
-        let meta = match self {
+        traceparent_of(match self {
             DesiredObject::Tenant { object, .. } => &object.metadata,
             DesiredObject::Project { object, .. } => &object.metadata,
             DesiredObject::App { object, .. } => &object.metadata,
-        };
-        meta.annotations
-            .as_ref()?
-            .get(ANNOTATION_TRACEPARENT)
-            .map(String::as_str)
+        })
     }
 
     fn meta_mut(&mut self) -> &mut k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {

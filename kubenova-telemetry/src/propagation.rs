@@ -75,12 +75,12 @@ pub fn scoped_decision() -> Option<bool> {
 
 /// Runs `f` (which creates the unit of work's spans) under `sampled`: spans of an
 /// unsampled unit are not traced at all, so they cost what a log-only span costs.
-pub fn sync_scope<R>(sampled: bool, f: impl FnOnce() -> R) -> R {
+fn sync_scope<R>(sampled: bool, f: impl FnOnce() -> R) -> R {
     SAMPLED.sync_scope(sampled, f)
 }
 
 /// Runs `fut` (the unit of work) under `sampled`, like [`sync_scope`].
-pub async fn scope<F: std::future::Future>(sampled: bool, fut: F) -> F::Output {
+async fn scope<F: std::future::Future>(sampled: bool, fut: F) -> F::Output {
     SAMPLED.scope(sampled, fut).await
 }
 

@@ -84,16 +84,14 @@ impl TraceSettings {
     }
 
     /// The SDK sampler these settings name.
+    /// (A ratio of 1 samples everything and 0 nothing, as `always_on` / `always_off`.)
     fn sdk_sampler(&self) -> Sampler {
-        let (name, ratio) = (&self.sampler.0, self.sampler.1);
-        let base = |n: &str| match n {
-            "always_off" => Sampler::AlwaysOff,
-            "traceidratio" => Sampler::TraceIdRatioBased(ratio),
-            _ => Sampler::AlwaysOn,
-        };
-        match name.strip_prefix("parentbased_") {
-            Some(rest) => Sampler::ParentBased(Box::new(base(rest))),
-            None => base(name),
+        let (parent_based, ratio) = self.sampling();
+        let base = Sampler::TraceIdRatioBased(ratio);
+        if parent_based {
+            Sampler::ParentBased(Box::new(base))
+        } else {
+            base
         }
     }
 

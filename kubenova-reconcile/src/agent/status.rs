@@ -11,7 +11,7 @@ use kube::core::{ApiResource, GroupVersionKind, ObjectMeta};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 use kubenova_api::agent::{
-    ANNOTATION_TRACEPARENT, LABEL_ID, ObjectKind, ObjectRef, ObjectReport, StatusReport,
+    LABEL_ID, ObjectKind, ObjectRef, ObjectReport, StatusReport, traceparent_of,
 };
 use kubenova_api::crd::{NovaApp, NovaProject, NovaStatus, NovaTenant};
 use kubenova_api::model::{Condition, ObjectStatus, Phase};
@@ -251,12 +251,8 @@ impl Reporter {
                     if kind == ObjectKind::App {
                         self.apps.insert(key, oref);
                     }
-                    match meta
-                        .annotations
-                        .as_ref()
-                        .and_then(|a| a.get(ANNOTATION_TRACEPARENT))
-                    {
-                        Some(tp) => self.traces.insert(oref, tp.clone()),
+                    match traceparent_of(&meta) {
+                        Some(tp) => self.traces.insert(oref, tp.to_owned()),
                         None => self.traces.remove(&oref),
                     };
                     self.update(r);

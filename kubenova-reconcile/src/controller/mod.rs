@@ -487,12 +487,9 @@ pub fn error_policy<K: Resource<DynamicType = ()>>(
 fn reconcile_span<K: Nova>(controller: &'static str, obj: &K) -> (tracing::Span, Option<bool>) {
     let meta = obj.meta();
     let observed = obj.nova_status().and_then(|s| s.observed_generation);
-    let remote = meta
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(kubenova_api::agent::ANNOTATION_TRACEPARENT))
+    let remote = kubenova_api::agent::traceparent_of(meta)
         .filter(|_| meta.generation.is_some() && observed != meta.generation)
-        .and_then(|tp| kubenova_telemetry::propagation::context_from_traceparent(tp));
+        .and_then(kubenova_telemetry::propagation::context_from_traceparent);
     kubenova_telemetry::propagation::unit_span(remote, || {
         tracing::info_span!(
             "reconcile",

@@ -256,6 +256,26 @@ fn per_tenant<V: EncodeGaugeValue>(
     Ok(())
 }
 
+/// A gauge family with one series per tenant and key (`label`), from `entries`.
+fn per_tenant_by<V: EncodeGaugeValue>(
+    encoder: &mut DescriptorEncoder<'_>,
+    rows: &[Row],
+    name: &str,
+    help: &str,
+    label: &str,
+    entries: impl Fn(&Row) -> &[(Arc<str>, V)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for r in rows {
+        for (key, value) in entries(r) {
+            family
+                .encode_family(&[("tenant", &*r.tenant), (label, &**key)])?
+                .encode_gauge(value)?;
+        }
+    }
+    Ok(())
+}
+
 impl Collector for Scrape {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
         let snapshot = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
@@ -289,21 +309,14 @@ impl Collector for Scrape {
             "Memory limits of the tenant's non-terminated pods at the latest usage sample",
             |r| r.memory_limits,
         )?;
-        {
-            let mut family = e.encode_descriptor(
-                "kubenova_tenant_storage_bytes",
-                "Capacity of the tenant's Bound PVCs by storage class at the latest usage sample",
-                None,
-                MetricType::Gauge,
-            )?;
-            for r in rows {
-                for (class, bytes) in &r.storage {
-                    family
-                        .encode_family(&[("tenant", &*r.tenant), ("storage_class", &**class)])?
-                        .encode_gauge(bytes)?;
-                }
-            }
-        }
+        per_tenant_by(
+            e,
+            rows,
+            "kubenova_tenant_storage_bytes",
+            "Capacity of the tenant's Bound PVCs by storage class at the latest usage sample",
+            "storage_class",
+            |r| &r.storage,
+        )?;
         per_tenant(
             e,
             rows,
@@ -332,21 +345,14 @@ impl Collector for Scrape {
             "The tenant's LoadBalancer Services at the latest usage sample",
             |r| r.load_balancers,
         )?;
-        {
-            let mut family = e.encode_descriptor(
-                "kubenova_tenant_quota_used_ratio",
-                "Highest used/hard of a resource among the tenant's ResourceQuotas at the latest usage sample",
-                None,
-                MetricType::Gauge,
-            )?;
-            for r in rows {
-                for (resource, ratio) in &r.quota_ratio {
-                    family
-                        .encode_family(&[("tenant", &*r.tenant), ("resource", &**resource)])?
-                        .encode_gauge(ratio)?;
-                }
-            }
-        }
+        per_tenant_by(
+            e,
+            rows,
+            "kubenova_tenant_quota_used_ratio",
+            "Highest used/hard of a resource among the tenant's ResourceQuotas at the latest usage sample",
+            "resource",
+            |r| &r.quota_ratio,
+        )?;
         per_tenant(
             e,
             rows,
