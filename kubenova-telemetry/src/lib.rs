@@ -35,6 +35,8 @@
 //! assert_eq!((s.format, s.ansi, s.filter.as_str()), (LogFormat::Json, false, "info"));
 //! ```
 
+#[cfg(feature = "otlp")]
+mod layers;
 pub mod propagation;
 #[cfg(feature = "test-support")]
 pub mod test_support;
@@ -353,57 +355,54 @@ where
     return Ok((plain(filter, format, ansi, writer), telemetry));
     #[cfg(feature = "otlp")]
     {
-        use tracing_subscriber::Layer as _;
         use tracing_subscriber::layer::SubscriberExt as _;
-        let fmt_layer = {
-            let base = tracing_subscriber::fmt::layer()
-                .with_writer(writer)
-                .with_timer(Rfc3339Utc);
-            match format {
-                LogFormat::Json => {
-                    let format = tracing_subscriber::fmt::format()
-                        .json()
-                        .with_timer(Rfc3339Utc);
-                    base.json()
-                        .with_ansi(false)
-                        .event_format(ids::WithTraceIds {
-                            inner: format,
-                            json: true,
-                        })
-                        .with_filter(filter)
-                        .boxed()
-                }
-                LogFormat::Text => {
-                    let format = tracing_subscriber::fmt::format()
-                        .with_timer(Rfc3339Utc)
-                        .with_ansi(ansi);
-                    base.with_ansi(ansi)
-                        .event_format(ids::WithTraceIds {
-                            inner: format,
-                            json: false,
-                        })
-                        .with_filter(filter)
-                        .boxed()
-                }
+        // One global filter (the log filter, plus the trace filter's spans inside sampled
+        // units), the log layer unfiltered behind it, and the trace layer told only of
+        // sampled units (see `layers`). Per-span attributes are what the spans' fields
+        // say: no busy/idle times, thread or source location.
+        let gate = layers::Gate {
+            log: filter,
+            trace: trace_filter(),
+        };
+        let base = tracing_subscriber::fmt::layer()
+            .with_writer(writer)
+            .with_timer(Rfc3339Utc);
+        let fmt_layer = match format {
+            LogFormat::Json => {
+                let format = tracing_subscriber::fmt::format()
+                    .json()
+                    .with_timer(Rfc3339Utc);
+                tracing_subscriber::Layer::boxed(base.json().with_ansi(false).event_format(
+                    ids::WithTraceIds {
+                        inner: format,
+                        json: true,
+                    },
+                ))
+            }
+            LogFormat::Text => {
+                let format = tracing_subscriber::fmt::format()
+                    .with_timer(Rfc3339Utc)
+                    .with_ansi(ansi);
+                tracing_subscriber::Layer::boxed(base.with_ansi(ansi).event_format(
+                    ids::WithTraceIds {
+                        inner: format,
+                        json: false,
+                    },
+                ))
             }
         };
-        // Per-span attributes are what the spans' fields say: no busy/idle times, thread
-        // or source location (each costs on every span, sampled or not). Spans of a unit
-        // of work sampled out where it entered are not traced at all: asked at every span
-        // and event (a `DynFilterFn`; a `FilterFn`'s answer would be cached per callsite).
-        use tracing_subscriber::filter::FilterExt as _;
-        let sampled_in = tracing_subscriber::filter::DynFilterFn::new(|_, _| {
-            propagation::scoped_decision().unwrap_or(true)
-        });
-        let otel_layer = tracing_opentelemetry::layer()
-            .with_tracer(tracer)
-            .with_tracked_inactivity(false)
-            .with_threads(false)
-            .with_location(false)
-            .with_target(false)
-            .with_filter(trace_filter().and(sampled_in));
+        let otel_layer = layers::SampledOnly {
+            inner: tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_tracked_inactivity(false)
+                .with_threads(false)
+                .with_location(false)
+                .with_target(false),
+            trace: trace_filter(),
+        };
         let dispatch = tracing::Dispatch::new(
             tracing_subscriber::registry()
+                .with(gate)
                 .with(fmt_layer)
                 .with(otel_layer),
         );
@@ -474,11 +473,15 @@ mod ids {
             mut writer: Writer<'_>,
             event: &Event<'_>,
         ) -> fmt::Result {
-            let ids = ctx.lookup_current().and_then(|span| {
-                let ext = span.extensions();
-                let data = ext.get::<tracing_opentelemetry::OtelData>()?;
-                Some((data.trace_id()?, data.span_id()?))
-            });
+            // An unsampled unit's spans hold no trace data: no lookup.
+            let ids = (crate::propagation::scoped_decision() != Some(false))
+                .then(|| ctx.lookup_current())
+                .flatten()
+                .and_then(|span| {
+                    let ext = span.extensions();
+                    let data = ext.get::<tracing_opentelemetry::OtelData>()?;
+                    Some((data.trace_id()?, data.span_id()?))
+                });
             let Some((trace, span)) = ids.filter(|(t, _)| *t != opentelemetry::TraceId::INVALID)
             else {
                 return self.inner.format_event(ctx, writer, event);

@@ -185,7 +185,8 @@ pub fn inject_current(headers: &mut http::HeaderMap) {
 /// The trace context a caller sent in `headers` (an empty context when there is none or it
 /// does not parse).
 pub fn extract(headers: &http::HeaderMap) -> Option<Context> {
-    if !is_active() {
+    // Most requests carry no trace context: no propagator call for them.
+    if !is_active() || !headers.contains_key(TRACEPARENT) {
         return None;
     }
     let cx = global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));

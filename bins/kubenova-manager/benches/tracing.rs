@@ -14,10 +14,22 @@
 //! Targets: 3 ≥ 97% of 2's rate (traces off cost nothing measurable); 4 ≥ 95% of 3's (1%
 //! sampling costs under 5%); 5 is reported (the price of exporting every request).
 //!
+//! Each measurement runs in a child process of its own (this benchmark re-executed with
+//! `KUBENOVA_BENCH_VARIANT`), as each binary installs exactly one subscriber: the trace
+//! propagator and the sampler are process-wide, so two traces-on subscribers in one
+//! process would share the last one's sampling ratio, and traces-off variants would run
+//! with propagation switched on.
+//!
 //! `cargo bench -p kubenova-manager --bench tracing` (`KUBENOVA_BENCH_REQUESTS`, default
 //! 20,000 per round; 5 rounds; `KUBENOVA_BENCH_ONLY=none,baseline,off,sampled,on` runs only
-//! the variants named, e.g. under a profiler). Under `cargo test` (no `--bench`) it runs a few requests.
+//! the variants named, e.g. under a profiler). Under `cargo test` (no `--bench`) it runs a
+//! few requests of each variant.
 #![allow(clippy::unwrap_used, clippy::print_stdout, missing_docs)]
+
+/// The allocator of the `kubenova-manager` binary, so the in-process figures match it.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
@@ -78,16 +90,27 @@ fn id(body: &[u8]) -> String {
     v["id"].as_str().unwrap().to_string()
 }
 
-/// An OTLP/HTTP endpoint that accepts every export and keeps nothing.
-async fn sink_receiver() -> String {
-    let app = axum::Router::new().route(
-        "/v1/traces",
-        axum::routing::post(|_body: bytes::Bytes| async { Vec::<u8>::new() }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}")
+/// An OTLP/HTTP endpoint that accepts every export and keeps nothing, served on a thread
+/// of its own (as a collector runs elsewhere: receiving is not the manager's cost).
+fn sink_receiver() -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let app = axum::Router::new().route(
+                "/v1/traces",
+                axum::routing::post(|_body: bytes::Bytes| async { Vec::<u8>::new() }),
+            );
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(format!("http://{}", listener.local_addr().unwrap()))
+                .unwrap();
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    rx.recv().unwrap()
 }
 
 /// The subscriber of the binaries before traces: `fmt().json()` with a global filter.
@@ -131,6 +154,8 @@ fn shipped_dispatch(
     .unwrap()
 }
 
+const VARIANT_VAR: &str = "KUBENOVA_BENCH_VARIANT";
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let per_round: usize = if full {
@@ -141,12 +166,21 @@ fn main() {
     } else {
         200
     };
+    if let Ok(name) = std::env::var(VARIANT_VAR) {
+        let variant = Variant::ALL
+            .into_iter()
+            .find(|v| v.name() == name)
+            .unwrap_or_else(|| panic!("{VARIANT_VAR}={name:?} names no variant"));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let us = rt.block_on(measure(variant, per_round));
+        println!("{us}");
+        return;
+    }
     let rounds = if full { 5 } else { 1 };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(run(per_round, rounds));
+    compare(full, per_round, rounds);
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -159,6 +193,24 @@ enum Variant {
 }
 
 impl Variant {
+    const ALL: [Variant; 5] = [
+        Variant::None,
+        Variant::Baseline,
+        Variant::Off,
+        Variant::OnSampled,
+        Variant::On,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Variant::None => "none",
+            Variant::Baseline => "baseline",
+            Variant::Off => "off",
+            Variant::OnSampled => "sampled",
+            Variant::On => "on",
+        }
+    }
+
     fn label(self) -> &'static str {
         match self {
             Variant::None => "no subscriber",
@@ -170,7 +222,8 @@ impl Variant {
     }
 }
 
-async fn run(per_round: usize, rounds: usize) {
+/// One round of one variant, in this (child) process: µs per request.
+async fn measure(variant: Variant, per_round: usize) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("bench.db").display());
     let keyring = Keyring::new(vec![Kek::new("bench", &[7; 32]).unwrap()]).unwrap();
@@ -204,68 +257,86 @@ async fn run(per_round: usize, rounds: usize) {
     assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
     let path = format!("{tenants}/{}", id(&b));
 
-    let baseline = baseline_dispatch();
-    let (off, _off_guard) = shipped_dispatch(None, 1.0);
-    let endpoint = sink_receiver().await;
-    let (sampled, mut sampled_guard) = shipped_dispatch(Some(&endpoint), 0.01);
-    let (on, mut on_guard) = shipped_dispatch(Some(&endpoint), 1.0);
-    assert!(on_guard.traces.is_some(), "traces did not turn on");
+    let (dispatch, mut guard) = match variant {
+        Variant::None => (tracing::Dispatch::none(), None),
+        Variant::Baseline => (baseline_dispatch(), None),
+        Variant::Off => {
+            let (d, g) = shipped_dispatch(None, 1.0);
+            assert!(g.traces.is_none(), "traces turned on without an endpoint");
+            (d, Some(g))
+        }
+        Variant::OnSampled | Variant::On => {
+            let ratio = if variant == Variant::On { 1.0 } else { 0.01 };
+            let (d, g) = shipped_dispatch(Some(&sink_receiver()), ratio);
+            assert!(g.traces.is_some(), "traces did not turn on");
+            (d, Some(g))
+        }
+    };
+    let _scope = tracing::dispatcher::set_default(&dispatch);
+    for _ in 0..(per_round / 20).max(10) {
+        let (s, _) = call(&app, Method::GET, &path, &token, None).await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let started = Instant::now();
+    for _ in 0..per_round {
+        let (s, _) = call(&app, Method::GET, &path, &token, None).await;
+        assert_eq!(s, StatusCode::OK);
+    }
+    let us = started.elapsed().as_secs_f64() * 1e6 / per_round as f64;
+    if let Some(g) = guard.as_mut() {
+        g.shutdown();
+    }
+    store.close().await;
+    us
+}
 
+/// Runs every variant's rounds as child processes, in rotating order, and prints the table.
+fn compare(full: bool, per_round: usize, rounds: usize) {
     let only = std::env::var("KUBENOVA_BENCH_ONLY").unwrap_or_default();
-    let variants: Vec<Variant> = [
-        (Variant::None, "none"),
-        (Variant::Baseline, "baseline"),
-        (Variant::Off, "off"),
-        (Variant::OnSampled, "sampled"),
-        (Variant::On, "on"),
-    ]
-    .into_iter()
-    .filter(|(_, name)| only.is_empty() || only.split(',').any(|o| o.trim() == *name))
-    .map(|(v, _)| v)
-    .collect();
-    let mut best: Vec<(Variant, f64)> = variants.iter().map(|v| (*v, f64::MAX)).collect();
+    let variants: Vec<Variant> = Variant::ALL
+        .into_iter()
+        .filter(|v| only.is_empty() || only.split(',').any(|o| o.trim() == v.name()))
+        .collect();
+    let exe = std::env::current_exe().unwrap();
     let mut all: Vec<(Variant, Vec<f64>)> = variants.iter().map(|v| (*v, Vec::new())).collect();
-    eprintln!("GET {path} through the router, {per_round} requests per round, {rounds} rounds");
+    eprintln!("GET one tenant through the router, {per_round} requests per round, {rounds} rounds");
     for round in 0..rounds {
         // Rotate the order each round so no variant always runs first.
         for k in 0..variants.len() {
             let v = variants[(k + round) % variants.len()];
-            let dispatch = match v {
-                Variant::None => tracing::Dispatch::none(),
-                Variant::Baseline => baseline.clone(),
-                Variant::Off => off.clone(),
-                Variant::OnSampled => sampled.clone(),
-                Variant::On => on.clone(),
-            };
-            let _scope = tracing::dispatcher::set_default(&dispatch);
-            // Warm-up.
-            for _ in 0..(per_round / 20).max(10) {
-                let (s, _) = call(&app, Method::GET, &path, &token, None).await;
-                assert_eq!(s, StatusCode::OK);
+            let mut cmd = std::process::Command::new(&exe);
+            if full {
+                cmd.arg("--bench");
             }
-            let started = Instant::now();
-            for _ in 0..per_round {
-                let (s, _) = call(&app, Method::GET, &path, &token, None).await;
-                assert_eq!(s, StatusCode::OK);
-            }
-            let us = started.elapsed().as_secs_f64() * 1e6 / per_round as f64;
+            let out = cmd
+                .env(VARIANT_VAR, v.name())
+                .env("KUBENOVA_BENCH_REQUESTS", per_round.to_string())
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "variant {} failed", v.name());
+            let us: f64 = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .last()
+                .and_then(|l| l.trim().parse().ok())
+                .unwrap_or_else(|| panic!("variant {} printed no figure", v.name()));
             eprintln!("  round {round}: {:<42} {us:7.2} µs/request", v.label());
-            let slot = best.iter_mut().find(|(x, _)| *x == v).unwrap();
-            slot.1 = slot.1.min(us);
             all.iter_mut().find(|(x, _)| *x == v).unwrap().1.push(us);
         }
     }
-    sampled_guard.shutdown();
-    on_guard.shutdown();
     // Variants left out (`KUBENOVA_BENCH_ONLY`) read as NaN.
-    let get = |v: Variant| best.iter().find(|(x, _)| *x == v).map_or(f64::NAN, |b| b.1);
-    let median = |v: Variant| {
+    let figures = |v: Variant| {
         let mut xs = all
             .iter()
             .find(|(x, _)| *x == v)
             .map(|a| a.1.clone())
             .unwrap_or_default();
         xs.sort_by(f64::total_cmp);
+        xs
+    };
+    let get = |v: Variant| figures(v).first().copied().unwrap_or(f64::NAN);
+    let median = |v: Variant| {
+        let xs = figures(v);
         xs.get(xs.len() / 2).copied().unwrap_or(f64::NAN)
     };
     println!();
@@ -303,5 +374,4 @@ async fn run(per_round: usize, rounds: usize) {
         100.0 * get(Variant::Off) / get(Variant::On),
         get(Variant::On) - get(Variant::Off)
     );
-    store.close().await;
 }

@@ -353,8 +353,9 @@ async fn one_write_is_one_trace_across_manager_and_operator() {
     }
     // The status report that carried the tenant's state back links to the trace; the
     // manager's handling of that report is its child.
-    let (report, report_handled) = {
-        let r = http_sink.lock().unwrap();
+    // (The manager's span may come in a later export batch than the operator's: waited for.)
+    let report_and_handled = |sink: &Sink| {
+        let r = sink.lock().unwrap();
         let report = r
             .spans
             .iter()
@@ -366,8 +367,7 @@ async fn one_write_is_one_trace_across_manager_and_operator() {
                         .iter()
                         .any(|l| hex::encode(&l.trace_id) == trace)
             })
-            .cloned()
-            .unwrap();
+            .cloned()?;
         let sent = r
             .spans
             .iter()
@@ -379,9 +379,18 @@ async fn one_write_is_one_trace_across_manager_and_operator() {
                 .find(|g| g.service == "kubenova-manager" && g.parent() == sent.id())
                 .cloned()
         });
-        (report, handled)
+        Some((report, handled))
     };
-    let handled = report_handled.unwrap_or_else(|| panic!("no manager span under {report:?}"));
+    let handled = wait_for(
+        "the manager's handling of the status report",
+        Duration::from_secs(15),
+        || {
+            let found = report_and_handled(&http_sink).and_then(|(_, h)| h);
+            async move { Ok(found) }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {:?}", report_and_handled(&http_sink)));
     assert_eq!(handled.span.name, "POST /api/v1/agent/status");
 
     // The manager's log line of the request carries the trace and span ids.
