@@ -27,6 +27,7 @@ pub mod catalog;
 #[cfg(feature = "crd")]
 pub mod crd;
 pub mod error;
+pub mod identity;
 pub mod ids;
 pub mod model;
 pub mod quantity;
