@@ -242,7 +242,10 @@ mod tests {
     #[test]
     fn the_strongest_role_wins_across_entries_and_groups() {
         let t = tenant(&[]);
-        let p = project(&t, &["viewer:group:qa", "developer:bob", "owner:group:leads"]);
+        let p = project(
+            &t,
+            &["viewer:group:qa", "developer:bob", "owner:group:leads"],
+        );
         let rows = project_members(&p);
         let bob = Identity {
             subject: "bob".into(),
