@@ -200,6 +200,30 @@ pub trait Store: Send + Sync + 'static {
         opts: &WriteOptions<'_>,
     ) -> Result<()>;
 
+    // ---- memberships -----------------------------------------------------------------
+    /// The memberships (tenant owners, project access entries) whose key is one of `keys`
+    /// (see [`kubenova_api::identity`]): what a person or their groups are named in, by
+    /// tenant, then project (a tenant's owners first), then key. One indexed query; the
+    /// index is kept in the transaction of every tenant and project write.
+    ///
+    /// An empty `keys` finds nothing; more than [`MAX_MEMBERSHIP_KEYS`] is
+    /// [`StoreError::Validation`]. Keys that no subject can have (too long, control
+    /// characters) match nothing.
+    ///
+    /// ```no_run
+    /// # async fn demo(store: &dyn kubenova_store::Store) -> Result<(), kubenova_store::StoreError> {
+    /// use kubenova_api::identity::{Grants, Identity};
+    /// let alice = Identity { subject: "alice@example.com".into(), groups: vec!["ops".into()] };
+    /// let rows = store.memberships_of(&alice.keys()).await?;
+    /// let grants = Grants::of(&alice, &rows);
+    /// println!("owns {} tenant(s), named in {} project(s)", grants.tenants.len(), grants.projects.len());
+    /// # Ok(()) }
+    /// ```
+    async fn memberships_of(
+        &self,
+        keys: &[String],
+    ) -> Result<Vec<kubenova_api::identity::Membership>>;
+
     // ---- projects -------------------------------------------------------------------
     /// Inserts a project (name unique per tenant).
     async fn create_project(&self, project: &Project, opts: &WriteOptions<'_>) -> Result<()>;

@@ -9,10 +9,11 @@ use crate::crypto::{Keyring, SealedSecret};
 use crate::error::{Result, StoreError};
 use crate::types::*;
 use async_trait::async_trait;
+use kubenova_api::identity::{Membership, project_members, tenant_members};
 use kubenova_api::ids::{AppId, ClusterId, ProjectId, RunId, TenantId};
 use kubenova_api::model::{
-    App, AppRevision, AuditEvent, Cluster, ObjectStatus, Project, RunStatus, Tenant, UsageRecord,
-    WorkflowRun,
+    AccessRole, App, AppRevision, AuditEvent, Cluster, ObjectStatus, Project, RunStatus, Tenant,
+    UsageRecord, WorkflowRun,
 };
 use kubenova_api::validate::{Validate, ValidationError};
 use sqlx::Row;
@@ -190,6 +191,35 @@ fn secret_id(owner: Uuid, purpose: &str) -> String {
     format!("{purpose}/{owner}")
 }
 
+/// The marker (a row of `store_markers`) of the membership index's one-time backfill.
+const MEMBERSHIPS_BACKFILL: &str = "memberships-backfill";
+
+/// Records read per round trip by the membership backfill.
+const BACKFILL_PAGE: i64 = 500;
+
+/// The longest key a stored membership can have: a subject (at most
+/// [`SUBJECT_MAX`](kubenova_api::model::SUBJECT_MAX) bytes as written) with its kind
+/// (`user:` for a bare name; `serviceaccount:system:serviceaccount:` for a service account
+/// written `serviceaccount:<ns>:<name>`).
+const MEMBERSHIP_KEY_MAX: usize = kubenova_api::model::SUBJECT_MAX + 32;
+
+/// Whether `key` could be the key of a stored membership (subjects are bounded and free
+/// of control characters); other keys match nothing, so a lookup leaves them out (and
+/// Postgres could not even receive a NUL).
+fn could_be_member_key(key: &str) -> bool {
+    key.len() <= MEMBERSHIP_KEY_MAX && !key.chars().any(char::is_control)
+}
+
+/// A role as stored in `memberships.role` ([`AccessRole::as_str`]).
+fn stored_role(role: &str) -> Result<AccessRole> {
+    [AccessRole::Owner, AccessRole::Developer, AccessRole::Viewer]
+        .into_iter()
+        .find(|r| r.as_str() == role)
+        .ok_or_else(|| {
+            StoreError::Internal(format!("unknown membership role {role:?} in the store"))
+        })
+}
+
 macro_rules! sql_backend {
     ($Store:ident, $Db:ty, $backend:literal, $migrator:expr) => {
         impl $Store {
@@ -229,12 +259,95 @@ macro_rules! sql_backend {
                 &self.pool
             }
 
-            /// Applies pending migrations.
+            /// Applies pending migrations, then the one-time data steps they call for (the
+            /// backfill of the membership index from the tenants and projects stored before
+            /// it existed; done once per database, by the first store to connect).
             pub async fn migrate(&self) -> Result<()> {
                 $migrator.run(&self.pool).await.map_err(|e| match e {
                     sqlx::migrate::MigrateError::Execute(e) => StoreError::from(e),
                     other => StoreError::Internal(format!("migration failed: {other}")),
-                })
+                })?;
+                self.backfill_memberships().await?;
+                Ok(())
+            }
+
+            /// Fills the membership index (migration `0014`) from the stored tenants and
+            /// projects, once per database; returns whether this call did it.
+            ///
+            /// One transaction that starts by inserting the marker `memberships-backfill`
+            /// into `store_markers`: a replica starting at the same time waits on that key
+            /// until this transaction ends, then finds the marker and leaves the index
+            /// alone (or, when this one failed, does the backfill itself). Each tenant's
+            /// and project's rows are replaced, so rows already present are not doubled.
+            /// Every later write keeps the index current (see [`Self::write_members`]).
+            async fn backfill_memberships(&self) -> Result<bool> {
+                let mut tx = self.pool.begin().await?;
+                let marked = sqlx::query("INSERT INTO store_markers (name, at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
+                    .bind(MEMBERSHIPS_BACKFILL)
+                    .bind(now_micros())
+                    .execute(&mut *tx)
+                    .await?;
+                if marked.rows_affected() == 0 {
+                    return Ok(false);
+                }
+                let tenants = Self::backfill_table(&mut *tx, "tenants", |t: &Tenant| (t.id, None, tenant_members(t))).await?;
+                let projects = Self::backfill_table(&mut *tx, "projects", |p: &Project| (p.tenant_id, Some(p.id), project_members(p))).await?;
+                tx.commit().await?;
+                tracing::info!(tenants, projects, "membership index filled from the stored tenants and projects");
+                Ok(true)
+            }
+
+            /// Writes the memberships of every record of `table` (by id, a page per round
+            /// trip) on `conn`; returns how many records were read.
+            async fn backfill_table<T: serde::de::DeserializeOwned>(
+                conn: &mut <$Db as sqlx::Database>::Connection,
+                table: &str,
+                members: impl Fn(&T) -> (TenantId, Option<ProjectId>, Vec<Membership>) + Send + Sync,
+            ) -> Result<usize> {
+                let sql = format!("SELECT id, doc FROM {table} WHERE id > $1 ORDER BY id LIMIT $2");
+                let mut after = Uuid::nil();
+                let mut read = 0;
+                loop {
+                    let rows = sqlx::query(&sql).bind(after).bind(BACKFILL_PAGE).fetch_all(&mut *conn).await?;
+                    for row in &rows {
+                        after = row.try_get("id")?;
+                        let rec: T = row.try_get::<Json<T>, _>("doc")?.0;
+                        let (tenant, project, rows) = members(&rec);
+                        Self::write_members(&mut *conn, tenant, project, &rows).await?;
+                    }
+                    read += rows.len();
+                    if rows.len() < BACKFILL_PAGE as usize {
+                        return Ok(read);
+                    }
+                }
+            }
+
+            /// Replaces the membership rows of one scope on `conn`: a tenant's own (its
+            /// owners; `project` is `None`) or one project's (its access entries), with
+            /// `rows` (from [`tenant_members`] or [`project_members`]).
+            async fn write_members(
+                conn: &mut <$Db as sqlx::Database>::Connection,
+                tenant: TenantId,
+                project: Option<ProjectId>,
+                rows: &[Membership],
+            ) -> Result<()> {
+                match project {
+                    None => sqlx::query("DELETE FROM memberships WHERE tenant_id = $1 AND project_id IS NULL").bind(tenant.0),
+                    Some(p) => sqlx::query("DELETE FROM memberships WHERE project_id = $1").bind(p.0),
+                }
+                .execute(&mut *conn)
+                .await?;
+                for m in rows {
+                    sqlx::query("INSERT INTO memberships (key, cluster_id, tenant_id, project_id, role) VALUES ($1, $2, $3, $4, $5)")
+                        .bind(&m.key)
+                        .bind(m.cluster.0)
+                        .bind(m.tenant.0)
+                        .bind(m.project.map(|p| p.0))
+                        .bind(m.role.as_str())
+                        .execute(&mut *conn)
+                        .await?;
+                }
+                Ok(())
             }
 
             /// Replaces the keyring (e.g. after adding a KEK); follow with
@@ -867,6 +980,7 @@ macro_rules! sql_backend {
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| unique(e.into(), || format!("a tenant named {:?} already exists in cluster {}", t.name, t.cluster_id)))?;
+                Self::write_members(&mut *tx, t.id, None, &tenant_members(t)).await?;
                 Self::record_plan(&mut *tx, t, t.created_at).await?;
                 Self::apply_opts(&mut *tx, opts).await?;
                 tx.commit().await?;
@@ -917,6 +1031,47 @@ macro_rules! sql_backend {
                 Ok(out)
             }
 
+            async fn memberships_of(&self, keys: &[String]) -> Result<Vec<Membership>> {
+                if keys.len() > MAX_MEMBERSHIP_KEYS {
+                    return Err(StoreError::Validation(ValidationError::single(
+                        "keys",
+                        format!(
+                            "a membership lookup takes at most {MAX_MEMBERSHIP_KEYS} keys (got {}); look the keys up in batches",
+                            keys.len()
+                        ),
+                    )));
+                }
+                let mut wanted: Vec<&str> = keys.iter().map(String::as_str).filter(|k| could_be_member_key(k)).collect();
+                wanted.sort_unstable();
+                wanted.dedup();
+                let Some(&first) = wanted.first() else {
+                    return Ok(Vec::new());
+                };
+                // As many placeholders as the next power of two (the first key repeated):
+                // at most nine statement texts, whatever the number of keys.
+                let mut qb = sqlx::QueryBuilder::<$Db>::new(
+                    "SELECT key, cluster_id, tenant_id, project_id, role FROM memberships WHERE key IN (",
+                );
+                let mut list = qb.separated(", ");
+                for k in wanted.iter().copied().chain(std::iter::repeat(first)).take(wanted.len().next_power_of_two()) {
+                    list.push_bind(k);
+                }
+                qb.push(")");
+                let rows = qb.build().fetch_all(&self.pool).await?;
+                let mut out = Vec::with_capacity(rows.len());
+                for r in rows {
+                    out.push(Membership {
+                        key: r.try_get("key")?,
+                        cluster: ClusterId(r.try_get("cluster_id")?),
+                        tenant: TenantId(r.try_get("tenant_id")?),
+                        project: r.try_get::<Option<Uuid>, _>("project_id")?.map(ProjectId),
+                        role: stored_role(r.try_get("role")?)?,
+                    });
+                }
+                out.sort_by(|a, b| (a.tenant, a.project, &a.key).cmp(&(b.tenant, b.project, &b.key)));
+                Ok(out)
+            }
+
             async fn get_tenant(&self, id: TenantId) -> Result<Tenant> {
                 self.cached_doc("tenants", "tenant", id.0).await
             }
@@ -951,6 +1106,7 @@ macro_rules! sql_backend {
                 if res.rows_affected() == 0 {
                     return Err(Self::version_error(&mut *tx, "tenants", "tenant", t.id.0, expected).await);
                 }
+                Self::write_members(&mut *tx, t.id, None, &tenant_members(t)).await?;
                 Self::record_plan(&mut *tx, t, t.updated_at).await?;
                 Self::apply_opts(&mut *tx, opts).await?;
                 tx.commit().await?;
@@ -1019,6 +1175,7 @@ macro_rules! sql_backend {
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| unique(e.into(), || format!("a project named {:?} already exists in tenant {}", p.name, p.tenant_id)))?;
+                Self::write_members(&mut *tx, p.tenant_id, Some(p.id), &project_members(p)).await?;
                 Self::apply_opts(&mut *tx, opts).await?;
                 tx.commit().await?;
                 Ok(())
@@ -1062,6 +1219,7 @@ macro_rules! sql_backend {
                 if res.rows_affected() == 0 {
                     return Err(Self::version_error(&mut *tx, "projects", "project", p.id.0, expected).await);
                 }
+                Self::write_members(&mut *tx, p.tenant_id, Some(p.id), &project_members(p)).await?;
                 Self::apply_opts(&mut *tx, opts).await?;
                 tx.commit().await?;
                 Ok(())

@@ -13,6 +13,9 @@ use uuid::Uuid;
 pub const DEFAULT_PAGE_SIZE: u32 = 100;
 /// Largest page size a caller may ask for.
 pub const MAX_PAGE_SIZE: u32 = 500;
+/// Most keys one [`Store::memberships_of`](crate::Store::memberships_of) lookup takes (a
+/// person's subject and groups).
+pub const MAX_MEMBERSHIP_KEYS: usize = 256;
 
 /// Result of [`Store::ping`](crate::Store::ping).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -107,6 +107,7 @@ metered! {
     fn update_tenant(&self, tenant: &Tenant, expected_version: i64, opts: &WriteOptions<'_>) -> Result<()>;
     fn set_tenant_status(&self, id: TenantId, status: &ObjectStatus) -> Result<Tenant>;
     fn delete_tenant(&self, id: TenantId, cascade: bool, opts: &WriteOptions<'_>) -> Result<()>;
+    fn memberships_of(&self, keys: &[String]) -> Result<Vec<kubenova_api::identity::Membership>>;
     fn create_project(&self, project: &Project, opts: &WriteOptions<'_>) -> Result<()>;
     fn get_project(&self, id: ProjectId) -> Result<Project>;
     fn get_project_uncached(&self, id: ProjectId) -> Result<Project>;
