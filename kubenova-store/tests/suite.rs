@@ -69,6 +69,10 @@ suite!(
     agent_answers_belong_to_their_cluster_and_come_in_order,
     agent_requests_expire_and_go_with_their_app,
     agent_requests_and_answers_are_announced_across_replicas,
+    memberships_follow_owners_and_access,
+    memberships_go_with_their_tenant_project_or_cluster,
+    membership_lookups_are_bounded,
+    memberships_are_backfilled_once,
 );
 
 async fn ping_reports_current_migrations(h: &Harness) {
@@ -2694,4 +2698,283 @@ async fn usage_export_pages_across_tenants(h: &Harness) {
     })
     .await;
     assert_eq!(late.len(), 4);
+}
+
+/// The memberships of `keys`, as (key, tenant, project, role) for comparison.
+async fn members(
+    h: &Harness,
+    keys: &[&str],
+) -> Vec<(String, TenantId, Option<ProjectId>, AccessRole)> {
+    let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+    let rows = h.store.memberships_of(&keys).await.unwrap();
+    rows.into_iter()
+        .map(|m| (m.key, m.tenant, m.project, m.role))
+        .collect()
+}
+
+fn row(
+    key: &str,
+    tenant: TenantId,
+    project: Option<ProjectId>,
+    role: AccessRole,
+) -> (String, TenantId, Option<ProjectId>, AccessRole) {
+    (key.to_string(), tenant, project, role)
+}
+
+/// Runs a statement without parameters on the harness's backend.
+async fn raw(h: &Harness, sql: &str) {
+    if let Some(sq) = &h.sqlite {
+        sqlx::query(sql).execute(sq.pool()).await.unwrap();
+    } else if let Some(pg) = &h.pg {
+        sqlx::query(sql).execute(pg.pool()).await.unwrap();
+    }
+}
+
+/// The number of rows of the membership index (all keys).
+async fn membership_rows(h: &Harness) -> i64 {
+    let sql = "SELECT COUNT(*) FROM memberships";
+    match (&h.sqlite, &h.pg) {
+        (Some(sq), _) => sqlx::query_scalar(sql).fetch_one(sq.pool()).await.unwrap(),
+        (_, Some(pg)) => sqlx::query_scalar(sql).fetch_one(pg.pool()).await.unwrap(),
+        _ => unreachable!(),
+    }
+}
+
+async fn memberships_follow_owners_and_access(h: &Harness) {
+    let s = &h.store;
+    let w = WriteOptions::default();
+    let c = cluster("c");
+    s.create_cluster(&c, b"k", &w).await.unwrap();
+    let mut t = tenant(c.id, "acme");
+    t.owners = vec!["alice@example.com".into(), "group:ops".into()];
+    s.create_tenant(&t, &w).await.unwrap();
+    let mut p = project(&t, "web");
+    p.access = vec!["viewer:bob".into(), "developer:group:ops".into()];
+    s.create_project(&p, &w).await.unwrap();
+    // A tenant nobody here is named in.
+    let mut other = tenant(c.id, "other");
+    other.owners = vec![];
+    s.create_tenant(&other, &w).await.unwrap();
+
+    use AccessRole::*;
+    assert_eq!(
+        members(h, &["user:alice@example.com"]).await,
+        [row("user:alice@example.com", t.id, None, Owner)]
+    );
+    assert_eq!(
+        members(h, &["group:ops"]).await,
+        [
+            row("group:ops", t.id, None, Owner),
+            row("group:ops", t.id, Some(p.id), Developer)
+        ]
+    );
+    assert_eq!(
+        members(h, &["user:bob"]).await,
+        [row("user:bob", t.id, Some(p.id), Viewer)]
+    );
+    // A person and their groups in one lookup; the cluster comes along.
+    let bob = kubenova_api::identity::Identity {
+        subject: "bob".into(),
+        groups: vec!["ops".into()],
+    };
+    let rows = s.memberships_of(&bob.keys()).await.unwrap();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(rows.iter().all(|m| m.cluster == c.id && m.tenant == t.id));
+    let grants = kubenova_api::identity::Grants::of(&bob, &rows);
+    assert!(grants.owns(t.id) && !grants.owns(other.id));
+    assert_eq!(grants.project_role(p.id), Some(Developer));
+    assert!(members(h, &[]).await.is_empty());
+    assert!(
+        members(h, &["user:nobody", "alice@example.com"])
+            .await
+            .is_empty()
+    );
+
+    // Updates replace the scope's rows: a removed person is named in nothing.
+    let mut t2 = t.clone();
+    t2.owners = vec!["group:ops".into(), "carol".into()];
+    t2.version = 2;
+    s.update_tenant(&t2, 1, &w).await.unwrap();
+    assert!(members(h, &["user:alice@example.com"]).await.is_empty());
+    assert_eq!(
+        members(h, &["user:carol", "group:ops"]).await,
+        [
+            row("group:ops", t.id, None, Owner),
+            row("user:carol", t.id, None, Owner),
+            row("group:ops", t.id, Some(p.id), Developer)
+        ]
+    );
+    let mut p2 = p.clone();
+    p2.access = vec!["owner:bob".into(), "viewer:user:bob".into()];
+    p2.version = 2;
+    s.update_project(&p2, 1, &w).await.unwrap();
+    assert_eq!(
+        members(h, &["user:bob", "group:ops"]).await,
+        [
+            row("group:ops", t.id, None, Owner),
+            row("user:bob", t.id, Some(p.id), Owner)
+        ],
+        "the project's rows were rewritten, the tenant's kept"
+    );
+
+    // A failed update leaves the rows as they were: a stale version, a taken name.
+    let before = members(h, &["user:bob", "user:carol", "group:ops", "user:mallory"]).await;
+    let mut stale = t2.clone();
+    stale.owners = vec!["mallory".into()];
+    let err = s.update_tenant(&stale, 1, &w).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::PreconditionFailed { .. }),
+        "{err}"
+    );
+    let mut stale = p2.clone();
+    stale.access = vec!["owner:mallory".into()];
+    let err = s.update_project(&stale, 1, &w).await.unwrap_err();
+    assert!(
+        matches!(err, StoreError::PreconditionFailed { .. }),
+        "{err}"
+    );
+    let mut taken = t2.clone();
+    taken.owners = vec!["mallory".into()];
+    taken.name = "other".into();
+    taken.version = 3;
+    let err = s.update_tenant(&taken, 2, &w).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err}");
+    // A project whose tenant is not in its cluster is refused before anything is written.
+    let mut stray = project(&t, "stray");
+    stray.cluster_id = ClusterId::new();
+    stray.access = vec!["owner:mallory".into()];
+    assert!(s.create_project(&stray, &w).await.is_err());
+    assert_eq!(
+        members(h, &["user:bob", "user:carol", "group:ops", "user:mallory"]).await,
+        before
+    );
+}
+
+async fn memberships_go_with_their_tenant_project_or_cluster(h: &Harness) {
+    let s = &h.store;
+    let w = WriteOptions::default();
+    let c = cluster("c");
+    s.create_cluster(&c, b"k", &w).await.unwrap();
+    let mut t = tenant(c.id, "acme");
+    t.owners = vec!["alice@example.com".into(), "group:ops".into()];
+    s.create_tenant(&t, &w).await.unwrap();
+    let mut p = project(&t, "web");
+    p.access = vec!["viewer:bob".into(), "developer:group:ops".into()];
+    s.create_project(&p, &w).await.unwrap();
+    let mut q = project(&t, "api");
+    q.access = vec!["bob".into()];
+    s.create_project(&q, &w).await.unwrap();
+    let (a, r) = app(&q, "svc");
+    s.create_app(&a, &r, &w).await.unwrap();
+    assert_eq!(membership_rows(h).await, 5);
+
+    // A project delete takes its rows only.
+    s.delete_project(p.id, false, &w).await.unwrap();
+    assert_eq!(
+        members(h, &["user:bob", "group:ops"]).await,
+        [
+            row("group:ops", t.id, None, AccessRole::Owner),
+            row("user:bob", t.id, Some(q.id), AccessRole::Developer)
+        ]
+    );
+    // A tenant delete (its projects and apps with it) takes every row of the tenant.
+    s.delete_tenant(t.id, true, &w).await.unwrap();
+    assert!(
+        members(h, &["user:alice@example.com", "user:bob", "group:ops"])
+            .await
+            .is_empty()
+    );
+    assert_eq!(membership_rows(h).await, 0);
+
+    // So does a cluster delete with cascade.
+    let mut t = tenant(c.id, "beta");
+    t.owners = vec!["group:ops".into()];
+    s.create_tenant(&t, &w).await.unwrap();
+    let mut p = project(&t, "web");
+    p.access = vec!["viewer:bob".into()];
+    s.create_project(&p, &w).await.unwrap();
+    assert_eq!(membership_rows(h).await, 2);
+    s.delete_cluster(c.id, true, &w).await.unwrap();
+    assert_eq!(membership_rows(h).await, 0);
+}
+
+async fn membership_lookups_are_bounded(h: &Harness) {
+    let s = &h.store;
+    let w = WriteOptions::default();
+    let c = cluster("c");
+    s.create_cluster(&c, b"k", &w).await.unwrap();
+    let mut t = tenant(c.id, "acme");
+    t.owners = vec!["group:g200".into()];
+    s.create_tenant(&t, &w).await.unwrap();
+
+    let mut keys: Vec<String> = (0..MAX_MEMBERSHIP_KEYS)
+        .map(|i| format!("group:g{i}"))
+        .collect();
+    let rows = s.memberships_of(&keys).await.unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].tenant, t.id);
+    keys.push("user:one-too-many".into());
+    let err = s.memberships_of(&keys).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Validation(_)) && err.to_string().contains("at most 256 keys"),
+        "{err}"
+    );
+    // Keys no subject can have match nothing (Postgres could not even receive the NUL).
+    let odd = vec![
+        "user:a\0b".to_string(),
+        format!("user:{}", "x".repeat(4096)),
+        "group:g200".to_string(),
+        "group:g200".to_string(),
+    ];
+    let rows = s.memberships_of(&odd).await.unwrap();
+    assert_eq!(rows.len(), 1, "duplicates count once: {rows:?}");
+    assert!(s.memberships_of(&odd[..2]).await.unwrap().is_empty());
+    // Every placeholder bucket size answers the same.
+    for n in [1, 2, 3, 5, 17, 200] {
+        let ks: Vec<String> = (200 - n + 1..=200).map(|i| format!("group:g{i}")).collect();
+        assert_eq!(s.memberships_of(&ks).await.unwrap().len(), 1, "{n} keys");
+    }
+}
+
+async fn memberships_are_backfilled_once(h: &Harness) {
+    let s = &h.store;
+    let w = WriteOptions::default();
+    let c = cluster("c");
+    s.create_cluster(&c, b"k", &w).await.unwrap();
+    let mut t = tenant(c.id, "acme");
+    t.owners = vec!["alice@example.com".into(), "group:ops".into()];
+    s.create_tenant(&t, &w).await.unwrap();
+    let mut p = project(&t, "web");
+    p.access = vec!["viewer:bob".into(), "developer:group:ops".into()];
+    s.create_project(&p, &w).await.unwrap();
+    let mut quiet = tenant(c.id, "quiet");
+    quiet.owners = vec![];
+    s.create_tenant(&quiet, &w).await.unwrap();
+    let keys = ["user:alice@example.com", "group:ops", "user:bob"];
+    let want = members(h, &keys).await;
+    assert_eq!(want.len(), 4);
+    assert_eq!(membership_rows(h).await, 4);
+
+    // A store written before the index existed: no rows, no marker.
+    raw(h, "DELETE FROM memberships").await;
+    raw(h, "DELETE FROM store_markers").await;
+    assert!(members(h, &keys).await.is_empty());
+    // Two starts at once (two replicas): one fills the index, the other finds it done.
+    let migrate = || async {
+        match (&h.sqlite, &h.pg) {
+            (Some(sq), _) => sq.migrate().await,
+            (_, Some(pg)) => pg.migrate().await,
+            _ => unreachable!(),
+        }
+    };
+    let (a, b) = tokio::join!(migrate(), migrate());
+    a.unwrap();
+    b.unwrap();
+    assert_eq!(members(h, &keys).await, want);
+    assert_eq!(membership_rows(h).await, 4, "filled once, not twice");
+
+    // Once per database: a later start leaves the index to the writes.
+    raw(h, "DELETE FROM memberships").await;
+    migrate().await.unwrap();
+    assert_eq!(membership_rows(h).await, 0);
 }
