@@ -311,6 +311,12 @@ pub async fn build_state(
     let store = store_args.open().await?;
     record_catalog_prices(store.as_ref(), &catalog, time::OffsetDateTime::now_utc()).await?;
     let auth = api::auth::Authenticator::from_config(&cfg, &store_args.data_dir)?;
+    if let Some(oidc) = auth.identity_providers() {
+        // Fetched in the background: until an issuer's keys are in, `/api/v1/readyz` says so and
+        // its people's tokens are refused with the reason.
+        tracing::info!(issuers = ?oidc.issuer_urls(), "signing people in with identity providers");
+        drop(oidc.spawn_refresher());
+    }
     if auth.is_disabled() {
         tracing::warn!(
             "AUTHENTICATION IS DISABLED (--insecure-dev-no-auth): every request is the admin \"dev\"; never use this outside local development"

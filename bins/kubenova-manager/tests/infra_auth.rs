@@ -132,8 +132,17 @@ fn es256_and_oidc_tokens() {
         (p.subject.as_str(), p.roles.clone()),
         ("carol", vec![Role::ReadOnly])
     );
+    // Tokens are routed by `iss`: another issuer's is refused whatever key it names, and
+    // one claiming this manager's own issuer is checked as a local (HS256) token.
+    let local_claim = sign(
+        json!({"sub": "carol", "roles": ["admin"], "iss": "kubenova", "aud": "kubenova-api", "exp": now() + 60}),
+    );
+    assert_eq!(
+        auth.verify(&local_claim).unwrap_err().error.code.as_str(),
+        "KN-401"
+    );
     let wrong_iss = sign(
-        json!({"sub": "carol", "roles": [], "iss": "kubenova", "aud": "kubenova-api", "exp": now() + 60}),
+        json!({"sub": "carol", "roles": [], "iss": "https://elsewhere.example.com", "aud": "kubenova-api", "exp": now() + 60}),
     );
     assert!(
         auth.verify(&wrong_iss)

@@ -102,12 +102,6 @@ pub struct MintedToken {
     pub expires_at: OffsetDateTime,
 }
 
-struct Oidc {
-    issuer: String,
-    audience: String,
-    jwks: JwkSet,
-}
-
 /// How requests are authenticated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMode {
@@ -136,7 +130,7 @@ pub struct Authenticator {
     algorithm: Algorithm,
     decoding: Option<DecodingKey>,
     encoding: Option<EncodingKey>,
-    oidc: Option<Oidc>,
+    oidc: Option<std::sync::Arc<super::oidc::Oidc>>,
     issuer: String,
     audience: String,
     leeway: u64,
@@ -247,7 +241,7 @@ impl std::fmt::Debug for Authenticator {
             .field("mode", &self.mode)
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
-            .field("oidc", &self.oidc.as_ref().map(|o| &o.issuer))
+            .field("oidc", &self.oidc.as_ref().map(|o| o.issuer_urls()))
             .field("can_mint", &self.encoding.is_some())
             .finish_non_exhaustive()
     }
@@ -330,9 +324,12 @@ impl Authenticator {
         }
     }
 
-    /// Also accepts tokens of an external OIDC issuer verified by its JWKS (JSON text).
+    /// Also accepts tokens of an external OIDC issuer verified by its JWKS (JSON text),
+    /// with the token's own `roles`, `tenants` and `projects` claims (the form of the
+    /// `--oidc-issuer` / `--oidc-jwks-file` flags; see [`Authenticator::with_identity_providers`]
+    /// for rights derived from groups and the model).
     pub fn with_oidc(
-        mut self,
+        self,
         issuer: &str,
         audience: &str,
         jwks_json: &str,
@@ -342,12 +339,35 @@ impl Authenticator {
         if jwks.keys.is_empty() {
             return Err(AuthSetupError::Config("OIDC JWKS has no keys".into()));
         }
-        self.oidc = Some(Oidc {
+        let config = super::oidc::IssuerConfig {
             issuer: issuer.into(),
             audience: audience.into(),
-            jwks,
-        });
-        Ok(self)
+            subject_claim: "sub".into(),
+            groups_claim: "groups".into(),
+            subject_prefix: String::new(),
+            groups_prefix: String::new(),
+            jwks_file: None,
+            role_claims: true,
+        };
+        Ok(
+            self.with_identity_providers(std::sync::Arc::new(super::oidc::Oidc::from_issuers(
+                vec![super::oidc::Issuer::with_keys(config, jwks)],
+                super::oidc::PlatformRoles::default(),
+            ))),
+        )
+    }
+
+    /// Also signs people in with these identity providers: a token whose `iss` is one of
+    /// theirs is verified with that issuer's keys and audience, and its subject and groups
+    /// are mapped by the issuer's settings (see [`super::oidc`]).
+    pub fn with_identity_providers(mut self, oidc: std::sync::Arc<super::oidc::Oidc>) -> Self {
+        self.oidc = Some(oidc);
+        self
+    }
+
+    /// The identity providers, when configured.
+    pub fn identity_providers(&self) -> Option<&std::sync::Arc<super::oidc::Oidc>> {
+        self.oidc.as_ref()
     }
 
     /// Builds the authenticator the configuration asks for; generates the HS256 secret
@@ -383,13 +403,31 @@ impl Authenticator {
                 cfg.max_token_ttl,
             )
         };
-        if let (Some(issuer), Some(file)) = (&cfg.oidc_issuer, &cfg.oidc_jwks_file) {
-            let text = std::fs::read_to_string(file).map_err(io_err(file))?;
+        if let Some(path) = &cfg.oidc_config {
+            let config = super::oidc::OidcConfig::load(path).map_err(AuthSetupError::Config)?;
+            let oidc = super::oidc::Oidc::new(config).map_err(AuthSetupError::Config)?;
+            auth = auth.with_identity_providers(std::sync::Arc::new(oidc));
+        } else if let Some(issuer) = &cfg.oidc_issuer {
             let aud = cfg
                 .oidc_audience
                 .clone()
                 .unwrap_or_else(|| cfg.jwt_audience.clone());
-            auth = auth.with_oidc(issuer, &aud, &text)?;
+            let config = super::oidc::OidcConfig {
+                issuers: vec![super::oidc::IssuerConfig {
+                    issuer: issuer.clone(),
+                    audience: aud,
+                    subject_claim: "sub".into(),
+                    groups_claim: "groups".into(),
+                    subject_prefix: String::new(),
+                    groups_prefix: String::new(),
+                    jwks_file: cfg.oidc_jwks_file.clone(),
+                    role_claims: true,
+                }],
+                platform_roles: super::oidc::PlatformRoles::default(),
+            };
+            let oidc = super::oidc::Oidc::new(config)
+                .map_err(|e| AuthSetupError::Config(format!("--oidc-issuer: {e}")))?;
+            auth = auth.with_identity_providers(std::sync::Arc::new(oidc));
         }
         Ok(auth)
     }
@@ -467,27 +505,49 @@ impl Authenticator {
         Ok(principal)
     }
 
+    /// [`Authenticator::authenticate`], after fetching an identity provider's keys again
+    /// when the token names a key not seen yet (a rotation; at most once per
+    /// [`super::oidc::REFRESH_MIN_GAP`] per issuer).
+    pub async fn authenticate_async(
+        &self,
+        authorization: Option<&str>,
+    ) -> Result<Principal, ApiError> {
+        if let Some(oidc) = &self.oidc
+            && let Some(token) = authorization
+                .and_then(|h| h.trim().split_once(' '))
+                .map(|(_, t)| t.trim())
+            && let Some(issuer) = unknown_key_issuer(oidc, token)
+            && self
+                .verified
+                .get(
+                    &VerifiedTokens::key(token),
+                    OffsetDateTime::now_utc().unix_timestamp(),
+                )
+                .is_none()
+        {
+            issuer.refresh().await;
+        }
+        self.authenticate(authorization)
+    }
+
     /// The full check of [`Authenticator::verify`]: the principal and the token's `exp`.
     fn verify_uncached(&self, token: &str) -> Result<(Principal, i64), ApiError> {
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| ApiError::unauthenticated("the bearer token is not a well-formed JWT"))?;
-        // A token whose `kid` is in the OIDC issuer's JWKS is verified by that issuer's rules.
+        // Tokens are routed by their (still unverified) `iss`: an identity provider's are
+        // verified by that provider's keys and rules, and nothing else.
+        let iss = peek_issuer(token);
         if let Some(oidc) = &self.oidc
-            && let Some(jwk) = header.kid.as_deref().and_then(|k| oidc.jwks.find(k))
+            && let Some(iss) = iss.as_deref()
+            && iss != self.issuer
         {
-            if matches!(
-                header.alg,
-                Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
-            ) {
-                return Err(ApiError::unauthenticated(
-                    "the token's algorithm is not accepted for the OIDC issuer",
-                ));
-            }
-            let key = DecodingKey::from_jwk(jwk)
-                .map_err(|_| ApiError::unauthenticated("the OIDC key of this token is unusable"))?;
-            let validation = self.validation(header.alg, &oidc.issuer, &oidc.audience);
-            return decode_claims(token, &key, &validation, &oidc.issuer, &oidc.audience)
-                .and_then(principal_and_exp);
+            let Some(issuer) = oidc.issuer(iss) else {
+                return Err(ApiError::unauthenticated(format!(
+                    "the bearer token's issuer {:?} is not one this manager trusts",
+                    clip(iss, 120)
+                )));
+            };
+            return self.verify_oidc(token, &header, issuer, &oidc.platform_roles);
         }
         let Some(key) = &self.decoding else {
             return Err(ApiError::unauthenticated("no key can verify this token"));
@@ -501,6 +561,106 @@ impl Authenticator {
         let validation = self.validation(self.algorithm, &self.issuer, &self.audience);
         decode_claims(token, key, &validation, &self.issuer, &self.audience)
             .and_then(principal_and_exp)
+    }
+
+    /// An identity provider's token: its key, algorithm, issuer, audience and times, then
+    /// its subject and groups by the issuer's mapping and the platform roles the groups grant.
+    fn verify_oidc(
+        &self,
+        token: &str,
+        header: &Header,
+        issuer: &super::oidc::Issuer,
+        platform: &super::oidc::PlatformRoles,
+    ) -> Result<(Principal, i64), ApiError> {
+        let cfg = &issuer.config;
+        if !matches!(
+            header.alg,
+            Algorithm::RS256
+                | Algorithm::RS384
+                | Algorithm::RS512
+                | Algorithm::PS256
+                | Algorithm::PS384
+                | Algorithm::PS512
+                | Algorithm::ES256
+                | Algorithm::ES384
+                | Algorithm::EdDSA
+        ) {
+            return Err(ApiError::unauthenticated(format!(
+                "the token's algorithm {:?} is not accepted for an identity provider (asymmetric signatures only)",
+                header.alg
+            )));
+        }
+        let Some(jwk) = issuer.key(header.kid.as_deref()) else {
+            return Err(ApiError::unauthenticated(match &header.kid {
+                Some(kid) => format!(
+                    "the issuer's keys have no key {:?} (fetched again at most every {} s)",
+                    clip(kid, 64),
+                    super::oidc::REFRESH_MIN_GAP.as_secs()
+                ),
+                None => "the token names no key (kid) and the issuer has several".to_string(),
+            }));
+        };
+        if let Some(alg) = jwk.common.key_algorithm
+            && format!("{alg:?}") != format!("{:?}", header.alg)
+        {
+            return Err(ApiError::unauthenticated(format!(
+                "the token is signed with {:?} but its key is for {alg:?}",
+                header.alg
+            )));
+        }
+        let key = DecodingKey::from_jwk(&jwk).map_err(|_| {
+            ApiError::unauthenticated("the issuer's key for this token is unusable")
+        })?;
+        let validation = self.validation(header.alg, &cfg.issuer, &cfg.audience);
+        let claims = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            token,
+            &key,
+            &validation,
+        )
+        .map_err(|e| claims_error(&e, &cfg.issuer, &cfg.audience))?
+        .claims;
+        let exp = claims
+            .get("exp")
+            .and_then(serde_json::Value::as_i64)
+            .ok_or_else(|| ApiError::unauthenticated("the bearer token lacks the \"exp\" claim"))?;
+        let subject = match claims.get(&cfg.subject_claim) {
+            Some(serde_json::Value::String(s)) if !s.trim().is_empty() => {
+                format!("{}{s}", cfg.subject_prefix)
+            }
+            _ => {
+                return Err(ApiError::unauthenticated(format!(
+                    "the token has no {:?} claim to take the subject from (the issuer's subjectClaim)",
+                    cfg.subject_claim
+                )));
+            }
+        };
+        check_subject(&subject)?;
+        let groups = groups_of(claims.get(&cfg.groups_claim), &cfg.groups_prefix)?;
+        let mut principal = if cfg.role_claims {
+            let own: Claims = serde_json::from_value(serde_json::Value::Object(claims.clone()))
+                .map_err(|_| {
+                    ApiError::unauthenticated("the bearer token's claims have the wrong types")
+                })?;
+            let mut p = principal_of(Claims {
+                sub: subject.clone(),
+                ..own
+            })?;
+            p.subject = subject;
+            p
+        } else {
+            Principal {
+                subject,
+                ..Principal::default()
+            }
+        };
+        for role in platform.of(&groups) {
+            if !principal.roles.contains(&role) {
+                principal.roles.push(role);
+            }
+        }
+        principal.groups = groups;
+        principal.issuer = Some(cfg.issuer.clone());
+        Ok((principal, exp))
     }
 
     fn validation(&self, alg: Algorithm, issuer: &str, audience: &str) -> Validation {
@@ -640,8 +800,7 @@ fn dev_principal() -> Principal {
     Principal {
         subject: DEV_SUBJECT.into(),
         roles: vec![Role::Admin],
-        tenants: vec![],
-        projects: vec![],
+        ..Principal::default()
     }
 }
 
@@ -654,32 +813,117 @@ fn decode_claims(
 ) -> Result<Claims, ApiError> {
     jsonwebtoken::decode::<Claims>(token, key, validation)
         .map(|d| d.claims)
-        .map_err(|e| {
-            let msg = match e.kind() {
-                ErrorKind::ExpiredSignature => "the bearer token has expired".to_string(),
-                ErrorKind::ImmatureSignature => {
-                    "the bearer token is not valid yet (nbf)".to_string()
+        .map_err(|e| claims_error(&e, issuer, audience))
+}
+
+/// What a token that failed verification is told (never the token).
+fn claims_error(e: &jsonwebtoken::errors::Error, issuer: &str, audience: &str) -> ApiError {
+    let msg = match e.kind() {
+        ErrorKind::ExpiredSignature => "the bearer token has expired".to_string(),
+        ErrorKind::ImmatureSignature => "the bearer token is not valid yet (nbf)".to_string(),
+        ErrorKind::InvalidSignature => "the bearer token's signature is invalid".to_string(),
+        ErrorKind::InvalidAudience => {
+            format!("the bearer token is not for this audience (expected aud {audience:?})")
+        }
+        ErrorKind::InvalidIssuer => {
+            format!("the bearer token is from another issuer (expected iss {issuer:?})")
+        }
+        ErrorKind::InvalidAlgorithm => "the bearer token's algorithm is not accepted".to_string(),
+        ErrorKind::MissingRequiredClaim(c) => format!("the bearer token lacks the {c:?} claim"),
+        ErrorKind::Json(_) => "the bearer token's claims have the wrong types".to_string(),
+        _ => "the bearer token is malformed".to_string(),
+    };
+    ApiError::unauthenticated(msg)
+}
+
+/// The `iss` claim of a compact JWT, read without verifying it (to choose the verifier).
+fn peek_issuer(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    #[derive(Deserialize)]
+    struct Iss {
+        iss: Option<String>,
+    }
+    let payload = token.split('.').nth(1)?;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .ok()?;
+    serde_json::from_slice::<Iss>(&raw).ok()?.iss
+}
+
+/// The identity provider whose token this is, when the token names a key it has not got.
+fn unknown_key_issuer<'o>(
+    oidc: &'o super::oidc::Oidc,
+    token: &str,
+) -> Option<&'o std::sync::Arc<super::oidc::Issuer>> {
+    let issuer = oidc.issuer(&peek_issuer(token)?)?;
+    let kid = jsonwebtoken::decode_header(token).ok()?.kid;
+    issuer.key(kid.as_deref()).is_none().then_some(issuer)
+}
+
+/// At most `n` characters of a value from a token, for a message.
+fn clip(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
+
+/// The groups claim: an array of strings or one string, each prefixed; at most
+/// [`super::oidc::MAX_GROUPS`].
+fn groups_of(v: Option<&serde_json::Value>, prefix: &str) -> Result<Vec<String>, ApiError> {
+    let names: Vec<&str> = match v {
+        None | Some(serde_json::Value::Null) => vec![],
+        Some(serde_json::Value::String(s)) => vec![s.as_str()],
+        Some(serde_json::Value::Array(items)) => {
+            let mut out = Vec::with_capacity(items.len());
+            for i in items {
+                match i.as_str() {
+                    Some(s) => out.push(s),
+                    None => {
+                        return Err(ApiError::unauthenticated(
+                            "the token's groups claim holds something other than strings",
+                        ));
+                    }
                 }
-                ErrorKind::InvalidSignature => {
-                    "the bearer token's signature is invalid".to_string()
-                }
-                ErrorKind::InvalidAudience => {
-                    format!("the bearer token is not for this audience (expected aud {audience:?})")
-                }
-                ErrorKind::InvalidIssuer => {
-                    format!("the bearer token is from another issuer (expected iss {issuer:?})")
-                }
-                ErrorKind::InvalidAlgorithm => {
-                    "the bearer token's algorithm is not accepted".to_string()
-                }
-                ErrorKind::MissingRequiredClaim(c) => {
-                    format!("the bearer token lacks the {c:?} claim")
-                }
-                ErrorKind::Json(_) => "the bearer token's claims have the wrong types".to_string(),
-                _ => "the bearer token is malformed".to_string(),
-            };
-            ApiError::unauthenticated(msg)
-        })
+            }
+            out
+        }
+        Some(_) => {
+            return Err(ApiError::unauthenticated(
+                "the token's groups claim is neither a string nor an array of strings",
+            ));
+        }
+    };
+    if names.len() > super::oidc::MAX_GROUPS {
+        return Err(ApiError::unauthenticated(format!(
+            "the token names more than {} groups",
+            super::oidc::MAX_GROUPS
+        )));
+    }
+    let mut groups: Vec<String> = Vec::with_capacity(names.len());
+    for n in names {
+        if n.is_empty() || n.len() > 253 || n.chars().any(char::is_control) {
+            return Err(ApiError::unauthenticated(
+                "the token's groups must be 1 to 253 characters without control characters",
+            ));
+        }
+        let g = format!("{prefix}{n}");
+        if !groups.contains(&g) {
+            groups.push(g);
+        }
+    }
+    Ok(groups)
+}
+
+fn check_subject(sub: &str) -> Result<(), ApiError> {
+    if sub.trim().is_empty() {
+        return Err(ApiError::unauthenticated(
+            "the bearer token has an empty sub claim",
+        ));
+    }
+    if sub.chars().any(char::is_control) || sub.len() > 253 {
+        return Err(ApiError::unauthenticated(
+            "the bearer token's sub claim must be at most 253 characters without control characters",
+        ));
+    }
+    Ok(())
 }
 
 fn principal_and_exp(claims: Claims) -> Result<(Principal, i64), ApiError> {
@@ -688,16 +932,7 @@ fn principal_and_exp(claims: Claims) -> Result<(Principal, i64), ApiError> {
 }
 
 fn principal_of(claims: Claims) -> Result<Principal, ApiError> {
-    if claims.sub.trim().is_empty() {
-        return Err(ApiError::unauthenticated(
-            "the bearer token has an empty sub claim",
-        ));
-    }
-    if claims.sub.chars().any(char::is_control) || claims.sub.len() > 253 {
-        return Err(ApiError::unauthenticated(
-            "the bearer token's sub claim must be at most 253 characters without control characters",
-        ));
-    }
+    check_subject(&claims.sub)?;
     let mut roles = Vec::with_capacity(claims.roles.len());
     for r in &claims.roles {
         match Role::parse(r) {
@@ -730,6 +965,7 @@ fn principal_of(claims: Claims) -> Result<Principal, ApiError> {
             .into_iter()
             .map(ProjectId::from)
             .collect(),
+        ..Principal::default()
     })
 }
 

@@ -15,8 +15,9 @@
 //! may not change is **KN-403**.
 
 use super::error::ApiError;
+use kubenova_api::identity::{Grants, Identity};
 use kubenova_api::ids::{ProjectId, TenantId};
-use kubenova_api::model::{Project, Tenant};
+use kubenova_api::model::{AccessRole, Project, Tenant};
 use serde::{Deserialize, Serialize};
 
 /// A role carried in a token's `roles` claim.
@@ -67,17 +68,29 @@ pub enum Access {
 }
 
 /// The authenticated caller.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Principal {
-    /// `sub` claim.
+    /// `sub` claim (for an identity provider's token: as its issuer maps it).
     pub subject: String,
-    /// Roles.
+    /// Roles (for an identity provider's token: the platform roles its groups grant).
     pub roles: Vec<Role>,
     /// Tenant scope (`tenants` claim).
     pub tenants: Vec<TenantId>,
     /// Project scope (`projects` claim).
     pub projects: Vec<ProjectId>,
+    /// Groups, from an identity provider's token.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// The identity provider that signed the caller in (absent for tokens this manager
+    /// minted). Only such callers get rights derived from the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// What tenants' `owners` and projects' `access` grant the caller (derived per request
+    /// for an identity provider's callers; empty for minted tokens).
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub grants: Grants,
 }
 
 impl Principal {
@@ -89,6 +102,46 @@ impl Principal {
     /// True for admin or ops: unscoped platform staff.
     pub fn is_platform(&self) -> bool {
         self.has(Role::Admin) || self.has(Role::Ops)
+    }
+
+    /// The caller as an identity whose rights the model grants (signed in with an
+    /// identity provider), else `None`.
+    pub fn identity(&self) -> Option<Identity> {
+        self.issuer.as_ref().map(|_| Identity {
+            subject: self.subject.clone(),
+            groups: self.groups.clone(),
+        })
+    }
+
+    /// Owner of the tenant: by a `tenantOwner` token scoped to it, or named in its
+    /// `owners` (directly or by a group).
+    pub fn owns_tenant(&self, tenant: TenantId) -> bool {
+        (self.has(Role::TenantOwner) && self.tenants.contains(&tenant)) || self.grants.owns(tenant)
+    }
+
+    /// The tenants in the caller's scope: a token's `tenants` and the tenants it owns by
+    /// the model (sorted, once each).
+    pub fn scoped_tenants(&self) -> Vec<TenantId> {
+        let mut ids: Vec<TenantId> = self.tenants.clone();
+        ids.extend(self.grants.tenants.keys().copied());
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// The projects in the caller's scope: a token's `projects` and those whose access
+    /// entries name it (sorted, once each).
+    pub fn scoped_projects(&self) -> Vec<ProjectId> {
+        let mut ids: Vec<ProjectId> = self.projects.clone();
+        ids.extend(self.grants.projects.keys().copied());
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// The role the project's `access` entries give the caller (an identity provider's).
+    fn project_grant(&self, project: ProjectId) -> Option<AccessRole> {
+        self.grants.project_role(project)
     }
 
     /// A digest (SHA-256, hex) of the caller's roles and tenant and project scope, in a
@@ -105,7 +158,7 @@ impl Principal {
     ///     subject: "alice".into(),
     ///     roles: roles.to_vec(),
     ///     tenants: tenants.to_vec(),
-    ///     projects: vec![],
+    ///     ..Principal::default()
     /// };
     /// let owner = p(&[Role::TenantOwner, Role::ReadOnly], &[t]);
     /// assert_eq!(owner.scope_digest(), p(&[Role::ReadOnly, Role::TenantOwner], &[t, t]).scope_digest());
@@ -177,6 +230,7 @@ impl Principal {
         self.is_platform()
             || (self.has(Role::ReadOnly) && !self.is_scoped())
             || self.tenants.contains(&tenant)
+            || self.grants.owns(tenant)
     }
 
     /// Tenant-level operations: reading it, or changing it (owners, quotas, plan, delete).
@@ -201,6 +255,9 @@ impl Principal {
         if self.is_platform() {
             return Ok(());
         }
+        if self.grants.owns(tenant.id) {
+            return Ok(());
+        }
         if self.tenants.contains(&tenant.id) {
             return match access {
                 Access::Read => Ok(()),
@@ -213,7 +270,10 @@ impl Principal {
                 Access::Write => Err(ApiError::forbidden("readOnly may not change anything")),
             };
         }
-        if access == Access::Read && self.has(Role::ProjectDev) && !self.projects.is_empty() {
+        if access == Access::Read
+            && ((self.has(Role::ProjectDev) && !self.projects.is_empty())
+                || self.grants.in_tenant(tenant.id))
+        {
             // Listing filters to the caller's projects.
             return Ok(());
         }
@@ -222,7 +282,9 @@ impl Principal {
 
     /// May the caller see this project? (`false` → KN-404.)
     pub fn sees_project(&self, project: &Project) -> bool {
-        self.sees_tenant(project.tenant_id) || self.projects.contains(&project.id)
+        self.sees_tenant(project.tenant_id)
+            || self.projects.contains(&project.id)
+            || self.project_grant(project.id).is_some()
     }
 
     /// Project-level operations (the project record itself, its access list, delete).
@@ -233,13 +295,10 @@ impl Principal {
         match access {
             Access::Read => Ok(()),
             Access::Write if self.is_platform() => Ok(()),
-            Access::Write
-                if self.tenants.contains(&project.tenant_id) && self.has(Role::TenantOwner) =>
-            {
-                Ok(())
-            }
+            Access::Write if self.owns_tenant(project.tenant_id) => Ok(()),
+            Access::Write if self.project_grant(project.id) == Some(AccessRole::Owner) => Ok(()),
             Access::Write => Err(ApiError::forbidden(
-                "changing a project needs admin, ops or its tenant's owner",
+                "changing a project needs admin, ops, its tenant's owner or an owner: entry in its access",
             )),
         }
     }
@@ -252,12 +311,16 @@ impl Principal {
         match access {
             Access::Read => Ok(()),
             Access::Write if self.is_platform() => Ok(()),
-            Access::Write
-                if self.tenants.contains(&project.tenant_id) && self.has(Role::TenantOwner) =>
-            {
+            Access::Write if self.owns_tenant(project.tenant_id) => Ok(()),
+            Access::Write if self.projects.contains(&project.id) && self.has(Role::ProjectDev) => {
                 Ok(())
             }
-            Access::Write if self.projects.contains(&project.id) && self.has(Role::ProjectDev) => {
+            Access::Write
+                if matches!(
+                    self.project_grant(project.id),
+                    Some(AccessRole::Owner | AccessRole::Developer)
+                ) =>
+            {
                 Ok(())
             }
             Access::Write => Err(ApiError::forbidden(
@@ -278,6 +341,7 @@ mod tests {
             roles: roles.to_vec(),
             tenants: tenants.to_vec(),
             projects: projects.to_vec(),
+            ..Principal::default()
         }
     }
 

@@ -105,13 +105,20 @@ pub struct ServerConfig {
     /// ES256 private key (PKCS#8 PEM) signing tokens minted here (`POST /tokens`, bootstrap admin).
     #[arg(long, env = "KUBENOVA_JWT_ES256_PRIVATE_KEY")]
     pub jwt_es256_private_key: Option<PathBuf>,
-    /// `iss` of an external OIDC issuer whose tokens are also accepted (needs `--oidc-jwks-file`).
+    /// Identity providers people sign in with (YAML or JSON: issuers, claim mapping,
+    /// platform roles by group); their tenant and project rights come from tenants' owners
+    /// and projects' access. See docs/src/identity.md.
+    #[arg(long, env = "KUBENOVA_OIDC_CONFIG")]
+    pub oidc_config: Option<PathBuf>,
+    /// `iss` of one external OIDC issuer whose tokens carry KubeNova's own `roles`,
+    /// `tenants` and `projects` claims (keys by discovery, or `--oidc-jwks-file`). For
+    /// people signing in with their organisation's identity provider use `--oidc-config`.
     #[arg(long, env = "KUBENOVA_OIDC_ISSUER")]
     pub oidc_issuer: Option<String>,
     /// `aud` expected in the OIDC issuer's tokens (default: `--jwt-audience`).
     #[arg(long, env = "KUBENOVA_OIDC_AUDIENCE")]
     pub oidc_audience: Option<String>,
-    /// The OIDC issuer's JWKS as a local JSON file (fetch `jwks_uri` yourself; no network fetch).
+    /// The `--oidc-issuer`'s JWKS as a local JSON file instead of discovery (no network fetch).
     #[arg(long, env = "KUBENOVA_OIDC_JWKS_FILE")]
     pub oidc_jwks_file: Option<PathBuf>,
     /// Clock skew tolerated on `exp` and `nbf`.
@@ -222,6 +229,7 @@ impl Default for ServerConfig {
             jwt_secret: None,
             jwt_es256_public_key: None,
             jwt_es256_private_key: None,
+            oidc_config: None,
             oidc_issuer: None,
             oidc_audience: None,
             oidc_jwks_file: None,
@@ -332,8 +340,13 @@ impl ServerConfig {
         if self.jwt_es256_private_key.is_some() && self.jwt_es256_public_key.is_none() {
             return Err("--jwt-es256-private-key needs --jwt-es256-public-key too".into());
         }
-        if self.oidc_issuer.is_some() != self.oidc_jwks_file.is_some() {
-            return Err("--oidc-issuer and --oidc-jwks-file go together".into());
+        if self.oidc_jwks_file.is_some() && self.oidc_issuer.is_none() {
+            return Err("--oidc-jwks-file needs --oidc-issuer".into());
+        }
+        if self.oidc_config.is_some()
+            && (self.oidc_issuer.is_some() || self.oidc_jwks_file.is_some())
+        {
+            return Err("--oidc-config lists every issuer: leave --oidc-issuer and --oidc-jwks-file unset (an issuer with KubeNova's own claims is `roleClaims: true` in the file)".into());
         }
         if let Some(s) = &self.jwt_secret
             && s.len() < 32

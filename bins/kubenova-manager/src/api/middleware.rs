@@ -957,7 +957,7 @@ async fn guarded(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let principal = match state.auth.authenticate(authz) {
+    let principal = match state.auth.authenticate_async(authz).await {
         Ok(p) => p,
         Err(e) => {
             state
@@ -973,15 +973,22 @@ async fn guarded(
             {
                 let anon = Principal {
                     subject: "anonymous".into(),
-                    roles: vec![],
-                    tenants: vec![],
-                    projects: vec![],
+                    ..Principal::default()
                 };
                 audit_call(state, &anon, &info, route, resp.status()).await;
             }
             return resp;
         }
     };
+    // A person signed in with an identity provider: their tenant and project rights, from
+    // the model as it is now (so a change to owners or access applies to the next request).
+    let mut principal = principal;
+    if let Some(identity) = principal.identity() {
+        match state.store.memberships_of(&identity.keys()).await {
+            Ok(rows) => principal.grants = kubenova_api::identity::Grants::of(&identity, &rows),
+            Err(e) => return ApiError::from(e).into_response(),
+        }
+    }
     req.extensions_mut().insert(principal.clone());
     if let Err(secs) = state.runtime.check("subject", &principal.subject) {
         tracing::warn!(subject = %principal.subject, "per-subject rate limit exceeded");
@@ -1055,9 +1062,7 @@ async fn guarded_agent(
     {
         let agent = Principal {
             subject: "agent".into(),
-            roles: vec![],
-            tenants: vec![],
-            projects: vec![],
+            ..Principal::default()
         };
         audit_call(state, &agent, &info, route, resp.status()).await;
     }

@@ -19,6 +19,7 @@ pub mod extract;
 pub mod kubeconfigs;
 pub mod metered;
 pub mod middleware;
+pub mod oidc;
 pub mod ops;
 pub mod projects;
 pub mod slo;

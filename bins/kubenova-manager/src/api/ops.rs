@@ -275,6 +275,11 @@ async fn readyz(State(st): State<AppState>) -> ApiResult<Response> {
             "the Postgres change listener has no LISTEN connection (reconnecting with backoff): the record cache is off and agents are woken by polling only; check the database's connection limit and the network".into(),
         ));
     }
+    if let Some(oidc) = st.auth.identity_providers()
+        && let Err(e) = oidc.readiness()
+    {
+        failed.push(("identityProviders", e));
+    }
     if !failed.is_empty() {
         return Err(unavailable(failed));
     }

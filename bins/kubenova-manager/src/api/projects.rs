@@ -499,7 +499,7 @@ pub async fn list_projects(
     }
     // Project-scoped caller: exactly its own projects of this tenant (one short page).
     let mut items = Vec::new();
-    for id in &ctx.principal.projects {
+    for id in &ctx.principal.scoped_projects() {
         match st.store.get_project(*id).await {
             Ok(pr) if pr.tenant_id == tenant.id && pr.cluster_id == cluster => items.push(pr),
             Ok(_) => {}

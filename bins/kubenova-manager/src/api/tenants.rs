@@ -492,16 +492,14 @@ async fn visible_tenants(
             next_cursor: page.next_cursor,
         });
     }
-    if p.tenants.is_empty() {
+    let ids = p.scoped_tenants();
+    if ids.is_empty() {
         return Err(ApiError::forbidden(
-            "listing tenants needs admin, ops, readOnly or a tenant scope",
+            "listing tenants needs admin, ops, readOnly, a tenant scope or ownership of a tenant",
         ));
     }
     let limit = params.page_size()? as usize;
     let after = params.cursor_uuid()?;
-    let mut ids = p.tenants.clone();
-    ids.sort();
-    ids.dedup();
     let mut items = Vec::new();
     for id in ids.into_iter().filter(|id| after.is_none_or(|a| id.0 > a)) {
         match st.store.get_tenant(id).await {
@@ -687,9 +685,9 @@ async fn list_tenants(
 ) -> ApiResult<Response> {
     let cid: ClusterId = parse_id("cluster", &cluster)?;
     let params = list_params(&uri)?;
-    if !sees_all_tenants(&ctx.principal) && ctx.principal.tenants.is_empty() {
+    if !sees_all_tenants(&ctx.principal) && ctx.principal.scoped_tenants().is_empty() {
         return Err(ApiError::forbidden(
-            "listing tenants needs admin, ops, readOnly or a tenant scope",
+            "listing tenants needs admin, ops, readOnly, a tenant scope or ownership of a tenant",
         ));
     }
     st.store.get_cluster(cid).await?;

@@ -6,7 +6,7 @@
 //! same `Idempotency-Key` mints a new token.
 
 use super::AppState;
-use super::authz::{Principal, Role};
+use super::authz::Role;
 use super::error::ApiResult;
 use super::extract::{Ctx, KnJson, json_response};
 use axum::extract::State;
@@ -169,20 +169,188 @@ async fn create_token(
     Ok(resp)
 }
 
-/// The authenticated caller: subject, roles and tenant/project scope.
+/// A named resource in a grant.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct NamedRef {
+    /// Its id.
+    #[schema(value_type = String, format = Uuid)]
+    pub id: uuid::Uuid,
+    /// Its name.
+    pub name: String,
+}
+
+/// One thing the caller may use: a tenant (as its owner or within a token's scope) or a
+/// project (by an access entry or a token's scope), with the names and the API path.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EffectiveGrant {
+    /// `tenantOwner` (owner of the tenant and its projects), `owner`, `developer` or
+    /// `viewer` (a project's access entry), `projectDev` or `readOnly` (a token's scope).
+    pub role: String,
+    /// Where it comes from: `owners` (the tenant's owners name the caller or a group),
+    /// `access` (the project's access entries do), or `token` (the token's scope).
+    pub source: String,
+    /// The cluster.
+    pub cluster: NamedRef,
+    /// The tenant.
+    pub tenant: NamedRef,
+    /// The project, for a project grant.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub project: Option<NamedRef>,
+    /// The resource's path under `/api/v1`.
+    pub path: String,
+}
+
+/// The caller and everything they may use.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Me {
+    /// The subject.
+    pub subject: String,
+    /// Platform roles (and, for a minted token, its scoped roles).
+    pub roles: Vec<Role>,
+    /// A minted token's tenant scope.
+    pub tenants: Vec<TenantId>,
+    /// A minted token's project scope.
+    pub projects: Vec<ProjectId>,
+    /// Groups, when signed in with an identity provider.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// The identity provider that signed the caller in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// The tenants and projects the caller may use, with names and paths (platform roles
+    /// reach everything and are not listed here).
+    pub grants: Vec<EffectiveGrant>,
+}
+
+/// The authenticated caller: subject, roles, groups and every tenant and project they may
+/// use, with names and API paths.
 #[utoipa::path(
     get,
     path = "/api/v1/me",
     tag = "auth",
     operation_id = "me",
     responses(
-        (status = 200, description = "The caller", body = Principal,
-            example = json!({"subject": "admin@example.com", "roles": ["admin"], "tenants": [], "projects": []})),
+        (status = 200, description = "The caller", body = Me,
+            example = json!({"subject": "alice@example.com", "roles": [], "tenants": [], "projects": [],
+                "groups": ["acme-admins"], "issuer": "https://idp.example.com",
+                "grants": [{"role": "tenantOwner", "source": "owners",
+                    "cluster": {"id": "11111111-1111-1111-1111-111111111111", "name": "prod"},
+                    "tenant": {"id": "22222222-2222-2222-2222-222222222222", "name": "acme"},
+                    "path": "/api/v1/clusters/11111111-1111-1111-1111-111111111111/tenants/22222222-2222-2222-2222-222222222222"}]})),
         (status = 401, description = "No or invalid bearer token", body = ErrorBody,
             example = json!({"code": "KN-401", "message": "the bearer token has expired"})),
     ),
     security(("bearerAuth" = []))
 )]
-async fn me(ctx: Ctx) -> axum::Json<Principal> {
-    axum::Json(ctx.principal)
+async fn me(State(st): State<AppState>, ctx: Ctx) -> ApiResult<axum::Json<Me>> {
+    let p = ctx.principal;
+    let mut grants = Vec::new();
+    // Tenants: owned by the model, then a token's scope.
+    let mut tenants: Vec<(TenantId, &str, &str)> = p
+        .grants
+        .tenants
+        .keys()
+        .map(|t| (*t, "tenantOwner", "owners"))
+        .collect();
+    let token_tenant_role = if p.has(Role::TenantOwner) {
+        "tenantOwner"
+    } else {
+        "readOnly"
+    };
+    for t in &p.tenants {
+        if !tenants.iter().any(|(x, _, _)| x == t) {
+            tenants.push((*t, token_tenant_role, "token"));
+        }
+    }
+    for (id, role, source) in tenants {
+        let Some((cluster, tenant)) = tenant_and_cluster(&st, id).await? else {
+            continue;
+        };
+        grants.push(EffectiveGrant {
+            role: role.into(),
+            source: source.into(),
+            path: format!("/api/v1/clusters/{}/tenants/{}", cluster.id, tenant.id),
+            cluster,
+            tenant,
+            project: None,
+        });
+    }
+    let mut projects: Vec<(ProjectId, String, &str)> = p
+        .grants
+        .projects
+        .iter()
+        .map(|(id, (_, _, role))| (*id, role.as_str().to_string(), "access"))
+        .collect();
+    let token_project_role = if p.has(Role::ProjectDev) {
+        "projectDev"
+    } else {
+        "readOnly"
+    };
+    for id in &p.projects {
+        if !projects.iter().any(|(x, _, _)| x == id) {
+            projects.push((*id, token_project_role.to_string(), "token"));
+        }
+    }
+    for (id, role, source) in projects {
+        let project = match st.store.get_project(id).await {
+            Ok(pr) => pr,
+            Err(kubenova_store::StoreError::NotFound { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let Some((cluster, tenant)) = tenant_and_cluster(&st, project.tenant_id).await? else {
+            continue;
+        };
+        grants.push(EffectiveGrant {
+            role,
+            source: source.into(),
+            path: format!(
+                "/api/v1/clusters/{}/tenants/{}/projects/{}",
+                cluster.id, tenant.id, project.id
+            ),
+            cluster,
+            tenant,
+            project: Some(NamedRef {
+                id: project.id.0,
+                name: project.name,
+            }),
+        });
+    }
+    Ok(axum::Json(Me {
+        subject: p.subject,
+        roles: p.roles,
+        tenants: p.tenants,
+        projects: p.projects,
+        groups: p.groups,
+        issuer: p.issuer,
+        grants,
+    }))
+}
+
+/// A tenant and its cluster, named; `None` when the tenant is gone.
+async fn tenant_and_cluster(
+    st: &AppState,
+    id: TenantId,
+) -> ApiResult<Option<(NamedRef, NamedRef)>> {
+    let tenant = match st.store.get_tenant(id).await {
+        Ok(t) => t,
+        Err(kubenova_store::StoreError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let cluster = match st.store.get_cluster(tenant.cluster_id).await {
+        Ok(c) => c,
+        Err(kubenova_store::StoreError::NotFound { .. }) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(Some((
+        NamedRef {
+            id: cluster.id.0,
+            name: cluster.name,
+        },
+        NamedRef {
+            id: tenant.id.0,
+            name: tenant.name,
+        },
+    )))
 }

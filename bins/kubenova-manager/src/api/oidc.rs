@@ -1,0 +1,481 @@
+//! Identity providers: the OIDC issuers whose tokens sign people in, their keys (found by
+//! OIDC discovery and fetched from `jwks_uri`, refreshed in the background and at once when
+//! a token names a key not seen yet), and how a token's claims become a subject, groups and
+//! platform roles. Tenant and project rights are not in the token: they are derived per
+//! request from tenants' `owners` and projects' `access` (see `kubenova_api::identity`).
+//!
+//! The configuration is a YAML (or JSON) file, `--oidc-config`:
+//!
+//! ```yaml
+//! issuers:
+//!   - issuer: https://keycloak.example.com/realms/platform
+//!     audience: kubenova
+//!     subjectClaim: email        # default sub
+//!     groupsClaim: groups        # default groups
+//!     groupsPrefix: ""           # e.g. "oidc:" to keep IdP groups apart
+//! platformRoles:
+//!   admin: [platform-admins]
+//!   ops: [sre]
+//!   readOnly: [auditors]
+//! ```
+
+use super::authz::Role;
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use serde::Deserialize;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// Most issuers in one configuration.
+pub const MAX_ISSUERS: usize = 16;
+/// Most groups taken from one token (more is refused: a token that large is not a
+/// person's).
+pub const MAX_GROUPS: usize = 256;
+/// How often every issuer's keys are fetched again.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(15 * 60);
+/// The shortest time between two fetches of one issuer's keys (a token naming an unknown
+/// key triggers one at most this often).
+pub const REFRESH_MIN_GAP: Duration = Duration::from_secs(10);
+/// The timeout of one discovery or JWKS request.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest discovery document or JWKS accepted.
+const MAX_DOCUMENT: usize = 512 * 1024;
+
+/// The `--oidc-config` file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OidcConfig {
+    /// The trusted issuers.
+    pub issuers: Vec<IssuerConfig>,
+    /// Platform roles granted by group membership (groups as mapped, prefix included).
+    #[serde(default)]
+    pub platform_roles: PlatformRoles,
+}
+
+/// Groups granting the platform roles.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PlatformRoles {
+    /// Groups whose members are `admin`.
+    #[serde(default)]
+    pub admin: Vec<String>,
+    /// Groups whose members are `ops`.
+    #[serde(default)]
+    pub ops: Vec<String>,
+    /// Groups whose members are (unscoped) `readOnly`.
+    #[serde(default)]
+    pub read_only: Vec<String>,
+}
+
+impl PlatformRoles {
+    /// The roles `groups` grant.
+    pub fn of(&self, groups: &[String]) -> Vec<Role> {
+        let any = |names: &[String]| names.iter().any(|n| groups.contains(n));
+        [
+            (Role::Admin, &self.admin),
+            (Role::Ops, &self.ops),
+            (Role::ReadOnly, &self.read_only),
+        ]
+        .into_iter()
+        .filter(|(_, names)| any(names))
+        .map(|(r, _)| r)
+        .collect()
+    }
+}
+
+fn default_subject_claim() -> String {
+    "sub".into()
+}
+
+fn default_groups_claim() -> String {
+    "groups".into()
+}
+
+/// One trusted issuer.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// The issuer URL, exactly as its tokens' `iss` and its discovery document say.
+    pub issuer: String,
+    /// The `aud` its tokens must carry (the client id registered for KubeNova).
+    pub audience: String,
+    /// The claim holding the subject (`sub`, `email`, `preferred_username`, ...).
+    #[serde(default = "default_subject_claim")]
+    pub subject_claim: String,
+    /// The claim holding the groups (an array of strings, or one string).
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// Put before every subject (e.g. `keycloak:`), to keep several issuers' people apart.
+    #[serde(default)]
+    pub subject_prefix: String,
+    /// Put before every group.
+    #[serde(default)]
+    pub groups_prefix: String,
+    /// The issuer's JWKS as a local file instead of discovery (air-gapped installs; keys
+    /// are then read once at start).
+    #[serde(default)]
+    pub jwks_file: Option<PathBuf>,
+    /// Also honour the token's `roles`, `tenants` and `projects` claims as a minted token's
+    /// (for an issuer that emits KubeNova's own claims; off by default: rights come from
+    /// groups and the model).
+    #[serde(default)]
+    pub role_claims: bool,
+}
+
+fn is_loopback_url(u: &reqwest::Url) -> bool {
+    match u.host_str() {
+        Some("localhost") => true,
+        Some(h) => h
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
+}
+
+impl OidcConfig {
+    /// Reads and checks the file (YAML or JSON).
+    pub fn load(path: &std::path::Path) -> Result<OidcConfig, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("--oidc-config {}: {e}", path.display()))?;
+        let cfg: OidcConfig = serde_saphyr::from_str(&text)
+            .map_err(|e| format!("--oidc-config {}: {e}", path.display()))?;
+        cfg.check()
+            .map_err(|e| format!("--oidc-config {}: {e}", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// Checks every issuer: an `https` URL (plain `http` only on a loopback address), an
+    /// audience, claim names, no issuer twice.
+    pub fn check(&self) -> Result<(), String> {
+        if self.issuers.is_empty() {
+            return Err("issuers: list at least one issuer".into());
+        }
+        if self.issuers.len() > MAX_ISSUERS {
+            return Err(format!("issuers: at most {MAX_ISSUERS}"));
+        }
+        for (i, is) in self.issuers.iter().enumerate() {
+            let at = format!("issuers[{i}]");
+            let u = reqwest::Url::parse(&is.issuer)
+                .map_err(|e| format!("{at}.issuer {:?} is not a URL: {e}", is.issuer))?;
+            if u.scheme() != "https" && !(u.scheme() == "http" && is_loopback_url(&u)) {
+                return Err(format!(
+                    "{at}.issuer {:?} must be an https URL (http only on a loopback address)",
+                    is.issuer
+                ));
+            }
+            if u.query().is_some() || u.fragment().is_some() {
+                return Err(format!(
+                    "{at}.issuer {:?} may not carry a query or fragment",
+                    is.issuer
+                ));
+            }
+            if is.audience.trim().is_empty() {
+                return Err(format!(
+                    "{at}.audience is empty: give the client id registered for KubeNova"
+                ));
+            }
+            for (name, v) in [
+                ("subjectClaim", &is.subject_claim),
+                ("groupsClaim", &is.groups_claim),
+            ] {
+                if v.trim().is_empty() {
+                    return Err(format!("{at}.{name} is empty"));
+                }
+            }
+            if self.issuers[..i].iter().any(|o| o.issuer == is.issuer) {
+                return Err(format!("{at}.issuer {:?} is listed twice", is.issuer));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The keys of an issuer, and how the last fetch went.
+#[derive(Default)]
+struct Keys {
+    set: Option<JwkSet>,
+    /// The last failure, while there is one.
+    error: Option<String>,
+    /// When the keys were last fetched (or the last attempt).
+    attempted: Option<Instant>,
+}
+
+/// A trusted issuer and its cached keys.
+pub struct Issuer {
+    /// Its configuration.
+    pub config: IssuerConfig,
+    keys: RwLock<Keys>,
+    fetch: tokio::sync::Mutex<()>,
+    client: reqwest::Client,
+}
+
+impl std::fmt::Debug for Issuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issuer")
+            .field("issuer", &self.config.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Deserialize)]
+struct Discovery {
+    issuer: String,
+    jwks_uri: String,
+}
+
+impl Issuer {
+    fn new(config: IssuerConfig, client: reqwest::Client) -> Result<Issuer, String> {
+        let mut keys = Keys::default();
+        if let Some(file) = &config.jwks_file {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| format!("{}: jwksFile {}: {e}", config.issuer, file.display()))?;
+            keys.set = Some(
+                parse_jwks(&text)
+                    .map_err(|e| format!("{}: jwksFile {}: {e}", config.issuer, file.display()))?,
+            );
+        }
+        Ok(Issuer {
+            config,
+            keys: RwLock::new(keys),
+            fetch: tokio::sync::Mutex::new(()),
+            client,
+        })
+    }
+
+    /// An issuer with a fixed key set (tests, embedding).
+    pub fn with_keys(config: IssuerConfig, jwks: JwkSet) -> Issuer {
+        Issuer {
+            config,
+            keys: RwLock::new(Keys {
+                set: Some(jwks),
+                ..Keys::default()
+            }),
+            fetch: tokio::sync::Mutex::new(()),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Keys> {
+        match self.keys.read() {
+            Ok(k) => k,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// The key `kid` names (without a `kid`: the only key, if there is one).
+    pub fn key(&self, kid: Option<&str>) -> Option<Jwk> {
+        let keys = self.read();
+        let set = keys.set.as_ref()?;
+        match kid {
+            Some(k) => set.find(k).cloned(),
+            None if set.keys.len() == 1 => set.keys.first().cloned(),
+            None => None,
+        }
+    }
+
+    /// Whether keys were ever fetched, else the reason.
+    pub fn ready(&self) -> Result<(), String> {
+        let keys = self.read();
+        match (&keys.set, &keys.error) {
+            (Some(_), _) => Ok(()),
+            (None, Some(e)) => Err(format!("{}: {e}", self.config.issuer)),
+            (None, None) => Err(format!("{}: keys not fetched yet", self.config.issuer)),
+        }
+    }
+
+    /// Fetches the keys again (discovery, then `jwks_uri`) unless they were fetched less
+    /// than [`REFRESH_MIN_GAP`] ago (then returns at once). Keys from a file are kept.
+    /// A failure keeps the keys held before and is logged with the issuer, not the token.
+    pub async fn refresh(&self) {
+        if self.config.jwks_file.is_some() {
+            return;
+        }
+        let _one = self.fetch.lock().await;
+        if self
+            .read()
+            .attempted
+            .is_some_and(|at| at.elapsed() < REFRESH_MIN_GAP)
+        {
+            return;
+        }
+        let res = self.fetch_keys().await;
+        let mut keys = match self.keys.write() {
+            Ok(k) => k,
+            Err(p) => p.into_inner(),
+        };
+        keys.attempted = Some(Instant::now());
+        match res {
+            Ok(set) => {
+                let n = set.keys.len();
+                keys.set = Some(set);
+                keys.error = None;
+                tracing::debug!(issuer = %self.config.issuer, keys = n, "identity provider keys fetched");
+            }
+            Err(e) => {
+                tracing::warn!(issuer = %self.config.issuer, error = %e, "identity provider keys could not be fetched; keeping the keys held before");
+                keys.error = Some(e);
+            }
+        }
+    }
+
+    async fn get(&self, url: &str) -> Result<Vec<u8>, String> {
+        let resp = self
+            .client
+            .get(url)
+            .timeout(FETCH_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| format!("GET {url}: {}", e.without_url()))?;
+        if !resp.status().is_success() {
+            return Err(format!("GET {url}: HTTP {}", resp.status().as_u16()));
+        }
+        if resp
+            .content_length()
+            .is_some_and(|n| n > MAX_DOCUMENT as u64)
+        {
+            return Err(format!("GET {url}: larger than {MAX_DOCUMENT} bytes"));
+        }
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| format!("GET {url}: {}", e.without_url()))?;
+        if body.len() > MAX_DOCUMENT {
+            return Err(format!("GET {url}: larger than {MAX_DOCUMENT} bytes"));
+        }
+        Ok(body.to_vec())
+    }
+
+    async fn fetch_keys(&self) -> Result<JwkSet, String> {
+        let base = self.config.issuer.trim_end_matches('/');
+        let url = format!("{base}/.well-known/openid-configuration");
+        let body = self.get(&url).await?;
+        let d: Discovery = serde_json::from_slice(&body)
+            .map_err(|e| format!("{url}: not an OIDC discovery document: {e}"))?;
+        // OpenID Connect Discovery: the document's issuer is exactly the configured one.
+        if d.issuer != self.config.issuer {
+            return Err(format!(
+                "{url} names the issuer {:?}, not {:?}: configure the issuer exactly as its tokens' iss",
+                d.issuer, self.config.issuer
+            ));
+        }
+        let jwks_url = reqwest::Url::parse(&d.jwks_uri)
+            .map_err(|e| format!("{url}: jwks_uri {:?} is not a URL: {e}", d.jwks_uri))?;
+        if jwks_url.scheme() != "https"
+            && !(jwks_url.scheme() == "http" && is_loopback_url(&jwks_url))
+        {
+            return Err(format!("{url}: jwks_uri {:?} is not https", d.jwks_uri));
+        }
+        let body = self.get(jwks_url.as_str()).await?;
+        let text = std::str::from_utf8(&body).map_err(|_| format!("{jwks_url}: not UTF-8"))?;
+        parse_jwks(text).map_err(|e| format!("{jwks_url}: {e}"))
+    }
+}
+
+fn parse_jwks(text: &str) -> Result<JwkSet, String> {
+    let set: JwkSet = serde_json::from_str(text).map_err(|e| format!("not a JWK set: {e}"))?;
+    if set.keys.is_empty() {
+        return Err("the JWK set has no keys".into());
+    }
+    Ok(set)
+}
+
+/// The trusted issuers and the platform-role mapping.
+#[derive(Debug)]
+pub struct Oidc {
+    issuers: Vec<Arc<Issuer>>,
+    /// Groups granting platform roles.
+    pub platform_roles: PlatformRoles,
+}
+
+impl Oidc {
+    /// From a checked configuration; keys from files are read now, the others are fetched
+    /// by [`Oidc::refresh_all`] / [`Oidc::spawn_refresher`].
+    pub fn new(cfg: OidcConfig) -> Result<Oidc, String> {
+        cfg.check()?;
+        let client = reqwest::Client::builder()
+            .timeout(FETCH_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::limited(3))
+            .build()
+            .map_err(|e| format!("identity provider HTTP client: {e}"))?;
+        let issuers = cfg
+            .issuers
+            .into_iter()
+            .map(|c| Issuer::new(c, client.clone()).map(Arc::new))
+            .collect::<Result<_, _>>()?;
+        Ok(Oidc {
+            issuers,
+            platform_roles: cfg.platform_roles,
+        })
+    }
+
+    /// From issuers built by the caller (tests, embedding).
+    pub fn from_issuers(issuers: Vec<Issuer>, platform_roles: PlatformRoles) -> Oidc {
+        Oidc {
+            issuers: issuers.into_iter().map(Arc::new).collect(),
+            platform_roles,
+        }
+    }
+
+    /// The issuer whose URL is `iss`.
+    pub fn issuer(&self, iss: &str) -> Option<&Arc<Issuer>> {
+        self.issuers.iter().find(|i| i.config.issuer == iss)
+    }
+
+    /// The issuers' URLs.
+    pub fn issuer_urls(&self) -> Vec<&str> {
+        self.issuers
+            .iter()
+            .map(|i| i.config.issuer.as_str())
+            .collect()
+    }
+
+    /// Fetches every issuer's keys (see [`Issuer::refresh`]).
+    pub async fn refresh_all(&self) {
+        futures::future::join_all(self.issuers.iter().map(|i| i.refresh())).await;
+    }
+
+    /// Keeps the keys fresh: every [`REFRESH_EVERY`], and every [`REFRESH_MIN_GAP`] while
+    /// an issuer has none.
+    pub fn spawn_refresher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut last_full = Instant::now();
+            loop {
+                this.refresh_all_missing_or(last_full.elapsed() >= REFRESH_EVERY)
+                    .await;
+                if last_full.elapsed() >= REFRESH_EVERY {
+                    last_full = Instant::now();
+                }
+                tokio::time::sleep(REFRESH_MIN_GAP).await;
+            }
+        })
+    }
+
+    async fn refresh_all_missing_or(&self, all: bool) {
+        let due = self
+            .issuers
+            .iter()
+            .filter(|i| all || i.ready().is_err())
+            .map(|i| i.refresh());
+        futures::future::join_all(due).await;
+    }
+
+    /// Ready when every issuer has keys; else which issuers have none and why.
+    pub fn readiness(&self) -> Result<(), String> {
+        let failed: Vec<String> = self
+            .issuers
+            .iter()
+            .filter_map(|i| i.ready().err())
+            .collect();
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "identity provider keys unavailable: {}",
+                failed.join("; ")
+            ))
+        }
+    }
+}

@@ -1,0 +1,615 @@
+//! People signed in with an identity provider: an OIDC provider in this process (discovery
+//! and a JWKS over HTTP, ES256 keys that rotate) and the manager's real router on SQLite.
+//! Rights come from the model: tenants' `owners`, projects' `access`, platform roles from
+//! groups; changes apply to the next request; bad tokens are KN-401 with a reason.
+#![allow(clippy::unwrap_used)]
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use http_body_util::BodyExt as _;
+use hyper::{Method, Request, StatusCode, header};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use kubenova_kubeconfig::SigningKey;
+use kubenova_manager::api::authz::Role;
+use kubenova_manager::api::config::ServerConfig;
+use kubenova_manager::api::oidc::{IssuerConfig, Oidc, OidcConfig, PlatformRoles};
+use kubenova_store::crypto::{Kek, Keyring};
+use kubenova_store::{SqliteStore, Store};
+use serde_json::{Value, json};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tower::ServiceExt as _;
+
+const SECRET: &[u8] = b"identity-test-hs256-secret-0123456789abcdef";
+const AUDIENCE: &str = "kubenova-ui";
+const KUBECONFIG: &str = "apiVersion: v1
+kind: Config
+clusters:
+- name: prod
+  cluster:
+    server: https://10.0.0.1:6443
+    certificate-authority-data: TFMwdExTMUNSVWRKVGc9PQ==
+contexts:
+- name: prod
+  context:
+    cluster: prod
+    user: admin
+current-context: prod
+users:
+- name: admin
+  user:
+    token: super-secret-cluster-token
+";
+
+/// The identity provider: its signing keys (the last one signs) behind discovery.
+#[derive(Clone)]
+struct Idp {
+    url: String,
+    keys: Arc<Mutex<Vec<SigningKey>>>,
+}
+
+impl Idp {
+    async fn start() -> Idp {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let idp = Idp {
+            url: url.clone(),
+            keys: Arc::new(Mutex::new(vec![
+                SigningKey::generate(time::OffsetDateTime::now_utc()).unwrap(),
+            ])),
+        };
+        let app = axum::Router::new()
+            .route(
+                "/.well-known/openid-configuration",
+                axum::routing::get(|State(idp): State<Idp>| async move {
+                    axum::Json(json!({
+                        "issuer": idp.url,
+                        "jwks_uri": format!("{}/keys", idp.url),
+                        "authorization_endpoint": format!("{}/auth", idp.url),
+                        "token_endpoint": format!("{}/token", idp.url),
+                        "id_token_signing_alg_values_supported": ["ES256"],
+                    }))
+                }),
+            )
+            .route(
+                "/keys",
+                axum::routing::get(|State(idp): State<Idp>| async move {
+                    let keys: Vec<Value> = idp
+                        .keys
+                        .lock()
+                        .unwrap()
+                        .iter()
+                        .map(|k| serde_json::to_value(k.jwk()).unwrap())
+                        .collect();
+                    axum::Json(json!({ "keys": keys }))
+                }),
+            )
+            .with_state(idp.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        idp
+    }
+
+    /// A new signing key; the old ones are dropped from the JWKS.
+    fn rotate(&self) {
+        let mut keys = self.keys.lock().unwrap();
+        *keys = vec![SigningKey::generate(time::OffsetDateTime::now_utc()).unwrap()];
+    }
+
+    /// A token for `sub` in `groups`, with `extra` claims on top (they win).
+    fn token(&self, sub: &str, groups: &[&str], extra: Value) -> String {
+        let key = self.keys.lock().unwrap().last().unwrap().clone();
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let mut claims = json!({
+            "iss": self.url, "aud": AUDIENCE, "sub": format!("id-{sub}"), "email": sub,
+            "groups": groups, "iat": now, "exp": now + 300,
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            claims[k] = v.clone();
+        }
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(key.kid().to_string());
+        let enc = EncodingKey::from_ec_pem(key.to_pkcs8_pem().as_bytes()).unwrap();
+        jsonwebtoken::encode(&header, &claims, &enc).unwrap()
+    }
+}
+
+struct Manager {
+    app: axum::Router,
+    admin: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn manager(issuers: Vec<IssuerConfig>) -> Manager {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("m.db").display());
+    let keyring = Keyring::new(vec![Kek::new("k", &[9; 32]).unwrap()]).unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::connect(&url, keyring).await.unwrap());
+    let cfg = ServerConfig {
+        rate_limit_subject_rps: 0,
+        rate_limit_ip_rps: 0,
+        ..ServerConfig::default()
+    };
+    kubenova_manager::api::kubeconfigs::load_or_create_signing_keys(store.as_ref())
+        .await
+        .unwrap();
+    let oidc = Oidc::new(OidcConfig {
+        issuers,
+        platform_roles: PlatformRoles {
+            admin: vec!["platform-admins".into()],
+            ops: vec![],
+            read_only: vec!["auditors".into()],
+        },
+    })
+    .unwrap();
+    // As the manager does at start: keys fetched in the background.
+    let oidc = Arc::new(oidc);
+    drop(oidc.spawn_refresher());
+    let auth = kubenova_manager::api::auth::Authenticator::hs256(
+        SECRET,
+        &cfg.jwt_issuer,
+        &cfg.jwt_audience,
+        cfg.clock_skew,
+        cfg.max_token_ttl,
+    )
+    .with_identity_providers(oidc);
+    let admin = auth
+        .mint("root", &[Role::Admin], &[], &[], Duration::from_secs(600))
+        .unwrap()
+        .token;
+    let state = kubenova_manager::assemble_state(
+        store,
+        kubenova_api::catalog::Catalog::builtin(),
+        cfg,
+        auth,
+    );
+    Manager {
+        app: kubenova_manager::api::router(state),
+        admin,
+        _dir: dir,
+    }
+}
+
+fn issuer(idp: &Idp) -> IssuerConfig {
+    IssuerConfig {
+        issuer: idp.url.clone(),
+        audience: AUDIENCE.into(),
+        subject_claim: "email".into(),
+        groups_claim: "groups".into(),
+        subject_prefix: String::new(),
+        groups_prefix: String::new(),
+        jwks_file: None,
+        role_claims: false,
+    }
+}
+
+async fn call(
+    m: &Manager,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(
+            body.map(|b| Body::from(b.to_string()))
+                .unwrap_or_else(Body::empty),
+        )
+        .unwrap();
+    req.extensions_mut()
+        .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
+    let resp = m.app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+struct World {
+    cluster: String,
+    acme: String,
+    other: String,
+    web: String,
+}
+
+impl World {
+    fn tenant(&self, t: &str) -> String {
+        format!("/api/v1/clusters/{}/tenants/{t}", self.cluster)
+    }
+    fn project(&self) -> String {
+        format!("{}/projects/{}", self.tenant(&self.acme), self.web)
+    }
+}
+
+async fn world(m: &Manager) -> World {
+    let (s, c) = call(
+        m,
+        Method::POST,
+        "/api/v1/clusters",
+        &m.admin,
+        Some(json!({"name": "prod", "kubeconfig": KUBECONFIG})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{c}");
+    let cluster = c["id"].as_str().unwrap().to_string();
+    let tenants = format!("/api/v1/clusters/{cluster}/tenants");
+    let (s, t) = call(
+        m,
+        Method::POST,
+        &tenants,
+        &m.admin,
+        Some(json!({"name": "acme", "owners": ["alice@example.com", "group:acme-admins"]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{t}");
+    let acme = t["id"].as_str().unwrap().to_string();
+    let (s, o) = call(
+        m,
+        Method::POST,
+        &tenants,
+        &m.admin,
+        Some(json!({"name": "other", "owners": ["mallory@example.com"]})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{o}");
+    let other = o["id"].as_str().unwrap().to_string();
+    let (s, p) = call(m, Method::POST, &format!("{tenants}/{acme}/projects"), &m.admin, Some(json!({"name": "web", "access": ["viewer:carol@example.com", "developer:group:web-devs"]}))).await;
+    assert_eq!(s, StatusCode::CREATED, "{p}");
+    let web = p["id"].as_str().unwrap().to_string();
+    World {
+        cluster,
+        acme,
+        other,
+        web,
+    }
+}
+
+#[tokio::test]
+async fn owners_access_and_groups_grant_rights_that_follow_the_model() {
+    let idp = Idp::start().await;
+    let m = manager(vec![issuer(&idp)]).await;
+    let w = world(&m).await;
+
+    // alice is named in acme's owners: she owns it and nothing else.
+    let alice = idp.token("alice@example.com", &[], json!({}));
+    assert_eq!(
+        call(&m, Method::GET, &w.tenant(&w.acme), &alice, None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(&m, Method::GET, &w.tenant(&w.other), &alice, None)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(&m, Method::GET, "/api/v1/clusters", &alice, None)
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    let (s, body) = call(
+        &m,
+        Method::POST,
+        &format!("{}/projects", w.tenant(&w.acme)),
+        &alice,
+        Some(json!({"name": "api"})),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{body}");
+    let (s, list) = call(&m, Method::GET, "/api/v1/tenants", &alice, None).await;
+    assert_eq!(s, StatusCode::OK, "{list}");
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["acme"]);
+    // /me names what she may use, with the path.
+    let (s, me) = call(&m, Method::GET, "/api/v1/me", &alice, None).await;
+    assert_eq!(s, StatusCode::OK, "{me}");
+    assert_eq!(me["subject"], "alice@example.com");
+    assert_eq!(me["issuer"], idp.url.as_str());
+    let grants = me["grants"].as_array().unwrap();
+    assert_eq!(grants.len(), 1, "{me}");
+    assert_eq!(grants[0]["role"], "tenantOwner");
+    assert_eq!(grants[0]["source"], "owners");
+    assert_eq!(grants[0]["tenant"]["name"], "acme");
+    assert_eq!(grants[0]["cluster"]["name"], "prod");
+    assert_eq!(grants[0]["path"], w.tenant(&w.acme).as_str());
+
+    // bob owns acme through his group.
+    let bob = idp.token("bob@example.com", &["acme-admins"], json!({}));
+    assert_eq!(
+        call(&m, Method::GET, &w.tenant(&w.acme), &bob, None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    // Without the group (a new token after a group change) he has nothing.
+    let bob_later = idp.token("bob@example.com", &["other-team"], json!({}));
+    assert_eq!(
+        call(&m, Method::GET, &w.tenant(&w.acme), &bob_later, None)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+
+    // carol is a viewer of web: she reads it, lists only it, changes nothing, and does
+    // not see the tenant record.
+    let carol = idp.token("carol@example.com", &[], json!({}));
+    assert_eq!(
+        call(&m, Method::GET, &w.project(), &carol, None).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call(&m, Method::GET, &w.tenant(&w.acme), &carol, None)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    let (s, list) = call(
+        &m,
+        Method::GET,
+        &format!("{}/projects", w.tenant(&w.acme)),
+        &carol,
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{list}");
+    assert_eq!(list["items"].as_array().unwrap().len(), 1, "{list}");
+    let (s, _) = call(
+        &m,
+        Method::PUT,
+        &format!("{}/access", w.project()),
+        &carol,
+        Some(json!(["owner:carol@example.com"])),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (_, me) = call(&m, Method::GET, "/api/v1/me", &carol, None).await;
+    assert_eq!(me["grants"][0]["role"], "viewer", "{me}");
+    assert_eq!(me["grants"][0]["project"]["name"], "web", "{me}");
+    assert_eq!(me["grants"][0]["path"], w.project().as_str(), "{me}");
+
+    // dave develops in web through his group; a developer may not change the project.
+    let dave = idp.token("dave@example.com", &["web-devs"], json!({}));
+    assert_eq!(
+        call(&m, Method::GET, &w.project(), &dave, None).await.0,
+        StatusCode::OK
+    );
+    let (s, _) = call(
+        &m,
+        Method::PUT,
+        &format!("{}/access", w.project()),
+        &dave,
+        Some(json!(["dave@example.com"])),
+    )
+    .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    // Platform roles come from configured groups only; a token's own `roles` claim from an
+    // identity provider grants nothing.
+    let eve = idp.token("eve@example.com", &["platform-admins"], json!({}));
+    assert_eq!(
+        call(&m, Method::GET, "/api/v1/clusters", &eve, None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    let forger = idp.token(
+        "forger@example.com",
+        &[],
+        json!({"roles": ["admin"], "tenants": [w.other]}),
+    );
+    assert_eq!(
+        call(&m, Method::GET, "/api/v1/clusters", &forger, None)
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call(&m, Method::GET, &w.tenant(&w.other), &forger, None)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+
+    // Taking alice out of the owners takes effect on her next request, same token.
+    let (s, body) = call(
+        &m,
+        Method::PUT,
+        &format!("{}/owners", w.tenant(&w.acme)),
+        &m.admin,
+        Some(json!(["group:acme-admins"])),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(
+        call(&m, Method::GET, &w.tenant(&w.acme), &alice, None)
+            .await
+            .0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(&m, Method::GET, &w.tenant(&w.acme), &bob, None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    // And taking carol out of the project's access.
+    let (s, body) = call(
+        &m,
+        Method::PUT,
+        &format!("{}/access", w.project()),
+        &m.admin,
+        Some(json!(["developer:group:web-devs"])),
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(
+        call(&m, Method::GET, &w.project(), &carol, None).await.0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn bad_tokens_are_refused_with_a_reason_and_rotated_keys_are_fetched() {
+    let idp = Idp::start().await;
+    let m = manager(vec![issuer(&idp)]).await;
+    let w = world(&m).await;
+    let reason = |body: &Value| body["message"].as_str().unwrap_or_default().to_string();
+
+    let alice = idp.token("alice@example.com", &[], json!({}));
+    assert_eq!(
+        call(&m, Method::GET, &w.tenant(&w.acme), &alice, None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+
+    let cases: Vec<(String, &str)> = vec![
+        (
+            idp.token(
+                "alice@example.com",
+                &[],
+                json!({"iss": "https://evil.example.com"}),
+            ),
+            "not one this manager trusts",
+        ),
+        (
+            idp.token("alice@example.com", &[], json!({"aud": "someone-else"})),
+            "audience",
+        ),
+        (
+            idp.token("alice@example.com", &[], json!({"exp": 1_000_000})),
+            "expired",
+        ),
+        (
+            idp.token("alice@example.com", &[], json!({"email": ""})),
+            "subject",
+        ),
+        (
+            idp.token("alice@example.com", &[], json!({"groups": [1, 2]})),
+            "groups",
+        ),
+    ];
+    for (token, why) in &cases {
+        let (s, body) = call(&m, Method::GET, &w.tenant(&w.acme), token, None).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{why}: {body}");
+        assert_eq!(body["code"], "KN-401");
+        assert!(reason(&body).contains(why), "{why}: {body}");
+    }
+    // A token signed with a shared secret under the provider's name: refused (identity
+    // providers sign asymmetrically), whatever the secret.
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let hs = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &json!({"iss": idp.url, "aud": AUDIENCE, "email": "alice@example.com", "sub": "x", "exp": now + 60}),
+        &EncodingKey::from_secret(SECRET),
+    )
+    .unwrap();
+    let (s, body) = call(&m, Method::GET, &w.tenant(&w.acme), &hs, None).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(reason(&body).contains("asymmetric"), "{body}");
+    // An unsigned token (`alg: none`).
+    let none = format!(
+        "{}.{}.",
+        base64_url(r#"{"alg":"none","typ":"JWT"}"#),
+        base64_url(&json!({"iss": idp.url, "aud": AUDIENCE, "email": "alice@example.com", "sub": "x", "exp": now + 60}).to_string())
+    );
+    assert_eq!(
+        call(&m, Method::GET, &w.tenant(&w.acme), &none, None)
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    // A token of a key the provider never published.
+    let stranger = Idp {
+        url: idp.url.clone(),
+        keys: Arc::new(Mutex::new(vec![
+            SigningKey::generate(time::OffsetDateTime::now_utc()).unwrap(),
+        ])),
+    };
+    let (s, body) = call(
+        &m,
+        Method::GET,
+        &w.tenant(&w.acme),
+        &stranger.token("alice@example.com", &[], json!({})),
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(reason(&body).contains("no key"), "{body}");
+
+    // The provider rotates: a token of the new key is accepted once the keys are fetched
+    // again (at most every 10 s per issuer; the refusal above fetched them just now).
+    idp.rotate();
+    tokio::time::sleep(kubenova_manager::api::oidc::REFRESH_MIN_GAP).await;
+    let rotated = idp.token("alice@example.com", &[], json!({}));
+    let (s, body) = call(&m, Method::GET, &w.tenant(&w.acme), &rotated, None).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn an_unreachable_issuer_fails_readiness_with_the_reason() {
+    // Nothing listens there.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dead = IssuerConfig {
+        issuer: format!("http://127.0.0.1:{port}"),
+        ..issuer(&Idp {
+            url: String::new(),
+            keys: Arc::new(Mutex::new(vec![])),
+        })
+    };
+    let m = manager(vec![dead]).await;
+    // The first readiness check may race the background fetch: wait for its verdict.
+    let mut body = Value::Null;
+    for _ in 0..50 {
+        let (s, b) = call(&m, Method::GET, "/api/v1/readyz", &m.admin, None).await;
+        body = b;
+        if s == StatusCode::SERVICE_UNAVAILABLE
+            && body["message"].as_str().is_some_and(|m| m.contains("GET"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        body["details"]["failed"]
+            .as_array()
+            .is_some_and(|f| f.contains(&json!("identityProviders"))),
+        "{body}"
+    );
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("127.0.0.1:{port}")),
+        "{body}"
+    );
+    // Minted tokens still work meanwhile.
+    assert_eq!(
+        call(&m, Method::GET, "/api/v1/clusters", &m.admin, None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+}
+
+fn base64_url(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+}
