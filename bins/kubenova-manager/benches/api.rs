@@ -67,24 +67,8 @@ const DEFAULT_PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 const SECRET: &str = "kubenova-bench-hs256-secret-0123456789abcdef";
 const MIB: f64 = 1024.0 * 1024.0;
 
-const KUBECONFIG: &str = "apiVersion: v1
-kind: Config
-clusters:
-- name: prod
-  cluster:
-    server: https://10.0.0.1:6443
-    certificate-authority-data: TFMwdExTMUNSVWRKVGc9PQ==
-contexts:
-- name: prod
-  context:
-    cluster: prod
-    user: admin
-current-context: prod
-users:
-- name: admin
-  user:
-    token: super-secret-cluster-token
-";
+/// A registered cluster's kubeconfig (shared fixture; its token is a stand-in secret).
+const KUBECONFIG: &str = include_str!("../tests/fixtures/cluster.kubeconfig");
 
 /// Same SQL text as the Store (kubenova-store/src/sql.rs), so both sides share the
 /// connection's cached prepared statements.

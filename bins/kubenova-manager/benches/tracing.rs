@@ -45,24 +45,8 @@ use std::time::{Duration, Instant};
 use tower::ServiceExt as _;
 
 const SECRET: &str = "kubenova-bench-hs256-secret-0123456789abcdef";
-const KUBECONFIG: &str = "apiVersion: v1
-kind: Config
-clusters:
-- name: prod
-  cluster:
-    server: https://10.0.0.1:6443
-    certificate-authority-data: TFMwdExTMUNSVWRKVGc9PQ==
-contexts:
-- name: prod
-  context:
-    cluster: prod
-    user: admin
-current-context: prod
-users:
-- name: admin
-  user:
-    token: super-secret-cluster-token
-";
+/// A registered cluster's kubeconfig (shared fixture; its token is a stand-in secret).
+const KUBECONFIG: &str = include_str!("../tests/fixtures/cluster.kubeconfig");
 
 async fn call(
     app: &axum::Router,

@@ -75,24 +75,8 @@ const RAW_STATEMENT: usize = 1000;
 const READS: usize = 50;
 const START: OffsetDateTime = time::macros::datetime!(2025-01-01 00:00 UTC);
 
-const KUBECONFIG: &str = "apiVersion: v1
-kind: Config
-clusters:
-- name: prod
-  cluster:
-    server: https://10.0.0.1:6443
-    certificate-authority-data: TFMwdExTMUNSVWRKVGc9PQ==
-contexts:
-- name: prod
-  context:
-    cluster: prod
-    user: admin
-current-context: prod
-users:
-- name: admin
-  user:
-    token: super-secret-cluster-token
-";
+/// A registered cluster's kubeconfig (shared fixture; its token is a stand-in secret).
+const KUBECONFIG: &str = include_str!("../tests/fixtures/cluster.kubeconfig");
 
 fn keyring() -> Keyring {
     Keyring::new(vec![Kek::new("bench", &[7; 32]).unwrap()]).unwrap()

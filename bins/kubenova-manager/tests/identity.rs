@@ -23,24 +23,8 @@ use tower::ServiceExt as _;
 
 const SECRET: &[u8] = b"identity-test-hs256-secret-0123456789abcdef";
 const AUDIENCE: &str = "kubenova-ui";
-const KUBECONFIG: &str = "apiVersion: v1
-kind: Config
-clusters:
-- name: prod
-  cluster:
-    server: https://10.0.0.1:6443
-    certificate-authority-data: TFMwdExTMUNSVWRKVGc9PQ==
-contexts:
-- name: prod
-  context:
-    cluster: prod
-    user: admin
-current-context: prod
-users:
-- name: admin
-  user:
-    token: super-secret-cluster-token
-";
+/// A registered cluster's kubeconfig (shared fixture; its token is a stand-in secret).
+const KUBECONFIG: &str = include_str!("fixtures/cluster.kubeconfig");
 
 /// The identity provider: its signing keys (the last one signs) behind discovery.
 #[derive(Clone)]
@@ -211,6 +195,11 @@ async fn call(
     )
 }
 
+/// The status of `GET path` with `token`.
+async fn get_status(m: &Manager, path: &str, token: &str) -> StatusCode {
+    call(m, Method::GET, path, token, None).await.0
+}
+
 struct World {
     cluster: String,
     acme: String,
@@ -279,21 +268,15 @@ async fn owners_access_and_groups_grant_rights_that_follow_the_model() {
     // alice is named in acme's owners: she owns it and nothing else.
     let alice = idp.token("alice@example.com", &[], json!({}));
     assert_eq!(
-        call(&m, Method::GET, &w.tenant(&w.acme), &alice, None)
-            .await
-            .0,
+        get_status(&m, &w.tenant(&w.acme), &alice).await,
         StatusCode::OK
     );
     assert_eq!(
-        call(&m, Method::GET, &w.tenant(&w.other), &alice, None)
-            .await
-            .0,
+        get_status(&m, &w.tenant(&w.other), &alice).await,
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        call(&m, Method::GET, "/api/v1/clusters", &alice, None)
-            .await
-            .0,
+        get_status(&m, "/api/v1/clusters", &alice).await,
         StatusCode::FORBIDDEN
     );
     let (s, body) = call(
@@ -330,31 +313,22 @@ async fn owners_access_and_groups_grant_rights_that_follow_the_model() {
     // bob owns acme through his group.
     let bob = idp.token("bob@example.com", &["acme-admins"], json!({}));
     assert_eq!(
-        call(&m, Method::GET, &w.tenant(&w.acme), &bob, None)
-            .await
-            .0,
+        get_status(&m, &w.tenant(&w.acme), &bob).await,
         StatusCode::OK
     );
     // Without the group (a new token after a group change) he has nothing.
     let bob_later = idp.token("bob@example.com", &["other-team"], json!({}));
     assert_eq!(
-        call(&m, Method::GET, &w.tenant(&w.acme), &bob_later, None)
-            .await
-            .0,
+        get_status(&m, &w.tenant(&w.acme), &bob_later).await,
         StatusCode::NOT_FOUND
     );
 
     // carol is a viewer of web: she reads it, lists only it, changes nothing, and does
     // not see the tenant record.
     let carol = idp.token("carol@example.com", &[], json!({}));
+    assert_eq!(get_status(&m, &w.project(), &carol).await, StatusCode::OK);
     assert_eq!(
-        call(&m, Method::GET, &w.project(), &carol, None).await.0,
-        StatusCode::OK
-    );
-    assert_eq!(
-        call(&m, Method::GET, &w.tenant(&w.acme), &carol, None)
-            .await
-            .0,
+        get_status(&m, &w.tenant(&w.acme), &carol).await,
         StatusCode::NOT_FOUND
     );
     let (s, list) = call(
@@ -383,10 +357,7 @@ async fn owners_access_and_groups_grant_rights_that_follow_the_model() {
 
     // dave develops in web through his group; a developer may not change the project.
     let dave = idp.token("dave@example.com", &["web-devs"], json!({}));
-    assert_eq!(
-        call(&m, Method::GET, &w.project(), &dave, None).await.0,
-        StatusCode::OK
-    );
+    assert_eq!(get_status(&m, &w.project(), &dave).await, StatusCode::OK);
     let (s, _) = call(
         &m,
         Method::PUT,
@@ -401,9 +372,7 @@ async fn owners_access_and_groups_grant_rights_that_follow_the_model() {
     // identity provider grants nothing.
     let eve = idp.token("eve@example.com", &["platform-admins"], json!({}));
     assert_eq!(
-        call(&m, Method::GET, "/api/v1/clusters", &eve, None)
-            .await
-            .0,
+        get_status(&m, "/api/v1/clusters", &eve).await,
         StatusCode::OK
     );
     let forger = idp.token(
@@ -412,15 +381,11 @@ async fn owners_access_and_groups_grant_rights_that_follow_the_model() {
         json!({"roles": ["admin"], "tenants": [w.other]}),
     );
     assert_eq!(
-        call(&m, Method::GET, "/api/v1/clusters", &forger, None)
-            .await
-            .0,
+        get_status(&m, "/api/v1/clusters", &forger).await,
         StatusCode::FORBIDDEN
     );
     assert_eq!(
-        call(&m, Method::GET, &w.tenant(&w.other), &forger, None)
-            .await
-            .0,
+        get_status(&m, &w.tenant(&w.other), &forger).await,
         StatusCode::NOT_FOUND
     );
 
@@ -435,15 +400,11 @@ async fn owners_access_and_groups_grant_rights_that_follow_the_model() {
     .await;
     assert_eq!(s, StatusCode::OK, "{body}");
     assert_eq!(
-        call(&m, Method::GET, &w.tenant(&w.acme), &alice, None)
-            .await
-            .0,
+        get_status(&m, &w.tenant(&w.acme), &alice).await,
         StatusCode::NOT_FOUND
     );
     assert_eq!(
-        call(&m, Method::GET, &w.tenant(&w.acme), &bob, None)
-            .await
-            .0,
+        get_status(&m, &w.tenant(&w.acme), &bob).await,
         StatusCode::OK
     );
     // And taking carol out of the project's access.
@@ -457,7 +418,7 @@ async fn owners_access_and_groups_grant_rights_that_follow_the_model() {
     .await;
     assert_eq!(s, StatusCode::OK, "{body}");
     assert_eq!(
-        call(&m, Method::GET, &w.project(), &carol, None).await.0,
+        get_status(&m, &w.project(), &carol).await,
         StatusCode::NOT_FOUND
     );
 }
@@ -471,9 +432,7 @@ async fn bad_tokens_are_refused_with_a_reason_and_rotated_keys_are_fetched() {
 
     let alice = idp.token("alice@example.com", &[], json!({}));
     assert_eq!(
-        call(&m, Method::GET, &w.tenant(&w.acme), &alice, None)
-            .await
-            .0,
+        get_status(&m, &w.tenant(&w.acme), &alice).await,
         StatusCode::OK
     );
 
@@ -528,9 +487,7 @@ async fn bad_tokens_are_refused_with_a_reason_and_rotated_keys_are_fetched() {
         base64_url(&json!({"iss": idp.url, "aud": AUDIENCE, "email": "alice@example.com", "sub": "x", "exp": now + 60}).to_string())
     );
     assert_eq!(
-        call(&m, Method::GET, &w.tenant(&w.acme), &none, None)
-            .await
-            .0,
+        get_status(&m, &w.tenant(&w.acme), &none).await,
         StatusCode::UNAUTHORIZED
     );
     // A token of a key the provider never published.
@@ -602,9 +559,7 @@ async fn an_unreachable_issuer_fails_readiness_with_the_reason() {
     );
     // Minted tokens still work meanwhile.
     assert_eq!(
-        call(&m, Method::GET, "/api/v1/clusters", &m.admin, None)
-            .await
-            .0,
+        get_status(&m, "/api/v1/clusters", &m.admin).await,
         StatusCode::OK
     );
 }

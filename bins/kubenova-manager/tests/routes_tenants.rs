@@ -20,24 +20,8 @@ use tower::ServiceExt;
 
 const SECRET: &[u8] = b"routes-tenants-test-secret-0123456789abcdef";
 
-const KUBECONFIG: &str = "apiVersion: v1
-kind: Config
-clusters:
-- name: prod
-  cluster:
-    server: https://10.0.0.1:6443
-    certificate-authority-data: TFMwdExTMUNSVWRKVGc9PQ==
-contexts:
-- name: prod
-  context:
-    cluster: prod
-    user: admin
-current-context: prod
-users:
-- name: admin
-  user:
-    token: super-secret-cluster-token
-";
+/// A registered cluster's kubeconfig (shared fixture; its token is a stand-in secret).
+const KUBECONFIG: &str = include_str!("fixtures/cluster.kubeconfig");
 
 struct App {
     state: AppState,

@@ -294,10 +294,8 @@ async fn me(State(st): State<AppState>, ctx: Ctx) -> ApiResult<axum::Json<Me>> {
         }
     }
     for (id, role, source) in projects {
-        let project = match st.store.get_project(id).await {
-            Ok(pr) => pr,
-            Err(kubenova_store::StoreError::NotFound { .. }) => continue,
-            Err(e) => return Err(e.into()),
+        let Some(project) = found(st.store.get_project(id).await)? else {
+            continue;
         };
         let Some((cluster, tenant)) = tenant_and_cluster(&st, project.tenant_id).await? else {
             continue;
@@ -333,15 +331,11 @@ async fn tenant_and_cluster(
     st: &AppState,
     id: TenantId,
 ) -> ApiResult<Option<(NamedRef, NamedRef)>> {
-    let tenant = match st.store.get_tenant(id).await {
-        Ok(t) => t,
-        Err(kubenova_store::StoreError::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(e.into()),
+    let Some(tenant) = found(st.store.get_tenant(id).await)? else {
+        return Ok(None);
     };
-    let cluster = match st.store.get_cluster(tenant.cluster_id).await {
-        Ok(c) => c,
-        Err(kubenova_store::StoreError::NotFound { .. }) => return Ok(None),
-        Err(e) => return Err(e.into()),
+    let Some(cluster) = found(st.store.get_cluster(tenant.cluster_id).await)? else {
+        return Ok(None);
     };
     Ok(Some((
         NamedRef {
@@ -353,4 +347,13 @@ async fn tenant_and_cluster(
             name: tenant.name,
         },
     )))
+}
+
+/// A record, or `None` when it is gone (a grant may name a record deleted since).
+fn found<T>(res: Result<T, kubenova_store::StoreError>) -> ApiResult<Option<T>> {
+    match res {
+        Ok(v) => Ok(Some(v)),
+        Err(kubenova_store::StoreError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
