@@ -148,9 +148,10 @@ pub const VERIFIED_TOKENS_MAX: usize = 4096;
 /// Keyed by the SHA-256 of the token (the cache holds no credential, and finding an entry
 /// needs the exact token); an entry is used only until the token's `exp` plus the
 /// configured leeway, the same bound the full check applies (`nbf` can only have become
-/// more true since). The verification keys are fixed for the life of the process and
-/// bearer tokens have no revocation here, so a hit answers exactly what the full check
-/// would. At most [`VERIFIED_TOKENS_MAX`] entries: when full, expired entries are dropped,
+/// more true since). Bearer tokens have no revocation here, and the local keys are fixed
+/// for the life of the process, so a hit answers what the full check would; an identity
+/// provider's token stays accepted until its `exp` even if the provider withdraws its key
+/// meanwhile (tenant and project rights are looked up per request, not cached here). At most [`VERIFIED_TOKENS_MAX`] entries: when full, expired entries are dropped,
 /// and if none are, the map is cleared.
 #[derive(Default)]
 struct VerifiedTokens {
