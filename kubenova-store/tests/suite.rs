@@ -2740,9 +2740,10 @@ async fn membership_rows(h: &Harness) -> i64 {
     }
 }
 
-async fn memberships_follow_owners_and_access(h: &Harness) {
-    let s = &h.store;
-    let w = WriteOptions::default();
+/// Cluster `c`, its tenant `acme` owned by alice and the ops group, and the tenant's
+/// project `web` with bob as viewer and the ops group as developers.
+async fn acme_with_members(h: &Harness) -> (Cluster, Tenant, Project) {
+    let (s, w) = (&h.store, WriteOptions::default());
     let c = cluster("c");
     s.create_cluster(&c, b"k", &w).await.unwrap();
     let mut t = tenant(c.id, "acme");
@@ -2751,6 +2752,13 @@ async fn memberships_follow_owners_and_access(h: &Harness) {
     let mut p = project(&t, "web");
     p.access = vec!["viewer:bob".into(), "developer:group:ops".into()];
     s.create_project(&p, &w).await.unwrap();
+    (c, t, p)
+}
+
+async fn memberships_follow_owners_and_access(h: &Harness) {
+    let s = &h.store;
+    let w = WriteOptions::default();
+    let (c, t, p) = acme_with_members(h).await;
     // A tenant nobody here is named in.
     let mut other = tenant(c.id, "other");
     other.owners = vec![];
@@ -2853,14 +2861,7 @@ async fn memberships_follow_owners_and_access(h: &Harness) {
 async fn memberships_go_with_their_tenant_project_or_cluster(h: &Harness) {
     let s = &h.store;
     let w = WriteOptions::default();
-    let c = cluster("c");
-    s.create_cluster(&c, b"k", &w).await.unwrap();
-    let mut t = tenant(c.id, "acme");
-    t.owners = vec!["alice@example.com".into(), "group:ops".into()];
-    s.create_tenant(&t, &w).await.unwrap();
-    let mut p = project(&t, "web");
-    p.access = vec!["viewer:bob".into(), "developer:group:ops".into()];
-    s.create_project(&p, &w).await.unwrap();
+    let (c, t, p) = acme_with_members(h).await;
     let mut q = project(&t, "api");
     q.access = vec!["bob".into()];
     s.create_project(&q, &w).await.unwrap();
@@ -2939,14 +2940,7 @@ async fn membership_lookups_are_bounded(h: &Harness) {
 async fn memberships_are_backfilled_once(h: &Harness) {
     let s = &h.store;
     let w = WriteOptions::default();
-    let c = cluster("c");
-    s.create_cluster(&c, b"k", &w).await.unwrap();
-    let mut t = tenant(c.id, "acme");
-    t.owners = vec!["alice@example.com".into(), "group:ops".into()];
-    s.create_tenant(&t, &w).await.unwrap();
-    let mut p = project(&t, "web");
-    p.access = vec!["viewer:bob".into(), "developer:group:ops".into()];
-    s.create_project(&p, &w).await.unwrap();
+    let (c, _, _) = acme_with_members(h).await;
     let mut quiet = tenant(c.id, "quiet");
     quiet.owners = vec![];
     s.create_tenant(&quiet, &w).await.unwrap();

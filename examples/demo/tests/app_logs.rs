@@ -14,8 +14,8 @@ mod common;
 use common::{database, drop_database};
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
+use kubenova_demo::Rest;
 use kubenova_demo::flow::{Flow, STEP_TIMEOUT, create_tenancy};
-use kubenova_demo::{Binaries, Rest};
 use serde_json::{Value, json};
 
 /// Mints a token as the platform admin.
@@ -43,16 +43,8 @@ fn id_of(path: &str) -> &str {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_developer_reads_and_follows_logs_and_events() {
-    let bins = match Binaries::locate() {
-        Ok(b) => b,
-        Err(e) => {
-            assert!(
-                std::env::var("KUBENOVA_REQUIRE_E2E").as_deref() != Ok("1"),
-                "KUBENOVA_REQUIRE_E2E=1 but {e}"
-            );
-            eprintln!("!!! E2E SKIPPED: {e} !!!");
-            return;
-        }
+    let Some(bins) = common::binaries() else {
+        return;
     };
     let (url, pg) = database().await;
     let dir = tempfile::tempdir().unwrap();

@@ -15,7 +15,7 @@ use axum::extract::State;
 use axum::routing::post;
 use common::{database, drop_database};
 use kubenova_demo::flow::{Flow, STEP_TIMEOUT};
-use kubenova_demo::{Binaries, wait_for};
+use kubenova_demo::wait_for;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -194,16 +194,8 @@ async fn create_tenant(flow: &Flow, name: &str, traceparent: &str) -> (String, S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_write_is_one_trace_across_manager_and_operator() {
-    let bins = match Binaries::locate() {
-        Ok(b) => b,
-        Err(e) => {
-            assert!(
-                std::env::var("KUBENOVA_REQUIRE_E2E").as_deref() != Ok("1"),
-                "KUBENOVA_REQUIRE_E2E=1 but {e}"
-            );
-            eprintln!("!!! E2E SKIPPED: {e} !!!");
-            return;
-        }
+    let Some(bins) = common::binaries() else {
+        return;
     };
     let cli = bins.manager.with_file_name("kubenova");
     let (db, pg) = database().await;

@@ -1,5 +1,21 @@
-//! What the end-to-end tests share: a fresh database for the manager.
+//! What the end-to-end tests share: the binaries and a fresh database for the manager.
 #![allow(clippy::unwrap_used, dead_code)]
+
+/// The binaries the end-to-end tests run, or `None` after a loud skip when they are not
+/// built (a failure when `KUBENOVA_REQUIRE_E2E=1`).
+pub fn binaries() -> Option<kubenova_demo::Binaries> {
+    match kubenova_demo::Binaries::locate() {
+        Ok(b) => Some(b),
+        Err(e) => {
+            assert!(
+                std::env::var("KUBENOVA_REQUIRE_E2E").as_deref() != Ok("1"),
+                "KUBENOVA_REQUIRE_E2E=1 but {e}"
+            );
+            eprintln!("!!! E2E SKIPPED: {e} !!!");
+            None
+        }
+    }
+}
 
 /// A fresh Postgres database when `KUBENOVA_TEST_POSTGRES_URL` is set (returned with what
 /// [`drop_database`] needs), else an SQLite file (loudly; a failure when
