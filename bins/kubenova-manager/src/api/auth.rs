@@ -340,16 +340,7 @@ impl Authenticator {
         if jwks.keys.is_empty() {
             return Err(AuthSetupError::Config("OIDC JWKS has no keys".into()));
         }
-        let config = super::oidc::IssuerConfig {
-            issuer: issuer.into(),
-            audience: audience.into(),
-            subject_claim: "sub".into(),
-            groups_claim: "groups".into(),
-            subject_prefix: String::new(),
-            groups_prefix: String::new(),
-            jwks_file: None,
-            role_claims: true,
-        };
+        let config = super::oidc::IssuerConfig::with_role_claims(issuer, audience, None);
         Ok(
             self.with_identity_providers(std::sync::Arc::new(super::oidc::Oidc::from_issuers(
                 vec![super::oidc::Issuer::with_keys(config, jwks)],
@@ -414,16 +405,11 @@ impl Authenticator {
                 .clone()
                 .unwrap_or_else(|| cfg.jwt_audience.clone());
             let config = super::oidc::OidcConfig {
-                issuers: vec![super::oidc::IssuerConfig {
-                    issuer: issuer.clone(),
-                    audience: aud,
-                    subject_claim: "sub".into(),
-                    groups_claim: "groups".into(),
-                    subject_prefix: String::new(),
-                    groups_prefix: String::new(),
-                    jwks_file: cfg.oidc_jwks_file.clone(),
-                    role_claims: true,
-                }],
+                issuers: vec![super::oidc::IssuerConfig::with_role_claims(
+                    issuer,
+                    &aud,
+                    cfg.oidc_jwks_file.clone(),
+                )],
                 platform_roles: super::oidc::PlatformRoles::default(),
             };
             let oidc = super::oidc::Oidc::new(config)
@@ -468,23 +454,7 @@ impl Authenticator {
         if self.is_disabled() {
             return Ok(dev_principal());
         }
-        let Some(h) = authorization else {
-            return Err(ApiError::unauthenticated(
-                "missing bearer token: send Authorization: Bearer <jwt>",
-            ));
-        };
-        let h = h.trim();
-        let token = match h.split_once(' ') {
-            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
-            _ => {
-                return Err(ApiError::unauthenticated(
-                    "the Authorization header must use the Bearer scheme: Authorization: Bearer <jwt>",
-                ));
-            }
-        };
-        if token.is_empty() {
-            return Err(ApiError::unauthenticated("empty bearer token"));
-        }
+        let token = bearer_token(authorization)?;
         self.verify(token)
     }
 
@@ -513,22 +483,19 @@ impl Authenticator {
         &self,
         authorization: Option<&str>,
     ) -> Result<Principal, ApiError> {
+        let first = self.authenticate(authorization);
+        // Only a refusal costs more: a known token or key is answered as before.
+        if first.is_ok() {
+            return first;
+        }
         if let Some(oidc) = &self.oidc
-            && let Some(token) = authorization
-                .and_then(|h| h.trim().split_once(' '))
-                .map(|(_, t)| t.trim())
+            && let Ok(token) = bearer_token(authorization)
             && let Some(issuer) = unknown_key_issuer(oidc, token)
-            && self
-                .verified
-                .get(
-                    &VerifiedTokens::key(token),
-                    OffsetDateTime::now_utc().unix_timestamp(),
-                )
-                .is_none()
         {
             issuer.refresh().await;
+            return self.authenticate(authorization);
         }
-        self.authenticate(authorization)
+        first
     }
 
     /// The full check of [`Authenticator::verify`]: the principal and the token's `exp`.
@@ -537,11 +504,11 @@ impl Authenticator {
             .map_err(|_| ApiError::unauthenticated("the bearer token is not a well-formed JWT"))?;
         // Tokens are routed by their (still unverified) `iss`: an identity provider's are
         // verified by that provider's keys and rules, and nothing else.
-        let iss = peek_issuer(token);
         if let Some(oidc) = &self.oidc
-            && let Some(iss) = iss.as_deref()
+            && let Some(iss) = peek_issuer(token)
             && iss != self.issuer
         {
+            let iss = iss.as_str();
             let Some(issuer) = oidc.issuer(iss) else {
                 return Err(ApiError::unauthenticated(format!(
                     "the bearer token's issuer {:?} is not one this manager trusts",
@@ -835,6 +802,27 @@ fn claims_error(e: &jsonwebtoken::errors::Error, issuer: &str, audience: &str) -
         _ => "the bearer token is malformed".to_string(),
     };
     ApiError::unauthenticated(msg)
+}
+
+/// The token of an `Authorization: Bearer <jwt>` header value.
+fn bearer_token(authorization: Option<&str>) -> Result<&str, ApiError> {
+    let Some(h) = authorization else {
+        return Err(ApiError::unauthenticated(
+            "missing bearer token: send Authorization: Bearer <jwt>",
+        ));
+    };
+    let token = match h.trim().split_once(' ') {
+        Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+        _ => {
+            return Err(ApiError::unauthenticated(
+                "the Authorization header must use the Bearer scheme: Authorization: Bearer <jwt>",
+            ));
+        }
+    };
+    if token.is_empty() {
+        return Err(ApiError::unauthenticated("empty bearer token"));
+    }
+    Ok(token)
 }
 
 /// The `iss` claim of a compact JWT, read without verifying it (to choose the verifier).

@@ -122,6 +122,24 @@ pub struct IssuerConfig {
     pub role_claims: bool,
 }
 
+impl IssuerConfig {
+    /// An issuer whose tokens carry KubeNova's own `sub`, `roles`, `tenants` and
+    /// `projects` claims (the `--oidc-issuer` flags): default claim names, no prefixes,
+    /// keys from `jwks_file` or by discovery.
+    pub fn with_role_claims(issuer: &str, audience: &str, jwks_file: Option<PathBuf>) -> Self {
+        IssuerConfig {
+            issuer: issuer.into(),
+            audience: audience.into(),
+            subject_claim: default_subject_claim(),
+            groups_claim: default_groups_claim(),
+            subject_prefix: String::new(),
+            groups_prefix: String::new(),
+            jwks_file,
+            role_claims: true,
+        }
+    }
+}
+
 fn is_loopback_url(u: &reqwest::Url) -> bool {
     match u.host_str() {
         Some("localhost") => true,
@@ -391,7 +409,7 @@ pub struct Oidc {
 
 impl Oidc {
     /// From a checked configuration; keys from files are read now, the others are fetched
-    /// by [`Oidc::refresh_all`] / [`Oidc::spawn_refresher`].
+    /// by [`Oidc::spawn_refresher`] (and at once for a token naming an unknown key).
     pub fn new(cfg: OidcConfig) -> Result<Oidc, String> {
         cfg.check()?;
         let client = reqwest::Client::builder()
@@ -431,11 +449,6 @@ impl Oidc {
             .collect()
     }
 
-    /// Fetches every issuer's keys (see [`Issuer::refresh`]).
-    pub async fn refresh_all(&self) {
-        futures::future::join_all(self.issuers.iter().map(|i| i.refresh())).await;
-    }
-
     /// Keeps the keys fresh: every [`REFRESH_EVERY`], and every [`REFRESH_MIN_GAP`] while
     /// an issuer has none.
     pub fn spawn_refresher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
@@ -443,23 +456,19 @@ impl Oidc {
         tokio::spawn(async move {
             let mut last_full = Instant::now();
             loop {
-                this.refresh_all_missing_or(last_full.elapsed() >= REFRESH_EVERY)
-                    .await;
-                if last_full.elapsed() >= REFRESH_EVERY {
+                let full = last_full.elapsed() >= REFRESH_EVERY;
+                let due = this
+                    .issuers
+                    .iter()
+                    .filter(|i| full || i.ready().is_err())
+                    .map(|i| i.refresh());
+                futures::future::join_all(due).await;
+                if full {
                     last_full = Instant::now();
                 }
                 tokio::time::sleep(REFRESH_MIN_GAP).await;
             }
         })
-    }
-
-    async fn refresh_all_missing_or(&self, all: bool) {
-        let due = self
-            .issuers
-            .iter()
-            .filter(|i| all || i.ready().is_err())
-            .map(|i| i.refresh());
-        futures::future::join_all(due).await;
     }
 
     /// Ready when every issuer has keys; else which issuers have none and why.
