@@ -56,6 +56,14 @@ fn matrix() -> Vec<(&'static str, Value)> {
                     "issuer": "https://kubenova.example.com", "audience": "platform",
                 }},
                 "agent": {"caSecret": "kubenova-ca", "caSecretKey": "ca.pem"},
+                "oidc": {"config": {
+                    "issuers": [{
+                        "issuer": "https://keycloak.example.com/realms/platform", "audience": "kubenova",
+                        "subjectClaim": "email", "groupsClaim": "groups", "subjectPrefix": "", "groupsPrefix": "kc:",
+                        "roleClaims": false,
+                    }],
+                    "platformRoles": {"admin": ["kc:platform-admins"], "ops": ["kc:sre"], "readOnly": ["kc:auditors"]},
+                }},
             }),
         ),
         (
@@ -412,6 +420,23 @@ fn check_case(case: &str, values: &Value, objects: &[Value]) {
             )
         ),
     }
+    // Identity providers: the document the manager reads, as the manager parses and checks it.
+    if values["oidc"]["config"].is_object() {
+        let cm = find(objects, "ConfigMap").unwrap();
+        let text = cm["data"]["oidc.json"].as_str().unwrap();
+        let parsed: kubenova_manager::api::oidc::OidcConfig = serde_json::from_str(text).unwrap();
+        parsed.check().unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(text).unwrap(),
+            values["oidc"]["config"]
+        );
+        assert_eq!(
+            env_value(d, "KUBENOVA_OIDC_CONFIG").unwrap()["value"],
+            "/etc/kubenova/config/oidc.json"
+        );
+    } else {
+        assert!(env_value(d, "KUBENOVA_OIDC_CONFIG").is_none(), "{case}");
+    }
     if values["catalog"].is_object() {
         let cm = find(objects, "ConfigMap").unwrap();
         let catalog: Value =
@@ -492,8 +517,16 @@ fn bad_values_are_refused_with_their_reason() {
             "tls.certManager.enabled=true issues the Ingress certificate",
         ),
         (
-            json!({"oidc": {"issuer": "https://login.example.com"}}),
-            "oidc.issuer needs oidc.jwks",
+            json!({"oidc": {"jwks": JWKS}}),
+            "oidc.jwks needs oidc.issuer",
+        ),
+        (
+            json!({"oidc": {"issuer": "https://login.example.com", "config": {"issuers": [{"issuer": "https://idp.example.com", "audience": "kubenova"}]}}}),
+            "oidc.config lists every issuer",
+        ),
+        (
+            json!({"oidc": {"config": {"issuers": [{"issuer": "https://idp.example.com"}]}}}),
+            "audience",
         ),
         (
             json!({"externalUrl": "kubenova.example.com"}),

@@ -113,8 +113,11 @@ seccompProfile:
 {{- if and .Values.tls.certManager.enabled (not .Values.tls.certManager.issuerRef.name) -}}
 {{- fail "tls.certManager.enabled=true needs tls.certManager.issuerRef.name (a cert-manager Issuer or ClusterIssuer)" -}}
 {{- end -}}
-{{- if and .Values.oidc.issuer (not .Values.oidc.jwks) -}}
-{{- fail "oidc.issuer needs oidc.jwks: the issuer's JWKS document (the manager does not fetch it)" -}}
+{{- if and .Values.oidc.jwks (not .Values.oidc.issuer) -}}
+{{- fail "oidc.jwks needs oidc.issuer (the issuer whose keys it holds)" -}}
+{{- end -}}
+{{- if and .Values.oidc.config (or .Values.oidc.issuer .Values.oidc.jwks) -}}
+{{- fail "oidc.config lists every issuer: leave oidc.issuer and oidc.jwks empty (an issuer with KubeNova's own claims is roleClaims: true in oidc.config)" -}}
 {{- end -}}
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) -}}
 {{- fail "autoscaling.minReplicas must not be above autoscaling.maxReplicas" -}}
