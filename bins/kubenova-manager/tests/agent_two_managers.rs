@@ -6,103 +6,13 @@
 
 use kubenova_manager::api::authz::Role;
 use serde_json::{Value, json};
-use std::io::{BufRead as _, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const JWT_SECRET: &str = "two-managers-test-secret-0123456789abcdef";
 const KEKS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
-struct Manager {
-    child: Child,
-    addr: String,
-    log: Arc<Mutex<String>>,
-}
-
-impl Drop for Manager {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(database_url: &str, dir: &std::path::Path) -> Manager {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kubenova-manager"))
-        .current_dir(dir)
-        .env_remove("KUBENOVA_INSECURE_DEV_NO_AUTH")
-        .env("DATABASE_URL", database_url)
-        .env("KUBENOVA_DATA_DIR", dir.join("data"))
-        .env("KUBENOVA_KEKS", KEKS)
-        .env("KUBENOVA_JWT_SECRET", JWT_SECRET)
-        .env("KUBENOVA_LOG", "info")
-        .env_remove("KUBENOVA_LOG_FORMAT")
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let (tx, rx) = std::sync::mpsc::channel::<String>();
-    let log2 = log.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            log2.lock().unwrap().push_str(&line);
-            log2.lock().unwrap().push('\n');
-            if let Ok(v) = serde_json::from_str::<Value>(&line)
-                && v["fields"]["message"] == "listening"
-            {
-                let _ = tx.send(
-                    v["fields"]["address"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_string(),
-                );
-            }
-        }
-    });
-    let addr = match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(a) => a,
-        Err(_) => {
-            let _ = child.kill();
-            panic!("the manager did not start; log:\n{}", log.lock().unwrap());
-        }
-    };
-    Manager { child, addr, log }
-}
-
-fn pg_url() -> Option<String> {
-    match std::env::var("KUBENOVA_TEST_POSTGRES_URL") {
-        Ok(u) if !u.is_empty() => Some(u),
-        _ => {
-            if std::env::var("KUBENOVA_REQUIRE_POSTGRES").as_deref() == Ok("1") {
-                panic!("KUBENOVA_REQUIRE_POSTGRES=1 but KUBENOVA_TEST_POSTGRES_URL is not set");
-            }
-            eprintln!(
-                "!!! POSTGRES SKIPPED: set KUBENOVA_TEST_POSTGRES_URL to run two managers on Postgres !!!"
-            );
-            None
-        }
-    }
-}
-
-fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
-    };
-    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let head = match base[scheme_end..].find('/') {
-        Some(i) => &base[..scheme_end + i],
-        None => base,
-    };
-    match query {
-        Some(q) => format!("{head}/{db}?{q}"),
-        None => format!("{head}/{db}"),
-    }
-}
+mod common;
+use common::{Manager, pg_url};
 
 const KUBECONFIG: &str = "apiVersion: v1
 kind: Config
@@ -123,8 +33,8 @@ users:
 async fn scenario(url: String) {
     let d1 = tempfile::tempdir().unwrap();
     let d2 = tempfile::tempdir().unwrap();
-    let m1 = start(&url, d1.path());
-    let m2 = start(&url, d2.path());
+    let m1 = Manager::start(&url, d1.path(), JWT_SECRET, KEKS, &[]);
+    let m2 = Manager::start(&url, d2.path(), JWT_SECRET, KEKS, &[]);
     // Manager 1 must be listening before the test relies on notifications.
     let deadline = Instant::now() + Duration::from_secs(30);
     while !m1
@@ -290,33 +200,16 @@ async fn scenario(url: String) {
 #[test]
 fn a_write_through_one_manager_wakes_a_poll_on_another() {
     let Some(url) = pg_url() else { return };
-    let db = format!("kn_agents_{}", uuid::Uuid::new_v4().simple());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    rt.block_on(async {
-        let admin = sqlx::PgPool::connect(&url)
-            .await
-            .expect("connect to KUBENOVA_TEST_POSTGRES_URL");
-        sqlx::query(&format!("CREATE DATABASE {db}"))
-            .execute(&admin)
-            .await
-            .unwrap();
-        admin.close().await;
-    });
-    let db_url = with_database(&url, &db);
+    let (db_url, db) = rt.block_on(common::create_database(&url, "kn_agents"));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         rt.block_on(scenario(db_url))
     }));
-    rt.block_on(async {
-        let admin = sqlx::PgPool::connect(&url).await.unwrap();
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
-            .execute(&admin)
-            .await;
-        admin.close().await;
-    });
+    rt.block_on(common::drop_database(&url, &db));
     if let Err(e) = result {
         std::panic::resume_unwind(e);
     }

@@ -1,7 +1,9 @@
 //! People signed in with an identity provider: an OIDC provider in this process (discovery
 //! and a JWKS over HTTP, ES256 keys that rotate) and the manager's real router on SQLite.
 //! Rights come from the model: tenants' `owners`, projects' `access`, platform roles from
-//! groups; changes apply to the next request; bad tokens are KN-401 with a reason.
+//! groups; changes apply to the next request; bad tokens are KN-401 with a reason. Two
+//! real manager processes on one Postgres database (configured by an `--oidc-config` file)
+//! show a removal applying at once on the other replica.
 #![allow(clippy::unwrap_used)]
 
 use axum::body::Body;
@@ -20,6 +22,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tower::ServiceExt as _;
+
+mod common;
 
 const SECRET: &[u8] = b"identity-test-hs256-secret-0123456789abcdef";
 const AUDIENCE: &str = "kubenova-ui";
@@ -567,4 +571,118 @@ async fn an_unreachable_issuer_fails_readiness_with_the_reason() {
 fn base64_url(s: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_applies_at_once_on_every_replica() {
+    let Some(url) = common::pg_url() else { return };
+    let (db_url, db) = common::create_database(&url, "kn_identity").await;
+    let result = tokio::spawn(two_replicas(db_url)).await;
+    common::drop_database(&url, &db).await;
+    if let Err(e) = result {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+async fn two_replicas(db_url: String) {
+    const JWT: &str = "identity-replicas-secret-0123456789abcdef";
+    const KEKS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    let idp = Idp::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // The configuration file as an operator writes it (YAML).
+    let config = dir.path().join("oidc.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "issuers:\n  - issuer: {}\n    audience: {AUDIENCE}\n    subjectClaim: email\n",
+            idp.url
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let env = [("KUBENOVA_OIDC_CONFIG", config.as_str())];
+    let (d1, d2) = (dir.path().join("a"), dir.path().join("b"));
+    std::fs::create_dir_all(&d1).unwrap();
+    std::fs::create_dir_all(&d2).unwrap();
+    let replica_a = common::Manager::start(&db_url, &d1, JWT, KEKS, &env);
+    let replica_b = common::Manager::start(&db_url, &d2, JWT, KEKS, &env);
+    let (a, b) = (
+        format!("http://{}", replica_a.addr),
+        format!("http://{}", replica_b.addr),
+    );
+    let http = reqwest::Client::new();
+    // Ready once each replica fetched the provider's keys.
+    for base in [&a, &b] {
+        let mut ready = false;
+        for _ in 0..100 {
+            let r = http
+                .get(format!("{base}/api/v1/readyz"))
+                .send()
+                .await
+                .unwrap();
+            if r.status() == reqwest::StatusCode::OK {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(ready, "{base} never became ready");
+    }
+    let admin = kubenova_manager::api::auth::Authenticator::hs256(
+        JWT.as_bytes(),
+        "kubenova",
+        "kubenova-api",
+        Duration::from_secs(60),
+        Duration::from_secs(3600),
+    )
+    .mint("root", &[Role::Admin], &[], &[], Duration::from_secs(600))
+    .unwrap()
+    .token;
+    let send = |method: reqwest::Method, url: String, token: &str, body: Option<Value>| {
+        let mut r = http.request(method, url).bearer_auth(token);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        async move {
+            let resp = r.send().await.unwrap();
+            let status = resp.status().as_u16();
+            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    let (s, c) = send(
+        reqwest::Method::POST,
+        format!("{a}/api/v1/clusters"),
+        &admin,
+        Some(json!({"name": "prod", "kubeconfig": KUBECONFIG})),
+    )
+    .await;
+    assert_eq!(s, 201, "{c}");
+    let tenants = format!("/api/v1/clusters/{}/tenants", c["id"].as_str().unwrap());
+    let (s, t) = send(
+        reqwest::Method::POST,
+        format!("{a}{tenants}"),
+        &admin,
+        Some(json!({"name": "acme", "owners": ["alice@example.com"]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{t}");
+    let tenant = format!("{tenants}/{}", t["id"].as_str().unwrap());
+
+    let alice = idp.token("alice@example.com", &[], json!({}));
+    let (s, body) = send(reqwest::Method::GET, format!("{b}{tenant}"), &alice, None).await;
+    assert_eq!(s, 200, "alice owns acme on the other replica: {body}");
+    let (s, body) = send(
+        reqwest::Method::PUT,
+        format!("{a}{tenant}/owners"),
+        &admin,
+        Some(json!(["bob@example.com"])),
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    // At once, with the token she holds, on the replica that did not make the change.
+    let (s, body) = send(reqwest::Method::GET, format!("{b}{tenant}"), &alice, None).await;
+    assert_eq!(s, 404, "{body}");
+    let bob = idp.token("bob@example.com", &[], json!({}));
+    let (s, body) = send(reqwest::Method::GET, format!("{b}{tenant}"), &bob, None).await;
+    assert_eq!(s, 200, "{body}");
 }

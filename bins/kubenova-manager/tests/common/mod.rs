@@ -1,0 +1,136 @@
+//! What the tests that run the manager as a process share.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A `kubenova-manager serve` process on a free loopback port, killed when dropped.
+pub struct Manager {
+    child: Child,
+    /// Its `host:port`.
+    pub addr: String,
+    /// Its log so far (stderr).
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Drop for Manager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Manager {
+    /// Starts the manager on `database_url` with its data in `dir`, the HS256 secret, the
+    /// key-encryption keys and `env` on top; returns once it listens.
+    pub fn start(
+        database_url: &str,
+        dir: &std::path::Path,
+        jwt_secret: &str,
+        keks: &str,
+        env: &[(&str, &str)],
+    ) -> Manager {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kubenova-manager"))
+            .current_dir(dir)
+            .env_remove("KUBENOVA_INSECURE_DEV_NO_AUTH")
+            .env("DATABASE_URL", database_url)
+            .env("KUBENOVA_DATA_DIR", dir.join("data"))
+            .env("KUBENOVA_KEKS", keks)
+            .env("KUBENOVA_JWT_SECRET", jwt_secret)
+            .envs(env.iter().copied())
+            .env("KUBENOVA_LOG", "info")
+            .env_remove("KUBENOVA_LOG_FORMAT")
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<String>();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                log2.lock().unwrap().push_str(&line);
+                log2.lock().unwrap().push('\n');
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                    && v["fields"]["message"] == "listening"
+                {
+                    let _ = tx.send(
+                        v["fields"]["address"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string(),
+                    );
+                }
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(a) => a,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("the manager did not start; log:\n{}", log.lock().unwrap());
+            }
+        };
+        Manager { child, addr, log }
+    }
+}
+
+/// The Postgres URL for tests, or `None` (skipped loudly) unless Postgres is required.
+pub fn pg_url() -> Option<String> {
+    match std::env::var("KUBENOVA_TEST_POSTGRES_URL") {
+        Ok(u) if !u.is_empty() => Some(u),
+        _ => {
+            if std::env::var("KUBENOVA_REQUIRE_POSTGRES").as_deref() == Ok("1") {
+                panic!("KUBENOVA_REQUIRE_POSTGRES=1 but KUBENOVA_TEST_POSTGRES_URL is not set");
+            }
+            eprintln!(
+                "!!! POSTGRES SKIPPED: set KUBENOVA_TEST_POSTGRES_URL to run managers on Postgres !!!"
+            );
+            None
+        }
+    }
+}
+
+/// `url` naming the database `db` instead.
+pub fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
+    let head = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{head}/{db}?{q}"),
+        None => format!("{head}/{db}"),
+    }
+}
+
+/// A new database on the server of `url` (named `<prefix>_<uuid>`): its URL and name.
+pub async fn create_database(url: &str, prefix: &str) -> (String, String) {
+    let db = format!("{prefix}_{}", uuid::Uuid::new_v4().simple());
+    let admin = sqlx::PgPool::connect(url)
+        .await
+        .expect("connect to KUBENOVA_TEST_POSTGRES_URL");
+    sqlx::query(&format!("CREATE DATABASE {db}"))
+        .execute(&admin)
+        .await
+        .unwrap();
+    admin.close().await;
+    (with_database(url, &db), db)
+}
+
+/// Drops a database made by [`create_database`].
+pub async fn drop_database(url: &str, db: &str) {
+    let admin = sqlx::PgPool::connect(url).await.unwrap();
+    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+        .execute(&admin)
+        .await;
+    admin.close().await;
+}
