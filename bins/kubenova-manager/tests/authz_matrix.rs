@@ -9,6 +9,9 @@
 //!
 //! Scope: tenantOwner and the scoped readOnly are scoped to the target's tenant (in scope)
 //! or to another tenant (out of scope); projectDev likewise to the target's project. The
+//! identity-provider callers (a person signed in, with rights derived from the model) are
+//! named in the owners of the target's tenant, or with a role in the access of the
+//! target's project (in scope), or in another chain's (out of scope). The
 //! objects are created through the API as admin over a temporary SQLite store. Destructive
 //! operations (DELETE, `:delete`, `cascade`) run on throwaway objects created for each
 //! single check, so the checks do not depend on their order.
@@ -26,6 +29,7 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use kubenova_api::ids::{ProjectId, TenantId};
+use kubenova_api::model::AccessRole;
 use kubenova_manager::api::authz::Role;
 use kubenova_manager::api::config::ServerConfig;
 use kubenova_manager::api::{AppState, openapi, router};
@@ -89,6 +93,10 @@ enum Scope {
     None,
     Tenant,
     Project,
+    /// A person named in the home tenant's `owners` (an identity provider's token).
+    Owners,
+    /// A person with this role in the home project's `access`.
+    Access(AccessRole),
 }
 
 /// A caller of the matrix: one column of the table.
@@ -99,7 +107,7 @@ struct Caller {
     scope: Scope,
 }
 
-const CALLERS: [Caller; 7] = [
+const CALLERS: [Caller; 10] = [
     Caller {
         column: "admin",
         role: Some(Role::Admin),
@@ -131,11 +139,57 @@ const CALLERS: [Caller; 7] = [
         scope: Scope::None,
     },
     Caller {
+        column: "owners entry",
+        role: None,
+        scope: Scope::Owners,
+    },
+    Caller {
+        column: "developer entry",
+        role: None,
+        scope: Scope::Access(AccessRole::Developer),
+    },
+    Caller {
+        column: "viewer entry",
+        role: None,
+        scope: Scope::Access(AccessRole::Viewer),
+    },
+    Caller {
         column: "no token",
         role: None,
         scope: Scope::None,
     },
 ];
+
+/// The identity provider of the people columns (its keys given to the manager directly).
+const IDP: &str = "https://idp.example.com";
+const IDP_AUDIENCE: &str = "kubenova-ui";
+
+/// The owners of a chain's tenant: one of the people columns among them.
+fn owners_of(o: &Objs) -> Value {
+    json!(["alice@example.com", person(Scope::Owners, o).unwrap()])
+}
+
+/// The access entries of a chain's project: the developer and viewer people columns.
+fn access_of(o: &Objs) -> Value {
+    let entries: Vec<String> = [AccessRole::Developer, AccessRole::Viewer]
+        .into_iter()
+        .map(|r| format!("{}:{}", r.as_str(), person(Scope::Access(r), o).unwrap()))
+        .collect();
+    json!(entries)
+}
+
+/// The person a people column is, for the chain `home` (each chain names its own).
+fn person(scope: Scope, home: &Objs) -> Option<String> {
+    match scope {
+        Scope::Owners => Some(format!("owner-{}@example.com", home.tenant_name)),
+        Scope::Access(role) => Some(format!(
+            "{}-{}@example.com",
+            role.as_str(),
+            home.project_name
+        )),
+        _ => None,
+    }
+}
 
 type Cell = (Class, Class);
 
@@ -209,6 +263,7 @@ fn fmt_cell((i, o): Cell) -> String {
 struct Objs {
     cluster: String,
     tenant: String,
+    tenant_name: String,
     project: String,
     project_name: String,
     app: String,
@@ -224,6 +279,7 @@ struct World {
     b: Objs,
     policyset: String,
     seq: AtomicUsize,
+    idp_key: kubenova_kubeconfig::SigningKey,
     _dir: tempfile::TempDir,
 }
 
@@ -244,7 +300,39 @@ impl World {
             rate_limit_ip_rps: 0,
             ..ServerConfig::default()
         };
-        let st = kubenova_manager::test_state(store, cfg, b"0123456789abcdef0123456789abcdef");
+        let idp_key =
+            kubenova_kubeconfig::SigningKey::generate(time::OffsetDateTime::now_utc()).unwrap();
+        let auth = kubenova_manager::api::auth::Authenticator::hs256(
+            b"0123456789abcdef0123456789abcdef",
+            &cfg.jwt_issuer,
+            &cfg.jwt_audience,
+            cfg.clock_skew,
+            cfg.max_token_ttl,
+        )
+        .with_identity_providers(std::sync::Arc::new(
+            kubenova_manager::api::oidc::Oidc::from_issuers(
+                vec![kubenova_manager::api::oidc::Issuer::with_keys(
+                    kubenova_manager::api::oidc::IssuerConfig {
+                        role_claims: false,
+                        ..kubenova_manager::api::oidc::IssuerConfig::with_role_claims(
+                            IDP,
+                            IDP_AUDIENCE,
+                            None,
+                        )
+                    },
+                    jsonwebtoken::jwk::JwkSet {
+                        keys: vec![idp_key.jwk()],
+                    },
+                )],
+                kubenova_manager::api::oidc::PlatformRoles::default(),
+            ),
+        ));
+        let st = kubenova_manager::assemble_state(
+            store,
+            kubenova_api::catalog::Catalog::builtin(),
+            cfg,
+            auth,
+        );
         let mut w = World {
             app: router(st.clone()),
             st,
@@ -253,6 +341,7 @@ impl World {
             b: Objs::default(),
             policyset: String::new(),
             seq: AtomicUsize::new(0),
+            idp_key,
             _dir: dir,
         };
         w.admin = w.mint(&[Role::Admin], &[], &[]);
@@ -348,18 +437,24 @@ impl World {
 
     /// A tenant with a project and an app (with two revisions and a workflow run).
     async fn chain(&self, cluster: &str, full: bool) -> Objs {
+        let tname = self.name("t");
+        let pname = self.name("p");
+        let names = Objs {
+            tenant_name: tname.clone(),
+            project_name: pname.clone(),
+            ..Objs::default()
+        };
         let t = self
             .create(
                 &format!("/api/v1/clusters/{cluster}/tenants"),
-                json!({"name": self.name("t"), "owners": ["alice@example.com"]}),
+                json!({"name": tname, "owners": owners_of(&names)}),
             )
             .await;
         let tenant = t["id"].as_str().unwrap().to_string();
-        let pname = self.name("p");
         let p = self
             .create(
                 &format!("/api/v1/clusters/{cluster}/tenants/{tenant}/projects"),
-                json!({"name": pname}),
+                json!({"name": pname, "access": access_of(&names)}),
             )
             .await;
         let project = p["id"].as_str().unwrap().to_string();
@@ -375,6 +470,7 @@ impl World {
         let mut o = Objs {
             cluster: cluster.to_string(),
             tenant,
+            tenant_name: tname,
             project,
             project_name: pname,
             component: aname,
@@ -405,6 +501,9 @@ impl World {
 
     /// The token of a caller whose scope is `home`.
     fn token(&self, c: &Caller, home: &Objs) -> Option<String> {
+        if let Some(sub) = person(c.scope, home) {
+            return Some(self.idp_token(&sub));
+        }
         let role = c.role?;
         let t: TenantId = home.tenant.parse().unwrap();
         let p: ProjectId = home.project.parse().unwrap();
@@ -412,7 +511,19 @@ impl World {
             Scope::None => self.mint(&[role], &[], &[]),
             Scope::Tenant => self.mint(&[role], &[t], &[]),
             Scope::Project => self.mint(&[role], &[], &[p]),
+            Scope::Owners | Scope::Access(_) => unreachable!("people have no role claim"),
         })
+    }
+
+    /// A token of the identity provider for `sub`.
+    fn idp_token(&self, sub: &str) -> String {
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        header.kid = Some(self.idp_key.kid().to_string());
+        let key =
+            jsonwebtoken::EncodingKey::from_ec_pem(self.idp_key.to_pkcs8_pem().as_bytes()).unwrap();
+        let claims = json!({"iss": IDP, "aud": IDP_AUDIENCE, "sub": sub, "exp": now + 3600});
+        jsonwebtoken::encode(&header, &claims, &key).unwrap()
     }
 }
 
@@ -503,7 +614,13 @@ fn body(w: &World, m: &Method, path: &str, o: &Objs) -> Option<Value> {
         "createTenant" => b["name"] = json!(w.name("t")),
         "createProject" => b["name"] = json!(w.name("p")),
         "createApp" => b["name"] = json!(w.name("a")),
-        "updateProject" => b["name"] = json!(o.project_name),
+        // Owners and access keep naming the chain's people (later checks rely on them).
+        "putTenantOwners" => b["owners"] = owners_of(o),
+        "updateProjectAccess" => b["access"] = access_of(o),
+        "updateProject" => {
+            b["name"] = json!(o.project_name);
+            b["access"] = access_of(o);
+        }
         "ingestTelemetryEvent" => b["clusterId"] = json!(o.cluster),
         "ingestUsage" => {
             b["records"][0]["clusterId"] = json!(o.cluster);
