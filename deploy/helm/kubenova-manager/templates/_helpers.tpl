@@ -49,6 +49,13 @@ true
 {{- end -}}
 {{- end }}
 
+{{/* Whether the chart renders its ConfigMap: a catalog overlay, a JWKS or the identity providers. */}}
+{{- define "kubenova-manager.hasConfig" -}}
+{{- if or .Values.catalog .Values.oidc.jwks .Values.oidc.config -}}
+true
+{{- end -}}
+{{- end }}
+
 {{- define "kubenova-manager.tlsSecret" -}}
 {{ .Values.tls.secretName | default (printf "%s-tls" (include "kubenova-manager.fullname" .)) }}
 {{- end }}
