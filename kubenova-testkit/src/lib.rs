@@ -31,6 +31,7 @@
 pub mod error;
 pub mod faults;
 pub mod managed;
+pub mod oidc;
 pub mod openapi;
 pub mod podlogs;
 pub mod protobuf;

@@ -7,19 +7,19 @@
 #![allow(clippy::unwrap_used)]
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::ConnectInfo;
 use http_body_util::BodyExt as _;
 use hyper::{Method, Request, StatusCode, header};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use kubenova_kubeconfig::SigningKey;
 use kubenova_manager::api::authz::Role;
 use kubenova_manager::api::config::ServerConfig;
 use kubenova_manager::api::oidc::{IssuerConfig, Oidc, OidcConfig, PlatformRoles};
 use kubenova_store::crypto::{Kek, Keyring};
 use kubenova_store::{SqliteStore, Store};
+use kubenova_testkit::oidc::Provider;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tower::ServiceExt as _;
 
@@ -30,75 +30,38 @@ const AUDIENCE: &str = "kubenova-ui";
 /// A registered cluster's kubeconfig (shared fixture; its token is a stand-in secret).
 const KUBECONFIG: &str = include_str!("fixtures/cluster.kubeconfig");
 
-/// The identity provider: its signing keys (the last one signs) behind discovery.
+/// The identity provider (the test kit's, serving discovery and rotating JWKS), and the
+/// claims it puts in tokens for this test's people.
 #[derive(Clone)]
 struct Idp {
     url: String,
-    keys: Arc<Mutex<Vec<SigningKey>>>,
+    provider: Provider,
 }
 
 impl Idp {
     async fn start() -> Idp {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let idp = Idp {
-            url: url.clone(),
-            keys: Arc::new(Mutex::new(vec![
-                SigningKey::generate(time::OffsetDateTime::now_utc()).unwrap(),
-            ])),
-        };
-        let app = axum::Router::new()
-            .route(
-                "/.well-known/openid-configuration",
-                axum::routing::get(|State(idp): State<Idp>| async move {
-                    axum::Json(json!({
-                        "issuer": idp.url,
-                        "jwks_uri": format!("{}/keys", idp.url),
-                        "authorization_endpoint": format!("{}/auth", idp.url),
-                        "token_endpoint": format!("{}/token", idp.url),
-                        "id_token_signing_alg_values_supported": ["ES256"],
-                    }))
-                }),
-            )
-            .route(
-                "/keys",
-                axum::routing::get(|State(idp): State<Idp>| async move {
-                    let keys: Vec<Value> = idp
-                        .keys
-                        .lock()
-                        .unwrap()
-                        .iter()
-                        .map(|k| serde_json::to_value(k.jwk()).unwrap())
-                        .collect();
-                    axum::Json(json!({ "keys": keys }))
-                }),
-            )
-            .with_state(idp.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        idp
+        let provider = Provider::start().await.unwrap();
+        Idp {
+            url: provider.issuer().to_string(),
+            provider,
+        }
     }
 
     /// A new signing key; the old ones are dropped from the JWKS.
     fn rotate(&self) {
-        let mut keys = self.keys.lock().unwrap();
-        *keys = vec![SigningKey::generate(time::OffsetDateTime::now_utc()).unwrap()];
+        self.provider.rotate();
     }
 
     /// A token for `sub` in `groups`, with `extra` claims on top (they win).
     fn token(&self, sub: &str, groups: &[&str], extra: Value) -> String {
-        let key = self.keys.lock().unwrap().last().unwrap().clone();
-        let now = time::OffsetDateTime::now_utc().unix_timestamp();
         let mut claims = json!({
             "iss": self.url, "aud": AUDIENCE, "sub": format!("id-{sub}"), "email": sub,
-            "groups": groups, "iat": now, "exp": now + 300,
+            "groups": groups,
         });
         for (k, v) in extra.as_object().unwrap() {
             claims[k] = v.clone();
         }
-        let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some(key.kid().to_string());
-        let enc = EncodingKey::from_ec_pem(key.to_pkcs8_pem().as_bytes()).unwrap();
-        jsonwebtoken::encode(&header, &claims, &enc).unwrap()
+        self.provider.sign(claims)
     }
 }
 
@@ -158,9 +121,9 @@ async fn manager(issuers: Vec<IssuerConfig>) -> Manager {
     }
 }
 
-fn issuer(idp: &Idp) -> IssuerConfig {
+fn issuer(url: &str) -> IssuerConfig {
     IssuerConfig {
-        issuer: idp.url.clone(),
+        issuer: url.to_string(),
         audience: AUDIENCE.into(),
         subject_claim: "email".into(),
         groups_claim: "groups".into(),
@@ -266,7 +229,7 @@ async fn world(m: &Manager) -> World {
 #[tokio::test]
 async fn owners_access_and_groups_grant_rights_that_follow_the_model() {
     let idp = Idp::start().await;
-    let m = manager(vec![issuer(&idp)]).await;
+    let m = manager(vec![issuer(&idp.url)]).await;
     let w = world(&m).await;
 
     // alice is named in acme's owners: she owns it and nothing else.
@@ -430,7 +393,7 @@ async fn owners_access_and_groups_grant_rights_that_follow_the_model() {
 #[tokio::test]
 async fn bad_tokens_are_refused_with_a_reason_and_rotated_keys_are_fetched() {
     let idp = Idp::start().await;
-    let m = manager(vec![issuer(&idp)]).await;
+    let m = manager(vec![issuer(&idp.url)]).await;
     let w = world(&m).await;
     let reason = |body: &Value| body["message"].as_str().unwrap_or_default().to_string();
 
@@ -497,9 +460,7 @@ async fn bad_tokens_are_refused_with_a_reason_and_rotated_keys_are_fetched() {
     // A token of a key the provider never published.
     let stranger = Idp {
         url: idp.url.clone(),
-        keys: Arc::new(Mutex::new(vec![
-            SigningKey::generate(time::OffsetDateTime::now_utc()).unwrap(),
-        ])),
+        provider: Provider::start().await.unwrap(),
     };
     let (s, body) = call(
         &m,
@@ -528,13 +489,7 @@ async fn an_unreachable_issuer_fails_readiness_with_the_reason() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let dead = IssuerConfig {
-        issuer: format!("http://127.0.0.1:{port}"),
-        ..issuer(&Idp {
-            url: String::new(),
-            keys: Arc::new(Mutex::new(vec![])),
-        })
-    };
+    let dead = issuer(&format!("http://127.0.0.1:{port}"));
     let m = manager(vec![dead]).await;
     // The first readiness check may race the background fetch: wait for its verdict.
     let mut body = Value::Null;
