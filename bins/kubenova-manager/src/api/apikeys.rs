@@ -128,7 +128,9 @@ pub fn key_id(key: &str) -> Option<Uuid> {
     let rest = key.strip_prefix(KEY_PREFIX)?;
     let (id, secret) = rest.split_once('_')?;
     if id.len() != 32
-        || !id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         || secret.len() != SECRET_LEN
         || !secret
             .bytes()
@@ -561,7 +563,8 @@ async fn create_api_key(
 ) -> ApiResult<Response> {
     let tenant = tenant_by_id(&st, &t).await?;
     let p = &ctx.principal;
-    check_any(p, &tenant)?;
+    // What the caller sees: the project for a project key (a developer of it is told
+    // KN-403, not KN-404), else the tenant's keys.
     if let Some(pid) = req.project {
         let project = match st.store.get_project(pid).await {
             Ok(project) if project.tenant_id == tenant.id => project,
@@ -573,6 +576,8 @@ async fn create_api_key(
         if tenant_level(p, &tenant) == TenantLevel::None && !p.sees_project(&project) {
             return Err(ApiError::not_found("project", pid));
         }
+    } else {
+        check_any(p, &tenant)?;
     }
     if p.api_key.is_some() {
         return Err(ApiError::forbidden(
@@ -841,7 +846,11 @@ mod tests {
         assert_eq!(key.len(), 4 + 32 + 1 + SECRET_LEN);
         assert_eq!(key_id(&key), Some(id));
         // Upper-case hex, a short or long secret, other characters: not a key.
-        let upper = key.replacen(&id.simple().to_string(), &id.simple().to_string().to_uppercase(), 1);
+        let upper = key.replacen(
+            &id.simple().to_string(),
+            &id.simple().to_string().to_uppercase(),
+            1,
+        );
         assert_eq!(key_id(&upper), None);
         assert_eq!(key_id(&key[..key.len() - 1]), None);
         assert_eq!(key_id(&format!("{}A", &*key)), None);
