@@ -143,7 +143,7 @@ async fn api_keys_are_recorded_listed_and_revoked(h: &Harness) {
         )
         .await
         .unwrap();
-    assert_eq!(first.items, [ci.clone()]);
+    assert_eq!(first.items, std::slice::from_ref(&ci));
     let second = s
         .list_api_keys(
             t.id,
@@ -157,7 +157,7 @@ async fn api_keys_are_recorded_listed_and_revoked(h: &Harness) {
         )
         .await
         .unwrap();
-    assert_eq!(second.items, [deploy.clone()]);
+    assert_eq!(second.items, std::slice::from_ref(&deploy));
     assert!(second.next_cursor.is_none());
     let of_web = s
         .list_api_keys(
@@ -169,7 +169,7 @@ async fn api_keys_are_recorded_listed_and_revoked(h: &Harness) {
         )
         .await
         .unwrap();
-    assert_eq!(of_web.items, [deploy.clone()]);
+    assert_eq!(of_web.items, std::slice::from_ref(&deploy));
     let of_none = s
         .list_api_keys(
             t.id,

@@ -206,10 +206,10 @@ pub async fn authenticate(st: &AppState, key: &str) -> ApiResult<Principal> {
             super::auth::rfc3339(stored.expires_at)
         )));
     }
-    if st.runtime.api_key_uses.due(id) {
-        if let Err(e) = st.store.touch_api_key(id, now).await {
-            tracing::warn!(api_key = %id, error = %e, "could not record the last use of an API key");
-        }
+    if st.runtime.api_key_uses.due(id)
+        && let Err(e) = st.store.touch_api_key(id, now).await
+    {
+        tracing::warn!(api_key = %id, error = %e, "could not record the last use of an API key");
     }
     Ok(Principal {
         subject: subject_of(stored.tenant_id, &stored.name),
