@@ -556,6 +556,50 @@ pub trait Store: Send + Sync + 'static {
         opts: &WriteOptions<'_>,
     ) -> Result<LiftOutcome>;
 
+    // ---- API keys (machine identities) ------------------------------------------------
+    /// Records an API key (its hash, never the key), with `opts` in the same transaction.
+    /// [`StoreError::NotFound`] when the tenant (of `key.cluster_id`) or the project (of
+    /// the tenant) does not exist; [`StoreError::Conflict`] when the tenant has a key of
+    /// that name that is not revoked.
+    ///
+    /// ```no_run
+    /// # async fn demo(store: &dyn kubenova_store::Store, tenant: &kubenova_api::model::Tenant)
+    /// # -> Result<(), kubenova_store::StoreError> {
+    /// use kubenova_api::model::AccessRole;
+    /// use kubenova_store::{ApiKey, WriteOptions};
+    /// let now = time::OffsetDateTime::now_utc();
+    /// let key = ApiKey {
+    ///     id: uuid::Uuid::now_v7(), tenant_id: tenant.id, cluster_id: tenant.cluster_id,
+    ///     project_id: None, name: "ci".into(), description: "deploys from CI".into(),
+    ///     role: AccessRole::Owner, secret_hash: [0; 32], created_by: "alice".into(),
+    ///     created_at: now, expires_at: now + time::Duration::days(90),
+    ///     last_used_at: None, revoked_at: None, revoked_by: None,
+    /// };
+    /// store.create_api_key(&key, &WriteOptions::default()).await?;
+    /// # Ok(()) }
+    /// ```
+    async fn create_api_key(&self, key: &ApiKey, opts: &WriteOptions<'_>) -> Result<()>;
+    /// Reads an API key by id, from the database (never a cache: a revocation through any
+    /// replica is seen by the next read). [`StoreError::NotFound`] when there is none, also
+    /// when its tenant or project was deleted (the key went with it).
+    async fn get_api_key(&self, id: uuid::Uuid) -> Result<ApiKey>;
+    /// A tenant's API keys (revoked and expired ones included) in id (creation) order,
+    /// optionally only those of some projects.
+    async fn list_api_keys(&self, tenant: TenantId, query: &ApiKeyQuery) -> Result<Page<ApiKey>>;
+    /// Marks an API key revoked by `by` at `at`, with `opts` in the same transaction;
+    /// `false` (and nothing written) if it already was. [`StoreError::NotFound`] for an
+    /// unknown id.
+    async fn revoke_api_key(
+        &self,
+        id: uuid::Uuid,
+        by: &str,
+        at: time::OffsetDateTime,
+        opts: &WriteOptions<'_>,
+    ) -> Result<bool>;
+    /// Records that an API key was used at `at` (never moves `last_used_at` back); a key
+    /// that is gone is not an error.
+    async fn touch_api_key(&self, id: uuid::Uuid, at: time::OffsetDateTime) -> Result<()>;
+
     // ---- kubeconfig issuance ---------------------------------------------------------
     /// Records several issued credentials, each with its audit event (group commit of
     /// concurrent issuances), after checking **in the same transaction** that each

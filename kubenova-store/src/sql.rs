@@ -2107,6 +2107,144 @@ macro_rules! sql_backend {
                 tx.commit().await?;
                 Ok(LiftOutcome::Lifted)
             }
+
+            async fn create_api_key(&self, k: &ApiKey, opts: &WriteOptions<'_>) -> Result<()> {
+                check_filter_text(&[("name", Some(&k.name)), ("createdBy", Some(&k.created_by))])?;
+                if k.description.contains('\0') {
+                    return Err(StoreError::Validation(ValidationError::single("description", "must not contain NUL characters")));
+                }
+                let mut tx = self.pool.begin().await?;
+                let tenant = sqlx::query("SELECT cluster_id FROM tenants WHERE id = $1")
+                    .bind(k.tenant_id.0)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                match tenant {
+                    Some(r) if r.try_get::<Uuid, _>("cluster_id")? == k.cluster_id.0 => {}
+                    _ => return Err(StoreError::NotFound { kind: "tenant", id: k.tenant_id.to_string() }),
+                }
+                if let Some(p) = k.project_id {
+                    let project = sqlx::query("SELECT tenant_id FROM projects WHERE id = $1")
+                        .bind(p.0)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    match project {
+                        Some(r) if r.try_get::<Uuid, _>("tenant_id")? == k.tenant_id.0 => {}
+                        _ => return Err(StoreError::NotFound { kind: "project", id: p.to_string() }),
+                    }
+                }
+                sqlx::query(
+                    "INSERT INTO api_keys (id, tenant_id, project_id, name, description, role, secret_hash, created_by, \
+                     created_at, expires_at, last_used_at, revoked_at, revoked_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                )
+                .bind(k.id)
+                .bind(k.tenant_id.0)
+                .bind(k.project_id.map(|p| p.0))
+                .bind(&k.name)
+                .bind(&k.description)
+                .bind(k.role.as_str())
+                .bind(k.secret_hash.to_vec())
+                .bind(&k.created_by)
+                .bind(to_micros(k.created_at))
+                .bind(to_micros(k.expires_at))
+                .bind(k.last_used_at.map(to_micros))
+                .bind(k.revoked_at.map(to_micros))
+                .bind(&k.revoked_by)
+                .execute(&mut *tx)
+                .await
+                .map_err(|e| unique(e.into(), || format!(
+                    "tenant {} already has an API key named {:?} (revoke it first, or choose another name)",
+                    k.tenant_id, k.name
+                )))?;
+                Self::apply_opts(&mut *tx, opts).await?;
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn get_api_key(&self, id: Uuid) -> Result<ApiKey> {
+                let row = sqlx::query(
+                    "SELECT k.*, t.cluster_id FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+                match row {
+                    Some(r) => Self::api_key_of(&r),
+                    None => Err(StoreError::NotFound { kind: "apiKey", id: id.to_string() }),
+                }
+            }
+
+            async fn list_api_keys(&self, tenant: TenantId, q: &ApiKeyQuery) -> Result<Page<ApiKey>> {
+                let limit = q.page.page_size()?;
+                let after = q.page.cursor_uuid()?;
+                if let Some(projects) = &q.projects {
+                    if projects.len() > MAX_API_KEY_PROJECT_FILTER {
+                        return Err(StoreError::Validation(ValidationError::single(
+                            "projects",
+                            format!("at most {MAX_API_KEY_PROJECT_FILTER} projects (got {})", projects.len()),
+                        )));
+                    }
+                    if projects.is_empty() {
+                        return Ok(Page { items: Vec::new(), next_cursor: None });
+                    }
+                }
+                let mut qb = sqlx::QueryBuilder::<$Db>::new(
+                    "SELECT k.*, t.cluster_id FROM api_keys k JOIN tenants t ON t.id = k.tenant_id WHERE k.tenant_id = ",
+                );
+                qb.push_bind(tenant.0);
+                if let Some(projects) = &q.projects {
+                    qb.push(" AND k.project_id IN (");
+                    let mut list = qb.separated(", ");
+                    for p in projects {
+                        list.push_bind(p.0);
+                    }
+                    qb.push(")");
+                }
+                if let Some(a) = after {
+                    qb.push(" AND k.id > ").push_bind(a);
+                }
+                qb.push(" ORDER BY k.id LIMIT ").push_bind(i64::from(limit) + 1);
+                let rows = qb.build().fetch_all(&self.pool).await?;
+                let mut items = Vec::with_capacity(rows.len().min(limit as usize));
+                for row in rows.iter().take(limit as usize) {
+                    items.push(Self::api_key_of(row)?);
+                }
+                let next_cursor = if rows.len() > limit as usize { items.last().map(|k| encode_cursor(k.id)) } else { None };
+                Ok(Page { items, next_cursor })
+            }
+
+            async fn revoke_api_key(&self, id: Uuid, by: &str, at: OffsetDateTime, opts: &WriteOptions<'_>) -> Result<bool> {
+                check_filter_text(&[("revokedBy", Some(by))])?;
+                let mut tx = self.pool.begin().await?;
+                let res = sqlx::query("UPDATE api_keys SET revoked_at = $1, revoked_by = $2 WHERE id = $3 AND revoked_at IS NULL")
+                    .bind(to_micros(at))
+                    .bind(by)
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
+                if res.rows_affected() == 0 {
+                    let exists = sqlx::query("SELECT id FROM api_keys WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    return match exists {
+                        Some(_) => Ok(false),
+                        None => Err(StoreError::NotFound { kind: "apiKey", id: id.to_string() }),
+                    };
+                }
+                Self::apply_opts(&mut *tx, opts).await?;
+                tx.commit().await?;
+                Ok(true)
+            }
+
+            async fn touch_api_key(&self, id: Uuid, at: OffsetDateTime) -> Result<()> {
+                let at = to_micros(at);
+                sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2 AND (last_used_at IS NULL OR last_used_at < $1)")
+                    .bind(at)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
         }
 
         impl $Store {
@@ -2128,6 +2266,30 @@ macro_rules! sql_backend {
                         .await?;
                 }
                 Ok(())
+            }
+
+            fn api_key_of(r: &<$Db as sqlx::Database>::Row) -> Result<ApiKey> {
+                let hash: Vec<u8> = r.try_get("secret_hash")?;
+                let secret_hash: [u8; 32] = hash
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| StoreError::Internal(format!("a stored API key hash has {} bytes, not 32", hash.len())))?;
+                Ok(ApiKey {
+                    id: r.try_get("id")?,
+                    tenant_id: TenantId(r.try_get("tenant_id")?),
+                    cluster_id: ClusterId(r.try_get("cluster_id")?),
+                    project_id: r.try_get::<Option<Uuid>, _>("project_id")?.map(ProjectId),
+                    name: r.try_get("name")?,
+                    description: r.try_get("description")?,
+                    role: stored_role(r.try_get("role")?)?,
+                    secret_hash,
+                    created_by: r.try_get("created_by")?,
+                    created_at: from_micros(r.try_get("created_at")?),
+                    expires_at: from_micros(r.try_get("expires_at")?),
+                    last_used_at: r.try_get::<Option<i64>, _>("last_used_at")?.map(from_micros),
+                    revoked_at: r.try_get::<Option<i64>, _>("revoked_at")?.map(from_micros),
+                    revoked_by: r.try_get("revoked_by")?,
+                })
             }
 
             fn credential_of(r: &<$Db as sqlx::Database>::Row) -> Result<IssuedCredential> {

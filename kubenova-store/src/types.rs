@@ -552,3 +552,54 @@ pub enum CredentialOutcome {
     /// Refused: the project no longer exists or is not the tenant's (nothing was written).
     ProjectGone,
 }
+
+/// Most projects one [`ApiKeyQuery::projects`] filter names.
+pub const MAX_API_KEY_PROJECT_FILTER: usize = 500;
+
+/// An API key: a machine identity of a tenant, or of one of its projects (see
+/// [`Store::create_api_key`](crate::Store::create_api_key)).
+///
+/// Never holds the key: only the SHA-256 of it (`secret_hash`), what it is for and its
+/// lifetime, use and revocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// Key id (a UUIDv7: creation order); also the first part of the key.
+    pub id: Uuid,
+    /// The tenant the key belongs to.
+    pub tenant_id: TenantId,
+    /// The tenant's cluster (read from the tenant; a create naming another cluster is
+    /// refused as a missing tenant).
+    pub cluster_id: ClusterId,
+    /// The project, for a project key.
+    pub project_id: Option<ProjectId>,
+    /// Name: unique per tenant among the keys not revoked.
+    pub name: String,
+    /// Free text.
+    pub description: String,
+    /// The role in the tenant (tenant keys) or the project (project keys).
+    pub role: kubenova_api::model::AccessRole,
+    /// SHA-256 of the key (the key itself is never stored).
+    pub secret_hash: [u8; 32],
+    /// Who created it.
+    pub created_by: String,
+    /// When.
+    pub created_at: OffsetDateTime,
+    /// When it stops working.
+    pub expires_at: OffsetDateTime,
+    /// When it was last used (recorded at most about once a minute per replica).
+    pub last_used_at: Option<OffsetDateTime>,
+    /// When it was revoked.
+    pub revoked_at: Option<OffsetDateTime>,
+    /// Who revoked it.
+    pub revoked_by: Option<String>,
+}
+
+/// Filter for [`Store::list_api_keys`](crate::Store::list_api_keys).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApiKeyQuery {
+    /// Only the keys of these projects (`None`: every key of the tenant, tenant keys
+    /// included). At most [`MAX_API_KEY_PROJECT_FILTER`].
+    pub projects: Option<Vec<ProjectId>>,
+    /// Pagination (by id, a UUIDv7: creation order).
+    pub page: ListParams,
+}

@@ -11,7 +11,9 @@
 //! or to another tenant (out of scope); projectDev likewise to the target's project. The
 //! identity-provider callers (a person signed in, with rights derived from the model) are
 //! named in the owners of the target's tenant, or with a role in the access of the
-//! target's project (in scope), or in another chain's (out of scope). The
+//! target's project (in scope), or in another chain's (out of scope). The API-key
+//! callers are keys of the target's tenant (an owner key) or with a role in the target's
+//! project (in scope), or of another chain's (out of scope). The
 //! objects are created through the API as admin over a temporary SQLite store. Destructive
 //! operations (DELETE, `:delete`, `cascade`) run on throwaway objects created for each
 //! single check, so the checks do not depend on their order.
@@ -97,6 +99,9 @@ enum Scope {
     Owners,
     /// A person with this role in the home project's `access`.
     Access(AccessRole),
+    /// An API key of the home tenant (`None`: a tenant key, always an owner) or with this
+    /// role in the home project.
+    Key(Option<AccessRole>),
 }
 
 /// A caller of the matrix: one column of the table.
@@ -107,7 +112,7 @@ struct Caller {
     scope: Scope,
 }
 
-const CALLERS: [Caller; 10] = [
+const CALLERS: [Caller; 13] = [
     Caller {
         column: "admin",
         role: Some(Role::Admin),
@@ -152,6 +157,21 @@ const CALLERS: [Caller; 10] = [
         column: "viewer entry",
         role: None,
         scope: Scope::Access(AccessRole::Viewer),
+    },
+    Caller {
+        column: "owner key",
+        role: None,
+        scope: Scope::Key(None),
+    },
+    Caller {
+        column: "developer key",
+        role: None,
+        scope: Scope::Key(Some(AccessRole::Developer)),
+    },
+    Caller {
+        column: "viewer key",
+        role: None,
+        scope: Scope::Key(Some(AccessRole::Viewer)),
     },
     Caller {
         column: "no token",
@@ -269,6 +289,8 @@ struct Objs {
     app: String,
     component: String,
     run: String,
+    /// An API key of the chain (a viewer key of its project).
+    key: String,
 }
 
 struct World {
@@ -280,6 +302,8 @@ struct World {
     policyset: String,
     seq: AtomicUsize,
     idp_key: kubenova_kubeconfig::SigningKey,
+    /// The API keys of the key columns, by home tenant and column.
+    api_keys: tokio::sync::Mutex<BTreeMap<(String, &'static str), String>>,
     _dir: tempfile::TempDir,
 }
 
@@ -342,6 +366,7 @@ impl World {
             policyset: String::new(),
             seq: AtomicUsize::new(0),
             idp_key,
+            api_keys: Default::default(),
             _dir: dir,
         };
         w.admin = w.mint(&[Role::Admin], &[], &[]);
@@ -467,6 +492,13 @@ impl World {
             )
             .await;
         let app = a["id"].as_str().unwrap().to_string();
+        let k = self
+            .create(
+                &format!("/api/v1/tenants/{tenant}/api-keys"),
+                json!({"name": self.name("k"), "project": project, "role": "viewer"}),
+            )
+            .await;
+        let key = k["apiKey"]["id"].as_str().unwrap().to_string();
         let mut o = Objs {
             cluster: cluster.to_string(),
             tenant,
@@ -476,6 +508,7 @@ impl World {
             component: aname,
             app,
             run: String::new(),
+            key,
         };
         if full {
             let r = self
@@ -500,9 +533,12 @@ impl World {
     }
 
     /// The token of a caller whose scope is `home`.
-    fn token(&self, c: &Caller, home: &Objs) -> Option<String> {
+    async fn token(&self, c: &Caller, home: &Objs) -> Option<String> {
         if let Some(sub) = person(c.scope, home) {
             return Some(self.idp_token(&sub));
+        }
+        if let Scope::Key(role) = c.scope {
+            return Some(self.api_key(c.column, role, home).await);
         }
         let role = c.role?;
         let t: TenantId = home.tenant.parse().unwrap();
@@ -511,8 +547,28 @@ impl World {
             Scope::None => self.mint(&[role], &[], &[]),
             Scope::Tenant => self.mint(&[role], &[t], &[]),
             Scope::Project => self.mint(&[role], &[], &[p]),
-            Scope::Owners | Scope::Access(_) => unreachable!("people have no role claim"),
+            Scope::Owners | Scope::Access(_) | Scope::Key(_) => {
+                unreachable!("people and keys have no role claim")
+            }
         })
+    }
+
+    /// The API key of a key column for `home` (created by admin once per home tenant).
+    async fn api_key(&self, column: &'static str, role: Option<AccessRole>, home: &Objs) -> String {
+        let mut keys = self.api_keys.lock().await;
+        if let Some(k) = keys.get(&(home.tenant.clone(), column)) {
+            return k.clone();
+        }
+        let body = match role {
+            None => json!({"name": self.name("k"), "role": "owner"}),
+            Some(r) => json!({"name": self.name("k"), "project": home.project, "role": r.as_str()}),
+        };
+        let created = self
+            .create(&format!("/api/v1/tenants/{}/api-keys", home.tenant), body)
+            .await;
+        let key = created["key"].as_str().unwrap().to_string();
+        keys.insert((home.tenant.clone(), column), key.clone());
+        key
     }
 
     /// A token of the identity provider for `sub`.
@@ -590,6 +646,7 @@ fn fill(w: &World, path: &str, o: &Objs) -> String {
         .replace("{projectID}", &o.project)
         .replace("{appID}", &o.app)
         .replace("{runID}", &o.run)
+        .replace("{keyID}", &o.key)
         .replace("{revA}", "1")
         .replace("{revB}", "2")
         .replace("{component}", &component)
@@ -614,6 +671,10 @@ fn body(w: &World, m: &Method, path: &str, o: &Objs) -> Option<Value> {
         "createTenant" => b["name"] = json!(w.name("t")),
         "createProject" => b["name"] = json!(w.name("p")),
         "createApp" => b["name"] = json!(w.name("a")),
+        "createApiKey" => {
+            b["name"] = json!(w.name("k"));
+            b["project"] = json!(o.project);
+        }
         // Owners and access keep naming the chain's people (later checks rely on them).
         "putTenantOwners" => b["owners"] = owners_of(o),
         "updateProjectAccess" => b["access"] = access_of(o),
@@ -640,7 +701,7 @@ async fn check(
     target: &Objs,
     home: &Objs,
 ) -> StatusCode {
-    let token = w.token(c, home);
+    let token = w.token(c, home).await;
     let uri = fill(w, path, target);
     let r = w
         .call(m.clone(), &uri, token.as_deref(), body(w, m, path, target))

@@ -91,6 +91,11 @@ pub struct Principal {
     #[serde(skip)]
     #[schema(ignore)]
     pub grants: Grants,
+    /// The API key the caller authenticated with (a machine identity; its rights are in
+    /// `grants`, see `api::apikeys`), else `None`.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub api_key: Option<uuid::Uuid>,
 }
 
 impl Principal {
@@ -145,10 +150,11 @@ impl Principal {
     }
 
     /// A digest (SHA-256, hex) of the caller's roles and tenant and project scope, in a
-    /// canonical order (the order and repetitions of the claims do not matter).
+    /// canonical order (the order and repetitions of the claims do not matter), and of
+    /// the API key it authenticated with, if any.
     /// Idempotency records are kept per subject **and** this digest, so a token with
     /// other roles or another scope under the same subject never gets another token's
-    /// stored response.
+    /// stored response, nor a key another key's of the same name (revoked since).
     ///
     /// ```
     /// use kubenova_api::ids::TenantId;
@@ -185,6 +191,11 @@ impl Principal {
             h.update(name.as_bytes());
             h.update(b"=");
             h.update(values.as_bytes());
+            h.update(b"\n");
+        }
+        if let Some(key) = self.api_key {
+            h.update(b"apiKey=");
+            h.update(key.to_string().as_bytes());
             h.update(b"\n");
         }
         hex::encode(h.finalize())

@@ -165,4 +165,9 @@ metered! {
     fn list_subject_revocations(&self, tenant: TenantId, params: &ListParams) -> Result<Page<SubjectRevocation>>;
     fn lift_subject_revocation(&self, tenant: TenantId, subject: &str, by_platform: bool, opts: &WriteOptions<'_>) -> Result<LiftOutcome>;
     fn record_credentials(&self, items: &[(IssuedCredential, AuditEvent)]) -> Result<Vec<CredentialOutcome>>;
+    fn create_api_key(&self, key: &kubenova_store::ApiKey, opts: &WriteOptions<'_>) -> Result<()>;
+    fn get_api_key(&self, id: Uuid) -> Result<kubenova_store::ApiKey>;
+    fn list_api_keys(&self, tenant: TenantId, query: &kubenova_store::ApiKeyQuery) -> Result<Page<kubenova_store::ApiKey>>;
+    fn revoke_api_key(&self, id: Uuid, by: &str, at: OffsetDateTime, opts: &WriteOptions<'_>) -> Result<bool>;
+    fn touch_api_key(&self, id: Uuid, at: OffsetDateTime) -> Result<()>;
 }

@@ -232,6 +232,8 @@ pub struct Runtime {
     pub credential_writer: std::sync::Arc<super::kubeconfigs::CredentialWriter>,
     /// Validated Capsule Proxy CAs of the clusters kubeconfigs are issued for.
     pub proxy_cas: super::kubeconfigs::ProxyCaCache,
+    /// When this replica last recorded each API key's use.
+    pub api_key_uses: super::apikeys::LastUsed,
     /// Set to `true` when the server begins its graceful shutdown, so that long-lived
     /// streams (the followed audit log) end instead of holding the shutdown.
     pub shutdown: tokio::sync::watch::Sender<bool>,
@@ -375,6 +377,7 @@ impl Runtime {
             route_metrics: Default::default(),
             credential_writer: Default::default(),
             proxy_cas: Default::default(),
+            api_key_uses: Default::default(),
             shutdown: tokio::sync::watch::channel(false).0,
             subject_limiter: limiter(cfg.rate_limit_subject_rps, cfg.rate_limit_subject_burst),
             ip_limiter: limiter(cfg.rate_limit_ip_rps, cfg.rate_limit_ip_burst),
@@ -957,7 +960,18 @@ async fn guarded(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let principal = match state.auth.authenticate_async(authz).await {
+    // An API key (`knk_…`) is verified against the store; anything else is a JWT.
+    let authenticated = match super::apikeys::presented(authz) {
+        Some(key) if !state.auth.is_disabled() => {
+            match super::apikeys::authenticate(state, key).await {
+                // The store could not answer: not an authentication failure.
+                Err(e) if e.error.code != ErrorCode::Unauthenticated => return e.into_response(),
+                other => other,
+            }
+        }
+        _ => state.auth.authenticate_async(authz).await,
+    };
+    let principal = match authenticated {
         Ok(p) => p,
         Err(e) => {
             state

@@ -6,6 +6,7 @@
 //! idempotency replay, URI rewrite of `:action` suffixes), and one module per resource.
 
 pub mod agent;
+pub mod apikeys;
 pub mod apps;
 pub mod audit;
 pub mod auth;
@@ -62,7 +63,7 @@ pub struct AppState {
     modifiers(&SecurityAddon),
     tags(
         (name = "system", description = "health, readiness, version, features"),
-        (name = "auth", description = "tokens and the current principal"),
+        (name = "auth", description = "tokens, API keys and the current principal"),
         (name = "clusters", description = "registered clusters"),
         (name = "tenants", description = "tenants, their plans, quotas and owners"),
         (name = "projects", description = "projects of a tenant"),
@@ -111,6 +112,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(ops::routes())
         .merge(tokens::routes())
+        .merge(apikeys::routes())
         .merge(clusters::routes())
         .merge(tenants::routes())
         .merge(projects::routes())
