@@ -15,6 +15,7 @@ pub mod clusters;
 pub mod config;
 pub mod docs_ui;
 pub mod error;
+pub mod exchange;
 pub mod extract;
 pub mod kubeconfigs;
 pub mod metered;
@@ -62,7 +63,7 @@ pub struct AppState {
     modifiers(&SecurityAddon),
     tags(
         (name = "system", description = "health, readiness, version, features"),
-        (name = "auth", description = "tokens and the current principal"),
+        (name = "auth", description = "tokens, token exchange and the current principal"),
         (name = "clusters", description = "registered clusters"),
         (name = "tenants", description = "tenants, their plans, quotas and owners"),
         (name = "projects", description = "projects of a tenant"),
@@ -111,6 +112,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(ops::routes())
         .merge(tokens::routes())
+        .merge(exchange::routes())
         .merge(clusters::routes())
         .merge(tenants::routes())
         .merge(projects::routes())
