@@ -486,6 +486,17 @@ async fn a_ci_token_is_exchanged_for_a_token_that_works_only_within_the_policy_g
     }
 }
 
+/// A refusal case: its name, the parameters, the status, the OAuth error, the KN code and
+/// words of the message.
+type Case = (
+    &'static str,
+    Vec<(String, String)>,
+    StatusCode,
+    &'static str,
+    &'static str,
+    &'static str,
+);
+
 #[tokio::test]
 async fn refusals_carry_the_oauth_error_and_the_kn_code_and_issue_nothing() {
     let env = start().await;
@@ -519,7 +530,7 @@ async fn refusals_carry_the_oauth_error_and_the_kn_code_and_issue_nothing() {
         p
     };
     // (case, parameters, status, OAuth error, KN code, words in the message)
-    let cases: Vec<(&str, Vec<(String, String)>, StatusCode, &str, &str, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "wrong audience",
             std_req(job_token(&env.ci, json!({"aud": "sts.amazonaws.com"}))),
