@@ -769,8 +769,15 @@ struct Record {
     tag = "auth",
     operation_id = "exchangeToken",
     request_body(content(
-        (TokenExchangeRequest = "application/x-www-form-urlencoded"),
-        (TokenExchangeRequest = "application/json"),
+        (TokenExchangeRequest = "application/x-www-form-urlencoded", example = json!({
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "subject_token": "eyJhbGciOiJSUzI1NiIsImtpZCI6IjEifQ.eyJpc3MiOiJodHRwczovL3Rva2VuLmFjdGlvbnMuZ2l0aHVidXNlcmNvbnRlbnQuY29tIn0.c2ln",
+            "subject_token_type": "urn:ietf:params:oauth:token-type:id_token",
+            "audience": "acme-web-deploy"})),
+        (TokenExchangeRequest = "application/json", example = json!({
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "subject_token": "eyJhbGciOiJSUzI1NiIsImtpZCI6IjEifQ.eyJpc3MiOiJodHRwczovL3Rva2VuLmFjdGlvbnMuZ2l0aHVidXNlcmNvbnRlbnQuY29tIn0.c2ln",
+            "subject_token_type": "urn:ietf:params:oauth:token-type:id_token"})),
     )),
     responses(
         (status = 200, description = "Token issued", body = TokenExchangeResponse,

@@ -18,6 +18,10 @@
 //!   ops: [sre]
 //!   readOnly: [auditors]
 //! ```
+//!
+//! The same document may also configure CI token exchange (`tokenExchange`, see
+//! [`super::exchange`]); [`OidcDocument`] reads the whole document, and the CI providers'
+//! keys are held by the same [`KeySource`] machinery as the identity providers'.
 
 use super::authz::Role;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
