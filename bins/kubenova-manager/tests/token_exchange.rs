@@ -22,6 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tower::ServiceExt as _;
 
+mod common;
+
 const SECRET: &[u8] = b"exchange-test-hs256-secret-0123456789abcdef";
 /// The audience CI jobs request their tokens for.
 const AUD: &str = "https://kubenova.test";
@@ -140,11 +142,26 @@ tokenExchange:
     )
 }
 
+/// The manager on SQLite.
 async fn start() -> Env {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("m.db").display());
+    start_on(&url, dir).await
+}
+
+/// The manager on a fresh Postgres database (its name, to drop it), or `None` when
+/// Postgres is not configured (skipped loudly, or a failure under
+/// `KUBENOVA_REQUIRE_POSTGRES=1`).
+async fn start_postgres() -> Option<(Env, String, String)> {
+    let admin = common::pg_url()?;
+    let (url, db) = common::create_database(&admin, "kn_exchange").await;
+    let env = start_on(&url, tempfile::tempdir().unwrap()).await;
+    Some((env, admin, db))
+}
+
+async fn start_on(url: &str, dir: tempfile::TempDir) -> Env {
     let keyring = Keyring::new(vec![Kek::new("k", &[9; 32]).unwrap()]).unwrap();
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::connect(&url, keyring).await.unwrap());
+    let store: Arc<dyn Store> = kubenova_store::connect(url, keyring).await.unwrap();
     kubenova_manager::api::kubeconfigs::load_or_create_signing_keys(store.as_ref())
         .await
         .unwrap();
@@ -314,7 +331,19 @@ fn issued(env_ok: &Answer) -> String {
 
 #[tokio::test]
 async fn a_ci_token_is_exchanged_for_a_token_that_works_only_within_the_policy_grant() {
-    let env = start().await;
+    exchanges_within_the_grant(start().await).await;
+}
+
+#[tokio::test]
+async fn a_ci_token_is_exchanged_on_postgres() {
+    let Some((env, admin, db)) = start_postgres().await else {
+        return;
+    };
+    exchanges_within_the_grant(env).await;
+    common::drop_database(&admin, &db).await;
+}
+
+async fn exchanges_within_the_grant(env: Env) {
     let w = &env.w;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
 
@@ -499,7 +528,19 @@ type Case = (
 
 #[tokio::test]
 async fn refusals_carry_the_oauth_error_and_the_kn_code_and_issue_nothing() {
-    let env = start().await;
+    refusals(start().await).await;
+}
+
+#[tokio::test]
+async fn refusals_on_postgres() {
+    let Some((env, admin, db)) = start_postgres().await else {
+        return;
+    };
+    refusals(env).await;
+    common::drop_database(&admin, &db).await;
+}
+
+async fn refusals(env: Env) {
     let w = &env.w;
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let good = job_token(&env.ci, json!({}));
