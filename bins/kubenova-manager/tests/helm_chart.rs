@@ -63,6 +63,16 @@ fn matrix() -> Vec<(&'static str, Value)> {
                         "roleClaims": false,
                     }],
                     "platformRoles": {"admin": ["kc:platform-admins"], "ops": ["kc:sre"], "readOnly": ["kc:auditors"]},
+                    "tokenExchange": {
+                        "issuers": [{"issuer": "https://token.actions.githubusercontent.com"}],
+                        "policies": [{
+                            "name": "acme-web-deploy", "issuer": "https://token.actions.githubusercontent.com",
+                            "audience": "https://kubenova.example.com",
+                            "conditions": {"repository": "acme/web", "ref": "refs/heads/*"},
+                            "grant": {"tenant": "22222222-2222-2222-2222-222222222222", "project": "33333333-3333-3333-3333-333333333333", "role": "developer"},
+                            "ttl": "15m",
+                        }],
+                    },
                 }},
             }),
         ),
@@ -424,8 +434,7 @@ fn check_case(case: &str, values: &Value, objects: &[Value]) {
     if values["oidc"]["config"].is_object() {
         let cm = find(objects, "ConfigMap").unwrap();
         let text = cm["data"]["oidc.json"].as_str().unwrap();
-        let parsed: kubenova_manager::api::oidc::OidcConfig = serde_json::from_str(text).unwrap();
-        parsed.check().unwrap();
+        kubenova_manager::api::oidc::OidcDocument::parse(text).unwrap();
         assert_eq!(
             serde_json::from_str::<Value>(text).unwrap(),
             values["oidc"]["config"]
@@ -527,6 +536,18 @@ fn bad_values_are_refused_with_their_reason() {
         (
             json!({"oidc": {"config": {"issuers": [{"issuer": "https://idp.example.com"}]}}}),
             "audience",
+        ),
+        (
+            json!({"oidc": {"config": {"tokenExchange": {"issuers": [{"issuer": "https://ci.example.com"}], "policies": [{
+                "name": "p", "issuer": "https://ci.example.com", "audience": "a", "conditions": {},
+                "grant": {"tenant": "22222222-2222-2222-2222-222222222222", "role": "owner"}}]}}}}),
+            "conditions",
+        ),
+        (
+            json!({"oidc": {"config": {"tokenExchange": {"issuers": [{"issuer": "https://ci.example.com"}], "policies": [{
+                "name": "p", "issuer": "https://ci.example.com", "audience": "a", "conditions": {"repository": "acme/web"},
+                "grant": {"tenant": "22222222-2222-2222-2222-222222222222", "role": "admin"}}]}}}}),
+            "role",
         ),
         (
             json!({"externalUrl": "kubenova.example.com"}),

@@ -396,8 +396,14 @@ impl Authenticator {
             )
         };
         if let Some(path) = &cfg.oidc_config {
-            let config = super::oidc::OidcConfig::load(path).map_err(AuthSetupError::Config)?;
-            let oidc = super::oidc::Oidc::new(config).map_err(AuthSetupError::Config)?;
+            let doc = super::oidc::OidcDocument::load(path).map_err(AuthSetupError::Config)?;
+            let oidc = super::oidc::Oidc::from_document(doc).map_err(AuthSetupError::Config)?;
+            if oidc.token_exchange().is_some() && !auth.can_mint() {
+                return Err(AuthSetupError::Config(format!(
+                    "--oidc-config {}: tokenExchange issues tokens, but this manager has no signing key: configure --jwt-es256-private-key (or HS256)",
+                    path.display()
+                )));
+            }
             auth = auth.with_identity_providers(std::sync::Arc::new(oidc));
         } else if let Some(issuer) = &cfg.oidc_issuer {
             let aud = cfg
@@ -541,52 +547,15 @@ impl Authenticator {
         platform: &super::oidc::PlatformRoles,
     ) -> Result<(Principal, i64), ApiError> {
         let cfg = &issuer.config;
-        if !matches!(
-            header.alg,
-            Algorithm::RS256
-                | Algorithm::RS384
-                | Algorithm::RS512
-                | Algorithm::PS256
-                | Algorithm::PS384
-                | Algorithm::PS512
-                | Algorithm::ES256
-                | Algorithm::ES384
-                | Algorithm::EdDSA
-        ) {
-            return Err(ApiError::unauthenticated(format!(
-                "the token's algorithm {:?} is not accepted for an identity provider (asymmetric signatures only)",
-                header.alg
-            )));
-        }
-        let Some(jwk) = issuer.key(header.kid.as_deref()) else {
-            return Err(ApiError::unauthenticated(match &header.kid {
-                Some(kid) => format!(
-                    "the issuer's keys have no key {:?} (fetched again at most every {} s)",
-                    clip(kid, 64),
-                    super::oidc::REFRESH_MIN_GAP.as_secs()
-                ),
-                None => "the token names no key (kid) and the issuer has several".to_string(),
-            }));
-        };
-        if let Some(alg) = jwk.common.key_algorithm
-            && format!("{alg:?}") != format!("{:?}", header.alg)
-        {
-            return Err(ApiError::unauthenticated(format!(
-                "the token is signed with {:?} but its key is for {alg:?}",
-                header.alg
-            )));
-        }
-        let key = DecodingKey::from_jwk(&jwk).map_err(|_| {
-            ApiError::unauthenticated("the issuer's key for this token is unusable")
-        })?;
-        let validation = self.validation(header.alg, &cfg.issuer, &cfg.audience);
-        let claims = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
-            token,
-            &key,
-            &validation,
-        )
-        .map_err(|e| claims_error(&e, &cfg.issuer, &cfg.audience))?
-        .claims;
+        let claims = self
+            .decode_provider_token(
+                token,
+                header,
+                issuer.keys(),
+                &cfg.issuer,
+                &[cfg.audience.as_str()],
+            )
+            .map_err(|(e, _)| e)?;
         let exp = claims
             .get("exp")
             .and_then(serde_json::Value::as_i64)
@@ -629,6 +598,88 @@ impl Authenticator {
         principal.groups = groups;
         principal.issuer = Some(cfg.issuer.clone());
         Ok((principal, exp))
+    }
+
+    /// An identity provider's (or CI provider's) token, checked: an asymmetric algorithm
+    /// the key is for, a key from `keys`, the signature, `iss`, an `aud` among `audiences`,
+    /// `exp` and `nbf` (with the clock skew), and `sub` present. The claims, or the refusal
+    /// and whether the signature had verified (the claims were then genuinely the issuer's:
+    /// expired, another audience, ...).
+    pub(crate) fn decode_provider_token(
+        &self,
+        token: &str,
+        header: &Header,
+        keys: &super::oidc::KeySource,
+        issuer: &str,
+        audiences: &[&str],
+    ) -> Result<serde_json::Map<String, serde_json::Value>, (ApiError, bool)> {
+        if !matches!(
+            header.alg,
+            Algorithm::RS256
+                | Algorithm::RS384
+                | Algorithm::RS512
+                | Algorithm::PS256
+                | Algorithm::PS384
+                | Algorithm::PS512
+                | Algorithm::ES256
+                | Algorithm::ES384
+                | Algorithm::EdDSA
+        ) {
+            return Err((
+                ApiError::unauthenticated(format!(
+                    "the token's algorithm {:?} is not accepted for an identity provider (asymmetric signatures only)",
+                    header.alg
+                )),
+                false,
+            ));
+        }
+        let Some(jwk) = keys.key(header.kid.as_deref()) else {
+            return Err((
+                ApiError::unauthenticated(match &header.kid {
+                    Some(kid) => format!(
+                        "the issuer's keys have no key {:?} (fetched again at most every {} s)",
+                        clip(kid, 64),
+                        super::oidc::REFRESH_MIN_GAP.as_secs()
+                    ),
+                    None => "the token names no key (kid) and the issuer has several".to_string(),
+                }),
+                false,
+            ));
+        };
+        if let Some(alg) = jwk.common.key_algorithm
+            && format!("{alg:?}") != format!("{:?}", header.alg)
+        {
+            return Err((
+                ApiError::unauthenticated(format!(
+                    "the token is signed with {:?} but its key is for {alg:?}",
+                    header.alg
+                )),
+                false,
+            ));
+        }
+        let key = DecodingKey::from_jwk(&jwk).map_err(|_| {
+            (
+                ApiError::unauthenticated("the issuer's key for this token is unusable"),
+                false,
+            )
+        })?;
+        let mut validation = self.validation(header.alg, issuer, "");
+        validation.set_audience(audiences);
+        jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &key, &validation)
+            .map(|d| d.claims)
+            .map_err(|e| {
+                // jsonwebtoken checks the signature before any claim.
+                let verified = matches!(
+                    e.kind(),
+                    ErrorKind::ExpiredSignature
+                        | ErrorKind::ImmatureSignature
+                        | ErrorKind::InvalidAudience
+                        | ErrorKind::InvalidIssuer
+                        | ErrorKind::MissingRequiredClaim(_)
+                        | ErrorKind::Json(_)
+                );
+                (claims_error(&e, issuer, &audiences.join(" or ")), verified)
+            })
     }
 
     fn validation(&self, alg: Algorithm, issuer: &str, audience: &str) -> Validation {

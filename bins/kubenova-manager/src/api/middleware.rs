@@ -17,6 +17,9 @@
 //!    and the audit of mutating calls that the handler did not audit itself (failures,
 //!    denials).
 //!
+//! The OAuth token endpoint ([`super::exchange::PATH`]) is rate limited per source IP but
+//! takes no bearer token: the subject token in its body is the credential.
+//!
 //! Public (no token, no rate limit): `/api/v1/healthz`, `/api/v1/readyz`,
 //! `/api/v1/version`, `/api/v1/openapi.json`, `/api/v1/docs`, `/metrics`,
 //! `/.well-known/openid-configuration`, `/.well-known/jwks.json`.
@@ -955,6 +958,11 @@ async fn guarded(
     if let Err(secs) = state.runtime.check("ip", &info.source_ip) {
         tracing::warn!(source_ip = %info.source_ip, "per-IP rate limit exceeded");
         return too_many("source IP", secs);
+    }
+    // The OAuth token endpoint (token exchange): no bearer token (the subject token in
+    // the body is the credential), no idempotency replay; it audits itself.
+    if info.path == super::exchange::PATH {
+        return next.run(req).await;
     }
     let authz = req
         .headers()

@@ -16,6 +16,7 @@ pub mod clusters;
 pub mod config;
 pub mod docs_ui;
 pub mod error;
+pub mod exchange;
 pub mod extract;
 pub mod kubeconfigs;
 pub mod metered;
@@ -63,7 +64,7 @@ pub struct AppState {
     modifiers(&SecurityAddon),
     tags(
         (name = "system", description = "health, readiness, version, features"),
-        (name = "auth", description = "tokens, API keys and the current principal"),
+        (name = "auth", description = "tokens, API keys, token exchange and the current principal"),
         (name = "clusters", description = "registered clusters"),
         (name = "tenants", description = "tenants, their plans, quotas and owners"),
         (name = "projects", description = "projects of a tenant"),
@@ -113,6 +114,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(ops::routes())
         .merge(tokens::routes())
         .merge(apikeys::routes())
+        .merge(exchange::routes())
         .merge(clusters::routes())
         .merge(tenants::routes())
         .merge(projects::routes())

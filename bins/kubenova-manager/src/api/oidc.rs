@@ -18,6 +18,10 @@
 //!   ops: [sre]
 //!   readOnly: [auditors]
 //! ```
+//!
+//! The same document may also configure CI token exchange (`tokenExchange`, see
+//! [`super::exchange`]); [`OidcDocument`] reads the whole document, and the CI providers'
+//! keys are held by the same [`KeySource`] machinery as the identity providers'.
 
 use super::authz::Role;
 use jsonwebtoken::jwk::{Jwk, JwkSet};
@@ -165,30 +169,23 @@ impl OidcConfig {
     }
 
     /// Checks every issuer: an `https` URL (plain `http` only on a loopback address), an
-    /// audience, claim names, no issuer twice.
+    /// audience, claim names, no issuer twice; at least one issuer.
     pub fn check(&self) -> Result<(), String> {
         if self.issuers.is_empty() {
             return Err("issuers: list at least one issuer".into());
         }
+        self.check_issuers()
+    }
+
+    /// [`OidcConfig::check`] without requiring an issuer (a document that configures token
+    /// exchange only).
+    fn check_issuers(&self) -> Result<(), String> {
         if self.issuers.len() > MAX_ISSUERS {
             return Err(format!("issuers: at most {MAX_ISSUERS}"));
         }
         for (i, is) in self.issuers.iter().enumerate() {
             let at = format!("issuers[{i}]");
-            let u = reqwest::Url::parse(&is.issuer)
-                .map_err(|e| format!("{at}.issuer {:?} is not a URL: {e}", is.issuer))?;
-            if u.scheme() != "https" && !(u.scheme() == "http" && is_loopback_url(&u)) {
-                return Err(format!(
-                    "{at}.issuer {:?} must be an https URL (http only on a loopback address)",
-                    is.issuer
-                ));
-            }
-            if u.query().is_some() || u.fragment().is_some() {
-                return Err(format!(
-                    "{at}.issuer {:?} may not carry a query or fragment",
-                    is.issuer
-                ));
-            }
+            check_issuer_url(&at, &is.issuer)?;
             if is.audience.trim().is_empty() {
                 return Err(format!(
                     "{at}.audience is empty: give the client id registered for KubeNova"
@@ -210,6 +207,84 @@ impl OidcConfig {
     }
 }
 
+/// Checks an issuer URL (`at` names it in the message): `https` (plain `http` only on a
+/// loopback address), no query or fragment.
+pub(crate) fn check_issuer_url(at: &str, issuer: &str) -> Result<(), String> {
+    let u = reqwest::Url::parse(issuer)
+        .map_err(|e| format!("{at}.issuer {issuer:?} is not a URL: {e}"))?;
+    if u.scheme() != "https" && !(u.scheme() == "http" && is_loopback_url(&u)) {
+        return Err(format!(
+            "{at}.issuer {issuer:?} must be an https URL (http only on a loopback address)"
+        ));
+    }
+    if u.query().is_some() || u.fragment().is_some() {
+        return Err(format!(
+            "{at}.issuer {issuer:?} may not carry a query or fragment"
+        ));
+    }
+    Ok(())
+}
+
+/// The whole `--oidc-config` document: the identity providers people sign in with
+/// ([`OidcConfig`]: `issuers`, `platformRoles`) and, optionally, `tokenExchange` (CI
+/// providers whose tokens are exchanged for short-lived KubeNova tokens under trust
+/// policies; see `super::exchange`). Without `tokenExchange`, `issuers` must list at least
+/// one issuer; with it, `issuers` may be empty.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OidcDocument {
+    /// The identity providers.
+    pub identity: OidcConfig,
+    /// Token exchange, when configured.
+    pub token_exchange: Option<super::exchange::TokenExchangeConfig>,
+}
+
+/// The document as written: [`OidcConfig`]'s keys (kept in step with it) and
+/// `tokenExchange`.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct DocumentFile {
+    #[serde(default)]
+    issuers: Vec<IssuerConfig>,
+    #[serde(default)]
+    platform_roles: PlatformRoles,
+    #[serde(default)]
+    token_exchange: Option<super::exchange::TokenExchangeConfig>,
+}
+
+impl OidcDocument {
+    /// Parses a document (YAML or JSON) and checks it.
+    pub fn parse(text: &str) -> Result<OidcDocument, String> {
+        let file: DocumentFile = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+        let doc = OidcDocument {
+            identity: OidcConfig {
+                issuers: file.issuers,
+                platform_roles: file.platform_roles,
+            },
+            token_exchange: file.token_exchange,
+        };
+        doc.check()?;
+        Ok(doc)
+    }
+
+    /// Reads and checks the file (YAML or JSON); errors name the file.
+    pub fn load(path: &std::path::Path) -> Result<OidcDocument, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("--oidc-config {}: {e}", path.display()))?;
+        Self::parse(&text).map_err(|e| format!("--oidc-config {}: {e}", path.display()))
+    }
+
+    /// Checks the identity providers and the token exchange section.
+    pub fn check(&self) -> Result<(), String> {
+        match &self.token_exchange {
+            None => self.identity.check(),
+            Some(x) => {
+                self.identity.check_issuers()?;
+                x.check(&self.identity)
+            }
+        }
+    }
+}
+
 /// The keys of an issuer, and how the last fetch went.
 #[derive(Default)]
 struct Keys {
@@ -220,13 +295,31 @@ struct Keys {
     attempted: Option<Instant>,
 }
 
+/// The cached keys of one issuer: fetched by discovery (`<issuer>/.well-known/openid-configuration`,
+/// then its `jwks_uri`) or read once from a file, refreshed at most every
+/// [`REFRESH_MIN_GAP`]. Serves the issuers people sign in with ([`Issuer`]) and the CI
+/// providers of token exchange (`super::exchange`) alike.
+pub struct KeySource {
+    issuer: String,
+    jwks_file: Option<PathBuf>,
+    keys: RwLock<Keys>,
+    fetch: tokio::sync::Mutex<()>,
+    client: reqwest::Client,
+}
+
+impl std::fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeySource")
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A trusted issuer and its cached keys.
 pub struct Issuer {
     /// Its configuration.
     pub config: IssuerConfig,
-    keys: RwLock<Keys>,
-    fetch: tokio::sync::Mutex<()>,
-    client: reqwest::Client,
+    source: KeySource,
 }
 
 impl std::fmt::Debug for Issuer {
@@ -245,27 +338,68 @@ struct Discovery {
 
 impl Issuer {
     fn new(config: IssuerConfig, client: reqwest::Client) -> Result<Issuer, String> {
+        let source = KeySource::new(&config.issuer, config.jwks_file.clone(), client)?;
+        Ok(Issuer { config, source })
+    }
+
+    /// An issuer with a fixed key set (tests, embedding).
+    pub fn with_keys(config: IssuerConfig, jwks: JwkSet) -> Issuer {
+        let source = KeySource::with_keys(&config.issuer, jwks);
+        Issuer { config, source }
+    }
+
+    /// Its keys.
+    pub fn keys(&self) -> &KeySource {
+        &self.source
+    }
+
+    /// The key `kid` names (without a `kid`: the only key, if there is one).
+    pub fn key(&self, kid: Option<&str>) -> Option<Jwk> {
+        self.source.key(kid)
+    }
+
+    /// Whether keys were ever fetched, else the reason.
+    pub fn ready(&self) -> Result<(), String> {
+        self.source.ready()
+    }
+
+    /// Fetches the keys again; see [`KeySource::refresh`].
+    pub async fn refresh(&self) {
+        self.source.refresh().await
+    }
+}
+
+impl KeySource {
+    /// The keys of `issuer`: read now from `jwks_file`, else fetched by discovery with
+    /// `client` (by [`KeySource::refresh`]).
+    pub fn new(
+        issuer: &str,
+        jwks_file: Option<PathBuf>,
+        client: reqwest::Client,
+    ) -> Result<KeySource, String> {
         let mut keys = Keys::default();
-        if let Some(file) = &config.jwks_file {
+        if let Some(file) = &jwks_file {
             let text = std::fs::read_to_string(file)
-                .map_err(|e| format!("{}: jwksFile {}: {e}", config.issuer, file.display()))?;
+                .map_err(|e| format!("{issuer}: jwksFile {}: {e}", file.display()))?;
             keys.set = Some(
                 parse_jwks(&text)
-                    .map_err(|e| format!("{}: jwksFile {}: {e}", config.issuer, file.display()))?,
+                    .map_err(|e| format!("{issuer}: jwksFile {}: {e}", file.display()))?,
             );
         }
-        Ok(Issuer {
-            config,
+        Ok(KeySource {
+            issuer: issuer.to_string(),
+            jwks_file,
             keys: RwLock::new(keys),
             fetch: tokio::sync::Mutex::new(()),
             client,
         })
     }
 
-    /// An issuer with a fixed key set (tests, embedding).
-    pub fn with_keys(config: IssuerConfig, jwks: JwkSet) -> Issuer {
-        Issuer {
-            config,
+    /// A fixed key set (tests, embedding): never fetched.
+    pub fn with_keys(issuer: &str, jwks: JwkSet) -> KeySource {
+        KeySource {
+            issuer: issuer.to_string(),
+            jwks_file: None,
             keys: RwLock::new(Keys {
                 set: Some(jwks),
                 ..Keys::default()
@@ -273,6 +407,11 @@ impl Issuer {
             fetch: tokio::sync::Mutex::new(()),
             client: reqwest::Client::new(),
         }
+    }
+
+    /// The issuer URL.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Keys> {
@@ -298,8 +437,8 @@ impl Issuer {
         let keys = self.read();
         match (&keys.set, &keys.error) {
             (Some(_), _) => Ok(()),
-            (None, Some(e)) => Err(format!("{}: {e}", self.config.issuer)),
-            (None, None) => Err(format!("{}: keys not fetched yet", self.config.issuer)),
+            (None, Some(e)) => Err(format!("{}: {e}", self.issuer)),
+            (None, None) => Err(format!("{}: keys not fetched yet", self.issuer)),
         }
     }
 
@@ -307,7 +446,7 @@ impl Issuer {
     /// than [`REFRESH_MIN_GAP`] ago (then returns at once). Keys from a file are kept.
     /// A failure keeps the keys held before and is logged with the issuer, not the token.
     pub async fn refresh(&self) {
-        if self.config.jwks_file.is_some() {
+        if self.jwks_file.is_some() {
             return;
         }
         let _one = self.fetch.lock().await;
@@ -329,10 +468,10 @@ impl Issuer {
                 let n = set.keys.len();
                 keys.set = Some(set);
                 keys.error = None;
-                tracing::debug!(issuer = %self.config.issuer, keys = n, "identity provider keys fetched");
+                tracing::debug!(issuer = %self.issuer, keys = n, "identity provider keys fetched");
             }
             Err(e) => {
-                tracing::warn!(issuer = %self.config.issuer, error = %e, "identity provider keys could not be fetched; keeping the keys held before");
+                tracing::warn!(issuer = %self.issuer, error = %e, "identity provider keys could not be fetched; keeping the keys held before");
                 keys.error = Some(e);
             }
         }
@@ -366,16 +505,16 @@ impl Issuer {
     }
 
     async fn fetch_keys(&self) -> Result<JwkSet, String> {
-        let base = self.config.issuer.trim_end_matches('/');
+        let base = self.issuer.trim_end_matches('/');
         let url = format!("{base}/.well-known/openid-configuration");
         let body = self.get(&url).await?;
         let d: Discovery = serde_json::from_slice(&body)
             .map_err(|e| format!("{url}: not an OIDC discovery document: {e}"))?;
         // OpenID Connect Discovery: the document's issuer is exactly the configured one.
-        if d.issuer != self.config.issuer {
+        if d.issuer != self.issuer {
             return Err(format!(
                 "{url} names the issuer {:?}, not {:?}: configure the issuer exactly as its tokens' iss",
-                d.issuer, self.config.issuer
+                d.issuer, self.issuer
             ));
         }
         let jwks_url = reqwest::Url::parse(&d.jwks_uri)
@@ -399,32 +538,52 @@ fn parse_jwks(text: &str) -> Result<JwkSet, String> {
     Ok(set)
 }
 
-/// The trusted issuers and the platform-role mapping.
+/// The trusted issuers, the platform-role mapping and token exchange.
 #[derive(Debug)]
 pub struct Oidc {
     issuers: Vec<Arc<Issuer>>,
     /// Groups granting platform roles.
     pub platform_roles: PlatformRoles,
+    exchange: Option<Arc<super::exchange::TokenExchange>>,
+}
+
+fn http_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .timeout(FETCH_TIMEOUT)
+        .redirect(reqwest::redirect::Policy::limited(3))
+        .build()
+        .map_err(|e| format!("identity provider HTTP client: {e}"))
 }
 
 impl Oidc {
     /// From a checked configuration; keys from files are read now, the others are fetched
     /// by [`Oidc::spawn_refresher`] (and at once for a token naming an unknown key).
     pub fn new(cfg: OidcConfig) -> Result<Oidc, String> {
-        cfg.check()?;
-        let client = reqwest::Client::builder()
-            .timeout(FETCH_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::limited(3))
-            .build()
-            .map_err(|e| format!("identity provider HTTP client: {e}"))?;
-        let issuers = cfg
+        Self::from_document(OidcDocument {
+            identity: cfg,
+            token_exchange: None,
+        })
+    }
+
+    /// From a whole document: the identity providers and token exchange (its CI
+    /// providers' keys are fetched and refreshed like the identity providers').
+    pub fn from_document(doc: OidcDocument) -> Result<Oidc, String> {
+        doc.check()?;
+        let client = http_client()?;
+        let issuers = doc
+            .identity
             .issuers
             .into_iter()
             .map(|c| Issuer::new(c, client.clone()).map(Arc::new))
             .collect::<Result<_, _>>()?;
+        let exchange = doc
+            .token_exchange
+            .map(|x| super::exchange::TokenExchange::new(x, &client).map(Arc::new))
+            .transpose()?;
         Ok(Oidc {
             issuers,
-            platform_roles: cfg.platform_roles,
+            platform_roles: doc.identity.platform_roles,
+            exchange,
         })
     }
 
@@ -433,7 +592,22 @@ impl Oidc {
         Oidc {
             issuers: issuers.into_iter().map(Arc::new).collect(),
             platform_roles,
+            exchange: None,
         }
+    }
+
+    /// Token exchange, when the document configures it.
+    pub fn token_exchange(&self) -> Option<&Arc<super::exchange::TokenExchange>> {
+        self.exchange.as_ref()
+    }
+
+    /// Every key source: the identity providers', then token exchange's CI providers'.
+    fn key_sources(&self) -> Vec<&KeySource> {
+        let mut out: Vec<&KeySource> = self.issuers.iter().map(|i| i.keys()).collect();
+        if let Some(x) = &self.exchange {
+            out.extend(x.key_sources());
+        }
+        out
     }
 
     /// The issuer whose URL is `iss`.
@@ -449,8 +623,8 @@ impl Oidc {
             .collect()
     }
 
-    /// Keeps the keys fresh: every [`REFRESH_EVERY`], and every [`REFRESH_MIN_GAP`] while
-    /// an issuer has none.
+    /// Keeps the keys fresh (identity providers and token exchange's CI providers): every
+    /// [`REFRESH_EVERY`], and every [`REFRESH_MIN_GAP`] while an issuer has none.
     pub fn spawn_refresher(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
         let this = Arc::clone(self);
         tokio::spawn(async move {
@@ -458,10 +632,10 @@ impl Oidc {
             loop {
                 let full = last_full.elapsed() >= REFRESH_EVERY;
                 let due = this
-                    .issuers
-                    .iter()
-                    .filter(|i| full || i.ready().is_err())
-                    .map(|i| i.refresh());
+                    .key_sources()
+                    .into_iter()
+                    .filter(|k| full || k.ready().is_err())
+                    .map(|k| k.refresh());
                 futures::future::join_all(due).await;
                 if full {
                     last_full = Instant::now();
@@ -471,12 +645,12 @@ impl Oidc {
         })
     }
 
-    /// Ready when every issuer has keys; else which issuers have none and why.
+    /// Ready when every issuer (and CI provider) has keys; else which have none and why.
     pub fn readiness(&self) -> Result<(), String> {
         let failed: Vec<String> = self
-            .issuers
-            .iter()
-            .filter_map(|i| i.ready().err())
+            .key_sources()
+            .into_iter()
+            .filter_map(|k| k.ready().err())
             .collect();
         if failed.is_empty() {
             Ok(())
