@@ -10,9 +10,9 @@ use kubenova_api::model::{
 };
 use kubenova_store::{
     AgentRequestRecord, AnswerChunk, AnswerOutcome, AuditQuery, Change, CredentialOutcome,
-    CredentialQuery, Health, IdempotencyRecord, IssuedCredential, LiftOutcome, ListFilter, ListParams, Page,
-    PlanChange, PlanPrices, Result, Store, SubjectRevocation, TakenAnswers, UsageDaySums,
-    UsageExport, UsageQuery, UsageSums, WriteOptions,
+    CredentialQuery, Health, IdempotencyRecord, IssuedCredential, LiftOutcome, ListFilter,
+    ListParams, Page, PlanChange, PlanPrices, Result, Store, SubjectRevocation, TakenAnswers,
+    UsageDaySums, UsageExport, UsageQuery, UsageSums, WriteOptions,
 };
 use std::sync::Arc;
 use std::time::Instant;
