@@ -12,8 +12,7 @@
 //!
 //! Requirements are separated by `,`; whitespace between tokens is ignored. Keys and
 //! values follow the Kubernetes label rules (see
-//! [`label_key_problem`](crate::validate::label_key_problem) and
-//! [`label_value_problem`](crate::validate::label_value_problem)); `in` and `notin` are
+//! [`label_key_problem`] and [`label_value_problem`]); `in` and `notin` are
 //! words of the syntax, not keys. As in Kubernetes, `k=` selects the empty value, and an
 //! empty item of a set (`k in (a,)`, `k in ()`) stands for the empty value. The empty
 //! selector selects everything. The set-based `>` and `<` of node selectors are not
