@@ -323,6 +323,10 @@ async fn projects_by_name_and_labels_apps_by_name() {
             .is_empty()
     );
     assert_eq!(app.get(&apps, &admin).await.names().len(), 2);
+    // Apps have no labels: a selector is refused, not ignored.
+    app.get(&format!("{apps}?labelSelector=tier"), &admin)
+        .await
+        .violation("labelSelector", "apps have no labels");
 }
 
 /// Bad names and selectors are KN-422 naming the parameter and what is wrong; every bad

@@ -10,7 +10,8 @@ use axum::response::{IntoResponse, Response};
 use kubenova_api::error::ErrorCode;
 use kubenova_api::ids::AuditId;
 use kubenova_api::model::{AuditEvent, AuditOutcome};
-use kubenova_api::validate::ValidationError;
+use kubenova_api::selector::SELECTOR_FIELD;
+use kubenova_api::validate::{FieldViolation, ValidationError};
 use kubenova_store::{IdempotencyRecord, ListFilter, ListParams};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -413,12 +414,27 @@ pub struct NamedListQuery {
     /// Only the record with exactly this name (a DNS-1123 label).
     #[param(example = "web")]
     pub name: Option<String>,
+    /// Refused (these records have no labels), rather than ignored: a caller asking for
+    /// a label selector must not get every record as if it had matched.
+    #[serde(rename = "labelSelector")]
+    #[param(ignore)]
+    pub label_selector: Option<String>,
 }
 
 impl NamedListQuery {
-    /// The paging and the filter (KN-422 naming `limit`, `cursor` or `name`).
+    /// The paging and the filter (KN-422 naming `limit`, `cursor`, `name`, or
+    /// `labelSelector` when one is given).
     pub fn split(self) -> Result<(ListParams, ListFilter), ValidationError> {
-        split(self.limit, self.cursor, self.name.as_deref(), None)
+        let res = split(self.limit, self.cursor, self.name.as_deref(), None);
+        if self.label_selector.is_none() {
+            return res;
+        }
+        let mut violations = res.err().map(|e| e.violations).unwrap_or_default();
+        violations.push(FieldViolation {
+            field: SELECTOR_FIELD.into(),
+            reason: "apps have no labels; filter apps by name".into(),
+        });
+        Err(ValidationError { violations })
     }
 }
 
