@@ -2,8 +2,8 @@
 //!
 //! The KubeNova API model: the wire and domain types shared by the manager, the
 //! operator, the store and the Python bindings; the KN error catalog; input
-//! validation (DNS-1123 names, Kubernetes quantities, labels, bounded sizes); and the
-//! plans/policysets catalog.
+//! validation (DNS-1123 names, Kubernetes quantities, labels, bounded sizes); label
+//! selectors; and the plans/policysets catalog.
 //!
 //! This crate has no database, HTTP server or cluster client in its dependencies, so it
 //! can be embedded anywhere.
@@ -31,6 +31,7 @@ pub mod identity;
 pub mod ids;
 pub mod model;
 pub mod quantity;
+pub mod selector;
 pub mod validate;
 
 pub use error::{ErrorBody, ErrorCode, KnError};

@@ -295,13 +295,8 @@ impl Validator {
     /// A Kubernetes label value: at most 63 characters, alphanumerics, `-`, `_`, `.`,
     /// starting and ending with an alphanumeric (may be empty).
     pub fn label_value(&mut self, field: &str, value: &str) -> bool {
-        if value.len() > 63 || !LABEL_VALUE.is_match(value) {
-            self.push(
-                field,
-                format!(
-                    "{value:?} is not a valid label value: at most 63 characters of letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
-                ),
-            );
+        if let Some(reason) = label_value_problem(value) {
+            self.push(field, reason);
             return false;
         }
         true
@@ -385,7 +380,16 @@ pub fn dns_label_problem(value: &str) -> Option<String> {
     }
 }
 
-fn label_key_problem(key: &str) -> Option<String> {
+/// `Some(reason)` when `key` is not a Kubernetes label key (an optional DNS-1123 subdomain
+/// prefix and `/`, then a name of 1-63 letters, digits, `-`, `_` and `.`, starting and
+/// ending with a letter or digit).
+///
+/// ```
+/// use kubenova_api::validate::label_key_problem;
+/// assert!(label_key_problem("example.com/tier").is_none());
+/// assert!(label_key_problem("-tier").is_some());
+/// ```
+pub fn label_key_problem(key: &str) -> Option<String> {
     let (prefix, name) = match key.split_once('/') {
         Some((p, n)) => (Some(p), n),
         None => (None, key),
@@ -400,6 +404,24 @@ fn label_key_problem(key: &str) -> Option<String> {
     if name.is_empty() || name.len() > 63 || !QUALIFIED_NAME.is_match(name) {
         return Some(format!(
             "label key {key:?}: the name part must be 1-63 characters of letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
+        ));
+    }
+    None
+}
+
+/// `Some(reason)` when `value` is not a Kubernetes label value (at most 63 letters,
+/// digits, `-`, `_` and `.`, starting and ending with a letter or digit; may be empty).
+///
+/// ```
+/// use kubenova_api::validate::label_value_problem;
+/// assert!(label_value_problem("gold").is_none());
+/// assert!(label_value_problem("").is_none());
+/// assert!(label_value_problem("gold!").is_some());
+/// ```
+pub fn label_value_problem(value: &str) -> Option<String> {
+    if value.len() > 63 || !LABEL_VALUE.is_match(value) {
+        return Some(format!(
+            "{value:?} is not a valid label value: at most 63 characters of letters, digits, '-', '_' and '.', starting and ending with a letter or digit"
         ));
     }
     None

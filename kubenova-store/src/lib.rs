@@ -80,6 +80,21 @@ pub trait Store: Send + Sync + 'static {
     async fn get_cluster_uncached(&self, id: ClusterId) -> Result<Cluster>;
     /// Lists clusters by id (creation order).
     async fn list_clusters(&self, params: &ListParams) -> Result<Page<Cluster>>;
+    /// Lists the clusters that pass `filter` (name, label selector), by id; paged like
+    /// [`Store::list_clusters`], the filter applied in the query.
+    ///
+    /// ```no_run
+    /// # async fn demo(store: &dyn kubenova_store::Store) -> Result<(), kubenova_store::StoreError> {
+    /// use kubenova_store::{ListFilter, ListParams};
+    /// let filter = ListFilter::parse(None, Some("env=prod,region in (eu,us)"))?;
+    /// let page = store.list_clusters_matching(&filter, &ListParams::first(50)).await?;
+    /// # Ok(()) }
+    /// ```
+    async fn list_clusters_matching(
+        &self,
+        filter: &ListFilter,
+        params: &ListParams,
+    ) -> Result<Page<Cluster>>;
     /// Replaces a cluster if it is still at `expected_version`; `cluster.version` must be the next one.
     async fn update_cluster(
         &self,
@@ -179,6 +194,14 @@ pub trait Store: Send + Sync + 'static {
         cluster: Option<ClusterId>,
         params: &ListParams,
     ) -> Result<Page<Tenant>>;
+    /// Lists the tenants of a cluster (or all with `None`) that pass `filter`, like
+    /// [`Store::list_clusters_matching`].
+    async fn list_tenants_matching(
+        &self,
+        cluster: Option<ClusterId>,
+        filter: &ListFilter,
+        params: &ListParams,
+    ) -> Result<Page<Tenant>>;
     /// Replaces a tenant at `expected_version` and bumps the cluster revision.
     async fn update_tenant(
         &self,
@@ -233,6 +256,14 @@ pub trait Store: Send + Sync + 'static {
     async fn get_project_uncached(&self, id: ProjectId) -> Result<Project>;
     /// Lists a tenant's projects.
     async fn list_projects(&self, tenant: TenantId, params: &ListParams) -> Result<Page<Project>>;
+    /// Lists the projects of a tenant that pass `filter`, like
+    /// [`Store::list_clusters_matching`].
+    async fn list_projects_matching(
+        &self,
+        tenant: TenantId,
+        filter: &ListFilter,
+        params: &ListParams,
+    ) -> Result<Page<Project>>;
     /// Lists the projects of every tenant of a cluster, by id: the batched read behind a
     /// desired-state snapshot (one query per page instead of one per tenant).
     ///
@@ -286,6 +317,15 @@ pub trait Store: Send + Sync + 'static {
     async fn get_app(&self, id: AppId) -> Result<App>;
     /// Lists a project's apps.
     async fn list_apps(&self, project: ProjectId, params: &ListParams) -> Result<Page<App>>;
+    /// Lists the apps of a project that pass `filter`, like
+    /// [`Store::list_clusters_matching`]. Apps have no labels: a filter with a label
+    /// selector is [`StoreError::Validation`] naming `labelSelector`.
+    async fn list_apps_matching(
+        &self,
+        project: ProjectId,
+        filter: &ListFilter,
+        params: &ListParams,
+    ) -> Result<Page<App>>;
     /// Lists the apps of every project of a cluster, by id (paged like
     /// [`Store::list_cluster_projects`]).
     async fn list_cluster_apps(&self, cluster: ClusterId, params: &ListParams)

@@ -603,11 +603,34 @@ macro_rules! sql_backend {
                 filter: Option<(&str, Uuid)>,
                 params: &ListParams,
             ) -> Result<Page<T>> {
+                self.list_docs_matching(table, filter, &ListFilter::default(), params).await
+            }
+
+            /// [`list_docs`](Self::list_docs) of the records that pass `matching`: the
+            /// name compared with the `name` column (indexed), each label requirement
+            /// with the document's `labels` (see [`push_label`](Self::push_label)), all
+            /// in the query (bound parameters only), so the keyset pages stay full and
+            /// their cursors continue after the last match.
+            async fn list_docs_matching<T: serde::de::DeserializeOwned>(
+                &self,
+                table: &str,
+                filter: Option<(&str, Uuid)>,
+                matching: &ListFilter,
+                params: &ListParams,
+            ) -> Result<Page<T>> {
                 let limit = params.page_size()?;
                 let after = params.cursor_uuid()?;
+                matching.check()?;
                 let mut qb = sqlx::QueryBuilder::<$Db>::new(format!("SELECT id, doc FROM {table} WHERE 1 = 1"));
                 if let Some((col, val)) = filter {
                     qb.push(format!(" AND {col} = ")).push_bind(val);
+                }
+                if let Some(name) = &matching.name {
+                    qb.push(" AND name = ").push_bind(name.clone());
+                }
+                for r in matching.labels.requirements() {
+                    qb.push(" AND ");
+                    Self::push_requirement(&mut qb, r);
                 }
                 if let Some(a) = after {
                     qb.push(" AND id > ").push_bind(a);
@@ -622,6 +645,56 @@ macro_rules! sql_backend {
                 }
                 let next_cursor = if rows.len() > limit as usize { last.map(encode_cursor) } else { None };
                 Ok(Page { items, next_cursor })
+            }
+
+            /// The text value of the label `key` in the row's document, `NULL` when the
+            /// record has no such label: `doc -> 'labels' ->> key` on Postgres (JSONB),
+            /// `json_extract(doc, '$.labels."key"')` on SQLite (a JSON text document; label
+            /// keys hold no `"`, so quoting the key makes a path of exactly that key). The
+            /// key, or the path, is a bound parameter.
+            fn push_label(qb: &mut sqlx::QueryBuilder<'_, $Db>, key: &str) {
+                if $backend == "postgres" {
+                    qb.push("(doc -> 'labels' ->> ").push_bind(key.to_owned()).push(")");
+                } else {
+                    qb.push("json_extract(doc, ").push_bind(format!("$.labels.\"{key}\"")).push(")");
+                }
+            }
+
+            /// One label requirement as a condition, with Kubernetes semantics: `!=` and
+            /// `notin` also hold when the label is absent (the comparison is `NULL`, taken
+            /// as true).
+            fn push_requirement(qb: &mut sqlx::QueryBuilder<'_, $Db>, r: &kubenova_api::selector::Requirement) {
+                use kubenova_api::selector::Operator;
+                let values = |qb: &mut sqlx::QueryBuilder<'_, $Db>| {
+                    qb.push(" (");
+                    let mut list = qb.separated(", ");
+                    for v in r.values() {
+                        list.push_bind(v.clone());
+                    }
+                    qb.push(")");
+                };
+                match r.operator() {
+                    Operator::Equals | Operator::In => {
+                        Self::push_label(qb, r.key());
+                        qb.push(" IN");
+                        values(qb);
+                    }
+                    Operator::NotEquals | Operator::NotIn => {
+                        qb.push("COALESCE(");
+                        Self::push_label(qb, r.key());
+                        qb.push(" NOT IN");
+                        values(qb);
+                        qb.push(", TRUE)");
+                    }
+                    Operator::Exists => {
+                        Self::push_label(qb, r.key());
+                        qb.push(" IS NOT NULL");
+                    }
+                    Operator::DoesNotExist => {
+                        Self::push_label(qb, r.key());
+                        qb.push(" IS NULL");
+                    }
+                }
             }
 
             async fn count(
@@ -763,6 +836,10 @@ macro_rules! sql_backend {
 
             async fn list_clusters(&self, params: &ListParams) -> Result<Page<Cluster>> {
                 self.list_docs("clusters", None, params).await
+            }
+
+            async fn list_clusters_matching(&self, filter: &ListFilter, params: &ListParams) -> Result<Page<Cluster>> {
+                self.list_docs_matching("clusters", None, filter, params).await
             }
 
             async fn update_cluster(&self, c: &Cluster, expected: i64, opts: &WriteOptions<'_>) -> Result<()> {
@@ -1084,6 +1161,10 @@ macro_rules! sql_backend {
                 self.list_docs("tenants", cluster.map(|c| ("cluster_id", c.0)), params).await
             }
 
+            async fn list_tenants_matching(&self, cluster: Option<ClusterId>, filter: &ListFilter, params: &ListParams) -> Result<Page<Tenant>> {
+                self.list_docs_matching("tenants", cluster.map(|c| ("cluster_id", c.0)), filter, params).await
+            }
+
             async fn update_tenant(&self, t: &Tenant, expected: i64, opts: &WriteOptions<'_>) -> Result<()> {
                 // Drops the cached record when this returns (after the commit, or on failure).
                 let _invalidate = Invalidate::row(&self.cache, t.id.0);
@@ -1193,6 +1274,10 @@ macro_rules! sql_backend {
                 self.list_docs("projects", Some(("tenant_id", tenant.0)), params).await
             }
 
+            async fn list_projects_matching(&self, tenant: TenantId, filter: &ListFilter, params: &ListParams) -> Result<Page<Project>> {
+                self.list_docs_matching("projects", Some(("tenant_id", tenant.0)), filter, params).await
+            }
+
             async fn list_cluster_projects(&self, cluster: ClusterId, params: &ListParams) -> Result<Page<Project>> {
                 self.list_docs("projects", Some(("cluster_id", cluster.0)), params).await
             }
@@ -1296,6 +1381,16 @@ macro_rules! sql_backend {
 
             async fn list_apps(&self, project: ProjectId, params: &ListParams) -> Result<Page<App>> {
                 self.list_docs("apps", Some(("project_id", project.0)), params).await
+            }
+
+            async fn list_apps_matching(&self, project: ProjectId, filter: &ListFilter, params: &ListParams) -> Result<Page<App>> {
+                if !filter.labels.is_empty() {
+                    return Err(StoreError::Validation(ValidationError::single(
+                        kubenova_api::selector::SELECTOR_FIELD,
+                        "apps have no labels; filter apps by name",
+                    )));
+                }
+                self.list_docs_matching("apps", Some(("project_id", project.0)), filter, params).await
             }
 
             async fn list_cluster_apps(&self, cluster: ClusterId, params: &ListParams) -> Result<Page<App>> {

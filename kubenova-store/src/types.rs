@@ -4,8 +4,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use kubenova_api::ids::{AppId, ClusterId, ProjectId, TenantId};
 use kubenova_api::model::AuditEvent;
-use kubenova_api::validate::ValidationError;
+use kubenova_api::selector::Selector;
+use kubenova_api::validate::{FieldViolation, ValidationError, dns_label_problem};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -112,6 +114,89 @@ fn decode_cursor(c: &str) -> Option<String> {
 /// Encodes a position as an opaque cursor.
 pub fn encode_cursor(position: impl std::fmt::Display) -> String {
     URL_SAFE_NO_PAD.encode(position.to_string())
+}
+
+/// Narrows a list to the records with an exact name and whose labels match a
+/// [`Selector`]; applied in the query, so pages of filtered results are full and their
+/// cursors continue correctly. The default filter keeps everything.
+///
+/// ```
+/// use kubenova_store::ListFilter;
+/// use std::collections::BTreeMap;
+/// let f = ListFilter::parse(Some("acme"), Some("tier in (gold,silver)")).unwrap();
+/// let labels = BTreeMap::from([("tier".to_string(), "gold".to_string())]);
+/// assert!(f.matches("acme", &labels));
+/// assert!(!f.matches("globex", &labels));
+///
+/// let err = ListFilter::parse(Some("Acme"), Some("tier in gold")).unwrap_err();
+/// assert_eq!(err.violations[0].field, "name");
+/// assert_eq!(err.violations[1].field, "labelSelector");
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListFilter {
+    /// Only the record with this name (a DNS-1123 label, as every record name).
+    pub name: Option<String>,
+    /// Only records whose labels match (empty: all).
+    pub labels: Selector,
+}
+
+impl ListFilter {
+    /// The filter of the `name` and `labelSelector` query parameters: both checked, every
+    /// violation reported (KN-422 naming `name` and `labelSelector`). An empty selector
+    /// keeps everything.
+    pub fn parse(name: Option<&str>, selector: Option<&str>) -> Result<Self, ValidationError> {
+        let mut violations = Vec::new();
+        if let Some(problem) = name.and_then(dns_label_problem) {
+            violations.push(FieldViolation {
+                field: "name".into(),
+                reason: problem,
+            });
+        }
+        let labels = match selector.map(Selector::parse).transpose() {
+            Ok(s) => s.unwrap_or_default(),
+            Err(e) => {
+                violations.extend(ValidationError::from(e).violations);
+                Selector::default()
+            }
+        };
+        if violations.is_empty() {
+            Ok(Self {
+                name: name.map(str::to_owned),
+                labels,
+            })
+        } else {
+            Err(ValidationError { violations })
+        }
+    }
+
+    /// Only the record named `name`.
+    pub fn named(name: impl Into<String>) -> Self {
+        Self {
+            name: Some(name.into()),
+            labels: Selector::default(),
+        }
+    }
+
+    /// True when the filter keeps everything.
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none() && self.labels.is_empty()
+    }
+
+    /// Whether a record with this name and these labels passes: the same test as the
+    /// store's query, for lists assembled record by record.
+    pub fn matches(&self, name: &str, labels: &BTreeMap<String, String>) -> bool {
+        self.name.as_deref().is_none_or(|n| n == name) && self.labels.matches(labels)
+    }
+
+    /// The name checked again (the store is also called directly, not only through
+    /// [`ListFilter::parse`]): a [`StoreError::Validation`](crate::StoreError::Validation)
+    /// naming `name` when it is not a DNS-1123 label.
+    pub fn check(&self) -> Result<(), ValidationError> {
+        match self.name.as_deref().and_then(dns_label_problem) {
+            Some(problem) => Err(ValidationError::single("name", problem)),
+            None => Ok(()),
+        }
+    }
 }
 
 /// One page of a list.

@@ -18,7 +18,8 @@ use super::agent::{self, Relay};
 use super::authz::{Access, Principal};
 use super::error::{ApiError, ApiResult};
 use super::extract::{
-    Audited, Ctx, KnJson, ListQuery, bytes_response, check_if_match, json_response, parse_json,
+    Audited, Ctx, KnJson, ListQuery, NamedListQuery, bytes_response, check_if_match, json_response,
+    parse_json,
 };
 use super::projects::{ProjectIds, body_bytes, parse_id, path, query, resolve_project};
 use axum::body::Bytes;
@@ -653,18 +654,20 @@ impl super::extract::ListBody for PoliciesRequest {
 // ---------------------------------------------------------------------------------
 
 /// List the apps of a project.
+///
+/// `name` narrows the list to the app of that name (apps have no labels).
 #[utoipa::path(
     get,
     path = "/api/v1/clusters/{clusterID}/tenants/{tenantID}/projects/{projectID}/apps",
     tag = "apps",
     operation_id = "listApps",
-    params(super::projects::ProjectPath, ListQuery),
+    params(super::projects::ProjectPath, NamedListQuery),
     responses(
         (status = 200, description = "A page of apps", body = AppList, example = json!({"items": [{"id": "44444444-4444-4444-4444-444444444444", "clusterId": "11111111-1111-1111-1111-111111111111", "tenantId": "22222222-2222-2222-2222-222222222222", "projectId": "33333333-3333-3333-3333-333333333333", "name": "web", "spec": {"name": "web", "description": "", "image": "nginx:1.27", "components": [], "traits": [], "policies": []}, "revision": 1, "suspended": false, "status": {"phase": "pending", "conditions": []}, "version": 1, "createdAt": "2026-01-01T00:15:00Z", "updatedAt": "2026-01-01T00:15:00Z"}], "nextCursor": null})),
         (status = 400, description = "KN-400: an id is not a UUID or a bad query parameter", body = ErrorBody, example = json!({"code": "KN-400", "message": "path parameter projectID must be a UUID, got \"payments\""})),
         (status = 401, description = "KN-401: no valid bearer token", body = ErrorBody, example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
         (status = 404, description = "KN-404: no such project, or outside the caller's scope", body = ErrorBody, example = json!({"code": "KN-404", "message": "project \"33333333-3333-3333-3333-333333333333\" not found"})),
-        (status = 422, description = "KN-422: limit out of range or a foreign cursor", body = ErrorBody, example = json!({"code": "KN-422", "message": "validation failed: limit: must be at least 1"})),
+        (status = 422, description = "KN-422: limit out of range, a foreign cursor or a name that is not a DNS-1123 label", body = ErrorBody, example = json!({"code": "KN-422", "message": "validation failed: name: \"Web\" is not a DNS-1123 label: use lower-case letters, digits and '-', starting and ending with a letter or digit"})),
     ),
     security(("bearerAuth" = []))
 )]
@@ -672,13 +675,16 @@ pub async fn list_apps(
     State(st): State<AppState>,
     ctx: Ctx,
     p: Result<Path<super::projects::ProjectPath>, PathRejection>,
-    q: Result<Query<ListQuery>, QueryRejection>,
+    q: Result<Query<NamedListQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let ids = path(p)?.ids()?;
-    let q = query(q)?;
+    let (params, filter) = query(q)?.split()?;
     let (_, project) = resolve_project(&st, &ctx.principal, ids).await?;
     ctx.principal.check_apps(&project, Access::Read)?;
-    let page = st.store.list_apps(project.id, &ListParams::from(q)).await?;
+    let page = st
+        .store
+        .list_apps_matching(project.id, &filter, &params)
+        .await?;
     Ok(json_response(
         StatusCode::OK,
         &AppList {

@@ -9,8 +9,8 @@ use super::AppState;
 use super::authz::Access;
 use super::error::{ApiError, ApiResult};
 use super::extract::{
-    Audited, Ctx, JsonOrYaml, ListQuery, bytes_response, check_if_match, if_match, json_response,
-    parse_json,
+    Audited, Ctx, JsonOrYaml, LabeledListQuery, ListQuery, bytes_response, check_if_match,
+    if_match, json_response, parse_json,
 };
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
@@ -247,12 +247,14 @@ pub fn routes() -> OpenApiRouter<AppState> {
 }
 
 /// Lists registered clusters.
+///
+/// `name` and `labelSelector` narrow the list (e.g. `?labelSelector=env%3Dprod`).
 #[utoipa::path(
     get,
     path = "/api/v1/clusters",
     tag = "clusters",
     operation_id = "listClusters",
-    params(ListQuery),
+    params(LabeledListQuery),
     responses(
         (status = 200, description = "A page of clusters (the kubeconfig is never returned)", body = ClusterList,
             example = json!({"items": [{"id": "11111111-1111-1111-1111-111111111111", "name": "prod-eu-1", "datacenter": "eu-west",
@@ -266,16 +268,16 @@ pub fn routes() -> OpenApiRouter<AppState> {
             example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
         (status = 403, description = "The role may not read clusters", body = ErrorBody,
             example = json!({"code": "KN-403", "message": "reading clusters needs admin, ops or unscoped readOnly"})),
-        (status = 422, description = "Bad limit or cursor", body = ErrorBody,
-            example = json!({"code": "KN-422", "message": "validation failed: limit: must be at most 500 (got 1000)",
-                "details": {"violations": [{"field": "limit", "reason": "must be at most 500 (got 1000)"}]}})),
+        (status = 422, description = "Bad limit, cursor, name or labelSelector", body = ErrorBody,
+            example = json!({"code": "KN-422", "message": "validation failed: labelSelector: requirement 1: missing ')' to close the values of 'in'",
+                "details": {"violations": [{"field": "labelSelector", "reason": "requirement 1: missing ')' to close the values of 'in'"}]}})),
     ),
     security(("bearerAuth" = []))
 )]
 async fn list_clusters(State(st): State<AppState>, ctx: Ctx, uri: Uri) -> ApiResult<Response> {
     ctx.principal.check_clusters(Access::Read)?;
-    let params = list_params(&uri)?;
-    let page = st.store.list_clusters(&params).await?;
+    let (params, filter) = query::<LabeledListQuery>(&uri)?.split()?;
+    let page = st.store.list_clusters_matching(&filter, &params).await?;
     let interval = st.config.agent_heartbeat_interval;
     Ok(json_response(
         StatusCode::OK,

@@ -10,7 +10,9 @@ use axum::response::{IntoResponse, Response};
 use kubenova_api::error::ErrorCode;
 use kubenova_api::ids::AuditId;
 use kubenova_api::model::{AuditEvent, AuditOutcome};
-use kubenova_store::{IdempotencyRecord, ListParams};
+use kubenova_api::selector::SELECTOR_FIELD;
+use kubenova_api::validate::{FieldViolation, ValidationError};
+use kubenova_store::{IdempotencyRecord, ListFilter, ListParams};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use time::OffsetDateTime;
@@ -360,6 +362,103 @@ impl From<ListQuery> for ListParams {
         ListParams {
             limit: q.limit,
             cursor: q.cursor,
+        }
+    }
+}
+
+/// `?limit=&cursor=&name=&labelSelector=` of the lists of labelled records (clusters,
+/// tenants, projects): a page of the records the caller may see, narrowed by name and
+/// labels (in the store's query, so pages stay full and cursors continue).
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LabeledListQuery {
+    /// Page size (default 100, max 500).
+    pub limit: Option<u32>,
+    /// `nextCursor` of the previous page (pass the same `name` and `labelSelector` again).
+    pub cursor: Option<String>,
+    /// Only the record with exactly this name (a DNS-1123 label); what the caller may not
+    /// see stays out of the list.
+    #[param(example = "acme")]
+    pub name: Option<String>,
+    /// Only records whose labels match this Kubernetes label selector: comma-separated
+    /// requirements that must all hold, each `key=value` (or `==`), `key!=value`,
+    /// `key in (v1,v2)`, `key notin (v1,v2)`, `key` (has the label) or `!key` (has not).
+    /// `!=` and `notin` also select records without the key. At most 1024 characters and
+    /// 32 requirements; keys and values follow the Kubernetes label rules. URL-encode it.
+    #[serde(rename = "labelSelector")]
+    #[param(example = "tier in (gold,silver),!example.com/legacy")]
+    pub label_selector: Option<String>,
+}
+
+impl LabeledListQuery {
+    /// The paging and the filter, every bad parameter reported at once (KN-422 naming
+    /// `limit`, `cursor`, `name` or `labelSelector`).
+    pub fn split(self) -> Result<(ListParams, ListFilter), ValidationError> {
+        split(
+            self.limit,
+            self.cursor,
+            self.name.as_deref(),
+            self.label_selector.as_deref(),
+        )
+    }
+}
+
+/// `?limit=&cursor=&name=` of the lists of records without labels (apps).
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct NamedListQuery {
+    /// Page size (default 100, max 500).
+    pub limit: Option<u32>,
+    /// `nextCursor` of the previous page (pass the same `name` again).
+    pub cursor: Option<String>,
+    /// Only the record with exactly this name (a DNS-1123 label).
+    #[param(example = "web")]
+    pub name: Option<String>,
+    /// Refused (these records have no labels), rather than ignored: a caller asking for
+    /// a label selector must not get every record as if it had matched.
+    #[serde(rename = "labelSelector")]
+    #[param(ignore)]
+    pub label_selector: Option<String>,
+}
+
+impl NamedListQuery {
+    /// The paging and the filter (KN-422 naming `limit`, `cursor`, `name`, or
+    /// `labelSelector` when one is given).
+    pub fn split(self) -> Result<(ListParams, ListFilter), ValidationError> {
+        let res = split(self.limit, self.cursor, self.name.as_deref(), None);
+        if self.label_selector.is_none() {
+            return res;
+        }
+        let mut violations = res.err().map(|e| e.violations).unwrap_or_default();
+        violations.push(FieldViolation {
+            field: SELECTOR_FIELD.into(),
+            reason: "apps have no labels; filter apps by name".into(),
+        });
+        Err(ValidationError { violations })
+    }
+}
+
+/// Paging and filter of a list query, with every violation.
+pub fn split(
+    limit: Option<u32>,
+    cursor: Option<String>,
+    name: Option<&str>,
+    label_selector: Option<&str>,
+) -> Result<(ListParams, ListFilter), ValidationError> {
+    let params = ListParams { limit, cursor };
+    let mut violations = Vec::new();
+    if let Err(e) = params.page_size() {
+        violations.extend(e.violations);
+    }
+    if let Err(e) = params.cursor_uuid() {
+        violations.extend(e.violations);
+    }
+    match ListFilter::parse(name, label_selector) {
+        Ok(filter) if violations.is_empty() => Ok((params, filter)),
+        Ok(_) => Err(ValidationError { violations }),
+        Err(e) => {
+            violations.extend(e.violations);
+            Err(ValidationError { violations })
         }
     }
 }

@@ -10,9 +10,9 @@ use kubenova_api::model::{
 };
 use kubenova_store::{
     AgentRequestRecord, AnswerChunk, AnswerOutcome, AuditQuery, Change, CredentialOutcome,
-    CredentialQuery, Health, IdempotencyRecord, IssuedCredential, LiftOutcome, ListParams, Page,
-    PlanChange, PlanPrices, Result, Store, SubjectRevocation, TakenAnswers, UsageDaySums,
-    UsageExport, UsageQuery, UsageSums, WriteOptions,
+    CredentialQuery, Health, IdempotencyRecord, IssuedCredential, LiftOutcome, ListFilter,
+    ListParams, Page, PlanChange, PlanPrices, Result, Store, SubjectRevocation, TakenAnswers,
+    UsageDaySums, UsageExport, UsageQuery, UsageSums, WriteOptions,
 };
 use std::sync::Arc;
 use std::time::Instant;
@@ -89,6 +89,7 @@ metered! {
     fn get_cluster(&self, id: ClusterId) -> Result<Cluster>;
     fn get_cluster_uncached(&self, id: ClusterId) -> Result<Cluster>;
     fn list_clusters(&self, params: &ListParams) -> Result<Page<Cluster>>;
+    fn list_clusters_matching(&self, filter: &ListFilter, params: &ListParams) -> Result<Page<Cluster>>;
     fn update_cluster(&self, cluster: &Cluster, expected_version: i64, opts: &WriteOptions<'_>) -> Result<()>;
     fn record_cluster_heartbeat(&self, id: ClusterId, at: OffsetDateTime) -> Result<()>;
     fn update_cluster_kubeconfig(&self, cluster: &Cluster, expected_version: i64, kubeconfig: &[u8], opts: &WriteOptions<'_>) -> Result<()>;
@@ -104,6 +105,7 @@ metered! {
     fn get_tenant(&self, id: TenantId) -> Result<Tenant>;
     fn get_tenant_uncached(&self, id: TenantId) -> Result<Tenant>;
     fn list_tenants(&self, cluster: Option<ClusterId>, params: &ListParams) -> Result<Page<Tenant>>;
+    fn list_tenants_matching(&self, cluster: Option<ClusterId>, filter: &ListFilter, params: &ListParams) -> Result<Page<Tenant>>;
     fn update_tenant(&self, tenant: &Tenant, expected_version: i64, opts: &WriteOptions<'_>) -> Result<()>;
     fn set_tenant_status(&self, id: TenantId, status: &ObjectStatus) -> Result<Tenant>;
     fn delete_tenant(&self, id: TenantId, cascade: bool, opts: &WriteOptions<'_>) -> Result<()>;
@@ -112,6 +114,7 @@ metered! {
     fn get_project(&self, id: ProjectId) -> Result<Project>;
     fn get_project_uncached(&self, id: ProjectId) -> Result<Project>;
     fn list_projects(&self, tenant: TenantId, params: &ListParams) -> Result<Page<Project>>;
+    fn list_projects_matching(&self, tenant: TenantId, filter: &ListFilter, params: &ListParams) -> Result<Page<Project>>;
     fn list_cluster_projects(&self, cluster: ClusterId, params: &ListParams) -> Result<Page<Project>>;
     fn update_project(&self, project: &Project, expected_version: i64, opts: &WriteOptions<'_>) -> Result<()>;
     fn set_project_status(&self, id: ProjectId, status: &ObjectStatus) -> Result<Project>;
@@ -119,6 +122,7 @@ metered! {
     fn create_app(&self, app: &App, first: &AppRevision, opts: &WriteOptions<'_>) -> Result<()>;
     fn get_app(&self, id: AppId) -> Result<App>;
     fn list_apps(&self, project: ProjectId, params: &ListParams) -> Result<Page<App>>;
+    fn list_apps_matching(&self, project: ProjectId, filter: &ListFilter, params: &ListParams) -> Result<Page<App>>;
     fn list_cluster_apps(&self, cluster: ClusterId, params: &ListParams) -> Result<Page<App>>;
     fn update_app(&self, app: &App, expected_version: i64, new_revision: Option<&AppRevision>, opts: &WriteOptions<'_>) -> Result<()>;
     fn update_app_with_run(&self, app: &App, expected_version: i64, new_revision: Option<&AppRevision>, run: &WorkflowRun, opts: &WriteOptions<'_>) -> Result<()>;

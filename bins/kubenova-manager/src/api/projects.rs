@@ -9,7 +9,9 @@
 use super::AppState;
 use super::authz::{Access, Principal};
 use super::error::{ApiError, ApiResult};
-use super::extract::{Ctx, KnJson, ListQuery, bytes_response, check_if_match, json_response};
+use super::extract::{
+    Ctx, KnJson, LabeledListQuery, bytes_response, check_if_match, json_response,
+};
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -22,7 +24,7 @@ use kubenova_api::model::{
 };
 use kubenova_api::quantity::Quantity;
 use kubenova_api::validate::Validate;
-use kubenova_store::{ListParams, StoreError, UsageQuery, UsageSums, WriteOptions};
+use kubenova_store::{StoreError, UsageQuery, UsageSums, WriteOptions};
 use serde::{Deserialize, Serialize};
 use std::str::FromStr;
 use time::OffsetDateTime;
@@ -449,12 +451,13 @@ pub(crate) fn usage_range(
 ///
 /// Platform staff, the tenant's owners and unscoped readOnly callers see every project;
 /// a project-scoped caller (projectDev) sees only its own projects in the tenant.
+/// `name` and `labelSelector` narrow the list to matching projects among those.
 #[utoipa::path(
     get,
     path = "/api/v1/clusters/{clusterID}/tenants/{tenantID}/projects",
     tag = "projects",
     operation_id = "listProjects",
-    params(TenantPath, ListQuery),
+    params(TenantPath, LabeledListQuery),
     responses(
         (status = 200, description = "A page of projects", body = ProjectList, example = json!({"items": [{
             "id": "33333333-3333-3333-3333-333333333333", "clusterId": "11111111-1111-1111-1111-111111111111",
@@ -465,7 +468,7 @@ pub(crate) fn usage_range(
         (status = 400, description = "KN-400: an id is not a UUID, or a bad limit/cursor", body = ErrorBody, example = json!({"code": "KN-400", "message": "path parameter tenantID must be a UUID, got \"acme\""})),
         (status = 401, description = "KN-401: no valid bearer token", body = ErrorBody, example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
         (status = 404, description = "KN-404: the tenant does not exist in this cluster or is outside the caller's scope", body = ErrorBody, example = json!({"code": "KN-404", "message": "tenant \"22222222-2222-2222-2222-222222222222\" not found"})),
-        (status = 422, description = "KN-422: limit out of range or a cursor not from this list", body = ErrorBody, example = json!({"code": "KN-422", "message": "validation failed: limit: must be at most 500 (got 1000)"})),
+        (status = 422, description = "KN-422: limit out of range, a cursor not from this list, a name that is not a DNS-1123 label or a bad labelSelector", body = ErrorBody, example = json!({"code": "KN-422", "message": "validation failed: labelSelector: requirement 2: found \"b\" at character 12 in the values of 'in', expected a value, ',' or ')'"})),
     ),
     security(("bearerAuth" = []))
 )]
@@ -473,18 +476,18 @@ pub async fn list_projects(
     State(st): State<AppState>,
     ctx: Ctx,
     p: Result<Path<TenantPath>, PathRejection>,
-    q: Result<Query<ListQuery>, QueryRejection>,
+    q: Result<Query<LabeledListQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let p = path(p)?;
     let cluster: ClusterId = parse_id("clusterID", &p.cluster_id)?;
     let tenant_id: TenantId = parse_id("tenantID", &p.tenant_id)?;
-    let q = query(q)?;
+    let (params, filter) = query(q)?.split()?;
     let tenant = load_tenant(&st, cluster, tenant_id).await?;
     ctx.principal.check_tenant_projects(&tenant, Access::Read)?;
     if ctx.principal.sees_tenant(tenant.id) {
         let page = st
             .store
-            .list_projects(tenant.id, &ListParams::from(q))
+            .list_projects_matching(tenant.id, &filter, &params)
             .await?;
         return Ok(json_response(
             StatusCode::OK,
@@ -510,6 +513,7 @@ pub async fn list_projects(
     if items.is_empty() {
         return Err(ApiError::not_found("tenant", tenant.id));
     }
+    items.retain(|p| filter.matches(&p.name, &p.labels));
     items.sort_by_key(|p| p.id);
     Ok(json_response(
         StatusCode::OK,

@@ -8,10 +8,11 @@
 
 use super::AppState;
 use super::authz::{Access, Principal, Role};
-use super::clusters::{CascadeQuery, list_params, no_content_audited, parse_id, query, to_bytes};
+use super::clusters::{CascadeQuery, no_content_audited, parse_id, query, to_bytes};
 use super::error::{ApiError, ApiResult};
 use super::extract::{
-    Ctx, KnJson, KnList, ListBody, ListQuery, bytes_response, check_if_match, json_response,
+    Ctx, KnJson, KnList, LabeledListQuery, ListBody, bytes_response, check_if_match, json_response,
+    split,
 };
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri, header};
@@ -26,7 +27,7 @@ use kubenova_api::model::{
 };
 use kubenova_api::quantity::Quantity;
 use kubenova_api::validate::{Validate, ValidationError, Validator, quote_key};
-use kubenova_store::{ListParams, StoreError, UsageQuery, WriteOptions, encode_cursor};
+use kubenova_store::{ListFilter, ListParams, StoreError, UsageQuery, WriteOptions, encode_cursor};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -466,8 +467,19 @@ pub struct AllTenantsQuery {
     pub cluster_id: Option<String>,
     /// Page size (default 100, max 500).
     pub limit: Option<u32>,
-    /// `nextCursor` of the previous page.
+    /// `nextCursor` of the previous page (pass the same `name` and `labelSelector` again).
     pub cursor: Option<String>,
+    /// Only tenants with exactly this name (a DNS-1123 label; one per cluster at most);
+    /// what the caller may not see stays out of the list.
+    #[param(example = "acme")]
+    pub name: Option<String>,
+    /// Only tenants whose labels match this Kubernetes label selector: comma-separated
+    /// requirements that must all hold, each `key=value` (or `==`), `key!=value`,
+    /// `key in (v1,v2)`, `key notin (v1,v2)`, `key` (has the label) or `!key` (has not).
+    /// `!=` and `notin` also select tenants without the key. At most 1024 characters and
+    /// 32 requirements; keys and values follow the Kubernetes label rules. URL-encode it.
+    #[param(example = "tier in (gold,silver),!example.com/legacy")]
+    pub label_selector: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------
@@ -478,15 +490,20 @@ fn sees_all_tenants(p: &Principal) -> bool {
     p.is_platform() || (p.has(Role::ReadOnly) && p.tenants.is_empty() && p.projects.is_empty())
 }
 
-/// The tenants the caller may see (all, or those of its `tenants` claim), optionally of one cluster.
+/// The tenants the caller may see (all, or those of its scope), optionally of one
+/// cluster, that pass `filter`: the filter only narrows what the caller sees.
 async fn visible_tenants(
     st: &AppState,
     p: &Principal,
     cluster: Option<ClusterId>,
+    filter: &ListFilter,
     params: &ListParams,
 ) -> ApiResult<TenantList> {
     if sees_all_tenants(p) {
-        let page = st.store.list_tenants(cluster, params).await?;
+        let page = st
+            .store
+            .list_tenants_matching(cluster, filter, params)
+            .await?;
         return Ok(TenantList {
             items: page.items,
             next_cursor: page.next_cursor,
@@ -503,7 +520,12 @@ async fn visible_tenants(
     let mut items = Vec::new();
     for id in ids.into_iter().filter(|id| after.is_none_or(|a| id.0 > a)) {
         match st.store.get_tenant(id).await {
-            Ok(t) if cluster.is_none_or(|c| t.cluster_id == c) => items.push(t),
+            Ok(t)
+                if cluster.is_none_or(|c| t.cluster_id == c)
+                    && filter.matches(&t.name, &t.labels) =>
+            {
+                items.push(t)
+            }
             Ok(_) | Err(StoreError::NotFound { .. }) => {}
             Err(e) => return Err(e.into()),
         }
@@ -655,12 +677,15 @@ fn tenant_example() -> serde_json::Value {
 }
 
 /// Lists the tenants of a cluster that the caller may see.
+///
+/// `name` and `labelSelector` narrow the list to matching tenants among those the caller
+/// may see (e.g. `?name=acme` or `?labelSelector=tier%3Dgold`).
 #[utoipa::path(
     get,
     path = "/api/v1/clusters/{clusterID}/tenants",
     tag = "tenants",
     operation_id = "listTenants",
-    params(("clusterID" = String, Path, description = "Cluster id (UUID)"), ListQuery),
+    params(("clusterID" = String, Path, description = "Cluster id (UUID)"), LabeledListQuery),
     responses(
         (status = 200, description = "A page of tenants (tenant owners see only their own)", body = TenantList,
             example = json!({"items": [tenant_example()], "nextCursor": null})),
@@ -672,8 +697,8 @@ fn tenant_example() -> serde_json::Value {
             example = json!({"code": "KN-403", "message": "listing tenants needs admin, ops, readOnly or a tenant scope"})),
         (status = 404, description = "No such cluster", body = ErrorBody,
             example = json!({"code": "KN-404", "message": "cluster \"11111111-1111-1111-1111-111111111111\" not found"})),
-        (status = 422, description = "Bad limit or cursor", body = ErrorBody,
-            example = json!({"code": "KN-422", "message": "validation failed: cursor: is not a cursor returned by this list; start again without it"})),
+        (status = 422, description = "Bad limit, cursor, name or labelSelector", body = ErrorBody,
+            example = json!({"code": "KN-422", "message": "validation failed: name: \"Acme\" is not a DNS-1123 label: use lower-case letters, digits and '-', starting and ending with a letter or digit"})),
     ),
     security(("bearerAuth" = []))
 )]
@@ -684,14 +709,14 @@ async fn list_tenants(
     uri: Uri,
 ) -> ApiResult<Response> {
     let cid: ClusterId = parse_id("cluster", &cluster)?;
-    let params = list_params(&uri)?;
+    let (params, filter) = query::<LabeledListQuery>(&uri)?.split()?;
     if !sees_all_tenants(&ctx.principal) && ctx.principal.scoped_tenants().is_empty() {
         return Err(ApiError::forbidden(
             "listing tenants needs admin, ops, readOnly, a tenant scope or ownership of a tenant",
         ));
     }
     st.store.get_cluster(cid).await?;
-    let list = visible_tenants(&st, &ctx.principal, Some(cid), &params).await?;
+    let list = visible_tenants(&st, &ctx.principal, Some(cid), &filter, &params).await?;
     Ok(json_response(StatusCode::OK, &list, None, None, false))
 }
 
@@ -1698,6 +1723,9 @@ async fn put_plan(
 }
 
 /// Lists every tenant the caller may see, optionally of one cluster.
+///
+/// `name` and `labelSelector` narrow the list like on `listTenants`: `?name=acme` finds
+/// the tenants named `acme` the caller may use, in every cluster.
 #[utoipa::path(
     get,
     path = "/api/v1/tenants",
@@ -1713,8 +1741,8 @@ async fn put_plan(
             example = json!({"code": "KN-401", "message": "send a bearer token: Authorization: Bearer <jwt>"})),
         (status = 403, description = "The caller has no tenant visibility", body = ErrorBody,
             example = json!({"code": "KN-403", "message": "listing tenants needs admin, ops, readOnly or a tenant scope"})),
-        (status = 422, description = "Bad limit or cursor", body = ErrorBody,
-            example = json!({"code": "KN-422", "message": "validation failed: limit: must be at least 1"})),
+        (status = 422, description = "Bad limit, cursor, name or labelSelector", body = ErrorBody,
+            example = json!({"code": "KN-422", "message": "validation failed: labelSelector: requirement 1: the operator '>' at character 5 is not supported; use =, ==, !=, in, notin, 'key' or '!key'"})),
     ),
     security(("bearerAuth" = []))
 )]
@@ -1725,12 +1753,13 @@ async fn list_all_tenants(State(st): State<AppState>, ctx: Ctx, uri: Uri) -> Api
         .as_deref()
         .map(|c| parse_id("cluster", c))
         .transpose()?;
-    let params = ListParams {
-        limit: q.limit,
-        cursor: q.cursor,
-    };
-    params.page_size()?;
-    let list = visible_tenants(&st, &ctx.principal, cluster, &params).await?;
+    let (params, filter) = split(
+        q.limit,
+        q.cursor,
+        q.name.as_deref(),
+        q.label_selector.as_deref(),
+    )?;
+    let list = visible_tenants(&st, &ctx.principal, cluster, &filter, &params).await?;
     Ok(json_response(StatusCode::OK, &list, None, None, false))
 }
 
