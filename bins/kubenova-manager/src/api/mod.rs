@@ -17,6 +17,7 @@ pub mod docs_ui;
 pub mod error;
 pub mod extract;
 pub mod kubeconfigs;
+pub mod login;
 pub mod metered;
 pub mod middleware;
 pub mod oidc;
@@ -111,6 +112,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(ops::routes())
         .merge(tokens::routes())
+        .merge(login::routes())
         .merge(clusters::routes())
         .merge(tenants::routes())
         .merge(projects::routes())
