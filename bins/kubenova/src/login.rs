@@ -189,12 +189,10 @@ fn token_url(raw: &str) -> Result<TokenUrl, Failure> {
 
 /// A readable account of an OAuth failure: the provider's error code and description
 /// (never a response body, which may hold tokens).
-fn oauth_failure<RE: std::error::Error + 'static, T: oauth2::ErrorResponse + 'static>(
-    what: &str,
-    e: RequestTokenError<RE, T>,
-) -> Failure
+fn oauth_failure<RE, T>(what: &str, e: RequestTokenError<RE, T>) -> Failure
 where
-    T: serde::Serialize,
+    RE: std::error::Error + 'static,
+    T: oauth2::ErrorResponse + serde::Serialize + 'static,
 {
     match e {
         RequestTokenError::ServerResponse(r) => {
