@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-/// The public path of [`providers`].
+/// The public path listing the identity providers people sign in with.
 pub const PROVIDERS_PATH: &str = "/api/v1/auth/providers";
 
 /// Routes of this module.
