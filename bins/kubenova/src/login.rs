@@ -15,10 +15,10 @@ use oauth2::basic::{
     BasicTokenType,
 };
 use oauth2::{
-    AuthUrl, AuthorizationCode, ClientId, CsrfToken, DeviceAuthorizationUrl,
-    EmptyExtraDeviceAuthorizationFields, ExtraTokenFields, PkceCodeChallenge, RedirectUrl,
-    RefreshToken, RequestTokenError, Scope, StandardDeviceAuthorizationResponse,
-    StandardRevocableToken, StandardTokenResponse, TokenResponse as _, TokenUrl,
+    AuthUrl, AuthorizationCode, ClientId, CsrfToken, DeviceAuthorizationUrl, ExtraTokenFields,
+    PkceCodeChallenge, RedirectUrl, RefreshToken, RequestTokenError, Scope,
+    StandardDeviceAuthorizationResponse, StandardRevocableToken, StandardTokenResponse,
+    TokenResponse as _, TokenUrl,
 };
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -314,7 +314,6 @@ pub async fn device_flow(
         .request_async(http)
         .await
         .map_err(|e| oauth_failure("the device authorization request failed", e))?;
-    let _: &EmptyExtraDeviceAuthorizationFields = details.extra_fields();
     let mut msg = format!(
         "To sign in to {}, open {} and enter the code {}",
         clean(&provider.display_name),

@@ -517,6 +517,18 @@ async fn browser_login_with_pkce() {
     assert_eq!(w.entry()["subject"], "bob@example.com");
     let out = run(w.auth_token()).await;
     assert_exec_credential(&w, &out, "bob@example.com").await;
+
+    // Logout while the provider is unreachable: a warning, and the login is deleted anyway.
+    w.idp.shutdown();
+    let out = run(w.cli(&["logout", "--manager", &w.base])).await;
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("kubenova: warning: cannot reach the revocation endpoint")
+            && err.contains("the login is deleted from this machine anyway"),
+        "{err}"
+    );
+    assert!(w.entry().is_null());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
