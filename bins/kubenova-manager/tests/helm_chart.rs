@@ -61,6 +61,7 @@ fn matrix() -> Vec<(&'static str, Value)> {
                         "issuer": "https://keycloak.example.com/realms/platform", "audience": "kubenova",
                         "subjectClaim": "email", "groupsClaim": "groups", "subjectPrefix": "", "groupsPrefix": "kc:",
                         "roleClaims": false,
+                        "login": {"scopes": ["openid", "email", "groups", "offline_access"], "displayName": "Example SSO"},
                     }],
                     "platformRoles": {"admin": ["kc:platform-admins"], "ops": ["kc:sre"], "readOnly": ["kc:auditors"]},
                     "tokenExchange": {

@@ -131,6 +131,7 @@ fn issuer(url: &str) -> IssuerConfig {
         groups_prefix: String::new(),
         jwks_file: None,
         role_claims: false,
+        login: None,
     }
 }
 

@@ -22,7 +22,7 @@
 //!
 //! Public (no token, no rate limit): `/api/v1/healthz`, `/api/v1/readyz`,
 //! `/api/v1/version`, `/api/v1/openapi.json`, `/api/v1/docs`, `/metrics`,
-//! `/.well-known/openid-configuration`, `/.well-known/jwks.json`.
+//! `/api/v1/auth/providers`, `/.well-known/openid-configuration`, `/.well-known/jwks.json`.
 
 use super::AppState;
 use super::authz::Principal;
@@ -75,6 +75,8 @@ pub const PUBLIC_PATHS: &[&str] = &[
     super::docs_ui::SCRIPT_PATH,
     super::docs_ui::INIT_PATH,
     "/metrics",
+    // Where people sign in (read by `kubenova login` before it has a token).
+    super::login::PROVIDERS_PATH,
     // OIDC discovery and JWKS of the kubeconfig token issuer (API servers fetch them).
     "/.well-known/openid-configuration",
     "/.well-known/jwks.json",

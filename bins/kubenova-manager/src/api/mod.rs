@@ -19,6 +19,7 @@ pub mod error;
 pub mod exchange;
 pub mod extract;
 pub mod kubeconfigs;
+pub mod login;
 pub mod metered;
 pub mod middleware;
 pub mod oidc;
@@ -115,6 +116,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(tokens::routes())
         .merge(apikeys::routes())
         .merge(exchange::routes())
+        .merge(login::routes())
         .merge(clusters::routes())
         .merge(tenants::routes())
         .merge(projects::routes())

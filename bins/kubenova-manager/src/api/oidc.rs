@@ -13,6 +13,9 @@
 //!     subjectClaim: email        # default sub
 //!     groupsClaim: groups        # default groups
 //!     groupsPrefix: ""           # e.g. "oidc:" to keep IdP groups apart
+//!     login:                     # `kubenova login` signs people in with this issuer
+//!       clientId: kubenova       # default: the audience
+//!       scopes: [openid, email, profile, offline_access]
 //! platformRoles:
 //!   admin: [platform-admins]
 //!   ops: [sre]
@@ -124,6 +127,82 @@ pub struct IssuerConfig {
     /// groups and the model).
     #[serde(default)]
     pub role_claims: bool,
+    /// How the `kubenova` CLI signs people in with this issuer (`kubenova login`); absent:
+    /// this issuer is not offered by `GET /api/v1/auth/providers`.
+    #[serde(default)]
+    pub login: Option<LoginConfig>,
+}
+
+/// Most scopes of a login.
+pub const MAX_LOGIN_SCOPES: usize = 32;
+
+fn default_login_scopes() -> Vec<String> {
+    ["openid", "email", "profile", "offline_access"]
+        .map(String::from)
+        .to_vec()
+}
+
+/// How people sign in with an issuer from a terminal: a public OAuth client (no secret)
+/// allowed the device authorization grant and the authorization code grant with PKCE
+/// and a loopback redirect.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoginConfig {
+    /// The client id the CLI uses (default: the issuer's `audience`; the ID tokens it
+    /// obtains must carry the audience in `aud`).
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// The scopes asked for (must hold `openid`; `offline_access` gets a refresh token at
+    /// most providers).
+    #[serde(default = "default_login_scopes")]
+    pub scopes: Vec<String>,
+    /// The name shown to people choosing a provider (default: the issuer URL).
+    #[serde(default)]
+    pub display_name: Option<String>,
+}
+
+impl LoginConfig {
+    /// The client id: the configured one, else the issuer's audience.
+    pub fn client_id<'a>(&'a self, issuer: &'a IssuerConfig) -> &'a str {
+        self.client_id.as_deref().unwrap_or(&issuer.audience)
+    }
+
+    fn check(&self, at: &str) -> Result<(), String> {
+        let printable = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_graphic());
+        if let Some(c) = &self.client_id
+            && !printable(c)
+        {
+            return Err(format!(
+                "{at}.login.clientId {c:?} must be printable ASCII without spaces"
+            ));
+        }
+        if self.scopes.len() > MAX_LOGIN_SCOPES {
+            return Err(format!("{at}.login.scopes: at most {MAX_LOGIN_SCOPES}"));
+        }
+        // RFC 6749, section 3.3: scope tokens are printable ASCII without '"' and '\\'.
+        if let Some(bad) = self
+            .scopes
+            .iter()
+            .find(|s| !printable(s) || s.contains(['"', '\\']))
+        {
+            return Err(format!(
+                "{at}.login.scopes: {bad:?} is not a scope (printable ASCII, no spaces or quotes)"
+            ));
+        }
+        if !self.scopes.iter().any(|s| s == "openid") {
+            return Err(format!(
+                "{at}.login.scopes must hold openid (the CLI signs in with the ID token)"
+            ));
+        }
+        if let Some(n) = &self.display_name
+            && (n.trim().is_empty() || n.chars().count() > 64 || n.chars().any(char::is_control))
+        {
+            return Err(format!(
+                "{at}.login.displayName must be 1 to 64 characters without control characters"
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl IssuerConfig {
@@ -140,6 +219,7 @@ impl IssuerConfig {
             groups_prefix: String::new(),
             jwks_file,
             role_claims: true,
+            login: None,
         }
     }
 }
@@ -198,6 +278,9 @@ impl OidcConfig {
                 if v.trim().is_empty() {
                     return Err(format!("{at}.{name} is empty"));
                 }
+            }
+            if let Some(login) = &is.login {
+                login.check(&at)?;
             }
             if self.issuers[..i].iter().any(|o| o.issuer == is.issuer) {
                 return Err(format!("{at}.issuer {:?} is listed twice", is.issuer));
@@ -613,6 +696,14 @@ impl Oidc {
     /// The issuer whose URL is `iss`.
     pub fn issuer(&self, iss: &str) -> Option<&Arc<Issuer>> {
         self.issuers.iter().find(|i| i.config.issuer == iss)
+    }
+
+    /// The issuers people sign in with (those with a `login` section), in configuration
+    /// order.
+    pub fn login_issuers(&self) -> impl Iterator<Item = (&IssuerConfig, &LoginConfig)> {
+        self.issuers
+            .iter()
+            .filter_map(|i| i.config.login.as_ref().map(|l| (&i.config, l)))
     }
 
     /// The issuers' URLs.
