@@ -20,6 +20,15 @@ pub enum Error {
     /// The subject of a token is empty or names a reserved `system:` identity.
     #[error("invalid subject {0:?}: must be non-empty and must not start with \"system:\"")]
     InvalidSubject(String),
+    /// A group a token may not carry besides its scope group (see
+    /// [`TokenSpec::extra_groups`](crate::TokenSpec::extra_groups)).
+    #[error("group {group:?} may not be carried by a token: {reason}")]
+    InvalidGroup {
+        /// The group.
+        group: String,
+        /// Why.
+        reason: String,
+    },
     /// The cluster has no Capsule Proxy endpoint reported yet.
     #[error("the cluster's Capsule Proxy endpoint is not reported yet")]
     ProxyNotReported,
@@ -100,6 +109,7 @@ impl Error {
         match self {
             Error::InvalidName { .. }
             | Error::InvalidSubject(_)
+            | Error::InvalidGroup { .. }
             | Error::ScopeMismatch { .. }
             | Error::TtlOutOfRange { .. }
             | Error::ExpirationOutOfRange { .. } => ErrorCode::Validation,

@@ -2,7 +2,8 @@
 //!
 //! Kubeconfig model and issuance for KubeNova: typed kubeconfigs pointing at a cluster's
 //! Capsule Proxy with its CA (never `insecure-skip-tls-verify`), manager-signed ES256
-//! tokens carrying exactly one tenant or project group, exec-credential refresh and
+//! tokens carrying exactly one tenant or project group (and, bounded, the subject's other
+//! groups, never a `system:` or `kubenova:` one), exec-credential refresh and
 //! ServiceAccount TokenRequest mode. The crate does no HTTP serving and keeps no state
 //! besides the in-memory [`KeySet`]; the manager stores keys (envelope-encrypted), serves
 //! the discovery documents and records issuances.
@@ -22,11 +23,12 @@
 //!     project: None,
 //!     role: AccessRole::Owner,
 //!     ttl: Duration::hours(1),
+//!     extra_groups: vec!["acme-admins".into()],
 //! };
 //! let claims = Claims::new(&spec, now, Duration::hours(24))?;
 //! let token = keys.issue(&claims)?;
 //! let back = keys.verify(&token, "kubenova:cluster:prod")?;
-//! assert_eq!(back.groups, ["kubenova:tenant:acme:owner"]);
+//! assert_eq!(back.groups, ["kubenova:tenant:acme:owner", "acme-admins"]);
 //! # Ok::<(), kubenova_kubeconfig::Error>(())
 //! ```
 
@@ -47,8 +49,9 @@ pub use service_account::{
     ServiceAccountKubeconfigRequest, service_account_kubeconfig,
 };
 pub use token::{
-    ALGORITHM, Claims, DEFAULT_TTL, JWKS_PATH, KeySet, OPENID_CONFIGURATION_PATH,
-    OpenIdConfiguration, SigningKey, TokenSpec, openid_configuration,
+    ALGORITHM, CarriedGroups, Claims, DEFAULT_TTL, JWKS_PATH, KeySet, MAX_EXTRA_GROUPS,
+    MAX_EXTRA_GROUPS_BYTES, MAX_GROUP_LEN, OPENID_CONFIGURATION_PATH, OpenIdConfiguration,
+    SigningKey, TokenSpec, carried_groups, openid_configuration,
     openid_configuration_with_jwks_path,
 };
 

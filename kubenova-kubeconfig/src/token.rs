@@ -452,6 +452,134 @@ pub struct TokenSpec {
     pub role: AccessRole,
     /// Lifetime; must be > 0 and ≤ the caller's maximum.
     pub ttl: Duration,
+    /// Groups the token carries besides its scope group: who the subject is elsewhere
+    /// (e.g. the groups of the organisation's identity provider), for the cluster's own
+    /// RBAC. Each must be carriable ([`carried_groups`] keeps only those, within the
+    /// bounds): never `system:` or `kubenova:` (so no group of Kubernetes itself and no
+    /// other KubeNova scope), at most [`MAX_EXTRA_GROUPS`] of at most [`MAX_GROUP_LEN`]
+    /// bytes each and [`MAX_EXTRA_GROUPS_BYTES`] together, once each. [`Claims::new`]
+    /// refuses a spec that breaks one of these rules ([`Error::InvalidGroup`]). Empty
+    /// for a token that carries its scope only.
+    pub extra_groups: Vec<String>,
+}
+
+/// Most groups a token carries besides its scope group ([`TokenSpec::extra_groups`]).
+pub const MAX_EXTRA_GROUPS: usize = 64;
+/// Longest group a token carries besides its scope group, in bytes.
+pub const MAX_GROUP_LEN: usize = 128;
+/// Most bytes of all the groups a token carries besides its scope group (so that a token
+/// stays well within the request header limits of API servers and proxies).
+pub const MAX_EXTRA_GROUPS_BYTES: usize = 4096;
+
+/// Why `group` may not be carried by a token besides its scope group, if it may not.
+fn group_refusal(group: &str) -> Option<&'static str> {
+    let lower = group.to_ascii_lowercase();
+    if group.trim().is_empty() {
+        Some("must not be empty")
+    } else if group.trim() != group || group.chars().any(char::is_control) {
+        Some("must not have leading or trailing spaces or control characters")
+    } else if lower.starts_with("system:") {
+        Some("system: groups are Kubernetes' own")
+    } else if lower.starts_with("kubenova:") {
+        Some("kubenova: groups are scope groups, only ever the one the token is issued for")
+    } else if group.len() > MAX_GROUP_LEN {
+        Some("longer than 128 bytes")
+    } else {
+        None
+    }
+}
+
+/// The groups a token may carry besides its scope group, taken from `groups` (e.g. a
+/// person's groups as their identity provider names them), and how many were left out.
+///
+/// Keeps, in the order given, each group once, except those that may never be carried
+/// (empty, with leading or trailing spaces or control characters, longer than
+/// [`MAX_GROUP_LEN`], or beginning with `system:` or `kubenova:` in any case), and stops
+/// at [`MAX_EXTRA_GROUPS`] groups or [`MAX_EXTRA_GROUPS_BYTES`] bytes: the groups after
+/// that are left out (counted in `dropped`), never an error. The result always passes
+/// [`Claims::new`].
+///
+/// ```
+/// use kubenova_kubeconfig::{carried_groups, MAX_EXTRA_GROUPS};
+/// let c = carried_groups(["acme-admins", "system:masters", "kubenova:tenant:victim:owner", "acme-admins", "qa"]);
+/// assert_eq!(c.groups, ["acme-admins", "qa"]);
+/// assert_eq!(c.dropped, 2); // the repetition is not counted
+///
+/// let many: Vec<String> = (0..100).map(|i| format!("g{i}")).collect();
+/// let c = carried_groups(&many);
+/// assert_eq!(c.groups.len(), MAX_EXTRA_GROUPS);
+/// assert_eq!(c.groups[0], "g0");
+/// assert_eq!(c.dropped, 100 - MAX_EXTRA_GROUPS);
+/// ```
+pub fn carried_groups<I, S>(groups: I) -> CarriedGroups
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let mut out = CarriedGroups::default();
+    let mut bytes = 0;
+    for g in groups {
+        let g = g.as_ref();
+        if out.groups.iter().any(|kept| kept == g) {
+            continue;
+        }
+        if group_refusal(g).is_some()
+            || out.groups.len() >= MAX_EXTRA_GROUPS
+            || bytes + g.len() > MAX_EXTRA_GROUPS_BYTES
+        {
+            out.dropped += 1;
+            continue;
+        }
+        bytes += g.len();
+        out.groups.push(g.to_owned());
+    }
+    out
+}
+
+/// What [`carried_groups`] keeps and how many groups it left out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CarriedGroups {
+    /// The groups to carry ([`TokenSpec::extra_groups`]).
+    pub groups: Vec<String>,
+    /// Groups left out: never carriable, or beyond the bounds.
+    pub dropped: usize,
+}
+
+/// Checks [`TokenSpec::extra_groups`] (see there).
+fn check_extra_groups(groups: &[String]) -> Result<()> {
+    if groups.len() > MAX_EXTRA_GROUPS {
+        return Err(Error::InvalidGroup {
+            group: groups[MAX_EXTRA_GROUPS].clone(),
+            reason: format!(
+                "a token carries at most {MAX_EXTRA_GROUPS} groups besides its scope group"
+            ),
+        });
+    }
+    let mut bytes = 0;
+    for (i, g) in groups.iter().enumerate() {
+        if let Some(reason) = group_refusal(g) {
+            return Err(Error::InvalidGroup {
+                group: g.clone(),
+                reason: reason.to_owned(),
+            });
+        }
+        if groups[..i].contains(g) {
+            return Err(Error::InvalidGroup {
+                group: g.clone(),
+                reason: "listed twice".to_owned(),
+            });
+        }
+        bytes += g.len();
+        if bytes > MAX_EXTRA_GROUPS_BYTES {
+            return Err(Error::InvalidGroup {
+                group: g.clone(),
+                reason: format!(
+                    "the groups besides the scope group take at most {MAX_EXTRA_GROUPS_BYTES} bytes together"
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The claims of a manager-signed token.
@@ -463,7 +591,8 @@ pub struct Claims {
     pub aud: String,
     /// Subject.
     pub sub: String,
-    /// Exactly one KubeNova group: [`tenant_group`] or [`project_group`].
+    /// The scope group first, exactly one KubeNova group ([`tenant_group`] or
+    /// [`project_group`]), then [`TokenSpec::extra_groups`].
     pub groups: Vec<String>,
     /// Issued at (unix seconds).
     pub iat: i64,
@@ -479,8 +608,9 @@ pub struct Claims {
 impl Claims {
     /// Builds the claims for `spec` issued at `now`, with a fresh `jti`.
     ///
-    /// Fails with [`Error::TtlOutOfRange`] when `spec.ttl` ≤ 0 or > `max_ttl`, and with
-    /// [`Error::InvalidName`] / [`Error::InvalidSubject`] for bad tenant, project or subject.
+    /// Fails with [`Error::TtlOutOfRange`] when `spec.ttl` ≤ 0 or > `max_ttl`, with
+    /// [`Error::InvalidName`] / [`Error::InvalidSubject`] for bad tenant, project or
+    /// subject, and with [`Error::InvalidGroup`] for an extra group that may not be carried.
     pub fn new(spec: &TokenSpec, now: OffsetDateTime, max_ttl: Duration) -> Result<Self> {
         if spec.ttl <= Duration::ZERO || spec.ttl > max_ttl {
             return Err(Error::TtlOutOfRange {
@@ -502,6 +632,7 @@ impl Claims {
                 reason: "must not be empty".to_owned(),
             });
         }
+        check_extra_groups(&spec.extra_groups)?;
         let group = match &spec.project {
             Some(p) => project_group(&spec.tenant, p, spec.role),
             None => tenant_group(&spec.tenant, spec.role),
@@ -511,7 +642,9 @@ impl Claims {
             iss: spec.issuer.clone(),
             aud: spec.audience.clone(),
             sub: spec.subject.clone(),
-            groups: vec![group],
+            groups: std::iter::once(group)
+                .chain(spec.extra_groups.iter().cloned())
+                .collect(),
             iat,
             nbf: iat,
             exp: iat + spec.ttl.whole_seconds(),

@@ -6,7 +6,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Validation};
 use kubenova_api::error::ErrorCode;
 use kubenova_api::model::AccessRole;
 use kubenova_kubeconfig::{
-    Claims, Error, ExecCredential, KeySet, SigningKey, TokenSpec, openid_configuration,
+    Claims, Error, ExecCredential, KeySet, MAX_EXTRA_GROUPS, MAX_EXTRA_GROUPS_BYTES, MAX_GROUP_LEN,
+    SigningKey, TokenSpec, carried_groups, openid_configuration,
     openid_configuration_with_jwks_path,
 };
 use time::{Duration, OffsetDateTime};
@@ -24,6 +25,7 @@ fn spec(project: Option<&str>, role: AccessRole, ttl: Duration) -> TokenSpec {
         project: project.map(str::to_owned),
         role,
         ttl,
+        extra_groups: Vec::new(),
     }
 }
 
@@ -371,4 +373,104 @@ fn from_keys_drops_duplicates_and_marks_previous_deactivated() {
     assert_eq!(set.previous()[0].kid(), a.kid());
     assert_eq!(set.previous()[0].deactivated_at(), Some(b.created_at()));
     assert_eq!(set.active().deactivated_at(), None);
+}
+
+#[test]
+fn extra_groups_follow_the_scope_group_and_survive_verification() {
+    let keys = KeySet::generate(now()).unwrap();
+    let mut s = spec(Some("web"), AccessRole::Viewer, Duration::minutes(10));
+    s.extra_groups = vec!["acme-admins".into(), "kc:qa".into()];
+    let claims = Claims::new(&s, now(), MAX).unwrap();
+    assert_eq!(
+        claims.groups,
+        ["kubenova:project:acme:web:viewer", "acme-admins", "kc:qa"]
+    );
+    let back = keys.verify(&keys.issue(&claims).unwrap(), AUD).unwrap();
+    assert_eq!(back.groups, claims.groups);
+}
+
+#[test]
+fn groups_that_may_never_be_carried_are_refused_by_claims_and_dropped_by_carried_groups() {
+    let hostile = [
+        "system:masters",
+        "SYSTEM:masters",
+        "System:Authenticated",
+        "kubenova:tenant:victim:owner",
+        "KubeNova:project:victim:web:owner",
+        " system:masters",
+        "system:masters ",
+        "ops\nsystem:masters",
+        "",
+        "   ",
+    ];
+    let long = "g".repeat(MAX_GROUP_LEN + 1);
+    for g in hostile.iter().copied().chain([long.as_str()]) {
+        let mut s = spec(None, AccessRole::Owner, Duration::minutes(10));
+        s.extra_groups = vec!["fine".into(), g.to_string()];
+        let e = Claims::new(&s, now(), MAX).unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidGroup { group, .. } if group == g),
+            "{g:?}: {e}"
+        );
+        assert_eq!(e.code(), ErrorCode::Validation);
+        let c = carried_groups(["fine", g]);
+        assert_eq!(c.groups, ["fine"], "{g:?}");
+        assert_eq!(c.dropped, 1, "{g:?}");
+    }
+    // The longest carriable group is carried.
+    let edge = "g".repeat(MAX_GROUP_LEN);
+    assert_eq!(carried_groups([edge.as_str()]).groups, [edge.clone()]);
+    // Twice is refused by Claims::new, once kept by carried_groups.
+    let mut s = spec(None, AccessRole::Owner, Duration::minutes(10));
+    s.extra_groups = vec!["a".into(), "a".into()];
+    assert!(matches!(
+        Claims::new(&s, now(), MAX),
+        Err(Error::InvalidGroup { .. })
+    ));
+    assert_eq!(
+        carried_groups(["a", "a"]),
+        kubenova_kubeconfig::CarriedGroups {
+            groups: vec!["a".into()],
+            dropped: 0
+        }
+    );
+}
+
+#[test]
+fn extra_groups_are_bounded_in_number_and_bytes() {
+    // One more than the maximum: refused, and carried_groups keeps the first ones.
+    let many: Vec<String> = (0..=MAX_EXTRA_GROUPS)
+        .map(|i| format!("group-{i}"))
+        .collect();
+    let mut s = spec(None, AccessRole::Owner, Duration::minutes(10));
+    s.extra_groups = many.clone();
+    assert!(matches!(
+        Claims::new(&s, now(), MAX),
+        Err(Error::InvalidGroup { .. })
+    ));
+    let c = carried_groups(&many);
+    assert_eq!(c.groups, many[..MAX_EXTRA_GROUPS]);
+    assert_eq!(c.dropped, 1);
+    s.extra_groups = c.groups;
+    let claims = Claims::new(&s, now(), MAX).unwrap();
+    assert_eq!(claims.groups.len(), 1 + MAX_EXTRA_GROUPS);
+
+    // Long names: the byte budget stops them before the count does.
+    let long: Vec<String> = (0..MAX_EXTRA_GROUPS)
+        .map(|i| format!("{i:03}-{}", "x".repeat(MAX_GROUP_LEN - 4)))
+        .collect();
+    let c = carried_groups(&long);
+    assert_eq!(c.groups.len(), MAX_EXTRA_GROUPS_BYTES / MAX_GROUP_LEN);
+    assert_eq!(c.groups.len() + c.dropped, long.len());
+    assert!(c.groups.iter().map(String::len).sum::<usize>() <= MAX_EXTRA_GROUPS_BYTES);
+    s.extra_groups = c.groups;
+    let keys = KeySet::generate(now()).unwrap();
+    let token = keys.issue(&Claims::new(&s, now(), MAX).unwrap()).unwrap();
+    // A sane size for an Authorization header (within the common 8 KiB limits).
+    assert!(token.len() < 7 * 1024, "token of {} bytes", token.len());
+    s.extra_groups = long;
+    assert!(matches!(
+        Claims::new(&s, now(), MAX),
+        Err(Error::InvalidGroup { .. })
+    ));
 }

@@ -352,6 +352,7 @@ fn token_spec(cluster: ClusterId) -> TokenSpec {
         project: None,
         role: AccessRole::Developer,
         ttl: time::Duration::hours(1),
+        extra_groups: Vec::new(),
     }
 }
 

@@ -764,6 +764,7 @@ fn claims_for(
         project: project.map(|p| p.name.clone()),
         role,
         ttl,
+        extra_groups: Vec::new(),
     };
     Claims::new(&spec, OffsetDateTime::now_utc(), max_ttl(st))
         .map_err(|e| kubeconfig_error(e, cluster))
