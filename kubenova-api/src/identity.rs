@@ -90,6 +90,37 @@ pub struct Membership {
     pub role: AccessRole,
 }
 
+impl Membership {
+    /// Whether this membership alone entitles its key to a `role` credential (kubeconfig
+    /// or token) of the tenant (`project` is `None`) or of one of its projects: a tenant's
+    /// owner to any role of the tenant and of its projects; a project's `owner:` entry to
+    /// any role of that project, `developer:` to developer or viewer, `viewer:` to viewer.
+    ///
+    /// ```
+    /// use kubenova_api::identity::Membership;
+    /// use kubenova_api::ids::{ClusterId, ProjectId, TenantId};
+    /// use kubenova_api::model::AccessRole;
+    /// let (cluster, tenant, web) = (ClusterId::new(), TenantId::new(), ProjectId::new());
+    /// let dev = Membership { key: "user:bob".into(), cluster, tenant, project: Some(web), role: AccessRole::Developer };
+    /// assert!(dev.entitles(tenant, Some(web), AccessRole::Viewer));
+    /// assert!(!dev.entitles(tenant, Some(web), AccessRole::Owner));
+    /// assert!(!dev.entitles(tenant, None, AccessRole::Viewer)); // no tenant credential
+    /// let owner = Membership { project: None, role: AccessRole::Owner, ..dev };
+    /// assert!(owner.entitles(tenant, Some(web), AccessRole::Owner));
+    /// assert!(owner.entitles(tenant, None, AccessRole::Owner));
+    /// ```
+    pub fn entitles(&self, tenant: TenantId, project: Option<ProjectId>, role: AccessRole) -> bool {
+        if self.tenant != tenant {
+            return false;
+        }
+        match self.project {
+            // A tenant's owners (the index holds only owners at tenant level).
+            None => self.role == AccessRole::Owner,
+            Some(p) => project == Some(p) && rank(self.role) >= rank(role),
+        }
+    }
+}
+
 /// The memberships a tenant's `owners` define (entries that do not parse grant nothing;
 /// the API refuses them at write).
 pub fn tenant_members(t: &Tenant) -> Vec<Membership> {

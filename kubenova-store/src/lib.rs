@@ -203,6 +203,11 @@ pub trait Store: Send + Sync + 'static {
         params: &ListParams,
     ) -> Result<Page<Tenant>>;
     /// Replaces a tenant at `expected_version` and bumps the cluster revision.
+    ///
+    /// In the same transaction: the tenant's memberships follow its `owners`, and each of
+    /// the tenant's active credentials on derived rights ([`IssuedCredential::derived_from`],
+    /// tenant or project) that no membership of its keys entitles any more is revoked
+    /// (`revoked_by` the write's audit actor, reason [`REVOKED_MEMBERSHIP_REMOVED`]).
     async fn update_tenant(
         &self,
         tenant: &Tenant,
@@ -215,7 +220,9 @@ pub trait Store: Send + Sync + 'static {
     /// newer one, however the two race. Returns the record as stored afterwards (its
     /// status is `status` when it was taken).
     async fn set_tenant_status(&self, id: TenantId, status: &ObjectStatus) -> Result<Tenant>;
-    /// Deletes a tenant; with `cascade` also its projects and apps.
+    /// Deletes a tenant; with `cascade` also its projects and apps. Its active credentials
+    /// on derived rights are revoked in the same transaction (reason
+    /// [`REVOKED_TENANT_DELETED`]); those issued on token roles are left as they are.
     async fn delete_tenant(
         &self,
         id: TenantId,
@@ -288,6 +295,11 @@ pub trait Store: Send + Sync + 'static {
         params: &ListParams,
     ) -> Result<Page<Project>>;
     /// Replaces a project at `expected_version`.
+    ///
+    /// In the same transaction: the project's memberships follow its `access`, and each of
+    /// the project's active credentials on derived rights that no membership of its keys
+    /// entitles any more (e.g. an `owner` credential after its entry became `viewer:`) is
+    /// revoked (as by [`Store::update_tenant`]).
     async fn update_project(
         &self,
         project: &Project,
@@ -297,7 +309,8 @@ pub trait Store: Send + Sync + 'static {
     /// Records the operator-observed status, unless older than the stored one (as
     /// [`Store::set_tenant_status`]).
     async fn set_project_status(&self, id: ProjectId, status: &ObjectStatus) -> Result<Project>;
-    /// Deletes a project; with `cascade` also its apps.
+    /// Deletes a project; with `cascade` also its apps. Its active credentials on derived
+    /// rights are revoked in the same transaction (reason [`REVOKED_PROJECT_DELETED`]).
     async fn delete_project(
         &self,
         id: ProjectId,
@@ -643,15 +656,17 @@ pub trait Store: Send + Sync + 'static {
     // ---- kubeconfig issuance ---------------------------------------------------------
     /// Records several issued credentials, each with its audit event (group commit of
     /// concurrent issuances), after checking **in the same transaction** that each
-    /// credential's tenant (and project) still exists and that its subject is not revoked
-    /// for the tenant. Refused items are not written; their [`CredentialOutcome`] says why.
+    /// credential's tenant (and project) still exists, that its subject is not revoked
+    /// for the tenant and, for a credential on derived rights
+    /// ([`IssuedCredential::derived_from`]), that a membership of one of its keys still
+    /// entitles it. Refused items are not written; their [`CredentialOutcome`] says why.
     ///
     /// The SQL stores do it in **one** transaction: every `Recorded` item is durable when
     /// this returns `Ok`, nothing when it returns `Err`. On Postgres each tenant's issuance
     /// lock (a transaction-scoped advisory lock) is held in share mode for the check, and
-    /// subject revocations and tenant deletes take it exclusively, so a revocation either
-    /// is seen by the check or marks the new credential revoked: a concurrent revocation
-    /// cannot slip between the two. The
+    /// subject revocations, tenant deletes and the writes that change owners or access
+    /// entries take it exclusively, so a revocation or a removal either is seen by the
+    /// check or marks the new credential revoked: neither can slip between the two. The
     /// default implementation checks and records item by item (not atomic).
     async fn record_credentials(
         &self,
@@ -683,6 +698,16 @@ pub trait Store: Send + Sync + 'static {
             {
                 outcomes.push(CredentialOutcome::SubjectRevoked(rev));
                 continue;
+            }
+            if let Some(keys) = &credential.derived_from {
+                let rows = self.memberships_of(keys).await?;
+                if !rows
+                    .iter()
+                    .any(|m| m.entitles(tenant.id, credential.project_id, credential.role))
+                {
+                    outcomes.push(CredentialOutcome::NotEntitled);
+                    continue;
+                }
             }
             self.record_credential(
                 credential,

@@ -220,6 +220,53 @@ fn stored_role(role: &str) -> Result<AccessRole> {
         })
 }
 
+/// The SQL condition "a membership of one of the keys recorded with the credential `c`
+/// (a row of `issued_credentials`) entitles its role at its scope": the same rule as
+/// [`Membership::entitles`] (a tenant's owner: any role of the tenant and its projects; a
+/// project's `owner:` entry any role of it, `developer:` developer or viewer, `viewer:`
+/// viewer). `backend` picks how the JSON array of keys is read.
+fn entitled_sql(backend: &str, c: &str) -> String {
+    let keys = if backend == "postgres" {
+        format!("SELECT json_array_elements_text({c}.derived_from::json)")
+    } else {
+        format!("SELECT value FROM json_each({c}.derived_from)")
+    };
+    format!(
+        "EXISTS (SELECT 1 FROM memberships m WHERE m.tenant_id = {c}.tenant_id AND m.key IN ({keys}) \
+         AND ((m.project_id IS NULL AND m.role = 'owner') OR (m.project_id = {c}.project_id \
+         AND (m.role = 'owner' OR {c}.role = 'viewer' OR (m.role = 'developer' AND {c}.role = 'developer')))))"
+    )
+}
+
+/// The stored form of [`IssuedCredential::derived_from`]: a JSON array of the keys that
+/// could be a stored membership's (others can never entitle anything, and a NUL could not
+/// even be read back by Postgres' JSON functions), or `NULL`.
+fn derived_from_json(c: &IssuedCredential) -> Result<Option<String>> {
+    let Some(keys) = &c.derived_from else {
+        return Ok(None);
+    };
+    if keys.len() > MAX_MEMBERSHIP_KEYS {
+        return Err(StoreError::Validation(ValidationError::single(
+            "derivedFrom",
+            format!(
+                "a credential records at most {MAX_MEMBERSHIP_KEYS} membership keys (got {})",
+                keys.len()
+            ),
+        )));
+    }
+    let kept: Vec<&str> = keys
+        .iter()
+        .map(String::as_str)
+        .filter(|k| could_be_member_key(k))
+        .collect();
+    Ok(Some(serde_json::to_string(&kept)?))
+}
+
+/// Who revokes credentials in a write's transaction: the actor of its audit event.
+fn writer<'a>(opts: &'a WriteOptions<'_>) -> &'a str {
+    opts.audit.map(|e| e.actor.as_str()).unwrap_or("kubenova")
+}
+
 macro_rules! sql_backend {
     ($Store:ident, $Db:ty, $backend:literal, $migrator:expr) => {
         impl $Store {
@@ -889,9 +936,13 @@ macro_rules! sql_backend {
                     )));
                 }
                 if cascade {
+                    let tenant_ids = Self::ids(&mut *tx, "tenants", "cluster_id", id.0).await?;
                     Self::delete_apps_of(&mut *tx, id, "cluster_id", id.0, false).await?;
                     Self::delete_projects_of(&mut *tx, id, "cluster_id", id.0, false).await?;
                     sqlx::query("DELETE FROM tenants WHERE cluster_id = $1").bind(id.0).execute(&mut *tx).await?;
+                    for t in tenant_ids {
+                        Self::revoke_unentitled(&mut *tx, TenantId(t), None, true, writer(opts), REVOKED_TENANT_DELETED).await?;
+                    }
                 }
                 sqlx::query("DELETE FROM secrets WHERE owner_id = $1").bind(id.0).execute(&mut *tx).await?;
                 let res = sqlx::query("DELETE FROM clusters WHERE id = $1").bind(id.0).execute(&mut *tx).await
@@ -1170,6 +1221,9 @@ macro_rules! sql_backend {
                 let _invalidate = Invalidate::row(&self.cache, t.id.0);
                 check_next_version("tenant", t.version, expected)?;
                 let mut tx = self.pool.begin().await?;
+                // The owners may change: no issuance of the tenant interleaves with the
+                // re-evaluation of its credentials below.
+                Self::lock_tenant_for_revocation(&mut *tx, t.id).await?;
                 Self::bump(&mut *tx, t.cluster_id, ObjectKind::Tenant, t.id.0, false).await?;
                 let res = sqlx::query(
                     "UPDATE tenants SET name = $1, doc = $2, version = $3, updated_at = $4 WHERE id = $5 AND version = $6 AND cluster_id = $7",
@@ -1188,6 +1242,7 @@ macro_rules! sql_backend {
                     return Err(Self::version_error(&mut *tx, "tenants", "tenant", t.id.0, expected).await);
                 }
                 Self::write_members(&mut *tx, t.id, None, &tenant_members(t)).await?;
+                Self::revoke_unentitled(&mut *tx, t.id, None, false, writer(opts), REVOKED_MEMBERSHIP_REMOVED).await?;
                 Self::record_plan(&mut *tx, t, t.updated_at).await?;
                 Self::apply_opts(&mut *tx, opts).await?;
                 tx.commit().await?;
@@ -1230,6 +1285,7 @@ macro_rules! sql_backend {
                 Self::bump(&mut *tx, cluster, ObjectKind::Tenant, id.0, true).await?;
                 sqlx::query("DELETE FROM tenants WHERE id = $1").bind(id.0).execute(&mut *tx).await
                     .map_err(|e| unique(e.into(), || format!("tenant {id} still has projects")))?;
+                Self::revoke_unentitled(&mut *tx, id, None, true, writer(opts), REVOKED_TENANT_DELETED).await?;
                 Self::apply_opts(&mut *tx, opts).await?;
                 tx.commit().await?;
                 Ok(())
@@ -1287,6 +1343,8 @@ macro_rules! sql_backend {
                 let _invalidate = Invalidate::row(&self.cache, p.id.0);
                 check_next_version("project", p.version, expected)?;
                 let mut tx = self.pool.begin().await?;
+                // The access entries may change (see update_tenant).
+                Self::lock_tenant_for_revocation(&mut *tx, p.tenant_id).await?;
                 Self::bump(&mut *tx, p.cluster_id, ObjectKind::Project, p.id.0, false).await?;
                 let res = sqlx::query(
                     "UPDATE projects SET name = $1, doc = $2, version = $3, updated_at = $4 WHERE id = $5 AND version = $6 AND tenant_id = $7",
@@ -1305,6 +1363,7 @@ macro_rules! sql_backend {
                     return Err(Self::version_error(&mut *tx, "projects", "project", p.id.0, expected).await);
                 }
                 Self::write_members(&mut *tx, p.tenant_id, Some(p.id), &project_members(p)).await?;
+                Self::revoke_unentitled(&mut *tx, p.tenant_id, Some(p.id), false, writer(opts), REVOKED_MEMBERSHIP_REMOVED).await?;
                 Self::apply_opts(&mut *tx, opts).await?;
                 tx.commit().await?;
                 Ok(())
@@ -1329,8 +1388,9 @@ macro_rules! sql_backend {
                 // Drops the cached record when this returns (after the commit, or on failure).
                 let _invalidate = Invalidate::row(&self.cache, id.0);
                 let mut tx = self.pool.begin().await?;
-                let (cluster, _) = Self::parent_ids(&mut *tx, "projects", "project", id.0).await?;
-                let cluster = ClusterId(cluster);
+                let (cluster, tenant) = Self::parent_ids(&mut *tx, "projects", "project", id.0).await?;
+                let (cluster, tenant) = (ClusterId(cluster), TenantId(tenant));
+                Self::lock_tenant_for_revocation(&mut *tx, tenant).await?;
                 let apps = Self::count(&mut *tx, "apps", "project_id", id.0).await?;
                 if apps > 0 && !cascade {
                     return Err(StoreError::Conflict(format!(
@@ -1341,6 +1401,7 @@ macro_rules! sql_backend {
                 Self::bump(&mut *tx, cluster, ObjectKind::Project, id.0, true).await?;
                 sqlx::query("DELETE FROM projects WHERE id = $1").bind(id.0).execute(&mut *tx).await
                     .map_err(|e| unique(e.into(), || format!("project {id} still has apps")))?;
+                Self::revoke_unentitled(&mut *tx, tenant, Some(id), true, writer(opts), REVOKED_PROJECT_DELETED).await?;
                 Self::apply_opts(&mut *tx, opts).await?;
                 tx.commit().await?;
                 Ok(())
@@ -2002,7 +2063,8 @@ macro_rules! sql_backend {
                 let mut tx = self.pool.begin().await?;
                 sqlx::query(
                     "INSERT INTO issued_credentials (jti, tenant_id, project_id, cluster_id, subject, role, mode, issued_by, \
-                     issued_at, expires_at, revoked_at, revoked_by) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                     issued_at, expires_at, revoked_at, revoked_by, revoked_reason, derived_from) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
                 )
                 .bind(c.jti)
                 .bind(c.tenant_id.0)
@@ -2016,6 +2078,8 @@ macro_rules! sql_backend {
                 .bind(to_micros(c.expires_at))
                 .bind(c.revoked_at.map(to_micros))
                 .bind(&c.revoked_by)
+                .bind(&c.revoked_reason)
+                .bind(derived_from_json(c)?)
                 .execute(&mut *tx)
                 .await
                 .map_err(|e| unique(e.into(), || format!("a credential with jti {} already exists", c.jti)))?;
@@ -2405,7 +2469,45 @@ macro_rules! sql_backend {
                     expires_at: from_micros(r.try_get("expires_at")?),
                     revoked_at: r.try_get::<Option<i64>, _>("revoked_at")?.map(from_micros),
                     revoked_by: r.try_get("revoked_by")?,
+                    revoked_reason: r.try_get("revoked_reason")?,
+                    derived_from: match r.try_get::<Option<String>, _>("derived_from")? {
+                        Some(text) => Some(serde_json::from_str(&text)?),
+                        None => None,
+                    },
                 })
+            }
+
+            /// Revokes, on `conn`, the tenant's (with `project`: that project's) active
+            /// credentials on derived rights ([`IssuedCredential::derived_from`]) that no
+            /// membership of their keys entitles any more, or all of them with `all` (a
+            /// deleted project: its memberships are gone, but the tenant's owners' would
+            /// still entitle). Returns how many.
+            async fn revoke_unentitled(
+                conn: &mut <$Db as sqlx::Database>::Connection,
+                tenant: TenantId,
+                project: Option<ProjectId>,
+                all: bool,
+                by: &str,
+                reason: &str,
+            ) -> Result<u64> {
+                let now = now_micros();
+                let mut qb = sqlx::QueryBuilder::<$Db>::new("UPDATE issued_credentials SET revoked_at = ");
+                qb.push_bind(now);
+                qb.push(", revoked_by = ").push_bind(by.to_string());
+                qb.push(", revoked_reason = ").push_bind(reason.to_string());
+                qb.push(" WHERE tenant_id = ").push_bind(tenant.0);
+                qb.push(" AND derived_from IS NOT NULL AND revoked_at IS NULL AND expires_at > ").push_bind(now);
+                if let Some(p) = project {
+                    qb.push(" AND project_id = ").push_bind(p.0);
+                }
+                if !all {
+                    qb.push(" AND NOT ").push(entitled_sql($backend, "issued_credentials"));
+                }
+                let n = qb.build().execute(&mut *conn).await?.rows_affected();
+                if n > 0 {
+                    tracing::info!(%tenant, project = ?project, revoked = n, by, reason, "credentials on derived rights revoked");
+                }
+                Ok(n)
             }
 
             async fn mark_revoked(
@@ -2732,18 +2834,21 @@ impl SqliteStore {
 /// and audit event of each one that passes, in one statement with one plan (prepared once
 /// per connection: the batch travels as arrays, so the text does not depend on its size).
 /// Answers one row per input, in input order.
-const RECORD_CREDENTIALS_PG: &str = "\
+static RECORD_CREDENTIALS_PG: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "\
 WITH i AS (
     SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[],
                          $8::text[], $9::int8[], $10::int8[], $11::int8[], $12::text[],
                          $13::uuid[], $14::int8[], $15::text[], $16::text[], $17::text[], $18::text[], $19::text[],
-                         $20::text[])
+                         $20::text[], $21::text[])
         WITH ORDINALITY AS i(jti, tenant_id, project_id, cluster_id, subject, role, mode,
                              issued_by, issued_at, expires_at, revoked_at, revoked_by,
                              audit_id, audit_at, actor, action, resource_kind, resource_id, outcome,
-                             doc, n)
+                             doc, derived_from, n)
 ), c AS (
     SELECT i.*, t.id IS NULL AS tenant_gone,
+           i.derived_from IS NOT NULL AND NOT {entitled} AS not_entitled,
            i.project_id IS NOT NULL AND p.id IS NULL AS project_gone,
            r.revoked_at AS subject_revoked_at, r.revoked_by AS subject_revoked_by,
            r.revoked_by_platform AS subject_revoked_by_platform
@@ -2753,16 +2858,22 @@ WITH i AS (
     LEFT JOIN revoked_subjects r ON r.tenant_id = i.tenant_id AND r.subject = i.subject
 ), ok AS (
     SELECT * FROM c WHERE NOT tenant_gone AND NOT project_gone AND subject_revoked_at IS NULL
+                      AND NOT not_entitled
 ), creds AS (
     INSERT INTO issued_credentials (jti, tenant_id, project_id, cluster_id, subject, role, mode,
-                                    issued_by, issued_at, expires_at, revoked_at, revoked_by)
+                                    issued_by, issued_at, expires_at, revoked_at, revoked_by,
+                                    derived_from)
     SELECT jti, tenant_id, project_id, cluster_id, subject, role, mode,
-           issued_by, issued_at, expires_at, revoked_at, revoked_by FROM ok
+           issued_by, issued_at, expires_at, revoked_at, revoked_by, derived_from FROM ok
 ), audits AS (
     INSERT INTO audit_events (id, at, actor, action, resource_kind, resource_id, outcome, doc)
     SELECT audit_id, audit_at, actor, action, resource_kind, resource_id, outcome, doc::json FROM ok
 )
-SELECT tenant_gone, project_gone, subject_revoked_at, subject_revoked_by, subject_revoked_by_platform FROM c ORDER BY n";
+SELECT tenant_gone, project_gone, subject_revoked_at, subject_revoked_by, subject_revoked_by_platform,
+       not_entitled FROM c ORDER BY n",
+        entitled = entitled_sql("postgres", "i")
+    )
+});
 
 impl PgStore {
     /// [`Store::record_credentials`] on Postgres in three round trips: `BEGIN` with the
@@ -2812,7 +2923,11 @@ impl PgStore {
         let text = |f: fn(&IssuedCredential, &AuditEvent) -> String| -> Vec<String> {
             items.iter().map(|(c, e)| f(c, e)).collect()
         };
-        let rows = sqlx::query(RECORD_CREDENTIALS_PG)
+        let mut derived = Vec::with_capacity(items.len());
+        for (c, _) in items {
+            derived.push(derived_from_json(c)?);
+        }
+        let rows = sqlx::query(RECORD_CREDENTIALS_PG.as_str())
             .bind(col(|c, _| Some(c.jti)))
             .bind(col(|c, _| Some(c.tenant_id.0)))
             .bind(col(|c, _| c.project_id.map(|p| p.0)))
@@ -2858,6 +2973,7 @@ impl PgStore {
             .bind(text(|_, e| e.resource_id.clone()))
             .bind(outcomes)
             .bind(docs)
+            .bind(derived)
             .fetch_all(&mut *tx)
             .await
             .map_err(|e| {
@@ -2890,6 +3006,8 @@ impl PgStore {
                         .try_get::<Option<bool>, _>("subject_revoked_by_platform")?
                         .unwrap_or(true),
                 })
+            } else if r.try_get::<bool, _>("not_entitled")? {
+                CredentialOutcome::NotEntitled
             } else {
                 CredentialOutcome::Recorded
             };
@@ -2984,7 +3102,9 @@ impl SqliteStore {
             );
         }
         let mut outcomes = Vec::with_capacity(items.len());
+        let mut derived = Vec::with_capacity(items.len());
         for (c, _) in items {
+            let keys = derived_from_json(c)?;
             let outcome = if !live.contains(&c.tenant_id.0) {
                 CredentialOutcome::TenantGone
             } else if c
@@ -2994,30 +3114,36 @@ impl SqliteStore {
                 CredentialOutcome::ProjectGone
             } else if let Some(rev) = revoked.get(&(c.tenant_id.0, c.subject.clone())) {
                 CredentialOutcome::SubjectRevoked(rev.clone())
+            } else if keys.is_some()
+                && !Self::entitled(&mut tx, c, keys.as_deref().unwrap_or("[]")).await?
+            {
+                CredentialOutcome::NotEntitled
             } else {
                 CredentialOutcome::Recorded
             };
             outcomes.push(outcome);
+            derived.push(keys);
         }
-        let items: Vec<&(IssuedCredential, AuditEvent)> = items
+        let items: Vec<(&(IssuedCredential, AuditEvent), Option<String>)> = items
             .iter()
             .zip(&outcomes)
-            .filter(|(_, o)| **o == CredentialOutcome::Recorded)
-            .map(|(item, _)| item)
+            .zip(derived)
+            .filter(|((_, o), _)| **o == CredentialOutcome::Recorded)
+            .map(|((item, _), keys)| (item, keys))
             .collect();
         if items.is_empty() {
             tx.commit().await?;
             return Ok(outcomes);
         }
         let mut audit_outcomes = Vec::with_capacity(items.len());
-        for (_, ev) in &items {
+        for ((_, ev), _) in &items {
             audit_outcomes.push(serde_json::to_value(ev.outcome)?);
         }
         let mut creds = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT INTO issued_credentials (jti, tenant_id, project_id, cluster_id, subject, role, mode, issued_by, \
-             issued_at, expires_at, revoked_at, revoked_by) ",
+             issued_at, expires_at, revoked_at, revoked_by, derived_from) ",
         );
-        creds.push_values(&items, |mut b, (c, _)| {
+        creds.push_values(&items, |mut b, ((c, _), keys)| {
             b.push_bind(c.jti)
                 .push_bind(c.tenant_id.0)
                 .push_bind(c.project_id.map(|p| p.0))
@@ -3029,7 +3155,8 @@ impl SqliteStore {
                 .push_bind(to_micros(c.issued_at))
                 .push_bind(to_micros(c.expires_at))
                 .push_bind(c.revoked_at.map(to_micros))
-                .push_bind(&c.revoked_by);
+                .push_bind(&c.revoked_by)
+                .push_bind(keys.clone());
         });
         creds
             .build()
@@ -3046,7 +3173,7 @@ impl SqliteStore {
         );
         audits.push_values(
             items.iter().zip(&audit_outcomes),
-            |mut b, ((_, ev), outcome)| {
+            |mut b, (((_, ev), _), outcome)| {
                 b.push_bind(ev.id.0)
                     .push_bind(to_micros(ev.at))
                     .push_bind(&ev.actor)
@@ -3060,6 +3187,36 @@ impl SqliteStore {
         audits.build().persistent(false).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(outcomes)
+    }
+
+    /// Whether a membership of one of `keys` (a JSON array) entitles the credential `c`
+    /// ([`Membership::entitles`]), read on `conn`.
+    async fn entitled(
+        conn: &mut sqlx::SqliteConnection,
+        c: &IssuedCredential,
+        keys: &str,
+    ) -> Result<bool> {
+        let rows = sqlx::query(
+            "SELECT key, cluster_id, tenant_id, project_id, role FROM memberships \
+             WHERE tenant_id = $1 AND key IN (SELECT value FROM json_each($2))",
+        )
+        .bind(c.tenant_id.0)
+        .bind(keys)
+        .fetch_all(&mut *conn)
+        .await?;
+        for r in rows {
+            let m = Membership {
+                key: r.try_get("key")?,
+                cluster: ClusterId(r.try_get("cluster_id")?),
+                tenant: TenantId(r.try_get("tenant_id")?),
+                project: r.try_get::<Option<Uuid>, _>("project_id")?.map(ProjectId),
+                role: stored_role(r.try_get("role")?)?,
+            };
+            if m.entitles(c.tenant_id, c.project_id, c.role) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 }
 

@@ -474,7 +474,28 @@ pub struct IssuedCredential {
     pub revoked_at: Option<OffsetDateTime>,
     /// Who revoked it.
     pub revoked_by: Option<String>,
+    /// Why it was revoked, when not through the API: `membership removed` (the owners or
+    /// access entries that entitled it changed), `tenant deleted`, `project deleted`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_reason: Option<String>,
+    /// For a credential issued on rights derived from the model (a tenant's `owners`, a
+    /// project's `access`): the membership keys it relied on (`user:<subject>`,
+    /// `group:<group>`, see [`kubenova_api::identity`]). It stays active only while a
+    /// membership of one of these keys entitles its role at its scope
+    /// ([`Membership::entitles`](kubenova_api::identity::Membership::entitles)): the writes
+    /// of tenants and projects revoke it otherwise, and it is recorded only if one does
+    /// ([`CredentialOutcome::NotEntitled`]). `None` for a credential issued on a token
+    /// role (admin, ops, a minted `tenantOwner` ...), which memberships never revoke.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub derived_from: Option<Vec<String>>,
 }
+
+/// Why credentials are revoked when the memberships that entitled them go away.
+pub const REVOKED_MEMBERSHIP_REMOVED: &str = "membership removed";
+/// Why a deleted tenant's derived credentials are revoked.
+pub const REVOKED_TENANT_DELETED: &str = "tenant deleted";
+/// Why a deleted project's derived credentials are revoked.
+pub const REVOKED_PROJECT_DELETED: &str = "project deleted";
 
 /// "Subject X may obtain no credentials of tenant T since S": blocks new issuance and
 /// exec refreshes until lifted.
@@ -636,6 +657,10 @@ pub enum CredentialOutcome {
     TenantGone,
     /// Refused: the project no longer exists or is not the tenant's (nothing was written).
     ProjectGone,
+    /// Refused: a credential on derived rights ([`IssuedCredential::derived_from`]) that no
+    /// membership of its keys entitles any more (removed from the owners or access since
+    /// the request's rights were read; nothing was written).
+    NotEntitled,
 }
 
 /// Most projects one [`ApiKeyQuery::projects`] filter names.

@@ -1,6 +1,6 @@
 //! Group commit of issued credentials (`record_credentials`) on SQLite and Postgres:
 //! all-or-nothing, and the revocation/existence checks made in the transaction that
-//! records, also against a racing revocation.
+//! records, also against a racing revocation or a racing removal from a tenant's owners.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
@@ -25,6 +25,8 @@ fn credential(tenant: TenantId, cluster: ClusterId, subject: &str) -> IssuedCred
         expires_at: at + time::Duration::hours(1),
         revoked_at: None,
         revoked_by: None,
+        revoked_reason: None,
+        derived_from: None,
     }
 }
 
@@ -232,6 +234,101 @@ async fn revocation_never_misses_a_racing_issuance(h: &Harness) {
             "credential {jti} issued around the revocation is not revoked"
         );
     }
+}
+
+/// Issuance batches on derived rights racing the removal of the owners entry they rely
+/// on: once the tenant write has returned, no credential issued on that entry is left
+/// active (the batch saw the removal and wrote nothing, or the write revoked its rows);
+/// those issued on a token role are never revoked.
+async fn owner_removal_never_misses_a_racing_issuance(h: &Harness) {
+    let s = std::sync::Arc::clone(&h.store);
+    let c = cluster("race");
+    s.create_cluster(&c, b"apiVersion: v1\n", &WriteOptions::default())
+        .await
+        .unwrap();
+    let mut t = tenant(c.id, "acme");
+    t.owners = vec!["group:admins".into()];
+    s.create_tenant(&t, &WriteOptions::default()).await.unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (s, stop) = (std::sync::Arc::clone(&s), std::sync::Arc::clone(&stop));
+        let (tid, cid) = (t.id, c.id);
+        tasks.push(tokio::spawn(async move {
+            let (mut derived, mut token_role) = (Vec::new(), Vec::new());
+            let mut refused = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let batch: Vec<_> = (0..4)
+                    .map(|i| {
+                        let mut cr = credential(tid, cid, "mallory");
+                        if i > 0 {
+                            cr.derived_from =
+                                Some(vec!["user:mallory".into(), "group:admins".into()]);
+                        }
+                        let ev = event(&cr);
+                        (cr, ev)
+                    })
+                    .collect();
+                let outcomes = s.record_credentials(&batch).await.unwrap();
+                for ((cr, _), o) in batch.iter().zip(outcomes) {
+                    match (o, cr.derived_from.is_some()) {
+                        (CredentialOutcome::Recorded, true) => derived.push(cr.jti),
+                        (CredentialOutcome::Recorded, false) => token_role.push(cr.jti),
+                        (CredentialOutcome::NotEntitled, true) => refused += 1,
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+            }
+            (derived, token_role, refused)
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let mut t2 = t.clone();
+    t2.owners = vec!["alice@example.com".into()];
+    t2.version = 2;
+    s.update_tenant(&t2, 1, &WriteOptions::default())
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut derived, mut token_role, mut refused) = (Vec::new(), Vec::new(), 0);
+    for task in tasks {
+        let (d, tr, n) = task.await.unwrap();
+        derived.extend(d);
+        token_role.extend(tr);
+        refused += n;
+    }
+    assert!(
+        !derived.is_empty() && refused > 0,
+        "{} recorded, {refused} refused",
+        derived.len()
+    );
+    for jti in derived {
+        let cr = s.get_credential(jti).await.unwrap();
+        assert!(
+            cr.revoked_at.is_some(),
+            "credential {jti} issued around the removal is not revoked"
+        );
+    }
+    for jti in token_role {
+        assert!(s.get_credential(jti).await.unwrap().revoked_at.is_none());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_owner_removal_never_misses_a_racing_issuance() {
+    let h = sqlite_with(keyring(&[("k1", 1)])).await;
+    owner_removal_never_misses_a_racing_issuance(&h).await;
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_owner_removal_never_misses_a_racing_issuance() {
+    let Some(h) = postgres_with(keyring(&[("k1", 1)])).await else {
+        return;
+    };
+    owner_removal_never_misses_a_racing_issuance(&h).await;
+    h.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -73,6 +73,10 @@ suite!(
     memberships_go_with_their_tenant_project_or_cluster,
     membership_lookups_are_bounded,
     memberships_are_backfilled_once,
+    derived_credentials_follow_the_owners,
+    derived_credentials_follow_the_project_access,
+    derived_credentials_go_with_their_project_tenant_or_cluster,
+    issuance_on_derived_rights_checks_the_memberships,
 );
 
 async fn ping_reports_current_migrations(h: &Harness) {
@@ -1342,6 +1346,8 @@ fn credential(
         expires_at: at + expires_in,
         revoked_at: None,
         revoked_by: None,
+        revoked_reason: None,
+        derived_from: None,
     }
 }
 
@@ -2971,4 +2977,520 @@ async fn memberships_are_backfilled_once(h: &Harness) {
     raw(h, "DELETE FROM memberships").await;
     migrate().await.unwrap();
     assert_eq!(membership_rows(h).await, 0);
+}
+
+/// A credential of `subject` for the tenant (or `project`) with `role`, issued on the
+/// rights the membership `keys` derive (none: on a token role), expiring in an hour.
+fn derived(
+    t: &Tenant,
+    project: Option<ProjectId>,
+    subject: &str,
+    role: AccessRole,
+    keys: Option<&[&str]>,
+) -> IssuedCredential {
+    let mut c = credential(t.id, t.cluster_id, subject, time::Duration::hours(1));
+    c.project_id = project;
+    c.role = role;
+    c.derived_from = keys.map(|k| k.iter().map(|k| k.to_string()).collect());
+    c
+}
+
+/// Records credentials (through the group commit, as the manager does); all must pass.
+async fn issue(h: &Harness, creds: &[&IssuedCredential]) {
+    let items: Vec<(IssuedCredential, AuditEvent)> = creds
+        .iter()
+        .map(|c| ((*c).clone(), audit_event("kubeconfig.issue", &c.subject)))
+        .collect();
+    let outcomes = h.store.record_credentials(&items).await.unwrap();
+    assert_eq!(outcomes, vec![CredentialOutcome::Recorded; creds.len()]);
+}
+
+fn audit_event(action: &str, actor: &str) -> AuditEvent {
+    AuditEvent {
+        id: AuditId::new(),
+        at: now(),
+        actor: actor.into(),
+        roles: vec![],
+        action: action.into(),
+        resource_kind: "tenant".into(),
+        resource_id: "x".into(),
+        outcome: AuditOutcome::Success,
+        http_status: Some(200),
+        request_id: "r".into(),
+        source_ip: "127.0.0.1".into(),
+        details: None,
+    }
+}
+
+/// The revocation state of each credential: `None` while active, else (by, reason).
+async fn states(h: &Harness, creds: &[&IssuedCredential]) -> Vec<Option<(String, Option<String>)>> {
+    let mut out = Vec::new();
+    for c in creds {
+        let got = h.store.get_credential(c.jti).await.unwrap();
+        assert_eq!(got.derived_from, c.derived_from, "derived_from round trip");
+        out.push(
+            got.revoked_at
+                .map(|_| (got.revoked_by.unwrap_or_default(), got.revoked_reason)),
+        );
+    }
+    out
+}
+
+fn by(actor: &str, reason: &str) -> Option<(String, Option<String>)> {
+    Some((actor.to_string(), Some(reason.to_string())))
+}
+
+async fn derived_credentials_follow_the_owners(h: &Harness) {
+    use AccessRole::*;
+    let s = &h.store;
+    let w = WriteOptions::default();
+    let c = cluster("c");
+    s.create_cluster(&c, b"k", &w).await.unwrap();
+    let mut t = tenant(c.id, "acme");
+    t.owners = vec![
+        "alice@example.com".into(),
+        "user:dave".into(),
+        "group:admins".into(),
+    ];
+    s.create_tenant(&t, &w).await.unwrap();
+    let p = project(&t, "web");
+    s.create_project(&p, &w).await.unwrap();
+    // Another tenant owned the same way: never touched by acme's writes.
+    let mut beta = tenant(c.id, "beta");
+    beta.owners = vec!["group:admins".into()];
+    s.create_tenant(&beta, &w).await.unwrap();
+
+    // alice by her own entry; dave by his entry and the group; erin by the group only.
+    let alice = derived(
+        &t,
+        None,
+        "alice@example.com",
+        Owner,
+        Some(&["user:alice@example.com", "group:qa"]),
+    );
+    let dave = derived(
+        &t,
+        None,
+        "dave",
+        Viewer,
+        Some(&["user:dave", "group:admins"]),
+    );
+    let erin = derived(
+        &t,
+        None,
+        "erin",
+        Developer,
+        Some(&["user:erin", "group:admins"]),
+    );
+    let erin_web = derived(
+        &t,
+        Some(p.id),
+        "erin",
+        Owner,
+        Some(&["user:erin", "group:admins"]),
+    );
+    let erin_beta = derived(
+        &beta,
+        None,
+        "erin",
+        Owner,
+        Some(&["user:erin", "group:admins"]),
+    );
+    // Issued on a token role (a minted tenantOwner): memberships never revoke it.
+    let token_role = derived(&t, None, "alice@example.com", Owner, None);
+    // An expired derived credential stays as it was (expired, not revoked).
+    let mut expired = derived(
+        &t,
+        None,
+        "alice@example.com",
+        Owner,
+        Some(&["user:alice@example.com"]),
+    );
+    expired.issued_at = now() - time::Duration::hours(2);
+    expired.expires_at = now() - time::Duration::hours(1);
+    s.record_credential(&expired, &w).await.unwrap();
+    let all = [
+        &alice,
+        &dave,
+        &erin,
+        &erin_web,
+        &erin_beta,
+        &token_role,
+        &expired,
+    ];
+    issue(h, &all[..6]).await;
+    assert_eq!(states(h, &all).await, vec![None; 7]);
+
+    // A write that keeps the owners revokes nothing.
+    let mut t2 = t.clone();
+    t2.version = 2;
+    t2.labels.insert("team".into(), "a".into());
+    s.update_tenant(&t2, 1, &w).await.unwrap();
+    assert_eq!(states(h, &all).await, vec![None; 7]);
+
+    // The group entry goes: erin's (tenant and project) are revoked, by the writer;
+    // dave is still entitled by his own entry and keeps his.
+    let root = audit_event("tenant.update", "root@example.com");
+    t2.owners = vec!["alice@example.com".into(), "user:dave".into()];
+    t2.version = 3;
+    s.update_tenant(
+        &t2,
+        2,
+        &WriteOptions {
+            audit: Some(&root),
+            idempotency: None,
+        },
+    )
+    .await
+    .unwrap();
+    let removed = by("root@example.com", REVOKED_MEMBERSHIP_REMOVED);
+    assert_eq!(
+        states(h, &all).await,
+        [
+            None,
+            None,
+            removed.clone(),
+            removed.clone(),
+            None,
+            None,
+            None
+        ]
+    );
+
+    // The user entry goes: alice's derived credential is revoked, not the one issued on
+    // her token role, nor the expired one; a write without an audit event is the
+    // manager's own.
+    t2.owners = vec!["user:dave".into()];
+    t2.version = 4;
+    s.update_tenant(&t2, 3, &w).await.unwrap();
+    let st = states(h, &all).await;
+    assert_eq!(st[0], by("kubenova", REVOKED_MEMBERSHIP_REMOVED));
+    assert_eq!(st[1..], [None, removed.clone(), removed, None, None, None]);
+
+    // Naming erin again does not bring revoked credentials back.
+    t2.owners = vec!["user:dave".into(), "erin".into()];
+    t2.version = 5;
+    s.update_tenant(&t2, 4, &w).await.unwrap();
+    assert!(states(h, &all).await[2].is_some());
+
+    // The listing shows why.
+    let listed = s
+        .list_credentials(t.id, &CredentialQuery::default())
+        .await
+        .unwrap()
+        .items;
+    let erin_listed = listed.iter().find(|c| c.jti == erin.jti).unwrap();
+    assert_eq!(
+        erin_listed.revoked_reason.as_deref(),
+        Some(REVOKED_MEMBERSHIP_REMOVED)
+    );
+    assert!(erin_listed.revoked_at.is_some());
+}
+
+async fn derived_credentials_follow_the_project_access(h: &Harness) {
+    use AccessRole::*;
+    let s = &h.store;
+    let w = WriteOptions::default();
+    let c = cluster("c");
+    s.create_cluster(&c, b"k", &w).await.unwrap();
+    let mut t = tenant(c.id, "acme");
+    t.owners = vec!["group:ops".into()];
+    s.create_tenant(&t, &w).await.unwrap();
+    let mut p = project(&t, "web");
+    p.access = vec![
+        "owner:bob".into(),
+        "viewer:group:qa".into(),
+        "developer:dan".into(),
+    ];
+    s.create_project(&p, &w).await.unwrap();
+    let mut q = project(&t, "api");
+    q.access = vec!["owner:bob".into()];
+    s.create_project(&q, &w).await.unwrap();
+
+    let bob_owner = derived(&t, Some(p.id), "bob", Owner, Some(&["user:bob"]));
+    let bob_dev = derived(&t, Some(p.id), "bob", Developer, Some(&["user:bob"]));
+    let bob_viewer = derived(&t, Some(p.id), "bob", Viewer, Some(&["user:bob"]));
+    let bob_api = derived(&t, Some(q.id), "bob", Owner, Some(&["user:bob"]));
+    let carol = derived(
+        &t,
+        Some(p.id),
+        "carol",
+        Viewer,
+        Some(&["user:carol", "group:qa"]),
+    );
+    let dan = derived(&t, Some(p.id), "dan", Developer, Some(&["user:dan"]));
+    // A tenant owner's project credential: entitled by the tenant's owners.
+    let frank = derived(
+        &t,
+        Some(p.id),
+        "frank",
+        Owner,
+        Some(&["user:frank", "group:ops"]),
+    );
+    let all = [
+        &bob_owner,
+        &bob_dev,
+        &bob_viewer,
+        &bob_api,
+        &carol,
+        &dan,
+        &frank,
+    ];
+    issue(h, &all).await;
+
+    // bob's entry goes from owner to viewer: his owner and developer credentials of that
+    // project are revoked, his viewer one and those of the other project are not; dan's
+    // developer entry becomes viewer too.
+    let mut p2 = p.clone();
+    p2.access = vec![
+        "viewer:bob".into(),
+        "viewer:group:qa".into(),
+        "viewer:dan".into(),
+    ];
+    p2.version = 2;
+    s.update_project(
+        &p2,
+        1,
+        &WriteOptions {
+            audit: Some(&audit_event("write", "root@example.com")),
+            idempotency: None,
+        },
+    )
+    .await
+    .unwrap();
+    let removed = by("root@example.com", REVOKED_MEMBERSHIP_REMOVED);
+    assert_eq!(
+        states(h, &all).await,
+        [
+            removed.clone(),
+            removed.clone(),
+            None,
+            None,
+            None,
+            removed.clone(),
+            None
+        ]
+    );
+
+    // The group entry goes: carol's is revoked. The tenant owners' credential stays.
+    p2.access = vec!["viewer:bob".into()];
+    p2.version = 3;
+    s.update_project(
+        &p2,
+        2,
+        &WriteOptions {
+            audit: Some(&audit_event("write", "root@example.com")),
+            idempotency: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        states(h, &all).await,
+        [
+            removed.clone(),
+            removed.clone(),
+            None,
+            None,
+            removed.clone(),
+            removed.clone(),
+            None
+        ]
+    );
+
+    // The tenant's owners change: frank's (by the group) goes; bob's (by his access
+    // entry) stay.
+    let mut t2 = t.clone();
+    t2.owners = vec!["alice@example.com".into()];
+    t2.version = 2;
+    s.update_tenant(
+        &t2,
+        1,
+        &WriteOptions {
+            audit: Some(&audit_event("write", "root@example.com")),
+            idempotency: None,
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        states(h, &all).await,
+        [
+            removed.clone(),
+            removed.clone(),
+            None,
+            None,
+            removed.clone(),
+            removed.clone(),
+            removed
+        ]
+    );
+}
+
+async fn derived_credentials_go_with_their_project_tenant_or_cluster(h: &Harness) {
+    use AccessRole::*;
+    let s = &h.store;
+    let w = WriteOptions::default();
+    let c = cluster("c");
+    s.create_cluster(&c, b"k", &w).await.unwrap();
+    let mut t = tenant(c.id, "acme");
+    t.owners = vec!["group:ops".into()];
+    s.create_tenant(&t, &w).await.unwrap();
+    let mut p = project(&t, "web");
+    p.access = vec!["owner:bob".into()];
+    s.create_project(&p, &w).await.unwrap();
+
+    let bob = derived(&t, Some(p.id), "bob", Owner, Some(&["user:bob"]));
+    // Still entitled by the tenant's owners, but the project is gone.
+    let frank_web = derived(&t, Some(p.id), "frank", Owner, Some(&["group:ops"]));
+    let frank = derived(&t, None, "frank", Owner, Some(&["group:ops"]));
+    let token_web = derived(&t, Some(p.id), "root", Owner, None);
+    let all = [&bob, &frank_web, &frank, &token_web];
+    issue(h, &all).await;
+
+    let root = audit_event("project.delete", "root@example.com");
+    s.delete_project(
+        p.id,
+        true,
+        &WriteOptions {
+            audit: Some(&root),
+            idempotency: None,
+        },
+    )
+    .await
+    .unwrap();
+    let gone = by("root@example.com", REVOKED_PROJECT_DELETED);
+    assert_eq!(
+        states(h, &all).await,
+        [gone.clone(), gone.clone(), None, None]
+    );
+
+    s.delete_tenant(t.id, true, &w).await.unwrap();
+    assert_eq!(
+        states(h, &all).await,
+        [
+            gone.clone(),
+            gone,
+            by("kubenova", REVOKED_TENANT_DELETED),
+            None
+        ]
+    );
+
+    // A cluster deleted with its tenants: theirs go too.
+    let mut beta = tenant(c.id, "beta");
+    beta.owners = vec!["group:ops".into()];
+    s.create_tenant(&beta, &w).await.unwrap();
+    let mut web = project(&beta, "web");
+    web.access = vec!["viewer:bob".into()];
+    s.create_project(&web, &w).await.unwrap();
+    let owner = derived(&beta, None, "frank", Owner, Some(&["group:ops"]));
+    let viewer = derived(&beta, Some(web.id), "bob", Viewer, Some(&["user:bob"]));
+    let token = derived(&beta, None, "root", Owner, None);
+    issue(h, &[&owner, &viewer, &token]).await;
+    s.delete_cluster(c.id, true, &w).await.unwrap();
+    let deleted = by("kubenova", REVOKED_TENANT_DELETED);
+    assert_eq!(
+        states(h, &[&owner, &viewer, &token]).await,
+        [deleted.clone(), deleted, None]
+    );
+}
+
+async fn issuance_on_derived_rights_checks_the_memberships(h: &Harness) {
+    use AccessRole::*;
+    let s = &h.store;
+    let w = WriteOptions::default();
+    let c = cluster("c");
+    s.create_cluster(&c, b"k", &w).await.unwrap();
+    let mut t = tenant(c.id, "acme");
+    t.owners = vec!["group:ops".into()];
+    s.create_tenant(&t, &w).await.unwrap();
+    let mut p = project(&t, "web");
+    p.access = vec!["developer:bob".into()];
+    s.create_project(&p, &w).await.unwrap();
+    let other = tenant(c.id, "other");
+    s.create_tenant(&other, &w).await.unwrap();
+
+    // Entitled: recorded with its keys. A key no member can have (a control character,
+    // a NUL) is left out of the record, not an error.
+    let ok_owner = derived(
+        &t,
+        None,
+        "frank",
+        Owner,
+        Some(&["user:frank", "group:ops", "group:x\u{0}y", "group:a\nb"]),
+    );
+    let ok_dev = derived(&t, Some(p.id), "bob", Developer, Some(&["user:bob"]));
+    let ok_by_owner = derived(&t, Some(p.id), "frank", Owner, Some(&["group:ops"]));
+    // Not entitled: the role is above the entry, the keys name nobody there, a project
+    // entry gives no tenant credential, another tenant's owners, no keys at all.
+    let too_high = derived(&t, Some(p.id), "bob", Owner, Some(&["user:bob"]));
+    let nobody = derived(
+        &t,
+        None,
+        "mallory",
+        Viewer,
+        Some(&["user:mallory", "group:qa"]),
+    );
+    let tenant_by_project = derived(&t, None, "bob", Viewer, Some(&["user:bob"]));
+    let elsewhere = derived(&other, None, "frank", Viewer, Some(&["group:ops"]));
+    let no_keys = derived(&t, None, "frank", Viewer, Some(&[]));
+    let token = derived(&other, None, "root", Owner, None);
+    let batch = [
+        &ok_owner,
+        &too_high,
+        &ok_dev,
+        &nobody,
+        &tenant_by_project,
+        &ok_by_owner,
+        &elsewhere,
+        &no_keys,
+        &token,
+    ];
+    let items: Vec<(IssuedCredential, AuditEvent)> = batch
+        .iter()
+        .map(|c| ((*c).clone(), audit_event("kubeconfig.issue", &c.subject)))
+        .collect();
+    let outcomes = s.record_credentials(&items).await.unwrap();
+    use CredentialOutcome::{NotEntitled, Recorded};
+    assert_eq!(
+        outcomes,
+        [
+            Recorded,
+            NotEntitled,
+            Recorded,
+            NotEntitled,
+            NotEntitled,
+            Recorded,
+            NotEntitled,
+            NotEntitled,
+            Recorded
+        ]
+    );
+    let got = s.get_credential(ok_owner.jti).await.unwrap();
+    assert_eq!(
+        got.derived_from.as_deref(),
+        Some(&["user:frank".to_string(), "group:ops".to_string()][..])
+    );
+    assert_eq!(s.get_credential(ok_dev.jti).await.unwrap(), ok_dev);
+    for refused in [&too_high, &nobody, &tenant_by_project, &elsewhere, &no_keys] {
+        assert!(matches!(
+            s.get_credential(refused.jti).await,
+            Err(StoreError::NotFound { .. })
+        ));
+    }
+    // Too many keys to record: refused as invalid, nothing written.
+    let many: Vec<String> = (0..=MAX_MEMBERSHIP_KEYS)
+        .map(|i| format!("group:g{i}"))
+        .collect();
+    let mut huge = derived(&t, None, "frank", Owner, None);
+    huge.derived_from = Some(many);
+    let err = s
+        .record_credentials(&[(huge.clone(), audit_event("kubeconfig.issue", "frank"))])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Validation(_)), "{err}");
+    // One by one (record_credential) keeps the keys too.
+    let single = derived(&t, None, "frank", Viewer, Some(&["group:ops"]));
+    s.record_credential(&single, &w).await.unwrap();
+    assert_eq!(s.get_credential(single.jti).await.unwrap(), single);
 }

@@ -743,6 +743,9 @@ async fn commit_issuance(
             Some(p) => Err(ApiError::not_found("project", p)),
             None => Err(ApiError::not_found("tenant", tenant)),
         },
+        CredentialOutcome::NotEntitled => Err(ApiError::forbidden(
+            "the owners or access entries that entitled this credential changed while it was issued; nothing was issued",
+        )),
     }
 }
 
@@ -801,6 +804,8 @@ fn credential_record(
         expires_at: claims.expires_at(),
         revoked_at: None,
         revoked_by: None,
+        revoked_reason: None,
+        derived_from: None,
     })
 }
 
