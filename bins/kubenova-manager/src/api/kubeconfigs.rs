@@ -405,55 +405,134 @@ impl KubeconfigBody {
 // Authorization
 // ---------------------------------------------------------------------------------
 
-/// May the caller obtain a `role` credential for this tenant (or project)?
+/// What an issuance was allowed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Basis {
+    /// A role of the caller's token (admin, ops, a `tenantOwner` or `projectDev` scoped to
+    /// the target, readOnly): the model's owners and access entries do not revoke it.
+    Role,
+    /// Rights derived from the model: the tenant's `owners` or the project's `access`
+    /// name the caller (or one of their groups), or the caller's grants say so otherwise
+    /// (e.g. an API key's). A credential issued to a person on this basis records the
+    /// membership keys it relies on and is revoked when they stop entitling it.
+    Grant,
+}
+
+/// Whether an access entry of role `entry` lets its holder obtain a `asked` credential:
+/// `owner:` any, `developer:` developer or viewer, `viewer:` viewer.
+fn entry_allows(entry: AccessRole, asked: AccessRole) -> bool {
+    match entry {
+        AccessRole::Owner => true,
+        AccessRole::Developer => asked != AccessRole::Owner,
+        AccessRole::Viewer => asked == AccessRole::Viewer,
+    }
+}
+
+/// What an access entry of role `entry` may obtain, for messages.
+fn entry_may_obtain(entry: AccessRole) -> &'static str {
+    match entry {
+        AccessRole::Owner => "owner, developer or viewer",
+        AccessRole::Developer => "developer or viewer",
+        AccessRole::Viewer => "only viewer",
+    }
+}
+
+/// May the caller obtain a `role` credential for this tenant (or project), and on what?
 ///
-/// admin and ops: any. tenantOwner of the tenant: any role, tenant or project. projectDev
-/// of the project: `developer` or `viewer` of that project. readOnly within its scope:
-/// `viewer` only. Outside the caller's scope: KN-404 (as if the object did not exist);
-/// inside it but not allowed: KN-403.
+/// On a token role: admin and ops any; tenantOwner of the tenant any role, tenant or
+/// project; projectDev of the project `developer` or `viewer` of that project; readOnly
+/// within its scope `viewer` only. On rights derived from the model (any caller carrying
+/// grants: people signed in with an identity provider, API keys): owner of the tenant (its
+/// `owners` name the caller or one of their groups) any role, tenant or project, exactly
+/// like a tenantOwner; a project's `owner:` entry any role of that project, `developer:`
+/// developer or viewer, `viewer:` viewer. A token role is preferred when both allow it.
+/// Outside the caller's scope: KN-404 (as if the object did not exist); inside it but not
+/// allowed: KN-403, saying what the caller is and what they asked for.
 pub fn authorize(
     p: &Principal,
     tenant: &Tenant,
     project: Option<&Project>,
     role: AccessRole,
-) -> ApiResult<()> {
+) -> ApiResult<Basis> {
     if p.is_platform() || (p.has(Role::TenantOwner) && p.tenants.contains(&tenant.id)) {
-        return Ok(());
+        return Ok(Basis::Role);
+    }
+    let in_project_scope = project.is_some_and(|pr| p.projects.contains(&pr.id));
+    if in_project_scope && p.has(Role::ProjectDev) && role != AccessRole::Owner {
+        return Ok(Basis::Role);
+    }
+    // The token's own scope (its tenants and projects claims; none: unscoped).
+    let unscoped = p.tenants.is_empty() && p.projects.is_empty();
+    let in_token_scope = p.tenants.contains(&tenant.id) || in_project_scope;
+    if p.has(Role::ReadOnly) && (unscoped || in_token_scope) && role == AccessRole::Viewer {
+        return Ok(Basis::Role);
+    }
+    if p.grants.owns(tenant.id) {
+        return Ok(Basis::Grant);
+    }
+    let entry = project.and_then(|pr| p.grants.project_role(pr.id));
+    if entry.is_some_and(|e| entry_allows(e, role)) {
+        return Ok(Basis::Grant);
     }
     let visible = match project {
-        Some(pr) => {
-            if p.has(Role::ProjectDev) && p.projects.contains(&pr.id) && role != AccessRole::Owner {
-                return Ok(());
-            }
-            p.sees_project(pr)
-        }
+        Some(pr) => p.sees_project(pr),
         None => p.sees_tenant(tenant.id),
     };
-    if visible && p.has(Role::ReadOnly) && role == AccessRole::Viewer {
-        return Ok(());
-    }
     if !visible {
         return Err(match project {
             Some(pr) => ApiError::not_found("project", pr.id),
             None => ApiError::not_found("tenant", tenant.id),
         });
     }
-    let in_project = project.is_some_and(|pr| p.projects.contains(&pr.id));
-    Err(ApiError::forbidden(
-        if p.has(Role::ProjectDev) && in_project {
-            format!(
-                "a projectDev may obtain only developer or viewer kubeconfigs of their projects, not {}",
-                role.as_str()
-            )
-        } else if p.has(Role::ReadOnly) {
-            format!(
-                "readOnly may obtain only viewer kubeconfigs, not {}",
-                role.as_str()
-            )
-        } else {
-            "issuing kubeconfigs needs admin, ops, the tenant's owner, a developer of the project or readOnly (viewer only)".to_string()
-        },
-    ))
+    Err(ApiError::forbidden(match (entry, project) {
+        (Some(e), Some(pr)) => format!(
+            "you are {} {} of project {:?} (by its access entries); a {} may obtain {} kubeconfigs, not {}",
+            if e == AccessRole::Owner { "an" } else { "a" },
+            e.as_str(),
+            pr.name,
+            e.as_str(),
+            entry_may_obtain(e),
+            role.as_str()
+        ),
+        _ if p.has(Role::ProjectDev) && in_project_scope => format!(
+            "a projectDev may obtain only developer or viewer kubeconfigs of their projects, not {}",
+            role.as_str()
+        ),
+        _ if p.has(Role::ReadOnly) => format!(
+            "readOnly may obtain only viewer kubeconfigs, not {}",
+            role.as_str()
+        ),
+        _ => format!(
+            "issuing {} kubeconfigs needs admin, ops, the tenant's owner, a developer of the project or readOnly (viewer only)",
+            role.as_str()
+        ),
+    }))
+}
+
+/// The membership keys an issuance on derived rights relies on: those of the caller's
+/// identity (`user:<sub>`, `group:<g>`) whose memberships entitle `role` at the scope, read
+/// now; `None` for an issuance on a token role, or for a caller whose grants do not come
+/// from memberships (an API key's). An empty list (the memberships went away since the
+/// request's rights were read) is refused when the credential is recorded.
+async fn derived_from(
+    st: &AppState,
+    p: &Principal,
+    basis: Basis,
+    tenant: &Tenant,
+    project: Option<&Project>,
+    role: AccessRole,
+) -> ApiResult<Option<Vec<String>>> {
+    let (Basis::Grant, Some(identity)) = (basis, p.identity()) else {
+        return Ok(None);
+    };
+    let rows = st.store.memberships_of(&identity.keys()).await?;
+    let mut keys: Vec<String> = Vec::new();
+    for m in rows {
+        if m.entitles(tenant.id, project.map(|pr| pr.id), role) && !keys.contains(&m.key) {
+            keys.push(m.key);
+        }
+    }
+    Ok(Some(keys))
 }
 
 // ---------------------------------------------------------------------------------
@@ -744,12 +823,14 @@ async fn commit_issuance(
             None => Err(ApiError::not_found("tenant", tenant)),
         },
         CredentialOutcome::NotEntitled => Err(ApiError::forbidden(
-            "the owners or access entries that entitled this credential changed while it was issued; nothing was issued",
+            "the owners or access entries that entitled this credential no longer name you or your groups with this role (they changed while it was issued); nothing was issued",
         )),
     }
 }
 
-/// The claims of a token about to be issued (nothing is signed yet).
+/// The claims of a token about to be issued (nothing is signed yet): the caller's subject,
+/// the scope group, then the caller's identity-provider groups that a token may carry
+/// ([`kubenova_kubeconfig::carried_groups`]: never `system:` or `kubenova:`, bounded).
 fn claims_for(
     st: &AppState,
     ctx: &Ctx,
@@ -759,6 +840,11 @@ fn claims_for(
     role: AccessRole,
     ttl: time::Duration,
 ) -> ApiResult<Claims> {
+    let carried = kubenova_kubeconfig::carried_groups(&ctx.principal.groups);
+    if carried.dropped > 0 {
+        tracing::info!(subject = %ctx.principal.subject, carried = carried.groups.len(), left_out = carried.dropped,
+            "groups of the caller left out of an issued token (reserved system:/kubenova: names, or beyond the bounds)");
+    }
     let spec = TokenSpec {
         issuer: issuer(st)?,
         audience: cluster_audience(cluster.id),
@@ -767,7 +853,7 @@ fn claims_for(
         project: project.map(|p| p.name.clone()),
         role,
         ttl,
-        extra_groups: Vec::new(),
+        extra_groups: carried.groups,
     };
     Claims::new(&spec, OffsetDateTime::now_utc(), max_ttl(st))
         .map_err(|e| kubeconfig_error(e, cluster))
@@ -779,6 +865,7 @@ async fn sign(st: &AppState, claims: &Claims, cluster: &Cluster) -> ApiResult<St
     keys.issue(claims).map_err(|e| kubeconfig_error(e, cluster))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn credential_record(
     ctx: &Ctx,
     claims: &Claims,
@@ -787,6 +874,7 @@ fn credential_record(
     project: Option<&Project>,
     role: AccessRole,
     mode: CredentialMode,
+    derived_from: Option<Vec<String>>,
 ) -> ApiResult<IssuedCredential> {
     let jti = Uuid::parse_str(&claims.jti)
         .map_err(|_| ApiError::from(KnError::internal("minted a token without a UUID jti")))?;
@@ -805,7 +893,7 @@ fn credential_record(
         revoked_at: None,
         revoked_by: None,
         revoked_reason: None,
-        derived_from: None,
+        derived_from,
     })
 }
 
@@ -831,6 +919,20 @@ fn scope_details(
         "mode": mode.as_str(),
         "ttlSeconds": ttl.whole_seconds(),
     })
+}
+
+/// Adds to an issuance's audit details what it relied on: `derivedFrom` (the membership
+/// keys of an issuance on derived rights) and the caller's groups the token carries
+/// (`groupsCarried`, `groupsLeftOut`: counts; the names are the identity provider's).
+fn basis_details(details: &mut serde_json::Value, ctx: &Ctx, derived: Option<&Vec<String>>) {
+    if let Some(keys) = derived {
+        details["derivedFrom"] = json!(keys);
+    }
+    if !ctx.principal.groups.is_empty() {
+        let carried = kubenova_kubeconfig::carried_groups(&ctx.principal.groups);
+        details["groupsCarried"] = json!(carried.groups.len());
+        details["groupsLeftOut"] = json!(carried.dropped);
+    }
 }
 
 fn no_store(resp: &mut Response) {
@@ -900,7 +1002,7 @@ pub async fn issue(
     params: IssueParams,
 ) -> ApiResult<Response> {
     let project = project.as_ref();
-    authorize(&ctx.principal, &tenant, project, params.role)?;
+    let basis = authorize(&ctx.principal, &tenant, project, params.role)?;
     check_subject(&ctx.principal.subject)?;
     let cluster = st.store.get_cluster(tenant.cluster_id).await?;
     let (proxy, proxy_ca) = proxy_for_issuance(st, &cluster)?;
@@ -939,6 +1041,9 @@ pub async fn issue(
     let claims = match params.mode {
         CredentialMode::Token => {
             let claims = claims_for(st, ctx, &cluster, &tenant, project, params.role, params.ttl)?;
+            let derived =
+                derived_from(st, &ctx.principal, basis, &tenant, project, params.role).await?;
+            basis_details(&mut details, ctx, derived.as_ref());
             let record = credential_record(
                 ctx,
                 &claims,
@@ -947,6 +1052,7 @@ pub async fn issue(
                 project,
                 params.role,
                 CredentialMode::Token,
+                derived,
             )?;
             details["jti"] = json!(claims.jti);
             details["expiresAt"] = json!(claims.exp);
@@ -989,6 +1095,7 @@ pub async fn issue(
                 }
             }
             details["ttlSeconds"] = json!(null);
+            basis_details(&mut details, ctx, None);
             let id = project
                 .map(|p| p.id.to_string())
                 .unwrap_or_else(|| tenant.id.to_string());
@@ -1355,19 +1462,11 @@ async fn exec_token(
         },
         None => None,
     };
-    authorize(&ctx.principal, &tenant, project.as_ref(), role)?;
+    let basis = authorize(&ctx.principal, &tenant, project.as_ref(), role)?;
     check_subject(&ctx.principal.subject)?;
     let cluster = st.store.get_cluster(tenant.cluster_id).await?;
     let claims = claims_for(&st, &ctx, &cluster, &tenant, project.as_ref(), role, ttl)?;
-    let record = credential_record(
-        &ctx,
-        &claims,
-        &cluster,
-        &tenant,
-        project.as_ref(),
-        role,
-        CredentialMode::Exec,
-    )?;
+    let derived = derived_from(&st, &ctx.principal, basis, &tenant, project.as_ref(), role).await?;
     let mut details = scope_details(
         &ctx,
         &cluster,
@@ -1377,6 +1476,17 @@ async fn exec_token(
         CredentialMode::Exec,
         ttl,
     );
+    basis_details(&mut details, &ctx, derived.as_ref());
+    let record = credential_record(
+        &ctx,
+        &claims,
+        &cluster,
+        &tenant,
+        project.as_ref(),
+        role,
+        CredentialMode::Exec,
+        derived,
+    )?;
     details["jti"] = json!(claims.jti);
     details["expiresAt"] = json!(claims.exp);
     let ev = issuance_audit(
@@ -1437,6 +1547,15 @@ pub struct CredentialView {
     /// Who revoked it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revoked_by: Option<String>,
+    /// Why, when it was not revoked through the API: `membership removed` (the owners or
+    /// access entries it was issued on no longer entitle it), `tenant deleted`,
+    /// `project deleted`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revoked_reason: Option<String>,
+    /// Issued on rights derived from the model: the membership keys it relies on
+    /// (`user:<subject>`, `group:<group>`); absent when issued on a token role.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub derived_from: Option<Vec<String>>,
     /// `active`, `expired` or `revoked`.
     pub state: String,
 }
@@ -1463,6 +1582,8 @@ impl From<IssuedCredential> for CredentialView {
             expires_at: c.expires_at,
             revoked_at: c.revoked_at,
             revoked_by: c.revoked_by,
+            revoked_reason: c.revoked_reason,
+            derived_from: c.derived_from,
             state: state.to_string(),
         }
     }
@@ -1506,9 +1627,11 @@ fn check_read(p: &Principal, tenant: &Tenant) -> ApiResult<()> {
     p.check_tenant(tenant, super::authz::Access::Read)
 }
 
-/// Revoking: admin, ops, or the tenant's owner; readOnly in scope KN-403; others KN-404.
+/// Revoking and lifting: admin, ops, or the tenant's owner (a `tenantOwner` token scoped
+/// to it, or named in its `owners`, directly or by a group); readOnly in scope KN-403;
+/// others KN-404.
 fn check_revoke(p: &Principal, tenant: &Tenant) -> ApiResult<()> {
-    if p.is_platform() || (p.has(Role::TenantOwner) && p.tenants.contains(&tenant.id)) {
+    if p.is_platform() || p.owns_tenant(tenant.id) {
         return Ok(());
     }
     if p.sees_tenant(tenant.id) {
