@@ -634,3 +634,85 @@ async fn tokens_carry_the_groups_as_mapped_and_bounded() {
     );
     assert_eq!(details["derivedFrom"], json!(["group:kc:acme-admins"]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_keys_obtain_kubeconfigs_within_their_grants() {
+    let m = manager("").await;
+    let w = world(
+        &m,
+        json!(["alice@example.com"]),
+        json!(["viewer:carol@example.com"]),
+    )
+    .await;
+    let keys = format!("/api/v1/tenants/{}/api-keys", w.acme);
+    let (s, owner) = m
+        .post(&keys, &m.admin, json!({"name": "ci", "role": "owner"}))
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{owner}");
+    let owner_key = owner["key"].as_str().unwrap().to_string();
+    let (s, viewer) = m
+        .post(
+            &keys,
+            &m.admin,
+            json!({"name": "view", "project": w.web, "role": "viewer"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{viewer}");
+    let viewer_key = viewer["key"].as_str().unwrap().to_string();
+
+    // A tenant key: any role, tenant or project, as a tenant owner; its subject, no other
+    // group; not tied to the owners (a key belongs to the tenant).
+    let (s, issued) = m
+        .post(&w.tenant_kubeconfig(), &owner_key, json!({"role": "owner"}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{issued}");
+    let c = claims(&embedded_token(&issued));
+    assert_eq!(c["sub"], format!("apikey:{}/ci", w.acme));
+    assert_eq!(c["groups"], json!(["kubenova:tenant:acme:owner"]));
+    let jti = issued["jti"].as_str().unwrap().to_string();
+    assert!(listed(&m, &w, &jti).await.get("derivedFrom").is_none());
+    let (s, body) = m
+        .post(
+            &w.token(),
+            &owner_key,
+            json!({"role": "developer", "project": w.web}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (s, body) = m
+        .call(
+            Method::PUT,
+            &w.owners(),
+            &m.admin,
+            Some(json!(["bob@example.com"])),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(listed(&m, &w, &jti).await["state"], "active");
+
+    // A project viewer key: viewer kubeconfigs of its project only.
+    let (s, body) = m
+        .post(
+            &w.project_kubeconfig(),
+            &viewer_key,
+            json!({"role": "viewer"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let (s, body) = m
+        .post(
+            &w.project_kubeconfig(),
+            &viewer_key,
+            json!({"role": "developer"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+    let (s, _) = m
+        .post(
+            &w.tenant_kubeconfig(),
+            &viewer_key,
+            json!({"role": "viewer"}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}

@@ -313,18 +313,14 @@ async fn a_key_is_created_used_listed_and_revoked_at_once() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(me["subject"], format!("apikey:{}/ci", w.acme));
     assert_eq!(me["roles"], json!([]));
-    // No platform rights, no tokens, no kubeconfigs, no keys of its own.
+    // No platform rights, no tokens, no keys of its own (kubeconfigs and exec tokens it
+    // obtains within its rights: tests/identity_kubeconfigs.rs).
     for (method, path, body) in [
         (Method::GET, "/api/v1/clusters".to_string(), None),
         (
             Method::POST,
             "/api/v1/tokens".to_string(),
             Some(json!({"subject": "x", "roles": ["admin"]})),
-        ),
-        (
-            Method::POST,
-            format!("/api/v1/tenants/{}/token", w.acme),
-            Some(json!({})),
         ),
         (
             Method::POST,

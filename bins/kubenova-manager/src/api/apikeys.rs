@@ -19,7 +19,9 @@
 //! key has its role (`owner`, `developer`, `viewer`) in its project like a person named in
 //! the project's `access`. A key has no platform role and no token scope, and its subject
 //! is `apikey:<tenant id>/<key name>`. Like people whose rights come from the model, keys
-//! do not issue kubeconfigs or revoke kubeconfig credentials.
+//! obtain kubeconfigs and exec tokens within their rights, and a tenant key revokes and
+//! lifts the tenant's kubeconfig credentials (see [`super::kubeconfigs::authorize`]);
+//! what a key obtains is not tied to the tenant's owners or access entries.
 //!
 //! **Managing keys**: admin, ops and the tenant's owner (a `tenantOwner` token of the
 //! tenant, or named in its `owners`) create, list and revoke any key of the tenant; a
