@@ -4,7 +4,9 @@
 //! their subject and identity-provider groups (never a `system:` or `kubenova:` one), and
 //! removing them from the owners or access revokes what they were issued and refuses
 //! their next exec refresh. The manager's real router on SQLite, a cluster whose Capsule
-//! Proxy is reported.
+//! Proxy is reported; and two replicas (each its own pool and caches) on one Postgres
+//! database, where a removal through one revokes at once on the other. API keys obtain
+//! kubeconfigs within their grants.
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use axum::body::Body;
@@ -17,14 +19,16 @@ use kubenova_manager::api::AppState;
 use kubenova_manager::api::authz::Role;
 use kubenova_manager::api::config::ServerConfig;
 use kubenova_manager::api::oidc::{IssuerConfig, Oidc, OidcConfig, PlatformRoles};
+use kubenova_store::WriteOptions;
 use kubenova_store::crypto::{Kek, Keyring};
-use kubenova_store::{SqliteStore, Store, WriteOptions};
 use kubenova_testkit::oidc::Provider;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tower::ServiceExt as _;
+
+mod common;
 
 const SECRET: &[u8] = b"identity-kubeconfigs-hs256-secret-0123456789";
 const AUDIENCE: &str = "kubenova-ui";
@@ -41,13 +45,25 @@ struct Manager {
     _dir: tempfile::TempDir,
 }
 
-/// A manager trusting one identity provider whose groups get `groups_prefix`.
+/// A manager on its own SQLite store trusting a new identity provider whose groups get
+/// `groups_prefix`.
 async fn manager(groups_prefix: &str) -> Manager {
     let idp = Provider::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("m.db").display());
+    manager_on(&url, idp, groups_prefix, dir).await
+}
+
+/// A manager (one replica: its own pool, record cache and credential writer) on the
+/// store at `url`, trusting `idp`.
+async fn manager_on(
+    url: &str,
+    idp: Provider,
+    groups_prefix: &str,
+    dir: tempfile::TempDir,
+) -> Manager {
     let keyring = Keyring::new(vec![Kek::new("k", &[9; 32]).unwrap()]).unwrap();
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::connect(&url, keyring).await.unwrap());
+    let store = kubenova_store::connect(url, keyring).await.unwrap();
     let cfg = ServerConfig {
         external_url: Some(EXTERNAL_URL.into()),
         rate_limit_subject_rps: 0,
@@ -715,4 +731,49 @@ async fn api_keys_obtain_kubeconfigs_within_their_grants() {
         )
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removal_through_one_replica_revokes_at_once_on_the_other() {
+    let Some(pg) = common::pg_url() else { return };
+    let (url, db) = common::create_database(&pg, "kn_kcident").await;
+    let idp = Provider::start().await.unwrap();
+    let one = manager_on(&url, idp.clone(), "", tempfile::tempdir().unwrap()).await;
+    let two = manager_on(&url, idp, "", tempfile::tempdir().unwrap()).await;
+    let w = world(&one, json!(["group:acme-admins"]), json!([])).await;
+    let alice = one.person("alice@example.com", &["acme-admins"]);
+    // Issued through one; refreshed and listed through the other (its caches warm).
+    let (s, body) = one
+        .post(&w.tenant_kubeconfig(), &alice, json!({"role": "owner"}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let jti = body["jti"].as_str().unwrap().to_string();
+    let (s, body) = two.post(&w.token(), &alice, json!({"role": "owner"})).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let exec_jti = claims(body["status"]["token"].as_str().unwrap())["jti"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(listed(&two, &w, &jti).await["state"], "active");
+
+    // The group leaves the owners through one replica ...
+    let (s, body) = one
+        .call(
+            Method::PUT,
+            &w.owners(),
+            &one.admin,
+            Some(json!(["bob@example.com"])),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    // ... and the other sees both credentials revoked and refuses the refresh at once.
+    for j in [&jti, &exec_jti] {
+        let cred = listed(&two, &w, j).await;
+        assert_eq!(cred["state"], "revoked", "{cred}");
+        assert_eq!(cred["revokedReason"], "membership removed");
+    }
+    let (s, body) = two.post(&w.token(), &alice, json!({"role": "owner"})).await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "{body}");
+    drop((one, two));
+    common::drop_database(&pg, &db).await;
 }
