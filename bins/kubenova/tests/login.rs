@@ -318,7 +318,11 @@ async fn assert_exec_credential(w: &World, out: &std::process::Output, sub: &str
         .verify(token, &format!("kubenova:cluster:{}", w.cluster))
         .unwrap();
     assert_eq!(claims.sub, sub);
-    assert_eq!(claims.groups, ["kubenova:tenant:acme:viewer"]);
+    // The scope group, then the person's groups (kubeconfigs follow identity).
+    assert_eq!(
+        claims.groups,
+        ["kubenova:tenant:acme:viewer", "platform-admins"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
