@@ -84,6 +84,7 @@ async fn manager_on(
                 groups_prefix: groups_prefix.into(),
                 jwks_file: None,
                 role_claims: false,
+                login: None,
             }],
             platform_roles: PlatformRoles::default(),
         })
