@@ -6,10 +6,7 @@
 //! show a removal applying at once on the other replica.
 #![allow(clippy::unwrap_used)]
 
-use axum::body::Body;
-use axum::extract::ConnectInfo;
-use http_body_util::BodyExt as _;
-use hyper::{Method, Request, StatusCode, header};
+use hyper::{Method, StatusCode};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use kubenova_manager::api::authz::Role;
 use kubenova_manager::api::config::ServerConfig;
@@ -18,10 +15,8 @@ use kubenova_store::crypto::{Kek, Keyring};
 use kubenova_store::{SqliteStore, Store};
 use kubenova_testkit::oidc::Provider;
 use serde_json::{Value, json};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tower::ServiceExt as _;
 
 mod common;
 
@@ -142,25 +137,7 @@ async fn call(
     token: &str,
     body: Option<Value>,
 ) -> (StatusCode, Value) {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(header::AUTHORIZATION, format!("Bearer {token}"))
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(
-            body.map(|b| Body::from(b.to_string()))
-                .unwrap_or_else(Body::empty),
-        )
-        .unwrap();
-    req.extensions_mut()
-        .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
-    let resp = m.app.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+    common::call(&m.app, method, path, token, body).await
 }
 
 /// The status of `GET path` with `token`.

@@ -9,11 +9,8 @@
 //! kubeconfigs within their grants.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use axum::body::Body;
-use axum::extract::ConnectInfo;
 use base64::Engine as _;
-use http_body_util::BodyExt as _;
-use hyper::{Method, Request, StatusCode, header};
+use hyper::{Method, StatusCode};
 use kubenova_api::ids::ClusterId;
 use kubenova_manager::api::AppState;
 use kubenova_manager::api::authz::Role;
@@ -23,10 +20,8 @@ use kubenova_store::WriteOptions;
 use kubenova_store::crypto::{Kek, Keyring};
 use kubenova_testkit::oidc::Provider;
 use serde_json::{Value, json};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tower::ServiceExt as _;
 
 mod common;
 
@@ -140,25 +135,7 @@ impl Manager {
         token: &str,
         body: Option<Value>,
     ) -> (StatusCode, Value) {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(header::AUTHORIZATION, format!("Bearer {token}"))
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(
-                body.map(|b| Body::from(b.to_string()))
-                    .unwrap_or_else(Body::empty),
-            )
-            .unwrap();
-        req.extensions_mut()
-            .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 40000))));
-        let resp = self.app.clone().oneshot(req).await.unwrap();
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
+        common::call(&self.app, method, path, token, body).await
     }
 
     async fn post(&self, path: &str, token: &str, body: Value) -> (StatusCode, Value) {

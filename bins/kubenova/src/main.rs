@@ -467,24 +467,14 @@ async fn login_cmd(args: LoginArgs) -> Result<String, Failure> {
     all.logins.insert(base.clone(), signed_in.clone());
     cache.write(&lock, &all)?;
     drop(lock);
-    let groups = json["groups"]
-        .as_array()
-        .map(|g| {
-            g.iter()
-                .filter_map(|v| v.as_str())
-                .map(clean)
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
-    let roles = json["roles"]
-        .as_array()
-        .map(|g| {
-            g.iter()
-                .filter_map(|v| v.as_str())
-                .map(clean)
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
+    // The strings of a list in the manager's answer, made safe for the terminal.
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str()).map(clean).collect())
+            .unwrap_or_default()
+    };
+    let groups = strings(&json["groups"]);
+    let roles = strings(&json["roles"]);
     let mut line = format!("Signed in to {base} as {}", signed_in.subject);
     if !groups.is_empty() {
         line.push_str(&format!(" (groups: {})", groups.join(", ")));

@@ -37,10 +37,10 @@ use super::AppState;
 use super::authz::Principal;
 use super::clusters::{parse_id, query};
 use super::error::{ApiError, ApiResult};
-use super::extract::{Ctx, KnJson, json_response};
+use super::extract::{Ctx, KnJson, json_response, no_store};
 use super::kubeconfigs::tenant_by_id;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::http::{StatusCode, Uri};
 use axum::response::Response;
 use base64::Engine as _;
 use kubenova_api::ErrorBody;
@@ -504,15 +504,17 @@ fn created_example() -> serde_json::Value {
     json!({"apiKey": k, "key": "knk_01936f4e8a2b7c3d9e4f5a6b7c8d9e0f_q3Jt…"})
 }
 
-fn no_store(resp: &mut Response) {
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-}
-
-async fn key_of_tenant(st: &AppState, tenant: &Tenant, raw: &str) -> ApiResult<ApiKey> {
+/// The tenant's key `raw`, if the caller may see it (otherwise KN-404, as if it did not
+/// exist).
+async fn visible_key(
+    st: &AppState,
+    p: &Principal,
+    tenant: &Tenant,
+    raw: &str,
+) -> ApiResult<ApiKey> {
     let id: Uuid = parse_id("API key", raw)?;
     match st.store.get_api_key(id).await {
-        Ok(k) if k.tenant_id == tenant.id => Ok(k),
+        Ok(k) if k.tenant_id == tenant.id && sees_key(p, tenant, &k) => Ok(k),
         Ok(_) | Err(StoreError::NotFound { .. }) => Err(ApiError::not_found("apiKey", id)),
         Err(e) => Err(e.into()),
     }
@@ -737,10 +739,7 @@ async fn get_api_key(
     let tenant = tenant_by_id(&st, &t).await?;
     let p = &ctx.principal;
     check_any(p, &tenant)?;
-    let key = key_of_tenant(&st, &tenant, &k).await?;
-    if !sees_key(p, &tenant, &key) {
-        return Err(ApiError::not_found("apiKey", key.id));
-    }
+    let key = visible_key(&st, p, &tenant, &k).await?;
     Ok(json_response(
         StatusCode::OK,
         &ApiKeyView::from(key),
@@ -785,10 +784,7 @@ async fn revoke_api_key(
     let tenant = tenant_by_id(&st, &t).await?;
     let p = &ctx.principal;
     check_any(p, &tenant)?;
-    let key = key_of_tenant(&st, &tenant, &k).await?;
-    if !sees_key(p, &tenant, &key) {
-        return Err(ApiError::not_found("apiKey", key.id));
-    }
+    let key = visible_key(&st, p, &tenant, &k).await?;
     if !manages_key(p, &tenant, key.project_id) {
         return Err(ApiError::forbidden(
             "revoking an API key needs admin, ops, the tenant's owner or an owner: entry in the key's project's access",

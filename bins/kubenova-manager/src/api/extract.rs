@@ -541,3 +541,11 @@ pub fn bytes_response(
     }
     resp
 }
+
+/// Marks a response that carries a credential (a token, a key) as never to be cached.
+pub fn no_store(resp: &mut Response) {
+    resp.headers_mut().insert(
+        axum::http::header::CACHE_CONTROL,
+        axum::http::HeaderValue::from_static("no-store"),
+    );
+}

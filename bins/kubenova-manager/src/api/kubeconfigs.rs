@@ -19,7 +19,7 @@ use super::AppState;
 use super::authz::{Principal, Role};
 use super::clusters::{list_params, parse_id, query};
 use super::error::{ApiError, ApiResult};
-use super::extract::{Audited, Ctx, KnJson, bytes_response, json_response};
+use super::extract::{Audited, Ctx, KnJson, bytes_response, json_response, no_store};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
@@ -933,11 +933,6 @@ fn basis_details(details: &mut serde_json::Value, ctx: &Ctx, derived: Option<&Ve
         details["groupsCarried"] = json!(carried.groups.len());
         details["groupsLeftOut"] = json!(carried.dropped);
     }
-}
-
-fn no_store(resp: &mut Response) {
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
 }
 
 /// The cluster's Capsule Proxy endpoint and CA as every issuance checks them; `Err` is the

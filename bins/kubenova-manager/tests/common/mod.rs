@@ -134,3 +134,38 @@ pub async fn drop_database(url: &str, db: &str) {
         .await;
     admin.close().await;
 }
+
+/// One request to an in-process manager router, from a loopback peer, with a bearer token
+/// and an optional JSON body: its status and JSON body (`Null` when the body is not JSON).
+pub async fn call(
+    app: &axum::Router,
+    method: hyper::Method,
+    path: &str,
+    token: &str,
+    body: Option<serde_json::Value>,
+) -> (hyper::StatusCode, serde_json::Value) {
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(
+            body.map(|b| axum::body::Body::from(b.to_string()))
+                .unwrap_or_else(axum::body::Body::empty),
+        )
+        .unwrap();
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            40000,
+        ))));
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
