@@ -8,7 +8,9 @@
 //! generated with [`rcgen`] (ring), which the test kit already uses for its certificates.
 //!
 //! It is also a small OAuth 2.0 authorization server for public clients (no client
-//! secret), so login flows can be tested end to end:
+//! secret, or with [`Provider::require_client_secret`] the non-confidential secret of an
+//! installed-app client, as Google issues, sent in the body or with HTTP Basic), so login
+//! flows can be tested end to end:
 //!
 //! - **Device authorization grant** (RFC 8628): `POST /device_authorization` answers a
 //!   `device_code` and a `user_code`; the token endpoint answers `authorization_pending`
@@ -181,6 +183,8 @@ struct Settings {
     device_interval: Duration,
     device_expiry: Duration,
     signed_in: Option<User>,
+    /// The client secret every client must authenticate with, when set.
+    client_secret: Option<String>,
 }
 
 #[derive(Default)]
@@ -285,6 +289,7 @@ impl Provider {
                     device_interval: Duration::from_secs(DEFAULT_DEVICE_INTERVAL_SECONDS),
                     device_expiry: Duration::from_secs(DEFAULT_DEVICE_EXPIRY_SECONDS),
                     signed_in: None,
+                    client_secret: None,
                 }),
                 grants: Mutex::new(Grants::default()),
                 shutdown: Mutex::new(Some(tx)),
@@ -389,6 +394,16 @@ impl Provider {
     /// them, and the verification page approves device requests as them.
     pub fn set_signed_in(&self, subject: &str, groups: &[&str]) {
         lock(&self.inner.settings).signed_in = Some(User::new(subject, groups));
+    }
+
+    /// Clients must authenticate with `secret` from now on (`client_secret` in the body,
+    /// `client_secret_post`, or the password of HTTP Basic, `client_secret_basic`, RFC 6749
+    /// section 2.3.1) at the device authorization, token and revocation endpoints; without
+    /// it or with another one they are answered `invalid_client` (401). This is how
+    /// providers such as Google treat their installed-app and device clients, whose secret
+    /// is not confidential but must be sent.
+    pub fn require_client_secret(&self, secret: &str) {
+        lock(&self.inner.settings).client_secret = Some(secret.to_string());
     }
 
     /// Nobody is signed in any more: `/authorize` answers `access_denied`.
@@ -547,10 +562,17 @@ fn oauth_error(error: &str, description: &str) -> Response {
     } else {
         StatusCode::BAD_REQUEST
     };
-    no_store(
+    let mut r = no_store(
         status,
         json!({"error": error, "error_description": description}),
-    )
+    );
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"kubenova-testkit\""),
+        );
+    }
+    r
 }
 
 /// Form or query parameters, each at most once (RFC 6749, section 3.1).
@@ -564,29 +586,89 @@ fn params(pairs: Vec<(String, String)>) -> Result<HashMap<String, String>, Strin
     Ok(m)
 }
 
-/// The client id of a public client: `client_id` in the body, or the user name of HTTP
-/// Basic authentication (both must agree when both are given).
-fn client_id(headers: &HeaderMap, p: &HashMap<String, String>) -> Result<String, Response> {
+/// One form-urlencoded part of HTTP Basic client credentials (RFC 6749, section 2.3.1).
+fn form_decoded(s: &str) -> String {
+    url::form_urlencoded::parse(format!("v={s}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
+/// Equal, in time that depends only on the lengths.
+fn same_secret(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// The authenticated client: its id (`client_id` in the body, or the user name of HTTP
+/// Basic authentication; both must agree when both are given) and, when the provider
+/// requires one, its secret (`client_secret` in the body or the Basic password, not both).
+fn client_id(
+    provider: &Provider,
+    headers: &HeaderMap,
+    p: &HashMap<String, String>,
+) -> Result<String, Response> {
     let basic = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Basic "))
         .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
         .and_then(|b| String::from_utf8(b).ok())
-        .and_then(|s| s.split(':').next().map(str::to_string));
+        .map(|s| match s.split_once(':') {
+            Some((u, pw)) => (form_decoded(u), Some(form_decoded(pw))),
+            None => (form_decoded(&s), None),
+        });
+    let (basic_id, basic_secret) = basic.map_or((None, None), |(u, pw)| (Some(u), pw));
     let body = p.get("client_id").cloned();
-    match (basic, body) {
-        (Some(a), Some(b)) if a != b => Err(oauth_error(
-            "invalid_client",
-            "client_id and the Basic user name differ",
-        )),
-        (Some(id), _) | (None, Some(id)) if !id.is_empty() => Ok(id),
-        _ => Err(oauth_error("invalid_client", "client_id is required")),
+    let id = match (basic_id, body) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(oauth_error(
+                "invalid_client",
+                "client_id and the Basic user name differ",
+            ));
+        }
+        (Some(id), _) | (None, Some(id)) if !id.is_empty() => id,
+        _ => return Err(oauth_error("invalid_client", "client_id is required")),
+    };
+    let required = lock(&provider.inner.settings).client_secret.clone();
+    if let Some(required) = required {
+        let basic_secret = basic_secret.filter(|s| !s.is_empty());
+        let given = match (basic_secret, p.get("client_secret")) {
+            (Some(_), Some(_)) => {
+                return Err(oauth_error(
+                    "invalid_client",
+                    "the client authenticated in more than one way (Basic and client_secret)",
+                ));
+            }
+            (Some(s), None) => s,
+            (None, Some(s)) => s.clone(),
+            (None, None) => {
+                return Err(oauth_error(
+                    "invalid_client",
+                    "client authentication required: this client has a client secret",
+                ));
+            }
+        };
+        if !same_secret(&given, &required) {
+            return Err(oauth_error(
+                "invalid_client",
+                "client authentication failed: wrong client secret",
+            ));
+        }
     }
+    Ok(id)
 }
 
 async fn discovery(State(p): State<Provider>) -> Json<Value> {
     let base = p.issuer();
+    let auth_methods = if lock(&p.inner.settings).client_secret.is_some() {
+        json!(["client_secret_post", "client_secret_basic"])
+    } else {
+        json!(["none"])
+    };
     Json(json!({
         "issuer": base,
         "jwks_uri": format!("{base}/keys"),
@@ -597,8 +679,8 @@ async fn discovery(State(p): State<Provider>) -> Json<Value> {
         "response_types_supported": ["code"],
         "grant_types_supported": ["authorization_code", "refresh_token", DEVICE_CODE_GRANT],
         "code_challenge_methods_supported": ["S256"],
-        "token_endpoint_auth_methods_supported": ["none"],
-        "revocation_endpoint_auth_methods_supported": ["none"],
+        "token_endpoint_auth_methods_supported": auth_methods,
+        "revocation_endpoint_auth_methods_supported": auth_methods,
         "scopes_supported": ["openid", "email", "profile", "groups", "offline_access"],
         "claims_supported": ["sub", "email", "groups", "preferred_username"],
         "subject_types_supported": ["public"],
@@ -620,7 +702,7 @@ async fn device_authorization(
         Ok(f) => f,
         Err(e) => return oauth_error("invalid_request", &e),
     };
-    let client_id = match client_id(&headers, &f) {
+    let client_id = match client_id(&p, &headers, &f) {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -837,7 +919,7 @@ async fn token(
         Ok(f) => f,
         Err(e) => return oauth_error("invalid_request", &e),
     };
-    let client_id = match client_id(&headers, &f) {
+    let client_id = match client_id(&p, &headers, &f) {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -1013,7 +1095,7 @@ async fn revoke(
         Ok(f) => f,
         Err(e) => return oauth_error("invalid_request", &e),
     };
-    let client_id = match client_id(&headers, &f) {
+    let client_id = match client_id(&p, &headers, &f) {
         Ok(c) => c,
         Err(r) => return r,
     };
@@ -1095,6 +1177,16 @@ mod tests {
         url: &str,
         form: Option<&[(&str, &str)]>,
     ) -> (u16, HashMap<String, String>, String) {
+        http_with(method, url, form, "").await
+    }
+
+    /// [`http`] with extra header lines (each ending in CRLF).
+    async fn http_with(
+        method: &str,
+        url: &str,
+        form: Option<&[(&str, &str)]>,
+        extra_headers: &str,
+    ) -> (u16, HashMap<String, String>, String) {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let rest = url.strip_prefix("http://").unwrap();
         let (authority, path) = rest.split_at(rest.find('/').unwrap());
@@ -1108,6 +1200,7 @@ mod tests {
             .unwrap_or_default();
         let mut req =
             format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n");
+        req.push_str(extra_headers);
         if form.is_some() {
             req.push_str(&format!(
                 "Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n",
@@ -1169,6 +1262,104 @@ mod tests {
         for g in ["authorization_code", "refresh_token", DEVICE_CODE_GRANT] {
             assert!(grants.contains(&json!(g)), "{g}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_required_client_secret_is_checked_in_the_body_or_with_basic() {
+        let idp = Provider::start().await.unwrap();
+        let d = endpoints(&idp).await;
+        assert_eq!(d["token_endpoint_auth_methods_supported"], json!(["none"]));
+        idp.require_client_secret("s3cret+/=");
+        let d = endpoints(&idp).await;
+        assert_eq!(
+            d["token_endpoint_auth_methods_supported"],
+            json!(["client_secret_post", "client_secret_basic"])
+        );
+        let device_url = d["device_authorization_endpoint"].as_str().unwrap();
+        let token_url = d["token_endpoint"].as_str().unwrap();
+        let revoke_url = d["revocation_endpoint"].as_str().unwrap();
+        for url in [device_url, token_url, revoke_url] {
+            for form in [
+                vec![("client_id", "cli"), ("scope", "openid"), ("token", "t")],
+                vec![
+                    ("client_id", "cli"),
+                    ("client_secret", "wrong"),
+                    ("token", "t"),
+                ],
+                vec![("client_id", "cli"), ("client_secret", ""), ("token", "t")],
+            ] {
+                let (s, h, body) = http("POST", url, Some(&form)).await;
+                let v: Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(
+                    (s, v["error"].as_str()),
+                    (401, Some("invalid_client")),
+                    "{url} {form:?}"
+                );
+                assert!(h.contains_key("www-authenticate"), "{h:?}");
+            }
+        }
+        let (s, auth) = post(
+            device_url,
+            &[
+                ("client_id", "cli"),
+                ("client_secret", "s3cret+/="),
+                ("scope", "openid"),
+            ],
+        )
+        .await;
+        assert_eq!(s, 200, "{auth}");
+        // client_secret_basic: id and secret form-urlencoded, then Base64 (RFC 6749, 2.3.1).
+        let basic = |id: &str, secret: &str| {
+            let enc =
+                |v: &str| url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
+            let b = base64::engine::general_purpose::STANDARD.encode(format!(
+                "{}:{}",
+                enc(id),
+                enc(secret)
+            ));
+            format!("Authorization: Basic {b}\r\n")
+        };
+        let (s, _, body) = http_with(
+            "POST",
+            device_url,
+            Some(&[("scope", "openid")]),
+            &basic("cli", "s3cret+/="),
+        )
+        .await;
+        assert_eq!(s, 200, "{body}");
+        let (s, _, body) = http_with(
+            "POST",
+            device_url,
+            Some(&[("scope", "openid")]),
+            &basic("cli", "s3cret"),
+        )
+        .await;
+        assert_eq!(s, 401, "{body}");
+        // Both ways at once is refused.
+        let (s, _, body) = http_with(
+            "POST",
+            device_url,
+            Some(&[("scope", "openid"), ("client_secret", "s3cret+/=")]),
+            &basic("cli", "s3cret+/="),
+        )
+        .await;
+        assert_eq!(s, 401, "{body}");
+        // The approved device code is exchanged with the secret, and only with it.
+        let device_code = auth["device_code"].as_str().unwrap();
+        assert!(idp.approve(auth["user_code"].as_str().unwrap(), "alice", &[]));
+        let poll = |secret: &'static str| {
+            [
+                ("grant_type", DEVICE_CODE_GRANT),
+                ("device_code", device_code),
+                ("client_id", "cli"),
+                ("client_secret", secret),
+            ]
+        };
+        let (s, v) = post(token_url, &poll("nope")).await;
+        assert_eq!((s, v["error"].as_str()), (401, Some("invalid_client")));
+        let (s, v) = post(token_url, &poll("s3cret+/=")).await;
+        assert_eq!(s, 200, "{v}");
+        assert!(v["id_token"].is_string());
     }
 
     #[tokio::test]

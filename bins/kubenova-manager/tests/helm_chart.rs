@@ -62,6 +62,10 @@ fn matrix() -> Vec<(&'static str, Value)> {
                         "subjectClaim": "email", "groupsClaim": "groups", "subjectPrefix": "", "groupsPrefix": "kc:",
                         "roleClaims": false,
                         "login": {"scopes": ["openid", "email", "groups", "offline_access"], "displayName": "Example SSO"},
+                    }, {
+                        "issuer": "https://accounts.google.com", "audience": "1234-abc.apps.googleusercontent.com",
+                        "subjectClaim": "email",
+                        "login": {"clientSecret": "GOCSPX-installed-app-secret", "displayName": "Google"},
                     }],
                     "platformRoles": {"admin": ["kc:platform-admins"], "ops": ["kc:sre"], "readOnly": ["kc:auditors"]},
                     "tokenExchange": {
@@ -549,6 +553,16 @@ fn bad_values_are_refused_with_their_reason() {
                 "name": "p", "issuer": "https://ci.example.com", "audience": "a", "conditions": {"repository": "acme/web"},
                 "grant": {"tenant": "22222222-2222-2222-2222-222222222222", "role": "admin"}}]}}}}),
             "role",
+        ),
+        (
+            json!({"oidc": {"config": {"issuers": [{"issuer": "https://idp.example.com", "audience": "kubenova",
+                "login": {"clientSecret": ""}}]}}}),
+            "clientSecret",
+        ),
+        (
+            json!({"oidc": {"config": {"issuers": [{"issuer": "https://idp.example.com", "audience": "kubenova",
+                "login": {"clientSecret": "a\nb"}}]}}}),
+            "clientSecret",
         ),
         (
             json!({"externalUrl": "kubenova.example.com"}),

@@ -69,14 +69,53 @@ fn bad_login_sections_are_refused_naming_the_field() {
         ),
         ("login: {displayName: ''}", "issuers[0].login.displayName"),
         ("login: {secret: x}", "secret"),
+        ("login: {clientSecret: ''}", "issuers[0].login.clientSecret"),
+        (
+            "login: {clientSecret: \"GOCSPX-a\\nb\"}",
+            "issuers[0].login.clientSecret",
+        ),
+        (
+            "login: {clientSecret: \"a\\u0000b\"}",
+            "issuers[0].login.clientSecret",
+        ),
     ];
+    let too_long = format!("login: {{clientSecret: {}}}", "s".repeat(257));
+    let cases = cases
+        .iter()
+        .map(|(l, w)| (l.to_string(), *w))
+        .chain([(too_long, "issuers[0].login.clientSecret")]);
     for (login, want) in cases {
         let yaml = format!(
             "issuers:\n  - issuer: https://idp.example.com\n    audience: kubenova\n    {login}\n"
         );
         let err = parse(&yaml).unwrap_err();
         assert!(err.contains(want), "{login}: {err}");
+        // The refused value is not repeated in the message (it is meant for CLIs, not logs).
+        if want.ends_with("clientSecret") {
+            assert!(
+                !err.contains("GOCSPX") && !err.contains(&"s".repeat(257)),
+                "{err}"
+            );
+        }
     }
+}
+
+#[test]
+fn a_login_client_secret_up_to_the_bound_is_accepted() {
+    let secret = "s".repeat(kubenova_manager::api::oidc::MAX_LOGIN_CLIENT_SECRET);
+    let cfg = parse(&format!(
+        "issuers:\n  - issuer: https://accounts.google.com\n    audience: x.apps.googleusercontent.com\n    login: {{clientSecret: {secret}}}\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        cfg.issuers[0]
+            .login
+            .as_ref()
+            .unwrap()
+            .client_secret
+            .as_deref(),
+        Some(secret.as_str())
+    );
 }
 
 async fn providers(oidc: Option<OidcConfig>) -> (StatusCode, Value) {
@@ -131,4 +170,31 @@ async fn the_providers_offering_sign_in_are_listed_without_a_token() {
     // Without identity providers, or none with a login section: an empty list.
     let (s, v) = providers(None).await;
     assert_eq!((s, v), (StatusCode::OK, json!({"providers": []})));
+}
+
+#[tokio::test]
+async fn an_installed_app_client_secret_is_published_with_its_provider() {
+    let cfg = parse(
+        r#"
+issuers:
+  - issuer: https://accounts.google.com
+    audience: 1234-abc.apps.googleusercontent.com
+    subjectClaim: email
+    login:
+      clientSecret: GOCSPX-installed-app-secret
+      displayName: Google
+"#,
+    )
+    .unwrap();
+    let (s, v) = providers(Some(cfg)).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(
+        v,
+        json!({"providers": [
+            {"issuer": "https://accounts.google.com",
+             "clientId": "1234-abc.apps.googleusercontent.com",
+             "scopes": ["openid", "email", "profile", "offline_access"],
+             "displayName": "Google", "clientSecret": "GOCSPX-installed-app-secret"},
+        ]})
+    );
 }

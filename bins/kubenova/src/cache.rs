@@ -29,6 +29,11 @@ pub struct Login {
     pub issuer: String,
     /// The public client id the tokens were issued to.
     pub client_id: String,
+    /// The installed-app or device client's secret, when the provider requires one (not
+    /// confidential by the provider's design; kept to refresh and revoke without asking
+    /// the manager again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
     /// The scopes asked for.
     pub scopes: Vec<String>,
     /// The provider's token endpoint (refresh).
@@ -260,6 +265,7 @@ mod tests {
         Login {
             issuer: "https://idp.example.com".into(),
             client_id: "kubenova".into(),
+            client_secret: None,
             scopes: vec!["openid".into()],
             token_endpoint: "https://idp.example.com/token".into(),
             revocation_endpoint: None,

@@ -5,8 +5,12 @@
 //!
 //! The protocol side is the `oauth2` crate (its requests, PKCE, device polling with
 //! `slow_down`, revocation), over the same reqwest/rustls client as every other request
-//! of the CLI. The client is public (no secret). The bearer sent to the manager is the
-//! provider's ID token, whose `aud` is the client id the manager trusts.
+//! of the CLI. The client is public: no secret, or the non-confidential secret of an
+//! installed-app or device client that providers such as Google issue and require. Such
+//! a secret is sent in the request body (`client_secret_post`, RFC 6749 section 2.3.1)
+//! on the device authorization request, every token request and revocation. The bearer
+//! sent to the manager is the provider's ID token, whose `aud` is the client id the
+//! manager trusts.
 
 use crate::cache::Login;
 use crate::{Failure, clean, is_loopback};
@@ -15,10 +19,10 @@ use oauth2::basic::{
     BasicTokenType,
 };
 use oauth2::{
-    AuthUrl, AuthorizationCode, ClientId, CsrfToken, DeviceAuthorizationUrl, ExtraTokenFields,
-    PkceCodeChallenge, RedirectUrl, RefreshToken, RequestTokenError, Scope,
-    StandardDeviceAuthorizationResponse, StandardRevocableToken, StandardTokenResponse,
-    TokenResponse as _, TokenUrl,
+    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
+    DeviceAuthorizationUrl, ExtraTokenFields, PkceCodeChallenge, RedirectUrl, RefreshToken,
+    RequestTokenError, Scope, StandardDeviceAuthorizationResponse, StandardRevocableToken,
+    StandardTokenResponse, TokenResponse as _, TokenUrl,
 };
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -51,7 +55,7 @@ type OAuthClient = oauth2::Client<
 >;
 
 /// A provider to sign in with, as the manager lists it (`GET /api/v1/auth/providers`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Provider {
     /// Issuer URL.
@@ -64,6 +68,23 @@ pub struct Provider {
     /// Shown to people.
     #[serde(default)]
     pub display_name: String,
+    /// The installed-app or device client's secret, when the provider issues one (not
+    /// confidential by the provider's design, but sent; never printed).
+    #[serde(default)]
+    pub client_secret: Option<String>,
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the client secret.
+        f.debug_struct("Provider")
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("scopes", &self.scopes)
+            .field("display_name", &self.display_name)
+            .field("client_secret", &self.client_secret.as_ref().map(|_| "…"))
+            .finish()
+    }
 }
 
 /// The provider's endpoints, from its discovery document.
@@ -179,8 +200,16 @@ pub async fn discover(http: &reqwest::Client, issuer: &str) -> Result<Endpoints,
     Ok(e)
 }
 
-fn client(client_id: &str) -> OAuthClient {
-    OAuthClient::new(ClientId::new(client_id.to_string()))
+/// The OAuth client: public, or with its installed-app secret sent in the request body
+/// (`client_secret_post`; the crate's default, HTTP Basic, form-encodes the id and secret
+/// first, which some providers decode differently).
+fn client(client_id: &str, client_secret: Option<&str>) -> OAuthClient {
+    let c =
+        OAuthClient::new(ClientId::new(client_id.to_string())).set_auth_type(AuthType::RequestBody);
+    match client_secret {
+        Some(s) => c.set_client_secret(ClientSecret::new(s.to_string())),
+        None => c,
+    }
 }
 
 fn token_url(raw: &str) -> Result<TokenUrl, Failure> {
@@ -198,10 +227,14 @@ where
         RequestTokenError::ServerResponse(r) => {
             let v = serde_json::to_value(&r).unwrap_or_default();
             let code = v["error"].as_str().unwrap_or("error");
-            match v["error_description"].as_str() {
-                Some(d) => Failure(format!("{what}: {} ({})", clean(code), clean(d))),
-                None => Failure(format!("{what}: {}", clean(code))),
+            let mut msg = match v["error_description"].as_str() {
+                Some(d) => format!("{what}: {} ({})", clean(code), clean(d)),
+                None => format!("{what}: {}", clean(code)),
+            };
+            if code == "invalid_client" {
+                msg.push_str(INVALID_CLIENT_HINT);
             }
+            Failure(msg)
         }
         RequestTokenError::Request(e) => {
             let mut msg = format!("{what}: request failed: {e}");
@@ -219,6 +252,9 @@ where
         RequestTokenError::Other(m) => Failure(format!("{what}: {}", clean(&m))),
     }
 }
+
+/// What to do when the provider does not accept the client.
+const INVALID_CLIENT_HINT: &str = ": the provider does not accept the client as sent; if it issued a client secret for this installed-app or device client (Google does), the issuer's `login.clientSecret` in the manager's --oidc-config must hold it (or pass --client-secret-file with --client-id), and `kubenova login` must be run again";
 
 /// The time now, in Unix seconds.
 pub fn now() -> i64 {
@@ -267,6 +303,7 @@ fn login_from(
     Ok(Login {
         issuer: provider.issuer.clone(),
         client_id: provider.client_id.clone(),
+        client_secret: provider.client_secret.clone(),
         scopes: provider.scopes.clone(),
         token_endpoint: endpoints.0.to_string(),
         revocation_endpoint: endpoints.1.map(str::to_string),
@@ -302,7 +339,7 @@ pub async fn device_flow(
             provider.issuer
         ))
     })?;
-    let client = client(&provider.client_id)
+    let client = client(&provider.client_id, provider.client_secret.as_deref())
         .set_device_authorization_url(
             DeviceAuthorizationUrl::new(device_url.to_string())
                 .map_err(|e| Failure(format!("device authorization endpoint: {e}")))?,
@@ -531,7 +568,7 @@ pub async fn browser_flow(
         .map_err(|e| Failure(format!("the loopback listener: {e}")))?
         .port();
     let redirect = format!("http://127.0.0.1:{port}/callback");
-    let client = client(&provider.client_id)
+    let client = client(&provider.client_id, provider.client_secret.as_deref())
         .set_auth_uri(
             AuthUrl::new(auth_url.to_string())
                 .map_err(|e| Failure(format!("authorization endpoint: {e}")))?,
@@ -590,7 +627,8 @@ pub async fn refresh(http: &reqwest::Client, login: &Login) -> Result<Login, Fai
         .as_deref()
         .ok_or_else(|| Failure("the login has no refresh token".into()))?;
     check_url("the token endpoint", &login.token_endpoint)?;
-    let client = client(&login.client_id).set_token_uri(token_url(&login.token_endpoint)?);
+    let client = client(&login.client_id, login.client_secret.as_deref())
+        .set_token_uri(token_url(&login.token_endpoint)?);
     let tokens = client
         .exchange_refresh_token(&RefreshToken::new(rt.to_string()))
         .request_async(http)
@@ -601,6 +639,7 @@ pub async fn refresh(http: &reqwest::Client, login: &Login) -> Result<Login, Fai
         client_id: login.client_id.clone(),
         scopes: login.scopes.clone(),
         display_name: String::new(),
+        client_secret: login.client_secret.clone(),
     };
     let mut fresh = login_from(
         &tokens,
@@ -625,13 +664,17 @@ pub async fn revoke(http: &reqwest::Client, login: &Login) -> Result<(), Failure
         )));
     };
     let url = check_url("the revocation endpoint", url)?;
+    let mut form = vec![
+        ("token", rt.as_str()),
+        ("token_type_hint", "refresh_token"),
+        ("client_id", login.client_id.as_str()),
+    ];
+    if let Some(secret) = &login.client_secret {
+        form.push(("client_secret", secret.as_str()));
+    }
     let resp = http
         .post(url.clone())
-        .form(&[
-            ("token", rt.as_str()),
-            ("token_type_hint", "refresh_token"),
-            ("client_id", login.client_id.as_str()),
-        ])
+        .form(&form)
         .send()
         .await
         .map_err(|e| {
@@ -646,8 +689,13 @@ pub async fn revoke(http: &reqwest::Client, login: &Login) -> Result<(), Failure
     }
     let body: serde_json::Value = resp.json().await.unwrap_or_default();
     let code = body["error"].as_str().map(clean).unwrap_or_default();
+    let hint = if code == "invalid_client" {
+        INVALID_CLIENT_HINT
+    } else {
+        ""
+    };
     Err(Failure(format!(
-        "revoking the refresh token at {url} failed: HTTP {} {code}",
+        "revoking the refresh token at {url} failed: HTTP {} {code}{hint}",
         status.as_u16()
     )))
 }

@@ -63,6 +63,11 @@ struct LoginArgs {
     /// The OAuth client id (with --issuer: sign in without asking the manager).
     #[arg(long, requires = "issuer")]
     client_id: Option<String>,
+    /// A file holding the client secret of an installed-app or device client, for a
+    /// provider that issues one and requires it although it is not confidential (Google's
+    /// "TVs and Limited Input devices" and "Desktop app" clients); with --client-id.
+    #[arg(long, requires = "client_id")]
+    client_secret_file: Option<PathBuf>,
     /// A scope to ask for, repeatable (with --client-id; default openid, email, profile,
     /// offline_access).
     #[arg(long = "scope", requires = "client_id")]
@@ -369,6 +374,26 @@ async fn token(args: TokenArgs) -> Result<String, Failure> {
     Ok(text)
 }
 
+/// Most characters of a client secret read from `--client-secret-file`.
+const MAX_CLIENT_SECRET: usize = 256;
+
+/// The client secret in `path`, without its trailing line break (never repeated in errors).
+fn read_client_secret(path: &std::path::Path) -> Result<String, Failure> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Failure(format!("--client-secret-file {}: {e}", path.display())))?;
+    let secret = text.trim_end_matches(['\n', '\r']);
+    if secret.is_empty()
+        || secret.chars().count() > MAX_CLIENT_SECRET
+        || secret.chars().any(char::is_control)
+    {
+        return Err(Failure(format!(
+            "--client-secret-file {}: the client secret must be one line of 1 to {MAX_CLIENT_SECRET} characters without control characters",
+            path.display()
+        )));
+    }
+    Ok(secret.to_string())
+}
+
 /// `kubenova login`: picks the provider, signs in, checks the token with the manager
 /// (`GET /api/v1/me`) and saves the login; the line for stdout.
 async fn login_cmd(args: LoginArgs) -> Result<String, Failure> {
@@ -381,6 +406,11 @@ async fn login_cmd(args: LoginArgs) -> Result<String, Failure> {
         (Some(issuer), Some(client_id)) => login::Provider {
             issuer: issuer.clone(),
             client_id: client_id.clone(),
+            client_secret: args
+                .client_secret_file
+                .as_deref()
+                .map(read_client_secret)
+                .transpose()?,
             scopes: if args.scopes.is_empty() {
                 ["openid", "email", "profile", "offline_access"]
                     .map(String::from)

@@ -59,6 +59,11 @@ async fn api(base: &str, method: reqwest::Method, path: &str, token: &str, body:
 
 impl World {
     async fn start() -> World {
+        World::start_with(None).await
+    }
+
+    /// A world whose login section carries `client_secret`.
+    async fn start_with(client_secret: Option<&str>) -> World {
         let idp = Provider::start().await.unwrap();
         let dir = tempfile::tempdir().unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -88,6 +93,7 @@ impl World {
                         client_id: None,
                         scopes: vec!["openid".into(), "email".into(), "offline_access".into()],
                         display_name: Some("Test SSO".into()),
+                        client_secret: client_secret.map(str::to_string),
                     }),
                     role_claims: false,
                     ..IssuerConfig::with_role_claims(idp.issuer(), CLIENT_ID, None)
@@ -583,5 +589,140 @@ async fn a_cache_readable_by_others_is_refused() {
         assert!(err.contains(&fix) && err.contains("mode 644"), "{err}");
     }
     // Nothing was asked of the provider.
+    assert!(w.idp.pending_user_codes().is_empty());
+}
+
+/// An installed-app client secret (not confidential, as Google's are, but required).
+const CLIENT_SECRET: &str = "GOCSPX-installed-app+secret/=";
+
+/// Runs a device login to completion, approving as alice.
+async fn device_login(w: &World, cmd: Command) -> (bool, String, String) {
+    let mut login = Running::spawn(cmd);
+    login.line(|l| l.contains("enter the code"));
+    let code = pending_user_code(&w.idp).await;
+    assert!(
+        w.idp
+            .approve(&code, "alice@example.com", &["platform-admins"])
+    );
+    login.finish().await
+}
+
+/// Makes the kept ID token look expired, so the next `auth token` refreshes.
+fn expire(w: &World) {
+    let mut cache = w.cache();
+    cache["logins"][&w.base]["expiresAt"] = json!(0);
+    std::fs::write(w.cache_path(), cache.to_string()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_requiring_a_client_secret_gets_the_one_the_manager_publishes() {
+    let w = World::start_with(Some(CLIENT_SECRET)).await;
+    w.idp.require_client_secret(CLIENT_SECRET);
+    let (ok, stdout, stderr) = device_login(&w, w.cli(&["login", "--manager", &w.base])).await;
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.starts_with(&format!("Signed in to {} as alice@example.com", w.base)),
+        "{stdout}"
+    );
+    assert_eq!(w.idp.grants(), [DEVICE_CODE_GRANT]);
+    // Kept (in the person's own 0600 file) to refresh and revoke; never printed.
+    assert_eq!(w.entry()["clientSecret"], CLIENT_SECRET);
+    assert_eq!(mode(&w.cache_path()), 0o600);
+    assert!(!stdout.contains(CLIENT_SECRET) && !stderr.contains(CLIENT_SECRET));
+
+    // Refresh sends it too.
+    expire(&w);
+    let out = run(w.auth_token()).await;
+    assert_exec_credential(&w, &out, "alice@example.com").await;
+    assert_eq!(w.idp.grants(), [DEVICE_CODE_GRANT, "refresh_token"]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains(CLIENT_SECRET));
+
+    // And revocation.
+    let rt = w.entry()["refreshToken"].as_str().unwrap().to_string();
+    let out = run(w.cli(&["logout", "--manager", &w.base])).await;
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!w.idp.refresh_token_active(&rt));
+    assert!(w.entry().is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_the_required_client_secret_login_and_refresh_fail_clearly() {
+    // The manager's login section has no clientSecret; the provider requires one.
+    let w = World::start().await;
+    w.idp.require_client_secret(CLIENT_SECRET);
+    let out = run(w.cli(&["login", "--manager", &w.base])).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the device authorization request failed: invalid_client")
+            && err.contains("`login.clientSecret`"),
+        "{err}"
+    );
+    assert!(w.idp.pending_user_codes().is_empty());
+    assert!(!w.cache_path().exists() || w.entry().is_null());
+
+    // Without the manager: --client-id with --client-secret-file.
+    let file = w.home.path().join("client-secret");
+    std::fs::write(&file, format!("{CLIENT_SECRET}\n")).unwrap();
+    let (ok, stdout, stderr) = device_login(
+        &w,
+        w.cli(&[
+            "login",
+            "--manager",
+            &w.base,
+            "--issuer",
+            w.idp.issuer(),
+            "--client-id",
+            CLIENT_ID,
+            "--client-secret-file",
+            file.to_str().unwrap(),
+        ]),
+    )
+    .await;
+    assert!(ok, "{stderr}");
+    assert!(!stdout.contains(CLIENT_SECRET) && !stderr.contains(CLIENT_SECRET));
+    assert_eq!(w.entry()["clientSecret"], CLIENT_SECRET);
+
+    // A login kept without the secret (signed in before the provider required one)
+    // cannot refresh: a clear error.
+    let mut cache = w.cache();
+    cache["logins"][&w.base]
+        .as_object_mut()
+        .unwrap()
+        .remove("clientSecret");
+    std::fs::write(w.cache_path(), cache.to_string()).unwrap();
+    expire(&w);
+    let out = run(w.auth_token()).await;
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refreshing the sign-in failed: invalid_client")
+            && err.contains("`login.clientSecret`"),
+        "{err}"
+    );
+    assert_eq!(w.idp.grants(), [DEVICE_CODE_GRANT]);
+
+    // An empty secret file is refused before anything is asked of the provider.
+    std::fs::write(&file, "\n").unwrap();
+    let out = run(w.cli(&[
+        "login",
+        "--manager",
+        &w.base,
+        "--issuer",
+        w.idp.issuer(),
+        "--client-id",
+        CLIENT_ID,
+        "--client-secret-file",
+        file.to_str().unwrap(),
+    ]))
+    .await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--client-secret-file"), "{err}");
     assert!(w.idp.pending_user_codes().is_empty());
 }

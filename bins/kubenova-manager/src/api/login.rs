@@ -1,8 +1,9 @@
 //! How people sign in (`GET /api/v1/auth/providers`, public): the identity providers the
 //! `kubenova` CLI may use for `kubenova login`, from the `login` sections of
-//! `--oidc-config` (see [`super::oidc::LoginConfig`]). It holds no secret: the clients
-//! are public (no client secret), as the device and PKCE flows on people's machines
-//! require.
+//! `--oidc-config` (see [`super::oidc::LoginConfig`]). It holds no confidential secret: the
+//! clients are public, as the device and PKCE flows on people's machines require; a
+//! provider's installed-app or device client secret, which such providers (Google)
+//! publish with every copy of an application by design, is passed on when configured.
 
 use super::AppState;
 use axum::extract::State;
@@ -31,6 +32,11 @@ pub struct LoginProvider {
     pub scopes: Vec<String>,
     /// A name to show (the issuer URL unless configured).
     pub display_name: String,
+    /// The client secret of an installed-app or device client, which is not confidential
+    /// by the provider's design but must be sent (Google); absent for a public client
+    /// without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
 }
 
 /// The identity providers of this manager that offer sign-in.
@@ -67,6 +73,7 @@ async fn providers(State(st): State<AppState>) -> axum::Json<LoginProviders> {
                         .display_name
                         .clone()
                         .unwrap_or_else(|| issuer.issuer.clone()),
+                    client_secret: login.client_secret.clone(),
                 })
                 .collect()
         })

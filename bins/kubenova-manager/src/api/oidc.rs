@@ -142,9 +142,13 @@ fn default_login_scopes() -> Vec<String> {
         .to_vec()
 }
 
-/// How people sign in with an issuer from a terminal: a public OAuth client (no secret)
-/// allowed the device authorization grant and the authorization code grant with PKCE
-/// and a loopback redirect.
+/// Most characters of a login's `clientSecret`.
+pub const MAX_LOGIN_CLIENT_SECRET: usize = 256;
+
+/// How people sign in with an issuer from a terminal: a public OAuth client allowed the
+/// device authorization grant and the authorization code grant with PKCE and a loopback
+/// redirect (an installed-app or device client, whose secret, if the provider issues
+/// one, is not confidential).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LoginConfig {
@@ -159,6 +163,13 @@ pub struct LoginConfig {
     /// The name shown to people choosing a provider (default: the issuer URL).
     #[serde(default)]
     pub display_name: Option<String>,
+    /// Only the non-confidential client secret of an installed-app or device client,
+    /// for providers that issue one and require it although it is no secret by their
+    /// own design (Google's "Desktop app" and "TVs and Limited Input devices" clients).
+    /// Never a confidential web client's secret: it is published to every CLI through
+    /// the public `GET /api/v1/auth/providers`.
+    #[serde(default)]
+    pub client_secret: Option<String>,
 }
 
 impl LoginConfig {
@@ -192,6 +203,16 @@ impl LoginConfig {
         if !self.scopes.iter().any(|s| s == "openid") {
             return Err(format!(
                 "{at}.login.scopes must hold openid (the CLI signs in with the ID token)"
+            ));
+        }
+        if let Some(c) = &self.client_secret
+            && (c.is_empty()
+                || c.chars().count() > MAX_LOGIN_CLIENT_SECRET
+                || c.chars().any(char::is_control))
+        {
+            // The value is not repeated: it is meant for CLIs, not for logs.
+            return Err(format!(
+                "{at}.login.clientSecret must be 1 to {MAX_LOGIN_CLIENT_SECRET} characters without control characters (an installed-app or device client's secret; omit it for a public client without one)"
             ));
         }
         if let Some(n) = &self.display_name
