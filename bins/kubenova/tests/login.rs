@@ -726,3 +726,21 @@ async fn without_the_required_client_secret_login_and_refresh_fail_clearly() {
     assert!(err.contains("--client-secret-file"), "{err}");
     assert!(w.idp.pending_user_codes().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_login_sends_the_client_secret_with_the_code() {
+    let w = World::start_with(Some(CLIENT_SECRET)).await;
+    w.idp.require_client_secret(CLIENT_SECRET);
+    w.idp.set_signed_in("bob@example.com", &["platform-admins"]);
+    let (login, authorize) = browser_login(&w);
+    // The secret goes to the token endpoint only, never into the browser's URL.
+    assert!(!authorize.contains("client_secret"), "{authorize}");
+    let back = provider_redirect(&authorize).await;
+    let page = reqwest::get(back.as_str()).await.unwrap();
+    assert_eq!(page.status(), 200);
+    let (ok, stdout, stderr) = login.finish().await;
+    assert!(ok, "{stderr}");
+    assert!(!stdout.contains(CLIENT_SECRET) && !stderr.contains(CLIENT_SECRET));
+    assert_eq!(w.idp.grants(), ["authorization_code"]);
+    assert_eq!(w.entry()["clientSecret"], CLIENT_SECRET);
+}
