@@ -572,15 +572,7 @@ async fn two_replicas(db_url: String) {
     .unwrap()
     .token;
     let send = |method: reqwest::Method, url: String, token: &str, body: Option<Value>| {
-        let mut r = http.request(method, url).bearer_auth(token);
-        if let Some(b) = body {
-            r = r.json(&b);
-        }
-        async move {
-            let resp = r.send().await.unwrap();
-            let status = resp.status().as_u16();
-            (status, resp.json::<Value>().await.unwrap_or(Value::Null))
-        }
+        common::send(&http, method, url, token, body)
     };
     let (s, c) = send(
         reqwest::Method::POST,

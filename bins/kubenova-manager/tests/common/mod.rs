@@ -169,3 +169,29 @@ pub async fn call(
         serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
     )
 }
+
+/// One request to a manager process with a bearer token and an optional JSON body: its
+/// status and JSON body (`Null` when the body is not JSON). The request is built at once,
+/// so the returned future borrows nothing.
+pub fn send(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    token: &str,
+    body: Option<serde_json::Value>,
+) -> impl std::future::Future<Output = (u16, serde_json::Value)> + use<> {
+    let mut r = http.request(method, url).bearer_auth(token);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    async move {
+        let resp = r.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (
+            status,
+            resp.json::<serde_json::Value>()
+                .await
+                .unwrap_or(serde_json::Value::Null),
+        )
+    }
+}
